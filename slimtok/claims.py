@@ -1,0 +1,175 @@
+"""Step 2: hand shards to workers through lock files on a shared filesystem.
+
+Reads and writes ``locks/`` and ``probes/`` of an output root (see :mod:`slimtok.protocol`).
+
+* **Claim**: a worker owns a shard once it has created ``locks/<id>.lock`` with
+  :func:`~slimtok.protocol.create_exclusive` (link(2) of a private file, safe on NFS). The lock
+  names a fresh random token; only that token's part file is ever written by the holder.
+* **Heartbeat**: the holder touches the lock's mtime; a holder that finds another token in its
+  lock has lost it and must stop writing the shard (fencing).
+* **Staleness**: a lock is stale when its holder is provably dead (same host and boot, pid gone
+  or reused) or its mtime is older than ``stale_after`` seconds by the *file server's* clock,
+  read by touching a probe file, so clock skew between nodes does not matter.
+* **Steal**: at most one worker takes over a given stale claim: it must first create
+  ``locks/<id>.<stale token>.stolen`` exclusively, then replaces the lock with its own.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from .protocol import LockRecord, OutputRoot, boot_id, create_exclusive, hostname, new_token, read_record
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is claiming: one worker process of one launch on one host."""
+
+    host: str
+    boot_id: str
+    pid: int
+    pid_started: float
+    process_index: int
+    worker: int
+
+    @classmethod
+    def current(cls, process_index: int, worker: int) -> Identity:
+        pid = os.getpid()
+        return cls(hostname(), boot_id(), pid, psutil.Process(pid).create_time(), process_index, worker)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A held shard. ``previous`` is the stale claim this one replaced, if any."""
+
+    shard: str
+    token: str
+    record: LockRecord
+    previous: LockRecord | None
+
+
+class Claimer:
+    """Claims, refreshes and releases shard locks under one output root for one worker."""
+
+    def __init__(self, root: OutputRoot, me: Identity, stale_after: float, probe_name: str):
+        self.root = root
+        self.me = me
+        self.stale_after = stale_after
+        self._probe = root.probe(probe_name)
+
+    # -- clock ------------------------------------------------------------------------------
+    def server_now(self) -> float:
+        """The file server's idea of now: the mtime of a probe file touched just now."""
+        try:
+            os.utime(self._probe, None)
+        except FileNotFoundError:
+            self._probe.parent.mkdir(parents=True, exist_ok=True)
+            self._probe.touch()
+        return os.stat(self._probe).st_mtime
+
+    # -- claim ------------------------------------------------------------------------------
+    def try_claim(self, shard: str) -> Claim | None:
+        """Claim ``shard`` if it is free or its holder is stale; None when someone else holds it."""
+        lock = self.root.lock(shard)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        record = self._new_record(shard)
+        if create_exclusive(lock, record.to_json()):
+            return Claim(shard, record.token, record, None)
+        held = read_record(lock, LockRecord)
+        if held is None or not self.is_stale(lock, held):
+            return None
+        return self._steal(shard, held, record)
+
+    def _new_record(self, shard: str) -> LockRecord:
+        m = self.me
+        return LockRecord(shard=shard, token=new_token(), host=m.host, boot_id=m.boot_id, pid=m.pid,
+                          pid_started=m.pid_started, process_index=m.process_index, worker=m.worker,
+                          claimed_at=time.time())
+
+    def _steal(self, shard: str, stale: LockRecord, record: LockRecord) -> Claim | None:
+        lock = self.root.lock(shard)
+        marker = self.root.stolen(shard, stale.token)
+        if not create_exclusive(marker, record.to_json()):
+            # Another worker is taking over this very claim, unless it died doing so.
+            if self._age(marker) > self.stale_after:
+                marker.unlink(missing_ok=True)
+            return None
+        try:
+            current = read_record(lock, LockRecord)
+            if current is not None and current.token != stale.token:
+                return None  # the holder released it meanwhile and somebody claimed it afresh
+            lock.unlink(missing_ok=True)
+            if not create_exclusive(lock, record.to_json()):
+                return None
+            return Claim(shard, record.token, record, stale)
+        finally:
+            marker.unlink(missing_ok=True)
+
+    def is_stale(self, lock: Path, held: LockRecord) -> bool:
+        """True when the holder is provably dead or silent for longer than ``stale_after``."""
+        if held.host == self.me.host and held.boot_id == self.me.boot_id and held.boot_id:
+            if not _alive(held.pid, held.pid_started):
+                return True
+        return self._age(lock) > self.stale_after
+
+    def _age(self, path: Path) -> float:
+        """Seconds since ``path`` was last touched, by the file server's clock (0 when gone)."""
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            return 0.0
+        return self.server_now() - mtime
+
+    # -- holding ----------------------------------------------------------------------------
+    def holds(self, claim: Claim) -> bool:
+        """True while the lock still names this claim's token."""
+        current = read_record(self.root.lock(claim.shard), LockRecord)
+        return current is not None and current.token == claim.token
+
+    def refresh(self, claim: Claim) -> bool:
+        """Heartbeat: touch the lock if still ours; False means the claim was lost."""
+        if not self.holds(claim):
+            return False
+        try:
+            os.utime(self.root.lock(claim.shard), None)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def release(self, claim: Claim) -> None:
+        """Remove the lock if it is still ours (never someone else's)."""
+        if self.holds(claim):
+            self.root.lock(claim.shard).unlink(missing_ok=True)
+
+
+def _alive(pid: int, started: float) -> bool:
+    """True when ``pid`` runs and is the same process (start time within a second)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def preference_order(n: int, process_index: int, process_count: int, worker: int, workers: int) -> list[int]:
+    """Manifest positions in the order one worker tries them.
+
+    Process I first takes positions ≡ I (mod P); its W local workers interleave over those
+    (worker w starts with every W-th of them), then anything else, starting at the process's own
+    offset so that idle processes spread out over the remaining shards.
+    """
+    own = list(range(process_index, n, process_count))
+    first = own[worker::workers]
+    first_set = set(first)
+    rest_own = [p for p in own if p not in first_set]
+    own_set = set(own)
+    start = (process_index * n) // max(process_count, 1)
+    others = [p for p in list(range(start, n)) + list(range(0, start)) if p not in own_set]
+    return first + rest_own + others

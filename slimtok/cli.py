@@ -1,0 +1,158 @@
+"""The ``slimtok`` command: thin click wrappers over functions callable from Python."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .protocol import SPLITS
+
+SPLIT_CHOICES = ",".join(SPLITS)
+
+
+def _splits(value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    chosen = tuple(s.strip() for s in value.split(",") if s.strip())
+    bad = [s for s in chosen if s not in SPLITS]
+    if bad:
+        raise click.BadParameter(f"unknown split(s) {', '.join(bad)}; choose from {SPLIT_CHOICES}")
+    return chosen
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="slimtok")
+def main() -> None:
+    """Tokenize SlimPajama-style .jsonl.zst shards into flat token files, on one node or many."""
+
+
+@main.command("manifest")
+@click.option("--dataset-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Plain folder, HF cache folder datasets--org--name, or a snapshot folder.")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--pattern", "patterns", multiple=True, default=("*.jsonl.zst",), show_default=True,
+              help="File-name glob of shards; repeat for several.")
+def manifest_cmd(dataset_dir: Path, output_dir: Path, patterns: tuple[str, ...]) -> None:
+    """Write manifest.jsonl (one entry per shard) and manifest_summary.json."""
+    from .manifest import ManifestError, build_manifest, summarize, write_manifest
+
+    try:
+        root, entries = build_manifest(dataset_dir, patterns)
+    except ManifestError as exc:
+        _fail(exc)
+    manifest, summary = write_manifest(entries, output_dir, root)
+    totals = summarize(entries)
+    click.echo(f"{manifest}: {totals['shards']} shards, {totals['bytes'] / 1e9:.3f} GB from {root}")
+    for split, s in totals["splits"].items():
+        click.echo(f"  {split}: {s['shards']} shards, {s['bytes'] / 1e9:.3f} GB")
+    click.echo(f"{summary}")
+
+
+@main.command("tokenize")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tokenizer", required=True, help="tokenizer.json, a tokenizer folder, or a Hub repo id.")
+@click.option("--spawn-workers", default="auto", show_default=True,
+              help="Local worker processes: 'auto' (one per usable core) or a number.")
+@click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Cap for --spawn-workers auto.")
+@click.option("--process-index", type=click.IntRange(min=0), default=None,
+              help="This process's index (default: SLURM_PROCID, OMPI_COMM_WORLD_RANK or PMI_RANK).")
+@click.option("--process-count", type=click.IntRange(min=1), default=None,
+              help="Number of processes (default: SLURM_NTASKS, OMPI_COMM_WORLD_SIZE or PMI_SIZE).")
+@click.option("--tokens-per-write", type=click.IntRange(min=1), default=131072, show_default=True,
+              help="Flush and checkpoint at the first document boundary after this many tokens.")
+@click.option("--splits", default=SPLIT_CHOICES, show_default=True)
+@click.option("--text-key", default="text", show_default=True)
+@click.option("--eos-id", type=click.IntRange(min=0), default=None, help="Default: the tokenizer's eos token.")
+@click.option("--dtype", type=click.Choice(["uint32", "uint16", "auto"]), default="uint32", show_default=True)
+@click.option("--retry-failed", is_flag=True, help="Try shards that failed in earlier launches again.")
+@click.option("--stale-after", type=click.FloatRange(min=0.5), default=300.0, show_default=True,
+              help="Seconds without heartbeat after which another worker takes a shard over.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_workers: str, max_workers: int | None,
+                 process_index: int | None, process_count: int | None, tokens_per_write: int, splits: str,
+                 text_key: str, eos_id: int | None, dtype: str, retry_failed: bool, stale_after: float,
+                 quiet: bool) -> None:
+    """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""
+    from .launch import LaunchError, settings_for, tokenize
+    from .manifest import ManifestError
+    from .tokenizer import TokenizerError
+    from .worker import JobMismatch, TokenizeSettings
+
+    base = TokenizeSettings(manifest=str(manifest.absolute()), output_root=str(output_root.absolute()),
+                            tokenizer=tokenizer, tokens_per_write=tokens_per_write,
+                            splits=_splits(splits) or SPLITS, text_key=text_key, eos_id=eos_id, dtype=dtype,
+                            retry_failed=retry_failed, stale_after=stale_after)
+    try:
+        settings, source = settings_for(base, spawn_workers, max_workers, process_index, process_count)
+        click.echo(f"process {settings.process_index} of {settings.process_count} ({source}), "
+                   f"{settings.workers} worker(s), output {settings.output_root}", err=True)
+        code = tokenize(settings, progress=None if quiet else (lambda s: click.echo(s, err=True)))
+    except (LaunchError, ManifestError, TokenizerError, JobMismatch) as exc:
+        _fail(exc)
+    sys.exit(code)
+
+
+@main.command("combine")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every split present).")
+@click.option("--allow-partial", is_flag=True, help="Combine what is done even if shards are missing.")
+@click.option("--no-verify", is_flag=True, help="Check sizes only, not sha256, before copying.")
+def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_verify: bool) -> None:
+    """Write train.bin / val.bin / test.bin and meta.pkl / meta.json from finished shards."""
+    from .combine import CombineError, combine
+    from .manifest import ManifestError
+
+    try:
+        combine(output_root, _splits(splits), allow_partial=allow_partial, verify=not no_verify, log=click.echo)
+    except (CombineError, ManifestError) as exc:
+        _fail(exc)
+
+
+@main.command("validate")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--block-size", type=click.IntRange(min=2), default=1024, show_default=True)
+def validate_cmd(output_root: Path, samples: int, seed: int, block_size: int) -> None:
+    """Alignment, ids, sizes, checksums, eye test and a sampler dry-run; non-zero exit on failure."""
+    from .combine import CombineError
+    from .validate import validate
+
+    try:
+        report = validate(output_root, samples=samples, seed=seed, block_size=block_size, log=click.echo)
+    except CombineError as exc:
+        _fail(exc)
+    click.echo("validate: " + ("all checks passed" if report.ok else "FAILED"))
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command("status")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+def status_cmd(output_root: Path) -> None:
+    """Shards done / running / failed / pending per split, with documents and tokens so far."""
+    from .combine import CombineError
+    from .status import collect_status, format_status
+
+    try:
+        click.echo(format_status(collect_status(output_root)))
+    except CombineError as exc:
+        _fail(exc)
+
+
+@main.command("demo")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default="slimtok-demo")
+@click.option("--spawn-workers", default="auto", show_default=True)
+def demo_cmd(folder: Path, spawn_workers: str) -> None:
+    """Build a small dataset and an offline Qwen3 tokenizer, then run the whole pipeline in FOLDER."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(folder, spawn_workers))

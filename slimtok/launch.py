@@ -1,0 +1,178 @@
+"""Run ``slimtok tokenize`` on this node: place the process in the job, pin it, spawn workers.
+
+Reads the process grid from the command line or from Slurm / Open MPI / PMI variables, pins the
+output root (job.json), starts the local workers as separate processes (each loads its own
+tokenizer, one encoder thread each), prints one aggregated progress line, and returns an exit
+status: 0 all selected shards done, 1 some shard failed, 3 a worker could not go on, 75 stopped
+by a signal (relaunch resumes).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from dataclasses import replace
+from typing import Callable, Mapping
+
+from .manifest import read_manifest
+from .protocol import FailedRecord, Heartbeat, OutputRoot, hostname, read_record, worker_name
+from .worker import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, TokenizeSettings, pin_job,
+                     worker_main)
+
+#: (rank variable, size variable) pairs, in the order they are trusted.
+GRID_VARIABLES = (("SLURM_PROCID", "SLURM_NTASKS"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                  ("PMI_RANK", "PMI_SIZE"))
+
+
+class LaunchError(Exception):
+    """The process grid or worker count makes no sense; the message says which value."""
+
+
+def process_grid(index: int | None, count: int | None,
+                 env: Mapping[str, str] = os.environ) -> tuple[int, int, str]:
+    """(process index, process count, where they came from): flags first, then the environment."""
+    source = "flags"
+    if index is None and count is None:
+        for rank_var, size_var in GRID_VARIABLES:
+            if rank_var in env and size_var in env:
+                try:
+                    index, count = int(env[rank_var]), int(env[size_var])
+                except ValueError as exc:
+                    raise LaunchError(f"{rank_var}={env[rank_var]!r} / {size_var}={env[size_var]!r} "
+                                      "are not integers") from exc
+                source = f"{rank_var}/{size_var}"
+                break
+        else:
+            index, count, source = 0, 1, "default (single process)"
+    elif index is None or count is None:
+        raise LaunchError("give both --process-index and --process-count, or neither")
+    if count < 1 or not 0 <= index < count:
+        raise LaunchError(f"process index {index} is not in 0..{count - 1} (process count {count})")
+    return index, count, source
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def worker_count(spawn: str, max_workers: int | None) -> int:
+    """``auto``: one per usable core (capped by ``max_workers``); or an explicit number."""
+    if spawn == "auto":
+        n = usable_cores()
+    else:
+        try:
+            n = int(spawn)
+        except ValueError as exc:
+            raise LaunchError(f"--spawn-workers {spawn!r} is neither 'auto' nor a number") from exc
+        if n < 1:
+            raise LaunchError(f"--spawn-workers {n} must be at least 1")
+    return min(n, max_workers) if max_workers else n
+
+
+def _child(settings: TokenizeSettings, index: int, parent: int) -> None:
+    sys.exit(worker_main(settings, index, parent))
+
+
+class _Progress:
+    """One progress line for this process, from its workers' heartbeat files."""
+
+    def __init__(self, settings: TokenizeSettings, out: Callable[[str], None]):
+        self.root = OutputRoot(settings.output_root)
+        host = hostname()
+        self.names = [worker_name(host, settings.process_index, w) for w in range(settings.workers)]
+        entries = [e for e in read_manifest(settings.manifest) if e.split in settings.splits]
+        self.total = len(entries)
+        self.done_at_start = sum(1 for e in entries if self.root.done(e.id).exists())
+        self.out = out
+        self.started = time.time()
+
+    def line(self) -> str:
+        beats = [read_record(self.root.heartbeat(n), Heartbeat) for n in self.names]
+        beats = [b for b in beats if b is not None and b.started_at >= self.started - 5]
+        docs = sum(b.documents for b in beats)
+        tokens = sum(b.tokens for b in beats)
+        chars = sum(b.text_bytes for b in beats)
+        shards = sum(b.shards_done for b in beats)
+        elapsed = max(time.time() - self.started, 1e-6)
+        done = self.done_at_start + shards
+        eta = ""
+        if shards:
+            eta = f" · ETA {_duration((self.total - done) * elapsed / shards)}"
+        return (f"shards {done}/{self.total} · docs {docs:,} · tokens {tokens:,} · "
+                f"{chars / elapsed / 1e6:.1f} M chars/s · {tokens / elapsed:,.0f} tok/s{eta}")
+
+    def show(self, final: bool = False) -> None:
+        self.out(self.line() + ("" if not final else " (finished)"))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def tokenize(settings: TokenizeSettings, progress: Callable[[str], None] | None = None,
+             progress_every: float = 10.0) -> int:
+    """Pin the job, run ``settings.workers`` workers to completion, and return the exit status."""
+    pin_job(settings)
+    # Each worker is one process with one encoder thread: cores are shared out by process count.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_child, args=(settings, w, os.getpid()), name=f"slimtok-worker-{w}")
+             for w in range(settings.workers)]
+    monitor = _Progress(settings, progress) if progress else None
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        for p in procs:
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for p in procs:
+            p.start()
+        last = time.time()
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=0.5)
+            if monitor and time.time() - last >= progress_every:
+                monitor.show()
+                last = time.time()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if monitor:
+        monitor.show(final=True)
+    return _exit_status([p.exitcode for p in procs], settings, bool(received))
+
+
+def _exit_status(codes: list[int | None], settings: TokenizeSettings, signalled: bool) -> int:
+    if any(c is None or c < 0 or c == EXIT_FATAL for c in codes) and not signalled:
+        return EXIT_FATAL
+    if signalled or EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    root = OutputRoot(settings.output_root)
+    entries = read_manifest(settings.manifest)
+    failed = [e for e in entries if e.split in settings.splits
+              and read_record(root.failed(e.id), FailedRecord) is not None]
+    if failed or EXIT_SHARDS_FAILED in codes:
+        return EXIT_SHARDS_FAILED
+    return EXIT_OK
+
+
+def settings_for(settings: TokenizeSettings, spawn: str, max_workers: int | None,
+                 process_index: int | None, process_count: int | None) -> tuple[TokenizeSettings, str]:
+    """Fill in the process grid and worker count; returns the settings and where the grid came from."""
+    index, count, source = process_grid(process_index, process_count)
+    return replace(settings, process_index=index, process_count=count,
+                   workers=worker_count(spawn, max_workers)), source

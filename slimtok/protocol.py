@@ -1,0 +1,358 @@
+"""The on-disk protocol of an output root: every path slimtok keeps there, and its records.
+
+This module is the only place that formats these paths; everything else asks it. Another tool
+can read an output root safely by following the rules written here (docs/PROTOCOL.md says the
+same at more length).
+
+Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_train_0``)::
+
+    job.json                      settings pin, created once (exclusive link)       JobSettings
+    manifest.jsonl                the manifest the job was pinned to (a copy)
+    tokenizer/tokenizer.json      the exact tokenizer the job uses (a copy)
+    locks/<id>.lock               claim of a shard, created by link(2)              LockRecord
+    locks/<id>.<token>.stolen     a stale lock being taken over (transient)
+    checkpoints/<id>.json         last durable progress of an unfinished shard     Checkpoint
+    shards/<id>.<token>.part      token data being written by the claim <token>
+    shards/<id>.bin               finished token data of a shard
+    done/<id>.json                commit record of a finished shard (exclusive)    DoneRecord
+    failed/<id>.json              why a shard could not be read                    FailedRecord
+    heartbeats/<worker>.json      liveness and throughput of one worker             Heartbeat
+    probes/<worker>               touched to read the file server's clock
+    logs/<worker>.log             one worker's log
+    train.bin val.bin test.bin    combined splits
+    meta.pkl meta.json            what a trainer needs to read the combined splits
+
+Invariants:
+
+* A shard is finished exactly when ``done/<id>.json`` exists; its ``file`` names the data, whose
+  size and sha256 the record holds. Nothing else is ever trusted by combine.
+* Only the holder of ``locks/<id>.lock`` (the record's ``token``) writes ``shards/<id>.<token>.part``
+  and the checkpoint. A checkpoint always names a part file whose first ``bytes`` bytes are the
+  tokens of the first ``lines`` input lines, so any later holder may resume from it.
+* Records are written whole: to a temporary name, fsync'd, then renamed or linked into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+PROTOCOL_VERSION = 1
+
+#: Combined output file of each split; "validation" is ``val.bin`` as nanoGPT names it.
+SPLIT_FILES = {"train": "train.bin", "validation": "val.bin", "test": "test.bin"}
+SPLITS = tuple(SPLIT_FILES)
+
+R = TypeVar("R", bound="Record")
+
+
+class Record:
+    """Mixin for dataclass records stored as JSON; unknown keys from newer writers are ignored."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class JobSettings(Record):
+    """Everything that decides the output bytes; a relaunch must match it exactly."""
+
+    manifest_sha256: str
+    shards: int
+    tokenizer: str
+    tokenizer_sha256: str
+    vocab_size: int
+    eos_token_id: int
+    eos_token: str | None
+    dtype: str
+    text_key: str
+    protocol: int = PROTOCOL_VERSION
+
+    PINNED = ("manifest_sha256", "tokenizer_sha256", "vocab_size", "eos_token_id", "dtype", "text_key",
+              "protocol")
+
+    def differences(self, other: JobSettings) -> list[str]:
+        """Human-readable list of pinned settings that differ (self = pinned, other = requested)."""
+        return [f"{name}: pinned {getattr(self, name)!r}, requested {getattr(other, name)!r}"
+                for name in self.PINNED if getattr(self, name) != getattr(other, name)]
+
+
+@dataclass
+class LockRecord(Record):
+    """Who holds a shard. ``token`` is unique per claim and names the claim's part file."""
+
+    shard: str
+    token: str
+    host: str
+    boot_id: str
+    pid: int
+    pid_started: float
+    process_index: int
+    worker: int
+    claimed_at: float
+
+
+@dataclass
+class Checkpoint(Record):
+    """Durable progress: ``part`` holds exactly ``bytes`` bytes for the first ``lines`` input lines."""
+
+    shard: str
+    token: str
+    part: str
+    lines: int
+    documents: int
+    tokens: int
+    bytes: int
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class DoneRecord(Record):
+    """Commit record of a finished shard; ``file`` is relative to the output root."""
+
+    shard: str
+    split: str
+    file: str
+    lines: int
+    documents: int
+    tokens: int
+    bytes: int
+    sha256: str
+    dtype: str
+    skipped: dict[str, int]
+    source_size: int
+    token: str
+    host: str
+    finished_at: float
+    seconds: float
+
+
+@dataclass
+class FailedRecord(Record):
+    """Why a shard could not be tokenized; the reason is one line naming the file."""
+
+    shard: str
+    path: str
+    reason: str
+    host: str
+    pid: int
+    launch: str
+    failed_at: float
+
+
+@dataclass
+class Heartbeat(Record):
+    """Written every few seconds by each live worker, read by ``slimtok status``."""
+
+    worker: str
+    host: str
+    pid: int
+    process_index: int
+    worker_index: int
+    shard: str | None
+    state: str
+    documents: int
+    tokens: int
+    text_bytes: int
+    shards_done: int
+    tokens_per_second: float
+    cpu_percent: float
+    rss_bytes: int
+    updated_at: float
+    started_at: float
+
+
+class OutputRoot:
+    """Paths of one output root. Methods only compute paths; callers create what they need."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).absolute()
+
+    # -- job-wide files ---------------------------------------------------------------------
+    @property
+    def job(self) -> Path:
+        return self.root / "job.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.jsonl"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def meta_pkl(self) -> Path:
+        return self.root / "meta.pkl"
+
+    @property
+    def meta_json(self) -> Path:
+        return self.root / "meta.json"
+
+    def combined(self, split: str) -> Path:
+        return self.root / SPLIT_FILES[split]
+
+    # -- per-shard files --------------------------------------------------------------------
+    def lock(self, shard: str) -> Path:
+        return self.root / "locks" / f"{shard}.lock"
+
+    def stolen(self, shard: str, token: str) -> Path:
+        """Where a stealer renames a stale lock; exactly one stealer's rename succeeds."""
+        return self.root / "locks" / f"{shard}.{token}.stolen"
+
+    def checkpoint(self, shard: str) -> Path:
+        return self.root / "checkpoints" / f"{shard}.json"
+
+    def part(self, shard: str, token: str) -> Path:
+        return self.root / "shards" / f"{shard}.{token}.part"
+
+    def data(self, shard: str) -> Path:
+        return self.root / "shards" / f"{shard}.bin"
+
+    def done(self, shard: str) -> Path:
+        return self.root / "done" / f"{shard}.json"
+
+    def failed(self, shard: str) -> Path:
+        return self.root / "failed" / f"{shard}.json"
+
+    # -- per-worker files -------------------------------------------------------------------
+    def heartbeat(self, worker: str) -> Path:
+        return self.root / "heartbeats" / f"{worker}.json"
+
+    def heartbeats_dir(self) -> Path:
+        return self.root / "heartbeats"
+
+    def probe(self, worker: str) -> Path:
+        return self.root / "probes" / worker
+
+    def log(self, worker: str) -> Path:
+        return self.root / "logs" / f"{worker}.log"
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def resolve(self, relative: str) -> Path:
+        return self.root / relative
+
+
+def worker_name(host: str, process_index: int, worker: int) -> str:
+    """File-name-safe identity of one worker: ``<host>-p<index>-w<worker>``."""
+    safe_host = "".join(c if c.isalnum() or c in "-_." else "_" for c in host)
+    return f"{safe_host}-p{process_index}-w{worker}"
+
+
+def new_token() -> str:
+    """A claim token: unique across hosts and relaunches (random, not derived from pid)."""
+    return secrets.token_hex(8)
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def boot_id() -> str:
+    """Identifies this kernel boot, so a pid is only compared on the same host and boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+# -- atomic record I/O -----------------------------------------------------------------------
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or link inside ``path`` durable (a no-op where directories can't be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_tmp(path: Path, payload: bytes, durable: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{new_token()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def write_atomic(path: Path, payload: bytes, durable: bool = True) -> None:
+    """Replace ``path`` with ``payload`` so readers see the old or the new content, never a mix."""
+    tmp = _write_tmp(path, payload, durable)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def create_exclusive(path: Path, payload: bytes) -> bool:
+    """Create ``path`` with ``payload`` unless it exists; True when this call created it.
+
+    Uses link(2) of a private file rather than O_EXCL, because O_EXCL is not atomic on every NFS
+    setup; a link whose reply was lost is recognised by the private file's link count.
+    """
+    tmp = _write_tmp(path, payload, durable=True)
+    try:
+        try:
+            os.link(tmp, path)
+            created = True
+        except FileExistsError:
+            created = False
+        except OSError:
+            created = os.stat(tmp).st_nlink == 2
+        if not created and os.stat(tmp).st_nlink == 2:
+            created = True
+    finally:
+        tmp.unlink(missing_ok=True)
+    if created:
+        fsync_dir(path.parent)
+    return created
+
+
+def read_record(path: Path, cls: type[R]) -> R | None:
+    """The record at ``path``, or None when it is missing or not a complete record."""
+    try:
+        data = orjson.loads(path.read_bytes())
+        return cls.from_dict(data)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return None
+
+
+def write_record(path: Path, record: Record, durable: bool = True) -> None:
+    write_atomic(path, record.to_json(), durable)

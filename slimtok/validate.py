@@ -1,0 +1,170 @@
+"""Step 7: check combined token files the way a trainer will read them.
+
+Reads ``meta.json``, the combined split files, ``done/`` and the job's tokenizer; writes nothing.
+Checks per split:
+
+* **sizes**: file size = meta tokens × itemsize = sum of the done records' bytes;
+* **checksums**: each shard's byte range in the combined file hashes to its done record's sha256,
+  so corruption is reported with the shard that holds it;
+* **ids**: every id < vocab_size, and the number of eos ids ≥ the number of documents;
+* **alignment**: at random offsets s, x = data[s:s+B] and y = data[s+1:s+1+B] satisfy x[1:] == y[:-1];
+* **eye test**: decodes windows near offset 0 and deep in the file and prints them;
+* **sampler dry-run**: draws (x, y) batches from a memmap as a nanoGPT-style loop does and reports
+  ln(vocab_size), the loss an untrained model starts near.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from tokenizers import Tokenizer
+
+from .combine import load_job, plan_split, read_meta
+from .manifest import ShardEntry
+from .protocol import SPLIT_FILES, JobSettings, OutputRoot
+from .worker import load_pinned_tokenizer
+
+SCAN_TOKENS = 1 << 24
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append(Check(name, ok, detail))
+
+
+def _scan(path: os.PathLike[str], dtype: np.dtype, ranges: list[tuple[str, int, int, str]],
+          eos: int) -> tuple[int, int, list[str]]:
+    """One pass over the file: (max id, eos count, shards whose byte range hash differs)."""
+    max_id, eos_count, bad = 0, 0, []
+    data = np.memmap(path, dtype=dtype, mode="r")
+    for shard, start, size, sha in ranges:
+        h = hashlib.sha256()
+        first, last = start // dtype.itemsize, (start + size) // dtype.itemsize
+        for lo in range(first, last, SCAN_TOKENS):
+            block = data[lo:min(lo + SCAN_TOKENS, last)]
+            h.update(memoryview(block).cast("B"))
+            if block.size:
+                max_id = max(max_id, int(block.max()))
+                eos_count += int(np.count_nonzero(block == eos))
+        if h.hexdigest() != sha:
+            bad.append(shard)
+    del data
+    return max_id, eos_count, bad
+
+
+def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info: dict, job: JobSettings,
+                   tok: Tokenizer, samples: int,
+                   block_size: int, rng: np.random.Generator, report: Report) -> None:
+    path = root.combined(split)
+    dtype = np.dtype(job.dtype)
+    name = SPLIT_FILES[split]
+    if not path.exists():
+        report.add(f"{name}: present", False, f"{path} is missing; run `slimtok combine`")
+        return
+    size = path.stat().st_size
+    records = plan_split(root, entries, split).done
+    expected = sum(r.bytes for r in records)
+    report.add(f"{name}: size", size == info["bytes"] == expected == info["tokens"] * dtype.itemsize,
+               f"file {size:,} B, meta {info['bytes']:,} B, {len(records)} done records {expected:,} B"
+               + ("" if size == expected else "; re-run `slimtok combine` if shards finished since"))
+    if size != expected:
+        return
+    ranges, offset = [], 0
+    for r in records:
+        ranges.append((r.shard, offset, r.bytes, r.sha256))
+        offset += r.bytes
+    max_id, eos_count, bad = _scan(path, dtype, ranges, job.eos_token_id)
+    report.add(f"{name}: checksums", not bad,
+               "every shard's range matches its done record" if not bad
+               else f"{len(bad)} shard range(s) differ from their done records: {', '.join(bad[:10])}")
+    report.add(f"{name}: ids < vocab_size", max_id < job.vocab_size,
+               f"max id {max_id}, vocab_size {job.vocab_size}")
+    report.add(f"{name}: eos count ≥ documents", eos_count >= info["documents"],
+               f"{eos_count:,} eos ({job.eos_token_id}) for {info['documents']:,} documents")
+    data = np.memmap(path, dtype=dtype, mode="r")
+    _alignment(data, samples, block_size, rng, name, report)
+    _eye_test(data, tok, rng, name, report)
+    _sampler(data, job.vocab_size, block_size, rng, name, report)
+
+
+def _alignment(data: np.ndarray, samples: int, block: int, rng: np.random.Generator, name: str,
+               report: Report) -> None:
+    b = min(block, len(data) - 1)
+    if b < 2:
+        report.add(f"{name}: alignment", False, f"only {len(data)} tokens; nothing to train on")
+        return
+    bad = 0
+    for s in rng.integers(0, len(data) - b, size=samples):
+        x = np.asarray(data[s:s + b])
+        y = np.asarray(data[s + 1:s + 1 + b])
+        bad += not np.array_equal(x[1:], y[:-1])
+    report.add(f"{name}: alignment", bad == 0, f"{samples} random windows of {b} tokens, {bad} misaligned")
+
+
+def _eye_test(data: np.ndarray, tok: Tokenizer, rng: np.random.Generator, name: str, report: Report,
+              window: int = 48) -> None:
+    starts = [0, int(rng.integers(len(data) // 2, max(len(data) - window, len(data) // 2 + 1)))]
+    for s in starts:
+        ids = [int(i) for i in data[s:s + window]]
+        text = tok.decode(ids, skip_special_tokens=False)
+        report.samples.append(f"{name} @ token {s:,}: {text!r}")
+
+
+def _sampler(data: np.ndarray, vocab: int, block: int, rng: np.random.Generator, name: str,
+             report: Report, batch_size: int = 8, steps: int = 4) -> None:
+    b = min(block, len(data) - 1)
+    ok = True
+    for _ in range(steps):
+        ix = rng.integers(0, len(data) - b, size=batch_size)
+        x = np.stack([data[i:i + b].astype(np.int64) for i in ix])
+        y = np.stack([data[i + 1:i + 1 + b].astype(np.int64) for i in ix])
+        ok &= x.shape == y.shape == (batch_size, b) and bool((x[:, 1:] == y[:, :-1]).all())
+        ok &= bool((x >= 0).all() and (x < vocab).all())
+    report.add(f"{name}: sampler dry-run", ok,
+               f"{steps} batches of {batch_size}×{b} (x, y) int64 blocks; an untrained model's loss "
+               f"starts near ln({vocab}) = {math.log(vocab):.3f}")
+
+
+def validate(output_root: str | os.PathLike[str], samples: int = 64, seed: int = 0, block_size: int = 1024,
+             log: Callable[[str], None] = print) -> Report:
+    """Run every check on every combined split; the report's ``ok`` is the verdict."""
+    root = OutputRoot(output_root)
+    job, entries = load_job(root)
+    meta = read_meta(root)
+    report = Report()
+    if not meta.get("splits"):
+        report.add("meta.json", False, f"{root.meta_json} lists no combined split; run `slimtok combine`")
+        return report
+    for key in ("vocab_size", "eos_token_id", "dtype"):
+        report.add(f"meta: {key}", meta.get(key) == getattr(job, key),
+                   f"meta {meta.get(key)!r}, job.json {getattr(job, key)!r}")
+    tok = load_pinned_tokenizer(root, job).tokenizer
+    rng = np.random.default_rng(seed)
+    for split, info in meta["splits"].items():
+        validate_split(root, entries, split, info, job, tok, samples, block_size, rng, report)
+    for c in report.checks:
+        log(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+    for s in report.samples:
+        log(f"eye test: {s}")
+    return report

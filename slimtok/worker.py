@@ -1,0 +1,561 @@
+"""Step 5: tokenize claimed shards into per-shard token files, with checkpoints.
+
+Reads the manifest, ``job.json`` and ``tokenizer/`` of an output root; for every shard it claims,
+writes ``shards/<id>.<token>.part``, ``checkpoints/<id>.json``, then ``shards/<id>.bin`` and
+``done/<id>.json`` (or ``failed/<id>.json``); keeps ``heartbeats/<worker>.json`` and
+``logs/<worker>.log`` up to date.
+
+Invariants a relaunch relies on:
+
+* tokens reach the part file only in whole documents, and a checkpoint is written only after the
+  data it covers is fdatasync'd, so (lines, bytes) of any checkpoint is a valid resume point;
+* a resume copies the checkpointed prefix into the new claim's own part file, so a holder that
+  lost its claim (stopped, then woken) can never corrupt the new holder's output;
+* before every checkpoint and before finishing, the worker checks that the lock still names its
+  claim, and the done record is created exclusively, so a shard is committed exactly once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from .claims import Claim, Claimer, Identity, preference_order
+from .manifest import ShardEntry, manifest_digest, read_manifest
+from .protocol import (SPLITS, Checkpoint, DoneRecord, FailedRecord, Heartbeat, JobSettings, LockRecord,
+                       OutputRoot, create_exclusive, fsync_dir, new_token, read_record, worker_name,
+                       write_atomic, write_record)
+from .reader import ShardReader, ShardReadError
+from .tokenizer import Encoder, LoadedTokenizer, TokenizerError, load_tokenizer, resolve_dtype
+
+EXIT_OK = 0
+EXIT_SHARDS_FAILED = 1
+EXIT_FATAL = 3
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped on request; relaunching resumes
+
+#: Characters of text collected before one call to the encoder.
+BATCH_CHARS = 1 << 17
+BATCH_DOCS = 512
+COPY_BLOCK = 8 << 20
+
+log = logging.getLogger("slimtok.worker")
+
+
+class JobMismatch(Exception):
+    """A relaunch asked for settings other than those pinned in job.json."""
+
+
+class LostClaim(Exception):
+    """Another worker took this shard over; stop writing it."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT: progress is checkpointed, the claim released."""
+
+
+@dataclass
+class TokenizeSettings:
+    """What ``slimtok tokenize`` was asked to do; the pinned subset lives in job.json."""
+
+    manifest: str
+    output_root: str
+    tokenizer: str
+    tokens_per_write: int = 131072
+    splits: tuple[str, ...] = SPLITS
+    text_key: str = "text"
+    eos_id: int | None = None
+    dtype: str = "uint32"
+    retry_failed: bool = False
+    stale_after: float = 300.0
+    process_index: int = 0
+    process_count: int = 1
+    workers: int = 1
+    launch: str = field(default_factory=new_token)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return max(0.2, min(30.0, self.stale_after / 6))
+
+
+# -- job pinning -----------------------------------------------------------------------------
+
+def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: LoadedTokenizer) -> JobSettings:
+    return JobSettings(manifest_sha256=manifest_digest(entries), shards=len(entries), tokenizer=tok.source,
+                       tokenizer_sha256=tok.sha256, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id,
+                       eos_token=tok.eos_token, dtype=resolve_dtype(settings.dtype, tok.vocab_size),
+                       text_key=settings.text_key)
+
+
+def pin_job(settings: TokenizeSettings) -> JobSettings:
+    """Create job.json on first use, or check a relaunch against it; copy manifest and tokenizer.
+
+    Raises JobMismatch naming each differing setting before anything else is written.
+    """
+    root = OutputRoot(settings.output_root)
+    entries = read_manifest(settings.manifest)
+    tok = load_tokenizer(settings.tokenizer, settings.eos_id)
+    requested = requested_job(settings, entries, tok)
+    if not root.job.exists():
+        root.root.mkdir(parents=True, exist_ok=True)
+        create_exclusive(root.job, requested.to_json())
+    pinned = read_record(root.job, JobSettings)
+    if pinned is None:
+        raise JobMismatch(f"{root.job} exists but is not a slimtok job record; use a fresh --output-root")
+    diffs = pinned.differences(requested)
+    if diffs:
+        raise JobMismatch(f"{root.root} was started with other settings; refusing to mix outputs. "
+                          + "; ".join(diffs) + ". Use the original settings or a new --output-root.")
+    if not root.manifest.exists():
+        write_atomic(root.manifest, Path(settings.manifest).read_bytes())
+    tok_file = root.tokenizer_dir / "tokenizer.json"
+    if not tok_file.exists():
+        write_atomic(root.tokenizer_dir / "tokenizer_config.json",
+                     _tokenizer_config(pinned.eos_token))
+        write_atomic(tok_file, tok.to_json().encode())
+    return pinned
+
+
+def _tokenizer_config(eos_token: str | None) -> bytes:
+    import orjson
+
+    return orjson.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos_token},
+                        option=orjson.OPT_INDENT_2)
+
+
+def load_pinned_tokenizer(root: OutputRoot, job: JobSettings) -> LoadedTokenizer:
+    """The job's own copy of the tokenizer, checked against the pinned fingerprint."""
+    tok = load_tokenizer(str(root.tokenizer_dir / "tokenizer.json"), job.eos_token_id)
+    if tok.sha256 != job.tokenizer_sha256:
+        raise TokenizerError(f"{root.tokenizer_dir}/tokenizer.json does not match job.json's tokenizer_sha256; "
+                             "the output root was modified")
+    return tok
+
+
+# -- per-shard progress ----------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    """Counts for the data written so far to one part file."""
+
+    lines: int = 0
+    documents: int = 0
+    tokens: int = 0
+    bytes: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+
+
+@dataclass
+class _Mark:
+    """Where the reader stood right after one document."""
+
+    lines: int
+    skipped: dict[str, int]
+
+
+class ShardTask:
+    """Tokenizes one claimed shard from its last checkpoint to its done record."""
+
+    def __init__(self, worker: Worker, entry: ShardEntry, claim: Claim):
+        self.w = worker
+        self.root = worker.root
+        self.entry = entry
+        self.claim = claim
+        self.part = self.root.part(entry.id, claim.token)
+        self.progress = Progress()
+        self.fd = -1
+        self.pending: list[np.ndarray] = []
+        self.pending_tokens = 0
+        self.pending_docs = 0
+        self.last_mark = _Mark(0, {})
+        self.started = time.time()
+
+    def run(self) -> DoneRecord:
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self._resume()
+            reader = ShardReader(self.entry.path, self.w.job.text_key, self.progress.lines, self.progress.skipped)
+            try:
+                self._tokenize(reader)
+            except Interrupted:
+                if self.pending:  # keep what is encoded: checkpoint it before letting go
+                    self._flush(self.last_mark, checkpoint=True)
+                raise
+            self._flush(_Mark(reader.lines, dict(reader.skipped)), checkpoint=False)
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+        return self._commit()
+
+    # -- resume -----------------------------------------------------------------------------
+    def _resume(self) -> None:
+        """Continue from the shard's checkpoint if its data is intact, else from the start."""
+        ckpt = read_record(self.root.checkpoint(self.entry.id), Checkpoint)
+        old_parts = set()
+        if self.claim.previous is not None:
+            old_parts.add(self.root.part(self.entry.id, self.claim.previous.token))
+        if ckpt is not None and ckpt.shard == self.entry.id:
+            source = self.root.resolve(ckpt.part)
+            old_parts.add(source)
+            if self._copy_prefix(source, ckpt.bytes):
+                p = self.progress
+                p.lines, p.documents, p.tokens, p.bytes = ckpt.lines, ckpt.documents, ckpt.tokens, ckpt.bytes
+                p.skipped = dict(ckpt.skipped)
+                log.info("%s: resuming at line %d (%d tokens) from %s", self.entry.id, p.lines, p.tokens, ckpt.part)
+        for old in old_parts - {self.part}:
+            old.unlink(missing_ok=True)
+
+    def _copy_prefix(self, source: Path, size: int) -> bool:
+        """Copy the first ``size`` bytes of ``source`` into our part file; False if it is short."""
+        try:
+            src = open(source, "rb")
+        except FileNotFoundError:
+            return False
+        with src:
+            if os.fstat(src.fileno()).st_size < size:
+                return False
+            remaining = size
+            while remaining:
+                block = src.read(min(COPY_BLOCK, remaining))
+                if not block:
+                    return False
+                self.progress.hasher.update(block)
+                _write_all(self.fd, block)
+                remaining -= len(block)
+        os.fdatasync(self.fd)
+        return True
+
+    # -- main loop --------------------------------------------------------------------------
+    def _tokenize(self, reader: ShardReader) -> None:
+        texts: list[str] = []
+        marks: list[_Mark] = []
+        chars = 0
+        skipped_seen = -1
+        snapshot: dict[str, int] = {}
+        for text in reader.documents():
+            total = sum(reader.skipped.values())
+            if total != skipped_seen:  # skip counts change rarely; copy them only then
+                snapshot, skipped_seen = dict(reader.skipped), total
+            texts.append(text)
+            marks.append(_Mark(reader.lines, snapshot))
+            chars += len(text)
+            if chars >= BATCH_CHARS or len(texts) >= BATCH_DOCS:
+                self._encode(texts, marks)
+                texts, marks, chars = [], [], 0
+                self.w.check_running()
+        if texts:
+            self._encode(texts, marks)
+
+    def _encode(self, texts: list[str], marks: list[_Mark]) -> None:
+        """Encode a batch and flush at each document boundary where tokens_per_write is reached."""
+        flat, lengths = self.w.encoder.encode(texts)
+        limit = self.w.settings.tokens_per_write
+        start = end = 0
+        for i, n in enumerate(lengths):
+            end += n
+            self.pending_tokens += n
+            self.pending_docs += 1
+            if self.pending_tokens >= limit:
+                self.pending.append(flat[start:end])
+                self._flush(marks[i], checkpoint=True)
+                start = end
+        if end > start:
+            self.pending.append(flat[start:end])
+        self.last_mark = marks[-1]
+        self.w.stats.add(len(texts), int(flat.size), sum(len(t) for t in texts))
+
+    def _flush(self, mark: _Mark, checkpoint: bool) -> None:
+        """Write pending tokens, make them durable, then (optionally) record a checkpoint."""
+        p = self.progress
+        for arr in self.pending:
+            _write_all(self.fd, memoryview(arr).cast("B"))
+            p.hasher.update(memoryview(arr).cast("B"))
+            p.bytes += arr.nbytes
+        p.tokens += self.pending_tokens
+        p.documents += self.pending_docs
+        p.lines, p.skipped = mark.lines, mark.skipped
+        self.pending, self.pending_tokens, self.pending_docs = [], 0, 0
+        if not checkpoint:
+            return
+        os.fdatasync(self.fd)
+        self._check_claim()
+        write_record(self.root.checkpoint(self.entry.id),
+                     Checkpoint(shard=self.entry.id, token=self.claim.token, part=self.root.relative(self.part),
+                                lines=p.lines, documents=p.documents, tokens=p.tokens, bytes=p.bytes,
+                                skipped=dict(p.skipped)), durable=False)
+
+    def _check_claim(self) -> None:
+        if self.w.lost.is_set() or not self.w.claimer.holds(self.claim):
+            raise LostClaim(f"{self.entry.id}: lock taken over by another worker; stopping this copy")
+
+    # -- commit -----------------------------------------------------------------------------
+    def _commit(self) -> DoneRecord:
+        """Publish the shard: rename the part to its final name, then create the done record."""
+        self._check_claim()
+        p = self.progress
+        data = self.root.data(self.entry.id)
+        os.replace(self.part, data)
+        fsync_dir(data.parent)
+        record = DoneRecord(shard=self.entry.id, split=self.entry.split, file=self.root.relative(data),
+                            lines=p.lines, documents=p.documents, tokens=p.tokens, bytes=p.bytes,
+                            sha256=p.hasher.hexdigest(), dtype=self.w.job.dtype, skipped=dict(p.skipped),
+                            source_size=self.entry.size, token=self.claim.token, host=self.w.me.host,
+                            finished_at=time.time(), seconds=round(time.time() - self.started, 3))
+        done = self.root.done(self.entry.id)
+        done.parent.mkdir(parents=True, exist_ok=True)
+        if not create_exclusive(done, record.to_json()):
+            existing = read_record(done, DoneRecord)
+            if existing is None or existing.sha256 != record.sha256:
+                log.error("%s: a done record already exists with different content (%s vs %s); "
+                          "the tokenizer is not deterministic or the output root was modified",
+                          self.entry.id, existing and existing.sha256, record.sha256)
+        self.root.checkpoint(self.entry.id).unlink(missing_ok=True)
+        self.root.failed(self.entry.id).unlink(missing_ok=True)
+        return record
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+class Stats:
+    """Thread-safe running totals for heartbeats."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.documents = self.tokens = self.text_chars = self.shards_done = 0
+        self.started = time.time()
+
+    def add(self, documents: int, tokens: int, chars: int) -> None:
+        with self._lock:
+            self.documents += documents
+            self.tokens += tokens
+            self.text_chars += chars
+
+
+class Worker:
+    """One worker process: claims shards in preference order until every selected shard is settled."""
+
+    def __init__(self, settings: TokenizeSettings, worker_index: int):
+        self.settings = settings
+        self.index = worker_index
+        self.root = OutputRoot(settings.output_root)
+        job = read_record(self.root.job, JobSettings)
+        if job is None:
+            raise JobMismatch(f"{self.root.job} is missing; run `slimtok tokenize` to create the job")
+        self.job = job
+        self.entries = read_manifest(settings.manifest)
+        self.encoder = Encoder(load_pinned_tokenizer(self.root, job).tokenizer, job.eos_token_id, job.dtype)
+        self.me = Identity.current(settings.process_index, worker_index)
+        self.name = worker_name(self.me.host, settings.process_index, worker_index)
+        self.claimer = Claimer(self.root, self.me, settings.stale_after, self.name)
+        self.stats = Stats()
+        self.stop = threading.Event()
+        self.lost = threading.Event()
+        self.current: Claim | None = None
+        self.failed = 0
+
+    def check_running(self) -> None:
+        if self.lost.is_set():
+            raise LostClaim("lock taken over by another worker")
+        if self.stop.is_set():
+            raise Interrupted()
+
+    def run(self) -> int:
+        """Process shards; returns an exit status (see EXIT_*)."""
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            self._loop()
+        except Interrupted:
+            log.warning("%s: stopped on signal; progress is checkpointed, relaunch to resume", self.name)
+            return EXIT_INTERRUPTED
+        except OSError as exc:
+            log.error("%s: cannot write under %s: %s; progress up to the last checkpoint is kept, "
+                      "fix the cause and relaunch", self.name, self.root.root, exc)
+            return EXIT_FATAL
+        finally:
+            self.stop.set()
+            beat.join(timeout=5)
+            self._write_heartbeat("exited")
+        return EXIT_SHARDS_FAILED if self.failed else EXIT_OK
+
+    def _loop(self) -> None:
+        s = self.settings
+        order = preference_order(len(self.entries), s.process_index, s.process_count, self.index, s.workers)
+        waiting = []
+        for pos in order:
+            entry = self.entries[pos]
+            if entry.split in s.splits and self._attempt(entry) == "busy":
+                waiting.append(entry)
+        if waiting:
+            log.info("%s: %d shard(s) held by other workers; watching them for completion or staleness",
+                     self.name, len(waiting))
+        poll = max(0.2, min(5.0, s.stale_after / 4))
+        while waiting:
+            self.stop.wait(poll)
+            self.check_running()
+            waiting = [e for e in waiting if self._attempt(e) == "busy"]
+
+    def _settled(self, entry: ShardEntry) -> bool:
+        if self.root.done(entry.id).exists():
+            return True
+        failed = read_record(self.root.failed(entry.id), FailedRecord)
+        return failed is not None and (not self.settings.retry_failed or failed.launch == self.settings.launch)
+
+    def _attempt(self, entry: ShardEntry) -> str:
+        """'settled' when the shard needs nothing from us, 'busy' when another worker holds it."""
+        self.check_running()
+        if self._settled(entry):
+            return "settled"
+        claim = self.claimer.try_claim(entry.id)
+        if claim is None:
+            return "busy"
+        if self._settled(entry):  # finished between our look and our claim
+            self.claimer.release(claim)
+            return "settled"
+        self._process(entry, claim)
+        return "settled"
+
+    def _process(self, entry: ShardEntry, claim: Claim) -> None:
+        self.current = claim
+        self.lost.clear()
+        task = ShardTask(self, entry, claim)
+        log.info("%s: claimed %s (%s)%s", self.name, entry.id, claim.token,
+                 f", taking over from {_describe(claim.previous)}" if claim.previous else "")
+        try:
+            record = task.run()
+        except ShardReadError as exc:
+            self._fail(entry, claim, task, exc.reason)
+            return
+        except TokenizerError as exc:
+            self._fail(entry, claim, task, f"tokenizer error: {exc}")
+            return
+        except LostClaim as exc:
+            log.warning("%s", exc)
+            task.part.unlink(missing_ok=True)
+            return
+        except Interrupted:
+            self.claimer.release(claim)
+            raise
+        except OSError:
+            self._release_keeping_checkpoint(entry, claim, task)
+            raise
+        finally:
+            self.current = None
+        self.claimer.release(claim)
+        self.stats.shards_done += 1
+        log.info("%s: done %s: %d documents, %d tokens, %d skipped lines in %.1fs", self.name, entry.id,
+                 record.documents, record.tokens, sum(record.skipped.values()), record.seconds)
+
+    def _release_keeping_checkpoint(self, entry: ShardEntry, claim: Claim, task: ShardTask) -> None:
+        ckpt = read_record(self.root.checkpoint(entry.id), Checkpoint)
+        if ckpt is None or ckpt.token != claim.token:
+            task.part.unlink(missing_ok=True)
+        self.claimer.release(claim)
+
+    def _fail(self, entry: ShardEntry, claim: Claim, task: ShardTask, reason: str) -> None:
+        """Record why the shard failed, drop its partial output and move on."""
+        self.failed += 1
+        line = reason.replace("\n", " ")
+        log.error("%s: shard %s failed: %s: %s", self.name, entry.id, entry.path, line)
+        write_record(self.root.failed(entry.id),
+                     FailedRecord(shard=entry.id, path=entry.path, reason=line, host=self.me.host,
+                                  pid=self.me.pid, launch=self.settings.launch, failed_at=time.time()))
+        task.part.unlink(missing_ok=True)
+        self.root.checkpoint(entry.id).unlink(missing_ok=True)
+        self.claimer.release(claim)
+
+    # -- heartbeat --------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        proc = psutil.Process()
+        proc.cpu_percent(None)
+        last = (time.time(), 0)
+        while not self.stop.wait(self.settings.heartbeat_interval):
+            claim = self.current
+            if claim is not None and not self.claimer.refresh(claim):
+                self.lost.set()
+            now = time.time()
+            rate = (self.stats.tokens - last[1]) / max(now - last[0], 1e-6)
+            last = (now, self.stats.tokens)
+            self._write_heartbeat("working" if claim else "waiting", proc, rate)
+
+    def _write_heartbeat(self, state: str, proc: psutil.Process | None = None, rate: float = 0.0) -> None:
+        proc = proc or psutil.Process()
+        claim = self.current
+        try:
+            write_record(self.root.heartbeat(self.name), Heartbeat(
+                worker=self.name, host=self.me.host, pid=self.me.pid, process_index=self.me.process_index,
+                worker_index=self.index, shard=claim.shard if claim else None, state=state,
+                documents=self.stats.documents, tokens=self.stats.tokens, text_bytes=self.stats.text_chars,
+                shards_done=self.stats.shards_done, tokens_per_second=round(rate, 1),
+                cpu_percent=proc.cpu_percent(None), rss_bytes=proc.memory_info().rss,
+                updated_at=time.time(), started_at=self.stats.started), durable=False)
+        except OSError as exc:  # a full disk must not kill the heartbeat thread silently
+            log.warning("%s: cannot write heartbeat: %s", self.name, exc)
+
+
+def _describe(record: LockRecord | None) -> str:
+    if record is None:
+        return "nobody"
+    return f"{record.host} pid {record.pid} (process {record.process_index}, worker {record.worker})"
+
+
+# -- process entry point ---------------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the launching process dies, so no orphan keeps a claim alive."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _setup_logging(root: OutputRoot, name: str) -> None:
+    path = root.log(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter(f"[{name}] %(levelname)s %(message)s"))
+    logger = logging.getLogger("slimtok")
+    logger.handlers[:] = [handler, console]
+    logger.setLevel(logging.INFO)
+
+
+def worker_main(settings: TokenizeSettings, worker_index: int, parent_pid: int | None = None) -> int:
+    """Entry point of a spawned worker process; returns its exit status."""
+    if parent_pid is not None:
+        _die_with_parent()
+        if os.getppid() != parent_pid:
+            return EXIT_FATAL  # the parent died before we could arm the death signal
+    try:
+        worker = Worker(settings, worker_index)
+    except (JobMismatch, TokenizerError, OSError, ValueError) as exc:
+        logging.getLogger("slimtok").error("worker %d cannot start: %s", worker_index, exc)
+        return EXIT_FATAL
+    _setup_logging(worker.root, worker.name)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        worker.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return worker.run()
