@@ -1,0 +1,5 @@
+"""``python -m slimtok`` is the ``slimtok`` command."""
+
+from .cli import main
+
+main()
