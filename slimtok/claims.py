@@ -81,9 +81,23 @@ class Claimer:
         if create_exclusive(lock, record.to_json()):
             return Claim(shard, record.token, record, None)
         held = read_record(lock, LockRecord)
-        if held is None or not self.is_stale(lock, held):
+        if held is None:
+            return self._steal_unreadable(shard, record)
+        if not self.is_stale(lock, held):
             return None
-        return self._steal(shard, held, record)
+        return self._steal(shard, held.token, record, held)
+
+    def _steal_unreadable(self, shard: str, record: LockRecord) -> Claim | None:
+        """A lock that exists but holds no record (a crash of the file server mid-write) is
+        taken over once it is older than ``stale_after``; its inode number names the marker."""
+        lock = self.root.lock(shard)
+        try:
+            ino = os.stat(lock).st_ino
+        except FileNotFoundError:
+            return None
+        if self._age(lock) <= self.stale_after or read_record(lock, LockRecord) is not None:
+            return None
+        return self._steal(shard, f"ino{ino}", record, None)
 
     def _new_record(self, shard: str) -> LockRecord:
         m = self.me
@@ -91,9 +105,10 @@ class Claimer:
                           pid_started=m.pid_started, process_index=m.process_index, worker=m.worker,
                           claimed_at=time.time())
 
-    def _steal(self, shard: str, stale: LockRecord, record: LockRecord) -> Claim | None:
+    def _steal(self, shard: str, stale_token: str, record: LockRecord,
+               stale: LockRecord | None) -> Claim | None:
         lock = self.root.lock(shard)
-        marker = self.root.stolen(shard, stale.token)
+        marker = self.root.stolen(shard, stale_token)
         if not create_exclusive(marker, record.to_json()):
             # Another worker is taking over this very claim, unless it died doing so.
             if self._age(marker) > self.stale_after:
@@ -101,7 +116,7 @@ class Claimer:
             return None
         try:
             current = read_record(lock, LockRecord)
-            if current is not None and current.token != stale.token:
+            if current is not None and current.token != stale_token:
                 return None  # the holder released it meanwhile and somebody claimed it afresh
             lock.unlink(missing_ok=True)
             if not create_exclusive(lock, record.to_json()):

@@ -27,7 +27,7 @@ from tokenizers import Tokenizer
 
 from .combine import load_job, plan_split, read_meta
 from .manifest import ShardEntry
-from .protocol import SPLIT_FILES, JobSettings, OutputRoot
+from .protocol import SPLIT_FILES, DoneRecord, JobSettings, OutputRoot
 from .worker import load_pinned_tokenizer
 
 SCAN_TOKENS = 1 << 24
@@ -87,7 +87,7 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     expected = sum(r.bytes for r in records)
     report.add(f"{name}: size", size == info["bytes"] == expected == info["tokens"] * dtype.itemsize,
                f"file {size:,} B, meta {info['bytes']:,} B, {len(records)} done records {expected:,} B"
-               + ("" if size == expected else "; re-run `slimtok combine` if shards finished since"))
+               + ("" if size == expected else _size_hint(records, size)))
     if size != expected:
         return
     ranges, offset = [], 0
@@ -106,6 +106,17 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     _alignment(data, samples, block_size, rng, name, report)
     _eye_test(data, tok, rng, name, report)
     _sampler(data, job.vocab_size, block_size, rng, name, report)
+
+
+def _size_hint(records: list[DoneRecord], size: int) -> str:
+    """Name the shard whose byte range the file's end falls short of (a truncated copy)."""
+    offset = 0
+    for r in records:
+        if offset + r.bytes > size:
+            return (f"; the file ends inside shard {r.shard} (bytes {offset:,}..{offset + r.bytes:,}): truncated? "
+                    "re-run `slimtok combine`")
+        offset += r.bytes
+    return "; the file is longer than its shards: re-run `slimtok combine` if shards finished since"
 
 
 def _alignment(data: np.ndarray, samples: int, block: int, rng: np.random.Generator, name: str,

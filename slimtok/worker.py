@@ -59,6 +59,10 @@ class LostClaim(Exception):
     """Another worker took this shard over; stop writing it."""
 
 
+class EmptyShard(Exception):
+    """Lines were read but none held a usable document: almost always the wrong file or key."""
+
+
 class Interrupted(Exception):
     """SIGTERM or SIGINT: progress is checkpointed, the claim released."""
 
@@ -253,7 +257,7 @@ class ShardTask:
             if chars >= BATCH_CHARS or len(texts) >= BATCH_DOCS:
                 self._encode(texts, marks)
                 texts, marks, chars = [], [], 0
-                self.w.check_running()
+                self.w.check_running(self.claim)
         if texts:
             self._encode(texts, marks)
 
@@ -296,7 +300,7 @@ class ShardTask:
                                 skipped=dict(p.skipped)), durable=False)
 
     def _check_claim(self) -> None:
-        if self.w.lost.is_set() or not self.w.claimer.holds(self.claim):
+        if self.w.lost_token == self.claim.token or not self.w.claimer.holds(self.claim):
             raise LostClaim(f"{self.entry.id}: lock taken over by another worker; stopping this copy")
 
     # -- commit -----------------------------------------------------------------------------
@@ -304,8 +308,15 @@ class ShardTask:
         """Publish the shard: rename the part to its final name, then create the done record."""
         self._check_claim()
         p = self.progress
+        if p.lines and not p.documents:
+            reasons = ", ".join(f"{k}={v}" for k, v in sorted(p.skipped.items()))
+            raise EmptyShard(f"no usable document in {p.lines} lines (skipped: {reasons}); check the file "
+                             f"and --text-key {self.w.job.text_key!r}")
         data = self.root.data(self.entry.id)
-        os.replace(self.part, data)
+        try:
+            os.replace(self.part, data)
+        except FileNotFoundError as exc:  # a new holder removed our part file after taking over
+            raise LostClaim(f"{self.entry.id}: part file removed by a new holder; stopping this copy") from exc
         fsync_dir(data.parent)
         record = DoneRecord(shard=self.entry.id, split=self.entry.split, file=self.root.relative(data),
                             lines=p.lines, documents=p.documents, tokens=p.tokens, bytes=p.bytes,
@@ -366,13 +377,14 @@ class Worker:
         self.claimer = Claimer(self.root, self.me, settings.stale_after, self.name)
         self.stats = Stats()
         self.stop = threading.Event()
-        self.lost = threading.Event()
+        self.lost_token: str | None = None  # set by the heartbeat when it finds a claim taken over
         self.current: Claim | None = None
         self.failed = 0
 
-    def check_running(self) -> None:
-        if self.lost.is_set():
-            raise LostClaim("lock taken over by another worker")
+    def check_running(self, claim: Claim | None = None) -> None:
+        """Raise at a safe point if a signal asked us to stop or ``claim`` was taken over."""
+        if claim is not None and self.lost_token == claim.token:
+            raise LostClaim(f"{claim.shard}: lock taken over by another worker; stopping this copy")
         if self.stop.is_set():
             raise Interrupted()
 
@@ -434,7 +446,6 @@ class Worker:
 
     def _process(self, entry: ShardEntry, claim: Claim) -> None:
         self.current = claim
-        self.lost.clear()
         task = ShardTask(self, entry, claim)
         log.info("%s: claimed %s (%s)%s", self.name, entry.id, claim.token,
                  f", taking over from {_describe(claim.previous)}" if claim.previous else "")
@@ -445,6 +456,9 @@ class Worker:
             return
         except TokenizerError as exc:
             self._fail(entry, claim, task, f"tokenizer error: {exc}")
+            return
+        except EmptyShard as exc:
+            self._fail(entry, claim, task, str(exc))
             return
         except LostClaim as exc:
             log.warning("%s", exc)
@@ -489,7 +503,7 @@ class Worker:
         while not self.stop.wait(self.settings.heartbeat_interval):
             claim = self.current
             if claim is not None and not self.claimer.refresh(claim):
-                self.lost.set()
+                self.lost_token = claim.token
             now = time.time()
             rate = (self.stats.tokens - last[1]) / max(now - last[0], 1e-6)
             last = (now, self.stats.tokens)
