@@ -115,6 +115,15 @@ def build_manifest(dataset_dir: str | os.PathLike[str],
     return root, entries
 
 
+def missing_from_mirror(root: Path, entries: Sequence[ShardEntry], patterns: Sequence[str]) -> list[str]:
+    """Shards (relative paths) that `slimtok mirror` recorded under ``root`` but the walk did not find."""
+    from .mirror import compare_with_mirror_record
+
+    relpaths = [Path(e.path).relative_to(root).as_posix() for e in entries]
+    return [p for p in compare_with_mirror_record(root, relpaths)
+            if any(fnmatch.fnmatchcase(p.rsplit("/", 1)[-1], pat) for pat in patterns)]
+
+
 def summarize(entries: Sequence[ShardEntry]) -> dict:
     """Shard count and bytes per split and overall."""
     splits: dict[str, dict[str, int]] = {}

@@ -1,0 +1,544 @@
+"""Stage 1, before the manifest: bring a Hub repo (SlimPajama shards, a tokenizer) onto disk.
+
+:func:`mirror` plans and checks before it downloads; the transfer itself is
+``huggingface_hub.snapshot_download``:
+
+1. resolve the requested revision to a commit (``HfApi.repo_info``), so every later step, the
+   download included, sees the same commit even if the branch moves meanwhile;
+2. list the repo tree at that commit (``HfApi.list_repo_tree``) and filter it with the include and
+   exclude globs through ``huggingface_hub.utils.filter_repo_objects``, the function
+   ``snapshot_download`` filters with, so both agree on the file set (``*`` also matches ``/``; a
+   pattern ending in ``/`` means the whole folder);
+3. find the files already complete on disk (below) and the bytes still to fetch, and refuse, with
+   the numbers, when fetching them would leave less than ``min_free_fraction`` of the disk free;
+4. call ``snapshot_download`` pinned to the commit (with everything present it makes no request:
+   it reuses its tree cache and finds every file), then check every file's size on disk;
+5. write the mirror record (below) and, in cache mode, ``refs/<revision>``.
+
+Where files land:
+
+* cache mode (``cache_dir``, default the huggingface_hub cache): the Hugging Face cache layout,
+  ``CACHE/datasets--org--name/{blobs,snapshots/<commit>,refs}``; the snapshot folder is the dataset
+  root. ``snapshot_download`` writes no ref when given a commit, so slimtok writes
+  ``refs/<revision>`` (atomically) after a successful run: offline huggingface_hub users and
+  ``slimtok manifest --dataset-dir CACHE/datasets--org--name`` then find the snapshot, and a ref
+  never names a snapshot that slimtok left half-done.
+* local-dir mode (``local_dir``): plain files under ``DIR``, huggingface_hub's bookkeeping under
+  ``DIR/.cache/huggingface``.
+
+"Already complete" means: cache mode, the snapshot entry or the blob it would link to exists with
+the listed size (huggingface_hub links a present blob without downloading it); local-dir mode, the
+file exists with the listed size and content hash (the LFS sha256 when the Hub gives one, else the
+git blob id). A file or cache blob that exists but fails that test is removed before the download,
+because huggingface_hub would otherwise keep it (in local-dir mode its metadata vouches for the file;
+in the cache it links the existing blob).
+
+The mirror record, ``slimtok-mirror.json``, sits at the root of the mirrored tree: the snapshot
+folder in cache mode, ``DIR`` in local-dir mode. It names the repo, its type and the commit; lists
+every file slimtok mirrored into that tree (path, size, git blob id, sha256 when the Hub gives an
+LFS one); and keeps one entry per successful run (requested revision, globs, times, counts). Runs at
+the same commit add their files to the list; a run at another commit (possible in local-dir mode)
+starts a new record. It is written after the download succeeded, through a temporary file and
+``os.replace``. Two mirrors of the same commit finishing at the same instant can lose one run's entry
+(last writer wins); the files are unaffected and re-running either restores it.
+:func:`compare_with_mirror_record` is how ``slimtok manifest`` uses it.
+
+Resume: huggingface_hub >= 1.18 downloads each file to a temporary file private to the process and
+deletes it on failure; it retries with an HTTP ``Range`` request only within the same process.
+Across runs the unit of resume is therefore the whole file: files already complete are never
+fetched again, a file cut off midway starts over.
+
+The token comes from huggingface_hub (``HF_TOKEN`` or ``hf auth login``) and is never printed.
+Xet transfers are left to huggingface_hub (it uses ``hf_xet`` when the repo is Xet-backed; set
+``HF_HUB_DISABLE_XET=1`` to force plain HTTP).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from huggingface_hub import HfApi, RepoFile, constants, get_token, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.utils import filter_repo_objects
+
+from . import __version__
+from .protocol import Record, write_atomic
+
+try:  # huggingface_hub 2.x talks HTTP through httpx2, 1.x through httpx
+    from httpx2 import TransportError
+except ImportError:  # pragma: no cover - depends on the installed huggingface_hub major version
+    from httpx import TransportError
+
+MIRROR_RECORD_NAME = "slimtok-mirror.json"
+RECORD_FORMAT_VERSION = 1
+#: Record entries compared with a manifest: the shard formats slimtok reads.
+SHARD_SUFFIXES = (".jsonl.zst", ".jsonl.gz", ".jsonl", ".parquet")
+REPO_TYPES = ("dataset", "model")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_LOGIN_HINT = "run `hf auth login` (or set HF_TOKEN to a token with read access)"
+_RESUME_HINT = "files already complete are kept, so re-running the same command resumes with the rest"
+_HASH_BLOCK = 1 << 20
+
+
+class MirrorError(Exception):
+    """The mirror cannot proceed; the message is a full sentence saying what is wrong and what to do."""
+
+
+@dataclass
+class MirrorResult:
+    """What one :func:`mirror` call did. ``files``/``bytes`` cover the whole filtered selection."""
+
+    repo_id: str
+    repo_type: str
+    commit: str
+    snapshot_path: Path
+    files: int
+    bytes: int
+    downloaded_files: int
+    downloaded_bytes: int
+    skipped_files: int
+    skipped_bytes: int
+    record_path: Path
+
+    def summary(self) -> str:
+        """One line for humans: totals, then downloaded and skipped."""
+        return (f"{self.files} files ({_human(self.bytes)}) of {self.repo_type} {self.repo_id} at "
+                f"{self.commit[:12]}: downloaded {self.downloaded_files} ({_human(self.downloaded_bytes)}), "
+                f"skipped {self.skipped_files} already present ({_human(self.skipped_bytes)})")
+
+
+@dataclass(frozen=True)
+class RecordedFile(Record):
+    """One repo file as listed at the mirrored commit."""
+
+    path: str
+    size: int
+    blob_id: str
+    sha256: str | None = None
+
+    @property
+    def etag(self) -> str:
+        """The name huggingface_hub gives the file's blob in the cache."""
+        return self.sha256 or self.blob_id
+
+
+@dataclass(frozen=True)
+class MirrorRun(Record):
+    """One successful :func:`mirror` call into a tree."""
+
+    revision: str
+    include: list[str]
+    exclude: list[str]
+    started_at: str
+    finished_at: str
+    files: int
+    bytes: int
+    downloaded_files: int
+    downloaded_bytes: int
+
+
+@dataclass
+class MirrorRecord(Record):
+    """Contents of ``slimtok-mirror.json``; ``files`` is sorted by path and unique."""
+
+    repo_id: str
+    repo_type: str
+    commit: str
+    files: list[RecordedFile] = field(default_factory=list)
+    runs: list[MirrorRun] = field(default_factory=list)
+    format_version: int = RECORD_FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MirrorRecord:
+        return cls(repo_id=str(data["repo_id"]), repo_type=str(data["repo_type"]), commit=str(data["commit"]),
+                   files=[RecordedFile.from_dict(f) for f in data["files"]],
+                   runs=[MirrorRun.from_dict(r) for r in data["runs"]],
+                   format_version=int(data["format_version"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        # Identity and runs first: the file list is long and a reader looks at the top.
+        return {"format_version": self.format_version, "repo_id": self.repo_id, "repo_type": self.repo_type,
+                "commit": self.commit, "runs": [r.to_dict() for r in self.runs],
+                "files": [f.to_dict() for f in self.files]}
+
+    def merged(self, files: Sequence[RecordedFile], run: MirrorRun) -> MirrorRecord:
+        """This record plus one run's files (a run's listing wins for a path both have)."""
+        by_path = {f.path: f for f in self.files} | {f.path: f for f in files}
+        return MirrorRecord(self.repo_id, self.repo_type, self.commit,
+                            [by_path[p] for p in sorted(by_path)], [*self.runs, run])
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a mirror writes. ``root`` is the tree the files land in: the snapshot folder or the local dir."""
+
+    root: Path
+    repo_folder: Path | None  # the cache's datasets--org--name folder; None in local-dir mode
+    download_kwargs: dict[str, Path]  # cache_dir= or local_dir= for snapshot_download
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The filtered selection split by what is on disk; ``damaged`` lists paths (entries, blobs) to delete."""
+
+    present: list[RecordedFile]
+    missing: list[RecordedFile]
+    damaged: list[Path]
+
+
+# -- public API -----------------------------------------------------------------------------------
+
+
+def mirror(repo_id: str, *, repo_type: str = "dataset", revision: str | None = None,
+           include: Sequence[str] = (), exclude: Sequence[str] = (),
+           cache_dir: str | Path | None = None, local_dir: str | Path | None = None,
+           max_workers: int = 8, min_free_fraction: float = 0.2,
+           log: Callable[[str], None] = print) -> MirrorResult:
+    """Download the files of ``repo_id`` at ``revision`` that pass the globs, skipping complete ones.
+
+    Writes into ``cache_dir`` (Hugging Face cache layout) or ``local_dir`` (plain files), then the
+    mirror record and, in cache mode, ``refs/<revision>``. Raises :class:`MirrorError` for every
+    failure a user can act on (bad arguments, unknown repo or revision, gated repo, too little
+    disk, network failure); nothing is recorded unless every selected file is on disk with its size.
+    """
+    _check_arguments(repo_type, cache_dir, local_dir, max_workers, min_free_fraction)
+    revision = revision or constants.DEFAULT_REVISION
+    allow, ignore = _globs(include), _globs(exclude)
+    started_at = _now()
+    api = HfApi(library_name="slimtok", library_version=__version__)
+    label = f"{repo_type} {repo_id}"
+    with _plain_hub_errors(label, revision):
+        commit = _resolve_commit(api, repo_id, repo_type, revision)
+        log(f"{label}: revision {revision} is commit {commit}")
+        listing = _list_files(api, repo_id, repo_type, commit)
+    files = _select(listing, allow, ignore, label, commit)
+
+    target = _target(repo_id, repo_type, commit, cache_dir, local_dir)
+    if target.repo_folder is None:
+        plan = _plan_local_dir(target.root, files, max_workers)
+    else:
+        plan = _plan_cache(target.repo_folder, commit, files)
+    to_fetch = sum(f.size for f in plan.missing)
+    log(f"{label}: {len(files)} files ({_human(sum(f.size for f in files))}) selected, "
+        f"{len(plan.present)} already present, {len(plan.missing)} to download ({_human(to_fetch)})")
+    _check_free_space(target.root, to_fetch, min_free_fraction, label)
+    for path in plan.damaged:
+        log(f"{path} differs from the Hub's copy (size or checksum); removing it so it is fetched again")
+        path.unlink(missing_ok=True)  # two files with equal content share a blob
+
+    with _plain_hub_errors(label, revision):
+        snapshot = Path(snapshot_download(
+            repo_id, repo_type=repo_type, revision=commit, allow_patterns=allow or None,
+            ignore_patterns=ignore or None, max_workers=max_workers, library_name="slimtok",
+            library_version=__version__, **target.download_kwargs))
+    _check_sizes(snapshot, files, label)
+
+    run = MirrorRun(revision=revision, include=allow, exclude=ignore, started_at=started_at,
+                    finished_at=_now(), files=len(files), bytes=sum(f.size for f in files),
+                    downloaded_files=len(plan.missing), downloaded_bytes=to_fetch)
+    record_path = _write_record(snapshot, repo_id, repo_type, commit, files, run)
+    if target.repo_folder is not None and not _COMMIT_RE.match(revision):
+        write_atomic(target.repo_folder / "refs" / revision, commit.encode())
+    return MirrorResult(repo_id=repo_id, repo_type=repo_type, commit=commit, snapshot_path=snapshot,
+                        files=len(files), bytes=run.bytes, downloaded_files=len(plan.missing),
+                        downloaded_bytes=to_fetch, skipped_files=len(plan.present),
+                        skipped_bytes=sum(f.size for f in plan.present), record_path=record_path)
+
+
+def find_mirror_record(dataset_root: Path) -> Path | None:
+    """The record of the mirrored tree that ``dataset_root`` is (or lies in), if any.
+
+    ``dataset_root`` may be a cache repo folder ``datasets--org--name`` (its ``refs/main`` names the
+    snapshot, as in ``slimtok manifest``), a snapshot folder, a local dir, or a folder inside one of
+    these (e.g. ``<snapshot>/train``): the nearest ``slimtok-mirror.json`` at or above it is returned.
+    """
+    start = _tree_root(Path(dataset_root))
+    for folder in (start, *start.parents):
+        candidate = folder / MIRROR_RECORD_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_mirror_record(path: Path) -> MirrorRecord:
+    """Read a record; a damaged or unknown-format file raises :class:`MirrorError`."""
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+        record = MirrorRecord.from_dict(data)
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise MirrorError(f"{path} is not a readable slimtok mirror record ({exc}); delete it and re-run "
+                          "`slimtok mirror` to write a new one.") from exc
+    if record.format_version != RECORD_FORMAT_VERSION:
+        raise MirrorError(f"{path} has record format {record.format_version}, this slimtok reads format "
+                          f"{RECORD_FORMAT_VERSION}; upgrade slimtok or re-run `slimtok mirror`.")
+    return record
+
+
+def compare_with_mirror_record(dataset_root: Path, shard_relpaths: Sequence[str]) -> list[str]:
+    """Shards the mirror record lists below ``dataset_root`` that ``shard_relpaths`` lacks.
+
+    Paths in and out are POSIX and relative to ``dataset_root`` (for a cache repo folder, relative
+    to the snapshot its ``refs/main`` names). Only record files with a :data:`SHARD_SUFFIXES` suffix
+    count. Returns [] when there is no record; raises :class:`MirrorError` for an unreadable one.
+    """
+    record_path = find_mirror_record(Path(dataset_root))
+    if record_path is None:
+        return []
+    record = load_mirror_record(record_path)
+    prefix = _tree_root(Path(dataset_root)).relative_to(record_path.parent.resolve()).as_posix()
+    prefix = "" if prefix == "." else prefix + "/"
+    expected = {f.path[len(prefix):] for f in record.files
+                if f.path.startswith(prefix) and f.path.endswith(SHARD_SUFFIXES)}
+    have = {PurePosixPath(p).as_posix() for p in shard_relpaths}
+    return sorted(expected - have)
+
+
+# -- resolving and listing ------------------------------------------------------------------------
+
+
+def _check_arguments(repo_type: str, cache_dir: str | Path | None, local_dir: str | Path | None,
+                     max_workers: int, min_free_fraction: float) -> None:
+    if repo_type not in REPO_TYPES:
+        raise MirrorError(f"Unknown repo type {repo_type!r}: use one of {', '.join(REPO_TYPES)}.")
+    if cache_dir is not None and local_dir is not None:
+        raise MirrorError("Pass either a cache dir or a local dir, not both: the cache keeps huggingface_hub's "
+                          "layout (blobs, snapshots, refs), a local dir holds plain files.")
+    if max_workers < 1:
+        raise MirrorError(f"max_workers must be at least 1, got {max_workers}.")
+    if not 0 <= min_free_fraction < 1:
+        raise MirrorError(f"min_free_fraction must be in [0, 1), got {min_free_fraction}: it is the share of "
+                          "the disk that must stay free after the download (0.2 keeps 20%).")
+
+
+def _globs(patterns: str | Sequence[str]) -> list[str]:
+    """A glob list; a lone string is one glob, not a sequence of one-letter globs."""
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+def _resolve_commit(api: HfApi, repo_id: str, repo_type: str, revision: str) -> str:
+    """The commit ``revision`` names; a gated repo without any token fails here, before listing."""
+    info = api.repo_info(repo_id, repo_type=repo_type, revision=revision)
+    if info.gated and get_token() is None:
+        raise MirrorError(f"{repo_type} {repo_id} is gated and no Hugging Face token is set: accept its terms "
+                          f"on the Hub, then {_LOGIN_HINT}, and re-run.")
+    if info.sha is None:
+        raise MirrorError(f"The Hub did not say which commit {revision!r} of {repo_type} {repo_id} is; "
+                          "re-run later, or pass --revision with a 40-character commit hash.")
+    return info.sha
+
+
+def _list_files(api: HfApi, repo_id: str, repo_type: str, commit: str) -> list[RecordedFile]:
+    """Every file of the repo at ``commit`` (folders left out), through the paginated tree API."""
+    return [RecordedFile(path=f.path, size=f.size, blob_id=f.blob_id, sha256=f.lfs.sha256 if f.lfs else None)
+            for f in api.list_repo_tree(repo_id, repo_type=repo_type, revision=commit, recursive=True)
+            if isinstance(f, RepoFile)]
+
+
+def _select(files: list[RecordedFile], include: list[str], exclude: list[str], label: str,
+            commit: str) -> list[RecordedFile]:
+    """The files snapshot_download will fetch for these globs, sorted by path; none is an error."""
+    selected = sorted(filter_repo_objects(files, allow_patterns=include or None, ignore_patterns=exclude or None,
+                                          key=lambda f: f.path),
+                      key=lambda f: f.path)
+    if not selected:
+        # The deepest path shows best that globs see folders: SlimPajama's "train/chunk1/example_train_0.jsonl.zst".
+        example = max((f.path for f in files), key=lambda p: p.count("/"), default="(the repo is empty)")
+        raise MirrorError(f"No file of {label} at {commit[:12]} passes --include {include} / --exclude "
+                          f"{exclude}; globs match whole repo paths such as {example!r} ('*' also "
+                          "matches '/', a trailing '/' means the whole folder).")
+    return selected
+
+
+# -- what is on disk ------------------------------------------------------------------------------
+
+
+def _target(repo_id: str, repo_type: str, commit: str, cache_dir: str | Path | None,
+            local_dir: str | Path | None) -> _Target:
+    if local_dir is not None:
+        root = Path(local_dir).expanduser().resolve()
+        return _Target(root, None, {"local_dir": root})
+    cache = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser().resolve()
+    repo_folder = cache / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+    return _Target(repo_folder / "snapshots" / commit, repo_folder, {"cache_dir": cache})
+
+
+def _plan_cache(repo_folder: Path, commit: str, files: list[RecordedFile]) -> _Plan:
+    """Split ``files`` by the cache: complete when the snapshot entry, or else its blob, has the listed size."""
+    present, missing, damaged = [], [], []
+    for f in files:
+        entry = repo_folder / "snapshots" / commit / f.path
+        blob = repo_folder / "blobs" / f.etag
+        if _size_is(entry, f.size) or (not os.path.lexists(entry) and _size_is(blob, f.size)):
+            present.append(f)
+            continue
+        missing.append(f)
+        damaged += [p for p in (entry, blob) if os.path.lexists(p) and not _size_is(p, f.size)]
+    return _Plan(present, missing, damaged)
+
+
+def _plan_local_dir(root: Path, files: list[RecordedFile], max_workers: int) -> _Plan:
+    """Split ``files`` by a local dir: complete when size and content hash match the listing."""
+    # Hashing reads every present file once; hashlib releases the GIL, so threads overlap the reads.
+    with ThreadPoolExecutor(max_workers) as pool:
+        complete = list(pool.map(lambda f: _local_file_matches(root / f.path, f), files))
+    present: list[RecordedFile] = []
+    missing: list[RecordedFile] = []
+    for f, ok in zip(files, complete, strict=True):
+        (present if ok else missing).append(f)
+    return _Plan(present, missing, [root / f.path for f in missing if os.path.lexists(root / f.path)])
+
+
+def _local_file_matches(path: Path, f: RecordedFile) -> bool:
+    if not _size_is(path, f.size):
+        return False
+    # LFS files are named by sha256; other files by git's blob id, sha1 over "blob <size>\0" + content.
+    digest = hashlib.sha256() if f.sha256 is not None else hashlib.sha1(b"blob %d\0" % f.size)
+    with open(path, "rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest() == (f.sha256 or f.blob_id)
+
+
+def _size_is(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:  # missing, or a link whose blob is gone
+        return False
+
+
+def _check_free_space(root: Path, to_fetch: int, min_free_fraction: float, label: str) -> None:
+    """Refuse when fetching ``to_fetch`` bytes would leave less than ``min_free_fraction`` of the disk free."""
+    if to_fetch == 0:
+        return
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    usage = shutil.disk_usage(existing)
+    left = usage.free - to_fetch
+    if left >= min_free_fraction * usage.total:
+        return
+    raise MirrorError(
+        f"Not enough disk space to mirror {label}: {_human(to_fetch)} to download, {_human(usage.free)} free "
+        f"of {_human(usage.total)} on the disk holding {existing}, which would leave "
+        f"{max(left, 0) / usage.total:.1%} free where at least {min_free_fraction:.0%} must stay free. Free some "
+        "space, narrow --include, mirror to another disk, or lower --min-free-fraction.")
+
+
+def _check_sizes(snapshot: Path, files: list[RecordedFile], label: str) -> None:
+    """Every selected file must be on disk with its listed size before anything is recorded."""
+    wrong = [f.path for f in files if not _size_is(snapshot / f.path, f.size)]
+    if wrong:
+        raise MirrorError(f"After downloading {label}, {len(wrong)} file(s) are missing or have the wrong size "
+                          f"under {snapshot}: {', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}; "
+                          f"re-run the same command to fetch them again ({_RESUME_HINT}).")
+
+
+# -- record ---------------------------------------------------------------------------------------
+
+
+def _tree_root(dataset_root: Path) -> Path:
+    """``dataset_root`` resolved, with a cache repo folder replaced by the snapshot its refs/main names."""
+    root = dataset_root.expanduser().resolve()
+    ref = root / "refs" / "main"
+    if ref.is_file() and (root / "snapshots").is_dir():
+        return root / "snapshots" / ref.read_text().strip()
+    return root
+
+
+def _write_record(snapshot: Path, repo_id: str, repo_type: str, commit: str, files: list[RecordedFile],
+                  run: MirrorRun) -> Path:
+    """Merge this run into the tree's record (a record of another commit is replaced) and write it."""
+    path = snapshot / MIRROR_RECORD_NAME
+    previous = load_mirror_record(path) if path.is_file() else None
+    if previous is None or (previous.repo_id, previous.repo_type, previous.commit) != (repo_id, repo_type, commit):
+        previous = MirrorRecord(repo_id, repo_type, commit)
+    record = previous.merged(files, run)
+    write_atomic(path, orjson.dumps(record.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    return path
+
+
+# -- errors and formatting ------------------------------------------------------------------------
+
+
+@contextmanager
+def _plain_hub_errors(label: str, revision: str) -> Iterator[None]:
+    """Turn huggingface_hub and transport exceptions into a :class:`MirrorError` that says what to do."""
+    try:
+        yield
+    except GatedRepoError as exc:
+        raise MirrorError(f"{label} is gated and the Hub refused access (HTTP {_status(exc)}): accept its terms "
+                          f"on the Hub page with your account, then {_LOGIN_HINT}, and re-run.") from exc
+    except RepositoryNotFoundError as exc:
+        raise MirrorError(f"{label} was not found on {_endpoint()}: check the name and --repo-type; if "
+                          f"it is private, {_LOGIN_HINT}.") from exc
+    except RevisionNotFoundError as exc:
+        raise MirrorError(f"Revision {revision!r} does not exist in {label}: pass a branch, a tag or a "
+                          "commit hash that exists on the Hub.") from exc
+    except OfflineModeIsEnabled as exc:
+        raise MirrorError(f"HF_HUB_OFFLINE is set, so {label} cannot be mirrored: unset it and re-run.") from exc
+    except HfHubHTTPError as exc:
+        status = _status(exc)
+        if status in (401, 403):
+            raise MirrorError(f"The Hub refused access to {label} (HTTP {status}): check that your token may "
+                              f"read it; to use another one, {_LOGIN_HINT}.") from exc
+        raise MirrorError(f"The Hub answered HTTP {status} while mirroring {label} ({_first_line(exc)}); "
+                          f"{_RESUME_HINT}.") from exc
+    except (TransportError, LocalEntryNotFoundError) as exc:
+        raise MirrorError(f"Network failure while mirroring {label} from {_endpoint()} "
+                          f"({_first_line(exc)}); {_RESUME_HINT}.") from exc
+    except OSError as exc:
+        if exc.errno is None:  # huggingface_hub's own checks, e.g. "Consistency check failed" on a short body
+            raise MirrorError(f"A download of {label} was cut short ({_first_line(exc)}); {_RESUME_HINT}.") from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise MirrorError(f"The disk filled up while mirroring {label} ({exc}); free some space and re-run "
+                              f"the same command ({_RESUME_HINT}).") from exc
+        raise MirrorError(f"Cannot write the mirror of {label}: {exc}; fix the path or its permissions and "
+                          "re-run.") from exc
+
+
+def _endpoint() -> str:
+    """The Hub URL in use, without any user:password part."""
+    url = urlsplit(constants.ENDPOINT)
+    return url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
+
+
+def _status(exc: HfHubHTTPError) -> int | None:
+    return exc.response.status_code if exc.response is not None else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _human(n: int) -> str:
+    """Decimal units, as disks are sold: 1 GB = 10**9 bytes."""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.2f} TB"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
