@@ -137,15 +137,42 @@ def validate_cmd(output_root: Path, samples: int, seed: int, block_size: int) ->
 
 @main.command("status")
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
-def status_cmd(output_root: Path) -> None:
-    """Shards done / running / failed / pending per split, with documents and tokens so far."""
-    from .combine import CombineError
-    from .status import collect_status, format_status
+@click.option("--json", "as_json", is_flag=True, help="Print the same facts as one JSON object.")
+@click.option("--watch", type=click.FloatRange(min=0.5), default=None, metavar="SECONDS",
+              help="Redraw every SECONDS until interrupted.")
+@click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Also write Prometheus text-format metrics to FILE (atomically), for node_exporter.")
+@click.option("--window", type=click.FloatRange(min=1), default=600, show_default=True, metavar="SECONDS",
+              help="Measure throughput over shards finished this long ago at most.")
+def status_cmd(output_root: Path, as_json: bool, watch: float | None, prometheus: Path | None,
+               window: float) -> None:
+    """Shards done / running / failed / pending per split, throughput, ETA and one row per worker."""
+    import time
 
-    try:
-        click.echo(format_status(collect_status(output_root)))
-    except CombineError as exc:
-        _fail(exc)
+    import orjson
+
+    from .combine import CombineError
+    from .status import collect_status, format_status, write_prometheus
+
+    while True:
+        try:
+            status = collect_status(output_root, window)
+        except CombineError as exc:
+            _fail(exc)
+        if prometheus is not None:
+            write_prometheus(status, prometheus)
+        if watch is not None and not as_json:
+            click.clear()
+        if as_json:
+            click.echo(orjson.dumps(status.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        else:
+            click.echo(format_status(status, colour=sys.stdout.isatty()))
+        if watch is None:
+            return
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            return
 
 
 @main.command("demo")

@@ -19,6 +19,7 @@ Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_tra
     heartbeats/<worker>.json      liveness and throughput of one worker             Heartbeat
     probes/<worker>               touched to read the file server's clock
     logs/<worker>.log             one worker's log
+    status/done-rollup.json       counts of every done record, cached by status     DoneRollup
     train.bin val.bin test.bin    combined splits
     meta.pkl meta.json            what a trainer needs to read the combined splits
 
@@ -30,6 +31,11 @@ Invariants:
   and the checkpoint. A checkpoint always names a part file whose first ``bytes`` bytes are the
   tokens of the first ``lines`` input lines, so any later holder may resume from it.
 * Records are written whole: to a temporary name, fsync'd, then renamed or linked into place.
+* ``status/done-rollup.json`` is only a cache: ``done/`` stays the truth. A done record is never
+  rewritten once created, so ``slimtok status`` copies each one's counts into the roll-up the first
+  time it lists it and afterwards only opens records that are new since; ids no longer listed in
+  ``done/`` are dropped. Deleting the roll-up is always safe; status rebuilds it (and works, only
+  slower, where it cannot write it).
 """
 
 from __future__ import annotations
@@ -175,6 +181,24 @@ class Heartbeat(Record):
     rss_bytes: int
     updated_at: float
     started_at: float
+    #: seconds between heartbeats, so a reader knows when one is overdue (0: older writer)
+    interval: float = 0.0
+    #: whole host's CPU use in percent of all its cores, to see whether the node is saturated
+    host_cpu_percent: float = 0.0
+    host_cpus: int = 0
+
+
+#: What ``DoneRollup.shards`` keeps of each done record, in this order.
+ROLLUP_COLUMNS = ["documents", "tokens", "bytes", "source_size", "finished_at", "sources"]
+
+
+@dataclass
+class DoneRollup(Record):
+    """Cache of done records kept by ``slimtok status``: ``shards[id]`` holds ``columns`` in order."""
+
+    manifest_sha256: str
+    shards: dict[str, list[Any]] = field(default_factory=dict)
+    columns: list[str] = field(default_factory=lambda: list(ROLLUP_COLUMNS))
 
 
 class OutputRoot:
@@ -242,6 +266,11 @@ class OutputRoot:
 
     def log(self, worker: str) -> Path:
         return self.root / "logs" / f"{worker}.log"
+
+    # -- status ---------------------------------------------------------------------------
+    @property
+    def done_rollup(self) -> Path:
+        return self.root / "status" / "done-rollup.json"
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

@@ -499,6 +499,8 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         proc = psutil.Process()
         proc.cpu_percent(None)
+        psutil.cpu_percent(None)  # both count from here: the first real reading covers one interval
+        self._write_heartbeat("starting", proc)  # so status lists the worker before its first interval ends
         last = (time.time(), 0)
         while not self.stop.wait(self.settings.heartbeat_interval):
             claim = self.current
@@ -519,7 +521,9 @@ class Worker:
                 documents=self.stats.documents, tokens=self.stats.tokens, text_bytes=self.stats.text_chars,
                 shards_done=self.stats.shards_done, tokens_per_second=round(rate, 1),
                 cpu_percent=proc.cpu_percent(None), rss_bytes=proc.memory_info().rss,
-                updated_at=time.time(), started_at=self.stats.started), durable=False)
+                updated_at=time.time(), started_at=self.stats.started,
+                interval=self.settings.heartbeat_interval, host_cpu_percent=psutil.cpu_percent(None),
+                host_cpus=psutil.cpu_count() or 0), durable=False)
         except OSError as exc:  # a full disk must not kill the heartbeat thread silently
             log.warning("%s: cannot write heartbeat: %s", self.name, exc)
 
