@@ -9,11 +9,15 @@ output, which is what lets readers find document boundaries by scanning for it.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import logging
+import random
 import re
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -151,27 +155,237 @@ def resolve_dtype(requested: str, vocab_size: int) -> str:
     return requested
 
 
-class Encoder:
-    """Encodes batches of documents into one flat id array, eos after each document."""
 
-    def __init__(self, tokenizer: Tokenizer, eos_id: int, dtype: str):
-        tok = Tokenizer.from_str(tokenizer.to_str())  # a private copy: its settings change below
+# -- encoding backends -----------------------------------------------------------------------
+
+BACKENDS = ("auto", "tokenizers", "fastokens")
+#: During a run, one slice of real text is re-encoded by the reference per this many characters.
+VERIFY_EVERY_CHARS = 8 << 20
+VERIFY_SLICE_CHARS = 4096
+#: Documents longer than this are encoded in pieces cut at checked boundaries (bounds memory).
+HUGE_DOC_CHARS = 8 << 20
+#: Characters on each side of a candidate cut that must encode the same whole and cut.
+CUT_WINDOW_CHARS = 1024
+
+log = logging.getLogger("slimtok.tokenizer")
+
+# Start-up sample: scripts, code, whitespace shapes and digits that pre-tokenizer regexes treat
+# differently; special-token strings and random code points are added per tokenizer (below).
+_SAMPLE_TEXTS = (
+    "The quick brown fox jumps over the lazy dog. It's 3:45pm; they'll say \"we've won\" -- don't they?",
+    "def f(x):\n\tif x >= 10_000:\n        return {'a': [1, 2.5e-3]}  # comment\r\n    return None\n\n\n",
+    "Über naïve café façade — «quoted» ‹text› … 1,234.56 € 99% ½ ² ³",
+    "东京是日本的首都。北京是中国的首都，人口超过两千万。漢字とひらがなとカタカナ。",
+    "Москва — столица России. Привет, мир! Съешь ещё этих мягких французских булок.",
+    "مرحبا بالعالم. שלום עולם. नमस्ते दुनिया। สวัสดีชาวโลก 안녕하세요 세계",
+    "emoji 👩‍👩‍👧‍👦 🇩🇪 👍🏽 e\u0301 a\u0308 \u200b\u200d \ufeff \ufffd \u00a0nbsp",
+    "    leading spaces\n\n\n\n   \t \n trailing   \r\r\n\u2028\u2029 end   ",
+    "0123456789 3.14159265358979 1e100 0x1F 12,345,678 ５６７ ١٢٣",
+    "'s 'T 'RE 've 'M 'll 'D ''' \"\" `` ~~~ !!!??? ... ----- ===== ***** #####",
+    "a" * 3000 + " " + "ab" * 1500 + "\n" + " " * 500 + "x",
+)
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    """Which backend encodes, why, and how it was checked against ``tokenizers``."""
+
+    requested: str
+    backend: str
+    verification: str
+
+
+def _start_sample(tok: Tokenizer, seed: int = 0) -> list[str]:
+    """The start-up verification texts for ``tok``: fixed texts, its added tokens inside text, noise."""
+    texts = list(_SAMPLE_TEXTS)
+    added = [t.content for t in tok.get_added_tokens_decoder().values()]
+    texts += [f"before{a}after {a} {a}{a}\n{a}" for a in added]
+    rng = random.Random(seed)
+    ranges = [(0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x52F), (0x600, 0x6FF), (0x3040, 0x30FF),
+              (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0x1F300, 0x1FAFF), (0x9, 0xD)]
+    for _ in range(8):
+        chars = [chr(rng.randint(*rng.choice(ranges))) for _ in range(2000)]
+        texts.append("".join(chars))
+    return texts
+
+
+def _malloc_trim() -> None:
+    """Give the heap freed by tokenizer loading (JSON parse buffers) back to the OS (glibc only)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class Encoder:
+    """Encodes batches of documents into one flat id array, eos after each document.
+
+    ``tokenizers`` is the reference. With ``backend="fastokens"`` or ``"auto"``, fastokens encodes
+    when it is installed and gives exactly the reference's ids on a start-up sample; during the run
+    a random slice of real text is re-encoded by both every ``VERIFY_EVERY_CHARS`` characters, and
+    a mismatch switches this encoder to the reference for good. ``report`` says what happened.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, eos_id: int, dtype: str, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise TokenizerError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        spec = tokenizer.to_str()
+        tok = Tokenizer.from_str(spec)  # a private copy: its settings change below
         tok.no_padding()
         tok.no_truncation()
         tok.encode_special_tokens = True
         self._tok = tok
         self.eos_id = eos_id
         self.dtype = np.dtype(dtype)
+        self._fast = None
+        self._rng = random.Random()
+        self._until_check = self._rng.randrange(VERIFY_EVERY_CHARS)
+        if backend == "tokenizers":
+            self.report = BackendReport(backend, "tokenizers", "reference; not compared")
+        else:
+            self.report = self._try_fastokens(spec, backend)
+        _malloc_trim()
 
+    @property
+    def backend(self) -> str:
+        return self.report.backend
+
+    # -- choosing --------------------------------------------------------------------------
+    def _try_fastokens(self, spec: str, requested: str) -> BackendReport:
+        """fastokens if it loads and matches the reference on the start-up sample, else the reference."""
+        try:
+            import fastokens
+        except ImportError:
+            return self._fall_back(requested, "fastokens is not installed")
+        try:
+            fast = fastokens.Tokenizer.from_json_str(spec)
+            fast.no_padding()
+            fast.no_truncation()
+        except Exception as exc:  # the Rust loader raises bare exceptions for unsupported models
+            return self._fall_back(requested, f"fastokens cannot load this tokenizer: {exc}")
+        texts = _start_sample(self._tok)
+        ref, ref_lengths = self._encode_reference(texts)
+        got, got_lengths = self._encode_fast(fast, texts)
+        if ref_lengths != got_lengths or not np.array_equal(ref, got):
+            bad = next((i for i, (a, b) in enumerate(zip(ref_lengths, got_lengths)) if a != b), None)
+            where = f"first differing text #{bad}: {texts[bad][:40]!r}" if bad is not None else "ids differ"
+            return self._fall_back(requested, f"fastokens ids differ from tokenizers on the start-up sample "
+                                              f"({where})")
+        self._fast = fast
+        version = getattr(fastokens, "__version__", None) or _dist_version("fastokens")
+        chars = sum(len(t) for t in texts)
+        return BackendReport(requested, "fastokens",
+                             f"fastokens {version}: ids identical to tokenizers on the start-up sample "
+                             f"({len(texts)} texts, {chars} chars); re-checked on random slices during the run")
+
+    def _fall_back(self, requested: str, why: str) -> BackendReport:
+        if requested == "fastokens":
+            raise TokenizerError(f"--backend fastokens: {why}; use --backend auto or tokenizers")
+        log.warning("using the tokenizers backend: %s", why)
+        return BackendReport(requested, "tokenizers", f"fallback: {why}")
+
+    # -- encoding --------------------------------------------------------------------------
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """(flat ids, per-document lengths including eos) for ``texts``."""
-        encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
-        ids = [e.ids for e in encodings]
-        lengths = [len(x) + 1 for x in ids]
-        flat = np.empty(sum(lengths), dtype=self.dtype)
-        pos = 0
-        for doc, n in zip(ids, lengths):
-            flat[pos:pos + n - 1] = doc
-            flat[pos + n - 1] = self.eos_id
-            pos += n
+        texts = list(texts)
+        if any(len(t) > HUGE_DOC_CHARS for t in texts):
+            parts = [self._encode_huge(t) if len(t) > HUGE_DOC_CHARS else self.encode([t]) for t in texts]
+            return np.concatenate([flat for flat, _ in parts]), [n for _, lengths in parts for n in lengths]
+        return self._encode_batch(texts)
+
+    def _encode_batch(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        if self._fast is None:
+            flat, lengths = self._encode_reference(texts)
+        else:
+            flat, lengths = self._encode_fast(self._fast, texts)
+            self._until_check -= sum(len(t) for t in texts)
+            if self._until_check <= 0:
+                self._until_check = self._rng.randrange(2 * VERIFY_EVERY_CHARS)
+                if not self._check_slice(texts):
+                    flat, lengths = self._encode_reference(texts)
+        if self.dtype != flat.dtype:
+            flat = flat.astype(self.dtype)
         return flat, lengths
+
+    def _encode_huge(self, text: str) -> tuple[np.ndarray, list[int]]:
+        """One huge document, encoded piece by piece so memory follows the piece size, not the text's."""
+        pieces = []
+        start = 0
+        for cut in self._cuts(text):
+            flat, _ = self._encode_batch([text[start:cut]])
+            pieces.append(flat[:-1])  # drop the piece's eos; one goes after the whole document
+            start = cut
+        pieces.append(np.array([self.eos_id], dtype=pieces[0].dtype if pieces else self.dtype))
+        flat = np.concatenate(pieces)
+        return flat, [int(flat.size)]
+
+    def _cuts(self, text: str) -> Iterator[int]:
+        """Cut positions about every HUGE_DOC_CHARS, ending with len(text).
+
+        A cut goes right after a newline that is followed by a letter: no match of a byte-level
+        pre-tokenizer regex of the GPT-2/GPT-4/Qwen families spans such a place (newline runs and
+        letter runs are separate pieces), and no normalizer composes across it. Each cut is still
+        confirmed: CUT_WINDOW_CHARS on either side must give the same ids whole and cut.
+        """
+        pos = 0
+        while len(text) - pos > HUGE_DOC_CHARS:
+            cut = self._next_cut(text, pos + HUGE_DOC_CHARS // 2)
+            if cut is None:
+                break
+            yield cut
+            pos = cut
+        yield len(text)
+
+    def _next_cut(self, text: str, pos: int) -> int | None:
+        """The first confirmed cut at or after ``pos``, or None."""
+        while (nl := text.find("\n", pos, len(text) - 1)) != -1:
+            cut = nl + 1
+            pos = cut
+            if not text[cut].isalpha():
+                continue
+            left = text[max(0, cut - CUT_WINDOW_CHARS):cut]
+            right = text[cut:cut + CUT_WINDOW_CHARS]
+            whole, _ = self._encode_batch([left + right])
+            apart, lengths = self._encode_batch([left, right])
+            if np.array_equal(whole[:-1], np.delete(apart, [lengths[0] - 1, len(apart) - 1])):
+                return cut
+        return None
+
+    def _encode_reference(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        ids: list[int] = []
+        lengths = []
+        for enc in self._tok.encode_batch_fast(texts, add_special_tokens=False):
+            doc = enc.ids
+            ids += doc
+            ids.append(self.eos_id)
+            lengths.append(len(doc) + 1)
+        return np.array(ids, dtype=np.uint32), lengths
+
+    def _encode_fast(self, fast: object, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        raw, offsets = fast.encode_batch_flat(texts, False, True)  # type: ignore[attr-defined]
+        ids = np.frombuffer(raw, dtype=np.uint32)
+        ends = np.frombuffer(offsets, dtype=np.uint64).astype(np.intp)
+        flat = np.insert(ids, ends[1:], np.uint32(self.eos_id))  # one pass; eos after each document
+        return flat, (np.diff(ends) + 1).tolist()
+
+    def _check_slice(self, texts: list[str]) -> bool:
+        """Re-encode a random slice of a random document with both backends; on a mismatch switch."""
+        text = self._rng.choice(texts)
+        start = self._rng.randrange(max(1, len(text) - VERIFY_SLICE_CHARS + 1))
+        piece = [text[start:start + VERIFY_SLICE_CHARS]]
+        if np.array_equal(self._encode_reference(piece)[0], self._encode_fast(self._fast, piece)[0]):
+            return True
+        log.error("fastokens ids differ from tokenizers on a slice of real text (%r...); switching this "
+                  "worker to tokenizers. Shards this worker encoded with fastokens earlier were only checked "
+                  "on samples", piece[0][:60])
+        self._fast = None
+        self.report = BackendReport(self.report.requested, "tokenizers",
+                                    f"switched during the run: fastokens differed on {piece[0][:60]!r}")
+        return False
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"

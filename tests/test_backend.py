@@ -1,0 +1,131 @@
+"""The encoder backend: fastokens only when it gives the reference ids, else tokenizers, and why."""
+
+import json
+import logging
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+import slimtok.tokenizer as tokmod
+from corpus import make_dataset, sample_documents, slimtok
+from slimtok.tokenizer import Encoder, TokenizerError, load_tokenizer
+
+TRICKY = ["plain <|endoftext|> text with <|im_end|> inside", "\n\n  \t\r\n", "東京 Москва 👩‍👩‍👧 e\u0301",
+          "x" * 5000, "12345678901234567890 'll 'S"]
+
+
+def reference(folder: Path, texts: list[str], eos: int) -> np.ndarray:
+    """tokens(text) + [eos] per text, straight from tokenizers with special strings as text."""
+    return np.concatenate([np.append(ids, eos) for ids in reference_docs(folder, texts)])
+
+
+def reference_docs(folder: Path, texts: list[str]) -> list[list[int]]:
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.encode_special_tokens = True
+    return [tok.encode(text, add_special_tokens=False).ids for text in texts]
+
+
+@pytest.fixture(params=["bpe", "qwen3"])
+def folder(request, bpe_tokenizer, qwen3_tokenizer) -> Path:
+    return bpe_tokenizer if request.param == "bpe" else qwen3_tokenizer
+
+
+def test_auto_uses_fastokens_and_gives_reference_ids(folder):
+    pytest.importorskip("fastokens")
+    loaded = load_tokenizer(str(folder))
+    enc = Encoder(loaded.tokenizer, loaded.eos_token_id, "uint32", "auto")
+    assert enc.backend == "fastokens" and "identical" in enc.report.verification
+    texts = sample_documents(40, seed=7) + TRICKY
+    flat, lengths = enc.encode(texts)
+    assert np.array_equal(flat, reference(folder, texts, loaded.eos_token_id))
+    assert lengths == [len(ids) + 1 for ids in reference_docs(folder, texts)]
+
+
+def _fake_fastokens(monkeypatch, make) -> None:
+    """Install a stand-in ``fastokens`` module whose Tokenizer.from_json_str calls ``make(spec)``."""
+    module = types.SimpleNamespace(__version__="fake", Tokenizer=types.SimpleNamespace(from_json_str=make))
+    monkeypatch.setitem(sys.modules, "fastokens", module)
+
+
+class _Skewed:
+    """Wraps a real fastokens tokenizer; once ``broken`` is set, every id is shifted by one."""
+
+    def __init__(self, real, broken: bool = False):
+        self.real, self.broken = real, broken
+
+    def no_padding(self):
+        self.real.no_padding()
+
+    def no_truncation(self):
+        self.real.no_truncation()
+
+    def encode_batch_flat(self, texts, add_special, split_special):
+        ids, offsets = self.real.encode_batch_flat(texts, add_special, split_special)
+        if self.broken:
+            ids = (np.frombuffer(ids, np.uint32) + 1).tobytes()
+        return ids, offsets
+
+
+def test_missing_fastokens_falls_back_with_a_warning(bpe_tokenizer, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "fastokens", None)  # makes `import fastokens` raise ImportError
+    loaded = load_tokenizer(str(bpe_tokenizer))
+    with caplog.at_level(logging.WARNING, logger="slimtok.tokenizer"):
+        enc = Encoder(loaded.tokenizer, 0, "uint32", "auto")
+    assert enc.backend == "tokenizers" and "not installed" in enc.report.verification
+    assert "not installed" in caplog.text
+    with pytest.raises(TokenizerError, match="not installed"):
+        Encoder(loaded.tokenizer, 0, "uint32", "fastokens")
+
+
+def test_differing_fastokens_is_refused_at_start_up(bpe_tokenizer, monkeypatch):
+    fastokens = pytest.importorskip("fastokens")
+    _fake_fastokens(monkeypatch, lambda spec: _Skewed(fastokens.Tokenizer.from_json_str(spec), broken=True))
+    loaded = load_tokenizer(str(bpe_tokenizer))
+    enc = Encoder(loaded.tokenizer, 0, "uint32", "auto")
+    assert enc.backend == "tokenizers" and "differ" in enc.report.verification
+    texts = sample_documents(5, seed=3)
+    assert np.array_equal(enc.encode(texts)[0], reference(bpe_tokenizer, texts, 0))
+
+
+def test_mismatch_during_the_run_switches_to_the_reference(bpe_tokenizer, monkeypatch):
+    fastokens = pytest.importorskip("fastokens")
+    made: list[_Skewed] = []
+    _fake_fastokens(monkeypatch, lambda spec: made.append(_Skewed(fastokens.Tokenizer.from_json_str(spec)))
+                    or made[-1])
+    monkeypatch.setattr(tokmod, "VERIFY_EVERY_CHARS", 1)  # check a slice after every batch
+    loaded = load_tokenizer(str(bpe_tokenizer))
+    enc = Encoder(loaded.tokenizer, 0, "uint32", "auto")
+    assert enc.backend == "fastokens"
+    made[0].broken = True
+    texts = sample_documents(6, seed=4)
+    flat, _ = enc.encode(texts)
+    assert np.array_equal(flat, reference(bpe_tokenizer, texts, 0))
+    assert enc.backend == "tokenizers" and "switched" in enc.report.verification
+
+
+def test_backend_is_recorded_not_pinned_and_outputs_are_identical(tmp_path, bpe_tokenizer):
+    pytest.importorskip("fastokens")
+    dataset = make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=15, holdout_docs=4)
+    slimtok("manifest", "--dataset-dir", dataset, "--output-dir", tmp_path / "m")
+    manifest = tmp_path / "m" / "manifest.jsonl"
+    roots = {}
+    for backend in ("tokenizers", "auto"):
+        root = roots[backend] = tmp_path / backend
+        slimtok("tokenize", "--manifest", manifest, "--output-root", root, "--tokenizer", bpe_tokenizer,
+                "--quiet", "--spawn-workers", "1", "--backend", backend)
+        slimtok("combine", "--output-root", root)
+    for backend, used in (("tokenizers", "tokenizers"), ("auto", "fastokens")):
+        job = json.loads((roots[backend] / "job.json").read_text())
+        meta = json.loads((roots[backend] / "meta.json").read_text())
+        assert (job["backend_requested"], job["backend"]) == (backend, used)
+        assert meta["backend"] == used and meta["backend_verification"] == job["backend_verification"]
+    for name in ("train.bin", "val.bin", "test.bin"):
+        assert (roots["tokenizers"] / name).read_bytes() == (roots["auto"] / name).read_bytes()
+    # A relaunch with another backend is accepted (nothing to redo) and noted in job.json.
+    slimtok("tokenize", "--manifest", manifest, "--output-root", roots["tokenizers"], "--tokenizer",
+            bpe_tokenizer, "--quiet", "--spawn-workers", "1", "--backend", "fastokens")
+    assert json.loads((roots["tokenizers"] / "job.json").read_text())["backend"] == "fastokens"

@@ -1,0 +1,84 @@
+"""Fast paths give the ids of the plain path: flat arrays with eos, dtypes, and huge documents cut in pieces."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models
+
+import slimtok.tokenizer as tokmod
+from corpus import sample_documents
+from slimtok.tokenizer import Encoder, load_tokenizer
+
+BACKENDS = ["tokenizers", pytest.param("fastokens", marks=pytest.mark.skipif(
+    importlib.util.find_spec("fastokens") is None, reason="fastokens not installed"))]
+
+
+def whole_ids(tokenizer_json: str, text: str) -> list[int]:
+    """The reference: the whole document in one tokenizers call."""
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.encode_special_tokens = True
+    return tok.encode(text, add_special_tokens=False).ids
+
+
+def huge_text(seed: int) -> str:
+    """Real text joined with the shapes that matter at a cut: newline runs, whitespace before
+    newlines, letters, marks and CJK right after newlines, special-token strings next to them."""
+    glue = ["\n", "\n\n", " \n", "\t\n  ", "\r\n", "\n\n\n   ", "\n<|endoftext|>", "<|im_end|>\n"]
+    starts = ["word", "Émile", "東京", "\u0301accent", "123", " space", "'s", "ёлка", "\u1100\u1161"]
+    rng = np.random.default_rng(seed)
+    parts = []
+    for doc in sample_documents(120, seed=seed):
+        parts += [doc, glue[rng.integers(len(glue))], starts[rng.integers(len(starts))]]
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("which", ["bpe", "qwen3"])
+def test_huge_document_cut_in_pieces_equals_whole_document(which, backend, bpe_tokenizer, qwen3_tokenizer,
+                                                           monkeypatch):
+    folder = bpe_tokenizer if which == "bpe" else qwen3_tokenizer
+    loaded = load_tokenizer(str(folder))
+    enc = Encoder(loaded.tokenizer, loaded.eos_token_id, "uint32", backend)
+    monkeypatch.setattr(tokmod, "HUGE_DOC_CHARS", 4000)
+    text = huge_text(seed=11)
+    assert len(list(enc._cuts(text))) > 20  # the document really is cut
+    small = "a short one"
+    flat, lengths = enc.encode([small, text, small])
+    spec = loaded.to_json()
+    want = np.concatenate([whole_ids(spec, small), [loaded.eos_token_id], whole_ids(spec, text),
+                           [loaded.eos_token_id], whole_ids(spec, small), [loaded.eos_token_id]])
+    assert np.array_equal(flat, want)
+    assert lengths == [len(whole_ids(spec, small)) + 1, len(whole_ids(spec, text)) + 1,
+                       len(whole_ids(spec, small)) + 1]
+
+
+def test_a_cut_that_would_change_ids_is_not_taken(monkeypatch):
+    """A vocabulary with a merged "\\n" + "a" token and no pre-tokenizer: cutting before "a" changes
+    ids, so the window check must refuse every such place and the result stays the whole encoding."""
+    chars = sorted(set("\nabc <|endoftext|>"))
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab["\na"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("\n", "a")]))
+    tok.add_special_tokens(["<|endoftext|>"])
+    eos = tok.token_to_id("<|endoftext|>")
+    enc = Encoder(tok, eos, "uint32", "tokenizers")
+    monkeypatch.setattr(tokmod, "HUGE_DOC_CHARS", 200)
+    text = "abc\nab\nab c " * 200  # every newline is followed by "a"
+    assert list(enc._cuts(text)) == [len(text)]
+    flat, _ = enc.encode([text])
+    assert np.array_equal(flat, whole_ids(tok.to_str(), text) + [eos])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["uint16", "uint32"])
+def test_flat_array_has_eos_after_each_document_in_the_asked_dtype(backend, dtype, bpe_tokenizer):
+    loaded = load_tokenizer(str(bpe_tokenizer))
+    enc = Encoder(loaded.tokenizer, 0, dtype, backend)
+    texts = sample_documents(30, seed=5) + ["", "x"]  # an empty text still gets its eos
+    flat, lengths = enc.encode(texts)
+    spec = loaded.to_json()
+    docs = [whole_ids(spec, t) for t in texts]
+    assert flat.dtype == np.dtype(dtype)
+    assert np.array_equal(flat, np.concatenate([np.append(np.array(d, dtype=np.int64), 0) for d in docs]))
+    assert lengths == [len(d) + 1 for d in docs]
