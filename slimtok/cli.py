@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .protocol import SPLITS
+from .protocol import DEFAULT_SOURCE_KEY, SPLITS
 
 SPLIT_CHOICES = ",".join(SPLITS)
 
@@ -71,6 +71,9 @@ def manifest_cmd(dataset_dir: Path, output_dir: Path, patterns: tuple[str, ...])
               help="Flush and checkpoint at the first document boundary after this many tokens.")
 @click.option("--splits", default=SPLIT_CHOICES, show_default=True)
 @click.option("--text-key", default="text", show_default=True)
+@click.option("--source-key", default=DEFAULT_SOURCE_KEY, show_default=True,
+              help="Dotted path naming each document's source, counted per source in done records and "
+                   "meta.json; '' for none. Pinned in job.json.")
 @click.option("--eos-id", type=click.IntRange(min=0), default=None, help="Default: the tokenizer's eos token.")
 @click.option("--dtype", type=click.Choice(["uint32", "uint16", "auto"]), default="uint32", show_default=True)
 @click.option("--retry-failed", is_flag=True, help="Try shards that failed in earlier launches again.")
@@ -79,8 +82,8 @@ def manifest_cmd(dataset_dir: Path, output_dir: Path, patterns: tuple[str, ...])
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_workers: str, max_workers: int | None,
                  process_index: int | None, process_count: int | None, tokens_per_write: int, splits: str,
-                 text_key: str, eos_id: int | None, dtype: str, retry_failed: bool, stale_after: float,
-                 quiet: bool) -> None:
+                 text_key: str, source_key: str, eos_id: int | None, dtype: str, retry_failed: bool,
+                 stale_after: float, quiet: bool) -> None:
     """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""
     from .launch import LaunchError, settings_for, tokenize
     from .manifest import ManifestError
@@ -89,7 +92,8 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
 
     base = TokenizeSettings(manifest=str(manifest.absolute()), output_root=str(output_root.absolute()),
                             tokenizer=tokenizer, tokens_per_write=tokens_per_write,
-                            splits=_splits(splits) or SPLITS, text_key=text_key, eos_id=eos_id, dtype=dtype,
+                            splits=_splits(splits) or SPLITS, text_key=text_key, source_key=source_key,
+                            eos_id=eos_id, dtype=dtype,
                             retry_failed=retry_failed, stale_after=stale_after)
     try:
         settings, source = settings_for(base, spawn_workers, max_workers, process_index, process_count)
@@ -173,6 +177,45 @@ def status_cmd(output_root: Path, as_json: bool, watch: float | None, prometheus
             time.sleep(watch)
         except KeyboardInterrupt:
             return
+
+
+@main.group("export")
+def export_group() -> None:
+    """Write combined splits in the layouts other trainers read (after `slimtok combine`)."""
+
+
+@export_group.command("megatron")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--prefix", required=True,
+              help="Path prefix of the files; a relative one is placed in OUTPUT_ROOT/megatron/.")
+@click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
+def export_megatron_cmd(output_root: Path, prefix: str, splits: str | None) -> None:
+    """PREFIX_<split>_text_document.bin/.idx in megatron-core's indexed-dataset format."""
+    from .export import ExportError, export_megatron
+
+    try:
+        export_megatron(output_root, prefix, _splits(splits), log=click.echo)
+    except ExportError as exc:
+        _fail(exc)
+
+
+@export_group.command("packed")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["parquet", "npy"]), default="parquet", show_default=True)
+@click.option("--split", type=click.Choice(list(SPLITS)), default="train", show_default=True)
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Default: OUTPUT_ROOT/packed/<split>-<seq-len>-<format>.")
+@click.option("--rows-per-file", type=click.IntRange(min=1), default=None, help="Default: about 512 MiB per file.")
+def export_packed_cmd(output_root: Path, seq_len: int, fmt: str, split: str, output_dir: Path | None,
+                      rows_per_file: int | None) -> None:
+    """Rows of exactly SEQ_LEN tokens cut from the eos-separated stream, with a manifest of checksums."""
+    from .export import ExportError, export_packed
+
+    try:
+        export_packed(output_root, seq_len, fmt, split, output_dir, rows_per_file, log=click.echo)
+    except ExportError as exc:
+        _fail(exc)
 
 
 @main.command("demo")

@@ -17,8 +17,9 @@ import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
+import numpy as np
 import orjson
 
 from . import __version__
@@ -86,8 +87,12 @@ def _copy_range(src_fd: int, dst_fd: int, size: int) -> None:
         copied += n
 
 
-def _check_shard(root: OutputRoot, record: DoneRecord, whole: "hashlib._Hash | None") -> Path:
-    """Size (always) and sha256 (when ``whole`` is given) of a shard against its done record."""
+def _check_shard(root: OutputRoot, record: DoneRecord, whole: "hashlib._Hash | None",
+                 on_block: "Callable[[bytes], None] | None" = None) -> Path:
+    """Size (always) and sha256 (when ``whole`` is given) of a shard against its done record.
+
+    ``on_block`` sees every block of the shard in order when given (the read is shared).
+    """
     path = root.resolve(record.file)
     try:
         size = os.stat(path).st_size
@@ -97,35 +102,78 @@ def _check_shard(root: OutputRoot, record: DoneRecord, whole: "hashlib._Hash | N
     if size != record.bytes:
         raise CombineError(f"{path}: {size} bytes, but its done record says {record.bytes}; the file was "
                            f"changed after it was written. Delete done/{record.shard}.json and relaunch tokenize")
-    if whole is not None:
+    if whole is not None or on_block is not None:
         h = hashlib.sha256()
         with open(path, "rb") as f:
             while block := f.read(READ_BLOCK):
-                h.update(block)
-                whole.update(block)
-        if h.hexdigest() != record.sha256:
+                if whole is not None:
+                    h.update(block)
+                    whole.update(block)
+                if on_block is not None:
+                    on_block(block)
+        if whole is not None and h.hexdigest() != record.sha256:
             raise CombineError(f"{path}: sha256 does not match its done record (corrupted after it was "
                                f"written). Delete done/{record.shard}.json and relaunch tokenize")
     return path
 
 
-def write_split(root: OutputRoot, plan: SplitPlan, verify: bool = True) -> dict:
-    """Concatenate ``plan.done`` into the split's file (atomically); returns its meta entry."""
-    dest = root.combined(plan.split)
+class _DocIndex:
+    """Writes the split's document index while its shards are read: the end offset (in tokens) of
+    every eos. The eos id only ever appears as the document separator (special-token strings in
+    text are encoded as text), so its positions are exactly the document ends; each shard's eos
+    count must equal its done record's documents and its last token must be eos."""
+
+    def __init__(self, out: BinaryIO, dtype: str, eos: int):
+        self.out, self.dtype, self.eos = out, np.dtype(dtype), eos
+        self.tokens = 0
+        self.shard_eos = 0
+        self.last_is_eos = False
+
+    def add(self, block: bytes) -> None:
+        ids = np.frombuffer(block, dtype=self.dtype)
+        ends = np.flatnonzero(ids == self.eos).astype(np.uint64) + np.uint64(self.tokens + 1)
+        self.out.write(ends.astype("<u8", copy=False).tobytes())
+        self.shard_eos += ends.size
+        self.last_is_eos = bool(ids.size) and int(ids[-1]) == self.eos
+        self.tokens += ids.size
+
+    def end_shard(self, record: DoneRecord, path: Path) -> None:
+        found, self.shard_eos = self.shard_eos, 0
+        if found != record.documents or (record.tokens and not self.last_is_eos):
+            raise CombineError(f"{path}: {found} eos ids ({self.eos}) for {record.documents} documents in its "
+                               "done record, or it does not end with eos; the file is not what tokenize wrote. "
+                               f"Delete done/{record.shard}.json and relaunch tokenize")
+
+
+def write_split(root: OutputRoot, plan: SplitPlan, verify: bool = True, job: JobSettings | None = None) -> dict:
+    """Concatenate ``plan.done`` into the split's file and write its document index (both
+    atomically); returns its meta entry. The index is built from the same read that verifies."""
+    job = job or load_job(root)[0]
+    dest, index_dest = root.combined(plan.split), root.doc_index(plan.split)
     tmp = dest.with_name(f".{dest.name}.{new_token()}.tmp")
+    index_tmp = index_dest.with_name(f".{index_dest.name}.{new_token()}.tmp")
     whole = hashlib.sha256() if verify else None
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    index_file = open(index_tmp, "xb")
+    index = _DocIndex(index_file, job.dtype, job.eos_token_id)
     try:
         for record in plan.done:
-            path = _check_shard(root, record, whole)
+            path = _check_shard(root, record, whole, index.add)
+            index.end_shard(record, path)
             with open(path, "rb") as src:
                 _copy_range(src.fileno(), fd, record.bytes)
         os.fsync(fd)
+        index_file.flush()
+        os.fsync(index_file.fileno())
     except BaseException:
         os.close(fd)
+        index_file.close()
         tmp.unlink(missing_ok=True)
+        index_tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
+    index_file.close()
+    os.replace(index_tmp, index_dest)
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
     entry = {"file": dest.name, "shards": len(plan.done), "documents": sum(r.documents for r in plan.done),
@@ -138,6 +186,14 @@ def write_split(root: OutputRoot, plan: SplitPlan, verify: bool = True) -> dict:
         for reason, n in r.skipped.items():
             skipped[reason] = skipped.get(reason, 0) + n
     entry["skipped_lines"] = skipped
+    entry["index"] = index_dest.name
+    sources: dict[str, dict[str, int]] = {}
+    for r in plan.done:
+        for name, counts in r.sources.items():
+            total = sources.setdefault(name, {"documents": 0, "tokens": 0})
+            for key in total:
+                total[key] += counts.get(key, 0)
+    entry["sources"] = dict(sorted(sources.items()))
     return entry
 
 
@@ -193,7 +249,7 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
     for plan in plans:
         if plan.missing:
             log(f"warning: {_missing_message(root, plan)}; writing a partial {SPLIT_FILES[plan.split]}")
-        results[plan.split] = write_split(root, plan, verify)
+        results[plan.split] = write_split(root, plan, verify, job)
         r = results[plan.split]
         log(f"{root.combined(plan.split)}: {r['shards']} shards, {r['documents']:,} documents, "
             f"{r['tokens']:,} tokens, {r['bytes']:,} bytes")

@@ -21,6 +21,9 @@ Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_tra
     logs/<worker>.log             one worker's log
     status/done-rollup.json       counts of every done record, cached by status     DoneRollup
     train.bin val.bin test.bin    combined splits
+    train.idx val.idx test.idx    uint64 document end offsets (tokens) of each combined split
+    megatron/<prefix>_<split>_text_document.{bin,idx}   `slimtok export megatron` (relative prefix)
+    packed/<split>-<seq_len>-<fmt>/                      `slimtok export packed` (default folder)
     meta.pkl meta.json            what a trainer needs to read the combined splits
 
 Invariants:
@@ -55,6 +58,8 @@ PROTOCOL_VERSION = 1
 #: Combined output file of each split; "validation" is ``val.bin`` as nanoGPT names it.
 SPLIT_FILES = {"train": "train.bin", "validation": "val.bin", "test": "test.bin"}
 SPLITS = tuple(SPLIT_FILES)
+#: Where SlimPajama records name their source; the default of ``--source-key``.
+DEFAULT_SOURCE_KEY = "meta.redpajama_set_name"
 
 R = TypeVar("R", bound="Record")
 
@@ -88,9 +93,11 @@ class JobSettings(Record):
     dtype: str
     text_key: str
     protocol: int = PROTOCOL_VERSION
+    #: dotted path of the per-source accounting; pinned so every done record counts the same way
+    source_key: str = DEFAULT_SOURCE_KEY
 
     PINNED = ("manifest_sha256", "tokenizer_sha256", "vocab_size", "eos_token_id", "dtype", "text_key",
-              "protocol")
+              "protocol", "source_key")
 
     def differences(self, other: JobSettings) -> list[str]:
         """Human-readable list of pinned settings that differ (self = pinned, other = requested)."""
@@ -125,6 +132,8 @@ class Checkpoint(Record):
     tokens: int
     bytes: int
     skipped: dict[str, int] = field(default_factory=dict)
+    #: documents and tokens per source for the first ``lines`` lines: {source: {"documents", "tokens"}}
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,6 +155,8 @@ class DoneRecord(Record):
     host: str
     finished_at: float
     seconds: float
+    #: documents and tokens per source (``job.source_key``); they sum to ``documents`` and ``tokens``
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -230,6 +241,19 @@ class OutputRoot:
 
     def combined(self, split: str) -> Path:
         return self.root / SPLIT_FILES[split]
+
+    def doc_index(self, split: str) -> Path:
+        """``train.idx``: uint64 end offset (in tokens, exclusive) of every document in ``train.bin``."""
+        return self.combined(split).with_suffix(".idx")
+
+    # -- exports ----------------------------------------------------------------------------
+    def megatron_prefix(self, prefix: str, split: str) -> Path:
+        """``<prefix>_<split>_text_document`` (+ .bin/.idx); a relative prefix lives in ``megatron/``."""
+        base = Path(prefix) if Path(prefix).is_absolute() else self.root / "megatron" / prefix
+        return base.with_name(f"{base.name}_{self.combined(split).stem}_text_document")
+
+    def packed_dir(self, split: str, seq_len: int, fmt: str) -> Path:
+        return self.root / "packed" / f"{self.combined(split).stem}-{seq_len}-{fmt}"
 
     # -- per-shard files --------------------------------------------------------------------
     def lock(self, shard: str) -> Path:

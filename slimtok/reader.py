@@ -1,7 +1,9 @@
 """Step 3: stream documents out of one shard.
 
 Reads a ``.jsonl.zst`` (one or more zstd frames), ``.jsonl.gz`` or plain ``.jsonl`` file in large
-blocks and yields the ``text_key`` string of each line. Writes nothing.
+blocks, or a ``.parquet`` file one record batch at a time (only the columns it needs), and yields
+the ``text_key`` string of each record with its source (``source_key``, a dotted path such as
+``meta.redpajama_set_name``). Writes nothing. A parquet row counts as one line.
 
 Rules (the only changes slimtok makes to text):
 
@@ -23,12 +25,19 @@ import re
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Sequence
 
 import orjson
 import zstandard
 
+if TYPE_CHECKING:
+    import pyarrow.parquet
+
 BLOCK_SIZE = 1 << 20
+#: Parquet rows decoded at once; memory is bounded by this and by one row group's column chunks.
+PARQUET_BATCH_ROWS = 1024
+#: Source name of a document whose record lacks the source key (or holds null there).
+NO_SOURCE = "(none)"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_MAGIC_LOW = 0x184D2A50  # zstd skippable frames: 0x184D2A50..0x184D2A5F (little endian)
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -130,21 +139,22 @@ def iter_lines(path: str | Path) -> Iterator[bytes]:
             yield b"".join(tail)
 
 
-def parse_line(line: bytes, text_key: str) -> str | tuple[str, None]:
-    """The document text of one line, or ``(reason, None)`` when the line is skipped."""
+def _load_object(line: bytes) -> tuple[object, bool] | str:
+    """(parsed JSON value, whether it needed repair), or the reason the line is skipped."""
     if not line.strip():
-        return ("blank", None)
-    repaired = False
+        return "blank"
     try:
-        obj = orjson.loads(line)
+        return orjson.loads(line), False
     except orjson.JSONDecodeError:
         # orjson refuses invalid UTF-8, lone surrogates and integers beyond 64 bits; the stdlib
         # parser, given the line decoded with replacement, accepts all three.
         try:
-            obj = json.loads(line.decode("utf-8", errors="replace"))
+            return json.loads(line.decode("utf-8", errors="replace")), True
         except ValueError:
-            return ("not_json", None)
-        repaired = True
+            return "not_json"
+
+
+def _text_of(obj: object, text_key: str, repaired: bool) -> str | tuple[str, None]:
     if not isinstance(obj, dict):
         return ("not_object", None)
     text = obj.get(text_key)
@@ -159,33 +169,129 @@ def parse_line(line: bytes, text_key: str) -> str | tuple[str, None]:
     return text
 
 
+def parse_line(line: bytes, text_key: str) -> str | tuple[str, None]:
+    """The document text of one line, or ``(reason, None)`` when the line is skipped."""
+    loaded = _load_object(line)
+    if isinstance(loaded, str):
+        return (loaded, None)
+    return _text_of(loaded[0], text_key, loaded[1])
+
+
+def source_of(value: object, path: Sequence[str]) -> str:
+    """The source name at dotted ``path`` inside a record; :data:`NO_SOURCE` when absent or null."""
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return NO_SOURCE
+        value = value[part]
+    if value is None:
+        return NO_SOURCE
+    # A repaired line may carry lone surrogates here too, which JSON records cannot hold.
+    return _SURROGATES.sub("\ufffd", value if isinstance(value, str) else str(value))
+
+
+def _parquet_text(value: object) -> str | tuple[str, None]:
+    if value is None:
+        return ("missing_text", None)
+    if not isinstance(value, str):
+        return ("text_not_string", None)
+    return value if value else ("empty_text", None)
+
+
 class ShardReader:
-    """Documents of one shard, after skipping its first ``start_line`` lines.
+    """Documents of one shard, after skipping its first ``start_line`` lines (parquet: rows).
 
     ``lines`` counts every line consumed so far (kept and skipped) and ``skipped`` counts skipped
     lines by reason, so (lines, skipped) after a document says exactly where a resume restarts.
+    ``source_key`` (dotted path, empty for none) names the field :meth:`records` reports as source.
     """
 
     def __init__(self, path: str | Path, text_key: str = "text", start_line: int = 0,
-                 skipped: dict[str, int] | None = None):
+                 skipped: dict[str, int] | None = None, source_key: str = ""):
         self.path = Path(path)
         self.text_key = text_key
         self.start_line = start_line
         self.lines = 0
         self.skipped: Counter[str] = Counter(skipped or {})
+        self.source_path = tuple(source_key.split(".")) if source_key else ()
 
     def documents(self) -> Iterator[str]:
-        key = self.text_key
+        for text, _source in self.records():
+            yield text
+
+    def records(self) -> Iterator[tuple[str, str | None]]:
+        """(text, source) of each kept document; source is None when no source key is set."""
+        if self.path.name.endswith(".parquet"):
+            yield from self._parquet_records()
+        else:
+            yield from self._jsonl_records()
+
+    def _short(self) -> ShardReadError:
+        return ShardReadError(self.path, f"has fewer lines than the checkpoint's {self.start_line}; "
+                                         "the file changed since it was first read")
+
+    def _jsonl_records(self) -> Iterator[tuple[str, str | None]]:
+        key, spath = self.text_key, self.source_path
         lines = iter_lines(self.path)
         for _ in range(self.start_line):
             if next(lines, None) is None:
-                raise ShardReadError(self.path, f"has fewer lines than the checkpoint's {self.start_line}; "
-                                                "the file changed since it was first read")
+                raise self._short()
             self.lines += 1
         for line in lines:
             self.lines += 1
-            result = parse_line(line, key)
+            loaded = _load_object(line)
+            if isinstance(loaded, str):
+                self.skipped[loaded] += 1
+                continue
+            result = _text_of(loaded[0], key, loaded[1])
             if isinstance(result, str):
-                yield result
+                yield result, (source_of(loaded[0], spath) if spath else None)
             else:
                 self.skipped[result[0]] += 1
+
+    def _parquet_records(self) -> Iterator[tuple[str, str | None]]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(self.path)
+        except FileNotFoundError as exc:
+            raise ShardReadError(self.path, "file not found") from exc
+        except (pa.ArrowException, OSError) as exc:
+            raise ShardReadError(self.path, f"not a readable parquet file: {exc}") from exc
+        names = pf.schema_arrow.names
+        if self.text_key not in names:
+            raise ShardReadError(self.path, f"has no column {self.text_key!r} (columns: {', '.join(names)}); "
+                                            "pass --text-key")
+        spath = self.source_path
+        source_col = spath[0] if spath and spath[0] in names else None
+        columns = [self.text_key] + ([source_col] if source_col and source_col != self.text_key else [])
+        groups, skip = self._parquet_groups(pf)
+        self.lines = self.start_line
+        try:
+            for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=groups, columns=columns):
+                if skip:
+                    batch, skip = batch.slice(min(skip, batch.num_rows)), max(0, skip - batch.num_rows)
+                texts = batch.column(self.text_key).to_pylist()
+                sources = batch.column(source_col).to_pylist() if source_col else [None] * len(texts)
+                for text, raw_source in zip(texts, sources):
+                    self.lines += 1
+                    result = _parquet_text(text)
+                    if isinstance(result, str):
+                        yield result, (source_of(raw_source, spath[1:]) if spath else None)
+                    else:
+                        self.skipped[result[0]] += 1
+        except (pa.ArrowException, OSError) as exc:
+            raise ShardReadError(self.path, f"corrupt parquet data after row {self.lines}: {exc}") from exc
+
+    def _parquet_groups(self, pf: "pyarrow.parquet.ParquetFile") -> tuple[list[int], int]:
+        """Row groups still to read after ``start_line`` rows, and rows to drop from the first one."""
+        meta, skip, groups = pf.metadata, self.start_line, []
+        for g in range(meta.num_row_groups):
+            rows = meta.row_group(g).num_rows
+            if skip >= rows and not groups:
+                skip -= rows
+            else:
+                groups.append(g)
+        if skip and not groups:
+            raise self._short()
+        return groups, skip

@@ -32,8 +32,8 @@ import psutil
 
 from .claims import Claim, Claimer, Identity, preference_order
 from .manifest import ShardEntry, manifest_digest, read_manifest
-from .protocol import (SPLITS, Checkpoint, DoneRecord, FailedRecord, Heartbeat, JobSettings, LockRecord,
-                       OutputRoot, create_exclusive, fsync_dir, new_token, read_record, worker_name,
+from .protocol import (DEFAULT_SOURCE_KEY, SPLITS, Checkpoint, DoneRecord, FailedRecord, Heartbeat, JobSettings,
+                       LockRecord, OutputRoot, create_exclusive, fsync_dir, new_token, read_record, worker_name,
                        write_atomic, write_record)
 from .reader import ShardReader, ShardReadError
 from .tokenizer import Encoder, LoadedTokenizer, TokenizerError, load_tokenizer, resolve_dtype
@@ -79,6 +79,8 @@ class TokenizeSettings:
     text_key: str = "text"
     eos_id: int | None = None
     dtype: str = "uint32"
+    #: dotted path whose value names a document's source ("" for none); pinned in job.json
+    source_key: str = DEFAULT_SOURCE_KEY
     retry_failed: bool = False
     stale_after: float = 300.0
     process_index: int = 0
@@ -97,7 +99,7 @@ def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: Lo
     return JobSettings(manifest_sha256=manifest_digest(entries), shards=len(entries), tokenizer=tok.source,
                        tokenizer_sha256=tok.sha256, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id,
                        eos_token=tok.eos_token, dtype=resolve_dtype(settings.dtype, tok.vocab_size),
-                       text_key=settings.text_key)
+                       text_key=settings.text_key, source_key=settings.source_key)
 
 
 def pin_job(settings: TokenizeSettings) -> JobSettings:
@@ -156,15 +158,17 @@ class Progress:
     tokens: int = 0
     bytes: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
     hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
 
 
 @dataclass
 class _Mark:
-    """Where the reader stood right after one document."""
+    """Where the reader stood right after one document, and that document's source."""
 
     lines: int
     skipped: dict[str, int]
+    source: str | None = None
 
 
 class ShardTask:
@@ -181,6 +185,7 @@ class ShardTask:
         self.pending: list[np.ndarray] = []
         self.pending_tokens = 0
         self.pending_docs = 0
+        self.pending_sources: dict[str, list[int]] = {}
         self.last_mark = _Mark(0, {})
         self.started = time.time()
 
@@ -189,7 +194,8 @@ class ShardTask:
         self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             self._resume()
-            reader = ShardReader(self.entry.path, self.w.job.text_key, self.progress.lines, self.progress.skipped)
+            reader = ShardReader(self.entry.path, self.w.job.text_key, self.progress.lines, self.progress.skipped,
+                                 source_key=self.w.job.source_key)
             try:
                 self._tokenize(reader)
             except Interrupted:
@@ -216,6 +222,7 @@ class ShardTask:
                 p = self.progress
                 p.lines, p.documents, p.tokens, p.bytes = ckpt.lines, ckpt.documents, ckpt.tokens, ckpt.bytes
                 p.skipped = dict(ckpt.skipped)
+                p.sources = _copy_sources(ckpt.sources)
                 log.info("%s: resuming at line %d (%d tokens) from %s", self.entry.id, p.lines, p.tokens, ckpt.part)
         for old in old_parts - {self.part}:
             old.unlink(missing_ok=True)
@@ -247,12 +254,12 @@ class ShardTask:
         chars = 0
         skipped_seen = -1
         snapshot: dict[str, int] = {}
-        for text in reader.documents():
+        for text, source in reader.records():
             total = sum(reader.skipped.values())
             if total != skipped_seen:  # skip counts change rarely; copy them only then
                 snapshot, skipped_seen = dict(reader.skipped), total
             texts.append(text)
-            marks.append(_Mark(reader.lines, snapshot))
+            marks.append(_Mark(reader.lines, snapshot, source))
             chars += len(text)
             if chars >= BATCH_CHARS or len(texts) >= BATCH_DOCS:
                 self._encode(texts, marks)
@@ -270,6 +277,13 @@ class ShardTask:
             end += n
             self.pending_tokens += n
             self.pending_docs += 1
+            source = marks[i].source
+            if source is not None:
+                counts = self.pending_sources.get(source)
+                if counts is None:
+                    counts = self.pending_sources[source] = [0, 0]
+                counts[0] += 1
+                counts[1] += n
             if self.pending_tokens >= limit:
                 self.pending.append(flat[start:end])
                 self._flush(marks[i], checkpoint=True)
@@ -289,7 +303,11 @@ class ShardTask:
         p.tokens += self.pending_tokens
         p.documents += self.pending_docs
         p.lines, p.skipped = mark.lines, mark.skipped
-        self.pending, self.pending_tokens, self.pending_docs = [], 0, 0
+        for source, (docs, tokens) in self.pending_sources.items():
+            counts = p.sources.setdefault(source, {"documents": 0, "tokens": 0})
+            counts["documents"] += docs
+            counts["tokens"] += tokens
+        self.pending, self.pending_tokens, self.pending_docs, self.pending_sources = [], 0, 0, {}
         if not checkpoint:
             return
         os.fdatasync(self.fd)
@@ -297,7 +315,7 @@ class ShardTask:
         write_record(self.root.checkpoint(self.entry.id),
                      Checkpoint(shard=self.entry.id, token=self.claim.token, part=self.root.relative(self.part),
                                 lines=p.lines, documents=p.documents, tokens=p.tokens, bytes=p.bytes,
-                                skipped=dict(p.skipped)), durable=False)
+                                skipped=dict(p.skipped), sources=_copy_sources(p.sources)), durable=False)
 
     def _check_claim(self) -> None:
         if self.w.lost_token == self.claim.token or not self.w.claimer.holds(self.claim):
@@ -322,7 +340,8 @@ class ShardTask:
                             lines=p.lines, documents=p.documents, tokens=p.tokens, bytes=p.bytes,
                             sha256=p.hasher.hexdigest(), dtype=self.w.job.dtype, skipped=dict(p.skipped),
                             source_size=self.entry.size, token=self.claim.token, host=self.w.me.host,
-                            finished_at=time.time(), seconds=round(time.time() - self.started, 3))
+                            finished_at=time.time(), seconds=round(time.time() - self.started, 3),
+                            sources=_copy_sources(p.sources))
         done = self.root.done(self.entry.id)
         done.parent.mkdir(parents=True, exist_ok=True)
         if not create_exclusive(done, record.to_json()):
@@ -334,6 +353,10 @@ class ShardTask:
         self.root.checkpoint(self.entry.id).unlink(missing_ok=True)
         self.root.failed(self.entry.id).unlink(missing_ok=True)
         return record
+
+
+def _copy_sources(sources: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {name: dict(counts) for name, counts in sources.items()}
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

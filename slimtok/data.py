@@ -1,0 +1,167 @@
+"""Reading combined splits in a training loop.
+
+Reads ``train.bin`` (and ``val.bin`` / ``test.bin``) as a memmap in the dtype recorded in
+``meta.json`` next to it, and ``train.idx`` (uint64 end offset of every document, in tokens) for
+document boundaries. Writes nothing. numpy is enough; torch is imported only when a DataLoader
+asks for :class:`TorchTokenBlocks` (``from slimtok.data import TorchTokenBlocks``).
+
+The training pair rule everywhere here: for a window starting at ``s`` of ``block_size`` tokens,
+``x = data[s : s + block_size]`` and ``y = data[s + 1 : s + 1 + block_size]`` (y is x shifted by
+one), both returned as int64.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import orjson
+
+from .protocol import OutputRoot
+
+__all__ = ["TokenBin", "TokenBlocks", "DataError"]  # TorchTokenBlocks on request: it imports torch
+
+
+class DataError(Exception):
+    """A combined split cannot be read as described; the message names the file."""
+
+
+def _split_info(path: Path) -> tuple[str, dict]:
+    """(dtype, meta entry of the split whose file is ``path``) from the meta.json beside it."""
+    meta_path = OutputRoot(path.parent).meta_json
+    try:
+        meta = orjson.loads(meta_path.read_bytes())
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no {meta_path.name} beside it to give the dtype; pass dtype=") from exc
+    for info in meta.get("splits", {}).values():
+        if info.get("file") == path.name:
+            return meta["dtype"], info
+    raise DataError(f"{meta_path} does not list {path.name}; run `slimtok combine`")
+
+
+class TokenBin:
+    """One combined split: ``tokens`` (memmap), ``doc_ends`` (memmap of the index, or None).
+
+    The dtype comes from meta.json unless given. When meta.json lists the split, the file sizes
+    are checked against its token and document counts, so a half-replaced pair is refused.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], dtype: str | np.dtype | None = None,
+                 index: str | os.PathLike[str] | None = None):
+        self.path = Path(path)
+        info: dict = {}
+        if dtype is None:
+            dtype, info = _split_info(self.path)
+        self.dtype = np.dtype(dtype)
+        self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
+        if info and info.get("tokens") != len(self.tokens):
+            raise DataError(f"{self.path}: {len(self.tokens):,} tokens, meta.json says {info.get('tokens'):,}; "
+                            "re-run `slimtok combine`")
+        index_path = Path(index) if index is not None else self.path.with_suffix(".idx")
+        self.doc_ends: np.ndarray | None = None
+        if index_path.exists() and index_path.stat().st_size:
+            self.doc_ends = np.memmap(index_path, dtype="<u8", mode="r")
+        elif index_path.exists():
+            self.doc_ends = np.zeros(0, dtype="<u8")
+        if self.doc_ends is not None:
+            expected = info.get("documents", len(self.doc_ends))
+            last = int(self.doc_ends[-1]) if len(self.doc_ends) else 0
+            if len(self.doc_ends) != expected or last != len(self.tokens):
+                raise DataError(f"{index_path}: {len(self.doc_ends):,} documents ending at {last:,}, but "
+                                f"{self.path.name} has {len(self.tokens):,} tokens and meta.json "
+                                f"{expected:,} documents; re-run `slimtok combine`")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    # -- documents --------------------------------------------------------------------------
+    def _ends(self) -> np.ndarray:
+        if self.doc_ends is None:
+            raise DataError(f"{self.path.with_suffix('.idx')} is missing; re-run `slimtok combine` to write it")
+        return self.doc_ends
+
+    @property
+    def num_documents(self) -> int:
+        return len(self._ends())
+
+    def document(self, i: int) -> np.ndarray:
+        """Ids of document ``i`` (its trailing eos included)."""
+        ends = self._ends()
+        start = int(ends[i - 1]) if i > 0 else 0
+        return np.asarray(self.tokens[start:int(ends[i])])
+
+    def document_starts(self, start: int, stop: int) -> np.ndarray:
+        """Token offsets in ``[start, stop)`` where a document begins (0 counts as a beginning)."""
+        ends = self._ends()
+        stop = min(stop, len(self.tokens))  # the last end is the file's end, not a beginning
+        lo, hi = np.searchsorted(ends, [start, stop], side="left")
+        starts = ends[lo:hi].astype(np.int64)
+        return np.concatenate([[0], starts]) if start == 0 < stop else starts
+
+    # -- sampling ---------------------------------------------------------------------------
+    def window(self, s: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) int64 at offset ``s``: y is x shifted by one token."""
+        chunk = np.asarray(self.tokens[s:s + block_size + 1]).astype(np.int64)
+        return chunk[:-1], chunk[1:]
+
+    def get_batch(self, batch_size: int, block_size: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A nanoGPT-style batch: ``batch_size`` windows at offsets drawn uniformly by ``rng``."""
+        if len(self) <= block_size:
+            raise DataError(f"{self.path}: {len(self)} tokens, need more than block_size {block_size}")
+        ix = rng.integers(0, len(self) - block_size, size=batch_size)
+        pairs = [self.window(int(s), block_size) for s in ix]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+class TokenBlocks:
+    """Consecutive non-overlapping windows of a split, shared out across data-parallel ranks and
+    DataLoader workers: block ``j`` (x = tokens[j*B : j*B+B], y shifted by one) goes to the
+    reader ``rank * num_workers + worker`` of ``world_size * num_workers`` when ``j`` modulo that
+    total equals it. Every block is read by exactly one reader; a trailing partial block is
+    dropped. ``seed`` shuffles each reader's own blocks (the same seed gives the same order).
+
+    The worker index and count come from torch's DataLoader when it runs this in a worker (and
+    torch is already imported), otherwise from ``worker``/``num_workers``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], block_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int | None = None, worker: int = 0, num_workers: int = 1, dtype: str | None = None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.path, self.block_size, self.rank, self.world_size = str(path), block_size, rank, world_size
+        self.seed, self.worker, self.num_workers, self.dtype = seed, worker, num_workers, dtype
+
+    def _reader(self) -> tuple[int, int]:
+        torch = sys.modules.get("torch")
+        info = torch.utils.data.get_worker_info() if torch is not None else None
+        worker, workers = (info.id, info.num_workers) if info is not None else (self.worker, self.num_workers)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def blocks(self, data: TokenBin | None = None) -> np.ndarray:
+        """The block numbers this reader yields, in order."""
+        data = data or TokenBin(self.path, self.dtype)
+        reader, readers = self._reader()
+        mine = np.arange(reader, (len(data) - 1) // self.block_size, readers, dtype=np.int64)
+        if self.seed is not None:
+            np.random.default_rng([self.seed, reader]).shuffle(mine)
+        return mine
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        data = TokenBin(self.path, self.dtype)
+        for j in self.blocks(data):
+            yield data.window(int(j) * self.block_size, self.block_size)
+
+
+def __getattr__(name: str) -> Any:
+    """``TorchTokenBlocks``: TokenBlocks as a torch IterableDataset, built on first use (imports torch)."""
+    if name != "TorchTokenBlocks":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from torch.utils.data import IterableDataset
+
+    cls = type("TorchTokenBlocks", (TokenBlocks, IterableDataset), {"__module__": __name__})
+    globals()[name] = cls  # so DataLoader workers can pickle it by name
+    return cls
