@@ -9,8 +9,10 @@ Checks per split:
 * **ids**: every id < vocab_size, and the number of eos ids ≥ the number of documents;
 * **alignment**: at random offsets s, x = data[s:s+B] and y = data[s+1:s+1+B] satisfy x[1:] == y[:-1];
 * **eye test**: decodes windows near offset 0 and deep in the file and prints them;
-* **sampler dry-run**: draws (x, y) batches from a memmap as a nanoGPT-style loop does and reports
-  ln(vocab_size), the loss an untrained model starts near.
+* **document index**: ``train.idx`` has one increasing end per document, each right after an eos;
+* **sampler dry-run**: draws (x, y) batches with :class:`slimtok.data.TokenBin` as a training loop
+  does, checks its document starts against the eos ids, and reports ln(vocab_size), the loss an
+  untrained model starts near.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,6 +29,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .combine import load_job, plan_split, read_meta
+from .data import DataError, TokenBin
 from .manifest import ShardEntry
 from .protocol import SPLIT_FILES, DoneRecord, JobSettings, OutputRoot
 from .worker import load_pinned_tokenizer
@@ -105,7 +109,8 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     data = np.memmap(path, dtype=dtype, mode="r")
     _alignment(data, samples, block_size, rng, name, report)
     _eye_test(data, tok, rng, name, report)
-    _sampler(data, job.vocab_size, block_size, rng, name, report)
+    _doc_index(root.doc_index(split), data, info["documents"], eos_count, job.eos_token_id, name, report)
+    _sampler(path, dtype, job.vocab_size, job.eos_token_id, block_size, rng, name, report)
 
 
 def _size_hint(records: list[DoneRecord], size: int) -> str:
@@ -142,19 +147,50 @@ def _eye_test(data: np.ndarray, tok: Tokenizer, rng: np.random.Generator, name: 
         report.samples.append(f"{name} @ token {s:,}: {text!r}")
 
 
-def _sampler(data: np.ndarray, vocab: int, block: int, rng: np.random.Generator, name: str,
+def _doc_index(index: Path, data: np.ndarray, documents: int, eos_count: int, eos: int, name: str,
+               report: Report) -> None:
+    """The index has one strictly increasing end per document, each just after an eos, the last at
+    the file's end; with as many entries as eos ids, that makes it exactly the eos positions."""
+    label = f"{name}: document index"
+    if not index.exists():
+        report.add(label, False, f"{index} is missing; re-run `slimtok combine` to write it")
+        return
+    ends = np.memmap(index, dtype="<u8", mode="r") if index.stat().st_size else np.zeros(0, "<u8")
+    ok = len(ends) == documents == eos_count and (not len(ends) or int(ends[-1]) == len(data))
+    previous = 0
+    for lo in range(0, len(ends) if ok else 0, SCAN_TOKENS):
+        chunk = np.asarray(ends[lo:lo + SCAN_TOKENS]).astype(np.int64)
+        ok = (int(chunk[0]) > previous and bool((np.diff(chunk) > 0).all())
+              and int(chunk[-1]) <= len(data) and bool((np.asarray(data[chunk - 1]) == eos).all()))
+        if not ok:
+            break
+        previous = int(chunk[-1])
+    report.add(label, ok, f"{index.name}: {len(ends):,} document ends for {documents:,} documents and "
+                          f"{eos_count:,} eos; " + ("each ends just after an eos, the last at the end of the file"
+                                                    if ok else "inconsistent: re-run `slimtok combine`"))
+
+
+def _sampler(path: Path, dtype: np.dtype, vocab: int, eos: int, block: int, rng: np.random.Generator, name: str,
              report: Report, batch_size: int = 8, steps: int = 4) -> None:
+    """Batches the way a training loop draws them (slimtok.data), and the document starts it reports."""
+    try:
+        data = TokenBin(path, dtype)
+    except DataError as exc:
+        report.add(f"{name}: sampler dry-run", False, str(exc))
+        return
     b = min(block, len(data) - 1)
     ok = True
     for _ in range(steps):
-        ix = rng.integers(0, len(data) - b, size=batch_size)
-        x = np.stack([data[i:i + b].astype(np.int64) for i in ix])
-        y = np.stack([data[i + 1:i + 1 + b].astype(np.int64) for i in ix])
+        x, y = data.get_batch(batch_size, b, rng)
         ok &= x.shape == y.shape == (batch_size, b) and bool((x[:, 1:] == y[:, :-1]).all())
         ok &= bool((x >= 0).all() and (x < vocab).all())
+    if data.doc_ends is not None:  # document starts from the index = the positions right after an eos
+        s = int(rng.integers(0, len(data) - b))
+        x, _ = data.window(s, b)
+        ok &= np.array_equal(data.document_starts(s + 1, s + b) - s, np.flatnonzero(x[:-1] == eos) + 1)
     report.add(f"{name}: sampler dry-run", ok,
-               f"{steps} batches of {batch_size}×{b} (x, y) int64 blocks; an untrained model's loss "
-               f"starts near ln({vocab}) = {math.log(vocab):.3f}")
+               f"{steps} batches of {batch_size}×{b} (x, y) int64 blocks from slimtok.data.TokenBin; an "
+               f"untrained model's loss starts near ln({vocab}) = {math.log(vocab):.3f}")
 
 
 def validate(output_root: str | os.PathLike[str], samples: int = 64, seed: int = 0, block_size: int = 1024,
