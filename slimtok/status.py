@@ -147,7 +147,7 @@ def done_rows(root: OutputRoot, done: set[str], manifest_sha256: str) -> dict[st
         if record is None:  # corrupt; counted as done without counts, and looked at again next time
             continue
         rows[shard] = [record.documents, record.tokens, record.bytes, record.source_size, record.finished_at,
-                       getattr(record, "sources", None)]
+                       record.sources]
         changed = True
     if changed:
         try:
@@ -157,16 +157,12 @@ def done_rows(root: OutputRoot, done: set[str], manifest_sha256: str) -> dict[st
     return rows
 
 
-def _add_sources(total: dict[str, dict[str, int]], sources: Any) -> None:
-    """Sum per-source counts (``{source: {"documents": n, "tokens": n, ...}}``) when a record has them."""
-    if not isinstance(sources, dict):
-        return
-    for name, counts in sources.items():
-        if isinstance(counts, dict):
-            into = total.setdefault(str(name), {})
-            for key, value in counts.items():
-                if isinstance(value, (int, float)):
-                    into[key] = into.get(key, 0) + value
+def _add_sources(total: dict[str, dict[str, int]], sources: dict[str, dict[str, int]] | None) -> None:
+    """Add a record's per-source counts (``{source: {"documents": n, "tokens": n}}``) to ``total``."""
+    for name, counts in (sources or {}).items():
+        into = total.setdefault(name, {})
+        for key, value in counts.items():
+            into[key] = into.get(key, 0) + value
 
 
 def _server_now(root: OutputRoot) -> float:
@@ -264,7 +260,7 @@ def collect_status(output_root: str | os.PathLike[str], window: float = WINDOW) 
                     s.documents += ckpt.documents
                     s.tokens += ckpt.tokens
                     s.bytes_out += ckpt.bytes
-                    _add_sources(status.sources, getattr(ckpt, "sources", None))
+                    _add_sources(status.sources, ckpt.sources)
     status.splits = {k: status.splits[k] for k in SPLITS if k in status.splits}
     return status
 
@@ -385,6 +381,9 @@ def prometheus_text(status: JobStatus) -> str:
     if status.eta_seconds is not None:
         metric("eta_seconds", "Estimated seconds until every running and pending shard is done.",
                [({}, status.eta_seconds)])
+    for key in ("documents", "tokens"):
+        metric(f"source_{key}", f"{key.capitalize()} per source (job.source_key), done shards and checkpoints.",
+               [({"source": name}, counts.get(key, 0)) for name, counts in sorted(status.sources.items())])
     health = {h: 0 for h in _HEALTH_COLOUR}
     for w in status.workers:
         health[w.health] += 1
