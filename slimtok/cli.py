@@ -40,20 +40,66 @@ def main() -> None:
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--pattern", "patterns", multiple=True, default=("*.jsonl.zst",), show_default=True,
               help="File-name glob of shards; repeat for several.")
-def manifest_cmd(dataset_dir: Path, output_dir: Path, patterns: tuple[str, ...]) -> None:
+@click.option("--strict", is_flag=True, help="Fail when `slimtok mirror`'s record lists shards that are missing.")
+def manifest_cmd(dataset_dir: Path, output_dir: Path, patterns: tuple[str, ...], strict: bool) -> None:
     """Write manifest.jsonl (one entry per shard) and manifest_summary.json."""
-    from .manifest import ManifestError, build_manifest, summarize, write_manifest
+    from .manifest import ManifestError, build_manifest, missing_from_mirror, summarize, write_manifest
+    from .mirror import MirrorError
 
     try:
         root, entries = build_manifest(dataset_dir, patterns)
-    except ManifestError as exc:
+        missing = missing_from_mirror(root, entries, patterns)
+    except (ManifestError, MirrorError) as exc:
         _fail(exc)
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        message = (f"{len(missing)} shard(s) recorded by `slimtok mirror` are missing under {root}: {shown}; "
+                   "re-run the same `slimtok mirror` command to fetch them")
+        if strict:
+            _fail(ManifestError(message))
+        click.echo(f"warning: {message}", err=True)
     manifest, summary = write_manifest(entries, output_dir, root)
     totals = summarize(entries)
     click.echo(f"{manifest}: {totals['shards']} shards, {totals['bytes'] / 1e9:.3f} GB from {root}")
     for split, s in totals["splits"].items():
         click.echo(f"  {split}: {s['shards']} shards, {s['bytes'] / 1e9:.3f} GB")
     click.echo(f"{summary}")
+
+
+@main.command("mirror")
+@click.argument("repo_id")
+@click.option("--repo-type", type=click.Choice(["dataset", "model"]), default="dataset", show_default=True)
+@click.option("--revision", default=None, help="Branch, tag or commit hash (default: main).")
+@click.option("--include", "include", multiple=True, metavar="GLOB",
+              help="Only repo paths matching GLOB, e.g. 'train/chunk1/*' ('*' also matches '/'); repeatable.")
+@click.option("--exclude", "exclude", multiple=True, metavar="GLOB", help="Skip repo paths matching GLOB; repeatable.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Hugging Face cache to fill (default: HF_HUB_CACHE, i.e. ~/.cache/huggingface/hub).")
+@click.option("--local-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Plain folder to fill instead of the cache.")
+@click.option("--max-workers", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Files downloaded at once.")
+@click.option("--min-free-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Refuse if the download would leave less than this share of the disk free.")
+def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tuple[str, ...],
+               exclude: tuple[str, ...], cache_dir: Path | None, local_dir: Path | None, max_workers: int,
+               min_free_fraction: float) -> None:
+    """Download REPO_ID from the Hugging Face Hub, skipping files already complete; re-run to resume.
+
+    Progress and the summary go to stderr; the snapshot folder (the --dataset-dir for `slimtok manifest`)
+    is the last line on stdout. The token comes from HF_TOKEN or `hf auth login`.
+    """
+    from .mirror import MirrorError, mirror
+
+    try:
+        result = mirror(repo_id, repo_type=repo_type, revision=revision, include=include, exclude=exclude,
+                        cache_dir=cache_dir, local_dir=local_dir, max_workers=max_workers,
+                        min_free_fraction=min_free_fraction, log=lambda msg: click.echo(msg, err=True))
+    except MirrorError as exc:
+        _fail(exc)
+    click.echo(result.summary(), err=True)
+    click.echo(f"record: {result.record_path}", err=True)
+    click.echo(str(result.snapshot_path))
 
 
 @main.command("tokenize")
@@ -76,14 +122,17 @@ def manifest_cmd(dataset_dir: Path, output_dir: Path, patterns: tuple[str, ...])
                    "meta.json; '' for none. Pinned in job.json.")
 @click.option("--eos-id", type=click.IntRange(min=0), default=None, help="Default: the tokenizer's eos token.")
 @click.option("--dtype", type=click.Choice(["uint32", "uint16", "auto"]), default="uint32", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "tokenizers", "fastokens"]), default="auto", show_default=True,
+              help="Encoder: auto = fastokens when installed and id-identical to tokenizers on a start-up "
+                   "sample, else tokenizers. Not pinned: outputs are the same either way.")
 @click.option("--retry-failed", is_flag=True, help="Try shards that failed in earlier launches again.")
 @click.option("--stale-after", type=click.FloatRange(min=0.5), default=300.0, show_default=True,
               help="Seconds without heartbeat after which another worker takes a shard over.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_workers: str, max_workers: int | None,
                  process_index: int | None, process_count: int | None, tokens_per_write: int, splits: str,
-                 text_key: str, source_key: str, eos_id: int | None, dtype: str, retry_failed: bool,
-                 stale_after: float, quiet: bool) -> None:
+                 text_key: str, source_key: str, eos_id: int | None, dtype: str, backend: str,
+                 retry_failed: bool, stale_after: float, quiet: bool) -> None:
     """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""
     from .launch import LaunchError, settings_for, tokenize
     from .manifest import ManifestError
@@ -93,7 +142,7 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
     base = TokenizeSettings(manifest=str(manifest.absolute()), output_root=str(output_root.absolute()),
                             tokenizer=tokenizer, tokens_per_write=tokens_per_write,
                             splits=_splits(splits) or SPLITS, text_key=text_key, source_key=source_key,
-                            eos_id=eos_id, dtype=dtype,
+                            eos_id=eos_id, dtype=dtype, backend=backend,
                             retry_failed=retry_failed, stale_after=stale_after)
     try:
         settings, source = settings_for(base, spawn_workers, max_workers, process_index, process_count)

@@ -220,6 +220,8 @@ def write_meta(root: OutputRoot, job: JobSettings, splits: dict[str, dict]) -> d
         "dtype": job.dtype,
         "text_key": job.text_key,
         "manifest_sha256": job.manifest_sha256,
+        "backend": job.backend,
+        "backend_verification": job.backend_verification,
         "splits": merged,
         "slimtok_version": __version__,
         "combined_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -7,6 +7,7 @@ same at more length).
 Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_train_0``)::
 
     job.json                      settings pin, created once (exclusive link)       JobSettings
+                                  (backend* fields: rewritten by worker 0, unpinned)
     manifest.jsonl                the manifest the job was pinned to (a copy)
     tokenizer/tokenizer.json      the exact tokenizer the job uses (a copy)
     locks/<id>.lock               claim of a shard, created by link(2)              LockRecord
@@ -95,6 +96,12 @@ class JobSettings(Record):
     protocol: int = PROTOCOL_VERSION
     #: dotted path of the per-source accounting; pinned so every done record counts the same way
     source_key: str = DEFAULT_SOURCE_KEY
+    #: Not pinned (every backend gives the reference ids, see slimtok.tokenizer.Encoder): the
+    #: --backend asked for, the one worker 0 of process 0 encodes with in the latest launch, and how
+    #: that backend was checked. Worker 0 rewrites them atomically; pinned fields never change.
+    backend_requested: str = ""
+    backend: str = ""
+    backend_verification: str = ""
 
     PINNED = ("manifest_sha256", "tokenizer_sha256", "vocab_size", "eos_token_id", "dtype", "text_key",
               "protocol", "source_key")
@@ -105,18 +112,25 @@ class JobSettings(Record):
                 for name in self.PINNED if getattr(self, name) != getattr(other, name)]
 
 
-@dataclass
-class LockRecord(Record):
-    """Who holds a shard. ``token`` is unique per claim and names the claim's part file."""
+@dataclass(frozen=True)
+class Holder:
+    """One worker process: host and boot (so pids are only compared where they mean something),
+    pid and its start time (so a reused pid is not mistaken for the holder), and its place."""
 
-    shard: str
-    token: str
     host: str
     boot_id: str
     pid: int
     pid_started: float
     process_index: int
     worker: int
+
+
+@dataclass(frozen=True)
+class LockRecord(Holder, Record):
+    """Who holds a shard. ``token`` is unique per claim and names the claim's part file."""
+
+    shard: str
+    token: str
     claimed_at: float
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -234,6 +235,7 @@ class Encoder:
         tok.no_padding()
         tok.no_truncation()
         tok.encode_special_tokens = True
+        _malloc_trim()  # loading peaks far above what a tokenizer keeps; return that before the next load
         self._tok = tok
         self.eos_id = eos_id
         self.dtype = np.dtype(dtype)
@@ -253,6 +255,9 @@ class Encoder:
     # -- choosing --------------------------------------------------------------------------
     def _try_fastokens(self, spec: str, requested: str) -> BackendReport:
         """fastokens if it loads and matches the reference on the start-up sample, else the reference."""
+        # One encoder thread per worker process (the launcher shares cores out by process count);
+        # fastokens reads this when a tokenizer is built. A value the user set is kept.
+        os.environ.setdefault("FASTOKENS_BPE_THREADS", "1")
         try:
             import fastokens
         except ImportError:

@@ -24,19 +24,19 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import psutil
 
-from .claims import Claim, Claimer, Identity, preference_order
+from .claims import Claim, Claimer, current_holder, preference_order
 from .manifest import ShardEntry, manifest_digest, read_manifest
 from .protocol import (DEFAULT_SOURCE_KEY, SPLITS, Checkpoint, DoneRecord, FailedRecord, Heartbeat, JobSettings,
                        LockRecord, OutputRoot, create_exclusive, fsync_dir, new_token, read_record, worker_name,
                        write_atomic, write_record)
 from .reader import ShardReader, ShardReadError
-from .tokenizer import Encoder, LoadedTokenizer, TokenizerError, load_tokenizer, resolve_dtype
+from .tokenizer import BackendReport, Encoder, LoadedTokenizer, TokenizerError, load_tokenizer, resolve_dtype
 
 EXIT_OK = 0
 EXIT_SHARDS_FAILED = 1
@@ -81,6 +81,8 @@ class TokenizeSettings:
     dtype: str = "uint32"
     #: dotted path whose value names a document's source ("" for none); pinned in job.json
     source_key: str = DEFAULT_SOURCE_KEY
+    #: encoder backend (auto|tokenizers|fastokens); not pinned: every backend gives the reference ids
+    backend: str = "auto"
     retry_failed: bool = False
     stale_after: float = 300.0
     process_index: int = 0
@@ -382,6 +384,15 @@ class Stats:
             self.text_chars += chars
 
 
+def _record_backend(root: OutputRoot, report: BackendReport) -> None:
+    """Note the backend in job.json's unpinned fields (atomic replace; pinned fields are kept as read)."""
+    job = read_record(root.job, JobSettings)
+    noted = replace(job, backend_requested=report.requested, backend=report.backend,
+                    backend_verification=report.verification) if job else None
+    if noted is not None and noted != job:
+        write_record(root.job, noted)
+
+
 class Worker:
     """One worker process: claims shards in preference order until every selected shard is settled."""
 
@@ -394,8 +405,11 @@ class Worker:
             raise JobMismatch(f"{self.root.job} is missing; run `slimtok tokenize` to create the job")
         self.job = job
         self.entries = read_manifest(settings.manifest)
-        self.encoder = Encoder(load_pinned_tokenizer(self.root, job).tokenizer, job.eos_token_id, job.dtype)
-        self.me = Identity.current(settings.process_index, worker_index)
+        self.encoder = Encoder(load_pinned_tokenizer(self.root, job).tokenizer, job.eos_token_id, job.dtype,
+                               settings.backend)
+        if settings.process_index == 0 and worker_index == 0:
+            _record_backend(self.root, self.encoder.report)
+        self.me = current_holder(settings.process_index, worker_index)
         self.name = worker_name(self.me.host, settings.process_index, worker_index)
         self.claimer = Claimer(self.root, self.me, settings.stale_after, self.name)
         self.stats = Stats()

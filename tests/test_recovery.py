@@ -87,7 +87,9 @@ def test_kill_9_mid_shard_then_relaunch_is_byte_identical(tmp_path, bpe_tokenize
     slimtok("combine", "--output-root", clean)
 
     root = tmp_path / "crashed"
-    cmd = _cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "2", "--tokens-per-write", "2000")
+    # The reference backend is slow enough that the kill lands while shards are in progress.
+    cmd = _cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "2", "--tokens-per-write", "2000",
+               "--backend", "tokenizers")
     for attempt in range(3):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         # Kill once at least one checkpoint exists, i.e. mid-shard with durable progress.
@@ -112,7 +114,9 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes(tmp_path, bpe_tokenizer):
     ds = _big_dataset(tmp_path / "ds", shards=1, docs=2500)
     manifest = _manifest(tmp_path, ds)
     root = tmp_path / "out"
-    cmd = _cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--tokens-per-write", "5000")
+    # The reference backend is slow enough that the signal lands while the shard is in progress.
+    cmd = _cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--tokens-per-write", "5000",
+               "--backend", "tokenizers")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert _wait_for(lambda: any((root / "checkpoints").rglob("*.json")) if (root / "checkpoints").exists() else False)
     proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,562 @@
+#!/usr/bin/env python3
+"""Benchmark slimtok against its own raw encoder, its backends, `cat`, and (with --peers) its peers.
+
+    python3 tools/bench.py --work /tmp/slimtok-bench [--mb 40] [--runs 3] [--only raw,pipeline,...]
+
+Builds (or takes with --corpus/--tokenizer) a SlimPajama-layout corpus of real text and the Qwen3
+tokenizer with ../shared/bench/make_corpus.py and make_qwen3_tokenizer.py, then runs, side by side
+in one invocation and ``--runs`` times each (medians are printed):
+
+  raw        each backend's Encoder.encode on the train documents already in memory
+  pipeline   one worker per backend from .jsonl.zst to shards/*.bin (ids checked equal to raw)
+  scaling    2 workers vs 1 (fastokens if available)
+  memory     peak RSS of one worker on a small and on a large shard, and on one huge document
+  startup    seconds from spawning a worker process to its first encoded batch
+  combine    `slimtok combine` vs `cat` of the same shard files onto the same disk
+  claims     no-op tokenization of an N-shard manifest by W worker processes; then `slimtok status`
+  peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
+             into a separate venv under --work
+
+Every contender's ids are compared with the raw encoder's. CPU seconds and peak RSS of worker
+processes come from wait4(2) of each child, so they cover exactly that process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SHARED_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
+SECTIONS = ("raw", "pipeline", "scaling", "memory", "startup", "combine", "claims", "peers")
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class Result:
+    """One measured run of one contender."""
+
+    name: str
+    text_bytes: int
+    wall: float
+    cpu: float
+    tokens: int = 0
+    rss: int = 0  # peak resident bytes of the measured process
+    ids_sha256: str = ""
+
+
+@dataclass
+class Table:
+    """Runs grouped by contender; medians and ratios are taken here."""
+
+    runs: dict[str, list[Result]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, r: Result) -> None:
+        self.runs.setdefault(r.name, []).append(r)
+
+    def median(self, name: str, attr: str) -> float:
+        rs = self.runs[name]
+        if attr == "mb_wall":
+            return statistics.median(r.text_bytes / 1e6 / r.wall for r in rs)
+        if attr == "mb_cpu":
+            return statistics.median(r.text_bytes / 1e6 / max(r.cpu, 1e-9) for r in rs)
+        if attr == "tok_s":
+            return statistics.median(r.tokens / r.wall for r in rs)
+        return statistics.median(getattr(r, attr) for r in rs)
+
+    def ratio(self, a: str, b: str, attr: str = "mb_cpu") -> str:
+        if a not in self.runs or b not in self.runs:
+            return "n/a"
+        return f"{self.median(a, attr) / self.median(b, attr):.2f}"
+
+    def render(self) -> str:
+        head = f"{'contender':34} {'runs':>4} {'MB/wall-s':>10} {'MB/CPU-s':>9} {'tokens/s':>12} {'peak RSS':>9}"
+        rows = [head, "-" * len(head)]
+        for name, rs in self.runs.items():
+            rss = self.median(name, "rss")
+            rows.append(f"{name:34} {len(rs):>4} {self.median(name, 'mb_wall'):>10.1f} "
+                        f"{self.median(name, 'mb_cpu') if rs[0].cpu else float('nan'):>9.1f} "
+                        f"{self.median(name, 'tok_s'):>12,.0f} "
+                        f"{(f'{rss / 1e6:.0f} MB' if rss else '-'):>9}")
+        return "\n".join(rows + [""] + self.notes)
+
+
+# -- setup ------------------------------------------------------------------------------------
+
+def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(corpus folder, tokenizer folder), built under --work unless given."""
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = Path(args.tokenizer) if args.tokenizer else work / "qwen3"
+    if not (tokenizer / "tokenizer.json").exists():
+        subprocess.run([sys.executable, str(SHARED_BENCH / "make_qwen3_tokenizer.py"), str(tokenizer)], check=True)
+    corpus = Path(args.corpus) if args.corpus else work / f"corpus-{args.mb:g}mb"
+    if not corpus.exists():
+        subprocess.run([sys.executable, str(SHARED_BENCH / "make_corpus.py"), str(corpus), "--mb", str(args.mb)],
+                       check=True)
+    return corpus, tokenizer
+
+
+def manifest_of(corpus: Path, out: Path, splits: tuple[str, ...] = ("train",)) -> Path:
+    """A manifest of ``corpus`` restricted to ``splits``."""
+    from slimtok.manifest import build_manifest, write_manifest
+
+    root, entries = build_manifest(corpus, ("*.jsonl.zst",))
+    path, _ = write_manifest([e for e in entries if e.split in splits], out, root)
+    return path
+
+
+def documents(manifest: Path) -> list[str]:
+    from slimtok.manifest import read_manifest
+    from slimtok.reader import ShardReader
+
+    return [t for e in read_manifest(manifest) for t in ShardReader(e.path).documents()]
+
+
+def cpu_now() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+# -- worker processes measured with wait4 -----------------------------------------------------
+
+def settings_for(manifest: Path, root: Path, tokenizer: Path, backend: str, workers: int = 1, **kw):
+    from slimtok.worker import TokenizeSettings
+
+    return TokenizeSettings(manifest=str(manifest), output_root=str(root), tokenizer=str(tokenizer),
+                            backend=backend, workers=workers, **kw)
+
+
+def run_workers(settings, workers: int) -> list[tuple[float, float, int]]:
+    """Pin the job, run ``workers`` worker processes together; (wall, cpu, peak rss) of each.
+
+    Wall and CPU cover Worker.run() only (start-up is its own section); peak RSS is the child's
+    VmHWM, which unlike wait4's ru_maxrss does not inherit the forking parent's peak.
+    """
+    from dataclasses import asdict
+
+    from slimtok.worker import pin_job
+
+    pin_job(settings)
+    spec = json.dumps(asdict(settings))
+    reports = [Path(settings.output_root) / f"bench-{i}.json" for i in range(workers)]
+    procs = [subprocess.Popen([sys.executable, __file__, "_worker", spec, str(i), str(reports[i])])
+             for i in range(workers)]
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"worker exited with {p.returncode}; see {settings.output_root}/logs")
+    runs = [json.loads(r.read_text()) for r in reports]
+    # Job wall: first run() start to the last done record, not to the exit of workers that idle-poll
+    # for shards held by others (they notice completion only at their next poll).
+    done = [json.loads(f.read_text())["finished_at"] for f in (Path(settings.output_root) / "done").rglob("*.json")]
+    wall = max(done) - min(r[0] for r in runs)
+    return [(wall, r[1], r[2]) for r in runs]
+
+
+def _vm_hwm() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _worker_child(spec: str, index: str, report: str) -> None:
+    """A production Worker, timed around run(): writes [start time, cpu, peak rss] to ``report``."""
+    from slimtok.worker import TokenizeSettings, Worker
+
+    data = json.loads(spec)
+    data["splits"] = tuple(data["splits"])
+    worker = Worker(TokenizeSettings(**data), int(index))
+    c0, w0 = cpu_now(), time.time()
+    code = worker.run()
+    Path(report).write_text(json.dumps([w0, cpu_now() - c0, _vm_hwm()]))
+    sys.exit(code)
+
+
+def shard_ids(root: Path, manifest: Path) -> tuple[str, int]:
+    """sha256 and token count of all done shards' data, in manifest order."""
+    from slimtok.manifest import read_manifest
+    from slimtok.protocol import OutputRoot
+
+    r = OutputRoot(root)
+    h = hashlib.sha256()
+    size = 0
+    for e in read_manifest(manifest):
+        data = r.data(e.id).read_bytes()
+        h.update(data)
+        size += len(data)
+    return h.hexdigest(), size // 4
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+def bench_raw(table: Table, texts: list[str], tokenizer: Path, backends: list[str], suffix: str = "") -> dict[str, str]:
+    """Encoder.encode over the documents in memory, in the worker's batch sizes."""
+    import numpy as np
+
+    from slimtok.tokenizer import Encoder, load_tokenizer
+    from slimtok.worker import BATCH_CHARS, BATCH_DOCS
+
+    loaded = load_tokenizer(str(tokenizer))
+    nbytes = sum(len(t.encode()) for t in texts)
+    digests = {}
+    for backend in backends:
+        enc = Encoder(loaded.tokenizer, loaded.eos_token_id, "uint32", backend)
+        batches, cur, chars = [], [], 0
+        for t in texts:
+            cur.append(t)
+            chars += len(t)
+            if chars >= BATCH_CHARS or len(cur) >= BATCH_DOCS:
+                batches.append(cur)
+                cur, chars = [], 0
+        batches += [cur] if cur else []
+        h = hashlib.sha256()
+        c0, w0 = cpu_now(), time.time()
+        tokens = 0
+        for b in batches:
+            flat, _ = enc.encode(b)
+            h.update(np.ascontiguousarray(flat).data)
+            tokens += flat.size
+        table.add(Result(f"raw encode ({backend}{suffix})", nbytes, time.time() - w0, cpu_now() - c0, tokens,
+                         ids_sha256=h.hexdigest()))
+        digests[backend] = h.hexdigest()
+    return digests
+
+
+def bench_pipeline(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, nbytes: int,
+                   workers: int, label: str, run: int, **kw) -> tuple[str, int]:
+    root = work / f"out-{label.replace(' ', '_')}-{run}"
+    shutil.rmtree(root, ignore_errors=True)
+    stats = run_workers(settings_for(manifest, root, tokenizer, backend, workers, **kw), workers)
+    digest, tokens = shard_ids(root, manifest)
+    table.add(Result(label, nbytes, max(s[0] for s in stats), sum(s[1] for s in stats), tokens,
+                     max(s[2] for s in stats), digest))
+    return digest, tokens
+
+
+def big_shard(src: list[str], path: Path, target_bytes: int, single: bool = False) -> int:
+    """Write a shard of about ``target_bytes`` text from ``src`` (one document if ``single``)."""
+    import orjson
+    import zstandard
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(path, "wb") as f, zstandard.ZstdCompressor(level=1).stream_writer(f) as out:
+        if single:
+            parts, size = [], 0
+            while size < target_bytes:
+                for t in src:
+                    parts.append(t)
+                    size += len(t.encode()) + 2
+                    if size >= target_bytes:
+                        break
+            text = "\n\n".join(parts)
+            out.write(orjson.dumps({"text": text}) + b"\n")
+            return len(text.encode())
+        while written < target_bytes:
+            for t in src:
+                out.write(orjson.dumps({"text": t}) + b"\n")
+                written += len(t.encode())
+                if written >= target_bytes:
+                    break
+    return written
+
+
+def bench_memory(table: Table, work: Path, texts: list[str], tokenizer: Path, backend: str, sizes: list[int],
+                 huge: int) -> None:
+    from slimtok.manifest import ShardEntry, write_manifest
+
+    for size in sizes + ([huge] if huge else []):
+        single = size == huge
+        name = f"huge-{size >> 20}mb-doc" if single else f"shard-{size >> 20}mb"
+        path = work / "memory" / "train" / "chunk1" / f"{name}.jsonl.zst"
+        nbytes = big_shard(texts, path, size, single) if not path.exists() else size
+        man_dir = work / "memory" / f"m-{name}"
+        entry = ShardEntry(id=f"train/chunk1/{name}", split="train", chunk=1, index=0, path=str(path),
+                           size=path.stat().st_size)
+        manifest, _ = write_manifest([entry], man_dir, work / "memory")
+        label = f"memory {name} ({backend})"
+        root = work / f"out-{name}"
+        shutil.rmtree(root, ignore_errors=True)
+        stats = run_workers(settings_for(manifest, root, tokenizer, backend), 1)
+        digest, tokens = shard_ids(root, manifest)
+        table.add(Result(label, nbytes, stats[0][0], stats[0][1], tokens, stats[0][2], digest))
+        if single:
+            table.notes.append(f"huge document: ids {'identical' if _whole_doc_digest(path, tokenizer) == digest else 'DIFFERENT'} "
+                               "to one whole-document fastokens encode (separate process)")
+
+
+def _whole_doc_digest(path: Path, tokenizer: Path) -> str:
+    """sha256 of tokens(doc)+[eos] for the one document in ``path``, encoded in one call, in a child."""
+    code = ("import sys,hashlib,numpy as np,orjson,zstandard,fastokens;"
+            "t=orjson.loads(zstandard.ZstdDecompressor().stream_reader(open(sys.argv[1],'rb')).read())['text'];"
+            "f=fastokens.Tokenizer.from_file(sys.argv[2]);ids,_=f.encode_batch_flat([t],False,True);"
+            "a=np.append(np.frombuffer(ids,np.uint32),np.uint32(int(sys.argv[3])));"
+            "print(hashlib.sha256(a.tobytes()).hexdigest())")
+    from slimtok.tokenizer import load_tokenizer
+
+    eos = load_tokenizer(str(tokenizer)).eos_token_id
+    return subprocess.run([sys.executable, "-c", code, str(path), str(tokenizer / "tokenizer.json"), str(eos)],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, runs: int) -> None:
+    from dataclasses import asdict
+
+    from slimtok.worker import pin_job
+
+    root = work / "out-startup"
+    shutil.rmtree(root, ignore_errors=True)
+    settings = settings_for(manifest, root, tokenizer, backend)
+    pin_job(settings)
+    code = ("import sys,time,json;t=float(sys.argv[2]);from slimtok.worker import TokenizeSettings,Worker;"
+            "d=json.loads(sys.argv[1]);d['splits']=tuple(d['splits']);w=Worker(TokenizeSettings(**d),0);"
+            "w.encoder.encode(['The first batch.']);print(time.time()-t, w.encoder.backend)")
+    times = []
+    for _ in range(runs):
+        t = time.time()
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(settings)), str(t)], check=True,
+                             capture_output=True, text=True).stdout.split()
+        times.append(float(out[0]))
+    table.notes.append(f"start-up ({out[1]}): spawn to first encoded batch, median {statistics.median(times):.2f} s "
+                       f"of {[round(x, 2) for x in times]}")
+
+
+def bench_combine(table: Table, work: Path, root: Path, runs: int) -> None:
+    from slimtok.combine import combine
+    from slimtok.protocol import OutputRoot
+
+    r = OutputRoot(root)
+    files = sorted(r.root.joinpath("shards").rglob("*.bin"))
+    nbytes = sum(f.stat().st_size for f in files)
+    for _ in range(runs):
+        dest = work / "cat.bin"
+        dest.unlink(missing_ok=True)
+        os.sync()
+        w0 = time.time()
+        with open(dest, "wb") as out:
+            subprocess.run(["cat", *map(str, files)], stdout=out, check=True)
+            os.fsync(out.fileno())
+        table.add(Result("cat shards (+fsync)", nbytes, time.time() - w0, 0.0))
+        for verify in (False, True):
+            r.combined("train").unlink(missing_ok=True)
+            os.sync()
+            c0, w0 = cpu_now(), time.time()
+            combine(root, ["train"], verify=verify, log=lambda s: None)
+            table.add(Result(f"combine ({'sha256 verify' if verify else '--no-verify'})", nbytes,
+                             time.time() - w0, cpu_now() - c0))
+    if r.combined("train").read_bytes() != dest.read_bytes():
+        raise SystemExit("combine output differs from cat of the shards")
+
+
+def bench_claims(table: Table, work: Path, shards: int, workers: int) -> None:
+    """No-op tokenization of ``shards`` one-line shards by ``workers`` processes."""
+    from slimtok.manifest import ShardEntry, write_manifest
+
+    base = work / "claims"
+    shutil.rmtree(base, ignore_errors=True)
+    one = base / "data" / "one.jsonl"
+    one.parent.mkdir(parents=True)
+    one.write_text('{"text": "x"}\n')
+    entries = [ShardEntry(id=f"train/chunk{1 + i // 6000}/example_train_{i}", split="train", chunk=1 + i // 6000,
+                          index=i, path=str(one), size=one.stat().st_size) for i in range(shards)]
+    manifest, _ = write_manifest(entries, base / "m", base / "data")
+    tok = base / "tok"
+    _tiny_tokenizer(tok)
+    root = base / "out"
+    from slimtok.worker import pin_job
+
+    settings = settings_for(manifest, root, tok, "tokenizers", workers)
+    pin_job(settings)
+    from dataclasses import asdict
+
+    spec = json.dumps(asdict(settings))
+    w0 = time.time()
+    procs = [subprocess.Popen([sys.executable, __file__, "_noop_worker", spec, str(i), str(base / f"t{i}.json")])
+             for i in range(workers)]
+    cpu = 0.0
+    for p in procs:
+        _, status, usage = os.wait4(p.pid, 0)
+        cpu += usage.ru_utime + usage.ru_stime
+    wall = time.time() - w0
+    per = [x for i in range(workers) for x in json.loads((base / f"t{i}.json").read_text())]
+    done = sum(1 for _ in (root / "done").rglob("*.json"))
+    table.notes.append(f"claims: {shards} shards, {workers} processes: {done} done in {wall:.1f} s wall, "
+                       f"{cpu:.1f} CPU-s; per shard claim+bookkeeping median {statistics.median(per) * 1e3:.2f} ms, "
+                       f"p90 {statistics.quantiles(per, n=10)[-1] * 1e3:.2f} ms ({len(per)} timed)")
+    for attempt in ("cold", "warm"):
+        w0 = time.time()
+        subprocess.run([sys.executable, "-m", "slimtok", "status", "--output-root", str(root)], check=True,
+                       capture_output=True)
+        table.notes.append(f"status over {shards} shards ({attempt} roll-up): {time.time() - w0:.2f} s "
+                           "including interpreter start")
+
+
+def _tiny_tokenizer(folder: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"x": 0, "<unk>": 1, "<|endoftext|>": 2}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<|endoftext|>"])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}')
+
+
+def _noop_worker_child(spec: str, index: str, out: str) -> None:
+    """A real Worker whose encoder is trivial; records the seconds of every shard it processed."""
+    import numpy as np
+
+    from slimtok import worker as wmod
+
+    class NoopEncoder:
+        report = None
+
+        def __init__(self, *a, **k):
+            self.report = type("R", (), {"requested": "none", "backend": "none", "verification": "no-op"})()
+
+        def encode(self, texts):
+            return np.full(len(texts), 2, dtype=np.uint32), [1] * len(texts)
+
+    wmod.Encoder = NoopEncoder
+    data = json.loads(spec)
+    data["splits"] = tuple(data["splits"])
+    w = wmod.Worker(wmod.TokenizeSettings(**data), int(index))
+    times: list[float] = []
+    process = w._process
+
+    def timed(entry, claim):
+        process(entry, claim)
+        times.append(time.perf_counter() - w._t0)
+
+    attempt = w._attempt
+
+    def timed_attempt(entry):
+        w._t0 = time.perf_counter()
+        return attempt(entry)
+
+    w._process, w._attempt = timed, timed_attempt
+    code = w.run()
+    Path(out).write_text(json.dumps(times))
+    sys.exit(code)
+
+
+def bench_peers(table: Table, work: Path, manifest: Path, tokenizer: Path, nbytes: int) -> None:
+    table.notes.append("peers: not implemented in this version of tools/bench.py (see docs/BENCHMARKS.md)")
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_worker":
+        return _worker_child(*sys.argv[2:5])
+    if len(sys.argv) > 1 and sys.argv[1] == "_noop_worker":
+        return _noop_worker_child(*sys.argv[2:5])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/slimtok-bench", help="scratch folder (corpus, outputs)")
+    ap.add_argument("--corpus", help="an existing SlimPajama-layout corpus (default: build one)")
+    ap.add_argument("--tokenizer", help="a tokenizer folder (default: build the offline Qwen3)")
+    ap.add_argument("--mb", type=float, default=40, help="size of the corpus to build")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", default=",".join(s for s in SECTIONS if s != "peers"),
+                    help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--peers", action="store_true", help="also run the peers (installs them into a venv)")
+    ap.add_argument("--reference-mb", type=float, default=6,
+                    help="text MB the slow tokenizers backend is measured on")
+    ap.add_argument("--memory-mb", default="20,1024", help="shard sizes (MB of text) for the memory section")
+    ap.add_argument("--huge-mb", type=int, default=200, help="size of the single huge document (0: skip)")
+    ap.add_argument("--claims-shards", type=int, default=60000)
+    ap.add_argument("--claims-workers", type=int, default=64)
+    args = ap.parse_args()
+    only = set(args.only.split(",")) | ({"peers"} if args.peers else set())
+    corpus, tokenizer = prepare(args)
+    work = Path(args.work)
+    manifest = manifest_of(corpus, work / "m-train")
+    texts = documents(manifest)
+    nbytes = sum(len(t.encode()) for t in texts)
+    try:
+        import fastokens  # noqa: F401
+        fast = "fastokens"
+    except ImportError:
+        fast = "tokenizers"
+    # The slow reference backend is measured on a few shards only, so a run stays minutes long.
+    from slimtok.manifest import read_manifest, write_manifest
+
+    entries = read_manifest(manifest)
+    small, size = [], 0
+    for e in entries:
+        if size >= args.reference_mb * 1e6 / 4:  # compressed size ~ 1/4 of text
+            break
+        small.append(e)
+        size += e.size
+    small_manifest, _ = write_manifest(small, work / "m-small", corpus)
+    small_texts = documents(small_manifest)
+    small_bytes = sum(len(t.encode()) for t in small_texts)
+    table = Table()
+    load = os.getloadavg()
+    table.notes.append(f"machine: {os.cpu_count()} cores, load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+                       f"corpus {nbytes / 1e6:.1f} MB text in {len(entries)} train shards; "
+                       f"reference set {small_bytes / 1e6:.1f} MB in {len(small)} shards")
+    for run in range(args.runs):
+        if "raw" in only or "pipeline" in only:
+            raw = bench_raw(table, texts, tokenizer, [fast])
+            raw_small = bench_raw(table, small_texts, tokenizer, ["tokenizers", fast], ", small set") \
+                if fast != "tokenizers" else {}
+        if "pipeline" in only:
+            d, _ = bench_pipeline(table, work, manifest, tokenizer, fast, nbytes, 1, f"pipeline 1 worker ({fast})", run)
+            _check(table, d, raw[fast], f"pipeline ({fast})")
+            d, _ = bench_pipeline(table, work, small_manifest, tokenizer, "tokenizers", small_bytes, 1,
+                                  "pipeline 1 worker (tokenizers, small)", run)
+            if raw_small:
+                _check(table, d, raw_small["tokenizers"], "pipeline (tokenizers)")
+                _check(table, raw_small[fast], raw_small["tokenizers"], "raw fastokens vs tokenizers")
+        if "scaling" in only:
+            d, _ = bench_pipeline(table, work, manifest, tokenizer, fast, nbytes, 2, f"pipeline 2 workers ({fast})", run)
+            if "raw" in only or "pipeline" in only:
+                _check(table, d, raw[fast], "2 workers")
+    if "memory" in only:
+        bench_memory(table, work, texts, tokenizer, fast, [int(x) << 20 for x in args.memory_mb.split(",")],
+                     args.huge_mb << 20)
+    if "startup" in only:
+        bench_startup(table, work, manifest, tokenizer, fast, args.runs)
+    if "combine" in only:
+        root = work / "out-combine"
+        if not root.exists():
+            run_workers(settings_for(manifest, root, tokenizer, fast), 1)
+        bench_combine(table, work, root, args.runs)
+    if "claims" in only:
+        bench_claims(table, work, args.claims_shards, args.claims_workers)
+    if "peers" in only:
+        bench_peers(table, work, manifest, tokenizer, nbytes)
+    table.notes += [
+        f"ratio pipeline/raw per CPU-s ({fast}): {table.ratio(f'pipeline 1 worker ({fast})', f'raw encode ({fast})')}",
+        f"ratio pipeline/raw per CPU-s (tokenizers): "
+        f"{table.ratio('pipeline 1 worker (tokenizers, small)', 'raw encode (tokenizers, small set)')}",
+        f"ratio fastokens/tokenizers raw per CPU-s: "
+        f"{table.ratio('raw encode (fastokens, small set)', 'raw encode (tokenizers, small set)')}",
+        f"ratio 2 workers/1 worker per wall-s: "
+        f"{table.ratio(f'pipeline 2 workers ({fast})', f'pipeline 1 worker ({fast})', 'mb_wall')}",
+        f"ratio combine --no-verify / cat per wall-s: {table.ratio('combine (--no-verify)', 'cat shards (+fsync)', 'mb_wall')}",
+        f"load average at end {os.getloadavg()[0]:.2f}",
+    ]
+    print(table.render())
+
+
+def _check(table: Table, got: str, want: str, what: str) -> None:
+    if got != want:
+        table.notes.append(f"IDS DIFFER: {what}")
+        raise SystemExit(f"ids differ: {what}\n" + table.render())
+
+
+if __name__ == "__main__":
+    main()
