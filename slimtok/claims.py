@@ -18,29 +18,28 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 
-from .protocol import LockRecord, OutputRoot, boot_id, create_exclusive, hostname, new_token, read_record
+from .protocol import Holder, LockRecord, OutputRoot, boot_id, create_exclusive, hostname, new_token, read_record
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who is claiming: one worker process of one launch on one host."""
+def file_server_now(probe: Path) -> float:
+    """The file server's idea of now: the mtime of ``probe`` touched just now (created if needed)."""
+    try:
+        os.utime(probe, None)
+    except FileNotFoundError:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+    return os.stat(probe).st_mtime
 
-    host: str
-    boot_id: str
-    pid: int
-    pid_started: float
-    process_index: int
-    worker: int
 
-    @classmethod
-    def current(cls, process_index: int, worker: int) -> Identity:
-        pid = os.getpid()
-        return cls(hostname(), boot_id(), pid, psutil.Process(pid).create_time(), process_index, worker)
+def current_holder(process_index: int, worker: int) -> Holder:
+    """The identity of this process as a claim holder."""
+    pid = os.getpid()
+    return Holder(hostname(), boot_id(), pid, psutil.Process(pid).create_time(), process_index, worker)
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class Claim:
 class Claimer:
     """Claims, refreshes and releases shard locks under one output root for one worker."""
 
-    def __init__(self, root: OutputRoot, me: Identity, stale_after: float, probe_name: str):
+    def __init__(self, root: OutputRoot, me: Holder, stale_after: float, probe_name: str):
         self.root = root
         self.me = me
         self.stale_after = stale_after
@@ -64,13 +63,7 @@ class Claimer:
 
     # -- clock ------------------------------------------------------------------------------
     def server_now(self) -> float:
-        """The file server's idea of now: the mtime of a probe file touched just now."""
-        try:
-            os.utime(self._probe, None)
-        except FileNotFoundError:
-            self._probe.parent.mkdir(parents=True, exist_ok=True)
-            self._probe.touch()
-        return os.stat(self._probe).st_mtime
+        return file_server_now(self._probe)
 
     # -- claim ------------------------------------------------------------------------------
     def try_claim(self, shard: str) -> Claim | None:
@@ -100,10 +93,7 @@ class Claimer:
         return self._steal(shard, f"ino{ino}", record, None)
 
     def _new_record(self, shard: str) -> LockRecord:
-        m = self.me
-        return LockRecord(shard=shard, token=new_token(), host=m.host, boot_id=m.boot_id, pid=m.pid,
-                          pid_started=m.pid_started, process_index=m.process_index, worker=m.worker,
-                          claimed_at=time.time())
+        return LockRecord(**asdict(self.me), shard=shard, token=new_token(), claimed_at=time.time())
 
     def _steal(self, shard: str, stale_token: str, record: LockRecord,
                stale: LockRecord | None) -> Claim | None:

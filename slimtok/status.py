@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import psutil
 
-from .claims import Claimer, Identity
+from .claims import file_server_now
 from .combine import load_job
 from .protocol import (ROLLUP_COLUMNS, SPLITS, Checkpoint, DoneRecord, DoneRollup, FailedRecord, Heartbeat,
                        OutputRoot, hostname, read_record, worker_name, write_atomic)
@@ -168,7 +168,7 @@ def _add_sources(total: dict[str, dict[str, int]], sources: dict[str, dict[str, 
 def _server_now(root: OutputRoot) -> float:
     """The file server's clock (heartbeat mtimes are set by it), or ours where we cannot write."""
     try:
-        return Claimer(root, Identity.current(-1, -1), 0.0, f"status-{worker_name(hostname(), 0, 0)}").server_now()
+        return file_server_now(root.probe(f"status-{worker_name(hostname(), 0, 0)}"))
     except OSError:
         return time.time()
 

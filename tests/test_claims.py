@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from slimtok.claims import Claimer, Identity, preference_order
+from slimtok.claims import Claimer, current_holder, preference_order
 from slimtok.protocol import LockRecord, OutputRoot, create_exclusive, read_record
 
 
 def _claimer(root, stale_after=60.0, worker=0):
-    return Claimer(OutputRoot(root), Identity.current(0, worker), stale_after, f"test-w{worker}")
+    return Claimer(OutputRoot(root), current_holder(0, worker), stale_after, f"test-w{worker}")
 
 
 def _race(root, shard, barrier, results):
@@ -37,8 +37,8 @@ def test_only_one_of_16_simultaneous_claimers_wins(tmp_path):
 
 def test_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
     child = subprocess.run([sys.executable, "-c",
-                            "from slimtok.claims import Claimer, Identity; from slimtok.protocol import OutputRoot;"
-                            f"Claimer(OutputRoot({str(tmp_path)!r}), Identity.current(0, 0), 60, 'c')"
+                            "from slimtok.claims import Claimer, current_holder; from slimtok.protocol import OutputRoot;"
+                            f"Claimer(OutputRoot({str(tmp_path)!r}), current_holder(0, 0), 60, 'c')"
                             ".try_claim('a/b')"], check=True)
     assert child.returncode == 0
     old = read_record(OutputRoot(tmp_path).lock("a/b"), LockRecord)

@@ -33,7 +33,7 @@ from slimtok.mirror import (
     load_mirror_record,
     mirror,
 )
-from slimtok.tokenizer import load_tokenizer
+from slimtok.tokenizer import TokenizerError, load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SLIM = "acme/SlimPajama-mini"
@@ -515,3 +515,22 @@ def test_cli_manifest_warns_or_fails_strict_on_a_shard_missing_from_the_mirror(h
     assert warned.exit_code == 0 and f"missing under {result.snapshot_path}: {deleted}" in warned.output
     strict = CliRunner().invoke(main, args + ["--strict", "--output-dir", str(tmp_path / "m2")])
     assert strict.exit_code == 2 and deleted in strict.output and not (tmp_path / "m2").exists()
+
+
+def test_tokenizer_by_hub_repo_id_loads_through_the_hub_client(hf):
+    """`slimtok tokenize --tokenizer org/name` fetches tokenizer.json and tokenizer_config.json."""
+    loaded = load_tokenizer(TOK)
+    original = Tokenizer.from_str(TOK_FILES["tokenizer.json"].decode())
+    assert loaded.sha256 == load_tokenizer_from_str(original).sha256
+    assert (loaded.eos_token, loaded.eos_token_id) == ("<|endoftext|>", original.token_to_id("<|endoftext|>"))
+    assert hf.count(method="GET", route="resolve", path="tokenizer.json", status=200) == 1
+    with pytest.raises(TokenizerError, match="slimtok mirror acme/nope"):
+        load_tokenizer("acme/nope")
+
+
+def load_tokenizer_from_str(tok: Tokenizer):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        tok.save(f"{d}/tokenizer.json")
+        return load_tokenizer(f"{d}/tokenizer.json", eos_id=tok.token_to_id("<|endoftext|>"))
