@@ -100,7 +100,7 @@ def _plain_blocks(path: Path, f: BinaryIO) -> Iterator[bytes]:
         yield block
 
 
-def iter_lines(path: str | Path) -> Iterator[bytes]:
+def iter_lines(path: str | Path) -> Iterator[bytes | bytearray]:
     """Raw lines of a shard, without their newline; a final line without newline counts too."""
     path = Path(path)
     try:
@@ -121,27 +121,33 @@ def iter_lines(path: str | Path) -> Iterator[bytes]:
             blocks = _gzip_blocks(path, f)
         else:
             blocks = _plain_blocks(path, f)
-        tail: list[bytes] = []
+        # A line longer than a block grows in place in a bytearray (orjson parses it as is), and
+        # lines are popped as they are yielded, so no frame here keeps a huge line alive while the
+        # consumer works on it.
+        tail = bytearray()
         try:
             for block in blocks:
                 lines = block.split(b"\n")
                 if tail:
-                    tail.append(lines[0])
-                    lines[0] = b"".join(tail)
-                    tail = []
+                    tail += lines[0]
+                    lines[0], tail = tail, bytearray()
                 last = lines.pop()
                 if last:
-                    tail.append(last)
-                yield from lines
+                    tail += last
+                lines.reverse()
+                while lines:
+                    yield lines.pop()
         except OSError as exc:
             raise ShardReadError(path, f"read error: {exc.strerror or exc}") from exc
         if tail:
-            yield b"".join(tail)
+            lines = [tail]
+            del tail
+            yield lines.pop()
 
 
-def _load_object(line: bytes) -> tuple[object, bool] | str:
+def _load_object(line: bytes | bytearray) -> tuple[object, bool] | str:
     """(parsed JSON value, whether it needed repair), or the reason the line is skipped."""
-    if not line.strip():
+    if not line or line.isspace():  # not strip(): that would copy a huge bytearray line
         return "blank"
     try:
         return orjson.loads(line), False
@@ -239,6 +245,7 @@ class ShardReader:
         for line in lines:
             self.lines += 1
             loaded = _load_object(line)
+            del line  # the parsed object holds the text; the raw line need not outlive the parse
             if isinstance(loaded, str):
                 self.skipped[loaded] += 1
                 continue
