@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 SHARED_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
 SECTIONS = ("raw", "pipeline", "scaling", "memory", "startup", "combine", "claims", "peers")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
@@ -202,8 +204,6 @@ def shard_ids(root: Path, manifest: Path) -> tuple[str, int]:
 
 def bench_raw(table: Table, texts: list[str], tokenizer: Path, backends: list[str], suffix: str = "") -> dict[str, str]:
     """Encoder.encode over the documents in memory, in the worker's batch sizes."""
-    import numpy as np
-
     from slimtok.tokenizer import Encoder, load_tokenizer
     from slimtok.worker import BATCH_CHARS, BATCH_DOCS
 
@@ -359,9 +359,17 @@ def bench_combine(table: Table, work: Path, root: Path, runs: int) -> None:
         raise SystemExit("combine output differs from cat of the shards")
 
 
-def bench_claims(table: Table, work: Path, shards: int, workers: int) -> None:
-    """No-op tokenization of ``shards`` one-line shards by ``workers`` processes."""
+def bench_claims(table: Table, work: Path, shards: int, workers: int) -> tuple[Path, float]:
+    """No-op tokenization of ``shards`` one-line shards by ``workers`` processes; (output root left, CPU-s).
+
+    Per shard: the wall seconds inside a worker from claim to release (claim, read, commit, done
+    record), and the CPU of all worker processes (start-up included) divided by the shard count;
+    with more processes than cores the wall figure is mostly waiting for a core.
+    """
+    from dataclasses import asdict
+
     from slimtok.manifest import ShardEntry, write_manifest
+    from slimtok.worker import pin_job
 
     base = work / "claims"
     shutil.rmtree(base, ignore_errors=True)
@@ -374,26 +382,28 @@ def bench_claims(table: Table, work: Path, shards: int, workers: int) -> None:
     tok = base / "tok"
     _tiny_tokenizer(tok)
     root = base / "out"
-    from slimtok.worker import pin_job
-
     settings = settings_for(manifest, root, tok, "tokenizers", workers)
     pin_job(settings)
-    from dataclasses import asdict
-
     spec = json.dumps(asdict(settings))
     w0 = time.time()
     procs = [subprocess.Popen([sys.executable, __file__, "_noop_worker", spec, str(i), str(base / f"t{i}.json")])
              for i in range(workers)]
     cpu = 0.0
     for p in procs:
-        _, status, usage = os.wait4(p.pid, 0)
+        _, _, usage = os.wait4(p.pid, 0)
         cpu += usage.ru_utime + usage.ru_stime
     wall = time.time() - w0
     per = [x for i in range(workers) for x in json.loads((base / f"t{i}.json").read_text())]
     done = sum(1 for _ in (root / "done").rglob("*.json"))
     table.notes.append(f"claims: {shards} shards, {workers} processes: {done} done in {wall:.1f} s wall, "
-                       f"{cpu:.1f} CPU-s; per shard claim+bookkeeping median {statistics.median(per) * 1e3:.2f} ms, "
+                       f"{cpu:.1f} CPU-s in all = {cpu / shards * 1e3:.2f} ms CPU per shard; per shard "
+                       f"claim+bookkeeping wall median {statistics.median(per) * 1e3:.2f} ms, "
                        f"p90 {statistics.quantiles(per, n=10)[-1] * 1e3:.2f} ms ({len(per)} timed)")
+    return root, cpu
+
+
+def bench_status(table: Table, root: Path, shards: int) -> None:
+    """`slimtok status` over an output root of ``shards`` done shards: first with no roll-up cache, then warm."""
     for attempt in ("cold", "warm"):
         w0 = time.time()
         subprocess.run([sys.executable, "-m", "slimtok", "status", "--output-root", str(root)], check=True,
@@ -415,8 +425,6 @@ def _tiny_tokenizer(folder: Path) -> None:
 
 def _noop_worker_child(spec: str, index: str, out: str) -> None:
     """A real Worker whose encoder is trivial; records the seconds of every shard it processed."""
-    import numpy as np
-
     from slimtok import worker as wmod
 
     class NoopEncoder:
@@ -451,8 +459,211 @@ def _noop_worker_child(spec: str, index: str, out: str) -> None:
     sys.exit(code)
 
 
-def bench_peers(table: Table, work: Path, manifest: Path, tokenizer: Path, nbytes: int) -> None:
-    table.notes.append("peers: not implemented in this version of tools/bench.py (see docs/BENCHMARKS.md)")
+# -- peers: datatrove and a nanoGPT-style prepare, in a venv of their own -----------------------
+
+PEER_PROCS = 2  # processes each peer gets; the same as the slimtok row it is compared with
+PEER_PACKAGES = ("datatrove", "datasets", "zstandard", "orjson")
+
+# Shared by both drivers: read the job, time the peer's work, report wall, CPU (this process and
+# every descendant it has reaped, i.e. the pool workers) and the peak RSS of the largest of them.
+PEER_PRELUDE = """
+import json, resource, sys, time
+from pathlib import Path
+job = json.loads(Path(sys.argv[1]).read_text())
+
+def usage():
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime, max(s.ru_maxrss, c.ru_maxrss) * 1024
+
+def report(wall, cpu0):
+    cpu, rss = usage()
+    Path(job["report"]).write_text(json.dumps({"wall": wall, "cpu": cpu - cpu0, "rss": rss}))
+"""
+
+# datatrove: JsonlReader over the given shards -> DocumentTokenizer (eos appended by its post-processor,
+# no shuffling), one task per process; "fork" so pool workers are this process's children.
+DATATROVE_DRIVER = PEER_PRELUDE + """
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.tokens import DocumentTokenizer
+
+Path(job["paths_file"]).write_text("\\n".join(job["relative_paths"]) + "\\n")
+steps = [JsonlReader(job["data_folder"], paths_file=job["paths_file"], doc_progress=False),
+         DocumentTokenizer(job["out"], tokenizer_name_or_path=job["tokenizer_json"], eos_token=job["eos_token"],
+                           save_filename="tokens", shuffle_documents=False)]
+executor = LocalPipelineExecutor(steps, tasks=job["procs"], workers=job["procs"], logging_dir=job["logs"],
+                                 start_method="fork")
+cpu0, _ = usage()
+t0 = time.time()
+executor.run()
+report(time.time() - t0, cpu0)
+"""
+
+# nanoGPT-style prepare: datasets' json loader (it decompresses .zst itself), map(num_proc) with
+# tokens + eos per document, then one uint32 memmap filled slice by slice. The tokenizer treats
+# special-token strings in text as text, like tiktoken's encode_ordinary in nanoGPT.
+NANOGPT_DRIVER = PEER_PRELUDE + """
+import numpy as np
+from datasets import load_dataset
+from tokenizers import Tokenizer
+
+tok = Tokenizer.from_file(job["tokenizer_json"])
+tok.encode_special_tokens = True
+eos = job["eos_id"]
+
+def tokenize(row):
+    ids = tok.encode(row["text"], add_special_tokens=False).ids
+    ids.append(eos)
+    return {"ids": ids, "n": len(ids)}
+
+cpu0, _ = usage()
+t0 = time.time()
+ds = load_dataset("json", data_files=job["files"], split="train", cache_dir=job["cache"], num_proc=job["procs"])
+ds = ds.map(tokenize, remove_columns=ds.column_names, num_proc=job["procs"])
+out = np.memmap(job["out"], dtype=np.uint32, mode="w+", shape=(int(np.sum(ds["n"], dtype=np.int64)),))
+at, parts = 0, 32
+for i in range(parts):
+    piece = ds.shard(num_shards=parts, index=i, contiguous=True).with_format("numpy")
+    flat = np.concatenate(list(piece["ids"]))
+    out[at:at + flat.size] = flat
+    at += flat.size
+out.flush()
+report(time.time() - t0, cpu0)
+"""
+
+
+def peers_python(work: Path) -> Path:
+    """The python of a venv under ``work`` that holds the peers, created and filled when missing.
+
+    The venv's tokenizers is pinned to the version slimtok runs with, so both encode with the same code.
+    """
+    from importlib.metadata import version
+
+    python = work / "peers-venv" / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(python.parents[1])], check=True)
+    if subprocess.run([str(python), "-c", "import datatrove, datasets, zstandard"], capture_output=True).returncode:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES,
+                        f"tokenizers=={version('tokenizers')}"], check=True)
+    return python
+
+
+def run_peer(python: Path, driver: str, job: dict, folder: Path) -> dict:
+    """Run one peer driver in the venv; its report (wall, cpu, rss of the peer's own work)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    script, spec = folder / "driver.py", folder / "job.json"
+    script.write_text(driver)
+    job = {**job, "report": str(folder / "report.json")}
+    spec.write_text(json.dumps(job))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DATATROVE_COLORIZE_LOGS": "0"}
+    done = subprocess.run([str(python), str(script), str(spec)], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"peer driver {script} failed:\n{done.stderr[-3000:]}")
+    return json.loads((folder / "report.json").read_text())
+
+
+def stream_documents(stream: np.ndarray, ends: np.ndarray) -> list[bytes]:
+    """The token stream cut into documents at ``ends`` (exclusive token offsets), as bytes."""
+    starts = np.concatenate([[0], ends[:-1]])
+    return [stream[a:b].tobytes() for a, b in zip(starts, ends)]
+
+
+def compare_streams(peer: np.ndarray, peer_ends: np.ndarray, ours: np.ndarray, eos: int, tokenizer) -> str:
+    """How the peer's ids relate to slimtok's, document by document, and in which order.
+
+    A peer document with no equal in slimtok's output is decoded and encoded again the way slimtok
+    encodes (special-token strings in text as text); if it then matches, the two differ only in how
+    literal special-token strings in the text were treated.
+    """
+    from collections import Counter
+
+    ours_docs = stream_documents(ours, np.flatnonzero(ours == eos) + 1)
+    peer_docs = stream_documents(peer, peer_ends)
+    known = set(ours_docs)
+    as_ours = [d if d in known else _as_slimtok_encodes(d, tokenizer, eos) for d in peer_docs]
+    changed = sum(a != b for a, b in zip(peer_docs, as_ours))
+    if as_ours == ours_docs:
+        order = "same document order"
+    elif Counter(as_ours) == Counter(ours_docs):
+        order = "documents in another order (compared as multisets)"
+    else:
+        unmatched = sum((Counter(as_ours) - Counter(ours_docs)).values())
+        return f"IDS DIFFER: {unmatched} of {len(peer_docs)} documents have no equal in slimtok's output"
+    if not changed:
+        return f"identical ids, {order}"
+    return (f"{len(peer_docs) - changed} of {len(peer_docs)} documents identical, {order}; the other {changed} "
+            "contain literal special-token strings, which the peer encodes as special ids and slimtok as text: "
+            "decoded and encoded slimtok's way they are identical too")
+
+
+def _as_slimtok_encodes(doc: bytes, tokenizer, eos: int) -> bytes:
+    """A peer document's ids decoded to text and encoded again with special-token strings as text, + eos."""
+    text = tokenizer.decode(np.frombuffer(doc, np.uint32)[:-1].tolist(), skip_special_tokens=False)
+    return np.array(tokenizer.encode(text, add_special_tokens=False).ids + [eos], np.uint32).tobytes()
+
+
+def datatrove_stream(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """datatrove's .ds files (uint32 here) in rank order, with document ends from their .ds.index files."""
+    streams, ends, base = [], [], 0
+    for ds in sorted(out.glob("*.ds")):
+        tokens = np.fromfile(ds, dtype=np.uint32)
+        ends.append(np.fromfile(f"{ds}.index", dtype=np.uint64).astype(np.int64) + base)
+        streams.append(tokens)
+        base += tokens.size
+    return np.concatenate(streams), np.concatenate(ends)
+
+
+def bench_peers(table: Table, work: Path, manifest: Path, tokenizer: Path, nbytes: int, ours_root: Path,
+                ours_label: str, runs: int) -> None:
+    """datatrove and a nanoGPT-style prepare on the manifest's shards, ids checked against ``ours_root``.
+
+    Wall and CPU cover each peer's processing (reading shards to written tokens), not the interpreter
+    start or imports; CPU includes every pool worker. Ratios are slimtok ÷ peer.
+    """
+    from slimtok.manifest import read_manifest
+    from slimtok.tokenizer import load_tokenizer
+
+    python = peers_python(work)
+    entries = read_manifest(manifest)
+    loaded = load_tokenizer(str(tokenizer))
+    text_tok = loaded.tokenizer
+    text_tok.encode_special_tokens = True
+    ours = np.frombuffer(b"".join(Path(p).read_bytes() for p in _data_files(ours_root, entries)), np.uint32)
+    data_folder = Path(os.path.commonpath([e.path for e in entries]))
+    base = work / "peers"
+    job = {"tokenizer_json": str(tokenizer / "tokenizer.json"), "eos_token": loaded.eos_token,
+           "eos_id": loaded.eos_token_id, "procs": PEER_PROCS, "files": [e.path for e in entries],
+           "data_folder": str(data_folder), "relative_paths": [str(Path(e.path).relative_to(data_folder)) for e in entries]}
+    verdicts: dict[str, str] = {}
+    for _ in range(runs):
+        folder = base / "datatrove"
+        rep = run_peer(python, DATATROVE_DRIVER, {**job, "out": str(folder / "out"), "logs": str(folder / "logs"),
+                                                  "paths_file": str(folder / "paths.txt")}, folder)
+        stream, ends = datatrove_stream(folder / "out")
+        verdicts["datatrove"] = compare_streams(stream, ends, ours, loaded.eos_token_id, text_tok)
+        table.add(Result(f"datatrove DocumentTokenizer ({PEER_PROCS} procs)", nbytes, rep["wall"], rep["cpu"],
+                         int(stream.size), rep["rss"]))
+        folder = base / "nanogpt"
+        rep = run_peer(python, NANOGPT_DRIVER, {**job, "out": str(folder / "train.bin"), "cache": str(folder / "hf")},
+                       folder)
+        stream = np.fromfile(folder / "train.bin", dtype=np.uint32)
+        verdicts["nanoGPT-style"] = compare_streams(stream, np.flatnonzero(stream == loaded.eos_token_id) + 1, ours,
+                                                    loaded.eos_token_id, text_tok)
+        table.add(Result(f"nanoGPT-style datasets.map ({PEER_PROCS} procs)", nbytes, rep["wall"], rep["cpu"],
+                         int(stream.size), rep["rss"]))
+    for name, verdict in verdicts.items():
+        table.notes.append(f"peer {name}: {verdict}")
+    for peer in (f"datatrove DocumentTokenizer ({PEER_PROCS} procs)", f"nanoGPT-style datasets.map ({PEER_PROCS} procs)"):
+        table.notes.append(f"ratio {ours_label} / {peer}: {table.ratio(ours_label, peer, 'mb_wall')} per wall-s, "
+                           f"{table.ratio(ours_label, peer)} per CPU-s")
+
+
+def _data_files(root: Path, entries) -> list[Path]:
+    from slimtok.protocol import OutputRoot
+
+    r = OutputRoot(root)
+    return [r.data(e.id) for e in entries]
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -475,7 +686,9 @@ def main() -> None:
                     help="text MB the slow tokenizers backend is measured on")
     ap.add_argument("--memory-mb", default="20,1024", help="shard sizes (MB of text) for the memory section")
     ap.add_argument("--huge-mb", type=int, default=200, help="size of the single huge document (0: skip)")
-    ap.add_argument("--claims-shards", type=int, default=60000)
+    ap.add_argument("--claims-shards", default="60000",
+                    help="manifest sizes for the claims section, comma-separated (flat per-shard cost = no O(N^2)); "
+                         "status runs over the last")
     ap.add_argument("--claims-workers", type=int, default=64)
     args = ap.parse_args()
     only = set(args.only.split(",")) | ({"peers"} if args.peers else set())
@@ -503,6 +716,7 @@ def main() -> None:
     small_texts = documents(small_manifest)
     small_bytes = sum(len(t.encode()) for t in small_texts)
     table = Table()
+    scaled = f"pipeline {PEER_PROCS} workers ({fast})"
     load = os.getloadavg()
     table.notes.append(f"machine: {os.cpu_count()} cores, load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
                        f"corpus {nbytes / 1e6:.1f} MB text in {len(entries)} train shards; "
@@ -520,8 +734,8 @@ def main() -> None:
             if raw_small:
                 _check(table, d, raw_small["tokenizers"], "pipeline (tokenizers)")
                 _check(table, raw_small[fast], raw_small["tokenizers"], "raw fastokens vs tokenizers")
-        if "scaling" in only:
-            d, _ = bench_pipeline(table, work, manifest, tokenizer, fast, nbytes, 2, f"pipeline 2 workers ({fast})", run)
+        if "scaling" in only or "peers" in only:  # the peers are compared with this row
+            d, _ = bench_pipeline(table, work, manifest, tokenizer, fast, nbytes, PEER_PROCS, scaled, run)
             if "raw" in only or "pipeline" in only:
                 _check(table, d, raw[fast], "2 workers")
     if "memory" in only:
@@ -535,17 +749,25 @@ def main() -> None:
             run_workers(settings_for(manifest, root, tokenizer, fast), 1)
         bench_combine(table, work, root, args.runs)
     if "claims" in only:
-        bench_claims(table, work, args.claims_shards, args.claims_workers)
+        sizes = [int(n) for n in args.claims_shards.split(",")]
+        cpus = []
+        for shards in sizes:
+            root, cpu = bench_claims(table, work, shards, args.claims_workers)
+            cpus.append(cpu)
+        for (n0, c0), (n1, c1) in zip(zip(sizes, cpus), zip(sizes[1:], cpus[1:])):
+            table.notes.append(f"claims: marginal CPU per shard from {n0} to {n1} shards (worker start-up cancels): "
+                               f"{(c1 - c0) / (n1 - n0) * 1e3:.2f} ms")
+        bench_status(table, root, sizes[-1])
     if "peers" in only:
-        bench_peers(table, work, manifest, tokenizer, nbytes)
+        bench_peers(table, work, manifest, tokenizer, nbytes, work / f"out-{scaled.replace(' ', '_')}-0", scaled,
+                    args.runs)
     table.notes += [
         f"ratio pipeline/raw per CPU-s ({fast}): {table.ratio(f'pipeline 1 worker ({fast})', f'raw encode ({fast})')}",
         f"ratio pipeline/raw per CPU-s (tokenizers): "
         f"{table.ratio('pipeline 1 worker (tokenizers, small)', 'raw encode (tokenizers, small set)')}",
         f"ratio fastokens/tokenizers raw per CPU-s: "
         f"{table.ratio('raw encode (fastokens, small set)', 'raw encode (tokenizers, small set)')}",
-        f"ratio 2 workers/1 worker per wall-s: "
-        f"{table.ratio(f'pipeline 2 workers ({fast})', f'pipeline 1 worker ({fast})', 'mb_wall')}",
+        f"ratio {PEER_PROCS} workers/1 worker per wall-s: {table.ratio(scaled, f'pipeline 1 worker ({fast})', 'mb_wall')}",
         f"ratio combine --no-verify / cat per wall-s: {table.ratio('combine (--no-verify)', 'cat shards (+fsync)', 'mb_wall')}",
         f"load average at end {os.getloadavg()[0]:.2f}",
     ]
