@@ -146,8 +146,9 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
                             retry_failed=retry_failed, stale_after=stale_after)
     try:
         settings, source = settings_for(base, spawn_workers, max_workers, process_index, process_count)
-        click.echo(f"process {settings.process_index} of {settings.process_count} ({source}), "
-                   f"{settings.workers} worker(s), output {settings.output_root}", err=True)
+        if not quiet:
+            click.echo(f"process {settings.process_index} of {settings.process_count} ({source}), "
+                       f"{settings.workers} worker(s), output {settings.output_root}", err=True)
         code = tokenize(settings, progress=None if quiet else (lambda s: click.echo(s, err=True)))
     except (LaunchError, ManifestError, TokenizerError, JobMismatch) as exc:
         _fail(exc)

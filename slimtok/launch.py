@@ -107,7 +107,7 @@ class _Progress:
         beats = [b for b in beats if b is not None and b.started_at >= self.started - 5]
         docs = sum(b.documents for b in beats)
         tokens = sum(b.tokens for b in beats)
-        chars = sum(b.text_bytes for b in beats)
+        chars = sum(b.text_chars for b in beats)
         now = time.time()
         since = max(now - self.last[0], 1e-6)
         tok_rate, char_rate = (tokens - self.last[1]) / since, (chars - self.last[2]) / since

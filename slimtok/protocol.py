@@ -171,6 +171,8 @@ class DoneRecord(Record):
     seconds: float
     #: documents and tokens per source (``job.source_key``); they sum to ``documents`` and ``tokens``
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the encoder that wrote the shard (``tokenizers`` or ``fastokens``; see slimtok.tokenizer)
+    backend: str = ""
 
 
 @dataclass
@@ -199,7 +201,7 @@ class Heartbeat(Record):
     state: str
     documents: int
     tokens: int
-    text_bytes: int
+    text_chars: int
     shards_done: int
     tokens_per_second: float
     cpu_percent: float

@@ -343,7 +343,7 @@ class ShardTask:
                             sha256=p.hasher.hexdigest(), dtype=self.w.job.dtype, skipped=dict(p.skipped),
                             source_size=self.entry.size, token=self.claim.token, host=self.w.me.host,
                             finished_at=time.time(), seconds=round(time.time() - self.started, 3),
-                            sources=_copy_sources(p.sources))
+                            sources=_copy_sources(p.sources), backend=self.w.encoder.backend)
         done = self.root.done(self.entry.id)
         done.parent.mkdir(parents=True, exist_ok=True)
         if not create_exclusive(done, record.to_json()):
@@ -555,7 +555,7 @@ class Worker:
             write_record(self.root.heartbeat(self.name), Heartbeat(
                 worker=self.name, host=self.me.host, pid=self.me.pid, process_index=self.me.process_index,
                 worker_index=self.index, shard=claim.shard if claim else None, state=state,
-                documents=self.stats.documents, tokens=self.stats.tokens, text_bytes=self.stats.text_chars,
+                documents=self.stats.documents, tokens=self.stats.tokens, text_chars=self.stats.text_chars,
                 shards_done=self.stats.shards_done, tokens_per_second=round(rate, 1),
                 cpu_percent=proc.cpu_percent(None), rss_bytes=proc.memory_info().rss,
                 updated_at=time.time(), started_at=self.stats.started,

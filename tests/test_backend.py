@@ -129,3 +129,12 @@ def test_backend_is_recorded_not_pinned_and_outputs_are_identical(tmp_path, bpe_
     slimtok("tokenize", "--manifest", manifest, "--output-root", roots["tokenizers"], "--tokenizer",
             bpe_tokenizer, "--quiet", "--spawn-workers", "1", "--backend", "fastokens")
     assert json.loads((roots["tokenizers"] / "job.json").read_text())["backend"] == "fastokens"
+
+
+def test_done_records_name_the_encoder_that_wrote_them(tmp_path, bpe_tokenizer):
+    make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=3, holdout_docs=1)
+    slimtok("manifest", "--dataset-dir", tmp_path / "ds", "--output-dir", tmp_path / "m")
+    slimtok("tokenize", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", tmp_path / "out",
+            "--tokenizer", bpe_tokenizer, "--backend", "tokenizers", "--spawn-workers", "1", "--quiet")
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out/done").rglob("*.json")]
+    assert len(records) == 3 and {r["backend"] for r in records} == {"tokenizers"}

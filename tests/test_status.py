@@ -127,7 +127,7 @@ def _beat(root: Path, host: str, pid: int, started_at: float, index: int) -> Pat
     now = time.time()
     write_record(path, Heartbeat(worker=name, host=host, pid=pid, process_index=7, worker_index=index,
                                  shard="train/chunk1/example_train_0", state="working", documents=1, tokens=2,
-                                 text_bytes=3, shards_done=0, tokens_per_second=1234.0, cpu_percent=97.0,
+                                 text_chars=3, shards_done=0, tokens_per_second=1234.0, cpu_percent=97.0,
                                  rss_bytes=5 << 20, updated_at=now, started_at=started_at, interval=1.0))
     return path
 
