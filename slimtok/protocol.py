@@ -1,7 +1,7 @@
 """The on-disk protocol of an output root: every path slimtok keeps there, and its records.
 
 This module is the only place that formats these paths; everything else asks it. Another tool
-can read an output root safely by following the rules written here (docs/PROTOCOL.md says the
+can read an output root safely by following the rules written here (docs/RELIABILITY.md says the
 same at more length).
 
 Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_train_0``)::
