@@ -28,6 +28,7 @@ SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validat
                  "dev": "validation", "test": "test"}
 _CHUNK_RE = re.compile(r"^chunk[_-]?(\d+)$")
 _LAST_INT_RE = re.compile(r"(\d+)(?!.*\d)")
+_OF_RE = re.compile(r"(\d+)-of-\d+")
 
 
 class ManifestError(Exception):
@@ -72,19 +73,38 @@ def _strip_suffix(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
+def split_of(parts: Sequence[str]) -> str:
+    """The split a file belongs to, from its relative path's components.
+
+    The first folder that names a split wins (SlimPajama's ``validation/chunk1/...``, or
+    ``<config>/test/...``); else a Hub parquet file name such as ``validation-00000-of-00001``;
+    else ``train``.
+    """
+    for folder in parts[:-1]:
+        if folder.lower() in SPLIT_ALIASES:
+            return SPLIT_ALIASES[folder.lower()]
+    prefix = _strip_suffix(parts[-1]).split("-", 1)[0].lower()
+    return SPLIT_ALIASES.get(prefix, "train")
+
+
+def index_of(stem: str) -> int:
+    """A shard's number: ``N`` of a Hub ``...-N-of-M`` name, else the last number in the name."""
+    m = _OF_RE.search(stem) or _LAST_INT_RE.search(stem)
+    return int(m.group(1)) if m else 0
+
+
 def entry_for(root: Path, path: Path) -> ShardEntry:
-    """Describe ``path`` (a file below ``root``); split from the first component, else ``train``."""
+    """Describe ``path`` (a file below ``root``)."""
     rel = path.relative_to(root)
     parts = rel.parts
-    split = SPLIT_ALIASES.get(parts[0].lower(), "train") if len(parts) > 1 else "train"
+    split = split_of(parts)
     chunk = 0
     for part in parts[:-1]:
         m = _CHUNK_RE.match(part.lower())
         if m:
             chunk = int(m.group(1))
     stem = _strip_suffix(parts[-1])
-    m = _LAST_INT_RE.search(stem)
-    index = int(m.group(1)) if m else 0
+    index = index_of(stem)
     shard_id = "/".join(parts[:-1] + (stem,))
     return ShardEntry(id=shard_id, split=split, chunk=chunk, index=index, path=str(path),
                       size=path.stat().st_size)

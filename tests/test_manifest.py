@@ -76,3 +76,18 @@ def test_bad_manifest_line_names_file_and_line(tmp_path):
     bad.write_text('{"id": "train/a", "split": "train", "chunk": 0, "index": 0, "path": "/x", "size": 1}\n{"id": 3}\n')
     with pytest.raises(ManifestError, match=r"m\.jsonl:2"):
         read_manifest(bad)
+
+
+def test_hub_parquet_layouts_take_split_and_index_from_names(tmp_path):
+    root = tmp_path / "hub"
+    names = ["data/train-00010-of-00012.parquet", "data/train-00002-of-00012.parquet",
+             "data/validation-00000-of-00001.parquet", "data/test-00000-of-00001.parquet",
+             "sample-10BT/train/000_00001.parquet", "default/test/0000.parquet"]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    _, entries = build_manifest(root, ["*.parquet"])
+    assert [(e.id, e.split, e.index) for e in entries] == [
+        ("sample-10BT/train/000_00001", "train", 1), ("data/train-00002-of-00012", "train", 2),
+        ("data/train-00010-of-00012", "train", 10), ("data/validation-00000-of-00001", "validation", 0),
+        ("data/test-00000-of-00001", "test", 0), ("default/test/0000", "test", 0)]
