@@ -14,7 +14,9 @@ Rules (the only changes slimtok makes to text):
 
 A file that cannot be read to its end (missing, empty, not zstd, corrupt or truncated frame) raises
 :class:`ShardReadError` naming the file and the reason. Memory is bounded by the block size plus
-the longest line, never by the shard size.
+the longest line, never by the shard size. A line longer than :data:`HUGE_LINE_BYTES` whose text is
+a string never becomes one ``str``: its text comes as :class:`TextPieces`, decoded a piece at a time
+(a 200 MB text with characters above U+FFFF would be an 800 MB ``str``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import re
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Sequence, Union
 
 import orjson
 import zstandard
@@ -41,6 +43,17 @@ NO_SOURCE = "(none)"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_MAGIC_LOW = 0x184D2A50  # zstd skippable frames: 0x184D2A50..0x184D2A5F (little endian)
 _SURROGATES = re.compile("[\ud800-\udfff]")
+#: Lines longer than this (bytes) have their text decoded lazily, in pieces (see TextPieces).
+HUGE_LINE_BYTES = 64 << 20
+#: Raw bytes of JSON string per piece of a huge text (a piece ends at the first good cut after this).
+PIECE_BYTES = 2 << 20
+_WHITESPACE = re.compile(rb"[ \t\r\n]*")
+_NESTING = re.compile(rb'["\[\]{}]')
+_SCALAR_END = re.compile(rb"[,}\]]")
+#: An escaped newline followed by an ASCII letter, as written inside a JSON string.
+_RAW_CUT = re.compile(rb"\\n[A-Za-z]")
+_BACKSLASH = 0x5C
+_QUOTE = 0x22
 
 
 class ShardReadError(Exception):
@@ -183,6 +196,187 @@ def parse_line(line: bytes, text_key: str) -> str | tuple[str, None]:
     return _text_of(loaded[0], text_key, loaded[1])
 
 
+def _backslashes_before(buf: bytes | bytearray, pos: int) -> int:
+    """How many backslashes directly precede ``buf[pos]`` (odd: that byte is escaped)."""
+    k = pos
+    while k > 0 and buf[k - 1] == _BACKSLASH:
+        k -= 1
+    return pos - k
+
+
+def _string_end(buf: bytes | bytearray, pos: int) -> int:
+    """Index of the quote closing the JSON string whose contents start at ``pos``; -1 if none.
+
+    A backslash run never begins inside an escape (no escape but ``\\\\`` ends in a backslash), so
+    the parity of the run before a quote says whether it is escaped.
+    """
+    while (quote := buf.find(b'"', pos)) != -1:
+        if _backslashes_before(buf, quote) % 2 == 0:
+            return quote
+        pos = quote + 1
+    return -1
+
+
+def _value_end(buf: bytes | bytearray, pos: int) -> int:
+    """End (exclusive) of the JSON value starting at ``pos``, or -1; only delimits, never validates."""
+    first = buf[pos]
+    if first == _QUOTE:
+        end = _string_end(buf, pos + 1)
+        return end + 1 if end >= 0 else -1
+    if first not in b"[{":
+        found = _SCALAR_END.search(buf, pos)
+        return found.start() if found else -1
+    depth = 0
+    while found := _NESTING.search(buf, pos):
+        pos = found.end()
+        if buf[found.start()] == _QUOTE:
+            end = _string_end(buf, pos)
+            if end < 0:
+                return -1
+            pos = end + 1
+            continue
+        depth += 1 if buf[found.start()] in b"[{" else -1
+        if depth == 0:
+            return pos
+    return -1
+
+
+def _text_span(line: bytes | bytearray, text_key: str) -> tuple[int, int] | None:
+    """(start, end) of the contents of the one top-level string value under ``text_key``.
+
+    None when the line is not shaped like that (not an object, key absent or repeated, value not a
+    string, unterminated): the caller then parses the line whole, which gives the skip reason. The
+    scan trusts the structure it sees; parsing the rest of the object afterwards validates it.
+    """
+    pos = _WHITESPACE.match(line, 0).end()
+    if pos >= len(line) or line[pos] != ord("{"):
+        return None
+    span = None
+    while True:
+        pos = _WHITESPACE.match(line, pos + 1).end()
+        if pos >= len(line) or line[pos] != _QUOTE:
+            return None
+        key_end = _string_end(line, pos + 1)
+        if key_end < 0:
+            return None
+        try:
+            key = orjson.loads(line[pos:key_end + 1])
+        except orjson.JSONDecodeError:
+            return None
+        colon = _WHITESPACE.match(line, key_end + 1).end()
+        if colon >= len(line) or line[colon] != ord(":"):
+            return None
+        value = _WHITESPACE.match(line, colon + 1).end()
+        if value >= len(line):
+            return None
+        end = _value_end(line, value)
+        if end < 0:
+            return None
+        if key == text_key:
+            if span is not None or line[value] != _QUOTE:
+                return None
+            span = (value + 1, end - 1)
+        pos = _WHITESPACE.match(line, end).end()
+        if pos >= len(line) or line[pos] != ord(","):
+            return span if pos < len(line) and line[pos] == ord("}") else None
+
+
+def _piece_bounds(line: bytes | bytearray, start: int, end: int) -> list[int]:
+    """Raw piece boundaries from ``start`` to ``end``, about every PIECE_BYTES.
+
+    Each inner boundary falls right after an unescaped ``\\n`` followed by an ASCII letter: no
+    escape, surrogate pair or UTF-8 sequence spans it, and the encoder's cut rule can apply there.
+    """
+    bounds = [start]
+    pos = start
+    while end - pos > PIECE_BYTES:
+        search_from = pos + PIECE_BYTES
+        while (found := _RAW_CUT.search(line, search_from, end)) and _backslashes_before(line, found.start()) % 2:
+            search_from = found.start() + 1
+        if found is None:
+            break
+        pos = found.start() + 2
+        bounds.append(pos)
+    bounds.append(end)
+    return bounds
+
+
+def _decode_piece(raw: bytes | bytearray | memoryview) -> str | None:
+    """The text of raw JSON string contents under the whole-line rules, or None if it is invalid."""
+    quoted = b"".join((b'"', raw, b'"'))
+    try:
+        return orjson.loads(quoted)
+    except orjson.JSONDecodeError:
+        pass
+    try:  # the same repair as _load_object + _text_of, applied to this piece alone
+        return _SURROGATES.sub("\ufffd", json.loads(quoted.decode("utf-8", errors="replace")))
+    except ValueError:
+        return None
+
+
+class TextPieces:
+    """The text of one huge line, decoded a piece at a time from the raw line it keeps.
+
+    Joined, the pieces are exactly the text a whole-line parse gives. Every boundary between two
+    pieces lies right after a newline that is followed by an ASCII letter. ``len()`` is the exact
+    character count. Iterating decodes the pieces again, one at a time.
+    """
+
+    def __init__(self, line: bytes | bytearray, bounds: list[int], chars: int):
+        self._line = line
+        self._bounds = bounds
+        self._chars = chars
+
+    def __len__(self) -> int:
+        return self._chars
+
+    def __iter__(self) -> Iterator[str]:
+        view = memoryview(self._line)
+        for start, end in zip(self._bounds, self._bounds[1:]):
+            yield _decode_piece(view[start:end])  # type: ignore[misc]  # validated in lazy_text
+
+    def __str__(self) -> str:
+        return "".join(self)
+
+
+#: What :meth:`ShardReader.records` yields as a document's text.
+Text = Union[str, TextPieces]
+
+
+def _lazy_text(line: bytes | bytearray, start: int, end: int) -> TextPieces | None:
+    """The text in ``line[start:end]`` as pieces, each decoded once here to validate and count it.
+
+    None when a piece is invalid or the text is empty (the whole-line parse then names the reason).
+    """
+    bounds = _piece_bounds(line, start, end)
+    chars = 0
+    view = memoryview(line)
+    for a, b in zip(bounds, bounds[1:]):
+        piece = _decode_piece(view[a:b])
+        if piece is None:
+            return None
+        chars += len(piece)
+    return TextPieces(line, bounds, chars) if chars else None
+
+
+def _huge_record(line: bytes | bytearray, text_key: str, spath: Sequence[str]) -> tuple[TextPieces, str | None] | None:
+    """(text pieces, source) of a huge line, or None when it must be parsed whole.
+
+    The object is parsed with its text replaced by ``""`` (validating it and giving the source).
+    """
+    span = _text_span(line, text_key)
+    if span is None:
+        return None
+    start, end = span
+    rest = _load_object(b"".join((memoryview(line)[:start], memoryview(line)[end:])))
+    if isinstance(rest, str) or not isinstance(rest[0], dict):
+        return None
+    text = _lazy_text(line, start, end)
+    if text is None:
+        return None
+    return text, (source_of(rest[0], spath) if spath else None)
+
+
 def source_of(value: object, path: Sequence[str]) -> str:
     """The source name at dotted ``path`` inside a record; :data:`NO_SOURCE` when absent or null."""
     for part in path:
@@ -222,10 +416,14 @@ class ShardReader:
 
     def documents(self) -> Iterator[str]:
         for text, _source in self.records():
-            yield text
+            yield str(text)
 
-    def records(self) -> Iterator[tuple[str, str | None]]:
-        """(text, source) of each kept document; source is None when no source key is set."""
+    def records(self) -> Iterator[tuple[Text, str | None]]:
+        """(text, source) of each kept document; source is None when no source key is set.
+
+        The text of a line longer than HUGE_LINE_BYTES comes as :class:`TextPieces`, which keeps the
+        raw line: drop it before asking for the next record.
+        """
         if self.path.name.endswith(".parquet"):
             yield from self._parquet_records()
         else:
@@ -235,7 +433,7 @@ class ShardReader:
         return ShardReadError(self.path, f"has fewer lines than the checkpoint's {self.start_line}; "
                                          "the file changed since it was first read")
 
-    def _jsonl_records(self) -> Iterator[tuple[str, str | None]]:
+    def _jsonl_records(self) -> Iterator[tuple[Text, str | None]]:
         key, spath = self.text_key, self.source_path
         lines = iter_lines(self.path)
         for _ in range(self.start_line):
@@ -244,6 +442,13 @@ class ShardReader:
             self.lines += 1
         for line in lines:
             self.lines += 1
+            if len(line) > HUGE_LINE_BYTES:
+                huge = _huge_record(line, key, spath)
+                if huge is not None:
+                    del line  # the pieces hold the line; nothing here may outlive the consumer's use
+                    yield huge
+                    del huge
+                    continue
             loaded = _load_object(line)
             del line  # the parsed object holds the text; the raw line need not outlive the parse
             if isinstance(loaded, str):

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -329,13 +329,29 @@ class Encoder:
         flat = np.concatenate(pieces)
         return flat, [int(flat.size)]
 
+    def encode_pieces(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
+        """Ids of ONE document given as consecutive text pieces, in chunks.
+
+        The chunks joined are exactly ``encode(["".join(pieces)])``'s ids (eos last). The document is
+        cut where two pieces meet only if the cut passes :meth:`_cut_holds`; elsewhere the text
+        carries over into the next piece. Only the pieces being encoded are in memory at once.
+        """
+        carry = ""
+        for piece in pieces:
+            if carry and self._cut_holds(carry[-CUT_WINDOW_CHARS:], piece[:CUT_WINDOW_CHARS]):
+                yield self.encode([carry])[0][:-1]  # this part's eos dropped; the document's comes last
+                carry = piece
+            else:
+                carry += piece
+        yield self.encode([carry])[0]
+
     def _cuts(self, text: str) -> Iterator[int]:
         """Cut positions about every HUGE_DOC_CHARS, ending with len(text).
 
         A cut goes right after a newline that is followed by a letter: no match of a byte-level
         pre-tokenizer regex of the GPT-2/GPT-4/Qwen families spans such a place (newline runs and
         letter runs are separate pieces), and no normalizer composes across it. Each cut is still
-        confirmed: CUT_WINDOW_CHARS on either side must give the same ids whole and cut.
+        confirmed by :meth:`_cut_holds`.
         """
         pos = 0
         while len(text) - pos > HUGE_DOC_CHARS:
@@ -349,17 +365,22 @@ class Encoder:
     def _next_cut(self, text: str, pos: int) -> int | None:
         """The first confirmed cut at or after ``pos``, or None."""
         while (nl := text.find("\n", pos, len(text) - 1)) != -1:
-            cut = nl + 1
-            pos = cut
-            if not text[cut].isalpha():
-                continue
-            left = text[max(0, cut - CUT_WINDOW_CHARS):cut]
-            right = text[cut:cut + CUT_WINDOW_CHARS]
-            whole, _ = self._encode_batch([left + right])
-            apart, lengths = self._encode_batch([left, right])
-            if np.array_equal(whole[:-1], np.delete(apart, [lengths[0] - 1, len(apart) - 1])):
+            cut = pos = nl + 1
+            if self._cut_holds(text[max(0, cut - CUT_WINDOW_CHARS):cut], text[cut:cut + CUT_WINDOW_CHARS]):
                 return cut
         return None
+
+    def _cut_holds(self, left: str, right: str) -> bool:
+        """Whether text may be cut between ``left`` (its tail) and ``right`` (its head).
+
+        Only right after a newline followed by a letter (see :meth:`_cuts`), and only if the two
+        windows encode to the same ids together and apart.
+        """
+        if not (left.endswith("\n") and right[:1].isalpha()):
+            return False
+        whole, _ = self._encode_batch([left + right])
+        apart, lengths = self._encode_batch([left, right])
+        return np.array_equal(whole[:-1], np.delete(apart, [lengths[0] - 1, len(apart) - 1]))
 
     def _encode_reference(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         ids: list[int] = []

@@ -35,7 +35,7 @@ from .manifest import ShardEntry, manifest_digest, read_manifest
 from .protocol import (DEFAULT_SOURCE_KEY, SPLITS, Checkpoint, DoneRecord, FailedRecord, Heartbeat, JobSettings,
                        LockRecord, OutputRoot, create_exclusive, fsync_dir, new_token, read_record, worker_name,
                        write_atomic, write_record)
-from .reader import ShardReader, ShardReadError
+from .reader import ShardReader, ShardReadError, TextPieces
 from .tokenizer import BackendReport, Encoder, LoadedTokenizer, TokenizerError, load_tokenizer, resolve_dtype
 
 EXIT_OK = 0
@@ -260,6 +260,14 @@ class ShardTask:
             total = sum(reader.skipped.values())
             if total != skipped_seen:  # skip counts change rarely; copy them only then
                 snapshot, skipped_seen = dict(reader.skipped), total
+            if isinstance(text, TextPieces):
+                if texts:  # keep document order: the batch so far goes first
+                    self._encode(texts, marks)
+                    texts, marks, chars = [], [], 0
+                self._encode_pieces(text, _Mark(reader.lines, snapshot, source))
+                del text  # releases the huge raw line before the reader reads on
+                self.w.check_running(self.claim)
+                continue
             texts.append(text)
             marks.append(_Mark(reader.lines, snapshot, source))
             chars += len(text)
@@ -273,20 +281,10 @@ class ShardTask:
     def _encode(self, texts: list[str], marks: list[_Mark]) -> None:
         """Encode a batch and flush at each document boundary where tokens_per_write is reached."""
         flat, lengths = self.w.encoder.encode(texts)
-        limit = self.w.settings.tokens_per_write
         start = end = 0
         for i, n in enumerate(lengths):
             end += n
-            self.pending_tokens += n
-            self.pending_docs += 1
-            source = marks[i].source
-            if source is not None:
-                counts = self.pending_sources.get(source)
-                if counts is None:
-                    counts = self.pending_sources[source] = [0, 0]
-                counts[0] += 1
-                counts[1] += n
-            if self.pending_tokens >= limit:
+            if self._count_document(n, marks[i].source):
                 self.pending.append(flat[start:end])
                 self._flush(marks[i], checkpoint=True)
                 start = end
@@ -294,6 +292,29 @@ class ShardTask:
             self.pending.append(flat[start:end])
         self.last_mark = marks[-1]
         self.w.stats.add(len(texts), int(flat.size), sum(len(t) for t in texts))
+
+    def _encode_pieces(self, text: TextPieces, mark: _Mark) -> None:
+        """Encode one lazily decoded document; its ids join ``pending`` as chunks (never concatenated)."""
+        tokens = 0
+        for chunk in self.w.encoder.encode_pieces(text):
+            self.pending.append(chunk)
+            tokens += chunk.size
+        if self._count_document(tokens, mark.source):
+            self._flush(mark, checkpoint=True)
+        self.last_mark = mark
+        self.w.stats.add(1, tokens, len(text))
+
+    def _count_document(self, tokens: int, source: str | None) -> bool:
+        """Count one encoded document as pending; True when tokens_per_write is reached."""
+        self.pending_tokens += tokens
+        self.pending_docs += 1
+        if source is not None:
+            counts = self.pending_sources.get(source)
+            if counts is None:
+                counts = self.pending_sources[source] = [0, 0]
+            counts[0] += 1
+            counts[1] += tokens
+        return self.pending_tokens >= self.w.settings.tokens_per_write
 
     def _flush(self, mark: _Mark, checkpoint: bool) -> None:
         """Write pending tokens, make them durable, then (optionally) record a checkpoint."""

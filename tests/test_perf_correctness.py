@@ -53,21 +53,38 @@ def test_huge_document_cut_in_pieces_equals_whole_document(which, backend, bpe_t
                        len(whole_ids(spec, small)) + 1]
 
 
-def test_a_cut_that_would_change_ids_is_not_taken(monkeypatch):
-    """A vocabulary with a merged "\\n" + "a" token and no pre-tokenizer: cutting before "a" changes
-    ids, so the window check must refuse every such place and the result stays the whole encoding."""
+def newline_a_encoder() -> tuple[Encoder, Tokenizer, int]:
+    """(encoder, reference, eos) of a vocabulary with a merged "\\n" + "a" token and no
+    pre-tokenizer, where cutting between a newline and "a" changes ids."""
     chars = sorted(set("\nabc <|endoftext|>"))
     vocab = {c: i for i, c in enumerate(chars)}
     vocab["\na"] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[("\n", "a")]))
     tok.add_special_tokens(["<|endoftext|>"])
+    reference = Tokenizer.from_str(tok.to_str())  # the encoder configures and keeps tok
     eos = tok.token_to_id("<|endoftext|>")
-    enc = Encoder(tok, eos, "uint32", "tokenizers")
+    return Encoder(tok, eos, "uint32", "tokenizers"), reference, eos
+
+
+def test_a_cut_that_would_change_ids_is_not_taken(monkeypatch):
+    """Every newline is followed by "a": the window check must refuse every such place and the
+    result stays the whole encoding."""
+    enc, tok, eos = newline_a_encoder()
     monkeypatch.setattr(tokmod, "HUGE_DOC_CHARS", 200)
     text = "abc\nab\nab c " * 200  # every newline is followed by "a"
     assert list(enc._cuts(text)) == [len(text)]
     flat, _ = enc.encode([text])
     assert np.array_equal(flat, whole_ids(tok.to_str(), text) + [eos])
+
+
+def test_pieces_whose_meeting_point_changes_ids_are_carried_over():
+    """encode_pieces cuts where pieces meet before "b" or "c" but carries the text over before "a",
+    so the ids stay the whole encoding."""
+    enc, tok, eos = newline_a_encoder()
+    pieces = ["abc\n", "ab\nab c\n", "a\n", "b\n", "c", "ab\n", "abc"] * 50
+    chunks = list(enc.encode_pieces(pieces))
+    assert 1 < len(chunks) < len(pieces)
+    assert np.array_equal(np.concatenate(chunks), whole_ids(tok.to_str(), "".join(pieces)) + [eos])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
