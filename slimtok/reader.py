@@ -141,6 +141,9 @@ def iter_lines(path: str | Path) -> Iterator[bytes | bytearray]:
         try:
             for block in blocks:
                 lines = block.split(b"\n")
+                if len(lines) == 1:  # inside a long line: append only (re-wrapping the tail copied it all)
+                    tail += block
+                    continue
                 if tail:
                     tail += lines[0]
                     lines[0], tail = tail, bytearray()

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 import slimtok.reader as readmod
 from corpus import reference_texts, sample_documents, write_shard
 from slimtok.manifest import ShardEntry, write_manifest
-from slimtok.reader import ShardReader, TextPieces
+from slimtok.reader import ShardReader, TextPieces, iter_lines
 from slimtok.tokenizer import Encoder, load_tokenizer
 from slimtok.worker import TokenizeSettings, Worker, pin_job
 
@@ -75,6 +75,21 @@ def expected_text(line: bytes) -> str:
 
 
 # -- text -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["s.jsonl", "s.jsonl.zst"])
+def test_lines_spanning_many_blocks_come_out_whole(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(readmod, "BLOCK_SIZE", 1000)
+    rng = random.Random(13)
+    lines = [bytes(rng.choice(b"ab ") for _ in range(rng.choice([0, 1, 999, 1000, 1001, 7500]))) for _ in range(60)]
+    data = b"\n".join(lines)  # the last line has no newline
+    path = tmp_path / name
+    if name.endswith(".zst"):
+        write_shard(path, [data])  # adds a final newline, which ends the last line
+    else:
+        path.write_bytes(data)
+    assert [bytes(line) for line in iter_lines(path)] == lines
+
+
 
 @pytest.mark.parametrize("broken", [False, True])
 @pytest.mark.parametrize("seed", [1, 2, 3])
