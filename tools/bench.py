@@ -390,8 +390,10 @@ def bench_claims(table: Table, work: Path, shards: int, workers: int) -> tuple[P
              for i in range(workers)]
     cpu = 0.0
     for p in procs:
-        _, _, usage = os.wait4(p.pid, 0)
+        _, status, usage = os.wait4(p.pid, 0)
         cpu += usage.ru_utime + usage.ru_stime
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"no-op worker {p.args[4]} failed; see its traceback above")
     wall = time.time() - w0
     per = [x for i in range(workers) for x in json.loads((base / f"t{i}.json").read_text())]
     done = sum(1 for _ in (root / "done").rglob("*.json"))
@@ -429,6 +431,7 @@ def _noop_worker_child(spec: str, index: str, out: str) -> None:
 
     class NoopEncoder:
         report = None
+        backend = "none"
 
         def __init__(self, *a, **k):
             self.report = type("R", (), {"requested": "none", "backend": "none", "verification": "no-op"})()
