@@ -47,6 +47,9 @@ EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped on request; relaunching resumes
 BATCH_CHARS = 1 << 17
 BATCH_DOCS = 512
 COPY_BLOCK = 8 << 20
+#: Seconds between looks at shards other workers hold: doubling from the first to the longest.
+POLL_FIRST = 0.1
+POLL_LONGEST = 5.0
 
 log = logging.getLogger("slimtok.worker")
 
@@ -476,11 +479,14 @@ class Worker:
         if waiting:
             log.info("%s: %d shard(s) held by other workers; watching them for completion or staleness",
                      self.name, len(waiting))
-        poll = max(0.2, min(5.0, s.stale_after / 4))
+        # Look again soon, then back off: the last shards of a launch usually finish within
+        # seconds, while a long wait (a lost node) only needs checking a few times per stale_after.
+        poll, longest = POLL_FIRST, max(POLL_FIRST, min(POLL_LONGEST, s.stale_after / 4))
         while waiting:
             self.stop.wait(poll)
             self.check_running()
             waiting = [e for e in waiting if self._attempt(e) == "busy"]
+            poll = min(poll * 2, longest)
 
     def _settled(self, entry: ShardEntry) -> bool:
         if self.root.done(entry.id).exists():
