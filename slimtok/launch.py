@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Callable, Mapping
 
 from .manifest import read_manifest
-from .protocol import FailedRecord, Heartbeat, OutputRoot, hostname, read_record, worker_name
+from .protocol import Heartbeat, OutputRoot, hostname, read_record, worker_name
 from .status import ids_under
 from .worker import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, TokenizeSettings, pin_job,
                      worker_main)
@@ -170,14 +170,16 @@ def tokenize(settings: TokenizeSettings, progress: Callable[[str], None] | None 
 
 
 def _exit_status(codes: list[int | None], settings: TokenizeSettings, signalled: bool) -> int:
+    """The launch's status from its workers'. A signal that arrived after every worker had
+    finished its work interrupted nothing, so it does not turn a complete run into 75."""
+    finished = all(c in (EXIT_OK, EXIT_SHARDS_FAILED) for c in codes)
     if any(c is None or c < 0 or c == EXIT_FATAL for c in codes) and not signalled:
         return EXIT_FATAL
-    if signalled or EXIT_INTERRUPTED in codes:
+    if EXIT_INTERRUPTED in codes or (signalled and not finished):
         return EXIT_INTERRUPTED
     root = OutputRoot(settings.output_root)
     entries = read_manifest(settings.manifest)
-    failed = [e for e in entries if e.split in settings.splits
-              and read_record(root.failed(e.id), FailedRecord) is not None]
+    failed = [e for e in entries if e.split in settings.splits and root.failed(e.id).exists()]
     if failed or EXIT_SHARDS_FAILED in codes:
         return EXIT_SHARDS_FAILED
     return EXIT_OK

@@ -21,6 +21,7 @@ Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_tra
     probes/<worker>               touched to read the file server's clock
     logs/<worker>.log             one worker's log
     status/done-rollup.json       counts of every done record, cached by status     DoneRollup
+    status/journal/<worker>.jsonl one line per shard that worker committed: [id] + ROLLUP_COLUMNS
     train.bin val.bin test.bin    combined splits
     train.idx val.idx test.idx    uint64 document end offsets (tokens) of each combined split
     megatron/<prefix>_<split>_text_document.{bin,idx}   `slimtok export megatron` (relative prefix)
@@ -40,6 +41,10 @@ Invariants:
   time it lists it and afterwards only opens records that are new since; ids no longer listed in
   ``done/`` are dropped. Deleting the roll-up is always safe; status rebuilds it (and works, only
   slower, where it cannot write it).
+* ``status/journal/<worker>.jsonl`` is a cache too: after creating a done record, its worker (the
+  file's only writer) appends ``[id, *DoneRecord.rollup_row()]``, so a first status reads a few
+  hundred journals instead of opening every done record. A line counts only while ``done/<id>.json``
+  exists; torn or unreadable lines are ignored, and records missing from journals are opened.
 """
 
 from __future__ import annotations
@@ -173,6 +178,10 @@ class DoneRecord(Record):
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     #: the encoder that wrote the shard (``tokenizers`` or ``fastokens``; see slimtok.tokenizer)
     backend: str = ""
+
+    def rollup_row(self) -> list[Any]:
+        """The record's ``ROLLUP_COLUMNS``, as status caches them."""
+        return [self.documents, self.tokens, self.bytes, self.source_size, self.finished_at, self.sources]
 
 
 @dataclass
@@ -311,6 +320,13 @@ class OutputRoot:
     @property
     def done_rollup(self) -> Path:
         return self.root / "status" / "done-rollup.json"
+
+    def done_journal(self, worker: str) -> Path:
+        return self.root / "status" / "journal" / f"{worker}.jsonl"
+
+    def done_journals(self) -> list[Path]:
+        folder = self.root / "status" / "journal"
+        return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

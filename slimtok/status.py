@@ -131,6 +131,27 @@ def ids_under(folder: os.PathLike[str], suffix: str) -> set[str]:
     return found
 
 
+def journal_rows(root: OutputRoot) -> dict[str, list[Any]]:
+    """Rows the workers appended to their journals; for a shard committed twice, the latest."""
+    rows: dict[str, list[Any]] = {}
+    width = 1 + len(ROLLUP_COLUMNS)
+    for path in root.done_journals():
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a line torn by a kill mid-append
+            if isinstance(row, list) and len(row) == width and isinstance(row[0], str):
+                previous = rows.get(row[0])
+                if previous is None or previous[4] <= row[5]:
+                    rows[row[0]] = row[1:]
+    return rows
+
+
 def done_rows(root: OutputRoot, done: set[str], manifest_sha256: str) -> dict[str, list[Any]]:
     """``ROLLUP_COLUMNS`` of each done shard in ``done``, opening only records the roll-up lacks.
 
@@ -142,12 +163,17 @@ def done_rows(root: OutputRoot, done: set[str], manifest_sha256: str) -> dict[st
     if cached is not None and cached.manifest_sha256 == manifest_sha256 and cached.columns == ROLLUP_COLUMNS:
         rows = {k: v for k, v in cached.shards.items() if k in done}
     changed = cached is None or len(rows) != len(cached.shards)
-    for shard in done - rows.keys():
+    missing = done - rows.keys()
+    if missing:
+        journaled = {k: v for k, v in journal_rows(root).items() if k in missing}
+        rows.update(journaled)
+        missing -= journaled.keys()
+        changed = changed or bool(journaled)
+    for shard in missing:
         record = read_record(root.done(shard), DoneRecord)
         if record is None:  # corrupt; counted as done without counts, and looked at again next time
             continue
-        rows[shard] = [record.documents, record.tokens, record.bytes, record.source_size, record.finished_at,
-                       record.sources]
+        rows[shard] = record.rollup_row()
         changed = True
     if changed:
         try:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import orjson
 import psutil
 
 from .claims import Claim, Claimer, current_holder, preference_order
@@ -137,8 +138,6 @@ def pin_job(settings: TokenizeSettings) -> JobSettings:
 
 
 def _tokenizer_config(eos_token: str | None) -> bytes:
-    import orjson
-
     return orjson.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos_token},
                         option=orjson.OPT_INDENT_2)
 
@@ -370,7 +369,9 @@ class ShardTask:
                             sources=_copy_sources(p.sources), backend=self.w.encoder.backend)
         done = self.root.done(self.entry.id)
         done.parent.mkdir(parents=True, exist_ok=True)
-        if not create_exclusive(done, record.to_json()):
+        if create_exclusive(done, record.to_json()):
+            self._journal(record)
+        else:
             existing = read_record(done, DoneRecord)
             if existing is None or existing.sha256 != record.sha256:
                 log.error("%s: a done record already exists with different content (%s vs %s); "
@@ -379,6 +380,22 @@ class ShardTask:
         self.root.checkpoint(self.entry.id).unlink(missing_ok=True)
         self.root.failed(self.entry.id).unlink(missing_ok=True)
         return record
+
+
+    def _journal(self, record: DoneRecord) -> None:
+        """Append the shard's status row to this worker's journal (a cache: failures only warn)."""
+        path = self.root.done_journal(self.w.name)
+        line = orjson.dumps([record.shard, *record.rollup_row()]) + b"\n"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                _write_all(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("%s: cannot append to %s: %s (status will open the done record instead)",
+                        self.entry.id, path, exc)
 
 
 def _copy_sources(sources: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:

@@ -157,7 +157,7 @@ def test_status_of_a_run_in_progress_then_after_sigterm(tmp_path, bpe_tokenizer)
     root = tmp_path / "out"
     cmd = [sys.executable, "-m", "slimtok", "tokenize", "--manifest", str(manifest), "--output-root", str(root),
            "--tokenizer", str(bpe_tokenizer), "--spawn-workers", "1", "--tokens-per-write", "5000",
-           "--stale-after", "3", "--splits", "train"]
+           "--stale-after", "3", "--splits", "train", "--backend", "tokenizers"]  # slow enough to catch mid-shard
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = root / "checkpoints/train/chunk1/example_train_0.json"
     deadline = time.time() + 120
@@ -196,3 +196,26 @@ def test_console_gets_progress_and_warnings_logs_get_timestamps(finished):
     assert re.search(r"ERROR .*example_train_9", proc.stderr)
     n = len(_entries(root / "manifest.jsonl"))
     assert re.search(rf"shards {n - 1}/{n} done \(all processes\).* \(finished\)", proc.stderr)
+
+
+def test_first_status_reads_worker_journals_instead_of_every_done_record(finished, tmp_path):
+    """Workers journal each commit; a status with no roll-up takes counts from there."""
+    import shutil
+
+    from slimtok.status import done_rows
+
+    root = tmp_path / "copy"
+    shutil.copytree(finished[0], root)
+    out = OutputRoot(root)
+    out.done_rollup.unlink(missing_ok=True)
+    records = {json.loads(p.read_text())["shard"]: json.loads(p.read_text()) for p in (root / "done").rglob("*.json")}
+    journals = out.done_journals()
+    assert journals and sum(len(p.read_bytes().splitlines()) for p in journals) == len(records)
+    # Blank every done record's content: only the journals can still give the counts.
+    for p in (root / "done").rglob("*.json"):
+        p.write_text("")
+    with open(journals[0], "ab") as f:
+        f.write(b'["torn line", 1, 2')  # a worker killed mid-append
+    rows = done_rows(out, set(records), json.loads((root / "job.json").read_text())["manifest_sha256"])
+    assert {k: (v[0], v[1], v[2]) for k, v in rows.items()} == {
+        k: (r["documents"], r["tokens"], r["bytes"]) for k, r in records.items()}
