@@ -38,7 +38,9 @@ def test_document_index_holds_every_documents_end(combined):
 def _megatron_dataset(prefix: Path):
     with warnings.catch_warnings():  # megatron-core warns that Apex/Transformer Engine are absent
         warnings.simplefilter("ignore")
-        from megatron.core.datasets.indexed_dataset import IndexedDataset
+        IndexedDataset = pytest.importorskip(
+            "megatron.core.datasets.indexed_dataset",
+            reason="megatron-core is not installed (tools/ci/install-test-deps.sh installs it)").IndexedDataset
     return IndexedDataset(str(prefix))
 
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install everything the test suite uses on a fresh machine (the README's test command and .ci/run
+# both start here): slimtok with its test extra, the trainers' readers the export tests check
+# against, and (as root, on Debian) systemd-analyze and a one-host Slurm cluster.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@"; }
+pip_install -e '.[test]'
+# Trainer readers for tests/test_export.py (megatron-core's IndexedDataset) and tests/test_data.py
+# (torch DataLoader). The CPU torch goes first and is named by its local version, so pip can never
+# satisfy megatron-core's torch requirement with a CUDA build: where the CPU wheel is not in pip's
+# find-links this line fails instead of downloading gigabytes of CUDA libraries.
+pip_install 'torch==2.13.0+cpu'
+pip_install 'megatron-core>=0.12'
+# Operations tests: systemd-analyze verifies the units; a one-host Slurm cluster runs the sbatch
+# scripts (tests/test_slurm.py skips, saying why, where the daemons cannot start).
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        systemd munge slurmctld slurmd slurm-client >/dev/null || echo "warning: could not install systemd/Slurm packages"
+else
+    echo "note: not root on Debian; systemd and Slurm tests will say why they skip"
+fi
+tools/ci/start-slurm.sh || echo "warning: the one-host Slurm cluster did not start; its tests will be skipped"
