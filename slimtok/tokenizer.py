@@ -230,10 +230,12 @@ class Encoder:
     a mismatch switches this encoder to the reference for good. ``report`` says what happened.
     """
 
-    def __init__(self, tokenizer: Tokenizer, eos_id: int, dtype: str, backend: str = "auto"):
+    def __init__(self, tokenizer: Tokenizer, eos_id: int, dtype: str, backend: str = "auto",
+                 spec: str | None = None):
+        """``spec``: the tokenizer's JSON when the caller has it already (saves a re-serialization)."""
         if backend not in BACKENDS:
             raise TokenizerError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-        spec = tokenizer.to_str()
+        spec = spec if spec is not None else tokenizer.to_str()
         # The encoder configures and keeps the tokenizer it is given (no copy: a Qwen3-sized
         # tokenizer costs ~110 MB and half a second to copy); callers hand over their instance.
         tok = tokenizer

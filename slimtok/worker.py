@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import psutil
+from tokenizers import Tokenizer
 
 from .claims import Claim, Claimer, current_holder, preference_order
 from .manifest import ShardEntry, manifest_digest, read_manifest
@@ -142,13 +143,17 @@ def _tokenizer_config(eos_token: str | None) -> bytes:
                         option=orjson.OPT_INDENT_2)
 
 
-def load_pinned_tokenizer(root: OutputRoot, job: JobSettings) -> LoadedTokenizer:
-    """The job's own copy of the tokenizer, checked against the pinned fingerprint."""
-    tok = load_tokenizer(str(root.tokenizer_dir / "tokenizer.json"), job.eos_token_id)
-    if tok.sha256 != job.tokenizer_sha256:
-        raise TokenizerError(f"{root.tokenizer_dir}/tokenizer.json does not match job.json's tokenizer_sha256; "
-                             "the output root was modified")
-    return tok
+def load_pinned_tokenizer(root: OutputRoot, job: JobSettings) -> tuple[Tokenizer, str]:
+    """The job's own copy of the tokenizer and its JSON, checked against the pinned fingerprint.
+
+    The copy was written as the tokenizer's canonical JSON, so the file's own sha256 is the
+    fingerprint: no re-serialization or vocabulary walk at every worker start.
+    """
+    path = root.tokenizer_dir / "tokenizer.json"
+    text = path.read_text(encoding="utf-8")
+    if hashlib.sha256(text.encode()).hexdigest() != job.tokenizer_sha256:
+        raise TokenizerError(f"{path} does not match job.json's tokenizer_sha256; the output root was modified")
+    return Tokenizer.from_file(str(path)), text  # from_file peaks lower than from_str
 
 
 # -- per-shard progress ----------------------------------------------------------------------
@@ -446,8 +451,9 @@ class Worker:
             raise JobMismatch(f"{self.root.job} is missing; run `slimtok tokenize` to create the job")
         self.job = job
         self.entries = read_manifest(settings.manifest)
-        self.encoder = Encoder(load_pinned_tokenizer(self.root, job).tokenizer, job.eos_token_id, job.dtype,
-                               settings.backend)
+        tokenizer, spec = load_pinned_tokenizer(self.root, job)
+        self.encoder = Encoder(tokenizer, job.eos_token_id, job.dtype, settings.backend, spec=spec)
+        del tokenizer, spec
         if settings.process_index == 0 and worker_index == 0:
             _record_backend(self.root, self.encoder.report)
         self.me = current_holder(settings.process_index, worker_index)

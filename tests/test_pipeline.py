@@ -173,3 +173,15 @@ def test_combine_refuses_incomplete_split_and_allows_partial(tmp_path, bpe_token
     assert (root / "val.bin").stat().st_size > 0
     out = slimtok("combine", "--output-root", root, "--allow-partial").stdout
     assert "partial" in out and (root / "train.bin").stat().st_size == 0
+
+
+def test_a_modified_tokenizer_copy_in_the_output_root_is_refused(tmp_path, bpe_tokenizer):
+    make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=3, holdout_docs=1)
+    manifest = _manifest(tmp_path, tmp_path / "ds")
+    root = tmp_path / "out"
+    _tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--splits", "train")
+    copy = root / "tokenizer/tokenizer.json"
+    copy.write_text(copy.read_text().replace('"<|pad|>"', '"<|PAD|>"'))
+    proc = _tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1", check=False)
+    assert proc.returncode == 3 and "does not match job.json's tokenizer_sha256" in proc.stderr
+    assert not (root / "done/validation").exists()
