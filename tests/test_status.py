@@ -17,7 +17,7 @@ import zstandard
 from corpus import make_dataset, reference_ids, reference_texts, slimtok
 
 from slimtok.protocol import Heartbeat, OutputRoot, hostname, worker_name, write_record
-from slimtok.status import collect_status, format_status, prometheus_text
+from slimtok.status import collect_status, format_status
 
 
 def _manifest(tmp: Path, dataset: Path) -> Path:
