@@ -11,7 +11,8 @@ Reads and writes ``locks/`` and ``probes/`` of an output root (see :mod:`slimtok
   or reused) or its mtime is older than ``stale_after`` seconds by the *file server's* clock,
   read by touching a probe file, so clock skew between nodes does not matter.
 * **Steal**: at most one worker takes over a given stale claim: it must first create
-  ``locks/<id>.<stale token>.stolen`` exclusively, then replaces the lock with its own.
+  ``locks/<id>.<stale token>.stolen`` exclusively, then replaces the lock with its own in one
+  rename, so at every moment some lock names either the stale claim or the new one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from .protocol import Holder, LockRecord, OutputRoot, boot_id, create_exclusive, hostname, new_token, read_record
+from .protocol import (Holder, LockRecord, OutputRoot, boot_id, create_exclusive, hostname, new_token, read_record,
+                       write_atomic)
 
 
 def file_server_now(probe: Path) -> float:
@@ -105,13 +107,16 @@ class Claimer:
                 marker.unlink(missing_ok=True)
             return None
         try:
+            if not lock.exists():
+                return None  # released meanwhile: claim it afresh next time, exclusively
             current = read_record(lock, LockRecord)
             if current is not None and current.token != stale_token:
                 return None  # the holder released it meanwhile and somebody claimed it afresh
-            lock.unlink(missing_ok=True)
-            if not create_exclusive(lock, record.to_json()):
-                return None
-            return Claim(shard, record.token, record, stale)
+            # Replace in one rename, never unlink-then-create: a stealer killed in between would
+            # leave no lock naming the stale claim, and its part file would never be cleaned up.
+            write_atomic(lock, record.to_json())
+            taken = Claim(shard, record.token, record, stale)
+            return taken if self.holds(taken) else None  # a rename over NFS may report wrongly
         finally:
             marker.unlink(missing_ok=True)
 
@@ -145,6 +150,19 @@ class Claimer:
         except FileNotFoundError:
             return False
         return True
+
+    def clear_leftover(self, shard: str) -> None:
+        """Remove a stale lock left on a settled shard (its holder was killed after committing).
+
+        Called by the one worker whose slice the shard is in, so the extra stat is paid once per
+        shard and launch, not once per worker.
+        """
+        lock = self.root.lock(shard)
+        if not lock.exists():
+            return
+        held = read_record(lock, LockRecord)
+        if held is None or self.is_stale(lock, held):
+            lock.unlink(missing_ok=True)
 
     def release(self, claim: Claim) -> None:
         """Remove the lock if it is still ours (never someone else's)."""

@@ -199,10 +199,12 @@ class ShardTask:
         self.started = time.time()
 
     def run(self) -> DoneRecord:
+        ckpt = read_record(self.root.checkpoint(self.entry.id), Checkpoint)
+        self._drop_previous_part(ckpt)
         self.part.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            self._resume()
+            self._resume(ckpt)
             reader = ShardReader(self.entry.path, self.w.job.text_key, self.progress.lines, self.progress.skipped,
                                  source_key=self.w.job.source_key)
             try:
@@ -218,23 +220,36 @@ class ShardTask:
         return self._commit()
 
     # -- resume -----------------------------------------------------------------------------
-    def _resume(self) -> None:
-        """Continue from the shard's checkpoint if its data is intact, else from the start."""
-        ckpt = read_record(self.root.checkpoint(self.entry.id), Checkpoint)
-        old_parts = set()
-        if self.claim.previous is not None:
-            old_parts.add(self.root.part(self.entry.id, self.claim.previous.token))
-        if ckpt is not None and ckpt.shard == self.entry.id:
-            source = self.root.resolve(ckpt.part)
-            old_parts.add(source)
-            if self._copy_prefix(source, ckpt.bytes):
-                p = self.progress
-                p.lines, p.documents, p.tokens, p.bytes = ckpt.lines, ckpt.documents, ckpt.tokens, ckpt.bytes
-                p.skipped = dict(ckpt.skipped)
-                p.sources = _copy_sources(ckpt.sources)
-                log.info("%s: resuming at line %d (%d tokens) from %s", self.entry.id, p.lines, p.tokens, ckpt.part)
-        for old in old_parts - {self.part}:
-            old.unlink(missing_ok=True)
+    def _drop_previous_part(self, ckpt: Checkpoint | None) -> None:
+        """Delete the taken-over claim's part file unless the checkpoint still needs it.
+
+        Done before our own part file exists: only the lock names the claim we replaced, so if we
+        were killed after creating our file, the next holder could no longer find that one.
+        """
+        if self.claim.previous is None:
+            return
+        previous = self.root.part(self.entry.id, self.claim.previous.token)
+        if ckpt is None or self.root.resolve(ckpt.part) != previous:
+            previous.unlink(missing_ok=True)
+
+    def _resume(self, ckpt: Checkpoint | None) -> None:
+        """Continue from the shard's checkpoint if its data is intact, else from the start.
+
+        The copied progress is checkpointed as ours before the old part file is deleted, so a kill
+        at any point leaves a checkpoint naming a file that holds its bytes.
+        """
+        if ckpt is None or ckpt.shard != self.entry.id:
+            return
+        source = self.root.resolve(ckpt.part)
+        if self._copy_prefix(source, ckpt.bytes):
+            p = self.progress
+            p.lines, p.documents, p.tokens, p.bytes = ckpt.lines, ckpt.documents, ckpt.tokens, ckpt.bytes
+            p.skipped = dict(ckpt.skipped)
+            p.sources = _copy_sources(ckpt.sources)
+            self._checkpoint()
+            log.info("%s: resuming at line %d (%d tokens) from %s", self.entry.id, p.lines, p.tokens, ckpt.part)
+        if source != self.part:
+            source.unlink(missing_ok=True)
 
     def _copy_prefix(self, source: Path, size: int) -> bool:
         """Copy the first ``size`` bytes of ``source`` into our part file; False if it is short."""
@@ -341,7 +356,12 @@ class ShardTask:
         if not checkpoint:
             return
         os.fdatasync(self.fd)
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Record progress (whose data is already fdatasync'd) as ours, if the claim is still ours."""
         self._check_claim()
+        p = self.progress
         write_record(self.root.checkpoint(self.entry.id),
                      Checkpoint(shard=self.entry.id, token=self.claim.token, part=self.root.relative(self.part),
                                 lines=p.lines, documents=p.documents, tokens=p.tokens, bytes=p.bytes,
@@ -494,11 +514,18 @@ class Worker:
     def _loop(self) -> None:
         s = self.settings
         order = preference_order(len(self.entries), s.process_index, s.process_count, self.index, s.workers)
+        # This worker's own slice of the manifest: each shard is in exactly one worker's slice.
+        own = len(range(s.process_index, len(self.entries), s.process_count)[self.index::s.workers])
         waiting = []
-        for pos in order:
+        for k, pos in enumerate(order):
             entry = self.entries[pos]
-            if entry.split in s.splits and self._attempt(entry) == "busy":
+            if entry.split not in s.splits:
+                continue
+            outcome = self._attempt(entry)
+            if outcome == "busy":
                 waiting.append(entry)
+            elif k < own:
+                self.claimer.clear_leftover(entry.id)
         if waiting:
             log.info("%s: %d shard(s) held by other workers; watching them for completion or staleness",
                      self.name, len(waiting))

@@ -83,9 +83,15 @@ def _dataset(root: Path, shards: int, docs: int, seed: int = 7) -> Path:
 
 
 def _workers(launcher_pid: int) -> list[psutil.Process]:
-    """Worker processes of a launch (not multiprocessing's resource tracker)."""
-    return [c for c in psutil.Process(launcher_pid).children()
-            if "resource_tracker" not in " ".join(c.cmdline())]
+    """Live worker processes of a launch (not multiprocessing's resource tracker, not exited ones)."""
+    found = []
+    for child in psutil.Process(launcher_pid).children():
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # exited (a zombie until the launcher reaps it) or gone
+            continue
+    return found
 
 
 # 1. chaos --------------------------------------------------------------------------------------
