@@ -114,7 +114,10 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--process-count", type=click.IntRange(min=1), default=None,
               help="Number of processes (default: SLURM_NTASKS, OMPI_COMM_WORLD_SIZE or PMI_SIZE).")
 @click.option("--tokens-per-write", type=click.IntRange(min=1), default=131072, show_default=True,
-              help="Flush and checkpoint at the first document boundary after this many tokens.")
+              help="Write pending tokens at the first document boundary after this many tokens.")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds of work between checkpoints (fdatasync + record) at a write; 0 = at every write. "
+                   "A killed worker redoes at most this much of its shard.")
 @click.option("--splits", default=SPLIT_CHOICES, show_default=True)
 @click.option("--text-key", default="text", show_default=True)
 @click.option("--source-key", default=DEFAULT_SOURCE_KEY, show_default=True,
@@ -130,8 +133,8 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
               help="Seconds without heartbeat after which another worker takes a shard over.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_workers: str, max_workers: int | None,
-                 process_index: int | None, process_count: int | None, tokens_per_write: int, splits: str,
-                 text_key: str, source_key: str, eos_id: int | None, dtype: str, backend: str,
+                 process_index: int | None, process_count: int | None, tokens_per_write: int,
+                 checkpoint_every: float, splits: str, text_key: str, source_key: str, eos_id: int | None, dtype: str, backend: str,
                  retry_failed: bool, stale_after: float, quiet: bool) -> None:
     """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""
     from .launch import LaunchError, settings_for, tokenize
@@ -140,7 +143,7 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
     from .worker import JobMismatch, TokenizeSettings
 
     base = TokenizeSettings(manifest=str(manifest.absolute()), output_root=str(output_root.absolute()),
-                            tokenizer=tokenizer, tokens_per_write=tokens_per_write,
+                            tokenizer=tokenizer, tokens_per_write=tokens_per_write, checkpoint_every=checkpoint_every,
                             splits=_splits(splits) or SPLITS, text_key=text_key, source_key=source_key,
                             eos_id=eos_id, dtype=dtype, backend=backend,
                             retry_failed=retry_failed, stale_after=stale_after)

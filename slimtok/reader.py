@@ -25,7 +25,6 @@ import gzip
 import json
 import re
 import zlib
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator, Sequence, Union
 
@@ -35,7 +34,12 @@ import zstandard
 if TYPE_CHECKING:
     import pyarrow.parquet
 
+#: A raw line or a slice of one: lines inside a block are memoryviews of it (see iter_lines).
+Buffer = Union[bytes, bytearray, memoryview]
 BLOCK_SIZE = 1 << 20
+#: Compressed bytes per zstd call: the output (~4x) then fits the decompressor's first buffers
+#: instead of growing by realloc, which copied every decompressed byte once more.
+ZSTD_READ_SIZE = 256 << 10
 #: Parquet rows decoded at once; memory is bounded by this and by one row group's column chunks.
 PARQUET_BATCH_ROWS = 1024
 #: Source name of a document whose record lacks the source key (or holds null there).
@@ -48,6 +52,9 @@ HUGE_LINE_BYTES = 64 << 20
 #: Raw bytes of JSON string per piece of a huge text (a piece ends at the first good cut after this).
 PIECE_BYTES = 2 << 20
 _WHITESPACE = re.compile(rb"[ \t\r\n]*")
+#: What bytes.isspace() counts as whitespace (a line of only these is "blank").
+_BLANK = re.compile(rb"[ \t\n\r\x0b\x0c]*")
+_QUOTE_BYTE = re.compile(rb'"')
 _NESTING = re.compile(rb'["\[\]{}]')
 _SCALAR_END = re.compile(rb"[,}\]]")
 #: An escaped newline followed by an ASCII letter, as written inside a JSON string.
@@ -79,7 +86,7 @@ def _zstd_blocks(path: Path, f: BinaryIO) -> Iterator[bytes]:
     consumed = 0
     in_frame = True
     while True:
-        block = pending or f.read(BLOCK_SIZE)
+        block = pending or f.read(ZSTD_READ_SIZE)
         pending = b""
         if not block:
             break
@@ -113,8 +120,12 @@ def _plain_blocks(path: Path, f: BinaryIO) -> Iterator[bytes]:
         yield block
 
 
-def iter_lines(path: str | Path) -> Iterator[bytes | bytearray]:
-    """Raw lines of a shard, without their newline; a final line without newline counts too."""
+def iter_lines(path: str | Path) -> Iterator[Buffer]:
+    """Raw lines of a shard, without their newline; a final line without newline counts too.
+
+    A line inside one decompressed block comes as a memoryview of that block (no copy); a line
+    that spans blocks comes as a bytearray grown in place.
+    """
     path = Path(path)
     try:
         f = open(path, "rb", buffering=0)
@@ -134,44 +145,53 @@ def iter_lines(path: str | Path) -> Iterator[bytes | bytearray]:
             blocks = _gzip_blocks(path, f)
         else:
             blocks = _plain_blocks(path, f)
-        # A line longer than a block grows in place in a bytearray (orjson parses it as is), and
-        # lines are popped as they are yielded, so no frame here keeps a huge line alive while the
-        # consumer works on it.
-        tail = bytearray()
         try:
-            for block in blocks:
-                lines = block.split(b"\n")
-                if len(lines) == 1:  # inside a long line: append only (re-wrapping the tail copied it all)
-                    tail += block
-                    continue
-                if tail:
-                    tail += lines[0]
-                    lines[0], tail = tail, bytearray()
-                last = lines.pop()
-                if last:
-                    tail += last
-                lines.reverse()
-                while lines:
-                    yield lines.pop()
+            yield from _split_blocks(blocks)
         except OSError as exc:
             raise ShardReadError(path, f"read error: {exc.strerror or exc}") from exc
+
+
+def _split_blocks(blocks: Iterator[bytes]) -> Iterator[Buffer]:
+    # A line that spans blocks is handed over through a one-item list and popped, so this frame
+    # holds no reference to it while the consumer works on it (it may be a 200 MB line).
+    tail = bytearray()
+    handover: list[bytearray] = []
+    for block in blocks:
+        end = block.find(b"\n")
+        if end == -1:
+            tail += block  # inside a long line: append only
+            continue
+        view = memoryview(block)
         if tail:
-            lines = [tail]
-            del tail
-            yield lines.pop()
+            tail += view[:end]
+            handover.append(tail)
+            tail = bytearray()
+            yield handover.pop()
+        else:
+            yield view[:end]
+        start = end + 1
+        while (end := block.find(b"\n", start)) != -1:
+            yield view[start:end]
+            start = end + 1
+        if start < len(block):
+            tail += view[start:]
+    if tail:
+        handover.append(tail)
+        del tail
+        yield handover.pop()
 
 
-def _load_object(line: bytes | bytearray) -> tuple[object, bool] | str:
+def _load_object(line: Buffer) -> tuple[object, bool] | str:
     """(parsed JSON value, whether it needed repair), or the reason the line is skipped."""
-    if not line or line.isspace():  # not strip(): that would copy a huge bytearray line
-        return "blank"
     try:
         return orjson.loads(line), False
     except orjson.JSONDecodeError:
+        if _BLANK.fullmatch(line):  # checked only here: valid lines are never blank
+            return "blank"
         # orjson refuses invalid UTF-8, lone surrogates and integers beyond 64 bits; the stdlib
         # parser, given the line decoded with replacement, accepts all three.
         try:
-            return json.loads(line.decode("utf-8", errors="replace")), True
+            return json.loads(str(line, "utf-8", "replace")), True
         except ValueError:
             return "not_json"
 
@@ -191,15 +211,7 @@ def _text_of(obj: object, text_key: str, repaired: bool) -> str | tuple[str, Non
     return text
 
 
-def parse_line(line: bytes, text_key: str) -> str | tuple[str, None]:
-    """The document text of one line, or ``(reason, None)`` when the line is skipped."""
-    loaded = _load_object(line)
-    if isinstance(loaded, str):
-        return (loaded, None)
-    return _text_of(loaded[0], text_key, loaded[1])
-
-
-def _backslashes_before(buf: bytes | bytearray, pos: int) -> int:
+def _backslashes_before(buf: Buffer, pos: int) -> int:
     """How many backslashes directly precede ``buf[pos]`` (odd: that byte is escaped)."""
     k = pos
     while k > 0 and buf[k - 1] == _BACKSLASH:
@@ -207,20 +219,21 @@ def _backslashes_before(buf: bytes | bytearray, pos: int) -> int:
     return pos - k
 
 
-def _string_end(buf: bytes | bytearray, pos: int) -> int:
+def _string_end(buf: Buffer, pos: int) -> int:
     """Index of the quote closing the JSON string whose contents start at ``pos``; -1 if none.
 
     A backslash run never begins inside an escape (no escape but ``\\\\`` ends in a backslash), so
     the parity of the run before a quote says whether it is escaped.
     """
-    while (quote := buf.find(b'"', pos)) != -1:
+    while found := _QUOTE_BYTE.search(buf, pos):  # a regex, not find(): buf may be a memoryview
+        quote = found.start()
         if _backslashes_before(buf, quote) % 2 == 0:
             return quote
         pos = quote + 1
     return -1
 
 
-def _value_end(buf: bytes | bytearray, pos: int) -> int:
+def _value_end(buf: Buffer, pos: int) -> int:
     """End (exclusive) of the JSON value starting at ``pos``, or -1; only delimits, never validates."""
     first = buf[pos]
     if first == _QUOTE:
@@ -244,7 +257,7 @@ def _value_end(buf: bytes | bytearray, pos: int) -> int:
     return -1
 
 
-def _text_span(line: bytes | bytearray, text_key: str) -> tuple[int, int] | None:
+def _text_span(line: Buffer, text_key: str) -> tuple[int, int] | None:
     """(start, end) of the contents of the one top-level string value under ``text_key``.
 
     None when the line is not shaped like that (not an object, key absent or repeated, value not a
@@ -284,7 +297,7 @@ def _text_span(line: bytes | bytearray, text_key: str) -> tuple[int, int] | None
             return span if pos < len(line) and line[pos] == ord("}") else None
 
 
-def _piece_bounds(line: bytes | bytearray, start: int, end: int) -> list[int]:
+def _piece_bounds(line: Buffer, start: int, end: int) -> list[int]:
     """Raw piece boundaries from ``start`` to ``end``, about every PIECE_BYTES.
 
     Each inner boundary falls right after an unescaped ``\\n`` followed by an ASCII letter: no
@@ -304,7 +317,7 @@ def _piece_bounds(line: bytes | bytearray, start: int, end: int) -> list[int]:
     return bounds
 
 
-def _decode_piece(raw: bytes | bytearray | memoryview) -> str | None:
+def _decode_piece(raw: Buffer) -> str | None:
     """The text of raw JSON string contents under the whole-line rules, or None if it is invalid."""
     quoted = b"".join((b'"', raw, b'"'))
     try:
@@ -325,7 +338,7 @@ class TextPieces:
     character count. Iterating decodes the pieces again, one at a time.
     """
 
-    def __init__(self, line: bytes | bytearray, bounds: list[int], chars: int):
+    def __init__(self, line: Buffer, bounds: list[int], chars: int):
         self._line = line
         self._bounds = bounds
         self._chars = chars
@@ -346,7 +359,7 @@ class TextPieces:
 Text = Union[str, TextPieces]
 
 
-def _lazy_text(line: bytes | bytearray, start: int, end: int) -> TextPieces | None:
+def _lazy_text(line: Buffer, start: int, end: int) -> TextPieces | None:
     """The text in ``line[start:end]`` as pieces, each decoded once here to validate and count it.
 
     None when a piece is invalid or the text is empty (the whole-line parse then names the reason).
@@ -362,7 +375,7 @@ def _lazy_text(line: bytes | bytearray, start: int, end: int) -> TextPieces | No
     return TextPieces(line, bounds, chars) if chars else None
 
 
-def _huge_record(line: bytes | bytearray, text_key: str, spath: Sequence[str]) -> tuple[TextPieces, str | None] | None:
+def _huge_record(line: Buffer, text_key: str, spath: Sequence[str]) -> tuple[TextPieces, str | None] | None:
     """(text pieces, source) of a huge line, or None when it must be parsed whole.
 
     The object is parsed with its text replaced by ``""`` (validating it and giving the source).
@@ -386,10 +399,10 @@ def source_of(value: object, path: Sequence[str]) -> str:
         if not isinstance(value, dict) or part not in value:
             return NO_SOURCE
         value = value[part]
-    if value is None:
-        return NO_SOURCE
+    if type(value) is not str:
+        return NO_SOURCE if value is None else _SURROGATES.sub("\ufffd", str(value))
     # A repaired line may carry lone surrogates here too, which JSON records cannot hold.
-    return _SURROGATES.sub("\ufffd", value if isinstance(value, str) else str(value))
+    return value if value.isascii() else _SURROGATES.sub("\ufffd", value)
 
 
 def _parquet_text(value: object) -> str | tuple[str, None]:
@@ -405,6 +418,7 @@ class ShardReader:
 
     ``lines`` counts every line consumed so far (kept and skipped) and ``skipped`` counts skipped
     lines by reason, so (lines, skipped) after a document says exactly where a resume restarts.
+    ``skipped`` is replaced by a new dict at each skip, so holding it is taking a snapshot.
     ``source_key`` (dotted path, empty for none) names the field :meth:`records` reports as source.
     """
 
@@ -414,7 +428,7 @@ class ShardReader:
         self.text_key = text_key
         self.start_line = start_line
         self.lines = 0
-        self.skipped: Counter[str] = Counter(skipped or {})
+        self.skipped: dict[str, int] = dict(skipped or {})
         self.source_path = tuple(source_key.split(".")) if source_key else ()
 
     def documents(self) -> Iterator[str]:
@@ -436,6 +450,10 @@ class ShardReader:
         return ShardReadError(self.path, f"has fewer lines than the checkpoint's {self.start_line}; "
                                          "the file changed since it was first read")
 
+    def _skip(self, reason: str) -> None:
+        # Replaced, never changed in place: a reference taken after a document stays its snapshot.
+        self.skipped = {**self.skipped, reason: self.skipped.get(reason, 0) + 1}
+
     def _jsonl_records(self) -> Iterator[tuple[Text, str | None]]:
         key, spath = self.text_key, self.source_path
         lines = iter_lines(self.path)
@@ -454,14 +472,18 @@ class ShardReader:
                     continue
             loaded = _load_object(line)
             del line  # the parsed object holds the text; the raw line need not outlive the parse
-            if isinstance(loaded, str):
-                self.skipped[loaded] += 1
+            if type(loaded) is str:
+                self._skip(loaded)
                 continue
-            result = _text_of(loaded[0], key, loaded[1])
-            if isinstance(result, str):
-                yield result, (source_of(loaded[0], spath) if spath else None)
-            else:
-                self.skipped[result[0]] += 1
+            obj, repaired = loaded
+            # The common case first, without the full classification of _text_of.
+            text = obj.get(key) if type(obj) is dict and not repaired else None
+            if type(text) is not str or not text:
+                text = _text_of(obj, key, repaired)
+                if type(text) is tuple:
+                    self._skip(text[0])
+                    continue
+            yield text, (source_of(obj, spath) if spath else None)
 
     def _parquet_records(self) -> Iterator[tuple[str, str | None]]:
         import pyarrow as pa
@@ -494,7 +516,7 @@ class ShardReader:
                     if isinstance(result, str):
                         yield result, (source_of(raw_source, spath[1:]) if spath else None)
                     else:
-                        self.skipped[result[0]] += 1
+                        self._skip(result[0])
         except (pa.ArrowException, OSError) as exc:
             raise ShardReadError(self.path, f"corrupt parquet data after row {self.lines}: {exc}") from exc
 

@@ -273,6 +273,9 @@ class Encoder:
             fast = fastokens.Tokenizer.from_json_str(spec)
             fast.no_padding()
             fast.no_truncation()
+            # eos comes from a template inside the encoder: the ids arrive with it in place and
+            # need no copy to insert it (the start-up sample checks this too).
+            fast.post_processor = self._eos_template()
         except Exception as exc:  # the Rust loader raises bare exceptions for unsupported models
             return self._fall_back(requested, f"fastokens cannot load this tokenizer: {exc}")
         texts = _start_sample(self._tok)
@@ -289,6 +292,17 @@ class Encoder:
         return BackendReport(requested, "fastokens",
                              f"fastokens {version}: ids identical to tokenizers on the start-up sample "
                              f"({len(texts)} texts, {chars} chars); re-checked on random slices during the run")
+
+    def _eos_template(self) -> str:
+        """A post-processor that appends eos to each text and adds nothing else."""
+        eos = self._tok.id_to_token(self.eos_id)
+        return orjson.dumps({
+            "type": "TemplateProcessing",
+            "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": eos, "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}},
+                     {"SpecialToken": {"id": eos, "type_id": 0}}],
+            "special_tokens": {eos: {"id": eos, "ids": [self.eos_id], "tokens": [eos]}},
+        }).decode()
 
     def _fall_back(self, requested: str, why: str) -> BackendReport:
         if requested == "fastokens":
@@ -395,11 +409,11 @@ class Encoder:
         return np.array(ids, dtype=np.uint32), lengths
 
     def _encode_fast(self, fast: object, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        raw, offsets = fast.encode_batch_flat(texts, False, True)  # type: ignore[attr-defined]
-        ids = np.frombuffer(raw, dtype=np.uint32)
-        ends = np.frombuffer(offsets, dtype=np.uint64).astype(np.intp)
-        flat = np.insert(ids, ends[1:], np.uint32(self.eos_id))  # one pass; eos after each document
-        return flat, (np.diff(ends) + 1).tolist()
+        # add_special_tokens=True applies only the eos template; split_special_tokens=True keeps
+        # special-token strings in the text as text.
+        raw, offsets = fast.encode_batch_flat(texts, True, True)  # type: ignore[attr-defined]
+        ends = np.frombuffer(offsets, dtype=np.uint64)
+        return np.frombuffer(raw, dtype=np.uint32), np.diff(ends).tolist()
 
     def _check_slice(self, texts: list[str]) -> bool:
         """Re-encode a random slice of a random document with both backends; on a mismatch switch."""

@@ -18,6 +18,7 @@ Invariants a relaunch relies on:
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import logging
 import os
@@ -45,9 +46,9 @@ EXIT_SHARDS_FAILED = 1
 EXIT_FATAL = 3
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped on request; relaunching resumes
 
-#: Characters of text collected before one call to the encoder.
-BATCH_CHARS = 1 << 17
-BATCH_DOCS = 512
+#: Characters of text collected before one call to the encoder (larger batches gain little more).
+BATCH_CHARS = 1 << 19
+BATCH_DOCS = 2048
 COPY_BLOCK = 8 << 20
 #: Seconds between looks at shards other workers hold: doubling from the first to the longest.
 POLL_FIRST = 0.1
@@ -80,6 +81,8 @@ class TokenizeSettings:
     output_root: str
     tokenizer: str
     tokens_per_write: int = 131072
+    #: seconds of work between checkpoints (0: at every write); a crash redoes at most this much
+    checkpoint_every: float = 5.0
     splits: tuple[str, ...] = SPLITS
     text_key: str = "text"
     eos_id: int | None = None
@@ -197,6 +200,7 @@ class ShardTask:
         self.pending_sources: dict[str, list[int]] = {}
         self.last_mark = _Mark(0, {})
         self.started = time.time()
+        self.checkpointed = time.monotonic()
 
     def run(self) -> DoneRecord:
         ckpt = read_record(self.root.checkpoint(self.entry.id), Checkpoint)
@@ -276,22 +280,17 @@ class ShardTask:
         texts: list[str] = []
         marks: list[_Mark] = []
         chars = 0
-        skipped_seen = -1
-        snapshot: dict[str, int] = {}
         for text, source in reader.records():
-            total = sum(reader.skipped.values())
-            if total != skipped_seen:  # skip counts change rarely; copy them only then
-                snapshot, skipped_seen = dict(reader.skipped), total
             if isinstance(text, TextPieces):
                 if texts:  # keep document order: the batch so far goes first
                     self._encode(texts, marks)
                     texts, marks, chars = [], [], 0
-                self._encode_pieces(text, _Mark(reader.lines, snapshot, source))
+                self._encode_pieces(text, _Mark(reader.lines, reader.skipped, source))
                 del text  # releases the huge raw line before the reader reads on
                 self.w.check_running(self.claim)
                 continue
             texts.append(text)
-            marks.append(_Mark(reader.lines, snapshot, source))
+            marks.append(_Mark(reader.lines, reader.skipped, source))
             chars += len(text)
             if chars >= BATCH_CHARS or len(texts) >= BATCH_DOCS:
                 self._encode(texts, marks)
@@ -301,14 +300,14 @@ class ShardTask:
             self._encode(texts, marks)
 
     def _encode(self, texts: list[str], marks: list[_Mark]) -> None:
-        """Encode a batch and flush at each document boundary where tokens_per_write is reached."""
+        """Encode a batch and write at each document boundary where tokens_per_write is reached."""
         flat, lengths = self.w.encoder.encode(texts)
         start = end = 0
         for i, n in enumerate(lengths):
             end += n
             if self._count_document(n, marks[i].source):
                 self.pending.append(flat[start:end])
-                self._flush(marks[i], checkpoint=True)
+                self._flush(marks[i], checkpoint=self._checkpoint_due())
                 start = end
         if end > start:
             self.pending.append(flat[start:end])
@@ -322,7 +321,7 @@ class ShardTask:
             self.pending.append(chunk)
             tokens += chunk.size
         if self._count_document(tokens, mark.source):
-            self._flush(mark, checkpoint=True)
+            self._flush(mark, checkpoint=self._checkpoint_due())
         self.last_mark = mark
         self.w.stats.add(1, tokens, len(text))
 
@@ -337,6 +336,9 @@ class ShardTask:
             counts[0] += 1
             counts[1] += tokens
         return self.pending_tokens >= self.w.settings.tokens_per_write
+
+    def _checkpoint_due(self) -> bool:
+        return time.monotonic() - self.checkpointed >= self.w.settings.checkpoint_every
 
     def _flush(self, mark: _Mark, checkpoint: bool) -> None:
         """Write pending tokens, make them durable, then (optionally) record a checkpoint."""
@@ -361,6 +363,7 @@ class ShardTask:
     def _checkpoint(self) -> None:
         """Record progress (whose data is already fdatasync'd) as ours, if the claim is still ours."""
         self._check_claim()
+        self.checkpointed = time.monotonic()
         p = self.progress
         write_record(self.root.checkpoint(self.entry.id),
                      Checkpoint(shard=self.entry.id, token=self.claim.token, part=self.root.relative(self.part),
@@ -494,6 +497,9 @@ class Worker:
 
     def run(self) -> int:
         """Process shards; returns an exit status (see EXIT_*)."""
+        # What exists now (manifest entries, tokenizers) lives as long as the worker: frozen, the
+        # collections that each document's parsed dict triggers do not walk it again and again.
+        gc.freeze()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         try:

@@ -63,6 +63,14 @@ class _Skewed:
     def no_truncation(self):
         self.real.no_truncation()
 
+    @property
+    def post_processor(self):
+        return self.real.post_processor
+
+    @post_processor.setter
+    def post_processor(self, spec):
+        self.real.post_processor = spec
+
     def encode_batch_flat(self, texts, add_special, split_special):
         ids, offsets = self.real.encode_batch_flat(texts, add_special, split_special)
         if self.broken:

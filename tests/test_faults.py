@@ -126,7 +126,7 @@ def _chaos_round(manifest: Path, root: Path, tokenizer: Path, rng: random.Random
     while kills < wanted:
         workers = rng.randint(2, 4)
         cmd = _cmd(manifest, root, tokenizer, "--spawn-workers", workers, "--tokens-per-write", 64,
-                   "--stale-after", 30)
+                   "--checkpoint-every", 0, "--stale-after", 30)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(rng.uniform(0.2, 1.6))
         if proc.poll() is not None:
@@ -172,7 +172,8 @@ def test_stopped_worker_loses_its_shard_and_stands_down_when_woken(tmp_path, bpe
     ds = _dataset(tmp_path / "ds", shards=3, docs=600)
     manifest = _manifest(tmp_path, ds)
     root = tmp_path / "out"
-    common = ["--spawn-workers", 1, "--process-count", 2, "--stale-after", 2, "--tokens-per-write", 500]
+    common = ["--spawn-workers", 1, "--process-count", 2, "--stale-after", 2, "--tokens-per-write", 500,
+              "--checkpoint-every", 0]
     a = subprocess.Popen(_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 0),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert _wait_for(lambda: (root / "checkpoints").exists() and any((root / "checkpoints").rglob("*.json")))
@@ -217,7 +218,8 @@ def test_full_disk_exits_clearly_keeps_progress_and_resumes_identically(tmp_path
     clean = tmp_path / "clean"
     assert _run(_cmd(manifest, clean, bpe_tokenizer, "--spawn-workers", 1)).returncode == 0
     root = small_fs / "out"
-    proc = _run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1, "--tokens-per-write", 2000))
+    writes = ("--tokens-per-write", 2000, "--checkpoint-every", 0)
+    proc = _run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1, *writes))
     assert proc.returncode == 3, proc.stderr
     assert "No space left on device" in proc.stderr and "relaunch" in proc.stderr
     done = _done_records(root)
@@ -225,7 +227,7 @@ def test_full_disk_exits_clearly_keeps_progress_and_resumes_identically(tmp_path
     for record in done.values():  # whatever was committed is complete and intact
         assert (root / record["file"]).stat().st_size == record["bytes"]
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
-    again = _run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1, "--tokens-per-write", 2000))
+    again = _run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1, *writes))
     assert again.returncode == 0, again.stderr
     assert _combined(root) == _combined(clean)
     _assert_no_orphans(root)

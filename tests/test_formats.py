@@ -212,7 +212,7 @@ def test_kill_9_mid_parquet_shard_keeps_per_source_counts_exact(tmp_path, bpe_to
     slimtok("manifest", "--dataset-dir", tmp_path / "hub", "--output-dir", tmp_path / "m", "--pattern", "*.parquet")
     root = tmp_path / "out"
     cmd = _tokenize_cmd(tmp_path / "m/manifest.jsonl", root, bpe_tokenizer, "--spawn-workers", "1",
-                        "--tokens-per-write", "3000")
+                        "--tokens-per-write", "3000", "--checkpoint-every", "0")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while not any((root / "checkpoints").rglob("*.json")) if (root / "checkpoints").exists() else True:

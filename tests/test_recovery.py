@@ -89,7 +89,7 @@ def test_kill_9_mid_shard_then_relaunch_is_byte_identical(tmp_path, bpe_tokenize
     root = tmp_path / "crashed"
     # The reference backend is slow enough that the kill lands while shards are in progress.
     cmd = _cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "2", "--tokens-per-write", "2000",
-               "--backend", "tokenizers")
+               "--checkpoint-every", "0", "--backend", "tokenizers")
     for attempt in range(3):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         # Kill once at least one checkpoint exists, i.e. mid-shard with durable progress.
@@ -116,7 +116,7 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes(tmp_path, bpe_tokenizer):
     root = tmp_path / "out"
     # The reference backend is slow enough that the signal lands while the shard is in progress.
     cmd = _cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--tokens-per-write", "5000",
-               "--backend", "tokenizers")
+               "--checkpoint-every", "0", "--backend", "tokenizers")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert _wait_for(lambda: any((root / "checkpoints").rglob("*.json")) if (root / "checkpoints").exists() else False)
     proc.send_signal(signal.SIGTERM)
@@ -131,3 +131,44 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes(tmp_path, bpe_tokenizer):
     slimtok("combine", "--output-root", root)
     got = np.fromfile(root / "train.bin", dtype=np.uint32)
     assert np.array_equal(got, reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))
+
+
+def test_checkpoint_every_spaces_checkpoints_in_time(tmp_path, bpe_tokenizer, monkeypatch):
+    """0 checkpoints at every write; a long interval writes none mid-shard; the output is the same."""
+    import slimtok.worker as worker_mod
+    from slimtok.protocol import Checkpoint
+    from slimtok.worker import TokenizeSettings, Worker, pin_job
+
+    ds = make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=400, holdout_docs=2)
+    manifest = _manifest(tmp_path, ds)
+    written: list[Checkpoint] = []
+    real_write_record = worker_mod.write_record
+
+    def recording(path, record, durable=True):
+        if isinstance(record, Checkpoint):
+            written.append(record)
+        real_write_record(path, record, durable)
+
+    monkeypatch.setattr(worker_mod, "write_record", recording)
+    outputs, counts = [], []
+    for every in (0.0, 3600.0):
+        root = tmp_path / f"out-{every}"
+        settings = TokenizeSettings(manifest=str(manifest), output_root=str(root), tokenizer=str(bpe_tokenizer),
+                                    splits=("train",), tokens_per_write=500, checkpoint_every=every,
+                                    backend="tokenizers")
+        pin_job(settings)
+        written.clear()
+        assert Worker(settings, 0).run() == 0
+        counts.append(len(written))
+        [data] = (root / "shards").rglob("*.bin")
+        outputs.append(data.read_bytes())
+    ids = np.frombuffer(outputs[0], np.uint32)
+    writes, pending = 0, 0
+    for length in np.diff(np.flatnonzero(ids == 0), prepend=-1):  # eos is id 0 here
+        pending += int(length)
+        if pending >= 500:  # a write at the first document boundary after 500 tokens
+            writes, pending = writes + 1, 0
+    assert counts == [writes, 0] and writes > 5
+    assert outputs[0] == outputs[1]
+    want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
+    assert np.array_equal(np.frombuffer(outputs[0], np.uint32), want)
