@@ -404,13 +404,14 @@ def write_atomic(path: Path, payload: bytes, durable: bool = True) -> None:
         fsync_dir(path.parent)
 
 
-def create_exclusive(path: Path, payload: bytes) -> bool:
+def create_exclusive(path: Path, payload: bytes, durable: bool = True) -> bool:
     """Create ``path`` with ``payload`` unless it exists; True when this call created it.
 
     Uses link(2) of a private file rather than O_EXCL, because O_EXCL is not atomic on every NFS
-    setup; a link whose reply was lost is recognised by the private file's link count.
+    setup; a link whose reply was lost is recognised by the private file's link count. ``durable``
+    also syncs the content and the directory entry (two syncs).
     """
-    tmp = _write_tmp(path, payload, durable=True)
+    tmp = _write_tmp(path, payload, durable)
     try:
         try:
             os.link(tmp, path)
@@ -423,7 +424,7 @@ def create_exclusive(path: Path, payload: bytes) -> bool:
             created = True
     finally:
         tmp.unlink(missing_ok=True)
-    if created:
+    if created and durable:
         fsync_dir(path.parent)
     return created
 

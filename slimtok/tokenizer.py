@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -230,19 +231,20 @@ class Encoder:
     a mismatch switches this encoder to the reference for good. ``report`` says what happened.
     """
 
-    def __init__(self, tokenizer: Tokenizer, eos_id: int, dtype: str, backend: str = "auto",
-                 spec: str | None = None):
-        """``spec``: the tokenizer's JSON when the caller has it already (saves a re-serialization)."""
+    def __init__(self, tokenizer: Tokenizer | Path, eos_id: int, dtype: str, backend: str = "auto"):
+        """``tokenizer``: the reference, or the path of its ``tokenizer.json``; a path lets fastokens
+        load first, which lowers the start-up peak (see :func:`_load_fastokens`)."""
         if backend not in BACKENDS:
             raise TokenizerError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-        spec = spec if spec is not None else tokenizer.to_str()
+        fast, why = (None, "") if backend == "tokenizers" else _load_fastokens(tokenizer)
+        _malloc_trim()  # loading peaks far above what a tokenizer keeps; return that before the next load
         # The encoder configures and keeps the tokenizer it is given (no copy: a Qwen3-sized
         # tokenizer costs ~110 MB and half a second to copy); callers hand over their instance.
-        tok = tokenizer
+        tok = tokenizer if isinstance(tokenizer, Tokenizer) else _read_file(Path(tokenizer))
         tok.no_padding()
         tok.no_truncation()
         tok.encode_special_tokens = True
-        _malloc_trim()  # loading peaks far above what a tokenizer keeps; return that before the next load
+        _malloc_trim()  # before the start-up sample: the first fastokens encode adds ~50 MB on top
         self._tok = tok
         self.eos_id = eos_id
         self.dtype = np.dtype(dtype)
@@ -252,7 +254,7 @@ class Encoder:
         if backend == "tokenizers":
             self.report = BackendReport(backend, "tokenizers", "reference; not compared")
         else:
-            self.report = self._try_fastokens(spec, backend)
+            self.report = self._try_fastokens(fast, why, backend)
         _malloc_trim()
 
     @property
@@ -260,24 +262,16 @@ class Encoder:
         return self.report.backend
 
     # -- choosing --------------------------------------------------------------------------
-    def _try_fastokens(self, spec: str, requested: str) -> BackendReport:
-        """fastokens if it loads and matches the reference on the start-up sample, else the reference."""
-        # One encoder thread per worker process (the launcher shares cores out by process count);
-        # fastokens reads this when a tokenizer is built. A value the user set is kept.
-        os.environ.setdefault("FASTOKENS_BPE_THREADS", "1")
+    def _try_fastokens(self, fast: object | None, why: str, requested: str) -> BackendReport:
+        """fastokens if it loaded and matches the reference on the start-up sample, else the reference."""
+        if fast is None:
+            return self._fall_back(requested, why)
         try:
-            import fastokens
-        except ImportError:
-            return self._fall_back(requested, "fastokens is not installed")
-        try:
-            fast = fastokens.Tokenizer.from_json_str(spec)
-            fast.no_padding()
-            fast.no_truncation()
             # eos comes from a template inside the encoder: the ids arrive with it in place and
             # need no copy to insert it (the start-up sample checks this too).
-            fast.post_processor = self._eos_template()
-        except Exception as exc:  # the Rust loader raises bare exceptions for unsupported models
-            return self._fall_back(requested, f"fastokens cannot load this tokenizer: {exc}")
+            fast.post_processor = self._eos_template()  # type: ignore[attr-defined]
+        except Exception as exc:  # the Rust side raises bare exceptions
+            return self._fall_back(requested, f"fastokens cannot take the eos template: {exc}")
         texts = _start_sample(self._tok)
         ref, ref_lengths = self._encode_reference(texts)
         got, got_lengths = self._encode_fast(fast, texts)
@@ -287,7 +281,7 @@ class Encoder:
             return self._fall_back(requested, f"fastokens ids differ from tokenizers on the start-up sample "
                                               f"({where})")
         self._fast = fast
-        version = getattr(fastokens, "__version__", None) or _dist_version("fastokens")
+        version = getattr(sys.modules["fastokens"], "__version__", None) or _dist_version("fastokens")
         chars = sum(len(t) for t in texts)
         return BackendReport(requested, "fastokens",
                              f"fastokens {version}: ids identical to tokenizers on the start-up sample "
@@ -429,6 +423,32 @@ class Encoder:
         self.report = BackendReport(self.report.requested, "tokenizers",
                                     f"switched during the run: fastokens differed on {piece[0][:60]!r}")
         return False
+
+
+def _load_fastokens(tokenizer: Tokenizer | Path) -> tuple[object | None, str]:
+    """(fastokens tokenizer, ""), or (None, why it cannot be used).
+
+    Called before the reference is loaded when the encoder is given a path: fastokens' JSON parse
+    is the larger transient (Qwen3: ~250 MB, keeping ~90; tokenizers ~190, keeping ~50), so it
+    should not stack on a loaded reference. Read from the file, no JSON string is held meanwhile.
+    """
+    # One encoder thread per worker process (the launcher shares cores out by process count);
+    # fastokens reads this when a tokenizer is built. A value the user set is kept.
+    os.environ.setdefault("FASTOKENS_BPE_THREADS", "1")
+    try:
+        import fastokens
+    except ImportError:
+        return None, "fastokens is not installed"
+    try:
+        if isinstance(tokenizer, Tokenizer):
+            fast = fastokens.Tokenizer.from_json_str(tokenizer.to_str())
+        else:
+            fast = fastokens.Tokenizer.from_file(str(tokenizer))
+        fast.no_padding()
+        fast.no_truncation()
+    except Exception as exc:  # the Rust loader raises bare exceptions for unsupported models
+        return None, f"fastokens cannot load this tokenizer: {exc}"
+    return fast, ""
 
 
 def _dist_version(name: str) -> str:

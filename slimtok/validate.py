@@ -206,7 +206,7 @@ def validate(output_root: str | os.PathLike[str], samples: int = 64, seed: int =
     for key in ("vocab_size", "eos_token_id", "dtype"):
         report.add(f"meta: {key}", meta.get(key) == getattr(job, key),
                    f"meta {meta.get(key)!r}, job.json {getattr(job, key)!r}")
-    tok, _ = load_pinned_tokenizer(root, job)
+    tok = load_pinned_tokenizer(root, job)
     rng = np.random.default_rng(seed)
     for split, info in meta["splits"].items():
         validate_split(root, entries, split, info, job, tok, samples, block_size, rng, report)

@@ -146,17 +146,21 @@ def _tokenizer_config(eos_token: str | None) -> bytes:
                         option=orjson.OPT_INDENT_2)
 
 
-def load_pinned_tokenizer(root: OutputRoot, job: JobSettings) -> tuple[Tokenizer, str]:
-    """The job's own copy of the tokenizer and its JSON, checked against the pinned fingerprint.
+def pinned_tokenizer_path(root: OutputRoot, job: JobSettings) -> Path:
+    """The job's own copy of ``tokenizer.json``, checked against the pinned fingerprint.
 
     The copy was written as the tokenizer's canonical JSON, so the file's own sha256 is the
     fingerprint: no re-serialization or vocabulary walk at every worker start.
     """
     path = root.tokenizer_dir / "tokenizer.json"
-    text = path.read_text(encoding="utf-8")
-    if hashlib.sha256(text.encode()).hexdigest() != job.tokenizer_sha256:
+    if hashlib.sha256(path.read_bytes()).hexdigest() != job.tokenizer_sha256:
         raise TokenizerError(f"{path} does not match job.json's tokenizer_sha256; the output root was modified")
-    return Tokenizer.from_file(str(path)), text  # from_file peaks lower than from_str
+    return path
+
+
+def load_pinned_tokenizer(root: OutputRoot, job: JobSettings) -> Tokenizer:
+    """The job's own copy of the tokenizer, checked as :func:`pinned_tokenizer_path` says."""
+    return Tokenizer.from_file(str(pinned_tokenizer_path(root, job)))  # from_file peaks lower than from_str
 
 
 # -- per-shard progress ----------------------------------------------------------------------
@@ -474,9 +478,9 @@ class Worker:
             raise JobMismatch(f"{self.root.job} is missing; run `slimtok tokenize` to create the job")
         self.job = job
         self.entries = read_manifest(settings.manifest)
-        tokenizer, spec = load_pinned_tokenizer(self.root, job)
-        self.encoder = Encoder(tokenizer, job.eos_token_id, job.dtype, settings.backend, spec=spec)
-        del tokenizer, spec
+        # A path, not a loaded tokenizer: the encoder then loads fastokens first (the lower peak).
+        self.encoder = Encoder(pinned_tokenizer_path(self.root, job), job.eos_token_id, job.dtype,
+                               settings.backend)
         if settings.process_index == 0 and worker_index == 0:
             _record_backend(self.root, self.encoder.report)
         self.me = current_holder(settings.process_index, worker_index)
