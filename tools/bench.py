@@ -8,6 +8,9 @@ tokenizer with ../shared/bench/make_corpus.py and make_qwen3_tokenizer.py, then 
 in one invocation and ``--runs`` times each (medians are printed):
 
   raw        each backend's Encoder.encode on the train documents already in memory
+  read       what every .jsonl.zst tokenizer pays before encoding, in-process: zstd decompression of
+             the train shards alone, then slimtok's reader (decompress, split, JSON parse) alone;
+             with raw, this bounds the pipeline/raw ratio any design can reach on this corpus
   pipeline   one worker per backend from .jsonl.zst to shards/*.bin (ids checked equal to raw)
   scaling    2 workers vs 1 (fastokens if available)
   memory     peak RSS of one worker on a small and on a large shard, and on one huge document
@@ -38,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 SHARED_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
-SECTIONS = ("raw", "pipeline", "scaling", "memory", "startup", "combine", "claims", "peers")
+SECTIONS = ("raw", "read", "pipeline", "scaling", "memory", "startup", "combine", "claims", "peers")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -244,6 +247,35 @@ def bench_raw(table: Table, texts: list[str], tokenizer: Path, backends: list[st
         table.add(Result(f"raw encode ({backend}{suffix})", nbytes, wall, cpu, tokens, ids_sha256=h.hexdigest()))
         digests[backend] = h.hexdigest()
     return digests
+
+
+def bench_read(table: Table, manifest: Path, nbytes: int) -> None:
+    """Decompression alone, then the reader alone, over the train shards (in this process)."""
+    import zstandard
+
+    from slimtok.manifest import read_manifest
+    from slimtok.reader import ShardReader
+
+    paths = [Path(e.path) for e in read_manifest(manifest)]
+    c0, w0 = cpu_now(), time.time()
+    for path in paths:  # the CLI's way: one stream, large reads, output discarded
+        with open(path, "rb") as f:
+            reader = zstandard.ZstdDecompressor().stream_reader(f, read_size=1 << 20)
+            while reader.read(1 << 20):
+                pass
+    table.add(Result("read: zstd decompress only", nbytes, time.time() - w0, cpu_now() - c0))
+    c0, w0 = cpu_now(), time.time()
+    docs = sum(1 for path in paths for _ in ShardReader(path).records())
+    table.add(Result("read: decompress + parse (reader)", nbytes, time.time() - w0, cpu_now() - c0))
+    assert docs, "no documents read"
+
+
+def read_bound(table: Table, raw: str, read: str) -> str:
+    """pipeline/raw per CPU-s if the pipeline did nothing but ``read`` besides encoding."""
+    if raw not in table.runs or read not in table.runs:
+        return "n/a"
+    raw_s, read_s = 1 / table.median(raw, "mb_cpu"), 1 / table.median(read, "mb_cpu")
+    return f"{raw_s / (raw_s + read_s):.2f}"
 
 
 def bench_pipeline(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, nbytes: int,
@@ -742,6 +774,8 @@ def main() -> None:
             raw = bench_raw(table, texts, tokenizer, [fast])
             raw_small = bench_raw(table, small_texts, tokenizer, ["tokenizers", fast], ", small set") \
                 if fast != "tokenizers" else {}
+        if "read" in only:
+            bench_read(table, manifest, nbytes)
         if "pipeline" in only:
             d, _ = bench_pipeline(table, work, manifest, tokenizer, fast, nbytes, 1, f"pipeline 1 worker ({fast})", run)
             _check(table, d, raw[fast], f"pipeline ({fast})")
@@ -779,6 +813,9 @@ def main() -> None:
                     args.runs)
     table.notes += [
         f"ratio pipeline/raw per CPU-s ({fast}): {table.ratio(f'pipeline 1 worker ({fast})', f'raw encode ({fast})')}",
+        f"bound on pipeline/raw per CPU-s ({fast}) from decompression alone: "
+        f"{read_bound(table, f'raw encode ({fast})', 'read: zstd decompress only')}; "
+        f"from the reader alone: {read_bound(table, f'raw encode ({fast})', 'read: decompress + parse (reader)')}",
         f"ratio pipeline/raw per CPU-s (tokenizers): "
         f"{table.ratio('pipeline 1 worker (tokenizers, small)', 'raw encode (tokenizers, small set)')}",
         f"ratio fastokens/tokenizers raw per CPU-s: "
