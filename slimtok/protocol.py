@@ -34,7 +34,8 @@ Invariants:
   size and sha256 the record holds. Nothing else is ever trusted by combine.
 * Only the holder of ``locks/<id>.lock`` (the record's ``token``) writes ``shards/<id>.<token>.part``
   and the checkpoint. A checkpoint always names a part file whose first ``bytes`` bytes are the
-  tokens of the first ``lines`` input lines, so any later holder may resume from it.
+  tokens of the first ``lines`` input lines of the shard file as it was then (``source_size``,
+  ``source_mtime_ns``), so any later holder that finds the same file may resume from it.
 * Records are written whole: to a temporary name, fsync'd, then renamed or linked into place.
 * ``status/done-rollup.json`` is only a cache: ``done/`` stays the truth. A done record is never
   rewritten once created, so ``slimtok status`` copies each one's counts into the roll-up the first
@@ -153,6 +154,10 @@ class Checkpoint(Record):
     skipped: dict[str, int] = field(default_factory=dict)
     #: documents and tokens per source for the first ``lines`` lines: {source: {"documents", "tokens"}}
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: size and mtime (ns) of the input shard the lines were read from; -1: not recorded (older writer).
+    #: A holder whose shard file no longer matches starts the shard over instead of resuming.
+    source_size: int = -1
+    source_mtime_ns: int = -1
 
 
 @dataclass

@@ -205,6 +205,7 @@ class ShardTask:
         self.last_mark = _Mark(0, {})
         self.started = time.time()
         self.checkpointed = time.monotonic()
+        self.source = _source_state(entry.path)
 
     def run(self) -> DoneRecord:
         ckpt = read_record(self.root.checkpoint(self.entry.id), Checkpoint)
@@ -225,6 +226,7 @@ class ShardTask:
             os.fsync(self.fd)
         finally:
             os.close(self.fd)
+        self._check_source_unchanged()
         return self._commit()
 
     # -- resume -----------------------------------------------------------------------------
@@ -241,7 +243,8 @@ class ShardTask:
             previous.unlink(missing_ok=True)
 
     def _resume(self, ckpt: Checkpoint | None) -> None:
-        """Continue from the shard's checkpoint if its data is intact, else from the start.
+        """Continue from the shard's checkpoint if its data is intact and the shard file is the one
+        it was counted in (same size and mtime), else from the start.
 
         The copied progress is checkpointed as ours before the old part file is deleted, so a kill
         at any point leaves a checkpoint naming a file that holds its bytes.
@@ -249,7 +252,11 @@ class ShardTask:
         if ckpt is None or ckpt.shard != self.entry.id:
             return
         source = self.root.resolve(ckpt.part)
-        if self._copy_prefix(source, ckpt.bytes):
+        if self._source_changed_since(ckpt):
+            log.warning("%s: %s changed since its checkpoint (%s then, %s now); starting the shard over",
+                        self.entry.id, self.entry.path, _describe_state((ckpt.source_size, ckpt.source_mtime_ns)),
+                        _describe_state(self.source))
+        elif self._copy_prefix(source, ckpt.bytes):
             p = self.progress
             p.lines, p.documents, p.tokens, p.bytes = ckpt.lines, ckpt.documents, ckpt.tokens, ckpt.bytes
             p.skipped = dict(ckpt.skipped)
@@ -258,6 +265,20 @@ class ShardTask:
             log.info("%s: resuming at line %d (%d tokens) from %s", self.entry.id, p.lines, p.tokens, ckpt.part)
         if source != self.part:
             source.unlink(missing_ok=True)
+
+    def _source_changed_since(self, ckpt: Checkpoint) -> bool:
+        """Whether the shard file differs from the one the checkpoint's lines were counted in."""
+        if ckpt.source_mtime_ns == -1:  # written before slimtok recorded it: trust the lines
+            return False
+        return self.source != (ckpt.source_size, ckpt.source_mtime_ns)
+
+    def _check_source_unchanged(self) -> None:
+        """The lines just read must all come from the file as it was when the task began."""
+        now = _source_state(self.entry.path)
+        if now is not None and now != self.source:
+            raise ShardReadError(self.entry.path, f"changed while it was being tokenized ({_describe_state(self.source)}"
+                                 f" when opened, {_describe_state(now)} at the end); relaunch with "
+                                 "--retry-failed to tokenize it again")
 
     def _copy_prefix(self, source: Path, size: int) -> bool:
         """Copy the first ``size`` bytes of ``source`` into our part file; False if it is short."""
@@ -372,7 +393,9 @@ class ShardTask:
         write_record(self.root.checkpoint(self.entry.id),
                      Checkpoint(shard=self.entry.id, token=self.claim.token, part=self.root.relative(self.part),
                                 lines=p.lines, documents=p.documents, tokens=p.tokens, bytes=p.bytes,
-                                skipped=dict(p.skipped), sources=_copy_sources(p.sources)), durable=False)
+                                skipped=dict(p.skipped), sources=_copy_sources(p.sources),
+                                source_size=self.source[0] if self.source else -1,
+                                source_mtime_ns=self.source[1] if self.source else -1), durable=False)
 
     def _check_claim(self) -> None:
         if self.w.lost_token == self.claim.token or not self.w.claimer.holds(self.claim):
@@ -428,6 +451,19 @@ class ShardTask:
         except OSError as exc:
             log.warning("%s: cannot append to %s: %s (status will open the done record instead)",
                         self.entry.id, path, exc)
+
+
+def _source_state(path: str | Path) -> tuple[int, int] | None:
+    """(size, mtime in ns) of an input shard, or None if it cannot be stat'ed (the reader says why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _describe_state(state: tuple[int, int] | None) -> str:
+    return "not readable" if state is None else f"{state[0]} bytes, mtime_ns {state[1]}"
 
 
 def _copy_sources(sources: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import zstandard
 
 from corpus import doc_line, make_dataset, reference_ids, sample_documents, slimtok, write_shard
 
@@ -172,3 +173,82 @@ def test_checkpoint_every_spaces_checkpoints_in_time(tmp_path, bpe_tokenizer, mo
     assert outputs[0] == outputs[1]
     want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
     assert np.array_equal(np.frombuffer(outputs[0], np.uint32), want)
+
+
+def _stopping_run(monkeypatch, settings, on_first_checkpoint):
+    """Run one in-process worker in 50-document batches; call ``on_first_checkpoint(worker)`` once."""
+    import slimtok.worker as worker_mod
+    from slimtok.protocol import Checkpoint
+
+    real_write_record = worker_mod.write_record
+    seen = []
+
+    def hooked(path, record, durable=True):
+        real_write_record(path, record, durable)
+        if isinstance(record, Checkpoint) and not seen:
+            seen.append(record)
+            on_first_checkpoint(worker)
+
+    monkeypatch.setattr(worker_mod, "write_record", hooked)
+    monkeypatch.setattr(worker_mod, "BATCH_DOCS", 50)
+    worker = worker_mod.Worker(settings, 0)
+    status = worker.run()
+    monkeypatch.setattr(worker_mod, "write_record", real_write_record)
+    assert seen, "no checkpoint was written mid-shard"
+    return status, seen[0]
+
+
+def _one_shard_job(tmp_path):
+    from slimtok.worker import TokenizeSettings, pin_job
+
+    ds = make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=400, holdout_docs=2)
+    manifest = _manifest(tmp_path, ds)
+
+    def settings_for(tokenizer, **kw):
+        settings = TokenizeSettings(manifest=str(manifest), output_root=str(tmp_path / "out"),
+                                    tokenizer=str(tokenizer), splits=("train",), tokens_per_write=500,
+                                    checkpoint_every=0.0, backend="tokenizers", **kw)
+        pin_job(settings)
+        return settings
+
+    return ds / "train/chunk1/example_train_0.jsonl.zst", manifest, settings_for
+
+
+def test_shard_rewritten_between_checkpoint_and_resume_starts_over(tmp_path, bpe_tokenizer, monkeypatch, caplog):
+    from slimtok.worker import EXIT_INTERRUPTED, Worker
+
+    shard, manifest, settings_for = _one_shard_job(tmp_path)
+    settings = settings_for(bpe_tokenizer)
+    status, ckpt = _stopping_run(monkeypatch, settings, lambda w: w.stop.set())
+    assert status == EXIT_INTERRUPTED
+    assert 0 < ckpt.lines < 400 and ckpt.source_size == shard.stat().st_size
+    # The operator replaces the shard (a re-download, say) before relaunching.
+    write_shard(shard, [doc_line(t) for t in sample_documents(300, seed=4242)])
+    assert Worker(settings, 0).run() == 0
+    [data] = (tmp_path / "out/shards").rglob("*.bin")
+    want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")  # reads the new file
+    assert np.array_equal(np.fromfile(data, dtype=np.uint32), want)
+    assert "changed since its checkpoint" in caplog.text and "resuming at line" not in caplog.text
+
+
+def test_shard_changed_while_being_read_fails_then_retry_completes(tmp_path, bpe_tokenizer, monkeypatch):
+    from slimtok.worker import EXIT_SHARDS_FAILED, Worker
+
+    shard, manifest, settings_for = _one_shard_job(tmp_path)
+
+    def append_a_document(_worker):
+        with open(shard, "ab") as f:
+            f.write(zstandard.ZstdCompressor().compress(doc_line("a document appended while the shard was being read") + b"\n"))
+
+    status, _ = _stopping_run(monkeypatch, settings_for(bpe_tokenizer), append_a_document)
+    assert status == EXIT_SHARDS_FAILED
+    out = tmp_path / "out"
+    [failed] = (out / "failed").rglob("*.json")
+    record = json.loads(failed.read_text())
+    assert record["path"] == str(shard) and "changed while it was being tokenized" in record["reason"]
+    assert not list((out / "done").rglob("*.json")) and not list((out / "shards").rglob("*.part"))
+    assert Worker(settings_for(bpe_tokenizer, retry_failed=True), 0).run() == 0
+    [data] = (out / "shards").rglob("*.bin")
+    want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
+    assert np.array_equal(np.fromfile(data, dtype=np.uint32), want)
+    assert len(np.flatnonzero(want == 0)) == 401  # the appended document is in
