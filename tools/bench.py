@@ -12,6 +12,8 @@ in one invocation and ``--runs`` times each (medians are printed):
              the train shards alone, then slimtok's reader (decompress, split, JSON parse) alone;
              with raw, this bounds the pipeline/raw ratio any design can reach on this corpus
   pipeline   one worker per backend from .jsonl.zst to shards/*.bin (ids checked equal to raw)
+  ceiling    read + encode in memory (nothing written) in 1 process and in 2 at once: what the
+             machine gives two such processes during the run, the ceiling for scaling
   scaling    2 workers vs 1 (fastokens if available)
   memory     peak RSS of one worker on a small and on a large shard, and on one huge document
   startup    seconds from spawning a worker process to its first encoded batch
@@ -41,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 SHARED_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
-SECTIONS = ("raw", "read", "pipeline", "scaling", "memory", "startup", "combine", "claims", "peers")
+SECTIONS = ("raw", "read", "pipeline", "ceiling", "scaling", "memory", "startup", "combine", "claims", "peers")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -89,10 +91,10 @@ class Table:
         rows = [head, "-" * len(head)]
         for name, rs in self.runs.items():
             rss = self.median(name, "rss")
+            tok_s = f"{self.median(name, 'tok_s'):,.0f}" if rs[0].tokens else "-"
             rows.append(f"{name:34} {len(rs):>4} {self.median(name, 'mb_wall'):>10.1f} "
                         f"{self.median(name, 'mb_cpu') if rs[0].cpu else float('nan'):>9.1f} "
-                        f"{self.median(name, 'tok_s'):>12,.0f} "
-                        f"{(f'{rss / 1e6:.0f} MB' if rss else '-'):>9}")
+                        f"{tok_s:>12} {(f'{rss / 1e6:.0f} MB' if rss else '-'):>9}")
         return "\n".join(rows + [""] + self.notes)
 
 
@@ -156,25 +158,39 @@ def run_workers(settings, workers: int) -> list[tuple[float, float, int]]:
 
     pin_job(settings)
     spec = json.dumps(asdict(settings))
-    reports = [Path(settings.output_root) / f"bench-{i}.json" for i in range(workers)]
-    go = Path(settings.output_root) / "bench-go"
-    procs = [subprocess.Popen([sys.executable, __file__, "_worker", spec, str(i), str(reports[i])])
-             for i in range(workers)]
-    ready = [r.with_suffix(".ready") for r in reports]
-    while not all(r.exists() for r in ready):
-        if any(p.poll() is not None for p in procs):
-            raise SystemExit(f"a worker exited during start-up; see {settings.output_root}/logs")
-        time.sleep(0.01)
-    go.touch()
-    for p in procs:
-        if p.wait() != 0:
-            raise SystemExit(f"worker exited with {p.returncode}; see {settings.output_root}/logs")
-    runs = [json.loads(r.read_text()) for r in reports]
+    runs = start_together(Path(settings.output_root), [["_worker", spec, str(i)] for i in range(workers)])
     # Job wall: first run() start to the last done record, not to the exit of workers that idle-poll
     # for shards held by others (they notice completion only at their next poll).
     done = [json.loads(f.read_text())["finished_at"] for f in (Path(settings.output_root) / "done").rglob("*.json")]
     wall = max(done) - min(r[0] for r in runs)
     return [(wall, r[1], r[2]) for r in runs]
+
+
+def start_together(folder: Path, commands: list[list[str]]) -> list[list[float]]:
+    """Run ``bench.py <command> <report>`` children; each gets ready, waits for the others, then
+    runs its timed part and writes its report (a JSON list). Returns the reports in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    reports = [folder / f"bench-{i}.json" for i in range(len(commands))]
+    go = folder / "bench-go"
+    go.unlink(missing_ok=True)
+    procs = [subprocess.Popen([sys.executable, __file__, *cmd, str(report)]) for cmd, report in zip(commands, reports)]
+    while not all(r.with_suffix(".ready").exists() for r in reports):
+        if any(p.poll() is not None for p in procs):
+            raise SystemExit(f"a child exited during start-up; see {folder}")
+        time.sleep(0.01)
+    go.touch()
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"a child exited with {p.returncode}; see {folder}")
+    return [json.loads(r.read_text()) for r in reports]
+
+
+def _ready_then_wait(report: str) -> None:
+    """The child's half of start_together's barrier."""
+    Path(report).with_suffix(".ready").touch()
+    go = Path(report).with_name("bench-go")
+    while not go.exists():
+        time.sleep(0.002)
 
 
 def _vm_hwm() -> int:
@@ -191,10 +207,7 @@ def _worker_child(spec: str, index: str, report: str) -> None:
     data = json.loads(spec)
     data["splits"] = tuple(data["splits"])
     worker = Worker(TokenizeSettings(**data), int(index))
-    Path(report).with_suffix(".ready").touch()
-    go = Path(report).with_name("bench-go")
-    while not go.exists():
-        time.sleep(0.002)
+    _ready_then_wait(report)
     c0, w0 = cpu_now(), time.time()
     code = worker.run()
     Path(report).write_text(json.dumps([w0, cpu_now() - c0, _vm_hwm()]))
@@ -268,6 +281,48 @@ def bench_read(table: Table, manifest: Path, nbytes: int) -> None:
     docs = sum(1 for path in paths for _ in ShardReader(path).records())
     table.add(Result("read: decompress + parse (reader)", nbytes, time.time() - w0, cpu_now() - c0))
     assert docs, "no documents read"
+
+
+def bench_ceiling(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, nbytes: int,
+                  procs: int, run: int) -> None:
+    """The same in-memory work (read + encode, nothing written) in 1 process and in ``procs`` at once.
+
+    Its ratio is what this machine gives ``procs`` CPU-bound processes of this kind at the moment
+    of the run (shared caches, memory bandwidth, neighbours), the ceiling for the scaling row.
+    """
+    for n in (1, procs):
+        reports = start_together(work / f"ceiling-{n}-{run}",
+                                 [["_ceiling", str(manifest), str(tokenizer), backend, f"{i}/{n}"] for i in range(n)])
+        wall = max(r[2] for r in reports) - min(r[0] for r in reports)
+        table.add(Result(f"ceiling: read + encode, {n} process{'es' if n > 1 else ''}", nbytes, wall,
+                         sum(r[1] for r in reports)))
+
+
+def _ceiling_child(manifest: str, tokenizer: str, backend: str, part: str, report: str) -> None:
+    """Read and encode shards ``i::n`` of the manifest in the worker's batch sizes; report
+    [start, cpu, end]."""
+    from slimtok.manifest import read_manifest
+    from slimtok.reader import ShardReader
+    from slimtok.tokenizer import Encoder, load_tokenizer
+    from slimtok.worker import BATCH_CHARS, BATCH_DOCS
+
+    i, n = map(int, part.split("/"))
+    loaded = load_tokenizer(tokenizer)
+    enc = Encoder(loaded.tokenizer, loaded.eos_token_id, "uint32", backend)
+    paths = [e.path for e in read_manifest(Path(manifest))][i::n]
+    _ready_then_wait(report)
+    c0, w0 = cpu_now(), time.time()
+    batch, chars = [], 0
+    for path in paths:
+        for text, _source in ShardReader(path).records():
+            batch.append(str(text))
+            chars += len(batch[-1])
+            if chars >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
+                enc.encode(batch)
+                batch, chars = [], 0
+    if batch:
+        enc.encode(batch)
+    Path(report).write_text(json.dumps([w0, cpu_now() - c0, time.time()]))
 
 
 def read_bound(table: Table, raw: str, read: str) -> str:
@@ -719,6 +774,8 @@ def _data_files(root: Path, entries) -> list[Path]:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_worker":
         return _worker_child(*sys.argv[2:5])
+    if len(sys.argv) > 1 and sys.argv[1] == "_ceiling":
+        return _ceiling_child(*sys.argv[2:7])
     if len(sys.argv) > 1 and sys.argv[1] == "_noop_worker":
         return _noop_worker_child(*sys.argv[2:5])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -784,6 +841,8 @@ def main() -> None:
             if raw_small:
                 _check(table, d, raw_small["tokenizers"], "pipeline (tokenizers)")
                 _check(table, raw_small[fast], raw_small["tokenizers"], "raw fastokens vs tokenizers")
+        if "ceiling" in only:
+            bench_ceiling(table, work, manifest, tokenizer, fast, nbytes, PEER_PROCS, run)
         if "scaling" in only or "peers" in only:  # the peers are compared with this row
             d, _ = bench_pipeline(table, work, manifest, tokenizer, fast, nbytes, PEER_PROCS, scaled, run)
             if "raw" in only or "pipeline" in only:
@@ -820,7 +879,9 @@ def main() -> None:
         f"{table.ratio('pipeline 1 worker (tokenizers, small)', 'raw encode (tokenizers, small set)')}",
         f"ratio fastokens/tokenizers raw per CPU-s: "
         f"{table.ratio('raw encode (fastokens, small set)', 'raw encode (tokenizers, small set)')}",
-        f"ratio {PEER_PROCS} workers/1 worker per wall-s: {table.ratio(scaled, f'pipeline 1 worker ({fast})', 'mb_wall')}",
+        f"ratio {PEER_PROCS} workers/1 worker per wall-s: {table.ratio(scaled, f'pipeline 1 worker ({fast})', 'mb_wall')}"
+        f" (machine ceiling, read + encode in memory: "
+        f"{table.ratio(f'ceiling: read + encode, {PEER_PROCS} processes', 'ceiling: read + encode, 1 process', 'mb_wall')})",
         f"ratio combine --no-verify / cat per wall-s: {table.ratio('combine (--no-verify)', 'cat shards (+fsync)', 'mb_wall')}",
         f"load average at end {os.getloadavg()[0]:.2f}",
     ]
