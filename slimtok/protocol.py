@@ -299,6 +299,17 @@ class OutputRoot:
     def part(self, shard: str, token: str) -> Path:
         return self.root / "shards" / f"{shard}.{token}.part"
 
+    def parts(self, shard: str) -> list[Path]:
+        """Every ``part(shard, token)`` file present, whatever its token (one directory listing)."""
+        folder = self.part(shard, "-").parent
+        prefix = shard.rsplit("/", 1)[-1] + "."
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        return [folder / name for name in names if name.startswith(prefix) and name.endswith(".part")
+                and "." not in name[len(prefix):-len(".part")]]  # tokens have no dot; longer ids do
+
     def data(self, shard: str) -> Path:
         return self.root / "shards" / f"{shard}.bin"
 

@@ -12,7 +12,10 @@ Invariants a relaunch relies on:
 * a resume copies the checkpointed prefix into the new claim's own part file, so a holder that
   lost its claim (stopped, then woken) can never corrupt the new holder's output;
 * before every checkpoint and before finishing, the worker checks that the lock still names its
-  claim, and the done record is created exclusively, so a shard is committed exactly once.
+  claim, and the done record is created exclusively, so a shard is committed exactly once;
+* a written shard is committed (synced, renamed, recorded, released) on the worker's commit thread
+  while the next shard is encoded; at most one commit is in flight, its claim stays held and
+  heartbeated until it ends, and the worker waits for it before exiting, also on a signal.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -207,9 +211,14 @@ class ShardTask:
         self.checkpointed = time.monotonic()
         self.source = _source_state(entry.path)
 
-    def run(self) -> DoneRecord:
+    def write(self) -> None:
+        """Resume or start, and write every document of the shard into the part file.
+
+        On return the part file is complete but not yet synced, and its descriptor stays open for
+        :meth:`commit`; on an exception it is closed.
+        """
         ckpt = read_record(self.root.checkpoint(self.entry.id), Checkpoint)
-        self._drop_previous_part(ckpt)
+        self._drop_stale_parts(ckpt)
         self.part.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -223,31 +232,48 @@ class ShardTask:
                     self._flush(self.last_mark, checkpoint=True)
                 raise
             self._flush(_Mark(reader.lines, dict(reader.skipped)), checkpoint=False)
+            self._check_not_empty()
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def commit(self) -> DoneRecord:
+        """Sync and close the part file written by :meth:`write`, then publish the shard.
+
+        Runs on the worker's commit thread while the next shard is being encoded; it touches
+        only this task's files and the claim it still holds.
+        """
+        try:
             os.fsync(self.fd)
         finally:
             os.close(self.fd)
         self._check_source_unchanged()
-        return self._commit()
+        return self._publish()
 
     # -- resume -----------------------------------------------------------------------------
-    def _drop_previous_part(self, ckpt: Checkpoint | None) -> None:
-        """Delete the taken-over claim's part file unless the checkpoint still needs it.
+    def _drop_stale_parts(self, ckpt: Checkpoint | None) -> None:
+        """Delete part files of earlier claims on this shard, except the one the checkpoint names.
 
         Done before our own part file exists: only the lock names the claim we replaced, so if we
-        were killed after creating our file, the next holder could no longer find that one.
+        were killed after creating our file, the next holder could no longer find that one. Only
+        after a takeover or with a checkpoint does a shard have earlier part files; then one
+        listing also finds a part file orphaned by a holder killed in the middle of its resume
+        (after checkpointing its copy, before deleting the file it copied from).
         """
-        if self.claim.previous is None:
+        if self.claim.previous is None and ckpt is None:
             return
-        previous = self.root.part(self.entry.id, self.claim.previous.token)
-        if ckpt is None or self.root.resolve(ckpt.part) != previous:
-            previous.unlink(missing_ok=True)
+        keep = self.root.resolve(ckpt.part) if ckpt is not None and ckpt.shard == self.entry.id else None
+        for part in self.root.parts(self.entry.id):
+            if part != keep:
+                part.unlink(missing_ok=True)
 
     def _resume(self, ckpt: Checkpoint | None) -> None:
         """Continue from the shard's checkpoint if its data is intact and the shard file is the one
         it was counted in (same size and mtime), else from the start.
 
         The copied progress is checkpointed as ours before the old part file is deleted, so a kill
-        at any point leaves a checkpoint naming a file that holds its bytes.
+        at any point leaves a checkpoint naming a file that holds its bytes (a kill between the two
+        leaves the old file to the next holder's :meth:`_drop_stale_parts`).
         """
         if ckpt is None or ckpt.shard != self.entry.id:
             return
@@ -398,18 +424,21 @@ class ShardTask:
                                 source_mtime_ns=self.source[1] if self.source else -1), durable=False)
 
     def _check_claim(self) -> None:
-        if self.w.lost_token == self.claim.token or not self.w.claimer.holds(self.claim):
+        if self.claim.token in self.w.lost_tokens or not self.w.claimer.holds(self.claim):
             raise LostClaim(f"{self.entry.id}: lock taken over by another worker; stopping this copy")
 
-    # -- commit -----------------------------------------------------------------------------
-    def _commit(self) -> DoneRecord:
-        """Publish the shard: rename the part to its final name, then create the done record."""
-        self._check_claim()
+    def _check_not_empty(self) -> None:
         p = self.progress
         if p.lines and not p.documents:
             reasons = ", ".join(f"{k}={v}" for k, v in sorted(p.skipped.items()))
             raise EmptyShard(f"no usable document in {p.lines} lines (skipped: {reasons}); check the file "
                              f"and --text-key {self.w.job.text_key!r}")
+
+    # -- commit -----------------------------------------------------------------------------
+    def _publish(self) -> DoneRecord:
+        """Rename the synced part file to its final name, then create the done record."""
+        self._check_claim()
+        p = self.progress
         data = self.root.data(self.entry.id)
         try:
             os.replace(self.part, data)
@@ -435,7 +464,6 @@ class ShardTask:
         self.root.checkpoint(self.entry.id).unlink(missing_ok=True)
         self.root.failed(self.entry.id).unlink(missing_ok=True)
         return record
-
 
     def _journal(self, record: DoneRecord) -> None:
         """Append the shard's status row to this worker's journal (a cache: failures only warn)."""
@@ -524,13 +552,20 @@ class Worker:
         self.claimer = Claimer(self.root, self.me, settings.stale_after, self.name)
         self.stats = Stats()
         self.stop = threading.Event()
-        self.lost_token: str | None = None  # set by the heartbeat when it finds a claim taken over
-        self.current: Claim | None = None
+        self.lost_tokens: set[str] = set()  # claims the heartbeat found taken over
+        self.current: Claim | None = None  # the claim being encoded
+        # Every claim still held: the one being encoded and the one being committed. The heartbeat
+        # refreshes all of them; only the worker thread and the commit thread change the dict.
+        self._held: dict[str, Claim] = {}
+        self._held_lock = threading.Lock()
+        # One commit at a time runs on this thread, overlapped with encoding the next shard.
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self._commit_pending: Future[None] | None = None
         self.failed = 0
 
     def check_running(self, claim: Claim | None = None) -> None:
         """Raise at a safe point if a signal asked us to stop or ``claim`` was taken over."""
-        if claim is not None and self.lost_token == claim.token:
+        if claim is not None and claim.token in self.lost_tokens:
             raise LostClaim(f"{claim.shard}: lock taken over by another worker; stopping this copy")
         if self.stop.is_set():
             raise Interrupted()
@@ -543,7 +578,10 @@ class Worker:
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         try:
-            self._loop()
+            try:
+                self._loop()
+            finally:  # also on a signal: the shard already written is published, not redone
+                self._drain_commits()
         except Interrupted:
             log.warning("%s: stopped on signal; progress is checkpointed, relaunch to resume", self.name)
             return EXIT_INTERRUPTED
@@ -570,7 +608,7 @@ class Worker:
             outcome = self._attempt(entry)
             if outcome == "busy":
                 waiting.append(entry)
-            elif k < own:
+            elif outcome == "settled" and k < own:
                 self.claimer.clear_leftover(entry.id)
         if waiting:
             log.info("%s: %d shard(s) held by other workers; watching them for completion or staleness",
@@ -591,7 +629,8 @@ class Worker:
         return failed is not None and (not self.settings.retry_failed or failed.launch == self.settings.launch)
 
     def _attempt(self, entry: ShardEntry) -> str:
-        """'settled' when the shard needs nothing from us, 'busy' when another worker holds it."""
+        """'settled' when the shard needs nothing from us, 'busy' when another worker holds it,
+        'processed' when we wrote it (its commit may still be in flight, under our lock)."""
         self.check_running()
         if self._settled(entry):
             return "settled"
@@ -602,49 +641,96 @@ class Worker:
             self.claimer.release(claim)
             return "settled"
         self._process(entry, claim)
-        return "settled"
+        return "processed"
 
     def _process(self, entry: ShardEntry, claim: Claim) -> None:
+        """Write the shard on this thread, then hand its commit to the commit thread."""
+        self._hold(claim)
         self.current = claim
         task = ShardTask(self, entry, claim)
         log.info("%s: claimed %s (%s)%s", self.name, entry.id, claim.token,
                  f", taking over from {_describe(claim.previous)}" if claim.previous else "")
         try:
-            record = task.run()
-        except ShardReadError as exc:
-            self._fail(entry, claim, task, exc.reason)
+            task.write()
+        except BaseException as exc:
+            if not self._settle_after(task, exc):
+                raise
             return
-        except TokenizerError as exc:
-            self._fail(entry, claim, task, f"tokenizer error: {exc}")
-            return
-        except EmptyShard as exc:
-            self._fail(entry, claim, task, str(exc))
-            return
-        except LostClaim as exc:
-            log.warning("%s", exc)
-            task.part.unlink(missing_ok=True)
-            return
-        except Interrupted:
-            self.claimer.release(claim)
-            raise
-        except OSError:
-            self._release_keeping_checkpoint(entry, claim, task)
-            raise
         finally:
             self.current = None
-        self.claimer.release(claim)
+        self._await_commit()  # at most one commit in flight: its syncs overlap this shard's encoding
+        self._commit_pending = self._committer.submit(self._commit, task)
+
+    def _commit(self, task: ShardTask) -> None:
+        """On the commit thread: publish one written shard, then release its claim."""
+        try:
+            record = task.commit()
+        except BaseException as exc:
+            if not self._settle_after(task, exc):
+                raise
+            return
+        try:
+            self.claimer.release(task.claim)
+        finally:
+            self._unhold(task.claim)
         self.stats.shards_done += 1
-        log.info("%s: done %s: %d documents, %d tokens, %d skipped lines in %.1fs", self.name, entry.id,
+        log.info("%s: done %s: %d documents, %d tokens, %d skipped lines in %.1fs", self.name, task.entry.id,
                  record.documents, record.tokens, sum(record.skipped.values()), record.seconds)
 
-    def _release_keeping_checkpoint(self, entry: ShardEntry, claim: Claim, task: ShardTask) -> None:
-        ckpt = read_record(self.root.checkpoint(entry.id), Checkpoint)
-        if ckpt is None or ckpt.token != claim.token:
-            task.part.unlink(missing_ok=True)
-        self.claimer.release(claim)
+    def _settle_after(self, task: ShardTask, exc: BaseException) -> bool:
+        """Leave the shard's files and claim as ``exc`` requires; False when it must propagate."""
+        try:
+            if isinstance(exc, ShardReadError):
+                self._fail(task, exc.reason)
+            elif isinstance(exc, TokenizerError):
+                self._fail(task, f"tokenizer error: {exc}")
+            elif isinstance(exc, EmptyShard):
+                self._fail(task, str(exc))
+            elif isinstance(exc, LostClaim):
+                log.warning("%s", exc)
+                task.part.unlink(missing_ok=True)
+            elif isinstance(exc, Interrupted):
+                self.claimer.release(task.claim)  # the checkpoint stays: any worker resumes at once
+                return False
+            elif isinstance(exc, OSError):
+                self._release_keeping_checkpoint(task)
+                return False
+            else:
+                return False
+            return True
+        finally:
+            self._unhold(task.claim)
 
-    def _fail(self, entry: ShardEntry, claim: Claim, task: ShardTask, reason: str) -> None:
+    def _hold(self, claim: Claim) -> None:
+        with self._held_lock:
+            self._held[claim.token] = claim
+
+    def _unhold(self, claim: Claim) -> None:
+        with self._held_lock:
+            self._held.pop(claim.token, None)
+
+    def _drain_commits(self) -> None:
+        """Wait for the last commit and stop the commit thread (raises that commit's OSError)."""
+        try:
+            self._await_commit()
+        finally:
+            self._committer.shutdown()
+
+    def _await_commit(self) -> None:
+        """Wait for the commit in flight; its OSError (the output root failing) is raised here."""
+        pending, self._commit_pending = self._commit_pending, None
+        if pending is not None:
+            pending.result()
+
+    def _release_keeping_checkpoint(self, task: ShardTask) -> None:
+        ckpt = read_record(self.root.checkpoint(task.entry.id), Checkpoint)
+        if ckpt is None or ckpt.token != task.claim.token:
+            task.part.unlink(missing_ok=True)
+        self.claimer.release(task.claim)
+
+    def _fail(self, task: ShardTask, reason: str) -> None:
         """Record why the shard failed, drop its partial output and move on."""
+        entry = task.entry
         self.failed += 1
         line = reason.replace("\n", " ")
         log.error("%s: shard %s failed: %s: %s", self.name, entry.id, entry.path, line)
@@ -653,7 +739,7 @@ class Worker:
                                   pid=self.me.pid, launch=self.settings.launch, failed_at=time.time()))
         task.part.unlink(missing_ok=True)
         self.root.checkpoint(entry.id).unlink(missing_ok=True)
-        self.claimer.release(claim)
+        self.claimer.release(task.claim)
 
     # -- heartbeat --------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -663,9 +749,12 @@ class Worker:
         self._write_heartbeat("starting", proc)  # so status lists the worker before its first interval ends
         last = (time.time(), 0)
         while not self.stop.wait(self.settings.heartbeat_interval):
+            with self._held_lock:
+                held = list(self._held.values())
+            for claim in held:
+                if not self.claimer.refresh(claim):
+                    self.lost_tokens.add(claim.token)
             claim = self.current
-            if claim is not None and not self.claimer.refresh(claim):
-                self.lost_token = claim.token
             now = time.time()
             rate = (self.stats.tokens - last[1]) / max(now - last[0], 1e-6)
             last = (now, self.stats.tokens)

@@ -252,3 +252,77 @@ def test_shard_changed_while_being_read_fails_then_retry_completes(tmp_path, bpe
     want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
     assert np.array_equal(np.fromfile(data, dtype=np.uint32), want)
     assert len(np.flatnonzero(want == 0)) == 401  # the appended document is in
+
+
+def test_commit_overlaps_the_next_shard_and_its_claim_stays_fresh(tmp_path, bpe_tokenizer, monkeypatch):
+    """A slow commit runs beside the next shard's encoding, and the heartbeat keeps its lock fresh."""
+    import threading
+
+    import slimtok.worker as worker_mod
+    from slimtok.claims import Claimer
+    from slimtok.combine import combine
+    from slimtok.protocol import Holder, LockRecord, read_record
+    from slimtok.worker import ShardTask, TokenizeSettings, Worker, pin_job
+
+    ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
+    manifest = _manifest(tmp_path, ds)
+    settings = TokenizeSettings(manifest=str(manifest), output_root=str(tmp_path / "out"),
+                                tokenizer=str(bpe_tokenizer), splits=("train",), backend="tokenizers",
+                                stale_after=1.0)  # heartbeats every 0.2 s
+    pin_job(settings)
+    events: list[tuple[str, str]] = []
+    stale_seen: list[bool] = []
+    real_write, real_commit = ShardTask.write, ShardTask.commit
+    # Another host's view of the lock: only its age can make it stale.
+    other = Claimer(worker_mod.OutputRoot(settings.output_root), Holder("elsewhere", "", 1, 0.0, 9, 9), 1.0, "other")
+
+    def write(task):
+        events.append(("write", task.entry.id))
+        real_write(task)
+
+    def slow_commit(task):
+        events.append(("commit starts", task.entry.id))
+        if len(stale_seen) == 0:
+            for _ in range(25):  # 2.5 s, well past stale_after
+                time.sleep(0.1)
+                lock = worker_mod.OutputRoot(settings.output_root).lock(task.entry.id)
+                stale_seen.append(other.is_stale(lock, read_record(lock, LockRecord)))
+        record = real_commit(task)
+        events.append(("commit ends", task.entry.id))
+        assert threading.current_thread() is not threading.main_thread()
+        return record
+
+    monkeypatch.setattr(ShardTask, "write", write)
+    monkeypatch.setattr(ShardTask, "commit", slow_commit)
+    assert Worker(settings, 0).run() == 0
+    first, second = [shard for what, shard in events if what == "write"][:2]
+    assert events.index(("write", second)) < events.index(("commit ends", first))  # encoding went on
+    assert len(stale_seen) == 25 and not any(stale_seen)
+    want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
+    combine(tmp_path / "out", splits=["train"], log=lambda _line: None)
+    assert np.array_equal(np.fromfile(tmp_path / "out/train.bin", dtype=np.uint32), want)
+
+
+def test_part_files_orphaned_by_a_killed_resume_are_deleted_by_the_next_holder(tmp_path, bpe_tokenizer,
+                                                                                monkeypatch):
+    """A holder killed after checkpointing its copy but before deleting the part it copied from
+    leaves a part file no lock or checkpoint names; the next resume of the shard deletes it."""
+    import shutil
+
+    from slimtok.protocol import OutputRoot
+    from slimtok.worker import EXIT_INTERRUPTED, Worker
+
+    shard, manifest, settings_for = _one_shard_job(tmp_path)
+    status, ckpt = _stopping_run(monkeypatch, settings_for(bpe_tokenizer), lambda w: w.stop.set())
+    assert status == EXIT_INTERRUPTED
+    root = OutputRoot(tmp_path / "out")
+    [checkpointed] = root.parts(ckpt.shard)
+    orphan = root.part(ckpt.shard, "0rphan0rphan0rph")
+    shutil.copyfile(checkpointed, orphan)
+    neighbour = root.part(ckpt.shard + "3", "0rphan0rphan0rph")  # example_train_03: another shard's file
+    neighbour.write_bytes(b"")
+    assert sorted(root.parts(ckpt.shard)) == sorted([checkpointed, orphan])
+    assert Worker(settings_for(bpe_tokenizer), 0).run() == 0
+    assert root.parts(ckpt.shard) == [] and neighbour.exists()
+    want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
+    assert np.array_equal(np.fromfile(root.data(ckpt.shard), dtype=np.uint32), want)
