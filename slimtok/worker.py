@@ -237,6 +237,10 @@ class ShardTask:
             os.close(self.fd)
             raise
 
+    def abandon(self) -> None:
+        """Close the part file written by :meth:`write` without committing it."""
+        os.close(self.fd)
+
     def commit(self) -> DoneRecord:
         """Sync and close the part file written by :meth:`write`, then publish the shard.
 
@@ -658,7 +662,12 @@ class Worker:
             return
         finally:
             self.current = None
-        self._await_commit()  # at most one commit in flight: its syncs overlap this shard's encoding
+        try:
+            self._await_commit()  # at most one commit in flight: its syncs overlap this shard's encoding
+        except BaseException as exc:  # the previous commit failed: this shard is not committed either
+            task.abandon()
+            self._settle_after(task, exc)
+            raise
         self._commit_pending = self._committer.submit(self._commit, task)
 
     def _commit(self, task: ShardTask) -> None:

@@ -326,3 +326,44 @@ def test_part_files_orphaned_by_a_killed_resume_are_deleted_by_the_next_holder(t
     assert root.parts(ckpt.shard) == [] and neighbour.exists()
     want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
     assert np.array_equal(np.fromfile(root.data(ckpt.shard), dtype=np.uint32), want)
+
+
+def test_a_failed_commit_stops_the_worker_releasing_both_claims_and_a_rerun_completes(tmp_path, bpe_tokenizer,
+                                                                                       monkeypatch):
+    """An output error in a commit (on the commit thread) surfaces after the next shard is written:
+    the worker exits 3, holds no lock, and a relaunch produces the reference output."""
+    import errno
+
+    from slimtok.combine import combine
+    from slimtok.worker import EXIT_FATAL, ShardTask, TokenizeSettings, Worker, pin_job
+
+    ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
+    manifest = _manifest(tmp_path, ds)
+    out = tmp_path / "out"
+
+    def settings():
+        s = TokenizeSettings(manifest=str(manifest), output_root=str(out), tokenizer=str(bpe_tokenizer),
+                             splits=("train",), backend="tokenizers", tokens_per_write=500, checkpoint_every=0.0)
+        pin_job(s)
+        return s
+
+    real_commit = ShardTask.commit
+    commits = []
+
+    def failing_first(task):
+        commits.append(task.entry.id)
+        if len(commits) == 1:
+            task.abandon()
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return real_commit(task)
+
+    monkeypatch.setattr(ShardTask, "commit", failing_first)
+    assert Worker(settings(), 0).run() == EXIT_FATAL
+    assert not list((out / "locks").rglob("*.lock"))  # the failed shard's and the written next one's
+    assert len(list((out / "checkpoints").rglob("*.json"))) == 2  # both keep their progress
+    monkeypatch.setattr(ShardTask, "commit", real_commit)
+    assert Worker(settings(), 0).run() == 0
+    combine(out, splits=["train"], log=lambda _line: None)
+    want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
+    assert np.array_equal(np.fromfile(out / "train.bin", dtype=np.uint32), want)
+    assert not list((out / "shards").rglob("*.part"))
