@@ -614,6 +614,7 @@ class Worker:
                 waiting.append(entry)
             elif outcome == "settled" and k < own:
                 self.claimer.clear_leftover(entry.id)
+        self._await_commit()  # before a possibly long wait: publish our last shard, surface its error
         if waiting:
             log.info("%s: %d shard(s) held by other workers; watching them for completion or staleness",
                      self.name, len(waiting))
