@@ -9,7 +9,8 @@ Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_tra
     job.json                      settings pin, created once (exclusive link)       JobSettings
                                   (backend* fields: rewritten by worker 0, unpinned)
     manifest.jsonl                the manifest the job was pinned to (a copy)
-    tokenizer/tokenizer.json      the exact tokenizer the job uses (a copy)
+    tokenizer/tokenizer.json      the exact tokenizer the job uses (a copy, merges as "a b" strings
+                                  when that loads back to the pinned canonical JSON)
     locks/<id>.lock               claim of a shard, created by link(2)              LockRecord
     locks/<id>.<token>.stolen     a stale lock being taken over (transient)
     checkpoints/<id>.json         last durable progress of an unfinished shard     Checkpoint
