@@ -39,6 +39,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -231,24 +232,31 @@ def shard_ids(root: Path, manifest: Path) -> tuple[str, int]:
 
 # -- sections ---------------------------------------------------------------------------------
 
+def worker_batches(texts: Iterable[str]) -> Iterator[list[str]]:
+    """``texts`` in the batches a worker hands its encoder (BATCH_CHARS characters or BATCH_DOCS)."""
+    from slimtok.worker import BATCH_CHARS, BATCH_DOCS
+
+    batch, chars = [], 0
+    for text in texts:
+        batch.append(text)
+        chars += len(text)
+        if chars >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
 def bench_raw(table: Table, texts: list[str], tokenizer: Path, backends: list[str], suffix: str = "") -> dict[str, str]:
     """Encoder.encode over the documents in memory, in the worker's batch sizes."""
     from slimtok.tokenizer import Encoder, load_tokenizer
-    from slimtok.worker import BATCH_CHARS, BATCH_DOCS
 
     loaded = load_tokenizer(str(tokenizer))
     nbytes = sum(len(t.encode()) for t in texts)
     digests = {}
     for backend in backends:
         enc = Encoder(loaded.tokenizer, loaded.eos_token_id, "uint32", backend)
-        batches, cur, chars = [], [], 0
-        for t in texts:
-            cur.append(t)
-            chars += len(t)
-            if chars >= BATCH_CHARS or len(cur) >= BATCH_DOCS:
-                batches.append(cur)
-                cur, chars = [], 0
-        batches += [cur] if cur else []
+        batches = list(worker_batches(texts))
         c0, w0 = cpu_now(), time.time()
         outputs = [enc.encode(b)[0] for b in batches]
         wall, cpu = time.time() - w0, cpu_now() - c0
@@ -304,7 +312,6 @@ def _ceiling_child(manifest: str, tokenizer: str, backend: str, part: str, repor
     from slimtok.manifest import read_manifest
     from slimtok.reader import ShardReader
     from slimtok.tokenizer import Encoder, load_tokenizer
-    from slimtok.worker import BATCH_CHARS, BATCH_DOCS
 
     i, n = map(int, part.split("/"))
     loaded = load_tokenizer(tokenizer)
@@ -312,15 +319,7 @@ def _ceiling_child(manifest: str, tokenizer: str, backend: str, part: str, repor
     paths = [e.path for e in read_manifest(Path(manifest))][i::n]
     _ready_then_wait(report)
     c0, w0 = cpu_now(), time.time()
-    batch, chars = [], 0
-    for path in paths:
-        for text, _source in ShardReader(path).records():
-            batch.append(str(text))
-            chars += len(batch[-1])
-            if chars >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
-                enc.encode(batch)
-                batch, chars = [], 0
-    if batch:
+    for batch in worker_batches(str(text) for path in paths for text, _source in ShardReader(path).records()):
         enc.encode(batch)
     Path(report).write_text(json.dumps([w0, cpu_now() - c0, time.time()]))
 
