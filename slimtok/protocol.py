@@ -16,6 +16,8 @@ Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_tra
     checkpoints/<id>.json         last durable progress of an unfinished shard     Checkpoint
     shards/<id>.<token>.part      token data being written by the claim <token>
     shards/<id>.bin               finished token data of a shard
+    documents/<id>.<token>.part   document table being written by the claim <token>
+    documents/<id>.docs           finished document table of a shard               DOC_TABLE_DTYPE
     done/<id>.json                commit record of a finished shard (exclusive)    DoneRecord
     failed/<id>.json              why a shard could not be read                    FailedRecord
     heartbeats/<worker>.json      liveness and throughput of one worker             Heartbeat
@@ -37,6 +39,11 @@ Invariants:
   and the checkpoint. A checkpoint always names a part file whose first ``bytes`` bytes are the
   tokens of the first ``lines`` input lines of the shard file as it was then (``source_size``,
   ``source_mtime_ns``), so any later holder that finds the same file may resume from it.
+* ``documents/<id>.docs`` holds one ``DOC_TABLE_DTYPE`` row per document of ``shards/<id>.bin``, in
+  order: the document's token count (separators included; the counts sum to the shard's tokens),
+  its source (an index into the done record's ``source_names``) and the xxh3-128 hash of its exact
+  text bytes (UTF-8, after the reader's repair rules). A checkpoint's table part holds exactly
+  ``documents`` rows. Done records without ``table`` come from older roots (no table).
 * Records are written whole: to a temporary name, fsync'd, then renamed or linked into place.
 * ``status/done-rollup.json`` is only a cache: ``done/`` stays the truth. A done record is never
   rewritten once created, so ``slimtok status`` copies each one's counts into the roll-up the first
@@ -59,9 +66,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 
 PROTOCOL_VERSION = 1
+
+#: One row of a shard's document table (24 bytes, little-endian, no header; docs/FORMATS.md).
+#: ``hash_hi``/``hash_lo`` are the high and low 64 bits of xxh3-128 of the document's UTF-8 text.
+DOC_TABLE_DTYPE = np.dtype([("tokens", "<u4"), ("source", "<u4"), ("hash_hi", "<u8"), ("hash_lo", "<u8")])
+DOC_TABLE_VERSION = 1
 
 #: Combined output file of each split; "validation" is ``val.bin`` as nanoGPT names it.
 SPLIT_FILES = {"train": "train.bin", "validation": "val.bin", "test": "test.bin"}
@@ -162,6 +175,10 @@ class Checkpoint(Record):
     #: A holder whose shard file no longer matches starts the shard over instead of resuming.
     source_size: int = -1
     source_mtime_ns: int = -1
+    #: names the document table's ``source`` column indexes, in first-seen order ("" = no source);
+    #: the table part ``documents/<id>.<token>.part`` holds ``documents`` rows (0 rows: older writer)
+    source_names: list[str] = field(default_factory=list)
+    table_version: int = 0
 
 
 @dataclass
@@ -187,6 +204,14 @@ class DoneRecord(Record):
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     #: the encoder that wrote the shard (``tokenizers`` or ``fastokens``; see slimtok.tokenizer)
     backend: str = ""
+    #: the shard's document table (relative path; "" in roots written before tables existed), its
+    #: size in bytes (``documents`` * DOC_TABLE_DTYPE.itemsize) and sha256, and the source names its
+    #: ``source`` column indexes
+    table: str = ""
+    table_bytes: int = 0
+    table_sha256: str = ""
+    source_names: list[str] = field(default_factory=list)
+    table_version: int = 0
 
     def rollup_row(self) -> list[Any]:
         """The record's ``ROLLUP_COLUMNS``, as status caches them."""
@@ -317,6 +342,14 @@ class OutputRoot:
     def data(self, shard: str) -> Path:
         return self.root / "shards" / f"{shard}.bin"
 
+    def table_part(self, shard: str, token: str) -> Path:
+        """The document table being written by the claim ``token`` beside ``part(shard, token)``."""
+        return self.root / "documents" / f"{shard}.{token}.part"
+
+    def table(self, shard: str) -> Path:
+        """The finished document table of a shard: ``DOC_TABLE_DTYPE`` rows, one per document."""
+        return self.root / "documents" / f"{shard}.docs"
+
     def done(self, shard: str) -> Path:
         return self.root / "done" / f"{shard}.json"
 
@@ -353,6 +386,13 @@ class OutputRoot:
 
     def resolve(self, relative: str) -> Path:
         return self.root / relative
+
+
+def read_doc_table(path: Path) -> np.ndarray:
+    """A document table as a read-only structured array (memory-mapped; empty file: no rows)."""
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=DOC_TABLE_DTYPE)
+    return np.memmap(path, dtype=DOC_TABLE_DTYPE, mode="r")
 
 
 def worker_name(host: str, process_index: int, worker: int) -> str:
