@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .job import CHECKPOINT_EVERY, STALE_AFTER, TOKENS_PER_WRITE
 from .protocol import DEFAULT_SOURCE_KEY, SPLITS
+from .tokenizer import BACKENDS, DTYPES
 
 SPLIT_CHOICES = ",".join(SPLITS)
 
@@ -23,12 +25,20 @@ def _splits(value: str | None) -> tuple[str, ...] | None:
     return chosen
 
 
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(2)
+class _Commands(click.Group):
+    """The command group: a :class:`SlimtokError` from any command is one line and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from .errors import SlimtokError
+
+        try:
+            return super().invoke(ctx)
+        except SlimtokError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="slimtok")
 def main() -> None:
     """Tokenize SlimPajama-style .jsonl.zst shards into flat token files, on one node or many."""
@@ -43,20 +53,17 @@ def main() -> None:
 @click.option("--strict", is_flag=True, help="Fail when `slimtok mirror`'s record lists shards that are missing.")
 def manifest_cmd(dataset_dir: Path, output_dir: Path, patterns: tuple[str, ...], strict: bool) -> None:
     """Write manifest.jsonl (one entry per shard) and manifest_summary.json."""
-    from .manifest import ManifestError, build_manifest, missing_from_mirror, summarize, write_manifest
-    from .mirror import MirrorError
+    from .errors import ManifestError
+    from .manifest import build_manifest, missing_from_mirror, summarize, write_manifest
 
-    try:
-        root, entries = build_manifest(dataset_dir, patterns)
-        missing = missing_from_mirror(root, entries, patterns)
-    except (ManifestError, MirrorError) as exc:
-        _fail(exc)
+    root, entries = build_manifest(dataset_dir, patterns)
+    missing = missing_from_mirror(root, entries, patterns)
     if missing:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
         message = (f"{len(missing)} shard(s) recorded by `slimtok mirror` are missing under {root}: {shown}; "
                    "re-run the same `slimtok mirror` command to fetch them")
         if strict:
-            _fail(ManifestError(message))
+            raise ManifestError(message)
         click.echo(f"warning: {message}", err=True)
     manifest, summary = write_manifest(entries, output_dir, root)
     totals = summarize(entries)
@@ -89,14 +96,11 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
     Progress and the summary go to stderr; the snapshot folder (the --dataset-dir for `slimtok manifest`)
     is the last line on stdout. The token comes from HF_TOKEN or `hf auth login`.
     """
-    from .mirror import MirrorError, mirror
+    from .mirror import mirror
 
-    try:
-        result = mirror(repo_id, repo_type=repo_type, revision=revision, include=include, exclude=exclude,
-                        cache_dir=cache_dir, local_dir=local_dir, max_workers=max_workers,
-                        min_free_fraction=min_free_fraction, log=lambda msg: click.echo(msg, err=True))
-    except MirrorError as exc:
-        _fail(exc)
+    result = mirror(repo_id, repo_type=repo_type, revision=revision, include=include, exclude=exclude,
+                    cache_dir=cache_dir, local_dir=local_dir, max_workers=max_workers,
+                    min_free_fraction=min_free_fraction, log=lambda msg: click.echo(msg, err=True))
     click.echo(result.summary(), err=True)
     click.echo(f"record: {result.record_path}", err=True)
     click.echo(str(result.snapshot_path))
@@ -113,9 +117,9 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
               help="This process's index (default: SLURM_PROCID, OMPI_COMM_WORLD_RANK or PMI_RANK).")
 @click.option("--process-count", type=click.IntRange(min=1), default=None,
               help="Number of processes (default: SLURM_NTASKS, OMPI_COMM_WORLD_SIZE or PMI_SIZE).")
-@click.option("--tokens-per-write", type=click.IntRange(min=1), default=131072, show_default=True,
+@click.option("--tokens-per-write", type=click.IntRange(min=1), default=TOKENS_PER_WRITE, show_default=True,
               help="Write pending tokens at the first document boundary after this many tokens.")
-@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=CHECKPOINT_EVERY, show_default=True,
               help="Seconds of work between checkpoints (fdatasync + record) at a write; 0 = at every write. "
                    "A killed worker redoes at most this much of its shard.")
 @click.option("--splits", default=SPLIT_CHOICES, show_default=True)
@@ -124,12 +128,12 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
               help="Dotted path naming each document's source, counted per source in done records and "
                    "meta.json; '' for none. Pinned in job.json.")
 @click.option("--eos-id", type=click.IntRange(min=0), default=None, help="Default: the tokenizer's eos token.")
-@click.option("--dtype", type=click.Choice(["uint32", "uint16", "auto"]), default="uint32", show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "tokenizers", "fastokens"]), default="auto", show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPES), default="uint32", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Encoder: auto = fastokens when installed and id-identical to tokenizers on a start-up "
                    "sample, else tokenizers. Not pinned: outputs are the same either way.")
 @click.option("--retry-failed", is_flag=True, help="Try shards that failed in earlier launches again.")
-@click.option("--stale-after", type=click.FloatRange(min=0.5), default=300.0, show_default=True,
+@click.option("--stale-after", type=click.FloatRange(min=0.5), default=STALE_AFTER, show_default=True,
               help="Seconds without heartbeat after which another worker takes a shard over.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_workers: str, max_workers: int | None,
@@ -137,25 +141,19 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
                  checkpoint_every: float, splits: str, text_key: str, source_key: str, eos_id: int | None, dtype: str, backend: str,
                  retry_failed: bool, stale_after: float, quiet: bool) -> None:
     """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""
-    from .launch import LaunchError, settings_for, tokenize
-    from .manifest import ManifestError
-    from .tokenizer import TokenizerError
-    from .worker import JobMismatch, TokenizeSettings
+    from .job import TokenizeSettings
+    from .launch import settings_for, tokenize
 
     base = TokenizeSettings(manifest=str(manifest.absolute()), output_root=str(output_root.absolute()),
                             tokenizer=tokenizer, tokens_per_write=tokens_per_write, checkpoint_every=checkpoint_every,
                             splits=_splits(splits) or SPLITS, text_key=text_key, source_key=source_key,
                             eos_id=eos_id, dtype=dtype, backend=backend,
                             retry_failed=retry_failed, stale_after=stale_after)
-    try:
-        settings, source = settings_for(base, spawn_workers, max_workers, process_index, process_count)
-        if not quiet:
-            click.echo(f"process {settings.process_index} of {settings.process_count} ({source}), "
-                       f"{settings.workers} worker(s), output {settings.output_root}", err=True)
-        code = tokenize(settings, progress=None if quiet else (lambda s: click.echo(s, err=True)))
-    except (LaunchError, ManifestError, TokenizerError, JobMismatch) as exc:
-        _fail(exc)
-    sys.exit(code)
+    settings, source = settings_for(base, spawn_workers, max_workers, process_index, process_count)
+    if not quiet:
+        click.echo(f"process {settings.process_index} of {settings.process_count} ({source}), "
+                   f"{settings.workers} worker(s), output {settings.output_root}", err=True)
+    sys.exit(tokenize(settings, progress=None if quiet else (lambda s: click.echo(s, err=True))))
 
 
 @main.command("combine")
@@ -165,13 +163,9 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
 @click.option("--no-verify", is_flag=True, help="Check sizes only, not sha256, before copying.")
 def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_verify: bool) -> None:
     """Write train.bin / val.bin / test.bin and meta.pkl / meta.json from finished shards."""
-    from .combine import CombineError, combine
-    from .manifest import ManifestError
+    from .combine import combine
 
-    try:
-        combine(output_root, _splits(splits), allow_partial=allow_partial, verify=not no_verify, log=click.echo)
-    except (CombineError, ManifestError) as exc:
-        _fail(exc)
+    combine(output_root, _splits(splits), allow_partial=allow_partial, verify=not no_verify, log=click.echo)
 
 
 @main.command("validate")
@@ -181,13 +175,9 @@ def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_v
 @click.option("--block-size", type=click.IntRange(min=2), default=1024, show_default=True)
 def validate_cmd(output_root: Path, samples: int, seed: int, block_size: int) -> None:
     """Alignment, ids, sizes, checksums, eye test and a sampler dry-run; non-zero exit on failure."""
-    from .combine import CombineError
     from .validate import validate
 
-    try:
-        report = validate(output_root, samples=samples, seed=seed, block_size=block_size, log=click.echo)
-    except CombineError as exc:
-        _fail(exc)
+    report = validate(output_root, samples=samples, seed=seed, block_size=block_size, log=click.echo)
     click.echo("validate: " + ("all checks passed" if report.ok else "FAILED"))
     sys.exit(0 if report.ok else 1)
 
@@ -208,14 +198,10 @@ def status_cmd(output_root: Path, as_json: bool, watch: float | None, prometheus
 
     import orjson
 
-    from .combine import CombineError
     from .status import collect_status, format_status, write_prometheus
 
     while True:
-        try:
-            status = collect_status(output_root, window)
-        except CombineError as exc:
-            _fail(exc)
+        status = collect_status(output_root, window)
         if prometheus is not None:
             write_prometheus(status, prometheus)
         if watch is not None and not as_json:
@@ -244,12 +230,9 @@ def export_group() -> None:
 @click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
 def export_megatron_cmd(output_root: Path, prefix: str, splits: str | None) -> None:
     """PREFIX_<split>_text_document.bin/.idx in megatron-core's indexed-dataset format."""
-    from .export import ExportError, export_megatron
+    from .export import export_megatron
 
-    try:
-        export_megatron(output_root, prefix, _splits(splits), log=click.echo)
-    except ExportError as exc:
-        _fail(exc)
+    export_megatron(output_root, prefix, _splits(splits), log=click.echo)
 
 
 @export_group.command("packed")
@@ -263,12 +246,9 @@ def export_megatron_cmd(output_root: Path, prefix: str, splits: str | None) -> N
 def export_packed_cmd(output_root: Path, seq_len: int, fmt: str, split: str, output_dir: Path | None,
                       rows_per_file: int | None) -> None:
     """Rows of exactly SEQ_LEN tokens cut from the eos-separated stream, with a manifest of checksums."""
-    from .export import ExportError, export_packed
+    from .export import export_packed
 
-    try:
-        export_packed(output_root, seq_len, fmt, split, output_dir, rows_per_file, log=click.echo)
-    except ExportError as exc:
-        _fail(exc)
+    export_packed(output_root, seq_len, fmt, split, output_dir, rows_per_file, log=click.echo)
 
 
 @main.command("demo")

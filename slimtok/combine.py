@@ -23,16 +23,13 @@ from typing import BinaryIO, Callable, Sequence
 import numpy as np
 import orjson
 
+from .errors import CombineError
 from . import __version__
 from .manifest import ShardEntry, read_manifest
 from .protocol import (SPLIT_FILES, DoneRecord, FailedRecord, JobSettings, OutputRoot, fsync_dir, new_token,
                        read_record, write_atomic)
 
 READ_BLOCK = 16 << 20
-
-
-class CombineError(Exception):
-    """A split cannot be combined; the message names the shards and what to do."""
 
 
 @dataclass

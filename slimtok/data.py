@@ -20,13 +20,10 @@ from typing import Any, Iterator
 import numpy as np
 import orjson
 
+from .errors import DataError
 from .protocol import OutputRoot
 
 __all__ = ["TokenBin", "TokenBlocks", "DataError"]  # TorchTokenBlocks on request: it imports torch
-
-
-class DataError(Exception):
-    """A combined split cannot be read as described; the message names the file."""
 
 
 def _split_info(path: Path) -> tuple[str, dict]:

@@ -99,7 +99,7 @@ def run_demo(folder: str | os.PathLike[str], workers: str = "auto",
     from .launch import settings_for, tokenize
     from .manifest import build_manifest, write_manifest
     from .validate import validate
-    from .worker import TokenizeSettings
+    from .job import TokenizeSettings
 
     folder = Path(folder).absolute()
     say(f"1/6 dataset: Python standard library sources → {folder / 'dataset'}")

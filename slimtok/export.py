@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import orjson
 
+from .errors import ExportError
 from .combine import _copy_range, read_meta
 from .data import DataError, TokenBin
 from .protocol import SPLIT_FILES, OutputRoot, fsync_dir, new_token, write_atomic
@@ -43,10 +44,6 @@ INDEX_CHUNK = 1 << 22
 #: Packed rows per file by default: about 512 MiB of ids.
 PACKED_FILE_BYTES = 512 << 20
 PARQUET_ROW_GROUP_BYTES = 64 << 20
-
-
-class ExportError(Exception):
-    """An export cannot be written; the message names the file and what to do."""
 
 
 def trainer_dtype(dtype: str, vocab_size: int) -> str:

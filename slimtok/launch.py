@@ -19,17 +19,13 @@ from typing import Callable, Mapping
 
 from .manifest import read_manifest
 from .protocol import Heartbeat, OutputRoot, hostname, read_record, worker_name
-from .status import ids_under
-from .worker import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, TokenizeSettings, pin_job,
-                     worker_main)
+from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, LaunchError
+from .job import TokenizeSettings, pin_job
+from .worker import worker_main
 
 #: (rank variable, size variable) pairs, in the order they are trusted.
 GRID_VARIABLES = (("SLURM_PROCID", "SLURM_NTASKS"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
                   ("PMI_RANK", "PMI_SIZE"))
-
-
-class LaunchError(Exception):
-    """The process grid or worker count makes no sense; the message says which value."""
 
 
 def process_grid(index: int | None, count: int | None,
@@ -99,7 +95,7 @@ class _Progress:
 
     def _done_bytes(self) -> tuple[int, int]:
         """(shards, compressed source bytes) of the selected shards that are done, by any process."""
-        done = ids_under(self.root.root / "done", ".json") & self.sizes.keys()
+        done = self.root.done_ids() & self.sizes.keys()
         return len(done), sum(self.sizes[i] for i in done)
 
     def line(self) -> str:

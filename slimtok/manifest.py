@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 
 import orjson
 
+from .errors import ManifestError
 from .protocol import SPLITS, Record, write_atomic
 
 DEFAULT_PATTERNS = ("*.jsonl.zst",)
@@ -29,10 +30,6 @@ SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validat
 _CHUNK_RE = re.compile(r"^chunk[_-]?(\d+)$")
 _LAST_INT_RE = re.compile(r"(\d+)(?!.*\d)")
 _OF_RE = re.compile(r"(\d+)-of-\d+")
-
-
-class ManifestError(Exception):
-    """The dataset folder or a manifest file cannot be used; the message says which and why."""
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import filter_repo_objects
 
+from .errors import MirrorError
 from . import __version__
 from .protocol import Record, write_atomic
 
@@ -99,10 +100,6 @@ _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _LOGIN_HINT = "run `hf auth login` (or set HF_TOKEN to a token with read access)"
 _RESUME_HINT = "files already complete are kept, so re-running the same command resumes with the rest"
 _HASH_BLOCK = 1 << 20
-
-
-class MirrorError(Exception):
-    """The mirror cannot proceed; the message is a full sentence saying what is wrong and what to do."""
 
 
 @dataclass

@@ -262,6 +262,11 @@ class Heartbeat(Record):
 ROLLUP_COLUMNS = ["documents", "tokens", "bytes", "source_size", "finished_at", "sources"]
 
 
+def journal_line(record: DoneRecord) -> bytes:
+    """One line of ``status/journal/<worker>.jsonl``: ``[id, *ROLLUP_COLUMNS]``."""
+    return orjson.dumps([record.shard, *record.rollup_row()]) + b"\n"
+
+
 @dataclass
 class DoneRollup(Record):
     """Cache of done records kept by ``slimtok status``: ``shards[id]`` holds ``columns`` in order."""
@@ -289,6 +294,14 @@ class OutputRoot:
     @property
     def tokenizer_dir(self) -> Path:
         return self.root / "tokenizer"
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.tokenizer_dir / "tokenizer.json"
+
+    @property
+    def tokenizer_config_file(self) -> Path:
+        return self.tokenizer_dir / "tokenizer_config.json"
 
     @property
     def meta_pkl(self) -> Path:
@@ -330,14 +343,11 @@ class OutputRoot:
 
     def parts(self, shard: str) -> list[Path]:
         """Every ``part(shard, token)`` file present, whatever its token (one directory listing)."""
-        folder = self.part(shard, "-").parent
-        prefix = shard.rsplit("/", 1)[-1] + "."
-        try:
-            names = os.listdir(folder)
-        except FileNotFoundError:
-            return []
-        return [folder / name for name in names if name.startswith(prefix) and name.endswith(".part")
-                and "." not in name[len(prefix):-len(".part")]]  # tokens have no dot; longer ids do
+        return _token_files(self.part(shard, "-").parent, shard)
+
+    def table_parts(self, shard: str) -> list[Path]:
+        """Every ``table_part(shard, token)`` file present, whatever its token."""
+        return _token_files(self.table_part(shard, "-").parent, shard)
 
     def data(self, shard: str) -> Path:
         return self.root / "shards" / f"{shard}.bin"
@@ -355,6 +365,19 @@ class OutputRoot:
 
     def failed(self, shard: str) -> Path:
         return self.root / "failed" / f"{shard}.json"
+
+    # -- listings (one directory walk each, no stat) ----------------------------------------
+    def done_ids(self) -> set[str]:
+        return ids_under(self.root / "done", ".json")
+
+    def failed_ids(self) -> set[str]:
+        return ids_under(self.root / "failed", ".json")
+
+    def locked_ids(self) -> set[str]:
+        return ids_under(self.root / "locks", ".lock")
+
+    def checkpointed_ids(self) -> set[str]:
+        return ids_under(self.root / "checkpoints", ".json")
 
     # -- per-worker files -------------------------------------------------------------------
     def heartbeat(self, worker: str) -> Path:
@@ -386,6 +409,27 @@ class OutputRoot:
 
     def resolve(self, relative: str) -> Path:
         return self.root / relative
+
+
+def ids_under(folder: Path, suffix: str) -> set[str]:
+    """Shard ids of every ``<id><suffix>`` file below ``folder`` (temp files, named ``.*``, excluded)."""
+    found: set[str] = set()
+    for dirpath, _dirs, files in os.walk(folder):
+        rel = os.path.relpath(dirpath, folder)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        found.update(prefix + f[: -len(suffix)] for f in files if f.endswith(suffix) and not f.startswith("."))
+    return found
+
+
+def _token_files(folder: Path, shard: str) -> list[Path]:
+    """``<folder>/<last id component>.<token>.part`` files, whatever the token (one listing)."""
+    prefix = shard.rsplit("/", 1)[-1] + "."
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return [folder / name for name in names if name.startswith(prefix) and name.endswith(".part")
+            and "." not in name[len(prefix):-len(".part")]]  # tokens have no dot; longer ids do
 
 
 def read_doc_table(path: Path) -> np.ndarray:

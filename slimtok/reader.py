@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator, Sequence, Union
 import orjson
 import zstandard
 
+from .errors import ShardReadError
+
 if TYPE_CHECKING:
     import pyarrow.parquet
 
@@ -61,15 +63,6 @@ _SCALAR_END = re.compile(rb"[,}\]]")
 _RAW_CUT = re.compile(rb"\\n[A-Za-z]")
 _BACKSLASH = 0x5C
 _QUOTE = 0x22
-
-
-class ShardReadError(Exception):
-    """A shard cannot be read; ``str()`` is one line naming the file and the reason."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 def _zstd_blocks(path: Path, f: BinaryIO) -> Iterator[bytes]:

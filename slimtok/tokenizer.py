@@ -25,14 +25,12 @@ import numpy as np
 import orjson
 from tokenizers import Tokenizer
 
+from .errors import TokenizerError
+
 DTYPES = ("uint32", "uint16", "auto")
 #: eos strings tried, in order, when neither --eos-id nor tokenizer_config.json names one.
 COMMON_EOS = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|im_end|>")
 _REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
-
-
-class TokenizerError(Exception):
-    """The tokenizer cannot be loaded or used as asked; the message says what to do."""
 
 
 @dataclass(frozen=True)

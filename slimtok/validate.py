@@ -32,7 +32,7 @@ from .combine import load_job, plan_split, read_meta
 from .data import DataError, TokenBin
 from .manifest import ShardEntry
 from .protocol import SPLIT_FILES, DoneRecord, JobSettings, OutputRoot
-from .worker import load_pinned_tokenizer
+from .job import load_pinned_tokenizer
 
 SCAN_TOKENS = 1 << 24
 

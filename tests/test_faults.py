@@ -118,6 +118,9 @@ def test_chaos_twenty_kills_then_relaunch_is_byte_identical(tmp_path, bpe_tokeni
         done, ref = _done_records(root), _done_records(clean)
         assert {k: v["documents"] for k, v in done.items()} == {k: v["documents"] for k, v in ref.items()}
         assert {k: v["sha256"] for k, v in done.items()} == {k: v["sha256"] for k, v in ref.items()}
+        # the document tables too: a resume after kill -9 writes exactly the undisturbed run's rows
+        assert {k: v["table_sha256"] for k, v in done.items()} == {k: v["table_sha256"] for k, v in ref.items()}
+        assert all(v["table_sha256"] for v in done.values())
 
 
 def _chaos_round(manifest: Path, root: Path, tokenizer: Path, rng: random.Random, wanted: int) -> int:
@@ -299,17 +302,29 @@ def test_bad_shards_each_fail_with_one_line_reason_and_the_rest_completes(tmp_pa
     assert {"train/chunk1/example_train_0", "train/chunk2/example_train_1", "validation/chunk1/example_holdout_0",
             "test/chunk1/example_holdout_0"} <= set(done)
     _assert_no_orphans(root)
-    # Fix every file, then --retry-failed completes exactly those shards.
+    # Fix every file, then --retry-failed completes the two whose listed size still holds; the others
+    # are now other files than the manifest lists, so they fail again naming both sizes.
     t = ds / "train/chunk1"
     (t / "example_train_16.jsonl.zst").rmdir()
     os.chmod(t / "example_train_17.jsonl.zst", 0o644)
     for name in [f"example_train_{i}" for i in range(10, 19) if i != 17]:
         (t / f"{name}.jsonl.zst").write_bytes(good)
     again = _run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 2, "--retry-failed"))
-    assert again.returncode == 0, again.stderr
-    assert not list((root / "failed").rglob("*.json"))
-    got = np.frombuffer(_combined(root), dtype=np.uint32)
-    assert np.array_equal(got, reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))
+    assert again.returncode == 1, again.stderr
+    failed = {json.loads(p.read_text())["shard"]: json.loads(p.read_text())["reason"]
+              for p in (root / "failed").rglob("*.json")}
+    listed = {e["id"]: e["size"] for e in map(json.loads, manifest.read_text().splitlines())}
+    assert set(failed) == {f"train/chunk1/example_train_{i}" for i in range(10, 16)}
+    for shard, reason in failed.items():
+        assert f"is {len(good)} bytes but the manifest lists {listed[shard]}" in reason, reason
+    done = _done_records(root)
+    assert done["train/chunk1/example_train_16"]["source_size"] == len(good)
+    # A manifest rebuilt from the fixed files, in a new output root, gives the reference.
+    manifest2 = _manifest(tmp_path / "fixed", ds)
+    root2 = tmp_path / "out2"
+    assert _run(_cmd(manifest2, root2, bpe_tokenizer, "--spawn-workers", 2)).returncode == 0
+    got = np.frombuffer(_combined(root2), dtype=np.uint32)
+    assert np.array_equal(got, reference_ids(manifest2, bpe_tokenizer / "tokenizer.json", 0, "train"))
 
 
 # 7. corruption after the fact ------------------------------------------------------------------

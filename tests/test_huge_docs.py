@@ -16,7 +16,8 @@ from corpus import reference_texts, sample_documents, write_shard
 from slimtok.manifest import ShardEntry, write_manifest
 from slimtok.reader import ShardReader, TextPieces, iter_lines
 from slimtok.tokenizer import Encoder, load_tokenizer
-from slimtok.worker import TokenizeSettings, Worker, pin_job
+from slimtok.job import TokenizeSettings, pin_job
+from slimtok.worker import Worker
 
 BACKENDS = ["tokenizers", pytest.param("fastokens", marks=pytest.mark.skipif(
     importlib.util.find_spec("fastokens") is None, reason="fastokens not installed"))]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import zstandard
 
 from corpus import doc_line, make_dataset, reference_ids, sample_documents, slimtok, write_shard
@@ -31,7 +32,9 @@ def test_bad_shards_fail_with_reasons_and_retry_failed_completes(tmp_path, bpe_t
     (ds / "train/chunk1/example_train_11.jsonl.zst").write_bytes(b"")
     (ds / "train/chunk1/example_train_12.jsonl.zst").write_bytes(b'{"text": "not compressed"}\n')
     manifest = _manifest(tmp_path, ds)
-    os.remove(ds / "train/chunk2/example_train_1.jsonl.zst")  # listed, then lost
+    lost = ds / "train/chunk2/example_train_1.jsonl.zst"
+    original = lost.read_bytes()
+    lost.unlink()  # listed, then lost
     root = tmp_path / "out"
     proc = subprocess.run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "2"), capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
@@ -50,18 +53,24 @@ def test_bad_shards_fail_with_reasons_and_retry_failed_completes(tmp_path, bpe_t
     # a plain relaunch does not retry them
     again = subprocess.run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "1"), capture_output=True, text=True)
     assert again.returncode == 1
-    # fix the files, then --retry-failed completes the job
+    # fix the files: the lost one restored as listed is retried and done; the others now differ in
+    # size from the manifest, so they fail again naming both sizes (the manifest must be rebuilt)
     for name in ("example_train_10", "example_train_11", "example_train_12"):
         (ds / f"train/chunk1/{name}.jsonl.zst").write_bytes(good)
-    (ds / "train/chunk2/example_train_1.jsonl.zst").write_bytes(good)
+    lost.write_bytes(original)
     proc = subprocess.run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--retry-failed"),
                           capture_output=True, text=True)
-    # The fixed files differ in size from the manifest; the content is still what the job reads now.
-    assert proc.returncode == 0, proc.stderr
-    assert not list((root / "failed").rglob("*.json"))
-    slimtok("combine", "--output-root", root)
+    assert proc.returncode == 1, proc.stderr
+    failed = {p.relative_to(root / "failed").as_posix()[:-5]: json.loads(p.read_text())["reason"]
+              for p in (root / "failed").rglob("*.json")}
+    assert set(failed) == {f"train/chunk1/example_train_{i}" for i in (10, 11, 12)}
+    assert all(f"is {len(good)} bytes but the manifest lists" in r and "slimtok manifest" in r for r in failed.values())
+    slimtok("combine", "--output-root", root, "--allow-partial")
     got = np.fromfile(root / "train.bin", dtype=np.uint32)
-    assert np.array_equal(got, reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))
+    entries = [e for e in map(json.loads, manifest.read_text().splitlines()) if e["id"] not in failed]
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("".join(orjson.dumps(e).decode() + "\n" for e in entries))
+    assert np.array_equal(got, reference_ids(kept, bpe_tokenizer / "tokenizer.json", 0, "train"))
 
 
 def _big_dataset(root: Path, shards: int = 2, docs: int = 1500) -> Path:
@@ -136,9 +145,10 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes(tmp_path, bpe_tokenizer):
 
 def test_checkpoint_every_spaces_checkpoints_in_time(tmp_path, bpe_tokenizer, monkeypatch):
     """0 checkpoints at every write; a long interval writes none mid-shard; the output is the same."""
-    import slimtok.worker as worker_mod
+    import slimtok.worker.task as worker_mod
+    from slimtok.job import TokenizeSettings, pin_job
     from slimtok.protocol import Checkpoint
-    from slimtok.worker import TokenizeSettings, Worker, pin_job
+    from slimtok.worker import Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=400, holdout_docs=2)
     manifest = _manifest(tmp_path, ds)
@@ -177,8 +187,10 @@ def test_checkpoint_every_spaces_checkpoints_in_time(tmp_path, bpe_tokenizer, mo
 
 def _stopping_run(monkeypatch, settings, on_first_checkpoint):
     """Run one in-process worker in 50-document batches; call ``on_first_checkpoint(worker)`` once."""
-    import slimtok.worker as worker_mod
+    import slimtok.worker.batches as batches_mod
+    import slimtok.worker.task as worker_mod
     from slimtok.protocol import Checkpoint
+    from slimtok.worker import Worker
 
     real_write_record = worker_mod.write_record
     seen = []
@@ -190,8 +202,8 @@ def _stopping_run(monkeypatch, settings, on_first_checkpoint):
             on_first_checkpoint(worker)
 
     monkeypatch.setattr(worker_mod, "write_record", hooked)
-    monkeypatch.setattr(worker_mod, "BATCH_DOCS", 50)
-    worker = worker_mod.Worker(settings, 0)
+    monkeypatch.setattr(batches_mod, "BATCH_DOCS", 50)
+    worker = Worker(settings, 0)
     status = worker.run()
     monkeypatch.setattr(worker_mod, "write_record", real_write_record)
     assert seen, "no checkpoint was written mid-shard"
@@ -199,7 +211,7 @@ def _stopping_run(monkeypatch, settings, on_first_checkpoint):
 
 
 def _one_shard_job(tmp_path):
-    from slimtok.worker import TokenizeSettings, pin_job
+    from slimtok.job import TokenizeSettings, pin_job
 
     ds = make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=400, holdout_docs=2)
     manifest = _manifest(tmp_path, ds)
@@ -215,15 +227,23 @@ def _one_shard_job(tmp_path):
 
 
 def test_shard_rewritten_between_checkpoint_and_resume_starts_over(tmp_path, bpe_tokenizer, monkeypatch, caplog):
-    from slimtok.worker import EXIT_INTERRUPTED, Worker
+    from slimtok.errors import EXIT_INTERRUPTED
+    from slimtok.worker import Worker
 
     shard, manifest, settings_for = _one_shard_job(tmp_path)
     settings = settings_for(bpe_tokenizer)
     status, ckpt = _stopping_run(monkeypatch, settings, lambda w: w.stop.set())
     assert status == EXIT_INTERRUPTED
     assert 0 < ckpt.lines < 400 and ckpt.source_size == shard.stat().st_size
-    # The operator replaces the shard (a re-download, say) before relaunching.
+    # The operator replaces the shard (a re-download, say) before relaunching: other documents, in a
+    # file padded to the listed size with a zstd skippable frame (a size change alone fails the shard).
+    size = shard.stat().st_size
     write_shard(shard, [doc_line(t) for t in sample_documents(300, seed=4242)])
+    pad = size - shard.stat().st_size - 8
+    assert pad >= 0
+    with open(shard, "ab") as f:
+        f.write((0x184D2A50).to_bytes(4, "little") + pad.to_bytes(4, "little") + b"\0" * pad)
+    assert shard.stat().st_size == size
     assert Worker(settings, 0).run() == 0
     [data] = (tmp_path / "out/shards").rglob("*.bin")
     want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")  # reads the new file
@@ -232,15 +252,16 @@ def test_shard_rewritten_between_checkpoint_and_resume_starts_over(tmp_path, bpe
 
 
 def test_shard_changed_while_being_read_fails_then_retry_completes(tmp_path, bpe_tokenizer, monkeypatch):
-    from slimtok.worker import EXIT_SHARDS_FAILED, Worker
+    from slimtok.errors import EXIT_SHARDS_FAILED
+    from slimtok.worker import Worker
 
     shard, manifest, settings_for = _one_shard_job(tmp_path)
 
-    def append_a_document(_worker):
-        with open(shard, "ab") as f:
-            f.write(zstandard.ZstdCompressor().compress(doc_line("a document appended while the shard was being read") + b"\n"))
+    def touch(_worker):  # rewritten in place while being read: same size, a new mtime
+        st = shard.stat()
+        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
 
-    status, _ = _stopping_run(monkeypatch, settings_for(bpe_tokenizer), append_a_document)
+    status, _ = _stopping_run(monkeypatch, settings_for(bpe_tokenizer), touch)
     assert status == EXIT_SHARDS_FAILED
     out = tmp_path / "out"
     [failed] = (out / "failed").rglob("*.json")
@@ -251,18 +272,18 @@ def test_shard_changed_while_being_read_fails_then_retry_completes(tmp_path, bpe
     [data] = (out / "shards").rglob("*.bin")
     want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
     assert np.array_equal(np.fromfile(data, dtype=np.uint32), want)
-    assert len(np.flatnonzero(want == 0)) == 401  # the appended document is in
+    assert len(np.flatnonzero(want == 0)) == 400
 
 
 def test_commit_overlaps_the_next_shard_and_its_claim_stays_fresh(tmp_path, bpe_tokenizer, monkeypatch):
     """A slow commit runs beside the next shard's encoding, and the heartbeat keeps its lock fresh."""
     import threading
 
-    import slimtok.worker as worker_mod
     from slimtok.claims import Claimer
     from slimtok.combine import combine
-    from slimtok.protocol import Holder, LockRecord, read_record
-    from slimtok.worker import ShardTask, TokenizeSettings, Worker, pin_job
+    from slimtok.protocol import Holder, LockRecord, OutputRoot, read_record
+    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.worker import ShardTask, Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
     manifest = _manifest(tmp_path, ds)
@@ -274,7 +295,7 @@ def test_commit_overlaps_the_next_shard_and_its_claim_stays_fresh(tmp_path, bpe_
     stale_seen: list[bool] = []
     real_write, real_commit = ShardTask.write, ShardTask.commit
     # Another host's view of the lock: only its age can make it stale.
-    other = Claimer(worker_mod.OutputRoot(settings.output_root), Holder("elsewhere", "", 1, 0.0, 9, 9), 1.0, "other")
+    other = Claimer(OutputRoot(settings.output_root), Holder("elsewhere", "", 1, 0.0, 9, 9), 1.0, "other")
 
     def write(task):
         events.append(("write", task.entry.id))
@@ -285,7 +306,7 @@ def test_commit_overlaps_the_next_shard_and_its_claim_stays_fresh(tmp_path, bpe_
         if len(stale_seen) == 0:
             for _ in range(25):  # 2.5 s, well past stale_after
                 time.sleep(0.1)
-                lock = worker_mod.OutputRoot(settings.output_root).lock(task.entry.id)
+                lock = OutputRoot(settings.output_root).lock(task.entry.id)
                 stale_seen.append(other.is_stale(lock, read_record(lock, LockRecord)))
         record = real_commit(task)
         events.append(("commit ends", task.entry.id))
@@ -310,7 +331,8 @@ def test_part_files_orphaned_by_a_killed_resume_are_deleted_by_the_next_holder(t
     import shutil
 
     from slimtok.protocol import OutputRoot
-    from slimtok.worker import EXIT_INTERRUPTED, Worker
+    from slimtok.errors import EXIT_INTERRUPTED
+    from slimtok.worker import Worker
 
     shard, manifest, settings_for = _one_shard_job(tmp_path)
     status, ckpt = _stopping_run(monkeypatch, settings_for(bpe_tokenizer), lambda w: w.stop.set())
@@ -335,7 +357,9 @@ def test_a_failed_commit_stops_the_worker_releasing_both_claims_and_a_rerun_comp
     import errno
 
     from slimtok.combine import combine
-    from slimtok.worker import EXIT_FATAL, ShardTask, TokenizeSettings, Worker, pin_job
+    from slimtok.errors import EXIT_FATAL
+    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.worker import ShardTask, Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
     manifest = _manifest(tmp_path, ds)
@@ -367,3 +391,36 @@ def test_a_failed_commit_stops_the_worker_releasing_both_claims_and_a_rerun_comp
     want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
     assert np.array_equal(np.fromfile(out / "train.bin", dtype=np.uint32), want)
     assert not list((out / "shards").rglob("*.part"))
+
+
+def test_an_unexpected_error_in_one_shard_fails_that_shard_only(tmp_path, bpe_tokenizer, monkeypatch):
+    """Any exception while encoding a shard becomes its failed record; the worker goes on, exit 1."""
+    from slimtok.errors import EXIT_SHARDS_FAILED
+    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.tokenizer import Encoder
+    from slimtok.worker import Worker
+
+    ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=20, holdout_docs=2)
+    poisoned = ds / "train/chunk2/example_train_1.jsonl.zst"
+    write_shard(poisoned, [doc_line(t) for t in sample_documents(5, seed=77)] + [doc_line("POISON")])
+    manifest = _manifest(tmp_path, ds)
+    settings = TokenizeSettings(manifest=str(manifest), output_root=str(tmp_path / "out"),
+                                tokenizer=str(bpe_tokenizer), backend="tokenizers")
+    pin_job(settings)
+    real_encode = Encoder.encode
+
+    def encode(self, texts):
+        if "POISON" in texts:
+            raise RecursionError("maximum recursion depth exceeded")  # what no rule foresaw
+        return real_encode(self, texts)
+
+    monkeypatch.setattr(Encoder, "encode", encode)
+    assert Worker(settings, 0).run() == EXIT_SHARDS_FAILED
+    out = tmp_path / "out"
+    [failed] = (out / "failed").rglob("*.json")
+    record = json.loads(failed.read_text())
+    assert record["shard"] == "train/chunk2/example_train_1" and "RecursionError" in record["reason"]
+    done = {p.relative_to(out / "done").as_posix()[:-5] for p in (out / "done").rglob("*.json")}
+    ids = [json.loads(x)["id"] for x in manifest.read_text().splitlines()]
+    assert done == set(ids) - {record["shard"]}
+    assert not list((out / "locks").rglob("*.lock")) and not list((out / "shards").rglob("*.part"))

@@ -14,7 +14,7 @@ import pytest
 
 from corpus import make_dataset, reference_ids, slimtok
 
-from slimtok.worker import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_SHARDS_FAILED
+from slimtok.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_SHARDS_FAILED
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 #: Keys systemd < 254 does not know; the unit documents that they are then ignored.

@@ -139,7 +139,7 @@ def cpu_now() -> float:
 # -- worker processes measured with wait4 -----------------------------------------------------
 
 def settings_for(manifest: Path, root: Path, tokenizer: Path, backend: str, workers: int = 1, **kw):
-    from slimtok.worker import TokenizeSettings
+    from slimtok.job import TokenizeSettings
 
     return TokenizeSettings(manifest=str(manifest), output_root=str(root), tokenizer=str(tokenizer),
                             backend=backend, workers=workers, **kw)
@@ -155,7 +155,7 @@ def run_workers(settings, workers: int) -> list[tuple[float, float, int]]:
     """
     from dataclasses import asdict
 
-    from slimtok.worker import pin_job
+    from slimtok.job import pin_job
 
     pin_job(settings)
     spec = json.dumps(asdict(settings))
@@ -203,7 +203,8 @@ def _vm_hwm() -> int:
 
 def _worker_child(spec: str, index: str, report: str) -> None:
     """A production Worker, timed around run(): writes [start time, cpu, peak rss] to ``report``."""
-    from slimtok.worker import TokenizeSettings, Worker
+    from slimtok.job import TokenizeSettings
+    from slimtok.worker import Worker
 
     data = json.loads(spec)
     data["splits"] = tuple(data["splits"])
@@ -233,17 +234,10 @@ def shard_ids(root: Path, manifest: Path) -> tuple[str, int]:
 # -- sections ---------------------------------------------------------------------------------
 
 def worker_batches(texts: Iterable[str]) -> Iterator[list[str]]:
-    """``texts`` in the batches a worker hands its encoder (BATCH_CHARS characters or BATCH_DOCS)."""
-    from slimtok.worker import BATCH_CHARS, BATCH_DOCS
+    """``texts`` in the batches a worker hands its encoder (the worker's own batching rule)."""
+    from slimtok.worker import batched
 
-    batch, chars = [], 0
-    for text in texts:
-        batch.append(text)
-        chars += len(text)
-        if chars >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
+    for batch, _marks in batched((text, None) for text in texts):
         yield batch
 
 
@@ -412,13 +406,13 @@ def _whole_doc_digest(path: Path, tokenizer: Path) -> str:
 def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, runs: int) -> None:
     from dataclasses import asdict
 
-    from slimtok.worker import pin_job
+    from slimtok.job import pin_job
 
     root = work / "out-startup"
     shutil.rmtree(root, ignore_errors=True)
     settings = settings_for(manifest, root, tokenizer, backend)
     pin_job(settings)
-    code = ("import sys,time,json;t=float(sys.argv[2]);from slimtok.worker import TokenizeSettings,Worker;"
+    code = ("import sys,time,json;t=float(sys.argv[2]);from slimtok.job import TokenizeSettings;from slimtok.worker import Worker;"
             "d=json.loads(sys.argv[1]);d['splits']=tuple(d['splits']);w=Worker(TokenizeSettings(**d),0);"
             "w.encoder.encode(['The first batch.']);print(time.time()-t, w.encoder.backend)")
     times = []
@@ -468,7 +462,7 @@ def bench_claims(table: Table, work: Path, shards: int, workers: int) -> tuple[P
     from dataclasses import asdict
 
     from slimtok.manifest import ShardEntry, write_manifest
-    from slimtok.worker import pin_job
+    from slimtok.job import pin_job
 
     base = work / "claims"
     shutil.rmtree(base, ignore_errors=True)

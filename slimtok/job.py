@@ -1,0 +1,147 @@
+"""The job: what ``slimtok tokenize`` was asked to do, pinned once in ``job.json``.
+
+Reads the manifest and the tokenizer a launch names; writes (first launch only) ``job.json``,
+``manifest.jsonl`` and ``tokenizer/`` into the output root. Every later stage loads the job from
+there: :func:`load_job` for the settings and manifest, :func:`pinned_tokenizer_path` for the exact
+tokenizer the job encodes with.
+
+Invariant: a relaunch runs only if every pinned setting (``JobSettings.PINNED``) equals what it
+asks for; the output root's tokenizer copy always loads to the pinned fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import orjson
+from tokenizers import Tokenizer
+
+from .errors import JobMismatch, TokenizerError
+from .manifest import ShardEntry, manifest_digest, read_manifest
+from .protocol import (DEFAULT_SOURCE_KEY, SPLITS, JobSettings, OutputRoot, create_exclusive, new_token,
+                       read_record, write_atomic)
+from .tokenizer import LoadedTokenizer, load_tokenizer, resolve_dtype
+
+#: Defaults of ``slimtok tokenize`` (the CLI shows these; nothing else re-types them).
+TOKENS_PER_WRITE = 131072
+CHECKPOINT_EVERY = 5.0
+STALE_AFTER = 300.0
+
+
+@dataclass
+class TokenizeSettings:
+    """What ``slimtok tokenize`` was asked to do; the pinned subset lives in job.json."""
+
+    manifest: str
+    output_root: str
+    tokenizer: str
+    tokens_per_write: int = TOKENS_PER_WRITE
+    #: seconds of work between checkpoints (0: at every write); a crash redoes at most this much
+    checkpoint_every: float = CHECKPOINT_EVERY
+    splits: tuple[str, ...] = SPLITS
+    text_key: str = "text"
+    eos_id: int | None = None
+    dtype: str = "uint32"
+    #: dotted path whose value names a document's source ("" for none); pinned in job.json
+    source_key: str = DEFAULT_SOURCE_KEY
+    #: encoder backend (auto|tokenizers|fastokens); not pinned: every backend gives the reference ids
+    backend: str = "auto"
+    retry_failed: bool = False
+    stale_after: float = STALE_AFTER
+    process_index: int = 0
+    process_count: int = 1
+    workers: int = 1
+    launch: str = field(default_factory=new_token)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return max(0.2, min(30.0, self.stale_after / 6))
+
+
+def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: LoadedTokenizer) -> JobSettings:
+    """The job record this launch asks for (compared with job.json by :meth:`JobSettings.differences`)."""
+    return JobSettings(manifest_sha256=manifest_digest(entries), shards=len(entries), tokenizer=tok.source,
+                       tokenizer_sha256=tok.sha256, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id,
+                       eos_token=tok.eos_token, dtype=resolve_dtype(settings.dtype, tok.vocab_size),
+                       text_key=settings.text_key, source_key=settings.source_key)
+
+
+def pin_job(settings: TokenizeSettings) -> JobSettings:
+    """Create job.json on first use, or check a relaunch against it; copy manifest and tokenizer.
+
+    Raises JobMismatch naming each differing setting before anything else is written.
+    """
+    root = OutputRoot(settings.output_root)
+    entries = read_manifest(settings.manifest)
+    tok = load_tokenizer(settings.tokenizer, settings.eos_id)
+    requested = requested_job(settings, entries, tok)
+    tok_text: str | None = None
+    if not root.job.exists():
+        root.root.mkdir(parents=True, exist_ok=True)
+        tok_text = tok.file_json()
+        create_exclusive(root.job, replace(requested, tokenizer_file_sha256=_sha256(tok_text)).to_json())
+    pinned = read_job(root)
+    diffs = pinned.differences(requested)
+    if diffs:
+        raise JobMismatch("was started with other settings; refusing to mix outputs: " + "; ".join(diffs), root.job,
+                          "use the original settings or a new --output-root")
+    if not root.manifest.exists():
+        write_atomic(root.manifest, Path(settings.manifest).read_bytes())
+    tok_file = root.tokenizer_file
+    if not tok_file.exists():
+        write_atomic(root.tokenizer_config_file, _tokenizer_config(pinned.eos_token))
+        tok_text = tok_text or tok.file_json()
+        if _sha256(tok_text) != pinned.tokenizer_file_sha256:  # another writer's form: the canonical one
+            tok_text = tok.to_json()
+        write_atomic(tok_file, tok_text.encode())
+    return pinned
+
+
+def read_job(root: OutputRoot) -> JobSettings:
+    """job.json of an output root; JobMismatch saying what to do when it is missing or unreadable."""
+    job = read_record(root.job, JobSettings)
+    if job is None:
+        state = "is not a slimtok job record" if root.job.exists() else "is missing"
+        raise JobMismatch(f"{state}: is {root.root} a slimtok output root?", root.job,
+                          "run `slimtok tokenize` with this --output-root to create the job")
+    return job
+
+
+def load_job(root: OutputRoot) -> tuple[JobSettings, list[ShardEntry]]:
+    """The pinned settings and the pinned copy of the manifest of an output root."""
+    return read_job(root), read_manifest(root.manifest)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _tokenizer_config(eos_token: str | None) -> bytes:
+    return orjson.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos_token},
+                        option=orjson.OPT_INDENT_2)
+
+
+def pinned_tokenizer_path(root: OutputRoot, job: JobSettings) -> Path:
+    """The job's own copy of ``tokenizer.json``, checked against the pinned fingerprint.
+
+    The copy was written as the tokenizer's canonical JSON (sha256 = the fingerprint) or in the
+    compact form that was proven to load back to it (sha256 recorded beside the fingerprint), so
+    the file's own sha256 suffices: no re-serialization or vocabulary walk at every worker start.
+    """
+    path = root.tokenizer_file
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise TokenizerError("is missing: the output root's tokenizer copy was removed", path,
+                             "relaunch `slimtok tokenize` with the original --tokenizer to write it again") from None
+    if digest not in {job.tokenizer_sha256, job.tokenizer_file_sha256}:
+        raise TokenizerError("does not match job.json's tokenizer_sha256: the output root was modified", path,
+                             "delete it and relaunch `slimtok tokenize` with the original --tokenizer")
+    return path
+
+
+def load_pinned_tokenizer(root: OutputRoot, job: JobSettings) -> Tokenizer:
+    """The job's own copy of the tokenizer, checked as :func:`pinned_tokenizer_path` says."""
+    return Tokenizer.from_file(str(pinned_tokenizer_path(root, job)))  # from_file peaks lower than from_str

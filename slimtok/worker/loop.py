@@ -1,0 +1,335 @@
+"""One worker process: claims shards in preference order until every selected shard is settled.
+
+Reads the manifest and ``job.json``; writes, besides what each :class:`ShardTask` writes,
+``heartbeats/<worker>.json`` (at start, at each claim and every few seconds) and ``failed/<id>.json``
+for a shard that cannot be tokenized.
+
+Invariants:
+
+* any error while reading, parsing or encoding a shard becomes that shard's failed record (file
+  and reason), its claim is released and the worker goes on; only the output root failing
+  (OSError while writing there) or a signal stops the worker;
+* a written shard is committed on the worker's commit thread while the next shard is encoded; at
+  most one commit is in flight, its claim stays held and heartbeated until it ends, and the worker
+  waits for it before exiting, also on a signal.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+
+import psutil
+
+from ..claims import Claim, Claimer, current_holder, preference_order
+from ..errors import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, Interrupted, LostClaim,
+                      ShardError, SlimtokError)
+from ..job import TokenizeSettings, pinned_tokenizer_path, read_job
+from ..manifest import ShardEntry, read_manifest
+from ..protocol import (Checkpoint, FailedRecord, Heartbeat, JobSettings, LockRecord, OutputRoot, read_record,
+                        worker_name, write_record)
+from ..tokenizer import BackendReport, Encoder
+from .stats import Stats
+from .task import ShardTask, TaskContext
+
+#: Seconds between looks at shards other workers hold: doubling from the first to the longest.
+POLL_FIRST = 0.1
+POLL_LONGEST = 5.0
+
+log = logging.getLogger("slimtok.worker")
+
+
+class Worker:
+    """One worker process: claims shards in preference order until every selected shard is settled."""
+
+    def __init__(self, settings: TokenizeSettings, worker_index: int):
+        self.settings = settings
+        self.index = worker_index
+        self.root = OutputRoot(settings.output_root)
+        self.job = read_job(self.root)
+        self.entries = read_manifest(settings.manifest)
+        # A path, not a loaded tokenizer: the encoder then loads fastokens first (the lower peak).
+        self.encoder = Encoder(pinned_tokenizer_path(self.root, self.job), self.job.eos_token_id, self.job.dtype,
+                               settings.backend)
+        if settings.process_index == 0 and worker_index == 0:
+            _record_backend(self.root, self.encoder.report)
+        self.me = current_holder(settings.process_index, worker_index)
+        self.name = worker_name(self.me.host, settings.process_index, worker_index)
+        self.claimer = Claimer(self.root, self.me, settings.stale_after, self.name)
+        self.stats = Stats()
+        self.stop = threading.Event()
+        self.lost_tokens: set[str] = set()  # claims the heartbeat found taken over
+        self.current: Claim | None = None  # the claim being encoded
+        # Every claim still held: the one being encoded and the one being committed. The heartbeat
+        # refreshes all of them; only the worker thread and the commit thread change the dict.
+        self._held: dict[str, Claim] = {}
+        self._held_lock = threading.Lock()
+        # One commit at a time runs on this thread, overlapped with encoding the next shard.
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self._commit_pending: Future[None] | None = None
+        self._proc = psutil.Process()
+        self._readings = (0.0, 0.0, 0.0)  # tokens/s, CPU %, host CPU % at the last heartbeat tick
+        self.failed = 0
+
+    def task_context(self) -> TaskContext:
+        """What this worker's shard tasks may use."""
+        return TaskContext(root=self.root, job=self.job, encoder=self.encoder, stats=self.stats, host=self.me.host,
+                           name=self.name, tokens_per_write=self.settings.tokens_per_write,
+                           checkpoint_every=self.settings.checkpoint_every, check_running=self.check_running,
+                           holds=self.holds)
+
+    def check_running(self, claim: Claim | None = None) -> None:
+        """Raise at a safe point if a signal asked us to stop or ``claim`` was taken over."""
+        if claim is not None and claim.token in self.lost_tokens:
+            raise LostClaim(f"{claim.shard}: lock taken over by another worker; stopping this copy")
+        if self.stop.is_set():
+            raise Interrupted()
+
+    def holds(self, claim: Claim) -> bool:
+        return claim.token not in self.lost_tokens and self.claimer.holds(claim)
+
+    def run(self) -> int:
+        """Process shards; returns an exit status (see slimtok.errors.EXIT_*)."""
+        # What exists now (manifest entries, tokenizers) lives as long as the worker: frozen, the
+        # collections that each document's parsed dict triggers do not walk it again and again.
+        gc.freeze()
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            try:
+                self._loop()
+            finally:  # also on a signal: the shard already written is published, not redone
+                self._drain_commits()
+        except Interrupted:
+            log.warning("%s: stopped on signal; progress is checkpointed, relaunch to resume", self.name)
+            return EXIT_INTERRUPTED
+        except OSError as exc:
+            log.error("%s: cannot write under %s: %s; progress up to the last checkpoint is kept, "
+                      "fix the cause and relaunch", self.name, self.root.root, exc)
+            return EXIT_FATAL
+        except Exception:  # outside any shard: a bug or a broken environment, never a shard's fault
+            log.exception("%s: stopped by an unexpected error outside any shard; relaunch to resume", self.name)
+            return EXIT_FATAL
+        finally:
+            self.stop.set()
+            beat.join(timeout=5)
+            self._write_heartbeat("exited")
+        return EXIT_SHARDS_FAILED if self.failed else EXIT_OK
+
+    def _loop(self) -> None:
+        s = self.settings
+        order = preference_order(len(self.entries), s.process_index, s.process_count, self.index, s.workers)
+        # This worker's own slice of the manifest: each shard is in exactly one worker's slice.
+        own = len(range(s.process_index, len(self.entries), s.process_count)[self.index::s.workers])
+        waiting = []
+        for k, pos in enumerate(order):
+            entry = self.entries[pos]
+            if entry.split not in s.splits:
+                continue
+            outcome = self._attempt(entry)
+            if outcome == "busy":
+                waiting.append(entry)
+            elif outcome == "settled" and k < own:
+                self.claimer.clear_leftover(entry.id)
+        self._await_commit()  # before a possibly long wait: publish our last shard, surface its error
+        if waiting:
+            log.info("%s: %d shard(s) held by other workers; watching them for completion or staleness",
+                     self.name, len(waiting))
+        # Look again soon, then back off: the last shards of a launch usually finish within
+        # seconds, while a long wait (a lost node) only needs checking a few times per stale_after.
+        poll, longest = POLL_FIRST, max(POLL_FIRST, min(POLL_LONGEST, s.stale_after / 4))
+        while waiting:
+            self.stop.wait(poll)
+            self.check_running()
+            waiting = [e for e in waiting if self._attempt(e) == "busy"]
+            poll = min(poll * 2, longest)
+
+    def _settled(self, entry: ShardEntry) -> bool:
+        if self.root.done(entry.id).exists():
+            return True
+        failed = read_record(self.root.failed(entry.id), FailedRecord)
+        return failed is not None and (not self.settings.retry_failed or failed.launch == self.settings.launch)
+
+    def _attempt(self, entry: ShardEntry) -> str:
+        """'settled' when the shard needs nothing from us, 'busy' when another worker holds it,
+        'processed' when we wrote it (its commit may still be in flight, under our lock)."""
+        self.check_running()
+        if self._settled(entry):
+            return "settled"
+        claim = self.claimer.try_claim(entry.id)
+        if claim is None:
+            return "busy"
+        if self._settled(entry):  # finished between our look and our claim
+            self.claimer.release(claim)
+            return "settled"
+        self._process(entry, claim)
+        return "processed"
+
+    def _process(self, entry: ShardEntry, claim: Claim) -> None:
+        """Write the shard on this thread, then hand its commit to the commit thread."""
+        self._hold(claim)
+        self.current = claim
+        self._write_heartbeat("working")  # status shows this shard from the moment it is claimed
+        task = ShardTask(self.task_context(), entry, claim)
+        log.info("%s: claimed %s (%s)%s", self.name, entry.id, claim.token,
+                 f", taking over from {_describe(claim.previous)}" if claim.previous else "")
+        try:
+            task.write()
+        except BaseException as exc:
+            if not self._settle_after(task, exc):
+                raise
+            return
+        finally:
+            self.current = None
+        try:
+            self._await_commit()  # at most one commit in flight: its syncs overlap this shard's encoding
+        except BaseException as exc:  # the previous commit failed: this shard is not committed either
+            task.abandon()
+            self._settle_after(task, exc)
+            raise
+        self._commit_pending = self._committer.submit(self._commit, task)
+
+    def _commit(self, task: ShardTask) -> None:
+        """On the commit thread: publish one written shard, then release its claim."""
+        try:
+            record = task.commit()
+        except BaseException as exc:
+            if not self._settle_after(task, exc):
+                raise
+            return
+        try:
+            self.claimer.release(task.claim)
+        finally:
+            self._unhold(task.claim)
+        self.stats.shards_done += 1
+        log.info("%s: done %s: %d documents, %d tokens, %d skipped lines in %.1fs", self.name, task.entry.id,
+                 record.documents, record.tokens, sum(record.skipped.values()), record.seconds)
+
+    def _settle_after(self, task: ShardTask, exc: BaseException) -> bool:
+        """Leave the shard's files and claim as ``exc`` requires; False when it must propagate."""
+        try:
+            if isinstance(exc, LostClaim):
+                log.warning("%s", exc)
+                task.data.path.unlink(missing_ok=True)
+                task.table.path.unlink(missing_ok=True)
+            elif isinstance(exc, Interrupted):
+                self.claimer.release(task.claim)  # the checkpoint stays: any worker resumes at once
+                return False
+            elif isinstance(exc, ShardError):
+                self._fail(task, exc.message if exc.path == task.entry.path else str(exc))
+            elif isinstance(exc, SlimtokError):
+                self._fail(task, str(exc))
+            elif isinstance(exc, OSError) and not _is_input_error(exc, task):
+                self._release_keeping_checkpoint(task)
+                return False
+            elif isinstance(exc, Exception):  # a bug or an input no rule foresaw: this shard only
+                log.exception("%s: unexpected error in %s", self.name, task.entry.id)
+                self._fail(task, f"unexpected {type(exc).__name__} while tokenizing: {exc}")
+            else:
+                return False
+            return True
+        finally:
+            self._unhold(task.claim)
+
+    def _hold(self, claim: Claim) -> None:
+        with self._held_lock:
+            self._held[claim.token] = claim
+
+    def _unhold(self, claim: Claim) -> None:
+        with self._held_lock:
+            self._held.pop(claim.token, None)
+
+    def _drain_commits(self) -> None:
+        """Wait for the last commit and stop the commit thread (raises that commit's OSError)."""
+        try:
+            self._await_commit()
+        finally:
+            self._committer.shutdown()
+
+    def _await_commit(self) -> None:
+        """Wait for the commit in flight; its OSError (the output root failing) is raised here."""
+        pending, self._commit_pending = self._commit_pending, None
+        if pending is not None:
+            pending.result()
+
+    def _release_keeping_checkpoint(self, task: ShardTask) -> None:
+        ckpt = read_record(self.root.checkpoint(task.entry.id), Checkpoint)
+        if ckpt is None or ckpt.token != task.claim.token:
+            task.data.path.unlink(missing_ok=True)
+            task.table.path.unlink(missing_ok=True)
+        self.claimer.release(task.claim)
+
+    def _fail(self, task: ShardTask, reason: str) -> None:
+        """Record why the shard failed, drop its partial output and move on."""
+        entry = task.entry
+        self.failed += 1
+        line = reason.replace("\n", " ")
+        log.error("%s: shard %s failed: %s: %s", self.name, entry.id, entry.path, line)
+        write_record(self.root.failed(entry.id),
+                     FailedRecord(shard=entry.id, path=entry.path, reason=line, host=self.me.host,
+                                  pid=self.me.pid, launch=self.settings.launch, failed_at=time.time()))
+        task.data.path.unlink(missing_ok=True)
+        task.table.path.unlink(missing_ok=True)
+        self.root.checkpoint(entry.id).unlink(missing_ok=True)
+        self.claimer.release(task.claim)
+
+    # -- heartbeat --------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        self._proc.cpu_percent(None)
+        psutil.cpu_percent(None)  # both count from here: the first real reading covers one interval
+        self._write_heartbeat("starting")  # so status lists the worker before its first interval ends
+        last = (time.time(), 0)
+        while not self.stop.wait(self.settings.heartbeat_interval):
+            with self._held_lock:
+                held = list(self._held.values())
+            for claim in held:
+                if not self.claimer.refresh(claim):
+                    self.lost_tokens.add(claim.token)
+            claim = self.current
+            now = time.time()
+            rate = (self.stats.tokens - last[1]) / max(now - last[0], 1e-6)
+            last = (now, self.stats.tokens)
+            self._write_heartbeat("working" if claim else "waiting", rate)
+
+    def _write_heartbeat(self, state: str, rate: float | None = None) -> None:
+        """Write this worker's heartbeat. With ``rate`` (a tick) CPU use is measured since the last
+        tick; without (a claim) the last tick's readings are repeated, so intervals stay whole."""
+        claim = self.current
+        if rate is not None:
+            self._readings = (rate, self._proc.cpu_percent(None), psutil.cpu_percent(None))
+        rate, cpu, host_cpu = self._readings
+        try:
+            write_record(self.root.heartbeat(self.name), Heartbeat(
+                worker=self.name, host=self.me.host, pid=self.me.pid, process_index=self.me.process_index,
+                worker_index=self.index, shard=claim.shard if claim else None, state=state,
+                documents=self.stats.documents, tokens=self.stats.tokens, text_chars=self.stats.text_chars,
+                shards_done=self.stats.shards_done, tokens_per_second=round(rate, 1), cpu_percent=cpu,
+                rss_bytes=self._proc.memory_info().rss, updated_at=time.time(), started_at=self.stats.started,
+                interval=self.settings.heartbeat_interval, host_cpu_percent=host_cpu,
+                host_cpus=psutil.cpu_count() or 0), durable=False)
+        except OSError as exc:  # a full disk must not kill the heartbeat thread silently
+            log.warning("%s: cannot write heartbeat: %s", self.name, exc)
+
+
+def _is_input_error(exc: OSError, task: ShardTask) -> bool:
+    """Whether an OSError is about the input shard (a shard failure), not the output root."""
+    return exc.filename is not None and str(exc.filename) == str(task.entry.path)
+
+
+def _record_backend(root: OutputRoot, report: BackendReport) -> None:
+    """Note the backend in job.json's unpinned fields (atomic replace; pinned fields are kept as read)."""
+    job = read_record(root.job, JobSettings)
+    noted = replace(job, backend_requested=report.requested, backend=report.backend,
+                    backend_verification=report.verification) if job else None
+    if noted is not None and noted != job:
+        write_record(root.job, noted)
+
+
+def _describe(record: LockRecord | None) -> str:
+    if record is None:
+        return "nobody"
+    return f"{record.host} pid {record.pid} (process {record.process_index}, worker {record.worker})"
