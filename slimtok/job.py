@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 from tokenizers import Tokenizer
 
-from .errors import JobMismatch, TokenizerError
+from .errors import JobMismatch, ManifestError, TokenizerError
 from .manifest import ShardEntry, manifest_digest, read_manifest
 from .protocol import (DEFAULT_SOURCE_KEY, SPLITS, JobSettings, OutputRoot, create_exclusive, new_token,
                        read_record, write_atomic)
@@ -84,6 +84,9 @@ def pin_job(settings: TokenizeSettings) -> JobSettings:
         create_exclusive(root.job, replace(requested, tokenizer_file_sha256=_sha256(tok_text)).to_json())
     pinned = read_job(root)
     diffs = pinned.differences(requested)
+    if pinned.manifest_sha256 != requested.manifest_sha256:
+        diffs = [d for d in diffs if not d.startswith("manifest_sha256:")]
+        diffs.insert(0, manifest_change(root, entries))
     if diffs:
         raise JobMismatch("was started with other settings; refusing to mix outputs: " + "; ".join(diffs), root.job,
                           "use the original settings or a new --output-root")
@@ -97,6 +100,25 @@ def pin_job(settings: TokenizeSettings) -> JobSettings:
             tok_text = tok.to_json()
         write_atomic(tok_file, tok_text.encode())
     return pinned
+
+
+def manifest_change(root: OutputRoot, entries: list[ShardEntry]) -> str:
+    """What differs between the pinned copy of the manifest and ``entries``, in words."""
+    try:
+        pinned = read_manifest(root.manifest)
+    except ManifestError:
+        return "manifest: differs from the one the job was pinned to (its copy in the output root is unreadable)"
+    where = next((i for i, (a, b) in enumerate(zip(pinned, entries))
+                  if (a.id, a.split, a.size) != (b.id, b.split, b.size)), min(len(pinned), len(entries)))
+    text = f"manifest: pinned {len(pinned)} shards, requested {len(entries)}"
+    if where < min(len(pinned), len(entries)):
+        a, b = pinned[where], entries[where]
+        text += (f"; line {where + 1} differs: pinned {a.id} ({a.split}, {a.size} bytes), "
+                 f"requested {b.id} ({b.split}, {b.size} bytes)")
+    elif len(pinned) != len(entries):
+        extra = (pinned if len(pinned) > len(entries) else entries)[where]
+        text += f"; first shard only in the {'pinned' if len(pinned) > len(entries) else 'requested'} one: {extra.id}"
+    return text
 
 
 def read_job(root: OutputRoot) -> JobSettings:

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 from .manifest import read_manifest
 from .protocol import Heartbeat, OutputRoot, hostname, read_record, worker_name
-from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, LaunchError
+from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, LaunchError, OutputError
 from .job import TokenizeSettings, pin_job
 from .worker import worker_main
 
@@ -130,7 +130,11 @@ def _duration(seconds: float) -> str:
 def tokenize(settings: TokenizeSettings, progress: Callable[[str], None] | None = None,
              progress_every: float = 10.0) -> int:
     """Pin the job, run ``settings.workers`` workers to completion, and return the exit status."""
-    pin_job(settings)
+    try:
+        pin_job(settings)
+    except OSError as exc:
+        raise OutputError(f"cannot write the job's files: {exc.strerror or exc}", exc.filename or settings.output_root,
+                          "free space or fix permissions on the output root, then relaunch the same command") from exc
     # Each worker is one process with one encoder thread: cores are shared out by process count.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAYON_NUM_THREADS", "1")

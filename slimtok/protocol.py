@@ -20,6 +20,7 @@ Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_tra
     documents/<id>.docs           finished document table of a shard               DOC_TABLE_DTYPE
     done/<id>.json                commit record of a finished shard (exclusive)    DoneRecord
     failed/<id>.json              why a shard could not be read                    FailedRecord
+    done/<dir>/.<name>.corrupt-<token>  an unparsable done record, set aside by a worker that redoes the shard
     heartbeats/<worker>.json      liveness and throughput of one worker             Heartbeat
     probes/<worker>               touched to read the file server's clock
     logs/<worker>.log             one worker's log
@@ -362,6 +363,10 @@ class OutputRoot:
 
     def done(self, shard: str) -> Path:
         return self.root / "done" / f"{shard}.json"
+
+    def corrupt_aside(self, record: Path) -> Path:
+        """Where an unparsable record is kept for inspection (``.*`` names are never listed as ids)."""
+        return record.with_name(f".{record.name}.corrupt-{new_token()}")
 
     def failed(self, shard: str) -> Path:
         return self.root / "failed" / f"{shard}.json"

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import psutil
 
@@ -30,7 +32,7 @@ from ..errors import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED,
                       ShardError, SlimtokError)
 from ..job import TokenizeSettings, pinned_tokenizer_path, read_job
 from ..manifest import ShardEntry, read_manifest
-from ..protocol import (Checkpoint, FailedRecord, Heartbeat, JobSettings, LockRecord, OutputRoot, read_record,
+from ..protocol import (Checkpoint, DoneRecord, FailedRecord, Heartbeat, JobSettings, LockRecord, OutputRoot, read_record,
                         worker_name, write_record)
 from ..tokenizer import BackendReport, Encoder
 from .stats import Stats
@@ -149,10 +151,24 @@ class Worker:
             poll = min(poll * 2, longest)
 
     def _settled(self, entry: ShardEntry) -> bool:
-        if self.root.done(entry.id).exists():
-            return True
+        done = self.root.done(entry.id)
+        if done.exists():
+            if read_record(done, DoneRecord) is not None:
+                return True
+            self._set_aside_corrupt(done)
         failed = read_record(self.root.failed(entry.id), FailedRecord)
         return failed is not None and (not self.settings.retry_failed or failed.launch == self.settings.launch)
+
+    def _set_aside_corrupt(self, done: Path) -> None:
+        """A done record that cannot be parsed means the shard is not done: every stage says so
+        (status: pending, combine: missing). Renamed aside so the shard is redone and recommitted."""
+        aside = self.root.corrupt_aside(done)
+        try:
+            os.replace(done, aside)
+        except FileNotFoundError:
+            return  # another worker set it aside first
+        log.warning("%s: %s is not a readable done record; kept as %s, the shard will be tokenized again",
+                    self.name, done, aside.name)
 
     def _attempt(self, entry: ShardEntry) -> str:
         """'settled' when the shard needs nothing from us, 'busy' when another worker holds it,

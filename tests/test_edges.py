@@ -1,0 +1,74 @@
+"""Edges of the job and its records: a corrupt done record, a changed manifest, a full disk at pinning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from corpus import make_dataset, reference_ids, slimtok
+
+
+def _job(tmp_path, tokenizer, shards=3):
+    ds = make_dataset(tmp_path / "ds", train_shards=shards, docs_per_shard=12, holdout_docs=2)
+    slimtok("manifest", "--dataset-dir", ds, "--output-dir", tmp_path / "m")
+    return ds, tmp_path / "m/manifest.jsonl"
+
+
+def _tokenize(manifest, root, tokenizer, *extra, check=True):
+    return slimtok("tokenize", "--manifest", manifest, "--output-root", root, "--tokenizer", tokenizer,
+                   "--spawn-workers", 1, "--quiet", *extra, check=check)
+
+
+def test_a_truncated_done_record_is_redone_by_tokenize_and_named_by_combine(tmp_path, bpe_tokenizer):
+    _ds, manifest = _job(tmp_path, bpe_tokenizer)
+    root = tmp_path / "out"
+    _tokenize(manifest, root, bpe_tokenizer)
+    victim = root / "done/train/chunk1/example_train_0.json"
+    victim.write_bytes(victim.read_bytes()[:40])  # a torn write the filesystem let through
+    proc = slimtok("combine", "--output-root", root, check=False)
+    assert proc.returncode == 2 and "train/chunk1/example_train_0" in proc.stderr
+    _tokenize(manifest, root, bpe_tokenizer)  # the same verdict: not done, so it is tokenized again
+    assert json.loads(victim.read_text())["shard"] == "train/chunk1/example_train_0"
+    assert list(victim.parent.glob(".example_train_0.json.corrupt-*"))  # kept aside for inspection
+    slimtok("combine", "--output-root", root)
+    got = np.fromfile(root / "train.bin", dtype=np.uint32)
+    assert np.array_equal(got, reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))
+
+
+def test_a_relaunch_with_another_manifest_says_what_changed(tmp_path, bpe_tokenizer):
+    ds, manifest = _job(tmp_path, bpe_tokenizer)
+    root = tmp_path / "out"
+    _tokenize(manifest, root, bpe_tokenizer)
+    lines = manifest.read_text().splitlines()
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(lines[:1] + lines[2:]) + "\n")  # the second shard dropped
+    proc = _tokenize(other, root, bpe_tokenizer, check=False)
+    second, third = json.loads(lines[1])["id"], json.loads(lines[2])["id"]
+    assert proc.returncode == 2
+    assert f"pinned {len(lines)} shards, requested {len(lines) - 1}" in proc.stderr
+    assert f"line 2 differs: pinned {second}" in proc.stderr and f"requested {third}" in proc.stderr
+    assert "manifest_sha256" not in proc.stderr
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_while_pinning_the_job_is_exit_3_naming_the_file(tmp_path, tiny_fs, qwen3_tokenizer):
+    _ds, manifest = _job(tmp_path, qwen3_tokenizer, shards=1)
+    proc = _tokenize(manifest, tiny_fs / "out", qwen3_tokenizer, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr and "No space left on device" in proc.stderr
+    assert str(tiny_fs / "out") in proc.stderr
