@@ -157,7 +157,7 @@ def test_settings_drift_is_refused_before_writing(tmp_path, bpe_tokenizer, qwen3
     write_shard(tmp_path / "ds/train/chunk1/example_train_9.jsonl.zst", [doc_line("new shard")])
     other = _manifest(tmp_path, tmp_path / "ds")
     proc = _tokenize(other, root, bpe_tokenizer, check=False)
-    assert proc.returncode == 2 and "manifest_sha256" in proc.stderr
+    assert proc.returncode == 2 and "manifest: pinned" in proc.stderr
     after = sorted(p.relative_to(root) for p in root.rglob("*") if "heartbeats" not in p.parts)
     assert before == after
 

@@ -54,11 +54,8 @@ class Worker:
         self.root = OutputRoot(settings.output_root)
         self.job = read_job(self.root)
         self.entries = read_manifest(settings.manifest)
-        # A path, not a loaded tokenizer: the encoder then loads fastokens first (the lower peak).
-        self.encoder = Encoder(pinned_tokenizer_path(self.root, self.job), self.job.eos_token_id, self.job.dtype,
-                               settings.backend)
-        if settings.process_index == 0 and worker_index == 0:
-            _record_backend(self.root, self.encoder.report)
+        self.tokenizer_path = pinned_tokenizer_path(self.root, self.job)
+        self._encoder: Encoder | None = None
         self.me = current_holder(settings.process_index, worker_index)
         self.name = worker_name(self.me.host, settings.process_index, worker_index)
         self.claimer = Claimer(self.root, self.me, settings.stale_after, self.name)
@@ -76,6 +73,17 @@ class Worker:
         self._proc = psutil.Process()
         self._readings = (0.0, 0.0, 0.0)  # tokens/s, CPU %, host CPU % at the last heartbeat tick
         self.failed = 0
+
+    @property
+    def encoder(self) -> Encoder:
+        """Loaded at the first claim, so a worker that finds nothing to do never loads a tokenizer."""
+        if self._encoder is None:
+            # A path, not a loaded tokenizer: the encoder then loads fastokens first (the lower peak).
+            self._encoder = Encoder(self.tokenizer_path, self.job.eos_token_id, self.job.dtype, self.settings.backend)
+            if self.settings.process_index == 0 and self.index == 0:
+                _record_backend(self.root, self._encoder.report)
+            gc.freeze()  # the tokenizers live as long as the worker: keep collections from walking them
+        return self._encoder
 
     def task_context(self) -> TaskContext:
         """What this worker's shard tasks may use."""
