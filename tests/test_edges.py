@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-
 import numpy as np
 import pytest
 
-from corpus import make_dataset, reference_ids, slimtok
+from corpus import make_dataset, reference_ids, slimtok, tmpfs
 
 
 def _job(tmp_path, tokenizer, shards=3):
@@ -55,15 +53,8 @@ def test_a_relaunch_with_another_manifest_says_what_changed(tmp_path, bpe_tokeni
 
 @pytest.fixture
 def tiny_fs(tmp_path):
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "tiny", "64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_full_disk_while_pinning_the_job_is_exit_3_naming_the_file(tmp_path, tiny_fs, qwen3_tokenizer):

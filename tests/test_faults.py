@@ -22,7 +22,7 @@ import psutil
 import pytest
 import zstandard
 
-from corpus import doc_line, make_dataset, reference_ids, sample_documents, slimtok, write_shard
+from corpus import doc_line, make_dataset, reference_ids, sample_documents, slimtok, tmpfs, write_shard
 
 
 def _manifest(tmp_path: Path, dataset: Path) -> Path:
@@ -203,16 +203,8 @@ def test_stopped_worker_loses_its_shard_and_stands_down_when_woken(tmp_path, bpe
 
 @pytest.fixture
 def small_fs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "640k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_exits_clearly_keeps_progress_and_resumes_identically(tmp_path, small_fs, bpe_tokenizer):
