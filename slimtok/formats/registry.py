@@ -1,0 +1,60 @@
+"""The one list of input formats slimtok reads: file-name suffix -> record layout and compression.
+
+manifest (which files are shards, and their ids), mirror (which recorded files are shards) and the
+reader (how to open one) all ask this module; a suffix missing here is read by none of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from ..errors import FormatError
+
+#: Record layouts: JSON lines, a parquet file, an Arrow IPC stream (``datasets.save_to_disk``).
+JSONL, PARQUET, ARROW = "jsonl", "parquet", "arrow"
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """One readable file kind. ``compression`` names a stream in :mod:`slimtok.formats.streams`."""
+
+    suffix: str
+    layout: str
+    compression: str = ""
+
+
+#: Longest suffix first, so ``x.jsonl.zst`` is never taken for ``x.jsonl`` + ``.zst``.
+FORMATS: tuple[InputFormat, ...] = tuple(sorted((
+    InputFormat(".jsonl.zst", JSONL, "zstd"),
+    InputFormat(".jsonl.gz", JSONL, "gzip"),
+    InputFormat(".json.gz", JSONL, "gzip"),
+    InputFormat(".jsonl.bz2", JSONL, "bz2"),
+    InputFormat(".jsonl.xz", JSONL, "xz"),
+    InputFormat(".jsonl", JSONL),
+    InputFormat(".zst", JSONL, "zstd"),
+    InputFormat(".parquet", PARQUET),
+    InputFormat(".arrow", ARROW),
+), key=lambda f: -len(f.suffix)))
+SUFFIXES: tuple[str, ...] = tuple(f.suffix for f in FORMATS)
+
+
+def format_of(name: str | PurePath) -> InputFormat | None:
+    """The format a file name ends in, or None when slimtok does not read it."""
+    name = PurePath(name).name if isinstance(name, PurePath) else name.rsplit("/", 1)[-1]
+    return next((f for f in FORMATS if name.endswith(f.suffix) and len(name) > len(f.suffix)), None)
+
+
+def require_format(path: str | PurePath) -> InputFormat:
+    """The format of ``path``; :class:`FormatError` listing the supported suffixes when there is none."""
+    fmt = format_of(path)
+    if fmt is None:
+        raise FormatError(f"not a shard format slimtok reads (supported suffixes: {', '.join(SUFFIXES)})",
+                          path, "rename the file to its format's suffix or narrow --pattern to shard files")
+    return fmt
+
+
+def strip_suffix(name: str) -> str:
+    """``name`` without its format suffix (a shard id's last component); unchanged when unknown."""
+    fmt = format_of(name)
+    return name[: -len(fmt.suffix)] if fmt else name
