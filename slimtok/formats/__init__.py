@@ -5,6 +5,6 @@ cuts lines; ``jsonl`` parses a line and classifies skips; ``pieces`` decodes hug
 ``columnar`` reads parquet and Arrow IPC batches. ``slimtok.reader.ShardReader`` puts them together.
 """
 
-from .registry import FORMATS, SUFFIXES, InputFormat, format_of, require_format, strip_suffix
+from .registry import FORMATS, SUFFIXES, InputFormat, format_of, strip_suffix
 
-__all__ = ["FORMATS", "SUFFIXES", "InputFormat", "format_of", "require_format", "strip_suffix"]
+__all__ = ["FORMATS", "SUFFIXES", "InputFormat", "format_of", "strip_suffix"]

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from ..errors import FormatError
-
 #: Record layouts: JSON lines, a parquet file, an Arrow IPC stream (``datasets.save_to_disk``).
 JSONL, PARQUET, ARROW = "jsonl", "parquet", "arrow"
 
@@ -43,15 +41,6 @@ def format_of(name: str | PurePath) -> InputFormat | None:
     """The format a file name ends in, or None when slimtok does not read it."""
     name = PurePath(name).name if isinstance(name, PurePath) else name.rsplit("/", 1)[-1]
     return next((f for f in FORMATS if name.endswith(f.suffix) and len(name) > len(f.suffix)), None)
-
-
-def require_format(path: str | PurePath) -> InputFormat:
-    """The format of ``path``; :class:`FormatError` listing the supported suffixes when there is none."""
-    fmt = format_of(path)
-    if fmt is None:
-        raise FormatError(f"not a shard format slimtok reads (supported suffixes: {', '.join(SUFFIXES)})",
-                          path, "rename the file to its format's suffix or narrow --pattern to shard files")
-    return fmt
 
 
 def strip_suffix(name: str) -> str:
