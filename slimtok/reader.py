@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import ShardReadError
-from .formats.jsonl import NO_SOURCE, is_blank, load_object, source_of, text_of
+from .formats.jsonl import NO_SOURCE, load_object, source_of, text_of
 from .formats.pieces import Text, TextPieces, huge_record
 from .formats.registry import JSONL, PARQUET, SUFFIXES, InputFormat, format_of
 from .formats.streams import Buffer, data_blocks, split_blocks
@@ -111,9 +111,10 @@ class ShardReader:
         # Replaced, never changed in place: a reference taken after a document stays its snapshot.
         self.skipped = {**self.skipped, reason: self.skipped.get(reason, 0) + lines}
         self._quiet += weight
-        if self._quiet >= PAUSE_EVERY and self._pause is not None:
+        if self._quiet >= PAUSE_EVERY:
             self._quiet = 0
-            self._pause()
+            if self._pause is not None:
+                self._pause()
 
     def _after_start(self, lines: Iterator[Buffer | int]) -> Iterator[Buffer | int]:
         """``lines`` without the first ``start_line`` (counted in ``lines``); a run may be cut."""
@@ -133,9 +134,12 @@ class ShardReader:
     def _jsonl_records(self, compression: str) -> Iterator[tuple[Text, str | None]]:
         lines = self._after_start(split_blocks(data_blocks(self.path, compression, BLOCK_SIZE)))
         for line in lines:
-            if type(line) is int:  # a run of empty lines
-                self.lines += line
-                self._skip("blank", line, line)
+            if type(line) is int:  # a run of empty lines, counted in steps that reach each pause
+                while line:
+                    n = min(line, max(1, PAUSE_EVERY - self._quiet))
+                    self.lines += n
+                    self._skip("blank", n, n)
+                    line -= n
                 continue
             self.lines += 1
             size = len(line)
@@ -155,8 +159,6 @@ class ShardReader:
     def _record(self, line: Buffer) -> tuple[Text, str | None] | str:
         """(text, source) of one JSON line, or the reason it is skipped."""
         key, spath = self.text_key, self.source_path
-        if is_blank(line):
-            return "blank"
         if len(line) > HUGE_LINE_BYTES:
             huge = huge_record(line, key, spath, PIECE_BYTES)
             if huge is not None:

@@ -24,12 +24,6 @@ NO_SOURCE = "(none)"
 SURROGATES = re.compile("[\ud800-\udfff]")
 #: What bytes.isspace() counts as whitespace (a line of only these is "blank").
 _BLANK = re.compile(rb"[ \t\n\r\x0b\x0c]*")
-BLANK_FIRST_BYTES = frozenset(b" \t\n\r\x0b\x0c")
-
-
-def is_blank(line: Buffer) -> bool:
-    """Whether ``line`` holds only whitespace (checked before parsing: no exception per blank line)."""
-    return not line or (line[0] in BLANK_FIRST_BYTES and _BLANK.fullmatch(line) is not None)
 
 
 def load_object(line: Buffer) -> tuple[object, bool] | str:
@@ -37,7 +31,7 @@ def load_object(line: Buffer) -> tuple[object, bool] | str:
     try:
         return orjson.loads(line), False
     except orjson.JSONDecodeError:
-        if _BLANK.fullmatch(line):
+        if _BLANK.fullmatch(line):  # checked only here: valid lines are never blank
             return "blank"
         # orjson refuses invalid UTF-8, lone surrogates and integers beyond 64 bits; the stdlib
         # parser, given the line decoded with replacement, accepts all three. Nesting too deep

@@ -28,7 +28,7 @@ ZSTD_READ_SIZE = 256 << 10
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_MAGIC_LOW = 0x184D2A50  # zstd skippable frames: 0x184D2A50..0x184D2A5F (little endian)
 BOM = b"\xef\xbb\xbf"
-#: Newlines that follow a line's own newline: each one ends an empty line.
+#: A run of newlines where a line would start: each one ends an empty line.
 _EMPTY_RUN = re.compile(rb"\n+")
 
 
@@ -152,15 +152,15 @@ def split_blocks(blocks: Iterator[bytes]) -> Iterator[Buffer | int]:
             yield handover.pop()
         else:
             yield view[:end]
-        while True:
-            run = _EMPTY_RUN.match(block, end).end()
-            if run - end > 1:
-                yield run - end - 1
-            start = run
-            end = block.find(b"\n", start)
-            if end == -1:
-                break
+        start = end + 1
+        while (end := block.find(b"\n", start)) != -1:
+            if end == start:  # an empty line: take the whole run of them in one step
+                run = _EMPTY_RUN.match(block, start).end()
+                yield run - start
+                start = run
+                continue
             yield view[start:end]
+            start = end + 1
         if start < len(block):
             tail += view[start:]
     if tail:
