@@ -200,3 +200,9 @@ def test_pause_runs_between_malformed_lines(tmp_path):
     r = ShardReader(path, pause=lambda: calls.append(r.lines))
     assert list(r.documents()) == ["end"]
     assert len(calls) == 2 and all(c % (1 << 16) == 0 for c in calls)
+
+
+def test_a_source_value_too_deep_to_print_keeps_the_document(tmp_path):
+    deep = b"[" * 1000 + b"]" * 1000
+    path = write_shard(tmp_path / "s.jsonl.zst", [b'{"text": "kept", "meta": {"src": ' + deep + b'}}', doc_line("next")])
+    assert list(ShardReader(path, source_key="meta.src").records()) == [("kept", "(nested too deep)"), ("next", "(none)")]

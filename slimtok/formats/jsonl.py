@@ -21,6 +21,8 @@ from .streams import Buffer
 
 #: Source name of a document whose record lacks the source key (or holds null there).
 NO_SOURCE = "(none)"
+#: Source name of a document whose source value is nested too deeply to print.
+DEEP_SOURCE = "(nested too deep)"
 SURROGATES = re.compile("[\ud800-\udfff]")
 #: What bytes.isspace() counts as whitespace (a line of only these is "blank").
 _BLANK = re.compile(rb"[ \t\n\r\x0b\x0c]*")
@@ -65,6 +67,11 @@ def source_of(value: object, path: Sequence[str]) -> str:
             return NO_SOURCE
         value = value[part]
     if type(value) is not str:
-        return NO_SOURCE if value is None else SURROGATES.sub("\ufffd", str(value))
+        if value is None:
+            return NO_SOURCE
+        try:
+            return SURROGATES.sub("\ufffd", str(value))
+        except RecursionError:  # orjson parses deeper than str() can print
+            return DEEP_SOURCE
     # A repaired line may carry lone surrogates here too, which JSON records cannot hold.
     return value if value.isascii() else SURROGATES.sub("\ufffd", value)
