@@ -6,6 +6,11 @@ chunk, index) and ``manifest_summary.json`` (shard count and bytes per split and
 
 The manifest's identity for job pinning (:func:`manifest_digest`) covers ids, splits and sizes but
 not absolute paths, so nodes that mount the same dataset at different paths agree on it.
+
+One shard file, one id: an id is a normalized relative path (no empty, ``.`` or ``..`` component, no
+NUL), and no two entries name the same file (same device and inode, or the same normalized path for
+a file that does not exist yet); :func:`build_manifest` and :func:`read_manifest` both refuse
+otherwise, naming both entries. Only files in a format of :mod:`slimtok.formats` are shards.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import fnmatch
 import hashlib
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,10 +27,10 @@ from typing import Iterable, Sequence
 import orjson
 
 from .errors import ManifestError
+from .formats import SUFFIXES, format_of, strip_suffix
 from .protocol import SPLITS, Record, write_atomic
 
 DEFAULT_PATTERNS = ("*.jsonl.zst",)
-SHARD_SUFFIXES = (".jsonl.zst", ".jsonl.gz", ".json.gz", ".jsonl", ".parquet", ".zst")
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                  "dev": "validation", "test": "test"}
 _CHUNK_RE = re.compile(r"^chunk[_-]?(\d+)$")
@@ -47,27 +53,22 @@ class ShardEntry(Record):
         return (SPLITS.index(self.split), self.chunk, self.index, self.id)
 
 
-def resolve_dataset_root(dataset_dir: str | os.PathLike[str]) -> Path:
-    """The folder whose files are the dataset: a cache repo folder resolves via ``refs/main``."""
+def resolve_dataset_root(dataset_dir: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """The folder whose files are the dataset: a cache repo folder resolves to one snapshot.
+
+    See :func:`slimtok.mirror.cache_snapshot` for how the snapshot is chosen (``revision``,
+    ``refs/main``, the only snapshot, the one `slimtok mirror` recorded).
+    """
+    from .mirror import cache_snapshot
+
     root = Path(dataset_dir).expanduser().absolute()
     if not root.is_dir():
         raise ManifestError(f"dataset dir {root} does not exist or is not a directory")
-    ref = root / "refs" / "main"
-    if ref.is_file() and (root / "snapshots").is_dir():
-        commit = ref.read_text().strip()
-        snapshot = root / "snapshots" / commit
-        if not snapshot.is_dir():
-            raise ManifestError(f"{ref} names snapshot {commit}, but {snapshot} does not exist; "
-                                "re-run `slimtok mirror` or point --dataset-dir at a snapshot folder")
-        return snapshot
-    return root
-
-
-def _strip_suffix(name: str) -> str:
-    for suffix in SHARD_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name.rsplit(".", 1)[0] if "." in name else name
+    snapshot = cache_snapshot(root, revision)
+    if snapshot is None and revision is not None:
+        raise ManifestError("--revision applies to a Hugging Face cache repo folder (datasets--org--name), "
+                            "and this is not one", root, "drop --revision or point --dataset-dir at the repo folder")
+    return snapshot or root
 
 
 def split_of(parts: Sequence[str]) -> str:
@@ -80,7 +81,7 @@ def split_of(parts: Sequence[str]) -> str:
     for folder in parts[:-1]:
         if folder.lower() in SPLIT_ALIASES:
             return SPLIT_ALIASES[folder.lower()]
-    prefix = _strip_suffix(parts[-1]).split("-", 1)[0].lower()
+    prefix = strip_suffix(parts[-1]).split("-", 1)[0].lower()
     return SPLIT_ALIASES.get(prefix, "train")
 
 
@@ -100,35 +101,115 @@ def entry_for(root: Path, path: Path) -> ShardEntry:
         m = _CHUNK_RE.match(part.lower())
         if m:
             chunk = int(m.group(1))
-    stem = _strip_suffix(parts[-1])
+    stem = strip_suffix(parts[-1])
     index = index_of(stem)
     shard_id = "/".join(parts[:-1] + (stem,))
     return ShardEntry(id=shard_id, split=split, chunk=chunk, index=index, path=str(path),
                       size=path.stat().st_size)
 
 
-def _walk(root: Path, patterns: Sequence[str]) -> Iterable[Path]:
+def _walk(root: Path) -> Iterable[Path]:
+    """Every file below ``root`` outside hidden folders, hidden files left out, in a stable order."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         # Hidden folders hold caches (local_dir's .cache/huggingface), never shards.
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and any(fnmatch.fnmatchcase(name, p) for p in patterns):
+        for name in sorted(filenames):
+            if not name.startswith("."):
                 yield Path(dirpath) / name
 
 
-def build_manifest(dataset_dir: str | os.PathLike[str],
-                   patterns: Sequence[str] = DEFAULT_PATTERNS) -> tuple[Path, list[ShardEntry]]:
-    """Walk the dataset and return (resolved root, entries in manifest order)."""
-    root = resolve_dataset_root(dataset_dir)
-    entries = sorted((entry_for(root, p) for p in _walk(root, patterns)), key=ShardEntry.sort_key)
-    if not entries:
-        raise ManifestError(f"no shards matching {', '.join(patterns)} found under {root}")
-    seen: dict[str, str] = {}
-    for e in entries:
-        if e.id in seen:
-            raise ManifestError(f"two shards map to id {e.id!r}: {seen[e.id]} and {e.path}; "
-                                "narrow --pattern so each shard has one file")
-        seen[e.id] = e.path
+def _kind(name: str) -> str:
+    """How a file shows in "nothing found": its format suffix, else its last extension."""
+    fmt = format_of(name)
+    if fmt is not None:
+        return fmt.suffix
+    return "." + name.rsplit(".", 1)[1] if "." in name else "(no suffix)"
+
+
+def _nothing_found(root: Path, patterns: Sequence[str], files: Sequence[Path]) -> ManifestError:
+    """The error for a walk that matched nothing: what it did see, and the --pattern to use."""
+    wanted = ", ".join(patterns)
+    if not files:
+        return ManifestError(f"no shards matching {wanted} found: the folder holds no files", root,
+                             "point --dataset-dir at the folder holding the shards")
+    kinds = Counter(_kind(p.name) for p in files)
+    seen = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(8))
+    readable = [kind for kind, _ in kinds.most_common() if kind in SUFFIXES]
+    if readable:
+        fix = "pass " + " ".join(f"--pattern '*{kind}'" for kind in readable)
+    else:
+        fix = f"none is a shard format slimtok reads ({', '.join(SUFFIXES)}); convert the files to one"
+    return ManifestError(f"no shards matching {wanted} found among its {len(files)} files ({seen})", root, fix)
+
+
+def _check_formats(entries_paths: Sequence[Path], root: Path) -> None:
+    """Every matched file must be in a format slimtok reads (never an id with a stray suffix)."""
+    unknown = [p for p in entries_paths if format_of(p.name) is None]
+    if unknown:
+        shown = ", ".join(str(p.relative_to(root)) for p in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ManifestError(f"{len(unknown)} file(s) matched --pattern but are not a shard format slimtok reads "
+                            f"({shown}; supported suffixes: {', '.join(SUFFIXES)})", root,
+                            "narrow --pattern to shard files")
+
+
+def _file_key(path: str) -> tuple:
+    """What makes two paths the same file: device and inode, or the normalized path when absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("path", os.path.normpath(os.path.abspath(path)))
+    return ("inode", st.st_dev, st.st_ino)
+
+
+def _id_problem(shard_id: str) -> str | None:
+    """Why ``shard_id`` is not a normalized relative path inside the dataset, or None."""
+    if "\0" in shard_id:
+        return "holds a NUL byte"
+    if shard_id.startswith("/"):
+        return "is absolute"
+    parts = shard_id.split("/")
+    if "" in parts:
+        return "has an empty component (doubled, leading or trailing '/')"
+    if "." in parts or ".." in parts:
+        return "has a '.' or '..' component"
+    return None
+
+
+def _normal_id(shard_id: str) -> str:
+    return "/".join(p for p in shard_id.split("/") if p not in ("", "."))
+
+
+def check_unique(entries: Sequence[ShardEntry], where: Sequence[str]) -> None:
+    """Refuse two entries with one id (up to '.', empty components and slashes) or one file.
+
+    ``where[k]`` names entry k in messages (a manifest line, or the file's path).
+    """
+    by_id: dict[str, int] = {}
+    by_file: dict[tuple, int] = {}
+    for k, e in enumerate(entries):
+        for seen, key, what in ((by_id, _normal_id(e.id), "the same id"), (by_file, _file_key(e.path), "the same file")):
+            first = seen.setdefault(key, k)
+            if first != k:
+                a, b = entries[first], e
+                raise ManifestError(f"{where[first]} (id {a.id!r}, {a.path}) and {where[k]} (id {b.id!r}, {b.path}) "
+                                    f"name {what}", fix="keep one entry per shard file: rebuild the manifest with "
+                                    "`slimtok manifest` or narrow --pattern")
+
+
+def build_manifest(dataset_dir: str | os.PathLike[str], patterns: Sequence[str] = DEFAULT_PATTERNS,
+                   revision: str | None = None) -> tuple[Path, list[ShardEntry]]:
+    """Walk the dataset and return (resolved root, entries in manifest order).
+
+    ``revision`` picks the snapshot of a Hugging Face cache repo folder (see :func:`resolve_dataset_root`).
+    """
+    root = resolve_dataset_root(dataset_dir, revision)
+    files = list(_walk(root))
+    matched = [p for p in files if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
+    if not matched:
+        raise _nothing_found(root, patterns, files)
+    _check_formats(matched, root)
+    entries = sorted((entry_for(root, p) for p in matched), key=ShardEntry.sort_key)
+    check_unique(entries, [e.path for e in entries])
     return root, entries
 
 
@@ -168,13 +249,14 @@ def write_manifest(entries: Sequence[ShardEntry], output_dir: str | os.PathLike[
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[ShardEntry]:
-    """Entries of a manifest file, checked for the fields and order slimtok relies on."""
+    """Entries of a manifest file, checked for the fields, ids and files slimtok relies on."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc
-    entries = []
+    entries: list[ShardEntry] = []
+    where: list[str] = []
     for lineno, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
@@ -186,14 +268,16 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ShardEntry]:
             raise ManifestError(f"{path}:{lineno}: not a manifest entry ({exc})") from exc
         if entry.split not in SPLITS:
             raise ManifestError(f"{path}:{lineno}: split {entry.split!r} is not one of {', '.join(SPLITS)}")
-        if entry.id.startswith("/") or ".." in entry.id.split("/"):
-            raise ManifestError(f"{path}:{lineno}: id {entry.id!r} must be a relative path inside the dataset")
         entries.append(entry)
+        where.append(f"{path}:{lineno}")
     if not entries:
         raise ManifestError(f"manifest {path} lists no shards")
-    ids = [e.id for e in entries]
-    if len(set(ids)) != len(ids):
-        raise ManifestError(f"manifest {path} lists an id twice")
+    check_unique(entries, where)
+    for entry, line in zip(entries, where):
+        problem = _id_problem(entry.id)
+        if problem:
+            raise ManifestError(f"{line}: id {entry.id!r} {problem}; it must be a normalized relative path inside "
+                                "the dataset", fix="rebuild the manifest with `slimtok manifest`")
     return entries
 
 

@@ -84,6 +84,8 @@ from huggingface_hub.utils import filter_repo_objects
 
 from .errors import MirrorError
 from . import __version__
+from .errors import ManifestError, MirrorError
+from .formats import SUFFIXES
 from .protocol import Record, write_atomic
 
 try:  # huggingface_hub 2.x talks HTTP through httpx2, 1.x through httpx
@@ -93,8 +95,6 @@ except ImportError:  # pragma: no cover - depends on the installed huggingface_h
 
 MIRROR_RECORD_NAME = "slimtok-mirror.json"
 RECORD_FORMAT_VERSION = 1
-#: Record entries compared with a manifest: the shard formats slimtok reads.
-SHARD_SUFFIXES = (".jsonl.zst", ".jsonl.gz", ".jsonl", ".parquet")
 REPO_TYPES = ("dataset", "model")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _LOGIN_HINT = "run `hf auth login` (or set HF_TOKEN to a token with read access)"
@@ -266,8 +266,8 @@ def mirror(repo_id: str, *, repo_type: str = "dataset", revision: str | None = N
 def find_mirror_record(dataset_root: Path) -> Path | None:
     """The record of the mirrored tree that ``dataset_root`` is (or lies in), if any.
 
-    ``dataset_root`` may be a cache repo folder ``datasets--org--name`` (its ``refs/main`` names the
-    snapshot, as in ``slimtok manifest``), a snapshot folder, a local dir, or a folder inside one of
+    ``dataset_root`` may be a cache repo folder ``datasets--org--name`` (standing for its snapshot
+    as in ``slimtok manifest``, see :func:`cache_snapshot`), a snapshot folder, a local dir, or a folder inside one of
     these (e.g. ``<snapshot>/train``): the nearest ``slimtok-mirror.json`` at or above it is returned.
     """
     start = _tree_root(Path(dataset_root))
@@ -296,7 +296,7 @@ def compare_with_mirror_record(dataset_root: Path, shard_relpaths: Sequence[str]
     """Shards the mirror record lists below ``dataset_root`` that ``shard_relpaths`` lacks.
 
     Paths in and out are POSIX and relative to ``dataset_root`` (for a cache repo folder, relative
-    to the snapshot its ``refs/main`` names). Only record files with a :data:`SHARD_SUFFIXES` suffix
+    to the snapshot it stands for). Only record files in a shard format (:data:`slimtok.formats.SUFFIXES`)
     count. Returns [] when there is no record; raises :class:`MirrorError` for an unreadable one.
     """
     record_path = find_mirror_record(Path(dataset_root))
@@ -306,7 +306,7 @@ def compare_with_mirror_record(dataset_root: Path, shard_relpaths: Sequence[str]
     prefix = _tree_root(Path(dataset_root)).relative_to(record_path.parent.resolve()).as_posix()
     prefix = "" if prefix == "." else prefix + "/"
     expected = {f.path[len(prefix):] for f in record.files
-                if f.path.startswith(prefix) and f.path.endswith(SHARD_SUFFIXES)}
+                if f.path.startswith(prefix) and f.path.endswith(SUFFIXES)}
     have = {PurePosixPath(p).as_posix() for p in shard_relpaths}
     return sorted(expected - have)
 
@@ -453,12 +453,42 @@ def _check_sizes(snapshot: Path, files: list[RecordedFile], label: str) -> None:
 
 
 def _tree_root(dataset_root: Path) -> Path:
-    """``dataset_root`` resolved, with a cache repo folder replaced by the snapshot its refs/main names."""
+    """``dataset_root`` resolved, with a cache repo folder replaced by its snapshot (:func:`cache_snapshot`)."""
     root = dataset_root.expanduser().resolve()
-    ref = root / "refs" / "main"
-    if ref.is_file() and (root / "snapshots").is_dir():
-        return root / "snapshots" / ref.read_text().strip()
-    return root
+    return cache_snapshot(root) or root
+
+
+def cache_snapshot(repo_folder: Path, revision: str | None = None) -> Path | None:
+    """The snapshot folder a Hugging Face cache repo folder stands for; None when it is not one.
+
+    ``revision`` (a ref under ``refs/``, or a commit) picks the snapshot; without it ``refs/main``
+    does; without that, the only snapshot, or the only one holding a mirror record. Several and
+    nothing to choose by, or a ref naming a missing snapshot, raise :class:`ManifestError`.
+    """
+    snapshots = repo_folder / "snapshots"
+    if not (snapshots.is_dir() and ((repo_folder / "refs").is_dir() or (repo_folder / "blobs").is_dir())):
+        return None
+    ref = repo_folder / "refs" / (revision or "main")
+    if ref.is_file():
+        commit = ref.read_text().strip()
+        if not (snapshots / commit).is_dir():
+            raise ManifestError(f"names snapshot {commit}, but {snapshots / commit} does not exist", ref,
+                                "re-run `slimtok mirror` or point --dataset-dir at a snapshot folder")
+        return snapshots / commit
+    present = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
+    if revision is not None:
+        if revision in present:
+            return snapshots / revision
+        raise ManifestError(f"revision {revision!r} is neither a ref under refs/ nor a snapshot "
+                            f"(snapshots: {', '.join(present) or 'none'})", repo_folder,
+                            "pass --revision with one of those commits")
+    recorded = [name for name in present if (snapshots / name / MIRROR_RECORD_NAME).is_file()]
+    for candidates in (present, recorded):
+        if len(candidates) == 1:
+            return snapshots / candidates[0]
+    raise ManifestError(f"holds {len(present)} snapshots ({', '.join(present) or 'none'}) and no refs/main to "
+                        "choose one by", repo_folder,
+                        "pass --revision <commit> to list one snapshot, or point --dataset-dir at a snapshot folder")
 
 
 def _write_record(snapshot: Path, repo_id: str, repo_type: str, commit: str, files: list[RecordedFile],

@@ -1,7 +1,9 @@
 """Input formats end to end: a datatrove JsonlWriter folder (.jsonl.gz), a Hub-style parquet
 dataset, plain .jsonl next to .jsonl.zst; per-source accounting, its pin, and its resume."""
 
+import bz2
 import gzip
+import lzma
 import json
 import os
 import signal
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.ipc
 import pyarrow.parquet as pq
 import pytest
 
@@ -230,3 +233,87 @@ def test_kill_9_mid_parquet_shard_keeps_per_source_counts_exact(tmp_path, bpe_to
     assert _meta(root)["splits"]["train"]["sources"] == source_counts(docs, sources)
     assert np.array_equal(np.fromfile(root / "train.bin", dtype=np.uint32), np.concatenate(docs))
     assert Counter(sources)[NO_SOURCE] == 2
+
+
+# -- the format registry: bz2, xz, Arrow IPC ------------------------------------------------------
+
+def _records(texts: list[str | None], sources: list[str]) -> list[bytes]:
+    return [json.dumps({"text": t, "meta": {"redpajama_set_name": s}} if t is not None else {"content": "x", "id": 1},
+                       ensure_ascii=False).encode() for t, s in zip(texts, sources)]
+
+
+@pytest.mark.parametrize("suffix,compress", [(".jsonl.bz2", bz2.compress), (".jsonl.xz", lzma.compress),
+                                             (".jsonl.gz", gzip.compress)])
+def test_stdlib_compressed_jsonl_reads_the_texts_written(tmp_path, suffix, compress):
+    texts = sample_documents(40, seed=90)
+    texts[5] = None  # a record without the text key
+    sources = [SOURCES[i % 3] for i in range(40)]
+    path = tmp_path / f"shard{suffix}"
+    path.write_bytes(compress(b"".join(line + b"\n" for line in _records(texts, sources))))
+    reader = ShardReader(path, source_key="meta.redpajama_set_name")
+    got = list(reader.records())
+    assert got == [(t, s) for t, s in zip(texts, sources) if t is not None]
+    assert reader.lines == 40 and reader.skipped == {"missing_text": 1}
+    assert reader.missing_text_keys == ("content", "id")
+    assert "'content', 'id'" in reader.missing_text_hint()
+
+
+def _arrow_stream(path: Path, texts: list[str | None], sources: list[str], batch_rows: int) -> None:
+    """An Arrow IPC stream as `datasets.save_to_disk` writes one (``data-00000-of-00001.arrow``)."""
+    table = pa.table({"text": pa.array(texts, pa.string()),
+                      "meta": pa.array([{"redpajama_set_name": s} for s in sources])})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=batch_rows):
+            writer.write_batch(batch)
+
+
+def test_arrow_ipc_stream_reads_the_texts_written_and_resumes_at_any_row(tmp_path):
+    texts = sample_documents(17, seed=91)
+    texts[3], texts[11] = None, ""
+    sources = [SOURCES[i % 3] for i in range(17)]
+    path = tmp_path / "train" / "data-00000-of-00001.arrow"
+    _arrow_stream(path, texts, sources, batch_rows=4)
+    full = ShardReader(path, source_key="meta.redpajama_set_name")
+    marks = [(full.lines, full.skipped, text, source) for text, source in full.records()]
+    assert [(m[2], m[3]) for m in marks] == [(t, s) for t, s in zip(texts, sources) if t]
+    assert full.lines == 17 and full.skipped == {"missing_text": 1, "empty_text": 1}
+    for k, (lines, skipped, _, _) in enumerate(marks):
+        resumed = ShardReader(path, start_line=lines, skipped=skipped, source_key="meta.redpajama_set_name")
+        assert list(resumed.records()) == [(m[2], m[3]) for m in marks[k + 1:]]
+        assert resumed.lines == 17 and resumed.skipped == full.skipped
+    with pytest.raises(ShardReadError, match="fewer lines than the checkpoint"):
+        list(ShardReader(path, start_line=18).records())
+
+
+def test_arrow_ipc_file_layout_and_bad_arrow_files_name_the_file(tmp_path):
+    texts = sample_documents(6, seed=92)
+    path = tmp_path / "random_access.arrow"
+    table = pa.table({"text": texts})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=2)
+    assert list(ShardReader(path).documents()) == texts
+    with pytest.raises(ShardReadError, match=r"random_access\.arrow: has no column 'body'.*text"):
+        list(ShardReader(path, text_key="body").records())
+    broken = tmp_path / "broken.arrow"
+    broken.write_bytes(b"not arrow at all, not even close")
+    with pytest.raises(ShardReadError, match=r"broken\.arrow: not a readable Arrow IPC file"):
+        list(ShardReader(broken).records())
+    empty = tmp_path / "empty.arrow"
+    empty.write_bytes(b"")
+    with pytest.raises(ShardReadError, match=r"empty\.arrow: empty file"):
+        list(ShardReader(empty).records())
+
+
+def test_save_to_disk_layout_end_to_end(tmp_path, bpe_tokenizer):
+    texts = sample_documents(20, seed=93)
+    sources = [SOURCES[i % 3] for i in range(20)]
+    ds = tmp_path / "saved"
+    _arrow_stream(ds / "train" / "data-00000-of-00001.arrow", texts, sources, batch_rows=6)
+    (ds / "dataset_dict.json").write_text('{"splits": ["train"]}')
+    (ds / "train" / "state.json").write_text("{}")
+    root = run_pipeline(ds, tmp_path, bpe_tokenizer, patterns=("*.arrow",))
+    docs = encode_documents(texts, bpe_tokenizer)
+    assert np.array_equal(np.fromfile(root / "train.bin", dtype=np.uint32), np.concatenate(docs))
+    assert _meta(root)["splits"]["train"]["sources"] == source_counts(docs, sources)
+    assert [r["shard"] for r in _done_records(root)] == ["train/data-00000-of-00001"]

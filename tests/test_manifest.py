@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import orjson
@@ -91,3 +92,112 @@ def test_hub_parquet_layouts_take_split_and_index_from_names(tmp_path):
         ("sample-10BT/train/000_00001", "train", 1), ("data/train-00002-of-00012", "train", 2),
         ("data/train-00010-of-00012", "train", 10), ("data/validation-00000-of-00001", "validation", 0),
         ("data/test-00000-of-00001", "test", 0), ("default/test/0000", "test", 0)]
+
+
+# -- formats --------------------------------------------------------------------------------------
+
+def test_every_registered_suffix_is_stripped_from_the_id_and_unknown_ones_are_refused(tmp_path):
+    root = tmp_path / "ds"
+    for name in ["a.jsonl.bz2", "b.jsonl.xz", "c.jsonl.gz", "d.jsonl", "e.jsonl.zst", "f.parquet", "g.arrow"]:
+        (root / "train").mkdir(parents=True, exist_ok=True)
+        (root / "train" / name).write_bytes(b"x")
+    _, entries = build_manifest(root, ["*.jsonl*", "*.parquet", "*.arrow"])
+    assert sorted(e.id for e in entries) == [f"train/{c}" for c in "abcdefg"]
+    (root / "train" / "h.jsonl.lz4").write_bytes(b"x")
+    with pytest.raises(ManifestError, match=r"train/h\.jsonl\.lz4.*supported suffixes: .*\.jsonl\.zst.*\.arrow"):
+        build_manifest(root, ["*.jsonl*"])
+
+
+def test_nothing_found_names_what_was_seen_and_the_pattern_to_use(tmp_path):
+    root = tmp_path / "dt"
+    for i in range(3):
+        (root / f"{i:05d}.jsonl.gz").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"{i:05d}.jsonl.gz").write_bytes(b"x")
+    (root / "README.md").write_text("x")
+    with pytest.raises(ManifestError) as exc:
+        build_manifest(root)
+    msg = str(exc.value)
+    assert "no shards matching *.jsonl.zst" in msg and "3 .jsonl.gz, 1 .md" in msg
+    assert "--pattern '*.jsonl.gz'" in msg and str(root) in msg
+
+
+# -- one shard file, one id -----------------------------------------------------------------------
+
+def _manifest_lines(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps({"id": i, "split": "train", "chunk": 1, "index": k, "path": p,
+                                            "size": 1}) + b"\n" for k, (i, p) in enumerate(rows)))
+    return path
+
+
+@pytest.mark.parametrize("second", ["train/chunk1/./a", "train//chunk1/a", "train/chunk1/a/", "./train/chunk1/a"])
+def test_ids_that_differ_only_by_dots_or_slashes_are_refused_naming_both_lines(tmp_path, second):
+    m = _manifest_lines(tmp_path / "m.jsonl", [("train/chunk1/a", str(tmp_path / "a.jsonl.zst")),
+                                               (second, str(tmp_path / "b.jsonl.zst"))])
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1 .* and .*m\.jsonl:2 .* name the same id"):
+        read_manifest(m)
+
+
+@pytest.mark.parametrize("bad", ["train/chunk1/./a", "train//a", "train/a/", "/train/a", "train/\0a", "train/../a"])
+def test_an_id_that_is_not_a_normalized_relative_path_is_refused(tmp_path, bad):
+    m = _manifest_lines(tmp_path / "m.jsonl", [("train/b", str(tmp_path / "b")), (bad, str(tmp_path / "a"))])
+    with pytest.raises(ManifestError, match=r"m\.jsonl:2: id "):
+        read_manifest(m)
+
+
+def test_one_file_under_two_paths_is_refused_naming_both_lines(tmp_path):
+    shard = write_shard(tmp_path / "ds/train/a.jsonl.zst", [doc_line("x")])
+    (tmp_path / "alias").symlink_to(tmp_path / "ds")
+    os.link(shard, tmp_path / "ds/train/hard.jsonl.zst")
+    for other in [tmp_path / "alias/train/a.jsonl.zst", tmp_path / "ds/train/hard.jsonl.zst",
+                  tmp_path / "ds/train/../train/a.jsonl.zst"]:
+        m = _manifest_lines(tmp_path / "m.jsonl", [("train/a", str(shard)), ("train/b", str(other))])
+        with pytest.raises(ManifestError, match=r"m\.jsonl:1 .* and .*m\.jsonl:2 .* name the same file"):
+            read_manifest(m)
+    missing = _manifest_lines(tmp_path / "m.jsonl", [("train/a", str(tmp_path / "gone/a")),
+                                                     ("train/b", str(tmp_path / "gone/./a"))])
+    with pytest.raises(ManifestError, match="name the same file"):
+        read_manifest(missing)
+
+
+def test_a_folder_linked_twice_into_the_dataset_is_refused(tmp_path):
+    write_shard(tmp_path / "ds/train/chunk1/a.jsonl.zst", [doc_line("x")])
+    (tmp_path / "ds/train/chunk2").symlink_to(tmp_path / "ds/train/chunk1")
+    with pytest.raises(ManifestError, match=r"chunk1/a\.jsonl\.zst .* and .*chunk2/a\.jsonl\.zst .* name the same file"):
+        build_manifest(tmp_path / "ds")
+
+
+# -- a Hugging Face cache repo folder ---------------------------------------------------------------
+
+def _cache_repo(tmp_path: Path, commits: list[str], recorded: str | None = None) -> Path:
+    repo = tmp_path / "hub" / "datasets--org--name"
+    for commit in commits:
+        write_shard(repo / "snapshots" / commit / "train/chunk1/example_train_0.jsonl.zst", [doc_line(commit)])
+    (repo / "blobs").mkdir(parents=True)
+    if recorded is not None:
+        (repo / "snapshots" / recorded / "slimtok-mirror.json").write_text("{}")
+    return repo
+
+
+def test_cache_repo_with_several_snapshots_and_no_refs_main_needs_a_revision(tmp_path):
+    a, b = "a" * 40, "b" * 40
+    repo = _cache_repo(tmp_path, [a, b])
+    with pytest.raises(ManifestError, match=f"2 snapshots \\({a}, {b}\\).*--revision"):
+        build_manifest(repo)
+    root, entries = build_manifest(repo, revision=b)
+    assert root == repo / "snapshots" / b and [e.id for e in entries] == ["train/chunk1/example_train_0"]
+    (repo / "refs").mkdir()
+    (repo / "refs" / "v1").write_text(a)
+    assert build_manifest(repo, revision="v1")[0] == repo / "snapshots" / a
+    with pytest.raises(ManifestError, match="neither a ref"):
+        build_manifest(repo, revision="c" * 40)
+    with pytest.raises(ManifestError, match="--revision applies to a Hugging Face cache repo folder"):
+        build_manifest(repo / "snapshots" / a, revision=a)
+
+
+def test_cache_repo_without_refs_main_uses_the_only_or_the_mirrored_snapshot(tmp_path):
+    a, b = "a" * 40, "b" * 40
+    only = _cache_repo(tmp_path / "one", [a])
+    assert build_manifest(only)[0] == only / "snapshots" / a
+    mirrored = _cache_repo(tmp_path / "two", [a, b], recorded=b)
+    root, entries = build_manifest(mirrored)
+    assert root == mirrored / "snapshots" / b and len(entries) == 1

@@ -1,4 +1,7 @@
+import bz2
+import gzip
 import json
+import lzma
 
 import pytest
 import zstandard
@@ -88,3 +91,118 @@ def test_directory_and_unreadable(tmp_path):
     d.mkdir()
     with pytest.raises(ShardReadError, match="is a directory"):
         list(iter_lines(d))
+
+
+# -- odd inputs: nesting, BOM, empty data, unexpected failures ---------------------------------------
+
+def test_line_nested_too_deep_for_any_parser_is_a_skipped_malformed_line(tmp_path):
+    deep = b'{"text": "x", "a": ' + b"[" * 1100 + b"]" * 1100 + b"}"
+    with pytest.raises(RecursionError):  # what the stdlib fallback does with it alone
+        json.loads(deep)
+    lines = [doc_line("before"), deep, b"[" * 200_000, doc_line("after")]
+    docs, r = _read(write_shard(tmp_path / "deep.jsonl.zst", lines))
+    assert docs == ["before", "after"]
+    assert r.skipped == {"not_json": 2} and r.lines == 4
+
+
+def test_an_unexpected_failure_on_one_line_names_file_and_line(tmp_path, monkeypatch):
+    import slimtok.reader as readmod
+
+    def failing(line):
+        if bytes(line).startswith(b'{"text": "third'):
+            raise KeyError("boom")
+        return real(line)
+
+    real = readmod.load_object
+    monkeypatch.setattr(readmod, "load_object", failing)
+    path = write_shard(tmp_path / "u.jsonl.zst", [doc_line("first"), doc_line("second"), doc_line("third")])
+    with pytest.raises(ShardReadError, match=r"u\.jsonl\.zst: line 3: cannot be read \(KeyError") as exc:
+        list(ShardReader(path).records())
+    assert exc.value.path == str(path)
+
+
+@pytest.mark.parametrize("name", ["b.jsonl", "b.jsonl.zst", "b.jsonl.gz"])
+def test_a_byte_order_mark_is_dropped_not_the_first_document(tmp_path, name):
+    data = b"\xef\xbb\xbf" + doc_line("first") + b"\n" + doc_line("second") + b"\n"
+    path = tmp_path / name
+    if name.endswith(".zst"):
+        data = zstandard.ZstdCompressor().compress(data[:2]) + zstandard.ZstdCompressor().compress(data[2:])
+    elif name.endswith(".gz"):
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    docs, r = _read(path)
+    assert docs == ["first", "second"] and r.skipped == {}
+
+
+@pytest.mark.parametrize("name,data", [
+    ("e.jsonl", b""),
+    ("e.jsonl.gz", gzip.compress(b"")),
+    ("e.jsonl.bz2", bz2.compress(b"")),
+    ("e.jsonl.xz", lzma.compress(b"")),
+    ("e.jsonl.zst", zstandard.ZstdCompressor().compress(b"")),
+])
+def test_a_file_that_decompresses_to_nothing_is_an_empty_file(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ShardReadError, match="empty file") as exc:
+        list(ShardReader(path).records())
+    assert exc.value.path == str(path)
+
+
+def test_unknown_suffix_is_refused_with_the_supported_list(tmp_path):
+    path = tmp_path / "x.jsonl.lz4"
+    path.write_bytes(b"whatever")
+    with pytest.raises(ShardReadError, match=r"x\.jsonl\.lz4: not a shard format.*\.jsonl\.zst.*\.arrow"):
+        list(ShardReader(path).records())
+
+
+# -- blank lines: cheap, counted exactly, and the reader pauses between them -------------------------
+
+def test_runs_of_blank_lines_are_counted_exactly_and_resume_anywhere(tmp_path):
+    lines = [b"", b"", doc_line("a"), b"", b"", b"", doc_line("b"), b" \t", b"", doc_line("c"), b"", b""]
+    path = tmp_path / "blank.jsonl"
+    path.write_bytes(b"\n".join(lines))  # no final newline: the last empty "line" is not one
+    assert [bytes(x) for x in iter_lines(path)] == lines[:-1]
+    full = ShardReader(path)
+    marks = [(full.lines, full.skipped, text) for text, _ in full.records()]
+    assert [m[2] for m in marks] == ["a", "b", "c"]
+    assert full.lines == 11 and full.skipped == {"blank": 8}
+    for start in range(12):
+        r = ShardReader(path, start_line=start)
+        docs = [t for t, _ in r.records()]
+        assert docs == [m[2] for m in marks if m[0] > start]
+        assert r.lines == 11 and sum(r.skipped.values()) == sum(1 for x in lines[start:-1] if not x.strip())
+
+
+def test_pause_runs_between_blank_lines_and_may_stop_the_reader(tmp_path):
+    blank_lines = 300_000
+    path = tmp_path / "blanks.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"\n" * blank_lines + doc_line("end") + b"\n"))
+    calls = []
+    r = ShardReader(path, pause=lambda: calls.append(r.lines))
+    assert list(r.documents()) == ["end"]
+    assert r.skipped == {"blank": blank_lines}
+    assert calls == [k << 16 for k in range(1, blank_lines // (1 << 16) + 1)]
+
+    class Stop(Exception):
+        pass
+
+    def stop():
+        raise Stop
+
+    with pytest.raises(Stop):
+        list(ShardReader(path, pause=stop).records())
+
+
+def test_pause_runs_between_malformed_lines(tmp_path):
+    path = write_shard(tmp_path / "bad.jsonl.zst", [b"not json"] * 140_000 + [doc_line("end")])
+    calls = []
+    r = ShardReader(path, pause=lambda: calls.append(r.lines))
+    assert list(r.documents()) == ["end"]
+    assert len(calls) == 2 and all(c % (1 << 16) == 0 for c in calls)
+
+
+def test_a_source_value_too_deep_to_print_keeps_the_document(tmp_path):
+    deep = b"[" * 1000 + b"]" * 1000
+    path = write_shard(tmp_path / "s.jsonl.zst", [b'{"text": "kept", "meta": {"src": ' + deep + b'}}', doc_line("next")])
+    assert list(ShardReader(path, source_key="meta.src").records()) == [("kept", "(nested too deep)"), ("next", "(none)")]

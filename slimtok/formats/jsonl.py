@@ -1,0 +1,77 @@
+"""JSON-lines records: parse one line, with slimtok's only repairs, and classify why one is skipped.
+
+Rules (the only changes slimtok makes to text):
+
+* a line that is not valid UTF-8 is decoded with U+FFFD in place of the bad bytes;
+* a lone surrogate written as a JSON escape (``"\\ud800"``) becomes U+FFFD;
+* a line that is not JSON (at any nesting depth: one too deep for both parsers counts as
+  ``not_json``), not an object, lacks the key, or whose value is not a string is skipped and
+  counted by reason; an empty text is skipped and counted; a blank line is counted as ``blank``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Sequence
+
+import orjson
+
+from .streams import Buffer
+
+#: Source name of a document whose record lacks the source key (or holds null there).
+NO_SOURCE = "(none)"
+#: Source name of a document whose source value is nested too deeply to print.
+DEEP_SOURCE = "(nested too deep)"
+SURROGATES = re.compile("[\ud800-\udfff]")
+#: What bytes.isspace() counts as whitespace (a line of only these is "blank").
+_BLANK = re.compile(rb"[ \t\n\r\x0b\x0c]*")
+
+
+def load_object(line: Buffer) -> tuple[object, bool] | str:
+    """(parsed JSON value, whether it needed repair), or the reason the line is skipped."""
+    try:
+        return orjson.loads(line), False
+    except orjson.JSONDecodeError:
+        if _BLANK.fullmatch(line):  # checked only here: valid lines are never blank
+            return "blank"
+        # orjson refuses invalid UTF-8, lone surrogates and integers beyond 64 bits; the stdlib
+        # parser, given the line decoded with replacement, accepts all three. Nesting too deep
+        # for orjson is too deep for the stdlib parser's recursion as well.
+        try:
+            return json.loads(str(line, "utf-8", "replace")), True
+        except (ValueError, RecursionError):
+            return "not_json"
+
+
+def text_of(obj: object, text_key: str, repaired: bool) -> str | tuple[str, None]:
+    """The text under ``text_key``, or (skip reason, None)."""
+    if not isinstance(obj, dict):
+        return ("not_object", None)
+    text = obj.get(text_key)
+    if text is None and text_key not in obj:
+        return ("missing_text", None)
+    if not isinstance(text, str):
+        return ("text_not_string", None)
+    if not text:
+        return ("empty_text", None)
+    if repaired:
+        text = SURROGATES.sub("\ufffd", text)
+    return text
+
+
+def source_of(value: object, path: Sequence[str]) -> str:
+    """The source name at dotted ``path`` inside a record; :data:`NO_SOURCE` when absent or null."""
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return NO_SOURCE
+        value = value[part]
+    if type(value) is not str:
+        if value is None:
+            return NO_SOURCE
+        try:
+            return SURROGATES.sub("\ufffd", str(value))
+        except RecursionError:  # orjson parses deeper than str() can print
+            return DEEP_SOURCE
+    # A repaired line may carry lone surrogates here too, which JSON records cannot hold.
+    return value if value.isascii() else SURROGATES.sub("\ufffd", value)
