@@ -43,7 +43,8 @@ from .protocol import (DEFAULT_SOURCE_KEY, SPLITS, Checkpoint, DoneRecord, Faile
                        LockRecord, OutputRoot, create_exclusive, fsync_dir, new_token, read_record, worker_name,
                        write_atomic, write_record)
 from .reader import ShardReader, ShardReadError, TextPieces
-from .tokenizer import BackendReport, Encoder, LoadedTokenizer, TokenizerError, load_tokenizer, resolve_dtype
+from .tokenizer import (BackendReport, DocumentPolicy, Encoder, LoadedTokenizer, TokenizerError, load_tokenizer,
+                        resolve_dtype)
 
 EXIT_OK = 0
 EXIT_SHARDS_FAILED = 1
@@ -112,7 +113,7 @@ class TokenizeSettings:
 def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: LoadedTokenizer) -> JobSettings:
     return JobSettings(manifest_sha256=manifest_digest(entries), shards=len(entries), tokenizer=tok.source,
                        tokenizer_sha256=tok.sha256, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id,
-                       eos_token=tok.eos_token, dtype=resolve_dtype(settings.dtype, tok.vocab_size),
+                       eos_token=tok.eos_token, dtype=resolve_dtype(settings.dtype, tok)[0],
                        text_key=settings.text_key, source_key=settings.source_key)
 
 
@@ -557,7 +558,7 @@ class Worker:
         self.job = job
         self.entries = read_manifest(settings.manifest)
         # A path, not a loaded tokenizer: the encoder then loads fastokens first (the lower peak).
-        self.encoder = Encoder(pinned_tokenizer_path(self.root, job), job.eos_token_id, job.dtype,
+        self.encoder = Encoder(pinned_tokenizer_path(self.root, job), DocumentPolicy(job.eos_token_id, job.eos_token), job.dtype,
                                settings.backend)
         if settings.process_index == 0 and worker_index == 0:
             _record_backend(self.root, self.encoder.report)
