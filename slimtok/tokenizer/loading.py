@@ -180,9 +180,7 @@ def _from_hub(repo_id: str) -> tuple[Tokenizer, TokenizerConfig]:
     mirror = f"`slimtok mirror {repo_id} --repo-type model --include 'tokenizer*'`"
     try:
         path = Path(hf_hub_download(repo_id, "tokenizer.json"))
-    except EntryNotFoundError:
-        return _from_transformers(repo_id)
-    except LocalEntryNotFoundError as exc:
+    except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: caught first
         if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
             raise TokenizerError(f"tokenizer {repo_id!r} is not in the local Hugging Face cache and "
                                  "HF_HUB_OFFLINE is set, so it cannot be fetched", None,
@@ -190,6 +188,8 @@ def _from_hub(repo_id: str) -> tuple[Tokenizer, TokenizerConfig]:
                                  "with network and pass the folder") from exc
         raise TokenizerError(f"cannot fetch tokenizer {repo_id!r} from the Hub: {exc}", None,
                              f"mirror it with {mirror} and pass the folder instead") from exc
+    except EntryNotFoundError:
+        return _from_transformers(repo_id)
     except (HfHubHTTPError, OSError) as exc:
         raise TokenizerError(f"cannot fetch tokenizer {repo_id!r} from the Hub: {exc}", None,
                              f"mirror it with {mirror} and pass the folder instead") from exc
