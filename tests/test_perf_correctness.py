@@ -8,7 +8,7 @@ from tokenizers import Tokenizer, models
 
 import slimtok.tokenizer.encoder as tokmod
 from corpus import sample_documents
-from slimtok.tokenizer import DocumentPolicy, Encoder, load_tokenizer
+from slimtok.tokenizer import DocumentPolicy, Encoder, TokenizerError, load_tokenizer, max_id_plus_one
 
 BACKENDS = ["tokenizers", pytest.param("fastokens", marks=pytest.mark.skipif(
     importlib.util.find_spec("fastokens") is None, reason="fastokens not installed"))]
@@ -99,3 +99,17 @@ def test_flat_array_has_eos_after_each_document_in_the_asked_dtype(backend, dtyp
     assert flat.dtype == np.dtype(dtype)
     assert np.array_equal(flat, np.concatenate([np.append(np.array(d, dtype=np.int64), 0) for d in docs]))
     assert lengths == [len(d) + 1 for d in docs]
+
+
+def test_ids_the_dtype_cannot_hold_are_refused(qwen3_tokenizer):
+    loaded = load_tokenizer(str(qwen3_tokenizer))
+    enc = Encoder(loaded.tokenizer, loaded.policy, "uint16", "tokenizers")
+    with pytest.raises(TokenizerError, match="uint16 cannot hold"):
+        enc.encode(["plain ascii ends with the eos id 151645, which needs uint32"])
+
+
+def test_id_count_of_a_vocabulary_with_gaps_is_its_highest_id_plus_one():
+    tok = Tokenizer(models.BPE(vocab={"a": 0, "b": 7, "c": 3}, merges=[]))
+    assert max_id_plus_one(tok) == 8
+    tok.add_special_tokens(["<eos>"])
+    assert max_id_plus_one(tok) == max(tok.get_vocab(with_added_tokens=True).values()) + 1

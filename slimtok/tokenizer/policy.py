@@ -137,13 +137,12 @@ def separator_warnings(tok: Tokenizer, policy: DocumentPolicy) -> list[str]:
         if token_id is None:
             continue
         label = f"{role} {token!r} (id {token_id})"
-        if token_id not in special_ids:
-            notes.append(f"warning: {label} is an ordinary token, not a special one: text can produce it, so "
-                         f"a document may hold {role} ids inside it; the document table is the record of "
-                         "document boundaries")
-        elif token is not None and _producible(tok, token_id, token):
-            notes.append(f"warning: {label} is produced by encoding its own string as text; a document may "
-                         f"hold {role} ids inside it; the document table is the record of document boundaries")
+        producible = token is not None and _producible(tok, token_id, token)
+        if token_id not in special_ids or producible:
+            what = "is an ordinary token, not a special one" if token_id not in special_ids else "is special"
+            how = ", and encoding its own string as text produces it" if producible else ""
+            notes.append(f"warning: {label} {what}{how}: a document may hold {role} ids inside it; the "
+                         "document table is the record of document boundaries")
         elif not policy.literal:
             notes.append(f"note: with --special-text parse the text {token!r} inside a document becomes {role} "
                          f"id {token_id}; the document table is the record of document boundaries")
