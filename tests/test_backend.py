@@ -115,6 +115,25 @@ def test_mismatch_during_the_run_switches_to_the_reference(bpe_tokenizer, monkey
     assert enc.backend == "tokenizers" and "switched" in enc.report.verification
 
 
+def test_slice_checks_compare_under_a_bos_and_parse_policy(bpe_tokenizer, monkeypatch):
+    """With bos and parsed special strings, start-up passes and a later mismatch still switches."""
+    fastokens = pytest.importorskip("fastokens")
+    made: list[_Skewed] = []
+    _fake_fastokens(monkeypatch, lambda spec: made.append(_Skewed(fastokens.Tokenizer.from_json_str(spec)))
+                    or made[-1])
+    monkeypatch.setattr(tokmod, "VERIFY_EVERY_CHARS", 1)
+    policy = DocumentPolicy(0, "<|endoftext|>", bos_id=1, bos_token="<|pad|>", special_text="parse")
+    enc = Encoder(load_tokenizer(str(bpe_tokenizer)).tokenizer, policy, "uint32", "auto")
+    assert enc.backend == "fastokens" and "special text parse" in enc.report.verification
+    texts = [t + " <|endoftext|> and <|pad|>" for t in sample_documents(4, seed=5)]
+    tok = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json"))  # encode_special_tokens off: parse
+    want = np.concatenate([[1] + tok.encode(t, add_special_tokens=False).ids + [0] for t in texts])
+    assert np.array_equal(enc.encode(texts)[0], want)
+    made[0].broken = True
+    assert np.array_equal(enc.encode(texts)[0], want)
+    assert enc.backend == "tokenizers" and "switched" in enc.report.verification
+
+
 def test_backend_is_recorded_not_pinned_and_outputs_are_identical(tmp_path, bpe_tokenizer):
     pytest.importorskip("fastokens")
     dataset = make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=15, holdout_docs=4)
