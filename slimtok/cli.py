@@ -10,7 +10,7 @@ import click
 from . import __version__
 from .job import CHECKPOINT_EVERY, STALE_AFTER, TOKENS_PER_WRITE
 from .protocol import DEFAULT_SOURCE_KEY, SPLITS
-from .tokenizer import BACKENDS, DTYPES
+from .tokenizer import BACKENDS, BOS_CHOICES, DTYPES, SPECIAL_TEXT
 
 SPLIT_CHOICES = ",".join(SPLITS)
 
@@ -128,7 +128,12 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
               help="Dotted path naming each document's source, counted per source in done records and "
                    "meta.json; '' for none. Pinned in job.json.")
 @click.option("--eos-id", type=click.IntRange(min=0), default=None, help="Default: the tokenizer's eos token.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="uint32", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+              help="Token width: auto = uint16 when every id the tokenizer can emit is < 65,536, else uint32.")
+@click.option("--bos", type=click.Choice(BOS_CHOICES), default="auto", show_default=True,
+              help="A bos before each document: auto = what the tokenizer's own template adds (Llama-style yes, Qwen no).")
+@click.option("--special-text", type=click.Choice(SPECIAL_TEXT), default="literal", show_default=True,
+              help="Special-token strings inside text: literal = ordinary text, parse = their control ids.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Encoder: auto = fastokens when installed and id-identical to tokenizers on a start-up "
                    "sample, else tokenizers. Not pinned: outputs are the same either way.")
@@ -138,7 +143,8 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_workers: str, max_workers: int | None,
                  process_index: int | None, process_count: int | None, tokens_per_write: int,
-                 checkpoint_every: float, splits: str, text_key: str, source_key: str, eos_id: int | None, dtype: str, backend: str,
+                 checkpoint_every: float, splits: str, text_key: str, source_key: str, eos_id: int | None, dtype: str, bos: str,
+                 special_text: str, backend: str,
                  retry_failed: bool, stale_after: float, quiet: bool) -> None:
     """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""
     from .job import TokenizeSettings
@@ -147,7 +153,7 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
     base = TokenizeSettings(manifest=str(manifest.absolute()), output_root=str(output_root.absolute()),
                             tokenizer=tokenizer, tokens_per_write=tokens_per_write, checkpoint_every=checkpoint_every,
                             splits=_splits(splits) or SPLITS, text_key=text_key, source_key=source_key,
-                            eos_id=eos_id, dtype=dtype, backend=backend,
+                            eos_id=eos_id, dtype=dtype, bos=bos, special_text=special_text, backend=backend,
                             retry_failed=retry_failed, stale_after=stale_after)
     settings, source = settings_for(base, spawn_workers, max_workers, process_index, process_count)
     if not quiet:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import orjson
 from tokenizers import Tokenizer
@@ -22,7 +23,7 @@ from .errors import JobMismatch, ManifestError, TokenizerError
 from .manifest import ShardEntry, manifest_digest, read_manifest
 from .protocol import (DEFAULT_SOURCE_KEY, SPLITS, JobSettings, OutputRoot, create_exclusive, new_token,
                        read_record, write_atomic)
-from .tokenizer import LoadedTokenizer, load_tokenizer, resolve_dtype
+from .tokenizer import DocumentPolicy, LoadedTokenizer, load_tokenizer, resolve_dtype
 
 #: Defaults of ``slimtok tokenize`` (the CLI shows these; nothing else re-types them).
 TOKENS_PER_WRITE = 131072
@@ -43,7 +44,12 @@ class TokenizeSettings:
     splits: tuple[str, ...] = SPLITS
     text_key: str = "text"
     eos_id: int | None = None
-    dtype: str = "uint32"
+    #: auto|always|never: the bos before each document (auto: what the tokenizer's template adds)
+    bos: str = "auto"
+    #: literal|parse: what special-token strings inside a document's text become
+    special_text: str = "literal"
+    #: auto: uint16 when every id fits, else uint32
+    dtype: str = "auto"
     #: dotted path whose value names a document's source ("" for none); pinned in job.json
     source_key: str = DEFAULT_SOURCE_KEY
     #: encoder backend (auto|tokenizers|fastokens); not pinned: every backend gives the reference ids
@@ -62,21 +68,33 @@ class TokenizeSettings:
 
 def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: LoadedTokenizer) -> JobSettings:
     """The job record this launch asks for (compared with job.json by :meth:`JobSettings.differences`)."""
+    dtype, why = resolve_dtype(settings.dtype, tok)
+    p = tok.policy
     return JobSettings(manifest_sha256=manifest_digest(entries), shards=len(entries), tokenizer=tok.source,
-                       tokenizer_sha256=tok.sha256, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id,
-                       eos_token=tok.eos_token, dtype=resolve_dtype(settings.dtype, tok.vocab_size),
-                       text_key=settings.text_key, source_key=settings.source_key)
+                       tokenizer_sha256=tok.sha256, vocab_size=tok.vocab_size, eos_token_id=p.eos_id,
+                       eos_token=p.eos_token, dtype=dtype, text_key=settings.text_key, source_key=settings.source_key,
+                       bos_token_id=p.bos_id, bos_token=p.bos_token, special_text=p.special_text,
+                       policy_notes=[*tok.notes, f"dtype: {dtype} ({why})"])
 
 
-def pin_job(settings: TokenizeSettings) -> JobSettings:
+def document_policy(job: JobSettings) -> DocumentPolicy:
+    """The pinned document policy of a job, as the encoder applies it."""
+    return DocumentPolicy(eos_id=job.eos_token_id, eos_token=job.eos_token, bos_id=job.bos_token_id,
+                          bos_token=job.bos_token, special_text=job.special_text)
+
+
+def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None) -> JobSettings:
     """Create job.json on first use, or check a relaunch against it; copy manifest and tokenizer.
 
+    ``say`` gets the start-up lines: which separators and dtype were chosen and why, and warnings.
     Raises JobMismatch naming each differing setting before anything else is written.
     """
     root = OutputRoot(settings.output_root)
     entries = read_manifest(settings.manifest)
-    tok = load_tokenizer(settings.tokenizer, settings.eos_id)
+    tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text)
     requested = requested_job(settings, entries, tok)
+    for line in requested.policy_notes if say else ():
+        say(line)
     tok_text: str | None = None
     if not root.job.exists():
         root.root.mkdir(parents=True, exist_ok=True)
@@ -94,7 +112,7 @@ def pin_job(settings: TokenizeSettings) -> JobSettings:
         write_atomic(root.manifest, Path(settings.manifest).read_bytes())
     tok_file = root.tokenizer_file
     if not tok_file.exists():
-        write_atomic(root.tokenizer_config_file, _tokenizer_config(pinned.eos_token))
+        write_atomic(root.tokenizer_config_file, _tokenizer_config(pinned))
         tok_text = tok_text or tok.file_json()
         if _sha256(tok_text) != pinned.tokenizer_file_sha256:  # another writer's form: the canonical one
             tok_text = tok.to_json()
@@ -140,9 +158,11 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _tokenizer_config(eos_token: str | None) -> bytes:
-    return orjson.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos_token},
-                        option=orjson.OPT_INDENT_2)
+def _tokenizer_config(job: JobSettings) -> bytes:
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": job.eos_token}
+    if job.bos_token is not None:
+        config["bos_token"] = job.bos_token
+    return orjson.dumps(config, option=orjson.OPT_INDENT_2)
 
 
 def pinned_tokenizer_path(root: OutputRoot, job: JobSettings) -> Path:

@@ -131,7 +131,7 @@ def tokenize(settings: TokenizeSettings, progress: Callable[[str], None] | None 
              progress_every: float = 10.0) -> int:
     """Pin the job, run ``settings.workers`` workers to completion, and return the exit status."""
     try:
-        pin_job(settings)
+        pin_job(settings, say=progress)
     except OSError as exc:
         raise OutputError(f"cannot write the job's files: {exc.strerror or exc}", exc.filename or settings.output_root,
                           "free space or fix permissions on the output root, then relaunch the same command") from exc

@@ -126,9 +126,17 @@ class JobSettings(Record):
     #: Not pinned: sha256 of ``tokenizer/tokenizer.json`` when it was written in the compact form
     #: of ``LoadedTokenizer.file_json`` (empty: the file is the canonical JSON, ``tokenizer_sha256``).
     tokenizer_file_sha256: str = ""
+    #: The document policy: each document is ``[bos_token_id]? + ids(text) + [eos_token_id]``, with
+    #: special-token strings in text encoded as ordinary text (literal) or as their ids (parse).
+    #: Roots pinned before the policy existed read as no bos, literal: what they were written with.
+    bos_token_id: int | None = None
+    bos_token: str | None = None
+    special_text: str = "literal"
+    #: Not pinned: why each separator and the dtype were chosen (one line each), for meta and status.
+    policy_notes: list[str] = field(default_factory=list)
 
     PINNED = ("manifest_sha256", "tokenizer_sha256", "vocab_size", "eos_token_id", "dtype", "text_key",
-              "protocol", "source_key")
+              "protocol", "source_key", "bos_token_id", "special_text")
 
     def differences(self, other: JobSettings) -> list[str]:
         """Human-readable list of pinned settings that differ (self = pinned, other = requested)."""

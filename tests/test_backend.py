@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-import slimtok.tokenizer as tokmod
+import slimtok.tokenizer.encoder as tokmod
 from corpus import make_dataset, sample_documents, slimtok
-from slimtok.tokenizer import Encoder, TokenizerError, load_tokenizer
+from slimtok.tokenizer import DocumentPolicy, Encoder, TokenizerError, load_tokenizer
 
 TRICKY = ["plain <|endoftext|> text with <|im_end|> inside", "\n\n  \t\r\n", "東京 Москва 👩‍👩‍👧 e\u0301",
           "x" * 5000, "12345678901234567890 'll 'S"]
@@ -37,7 +37,7 @@ def folder(request, bpe_tokenizer, qwen3_tokenizer) -> Path:
 def test_auto_uses_fastokens_and_gives_reference_ids(folder):
     pytest.importorskip("fastokens")
     loaded = load_tokenizer(str(folder))
-    enc = Encoder(loaded.tokenizer, loaded.eos_token_id, "uint32", "auto")
+    enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", "auto")
     assert enc.backend == "fastokens" and "identical" in enc.report.verification
     texts = sample_documents(40, seed=7) + TRICKY
     flat, lengths = enc.encode(texts)
@@ -82,18 +82,18 @@ def test_missing_fastokens_falls_back_with_a_warning(bpe_tokenizer, monkeypatch,
     monkeypatch.setitem(sys.modules, "fastokens", None)  # makes `import fastokens` raise ImportError
     loaded = load_tokenizer(str(bpe_tokenizer))
     with caplog.at_level(logging.WARNING, logger="slimtok.tokenizer"):
-        enc = Encoder(loaded.tokenizer, 0, "uint32", "auto")
+        enc = Encoder(loaded.tokenizer, DocumentPolicy(0, "<|endoftext|>"), "uint32", "auto")
     assert enc.backend == "tokenizers" and "not installed" in enc.report.verification
     assert "not installed" in caplog.text
     with pytest.raises(TokenizerError, match="not installed"):
-        Encoder(loaded.tokenizer, 0, "uint32", "fastokens")
+        Encoder(loaded.tokenizer, DocumentPolicy(0, "<|endoftext|>"), "uint32", "fastokens")
 
 
 def test_differing_fastokens_is_refused_at_start_up(bpe_tokenizer, monkeypatch):
     fastokens = pytest.importorskip("fastokens")
     _fake_fastokens(monkeypatch, lambda spec: _Skewed(fastokens.Tokenizer.from_json_str(spec), broken=True))
     loaded = load_tokenizer(str(bpe_tokenizer))
-    enc = Encoder(loaded.tokenizer, 0, "uint32", "auto")
+    enc = Encoder(loaded.tokenizer, DocumentPolicy(0, "<|endoftext|>"), "uint32", "auto")
     assert enc.backend == "tokenizers" and "differ" in enc.report.verification
     texts = sample_documents(5, seed=3)
     assert np.array_equal(enc.encode(texts)[0], reference(bpe_tokenizer, texts, 0))
@@ -106,12 +106,31 @@ def test_mismatch_during_the_run_switches_to_the_reference(bpe_tokenizer, monkey
                     or made[-1])
     monkeypatch.setattr(tokmod, "VERIFY_EVERY_CHARS", 1)  # check a slice after every batch
     loaded = load_tokenizer(str(bpe_tokenizer))
-    enc = Encoder(loaded.tokenizer, 0, "uint32", "auto")
+    enc = Encoder(loaded.tokenizer, DocumentPolicy(0, "<|endoftext|>"), "uint32", "auto")
     assert enc.backend == "fastokens"
     made[0].broken = True
     texts = sample_documents(6, seed=4)
     flat, _ = enc.encode(texts)
     assert np.array_equal(flat, reference(bpe_tokenizer, texts, 0))
+    assert enc.backend == "tokenizers" and "switched" in enc.report.verification
+
+
+def test_slice_checks_compare_under_a_bos_and_parse_policy(bpe_tokenizer, monkeypatch):
+    """With bos and parsed special strings, start-up passes and a later mismatch still switches."""
+    fastokens = pytest.importorskip("fastokens")
+    made: list[_Skewed] = []
+    _fake_fastokens(monkeypatch, lambda spec: made.append(_Skewed(fastokens.Tokenizer.from_json_str(spec)))
+                    or made[-1])
+    monkeypatch.setattr(tokmod, "VERIFY_EVERY_CHARS", 1)
+    policy = DocumentPolicy(0, "<|endoftext|>", bos_id=1, bos_token="<|pad|>", special_text="parse")
+    enc = Encoder(load_tokenizer(str(bpe_tokenizer)).tokenizer, policy, "uint32", "auto")
+    assert enc.backend == "fastokens" and "special text parse" in enc.report.verification
+    texts = [t + " <|endoftext|> and <|pad|>" for t in sample_documents(4, seed=5)]
+    tok = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json"))  # encode_special_tokens off: parse
+    want = np.concatenate([[1] + tok.encode(t, add_special_tokens=False).ids + [0] for t in texts])
+    assert np.array_equal(enc.encode(texts)[0], want)
+    made[0].broken = True
+    assert np.array_equal(enc.encode(texts)[0], want)
     assert enc.backend == "tokenizers" and "switched" in enc.report.verification
 
 

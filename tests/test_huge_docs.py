@@ -179,7 +179,7 @@ def whole_ids(tokenizer: Tokenizer, text: str) -> list[int]:
 def test_pieces_encode_to_the_whole_document_ids(tmp_path, which, backend, bpe_tokenizer, qwen3_tokenizer):
     loaded = load_tokenizer(str(bpe_tokenizer if which == "bpe" else qwen3_tokenizer))
     reference = Tokenizer.from_str(loaded.to_json())
-    enc = Encoder(loaded.tokenizer, loaded.eos_token_id, "uint32", backend)
+    enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", backend)
     line = huge_line(raw_text(8, 200_000, broken=True))
     path = write_shard(tmp_path / "s.jsonl.zst", [line])
     [(text, _)] = list(ShardReader(path).records())

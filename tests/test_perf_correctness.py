@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models
 
-import slimtok.tokenizer as tokmod
+import slimtok.tokenizer.encoder as tokmod
 from corpus import sample_documents
-from slimtok.tokenizer import Encoder, load_tokenizer
+from slimtok.tokenizer import DocumentPolicy, Encoder, TokenizerError, load_tokenizer, max_id_plus_one
 
 BACKENDS = ["tokenizers", pytest.param("fastokens", marks=pytest.mark.skipif(
     importlib.util.find_spec("fastokens") is None, reason="fastokens not installed"))]
@@ -39,7 +39,7 @@ def test_huge_document_cut_in_pieces_equals_whole_document(which, backend, bpe_t
                                                            monkeypatch):
     folder = bpe_tokenizer if which == "bpe" else qwen3_tokenizer
     loaded = load_tokenizer(str(folder))
-    enc = Encoder(loaded.tokenizer, loaded.eos_token_id, "uint32", backend)
+    enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", backend)
     monkeypatch.setattr(tokmod, "HUGE_DOC_CHARS", 4000)
     text = huge_text(seed=11)
     assert len(list(enc._cuts(text))) > 20  # the document really is cut
@@ -63,7 +63,7 @@ def newline_a_encoder() -> tuple[Encoder, Tokenizer, int]:
     tok.add_special_tokens(["<|endoftext|>"])
     reference = Tokenizer.from_str(tok.to_str())  # the encoder configures and keeps tok
     eos = tok.token_to_id("<|endoftext|>")
-    return Encoder(tok, eos, "uint32", "tokenizers"), reference, eos
+    return Encoder(tok, DocumentPolicy(eos, "<|endoftext|>"), "uint32", "tokenizers"), reference, eos
 
 
 def test_a_cut_that_would_change_ids_is_not_taken(monkeypatch):
@@ -91,7 +91,7 @@ def test_pieces_whose_meeting_point_changes_ids_are_carried_over():
 @pytest.mark.parametrize("dtype", ["uint16", "uint32"])
 def test_flat_array_has_eos_after_each_document_in_the_asked_dtype(backend, dtype, bpe_tokenizer):
     loaded = load_tokenizer(str(bpe_tokenizer))
-    enc = Encoder(loaded.tokenizer, 0, dtype, backend)
+    enc = Encoder(loaded.tokenizer, DocumentPolicy(0, "<|endoftext|>"), dtype, backend)
     texts = sample_documents(30, seed=5) + ["", "x"]  # an empty text still gets its eos
     flat, lengths = enc.encode(texts)
     spec = loaded.to_json()
@@ -99,3 +99,17 @@ def test_flat_array_has_eos_after_each_document_in_the_asked_dtype(backend, dtyp
     assert flat.dtype == np.dtype(dtype)
     assert np.array_equal(flat, np.concatenate([np.append(np.array(d, dtype=np.int64), 0) for d in docs]))
     assert lengths == [len(d) + 1 for d in docs]
+
+
+def test_ids_the_dtype_cannot_hold_are_refused(qwen3_tokenizer):
+    loaded = load_tokenizer(str(qwen3_tokenizer))
+    enc = Encoder(loaded.tokenizer, loaded.policy, "uint16", "tokenizers")
+    with pytest.raises(TokenizerError, match="uint16 cannot hold"):
+        enc.encode(["plain ascii ends with the eos id 151645, which needs uint32"])
+
+
+def test_id_count_of_a_vocabulary_with_gaps_is_its_highest_id_plus_one():
+    tok = Tokenizer(models.BPE(vocab={"a": 0, "b": 7, "c": 3}, merges=[]))
+    assert max_id_plus_one(tok) == 8
+    tok.add_special_tokens(["<eos>"])
+    assert max_id_plus_one(tok) == max(tok.get_vocab(with_added_tokens=True).values()) + 1

@@ -249,7 +249,7 @@ def bench_raw(table: Table, texts: list[str], tokenizer: Path, backends: list[st
     nbytes = sum(len(t.encode()) for t in texts)
     digests = {}
     for backend in backends:
-        enc = Encoder(loaded.tokenizer, loaded.eos_token_id, "uint32", backend)
+        enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", backend)
         batches = list(worker_batches(texts))
         c0, w0 = cpu_now(), time.time()
         outputs = [enc.encode(b)[0] for b in batches]
@@ -309,7 +309,7 @@ def _ceiling_child(manifest: str, tokenizer: str, backend: str, part: str, repor
 
     i, n = map(int, part.split("/"))
     loaded = load_tokenizer(tokenizer)
-    enc = Encoder(loaded.tokenizer, loaded.eos_token_id, "uint32", backend)
+    enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", backend)
     paths = [e.path for e in read_manifest(Path(manifest))][i::n]
     _ready_then_wait(report)
     c0, w0 = cpu_now(), time.time()

@@ -30,7 +30,7 @@ import psutil
 from ..claims import Claim, Claimer, current_holder, preference_order
 from ..errors import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, Interrupted, LostClaim,
                       ShardError, SlimtokError)
-from ..job import TokenizeSettings, pinned_tokenizer_path, read_job
+from ..job import TokenizeSettings, document_policy, pinned_tokenizer_path, read_job
 from ..manifest import ShardEntry, read_manifest
 from ..protocol import (Checkpoint, DoneRecord, FailedRecord, Heartbeat, JobSettings, LockRecord, OutputRoot, read_record,
                         worker_name, write_record)
@@ -79,7 +79,8 @@ class Worker:
         """Loaded at the first claim, so a worker that finds nothing to do never loads a tokenizer."""
         if self._encoder is None:
             # A path, not a loaded tokenizer: the encoder then loads fastokens first (the lower peak).
-            self._encoder = Encoder(self.tokenizer_path, self.job.eos_token_id, self.job.dtype, self.settings.backend)
+            self._encoder = Encoder(self.tokenizer_path, document_policy(self.job), self.job.dtype,
+                                    self.settings.backend)
             if self.settings.process_index == 0 and self.index == 0:
                 _record_backend(self.root, self._encoder.report)
             gc.freeze()  # the tokenizers live as long as the worker: keep collections from walking them

@@ -1,20 +1,17 @@
-"""Step 4: turn document texts into token ids.
+"""Step 4: turn document texts into token ids under a :class:`DocumentPolicy`.
 
-Loads a tokenizer from a ``tokenizer.json`` file, a local folder, or a Hugging Face Hub repo id,
-and encodes batches of documents into one flat array: ``tokens(doc) + [eos]`` per document, with
-no BOS or template tokens, and with special-token strings inside the text (``<|endoftext|>`` in
-a web page) encoded as ordinary text. The eos id is the only special id that ever reaches the
-output, which is what lets readers find document boundaries by scanning for it.
+Each document becomes ``[bos]? + tokens(text) + [eos]``: no other template tokens, and special-token
+strings inside the text encoded as ordinary text (``literal``) or as their control ids (``parse``).
+``tokenizers`` with ``add_special_tokens=False`` and the separators placed by hand is the reference;
+fastokens encodes only when it gives exactly the reference's ids (checked at start and during the run).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 import random
-import re
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,153 +22,9 @@ import numpy as np
 import orjson
 from tokenizers import Tokenizer
 
-from .errors import TokenizerError
-
-DTYPES = ("uint32", "uint16", "auto")
-#: eos strings tried, in order, when neither --eos-id nor tokenizer_config.json names one.
-COMMON_EOS = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|im_end|>")
-_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
-
-
-@dataclass(frozen=True)
-class LoadedTokenizer:
-    """A tokenizer with the identity facts a job is pinned to."""
-
-    tokenizer: Tokenizer
-    source: str
-    sha256: str
-    vocab_size: int
-    eos_token_id: int
-    eos_token: str | None
-
-    def to_json(self) -> str:
-        """The canonical JSON (``Tokenizer.to_str()``), whose sha256 is ``sha256``."""
-        return self.tokenizer.to_str()
-
-    def file_json(self) -> str:
-        """The same tokenizer as a file that loads faster and with a lower peak: BPE merges as
-        ``"a b"`` strings instead of ``["a", "b"]`` pairs (tokenizers and fastokens read both).
-
-        Qwen3: tokenizers loads it in ~25% less time with a ~100 MB lower peak, fastokens with a
-        ~85 MB lower one. Used only if it loads back to exactly the canonical JSON; else that.
-        """
-        canonical = self.to_json()
-        data = orjson.loads(canonical)
-        merges = data.get("model", {}).get("merges") if isinstance(data.get("model"), dict) else None
-        if not merges or not all(isinstance(m, list) and len(m) == 2 and " " not in m[0] + m[1] for m in merges):
-            return canonical
-        data["model"]["merges"] = [f"{a} {b}" for a, b in merges]
-        compact = orjson.dumps(data).decode()
-        return compact if Tokenizer.from_str(compact).to_str() == canonical else canonical
-
-
-def _eos_from_config(folder: Path) -> str | None:
-    config = folder / "tokenizer_config.json"
-    if not config.is_file():
-        return None
-    try:
-        data = orjson.loads(config.read_bytes())
-    except orjson.JSONDecodeError as exc:
-        raise TokenizerError(f"{config}: not valid JSON ({exc})") from exc
-    eos = data.get("eos_token")
-    if isinstance(eos, dict):
-        eos = eos.get("content")
-    return eos if isinstance(eos, str) else None
-
-
-def _from_transformers(source: str) -> tuple[Tokenizer, str | None]:
-    """Load through transformers, for folders and repos without a tokenizer.json."""
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(source)
-    except Exception as exc:  # transformers raises many types; all mean "cannot load"
-        raise TokenizerError(f"cannot load tokenizer {source!r}: {exc}") from exc
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
-        raise TokenizerError(f"tokenizer {source!r} has no fast (tokenizers) version; "
-                             "convert it and save a tokenizer.json")
-    return backend, tok.eos_token
-
-
-def _resolve(source: str) -> tuple[Tokenizer, str | None]:
-    path = Path(source).expanduser()
-    if path.is_file():
-        return _read_file(path), _eos_from_config(path.parent)
-    if path.is_dir():
-        if (path / "tokenizer.json").is_file():
-            return _read_file(path / "tokenizer.json"), _eos_from_config(path)
-        return _from_transformers(str(path))
-    if not _REPO_ID.fullmatch(source) or source.startswith((".", "~")):
-        raise TokenizerError(f"tokenizer {source!r}: no such file or folder")
-    return _from_hub(source)
-
-
-def _read_file(path: Path) -> Tokenizer:
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as exc:  # the Rust loader raises a bare Exception
-        raise TokenizerError(f"{path}: not a tokenizers JSON file ({exc})") from exc
-
-
-def _from_hub(repo_id: str) -> tuple[Tokenizer, str | None]:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        path = Path(hf_hub_download(repo_id, "tokenizer.json"))
-    except EntryNotFoundError:
-        return _from_transformers(repo_id)
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        raise TokenizerError(f"cannot fetch tokenizer {repo_id!r} from the Hub: {exc}. Mirror it with "
-                             f"`slimtok mirror {repo_id} --repo-type model --include 'tokenizer*'` and pass "
-                             "the folder instead") from exc
-    try:
-        hf_hub_download(repo_id, "tokenizer_config.json")
-    except (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError):
-        pass
-    return _read_file(path), _eos_from_config(path.parent)
-
-
-def max_id_plus_one(tok: Tokenizer) -> int:
-    """Number of ids a reader must allow: highest id + 1, added tokens included."""
-    return max(tok.get_vocab(with_added_tokens=True).values()) + 1
-
-
-def load_tokenizer(source: str, eos_id: int | None = None) -> LoadedTokenizer:
-    """Load ``source`` and settle the eos id (explicit, from tokenizer_config.json, or well known)."""
-    tok, eos_token = _resolve(source)
-    vocab_size = max_id_plus_one(tok)
-    if eos_id is None:
-        candidates = [eos_token] if eos_token else list(COMMON_EOS)
-        for name in candidates:
-            found = tok.token_to_id(name) if name else None
-            if found is not None:
-                eos_id, eos_token = found, name
-                break
-        else:
-            raise TokenizerError(f"tokenizer {source!r} names no eos token that it knows "
-                                 f"(tried {', '.join(c for c in candidates if c)}); pass --eos-id")
-    elif not 0 <= eos_id < vocab_size:
-        raise TokenizerError(f"--eos-id {eos_id} is outside the vocabulary (0..{vocab_size - 1})")
-    else:
-        eos_token = tok.id_to_token(eos_id)
-    sha = hashlib.sha256(tok.to_str().encode()).hexdigest()
-    return LoadedTokenizer(tok, source, sha, vocab_size, eos_id, eos_token)
-
-
-def resolve_dtype(requested: str, vocab_size: int) -> str:
-    """The on-disk dtype: uint32, or uint16 when asked (or auto) and every id fits."""
-    if requested not in DTYPES:
-        raise TokenizerError(f"dtype {requested!r} is not one of {', '.join(DTYPES)}")
-    fits16 = vocab_size <= 1 << 16
-    if requested == "uint16" and not fits16:
-        raise TokenizerError(f"--dtype uint16 cannot hold {vocab_size} ids (at most 65536); use uint32")
-    if requested == "auto":
-        return "uint16" if fits16 else "uint32"
-    return requested
-
-
+from ..errors import TokenizerError
+from .loading import read_tokenizer_file
+from .policy import DocumentPolicy
 
 # -- encoding backends -----------------------------------------------------------------------
 
@@ -235,10 +88,10 @@ def _malloc_trim() -> None:
 
 
 class Encoder:
-    """Encodes batches of documents into one flat id array, eos after each document.
+    """Encodes batches of documents into one flat id array under a :class:`DocumentPolicy`.
 
     The tokenizer passed in is configured in place (no padding or truncation, special-token
-    strings in text encoded as text) and owned by the encoder from then on.
+    strings in text per the policy) and owned by the encoder from then on.
 
     ``tokenizers`` is the reference. With ``backend="fastokens"`` or ``"auto"``, fastokens encodes
     when it is installed and gives exactly the reference's ids on a start-up sample; during the run
@@ -246,7 +99,7 @@ class Encoder:
     a mismatch switches this encoder to the reference for good. ``report`` says what happened.
     """
 
-    def __init__(self, tokenizer: Tokenizer | Path, eos_id: int, dtype: str, backend: str = "auto"):
+    def __init__(self, tokenizer: Tokenizer | Path, policy: DocumentPolicy, dtype: str, backend: str = "auto"):
         """``tokenizer``: the reference, or the path of its ``tokenizer.json``; a path lets fastokens
         load first, which lowers the start-up peak (see :func:`_load_fastokens`)."""
         if backend not in BACKENDS:
@@ -255,14 +108,15 @@ class Encoder:
         _malloc_trim()  # loading peaks far above what a tokenizer keeps; return that before the next load
         # The encoder configures and keeps the tokenizer it is given (no copy: a Qwen3-sized
         # tokenizer costs ~110 MB and half a second to copy); callers hand over their instance.
-        tok = tokenizer if isinstance(tokenizer, Tokenizer) else _read_file(Path(tokenizer))
+        tok = tokenizer if isinstance(tokenizer, Tokenizer) else read_tokenizer_file(Path(tokenizer))
         tok.no_padding()
         tok.no_truncation()
-        tok.encode_special_tokens = True
+        tok.encode_special_tokens = policy.literal
         _malloc_trim()  # before the start-up sample: the first fastokens encode adds ~50 MB on top
         self._tok = tok
-        self.eos_id = eos_id
+        self.policy = policy
         self.dtype = np.dtype(dtype)
+        self._prefix = np.array(policy.prefix, dtype=np.uint32)
         self._fast = None
         self._rng = random.Random()
         self._until_check = self._rng.randrange(VERIFY_EVERY_CHARS)
@@ -276,17 +130,21 @@ class Encoder:
     def backend(self) -> str:
         return self.report.backend
 
+    @property
+    def eos_id(self) -> int:
+        return self.policy.eos_id
+
     # -- choosing --------------------------------------------------------------------------
     def _try_fastokens(self, fast: object | None, why: str, requested: str) -> BackendReport:
         """fastokens if it loaded and matches the reference on the start-up sample, else the reference."""
         if fast is None:
             return self._fall_back(requested, why)
         try:
-            # eos comes from a template inside the encoder: the ids arrive with it in place and
-            # need no copy to insert it (the start-up sample checks this too).
-            fast.post_processor = self._eos_template()  # type: ignore[attr-defined]
+            # bos and eos come from a template inside the encoder: the ids arrive with them in
+            # place and need no copy to insert them (the start-up sample checks this too).
+            fast.post_processor = self._policy_template()  # type: ignore[attr-defined]
         except Exception as exc:  # the Rust side raises bare exceptions
-            return self._fall_back(requested, f"fastokens cannot take the eos template: {exc}")
+            return self._fall_back(requested, f"fastokens cannot take the bos/eos template: {exc}")
         texts = _start_sample(self._tok)
         ref, ref_lengths = self._encode_reference(texts)
         got, got_lengths = self._encode_fast(fast, texts)
@@ -300,28 +158,32 @@ class Encoder:
         chars = sum(len(t) for t in texts)
         return BackendReport(requested, "fastokens",
                              f"fastokens {version}: ids identical to tokenizers on the start-up sample "
-                             f"({len(texts)} texts, {chars} chars); re-checked on random slices during the run")
+                             f"({len(texts)} texts, {chars} chars, special text {self.policy.special_text}); "
+                             "re-checked on random slices during the run")
 
-    def _eos_template(self) -> str:
-        """A post-processor that appends eos to each text and adds nothing else."""
-        eos = self._tok.id_to_token(self.eos_id)
+    def _policy_template(self) -> str:
+        """A post-processor that puts bos (if any) before and eos after each text, nothing else."""
+        seps = [(self.policy.bos_id, "bos"), (self.policy.eos_id, "eos")]
+        names = {i: self._tok.id_to_token(i) for i, _ in seps if i is not None}
+        bos = [{"SpecialToken": {"id": names[self.policy.bos_id], "type_id": 0}}] if self.policy.bos_id is not None else []
+        eos = [{"SpecialToken": {"id": names[self.policy.eos_id], "type_id": 0}}]
+        seq = [{"Sequence": {"id": "A", "type_id": 0}}]
         return orjson.dumps({
             "type": "TemplateProcessing",
-            "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": eos, "type_id": 0}}],
-            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}},
-                     {"SpecialToken": {"id": eos, "type_id": 0}}],
-            "special_tokens": {eos: {"id": eos, "ids": [self.eos_id], "tokens": [eos]}},
+            "single": bos + seq + eos,
+            "pair": bos + seq + [{"Sequence": {"id": "B", "type_id": 0}}] + eos,
+            "special_tokens": {name: {"id": name, "ids": [i], "tokens": [name]} for i, name in names.items()},
         }).decode()
 
     def _fall_back(self, requested: str, why: str) -> BackendReport:
         if requested == "fastokens":
-            raise TokenizerError(f"--backend fastokens: {why}; use --backend auto or tokenizers")
+            raise TokenizerError(f"--backend fastokens: {why}", None, "use --backend auto or tokenizers")
         log.warning("using the tokenizers backend: %s", why)
         return BackendReport(requested, "tokenizers", f"fallback: {why}")
 
     # -- encoding --------------------------------------------------------------------------
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
-        """(flat ids, per-document lengths including eos) for ``texts``."""
+        """(flat ids, per-document lengths including bos/eos) for ``texts``."""
         texts = list(texts)
         if any(len(t) > HUGE_DOC_CHARS for t in texts):
             parts = [self._encode_huge(t) if len(t) > HUGE_DOC_CHARS else self.encode([t]) for t in texts]
@@ -339,36 +201,45 @@ class Encoder:
                 if not self._check_slice(texts):
                     flat, lengths = self._encode_reference(texts)
         if self.dtype != flat.dtype:
+            if flat.size and int(flat.max()) > np.iinfo(self.dtype).max:
+                raise TokenizerError(f"the tokenizer emitted id {int(flat.max())}, which {self.dtype} cannot hold",
+                                     None, "use --dtype uint32")
             flat = flat.astype(self.dtype)
         return flat, lengths
+
+    def _bare(self, flat: np.ndarray, first: bool, last: bool) -> np.ndarray:
+        """One encoded part of a document with the bos dropped unless ``first``, the eos unless ``last``."""
+        return flat[0 if first else self._prefix.size:None if last else -1]
 
     def _encode_huge(self, text: str) -> tuple[np.ndarray, list[int]]:
         """One huge document, encoded piece by piece so memory follows the piece size, not the text's."""
         pieces = []
         start = 0
-        for cut in self._cuts(text):
+        cuts = list(self._cuts(text))
+        for k, cut in enumerate(cuts):
             flat, _ = self._encode_batch([text[start:cut]])
-            pieces.append(flat[:-1])  # drop the piece's eos; one goes after the whole document
+            pieces.append(self._bare(flat, k == 0, k == len(cuts) - 1))
             start = cut
-        pieces.append(np.array([self.eos_id], dtype=pieces[0].dtype if pieces else self.dtype))
         flat = np.concatenate(pieces)
         return flat, [int(flat.size)]
 
     def encode_pieces(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
         """Ids of ONE document given as consecutive text pieces, in chunks.
 
-        The chunks joined are exactly ``encode(["".join(pieces)])``'s ids (eos last). The document is
-        cut where two pieces meet only if the cut passes :meth:`_cut_holds`; elsewhere the text
-        carries over into the next piece. Only the pieces being encoded are in memory at once.
+        The chunks joined are exactly ``encode(["".join(pieces)])``'s ids: the first chunk starts
+        with bos (if the policy has one), the last ends with eos. The document is cut where two
+        pieces meet only if the cut passes :meth:`_cut_holds`; elsewhere the text carries over into
+        the next piece. Only the pieces being encoded are in memory at once.
         """
         carry = ""
+        first = True
         for piece in pieces:
             if carry and self._cut_holds(carry[-CUT_WINDOW_CHARS:], piece[:CUT_WINDOW_CHARS]):
-                yield self.encode([carry])[0][:-1]  # this part's eos dropped; the document's comes last
-                carry = piece
+                yield self._bare(self.encode([carry])[0], first, False)
+                carry, first = piece, False
             else:
                 carry += piece
-        yield self.encode([carry])[0]
+        yield self._bare(self.encode([carry])[0], first, True)
 
     def _cuts(self, text: str) -> Iterator[int]:
         """Cut positions about every HUGE_DOC_CHARS, ending with len(text).
@@ -399,28 +270,33 @@ class Encoder:
         """Whether text may be cut between ``left`` (its tail) and ``right`` (its head).
 
         Only right after a newline followed by a letter (see :meth:`_cuts`), and only if the two
-        windows encode to the same ids together and apart.
+        windows encode to the same ids together and apart (separators aside).
         """
         if not (left.endswith("\n") and right[:1].isalpha()):
             return False
         whole, _ = self._encode_batch([left + right])
         apart, lengths = self._encode_batch([left, right])
-        return np.array_equal(whole[:-1], np.delete(apart, [lengths[0] - 1, len(apart) - 1]))
+        joined = np.concatenate([self._bare(apart[:lengths[0]], True, False),
+                                 self._bare(apart[lengths[0]:], False, True)])
+        return np.array_equal(whole, joined)
 
     def _encode_reference(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """tokenizers without its template, the policy's separators placed here."""
+        prefix, eos = self.policy.prefix, self.policy.eos_id
         ids: list[int] = []
         lengths = []
         for enc in self._tok.encode_batch_fast(texts, add_special_tokens=False):
             doc = enc.ids
+            ids += prefix
             ids += doc
-            ids.append(self.eos_id)
-            lengths.append(len(doc) + 1)
+            ids.append(eos)
+            lengths.append(len(prefix) + len(doc) + 1)
         return np.array(ids, dtype=np.uint32), lengths
 
     def _encode_fast(self, fast: object, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        # add_special_tokens=True applies only the eos template; split_special_tokens=True keeps
-        # special-token strings in the text as text.
-        raw, offsets = fast.encode_batch_flat(texts, True, True)  # type: ignore[attr-defined]
+        # add_special_tokens=True applies only the policy's template; split_special_tokens=True
+        # keeps special-token strings in the text as text (literal), False parses them.
+        raw, offsets = fast.encode_batch_flat(texts, True, self.policy.literal)  # type: ignore[attr-defined]
         ends = np.frombuffer(offsets, dtype=np.uint64)
         return np.frombuffer(raw, dtype=np.uint32), np.diff(ends).tolist()
 

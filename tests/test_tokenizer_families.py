@@ -1,0 +1,189 @@
+"""Every tokenizer family under every sensible document policy gives the ids an independent
+encoding with ``tokenizers`` alone gives: ``[bos]? + tokens(text) + [eos]``, special-token strings
+in text as text (literal) or as their ids (parse); warnings where text can produce eos; dtype widths."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from corpus import sample_documents
+from slimtok.tokenizer import Encoder, TokenizerError, load_tokenizer, resolve_dtype
+from tokenizer_families import FAMILIES, build_family
+
+BACKENDS = ["tokenizers", pytest.param("auto", marks=pytest.mark.skipif(
+    importlib.util.find_spec("fastokens") is None, reason="fastokens not installed"))]
+#: fastokens cannot load these families (Metaspace, BertNormalizer): they must fall back, saying why.
+FASTOKENS_UNSUPPORTED = {"unigram", "wordpiece"}
+POLICIES = [("auto", "literal"), ("never", "literal"), ("always", "parse"), ("auto", "parse")]
+_BUILT: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    """name -> folder, each family built once for this module, on first use."""
+    def get(name: str) -> Path:
+        if name not in _BUILT:
+            _BUILT[name] = build_family(name, tmp_path_factory.mktemp(name))
+        return _BUILT[name]
+    return get
+
+
+def documents(folder: Path) -> list[str]:
+    """Real text, every special-token string of the tokenizer inside text, empty and multi-script texts."""
+    specials = [t.content for t in Tokenizer.from_file(str(folder / "tokenizer.json"))
+                .get_added_tokens_decoder().values()]
+    inside = [f"x{s}y {s} {s}{s}\n{s}" for s in specials]
+    return sample_documents(12, seed=9) + inside + ["", " ", "東京 Москва مرحبا नमस्ते 안녕 👩‍👩‍👧 e\u0301", ""]
+
+
+def expected_bos(name: str, bos: str) -> str | None:
+    """The bos string the documented policy gives, from the family's facts (not from slimtok)."""
+    fam = FAMILIES[name]
+    if bos == "never":
+        return None
+    if bos == "auto":
+        return fam.template_bos
+    return fam.config_bos or fam.template_bos
+
+
+def independent(folder: Path, texts: list[str], bos: str | None, eos: str, special_text: str) -> list[list[int]]:
+    """Each document's ids by tokenizers alone: no template, separators added here."""
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.encode_special_tokens = special_text == "literal"
+    head = [] if bos is None else [tok.token_to_id(bos)]
+    return [head + tok.encode(t, add_special_tokens=False).ids + [tok.token_to_id(eos)] for t in texts]
+
+
+def _cases():
+    for name in FAMILIES:
+        for bos, special in POLICIES:
+            if bos == "always" and expected_bos(name, "always") is None:
+                continue  # no bos to add: refused, see test_bos_always_without_a_bos_is_refused
+            yield name, bos, special
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,bos,special", list(_cases()))
+def test_encoder_gives_the_independent_ids(families, name, bos, special, backend):
+    folder = families(name)
+    loaded = load_tokenizer(str(folder), bos=bos, special_text=special)
+    enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", backend)
+    if backend == "auto":
+        want_backend = "tokenizers" if name in FASTOKENS_UNSUPPORTED else "fastokens"
+        assert enc.backend == want_backend, enc.report
+        if name in FASTOKENS_UNSUPPORTED:
+            assert enc.report.verification.startswith("fallback: fastokens cannot load")
+    texts = documents(folder)
+    want = independent(folder, texts, expected_bos(name, bos), FAMILIES[name].eos, special)
+    flat, lengths = enc.encode(texts)
+    assert lengths == [len(w) for w in want]
+    assert np.array_equal(flat, np.concatenate([np.array(w, dtype=np.uint32) for w in want]))
+
+
+@pytest.mark.parametrize("name,cut", [("llama3", True), ("wordpiece", True),
+                                      ("llama2", False)])  # Prepend("▁") changes ids at every cut
+def test_pieces_start_with_bos_and_end_with_eos(families, name, cut):
+    loaded = load_tokenizer(str(families(name)))
+    enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", "tokenizers")
+    pieces = [f"Part {doc}\n" for doc in sample_documents(20, seed=2)]  # each meets the next at "\nP"
+    text = "".join(pieces)
+    chunks = list(enc.encode_pieces(pieces))
+    (want,) = independent(families(name), [text], FAMILIES[name].template_bos, FAMILIES[name].eos, "literal")
+    assert (len(chunks) > 1) == cut and np.array_equal(np.concatenate(chunks), want)
+    tok = Tokenizer.from_file(str(families(name) / "tokenizer.json"))
+    assert chunks[0][0] == tok.token_to_id(FAMILIES[name].template_bos)
+    assert chunks[-1][-1] == tok.token_to_id(FAMILIES[name].eos)
+
+
+@pytest.mark.parametrize("name", ["unigram", "qwen3"])
+def test_bos_always_without_a_bos_is_refused(families, name):
+    with pytest.raises(TokenizerError, match="--bos always"):
+        load_tokenizer(str(families(name)), bos="always")
+
+
+def test_auto_bos_follows_each_template(families):
+    for name, fam in FAMILIES.items():
+        policy = load_tokenizer(str(families(name))).policy
+        assert policy.bos_token == fam.template_bos, name
+        assert policy.eos_token == fam.eos, name
+
+
+def test_eos_producible_from_text_is_warned_naming_the_token(families):
+    notes = load_tokenizer(str(families("unigram"))).notes
+    tok = Tokenizer.from_file(str(families("unigram") / "tokenizer.json"))
+    tok.encode_special_tokens = True
+    assert tok.token_to_id("</s>") in tok.encode("a</s>", add_special_tokens=False).ids  # the premise
+    assert any(n.startswith("warning: eos '</s>'") for n in notes), notes
+    clean = load_tokenizer(str(families("qwen3"))).notes
+    assert not any(n.startswith("warning") for n in clean), clean
+
+
+def test_an_ordinary_eos_id_is_warned(families):
+    tok = Tokenizer.from_file(str(families("qwen3") / "tokenizer.json"))
+    dot = tok.token_to_id(".")
+    loaded = load_tokenizer(str(families("qwen3")), eos_id=dot)
+    assert loaded.policy.eos_id == dot and loaded.policy.eos_reason == f"--eos-id {dot}"
+    assert any(n.startswith("warning: eos '.'") and "ordinary token" in n for n in loaded.notes), loaded.notes
+
+
+def test_parse_notes_that_eos_strings_in_text_become_eos(families):
+    notes = load_tokenizer(str(families("qwen3")), special_text="parse").notes
+    assert any("<|im_end|>" in n and "--special-text parse" in n for n in notes), notes
+
+
+def test_folder_without_config_says_which_eos_candidate_was_chosen(families, tmp_path):
+    shutil.copy(families("qwen3") / "tokenizer.json", tmp_path / "tokenizer.json")
+    loaded = load_tokenizer(str(tmp_path))
+    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert loaded.policy.eos_id == tok.token_to_id("<|endoftext|>")
+    assert "no tokenizer_config.json" in loaded.notes[0] and "<|endoftext|>" in loaded.notes[0]
+
+
+def test_qwen3_defaults_are_todays(families):
+    loaded = load_tokenizer(str(families("qwen3")))
+    p = loaded.policy
+    assert (p.eos_id, p.bos_id, p.special_text) == (151645, None, "literal")
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_dtype_auto_width_follows_the_highest_id(families, name):
+    loaded = load_tokenizer(str(families(name)))
+    tok = Tokenizer.from_file(str(families(name) / "tokenizer.json"))
+    highest = max(tok.get_vocab(with_added_tokens=True).values())
+    assert loaded.vocab_size == highest + 1
+    dtype, reason = resolve_dtype("auto", loaded)
+    assert dtype == ("uint16" if highest < 65536 else "uint32") and "auto" in reason
+    assert resolve_dtype("uint32", loaded)[0] == "uint32"
+    if highest >= 65536:
+        with pytest.raises(TokenizerError, match="uint16"):
+            resolve_dtype("uint16", loaded)
+
+
+def test_fingerprint_and_file_form_match_the_canonical_json(families):
+    folder = families("qwen3")
+    loaded = load_tokenizer(str(folder))
+    canonical = Tokenizer.from_file(str(folder / "tokenizer.json")).to_str()
+    import hashlib
+
+    assert loaded.sha256 == hashlib.sha256(canonical.encode()).hexdigest()
+    compact = loaded.file_json()
+    assert compact != canonical and Tokenizer.from_str(compact).to_str() == canonical
+    assert loaded.file_json() is compact  # proven once, then kept
+
+
+def test_offline_hub_id_gets_slimtoks_hint(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code = ("from slimtok.tokenizer import load_tokenizer, TokenizerError\n"
+            "try:\n    load_tokenizer('acme/no-such-tokenizer')\n"
+            "except TokenizerError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert "HF_HUB_OFFLINE" in out and "slimtok mirror acme/no-such-tokenizer" in out
