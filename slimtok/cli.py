@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .errors import SlimtokError
 from .protocol import DEFAULT_SOURCE_KEY, SPLITS
 
 SPLIT_CHOICES = ",".join(SPLITS)
@@ -25,7 +26,7 @@ def _splits(value: str | None) -> tuple[str, ...] | None:
 
 def _fail(exc: Exception) -> None:
     click.echo(f"error: {exc}", err=True)
-    sys.exit(2)
+    sys.exit(getattr(exc, "exit_code", 2))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -165,12 +166,12 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
 @click.option("--no-verify", is_flag=True, help="Check sizes only, not sha256, before copying.")
 def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_verify: bool) -> None:
     """Write train.bin / val.bin / test.bin and meta.pkl / meta.json from finished shards."""
-    from .combine import CombineError, combine
+    from .combine import combine
     from .manifest import ManifestError
 
     try:
         combine(output_root, _splits(splits), allow_partial=allow_partial, verify=not no_verify, log=click.echo)
-    except (CombineError, ManifestError) as exc:
+    except (SlimtokError, ManifestError) as exc:
         _fail(exc)
 
 
@@ -181,12 +182,11 @@ def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_v
 @click.option("--block-size", type=click.IntRange(min=2), default=1024, show_default=True)
 def validate_cmd(output_root: Path, samples: int, seed: int, block_size: int) -> None:
     """Alignment, ids, sizes, checksums, eye test and a sampler dry-run; non-zero exit on failure."""
-    from .combine import CombineError
     from .validate import validate
 
     try:
         report = validate(output_root, samples=samples, seed=seed, block_size=block_size, log=click.echo)
-    except CombineError as exc:
+    except SlimtokError as exc:
         _fail(exc)
     click.echo("validate: " + ("all checks passed" if report.ok else "FAILED"))
     sys.exit(0 if report.ok else 1)
@@ -244,11 +244,11 @@ def export_group() -> None:
 @click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
 def export_megatron_cmd(output_root: Path, prefix: str, splits: str | None) -> None:
     """PREFIX_<split>_text_document.bin/.idx in megatron-core's indexed-dataset format."""
-    from .export import ExportError, export_megatron
+    from .export import export_megatron
 
     try:
         export_megatron(output_root, prefix, _splits(splits), log=click.echo)
-    except ExportError as exc:
+    except SlimtokError as exc:
         _fail(exc)
 
 
@@ -263,11 +263,11 @@ def export_megatron_cmd(output_root: Path, prefix: str, splits: str | None) -> N
 def export_packed_cmd(output_root: Path, seq_len: int, fmt: str, split: str, output_dir: Path | None,
                       rows_per_file: int | None) -> None:
     """Rows of exactly SEQ_LEN tokens cut from the eos-separated stream, with a manifest of checksums."""
-    from .export import ExportError, export_packed
+    from .export import export_packed
 
     try:
         export_packed(output_root, seq_len, fmt, split, output_dir, rows_per_file, log=click.echo)
-    except ExportError as exc:
+    except SlimtokError as exc:
         _fail(exc)
 
 
