@@ -51,6 +51,8 @@ def _complete(folder: Path, intent: PublishIntent) -> None:
     for tmp, name in intent.renames:
         if (folder / tmp).exists():
             os.replace(folder / tmp, folder / name)
+            # rename(2) between two links of one file does nothing: the target already is the new file
+            (folder / tmp).unlink(missing_ok=True)
     fsync_dir(folder)
 
 
