@@ -1,12 +1,16 @@
 """Step 6: concatenate each split's finished shards into one flat token file.
 
-Reads ``job.json``, ``manifest.jsonl``, ``done/`` and ``shards/`` of an output root; writes
-``train.bin`` / ``val.bin`` / ``test.bin`` (shards in manifest order, so the bytes never depend on
-which worker finished first) and ``meta.pkl`` / ``meta.json`` (what a trainer needs to read them).
+Reads ``job.json``, ``manifest.jsonl``, ``done/``, ``shards/`` and ``documents/`` of an output
+root; writes ``train.bin`` / ``val.bin`` / ``test.bin`` (shards in manifest order, so the bytes
+never depend on which worker finished first), their document indexes ``train.idx`` … and
+``meta.pkl`` / ``meta.json`` (:class:`~slimtok.protocol.Meta`), all published as one set
+(:mod:`slimtok.publish`).
 
-Each shard is checked against its done record (size, and sha256 unless ``verify=False``) before it
-is copied, and the copy is done by the kernel (copy_file_range), never by a Python loop over tokens.
-A split with missing or failed shards is refused unless ``allow_partial``.
+Per split: **plan** (done records in manifest order) → **segments** (each shard and its document
+table checked against its done record; the spans and document lengths it contributes, less what
+an ``exclude`` callable leaves out) → **concatenate** (:mod:`slimtok.spans`, in the kernel) →
+**summarize** (the split's meta entry). Shards without a table (older roots) get their document
+ends from an eos scan. A split with missing or failed shards is refused unless ``allow_partial``.
 """
 
 from __future__ import annotations
