@@ -19,10 +19,11 @@ import hashlib
 import os
 import pickle
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -235,43 +236,65 @@ def write_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, verify: 
     if legacy:
         log(f"note: {len(legacy)} shard(s) of split {plan.split} (first {legacy[0]}) have no document table (written "
             "before tables existed); their document ends come from an eos scan")
-    segments: list[Segment] = []
+    written: list[Written] = []
     out_fd = os.open(pending.tmp(dest), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with open(pending.tmp(index_dest), "xb") as index_file:
             ends = DocEnds(index_file)
-            # Checks run in order on one thread while the kernel copies the segment checked before:
-            # hashing releases the GIL, so on two cores combine runs at about the copy's speed.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="combine-check") as pool:
-                futures = [pool.submit(segment_of, root, r, job, verify, exclude(r) if exclude else None, whole)
-                           for r in plan.done]
-                try:
-                    for future in futures:
-                        segment = future.result()
-                        concatenate(segment.spans, out_fd)
-                        ends.add(segment.counts)
-                        segments.append(segment)
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
+            for segment in _checked(root, plan.done, job, verify, exclude, whole):
+                concatenate(segment.spans, out_fd)
+                ends.add(segment.counts)
+                written.append(Written(segment.record, len(segment.counts), int(segment.counts.sum()),
+                                       sum(span.length for span in segment.spans), segment.removed))
             index_file.flush()
             os.fsync(index_file.fileno())
         os.fsync(out_fd)
     finally:
         os.close(out_fd)
-    return summarize(plan, segments, dest, index_dest, whole, legacy, exclude is not None)
+    return summarize(plan, written, dest, index_dest, whole, legacy, exclude is not None)
 
 
-def summarize(plan: SplitPlan, segments: Sequence[Segment], dest: Path, index_dest: Path,
+def _checked(root: OutputRoot, records: Sequence[DoneRecord], job: JobSettings, verify: bool,
+             exclude: Exclude | None, whole: "hashlib._Hash | None", ahead: int = 2) -> Iterator[Segment]:
+    """``segment_of`` each record in order on one thread, at most ``ahead`` ahead of the consumer:
+    hashing releases the GIL, so on two cores the checks run while the kernel copies the segment
+    checked before, and memory holds a few segments, not a split's."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="combine-check") as pool:
+        futures: deque = deque()
+        todo = iter(records)
+        try:
+            while True:
+                while len(futures) < ahead and (record := next(todo, None)) is not None:
+                    futures.append(pool.submit(segment_of, root, record, job, verify,
+                                               exclude(record) if exclude else None, whole))
+                if not futures:
+                    return
+                yield futures.popleft().result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+@dataclass(frozen=True)
+class Written:
+    """What one segment put in the split's file, for its summary."""
+
+    record: DoneRecord
+    documents: int
+    tokens: int
+    bytes: int
+    removed: dict[str, dict[str, dict[str, int]]]
+
+
+def summarize(plan: SplitPlan, segments: Sequence[Written], dest: Path, index_dest: Path,
               whole: "hashlib._Hash | None", legacy: Sequence[str], excluding: bool) -> dict:
     """The split's meta entry: counts of what was written, skipped lines and per-source sums; with
     an exclusion, ``removed`` per reason and per source (kept counts exclude them)."""
     records = [s.record for s in segments]
     entry: dict = {"file": dest.name, "shards": len(records),
-                   "documents": sum(len(s.counts) for s in segments),
-                   "tokens": sum(int(s.counts.sum()) for s in segments),
-                   "bytes": sum(sp.length for s in segments for sp in s.spans),
+                   "documents": sum(s.documents for s in segments),
+                   "tokens": sum(s.tokens for s in segments),
+                   "bytes": sum(s.bytes for s in segments),
                    "partial": bool(plan.missing), "missing_shards": len(plan.missing)}
     if whole is not None:
         entry["sha256"] = whole.hexdigest()
@@ -308,7 +331,6 @@ def _sum_counts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
         for key, n in d.items():
             total[key] = total.get(key, 0) + n
     return total
-
 
 
 def read_meta(root: OutputRoot) -> Meta | None:
