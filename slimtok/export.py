@@ -228,11 +228,8 @@ def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = 
             f.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
             f.flush()
             os.fsync(f.fileno())
-        pending.publish()
-    listed = {f["file"] for f in files}
-    for stale in folder.glob(f"part-*.{fmt}"):  # left by an earlier export with more files
-        if stale.name not in listed:
-            stale.unlink()
+        listed = {f["file"] for f in files}
+        pending.publish(obsolete=[p for p in folder.glob(f"part-*.{fmt}") if p.name not in listed])
     log(f"{folder}: {total_rows:,} rows of {seq_len} tokens in {len(files)} {fmt} file(s), "
         f"{manifest['dropped_tail_tokens']:,} trailing tokens dropped")
     return manifest_path

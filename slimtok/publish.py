@@ -9,7 +9,8 @@ manifest). The new files are written under temporary names (:meth:`PendingSet.tm
 2. removes the old *partners* (the files that must never survive beside a new data file: the old
    ``.idx``, ``meta.*``, a packed manifest), so a reader of the data file finds its partner
    missing, a clear error, never an old partner describing new data;
-3. renames every temporary file into place, partners last, and removes the intent.
+3. renames every temporary file into place, partners last, removes the files the new set makes
+   obsolete (parts of an older, longer packed export), and removes the intent.
 
 A kill at any moment leaves either the old complete set (before the intent exists) or an intent
 that :func:`roll_forward` completes; every combine, export, validate and ``slimtok.data`` open
@@ -37,10 +38,12 @@ _FULL = {errno.ENOSPC, errno.EDQUOT}
 @dataclass
 class PublishIntent(Record):
     """Renames still to do in one folder: ``[temporary name, target name]``, in order; ``partners``
-    are target names removed before any rename while their temporary file still exists."""
+    are target names removed before any rename while their temporary file still exists;
+    ``obsolete`` names (not targets) are removed after the renames."""
 
     renames: list[list[str]] = field(default_factory=list)
     partners: list[str] = field(default_factory=list)
+    obsolete: list[str] = field(default_factory=list)
 
 
 def _complete(folder: Path, intent: PublishIntent) -> None:
@@ -53,6 +56,8 @@ def _complete(folder: Path, intent: PublishIntent) -> None:
             os.replace(folder / tmp, folder / name)
             # rename(2) between two links of one file does nothing: the target already is the new file
             (folder / tmp).unlink(missing_ok=True)
+    for name in intent.obsolete:
+        (folder / name).unlink(missing_ok=True)
     fsync_dir(folder)
 
 
@@ -125,11 +130,12 @@ class PendingSet:
         if partner:
             self.partners.append(target)
 
-    def publish(self) -> None:
-        """Make every written temporary file its target's new version, atomically as a set."""
+    def publish(self, obsolete: Sequence[Path] = ()) -> None:
+        """Make every written temporary file its target's new version, atomically as a set, and
+        remove ``obsolete`` files of the folder (e.g. parts an older, longer export left)."""
         order = [t for t in self.targets if t not in self.partners] + [t for t in self.targets if t in self.partners]
         intent = PublishIntent([[self._tmp[t].name, t.name] for t in order if t in self._tmp],
-                               [p.name for p in self.partners])
+                               [p.name for p in self.partners], [p.name for p in obsolete])
         path = self.folder / f".{self.targets[0].name}{INTENT_SUFFIX}"
         write_record(path, intent)
         self._committed = True  # from here on the temporary files belong to the intent
