@@ -367,9 +367,12 @@ def write_meta(root: OutputRoot, meta: Meta, pending: PendingSet) -> None:
 
 def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = None,
             allow_partial: bool = False, verify: bool = True, log: Callable[[str], None] = print,
-            exclude: Exclude | None = None) -> Meta:
+            exclude: Exclude | None = None, consume: bool = False) -> Meta:
     """Combine the given splits (default: every split in the manifest) and publish their files
-    with meta.* as one set; ``exclude`` leaves documents out per shard. Returns the new meta."""
+    with meta.* as one set; ``exclude`` leaves documents out per shard; ``consume`` moves the
+    shards into the split files instead of copying them (slimtok.consume). Returns the new meta."""
+    from .consume import consume_split, consumed_entry, journal_file
+
     root = OutputRoot(output_root)
     job, entries = load_job(root)
     present = [s for s in SPLIT_FILES if any(e.split == s for e in entries)]
@@ -382,20 +385,37 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
     if incomplete and not allow_partial:
         raise CombineError("; ".join(_missing_message(root, p) for p in incomplete)
                            + ". Finish them (relaunch tokenize, --retry-failed for failed ones) or pass --allow-partial")
+    if consume and (exclude is not None or incomplete):
+        raise CombineError("--consume moves whole splits: it cannot leave documents out or combine a partial split",
+                           root.root, "finish the splits first, or combine without --consume")
+    unfinished = [journal_file(root, p.split) for p in plans if journal_file(root, p.split).exists()]
+    if unfinished and not consume:
+        raise CombineError("a combine --consume was interrupted (some shards are moved already)", unfinished[0],
+                           f"finish it: `slimtok combine --output-root {root.root} --consume`")
+    old, results = read_meta(root), {}
+    for plan in list(plans):
+        if (entry := consumed_entry(root, old, plan)) is not None:
+            log(f"{root.combined(plan.split)}: combined earlier from consumed shards; kept")
+            results[plan.split] = entry
+            plans.remove(plan)
     targets = [f(root, p.split) for p in plans for f in (OutputRoot.combined, OutputRoot.doc_index)]
-    results = {}
     with PendingSet(targets + [root.meta_json, root.meta_pkl],
                     partners=[t for t in targets if t.suffix == ".idx"] + [root.meta_json, root.meta_pkl]) as pending:
-        require_free(root.root, sum(r.bytes + 8 * r.documents for p in plans for r in p.done), "combine")
+        index_bytes = sum(8 * r.documents for p in plans for r in p.done)
+        require_free(root.root, index_bytes + (max((r.bytes for p in plans for r in p.done), default=0) if consume
+                                               else sum(r.bytes for p in plans for r in p.done)), "combine")
         for plan in plans:
             if plan.missing:
                 log(f"warning: {_missing_message(root, plan)}; writing a partial {SPLIT_FILES[plan.split]}")
-            results[plan.split] = r = write_split(root, plan, pending, verify, job, exclude, log)
+            results[plan.split] = r = (consume_split(root, plan, pending, job, verify, log) if consume
+                                       else write_split(root, plan, pending, verify, job, exclude, log))
             log(f"{root.combined(plan.split)}: {r['shards']} shards, {r['documents']:,} documents, "
                 f"{r['tokens']:,} tokens, {r['bytes']:,} bytes")
         meta = build_meta(root, job, results, log)
         write_meta(root, meta, pending)
         pending.publish()
+    for plan in plans if consume else []:
+        journal_file(root, plan.split).unlink(missing_ok=True)
     return meta
 
 

@@ -108,6 +108,7 @@ class PendingSet:
         self.targets = list(targets)
         self.partners = list(targets[1:] if partners is None else partners)
         self._tmp: dict[Path, Path] = {}
+        self._adopted: set[Path] = set()
         self.published = self._committed = False
 
     def __enter__(self) -> PendingSet:
@@ -121,6 +122,13 @@ class PendingSet:
         if target not in self.targets:
             raise ValueError(f"{target} is not a target of this set")
         return self._tmp.setdefault(target, target.with_name(f".{target.name}.{new_token()}.tmp"))
+
+    def adopt(self, target: Path, path: Path) -> None:
+        """Publish the existing file ``path`` (same folder) as ``target``; never removed on failure."""
+        if target not in self.targets or path.parent != self.folder:
+            raise ValueError(f"{path} cannot become {target} in this set")
+        self._tmp[target] = path
+        self._adopted.add(path)
 
     def add(self, target: Path, partner: bool = True) -> None:
         """Another target of the set (e.g. a packed part whose count is known only while writing)."""
@@ -147,7 +155,7 @@ class PendingSet:
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
         if self.published or self._committed:
             return
-        for tmp in self._tmp.values():
+        for tmp in set(self._tmp.values()) - self._adopted:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:  # the cleanup must never hide the error that brought us here
