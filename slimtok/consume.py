@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import CombineError
 from .protocol import JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, write_record
-from .publish import PendingSet
+from .publish import PendingSet, remove_stale
 from .spans import DocEnds, Span, concatenate
 
 READ_BLOCK = 16 << 20
@@ -73,6 +73,7 @@ def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings,
         raise CombineError(f"split {plan.split} has shards without document tables (an older root)", root.root,
                            "run `slimtok combine` without --consume")
     working, journal_path = working_file(root, plan.split), journal_file(root, plan.split)
+    remove_stale(journal_path.parent, [journal_path.name])  # a journal write a kill interrupted
     ids = [r.shard for r in plan.done]
     journal = read_record(journal_path, ConsumeJournal)
     if journal is None or journal.shards != ids or not working.exists():

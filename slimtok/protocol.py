@@ -516,17 +516,18 @@ class Meta(Record):
     left out, ``removed`` ({reason: {"documents", "tokens"}}, also per source); counts are of what
     the split's file holds."""
 
-    tokenizer: str
-    tokenizer_path: str
-    tokenizer_sha256: str
-    vocab_size: int
-    eos_token_id: int
-    eos_token: str | None
-    dtype: str
-    text_key: str
-    manifest_sha256: str
-    backend: str
-    backend_verification: str
-    splits: dict[str, dict[str, Any]]
-    slimtok_version: str
-    combined_at: str
+    #: every field has a default so that meta.json of older versions (fewer keys) still reads
+    tokenizer: str = ""
+    tokenizer_path: str = ""
+    tokenizer_sha256: str = ""
+    vocab_size: int = 0
+    eos_token_id: int = -1
+    eos_token: str | None = None
+    dtype: str = ""
+    text_key: str = ""
+    manifest_sha256: str = ""
+    backend: str = ""
+    backend_verification: str = ""
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slimtok_version: str = ""
+    combined_at: str = ""

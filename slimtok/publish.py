@@ -114,8 +114,11 @@ class PendingSet:
     def __enter__(self) -> PendingSet:
         self.folder.mkdir(parents=True, exist_ok=True)
         roll_forward(self.folder)
-        remove_stale(self.folder, [t.name for t in self.targets])
+        remove_stale(self.folder, [t.name for t in self.targets] + [self._intent_path().name])
         return self
+
+    def _intent_path(self) -> Path:
+        return self.folder / f".{self.targets[0].name}{INTENT_SUFFIX}"
 
     def tmp(self, target: Path) -> Path:
         """The temporary file to write ``target``'s new version to (one per target)."""
@@ -144,7 +147,7 @@ class PendingSet:
         order = [t for t in self.targets if t not in self.partners] + [t for t in self.targets if t in self.partners]
         intent = PublishIntent([[self._tmp[t].name, t.name] for t in order if t in self._tmp],
                                [p.name for p in self.partners], [p.name for p in obsolete])
-        path = self.folder / f".{self.targets[0].name}{INTENT_SUFFIX}"
+        path = self._intent_path()
         write_record(path, intent)
         self._committed = True  # from here on the temporary files belong to the intent
         _complete(self.folder, intent)
