@@ -114,7 +114,7 @@ class PendingSet:
     def __enter__(self) -> PendingSet:
         self.folder.mkdir(parents=True, exist_ok=True)
         roll_forward(self.folder)
-        remove_stale(self.folder, [t.name for t in self.targets] + [self._intent_path().name])
+        remove_stale(self.folder, [t.name for t in self.targets] + [f"*{INTENT_SUFFIX}"])  # any set's intent
         return self
 
     def _intent_path(self) -> Path:
