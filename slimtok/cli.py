@@ -167,11 +167,14 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
 @click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every split present).")
 @click.option("--allow-partial", is_flag=True, help="Combine what is done even if shards are missing.")
 @click.option("--no-verify", is_flag=True, help="Check sizes only, not sha256, before copying.")
-def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_verify: bool) -> None:
+@click.option("--consume", is_flag=True, help="Move shard data into the split files (deleting each shard once "
+              "moved) instead of copying: peak extra disk about one shard.")
+def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_verify: bool, consume: bool) -> None:
     """Write train.bin / val.bin / test.bin and meta.pkl / meta.json from finished shards."""
     from .combine import combine
 
-    combine(output_root, _splits(splits), allow_partial=allow_partial, verify=not no_verify, log=click.echo)
+    combine(output_root, _splits(splits), allow_partial=allow_partial, verify=not no_verify, log=click.echo,
+            consume=consume)
 
 
 @main.command("validate")

@@ -1,12 +1,16 @@
 """Step 6: concatenate each split's finished shards into one flat token file.
 
-Reads ``job.json``, ``manifest.jsonl``, ``done/`` and ``shards/`` of an output root; writes
-``train.bin`` / ``val.bin`` / ``test.bin`` (shards in manifest order, so the bytes never depend on
-which worker finished first) and ``meta.pkl`` / ``meta.json`` (what a trainer needs to read them).
+Reads ``job.json``, ``manifest.jsonl``, ``done/``, ``shards/`` and ``documents/`` of an output
+root; writes ``train.bin`` / ``val.bin`` / ``test.bin`` (shards in manifest order, so the bytes
+never depend on which worker finished first), their document indexes ``train.idx`` … and
+``meta.pkl`` / ``meta.json`` (:class:`~slimtok.protocol.Meta`), all published as one set
+(:mod:`slimtok.publish`).
 
-Each shard is checked against its done record (size, and sha256 unless ``verify=False``) before it
-is copied, and the copy is done by the kernel (copy_file_range), never by a Python loop over tokens.
-A split with missing or failed shards is refused unless ``allow_partial``.
+Per split: **plan** (done records in manifest order) → **segments** (each shard and its document
+table checked against its done record; the spans and document lengths it contributes, less what
+an ``exclude`` callable leaves out) → **concatenate** (:mod:`slimtok.spans`, in the kernel) →
+**summarize** (the split's meta entry). Shards without a table (older roots) get their document
+ends from an eos scan. A split with missing or failed shards is refused unless ``allow_partial``.
 """
 
 from __future__ import annotations
@@ -15,19 +19,23 @@ import hashlib
 import os
 import pickle
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import orjson
 
 from .errors import CombineError
 from . import __version__
-from .manifest import ShardEntry, read_manifest
-from .protocol import (SPLIT_FILES, DoneRecord, FailedRecord, JobSettings, OutputRoot, fsync_dir, new_token,
-                       read_record, write_atomic)
+from .job import load_job
+from .manifest import ShardEntry
+from .errors import CombineError
+from .protocol import SPLIT_FILES, DoneRecord, FailedRecord, JobSettings, Meta, OutputRoot, read_doc_table, read_record
+from .publish import PendingSet, require_free, roll_forward
+from .spans import DocEnds, Span, concatenate, document_spans, keep_mask
 
 READ_BLOCK = 16 << 20
 
@@ -41,19 +49,13 @@ class SplitPlan:
     missing: list[str] = field(default_factory=list)
 
 
-def load_job(root: OutputRoot) -> tuple[JobSettings, list[ShardEntry]]:
-    """The pinned settings and manifest of an output root."""
-    job = read_record(root.job, JobSettings)
-    if job is None:
-        raise CombineError(f"{root.job} is missing or unreadable: is {root.root} a slimtok output root?")
-    return job, read_manifest(root.manifest)
-
-
 def describe_missing(root: OutputRoot, shard: str) -> str:
     """``id (failed: reason)``, ``id (running)`` or ``id (pending)``."""
     failed = read_record(root.failed(shard), FailedRecord)
     if failed is not None:
         return f"{shard} (failed: {failed.reason})"
+    if root.done(shard).exists():
+        return f"{shard} (done record unreadable: relaunch tokenize, which sets it aside and redoes the shard)"
     if root.lock(shard).exists():
         return f"{shard} (running)"
     return f"{shard} (pending)"
@@ -72,176 +74,301 @@ def plan_split(root: OutputRoot, entries: Sequence[ShardEntry], split: str) -> S
     return plan
 
 
-def _copy_range(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy ``size`` bytes in the kernel; falls back to sendfile where copy_file_range is missing."""
-    copied = 0
-    while copied < size:
-        try:
-            n = os.copy_file_range(src_fd, dst_fd, size - copied)
-        except OSError:
-            n = os.sendfile(dst_fd, src_fd, None, size - copied)
-        if n == 0:
-            raise CombineError(f"source ended after {copied} of {size} bytes")
-        copied += n
-
-
-def _check_shard(root: OutputRoot, record: DoneRecord, whole: "hashlib._Hash | None",
-                 on_block: "Callable[[bytes], None] | None" = None) -> Path:
-    """Size (always) and sha256 (when ``whole`` is given) of a shard against its done record.
-
-    ``on_block`` sees every block of the shard in order when given (the read is shared).
-    """
-    path = root.resolve(record.file)
-    try:
-        size = os.stat(path).st_size
-    except FileNotFoundError as exc:
-        raise CombineError(f"{path}: missing, but done/{record.shard}.json says it is finished; delete that "
-                           "done record and relaunch tokenize to redo the shard") from exc
-    if size != record.bytes:
-        raise CombineError(f"{path}: {size} bytes, but its done record says {record.bytes}; the file was "
-                           f"changed after it was written. Delete done/{record.shard}.json and relaunch tokenize")
-    if whole is not None or on_block is not None:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(READ_BLOCK):
-                if whole is not None:
-                    h.update(block)
-                    whole.update(block)
-                if on_block is not None:
-                    on_block(block)
-        if whole is not None and h.hexdigest() != record.sha256:
-            raise CombineError(f"{path}: sha256 does not match its done record (corrupted after it was "
-                               f"written). Delete done/{record.shard}.json and relaunch tokenize")
+def _inside(root: OutputRoot, relative: str, record: DoneRecord, what: str) -> Path:
+    """``relative`` resolved in the root; a done record naming a file outside it is refused."""
+    path = root.resolve(relative)
+    real, base = os.path.realpath(path), os.path.realpath(root.root)
+    if not relative or os.path.isabs(relative) or os.path.commonpath([real, base]) != base:
+        raise CombineError(f"its {what} {relative!r} is outside the output root", root.done(record.shard),
+                           f"the record was not written by slimtok; delete it and relaunch tokenize")
     return path
 
 
-class _DocIndex:
-    """Writes the split's document index while its shards are read: the end offset (in tokens) of
-    every eos. The eos id only ever appears as the document separator (special-token strings in
-    text are encoded as text), so its positions are exactly the document ends; each shard's eos
-    count must equal its done record's documents and its last token must be eos."""
+def _redo(record: DoneRecord) -> str:
+    return f"delete done/{record.shard}.json and relaunch tokenize to redo the shard"
 
-    def __init__(self, out: BinaryIO, dtype: str, eos: int):
-        self.out, self.dtype, self.eos = out, np.dtype(dtype), eos
-        self.tokens = 0
-        self.shard_eos = 0
-        self.last_is_eos = False
+
+def _read_checked(path: Path, record: DoneRecord, size: int, sha256: str | None,
+                  on_block: Callable[[bytes], None] | None) -> None:
+    """Size of ``path`` (always) and its sha256 (when given) against the done record's; ``on_block``
+    sees every block in order when given (the read is shared)."""
+    try:
+        found = os.stat(path).st_size
+    except FileNotFoundError as exc:
+        raise CombineError(f"missing, but done/{record.shard}.json says it is finished", path, _redo(record)) from exc
+    if found != size:
+        raise CombineError(f"{found} bytes, but its done record says {size}: the file was changed after it "
+                           "was written", path, _redo(record))
+    if sha256 is None and on_block is None:
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(READ_BLOCK):
+            h.update(block)
+            if on_block is not None:
+                on_block(block)
+    if sha256 is not None and h.hexdigest() != sha256:
+        raise CombineError("sha256 does not match its done record (corrupted after it was written)", path,
+                           _redo(record))
+
+
+class _EosScan:
+    """Document lengths of a legacy shard (no table) from its eos ids, block by block: the eos id
+    is the document separator there (special-token strings in text were encoded as text). The
+    count must equal the done record's documents and the shard must end with eos."""
+
+    def __init__(self, dtype: str, eos: int):
+        self.dtype, self.eos = np.dtype(dtype), eos
+        self.position, self.ends, self.last_is_eos = 0, [np.zeros(1, np.int64)], False
 
     def add(self, block: bytes) -> None:
         ids = np.frombuffer(block, dtype=self.dtype)
-        ends = np.flatnonzero(ids == self.eos).astype(np.uint64) + np.uint64(self.tokens + 1)
-        self.out.write(ends.astype("<u8", copy=False).tobytes())
-        self.shard_eos += ends.size
+        self.ends.append(np.flatnonzero(ids == self.eos) + 1 + self.position)
         self.last_is_eos = bool(ids.size) and int(ids[-1]) == self.eos
-        self.tokens += ids.size
+        self.position += ids.size
 
-    def end_shard(self, record: DoneRecord, path: Path) -> None:
-        found, self.shard_eos = self.shard_eos, 0
-        if found != record.documents or (record.tokens and not self.last_is_eos):
-            raise CombineError(f"{path}: {found} eos ids ({self.eos}) for {record.documents} documents in its "
-                               "done record, or it does not end with eos; the file is not what tokenize wrote. "
-                               f"Delete done/{record.shard}.json and relaunch tokenize")
+    def counts(self, record: DoneRecord, path: Path) -> np.ndarray:
+        counts = np.diff(np.concatenate(self.ends))
+        if counts.size != record.documents or (record.tokens and not self.last_is_eos):
+            raise CombineError(f"{counts.size} eos ids ({self.eos}) for {record.documents} documents in its done "
+                               "record, or it does not end with eos: the file is not what tokenize wrote", path,
+                               _redo(record))
+        return counts
 
 
-def write_split(root: OutputRoot, plan: SplitPlan, verify: bool = True, job: JobSettings | None = None) -> dict:
-    """Concatenate ``plan.done`` into the split's file and write its document index (both
-    atomically); returns its meta entry. The index is built from the same read that verifies."""
+@dataclass(frozen=True)
+class Exclusion:
+    """Documents of one shard to leave out: sorted, unique row indices of its document table, and
+    a reason label for each (e.g. "duplicate", "contamination")."""
+
+    indices: np.ndarray
+    reasons: Sequence[str]
+
+
+#: Per shard, the documents to leave out (None: keep all); dedup and decontamination provide it.
+Exclude = Callable[[DoneRecord], "Exclusion | None"]
+
+
+@dataclass
+class Segment:
+    """What one shard contributes to a split: byte spans of its data, the token count of every
+    kept document, and what was removed: {reason: {source: {"documents", "tokens"}}}."""
+
+    record: DoneRecord
+    spans: list[Span]
+    counts: np.ndarray
+    removed: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+
+
+def _table(root: OutputRoot, record: DoneRecord, verify: bool) -> np.ndarray:
+    """The shard's document table, checked against its done record; its token sum must be the shard's."""
+    path = _inside(root, record.table, record, "table")
+    _read_checked(path, record, record.table_bytes, record.table_sha256 if verify else None, None)
+    table = read_doc_table(path)
+    if len(table) != record.documents or int(table["tokens"].sum(dtype=np.int64)) != record.tokens:
+        raise CombineError(f"{len(table)} rows of {int(table['tokens'].sum(dtype=np.int64))} tokens, but shard "
+                           f"{record.shard} has {record.documents} documents of {record.tokens} tokens", path,
+                           _redo(record))
+    return table
+
+
+def _removed(table: np.ndarray, record: DoneRecord, exclusion: Exclusion) -> dict[str, dict[str, dict[str, int]]]:
+    idx = np.asarray(exclusion.indices, dtype=np.int64)
+    if len(exclusion.reasons) != idx.size or (idx.size and (idx[0] < 0 or idx[-1] >= len(table)
+                                                             or (np.diff(idx) <= 0).any())):
+        raise CombineError(f"the exclusion for {record.shard} needs sorted unique indices below {len(table)} and "
+                           "one reason each", None, "fix the stage that computed it")
+    removed: dict[str, dict[str, dict[str, int]]] = {}
+    for i, reason in zip(idx.tolist(), exclusion.reasons):
+        row = table[i]
+        names = record.source_names
+        source = (names[int(row["source"])] if int(row["source"]) < len(names) else "") or "(none)"
+        counts = removed.setdefault(reason, {}).setdefault(source, {"documents": 0, "tokens": 0})
+        counts["documents"] += 1
+        counts["tokens"] += int(row["tokens"])
+    return removed
+
+
+def segment_of(root: OutputRoot, record: DoneRecord, job: JobSettings, verify: bool,
+               exclusion: Exclusion | None, whole: "hashlib._Hash | None" = None) -> Segment:
+    """Check one shard (and its table) against its done record and return its segment. ``whole``
+    sees the bytes the segment contributes, in order (call in shard order)."""
+    path = _inside(root, record.file, record, "file")
+    sha = record.sha256 if verify else None
+    itemsize = np.dtype(job.dtype).itemsize
+    if not record.table:
+        if exclusion is not None:
+            raise CombineError(f"shard {record.shard} has no document table (written before tables existed), so "
+                               "documents cannot be left out of it", root.done(record.shard), _redo(record))
+        scan = _EosScan(job.dtype, job.eos_token_id)
+        _read_checked(path, record, record.bytes, sha, (lambda b: (whole.update(b), scan.add(b))) if whole
+                      else scan.add)
+        return Segment(record, [Span(path, 0, record.bytes)], scan.counts(record, path))
+    table = _table(root, record, verify)
+    if exclusion is None or not len(exclusion.indices):
+        _read_checked(path, record, record.bytes, sha, whole.update if whole else None)
+        return Segment(record, [Span(path, 0, record.bytes)], np.asarray(table["tokens"], dtype=np.int64))
+    _read_checked(path, record, record.bytes, sha, None)
+    keep = keep_mask(len(table), drop=exclusion.indices)
+    segment = Segment(record, document_spans(path, table, keep, itemsize),
+                      np.asarray(table["tokens"][keep], dtype=np.int64), _removed(table, record, exclusion))
+    if whole is not None:
+        with open(path, "rb") as f:
+            for span in segment.spans:
+                f.seek(span.start)
+                for lo in range(0, span.length, READ_BLOCK):
+                    whole.update(f.read(min(READ_BLOCK, span.length - lo)))
+    return segment
+
+def write_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, verify: bool = True,
+                job: JobSettings | None = None, exclude: Exclude | None = None,
+                log: Callable[[str], None] = print) -> dict:
+    """Concatenate ``plan.done`` (less what ``exclude`` leaves out) into the temporary files of the
+    split's data and document index in ``pending`` (published by the caller); returns its meta entry."""
     job = job or load_job(root)[0]
     dest, index_dest = root.combined(plan.split), root.doc_index(plan.split)
-    tmp = dest.with_name(f".{dest.name}.{new_token()}.tmp")
-    index_tmp = index_dest.with_name(f".{index_dest.name}.{new_token()}.tmp")
     whole = hashlib.sha256() if verify else None
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    index_file = open(index_tmp, "xb")
-    index = _DocIndex(index_file, job.dtype, job.eos_token_id)
-    def check(record: DoneRecord) -> Path:
-        path = _check_shard(root, record, whole, index.add)
-        index.end_shard(record, path)
-        return path
-
-    # Checks run in order on one thread while the kernel copies the shard checked before: hashing
-    # and the eos scan release the GIL, so on two cores combine runs at about the copy's speed.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="combine-check")
+    legacy = [r.shard for r in plan.done if not r.table]
+    if legacy:
+        log(f"note: {len(legacy)} shard(s) of split {plan.split} (first {legacy[0]}) have no document table (written "
+            "before tables existed); their document ends come from an eos scan")
+    written: list[Written] = []
+    out_fd = os.open(pending.tmp(dest), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        checks = [pool.submit(check, record) for record in plan.done]
-        for record, checked in zip(plan.done, checks):
-            with open(checked.result(), "rb") as src:
-                _copy_range(src.fileno(), fd, record.bytes)
-        os.fsync(fd)
-        index_file.flush()
-        os.fsync(index_file.fileno())
-    except BaseException:
-        pool.shutdown(cancel_futures=True)
-        os.close(fd)
-        index_file.close()
-        tmp.unlink(missing_ok=True)
-        index_tmp.unlink(missing_ok=True)
-        raise
-    pool.shutdown()
-    os.close(fd)
-    index_file.close()
-    os.replace(index_tmp, index_dest)
-    os.replace(tmp, dest)
-    fsync_dir(dest.parent)
-    entry = {"file": dest.name, "shards": len(plan.done), "documents": sum(r.documents for r in plan.done),
-             "tokens": sum(r.tokens for r in plan.done), "bytes": sum(r.bytes for r in plan.done),
-             "partial": bool(plan.missing), "missing_shards": len(plan.missing)}
+        with open(pending.tmp(index_dest), "xb") as index_file:
+            ends = DocEnds(index_file)
+            for segment in _checked(root, plan.done, job, verify, exclude, whole):
+                concatenate(segment.spans, out_fd)
+                ends.add(segment.counts)
+                written.append(Written(segment.record, len(segment.counts), int(segment.counts.sum()),
+                                       sum(span.length for span in segment.spans), segment.removed))
+            index_file.flush()
+            os.fsync(index_file.fileno())
+        os.fsync(out_fd)
+    finally:
+        os.close(out_fd)
+    return summarize(plan, written, dest, index_dest, whole, legacy, exclude is not None)
+
+
+def _checked(root: OutputRoot, records: Sequence[DoneRecord], job: JobSettings, verify: bool,
+             exclude: Exclude | None, whole: "hashlib._Hash | None", ahead: int = 2) -> Iterator[Segment]:
+    """``segment_of`` each record in order on one thread, at most ``ahead`` ahead of the consumer:
+    hashing releases the GIL, so on two cores the checks run while the kernel copies the segment
+    checked before, and memory holds a few segments, not a split's."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="combine-check") as pool:
+        futures: deque = deque()
+        todo = iter(records)
+        try:
+            while True:
+                while len(futures) < ahead and (record := next(todo, None)) is not None:
+                    futures.append(pool.submit(segment_of, root, record, job, verify,
+                                               exclude(record) if exclude else None, whole))
+                if not futures:
+                    return
+                yield futures.popleft().result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+@dataclass(frozen=True)
+class Written:
+    """What one segment put in the split's file, for its summary."""
+
+    record: DoneRecord
+    documents: int
+    tokens: int
+    bytes: int
+    removed: dict[str, dict[str, dict[str, int]]]
+
+
+def summarize(plan: SplitPlan, segments: Sequence[Written], dest: Path, index_dest: Path,
+              whole: "hashlib._Hash | None", legacy: Sequence[str], excluding: bool) -> dict:
+    """The split's meta entry: counts of what was written, skipped lines and per-source sums; with
+    an exclusion, ``removed`` per reason and per source (kept counts exclude them)."""
+    records = [s.record for s in segments]
+    entry: dict = {"file": dest.name, "shards": len(records),
+                   "documents": sum(s.documents for s in segments),
+                   "tokens": sum(s.tokens for s in segments),
+                   "bytes": sum(s.bytes for s in segments),
+                   "partial": bool(plan.missing), "missing_shards": len(plan.missing)}
     if whole is not None:
         entry["sha256"] = whole.hexdigest()
-    skipped: dict[str, int] = {}
-    for r in plan.done:
-        for reason, n in r.skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + n
-    entry["skipped_lines"] = skipped
+    entry["skipped_lines"] = _sum_counts(r.skipped for r in records)
     entry["index"] = index_dest.name
     sources: dict[str, dict[str, int]] = {}
-    for r in plan.done:
+    for r in records:
         for name, counts in r.sources.items():
             total = sources.setdefault(name, {"documents": 0, "tokens": 0})
             for key in total:
                 total[key] += counts.get(key, 0)
+    if excluding:
+        removed: dict[str, dict[str, int]] = {}
+        for s in segments:
+            for reason, by_source in s.removed.items():
+                total = removed.setdefault(reason, {"documents": 0, "tokens": 0})
+                for name, counts in by_source.items():
+                    kept = sources.setdefault(name, {"documents": 0, "tokens": 0})
+                    per_reason = kept.setdefault("removed", {}).setdefault(reason, {"documents": 0, "tokens": 0})
+                    for key in ("documents", "tokens"):
+                        total[key] += counts[key]
+                        per_reason[key] += counts[key]
+                        kept[key] -= counts[key]
+        entry["removed"] = dict(sorted(removed.items()))
     entry["sources"] = dict(sorted(sources.items()))
+    if legacy:
+        entry["document_ends"] = "eos scan (shards without document tables)"
     return entry
 
 
-def read_meta(root: OutputRoot) -> dict:
-    """meta.json of an output root, or {} before the first combine."""
-    try:
-        return orjson.loads(root.meta_json.read_bytes())
-    except FileNotFoundError:
-        return {}
+def _sum_counts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for key, n in d.items():
+            total[key] = total.get(key, 0) + n
+    return total
 
 
-def write_meta(root: OutputRoot, job: JobSettings, splits: dict[str, dict]) -> dict:
-    """Write meta.pkl and meta.json with the same content; keeps entries of splits not redone."""
-    meta = read_meta(root)
-    merged = dict(meta.get("splits", {}))
+def read_meta(root: OutputRoot) -> Meta | None:
+    """meta.json of an output root (after finishing a publish a killed combine left), or None
+    before the first combine or when it cannot be parsed."""
+    roll_forward(root.root)
+    return read_record(root.meta_json, Meta)
+
+
+def build_meta(root: OutputRoot, job: JobSettings, splits: dict[str, dict], log: Callable[[str], None]) -> Meta:
+    """The new meta: entries of ``splits`` over those of splits not redone."""
+    old = read_meta(root)
+    if old is None and root.meta_json.exists():
+        log(f"warning: {root.meta_json} cannot be parsed; writing it anew with the splits combined now")
+    merged = dict(old.splits if old else {})
     merged.update(splits)
-    meta = {
-        "tokenizer": job.tokenizer,
-        "tokenizer_path": str(root.tokenizer_dir),
-        "tokenizer_sha256": job.tokenizer_sha256,
-        "vocab_size": job.vocab_size,
-        "eos_token_id": job.eos_token_id,
-        "eos_token": job.eos_token,
-        "dtype": job.dtype,
-        "text_key": job.text_key,
-        "manifest_sha256": job.manifest_sha256,
-        "backend": job.backend,
-        "backend_verification": job.backend_verification,
-        "splits": merged,
-        "slimtok_version": __version__,
-        "combined_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    write_atomic(root.meta_json, orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n")
-    write_atomic(root.meta_pkl, pickle.dumps(meta, protocol=4))
-    return meta
+    return Meta(tokenizer=job.tokenizer, tokenizer_path=str(root.tokenizer_dir), tokenizer_sha256=job.tokenizer_sha256,
+                vocab_size=job.vocab_size, eos_token_id=job.eos_token_id, eos_token=job.eos_token, dtype=job.dtype,
+                text_key=job.text_key, manifest_sha256=job.manifest_sha256, backend=job.backend,
+                backend_verification=job.backend_verification, splits=merged, slimtok_version=__version__,
+                combined_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def write_meta(root: OutputRoot, meta: Meta, pending: PendingSet) -> None:
+    """meta.json and meta.pkl (the same dict) into ``pending``'s temporary files."""
+    content = meta.to_dict()
+    for target, payload in ((root.meta_json, orjson.dumps(content, option=orjson.OPT_INDENT_2) + b"\n"),
+                            (root.meta_pkl, pickle.dumps(content, protocol=4))):
+        with open(pending.tmp(target), "xb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = None,
-            allow_partial: bool = False, verify: bool = True,
-            log: Callable[[str], None] = print) -> dict:
-    """Combine the given splits (default: every split in the manifest); returns the new meta."""
+            allow_partial: bool = False, verify: bool = True, log: Callable[[str], None] = print,
+            exclude: Exclude | None = None, consume: bool = False) -> Meta:
+    """Combine the given splits (default: every split in the manifest) and publish their files
+    with meta.* as one set; ``exclude`` leaves documents out per shard; ``consume`` moves the
+    shards into the split files instead of copying them (slimtok.consume). Returns the new meta."""
+    from .consume import consume_split, consumed_entry, journal_file
+
     root = OutputRoot(output_root)
     job, entries = load_job(root)
     present = [s for s in SPLIT_FILES if any(e.split == s for e in entries)]
@@ -254,15 +381,38 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
     if incomplete and not allow_partial:
         raise CombineError("; ".join(_missing_message(root, p) for p in incomplete)
                            + ". Finish them (relaunch tokenize, --retry-failed for failed ones) or pass --allow-partial")
-    results = {}
-    for plan in plans:
-        if plan.missing:
-            log(f"warning: {_missing_message(root, plan)}; writing a partial {SPLIT_FILES[plan.split]}")
-        results[plan.split] = write_split(root, plan, verify, job)
-        r = results[plan.split]
-        log(f"{root.combined(plan.split)}: {r['shards']} shards, {r['documents']:,} documents, "
-            f"{r['tokens']:,} tokens, {r['bytes']:,} bytes")
-    return write_meta(root, job, results)
+    if consume and (exclude is not None or incomplete):
+        raise CombineError("--consume moves whole splits: it cannot leave documents out or combine a partial split",
+                           root.root, "finish the splits first, or combine without --consume")
+    unfinished = [journal_file(root, p.split) for p in plans if journal_file(root, p.split).exists()]
+    if unfinished and not consume:
+        raise CombineError("a combine --consume was interrupted (some shards are moved already)", unfinished[0],
+                           f"finish it: `slimtok combine --output-root {root.root} --consume`")
+    old, results = read_meta(root), {}
+    for plan in list(plans):
+        if (entry := consumed_entry(root, old, plan)) is not None:
+            log(f"{root.combined(plan.split)}: combined earlier from consumed shards; kept")
+            results[plan.split] = entry
+            plans.remove(plan)
+    targets = [f(root, p.split) for p in plans for f in (OutputRoot.combined, OutputRoot.doc_index)]
+    with PendingSet(targets + [root.meta_json, root.meta_pkl],
+                    partners=[t for t in targets if t.suffix == ".idx"] + [root.meta_json, root.meta_pkl]) as pending:
+        index_bytes = sum(8 * r.documents for p in plans for r in p.done)
+        require_free(root.root, index_bytes + (max((r.bytes for p in plans for r in p.done), default=0) if consume
+                                               else sum(r.bytes for p in plans for r in p.done)), "combine")
+        for plan in plans:
+            if plan.missing:
+                log(f"warning: {_missing_message(root, plan)}; writing a partial {SPLIT_FILES[plan.split]}")
+            results[plan.split] = r = (consume_split(root, plan, pending, job, verify, log) if consume
+                                       else write_split(root, plan, pending, verify, job, exclude, log))
+            log(f"{root.combined(plan.split)}: {r['shards']} shards, {r['documents']:,} documents, "
+                f"{r['tokens']:,} tokens, {r['bytes']:,} bytes")
+        meta = build_meta(root, job, results, log)
+        write_meta(root, meta, pending)
+        pending.publish()
+    for plan in plans if consume else []:
+        journal_file(root, plan.split).unlink(missing_ok=True)
+    return meta
 
 
 def _missing_message(root: OutputRoot, plan: SplitPlan, show: int = 20) -> str:

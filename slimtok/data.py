@@ -18,25 +18,34 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import orjson
 
 from .errors import DataError
-from .protocol import OutputRoot
+from .protocol import Meta, OutputRoot, read_record
+from .publish import roll_forward
 
 __all__ = ["TokenBin", "TokenBlocks", "DataError"]  # TorchTokenBlocks on request: it imports torch
+
+
+def _settle(folder: Path) -> None:
+    """Finish a publish that a killed combine left in ``folder``, so the files read belong together."""
+    try:
+        roll_forward(folder)
+    except OSError as exc:
+        raise DataError(f"an interrupted combine left its files half published ({exc.strerror})", folder,
+                        f"run `slimtok combine --output-root {folder}`") from exc
 
 
 def _split_info(path: Path) -> tuple[str, dict]:
     """(dtype, meta entry of the split whose file is ``path``) from the meta.json beside it."""
     meta_path = OutputRoot(path.parent).meta_json
-    try:
-        meta = orjson.loads(meta_path.read_bytes())
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: no {meta_path.name} beside it to give the dtype; pass dtype=") from exc
-    for info in meta.get("splits", {}).values():
+    meta = read_record(meta_path, Meta)
+    if meta is None:
+        raise DataError(f"no readable {meta_path.name} beside it to give the dtype", path,
+                        "pass dtype=, or run `slimtok combine` to write it")
+    for info in meta.splits.values():
         if info.get("file") == path.name:
-            return meta["dtype"], info
-    raise DataError(f"{meta_path} does not list {path.name}; run `slimtok combine`")
+            return meta.dtype, info
+    raise DataError(f"does not list {path.name}", meta_path, "run `slimtok combine`")
 
 
 class TokenBin:
@@ -49,6 +58,7 @@ class TokenBin:
     def __init__(self, path: str | os.PathLike[str], dtype: str | np.dtype | None = None,
                  index: str | os.PathLike[str] | None = None):
         self.path = Path(path)
+        _settle(self.path.parent)
         info: dict = {}
         if dtype is None:
             dtype, info = _split_info(self.path)
@@ -58,6 +68,9 @@ class TokenBin:
             raise DataError(f"{self.path}: {len(self.tokens):,} tokens, meta.json says {info.get('tokens'):,}; "
                             "re-run `slimtok combine`")
         index_path = Path(index) if index is not None else self.path.with_suffix(".idx")
+        if info and not index_path.exists():
+            raise DataError(f"is missing beside {self.path.name} (the pair was not published together)", index_path,
+                            "run `slimtok combine` again")
         self.doc_ends: np.ndarray | None = None
         if index_path.exists() and index_path.stat().st_size:
             self.doc_ends = np.memmap(index_path, dtype="<u8", mode="r")

@@ -28,10 +28,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import orjson
 
-from .errors import ExportError
-from .combine import _copy_range, read_meta
-from .data import DataError, TokenBin
-from .protocol import SPLIT_FILES, OutputRoot, fsync_dir, new_token, write_atomic
+from .combine import read_meta
+from .data import TokenBin
+from .errors import DataError, ExportError
+from .protocol import SPLIT_FILES, Meta, OutputRoot
+from .publish import PendingSet, remove_stale, require_free
+from .spans import copy_range
 
 MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
 MEGATRON_VERSION = 1
@@ -55,37 +57,25 @@ def trainer_dtype(dtype: str, vocab_size: int) -> str:
     return "int32"
 
 
-def _split_bin(root: OutputRoot, meta: dict, split: str) -> TokenBin:
-    if split not in meta.get("splits", {}):
-        raise ExportError(f"split {split} is not combined in {root.root}; run `slimtok combine` first")
+def _meta(root: OutputRoot) -> Meta:
+    meta = read_meta(root)
+    if meta is None or not meta.splits:
+        raise ExportError("lists no combined split (missing or unreadable)", root.meta_json,
+                          f"run `slimtok combine --output-root {root.root}` first")
+    return meta
+
+
+def _split_bin(root: OutputRoot, meta: Meta, split: str) -> TokenBin:
+    if split not in meta.splits:
+        raise ExportError(f"split {split} is not combined", root.root,
+                          f"run `slimtok combine --output-root {root.root}` first")
     try:
         data = TokenBin(root.combined(split))
     except DataError as exc:
         raise ExportError(str(exc)) from exc
     if data.doc_ends is None:
-        raise ExportError(f"{root.doc_index(split)} is missing; re-run `slimtok combine` to write it")
+        raise ExportError("is missing", root.doc_index(split), f"re-run `slimtok combine --output-root {root.root}`")
     return data
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{new_token()}.tmp")
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def _write_via_tmp(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)``, then rename tmp to ``path``; tmp is removed on any failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    try:
-        write(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _publish(tmp, path)
 
 
 # -- Megatron --------------------------------------------------------------------------------
@@ -97,8 +87,9 @@ def _link_or_copy(src: Path, tmp: Path) -> str:
         return "hard link"
     except OSError:  # another filesystem, or links not allowed there
         pass
+    require_free(tmp.parent, src.stat().st_size, f"copying {src.name}")
     with open(src, "rb") as s, open(tmp, "xb") as d:
-        _copy_range(s.fileno(), d.fileno(), os.fstat(s.fileno()).st_size)
+        copy_range(s.fileno(), d.fileno(), 0, os.fstat(s.fileno()).st_size)
         os.fsync(d.fileno())
     return "kernel copy"
 
@@ -114,53 +105,43 @@ def _index_chunks(ends: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 
 def write_megatron_index(path: Path, ends: np.ndarray, dtype: str) -> None:
-    """Megatron's .idx for one sequence per document: header, int32 lengths, int64 byte
-    pointers, int64 document indices 0..S (ANCHORS §3.2); streamed in chunks."""
+    """Megatron's .idx for one sequence per document at ``path`` (a new file): header, int32
+    lengths, int64 byte pointers, int64 document indices 0..S; streamed in chunks."""
     count = len(ends)
     itemsize = np.dtype(dtype).itemsize
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "xb") as f:
-            f.write(MEGATRON_MAGIC + struct.pack("<QBQQ", MEGATRON_VERSION, MEGATRON_CODES[dtype], count, count + 1))
-            for _starts, lengths in _index_chunks(ends):
-                if lengths.size and int(lengths.max()) >= 2**31:
-                    raise ExportError(f"a document of {int(lengths.max()):,} tokens does not fit Megatron's int32 "
-                                      "sequence length")
-                f.write(lengths.astype("<i4").tobytes())
-            for starts, _lengths in _index_chunks(ends):
-                f.write((starts * itemsize).astype("<i8").tobytes())
-            for lo in range(0, count + 1, INDEX_CHUNK):
-                f.write(np.arange(lo, min(lo + INDEX_CHUNK, count + 1), dtype="<i8").tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-
-    _write_via_tmp(path, write)
+    with open(path, "xb") as f:
+        f.write(MEGATRON_MAGIC + struct.pack("<QBQQ", MEGATRON_VERSION, MEGATRON_CODES[dtype], count, count + 1))
+        for _starts, lengths in _index_chunks(ends):
+            if lengths.size and int(lengths.max()) >= 2**31:
+                raise ExportError(f"a document of {int(lengths.max()):,} tokens does not fit Megatron's int32 "
+                                  "sequence length", path)
+            f.write(lengths.astype("<i4").tobytes())
+        for starts, _lengths in _index_chunks(ends):
+            f.write((starts * itemsize).astype("<i8").tobytes())
+        for lo in range(0, count + 1, INDEX_CHUNK):
+            f.write(np.arange(lo, min(lo + INDEX_CHUNK, count + 1), dtype="<i8").tobytes())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def export_megatron(output_root: str | os.PathLike[str], prefix: str, splits: Sequence[str] | None = None,
                     log: Callable[[str], None] = print) -> list[Path]:
-    """Write ``<prefix>_<split>_text_document.{bin,idx}`` for each combined split (default: all);
-    returns the path prefixes written."""
+    """Write ``<prefix>_<split>_text_document.{bin,idx}`` for each combined split (default: all),
+    each pair published together; returns the path prefixes written."""
     root = OutputRoot(output_root)
-    meta = read_meta(root)
-    chosen = list(splits) if splits else [s for s in SPLIT_FILES if s in meta.get("splits", {})]
-    if not chosen:
-        raise ExportError(f"{root.meta_json} lists no combined split; run `slimtok combine` first")
-    dtype = trainer_dtype(meta["dtype"], meta["vocab_size"])
+    meta = _meta(root)
+    chosen = list(splits) if splits else [s for s in SPLIT_FILES if s in meta.splits]
+    dtype = trainer_dtype(meta.dtype, meta.vocab_size)
     written = []
     for split in chosen:
         data = _split_bin(root, meta, split)
         base = root.megatron_prefix(prefix, split)
         bin_path, idx_path = base.with_name(base.name + ".bin"), base.with_name(base.name + ".idx")
-        bin_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp(bin_path)
-        try:
-            how = _link_or_copy(data.path, tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _publish(tmp, bin_path)
-        write_megatron_index(idx_path, data.doc_ends, dtype)
+        with PendingSet([bin_path, idx_path]) as pending:
+            require_free(bin_path.parent, 20 * len(data.doc_ends) + 64, f"the index of {idx_path.name}")
+            how = _link_or_copy(data.path, pending.tmp(bin_path))
+            write_megatron_index(pending.tmp(idx_path), data.doc_ends, dtype)
+            pending.publish()
         log(f"{base}.{{bin,idx}}: {len(data.doc_ends):,} documents, {len(data):,} tokens as {dtype} "
             f"(code {MEGATRON_CODES[dtype]}), .bin by {how}")
         written.append(base)
@@ -207,39 +188,48 @@ def _write_parquet(tmp: Path, rows: np.ndarray) -> None:
 def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = "parquet", split: str = "train",
                   output_dir: str | os.PathLike[str] | None = None, rows_per_file: int | None = None,
                   log: Callable[[str], None] = print) -> Path:
-    """Cut ``split`` into rows of ``seq_len`` tokens and write them in ``fmt``; returns the manifest."""
+    """Cut ``split`` into rows of ``seq_len`` tokens and write them in ``fmt``, the parts and their
+    manifest published together; returns the manifest."""
     if fmt not in PACKED_FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(PACKED_FORMATS)}")
     if seq_len < 1:
         raise ExportError(f"seq_len must be positive, got {seq_len}")
     root = OutputRoot(output_root)
-    meta = read_meta(root)
+    meta = _meta(root)
     data = _split_bin(root, meta, split)
-    dtype = trainer_dtype(meta["dtype"], meta["vocab_size"])
+    dtype = trainer_dtype(meta.dtype, meta.vocab_size)
     total_rows = len(data) // seq_len
     if total_rows == 0:
-        raise ExportError(f"{data.path}: {len(data)} tokens, fewer than one row of {seq_len}")
+        raise ExportError(f"{len(data)} tokens, fewer than one row of {seq_len}", data.path)
     rows = data.tokens[:total_rows * seq_len].view(dtype).reshape(total_rows, seq_len)
     per_file = rows_per_file or max(1, PACKED_FILE_BYTES // (seq_len * rows.itemsize))
     folder = Path(output_dir) if output_dir else root.packed_dir(split, seq_len, fmt)
     writer = _write_parquet if fmt == "parquet" else _write_npy
+    manifest_path = folder / PACKED_MANIFEST
     files = []
-    for number, lo in enumerate(range(0, total_rows, per_file)):
-        path = folder / f"part-{number:05d}.{fmt}"
-        part = rows[lo:lo + per_file]
-        _write_via_tmp(path, lambda tmp, part=part: writer(tmp, part))
-        files.append({"file": path.name, "first_row": lo, "rows": len(part), "bytes": path.stat().st_size,
-                      "sha256": _file_sha256(path)})
-    info = meta["splits"][split]
-    manifest = {"format": fmt, "seq_len": seq_len, "dtype": dtype, "split": split, "source": data.path.name,
-                "source_sha256": info.get("sha256"), "source_tokens": len(data), "rows": total_rows,
-                "dropped_tail_tokens": len(data) - total_rows * seq_len, "eos_token_id": meta["eos_token_id"],
-                "tokenizer_sha256": meta.get("tokenizer_sha256"), "files": files}
-    write_atomic(folder / PACKED_MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
-    listed = {f["file"] for f in files}
-    for stale in folder.glob(f"part-*.{fmt}"):  # left by an earlier export with more files
-        if stale.name not in listed:
-            stale.unlink()
+    with PendingSet([manifest_path]) as pending:  # the manifest is renamed last, old one removed first
+        pending.partners.append(manifest_path)
+        remove_stale(folder, [f"part-*.{fmt}"])  # temporary parts of a killed export, whatever their number
+        require_free(folder, rows.nbytes + (64 << 10), f"packing {data.path.name}")
+        for number, lo in enumerate(range(0, total_rows, per_file)):
+            path = folder / f"part-{number:05d}.{fmt}"
+            part = rows[lo:lo + per_file]
+            pending.add(path, partner=False)
+            tmp = pending.tmp(path)
+            writer(tmp, part)
+            files.append({"file": path.name, "first_row": lo, "rows": len(part), "bytes": tmp.stat().st_size,
+                          "sha256": _file_sha256(tmp)})
+        info = meta.splits[split]
+        manifest = {"format": fmt, "seq_len": seq_len, "dtype": dtype, "split": split, "source": data.path.name,
+                    "source_sha256": info.get("sha256"), "source_tokens": len(data), "rows": total_rows,
+                    "dropped_tail_tokens": len(data) - total_rows * seq_len, "eos_token_id": meta.eos_token_id,
+                    "tokenizer_sha256": meta.tokenizer_sha256, "files": files}
+        with open(pending.tmp(manifest_path), "xb") as f:
+            f.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        listed = {f["file"] for f in files}
+        pending.publish(obsolete=[p for p in folder.glob(f"part-*.{fmt}") if p.name not in listed])
     log(f"{folder}: {total_rows:,} rows of {seq_len} tokens in {len(files)} {fmt} file(s), "
         f"{manifest['dropped_tail_tokens']:,} trailing tokens dropped")
-    return folder / PACKED_MANIFEST
+    return manifest_path

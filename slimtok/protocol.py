@@ -559,3 +559,32 @@ def read_record(path: Path, cls: type[R]) -> R | None:
 
 def write_record(path: Path, record: Record, durable: bool = True) -> None:
     write_atomic(path, record.to_json(), durable)
+
+
+# -- meta.json (combine's record; owned by the output stage) ---------------------------------
+
+@dataclass
+class Meta(Record):
+    """``meta.json`` / ``meta.pkl``: what a trainer needs to read the combined splits.
+
+    ``splits[name]`` (name as in SPLIT_FILES) holds ``file``, ``index``, ``shards``, ``documents``,
+    ``tokens``, ``bytes``, ``sha256`` (without --no-verify), ``partial``, ``missing_shards``,
+    ``skipped_lines``, ``sources`` ({source: {"documents", "tokens"}}) and, when documents were
+    left out, ``removed`` ({reason: {"documents", "tokens"}}, also per source); counts are of what
+    the split's file holds."""
+
+    #: every field has a default so that meta.json of older versions (fewer keys) still reads
+    tokenizer: str = ""
+    tokenizer_path: str = ""
+    tokenizer_sha256: str = ""
+    vocab_size: int = 0
+    eos_token_id: int = -1
+    eos_token: str | None = None
+    dtype: str = ""
+    text_key: str = ""
+    manifest_sha256: str = ""
+    backend: str = ""
+    backend_verification: str = ""
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slimtok_version: str = ""
+    combined_at: str = ""

@@ -21,7 +21,7 @@ import orjson
 import psutil
 
 from .claims import file_server_now
-from .combine import load_job
+from .job import load_job
 from .protocol import (ROLLUP_COLUMNS, SPLITS, Checkpoint, DoneRecord, DoneRollup, FailedRecord, Heartbeat,
                        OutputRoot, hostname, read_record, worker_name, write_atomic)
 

@@ -7,9 +7,13 @@ Checks per split:
 * **checksums**: each shard's byte range in the combined file hashes to its done record's sha256,
   so corruption is reported with the shard that holds it;
 * **ids**: every id < vocab_size, and the number of eos ids ≥ the number of documents;
+* **separators** (roots with document tables): every document (by the index) ends with eos, and
+  starts with bos when the job's policy adds one; eos inside a document's text is never an error;
 * **alignment**: at random offsets s, x = data[s:s+B] and y = data[s+1:s+1+B] satisfy x[1:] == y[:-1];
 * **eye test**: decodes windows near offset 0 and deep in the file and prints them;
-* **document index**: ``train.idx`` has one increasing end per document, each right after an eos;
+* **document index**: ``train.idx`` has one increasing end per document, the last at the file's end;
+  with tables it equals their running token sums, in a legacy root (no tables, said once) each
+  end is right after an eos and there are as many as eos ids;
 * **sampler dry-run**: draws (x, y) batches with :class:`slimtok.data.TokenBin` as a training loop
   does, checks its document starts against the eos ids, and reports ln(vocab_size), the loss an
   untrained model starts near.
@@ -28,17 +32,20 @@ import numpy as np
 
 from tokenizers import Tokenizer
 
-from .combine import load_job, plan_split, read_meta
-from .data import DataError, TokenBin
+from .combine import plan_split, read_meta
+from .job import load_job, load_pinned_tokenizer
+from .data import TokenBin
+from .errors import DataError, ValidateError
 from .manifest import ShardEntry
-from .protocol import SPLIT_FILES, DoneRecord, JobSettings, OutputRoot
-from .job import load_pinned_tokenizer
+from .protocol import SPLIT_FILES, DoneRecord, JobSettings, OutputRoot, read_doc_table
 
 SCAN_TOKENS = 1 << 24
 
 
 @dataclass
 class Check:
+    """One verdict: ``name`` says what was checked (``train.bin: size``), ``detail`` the numbers seen."""
+
     name: str
     ok: bool
     detail: str
@@ -46,6 +53,8 @@ class Check:
 
 @dataclass
 class Report:
+    """Every check of one run, in order, and the eye-test texts; ``ok`` only when all checks passed."""
+
     checks: list[Check] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
 
@@ -71,7 +80,7 @@ def _scan(path: os.PathLike[str], dtype: np.dtype, ranges: list[tuple[str, int, 
             if block.size:
                 max_id = max(max_id, int(block.max()))
                 eos_count += int(np.count_nonzero(block == eos))
-        if h.hexdigest() != sha:
+        if sha is not None and h.hexdigest() != sha:
             bad.append(shard)
     del data
     return max_id, eos_count, bad
@@ -88,20 +97,24 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
         return
     size = path.stat().st_size
     records = plan_split(root, entries, split).done
-    expected = sum(r.bytes for r in records)
+    # With documents left out the shards' byte ranges are not in the file: the whole-file hash is.
+    removed = bool(info.get("removed"))
+    expected = info["bytes"] if removed else sum(r.bytes for r in records)
     report.add(f"{name}: size", size == info["bytes"] == expected == info["tokens"] * dtype.itemsize,
                f"file {size:,} B, meta {info['bytes']:,} B, {len(records)} done records {expected:,} B"
-               + ("" if size == expected else _size_hint(records, size)))
+               + ("" if size == expected or removed else _size_hint(records, size)))
     if size != expected:
         return
     ranges, offset = [], 0
-    for r in records:
+    for r in records if not removed else []:
         ranges.append((r.shard, offset, r.bytes, r.sha256))
         offset += r.bytes
+    if removed:  # without a recorded sha256 (--no-verify) there is nothing to compare the file with
+        ranges = [("(whole file)", 0, size, info.get("sha256"))]
     max_id, eos_count, bad = _scan(path, dtype, ranges, job.eos_token_id)
     report.add(f"{name}: checksums", not bad,
-               "every shard's range matches its done record" if not bad
-               else f"{len(bad)} shard range(s) differ from their done records: {', '.join(bad[:10])}")
+               ("every shard's range matches its done record" if not removed else "the file matches meta's sha256")
+               if not bad else f"{len(bad)} shard range(s) differ from their done records: {', '.join(bad[:10])}")
     report.add(f"{name}: ids < vocab_size", max_id < job.vocab_size,
                f"max id {max_id}, vocab_size {job.vocab_size}")
     report.add(f"{name}: eos count ≥ documents", eos_count >= info["documents"],
@@ -109,8 +122,45 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     data = np.memmap(path, dtype=dtype, mode="r")
     _alignment(data, samples, block_size, rng, name, report)
     _eye_test(data, tok, rng, name, report)
-    _doc_index(root.doc_index(split), data, info["documents"], eos_count, job.eos_token_id, name, report)
-    _sampler(path, dtype, job.vocab_size, job.eos_token_id, block_size, rng, name, report)
+    tables = all(r.table for r in records)
+    if tables:
+        want = None if removed else _table_ends(root, records)
+        _doc_index_tables(root.doc_index(split), data, info["documents"], want, job, name, report)
+    else:
+        _doc_index(root.doc_index(split), data, info["documents"], eos_count, job.eos_token_id, name, report)
+    _sampler(path, dtype, job.vocab_size, job.eos_token_id, block_size, rng, name, report, legacy=not tables)
+
+
+def _table_ends(root: OutputRoot, records: list[DoneRecord]) -> np.ndarray:
+    """The split's document ends as the shards' tables give them (running token sums)."""
+    counts = [np.asarray(read_doc_table(root.resolve(r.table))["tokens"], dtype=np.uint64) for r in records]
+    return np.cumsum(np.concatenate(counts) if counts else np.zeros(0, np.uint64), dtype=np.uint64)
+
+
+def _doc_index_tables(index: Path, data: np.ndarray, documents: int, want: np.ndarray | None, job: JobSettings,
+                      name: str, report: Report) -> None:
+    """The index equals the tables' ends (``want``, when no document was left out), is strictly
+    increasing to the file's end, and each document ends with eos (starts with bos when the policy
+    has one). eos elsewhere in a document is text, not an error."""
+    label = f"{name}: document index"
+    if not index.exists():
+        report.add(label, False, f"{index} is missing; re-run `slimtok combine` to write it")
+        return
+    ends = np.fromfile(index, dtype="<u8").astype(np.int64)
+    ok = (len(ends) == documents and (not len(ends) or int(ends[-1]) == len(data))
+          and bool((np.diff(ends, prepend=0) > 0).all()) and (want is None or np.array_equal(ends, want)))
+    report.add(label, ok, f"{index.name}: {len(ends):,} document ends for {documents:,} documents; "
+                          + ("increasing, the last at the end of the file, equal to the document tables"
+                             if ok else "inconsistent with the file or the document tables: re-run `slimtok combine`"))
+    if not ok:
+        return
+    bad_eos = int(np.count_nonzero(np.asarray(data[ends - 1]) != job.eos_token_id)) if len(ends) else 0
+    bos = getattr(job, "bos_token_id", None)
+    starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
+    bad_bos = int(np.count_nonzero(np.asarray(data[starts]) != bos)) if bos is not None and len(ends) else 0
+    report.add(f"{name}: separators", bad_eos == bad_bos == 0,
+               f"{bad_eos} of {len(ends):,} documents do not end with eos ({job.eos_token_id})"
+               + ("" if bos is None else f", {bad_bos} do not start with bos ({bos})"))
 
 
 def _size_hint(records: list[DoneRecord], size: int) -> str:
@@ -171,7 +221,7 @@ def _doc_index(index: Path, data: np.ndarray, documents: int, eos_count: int, eo
 
 
 def _sampler(path: Path, dtype: np.dtype, vocab: int, eos: int, block: int, rng: np.random.Generator, name: str,
-             report: Report, batch_size: int = 8, steps: int = 4) -> None:
+             report: Report, batch_size: int = 8, steps: int = 4, legacy: bool = True) -> None:
     """Batches the way a training loop draws them (slimtok.data), and the document starts it reports."""
     try:
         data = TokenBin(path, dtype)
@@ -184,10 +234,13 @@ def _sampler(path: Path, dtype: np.dtype, vocab: int, eos: int, block: int, rng:
         x, y = data.get_batch(batch_size, b, rng)
         ok &= x.shape == y.shape == (batch_size, b) and bool((x[:, 1:] == y[:, :-1]).all())
         ok &= bool((x >= 0).all() and (x < vocab).all())
-    if data.doc_ends is not None:  # document starts from the index = the positions right after an eos
+    if data.doc_ends is not None:  # document starts in a window against the index read directly
         s = int(rng.integers(0, len(data) - b))
         x, _ = data.window(s, b)
-        ok &= np.array_equal(data.document_starts(s + 1, s + b) - s, np.flatnonzero(x[:-1] == eos) + 1)
+        ends = np.fromfile(path.with_suffix(".idx"), dtype="<u8").astype(np.int64)
+        want = (np.flatnonzero(x[:-1] == eos) + 1 if legacy  # legacy: eos only separates documents
+                else ends[(ends > s) & (ends < s + b)] - s)
+        ok &= np.array_equal(data.document_starts(s + 1, s + b) - s, want)
     report.add(f"{name}: sampler dry-run", ok,
                f"{steps} batches of {batch_size}×{b} (x, y) int64 blocks from slimtok.data.TokenBin; an "
                f"untrained model's loss starts near ln({vocab}) = {math.log(vocab):.3f}")
@@ -195,20 +248,26 @@ def _sampler(path: Path, dtype: np.dtype, vocab: int, eos: int, block: int, rng:
 
 def validate(output_root: str | os.PathLike[str], samples: int = 64, seed: int = 0, block_size: int = 1024,
              log: Callable[[str], None] = print) -> Report:
-    """Run every check on every combined split; the report's ``ok`` is the verdict."""
+    """Run every check on every combined split; the report's ``ok`` is the verdict. An output root
+    that was never combined raises ValidateError saying to run combine."""
+
     root = OutputRoot(output_root)
     job, entries = load_job(root)
     meta = read_meta(root)
+    if meta is None or not meta.splits:
+        what = "cannot be parsed" if root.meta_json.exists() else "is missing: nothing was combined yet"
+        raise ValidateError(what, root.meta_json, f"run `slimtok combine --output-root {root.root}` first")
     report = Report()
-    if not meta.get("splits"):
-        report.add("meta.json", False, f"{root.meta_json} lists no combined split; run `slimtok combine`")
-        return report
     for key in ("vocab_size", "eos_token_id", "dtype"):
-        report.add(f"meta: {key}", meta.get(key) == getattr(job, key),
-                   f"meta {meta.get(key)!r}, job.json {getattr(job, key)!r}")
+        report.add(f"meta: {key}", getattr(meta, key) == getattr(job, key),
+                   f"meta {getattr(meta, key)!r}, job.json {getattr(job, key)!r}")
     tok = load_pinned_tokenizer(root, job)
     rng = np.random.default_rng(seed)
-    for split, info in meta["splits"].items():
+    legacy = [s for s, info in meta.splits.items() if info.get("document_ends")]
+    if legacy:
+        log(f"note: split(s) {', '.join(legacy)} come from shards without document tables (an older root); "
+            "their document ends are checked against eos ids")
+    for split, info in meta.splits.items():
         validate_split(root, entries, split, info, job, tok, samples, block_size, rng, report)
     for c in report.checks:
         log(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")

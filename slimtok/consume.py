@@ -1,0 +1,122 @@
+"""``combine --consume``: build a split's file by moving shard data instead of copying it.
+
+Peak extra disk is about one shard, not the whole split: shards are appended one after another
+to a working file ``.<split file>.consume`` beside the output, and each shard file is deleted
+once the working file up to its end is durable and the journal ``.<split file>.consume.json``
+(:class:`ConsumeJournal`) says so. A kill at any moment resumes: the working file is cut back to
+the journal's byte count and the next shard appended again, so the result is byte-identical to a
+copying combine. The document index comes from the tables (kept), and the working file is then
+published with it and meta.* as one set (:mod:`slimtok.publish`). validate, status and export
+use only the combined files, done records and tables, so they keep working on a consumed root;
+a later combine keeps a consumed split whose file still matches its done records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import CombineError
+from .protocol import JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, write_record
+from .publish import PendingSet, remove_stale
+from .spans import DocEnds, Span, concatenate
+
+READ_BLOCK = 16 << 20
+
+
+@dataclass
+class ConsumeJournal(Record):
+    """A consuming combine of ``split``: the first ``appended`` of ``shards`` are in the working
+    file, which is durable up to ``bytes``; their shard files are deleted or about to be."""
+
+    split: str
+    shards: list[str] = field(default_factory=list)
+    appended: int = 0
+    bytes: int = 0
+
+
+def working_file(root: OutputRoot, split: str) -> Path:
+    dest = root.combined(split)
+    return dest.with_name(f".{dest.name}.consume")
+
+
+def journal_file(root: OutputRoot, split: str) -> Path:
+    return working_file(root, split).with_name(working_file(root, split).name + ".json")
+
+
+def consumed_entry(root: OutputRoot, meta: Meta | None, plan) -> dict | None:
+    """The meta entry of a split already combined by consuming its shards, when its file still
+    matches its done records (then there is nothing to redo); removes its finished journal."""
+    entry = meta.splits.get(plan.split) if meta is not None else None
+    if not entry or not entry.get("consumed") or working_file(root, plan.split).exists():
+        return None
+    journal_file(root, plan.split).unlink(missing_ok=True)  # a kill after the publish left it
+    dest = root.combined(plan.split)
+    if entry["shards"] != len(plan.done) or not dest.exists() or dest.stat().st_size != sum(r.bytes for r in plan.done):
+        raise CombineError(f"was combined with --consume (its shards are gone) but no longer matches the done "
+                           f"records of split {plan.split}", dest, "restore it from a copy, or re-tokenize the split")
+    return entry
+
+
+def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings, verify: bool,
+                  log: Callable[[str], None]) -> dict:
+    """Move ``plan.done`` into the split's working file (resuming a killed run), write the index
+    from the tables into ``pending`` and adopt the working file as the split's new data."""
+    from .combine import Written, _inside, _read_checked, summarize  # combine imports this module lazily
+
+    if any(not r.table for r in plan.done):
+        raise CombineError(f"split {plan.split} has shards without document tables (an older root)", root.root,
+                           "run `slimtok combine` without --consume")
+    working, journal_path = working_file(root, plan.split), journal_file(root, plan.split)
+    remove_stale(journal_path.parent, [journal_path.name])  # a journal write a kill interrupted
+    ids = [r.shard for r in plan.done]
+    journal = read_record(journal_path, ConsumeJournal)
+    if journal is None or journal.shards != ids or not working.exists():
+        if journal is not None and journal.appended:
+            raise CombineError(f"an unfinished consuming combine moved {journal.appended} shard(s) of another list",
+                               journal_path, "finish it with the manifest and done records it started with")
+        journal = ConsumeJournal(plan.split, ids)
+        working.unlink(missing_ok=True)
+        write_record(journal_path, journal)
+    elif journal.appended:
+        log(f"resuming a consuming combine of {plan.split}: {journal.appended} of {len(ids)} shards already moved")
+    fd = os.open(working, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, journal.bytes)  # drop what a killed append wrote past the journal
+        os.lseek(fd, journal.bytes, os.SEEK_SET)
+        for i, record in enumerate(plan.done):
+            path = _inside(root, record.file, record, "file")
+            if i < journal.appended:
+                path.unlink(missing_ok=True)  # moved; a kill came before its deletion
+                continue
+            _read_checked(path, record, record.bytes, record.sha256 if verify else None, None)
+            concatenate([Span(path, 0, record.bytes)], fd)
+            os.fsync(fd)
+            journal.appended, journal.bytes = i + 1, journal.bytes + record.bytes
+            write_record(journal_path, journal)
+            path.unlink()
+    finally:
+        os.close(fd)
+    dest, index = root.combined(plan.split), root.doc_index(plan.split)
+    with open(pending.tmp(index), "xb") as f:
+        ends = DocEnds(f)
+        for record in plan.done:
+            ends.add(np.asarray(read_doc_table(_inside(root, record.table, record, "table"))["tokens"]))
+        f.flush()
+        os.fsync(f.fileno())
+    whole = None
+    if verify:  # the hash of a resumed run cannot be carried over: one read of the result
+        whole = hashlib.sha256()
+        with open(working, "rb") as f:
+            while block := f.read(READ_BLOCK):
+                whole.update(block)
+    pending.adopt(dest, working)
+    written = [Written(r, r.documents, r.tokens, r.bytes, {}) for r in plan.done]
+    entry = summarize(plan, written, dest, index, whole, [], False)
+    entry["consumed"] = True
+    return entry
