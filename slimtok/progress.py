@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import TextIO
+from typing import Callable, TextIO
 
 from tqdm import tqdm
 
@@ -58,18 +58,21 @@ class ProgressDisplay:
 
     ``update`` takes cumulative figures for the whole job (done shards, documents, tokens, bytes,
     counting what was done before this launch too); ``documents``/``tokens`` None are not shown.
-    ``initial_bytes``/``initial_tokens``: what was done before this launch, the rates' baseline.
+    ``initial_bytes``/``initial_tokens``: what was done before this launch, the rates' baseline;
+    ``clock``: monotonic seconds (tests pass their own).
     On a terminal and not ``quiet``: a tqdm bar; otherwise a line every ``every`` seconds.
     """
 
     def __init__(self, total_shards: int, total_bytes: int, unit: str = "shards", quiet: bool = False,
                  stream: TextIO | None = None, every: float = PLAIN_EVERY, window: float = RATE_WINDOW,
-                 label: str = "", initial_bytes: int = 0, initial_tokens: int = 0):
+                 label: str = "", initial_bytes: int = 0, initial_tokens: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
         self.stream = stream or sys.stderr
         self.total_shards, self.total_bytes, self.unit = total_shards, total_bytes, unit
         self.every, self.label = every, label
         self.rates = RateWindow(window)
-        self.last_line = time.monotonic()
+        self.clock = clock
+        self.last_line = clock()
         self.rates.add(self.last_line, (initial_bytes, initial_tokens))
         self.figures: tuple[int, int | None, int | None, int] = (0, None, None, initial_bytes)
         self._lock = threading.Lock()
@@ -85,7 +88,7 @@ class ProgressDisplay:
 
     def update(self, done_shards: int, documents: int | None, tokens: int | None, nbytes: int) -> None:
         """Record the job's cumulative figures; prints a plain line when one is due."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             self.figures = (done_shards, documents, tokens, nbytes)
             self.rates.add(now, (nbytes, tokens or 0))
