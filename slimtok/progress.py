@@ -8,6 +8,7 @@ The bar is tqdm's, redrawn at least once a second by a small thread even between
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -31,6 +32,14 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _has_width(stream: TextIO) -> bool:
+    """Whether the terminal reports its width (a fresh pty says 0, and tqdm then draws nothing)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (OSError, ValueError):
+        return False
+
+
 class RateWindow:
     """Rates of cumulative counters over the last ``window`` seconds of samples (or all of them)."""
 
@@ -40,7 +49,7 @@ class RateWindow:
 
     def add(self, now: float, counters: tuple[int, ...]) -> None:
         self.samples.append((now, counters))
-        while len(self.samples) > 2 and self.samples[1][0] <= now - self.window:
+        while len(self.samples) > 2 and self.samples[0][0] < now - self.window:
             self.samples.popleft()
 
     def rates(self) -> tuple[float, ...] | None:
@@ -82,7 +91,7 @@ class ProgressDisplay:
         if not quiet and self.stream.isatty():
             self.bar = tqdm(total=total_bytes, file=self.stream, unit="B", unit_scale=True, desc=label or None,
                             bar_format="{desc}{percentage:3.0f}%|{bar}| {postfix}", mininterval=0,
-                            dynamic_ncols=True, leave=True)
+                            dynamic_ncols=_has_width(self.stream), leave=True)
             self._refresher = threading.Thread(target=self._refresh_loop, name="progress", daemon=True)
             self._refresher.start()
 
