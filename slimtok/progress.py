@@ -89,8 +89,9 @@ class ProgressDisplay:
         self.bar: tqdm | None = None
         self._refresher: threading.Thread | None = None
         if not quiet and self.stream.isatty():
-            self.bar = tqdm(total=total_bytes, file=self.stream, unit="B", unit_scale=True, desc=label or None,
-                            bar_format="{desc}{percentage:3.0f}%|{bar}| {postfix}", mininterval=0,
+            # the figures' line is the description; tqdm draws the bar and percentage after it
+            self.bar = tqdm(total=total_bytes, file=self.stream, desc=self.line(),
+                            bar_format="{desc} {percentage:3.0f}%|{bar}|", mininterval=0,
                             dynamic_ncols=_has_width(self.stream), leave=True)
             self._refresher = threading.Thread(target=self._refresh_loop, name="progress", daemon=True)
             self._refresher.start()
@@ -143,7 +144,7 @@ class ProgressDisplay:
     def _draw(self) -> None:
         assert self.bar is not None
         self.bar.n = min(self.figures[3], self.total_bytes)
-        self.bar.set_postfix_str(self.line().removeprefix(f"{self.label}: " if self.label else ""), refresh=False)
+        self.bar.set_description_str(self.line(), refresh=False)
         self.bar.refresh()
 
     def _refresh_loop(self) -> None:

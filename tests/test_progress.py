@@ -72,7 +72,7 @@ def test_a_terminal_gets_a_bar_that_keeps_refreshing():
         seen += _drain(master)
     os.close(master)
     assert seen.count("\r") >= 4, seen
-    assert "combine" in seen and "25%|" in seen and "shards 2/8 · 20 docs · 3,000 tokens" in seen
+    assert "combine: shards 2/8 · 20 docs · 3,000 tokens · " in seen and " 25%|" in seen
     assert "100%|" in seen and "shards 8/8" in seen and seen.rstrip().endswith("combine: done")
 
 
