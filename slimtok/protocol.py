@@ -277,6 +277,26 @@ def journal_line(record: DoneRecord) -> bytes:
 
 
 @dataclass
+class RollupRow:
+    """One done shard's ``ROLLUP_COLUMNS`` by name; stored as a plain list in that order."""
+
+    documents: int
+    tokens: int
+    bytes: int
+    source_size: int
+    finished_at: float
+    sources: dict[str, dict[str, int]]
+
+    @classmethod
+    def from_list(cls, row: list[Any]) -> RollupRow | None:
+        """The row, or None when it does not hold one value per column (a foreign or older row)."""
+        return cls(*row) if isinstance(row, list) and len(row) == len(ROLLUP_COLUMNS) else None
+
+    def to_list(self) -> list[Any]:
+        return [getattr(self, name) for name in ROLLUP_COLUMNS]
+
+
+@dataclass
 class DoneRollup(Record):
     """Cache of done records kept by ``slimtok status``: ``shards[id]`` holds ``columns`` in order."""
 

@@ -218,5 +218,5 @@ def test_first_status_reads_worker_journals_instead_of_every_done_record(finishe
     with open(journals[0], "ab") as f:
         f.write(b'["torn line", 1, 2')  # a worker killed mid-append
     rows = done_rows(out, set(records), json.loads((root / "job.json").read_text())["manifest_sha256"])
-    assert {k: (v[0], v[1], v[2]) for k, v in rows.items()} == {
+    assert {k: (v.documents, v.tokens, v.bytes) for k, v in rows.items()} == {
         k: (r["documents"], r["tokens"], r["bytes"]) for k, r in records.items()}

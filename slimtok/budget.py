@@ -1,0 +1,206 @@
+"""Disk budget of a job: the token bytes it will write, and whether its filesystem has room.
+
+The estimate is tokens per compressed source byte × dtype width × the source bytes to go, per
+split. The ratio is measured where shards are done (their records: tokens and source size) and
+otherwise sampled from the first ``sample_bytes`` compressed bytes of a few shards of the split,
+encoded by a callable the caller passes, so this module never loads a tokenizer itself. Token
+files only: document tables add 24 bytes per document (well under 1% at SlimPajama's lengths).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import orjson
+import zstandard
+
+from .errors import OutputError
+from .manifest import ShardEntry
+
+#: Relative uncertainty stated with every estimate (a sample's ratio varies between shards).
+DEFAULT_MARGIN = 0.10
+#: Compressed bytes read from each sampled shard, and how many shards of a split are sampled.
+SAMPLE_BYTES = 4 << 20
+SAMPLE_SHARDS = 2
+
+EncodeCount = Callable[[list[str]], int]
+
+
+@dataclass
+class TokenBytesEstimate:
+    """Expected token bytes (``bytes``), within ``low``..``high`` (± ``margin``).
+
+    ``ratios`` holds each split's tokens per compressed source byte and ``basis`` where it came
+    from ("done records" or "sample of N shards"); ``unestimated_source_bytes`` counts the source
+    bytes of splits with neither (no done shard, no readable sample, no ``encode_count``).
+    """
+
+    bytes: int
+    margin: float
+    ratios: dict[str, float] = field(default_factory=dict)
+    basis: dict[str, str] = field(default_factory=dict)
+    unestimated_source_bytes: int = 0
+
+    @property
+    def low(self) -> int:
+        return int(self.bytes * (1 - self.margin))
+
+    @property
+    def high(self) -> int:
+        return int(self.bytes * (1 + self.margin) + 0.5)
+
+
+@dataclass
+class DiskSpace:
+    """Free (for unprivileged writers) and total bytes of the filesystem holding ``path``."""
+
+    path: str
+    free: int
+    total: int
+
+
+def measured_ratios(done: Iterable[tuple[str, int, int]]) -> dict[str, tuple[int, int]]:
+    """Per split (tokens, compressed source bytes) summed over done shards' ``(split, tokens, source_size)``."""
+    sums: dict[str, tuple[int, int]] = {}
+    for split, tokens, source_size in done:
+        t, b = sums.get(split, (0, 0))
+        sums[split] = (t + tokens, b + source_size)
+    return sums
+
+
+def _decompressor(path: str) -> Callable[[bytes], bytes] | None:
+    """A function decompressing a prefix of ``path`` as far as it goes, or None for other formats."""
+    if path.endswith(".zst"):
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        return obj.decompress
+    if path.endswith(".gz"):
+        return zlib.decompressobj(wbits=31).decompress
+    if path.endswith(".jsonl") or path.endswith(".json"):
+        return lambda raw: raw
+    return None
+
+
+def sample_texts(path: str, text_key: str, sample_bytes: int = SAMPLE_BYTES) -> tuple[list[str], float] | None:
+    """Texts of the complete lines in the first ``sample_bytes`` compressed bytes of a shard, and
+    the compressed bytes they stand for; None for a format this cannot sample or an unreadable prefix.
+
+    The compressed share is the prefix scaled by the share of decompressed bytes in complete lines,
+    so a line cut at the end of the prefix does not bias the ratio.
+    """
+    decompress = _decompressor(path)
+    if decompress is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(sample_bytes)
+        text = decompress(raw)
+    except (OSError, zstandard.ZstdError, zlib.error):
+        return None
+    complete = text[: text.rfind(b"\n") + 1] if len(raw) == sample_bytes else text
+    if not complete:
+        return None
+    texts = []
+    for line in complete.splitlines():
+        try:
+            value = orjson.loads(line).get(text_key)
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(value, str):
+            texts.append(value)
+    return texts, len(raw) * len(complete) / len(text)
+
+
+def _spread(entries: Sequence[ShardEntry], n: int) -> list[ShardEntry]:
+    """``n`` entries evenly spaced through ``entries`` (all of them when there are fewer)."""
+    if len(entries) <= n:
+        return list(entries)
+    return [entries[i * (len(entries) - 1) // max(n - 1, 1)] for i in range(n)]
+
+
+def _sampled_ratio(entries: Sequence[ShardEntry], encode_count: EncodeCount, text_key: str,
+                   shards: int, sample_bytes: int) -> tuple[float, int] | None:
+    """(tokens per compressed byte, shards sampled) over a spread of ``entries``; None when none reads."""
+    tokens, covered, used = 0, 0.0, 0
+    for entry in _spread(sorted(entries, key=lambda e: e.id), shards):
+        sample = sample_texts(entry.path, text_key, sample_bytes)
+        if sample is None:
+            continue
+        tokens += encode_count(sample[0])
+        covered += sample[1]
+        used += 1
+    return (tokens / covered, used) if covered > 0 else None
+
+
+def estimate_token_bytes(entries: Sequence[ShardEntry], dtype_width: int,
+                         encode_count: EncodeCount | None = None,
+                         measured: Mapping[str, tuple[int, int]] | None = None, text_key: str = "text",
+                         margin: float = DEFAULT_MARGIN, sample_shards: int = SAMPLE_SHARDS,
+                         sample_bytes: int = SAMPLE_BYTES) -> TokenBytesEstimate:
+    """Token bytes that tokenizing ``entries`` will write.
+
+    Per split, the ratio comes from ``measured`` (split -> (tokens, source bytes) of done shards,
+    see :func:`measured_ratios`) when it has any source bytes; else from a sample encoded by
+    ``encode_count(texts) -> tokens`` (separators included, as the worker writes them); else from
+    the measured ratio of all splits together. Splits with none add to ``unestimated_source_bytes``.
+    """
+    measured = {k: v for k, v in (measured or {}).items() if v[1] > 0}
+    overall = (sum(t for t, _ in measured.values()) / sum(b for _, b in measured.values())) if measured else None
+    by_split: dict[str, list[ShardEntry]] = {}
+    for e in entries:
+        by_split.setdefault(e.split, []).append(e)
+    estimate = TokenBytesEstimate(bytes=0, margin=margin)
+    total = 0.0
+    for split, group in by_split.items():
+        size = sum(e.size for e in group)
+        if split in measured:
+            ratio, basis = measured[split][0] / measured[split][1], "done records"
+        elif encode_count is not None and (sampled := _sampled_ratio(group, encode_count, text_key,
+                                                                      sample_shards, sample_bytes)):
+            ratio, basis = sampled[0], f"sample of {sampled[1]} shards"
+        elif overall is not None:
+            ratio, basis = overall, "done records of other splits"
+        else:
+            estimate.unestimated_source_bytes += size
+            continue
+        estimate.ratios[split], estimate.basis[split] = ratio, basis
+        total += ratio * dtype_width * size
+    estimate.bytes = int(total + 0.5)
+    return estimate
+
+
+def disk_space(path: str | os.PathLike[str]) -> DiskSpace:
+    """Free and total bytes of the filesystem of ``path``, or of its nearest existing parent."""
+    here = Path(path).absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    st = os.statvfs(here)
+    return DiskSpace(str(here), st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize)
+
+
+def check_free_space(path: str | os.PathLike[str], needed_bytes: int, min_free_fraction: float) -> None:
+    """Refuse (``OutputError``) when writing ``needed_bytes`` under ``path`` would leave less than
+    ``min_free_fraction`` of its filesystem free; ``min_free_fraction`` 0 turns the check off."""
+    if min_free_fraction <= 0:
+        return
+    space = disk_space(path)
+    left = space.free - needed_bytes
+    keep = min_free_fraction * space.total
+    if left < keep:
+        raise OutputError(
+            f"needs about {format_bytes(needed_bytes)} for token files but its filesystem has "
+            f"{format_bytes(space.free)} free of {format_bytes(space.total)}; that would leave "
+            f"{format_bytes(max(left, 0))}, less than the {min_free_fraction:.0%} ({format_bytes(int(keep))}) to keep free",
+            path=str(path),
+            fix="free space or choose another --output-root, or pass --min-free-fraction 0 to start anyway")
+
+
+def format_bytes(n: int) -> str:
+    """Bytes in the largest unit that keeps a number >= 1 (decimal units, as df -H prints)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n} B"

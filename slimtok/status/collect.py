@@ -1,0 +1,248 @@
+"""Progress of a job, from the files of its output root alone (works from any node, while it runs).
+
+Reads ``job.json`` and ``manifest.jsonl``; lists ``done/``, ``failed/``, ``locks/`` and
+``checkpoints/``; opens the failed records, the checkpoints of unfinished shards, every heartbeat,
+and only those done records that ``status/done-rollup.json`` does not hold yet. Writes two small
+files when it may: the roll-up (see :mod:`slimtok.protocol`) and ``probes/status-<host>`` to read
+the file server's clock; on a read-only mount it still answers, opening every done record.
+
+So a status over 60,000 shards costs one manifest read, four directory listings and one roll-up
+read, not 60,000 opens (docs/OPERATIONS.md has the measurements).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import orjson
+import psutil
+
+from ..budget import disk_space, estimate_token_bytes
+from ..claims import file_server_now
+from ..manifest import ShardEntry
+from ..job import load_job
+from ..protocol import (ROLLUP_COLUMNS, SPLITS, Checkpoint, DoneRecord, DoneRollup, FailedRecord, Heartbeat,
+                        JobSettings, OutputRoot, RollupRow, hostname, read_record, worker_name, write_atomic)
+from .model import DiskStatus, JobStatus, SplitStatus, Throughput, WorkerStatus
+from .stages import collect_stages
+
+#: Throughput is measured over at most this many seconds of the latest run of workers.
+WINDOW = 600.0
+#: A heartbeat is overdue after this many of its intervals (and never before MIN_OVERDUE seconds).
+OVERDUE_INTERVALS = 3
+MIN_OVERDUE = 15.0
+#: Assumed interval of heartbeats that do not state theirs.
+DEFAULT_INTERVAL = 30.0
+
+
+# -- collecting ------------------------------------------------------------------------------
+
+def journal_rows(root: OutputRoot) -> dict[str, RollupRow]:
+    """Rows the workers appended to their journals; for a shard committed twice, the latest."""
+    rows: dict[str, RollupRow] = {}
+    for path in root.done_journals():
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a line torn by a kill mid-append
+            if not (isinstance(entry, list) and entry and isinstance(entry[0], str)):
+                continue
+            row = RollupRow.from_list(entry[1:])
+            if row is not None:
+                previous = rows.get(entry[0])
+                if previous is None or previous.finished_at <= row.finished_at:
+                    rows[entry[0]] = row
+    return rows
+
+
+def done_rows(root: OutputRoot, done: set[str], manifest_sha256: str) -> dict[str, RollupRow]:
+    """``ROLLUP_COLUMNS`` of each done shard in ``done``, opening only records the roll-up lacks.
+
+    Updates ``status/done-rollup.json`` when something changed; a failed write is ignored (the
+    roll-up is a cache, and the caller may only have read access).
+    """
+    cached = read_record(root.done_rollup, DoneRollup)
+    rows: dict[str, RollupRow] = {}
+    if cached is not None and cached.manifest_sha256 == manifest_sha256 and cached.columns == ROLLUP_COLUMNS:
+        rows = {k: row for k, v in cached.shards.items() if k in done and (row := RollupRow.from_list(v))}
+    changed = cached is None or len(rows) != len(cached.shards)
+    missing = done - rows.keys()
+    if missing:
+        journaled = {k: v for k, v in journal_rows(root).items() if k in missing}
+        rows.update(journaled)
+        missing -= journaled.keys()
+        changed = changed or bool(journaled)
+    for shard in missing:
+        record = read_record(root.done(shard), DoneRecord)
+        if record is None:  # corrupt; counted as done without counts, and looked at again next time
+            continue
+        rows[shard] = RollupRow.from_list(record.rollup_row())  # type: ignore[assignment]
+        changed = True
+    if changed:
+        shards = {k: v.to_list() for k, v in rows.items()}
+        try:
+            write_atomic(root.done_rollup, orjson.dumps(DoneRollup(manifest_sha256, shards)), durable=False)
+        except OSError:
+            pass
+    return rows
+
+
+def _add_sources(total: dict[str, dict[str, int]], sources: dict[str, dict[str, int]] | None) -> None:
+    """Add a record's per-source counts (``{source: {"documents": n, "tokens": n}}``) to ``total``."""
+    for name, counts in (sources or {}).items():
+        into = total.setdefault(name, {})
+        for key, value in counts.items():
+            into[key] = into.get(key, 0) + value
+
+
+def _server_now(root: OutputRoot) -> float:
+    """The file server's clock (heartbeat mtimes are set by it), or ours where we cannot write."""
+    try:
+        return file_server_now(root.probe(f"status-{worker_name(hostname(), 0, 0)}"))
+    except OSError:
+        return time.time()
+
+
+def _health(hb: Heartbeat, age: float, here: str) -> str:
+    if hb.state == "exited":
+        return "exited"
+    if hb.host == here:
+        try:
+            # started_at is taken after the process starts: a later create time means a reused pid
+            if psutil.Process(hb.pid).create_time() > hb.started_at + 1:
+                return "dead"
+        except psutil.Error:
+            return "dead"
+    overdue = max(MIN_OVERDUE, OVERDUE_INTERVALS * (hb.interval or DEFAULT_INTERVAL))
+    return "stale" if age > overdue else "ok"
+
+
+def read_workers(root: OutputRoot) -> list[WorkerStatus]:
+    """Every worker's last heartbeat, judged ok / stale / dead / exited."""
+    folder = root.heartbeats_dir()
+    if not folder.is_dir():
+        return []
+    now, here = _server_now(root), hostname()
+    workers = []
+    for path in sorted(folder.glob("*.json")):
+        hb = read_record(path, Heartbeat)
+        try:
+            age = max(0.0, now - path.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+        if hb is not None:
+            workers.append(WorkerStatus(hb, round(age, 1), _health(hb, age, here)))
+    workers.sort(key=lambda w: (w.heartbeat.host, w.heartbeat.process_index, w.heartbeat.worker_index))
+    return workers
+
+
+def latest_run(workers: list[WorkerStatus], now: float, window: float) -> Throughput:
+    """The span rates are measured over: the latest stretch in which workers ran, as the union of
+    their [started_at, last beat] (a live worker's runs until now), cut to its last ``window`` s.
+
+    A relaunch's workers rewrite their heartbeats, so the spans of an earlier launch drop out, and
+    a stopped job's rates cover the time it ran, not the idle time since.
+    """
+    spans = sorted((w.heartbeat.started_at, now if w.health == "ok" else max(w.heartbeat.updated_at,
+                                                                              w.heartbeat.started_at))
+                   for w in workers)
+    if not spans:
+        return Throughput()
+    start, end = spans[0]
+    for s, e in spans[1:]:
+        if s > end:  # a gap in which no worker ran: only what follows counts
+            start = s
+        end = max(end, e)
+    start = max(start, end - window)
+    return Throughput(seconds=end - start, started_at=start, ended_at=end,
+                      running=any(w.health == "ok" for w in workers))
+
+
+def _count_done(s: SplitStatus, tp: Throughput, entry: ShardEntry, row: RollupRow | None,
+                sources: dict[str, dict[str, int]]) -> None:
+    s.done += 1
+    s.bytes_in += entry.size
+    if row is None:
+        return
+    s.documents += row.documents
+    s.tokens += row.tokens
+    s.done_tokens += row.tokens
+    s.bytes_out += row.bytes
+    _add_sources(sources, row.sources)
+    if tp.seconds > 0 and tp.started_at <= row.finished_at <= tp.ended_at:
+        tp.shards += 1
+        tp.documents += row.documents
+        tp.tokens += row.tokens
+        tp.bytes_in += entry.size
+        tp.bytes_out += row.bytes
+
+
+def _count_unfinished(root: OutputRoot, s: SplitStatus, entry: ShardEntry, locked: bool, checkpointed: bool,
+                      sources: dict[str, dict[str, int]]) -> None:
+    if locked:
+        s.running += 1
+    else:
+        s.pending += 1
+    s.bytes_left += entry.size
+    if checkpointed:  # running, or stopped part-way and waiting for a relaunch
+        ckpt = read_record(root.checkpoint(entry.id), Checkpoint)
+        if ckpt is not None:
+            s.documents += ckpt.documents
+            s.tokens += ckpt.tokens
+            s.bytes_out += ckpt.bytes
+            _add_sources(sources, ckpt.sources)
+
+
+def disk_status(root: OutputRoot, job: JobSettings, status: JobStatus, unfinished: list[ShardEntry]) -> DiskStatus:
+    """Token bytes written, the bytes the unfinished shards will still add (at the done shards'
+    measured tokens per source byte, less their checkpoints' bytes) and the filesystem's room."""
+    measured = {name: (s.done_tokens, s.bytes_in) for name, s in status.splits.items()}
+    width = np.dtype(job.dtype).itemsize
+    expected = estimate_token_bytes(unfinished, width, measured=measured)
+    # a done shard's bytes are its tokens x width, so the rest of bytes_out is the checkpoints'
+    checkpoints = sum(s.bytes_out - s.done_tokens * width for s in status.splits.values())
+    expected.bytes = max(expected.bytes - checkpoints, 0)
+    try:
+        space = disk_space(root.root)
+    except OSError:
+        space = None
+    return DiskStatus(written=status.total.bytes_out, expected=expected, space=space)
+
+
+def collect_status(output_root: str | os.PathLike[str], window: float = WINDOW) -> JobStatus:
+    """Everything ``slimtok status`` shows; see the package docstring for what it reads."""
+
+    root = OutputRoot(output_root)
+    job, entries = load_job(root)
+    done, failed = root.done_ids(), root.failed_ids()
+    locked, checkpointed = root.locked_ids(), root.checkpointed_ids()
+    rows = done_rows(root, done & {e.id for e in entries}, job.manifest_sha256)
+    status = JobStatus(root=str(root.root), now=time.time(), workers=read_workers(root))
+    status.throughput = tp = latest_run(status.workers, status.now, window)
+    tp.live_tokens_per_second = sum(w.heartbeat.tokens_per_second for w in status.workers
+                                    if w.health == "ok" and w.measured)
+    unfinished = []
+    for e in entries:
+        s = status.splits.setdefault(e.split, SplitStatus())
+        s.shards += 1
+        s.source_bytes += e.size
+        if e.id in done:
+            _count_done(s, tp, e, rows.get(e.id), status.sources)
+        elif e.id in failed:
+            s.failed += 1
+            failure = read_record(root.failed(e.id), FailedRecord)
+            status.failures[e.id] = failure.reason if failure else "unreadable failed record"
+        else:
+            _count_unfinished(root, s, e, e.id in locked, e.id in checkpointed, status.sources)
+            unfinished.append(e)
+    status.splits = {k: status.splits[k] for k in SPLITS if k in status.splits}
+    status.disk = disk_status(root, job, status, unfinished)
+    status.stages = collect_stages(root)
+    return status
