@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .job import CHECKPOINT_EVERY, STALE_AFTER, TOKENS_PER_WRITE
+from .job import CHECKPOINT_EVERY, MIN_FREE_FRACTION, STALE_AFTER, TOKENS_PER_WRITE
 from .protocol import DEFAULT_SOURCE_KEY, SPLITS
 from .tokenizer import BACKENDS, BOS_CHOICES, DTYPES, SPECIAL_TEXT
 
@@ -138,14 +138,17 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
               help="Encoder: auto = fastokens when installed and id-identical to tokenizers on a start-up "
                    "sample, else tokenizers. Not pinned: outputs are the same either way.")
 @click.option("--retry-failed", is_flag=True, help="Try shards that failed in earlier launches again.")
+@click.option("--min-free-fraction", type=click.FloatRange(0, 1, max_open=True), default=MIN_FREE_FRACTION,
+              show_default=True, help="Refuse to start if the estimated token files would leave less than this "
+              "share of the output root's disk free; 0 turns the check off.")
 @click.option("--stale-after", type=click.FloatRange(min=0.5), default=STALE_AFTER, show_default=True,
               help="Seconds without heartbeat after which another worker takes a shard over.")
-@click.option("--quiet", is_flag=True, help="No progress line.")
+@click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")
 def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_workers: str, max_workers: int | None,
                  process_index: int | None, process_count: int | None, tokens_per_write: int,
                  checkpoint_every: float, splits: str, text_key: str, source_key: str, eos_id: int | None, dtype: str, bos: str,
                  special_text: str, backend: str,
-                 retry_failed: bool, stale_after: float, quiet: bool) -> None:
+                 retry_failed: bool, min_free_fraction: float, stale_after: float, quiet: bool) -> None:
     """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""
     from .job import TokenizeSettings
     from .launch import settings_for, tokenize
@@ -154,12 +157,13 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
                             tokenizer=tokenizer, tokens_per_write=tokens_per_write, checkpoint_every=checkpoint_every,
                             splits=_splits(splits) or SPLITS, text_key=text_key, source_key=source_key,
                             eos_id=eos_id, dtype=dtype, bos=bos, special_text=special_text, backend=backend,
-                            retry_failed=retry_failed, stale_after=stale_after)
+                            retry_failed=retry_failed, min_free_fraction=min_free_fraction,
+                            stale_after=stale_after)
     settings, source = settings_for(base, spawn_workers, max_workers, process_index, process_count)
     if not quiet:
         click.echo(f"process {settings.process_index} of {settings.process_count} ({source}), "
                    f"{settings.workers} worker(s), output {settings.output_root}", err=True)
-    sys.exit(tokenize(settings, progress=None if quiet else (lambda s: click.echo(s, err=True))))
+    sys.exit(tokenize(settings, say=lambda s: click.echo(s, err=True), quiet=quiet))
 
 
 @main.command("combine")

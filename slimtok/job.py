@@ -16,9 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import orjson
 from tokenizers import Tokenizer
 
+from .budget import check_free_space, disk_space, estimate_token_bytes, format_bytes
 from .errors import JobMismatch, ManifestError, TokenizerError
 from .manifest import ShardEntry, manifest_digest, read_manifest
 from .protocol import (DEFAULT_SOURCE_KEY, SPLITS, JobSettings, OutputRoot, create_exclusive, new_token,
@@ -29,6 +31,7 @@ from .tokenizer import DocumentPolicy, LoadedTokenizer, load_tokenizer, resolve_
 TOKENS_PER_WRITE = 131072
 CHECKPOINT_EVERY = 5.0
 STALE_AFTER = 300.0
+MIN_FREE_FRACTION = 0.1
 
 
 @dataclass
@@ -55,6 +58,8 @@ class TokenizeSettings:
     #: encoder backend (auto|tokenizers|fastokens); not pinned: every backend gives the reference ids
     backend: str = "auto"
     retry_failed: bool = False
+    #: refuse to start when the estimated token files would leave less than this share of the disk free
+    min_free_fraction: float = MIN_FREE_FRACTION
     stale_after: float = STALE_AFTER
     process_index: int = 0
     process_count: int = 1
@@ -117,7 +122,33 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
         if _sha256(tok_text) != pinned.tokenizer_file_sha256:  # another writer's form: the canonical one
             tok_text = tok.to_json()
         write_atomic(tok_file, tok_text.encode())
+    check_disk_budget(settings, root, entries, pinned, tok, say)
     return pinned
+
+
+def check_disk_budget(settings: TokenizeSettings, root: OutputRoot, entries: list[ShardEntry], job: JobSettings,
+                      tok: LoadedTokenizer, say: Callable[[str], None] | None) -> None:
+    """Estimate the token bytes still to write (a sample of each split's shards, encoded by the
+    tokenizer already loaded here), print it with the free space, and refuse (OutputError) when
+    less than ``min_free_fraction`` of the disk would remain."""
+    done = root.done_ids()
+    todo = [e for e in entries if e.split in settings.splits and e.id not in done]
+    if not todo:
+        return
+    separators = 1 + (job.bos_token_id is not None)
+    encoder = tok.tokenizer
+
+    def encode_count(texts: list[str]) -> int:
+        return sum(len(e.ids) + separators for e in encoder.encode_batch(texts, add_special_tokens=False))
+
+    width = np.dtype(job.dtype).itemsize
+    estimate = estimate_token_bytes(todo, width, encode_count, text_key=job.text_key)
+    space = disk_space(root.root)
+    if say:
+        say(f"disk: about {format_bytes(estimate.bytes)} of token files still to write "
+            f"(±{estimate.margin:.0%}, from {', '.join(sorted(set(estimate.basis.values()))) or 'no sample'}); "
+            f"{format_bytes(space.free)} free of {format_bytes(space.total)} under {root.root}")
+    check_free_space(root.root, estimate.high, settings.min_free_fraction)
 
 
 def manifest_change(root: OutputRoot, entries: list[ShardEntry]) -> str:

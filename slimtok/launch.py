@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Callable, Mapping
 
 from .manifest import read_manifest
+from .progress import PLAIN_EVERY, ProgressDisplay
 from .protocol import Heartbeat, OutputRoot, hostname, read_record, worker_name
 from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, LaunchError, OutputError
 from .job import TokenizeSettings, pin_job
@@ -77,61 +78,44 @@ def _child(settings: TokenizeSettings, index: int, parent: int) -> None:
 
 
 class _Progress:
-    """One aggregated progress line: the whole job's shards and input MB/s, this process's counts.
+    """The launch's progress: the whole job's shards and input bytes, this process's documents and
+    tokens (from its workers' heartbeats), shown by :class:`ProgressDisplay`.
 
-    Reads this process's heartbeat files and lists ``done/`` (one directory walk per line, no
-    record opened), so the line stays cheap with 60,000 shards.
+    Reads this process's heartbeat files and lists ``done/`` (one directory walk, no record
+    opened), so it stays cheap with 60,000 shards.
     """
 
-    def __init__(self, settings: TokenizeSettings, out: Callable[[str], None]):
+    def __init__(self, settings: TokenizeSettings, quiet: bool, every: float):
         self.root = OutputRoot(settings.output_root)
         host = hostname()
         self.names = [worker_name(host, settings.process_index, w) for w in range(settings.workers)]
         self.sizes = {e.id: e.size for e in read_manifest(settings.manifest) if e.split in settings.splits}
-        self.out = out
         self.started = time.time()
-        self.bytes_at_start = self._done_bytes()[1]
-        self.last = (self.started, 0, 0)  # time, tokens, chars at the previous line
+        _shards, done_bytes = self._done()
+        self.display = ProgressDisplay(len(self.sizes), sum(self.sizes.values()), quiet=quiet, every=every,
+                                       label="tokenize", initial_bytes=done_bytes)
 
-    def _done_bytes(self) -> tuple[int, int]:
+    def _done(self) -> tuple[int, int]:
         """(shards, compressed source bytes) of the selected shards that are done, by any process."""
         done = self.root.done_ids() & self.sizes.keys()
         return len(done), sum(self.sizes[i] for i in done)
 
-    def line(self) -> str:
+    def update(self) -> None:
         beats = [read_record(self.root.heartbeat(n), Heartbeat) for n in self.names]
         beats = [b for b in beats if b is not None and b.started_at >= self.started - 5]
-        docs = sum(b.documents for b in beats)
-        tokens = sum(b.tokens for b in beats)
-        chars = sum(b.text_chars for b in beats)
-        now = time.time()
-        since = max(now - self.last[0], 1e-6)
-        tok_rate, char_rate = (tokens - self.last[1]) / since, (chars - self.last[2]) / since
-        self.last = (now, tokens, chars)
-        shards, done_bytes = self._done_bytes()
-        in_rate = (done_bytes - self.bytes_at_start) / max(now - self.started, 1e-6)
-        left = sum(self.sizes.values()) - done_bytes
-        eta = _duration(left / in_rate) if in_rate > 0 else "after the first shard"
-        return (f"shards {shards:,}/{len(self.sizes):,} done (all processes), {in_rate / 1e6:,.1f} MB/s in · "
-                f"this process: {docs:,} docs, {tokens:,} tokens, {tok_rate:,.0f} tok/s, "
-                f"{char_rate / 1e6:,.1f} M chars/s · ETA {eta if left else '0m00s'}")
+        shards, done_bytes = self._done()
+        self.display.update(shards, sum(b.documents for b in beats), sum(b.tokens for b in beats), done_bytes)
 
-    def show(self, final: bool = False) -> None:
-        self.out(self.line() + ("" if not final else " (finished)"))
+    def close(self) -> None:
+        self.update()
+        self.display.close()
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def tokenize(settings: TokenizeSettings, progress: Callable[[str], None] | None = None,
-             progress_every: float = 10.0) -> int:
+def tokenize(settings: TokenizeSettings, say: Callable[[str], None] | None = None, quiet: bool = False,
+             progress_every: float = PLAIN_EVERY) -> int:
     """Pin the job, run ``settings.workers`` workers to completion, and return the exit status."""
     try:
-        pin_job(settings, say=progress)
+        pin_job(settings, say=say)
     except OSError as exc:
         raise OutputError(f"cannot write the job's files: {exc.strerror or exc}", exc.filename or settings.output_root,
                           "free space or fix permissions on the output root, then relaunch the same command") from exc
@@ -141,7 +125,7 @@ def tokenize(settings: TokenizeSettings, progress: Callable[[str], None] | None 
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_child, args=(settings, w, os.getpid()), name=f"slimtok-worker-{w}")
              for w in range(settings.workers)]
-    monitor = _Progress(settings, progress) if progress else None
+    monitor = _Progress(settings, quiet, progress_every)
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -154,18 +138,14 @@ def tokenize(settings: TokenizeSettings, progress: Callable[[str], None] | None 
     try:
         for p in procs:
             p.start()
-        last = time.time()
         while any(p.is_alive() for p in procs):
             for p in procs:
                 p.join(timeout=0.5)
-            if monitor and time.time() - last >= progress_every:
-                monitor.show()
-                last = time.time()
+            monitor.update()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if monitor:
-        monitor.show(final=True)
+    monitor.close()
     return _exit_status([p.exitcode for p in procs], settings, bool(received))
 
 
