@@ -204,6 +204,7 @@ def test_kill_9_of_dedup_workers_then_relaunch_resumes(tokenized, tmp_path):
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert not dedup_job_path(OutputRoot(root)).exists()  # killed after 3 of its 76 units
     before = {p: p.stat().st_mtime_ns for p in (root / "dedup").rglob("*") if p.suffix in (".rows", ".drops")
               and (done_dir / p.parent.relative_to(root / "dedup").as_posix().replace("drops", "gather")
                    / f"{p.stem}.json").exists()}
