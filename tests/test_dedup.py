@@ -23,7 +23,7 @@ from slimtok.errors import DedupError
 from slimtok.protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DEDUP_ROW_DTYPE, DOC_TABLE_DTYPE, SPLITS, DoneRecord,
                               LockRecord, OutputRoot, dedup_job_path, dedup_unit, dedup_unit_data, dedup_unit_done,
                               read_record, write_record)
-from slimtok.dedup import DropReader, dedup_status, exclusion_for, run_dedup
+from slimtok.dedup import DropReader, dedup_cli_main, dedup_status, exclusion_for, run_dedup
 from slimtok.dedup.units import find_drops
 
 EOS = 0  # the session BPE's <|endoftext|>
@@ -283,3 +283,15 @@ def test_find_drops_equals_a_dict_reference_on_colliding_hashes():
         seen.add((key, s))
     got = find_drops(rows[rng.permutation(n)])
     assert got.dtype == DEDUP_DROP_DTYPE and got.tolist() == want
+
+
+def test_cli_main_reports_counts_and_refuses_a_non_root(tokenized, tmp_path, capsys):
+    _, _, ref = tokenized
+    root = _copy(tokenized, tmp_path)
+    lines: list[str] = []
+    assert dedup_cli_main(str(root), spawn_workers="1", buckets=4, out=lines.append) == 0
+    dropped = sum(map(len, ref.values()))
+    assert lines == [f"dedup: {sum(map(len, tokenized[1].values()))} documents in 6 shards; dropped "
+                     f"4 contamination, {dropped - 4} duplicate"]
+    assert dedup_cli_main(str(tmp_path / "nothing"), spawn_workers="1", out=lines.append) == 2
+    assert "job.json is missing" in capsys.readouterr().err and len(lines) == 1

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -213,8 +214,9 @@ def _names(folder: Path, suffix: str) -> set[str]:
 
 def dedup_cli_main(output_root: str, spawn_workers: str = "auto", process_index: int | None = None,
                    process_count: int | None = None, buckets: int = DEFAULT_BUCKETS, stale_after: float = 300.0,
-                   out=print) -> int:
-    """``slimtok dedup``: exit status 0 done, 2 cannot run as asked, 3 unexpected failure."""
+                   out: Callable[[str], None] = print) -> int:
+    """``slimtok dedup``: exit status 0 done, 2 cannot run as asked, 3 the root cannot be written.
+    The summary line goes to ``out``, errors to stderr."""
     from ..launch import process_grid, worker_count  # the lead's launch module; may move
 
     try:
@@ -225,10 +227,11 @@ def dedup_cli_main(output_root: str, spawn_workers: str = "auto", process_index:
             raise DedupError(str(exc)) from exc
         job = run_dedup(output_root, buckets, workers, index, count, stale_after)
     except SlimtokError as exc:
-        out(f"slimtok dedup: {exc}")
+        print(f"slimtok dedup: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
-        out(f"slimtok dedup: cannot write under {output_root}: {exc}; fix the cause and relaunch")
+        print(f"slimtok dedup: cannot write under {output_root}: {exc}; fix the cause and relaunch: "
+              "finished units are kept", file=sys.stderr)
         return EXIT_FATAL
     dropped = ", ".join(f"{n:,} {name}" for name, n in sorted(job.dropped.items()))
     out(f"dedup: {job.documents:,} documents in {job.shards:,} shards; dropped {dropped}")
