@@ -295,3 +295,25 @@ def test_cli_main_reports_counts_and_refuses_a_non_root(tokenized, tmp_path, cap
                      f"4 contamination, {dropped - 4} duplicate"]
     assert dedup_cli_main(str(tmp_path / "nothing"), spawn_workers="1", out=lines.append) == 2
     assert "job.json is missing" in capsys.readouterr().err and len(lines) == 1
+
+
+def test_a_bucket_task_holds_only_its_bucket(tmp_path):
+    """Peak traced memory of one bucket task ≤ 64 MB per 100 M documents of the job."""
+    import tracemalloc
+
+    from slimtok.dedup.bench import synthetic_root
+    from slimtok.dedup.plan import make_plan, read_inputs
+    from slimtok.dedup.run import DedupWorker, pin_plan
+    from slimtok.dedup.units import bucket_rows
+
+    root = synthetic_root(tmp_path / "synthetic", shards=200, docs_per_shard=2000)
+    inputs = read_inputs(root)
+    plan = pin_plan(root, make_plan(inputs, buckets=256))
+    DedupWorker(root, plan, inputs, 300.0, 0, 1, 0, 1)._phase("scatter")
+    budget = 64e6 * plan.documents / 100e6
+    for b in (0, 77, 255):
+        tracemalloc.start()
+        drops = find_drops(bucket_rows(root, plan, b))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert 0 < len(drops) and peak <= budget, (b, peak, budget)

@@ -32,10 +32,10 @@ def synthetic_root(folder: str | Path, shards: int, docs_per_shard: int, dup_fra
     root.manifest.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in entries))
     write_record(root.job, JobSettings("bench", shards, "bench", "bench", 1 << 16, 0, None, "uint16", "text"),
                  durable=False)
-    pool = rng.integers(0, 1 << 63, size=(max(1, docs_per_shard), 2), dtype=np.uint64)
+    pool = _hashes(rng, max(1, docs_per_shard))
     for e in entries:
         table = np.zeros(docs_per_shard, DOC_TABLE_DTYPE)
-        fresh = rng.integers(0, 1 << 63, size=(docs_per_shard, 2), dtype=np.uint64)
+        fresh = _hashes(rng, docs_per_shard)
         repeat = rng.random(docs_per_shard) < dup_fraction
         fresh[repeat] = pool[rng.integers(0, len(pool), int(repeat.sum()))]
         table["tokens"], table["hash_hi"], table["hash_lo"] = 100, fresh[:, 0], fresh[:, 1]
@@ -47,6 +47,11 @@ def synthetic_root(folder: str | Path, shards: int, docs_per_shard: int, dup_fra
                             table=root.relative(path), table_bytes=table.nbytes, table_sha256=f"bench{e['id']}")
         write_record(root.done(e["id"]), record, durable=False)
     return root
+
+
+def _hashes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` random 128-bit hashes as (hi, lo) uint64 pairs over the whole range."""
+    return rng.integers(0, np.iinfo(np.uint64).max, size=(n, 2), dtype=np.uint64, endpoint=True)
 
 
 def bench_dedup(tmpdir: str | Path, shards: int, docs_per_shard: int, buckets: int = DEFAULT_BUCKETS,
