@@ -21,7 +21,7 @@ from corpus import doc_line, sample_documents, slimtok, write_shard
 from slimtok.claims import current_holder
 from slimtok.errors import DedupError
 from slimtok.protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DEDUP_ROW_DTYPE, DOC_TABLE_DTYPE, SPLITS, DoneRecord,
-                              LockRecord, OutputRoot, dedup_job_path, dedup_unit, dedup_unit_data, dedup_unit_done,
+                              LockRecord, OutputRoot, dedup_job_path, dedup_unit, dedup_unit_data,
                               read_record, write_record)
 from slimtok.dedup import DropReader, dedup_cli_main, dedup_status, exclusion_for, run_dedup
 from slimtok.dedup.units import find_drops

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DEDUP_ROW_DTYPE, DedupPlan, DedupUnitRecord, OutputRoot,
-                        dedup_unit_data, dedup_unit_done, read_doc_table, read_record)
+                        dedup_unit_done, read_doc_table, read_record)
 from .plan import Inputs, bucket_of, order_base, unit_count, unit_ranks
 
 DUPLICATE = DEDUP_REASONS.index("duplicate")
