@@ -317,3 +317,20 @@ def test_a_bucket_task_holds_only_its_bucket(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert 0 < len(drops) and peak <= budget, (b, peak, budget)
+
+
+def test_sigterm_stops_the_workers_with_75_and_a_relaunch_completes(tokenized, tmp_path):
+    _, corpus, ref = tokenized
+    root = _copy(tokenized, tmp_path)
+    code = ("import sys; from slimtok.dedup import dedup_cli_main; "
+            "sys.exit(dedup_cli_main(sys.argv[1], spawn_workers='2', buckets=64))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE, text=True)
+    done_dir = root / "dedup" / "done"
+    while proc.poll() is None and not (done_dir.is_dir() and any(done_dir.rglob("*.json"))):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75 and "stopped on a signal" in err and "again to resume" in err
+    assert not dedup_job_path(OutputRoot(root)).exists()
+    run_dedup(root, buckets=64)
+    assert _drops(root, corpus) == ref

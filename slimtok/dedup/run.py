@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
+import signal
 import sys
 import threading
 import time
@@ -19,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from ..claims import Claim, Claimer, current_holder, preference_order
-from ..errors import EXIT_FATAL, EXIT_OK, DedupError, SlimtokError
+from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, DedupError, Interrupted, SlimtokError
 from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive,
                         dedup_job_path, dedup_plan_path, dedup_unit, dedup_unit_data, dedup_unit_done, hostname,
                         read_record, worker_name, write_atomic)
@@ -161,11 +163,30 @@ def _child(root: str, plan: DedupPlan, inputs: Inputs, stale_after: float, grid:
         sys.exit(exc.exit_code)
 
 
+class _SignalForwarder:
+    """While installed, SIGTERM/SIGINT stop the workers (finished units stay; a relaunch resumes)."""
+
+    def __init__(self, procs: list[multiprocessing.process.BaseProcess]):
+        self.procs, self.signals = procs, []
+        self.previous = {s: signal.signal(s, self._forward) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)
+        for p in self.procs:
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)  # a unit is short and atomic: nothing to save
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
 def run_dedup(output_root: str | Path, buckets: int = DEFAULT_BUCKETS, workers: int = 1, process_index: int = 0,
               process_count: int = 1, stale_after: float = 300.0, unit_shards: int = UNIT_SHARDS) -> DedupJob:
     """Deduplicate a tokenized output root with ``workers`` local processes; returns the job record.
 
     Resumes whatever a killed run finished; every process of a grid returns the same record.
+    Raises Interrupted when a signal stopped the workers.
     """
     root = OutputRoot(output_root)
     inputs = read_inputs(root)
@@ -177,10 +198,16 @@ def run_dedup(output_root: str | Path, buckets: int = DEFAULT_BUCKETS, workers: 
     procs = [ctx.Process(target=_child, name=f"slimtok-dedup-{w}",
                          args=(str(root.root), plan, inputs, stale_after, (process_index, process_count, w, workers)))
              for w in range(workers)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    received = _SignalForwarder(procs)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    finally:
+        received.restore()
+    if received.signals:
+        raise Interrupted()
     failed = [p.exitcode for p in procs if p.exitcode != EXIT_OK]
     if failed:
         raise DedupError(f"{len(failed)} dedup worker(s) exited with status {failed}", root.root,
@@ -215,7 +242,8 @@ def _names(folder: Path, suffix: str) -> set[str]:
 def dedup_cli_main(output_root: str, spawn_workers: str = "auto", process_index: int | None = None,
                    process_count: int | None = None, buckets: int = DEFAULT_BUCKETS, stale_after: float = 300.0,
                    out: Callable[[str], None] = print) -> int:
-    """``slimtok dedup``: exit status 0 done, 2 cannot run as asked, 3 the root cannot be written.
+    """``slimtok dedup``: exit status 0 done, 2 cannot run as asked, 3 the root cannot be written,
+    75 stopped on a signal.
     The summary line goes to ``out``, errors to stderr."""
     from ..launch import process_grid, worker_count  # the lead's launch module; may move
 
@@ -229,6 +257,10 @@ def dedup_cli_main(output_root: str, spawn_workers: str = "auto", process_index:
     except SlimtokError as exc:
         print(f"slimtok dedup: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Interrupted:
+        print(f"slimtok dedup: stopped on a signal; finished units are kept, run `slimtok dedup "
+              f"--output-root {output_root}` again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except OSError as exc:
         print(f"slimtok dedup: cannot write under {output_root}: {exc}; fix the cause and relaunch: "
               "finished units are kept", file=sys.stderr)
