@@ -173,12 +173,45 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
 @click.option("--no-verify", is_flag=True, help="Check sizes only, not sha256, before copying.")
 @click.option("--consume", is_flag=True, help="Move shard data into the split files (deleting each shard once "
               "moved) instead of copying: peak extra disk about one shard.")
-def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_verify: bool, consume: bool) -> None:
+@click.option("--dedup", "dedup", is_flag=True, help="Leave out the documents `slimtok dedup` dropped (duplicates "
+              "and train documents found in validation or test).")
+def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_verify: bool, consume: bool,
+                dedup: bool) -> None:
     """Write train.bin / val.bin / test.bin and meta.pkl / meta.json from finished shards."""
     from .combine import combine
 
+    exclude = None
+    if dedup:
+        from .dedup import exclusion_for
+
+        exclude = exclusion_for(output_root)
     combine(output_root, _splits(splits), allow_partial=allow_partial, verify=not no_verify, log=click.echo,
-            consume=consume)
+            consume=consume, exclude=exclude)
+
+
+@main.command("dedup")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--spawn-workers", default="auto", show_default=True,
+              help="Local worker processes: 'auto' (one per usable core) or a number.")
+@click.option("--process-index", type=click.IntRange(min=0), default=None,
+              help="This process's index (default: SLURM_PROCID, OMPI_COMM_WORLD_RANK or PMI_RANK).")
+@click.option("--process-count", type=click.IntRange(min=1), default=None,
+              help="Number of processes (default: SLURM_NTASKS, OMPI_COMM_WORLD_SIZE or PMI_SIZE).")
+@click.option("--buckets", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Hash-range buckets: units of work claimed like shards.")
+@click.option("--stale-after", type=click.FloatRange(min=0.5), default=STALE_AFTER, show_default=True,
+              help="Seconds without heartbeat after which another worker takes a unit over.")
+def dedup_cmd(output_root: Path, spawn_workers: str, process_index: int | None, process_count: int | None,
+              buckets: int, stale_after: float) -> None:
+    """Find exact duplicates and holdout contamination among the documents of a tokenized root.
+
+    Writes drop lists under OUTPUT_ROOT/dedup/; `slimtok combine --dedup` then leaves those
+    documents out. Relaunch the same command to resume.
+    """
+    from .dedup import dedup_cli_main
+
+    sys.exit(dedup_cli_main(output_root, spawn_workers=spawn_workers, process_index=process_index,
+                            process_count=process_count, buckets=buckets, stale_after=stale_after, out=click.echo))
 
 
 @main.command("validate")

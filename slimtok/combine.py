@@ -30,6 +30,7 @@ import orjson
 
 from .errors import CombineError
 from . import __version__
+from .dedup.drops import Exclusion
 from .job import load_job
 from .manifest import ShardEntry
 from .errors import CombineError
@@ -134,15 +135,6 @@ class _EosScan:
                                "record, or it does not end with eos: the file is not what tokenize wrote", path,
                                _redo(record))
         return counts
-
-
-@dataclass(frozen=True)
-class Exclusion:
-    """Documents of one shard to leave out: sorted, unique row indices of its document table, and
-    a reason label for each (e.g. "duplicate", "contamination")."""
-
-    indices: np.ndarray
-    reasons: Sequence[str]
 
 
 #: Per shard, the documents to leave out (None: keep all); dedup and decontamination provide it.

@@ -608,3 +608,91 @@ class Meta(Record):
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     slimtok_version: str = ""
     combined_at: str = ""
+
+
+# -- dedup -------------------------------------------------------------------------------------
+# ``slimtok dedup`` keeps everything under ``ROOT/dedup/`` (docs/DEDUP.md)::
+#
+#     dedup/plan.json                 buckets, unit size and inputs' fingerprint, created once  DedupPlan
+#     dedup/<phase>/<k>.<ext>         data of unit k of a phase (scatter .rows, bucket .drops,
+#                                     gather .drops), renamed into place before its done record
+#     dedup/done/<phase>/<k>.json     commit record of a finished unit (exclusive)           DedupUnitRecord
+#     dedup/job.json                  written once every unit is done                         DedupJob
+#     locks/dedup/<phase>/<k>.lock    claim of a unit (the claim id is ``dedup/<phase>/<k>``)
+#
+# A unit is finished exactly when its done record exists; its data file never changes afterwards
+# (any two writers of one unit write the same bytes, so a late rename is harmless).
+
+#: One scatter row: a document's hash and its place in the global order (see slimtok.dedup.plan).
+DEDUP_ROW_DTYPE = np.dtype([("hash_hi", "<u8"), ("hash_lo", "<u8"), ("order", "<u8")])
+#: One dropped document: its global order and why (DEDUP_REASONS index).
+DEDUP_DROP_DTYPE = np.dtype([("order", "<u8"), ("reason", "u1")])
+DEDUP_REASONS = ("kept", "duplicate", "contamination")
+DEDUP_PHASES = ("scatter", "bucket", "gather")
+_DEDUP_EXT = {"scatter": "rows", "bucket": "drops", "gather": "drops"}
+_DEDUP_DATA_DIR = {"scatter": "scatter", "bucket": "bucket", "gather": "drops"}
+
+
+@dataclass
+class DedupPlan(Record):
+    """How a dedup of one output root is cut into units; pinned once, a relaunch must match."""
+
+    fingerprint: str
+    shards: int
+    documents: int
+    buckets: int
+    unit_shards: int
+    version: int = 1
+
+
+@dataclass
+class DedupUnitRecord(Record):
+    """Commit record of one finished unit: ``file`` (relative) holds ``rows`` rows.
+
+    Scatter: ``offsets`` has ``buckets + 1`` entries, bucket b's rows are ``[offsets[b], offsets[b+1])``.
+    Bucket and gather: ``counts`` has documents dropped per reason name.
+    """
+
+    unit: str
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+    host: str
+    finished_at: float
+    offsets: list[int] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class DedupJob(Record):
+    """A finished dedup: the plan it followed and the documents dropped per reason name."""
+
+    fingerprint: str
+    shards: int
+    documents: int
+    buckets: int
+    unit_shards: int
+    dropped: dict[str, int]
+    finished_at: float
+
+
+def dedup_plan_path(root: OutputRoot) -> Path:
+    return root.root / "dedup" / "plan.json"
+
+
+def dedup_job_path(root: OutputRoot) -> Path:
+    return root.root / "dedup" / "job.json"
+
+
+def dedup_unit(phase: str, k: int) -> str:
+    """The claim id of unit ``k`` of ``phase``; its lock is ``OutputRoot.lock`` of it."""
+    return f"dedup/{phase}/{k}"
+
+
+def dedup_unit_done(root: OutputRoot, phase: str, k: int) -> Path:
+    return root.root / "dedup" / "done" / phase / f"{k}.json"
+
+
+def dedup_unit_data(root: OutputRoot, phase: str, k: int) -> Path:
+    return root.root / "dedup" / _DEDUP_DATA_DIR[phase] / f"{k}.{_DEDUP_EXT[phase]}"

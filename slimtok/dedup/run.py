@@ -1,0 +1,270 @@
+"""Run a dedup: pin the plan, let local worker processes claim units phase by phase, record the job.
+
+Every unit is claimed like a shard (``slimtok.claims``: lock files, staleness, steal), under the
+claim id ``dedup/<phase>/<k>``. A worker takes the units of a phase in its preference order, then
+waits for the units others hold (taking over stale ones) before it starts the next phase, since a
+bucket needs every scatter unit and a gather unit every bucket. Finished units are never redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..claims import Claim, Claimer, current_holder, preference_order
+from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, DedupError, Interrupted, SlimtokError
+from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive,
+                        dedup_job_path, dedup_plan_path, dedup_unit, dedup_unit_data, dedup_unit_done, hostname,
+                        read_record, worker_name, write_atomic)
+from .plan import DEFAULT_BUCKETS, UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count
+from .units import bucket_rows, find_drops, gather_drops, reason_counts, scatter_rows
+
+POLL_FIRST, POLL_LONGEST = 0.05, 5.0
+
+
+def pin_plan(root: OutputRoot, plan: DedupPlan) -> DedupPlan:
+    """Create ``dedup/plan.json`` once; a relaunch must ask for the same plan on the same inputs."""
+    path = dedup_plan_path(root)
+    create_exclusive(path, plan.to_json())
+    pinned = read_record(path, DedupPlan)
+    if pinned is None:
+        raise DedupError("unreadable dedup plan", path, "delete the dedup/ folder and run `slimtok dedup` again")
+    if pinned != plan:
+        what = ("the shards changed since this dedup started (done records or tables differ)"
+                if pinned.fingerprint != plan.fingerprint else
+                f"this dedup was planned with --buckets {pinned.buckets} and units of {pinned.unit_shards} shards")
+        raise DedupError(what, path, f"relaunch with --buckets {pinned.buckets}, or delete {path.parent} "
+                         "to deduplicate the current shards from scratch")
+    return pinned
+
+
+class _Refresher:
+    """Touches a held lock in the background so a long unit's claim never looks stale."""
+
+    def __init__(self, claimer: Claimer, claim: Claim):
+        self.claimer, self.claim = claimer, claim
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        every = max(0.2, min(30.0, self.claimer.stale_after / 6))
+        while not self.stop.wait(every) and self.claimer.refresh(self.claim):
+            pass
+
+    def __enter__(self) -> _Refresher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+class DedupWorker:
+    """One worker process's loop over the units of every phase."""
+
+    def __init__(self, root: OutputRoot, plan: DedupPlan, inputs: Inputs, stale_after: float,
+                 process_index: int, process_count: int, worker: int, workers: int):
+        self.root, self.plan, self.inputs = root, plan, inputs
+        self.grid = (process_index, process_count, worker, workers)
+        self.stale_after = stale_after
+        name = worker_name(hostname(), process_index, worker) + "-dedup"
+        self.claimer = Claimer(root, current_holder(process_index, worker), stale_after, name)
+
+    def run(self) -> None:
+        for phase in DEDUP_PHASES:
+            self._phase(phase)
+
+    def _phase(self, phase: str) -> None:
+        n = unit_count(self.plan, phase)
+        order = preference_order(n, *self.grid)
+        own = len(range(self.grid[0], n, self.grid[1])[self.grid[2]::self.grid[3]])
+        waiting = []
+        for i, k in enumerate(order):
+            outcome = self._attempt(phase, k)
+            if outcome == "busy":
+                waiting.append(k)
+            elif outcome == "settled" and i < own:
+                self.claimer.clear_leftover(dedup_unit(phase, k))
+        poll, longest = POLL_FIRST, max(POLL_FIRST, min(POLL_LONGEST, self.stale_after / 4))
+        while waiting:
+            time.sleep(poll)
+            waiting = [k for k in waiting if self._attempt(phase, k) == "busy"]
+            poll = min(poll * 2, longest)
+
+    def _attempt(self, phase: str, k: int) -> str:
+        done = dedup_unit_done(self.root, phase, k)
+        if done.exists():
+            return "settled"
+        claim = self.claimer.try_claim(dedup_unit(phase, k))
+        if claim is None:
+            return "busy"
+        try:
+            if not done.exists():  # finished between our look and our claim otherwise
+                with _Refresher(self.claimer, claim):
+                    self._publish(phase, k, claim, *self._compute(phase, k))
+        finally:
+            self.claimer.release(claim)
+        return "processed"
+
+    def _compute(self, phase: str, k: int) -> tuple[np.ndarray, list[int], dict[str, int]]:
+        if phase == "scatter":
+            rows, offsets = scatter_rows(self.root, self.plan, self.inputs, k)
+            return rows, offsets, {}
+        drops = (find_drops(bucket_rows(self.root, self.plan, k)) if phase == "bucket"
+                 else gather_drops(self.root, self.plan, self.inputs, k))
+        return drops, [], reason_counts(drops)
+
+    def _publish(self, phase: str, k: int, claim: Claim, data: np.ndarray, offsets: list[int],
+                 counts: dict[str, int]) -> None:
+        """Data file into place, then the done record, only while the claim is still ours."""
+        path = dedup_unit_data(self.root, phase, k)
+        payload = data.tobytes()
+        write_atomic(path, payload)
+        if not self.claimer.holds(claim):
+            return  # taken over: the new holder writes the same bytes and the record
+        record = DedupUnitRecord(dedup_unit(phase, k), self.root.relative(path), len(data), len(payload),
+                                 hashlib.sha256(payload).hexdigest(), hostname(), time.time(), offsets, counts)
+        create_exclusive(dedup_unit_done(self.root, phase, k), record.to_json())
+
+
+def finish(root: OutputRoot, plan: DedupPlan) -> DedupJob:
+    """Record ``dedup/job.json`` from the gather records (once; every caller gets the same record)."""
+    dropped: dict[str, int] = {}
+    for k in range(unit_count(plan, "gather")):
+        record = read_record(dedup_unit_done(root, "gather", k), DedupUnitRecord)
+        if record is None:
+            raise DedupError(f"gather unit {k} is not finished", dedup_unit_done(root, "gather", k),
+                             f"run `slimtok dedup --output-root {root.root}` again to finish it")
+        for name, n in record.counts.items():
+            dropped[name] = dropped.get(name, 0) + n
+    job = DedupJob(plan.fingerprint, plan.shards, plan.documents, plan.buckets, plan.unit_shards, dropped,
+                   time.time())
+    create_exclusive(dedup_job_path(root), job.to_json())
+    written = read_record(dedup_job_path(root), DedupJob)
+    assert written is not None
+    return written
+
+
+def _child(root: str, plan: DedupPlan, inputs: Inputs, stale_after: float, grid: tuple[int, int, int, int]) -> None:
+    try:
+        DedupWorker(OutputRoot(root), plan, inputs, stale_after, *grid).run()
+    except SlimtokError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+class _SignalForwarder:
+    """While installed, SIGTERM/SIGINT stop the workers (finished units stay; a relaunch resumes)."""
+
+    def __init__(self, procs: list[multiprocessing.process.BaseProcess]):
+        self.procs, self.signals = procs, []
+        self.previous = {s: signal.signal(s, self._forward) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)
+        for p in self.procs:
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)  # a unit is short and atomic: nothing to save
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def run_dedup(output_root: str | Path, buckets: int = DEFAULT_BUCKETS, workers: int = 1, process_index: int = 0,
+              process_count: int = 1, stale_after: float = 300.0, unit_shards: int = UNIT_SHARDS) -> DedupJob:
+    """Deduplicate a tokenized output root with ``workers`` local processes; returns the job record.
+
+    Resumes whatever a killed run finished; every process of a grid returns the same record.
+    Raises Interrupted when a signal stopped the workers.
+    """
+    root = OutputRoot(output_root)
+    inputs = read_inputs(root)
+    plan = pin_plan(root, make_plan(inputs, buckets, unit_shards))
+    if workers == 1:
+        DedupWorker(root, plan, inputs, stale_after, process_index, process_count, 0, 1).run()
+        return finish(root, plan)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_child, name=f"slimtok-dedup-{w}",
+                         args=(str(root.root), plan, inputs, stale_after, (process_index, process_count, w, workers)))
+             for w in range(workers)]
+    received = _SignalForwarder(procs)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    finally:
+        received.restore()
+    if received.signals:
+        raise Interrupted()
+    failed = [p.exitcode for p in procs if p.exitcode != EXIT_OK]
+    if failed:
+        raise DedupError(f"{len(failed)} dedup worker(s) exited with status {failed}", root.root,
+                         f"see the messages above, then run `slimtok dedup --output-root {root.root}` "
+                         "again: finished units are kept")
+    return finish(root, plan)
+
+
+def dedup_status(output_root: str | Path) -> dict[str, object]:
+    """Units done / held / pending per phase, and whether the dedup is finished (for ``slimtok status``)."""
+    root = OutputRoot(output_root)
+    plan = read_record(dedup_plan_path(root), DedupPlan)
+    if plan is None:
+        return {"started": False, "finished": False, "phases": {}}
+    phases = {}
+    for phase in DEDUP_PHASES:
+        done = _names(root.root / "dedup" / "done" / phase, ".json")
+        held = _names(root.lock(dedup_unit(phase, 0)).parent, ".lock") - done
+        total = unit_count(plan, phase)
+        phases[phase] = {"units": total, "done": len(done), "held": len(held),
+                         "pending": total - len(done) - len(held)}
+    return {"started": True, "finished": dedup_job_path(root).exists(), "phases": phases}
+
+
+def _names(folder: Path, suffix: str) -> set[str]:
+    try:
+        return {p.name[:-len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix)}
+    except FileNotFoundError:
+        return set()
+
+
+def dedup_cli_main(output_root: str, spawn_workers: str = "auto", process_index: int | None = None,
+                   process_count: int | None = None, buckets: int = DEFAULT_BUCKETS, stale_after: float = 300.0,
+                   out: Callable[[str], None] = print) -> int:
+    """``slimtok dedup``: exit status 0 done, 2 cannot run as asked, 3 the root cannot be written,
+    75 stopped on a signal.
+    The summary line goes to ``out``, errors to stderr."""
+    from ..launch import process_grid, worker_count  # the lead's launch module; may move
+
+    try:
+        try:
+            index, count, _ = process_grid(process_index, process_count)
+            workers = worker_count(spawn_workers, None)
+        except Exception as exc:  # launch's own error type, until it uses slimtok.errors
+            raise DedupError(str(exc)) from exc
+        job = run_dedup(output_root, buckets, workers, index, count, stale_after)
+    except SlimtokError as exc:
+        print(f"slimtok dedup: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted:
+        print(f"slimtok dedup: stopped on a signal; finished units are kept, run `slimtok dedup "
+              f"--output-root {output_root}` again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        print(f"slimtok dedup: cannot write under {output_root}: {exc}; fix the cause and relaunch: "
+              "finished units are kept", file=sys.stderr)
+        return EXIT_FATAL
+    dropped = ", ".join(f"{n:,} {name}" for name, n in sorted(job.dropped.items()))
+    out(f"dedup: {job.documents:,} documents in {job.shards:,} shards; dropped {dropped}")
+    return EXIT_OK
