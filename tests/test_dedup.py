@@ -324,3 +324,35 @@ def test_sigterm_stops_the_workers_with_75_and_a_relaunch_completes(tokenized, t
     assert not dedup_job_path(OutputRoot(root)).exists()
     run_dedup(root, buckets=64)
     assert _drops(root, corpus) == ref
+
+
+def test_combine_dedup_writes_exactly_the_kept_documents_and_counts_them(tokenized, tmp_path):
+    root, corpus, reference = tokenized
+    copy = _copy(tokenized, tmp_path)
+    slimtok("dedup", "--output-root", copy, "--spawn-workers", 1, "--buckets", 8)
+    slimtok("combine", "--output-root", copy, "--dedup")
+    out = OutputRoot(copy)
+    manifest = [json.loads(line) for line in (copy / "manifest.jsonl").read_text().splitlines()]
+    meta = json.loads((copy / "meta.json").read_text())
+    for split, name in (("train", "train.bin"), ("validation", "val.bin"), ("test", "test.bin")):
+        want, removed = [], {}
+        for entry in (e for e in manifest if e["split"] == split):
+            record = read_record(out.done(entry["id"]), DoneRecord)
+            tokens = np.fromfile(out.resolve(record.file), dtype=record.dtype)
+            ends = np.cumsum(np.fromfile(out.resolve(record.table), dtype=DOC_TABLE_DTYPE)["tokens"].astype(np.int64))
+            dropped = dict(reference[entry["id"]])
+            for k, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
+                if k in dropped:
+                    counts = removed.setdefault(dropped[k], [0, 0])
+                    counts[0], counts[1] = counts[0] + 1, counts[1] + int(end - start)
+                else:
+                    want.append(tokens[start:end])
+        got = np.fromfile(copy / name, dtype=meta["dtype"])
+        assert np.array_equal(got, np.concatenate(want))
+        info = meta["splits"][split]
+        assert {r: [c["documents"], c["tokens"]] for r, c in info.get("removed", {}).items()
+                if isinstance(c, dict) and "documents" in c} == removed
+    plain = _copy(tokenized, tmp_path, "plain")
+    slimtok("combine", "--output-root", plain)
+    total = sum(read_record(out.done(e["id"]), DoneRecord).bytes for e in manifest if e["split"] == "train")
+    assert (plain / "train.bin").stat().st_size == total  # without --dedup nothing is left out
