@@ -51,12 +51,15 @@ def main() -> None:
 @click.option("--pattern", "patterns", multiple=True, default=("*.jsonl.zst",), show_default=True,
               help="File-name glob of shards; repeat for several.")
 @click.option("--strict", is_flag=True, help="Fail when `slimtok mirror`'s record lists shards that are missing.")
-def manifest_cmd(dataset_dir: Path, output_dir: Path, patterns: tuple[str, ...], strict: bool) -> None:
+@click.option("--revision", default=None, help="Snapshot of a HF cache folder: a refs/ name or a commit "
+              "(default: refs/main, else the only snapshot, else the one `slimtok mirror` recorded).")
+def manifest_cmd(dataset_dir: Path, output_dir: Path, patterns: tuple[str, ...], strict: bool,
+                 revision: str | None) -> None:
     """Write manifest.jsonl (one entry per shard) and manifest_summary.json."""
     from .errors import ManifestError
     from .manifest import build_manifest, missing_from_mirror, summarize, write_manifest
 
-    root, entries = build_manifest(dataset_dir, patterns)
+    root, entries = build_manifest(dataset_dir, patterns, revision=revision)
     missing = missing_from_mirror(root, entries, patterns)
     if missing:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")

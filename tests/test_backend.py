@@ -142,7 +142,7 @@ def test_backend_is_recorded_not_pinned_and_outputs_are_identical(tmp_path, bpe_
     roots = {}
     for backend in ("tokenizers", "auto"):
         root = roots[backend] = tmp_path / backend
-        slimtok("tokenize", "--manifest", manifest, "--output-root", root, "--tokenizer", bpe_tokenizer,
+        slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", root, "--tokenizer", bpe_tokenizer,
                 "--quiet", "--spawn-workers", "1", "--backend", backend)
         slimtok("combine", "--output-root", root)
     for backend, used in (("tokenizers", "tokenizers"), ("auto", "fastokens")):
@@ -154,7 +154,7 @@ def test_backend_is_recorded_not_pinned_and_outputs_are_identical(tmp_path, bpe_
         assert (roots["tokenizers"] / name).read_bytes() == (roots["auto"] / name).read_bytes()
     # A relaunch with another backend is accepted; with nothing to redo no worker loads an encoder,
     # so job.json still names the backend that wrote the shards.
-    slimtok("tokenize", "--manifest", manifest, "--output-root", roots["tokenizers"], "--tokenizer",
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", roots["tokenizers"], "--tokenizer",
             bpe_tokenizer, "--quiet", "--spawn-workers", "1", "--backend", "fastokens")
     assert json.loads((roots["tokenizers"] / "job.json").read_text())["backend"] == "tokenizers"
 
@@ -162,7 +162,7 @@ def test_backend_is_recorded_not_pinned_and_outputs_are_identical(tmp_path, bpe_
 def test_done_records_name_the_encoder_that_wrote_them(tmp_path, bpe_tokenizer):
     make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=3, holdout_docs=1)
     slimtok("manifest", "--dataset-dir", tmp_path / "ds", "--output-dir", tmp_path / "m")
-    slimtok("tokenize", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", tmp_path / "out",
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", tmp_path / "out",
             "--tokenizer", bpe_tokenizer, "--backend", "tokenizers", "--spawn-workers", "1", "--quiet")
     records = [json.loads(p.read_text()) for p in (tmp_path / "out/done").rglob("*.json")]
     assert len(records) == 3 and {r["backend"] for r in records} == {"tokenizers"}

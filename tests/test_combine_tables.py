@@ -35,7 +35,7 @@ def tokenized(tmp_path_factory, bpe_tokenizer):
     slimtok("manifest", "--dataset-dir", _dataset(work / "ds"), "--output-dir", work / "m")
     manifest = work / "m" / "manifest.jsonl"
     legacy = work / "legacy"
-    slimtok("tokenize", "--manifest", manifest, "--output-root", legacy, "--tokenizer", bpe_tokenizer,
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", legacy, "--tokenizer", bpe_tokenizer,
             "--quiet", "--spawn-workers", "1")
     root = work / "root"
     shutil.copytree(legacy, root)

@@ -111,7 +111,7 @@ def tokenized(tmp_path_factory, bpe_tokenizer):
         write_shard(tmp / "ds" / f"{sid}.jsonl.zst", [doc_line(text, source) for text, source in docs])
     slimtok("manifest", "--dataset-dir", tmp / "ds", "--output-dir", tmp / "m")
     root = tmp / "root"
-    slimtok("tokenize", "--manifest", tmp / "m/manifest.jsonl", "--output-root", root, "--tokenizer",
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp / "m/manifest.jsonl", "--output-root", root, "--tokenizer",
             bpe_tokenizer, "--quiet", "--spawn-workers", "1")
     _check_tables(root, corpus)
     return root, corpus, _reference(root / "manifest.jsonl", corpus)

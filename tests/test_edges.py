@@ -16,7 +16,7 @@ def _job(tmp_path, tokenizer, shards=3):
 
 
 def _tokenize(manifest, root, tokenizer, *extra, check=True):
-    return slimtok("tokenize", "--manifest", manifest, "--output-root", root, "--tokenizer", tokenizer,
+    return slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", root, "--tokenizer", tokenizer,
                    "--spawn-workers", 1, "--quiet", *extra, check=check)
 
 

@@ -31,7 +31,7 @@ def _manifest(tmp_path: Path, dataset: Path) -> Path:
 
 
 def _cmd(manifest, root, tokenizer, *extra) -> list[str]:
-    return [sys.executable, "-m", "slimtok", "tokenize", "--manifest", str(manifest), "--output-root", str(root),
+    return [sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest), "--output-root", str(root),
             "--tokenizer", str(tokenizer), "--quiet", *map(str, extra)]
 
 
@@ -213,7 +213,7 @@ def test_full_disk_exits_clearly_keeps_progress_and_resumes_identically(tmp_path
     clean = tmp_path / "clean"
     assert _run(_cmd(manifest, clean, bpe_tokenizer, "--spawn-workers", 1)).returncode == 0
     root = small_fs / "out"
-    writes = ("--tokens-per-write", 2000, "--checkpoint-every", 0)
+    writes = ("--tokens-per-write", 2000, "--checkpoint-every", 0, "--min-free-fraction", 0)
     proc = _run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1, *writes))
     assert proc.returncode == 3, proc.stderr
     assert "No space left on device" in proc.stderr and "relaunch" in proc.stderr

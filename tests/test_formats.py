@@ -33,7 +33,7 @@ def run_pipeline(dataset: Path, work: Path, tokenizer: Path, *tokenize_args: str
     pattern_args = [a for p in patterns for a in ("--pattern", p)]
     slimtok("manifest", "--dataset-dir", dataset, "--output-dir", work / "m", *pattern_args)
     root = work / "out"
-    slimtok("tokenize", "--manifest", work / "m" / "manifest.jsonl", "--output-root", root, "--tokenizer",
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", work / "m" / "manifest.jsonl", "--output-root", root, "--tokenizer",
             tokenizer, "--quiet", "--spawn-workers", "1", *tokenize_args)
     slimtok("combine", "--output-root", root)
     return root
@@ -197,7 +197,7 @@ def test_source_of_a_jsonl_line_follows_the_dotted_path(tmp_path):
 # -- pin and resume ----------------------------------------------------------------------------------
 
 def _tokenize_cmd(manifest: Path, root: Path, tokenizer: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "slimtok", "tokenize", "--manifest", str(manifest), "--output-root", str(root),
+    return [sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest), "--output-root", str(root),
             "--tokenizer", str(tokenizer), "--quiet", *extra]
 
 

@@ -24,7 +24,7 @@ def small_disk(tmp_path, bpe_tokenizer):
     make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=30, holdout_docs=2)
     slimtok("manifest", "--dataset-dir", tmp_path / "ds", "--output-dir", tmp_path / "m")
     built = tmp_path / "built"
-    slimtok("tokenize", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", built, "--tokenizer",
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", built, "--tokenizer",
             bpe_tokenizer, "--quiet", "--spawn-workers", "1")
     train = sum(p.stat().st_size for p in (built / "shards/train").rglob("*.bin"))
     mount = tmp_path / "mnt"

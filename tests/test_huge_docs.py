@@ -200,7 +200,7 @@ def test_worker_tokenizes_a_shard_with_huge_lines_to_the_reference_ids(tmp_path,
     manifest, _ = write_manifest([entry], tmp_path / "m", tmp_path)
     root = tmp_path / "out"
     # a small tokens_per_write makes checkpoints fall right after huge documents too
-    settings = TokenizeSettings(manifest=str(manifest), output_root=str(root), tokenizer=str(bpe_tokenizer),
+    settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(root), tokenizer=str(bpe_tokenizer),
                                 tokens_per_write=5000, checkpoint_every=0, backend="tokenizers")
     pin_job(settings)
     assert Worker(settings, 0).run() == 0

@@ -105,7 +105,7 @@ def versions(tmp_path_factory, bpe_tokenizer):
     dataset = make_dataset(work / "ds", train_shards=4, docs_per_shard=20, holdout_docs=6)
     slimtok("manifest", "--dataset-dir", dataset, "--output-dir", work / "m")
     root = work / "root"
-    slimtok("tokenize", "--manifest", work / "m/manifest.jsonl", "--output-root", root, "--tokenizer", bpe_tokenizer,
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", work / "m/manifest.jsonl", "--output-root", root, "--tokenizer", bpe_tokenizer,
             "--quiet", "--spawn-workers", "1")
     add_tables(root, work / "m/manifest.jsonl")
     refs, seconds = {}, 0.0

@@ -21,7 +21,7 @@ def _manifest(tmp_path: Path, dataset: Path) -> Path:
 
 
 def _cmd(manifest, root, tokenizer, *extra):
-    return [sys.executable, "-m", "slimtok", "tokenize", "--manifest", str(manifest), "--output-root", str(root),
+    return [sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest), "--output-root", str(root),
             "--tokenizer", str(tokenizer), "--quiet", *map(str, extra)]
 
 
@@ -164,7 +164,7 @@ def test_checkpoint_every_spaces_checkpoints_in_time(tmp_path, bpe_tokenizer, mo
     outputs, counts = [], []
     for every in (0.0, 3600.0):
         root = tmp_path / f"out-{every}"
-        settings = TokenizeSettings(manifest=str(manifest), output_root=str(root), tokenizer=str(bpe_tokenizer),
+        settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(root), tokenizer=str(bpe_tokenizer),
                                     splits=("train",), tokens_per_write=500, checkpoint_every=every,
                                     backend="tokenizers")
         pin_job(settings)
@@ -217,7 +217,7 @@ def _one_shard_job(tmp_path):
     manifest = _manifest(tmp_path, ds)
 
     def settings_for(tokenizer, **kw):
-        settings = TokenizeSettings(manifest=str(manifest), output_root=str(tmp_path / "out"),
+        settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(tmp_path / "out"),
                                     tokenizer=str(tokenizer), splits=("train",), tokens_per_write=500,
                                     checkpoint_every=0.0, backend="tokenizers", **kw)
         pin_job(settings)
@@ -287,7 +287,7 @@ def test_commit_overlaps_the_next_shard_and_its_claim_stays_fresh(tmp_path, bpe_
 
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
     manifest = _manifest(tmp_path, ds)
-    settings = TokenizeSettings(manifest=str(manifest), output_root=str(tmp_path / "out"),
+    settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(tmp_path / "out"),
                                 tokenizer=str(bpe_tokenizer), splits=("train",), backend="tokenizers",
                                 stale_after=1.0)  # heartbeats every 0.2 s
     pin_job(settings)
@@ -366,7 +366,7 @@ def test_a_failed_commit_stops_the_worker_releasing_both_claims_and_a_rerun_comp
     out = tmp_path / "out"
 
     def settings():
-        s = TokenizeSettings(manifest=str(manifest), output_root=str(out), tokenizer=str(bpe_tokenizer),
+        s = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(out), tokenizer=str(bpe_tokenizer),
                              splits=("train",), backend="tokenizers", tokens_per_write=500, checkpoint_every=0.0)
         pin_job(s)
         return s
@@ -404,7 +404,7 @@ def test_an_unexpected_error_in_one_shard_fails_that_shard_only(tmp_path, bpe_to
     poisoned = ds / "train/chunk2/example_train_1.jsonl.zst"
     write_shard(poisoned, [doc_line(t) for t in sample_documents(5, seed=77)] + [doc_line("POISON")])
     manifest = _manifest(tmp_path, ds)
-    settings = TokenizeSettings(manifest=str(manifest), output_root=str(tmp_path / "out"),
+    settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(tmp_path / "out"),
                                 tokenizer=str(bpe_tokenizer), backend="tokenizers")
     pin_job(settings)
     real_encode = Encoder.encode

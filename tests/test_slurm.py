@@ -35,7 +35,7 @@ def job(tmp_path_factory, bpe_tokenizer):
     slimtok("manifest", "--dataset-dir", ds, "--output-dir", tmp / "m")
     manifest = tmp / "m" / "manifest.jsonl"
     local = tmp / "local"
-    slimtok("tokenize", "--manifest", manifest, "--output-root", local, "--tokenizer", bpe_tokenizer,
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", local, "--tokenizer", bpe_tokenizer,
             "--spawn-workers", "1", "--quiet")
     slimtok("combine", "--output-root", local)
     return tmp, manifest, local

@@ -39,7 +39,7 @@ def finished(tmp_path_factory, bpe_tokenizer):
     (ds / "train/chunk1/example_train_9.jsonl.zst").write_bytes(b'{"text": "plain"}\n')
     manifest = _manifest(tmp, ds)
     root = tmp / "out"
-    proc = slimtok("tokenize", "--manifest", manifest, "--output-root", root, "--tokenizer", bpe_tokenizer,
+    proc = slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", root, "--tokenizer", bpe_tokenizer,
                    "--spawn-workers", "1", check=False)
     assert proc.returncode == 1, proc.stderr  # the bad shard
     return root, manifest, proc
@@ -156,7 +156,7 @@ def test_status_of_a_run_in_progress_then_after_sigterm(tmp_path, bpe_tokenizer)
     manifest = _manifest(tmp_path, ds)
     root = tmp_path / "out"
     # The reference backend is slow enough to catch the worker mid-shard.
-    cmd = [sys.executable, "-m", "slimtok", "tokenize", "--manifest", str(manifest), "--output-root", str(root),
+    cmd = [sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest), "--output-root", str(root),
            "--tokenizer", str(bpe_tokenizer), "--spawn-workers", "1", "--tokens-per-write", "5000",
            "--checkpoint-every", "0", "--stale-after", "3", "--splits", "train", "--backend", "tokenizers"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -22,7 +22,7 @@ def job(tmp_path_factory, bpe_tokenizer):
     ds = make_dataset(tmp / "ds", train_shards=4, docs_per_shard=20, holdout_docs=6)
     slimtok("manifest", "--dataset-dir", ds, "--output-dir", tmp / "m")
     root = tmp / "out"
-    slimtok("tokenize", "--manifest", tmp / "m" / "manifest.jsonl", "--output-root", root,
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp / "m" / "manifest.jsonl", "--output-root", root,
             "--tokenizer", bpe_tokenizer, "--spawn-workers", "1")
     return root
 

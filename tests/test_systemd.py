@@ -2,6 +2,7 @@
 codes, and their command lines, expanded from the example environment file, really run
 (issue: operations)."""
 
+import json
 import os
 import re
 import shlex
@@ -100,7 +101,8 @@ def test_unit_command_lines_run_from_the_example_env(tmp_path, bpe_tokenizer):
     assert proc.returncode == 0, proc.stderr
     assert "INFO" not in proc.stderr and "claimed" not in proc.stderr  # the journal: no per-shard chatter
     slimtok("combine", "--output-root", tmp_path / "out", "--splits", "train")
-    got = np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint32)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    got = np.fromfile(tmp_path / "out" / "train.bin", dtype=meta["dtype"])
     assert np.array_equal(got, reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))
     status = _command(_unit("slimtok-status.service")["ExecStart"][0], env, "")
     subprocess.run(status, env=env, capture_output=True, check=True, timeout=120)

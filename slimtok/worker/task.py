@@ -137,7 +137,7 @@ class ShardTask:
         try:
             self._resume(ckpt)
             reader = ShardReader(self.entry.path, self.ctx.job.text_key, self.progress.lines, self.progress.skipped,
-                                 source_key=self.ctx.job.source_key)
+                                 source_key=self.ctx.job.source_key, pause=lambda: self.ctx.check_running(self.claim))
             records = ((text, Mark(reader.lines, reader.skipped, source)) for text, source in reader.records())
             try:
                 for texts, marks in batched(records):
@@ -149,7 +149,7 @@ class ShardTask:
                     self._flush(self.last_mark, checkpoint=True)
                 raise
             self._flush(Mark(reader.lines, dict(reader.skipped)), checkpoint=False)
-            self._check_not_empty()
+            self._check_not_empty(reader.missing_text_hint())
         except BaseException:
             self.abandon()
             raise
@@ -293,11 +293,12 @@ class ShardTask:
                                  f"{self.entry.size}; rebuild the manifest with `slimtok manifest` (and a new "
                                  "--output-root if the data really changed)")
 
-    def _check_not_empty(self) -> None:
+    def _check_not_empty(self, hint: str) -> None:
         p = self.progress
         if p.lines and not p.documents:
             reasons = ", ".join(f"{k}={v}" for k, v in sorted(p.skipped.items()))
-            raise EmptyShard(f"no usable document in {p.lines} lines (skipped: {reasons})", self.entry.path,
+            raise EmptyShard(f"no usable document in {p.lines} lines (skipped: {reasons}{'; ' + hint if hint else ''})",
+                             self.entry.path,
                              f"check the file and --text-key {self.ctx.job.text_key!r}")
 
     def _source_changed_since(self, ckpt: Checkpoint) -> bool:
