@@ -3,9 +3,10 @@
 
     python3 tools/bench.py --work /tmp/slimtok-bench [--mb 40] [--runs 3] [--only raw,pipeline,...]
 
-Builds (or takes with --corpus/--tokenizer) a SlimPajama-layout corpus of real text and the Qwen3
-tokenizer with ../shared/bench/make_corpus.py and make_qwen3_tokenizer.py, then runs, side by side
-in one invocation and ``--runs`` times each (medians are printed):
+Builds (or takes with --corpus/--tokenizer) the offline Qwen3 tokenizer (``slimtok.demo``) and a
+SlimPajama-layout corpus of real text, the Python standard library's sources on this machine split
+into several ``meta.redpajama_set_name`` sources (see build_corpus), then runs, side by side in one
+invocation and ``--runs`` times each (medians are printed):
 
   raw        each backend's Encoder.encode on the train documents already in memory
   read       what every .jsonl.zst tokenizer pays before encoding, in-process: zstd decompression of
@@ -43,7 +44,6 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-SHARED_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
 SECTIONS = ("raw", "read", "pipeline", "ceiling", "scaling", "memory", "startup", "combine", "claims", "peers")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -103,16 +103,59 @@ class Table:
 
 def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     """(corpus folder, tokenizer folder), built under --work unless given."""
+    from slimtok.demo import write_qwen3_tokenizer
+
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = Path(args.tokenizer) if args.tokenizer else work / "qwen3"
     if not (tokenizer / "tokenizer.json").exists():
-        subprocess.run([sys.executable, str(SHARED_BENCH / "make_qwen3_tokenizer.py"), str(tokenizer)], check=True)
+        write_qwen3_tokenizer(tokenizer)
     corpus = Path(args.corpus) if args.corpus else work / f"corpus-{args.mb:g}mb"
     if not corpus.exists():
-        subprocess.run([sys.executable, str(SHARED_BENCH / "make_corpus.py"), str(corpus), "--mb", str(args.mb)],
-                       check=True)
+        build_corpus(corpus, args.mb)
     return corpus, tokenizer
+
+
+def corpus_source(text: str) -> str:
+    """The ``redpajama_set_name`` a stdlib document gets: tests, runnable scripts, or library code."""
+    if "import unittest" in text or "from test" in text:
+        return "stdlib-tests"
+    if "if __name__ ==" in text:
+        return "stdlib-scripts"
+    return "stdlib-library"
+
+
+def build_corpus(out: Path, mb: float, chunks: int = 2, shards_per_chunk: int = 4) -> None:
+    """A SlimPajama-layout corpus of ~``mb`` MB of text: train/chunk{c}/example_train_{i}.jsonl.zst
+    plus one validation and one test holdout, documents dealt round-robin over the shards.
+
+    The text is the standard library's sources (``slimtok.demo.stdlib_documents``); above their
+    total size (~30 MB) the documents are repeated, so hashes of a larger corpus have duplicates.
+    """
+    import orjson
+    import zstandard
+
+    from slimtok.demo import stdlib_documents
+
+    pool = stdlib_documents(int(mb * 1e6))
+    docs, size = [], 0
+    while size < mb * 1e6:
+        for text in pool:
+            docs.append(text)
+            size += len(text.encode())
+            if size >= mb * 1e6:
+                break
+    paths = [f"train/chunk{c}/example_train_{i}.jsonl.zst" for c in range(1, chunks + 1) for i in range(shards_per_chunk)]
+    paths += ["validation/chunk1/example_holdout_0.jsonl.zst", "test/chunk1/example_holdout_0.jsonl.zst"]
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cctx = zstandard.ZstdCompressor(level=3)
+    for k, rel in enumerate(paths):
+        dest = tmp / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        lines = [orjson.dumps({"text": t, "meta": {"redpajama_set_name": corpus_source(t)}}) for t in docs[k::len(paths)]]
+        dest.write_bytes(cctx.compress(b"\n".join(lines) + b"\n"))
+    tmp.rename(out)  # a corpus folder that exists is complete
 
 
 def manifest_of(corpus: Path, out: Path, splits: tuple[str, ...] = ("train",)) -> Path:
@@ -775,7 +818,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/slimtok-bench", help="scratch folder (corpus, outputs)")
     ap.add_argument("--corpus", help="an existing SlimPajama-layout corpus (default: build one)")
     ap.add_argument("--tokenizer", help="a tokenizer folder (default: build the offline Qwen3)")
-    ap.add_argument("--mb", type=float, default=40, help="size of the corpus to build")
+    ap.add_argument("--mb", type=float, default=20, help="MB of text of the corpus to build")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default=",".join(s for s in SECTIONS if s != "peers"),
                     help=f"comma-separated subset of {','.join(SECTIONS)}")
