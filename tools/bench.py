@@ -13,13 +13,17 @@ invocation and ``--runs`` times each (medians are printed):
              the train shards alone, then slimtok's reader (decompress, split, JSON parse) alone;
              with raw, this bounds the pipeline/raw ratio any design can reach on this corpus
   pipeline   one worker per backend from .jsonl.zst to shards/*.bin (ids checked equal to raw)
+  tables     the document table's work alone (xxh3-128 of each text + ShardTask._rows) per MB, as
+             a share of the pipeline row's CPU per MB in the same run (target <= 2%)
   ceiling    read + encode in memory (nothing written) in 1 process and in 2 at once: what the
              machine gives two such processes during the run, the ceiling for scaling
   scaling    2 workers vs 1 (fastokens if available)
   memory     peak RSS of one worker on a small and on a large shard, and on one huge document
-  startup    seconds from spawning a worker process to its first encoded batch
+  startup    CPU of a fresh python that only loads tokenizer.json (L), and as ratios to L: `slimtok
+             tokenize` of a 1-shard job on a new output root, its relaunch, one worker's start
   combine    `slimtok combine` vs `cat` of the same shard files onto the same disk
   claims     no-op tokenization of an N-shard manifest by W worker processes; then `slimtok status`
+  growth     claims and status per shard at --growth-shards sizes (10k, 100k), super-linear steps flagged
   peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
              into a separate venv under --work
 
@@ -44,7 +48,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-SECTIONS = ("raw", "read", "pipeline", "ceiling", "scaling", "memory", "startup", "combine", "claims", "peers")
+SECTIONS = ("raw", "read", "pipeline", "tables", "ceiling", "scaling", "memory", "startup", "combine", "claims",
+            "growth", "peers")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -252,6 +257,7 @@ def _worker_child(spec: str, index: str, report: str) -> None:
     data = json.loads(spec)
     data["splits"] = tuple(data["splits"])
     worker = Worker(TokenizeSettings(**data), int(index))
+    worker.encoder  # loaded lazily at the first claim: load it here, outside the timed part
     _ready_then_wait(report)
     c0, w0 = cpu_now(), time.time()
     code = worker.run()
@@ -446,26 +452,108 @@ def _whole_doc_digest(path: Path, tokenizer: Path) -> str:
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
+def child_cpu(command: list[str], **kw) -> float:
+    """CPU seconds (user + system) of ``command`` and every descendant it waited for."""
+    import resource
+
+    def used() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    c0 = used()
+    subprocess.run(command, check=True, capture_output=True, **kw)
+    return used() - c0
+
+
 def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, runs: int) -> None:
+    """Issue 15 target 1, each as a ratio to L = CPU of a fresh python that only loads tokenizer.json.
+
+    (b) `slimtok tokenize` of a 1-shard job of one small document on a new output root, the whole
+    run (an upper bound on "to the first encoded batch"); (c) the same command relaunched, all
+    shards done; (d) one worker process: build the Worker and encode its first batch.
+    """
     from dataclasses import asdict
 
     from slimtok.job import pin_job
+    from slimtok.manifest import ShardEntry, read_manifest, write_manifest
 
-    root = work / "out-startup"
-    shutil.rmtree(root, ignore_errors=True)
-    settings = settings_for(manifest, root, tokenizer, backend)
-    pin_job(settings)
-    code = ("import sys,time,json;t=float(sys.argv[2]);from slimtok.job import TokenizeSettings;from slimtok.worker import Worker;"
-            "d=json.loads(sys.argv[1]);d['splits']=tuple(d['splits']);w=Worker(TokenizeSettings(**d),0);"
-            "w.encoder.encode(['The first batch.']);print(time.time()-t, w.encoder.backend)")
-    times = []
-    for _ in range(runs):
-        t = time.time()
-        out = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(settings)), str(t)], check=True,
-                             capture_output=True, text=True).stdout.split()
-        times.append(float(out[0]))
-    table.notes.append(f"start-up ({out[1]}): spawn to first encoded batch, median {statistics.median(times):.2f} s "
-                       f"of {[round(x, 2) for x in times]}")
+    base = work / "startup"
+    shutil.rmtree(base, ignore_errors=True)
+    one = base / "data" / "train" / "chunk1" / "example_train_0.jsonl"
+    one.parent.mkdir(parents=True)
+    first = next(iter(read_manifest(manifest)))
+    from slimtok.reader import ShardReader
+
+    text = next(t for t, _ in ShardReader(first.path).records())
+    one.write_bytes(json.dumps({"text": str(text)[:2000]}).encode() + b"\n")
+    tiny, _ = write_manifest([ShardEntry(id="train/chunk1/example_train_0", split="train", chunk=1, index=0,
+                                         path=str(one), size=one.stat().st_size)], base / "m", base / "data")
+    load_code = "import sys; from tokenizers import Tokenizer; Tokenizer.from_file(sys.argv[1])"
+    worker_code = ("import sys,json;from slimtok.job import TokenizeSettings;from slimtok.worker import Worker;"
+                   "d=json.loads(sys.argv[1]);d['splits']=tuple(d['splits']);w=Worker(TokenizeSettings(**d),0);"
+                   "w.encoder.encode(['The first batch.'])")
+    rows: dict[str, list[float]] = {k: [] for k in ("L", "new", "relaunch", "worker")}
+    for run in range(runs):
+        rows["L"].append(child_cpu([sys.executable, "-c", load_code, str(tokenizer / "tokenizer.json")]))
+        root = base / f"out-{run}"
+        command = [sys.executable, "-m", "slimtok", "tokenize", "--manifest", str(tiny), "--output-root", str(root),
+                   "--tokenizer", str(tokenizer), "--spawn-workers", "1", "--backend", backend, "--quiet"]
+        rows["new"].append(child_cpu(command))
+        rows["relaunch"].append(child_cpu(command))
+        wroot = base / f"worker-{run}"
+        settings = settings_for(tiny, wroot, tokenizer, backend)
+        pin_job(settings)
+        rows["worker"].append(child_cpu([sys.executable, "-c", worker_code, json.dumps(asdict(settings))]))
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    table.notes.append(f"startup: L (fresh python, tokenizers loads tokenizer.json) {med['L']:.2f} CPU-s "
+                       f"(median of {runs})")
+    for key, what, target in (("new", "`slimtok tokenize`, 1-shard job, new output root, whole run", 2),
+                              ("relaunch", "relaunch, all shards done", 1),
+                              ("worker", f"one worker ({backend}): Worker() + first encoded batch", 1.5)):
+        ratio = med[key] / med["L"]
+        table.notes.append(f"startup: {what}: {med[key]:.2f} CPU-s = {ratio:.2f} x L (target <= {target}: "
+                           f"{'met' if ratio <= target else 'NOT met'}); runs {[round(x, 2) for x in rows[key]]}")
+
+
+def bench_tables(table: Table, manifest: Path, tokenizer: Path, backend: str, nbytes: int) -> None:
+    """The document table's work alone, as a worker does it, over the train documents in memory.
+
+    Timed: xxh3-128 of each document's UTF-8 text and ``ShardTask._rows`` (the production code,
+    on a task holding only what it reads), batch by batch in the worker's batch sizes. The token
+    counts come from one encode done before the timed part; the timed loop repeats for ~1 CPU-s.
+    """
+    from slimtok.manifest import read_manifest
+    from slimtok.reader import ShardReader
+    from slimtok.tokenizer import Encoder
+    from slimtok.worker import ShardTask, batched
+    from slimtok.worker.task import Progress
+
+    import xxhash
+
+    records = ((str(t), s) for e in read_manifest(manifest)
+               for t, s in ShardReader(e.path, source_key="meta.redpajama_set_name").records())
+    enc = Encoder(tokenizer / "tokenizer.json", 0, "uint32", backend)
+    batches = [(texts, sources, enc.encode(texts)[1]) for texts, sources in batched(records)]
+    task = object.__new__(ShardTask)
+    task.source_index, task.progress = {}, Progress()
+    # Passes over the same batches until ~1 CPU-s: one pass over a small corpus is a few ms.
+    passes, c0, w0 = 0, time.process_time(), time.time()
+    while time.process_time() - c0 < 1.0:
+        for texts, sources, lengths in batches:
+            task._rows(lengths, sources, b"".join(xxhash.xxh3_128_digest(t.encode()) for t in texts))
+        passes += 1
+    table.add(Result("tables: xxh3-128 + ShardTask._rows", nbytes * passes, time.time() - w0,
+                     time.process_time() - c0))
+
+
+def tables_share(table: Table, pipeline: str) -> str:
+    """The table work's CPU per MB as a share of the whole pipeline's CPU per MB (same run)."""
+    rows = "tables: xxh3-128 + ShardTask._rows"
+    if rows not in table.runs or pipeline not in table.runs:
+        return "n/a (needs the tables and pipeline sections)"
+    share = table.median(pipeline, "mb_cpu") / table.median(rows, "mb_cpu")
+    return (f"{1e3 / table.median(rows, 'mb_cpu'):.2f} ms/MB vs pipeline {1e3 / table.median(pipeline, 'mb_cpu'):.2f}"
+            f" ms/MB = {share:.1%} of one worker's CPU (target <= 2%: {'met' if share <= 0.02 else 'NOT met'})")
 
 
 def bench_combine(table: Table, work: Path, root: Path, runs: int) -> None:
@@ -540,14 +628,34 @@ def bench_claims(table: Table, work: Path, shards: int, workers: int) -> tuple[P
     return root, cpu
 
 
-def bench_status(table: Table, root: Path, shards: int) -> None:
-    """`slimtok status` over an output root of ``shards`` done shards: first with no roll-up cache, then warm."""
+def bench_status(table: Table, root: Path, shards: int) -> float:
+    """`slimtok status` over an output root of ``shards`` done shards: first with no roll-up cache, then
+    warm; returns the cold wall seconds."""
+    seconds = []
     for attempt in ("cold", "warm"):
         w0 = time.time()
         subprocess.run([sys.executable, "-m", "slimtok", "status", "--output-root", str(root)], check=True,
                        capture_output=True)
-        table.notes.append(f"status over {shards} shards ({attempt} roll-up): {time.time() - w0:.2f} s "
+        seconds.append(time.time() - w0)
+        table.notes.append(f"status over {shards} shards ({attempt} roll-up): {seconds[-1]:.2f} s "
                            "including interpreter start")
+    return seconds[0]
+
+
+def bench_growth(table: Table, work: Path, sizes: list[int], workers: int) -> None:
+    """Issue 15 target 4: claims and cold `slimtok status` per shard at each manifest size; a step
+    whose per-shard cost grows more than 1.5x is flagged super-linear."""
+    costs: dict[str, list[float]] = {"claims CPU": [], "status wall": []}
+    for shards in sizes:
+        root, cpu = bench_claims(table, work, shards, workers)
+        costs["claims CPU"].append(cpu / shards)
+        costs["status wall"].append(bench_status(table, root, shards) / shards)
+    for what, per in costs.items():
+        steps = [f"{n:,}: {c * 1e3:.3f} ms" for n, c in zip(sizes, per)]
+        flags = [f"{n0:,} -> {n1:,} x{c1 / c0:.2f}" for n0, n1, c0, c1 in zip(sizes, sizes[1:], per, per[1:])
+                 if c1 > 1.5 * c0]
+        table.notes.append(f"growth: {what} per shard ({workers} workers) {'; '.join(steps)}; "
+                           f"{'SUPER-LINEAR: ' + ', '.join(flags) if flags else 'no super-linear step'}")
 
 
 def _tiny_tokenizer(folder: Path) -> None:
@@ -563,7 +671,8 @@ def _tiny_tokenizer(folder: Path) -> None:
 
 def _noop_worker_child(spec: str, index: str, out: str) -> None:
     """A real Worker whose encoder is trivial; records the seconds of every shard it processed."""
-    from slimtok import worker as wmod
+    from slimtok.job import TokenizeSettings
+    from slimtok.worker import loop as wmod
 
     class NoopEncoder:
         report = None
@@ -578,7 +687,7 @@ def _noop_worker_child(spec: str, index: str, out: str) -> None:
     wmod.Encoder = NoopEncoder
     data = json.loads(spec)
     data["splits"] = tuple(data["splits"])
-    w = wmod.Worker(wmod.TokenizeSettings(**data), int(index))
+    w = wmod.Worker(TokenizeSettings(**data), int(index))
     times: list[float] = []
     process = w._process
 
@@ -831,6 +940,8 @@ def main() -> None:
                     help="manifest sizes for the claims section, comma-separated (flat per-shard cost = no O(N^2)); "
                          "status runs over the last")
     ap.add_argument("--claims-workers", type=int, default=64)
+    ap.add_argument("--growth-shards", default="10000,100000", help="manifest sizes for the growth section")
+    ap.add_argument("--growth-workers", type=int, default=2)
     args = ap.parse_args()
     only = set(args.only.split(",")) | ({"peers"} if args.peers else set())
     corpus, tokenizer = prepare(args)
@@ -877,6 +988,8 @@ def main() -> None:
             if raw_small:
                 _check(table, d, raw_small["tokenizers"], "pipeline (tokenizers)")
                 _check(table, raw_small[fast], raw_small["tokenizers"], "raw fastokens vs tokenizers")
+        if "tables" in only:
+            bench_tables(table, manifest, tokenizer, fast, nbytes)
         if "ceiling" in only:
             bench_ceiling(table, work, manifest, tokenizer, fast, nbytes, PEER_PROCS, run)
         if "scaling" in only or "peers" in only:  # the peers are compared with this row
@@ -903,6 +1016,8 @@ def main() -> None:
             table.notes.append(f"claims: marginal CPU per shard from {n0} to {n1} shards (worker start-up cancels): "
                                f"{(c1 - c0) / (n1 - n0) * 1e3:.2f} ms")
         bench_status(table, root, sizes[-1])
+    if "growth" in only:
+        bench_growth(table, work, [int(n) for n in args.growth_shards.split(",")], args.growth_workers)
     if "peers" in only:
         bench_peers(table, work, manifest, tokenizer, nbytes, work / f"out-{scaled.replace(' ', '_')}-0", scaled,
                     args.runs)
@@ -911,6 +1026,7 @@ def main() -> None:
         f"bound on pipeline/raw per CPU-s ({fast}) from decompression alone: "
         f"{read_bound(table, f'raw encode ({fast})', 'read: zstd decompress only')}; "
         f"from the reader alone: {read_bound(table, f'raw encode ({fast})', 'read: decompress + parse (reader)')}",
+        f"tables: {tables_share(table, f'pipeline 1 worker ({fast})')}",
         f"ratio pipeline/raw per CPU-s (tokenizers): "
         f"{table.ratio('pipeline 1 worker (tokenizers, small)', 'raw encode (tokenizers, small set)')}",
         f"ratio fastokens/tokenizers raw per CPU-s: "
