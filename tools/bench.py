@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark slimtok against its own raw encoder, its backends, `cat`, and (with --peers) its peers.
 
-    python3 tools/bench.py --work /tmp/slimtok-bench [--mb 40] [--runs 3] [--only raw,pipeline,...]
+    python3 tools/bench.py --work /tmp/slimtok-bench [--mb 20] [--runs 3] [--only raw,pipeline,...]
 
 Builds (or takes with --corpus/--tokenizer) the offline Qwen3 tokenizer (``slimtok.demo``) and a
 SlimPajama-layout corpus of real text, the Python standard library's sources on this machine split
@@ -143,6 +143,8 @@ def build_corpus(out: Path, mb: float, chunks: int = 2, shards_per_chunk: int = 
     from slimtok.demo import stdlib_documents
 
     pool = stdlib_documents(int(mb * 1e6))
+    if not pool:
+        raise SystemExit("no standard-library sources found to build a corpus from; pass --corpus")
     docs, size = [], 0
     while size < mb * 1e6:
         for text in pool:
@@ -452,7 +454,7 @@ def _whole_doc_digest(path: Path, tokenizer: Path) -> str:
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
-def child_cpu(command: list[str], **kw) -> float:
+def child_cpu(command: list[str]) -> float:
     """CPU seconds (user + system) of ``command`` and every descendant it waited for."""
     import resource
 
@@ -461,29 +463,28 @@ def child_cpu(command: list[str], **kw) -> float:
         return r.ru_utime + r.ru_stime
 
     c0 = used()
-    subprocess.run(command, check=True, capture_output=True, **kw)
+    subprocess.run(command, check=True, capture_output=True)
     return used() - c0
 
 
 def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, runs: int) -> None:
     """Issue 15 target 1, each as a ratio to L = CPU of a fresh python that only loads tokenizer.json.
 
-    (b) `slimtok tokenize` of a 1-shard job of one small document on a new output root, the whole
-    run (an upper bound on "to the first encoded batch"); (c) the same command relaunched, all
-    shards done; (d) one worker process: build the Worker and encode its first batch.
+    Each run times L, then `slimtok tokenize` of a 1-shard job of one small document on a new
+    output root, the whole run (an upper bound on "to the first encoded batch"); the same command
+    relaunched, all shards done; one worker process: build the Worker and encode its first batch.
     """
     from dataclasses import asdict
 
     from slimtok.job import pin_job
     from slimtok.manifest import ShardEntry, read_manifest, write_manifest
+    from slimtok.reader import ShardReader
 
     base = work / "startup"
     shutil.rmtree(base, ignore_errors=True)
     one = base / "data" / "train" / "chunk1" / "example_train_0.jsonl"
     one.parent.mkdir(parents=True)
     first = next(iter(read_manifest(manifest)))
-    from slimtok.reader import ShardReader
-
     text = next(t for t, _ in ShardReader(first.path).records())
     one.write_bytes(json.dumps({"text": str(text)[:2000]}).encode() + b"\n")
     tiny, _ = write_manifest([ShardEntry(id="train/chunk1/example_train_0", split="train", chunk=1, index=0,
