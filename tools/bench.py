@@ -1,24 +1,29 @@
 #!/usr/bin/env python3
 """Benchmark slimtok against its own raw encoder, its backends, `cat`, and (with --peers) its peers.
 
-    python3 tools/bench.py --work /tmp/slimtok-bench [--mb 40] [--runs 3] [--only raw,pipeline,...]
+    python3 tools/bench.py --work /tmp/slimtok-bench [--mb 20] [--runs 3] [--only raw,pipeline,...]
 
-Builds (or takes with --corpus/--tokenizer) a SlimPajama-layout corpus of real text and the Qwen3
-tokenizer with ../shared/bench/make_corpus.py and make_qwen3_tokenizer.py, then runs, side by side
-in one invocation and ``--runs`` times each (medians are printed):
+Builds (or takes with --corpus/--tokenizer) the offline Qwen3 tokenizer (``slimtok.demo``) and a
+SlimPajama-layout corpus of real text, the Python standard library's sources on this machine split
+into several ``meta.redpajama_set_name`` sources (see build_corpus), then runs, side by side in one
+invocation and ``--runs`` times each (medians are printed):
 
   raw        each backend's Encoder.encode on the train documents already in memory
   read       what every .jsonl.zst tokenizer pays before encoding, in-process: zstd decompression of
              the train shards alone, then slimtok's reader (decompress, split, JSON parse) alone;
              with raw, this bounds the pipeline/raw ratio any design can reach on this corpus
   pipeline   one worker per backend from .jsonl.zst to shards/*.bin (ids checked equal to raw)
+  tables     the document table's work alone (xxh3-128 of each text + ShardTask._rows) per MB, as
+             a share of the pipeline row's CPU per MB in the same run (target <= 2%)
   ceiling    read + encode in memory (nothing written) in 1 process and in 2 at once: what the
              machine gives two such processes during the run, the ceiling for scaling
   scaling    2 workers vs 1 (fastokens if available)
   memory     peak RSS of one worker on a small and on a large shard, and on one huge document
-  startup    seconds from spawning a worker process to its first encoded batch
+  startup    CPU of a fresh python that only loads tokenizer.json (L), and as ratios to L: `slimtok
+             tokenize` of a 1-shard job on a new output root, its relaunch, one worker's start
   combine    `slimtok combine` vs `cat` of the same shard files onto the same disk
   claims     no-op tokenization of an N-shard manifest by W worker processes; then `slimtok status`
+  growth     claims and status per shard at --growth-shards sizes (10k, 100k), super-linear steps flagged
   peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
              into a separate venv under --work
 
@@ -43,8 +48,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-SHARED_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
-SECTIONS = ("raw", "read", "pipeline", "ceiling", "scaling", "memory", "startup", "combine", "claims", "peers")
+SECTIONS = ("raw", "read", "pipeline", "tables", "ceiling", "scaling", "memory", "startup", "combine", "claims",
+            "growth", "peers")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -103,16 +108,61 @@ class Table:
 
 def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     """(corpus folder, tokenizer folder), built under --work unless given."""
+    from slimtok.demo import write_qwen3_tokenizer
+
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = Path(args.tokenizer) if args.tokenizer else work / "qwen3"
     if not (tokenizer / "tokenizer.json").exists():
-        subprocess.run([sys.executable, str(SHARED_BENCH / "make_qwen3_tokenizer.py"), str(tokenizer)], check=True)
+        write_qwen3_tokenizer(tokenizer)
     corpus = Path(args.corpus) if args.corpus else work / f"corpus-{args.mb:g}mb"
     if not corpus.exists():
-        subprocess.run([sys.executable, str(SHARED_BENCH / "make_corpus.py"), str(corpus), "--mb", str(args.mb)],
-                       check=True)
+        build_corpus(corpus, args.mb)
     return corpus, tokenizer
+
+
+def corpus_source(text: str) -> str:
+    """The ``redpajama_set_name`` a stdlib document gets: tests, runnable scripts, or library code."""
+    if "import unittest" in text or "from test" in text:
+        return "stdlib-tests"
+    if "if __name__ ==" in text:
+        return "stdlib-scripts"
+    return "stdlib-library"
+
+
+def build_corpus(out: Path, mb: float, chunks: int = 2, shards_per_chunk: int = 4) -> None:
+    """A SlimPajama-layout corpus of ~``mb`` MB of text: train/chunk{c}/example_train_{i}.jsonl.zst
+    plus one validation and one test holdout, documents dealt round-robin over the shards.
+
+    The text is the standard library's sources (``slimtok.demo.stdlib_documents``); above their
+    total size (~30 MB) the documents are repeated, so hashes of a larger corpus have duplicates.
+    """
+    import orjson
+    import zstandard
+
+    from slimtok.demo import stdlib_documents
+
+    pool = stdlib_documents(int(mb * 1e6))
+    if not pool:
+        raise SystemExit("no standard-library sources found to build a corpus from; pass --corpus")
+    docs, size = [], 0
+    while size < mb * 1e6:
+        for text in pool:
+            docs.append(text)
+            size += len(text.encode())
+            if size >= mb * 1e6:
+                break
+    paths = [f"train/chunk{c}/example_train_{i}.jsonl.zst" for c in range(1, chunks + 1) for i in range(shards_per_chunk)]
+    paths += ["validation/chunk1/example_holdout_0.jsonl.zst", "test/chunk1/example_holdout_0.jsonl.zst"]
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cctx = zstandard.ZstdCompressor(level=3)
+    for k, rel in enumerate(paths):
+        dest = tmp / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        lines = [orjson.dumps({"text": t, "meta": {"redpajama_set_name": corpus_source(t)}}) for t in docs[k::len(paths)]]
+        dest.write_bytes(cctx.compress(b"\n".join(lines) + b"\n"))
+    tmp.rename(out)  # a corpus folder that exists is complete
 
 
 def manifest_of(corpus: Path, out: Path, splits: tuple[str, ...] = ("train",)) -> Path:
@@ -209,6 +259,7 @@ def _worker_child(spec: str, index: str, report: str) -> None:
     data = json.loads(spec)
     data["splits"] = tuple(data["splits"])
     worker = Worker(TokenizeSettings(**data), int(index))
+    worker.encoder  # loaded lazily at the first claim: load it here, outside the timed part
     _ready_then_wait(report)
     c0, w0 = cpu_now(), time.time()
     code = worker.run()
@@ -403,26 +454,107 @@ def _whole_doc_digest(path: Path, tokenizer: Path) -> str:
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
+def child_cpu(command: list[str]) -> float:
+    """CPU seconds (user + system) of ``command`` and every descendant it waited for."""
+    import resource
+
+    def used() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    c0 = used()
+    subprocess.run(command, check=True, capture_output=True)
+    return used() - c0
+
+
 def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, runs: int) -> None:
+    """Issue 15 target 1, each as a ratio to L = CPU of a fresh python that only loads tokenizer.json.
+
+    Each run times L, then `slimtok tokenize` of a 1-shard job of one small document on a new
+    output root, the whole run (an upper bound on "to the first encoded batch"); the same command
+    relaunched, all shards done; one worker process: build the Worker and encode its first batch.
+    """
     from dataclasses import asdict
 
     from slimtok.job import pin_job
+    from slimtok.manifest import ShardEntry, read_manifest, write_manifest
+    from slimtok.reader import ShardReader
 
-    root = work / "out-startup"
-    shutil.rmtree(root, ignore_errors=True)
-    settings = settings_for(manifest, root, tokenizer, backend)
-    pin_job(settings)
-    code = ("import sys,time,json;t=float(sys.argv[2]);from slimtok.job import TokenizeSettings;from slimtok.worker import Worker;"
-            "d=json.loads(sys.argv[1]);d['splits']=tuple(d['splits']);w=Worker(TokenizeSettings(**d),0);"
-            "w.encoder.encode(['The first batch.']);print(time.time()-t, w.encoder.backend)")
-    times = []
-    for _ in range(runs):
-        t = time.time()
-        out = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(settings)), str(t)], check=True,
-                             capture_output=True, text=True).stdout.split()
-        times.append(float(out[0]))
-    table.notes.append(f"start-up ({out[1]}): spawn to first encoded batch, median {statistics.median(times):.2f} s "
-                       f"of {[round(x, 2) for x in times]}")
+    base = work / "startup"
+    shutil.rmtree(base, ignore_errors=True)
+    one = base / "data" / "train" / "chunk1" / "example_train_0.jsonl"
+    one.parent.mkdir(parents=True)
+    first = next(iter(read_manifest(manifest)))
+    text = next(t for t, _ in ShardReader(first.path).records())
+    one.write_bytes(json.dumps({"text": str(text)[:2000]}).encode() + b"\n")
+    tiny, _ = write_manifest([ShardEntry(id="train/chunk1/example_train_0", split="train", chunk=1, index=0,
+                                         path=str(one), size=one.stat().st_size)], base / "m", base / "data")
+    load_code = "import sys; from tokenizers import Tokenizer; Tokenizer.from_file(sys.argv[1])"
+    worker_code = ("import sys,json;from slimtok.job import TokenizeSettings;from slimtok.worker import Worker;"
+                   "d=json.loads(sys.argv[1]);d['splits']=tuple(d['splits']);w=Worker(TokenizeSettings(**d),0);"
+                   "w.encoder.encode(['The first batch.'])")
+    rows: dict[str, list[float]] = {k: [] for k in ("L", "new", "relaunch", "worker")}
+    for run in range(runs):
+        rows["L"].append(child_cpu([sys.executable, "-c", load_code, str(tokenizer / "tokenizer.json")]))
+        root = base / f"out-{run}"
+        command = [sys.executable, "-m", "slimtok", "tokenize", "--manifest", str(tiny), "--output-root", str(root),
+                   "--tokenizer", str(tokenizer), "--spawn-workers", "1", "--backend", backend, "--quiet"]
+        rows["new"].append(child_cpu(command))
+        rows["relaunch"].append(child_cpu(command))
+        wroot = base / f"worker-{run}"
+        settings = settings_for(tiny, wroot, tokenizer, backend)
+        pin_job(settings)
+        rows["worker"].append(child_cpu([sys.executable, "-c", worker_code, json.dumps(asdict(settings))]))
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    table.notes.append(f"startup: L (fresh python, tokenizers loads tokenizer.json) {med['L']:.2f} CPU-s "
+                       f"(median of {runs})")
+    for key, what, target in (("new", "`slimtok tokenize`, 1-shard job, new output root, whole run", 2),
+                              ("relaunch", "relaunch, all shards done", 1),
+                              ("worker", f"one worker ({backend}): Worker() + first encoded batch", 1.5)):
+        ratio = med[key] / med["L"]
+        table.notes.append(f"startup: {what}: {med[key]:.2f} CPU-s = {ratio:.2f} x L (target <= {target}: "
+                           f"{'met' if ratio <= target else 'NOT met'}); runs {[round(x, 2) for x in rows[key]]}")
+
+
+def bench_tables(table: Table, manifest: Path, tokenizer: Path, backend: str, nbytes: int) -> None:
+    """The document table's work alone, as a worker does it, over the train documents in memory.
+
+    Timed: xxh3-128 of each document's UTF-8 text and ``ShardTask._rows`` (the production code,
+    on a task holding only what it reads), batch by batch in the worker's batch sizes. The token
+    counts come from one encode done before the timed part; the timed loop repeats for ~1 CPU-s.
+    """
+    from slimtok.manifest import read_manifest
+    from slimtok.reader import ShardReader
+    from slimtok.tokenizer import Encoder
+    from slimtok.worker import ShardTask, batched
+    from slimtok.worker.task import Progress
+
+    import xxhash
+
+    records = ((str(t), s) for e in read_manifest(manifest)
+               for t, s in ShardReader(e.path, source_key="meta.redpajama_set_name").records())
+    enc = Encoder(tokenizer / "tokenizer.json", 0, "uint32", backend)
+    batches = [(texts, sources, enc.encode(texts)[1]) for texts, sources in batched(records)]
+    task = object.__new__(ShardTask)
+    task.source_index, task.progress = {}, Progress()
+    # Passes over the same batches until ~1 CPU-s: one pass over a small corpus is a few ms.
+    passes, c0, w0 = 0, time.process_time(), time.time()
+    while time.process_time() - c0 < 1.0:
+        for texts, sources, lengths in batches:
+            task._rows(lengths, sources, b"".join(xxhash.xxh3_128_digest(t.encode()) for t in texts))
+        passes += 1
+    table.add(Result("tables: xxh3-128 + ShardTask._rows", nbytes * passes, time.time() - w0,
+                     time.process_time() - c0))
+
+
+def tables_share(table: Table, pipeline: str) -> str:
+    """The table work's CPU per MB as a share of the whole pipeline's CPU per MB (same run)."""
+    rows = "tables: xxh3-128 + ShardTask._rows"
+    if rows not in table.runs or pipeline not in table.runs:
+        return "n/a (needs the tables and pipeline sections)"
+    share = table.median(pipeline, "mb_cpu") / table.median(rows, "mb_cpu")
+    return (f"{1e3 / table.median(rows, 'mb_cpu'):.2f} ms/MB vs pipeline {1e3 / table.median(pipeline, 'mb_cpu'):.2f}"
+            f" ms/MB = {share:.1%} of one worker's CPU (target <= 2%: {'met' if share <= 0.02 else 'NOT met'})")
 
 
 def bench_combine(table: Table, work: Path, root: Path, runs: int) -> None:
@@ -497,14 +629,34 @@ def bench_claims(table: Table, work: Path, shards: int, workers: int) -> tuple[P
     return root, cpu
 
 
-def bench_status(table: Table, root: Path, shards: int) -> None:
-    """`slimtok status` over an output root of ``shards`` done shards: first with no roll-up cache, then warm."""
+def bench_status(table: Table, root: Path, shards: int) -> float:
+    """`slimtok status` over an output root of ``shards`` done shards: first with no roll-up cache, then
+    warm; returns the cold wall seconds."""
+    seconds = []
     for attempt in ("cold", "warm"):
         w0 = time.time()
         subprocess.run([sys.executable, "-m", "slimtok", "status", "--output-root", str(root)], check=True,
                        capture_output=True)
-        table.notes.append(f"status over {shards} shards ({attempt} roll-up): {time.time() - w0:.2f} s "
+        seconds.append(time.time() - w0)
+        table.notes.append(f"status over {shards} shards ({attempt} roll-up): {seconds[-1]:.2f} s "
                            "including interpreter start")
+    return seconds[0]
+
+
+def bench_growth(table: Table, work: Path, sizes: list[int], workers: int) -> None:
+    """Issue 15 target 4: claims and cold `slimtok status` per shard at each manifest size; a step
+    whose per-shard cost grows more than 1.5x is flagged super-linear."""
+    costs: dict[str, list[float]] = {"claims CPU": [], "status wall": []}
+    for shards in sizes:
+        root, cpu = bench_claims(table, work, shards, workers)
+        costs["claims CPU"].append(cpu / shards)
+        costs["status wall"].append(bench_status(table, root, shards) / shards)
+    for what, per in costs.items():
+        steps = [f"{n:,}: {c * 1e3:.3f} ms" for n, c in zip(sizes, per)]
+        flags = [f"{n0:,} -> {n1:,} x{c1 / c0:.2f}" for n0, n1, c0, c1 in zip(sizes, sizes[1:], per, per[1:])
+                 if c1 > 1.5 * c0]
+        table.notes.append(f"growth: {what} per shard ({workers} workers) {'; '.join(steps)}; "
+                           f"{'SUPER-LINEAR: ' + ', '.join(flags) if flags else 'no super-linear step'}")
 
 
 def _tiny_tokenizer(folder: Path) -> None:
@@ -520,7 +672,8 @@ def _tiny_tokenizer(folder: Path) -> None:
 
 def _noop_worker_child(spec: str, index: str, out: str) -> None:
     """A real Worker whose encoder is trivial; records the seconds of every shard it processed."""
-    from slimtok import worker as wmod
+    from slimtok.job import TokenizeSettings
+    from slimtok.worker import loop as wmod
 
     class NoopEncoder:
         report = None
@@ -535,7 +688,7 @@ def _noop_worker_child(spec: str, index: str, out: str) -> None:
     wmod.Encoder = NoopEncoder
     data = json.loads(spec)
     data["splits"] = tuple(data["splits"])
-    w = wmod.Worker(wmod.TokenizeSettings(**data), int(index))
+    w = wmod.Worker(TokenizeSettings(**data), int(index))
     times: list[float] = []
     process = w._process
 
@@ -775,7 +928,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/slimtok-bench", help="scratch folder (corpus, outputs)")
     ap.add_argument("--corpus", help="an existing SlimPajama-layout corpus (default: build one)")
     ap.add_argument("--tokenizer", help="a tokenizer folder (default: build the offline Qwen3)")
-    ap.add_argument("--mb", type=float, default=40, help="size of the corpus to build")
+    ap.add_argument("--mb", type=float, default=20, help="MB of text of the corpus to build")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default=",".join(s for s in SECTIONS if s != "peers"),
                     help=f"comma-separated subset of {','.join(SECTIONS)}")
@@ -788,6 +941,8 @@ def main() -> None:
                     help="manifest sizes for the claims section, comma-separated (flat per-shard cost = no O(N^2)); "
                          "status runs over the last")
     ap.add_argument("--claims-workers", type=int, default=64)
+    ap.add_argument("--growth-shards", default="10000,100000", help="manifest sizes for the growth section")
+    ap.add_argument("--growth-workers", type=int, default=2)
     args = ap.parse_args()
     only = set(args.only.split(",")) | ({"peers"} if args.peers else set())
     corpus, tokenizer = prepare(args)
@@ -834,6 +989,8 @@ def main() -> None:
             if raw_small:
                 _check(table, d, raw_small["tokenizers"], "pipeline (tokenizers)")
                 _check(table, raw_small[fast], raw_small["tokenizers"], "raw fastokens vs tokenizers")
+        if "tables" in only:
+            bench_tables(table, manifest, tokenizer, fast, nbytes)
         if "ceiling" in only:
             bench_ceiling(table, work, manifest, tokenizer, fast, nbytes, PEER_PROCS, run)
         if "scaling" in only or "peers" in only:  # the peers are compared with this row
@@ -860,6 +1017,8 @@ def main() -> None:
             table.notes.append(f"claims: marginal CPU per shard from {n0} to {n1} shards (worker start-up cancels): "
                                f"{(c1 - c0) / (n1 - n0) * 1e3:.2f} ms")
         bench_status(table, root, sizes[-1])
+    if "growth" in only:
+        bench_growth(table, work, [int(n) for n in args.growth_shards.split(",")], args.growth_workers)
     if "peers" in only:
         bench_peers(table, work, manifest, tokenizer, nbytes, work / f"out-{scaled.replace(' ', '_')}-0", scaled,
                     args.runs)
@@ -868,6 +1027,7 @@ def main() -> None:
         f"bound on pipeline/raw per CPU-s ({fast}) from decompression alone: "
         f"{read_bound(table, f'raw encode ({fast})', 'read: zstd decompress only')}; "
         f"from the reader alone: {read_bound(table, f'raw encode ({fast})', 'read: decompress + parse (reader)')}",
+        f"tables: {tables_share(table, f'pipeline 1 worker ({fast})')}",
         f"ratio pipeline/raw per CPU-s (tokenizers): "
         f"{table.ratio('pipeline 1 worker (tokenizers, small)', 'raw encode (tokenizers, small set)')}",
         f"ratio fastokens/tokenizers raw per CPU-s: "
