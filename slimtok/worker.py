@@ -563,7 +563,7 @@ class Worker:
             _record_backend(self.root, self.encoder.report)
         self.me = current_holder(settings.process_index, worker_index)
         self.name = worker_name(self.me.host, settings.process_index, worker_index)
-        self.claimer = Claimer(self.root, self.me, settings.stale_after, self.name)
+        self.claimer = Claimer(self.root, self.me, settings.stale_after)
         self.stats = Stats()
         self.stop = threading.Event()
         self.lost_tokens: set[str] = set()  # claims the heartbeat found taken over
