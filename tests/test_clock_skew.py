@@ -21,7 +21,8 @@ import psutil
 import pytest
 
 from corpus import reference_ids
-from test_faults import _assert_no_orphans, _claims_per_shard, _cmd, _combined, _dataset, _logs, _manifest, _run, _wait_for
+from test_faults import (_assert_no_orphans, _claims_per_shard, _cmd, _combined, _dataset, _logs, _manifest, _run,
+                         _wait_for)
 from slimtok.claims import Claimer
 from slimtok.protocol import Holder, OutputRoot
 
