@@ -1,15 +1,21 @@
 """Step 2: hand shards to workers through lock files on a shared filesystem.
 
-Reads and writes ``locks/`` and ``probes/`` of an output root (see :mod:`slimtok.protocol`).
+Reads and writes ``locks/`` of an output root (see :mod:`slimtok.protocol`); :func:`file_server_now`
+(for status's heartbeat ages) touches ``probes/``.
 
 * **Claim**: a worker owns a shard once it has created ``locks/<id>.lock`` with
   :func:`~slimtok.protocol.create_exclusive` (link(2) of a private file, safe on NFS). The lock
   names a fresh random token; only that token's part file is ever written by the holder.
-* **Heartbeat**: the holder touches the lock's mtime; a holder that finds another token in its
-  lock has lost it and must stop writing the shard (fencing).
+* **Heartbeat**: the holder sets the lock's mtime to a strictly later whole second on every
+  refresh (its own clock, or one second past the last beat if that clock lags), so each beat is
+  an observable change whoever stamps mtimes; a holder that finds another token in its lock has
+  lost it and must stop writing the shard (fencing).
 * **Staleness**: a lock is stale when its holder is provably dead (same host and boot, pid gone
-  or reused) or its mtime is older than ``stale_after`` seconds by the *file server's* clock,
-  read by touching a probe file, so clock skew between nodes does not matter.
+  or reused) or when this observer has watched it *unchanged* (inode, size, mtime, ctime, token)
+  for ``stale_after`` seconds of its own monotonic clock. No two clocks are ever compared, so
+  skew between hosts, or between a host and the file server, does not matter. The observations
+  live in the Claimer: a relaunched observer starts with none and waits ``stale_after`` before
+  it takes over a claim of another host.
 * **Steal**: at most one worker takes over a given stale claim: it must first create
   ``locks/<id>.<stale token>.stolen`` exclusively, then replaces the lock with its own in one
   rename, so at every moment some lock names either the stale claim or the new one.
@@ -28,8 +34,8 @@ from pathlib import Path
 
 import psutil
 
-from .protocol import (Holder, LockRecord, OutputRoot, boot_id, create_exclusive, hostname, new_token, read_record,
-                       write_atomic)
+from .protocol import (DoneRecord, Holder, LockRecord, OutputRoot, boot_id, create_exclusive, hostname, new_token,
+                       read_record, write_atomic)
 
 
 def file_server_now(probe: Path) -> float:
@@ -40,6 +46,15 @@ def file_server_now(probe: Path) -> float:
         probe.parent.mkdir(parents=True, exist_ok=True)
         probe.touch()
     return os.stat(probe).st_mtime
+
+
+NS = 1_000_000_000
+
+
+def next_beat_ns(previous_ns: int) -> int:
+    """The mtime of the next heartbeat: now, but at least the whole second after ``previous_ns``
+    (coarse file systems keep only seconds, and a lagging clock must still move the mtime on)."""
+    return max(time.time_ns(), (previous_ns // NS + 1) * NS)
 
 
 def current_holder(process_index: int, worker: int) -> Holder:
@@ -61,15 +76,33 @@ class Claim:
 class Claimer:
     """Claims, refreshes and releases shard locks under one output root for one worker."""
 
-    def __init__(self, root: OutputRoot, me: Holder, stale_after: float, probe_name: str):
+    def __init__(self, root: OutputRoot, me: Holder, stale_after: float):
         self.root = root
         self.me = me
         self.stale_after = stale_after
-        self._probe = root.probe(probe_name)
+        # path -> (what the file looked like, time.monotonic() when we first saw it so): kept
+        # across polls so that the waiting loop's looks add up to one watch per lock
+        self._seen: dict[Path, tuple[tuple, float]] = {}
 
-    # -- clock ------------------------------------------------------------------------------
-    def server_now(self) -> float:
-        return file_server_now(self._probe)
+    # -- observation ------------------------------------------------------------------------
+    def unchanged_for(self, path: Path, content: str = "") -> float:
+        """Seconds of our monotonic clock for which ``path`` (and ``content``, what we read from
+        it) has looked the same to us; 0 when first seen, changed, or gone."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._seen.pop(path, None)
+            return 0.0
+        look = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, content)
+        now = time.monotonic()
+        seen = self._seen.get(path)
+        if seen is None or seen[0] != look:
+            self._seen[path] = (look, now)
+            return 0.0
+        return now - seen[1]
+
+    def _forget(self, path: Path) -> None:
+        self._seen.pop(path, None)
 
     # -- claim ------------------------------------------------------------------------------
     def try_claim(self, shard: str) -> Claim | None:
@@ -78,6 +111,7 @@ class Claimer:
         lock.parent.mkdir(parents=True, exist_ok=True)
         record = self._new_record(shard)
         if create_exclusive(lock, record.to_json(), durable=False):
+            self._forget(lock)
             return Claim(shard, record.token, record, None)
         held = read_record(lock, LockRecord)
         if held is None:
@@ -88,13 +122,13 @@ class Claimer:
 
     def _steal_unreadable(self, shard: str, record: LockRecord) -> Claim | None:
         """A lock that exists but holds no record (a crash of the file server mid-write) is
-        taken over once it is older than ``stale_after``; its inode number names the marker."""
+        taken over once watched unchanged for ``stale_after``; its inode number names the marker."""
         lock = self.root.lock(shard)
         try:
             ino = os.stat(lock).st_ino
         except FileNotFoundError:
             return None
-        if self._age(lock) <= self.stale_after or read_record(lock, LockRecord) is not None:
+        if self.unchanged_for(lock) <= self.stale_after or read_record(lock, LockRecord) is not None:
             return None
         return self._steal(shard, f"ino{ino}", record, None)
 
@@ -107,8 +141,9 @@ class Claimer:
         marker = self.root.stolen(shard, stale_token)
         if not create_exclusive(marker, record.to_json(), durable=False):
             # Another worker is taking over this very claim, unless it died doing so.
-            if self._age(marker) > self.stale_after:
+            if self.unchanged_for(marker) > self.stale_after:
                 marker.unlink(missing_ok=True)
+                self._forget(marker)
             return None
         try:
             if not lock.exists():
@@ -119,25 +154,19 @@ class Claimer:
             # Replace in one rename, never unlink-then-create: a stealer killed in between would
             # leave no lock naming the stale claim, and its part file would never be cleaned up.
             write_atomic(lock, record.to_json(), durable=False)
+            self._forget(lock)
             taken = Claim(shard, record.token, record, stale)
             return taken if self.holds(taken) else None  # a rename over NFS may report wrongly
         finally:
             marker.unlink(missing_ok=True)
 
     def is_stale(self, lock: Path, held: LockRecord) -> bool:
-        """True when the holder is provably dead or silent for longer than ``stale_after``."""
+        """True when the holder is provably dead, or we have watched its lock ``lock`` (holding
+        ``held``) go without a heartbeat for longer than ``stale_after``."""
         if held.host == self.me.host and held.boot_id == self.me.boot_id and held.boot_id:
             if not _alive(held.pid, held.pid_started):
                 return True
-        return self._age(lock) > self.stale_after
-
-    def _age(self, path: Path) -> float:
-        """Seconds since ``path`` was last touched, by the file server's clock (0 when gone)."""
-        try:
-            mtime = os.stat(path).st_mtime
-        except FileNotFoundError:
-            return 0.0
-        return self.server_now() - mtime
+        return self.unchanged_for(lock, held.token) > self.stale_after
 
     # -- holding ----------------------------------------------------------------------------
     def holds(self, claim: Claim) -> bool:
@@ -146,27 +175,34 @@ class Claimer:
         return current is not None and current.token == claim.token
 
     def refresh(self, claim: Claim) -> bool:
-        """Heartbeat: touch the lock if still ours; False means the claim was lost."""
+        """Heartbeat: move the lock's mtime on (:func:`next_beat_ns`) if still ours; False means
+        the claim was lost."""
         if not self.holds(claim):
             return False
+        lock = self.root.lock(claim.shard)
         try:
-            os.utime(self.root.lock(claim.shard), None)
+            beat = next_beat_ns(os.stat(lock).st_mtime_ns)
+            os.utime(lock, ns=(beat, beat))
         except FileNotFoundError:
             return False
         return True
 
     def clear_leftover(self, shard: str) -> None:
-        """Remove a stale lock left on a settled shard (its holder was killed after committing).
+        """Remove a lock left on a settled shard (its holder was killed after committing).
 
-        Called by the one worker whose slice the shard is in, so the extra stat is paid once per
-        shard and launch, not once per worker.
+        A lock whose token the done record names belongs to a claim that has committed: its
+        holder has nothing left to do but release it, so it goes at once, whatever its holder's
+        clock. Called by the one worker whose slice the shard is in, so the extra reads are paid
+        once per shard and launch, not once per worker.
         """
         lock = self.root.lock(shard)
         if not lock.exists():
             return
         held = read_record(lock, LockRecord)
-        if held is None or self.is_stale(lock, held):
+        done = read_record(self.root.done(shard), DoneRecord)
+        if held is None or (done is not None and done.token == held.token) or self.is_stale(lock, held):
             lock.unlink(missing_ok=True)
+            self._forget(lock)
 
     def release(self, claim: Claim) -> None:
         """Remove the lock if it is still ours (never someone else's)."""

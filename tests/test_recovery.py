@@ -295,7 +295,7 @@ def test_commit_overlaps_the_next_shard_and_its_claim_stays_fresh(tmp_path, bpe_
     stale_seen: list[bool] = []
     real_write, real_commit = ShardTask.write, ShardTask.commit
     # Another host's view of the lock: only its age can make it stale.
-    other = Claimer(OutputRoot(settings.output_root), Holder("elsewhere", "", 1, 0.0, 9, 9), 1.0, "other")
+    other = Claimer(OutputRoot(settings.output_root), Holder("elsewhere", "", 1, 0.0, 9, 9), 1.0)
 
     def write(task):
         events.append(("write", task.entry.id))

@@ -78,7 +78,7 @@ class DedupWorker:
         self.grid = (process_index, process_count, worker, workers)
         self.stale_after = stale_after
         name = worker_name(hostname(), process_index, worker) + "-dedup"
-        self.claimer = Claimer(root, current_holder(process_index, worker), stale_after, name)
+        self.claimer = Claimer(root, current_holder(process_index, worker), stale_after)
 
     def run(self) -> None:
         for phase in DEDUP_PHASES:

@@ -58,7 +58,7 @@ class Worker:
         self._encoder: Encoder | None = None
         self.me = current_holder(settings.process_index, worker_index)
         self.name = worker_name(self.me.host, settings.process_index, worker_index)
-        self.claimer = Claimer(self.root, self.me, settings.stale_after, self.name)
+        self.claimer = Claimer(self.root, self.me, settings.stale_after)
         self.stats = Stats()
         self.stop = threading.Event()
         self.lost_tokens: set[str] = set()  # claims the heartbeat found taken over

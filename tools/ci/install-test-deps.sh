@@ -13,11 +13,12 @@ pip_install -e '.[test]'
 pip_install 'torch==2.13.0+cpu'
 pip_install 'megatron-core>=0.12'
 # Operations tests: systemd-analyze verifies the units; a one-host Slurm cluster runs the sbatch
-# scripts (tests/test_slurm.py skips, saying why, where the daemons cannot start).
+# scripts (tests/test_slurm.py skips, saying why, where the daemons cannot start); libfaketime fakes
+# a skewed host's clock for tests/test_clock_skew.py.
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        systemd munge slurmctld slurmd slurm-client >/dev/null || echo "warning: could not install systemd/Slurm packages"
+        systemd munge slurmctld slurmd slurm-client libfaketime >/dev/null || echo "warning: could not install systemd/Slurm/libfaketime packages"
 else
-    echo "note: not root on Debian; systemd and Slurm tests will say why they skip"
+    echo "note: not root on Debian; systemd, Slurm and clock-skew tests will say why they skip"
 fi
 tools/ci/start-slurm.sh || echo "warning: the one-host Slurm cluster did not start; its tests will be skipped"
