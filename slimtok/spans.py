@@ -1,0 +1,175 @@
+"""The one way slimtok concatenates token data: byte spans of files, copied by the kernel.
+
+A :class:`Span` is a byte range of one file. :func:`concatenate` appends spans to an output in
+order with ``copy_file_range`` (a reflink on XFS/btrfs), falling back to ``sendfile`` and then
+to ``pread``/``write`` where the kernel or filesystem cannot, so the bytes never pass through a
+Python loop over tokens. :func:`document_spans` turns a shard's document table and the documents
+to keep into the fewest spans (adjacent kept documents merge), and :class:`DocEnds` writes the
+document index (``train.idx``: uint64 end offsets in tokens, exclusive) from per-document token
+counts. combine uses all three; a stage that keeps some documents of one or several roots
+(dedup, mix) uses the same calls.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Sequence
+
+import numpy as np
+
+#: errnos meaning "this kernel or filesystem cannot do that copy": try the next, slower way.
+#: Anything else (ENOSPC, EIO) is a real failure and propagates.
+_UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF}
+_FALLBACK_BLOCK = 8 << 20
+
+
+class ShortSource(OSError):
+    """A span's file ended before the span did (truncated after it was checked)."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """``length`` bytes of ``path`` starting at byte ``start``."""
+
+    path: Path
+    start: int
+    length: int
+
+
+def _copy_kernel(src_fd: int, dst_fd: int, offset: int, size: int) -> int:
+    """Bytes copied in the kernel from ``src_fd`` at ``offset`` (0 at the source's end)."""
+    try:
+        return os.copy_file_range(src_fd, dst_fd, size, offset)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+    return os.sendfile(dst_fd, src_fd, offset, size)
+
+
+def _copy_user(src_fd: int, dst_fd: int, offset: int, size: int) -> int:
+    block = os.pread(src_fd, min(size, _FALLBACK_BLOCK), offset)
+    view = memoryview(block)
+    while view:
+        view = view[os.write(dst_fd, view):]
+    return len(block)
+
+
+def copy_range(src_fd: int, dst_fd: int, offset: int, size: int) -> None:
+    """Append ``size`` bytes of ``src_fd`` from ``offset`` at ``dst_fd``'s position.
+
+    Raises :class:`ShortSource` when the source ends first, and any real OSError (ENOSPC) as is.
+    """
+    copy = _copy_kernel
+    done = 0
+    while done < size:
+        try:
+            n = copy(src_fd, dst_fd, offset + done, size - done)
+        except OSError as exc:
+            if copy is _copy_user or exc.errno not in _UNSUPPORTED:
+                raise
+            copy = _copy_user
+            continue
+        if n == 0:
+            raise ShortSource(errno.EIO, f"source ended after {done} of {size} bytes")
+        done += n
+
+
+def concatenate(spans: Iterable[Span], out: int | os.PathLike[str],
+                on_span: Callable[[Span], None] | None = None) -> int:
+    """Append every span in order to ``out`` (an open fd, or a path created here, which must not
+    exist); returns the bytes written. ``on_span(span)`` runs before each span is copied (e.g. to
+    check it). A path ``out`` is fsync'd; an fd is left to its owner."""
+    if isinstance(out, int):
+        return _append(spans, out, on_span)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        written = _append(spans, fd, on_span)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return written
+
+
+def _append(spans: Iterable[Span], fd: int, on_span: Callable[[Span], None] | None) -> int:
+    written = 0
+    opened: tuple[Path, int] | None = None  # consecutive spans of one file share one open
+    try:
+        for span in spans:
+            if on_span is not None:
+                on_span(span)
+            if opened is None or opened[0] != span.path:
+                if opened is not None:
+                    os.close(opened[1])
+                    opened = None
+                opened = (span.path, os.open(span.path, os.O_RDONLY))
+            copy_range(opened[1], fd, span.start, span.length)
+            written += span.length
+    finally:
+        if opened is not None:
+            os.close(opened[1])
+    return written
+
+
+def keep_mask(documents: int, keep: np.ndarray | Sequence[int] | None = None,
+              drop: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
+    """A boolean mask over ``documents``: ``keep`` (a mask or indices) or everything, minus ``drop``."""
+    if keep is None:
+        mask = np.ones(documents, dtype=bool)
+    else:
+        keep = np.asarray(keep)
+        if keep.dtype == bool:
+            if keep.shape != (documents,):
+                raise ValueError(f"keep mask has {keep.size} entries for {documents} documents")
+            mask = keep.copy()
+        else:
+            mask = np.zeros(documents, dtype=bool)
+            mask[keep.astype(np.int64)] = True
+    if drop is not None and len(drop):
+        mask[np.asarray(drop, dtype=np.int64)] = False
+    return mask
+
+
+def document_spans(shard_path: Path, table: np.ndarray, keep: np.ndarray | Sequence[int] | None,
+                   itemsize: int) -> list[Span]:
+    """Spans of ``shard_path`` holding the kept documents of ``table`` (rows of
+    ``protocol.DOC_TABLE_DTYPE``, or plain token counts), in order, adjacent ones merged.
+
+    ``keep`` is a boolean mask or the indices of documents to keep (None: all)."""
+    counts = np.asarray(table["tokens"] if table.dtype.names else table, dtype=np.int64)
+    mask = keep_mask(len(counts), keep)
+    ends = np.cumsum(counts) * itemsize
+    starts = ends - counts * itemsize
+    padded = np.concatenate([[False], mask, [False]])
+    run_starts = np.flatnonzero(padded[1:-1] & ~padded[:-2])
+    run_ends = np.flatnonzero(padded[1:-1] & ~padded[2:])
+    return [Span(Path(shard_path), int(starts[a]), int(ends[b] - starts[a]))
+            for a, b in zip(run_starts, run_ends) if ends[b] > starts[a]]
+
+
+class DocEnds:
+    """Writes a document index: for each document, its end offset in tokens (exclusive, uint64
+    little-endian), from a stream of per-document token counts. ``tokens``/``documents`` so far."""
+
+    def __init__(self, out: BinaryIO):
+        self.out = out
+        self.tokens = 0
+        self.documents = 0
+
+    def add(self, counts: np.ndarray | Sequence[int]) -> None:
+        """Append the documents whose token counts are ``counts``, in order."""
+        counts = np.asarray(counts, dtype=np.uint64)
+        ends = np.cumsum(counts, dtype=np.uint64) + np.uint64(self.tokens)
+        self.out.write(ends.astype("<u8", copy=False).tobytes())
+        self.tokens = int(ends[-1]) if ends.size else self.tokens
+        self.documents += int(counts.size)
+
+    def add_absolute(self, ends: np.ndarray) -> None:
+        """Append documents given by their end offsets in the whole output (an eos scan's output)."""
+        ends = np.asarray(ends, dtype=np.uint64)
+        self.out.write(ends.astype("<u8", copy=False).tobytes())
+        if ends.size:
+            self.tokens = int(ends[-1])
+            self.documents += int(ends.size)
