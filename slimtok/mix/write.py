@@ -84,8 +84,8 @@ def _chunk_starts(docs: Documents, ids: np.ndarray, per_chunk: int, itemsize: in
     """Byte offset of every chunk's first document, and the split's size last."""
     ends = np.cumsum(docs.tokens[ids], dtype=np.int64) * itemsize
     cut = ends[per_chunk - 1::per_chunk]
-    starts = np.concatenate([[0], cut])
-    return starts if len(ids) % per_chunk else np.concatenate([starts[:-1], [int(ends[-1]) if len(ends) else 0]])
+    tail = [int(ends[-1])] if len(ids) % per_chunk else []
+    return np.concatenate([[0], cut, tail]).astype(np.int64)
 
 
 def prepare(out: OutputRoot, record: bytes, job_raw: dict, first: OutputRoot, plan: Plan, docs: Documents,
