@@ -241,3 +241,39 @@ def test_output_reads_with_validate_data_and_export(roots, tmp_path):
     assert data.document(0).tobytes() == _out_docs(out)[0]
     prefixes = export_megatron(out, "mixed", log=lambda _: None)
     assert all(Path(f"{p}.bin").exists() for p in prefixes)
+
+
+@pytest.fixture(scope="module")
+def combined(roots):
+    for name in ("web", "code"):
+        slimtok("combine", "--output-root", roots[name])
+    return [roots["web"], roots["code"]]
+
+
+def test_mixed_blocks_shares_windows_resume_and_epochs(combined):
+    from slimtok.mixed import MixedBlocks
+
+    block = 16
+    blocks = MixedBlocks([(combined[0], 3), (combined[1], 1)], block, seed=11, samples_per_epoch=8000)
+    draws = list(blocks.draws(0, 8000))
+    share = np.mean([s == 0 for _, s, _ in draws])
+    assert abs(share - 0.75) < 3 * np.sqrt(0.75 * 0.25 / 8000)  # three standard deviations
+    tokens = [np.fromfile(r / "train.bin", dtype=np.uint32).astype(np.int64) for r in combined]
+    first = list(zip(range(50), blocks))
+    for (i, (x, y)), (_, s, b) in zip(first, draws):
+        assert np.array_equal(x, tokens[s][b * block:(b + 1) * block])
+        assert np.array_equal(y, tokens[s][b * block + 1:(b + 1) * block + 1])
+    # the small source repeats: every one of its blocks before any twice
+    code = [b for _, s, b in draws if s == 1]
+    n = blocks.blocks[1]
+    assert len(code) > n and sorted(code[:n]) == list(range(n))
+    state = blocks.state_dict()
+    resumed = MixedBlocks([(combined[0], 3), (combined[1], 1)], block, seed=11, samples_per_epoch=8000)
+    resumed.load_state_dict(state)
+    after = [x for _, (x, _) in zip(range(20), resumed)]
+    whole = [x for _, (x, _) in zip(range(70), MixedBlocks([(combined[0], 3), (combined[1], 1)], block, 11,
+                                                           samples_per_epoch=8000))]
+    assert state == {"epoch": 0, "position": 50}
+    assert all(np.array_equal(a, b) for a, b in zip(after, whole[50:]))
+    blocks.set_epoch(1)
+    assert [d[1:] for d in blocks.draws(0, 200)] != [d[1:] for d in draws[:200]]
