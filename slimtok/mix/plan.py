@@ -104,9 +104,10 @@ def targets(spec: MixSpec, sources: list[SourceDocs]) -> np.ndarray:
     return out
 
 
-def select(tokens: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
-    """Local ids for ``target`` tokens: every document per full epoch, then a seeded sample
-    (kept in source order) whose tokens are the closest prefix of a permutation to the rest."""
+def select(tokens: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """(local ids, distinct documents) for ``target`` tokens: every document per full epoch, then
+    a seeded sample (kept in source order) whose tokens are the closest prefix of a permutation
+    to the rest."""
     available = int(tokens.sum(dtype=np.int64))
     full, rest = divmod(target, available)
     ids = np.arange(len(tokens), dtype=np.int64)
@@ -115,7 +116,7 @@ def select(tokens: np.ndarray, target: int, rng: np.random.Generator) -> np.ndar
     k = int(np.searchsorted(cum, rest, side="right"))  # cum[k-1] <= rest < cum[k]
     if k < len(cum) and cum[k] - rest < rest - (cum[k - 1] if k else 0):
         k += 1
-    return np.concatenate([np.tile(ids, full), np.sort(perm[:k])])
+    return np.concatenate([np.tile(ids, full), np.sort(perm[:k])]), len(tokens) if full else k
 
 
 def order(ids: np.ndarray, group: int, rng: np.random.Generator) -> np.ndarray:
@@ -130,16 +131,21 @@ def order(ids: np.ndarray, group: int, rng: np.random.Generator) -> np.ndarray:
     return ids[np.argsort(rank[np.arange(len(ids)) // group], kind="stable")]
 
 
-def carve(ids: np.ndarray, validation: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def carve(ids: np.ndarray, documents: int, validation: dict,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(train, val): a seeded sample of the distinct selected documents goes to val, and every copy
     of them leaves train, so the two never share a document. Both keep ``ids``' order."""
-    unique = np.unique(ids)
+    selected = np.zeros(documents, dtype=bool)  # masks, not np.unique/isin: linear, one byte per document
+    selected[ids] = True
+    unique = np.flatnonzero(selected)
     n = validation.get("documents") or int(round(validation.get("fraction", 0) * len(unique)))
     if n >= len(unique):
         raise MixError(f"validation asks {n:,} documents of the {len(unique):,} distinct ones selected",
                        fix="ask fewer validation documents")
     chosen = np.zeros(0, dtype=np.int64) if n == 0 else rng.choice(unique, size=n, replace=False)
-    in_val = np.isin(ids, chosen)
+    selected[:] = False
+    selected[chosen] = True
+    in_val = selected[ids]
     val, first = np.unique(ids[in_val], return_index=True)
     return ids[~in_val], val[np.argsort(first)]
 
@@ -151,12 +157,12 @@ def make_plan(spec: MixSpec, sources: list[SourceDocs]) -> Plan:
     offsets = np.cumsum([0] + [len(s.tokens) for s in sources[:-1]]).astype(np.int64)
     picked, results = [], []
     for s, target, seed, offset in zip(sources, wanted, seeds, offsets):
-        local = select(s.tokens, int(target), np.random.default_rng(seed))
+        local, unique = select(s.tokens, int(target), np.random.default_rng(seed))
         picked.append(local + offset)
         results.append(SourceResult(s.spec.name, s.available, int(target), int(s.tokens[local].sum(dtype=np.int64)),
-                                    len(local), len(np.unique(local))))
+                                    len(local), unique))
     ids = order(np.concatenate(picked), spec.shuffle_group, np.random.default_rng(seeds[-2]))
     splits = {spec.split: ids}
     if spec.validation:
-        splits[spec.split], splits["validation"] = carve(ids, spec.validation, np.random.default_rng(seeds[-1]))
+        splits[spec.split], splits["validation"] = carve(ids, sum(len(s.tokens) for s in sources), spec.validation, np.random.default_rng(seeds[-1]))
     return Plan(splits, results, offsets)
