@@ -277,3 +277,59 @@ def test_mixed_blocks_shares_windows_resume_and_epochs(combined):
     assert all(np.array_equal(a, b) for a, b in zip(after, whole[50:]))
     blocks.set_epoch(1)
     assert [d[1:] for d in blocks.draws(0, 200)] != [d[1:] for d in draws[:200]]
+
+
+def test_policies_and_orders(roots, tmp_path):
+    base = yaml.safe_load(_spec(roots, tmp_path).read_text())
+    two = [{"name": "web", "root": str(roots["web"]), "max_epochs": 2},
+           {"name": "code", "root": str(roots["code"]), "max_epochs": 2}]
+    sizes = {"web": sum(len(d) // 4 for d in _docs(roots["web"])), "code": sum(len(d) // 4 for d in _docs(roots["code"]))}
+    # unimax: equal shares, but code's 2 epochs are fewer than half, so web takes the rest
+    total = 4 * sizes["code"] + 5000
+    spec = parse_spec(dict(base, sources=two, policy="unimax", total_tokens=total))
+    web, code = make_plan(spec, load_sources(spec)[0]).sources
+    assert (web.target, code.target) == (total - 2 * sizes["code"], 2 * sizes["code"])
+    assert code.documents == 2 * len(_docs(roots["code"])) and code.tokens == code.target
+    # temperature: natural shares raised to alpha
+    spec = parse_spec(dict(base, sources=two, policy="temperature", alpha=0.5, total_tokens=20_000))
+    web, code = make_plan(spec, load_sources(spec)[0]).sources
+    p = np.sqrt([sizes["web"], sizes["code"]])
+    assert abs(web.target - 20_000 * p[0] / p.sum()) <= 1 and web.target + code.target == 20_000
+    # orders: none keeps the sources and their documents in order; chunk:N permutes whole groups
+    sources = load_sources(spec)[0]
+    plain = make_plan(parse_spec(dict(base, shuffle="none")), load_sources(parse_spec(base))[0]).splits["train"]
+    assert np.all(np.diff(plain) > 0)  # one epoch each here: strictly increasing global ids
+    grouped = make_plan(parse_spec(dict(base, shuffle="chunk:4")), load_sources(parse_spec(base))[0]).splits["train"]
+    groups = [tuple(plain[i:i + 4]) for i in range(0, len(plain), 4)]
+    assert sorted(tuple(grouped[i:i + 4]) for i in range(0, len(grouped), 4)) == sorted(groups) != \
+        [tuple(grouped[i:i + 4]) for i in range(0, len(grouped), 4)]
+    assert sources
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"shuffle": "random"}, "shuffle is 'random', must be none, document or chunk:N"),
+    ({"sources": [{"name": "web", "root": "/nowhere", "weight": 1, "tokens": 5}]}, "source 'web': give `weight` or `tokens`, not both"),
+    ({"sources": [{"name": "web", "root": "/nowhere", "weight": -1}]}, "source 'web': weight is -1, must be a positive number"),
+    ({"sources": [{"name": "web", "root": "/nowhere", "wieght": 1}]}, "source 'web': unknown setting(s) wieght"),
+    ({"total_tokens": None}, "total_tokens is missing"),
+    ({"validation": {"documents": 0}}, "validation: documents is 0"),
+    ({"policy": "temperature", "sources": [{"name": "a", "root": "/x"}]}, "policy temperature: alpha is None"),
+    ({"dedup": True}, "dedup: true is not supported yet"),
+])
+def test_bad_specs_name_the_setting(roots, tmp_path, change, message):
+    data = dict(yaml.safe_load(_spec(roots, tmp_path).read_text()), **change)
+    with pytest.raises(MixError) as exc:
+        parse_spec(data, "spec.yaml")
+    assert message in str(exc.value) and str(exc.value).startswith("spec.yaml: ")
+
+
+def test_an_unfinished_root_is_refused(roots, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(roots["code"], copy)
+    shard = orjson.loads((copy / "manifest.jsonl").read_bytes().splitlines()[0])["id"]
+    OutputRoot(copy).done(shard).unlink()
+    spec_path = _spec(roots, tmp_path, sources=[{"name": "code", "root": str(copy), "tokens": 100}], total_tokens=None)
+    with pytest.raises(MixError, match=f"source 'code': shard {shard} is not finished"):
+        mix_main(spec_path, tmp_path / "out")

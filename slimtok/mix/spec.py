@@ -61,11 +61,11 @@ _TOP_KEYS = {"seed", "total_tokens", "split", "shuffle", "validation", "sources"
 _SOURCE_KEYS = {"name", "root", "weight", "tokens", "max_epochs", "source"}
 
 
-def _number(value: Any, where: str, setting: str, integer: bool = False, positive: bool = True) -> Any:
+def _number(value: Any, where: str, setting: str, path: str, integer: bool = False, positive: bool = True) -> Any:
     ok_type = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_type) or (positive and value <= 0):
         kind = "a positive integer" if integer else "a positive number"
-        raise MixError(f"{where}: {setting} is {value!r}, must be {kind}")
+        raise MixError(f"{where}: {setting} is {value!r}, must be {kind}", path)
     return value
 
 
@@ -87,10 +87,10 @@ def _source(raw: Any, i: int, path: str, base: Path) -> SourceSpec:
     src = SourceSpec(name=raw["name"], root=str(root if root.is_absolute() else (base / root).resolve()),
                      source=raw.get("source"))
     if raw.get("weight") is not None:
-        src.weight = float(_number(raw["weight"], where, "weight"))
+        src.weight = float(_number(raw["weight"], where, "weight", path))
     if raw.get("tokens") is not None:
-        src.tokens = int(_number(raw["tokens"], where, "tokens", integer=True))
-    src.max_epochs = float(_number(raw.get("max_epochs", 1), where, "max_epochs"))
+        src.tokens = int(_number(raw["tokens"], where, "tokens", path, integer=True))
+    src.max_epochs = float(_number(raw.get("max_epochs", 1), where, "max_epochs", path))
     if src.source is not None and not isinstance(src.source, str):
         raise MixError(f"{where}: `source` must be a source label (a string)", path)
     return src
@@ -102,8 +102,8 @@ def _validation(raw: Any, path: str) -> dict[str, Any]:
     if not isinstance(raw, dict) or len(raw) != 1 or not ({"documents", "fraction"} & set(raw)):
         raise MixError(f"validation is {raw!r}, must be {{documents: N}} or {{fraction: f}}", path)
     if "documents" in raw:
-        return {"documents": int(_number(raw["documents"], "validation", "documents", integer=True))}
-    fraction = float(_number(raw["fraction"], "validation", "fraction"))
+        return {"documents": int(_number(raw["documents"], "validation", "documents", path, integer=True))}
+    fraction = float(_number(raw["fraction"], "validation", "fraction", path))
     if fraction >= 1:
         raise MixError(f"validation: fraction is {fraction}, must be below 1", path)
     return {"fraction": fraction}
@@ -135,21 +135,21 @@ def parse_spec(data: Any, path: str = "<spec>", base: Path | None = None) -> Mix
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise MixError(f"source names repeat: {', '.join(sorted({n for n in names if names.count(n) > 1}))}", path)
-    spec = MixSpec(seed=int(_number(data.get("seed", 0), "spec", "seed", integer=True, positive=False)),
+    spec = MixSpec(seed=int(_number(data.get("seed", 0), "spec", "seed", path, integer=True, positive=False)),
                    sources=sources, split=str(data.get("split", "train")),
                    shuffle=_shuffle(data.get("shuffle", "none"), path),
                    validation=_validation(data.get("validation"), path),
                    policy=str(data.get("policy", "weights")),
                    chunk_documents=int(_number(data.get("chunk_documents", DEFAULT_CHUNK_DOCUMENTS), "spec",
-                                               "chunk_documents", integer=True)))
+                                               "chunk_documents", path, integer=True)))
     if data.get("total_tokens") is not None:
-        spec.total_tokens = int(_number(data["total_tokens"], "spec", "total_tokens", integer=True))
+        spec.total_tokens = int(_number(data["total_tokens"], "spec", "total_tokens", path, integer=True))
     if spec.split not in SPLITS:
         raise MixError(f"split is {spec.split!r}, must be one of {', '.join(SPLITS)}", path)
     if spec.policy not in ("weights", "unimax", "temperature"):
         raise MixError(f"policy is {spec.policy!r}, must be unimax or temperature (or absent for weights)", path)
     if spec.policy == "temperature":
-        spec.alpha = float(_number(data.get("alpha"), "policy temperature", "alpha"))
+        spec.alpha = float(_number(data.get("alpha"), "policy temperature", "alpha", path))
     _check_targets(spec, path)
     return spec
 
