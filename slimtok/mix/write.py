@@ -134,19 +134,20 @@ def write_chunk(out: OutputRoot, split: str, n: int, ids: np.ndarray, offset: in
     began = time.time()
     itemsize = np.dtype(job.dtype).itemsize
     fd = os.open(_partial(out, split), os.O_RDWR)
+    opened: dict[int, int] = {}  # a shuffled chunk returns to the same shards often: open each once
     size = 0
     try:
         os.lseek(fd, offset, os.SEEK_SET)
         for file, start, length in _spans(docs, ids, itemsize):
-            src = os.open(docs.paths[file], os.O_RDONLY)
-            try:
-                copy_range(src, fd, start, length)
-            finally:
-                os.close(src)
+            if file not in opened:
+                opened[file] = os.open(docs.paths[file], os.O_RDONLY)
+            copy_range(opened[file], fd, start, length)
             size += length
         os.fsync(fd)
         sha = _hash_range(fd, offset, size)
     finally:
+        for src in opened.values():
+            os.close(src)
         os.close(fd)
     counts = docs.source_counts(ids)
     write_record(out.done(_chunk_id(split, n)), DoneRecord(
