@@ -120,11 +120,13 @@ def select(tokens: np.ndarray, target: int, rng: np.random.Generator) -> tuple[n
 
 
 def order(ids: np.ndarray, group: int, rng: np.random.Generator) -> np.ndarray:
-    """``ids`` in output order: as given (group 0), or groups of ``group`` consecutive ids permuted."""
+    """``ids`` in output order: as given (group 0), shuffled in place (group 1), or groups of
+    ``group`` consecutive ids permuted."""
     if group == 0 or len(ids) < 2:
         return ids
     if group == 1:
-        return ids[rng.permutation(len(ids))]
+        rng.shuffle(ids)  # in place: no second array per selected document
+        return ids
     groups = (len(ids) + group - 1) // group
     rank = np.empty(groups, dtype=np.int64)
     rank[rng.permutation(groups)] = np.arange(groups)

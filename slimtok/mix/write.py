@@ -81,11 +81,10 @@ def _partial(root: OutputRoot, split: str) -> Path:
 
 
 def _chunk_starts(docs: Documents, ids: np.ndarray, per_chunk: int, itemsize: int) -> np.ndarray:
-    """Byte offset of every chunk's first document, and the split's size last."""
-    ends = np.cumsum(docs.tokens[ids], dtype=np.int64) * itemsize
-    cut = ends[per_chunk - 1::per_chunk]
-    tail = [int(ends[-1])] if len(ids) % per_chunk else []
-    return np.concatenate([[0], cut, tail]).astype(np.int64)
+    """Byte offset of every chunk's first document, and the split's size last (summed one chunk
+    at a time, so nothing per selected document is allocated beside ``ids``)."""
+    sizes = [int(docs.tokens[ids[lo:lo + per_chunk]].sum(dtype=np.int64)) for lo in range(0, len(ids), per_chunk)]
+    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64) * itemsize
 
 
 def prepare(out: OutputRoot, record: bytes, job_raw: dict, first: OutputRoot, plan: Plan, docs: Documents,
