@@ -25,13 +25,15 @@ import orjson
 
 from .data import TokenBin
 from .errors import DataError
+from .protocol import OutputRoot
 
 #: draws whose sources are generated together (one seeded generator per group of draws)
 _GROUP = 1 << 16
 
 
 def _split_file(path: Path, split: str) -> Path:
-    return path / {"train": "train.bin", "validation": "val.bin", "test": "test.bin"}[split] if path.is_dir() else path
+    """An output root's split file, or ``path`` itself when it is a file."""
+    return OutputRoot(path).combined(split) if path.is_dir() else path
 
 
 class MixedBlocks:
@@ -55,7 +57,7 @@ class MixedBlocks:
         self.blocks = np.array([(len(b) - 1) // block_size for b in self.bins], dtype=np.int64)
         empty = [str(p) for p, n, w in zip(self.paths, self.blocks, self.weights) if n == 0 and w > 0]
         if empty:
-            raise DataError(f"{empty[0]}: fewer than block_size + 1 = {block_size + 1} tokens", empty[0])
+            raise DataError(f"fewer than block_size + 1 = {block_size + 1} tokens", empty[0])
         self.block_size, self.seed, self.rank, self.world_size = block_size, seed, rank, world_size
         self.samples_per_epoch = samples_per_epoch or int(self.blocks.sum())
         self.epoch, self.position = 0, 0
