@@ -1,0 +1,30 @@
+"""The realized mix as a table and as the ``mix`` section of meta.json."""
+
+from __future__ import annotations
+
+from .plan import Plan
+
+
+def mix_section(plan: Plan) -> dict[str, dict]:
+    """Per source: target tokens, realized tokens and documents, unique documents, epochs, share."""
+    total = sum(r.tokens for r in plan.sources) or 1
+    return {r.name: {"target_tokens": r.target, "tokens": r.tokens, "documents": r.documents,
+                     "unique_documents": r.unique, "available_tokens": r.available,
+                     "epochs": round(r.epochs, 6), "share": round(r.tokens / total, 6)}
+            for r in plan.sources}
+
+
+def format_table(plan: Plan) -> str:
+    """One line per source and a total line, before any validation carve."""
+    rows = [("source", "target", "tokens", "documents", "unique", "epochs", "share")]
+    for name, r in mix_section(plan).items():
+        rows.append((name, f"{r['target_tokens']:,}", f"{r['tokens']:,}", f"{r['documents']:,}",
+                     f"{r['unique_documents']:,}", f"{r['epochs']:.3f}", f"{r['share']:.4f}"))
+    rows.append(("total", f"{sum(r.target for r in plan.sources):,}", f"{sum(r.tokens for r in plan.sources):,}",
+                 f"{sum(r.documents for r in plan.sources):,}", f"{sum(r.unique for r in plan.sources):,}", "", "1"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    for split, ids in plan.splits.items():
+        lines.append(f"{split}: {len(ids):,} documents")
+    return "\n".join(lines)

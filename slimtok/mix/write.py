@@ -1,0 +1,201 @@
+"""Writing a planned mix into an output root, restartably.
+
+Each split's documents are cut into chunks of ``spec.chunk_documents``; a chunk's byte range in
+the split file is fixed by the plan, so any worker may write any chunk and the bytes do not
+depend on who wrote what. A chunk is finished exactly when ``done/<split>/mix-<n>.json`` exists
+(written after its bytes are synced); a relaunch writes only the chunks without one. The split
+file is built under a hidden name and renamed when every chunk is done. ``mix.json`` pins the
+resolved spec and the inputs' fingerprints: a relaunch with anything else is refused.
+
+The output is a slimtok output root (job.json, manifest.jsonl listing the chunks, their done
+records, tokenizer/, meta), so validate, slimtok.data and export read it unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from ..combine import write_meta
+from ..errors import MixError
+from ..manifest import ShardEntry, manifest_digest
+from ..protocol import (SPLIT_FILES, DoneRecord, JobSettings, OutputRoot, create_exclusive, fsync_dir, hostname,
+                        new_token, read_record, write_atomic, write_record)
+from ..spans import DocEnds, copy_range
+from .inputs import SourceDocs
+from .plan import Plan
+from .report import mix_section
+from .spec import MixSpec
+
+_HASH_BLOCK = 16 << 20
+
+
+@dataclass
+class Documents:
+    """Every source's documents laid end to end (indexed by global id)."""
+
+    tokens: np.ndarray
+    file: np.ndarray
+    start: np.ndarray
+    paths: list[Path]
+    offsets: np.ndarray
+    names: list[str]
+
+    @classmethod
+    def join(cls, sources: list[SourceDocs], offsets: np.ndarray) -> "Documents":
+        file_base = np.cumsum([0] + [len(s.paths) for s in sources[:-1]])
+        return cls(np.concatenate([s.tokens for s in sources]),
+                   np.concatenate([s.file.astype(np.int64) + b for s, b in zip(sources, file_base)]),
+                   np.concatenate([s.start for s in sources]), [p for s in sources for p in s.paths],
+                   offsets, [s.spec.name for s in sources])
+
+    def source_counts(self, ids: np.ndarray) -> dict[str, dict[str, int]]:
+        which = np.searchsorted(self.offsets, ids, side="right") - 1
+        docs = np.bincount(which, minlength=len(self.names))
+        toks = np.bincount(which, weights=self.tokens[ids].astype(np.float64), minlength=len(self.names))
+        return {n: {"documents": int(d), "tokens": int(t)} for n, d, t in zip(self.names, docs, toks) if d}
+
+
+def mix_record(spec: MixSpec, sources: list[SourceDocs]) -> bytes:
+    """The content of mix.json: the resolved spec and a fingerprint of every input."""
+    inputs = {s.spec.name: {"root": s.spec.root, "source": s.spec.source, "fingerprint": s.fingerprint,
+                            "available_tokens": s.available, "documents": len(s.tokens)} for s in sources}
+    return orjson.dumps({"spec": spec.to_dict(), "inputs": inputs}, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def _chunk_id(split: str, n: int) -> str:
+    return f"{split}/mix-{n:06d}"
+
+
+def _partial(root: OutputRoot, split: str) -> Path:
+    dest = root.combined(split)
+    return dest.with_name(f".{dest.name}.mix-partial")
+
+
+def _chunk_starts(docs: Documents, ids: np.ndarray, per_chunk: int, itemsize: int) -> np.ndarray:
+    """Byte offset of every chunk's first document, and the split's size last (summed one chunk
+    at a time, so nothing per selected document is allocated beside ``ids``)."""
+    sizes = [int(docs.tokens[ids[lo:lo + per_chunk]].sum(dtype=np.int64)) for lo in range(0, len(ids), per_chunk)]
+    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64) * itemsize
+
+
+def prepare(out: OutputRoot, record: bytes, job_raw: dict, first: OutputRoot, plan: Plan, docs: Documents,
+            spec: MixSpec, itemsize: int) -> dict[str, np.ndarray]:
+    """Pin mix.json (or check it), then write job.json, manifest.jsonl and tokenizer/ (idempotent)."""
+    out.root.mkdir(parents=True, exist_ok=True)
+    mix_json = out.root / "mix.json"
+    if not create_exclusive(mix_json, record):
+        if mix_json.read_bytes() != record:
+            raise MixError("mix.json holds another spec or other inputs than this mix", mix_json,
+                           "use a new --output-root, or delete it to start over")
+    elif out.job.exists():
+        raise MixError("already holds a slimtok job that is not this mix", out.root, "use a new --output-root")
+    starts = {split: _chunk_starts(docs, ids, spec.chunk_documents, itemsize) for split, ids in plan.splits.items()}
+    entries = [ShardEntry(_chunk_id(split, n), split, 0, n, str(out.combined(split)), int(b - a))
+               for split, s in starts.items() for n, (a, b) in enumerate(zip(s[:-1], s[1:]))]
+    shutil.copytree(first.tokenizer_dir, out.tokenizer_dir, dirs_exist_ok=True)
+    write_atomic(out.manifest, b"".join(orjson.dumps(e.to_dict()) + b"\n" for e in entries))
+    job = dict(job_raw, manifest_sha256=manifest_digest(entries), shards=len(entries))
+    write_atomic(out.job, orjson.dumps(job, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    return starts
+
+
+def _spans(docs: Documents, ids: np.ndarray, itemsize: int) -> list[tuple[int, int, int]]:
+    """(file, start, length) runs for ``ids`` in order, documents adjacent in one file merged."""
+    f, s = docs.file[ids], docs.start[ids]
+    n = docs.tokens[ids].astype(np.int64) * itemsize
+    brk = np.flatnonzero((f[1:] != f[:-1]) | (s[1:] != s[:-1] + n[:-1])) + 1
+    heads = np.concatenate([[0], brk])
+    return list(zip(f[heads].tolist(), s[heads].tolist(), np.add.reduceat(n, heads).tolist()))
+
+
+def _hash_range(fd: int, offset: int, size: int) -> str:
+    h = hashlib.sha256()
+    done = 0
+    while done < size:
+        block = os.pread(fd, min(_HASH_BLOCK, size - done), offset + done)
+        h.update(block)
+        done += len(block)
+    return h.hexdigest()
+
+
+def write_chunk(out: OutputRoot, split: str, n: int, ids: np.ndarray, offset: int, docs: Documents,
+                job: JobSettings) -> None:
+    """Copy one chunk's documents to its byte range, sync, then commit its done record."""
+    began = time.time()
+    itemsize = np.dtype(job.dtype).itemsize
+    fd = os.open(_partial(out, split), os.O_RDWR)
+    opened: dict[int, int] = {}  # a shuffled chunk returns to the same shards often: open each once
+    size = 0
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+        for file, start, length in _spans(docs, ids, itemsize):
+            if file not in opened:
+                opened[file] = os.open(docs.paths[file], os.O_RDONLY)
+            copy_range(opened[file], fd, start, length)
+            size += length
+        os.fsync(fd)
+        sha = _hash_range(fd, offset, size)
+    finally:
+        for src in opened.values():
+            os.close(src)
+        os.close(fd)
+    counts = docs.source_counts(ids)
+    write_record(out.done(_chunk_id(split, n)), DoneRecord(
+        shard=_chunk_id(split, n), split=split, file=SPLIT_FILES[split], lines=0, documents=len(ids),
+        tokens=size // itemsize, bytes=size, sha256=sha, dtype=job.dtype, skipped={}, source_size=0,
+        token=new_token(), host=hostname(), finished_at=time.time(), seconds=time.time() - began, sources=counts))
+
+
+def write_split(out: OutputRoot, split: str, ids: np.ndarray, starts: np.ndarray, docs: Documents,
+                job: JobSettings, per_chunk: int, workers: int) -> dict:
+    """Write every unfinished chunk of a split, then publish the file and its index; returns the
+    split's meta entry."""
+    dest, partial = out.combined(split), _partial(out, split)
+    total = int(starts[-1])
+    if not dest.exists():
+        with open(partial, "ab") as f:
+            f.truncate(total)
+        todo = [n for n in range(len(starts) - 1) if read_record(out.done(_chunk_id(split, n)), DoneRecord) is None]
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for result in [pool.submit(write_chunk, out, split, n, ids[n * per_chunk:(n + 1) * per_chunk],
+                                       int(starts[n]), docs, job) for n in todo]:
+                result.result()
+        _write_index(out.doc_index(split), docs, ids, per_chunk)
+        os.replace(partial, dest)
+        fsync_dir(dest.parent)
+    itemsize = np.dtype(job.dtype).itemsize
+    return {"file": dest.name, "shards": len(starts) - 1, "documents": len(ids), "tokens": total // itemsize,
+            "bytes": total, "partial": False, "missing_shards": 0, "skipped_lines": {},
+            "index": out.doc_index(split).name, "sources": docs.source_counts(ids)}
+
+
+def _write_index(path: Path, docs: Documents, ids: np.ndarray, per_chunk: int) -> None:
+    tmp = path.with_name(f".{path.name}.{new_token()}.tmp")
+    with open(tmp, "xb") as f:
+        ends = DocEnds(f)
+        for lo in range(0, len(ids), per_chunk):
+            ends.add(docs.tokens[ids[lo:lo + per_chunk]])
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: Plan, job_raw: dict,
+              first: OutputRoot, workers: int) -> dict:
+    """Write (or finish) the whole mix; returns the meta written."""
+    docs = Documents.join(sources, plan.offsets)
+    job = JobSettings.from_dict(job_raw)
+    starts = prepare(out, mix_record(spec, sources), job_raw, first, plan, docs, spec, np.dtype(job.dtype).itemsize)
+    entries = {split: write_split(out, split, ids, starts[split], docs, job, spec.chunk_documents, workers)
+               for split, ids in plan.splits.items()}
+    entries[spec.split]["mix"] = mix_section(plan)
+    return write_meta(out, JobSettings.from_dict(orjson.loads(out.job.read_bytes())), entries)

@@ -1,0 +1,335 @@
+"""slimtok mix: real roots tokenized here, the mix compared with a computation over the roots'
+own shard tokens (split at eos), and the output read back by validate, slimtok.data and export."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import xxhash
+import yaml
+
+from corpus import doc_line, sample_documents, slimtok, write_shard
+from slimtok.errors import MixError
+from slimtok.mix import make_plan, mix, mix_main, parse_spec
+from slimtok.mix.inputs import load_sources
+from slimtok.protocol import DOC_TABLE_DTYPE, DoneRecord, OutputRoot, read_record, write_record
+
+EOS = 0  # the bpe_tokenizer fixture's <|endoftext|>
+
+
+def _dataset(folder: Path, shards: int, docs: int, seed: int, labels: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Shards of real text; returns {shard id: [(text, source label)]} in file order."""
+    texts = {}
+    for i in range(shards):
+        shard = f"train/chunk1/example_train_{i}"
+        rows = [(f"[{folder.name} {i}.{k}] {t}", labels[(i + k) % len(labels)])  # unique across roots
+                for k, t in enumerate(sample_documents(docs, seed * 100 + i))]
+        write_shard(folder / f"{shard}.jsonl.zst", [doc_line(t, s) for t, s in rows])
+        texts[shard] = rows
+    return texts
+
+
+def _write_tables(root: Path, texts: dict[str, list[tuple[str, str]]]) -> None:
+    """Document tables from each shard's tokens (split at eos: exact for this corpus) until the
+    worker writes them itself; delete this helper then."""
+    out = OutputRoot(root)
+    for shard, rows in texts.items():
+        record = read_record(out.done(shard), DoneRecord)
+        ids = np.fromfile(out.resolve(record.file), dtype=record.dtype)
+        ends = np.flatnonzero(ids == EOS) + 1
+        names = sorted({s for _, s in rows})
+        table = np.zeros(len(ends), dtype=DOC_TABLE_DTYPE)
+        table["tokens"] = np.diff(np.concatenate([[0], ends]))
+        table["source"] = [names.index(s) for _, s in rows]
+        digests = [xxhash.xxh3_128_intdigest(t.encode()) for t, _ in rows]
+        table["hash_hi"] = [d >> 64 for d in digests]
+        table["hash_lo"] = [d & ((1 << 64) - 1) for d in digests]
+        path = out.table(shard)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(table.tobytes())
+        record.table, record.table_bytes = out.relative(path), path.stat().st_size
+        record.table_sha256, record.source_names, record.table_version = \
+            hashlib.sha256(path.read_bytes()).hexdigest(), names, 1
+        write_record(out.done(shard), record)
+
+
+def _root(tmp: Path, name: str, tokenizer: Path, shards: int, docs: int, seed: int, labels: list[str]) -> Path:
+    texts = _dataset(tmp / f"{name}-ds", shards, docs, seed, labels)
+    slimtok("manifest", "--dataset-dir", tmp / f"{name}-ds", "--output-dir", tmp / f"{name}-m")
+    root = tmp / name
+    slimtok("tokenize", "--manifest", tmp / f"{name}-m" / "manifest.jsonl", "--output-root", root,
+            "--tokenizer", tokenizer, "--quiet", "--spawn-workers", "1")
+    if not (root / "documents").exists() or not read_record(OutputRoot(root).done(next(iter(texts))), DoneRecord).table:
+        _write_tables(root, texts)
+    return root
+
+
+def _docs(root: Path, label: str | None = None) -> list[bytes]:
+    """Every document's token bytes in a root's train split, computed from the shard files."""
+    out, docs = OutputRoot(root), []
+    for line in (root / "manifest.jsonl").read_bytes().splitlines():
+        record = read_record(out.done(orjson.loads(line)["id"]), DoneRecord)
+        ids = np.fromfile(out.resolve(record.file), dtype=record.dtype)
+        pieces = np.split(ids, np.flatnonzero(ids == EOS)[:-1] + 1)
+        table = np.fromfile(out.resolve(record.table), dtype=DOC_TABLE_DTYPE)
+        keep = [True] * len(pieces) if label is None else \
+            [record.source_names[s] == label for s in table["source"]]
+        docs += [p.tobytes() for p, k in zip(pieces, keep) if k]
+    return docs
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory, bpe_tokenizer):
+    tmp = tmp_path_factory.mktemp("mix")
+    return {"tmp": tmp,
+            "web": _root(tmp, "web", bpe_tokenizer, 3, 40, 1, ["web"]),
+            "code": _root(tmp, "code", bpe_tokenizer, 2, 15, 2, ["code"]),
+            "pile": _root(tmp, "pile", bpe_tokenizer, 2, 30, 3, ["RedPajamaC4", "RedPajamaBook"])}
+
+
+def _spec(roots, tmp: Path, **overrides) -> Path:
+    data = {"seed": 7, "total_tokens": 30_000, "shuffle": "document", "chunk_documents": 7,
+            "sources": [{"name": "web", "root": str(roots["web"]), "weight": 0.7},
+                        {"name": "code", "root": str(roots["code"]), "weight": 0.3, "max_epochs": 4},
+                        {"name": "c4", "root": str(roots["pile"]), "source": "RedPajamaC4", "tokens": 3000}]}
+    data.update(overrides)
+    path = tmp / f"spec-{hashlib.sha256(repr(data).encode()).hexdigest()[:8]}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _out_docs(out: Path, name: str = "train") -> list[bytes]:
+    ids = np.fromfile(out / f"{name}.bin", dtype=np.uint32)
+    ends = np.fromfile(out / f"{name}.idx", dtype="<u8").astype(np.int64)
+    return [ids[a:b].tobytes() for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)]
+
+
+def test_realized_tokens_and_documents_per_source(roots, tmp_path):
+    spec_path = _spec(roots, tmp_path)
+    assert mix_main(spec_path, tmp_path / "out", workers=2) == 0
+    meta = orjson.loads((tmp_path / "out" / "meta.json").read_bytes())
+    report = meta["splits"]["train"]["mix"]
+    sources = {"web": _docs(roots["web"]), "code": _docs(roots["code"]), "c4": _docs(roots["pile"], "RedPajamaC4")}
+    available = {n: sum(len(d) // 4 for d in docs) for n, docs in sources.items()}
+    want = {"c4": 3000, "web": round(27_000 * 0.7), "code": round(27_000 * 0.3)}
+    out = _out_docs(tmp_path / "out")
+    for name, docs in sources.items():
+        r = report[name]
+        assert r["target_tokens"] == want[name] and r["available_tokens"] == available[name]
+        assert abs(r["tokens"] - want[name]) <= max(max(len(d) // 4 for d in docs), want[name] // 1000)
+        full = want[name] // available[name]
+        assert r["documents"] >= full * len(docs) and r["unique_documents"] <= len(docs)
+    # every output document is one of its source's documents, byte for byte, and the counts add up
+    owner = {d: n for n, docs in sources.items() for d in docs}
+    counted = {n: [0, 0] for n in sources}
+    for d in out:
+        counted[owner[d]][0] += 1
+        counted[owner[d]][1] += len(d) // 4
+    assert {n: [report[n]["documents"], report[n]["tokens"]] for n in sources} == counted
+    assert meta["splits"]["train"]["tokens"] == sum(r["tokens"] for r in report.values())
+
+
+def test_workers_and_kill_give_identical_bytes_and_a_changed_spec_is_refused(roots, tmp_path):
+    spec_path = _spec(roots, tmp_path, chunk_documents=1, validation={"documents": 5})
+    mix_main(spec_path, tmp_path / "one", workers=1)
+    mix_main(spec_path, tmp_path / "two", workers=2)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "slimtok.mix", str(spec_path), str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not list((killed / "done").rglob("*.json")) and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    chunks_at_kill = len(list((killed / "done").rglob("*.json")))
+    total_chunks = len((tmp_path / "one" / "manifest.jsonl").read_bytes().splitlines())
+    assert 0 < chunks_at_kill < total_chunks and not (killed / "train.bin").exists()
+    before = {p: p.stat().st_mtime_ns for p in (killed / "done").rglob("*.json")}
+    mix_main(spec_path, killed, workers=2)
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished chunks not redone
+    for name in ("train.bin", "train.idx", "val.bin", "val.idx", "mix.json"):
+        one = (tmp_path / "one" / name).read_bytes()
+        assert one == (tmp_path / "two" / name).read_bytes() == (killed / name).read_bytes(), name
+    with pytest.raises(MixError, match="mix.json holds another spec"):
+        mix_main(_spec(roots, tmp_path, chunk_documents=1, seed=8), killed)
+
+
+def test_infeasible_spec_is_refused_with_the_numbers_before_writing(roots, tmp_path):
+    code_tokens = sum(len(d) // 4 for d in _docs(roots["code"]))
+    spec_path = _spec(roots, tmp_path, sources=[
+        {"name": "web", "root": str(roots["web"]), "weight": 0.5},
+        {"name": "code", "root": str(roots["code"]), "weight": 0.5, "max_epochs": 2}],
+        total_tokens=6 * code_tokens)
+    with pytest.raises(MixError) as exc:
+        mix_main(spec_path, tmp_path / "out")
+    text = str(exc.value)
+    assert f"target {3 * code_tokens:,} tokens, but it has {code_tokens:,}" in text
+    assert "would need 3.000 epochs" in text and f"largest total that fits is {4 * code_tokens:,}" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_1000_to_1_weight(roots, tmp_path):
+    spec_path = _spec(roots, tmp_path, total_tokens=20_000, sources=[
+        {"name": "web", "root": str(roots["web"]), "weight": 1000},
+        {"name": "code", "root": str(roots["code"]), "weight": 1}])
+    plan, _ = mix(parse_spec(yaml.safe_load(spec_path.read_text())), None)
+    web, code = plan.sources
+    assert (web.target, code.target) == (19980, 20)
+    longest = max(len(d) // 4 for d in _docs(roots["code"]))
+    assert abs(code.tokens - 20) <= longest and code.documents <= 1 + 20 // min(len(d) // 4 for d in _docs(roots["code"]))
+    assert abs(web.tokens - 19980) <= max(len(d) // 4 for d in _docs(roots["web"]))
+
+
+def test_roots_with_another_tokenizer_are_refused(roots, tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path / "bpe2"
+    folder.mkdir()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator(sample_documents(100, seed=5), trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_bytes(orjson.dumps({"eos_token": "<|endoftext|>"}))
+    other = _root(tmp_path, "other", folder, 1, 10, 9, ["web"])
+    spec_path = _spec(roots, tmp_path, sources=[{"name": "web", "root": str(roots["web"]), "weight": 1},
+                                                {"name": "other", "root": str(other), "weight": 1}])
+    with pytest.raises(MixError, match=r"source 'other': tokenizer_sha256 is .* but source 'web' has"):
+        mix_main(spec_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_writes_nothing(roots, tmp_path):
+    lines: list[str] = []
+    assert mix_main(_spec(roots, tmp_path), tmp_path / "out", plan_only=True, log=lines.append) == 0
+    assert not (tmp_path / "out").exists()
+    table = "\n".join(lines).splitlines()
+    assert table[0].split()[:3] == ["source", "target", "tokens"] and table[3].split()[:2] == ["c4", "3,000"]
+
+
+def test_validation_carve_is_disjoint_and_reproducible(roots, tmp_path):
+    spec = parse_spec(yaml.safe_load(_spec(roots, tmp_path, validation={"documents": 20}).read_text()))
+    sources, _, _ = load_sources(spec)
+    first, again = make_plan(spec, sources), make_plan(spec, sources)
+    assert np.array_equal(first.splits["validation"], again.splits["validation"])
+    assert np.array_equal(first.splits["train"], again.splits["train"])
+    val, train = first.splits["validation"], first.splits["train"]
+    assert len(val) == len(set(val.tolist())) == 20 and not set(val.tolist()) & set(train.tolist())
+    whole = make_plan(parse_spec(dict(yaml.safe_load(_spec(roots, tmp_path).read_text()))), sources).splits["train"]
+    assert sorted(set(whole.tolist())) == sorted(set(train.tolist()) | set(val.tolist()))
+
+
+def test_output_reads_with_validate_data_and_export(roots, tmp_path):
+    from slimtok.data import TokenBin
+    from slimtok.export import export_megatron
+    from slimtok.validate import validate
+
+    out = tmp_path / "out"
+    mix_main(_spec(roots, tmp_path, validation={"fraction": 0.05}), out)
+    report = validate(out, samples=8, block_size=16, log=lambda _: None)
+    assert report.ok, [c for c in report.checks if not c.ok]
+    data = TokenBin(out / "train.bin")
+    assert data.document(0).tobytes() == _out_docs(out)[0]
+    prefixes = export_megatron(out, "mixed", log=lambda _: None)
+    assert all(Path(f"{p}.bin").exists() for p in prefixes)
+
+
+@pytest.fixture(scope="module")
+def combined(roots):
+    for name in ("web", "code"):
+        slimtok("combine", "--output-root", roots[name])
+    return [roots["web"], roots["code"]]
+
+
+def test_mixed_blocks_shares_windows_resume_and_epochs(combined):
+    from slimtok.mixed import MixedBlocks
+
+    block = 16
+    blocks = MixedBlocks([(combined[0], 3), (combined[1], 1)], block, seed=11, samples_per_epoch=8000)
+    draws = list(blocks.draws(0, 8000))
+    share = np.mean([s == 0 for _, s, _ in draws])
+    assert abs(share - 0.75) < 3 * np.sqrt(0.75 * 0.25 / 8000)  # three standard deviations
+    tokens = [np.fromfile(r / "train.bin", dtype=np.uint32).astype(np.int64) for r in combined]
+    first = list(zip(range(50), blocks))
+    for (i, (x, y)), (_, s, b) in zip(first, draws):
+        assert np.array_equal(x, tokens[s][b * block:(b + 1) * block])
+        assert np.array_equal(y, tokens[s][b * block + 1:(b + 1) * block + 1])
+    # the small source repeats: every one of its blocks before any twice
+    code = [b for _, s, b in draws if s == 1]
+    n = blocks.blocks[1]
+    assert len(code) > n and sorted(code[:n]) == list(range(n))
+    state = blocks.state_dict()
+    resumed = MixedBlocks([(combined[0], 3), (combined[1], 1)], block, seed=11, samples_per_epoch=8000)
+    resumed.load_state_dict(state)
+    after = [x for _, (x, _) in zip(range(20), resumed)]
+    whole = [x for _, (x, _) in zip(range(70), MixedBlocks([(combined[0], 3), (combined[1], 1)], block, 11,
+                                                           samples_per_epoch=8000))]
+    assert state == {"epoch": 0, "position": 50}
+    assert all(np.array_equal(a, b) for a, b in zip(after, whole[50:]))
+    blocks.set_epoch(1)
+    assert [d[1:] for d in blocks.draws(0, 200)] != [d[1:] for d in draws[:200]]
+
+
+def test_policies_and_orders(roots, tmp_path):
+    base = yaml.safe_load(_spec(roots, tmp_path).read_text())
+    two = [{"name": "web", "root": str(roots["web"]), "max_epochs": 2},
+           {"name": "code", "root": str(roots["code"]), "max_epochs": 2}]
+    sizes = {"web": sum(len(d) // 4 for d in _docs(roots["web"])), "code": sum(len(d) // 4 for d in _docs(roots["code"]))}
+    # unimax: equal shares, but code's 2 epochs are fewer than half, so web takes the rest
+    total = 4 * sizes["code"] + 5000
+    spec = parse_spec(dict(base, sources=two, policy="unimax", total_tokens=total))
+    web, code = make_plan(spec, load_sources(spec)[0]).sources
+    assert (web.target, code.target) == (total - 2 * sizes["code"], 2 * sizes["code"])
+    assert code.documents == 2 * len(_docs(roots["code"])) and code.tokens == code.target
+    # temperature: natural shares raised to alpha
+    spec = parse_spec(dict(base, sources=two, policy="temperature", alpha=0.5, total_tokens=20_000))
+    web, code = make_plan(spec, load_sources(spec)[0]).sources
+    p = np.sqrt([sizes["web"], sizes["code"]])
+    assert abs(web.target - 20_000 * p[0] / p.sum()) <= 1 and web.target + code.target == 20_000
+    # orders: none keeps the sources and their documents in order; chunk:N permutes whole groups
+    sources = load_sources(spec)[0]
+    plain = make_plan(parse_spec(dict(base, shuffle="none")), load_sources(parse_spec(base))[0]).splits["train"]
+    assert np.all(np.diff(plain) > 0)  # one epoch each here: strictly increasing global ids
+    grouped = make_plan(parse_spec(dict(base, shuffle="chunk:4")), load_sources(parse_spec(base))[0]).splits["train"]
+    groups = [tuple(plain[i:i + 4]) for i in range(0, len(plain), 4)]
+    assert sorted(tuple(grouped[i:i + 4]) for i in range(0, len(grouped), 4)) == sorted(groups) != \
+        [tuple(grouped[i:i + 4]) for i in range(0, len(grouped), 4)]
+    assert sources
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"shuffle": "random"}, "shuffle is 'random', must be none, document or chunk:N"),
+    ({"sources": [{"name": "web", "root": "/nowhere", "weight": 1, "tokens": 5}]}, "source 'web': give `weight` or `tokens`, not both"),
+    ({"sources": [{"name": "web", "root": "/nowhere", "weight": -1}]}, "source 'web': weight is -1, must be a positive number"),
+    ({"sources": [{"name": "web", "root": "/nowhere", "wieght": 1}]}, "source 'web': unknown setting(s) wieght"),
+    ({"total_tokens": None}, "total_tokens is missing"),
+    ({"validation": {"documents": 0}}, "validation: documents is 0"),
+    ({"policy": "temperature", "sources": [{"name": "a", "root": "/x"}]}, "policy temperature: alpha is None"),
+    ({"dedup": True}, "dedup: true is not supported yet"),
+])
+def test_bad_specs_name_the_setting(roots, tmp_path, change, message):
+    data = dict(yaml.safe_load(_spec(roots, tmp_path).read_text()), **change)
+    with pytest.raises(MixError) as exc:
+        parse_spec(data, "spec.yaml")
+    assert message in str(exc.value) and str(exc.value).startswith("spec.yaml: ")
+
+
+def test_an_unfinished_root_is_refused(roots, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(roots["code"], copy)
+    shard = orjson.loads((copy / "manifest.jsonl").read_bytes().splitlines()[0])["id"]
+    OutputRoot(copy).done(shard).unlink()
+    spec_path = _spec(roots, tmp_path, sources=[{"name": "code", "root": str(copy), "tokens": 100}], total_tokens=None)
+    with pytest.raises(MixError, match=f"source 'code': shard {shard} is not finished"):
+        mix_main(spec_path, tmp_path / "out")
