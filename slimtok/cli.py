@@ -192,6 +192,27 @@ def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_v
             consume=consume, exclude=exclude)
 
 
+@main.command("mix")
+@click.argument("spec", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--output-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where train.bin/.idx (and val.* when carved), meta.* and mix.json go; needed unless --plan.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Threads copying chunks of the mix; the output is the same for any number.")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the realized mix table and write nothing.")
+def mix_cmd(spec: Path, output_root: Path | None, workers: int, plan_only: bool) -> None:
+    """Mix several tokenized roots by weight or token budget into one training set (docs/MIX.md).
+
+    Deterministic: the same SPEC and inputs give the same bytes for any --workers and after any kill;
+    relaunch the same command to resume.
+    """
+    from .errors import MixError
+    from .mix import mix_main
+
+    if output_root is None and not plan_only:
+        raise MixError("no --output-root given", spec, "pass --output-root OUT, or --plan to only print the table")
+    sys.exit(mix_main(spec, output_root, workers=workers, plan_only=plan_only, log=click.echo))
+
+
 @main.command("dedup")
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--spawn-workers", default="auto", show_default=True,

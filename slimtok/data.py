@@ -167,7 +167,12 @@ class TokenBlocks:
 
 
 def __getattr__(name: str) -> Any:
-    """``TorchTokenBlocks``: TokenBlocks as a torch IterableDataset, built on first use (imports torch)."""
+    """``MixedBlocks`` (slimtok.mixed: several roots by weight) and ``TorchTokenBlocks`` (TokenBlocks as
+    a torch IterableDataset, built on first use: it imports torch)."""
+    if name == "MixedBlocks":
+        from .mixed import MixedBlocks
+
+        return MixedBlocks
     if name != "TorchTokenBlocks":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from torch.utils.data import IterableDataset
