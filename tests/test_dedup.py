@@ -330,6 +330,9 @@ def test_combine_dedup_writes_exactly_the_kept_documents_and_counts_them(tokeniz
     root, corpus, reference = tokenized
     copy = _copy(tokenized, tmp_path)
     slimtok("dedup", "--output-root", copy, "--spawn-workers", 1, "--buckets", 8)
+    status = json.loads(slimtok("status", "--output-root", copy, "--json").stdout)
+    [stage] = [s for s in status["stages"] if s["name"] == "dedup"]
+    assert stage["done"] == stage["total"] > 0 and stage["detail"].endswith("finished")
     slimtok("combine", "--output-root", copy, "--dedup")
     out = OutputRoot(copy)
     manifest = [json.loads(line) for line in (copy / "manifest.jsonl").read_text().splitlines()]

@@ -14,8 +14,22 @@ from .model import StageStatus
 
 StageCollector = Callable[[OutputRoot], "StageStatus | None"]
 
+def dedup_stage(root: OutputRoot) -> StageStatus | None:
+    """``slimtok dedup``: its units done per phase (scatter, bucket, gather)."""
+    from ..dedup import dedup_status
+
+    state = dedup_status(root.root)
+    if not state["started"]:
+        return None
+    phases: dict = state["phases"]  # type: ignore[assignment]
+    detail = ", ".join(f"{name} {p['done']}/{p['units']} ({p['held']} held)" for name, p in phases.items())
+    return StageStatus(name="dedup", unit="units", done=sum(p["done"] for p in phases.values()),
+                       total=sum(p["units"] for p in phases.values()),
+                       detail=detail + ("; finished" if state["finished"] else ""))
+
+
 #: Collectors of later stages, in data order.
-STAGES: list[StageCollector] = []
+STAGES: list[StageCollector] = [dedup_stage]
 
 
 def collect_stages(root: OutputRoot) -> list[StageStatus]:
