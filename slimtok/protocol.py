@@ -30,7 +30,10 @@ Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_tra
     train.idx val.idx test.idx    uint64 document end offsets (tokens) of each combined split
     megatron/<prefix>_<split>_text_document.{bin,idx}   `slimtok export megatron` (relative prefix)
     packed/<split>-<seq_len>-<fmt>/                      `slimtok export packed` (default folder)
-    meta.pkl meta.json            what a trainer needs to read the combined splits
+    meta.pkl meta.json            what a trainer needs to read the combined splits          Meta
+    .<file>.publish.json          a set of outputs being published together (slimtok.publish)
+    .<split file>.consume(.json)  `combine --consume` in progress and its journal (slimtok.consume)
+    dedup/                        `slimtok dedup`: plan, per-unit rows and drops, done records (see the dedup block below)
 
 Invariants:
 
