@@ -336,7 +336,9 @@ def build_meta(root: OutputRoot, job: JobSettings, splits: dict[str, dict], log:
     merged = dict(old.splits if old else {})
     merged.update(splits)
     return Meta(tokenizer=job.tokenizer, tokenizer_path=str(root.tokenizer_dir), tokenizer_sha256=job.tokenizer_sha256,
-                vocab_size=job.vocab_size, eos_token_id=job.eos_token_id, eos_token=job.eos_token, dtype=job.dtype,
+                vocab_size=job.vocab_size, eos_token_id=job.eos_token_id, eos_token=job.eos_token,
+                bos_token_id=job.bos_token_id, bos_token=job.bos_token, special_text=job.special_text,
+                policy_notes=list(job.policy_notes), dtype=job.dtype,
                 text_key=job.text_key, manifest_sha256=job.manifest_sha256, backend=job.backend,
                 backend_verification=job.backend_verification, splits=merged, slimtok_version=__version__,
                 combined_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -603,6 +603,12 @@ class Meta(Record):
     vocab_size: int = 0
     eos_token_id: int = -1
     eos_token: str | None = None
+    #: the document policy: each document is [bos_token_id]? + ids(text) + [eos_token_id]
+    bos_token_id: int | None = None
+    bos_token: str | None = None
+    special_text: str = "literal"
+    #: why the separators and dtype were chosen, and warnings (e.g. an eos that text can produce)
+    policy_notes: list[str] = field(default_factory=list)
     dtype: str = ""
     text_key: str = ""
     manifest_sha256: str = ""
