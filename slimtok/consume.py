@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import CombineError
-from .protocol import JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, write_record
+from .protocol import JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, work_path, write_record
 from .publish import PendingSet, remove_stale
 from .spans import DocEnds, Span, concatenate
 
@@ -42,7 +42,7 @@ class ConsumeJournal(Record):
 
 def working_file(root: OutputRoot, split: str) -> Path:
     dest = root.combined(split)
-    return dest.with_name(f".{dest.name}.consume")
+    return work_path(dest, "consume")
 
 
 def journal_file(root: OutputRoot, split: str) -> Path:

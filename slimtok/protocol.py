@@ -343,6 +343,11 @@ class OutputRoot:
     def meta_json(self) -> Path:
         return self.root / "meta.json"
 
+    @property
+    def mix_json(self) -> Path:
+        """``slimtok mix``: the resolved spec and the fingerprints of its inputs."""
+        return self.root / "mix.json"
+
     def combined(self, split: str) -> Path:
         return self.root / SPLIT_FILES[split]
 
@@ -514,9 +519,24 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temp_path(path: Path) -> Path:
+    """A private temporary name beside ``path`` (``.<name>.<token>.tmp``: never listed as an id)."""
+    return path.with_name(f".{path.name}.{new_token()}.tmp")
+
+
+def temp_glob(name: str) -> str:
+    """The glob of every :func:`temp_path` of a file called ``name``."""
+    return f".{name}.*.tmp"
+
+
+def work_path(path: Path, kind: str) -> Path:
+    """A hidden working file of a stage beside ``path``: ``.<name>.<kind>`` (e.g. ``consume``)."""
+    return path.with_name(f".{path.name}.{kind}")
+
+
 def _write_tmp(path: Path, payload: bytes, durable: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{new_token()}.tmp")
+    tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(payload)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import OutputError
-from .protocol import Record, fsync_dir, new_token, read_record, write_record
+from .protocol import Record, fsync_dir, read_record, temp_glob, temp_path, work_path, write_record
 
 INTENT_SUFFIX = ".publish.json"
 _FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -82,7 +82,7 @@ def remove_stale(folder: Path, names: Sequence[str]) -> int:
     """Remove ``.<name>.<token>.tmp`` files of ``names`` left by a killed run; returns how many."""
     removed = 0
     for name in names:
-        for stale in folder.glob(f".{name}.*.tmp"):
+        for stale in folder.glob(temp_glob(name)):
             stale.unlink(missing_ok=True)
             removed += 1
     return removed
@@ -118,13 +118,13 @@ class PendingSet:
         return self
 
     def _intent_path(self) -> Path:
-        return self.folder / f".{self.targets[0].name}{INTENT_SUFFIX}"
+        return work_path(self.targets[0], INTENT_SUFFIX[1:])
 
     def tmp(self, target: Path) -> Path:
         """The temporary file to write ``target``'s new version to (one per target)."""
         if target not in self.targets:
             raise ValueError(f"{target} is not a target of this set")
-        return self._tmp.setdefault(target, target.with_name(f".{target.name}.{new_token()}.tmp"))
+        return self._tmp.setdefault(target, temp_path(target))
 
     def adopt(self, target: Path, path: Path) -> None:
         """Publish the existing file ``path`` (same folder) as ``target``; never removed on failure."""

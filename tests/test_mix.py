@@ -66,7 +66,7 @@ def _root(tmp: Path, name: str, tokenizer: Path, shards: int, docs: int, seed: i
     texts = _dataset(tmp / f"{name}-ds", shards, docs, seed, labels)
     slimtok("manifest", "--dataset-dir", tmp / f"{name}-ds", "--output-dir", tmp / f"{name}-m")
     root = tmp / name
-    slimtok("tokenize", "--manifest", tmp / f"{name}-m" / "manifest.jsonl", "--output-root", root,
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp / f"{name}-m" / "manifest.jsonl", "--output-root", root,
             "--tokenizer", tokenizer, "--quiet", "--spawn-workers", "1")
     if not (root / "documents").exists() or not read_record(OutputRoot(root).done(next(iter(texts))), DoneRecord).table:
         _write_tables(root, texts)

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from ..combine import write_meta
+from ..combine import build_meta, write_meta
+from ..publish import PendingSet
 from ..errors import MixError
 from ..manifest import ShardEntry, manifest_digest
 from ..protocol import (SPLIT_FILES, DoneRecord, JobSettings, OutputRoot, create_exclusive, fsync_dir, hostname,
-                        new_token, read_record, write_atomic, write_record)
+                        new_token, read_record, temp_path, work_path, write_atomic, write_record)
 from ..spans import DocEnds, copy_range
 from .inputs import SourceDocs
 from .plan import Plan
@@ -77,7 +78,7 @@ def _chunk_id(split: str, n: int) -> str:
 
 def _partial(root: OutputRoot, split: str) -> Path:
     dest = root.combined(split)
-    return dest.with_name(f".{dest.name}.mix-partial")
+    return work_path(dest, "mix-partial")
 
 
 def _chunk_starts(docs: Documents, ids: np.ndarray, per_chunk: int, itemsize: int) -> np.ndarray:
@@ -91,7 +92,7 @@ def prepare(out: OutputRoot, record: bytes, job_raw: dict, first: OutputRoot, pl
             spec: MixSpec, itemsize: int) -> dict[str, np.ndarray]:
     """Pin mix.json (or check it), then write job.json, manifest.jsonl and tokenizer/ (idempotent)."""
     out.root.mkdir(parents=True, exist_ok=True)
-    mix_json = out.root / "mix.json"
+    mix_json = out.mix_json
     if not create_exclusive(mix_json, record):
         if mix_json.read_bytes() != record:
             raise MixError("mix.json holds another spec or other inputs than this mix", mix_json,
@@ -99,7 +100,9 @@ def prepare(out: OutputRoot, record: bytes, job_raw: dict, first: OutputRoot, pl
     elif out.job.exists():
         raise MixError("already holds a slimtok job that is not this mix", out.root, "use a new --output-root")
     starts = {split: _chunk_starts(docs, ids, spec.chunk_documents, itemsize) for split, ids in plan.splits.items()}
-    entries = [ShardEntry(_chunk_id(split, n), split, 0, n, str(out.combined(split)), int(b - a))
+    # a chunk is a byte range of the split file, not a file: its path names the range, so that one
+    # file is never listed under several ids
+    entries = [ShardEntry(_chunk_id(split, n), split, 0, n, f"{out.combined(split)}#{_chunk_id(split, n)}", int(b - a))
                for split, s in starts.items() for n, (a, b) in enumerate(zip(s[:-1], s[1:]))]
     shutil.copytree(first.tokenizer_dir, out.tokenizer_dir, dirs_exist_ok=True)
     write_atomic(out.manifest, b"".join(orjson.dumps(e.to_dict()) + b"\n" for e in entries))
@@ -179,7 +182,7 @@ def write_split(out: OutputRoot, split: str, ids: np.ndarray, starts: np.ndarray
 
 
 def _write_index(path: Path, docs: Documents, ids: np.ndarray, per_chunk: int) -> None:
-    tmp = path.with_name(f".{path.name}.{new_token()}.tmp")
+    tmp = temp_path(path)
     with open(tmp, "xb") as f:
         ends = DocEnds(f)
         for lo in range(0, len(ids), per_chunk):
@@ -198,4 +201,8 @@ def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: P
     entries = {split: write_split(out, split, ids, starts[split], docs, job, spec.chunk_documents, workers)
                for split, ids in plan.splits.items()}
     entries[spec.split]["mix"] = mix_section(plan)
-    return write_meta(out, JobSettings.from_dict(orjson.loads(out.job.read_bytes())), entries)
+    meta = build_meta(out, JobSettings.from_dict(orjson.loads(out.job.read_bytes())), entries, log=lambda _line: None)
+    with PendingSet([out.meta_json, out.meta_pkl]) as pending:
+        write_meta(out, meta, pending)
+        pending.publish()
+    return meta.to_dict()
