@@ -40,7 +40,19 @@ def tokenized(tmp_path_factory, bpe_tokenizer):
     root = work / "root"
     shutil.copytree(legacy, root)
     docs = add_tables(root, manifest)
+    _strip_tables(legacy)
     return root, legacy, manifest, docs
+
+
+def _strip_tables(root):
+    """Make ``root`` what slimtok wrote before document tables: done records without ``table``."""
+    out = OutputRoot(root)
+    for path in (root / "done").rglob("*.json"):
+        record = read_record(path, DoneRecord)
+        record.table, record.table_bytes, record.table_sha256, record.source_names = "", 0, "", []
+        record.table_version = 0
+        write_record(path, record)
+    shutil.rmtree(out.root / "documents")
 
 
 def _train_ids(manifest, docs):

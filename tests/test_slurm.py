@@ -35,7 +35,7 @@ def job(tmp_path_factory, bpe_tokenizer):
     slimtok("manifest", "--dataset-dir", ds, "--output-dir", tmp / "m")
     manifest = tmp / "m" / "manifest.jsonl"
     local = tmp / "local"
-    slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", local, "--tokenizer", bpe_tokenizer,
+    slimtok("tokenize", "--manifest", manifest, "--output-root", local, "--tokenizer", bpe_tokenizer,
             "--spawn-workers", "1", "--quiet")
     slimtok("combine", "--output-root", local)
     return tmp, manifest, local
@@ -58,7 +58,7 @@ def _assert_same_as_local(root: Path, local: Path, manifest: Path, tokenizer: Pa
     for split, name in SPLIT_FILES.items():
         assert (root / name).read_bytes() == (local / name).read_bytes(), name
     expected = reference_ids(manifest, tokenizer / "tokenizer.json", 0, "train")
-    assert (root / "train.bin").stat().st_size == 4 * len(expected)
+    assert (root / "train.bin").stat().st_size == 2 * len(expected)  # --dtype auto: uint16 for this vocabulary
 
 
 def test_sbatch_two_tasks_equal_a_local_run(job, bpe_tokenizer):
