@@ -13,7 +13,7 @@
    the numbers, when fetching them would leave less than ``min_free_fraction`` of the disk free;
 4. call ``snapshot_download`` pinned to the commit (with everything present it makes no request:
    it reuses its tree cache and finds every file), then check every file's size on disk;
-5. write the mirror record (below) and, in cache mode, ``refs/<revision>``.
+5. write the mirror record (:mod:`slimtok.mirror.record`) and, in cache mode, ``refs/<revision>``.
 
 Where files land:
 
@@ -32,16 +32,6 @@ file exists with the listed size and content hash (the LFS sha256 when the Hub g
 git blob id). A file or cache blob that exists but fails that test is removed before the download,
 because huggingface_hub would otherwise keep it (in local-dir mode its metadata vouches for the file;
 in the cache it links the existing blob).
-
-The mirror record, ``slimtok-mirror.json``, sits at the root of the mirrored tree: the snapshot
-folder in cache mode, ``DIR`` in local-dir mode. It names the repo, its type and the commit; lists
-every file slimtok mirrored into that tree (path, size, git blob id, sha256 when the Hub gives an
-LFS one); and keeps one entry per successful run (requested revision, globs, times, counts). Runs at
-the same commit add their files to the list; a run at another commit (possible in local-dir mode)
-starts a new record. It is written after the download succeeded, through a temporary file and
-``os.replace``. Two mirrors of the same commit finishing at the same instant can lose one run's entry
-(last writer wins); the files are unaffected and re-running either restores it.
-:func:`compare_with_mirror_record` is how ``slimtok manifest`` uses it.
 
 Resume: huggingface_hub >= 1.18 downloads each file to a temporary file private to the process and
 deletes it on failure; it retries with an HTTP ``Range`` request only within the same process.
@@ -63,13 +53,11 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit
 
-import orjson
 from huggingface_hub import HfApi, RepoFile, constants, get_token, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -82,19 +70,16 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import filter_repo_objects
 
-from .errors import MirrorError
-from . import __version__
-from .errors import ManifestError, MirrorError
-from .formats import SUFFIXES
-from .protocol import Record, write_atomic
+from .. import __version__
+from ..errors import MirrorError
+from ..protocol import write_atomic
+from .record import MirrorRun, RecordedFile, write_record
 
 try:  # huggingface_hub 2.x talks HTTP through httpx2, 1.x through httpx
     from httpx2 import TransportError
 except ImportError:  # pragma: no cover - depends on the installed huggingface_hub major version
     from httpx import TransportError
 
-MIRROR_RECORD_NAME = "slimtok-mirror.json"
-RECORD_FORMAT_VERSION = 1
 REPO_TYPES = ("dataset", "model")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _LOGIN_HINT = "run `hf auth login` (or set HF_TOKEN to a token with read access)"
@@ -123,67 +108,6 @@ class MirrorResult:
         return (f"{self.files} files ({_human(self.bytes)}) of {self.repo_type} {self.repo_id} at "
                 f"{self.commit[:12]}: downloaded {self.downloaded_files} ({_human(self.downloaded_bytes)}), "
                 f"skipped {self.skipped_files} already present ({_human(self.skipped_bytes)})")
-
-
-@dataclass(frozen=True)
-class RecordedFile(Record):
-    """One repo file as listed at the mirrored commit."""
-
-    path: str
-    size: int
-    blob_id: str
-    sha256: str | None = None
-
-    @property
-    def etag(self) -> str:
-        """The name huggingface_hub gives the file's blob in the cache."""
-        return self.sha256 or self.blob_id
-
-
-@dataclass(frozen=True)
-class MirrorRun(Record):
-    """One successful :func:`mirror` call into a tree."""
-
-    revision: str
-    include: list[str]
-    exclude: list[str]
-    started_at: str
-    finished_at: str
-    files: int
-    bytes: int
-    downloaded_files: int
-    downloaded_bytes: int
-
-
-@dataclass
-class MirrorRecord(Record):
-    """Contents of ``slimtok-mirror.json``; ``files`` is sorted by path and unique."""
-
-    repo_id: str
-    repo_type: str
-    commit: str
-    files: list[RecordedFile] = field(default_factory=list)
-    runs: list[MirrorRun] = field(default_factory=list)
-    format_version: int = RECORD_FORMAT_VERSION
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MirrorRecord:
-        return cls(repo_id=str(data["repo_id"]), repo_type=str(data["repo_type"]), commit=str(data["commit"]),
-                   files=[RecordedFile.from_dict(f) for f in data["files"]],
-                   runs=[MirrorRun.from_dict(r) for r in data["runs"]],
-                   format_version=int(data["format_version"]))
-
-    def to_dict(self) -> dict[str, Any]:
-        # Identity and runs first: the file list is long and a reader looks at the top.
-        return {"format_version": self.format_version, "repo_id": self.repo_id, "repo_type": self.repo_type,
-                "commit": self.commit, "runs": [r.to_dict() for r in self.runs],
-                "files": [f.to_dict() for f in self.files]}
-
-    def merged(self, files: Sequence[RecordedFile], run: MirrorRun) -> MirrorRecord:
-        """This record plus one run's files (a run's listing wins for a path both have)."""
-        by_path = {f.path: f for f in self.files} | {f.path: f for f in files}
-        return MirrorRecord(self.repo_id, self.repo_type, self.commit,
-                            [by_path[p] for p in sorted(by_path)], [*self.runs, run])
 
 
 @dataclass(frozen=True)
@@ -254,64 +178,13 @@ def mirror(repo_id: str, *, repo_type: str = "dataset", revision: str | None = N
     run = MirrorRun(revision=revision, include=allow, exclude=ignore, started_at=started_at,
                     finished_at=_now(), files=len(files), bytes=sum(f.size for f in files),
                     downloaded_files=len(plan.missing), downloaded_bytes=to_fetch)
-    record_path = _write_record(snapshot, repo_id, repo_type, commit, files, run)
+    record_path = write_record(snapshot, repo_id, repo_type, commit, files, run)
     if target.repo_folder is not None and not _COMMIT_RE.match(revision):
         write_atomic(target.repo_folder / "refs" / revision, commit.encode())
     return MirrorResult(repo_id=repo_id, repo_type=repo_type, commit=commit, snapshot_path=snapshot,
                         files=len(files), bytes=run.bytes, downloaded_files=len(plan.missing),
                         downloaded_bytes=to_fetch, skipped_files=len(plan.present),
                         skipped_bytes=sum(f.size for f in plan.present), record_path=record_path)
-
-
-def find_mirror_record(dataset_root: Path) -> Path | None:
-    """The record of the mirrored tree that ``dataset_root`` is (or lies in), if any.
-
-    ``dataset_root`` may be a cache repo folder ``datasets--org--name`` (standing for its snapshot
-    as in ``slimtok manifest``, see :func:`cache_snapshot`), a snapshot folder, a local dir, or a folder inside one of
-    these (e.g. ``<snapshot>/train``): the nearest ``slimtok-mirror.json`` at or above it is returned.
-    """
-    start = _tree_root(Path(dataset_root))
-    for folder in (start, *start.parents):
-        candidate = folder / MIRROR_RECORD_NAME
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def load_mirror_record(path: Path) -> MirrorRecord:
-    """Read a record; a damaged or unknown-format file raises :class:`MirrorError`."""
-    try:
-        data = orjson.loads(Path(path).read_bytes())
-        record = MirrorRecord.from_dict(data)
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise MirrorError(f"{path} is not a readable slimtok mirror record ({exc}); delete it and re-run "
-                          "`slimtok mirror` to write a new one.") from exc
-    if record.format_version != RECORD_FORMAT_VERSION:
-        raise MirrorError(f"{path} has record format {record.format_version}, this slimtok reads format "
-                          f"{RECORD_FORMAT_VERSION}; upgrade slimtok or re-run `slimtok mirror`.")
-    return record
-
-
-def compare_with_mirror_record(dataset_root: Path, shard_relpaths: Sequence[str]) -> list[str]:
-    """Shards the mirror record lists below ``dataset_root`` that ``shard_relpaths`` lacks.
-
-    Paths in and out are POSIX and relative to ``dataset_root`` (for a cache repo folder, relative
-    to the snapshot it stands for). Only record files in a shard format (:data:`slimtok.formats.SUFFIXES`)
-    count. Returns [] when there is no record; raises :class:`MirrorError` for an unreadable one.
-    """
-    record_path = find_mirror_record(Path(dataset_root))
-    if record_path is None:
-        return []
-    record = load_mirror_record(record_path)
-    prefix = _tree_root(Path(dataset_root)).relative_to(record_path.parent.resolve()).as_posix()
-    prefix = "" if prefix == "." else prefix + "/"
-    expected = {f.path[len(prefix):] for f in record.files
-                if f.path.startswith(prefix) and f.path.endswith(SUFFIXES)}
-    have = {PurePosixPath(p).as_posix() for p in shard_relpaths}
-    return sorted(expected - have)
-
-
-# -- resolving and listing ------------------------------------------------------------------------
 
 
 def _check_arguments(repo_type: str, cache_dir: str | Path | None, local_dir: str | Path | None,
@@ -447,60 +320,6 @@ def _check_sizes(snapshot: Path, files: list[RecordedFile], label: str) -> None:
         raise MirrorError(f"After downloading {label}, {len(wrong)} file(s) are missing or have the wrong size "
                           f"under {snapshot}: {', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}; "
                           f"re-run the same command to fetch them again ({_RESUME_HINT}).")
-
-
-# -- record ---------------------------------------------------------------------------------------
-
-
-def _tree_root(dataset_root: Path) -> Path:
-    """``dataset_root`` resolved, with a cache repo folder replaced by its snapshot (:func:`cache_snapshot`)."""
-    root = dataset_root.expanduser().resolve()
-    return cache_snapshot(root) or root
-
-
-def cache_snapshot(repo_folder: Path, revision: str | None = None) -> Path | None:
-    """The snapshot folder a Hugging Face cache repo folder stands for; None when it is not one.
-
-    ``revision`` (a ref under ``refs/``, or a commit) picks the snapshot; without it ``refs/main``
-    does; without that, the only snapshot, or the only one holding a mirror record. Several and
-    nothing to choose by, or a ref naming a missing snapshot, raise :class:`ManifestError`.
-    """
-    snapshots = repo_folder / "snapshots"
-    if not (snapshots.is_dir() and ((repo_folder / "refs").is_dir() or (repo_folder / "blobs").is_dir())):
-        return None
-    ref = repo_folder / "refs" / (revision or "main")
-    if ref.is_file():
-        commit = ref.read_text().strip()
-        if not (snapshots / commit).is_dir():
-            raise ManifestError(f"names snapshot {commit}, but {snapshots / commit} does not exist", ref,
-                                "re-run `slimtok mirror` or point --dataset-dir at a snapshot folder")
-        return snapshots / commit
-    present = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
-    if revision is not None:
-        if revision in present:
-            return snapshots / revision
-        raise ManifestError(f"revision {revision!r} is neither a ref under refs/ nor a snapshot "
-                            f"(snapshots: {', '.join(present) or 'none'})", repo_folder,
-                            "pass --revision with one of those commits")
-    recorded = [name for name in present if (snapshots / name / MIRROR_RECORD_NAME).is_file()]
-    for candidates in (present, recorded):
-        if len(candidates) == 1:
-            return snapshots / candidates[0]
-    raise ManifestError(f"holds {len(present)} snapshots ({', '.join(present) or 'none'}) and no refs/main to "
-                        "choose one by", repo_folder,
-                        "pass --revision <commit> to list one snapshot, or point --dataset-dir at a snapshot folder")
-
-
-def _write_record(snapshot: Path, repo_id: str, repo_type: str, commit: str, files: list[RecordedFile],
-                  run: MirrorRun) -> Path:
-    """Merge this run into the tree's record (a record of another commit is replaced) and write it."""
-    path = snapshot / MIRROR_RECORD_NAME
-    previous = load_mirror_record(path) if path.is_file() else None
-    if previous is None or (previous.repo_id, previous.repo_type, previous.commit) != (repo_id, repo_type, commit):
-        previous = MirrorRecord(repo_id, repo_type, commit)
-    record = previous.merged(files, run)
-    write_atomic(path, orjson.dumps(record.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
-    return path
 
 
 # -- errors and formatting ------------------------------------------------------------------------
