@@ -28,7 +28,6 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import orjson
 
-from .errors import CombineError
 from . import __version__
 from .dedup.drops import Exclusion
 from .job import load_job
@@ -81,7 +80,7 @@ def _inside(root: OutputRoot, relative: str, record: DoneRecord, what: str) -> P
     real, base = os.path.realpath(path), os.path.realpath(root.root)
     if not relative or os.path.isabs(relative) or os.path.commonpath([real, base]) != base:
         raise CombineError(f"its {what} {relative!r} is outside the output root", root.done(record.shard),
-                           f"the record was not written by slimtok; delete it and relaunch tokenize")
+                           "the record was not written by slimtok; delete it and relaunch tokenize")
     return path
 
 

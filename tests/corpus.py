@@ -3,7 +3,6 @@ computed the plain way (one-shot zstd, stdlib json, one ``encode`` call per docu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import subprocess
@@ -101,18 +100,3 @@ def slimtok(*args: str, check: bool = True, timeout: float = 300, **kw) -> subpr
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
 
-
-@contextlib.contextmanager
-def tmpfs(mnt: Path, size: str):
-    """A size-limited tmpfs mounted at ``mnt`` for the block (skips the test where it cannot be)."""
-    import pytest
-
-    mnt.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)

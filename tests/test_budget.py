@@ -1,6 +1,5 @@
 """budget.py: the token bytes a job will write (sampled or measured) and the free-space refusal."""
 
-import json
 import os
 import random
 

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from corpus import make_dataset, reference_ids, slimtok, tmpfs
+from tmpfs import mounted_tmpfs
+from corpus import make_dataset, reference_ids, slimtok
 
 
 def _job(tmp_path, tokenizer, shards=3):
@@ -53,7 +54,7 @@ def test_a_relaunch_with_another_manifest_says_what_changed(tmp_path, bpe_tokeni
 
 @pytest.fixture
 def tiny_fs(tmp_path):
-    with tmpfs(tmp_path / "tiny", "64k") as mnt:
+    with mounted_tmpfs(tmp_path / "tiny", "64k") as mnt:
         yield mnt
 
 

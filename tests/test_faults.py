@@ -22,7 +22,8 @@ import psutil
 import pytest
 import zstandard
 
-from corpus import doc_line, make_dataset, reference_ids, sample_documents, slimtok, tmpfs, write_shard
+from tmpfs import mounted_tmpfs
+from corpus import doc_line, make_dataset, reference_ids, sample_documents, slimtok, write_shard
 
 
 def _manifest(tmp_path: Path, dataset: Path) -> Path:
@@ -203,7 +204,7 @@ def test_stopped_worker_loses_its_shard_and_stands_down_when_woken(tmp_path, bpe
 
 @pytest.fixture
 def small_fs(tmp_path):
-    with tmpfs(tmp_path / "small", "640k") as mnt:
+    with mounted_tmpfs(tmp_path / "small", "640k") as mnt:
         yield mnt
 
 

@@ -2,11 +2,11 @@
 is exit 3 (OutputError) naming the file with every temporary file removed."""
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tmpfs import mounted_tmpfs
 from corpus import make_dataset, slimtok
 from slimtok.combine import load_job, plan_split, write_split
 from slimtok.errors import EXIT_FATAL, OutputError
@@ -27,18 +27,10 @@ def small_disk(tmp_path, bpe_tokenizer):
     slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", built, "--tokenizer",
             bpe_tokenizer, "--quiet", "--spawn-workers", "1")
     train = sum(p.stat().st_size for p in (built / "shards/train").rglob("*.bin"))
-    mount = tmp_path / "mnt"
-    mount.mkdir()
     size_kib = (_tree_bytes(built) + train // 2) // 1024 + 64  # + room for directory entries
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", f"{size_kib}k") as mount:
         shutil.copytree(built, mount / "root")
         yield mount / "root", train
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def _leftovers(root: Path) -> list[str]:

@@ -4,7 +4,6 @@ own shard tokens (split at eos), and the output read back by validate, slimtok.d
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys

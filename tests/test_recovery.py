@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-import zstandard
 
 from corpus import doc_line, make_dataset, reference_ids, sample_documents, slimtok, write_shard
 

@@ -24,7 +24,7 @@ from ..claims import Claim, Claimer, current_holder, preference_order
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, DedupError, Interrupted, SlimtokError
 from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive,
                         dedup_job_path, dedup_plan_path, dedup_unit, dedup_unit_data, dedup_unit_done, hostname,
-                        read_record, worker_name, write_atomic)
+                        read_record, write_atomic)
 from .plan import DEFAULT_BUCKETS, UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count
 from .units import bucket_rows, find_drops, gather_drops, reason_counts, scatter_rows
 
@@ -77,7 +77,6 @@ class DedupWorker:
         self.root, self.plan, self.inputs = root, plan, inputs
         self.grid = (process_index, process_count, worker, workers)
         self.stale_after = stale_after
-        name = worker_name(hostname(), process_index, worker) + "-dedup"
         self.claimer = Claimer(root, current_holder(process_index, worker), stale_after)
 
     def run(self) -> None:

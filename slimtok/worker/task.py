@@ -22,7 +22,6 @@ Invariants a relaunch relies on:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
