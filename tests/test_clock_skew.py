@@ -16,13 +16,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import psutil
 import pytest
 
-from corpus import reference_ids
 from test_faults import (_assert_no_orphans, _claims_per_shard, _cmd, _combined, _dataset, _logs, _manifest, _run,
-                         _wait_for)
+                         _wait_for, assert_taken_over_and_stood_down)
 from slimtok.claims import Claimer
 from slimtok.protocol import Holder, OutputRoot
 
@@ -100,14 +98,7 @@ def test_stopped_holder_120_s_ahead_loses_its_shard_after_stale_after(tmp_path, 
         assert b.returncode == 0, b.stderr
     finally:
         worker.send_signal(signal.SIGCONT)
-    _, err = a.communicate(timeout=120)
-    assert a.returncode == 0, err.decode()
-    logs = _logs(root)
-    assert "taking over from" in logs and "stopping this copy" in logs
-    assert _claims_per_shard(root)[shard] == 2
-    _assert_no_orphans(root)
-    got = np.frombuffer(_combined(root), dtype=np.uint32)
-    assert np.array_equal(got, reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))
+    assert_taken_over_and_stood_down(a, root, shard, manifest, bpe_tokenizer)
 
 
 def test_a_worker_two_hours_behind_beside_an_undisturbed_one_gives_the_undisturbed_output(tmp_path, bpe_tokenizer):

@@ -190,14 +190,21 @@ def test_stopped_worker_loses_its_shard_and_stands_down_when_woken(tmp_path, bpe
         assert b.returncode == 0, b.stderr
     finally:
         worker.send_signal(signal.SIGCONT)
-    _, err = a.communicate(timeout=120)
-    assert a.returncode == 0, err.decode()
+    assert_taken_over_and_stood_down(a, root, stopped_shard, manifest, bpe_tokenizer)
+
+
+def assert_taken_over_and_stood_down(first: subprocess.Popen, root: Path, shard: str, manifest: Path,
+                                     tokenizer: Path) -> None:
+    """The stopped first launch, once woken, finished cleanly after another took ``shard`` over;
+    nothing is left behind and the output equals the reference encoding."""
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err.decode()
     logs = _logs(root)
     assert "taking over from" in logs and "stopping this copy" in logs
-    assert _claims_per_shard(root)[stopped_shard] == 2
+    assert _claims_per_shard(root)[shard] == 2
     _assert_no_orphans(root)
     got = np.frombuffer(_combined(root), dtype=np.uint32)
-    assert np.array_equal(got, reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))
+    assert np.array_equal(got, reference_ids(manifest, tokenizer / "tokenizer.json", 0, "train"))
 
 
 # 4. full disk ----------------------------------------------------------------------------------
