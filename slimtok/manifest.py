@@ -179,15 +179,17 @@ def _normal_id(shard_id: str) -> str:
     return "/".join(p for p in shard_id.split("/") if p not in ("", "."))
 
 
-def check_unique(entries: Sequence[ShardEntry], where: Sequence[str]) -> None:
-    """Refuse two entries with one id (up to '.', empty components and slashes) or one file.
-
-    ``where[k]`` names entry k in messages (a manifest line, or the file's path).
+def check_unique(entries: Sequence[ShardEntry], where: Sequence[str], check_files: bool = True) -> None:
+    """Refuse two entries with one id (up to '.', empty components and slashes) or, with
+    ``check_files``, one file. ``where[k]`` names entry k in messages (a manifest line, or the file's path).
     """
     by_id: dict[str, int] = {}
     by_file: dict[tuple, int] = {}
     for k, e in enumerate(entries):
-        for seen, key, what in ((by_id, _normal_id(e.id), "the same id"), (by_file, _file_key(e.path), "the same file")):
+        keys = [(by_id, _normal_id(e.id), "the same id")]
+        if check_files:
+            keys.append((by_file, _file_key(e.path), "the same file"))
+        for seen, key, what in keys:
             first = seen.setdefault(key, k)
             if first != k:
                 a, b = entries[first], e
@@ -248,8 +250,10 @@ def write_manifest(entries: Sequence[ShardEntry], output_dir: str | os.PathLike[
     return manifest, summary_path
 
 
-def read_manifest(path: str | os.PathLike[str]) -> list[ShardEntry]:
-    """Entries of a manifest file, checked for the fields, ids and files slimtok relies on."""
+def read_manifest(path: str | os.PathLike[str], check_files: bool = True) -> list[ShardEntry]:
+    """Entries of a manifest file, checked for the fields and ids slimtok relies on, and (with
+    ``check_files``, one stat per shard) that no two entries name the same file. Readers of a copy
+    already checked at this launch or pinned in an output root pass ``check_files=False``."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -272,7 +276,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ShardEntry]:
         where.append(f"{path}:{lineno}")
     if not entries:
         raise ManifestError(f"manifest {path} lists no shards")
-    check_unique(entries, where)
+    check_unique(entries, where, check_files)
     for entry, line in zip(entries, where):
         problem = _id_problem(entry.id)
         if problem:

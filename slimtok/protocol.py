@@ -55,9 +55,13 @@ Invariants:
   ``done/`` are dropped. Deleting the roll-up is always safe; status rebuilds it (and works, only
   slower, where it cannot write it).
 * ``status/journal/<worker>.jsonl`` is a cache too: after creating a done record, its worker (the
-  file's only writer) appends ``[id, *DoneRecord.rollup_row()]``, so a first status reads a few
+  file's only writer) appends ``[id, *DoneRecord.rollup_row(size)]``, so a first status reads a few
   hundred journals instead of opening every done record. A line counts only while ``done/<id>.json``
   exists; torn or unreadable lines are ignored, and records missing from journals are opened.
+* Each cached row carries its record file's size; status stats every done record and opens one
+  whose size no longer matches. A record that does not parse is not done for any stage: tokenize
+  sets it aside (``.<name>.corrupt-<token>``) and redoes the shard, combine names it, status lists
+  it as pending with the reason.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 import numpy as np
 import orjson
@@ -225,9 +229,10 @@ class DoneRecord(Record):
     source_names: list[str] = field(default_factory=list)
     table_version: int = 0
 
-    def rollup_row(self) -> list[Any]:
-        """The record's ``ROLLUP_COLUMNS``, as status caches them."""
-        return [self.documents, self.tokens, self.bytes, self.source_size, self.finished_at, self.sources]
+    def rollup_row(self, record_bytes: int) -> list[Any]:
+        """The record's ``ROLLUP_COLUMNS``, as status caches them; ``record_bytes``: its file's size."""
+        return [self.documents, self.tokens, self.bytes, self.source_size, self.finished_at, self.sources,
+                record_bytes]
 
 
 @dataclass
@@ -271,12 +276,15 @@ class Heartbeat(Record):
 
 
 #: What ``DoneRollup.shards`` keeps of each done record, in this order.
-ROLLUP_COLUMNS = ["documents", "tokens", "bytes", "source_size", "finished_at", "sources"]
+#: ``record_bytes`` is the size of the done record file the row was taken from: status compares it
+#: with the file's current size, so a record damaged after its row was cached is noticed.
+ROLLUP_COLUMNS = ["documents", "tokens", "bytes", "source_size", "finished_at", "sources", "record_bytes"]
 
 
 def journal_line(record: DoneRecord) -> bytes:
-    """One line of ``status/journal/<worker>.jsonl``: ``[id, *ROLLUP_COLUMNS]``."""
-    return orjson.dumps([record.shard, *record.rollup_row()]) + b"\n"
+    """One line of ``status/journal/<worker>.jsonl``: ``[id, *ROLLUP_COLUMNS]``, for a record
+    written by ``write_record`` (so its file holds exactly ``record.to_json()``)."""
+    return orjson.dumps([record.shard, *record.rollup_row(len(record.to_json()))]) + b"\n"
 
 
 @dataclass
@@ -289,6 +297,7 @@ class RollupRow:
     source_size: int
     finished_at: float
     sources: dict[str, dict[str, int]]
+    record_bytes: int
 
     @classmethod
     def from_list(cls, row: list[Any]) -> RollupRow | None:
@@ -411,6 +420,16 @@ class OutputRoot:
     def done_ids(self) -> set[str]:
         return ids_under(self.root / "done", ".json")
 
+    def done_sizes(self) -> dict[str, int]:
+        """{shard: size of its done record}: the listing of ``done_ids`` plus one stat per record."""
+        sizes: dict[str, int] = {}
+        for shard, path in _files_under(self.root / "done", ".json"):
+            try:
+                sizes[shard] = os.stat(path).st_size
+            except FileNotFoundError:
+                pass  # set aside or removed since the listing
+        return sizes
+
     def failed_ids(self) -> set[str]:
         return ids_under(self.root / "failed", ".json")
 
@@ -454,12 +473,17 @@ class OutputRoot:
 
 def ids_under(folder: Path, suffix: str) -> set[str]:
     """Shard ids of every ``<id><suffix>`` file below ``folder`` (temp files, named ``.*``, excluded)."""
-    found: set[str] = set()
+    return {shard for shard, _path in _files_under(folder, suffix)}
+
+
+def _files_under(folder: Path, suffix: str) -> Iterator[tuple[str, str]]:
+    """(shard id, path) of every ``<id><suffix>`` file below ``folder``, ``.*`` names excluded."""
     for dirpath, _dirs, files in os.walk(folder):
         rel = os.path.relpath(dirpath, folder)
         prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        found.update(prefix + f[: -len(suffix)] for f in files if f.endswith(suffix) and not f.startswith("."))
-    return found
+        for name in files:
+            if name.endswith(suffix) and not name.startswith("."):
+                yield prefix + name[: -len(suffix)], os.path.join(dirpath, name)
 
 
 def _token_files(folder: Path, shard: str) -> list[Path]:
@@ -592,11 +616,16 @@ def create_exclusive(path: Path, payload: bytes, durable: bool = True) -> bool:
 def read_record(path: Path, cls: type[R]) -> R | None:
     """The record at ``path``, or None when it is missing or not a complete record."""
     try:
-        data = orjson.loads(path.read_bytes())
-        return cls.from_dict(data)
+        return parse_record(path.read_bytes(), cls)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except (orjson.JSONDecodeError, TypeError, ValueError):
+
+
+def parse_record(raw: bytes, cls: type[R]) -> R | None:
+    """The record that ``raw`` (a record file's bytes) holds, or None when it is not a complete one."""
+    try:
+        return cls.from_dict(orjson.loads(raw))
+    except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
         return None
 
 

@@ -21,17 +21,28 @@ def _tokenize(manifest, root, tokenizer, *extra, check=True):
                    "--spawn-workers", 1, "--quiet", *extra, check=check)
 
 
-def test_a_truncated_done_record_is_redone_by_tokenize_and_named_by_combine(tmp_path, bpe_tokenizer):
+def _status(root):
+    return json.loads(slimtok("status", "--output-root", root, "--json").stdout)
+
+
+def test_a_truncated_done_record_is_redone_by_tokenize_and_named_by_combine_and_status(tmp_path, bpe_tokenizer):
     _ds, manifest = _job(tmp_path, bpe_tokenizer)
     root = tmp_path / "out"
     _tokenize(manifest, root, bpe_tokenizer)
+    before = _status(root)  # caches every record's counts in the roll-up
     victim = root / "done/train/chunk1/example_train_0.json"
     victim.write_bytes(victim.read_bytes()[:40])  # a torn write the filesystem let through
+    after = _status(root)
+    assert after["splits"]["train"]["done"] == before["splits"]["train"]["done"] - 1
+    assert after["splits"]["train"]["pending"] == before["splits"]["train"]["pending"] + 1
+    assert [u["shard"] for u in after["unreadable_done_records"]] == ["train/chunk1/example_train_0"]
+    assert str(victim) in after["unreadable_done_records"][0]["reason"]
     proc = slimtok("combine", "--output-root", root, check=False)
     assert proc.returncode == 2 and "train/chunk1/example_train_0" in proc.stderr
     _tokenize(manifest, root, bpe_tokenizer)  # the same verdict: not done, so it is tokenized again
     assert json.loads(victim.read_text())["shard"] == "train/chunk1/example_train_0"
     assert list(victim.parent.glob(".example_train_0.json.corrupt-*"))  # kept aside for inspection
+    assert _status(root)["splits"] == before["splits"] and not _status(root)["unreadable_done_records"]
     slimtok("combine", "--output-root", root)
     got = np.fromfile(root / "train.bin", dtype=np.uint32)
     assert np.array_equal(got, reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))

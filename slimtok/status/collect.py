@@ -6,8 +6,9 @@ and only those done records that ``status/done-rollup.json`` does not hold yet. 
 files when it may: the roll-up (see :mod:`slimtok.protocol`) and ``probes/status-<host>`` to read
 the file server's clock; on a read-only mount it still answers, opening every done record.
 
-So a status over 60,000 shards costs one manifest read, four directory listings and one roll-up
-read, not 60,000 opens (docs/OPERATIONS.md has the measurements).
+So a status over 60,000 shards costs one manifest read, four directory listings, one roll-up
+read and a stat per done record (its size must still be the one cached, or the record is opened
+again), not 60,000 opens (docs/OPERATIONS.md has the measurements).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..claims import file_server_now
 from ..manifest import ShardEntry
 from ..job import load_job
 from ..protocol import (ROLLUP_COLUMNS, SPLITS, Checkpoint, DoneRecord, DoneRollup, FailedRecord, Heartbeat,
-                        JobSettings, OutputRoot, RollupRow, hostname, read_record, worker_name, write_atomic)
+                        JobSettings, OutputRoot, RollupRow, hostname, parse_record, read_record, worker_name, write_atomic)
 from .model import DiskStatus, JobStatus, SplitStatus, Throughput, WorkerStatus
 from .stages import collect_stages
 
@@ -62,9 +63,14 @@ def journal_rows(root: OutputRoot) -> dict[str, RollupRow]:
     return rows
 
 
-def done_rows(root: OutputRoot, done: set[str], manifest_sha256: str) -> dict[str, RollupRow]:
-    """``ROLLUP_COLUMNS`` of each done shard in ``done``, opening only records the roll-up lacks.
+def done_rows(root: OutputRoot, done: dict[str, int], manifest_sha256: str) -> tuple[dict[str, RollupRow],
+                                                                                     dict[str, str]]:
+    """(``ROLLUP_COLUMNS`` of each readable done shard in ``done``, {shard: why} for the others);
+    ``done``: {shard: its record's size}, as ``OutputRoot.done_sizes`` lists them.
 
+    A cached row (roll-up or journal) is used while its record file keeps the size it had when the
+    row was taken: one stat per done shard, and only new or changed records are opened. A record
+    that cannot be parsed makes its shard not done, as tokenize and combine also treat it.
     Updates ``status/done-rollup.json`` when something changed; a failed write is ignored (the
     roll-up is a cache, and the caller may only have read access).
     """
@@ -77,21 +83,32 @@ def done_rows(root: OutputRoot, done: set[str], manifest_sha256: str) -> dict[st
     if missing:
         journaled = {k: v for k, v in journal_rows(root).items() if k in missing}
         rows.update(journaled)
-        missing -= journaled.keys()
         changed = changed or bool(journaled)
-    for shard in missing:
-        record = read_record(root.done(shard), DoneRecord)
-        if record is None:  # corrupt; counted as done without counts, and looked at again next time
+    unreadable: dict[str, str] = {}
+    for shard in sorted(done):
+        row = rows.get(shard)
+        if row is not None and done[shard] == row.record_bytes:
             continue
-        rows[shard] = RollupRow.from_list(record.rollup_row())  # type: ignore[assignment]
+        rows.pop(shard, None)
         changed = True
+        path = root.done(shard)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            continue  # removed since the listing
+        record = parse_record(raw, DoneRecord)
+        if record is None:
+            unreadable[shard] = (f"{path} cannot be parsed; the next `slimtok tokenize` launch sets it aside "
+                                 "and tokenizes the shard again")
+            continue
+        rows[shard] = RollupRow.from_list(record.rollup_row(len(raw)))  # type: ignore[assignment]
     if changed:
         shards = {k: v.to_list() for k, v in rows.items()}
         try:
             write_atomic(root.done_rollup, orjson.dumps(DoneRollup(manifest_sha256, shards)), durable=False)
         except OSError:
             pass
-    return rows
+    return rows, unreadable
 
 
 def _add_sources(total: dict[str, dict[str, int]], sources: dict[str, dict[str, int]] | None) -> None:
@@ -221,9 +238,11 @@ def collect_status(output_root: str | os.PathLike[str], window: float = WINDOW) 
 
     root = OutputRoot(output_root)
     job, entries = load_job(root)
-    done, failed = root.done_ids(), root.failed_ids()
+    done_sizes, failed = root.done_sizes(), root.failed_ids()
     locked, checkpointed = root.locked_ids(), root.checkpointed_ids()
-    rows = done_rows(root, done & {e.id for e in entries}, job.manifest_sha256)
+    listed = {e.id for e in entries}
+    rows, unreadable = done_rows(root, {k: v for k, v in done_sizes.items() if k in listed}, job.manifest_sha256)
+    done = done_sizes.keys() - unreadable.keys()
     status = JobStatus(root=str(root.root), now=time.time(), workers=read_workers(root))
     status.throughput = tp = latest_run(status.workers, status.now, window)
     tp.live_tokens_per_second = sum(w.heartbeat.tokens_per_second for w in status.workers
@@ -235,6 +254,10 @@ def collect_status(output_root: str | os.PathLike[str], window: float = WINDOW) 
         s.source_bytes += e.size
         if e.id in done:
             _count_done(s, tp, e, rows.get(e.id), status.sources)
+        elif e.id in unreadable:
+            status.unreadable[e.id] = unreadable[e.id]
+            _count_unfinished(root, s, e, e.id in locked, e.id in checkpointed, status.sources)
+            unfinished.append(e)
         elif e.id in failed:
             s.failed += 1
             failure = read_record(root.failed(e.id), FailedRecord)

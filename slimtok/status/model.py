@@ -90,6 +90,8 @@ class JobStatus:
     now: float
     splits: dict[str, SplitStatus] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    #: shards whose done record cannot be parsed (counted as pending): {shard: what happens next}
+    unreadable: dict[str, str] = field(default_factory=dict)
     workers: list[WorkerStatus] = field(default_factory=list)
     throughput: Throughput = field(default_factory=Throughput)
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -135,6 +137,7 @@ class JobStatus:
             "disk": disk,
             "stages": [asdict(s) for s in self.stages],
             "failures": [{"shard": k, "reason": v} for k, v in self.failures.items()],
+            "unreadable_done_records": [{"shard": k, "reason": v} for k, v in self.unreadable.items()],
             "workers": [{**asdict(w.heartbeat), "age": w.age, "health": w.health} for w in self.workers],
             "sources": self.sources,
         }

@@ -44,14 +44,22 @@ def format_status(status: JobStatus, colour: bool = True) -> str:
         rows.append(f"source {name}: " + " · ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
     rows.extend(_host_rows(status.workers))
     rows.extend(_worker_rows(status.workers, paint))
-    if status.failures:
-        rows.append(paint(f"failed shards ({len(status.failures)}; `slimtok tokenize --retry-failed` retries them):",
-                          "red"))
-        for shard, reason in list(status.failures.items())[:SHOW_FAILURES]:
-            rows.append(paint(f"  {shard}: {reason}", "red"))
-        if len(status.failures) > SHOW_FAILURES:
-            rows.append(f"  ... and {len(status.failures) - SHOW_FAILURES} more (--json lists all)")
+    rows.extend(_listed(f"failed shards ({len(status.failures)}; `slimtok tokenize --retry-failed` retries them):",
+                        status.failures, paint))
+    rows.extend(_listed(f"unreadable done records ({len(status.unreadable)}; counted as pending):",
+                        status.unreadable, paint))
     return "\n".join(rows)
+
+
+def _listed(title: str, reasons: dict[str, str], paint: Paint) -> list[str]:
+    """``title`` and the first SHOW_FAILURES ``shard: reason`` lines, in red; nothing when empty."""
+    if not reasons:
+        return []
+    rows = [paint(title, "red")] + [paint(f"  {shard}: {why}", "red") for shard, why in
+                                    list(reasons.items())[:SHOW_FAILURES]]
+    if len(reasons) > SHOW_FAILURES:
+        rows.append(f"  ... and {len(reasons) - SHOW_FAILURES} more (--json lists all)")
+    return rows
 
 
 def throughput_line(status: JobStatus) -> str:

@@ -53,7 +53,7 @@ class Worker:
         self.index = worker_index
         self.root = OutputRoot(settings.output_root)
         self.job = read_job(self.root)
-        self.entries = read_manifest(settings.manifest)
+        self.entries = read_manifest(settings.manifest, check_files=False)  # its launcher checked them
         self.tokenizer_path = pinned_tokenizer_path(self.root, self.job)
         self._encoder: Encoder | None = None
         self.me = current_holder(settings.process_index, worker_index)
