@@ -173,9 +173,13 @@ def manifest_change(root: OutputRoot, entries: list[ShardEntry]) -> str:
 def read_job(root: OutputRoot) -> JobSettings:
     """job.json of an output root; JobMismatch saying what to do when it is missing or unreadable."""
     job = read_record(root.job, JobSettings)
+    if job is None and root.job.exists():
+        raise JobMismatch("cannot be parsed (damaged or cut short); it pins the settings every shard of this "
+                          "output root was tokenized with, so no stage can go on without it", root.job,
+                          "restore job.json from a backup or copy of the output root; slimtok will not guess "
+                          "it. To start over, tokenize into a new --output-root")
     if job is None:
-        state = "is not a slimtok job record" if root.job.exists() else "is missing"
-        raise JobMismatch(f"{state}: is {root.root} a slimtok output root?", root.job,
+        raise JobMismatch(f"is missing: is {root.root} a slimtok output root?", root.job,
                           "run `slimtok tokenize` with this --output-root to create the job")
     return job
 

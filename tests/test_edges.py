@@ -75,3 +75,23 @@ def test_a_full_disk_while_pinning_the_job_is_exit_3_naming_the_file(tmp_path, t
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr and "No space left on device" in proc.stderr
     assert str(tiny_fs / "out") in proc.stderr
+
+
+def test_a_damaged_job_record_gets_one_verdict_from_every_stage(tmp_path, bpe_tokenizer):
+    _ds, manifest = _job(tmp_path, bpe_tokenizer, shards=2)
+    root = tmp_path / "out"
+    _tokenize(manifest, root, bpe_tokenizer)
+    job = root / "job.json"
+    intact = job.read_bytes()
+    job.write_bytes(intact[: len(intact) // 2])
+    for proc in (_tokenize(manifest, root, bpe_tokenizer, check=False),
+                 slimtok("status", "--output-root", root, check=False),
+                 slimtok("combine", "--output-root", root, check=False)):
+        assert proc.returncode == 2
+        assert f"{job}: cannot be parsed" in proc.stderr and "restore job.json" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert job.read_bytes() == intact[: len(intact) // 2]  # nobody rewrote it by guessing
+    job.write_bytes(intact)
+    slimtok("combine", "--output-root", root)
+    got = np.fromfile(root / "train.bin", dtype=np.uint32)
+    assert np.array_equal(got, reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))
