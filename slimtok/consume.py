@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import CombineError
-from .protocol import JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, work_path, write_record
+from .protocol import DoneRecord, JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, work_path, write_record
 from .publish import PendingSet, remove_stale
 from .spans import DocEnds, Span, concatenate
 
@@ -63,10 +63,17 @@ def consumed_entry(root: OutputRoot, meta: Meta | None, plan) -> dict | None:
     return entry
 
 
+def moved_bytes(root: OutputRoot, plan) -> int:
+    """Bytes of ``plan.done`` an interrupted consuming combine of the same shards already moved."""
+    journal = read_record(journal_file(root, plan.split), ConsumeJournal)
+    return journal.bytes if journal is not None and journal.shards == [r.shard for r in plan.done] else 0
+
+
 def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings, verify: bool,
-                  log: Callable[[str], None]) -> dict:
+                  log: Callable[[str], None], advance: Callable[[DoneRecord], None] | None = None) -> dict:
     """Move ``plan.done`` into the split's working file (resuming a killed run), write the index
-    from the tables into ``pending`` and adopt the working file as the split's new data."""
+    from the tables into ``pending`` and adopt the working file as the split's new data.
+    ``advance`` is told of each shard once it is in the working file (moved earlier or now)."""
     from .combine import Written, _inside, _read_checked, summarize  # combine imports this module lazily
 
     if any(not r.table for r in plan.done):
@@ -93,13 +100,15 @@ def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings,
             path = _inside(root, record.file, record, "file")
             if i < journal.appended:
                 path.unlink(missing_ok=True)  # moved; a kill came before its deletion
-                continue
-            _read_checked(path, record, record.bytes, record.sha256 if verify else None, None)
-            concatenate([Span(path, 0, record.bytes)], fd)
-            os.fsync(fd)
-            journal.appended, journal.bytes = i + 1, journal.bytes + record.bytes
-            write_record(journal_path, journal)
-            path.unlink()
+            else:
+                _read_checked(path, record, record.bytes, record.sha256 if verify else None, None)
+                concatenate([Span(path, 0, record.bytes)], fd)
+                os.fsync(fd)
+                journal.appended, journal.bytes = i + 1, journal.bytes + record.bytes
+                write_record(journal_path, journal)
+                path.unlink()
+            if advance is not None:
+                advance(record)
     finally:
         os.close(fd)
     dest, index = root.combined(plan.split), root.doc_index(plan.split)
