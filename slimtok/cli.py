@@ -200,6 +200,25 @@ def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_v
                                                                     initial_bytes=before))
 
 
+@main.command("clean")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Check and list what would be removed; remove nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar for the check: a plain line every 10 s, as in a log.")
+def clean_cmd(output_root: Path, dry_run: bool, quiet: bool) -> None:
+    """After combine: remove the shard data, parts, temporary files and leftover locks combine no longer
+    needs, once the combined files are checked against the done records (sizes and sha256)."""
+    from .clean import clean
+    from .progress import ProgressDisplay
+
+    report = clean(output_root, dry_run=dry_run,
+                   progress=lambda shards, nbytes: ProgressDisplay(shards, nbytes, quiet=quiet, label="clean: check"))
+    if dry_run:
+        for removal in report.removals:
+            click.echo(f"{removal.path}\t{removal.bytes}")
+    for line in report.summary():
+        click.echo(line)
+
+
 @main.command("mix")
 @click.argument("spec", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--output-root", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -23,7 +23,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -104,15 +104,23 @@ def _read_checked(path: Path, record: DoneRecord, size: int, sha256: str | None,
                            "was written", path, _redo(record))
     if sha256 is None and on_block is None:
         return
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(READ_BLOCK):
-            h.update(block)
-            if on_block is not None:
-                on_block(block)
-    if sha256 is not None and h.hexdigest() != sha256:
+        found_sha = sha256_of(f, size, on_block)
+    if sha256 is not None and found_sha != sha256:
         raise CombineError("sha256 does not match its done record (corrupted after it was written)", path,
                            _redo(record))
+
+
+def sha256_of(f: BinaryIO, length: int, on_block: Callable[[bytes], None] | None = None) -> str:
+    """The sha256 of the next ``length`` bytes of ``f`` (fewer at its end), read in blocks that
+    ``on_block`` also sees."""
+    h = hashlib.sha256()
+    while length > 0 and (block := f.read(min(READ_BLOCK, length))):
+        h.update(block)
+        length -= len(block)
+        if on_block is not None:
+            on_block(block)
+    return h.hexdigest()
 
 
 class _EosScan:
@@ -381,7 +389,7 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
     plans = [plan_split(root, entries, s) for s in chosen]
     incomplete = [p for p in plans if p.missing]
     if incomplete and not allow_partial:
-        raise CombineError("; ".join(_missing_message(root, p) for p in incomplete)
+        raise CombineError("; ".join(missing_message(root, p) for p in incomplete)
                            + ". Finish them (relaunch tokenize, --retry-failed for failed ones) or pass --allow-partial")
     if consume and (exclude is not None or incomplete):
         raise CombineError("--consume moves whole splits: it cannot leave documents out or combine a partial split",
@@ -430,7 +438,7 @@ def _publish(root: OutputRoot, plans: list[SplitPlan], job: JobSettings, results
                                                else sum(r.bytes for p in plans for r in p.done)), "combine")
         for plan in plans:
             if plan.missing:
-                log(f"warning: {_missing_message(root, plan)}; writing a partial {SPLIT_FILES[plan.split]}")
+                log(f"warning: {missing_message(root, plan)}; writing a partial {SPLIT_FILES[plan.split]}")
             results[plan.split] = r = (consume_split(root, plan, pending, job, verify, log, advance) if consume
                                        else write_split(root, plan, pending, verify, job, exclude, log, advance))
             log(f"{root.combined(plan.split)}: {r['shards']} shards, {r['documents']:,} documents, "
@@ -441,7 +449,7 @@ def _publish(root: OutputRoot, plans: list[SplitPlan], job: JobSettings, results
     return meta
 
 
-def _missing_message(root: OutputRoot, plan: SplitPlan, show: int = 20) -> str:
+def missing_message(root: OutputRoot, plan: SplitPlan, show: int = 20) -> str:
     shown = ", ".join(describe_missing(root, s) for s in plan.missing[:show])
     more = f" and {len(plan.missing) - show} more" if len(plan.missing) > show else ""
     total = len(plan.missing) + len(plan.done)

@@ -56,11 +56,37 @@ def consumed_entry(root: OutputRoot, meta: Meta | None, plan) -> dict | None:
     if not entry or not entry.get("consumed") or working_file(root, plan.split).exists():
         return None
     journal_file(root, plan.split).unlink(missing_ok=True)  # a kill after the publish left it
-    dest = root.combined(plan.split)
-    if entry["shards"] != len(plan.done) or not dest.exists() or dest.stat().st_size != sum(r.bytes for r in plan.done):
-        raise CombineError(f"was combined with --consume (its shards are gone) but no longer matches the done "
-                           f"records of split {plan.split}", dest, "restore it from a copy, or re-tokenize the split")
+    if (why := combined_mismatch(root, plan, entry, checksums=False)) is not None:
+        raise CombineError(f"was combined with --consume or cleaned (its shards are gone) but {why}",
+                           root.combined(plan.split), "restore it from a copy, or re-tokenize the split")
     return entry
+
+
+def combined_mismatch(root: OutputRoot, plan, entry: dict, checksums: bool,
+                      advance: Callable[[DoneRecord], None] | None = None) -> str | None:
+    """Why the split's combined file is not ``plan.done``'s shards one after another as its meta
+    ``entry`` says (None when it is): the shard count, the size and, with ``checksums``, each
+    shard's byte range against its done record's sha256 (one read of the file; ``advance`` is
+    told of each shard checked)."""
+    from .combine import sha256_of  # combine imports this module lazily
+
+    dest = root.combined(plan.split)
+    expected = sum(r.bytes for r in plan.done)
+    if entry.get("shards") != len(plan.done):
+        return f"meta.json says it holds {entry.get('shards')} shards and split {plan.split} has {len(plan.done)} done"
+    if not dest.exists() or dest.stat().st_size != expected:
+        found = f"{dest.stat().st_size:,} bytes" if dest.exists() else "it is missing"
+        return f"{found} where the done records of split {plan.split} add up to {expected:,}"
+    if checksums:
+        with open(dest, "rb") as f:
+            offset = 0
+            for r in plan.done:
+                if sha256_of(f, r.bytes) != r.sha256:
+                    return f"bytes {offset:,}..{offset + r.bytes:,} do not hash to the sha256 of shard {r.shard}'s done record"
+                offset += r.bytes
+                if advance is not None:
+                    advance(r)
+    return None
 
 
 def moved_bytes(root: OutputRoot, plan) -> int:
