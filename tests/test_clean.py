@@ -208,3 +208,15 @@ def test_a_split_nothing_was_tokenized_of_is_passed_by(tokenized, tmp_path):
     report = clean(root)
     assert len([r for r in report.removals if r.what == "shard data files"]) == 8
     assert not list((root / "shards").rglob("*.bin"))
+
+
+def test_a_consumed_root_is_checked_and_only_its_leftovers_go(tokenized, tmp_path):
+    root = _copy(tokenized[0], tmp_path)
+    combine(root, consume=True, log=lambda _: None)
+    junk = _leftovers(root)
+    report = clean(root)  # the shard data is gone already: only what the killed runs left
+    assert sorted(r.path for r in report.removals) == sorted(junk)
+    assert not [p for p in junk if p.exists()]
+    (root / "train.bin").write_bytes((root / "train.bin").read_bytes()[::-1])  # same size, other bytes
+    with pytest.raises(CleanError, match="do not hash to the sha256"):
+        clean(root)
