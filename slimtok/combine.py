@@ -415,7 +415,7 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
             display.update(*done)
 
     try:
-        meta = _publish(root, plans, job, results, verify, exclude, consume, advance, log)
+        meta = _write_and_publish(root, plans, job, results, verify, exclude, consume, advance, log)
     finally:
         if display is not None:
             display.close()
@@ -424,9 +424,9 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
     return meta
 
 
-def _publish(root: OutputRoot, plans: list[SplitPlan], job: JobSettings, results: dict[str, dict], verify: bool,
-             exclude: Exclude | None, consume: bool, advance: Callable[[DoneRecord], None],
-             log: Callable[[str], None]) -> Meta:
+def _write_and_publish(root: OutputRoot, plans: list[SplitPlan], job: JobSettings, results: dict[str, dict],
+                       verify: bool, exclude: Exclude | None, consume: bool, advance: Callable[[DoneRecord], None],
+                       log: Callable[[str], None]) -> Meta:
     """Write ``plans``' splits and the new meta.* as one published set (``results``: entries kept)."""
     from .consume import consume_split
 

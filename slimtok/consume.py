@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import CombineError
-from .protocol import DoneRecord, JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, work_path, write_record
+from .protocol import (DoneRecord, JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, work_path,
+                       write_record)
 from .publish import PendingSet, remove_stale
 from .spans import DocEnds, Span, concatenate
 
@@ -82,7 +83,8 @@ def combined_mismatch(root: OutputRoot, plan, entry: dict, checksums: bool,
             offset = 0
             for r in plan.done:
                 if sha256_of(f, r.bytes) != r.sha256:
-                    return f"bytes {offset:,}..{offset + r.bytes:,} do not hash to the sha256 of shard {r.shard}'s done record"
+                    return (f"bytes {offset:,}..{offset + r.bytes:,} do not hash to the sha256 of shard "
+                            f"{r.shard}'s done record")
                 offset += r.bytes
                 if advance is not None:
                     advance(r)

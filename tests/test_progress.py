@@ -16,6 +16,7 @@ import pytest
 
 from corpus import make_dataset, slimtok
 from slimtok.combine import combine
+from slimtok.errors import CombineError
 from slimtok.progress import ProgressDisplay, RateWindow, duration
 
 
@@ -158,3 +159,24 @@ def test_combine_draws_a_bar_on_a_terminal(tokenized, tmp_path):
     shutil.copytree(tokenized, quiet)
     text = slimtok("combine", "--output-root", quiet, "--quiet").stderr
     assert "%|" not in text and text.splitlines()[-1].startswith("combine: shards 7/7 · ")
+
+
+def test_a_resumed_consume_counts_the_shards_moved_before_as_the_baseline(tokenized, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(tokenized, root)
+    order = [orjson.loads(line)["id"] for line in (root / "manifest.jsonl").read_bytes().splitlines()]
+    train = [orjson.loads((root / "done" / f"{shard}.json").read_bytes()) for shard in order
+             if shard.startswith("train/")]
+    third = root / train[2]["file"]
+    third.write_bytes(third.read_bytes()[:-4])  # the consume stops there, two shards moved
+    with pytest.raises(CombineError, match="bytes, but its done record says"):
+        combine(root, ["train"], consume=True, log=lambda _: None)
+    shutil.copyfile(tokenized / train[2]["file"], third)
+    made = []
+
+    def display(shards, nbytes, before):
+        made.append((shards, nbytes, before))
+        return ProgressDisplay(shards, nbytes, stream=io.StringIO(), initial_bytes=before)
+
+    combine(root, ["train"], consume=True, log=lambda _: None, progress=display)
+    assert made == [(len(train), sum(r["bytes"] for r in train), train[0]["bytes"] + train[1]["bytes"])]
