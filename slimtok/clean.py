@@ -115,7 +115,11 @@ def clean(output_root: str | os.PathLike[str], dry_run: bool = False,
         _add(report, "leftover locks", root.lock(shard))
     if not dry_run:
         for removal in report.removals:
-            removal.path.unlink(missing_ok=True)
+            try:
+                removal.path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise CleanError(f"cannot be removed: {exc.strerror or exc}", removal.path,
+                                 "fix its permissions and run clean again (the root stays usable meanwhile)") from exc
     return report
 
 
