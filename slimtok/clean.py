@@ -84,7 +84,7 @@ def clean(output_root: str | os.PathLike[str], dry_run: bool = False,
     longer needs (``dry_run``: only list it). ``progress(shards, bytes)`` makes the display of the
     check (it reads every combined file once)."""
     root = OutputRoot(output_root)
-    job, entries = load_job(root)
+    entries = load_job(root)[1]
     _refuse_running_combine(root)
     live = _live_claims(root)
     if live:
