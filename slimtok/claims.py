@@ -196,13 +196,17 @@ class Claimer:
         once per shard and launch, not once per worker.
         """
         lock = self.root.lock(shard)
-        if not lock.exists():
-            return
-        held = read_record(lock, LockRecord)
-        done = read_record(self.root.done(shard), DoneRecord)
-        if held is None or (done is not None and done.token == held.token) or self.is_stale(lock, held):
+        if lock.exists() and self.is_leftover(shard):
             lock.unlink(missing_ok=True)
             self._forget(lock)
+
+    def is_leftover(self, shard: str) -> bool:
+        """True when the lock on ``shard`` holds no live claim: unreadable, naming the claim its
+        done record committed, or stale (:meth:`is_stale`)."""
+        lock = self.root.lock(shard)
+        held = read_record(lock, LockRecord)
+        done = read_record(self.root.done(shard), DoneRecord)
+        return held is None or (done is not None and done.token == held.token) or self.is_stale(lock, held)
 
     def release(self, claim: Claim) -> None:
         """Remove the lock if it is still ours (never someone else's)."""

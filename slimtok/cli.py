@@ -91,19 +91,23 @@ def manifest_cmd(dataset_dir: Path, output_dir: Path, patterns: tuple[str, ...],
               help="Files downloaded at once.")
 @click.option("--min-free-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Refuse if the download would leave less than this share of the disk free.")
+@click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")
 def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tuple[str, ...],
                exclude: tuple[str, ...], cache_dir: Path | None, local_dir: Path | None, max_workers: int,
-               min_free_fraction: float) -> None:
+               min_free_fraction: float, quiet: bool) -> None:
     """Download REPO_ID from the Hugging Face Hub, skipping files already complete; re-run to resume.
 
     Progress and the summary go to stderr; the snapshot folder (the --dataset-dir for `slimtok manifest`)
     is the last line on stdout. The token comes from HF_TOKEN or `hf auth login`.
     """
     from .mirror import mirror
+    from .progress import ProgressDisplay
 
     result = mirror(repo_id, repo_type=repo_type, revision=revision, include=include, exclude=exclude,
                     cache_dir=cache_dir, local_dir=local_dir, max_workers=max_workers,
-                    min_free_fraction=min_free_fraction, log=lambda msg: click.echo(msg, err=True))
+                    min_free_fraction=min_free_fraction, log=lambda msg: click.echo(msg, err=True),
+                    progress=lambda files, nbytes: ProgressDisplay(files, nbytes, unit="files", quiet=quiet,
+                                                                  label="mirror"))
     click.echo(result.summary(), err=True)
     click.echo(f"record: {result.record_path}", err=True)
     click.echo(str(result.snapshot_path))
@@ -178,10 +182,12 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
               "moved) instead of copying: peak extra disk about one shard.")
 @click.option("--dedup", "dedup", is_flag=True, help="Leave out the documents `slimtok dedup` dropped (duplicates "
               "and train documents found in validation or test).")
+@click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")
 def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_verify: bool, consume: bool,
-                dedup: bool) -> None:
+                dedup: bool, quiet: bool) -> None:
     """Write train.bin / val.bin / test.bin and meta.pkl / meta.json from finished shards."""
     from .combine import combine
+    from .progress import ProgressDisplay
 
     exclude = None
     if dedup:
@@ -189,7 +195,28 @@ def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_v
 
         exclude = exclusion_for(output_root)
     combine(output_root, _splits(splits), allow_partial=allow_partial, verify=not no_verify, log=click.echo,
-            consume=consume, exclude=exclude)
+            consume=consume, exclude=exclude,
+            progress=lambda shards, nbytes, before: ProgressDisplay(shards, nbytes, quiet=quiet, label="combine",
+                                                                    initial_bytes=before))
+
+
+@main.command("clean")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Check and list what would be removed; remove nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar for the check: a plain line every 10 s, as in a log.")
+def clean_cmd(output_root: Path, dry_run: bool, quiet: bool) -> None:
+    """After combine: remove the shard data, parts, temporary files and leftover locks combine no longer
+    needs, once the combined files are checked against the done records (sizes and sha256)."""
+    from .clean import clean
+    from .progress import ProgressDisplay
+
+    report = clean(output_root, dry_run=dry_run,
+                   progress=lambda shards, nbytes: ProgressDisplay(shards, nbytes, quiet=quiet, label="clean: check"))
+    if dry_run:
+        for removal in report.removals:
+            click.echo(f"{removal.path}\t{removal.bytes}")
+    for line in report.summary():
+        click.echo(line)
 
 
 @main.command("mix")

@@ -23,7 +23,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -36,6 +36,9 @@ from .errors import CombineError
 from .protocol import SPLIT_FILES, DoneRecord, FailedRecord, JobSettings, Meta, OutputRoot, read_doc_table, read_record
 from .publish import PendingSet, require_free, roll_forward
 from .spans import DocEnds, Span, concatenate, document_spans, keep_mask
+
+if TYPE_CHECKING:
+    from .progress import ProgressDisplay
 
 READ_BLOCK = 16 << 20
 
@@ -101,15 +104,23 @@ def _read_checked(path: Path, record: DoneRecord, size: int, sha256: str | None,
                            "was written", path, _redo(record))
     if sha256 is None and on_block is None:
         return
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(READ_BLOCK):
-            h.update(block)
-            if on_block is not None:
-                on_block(block)
-    if sha256 is not None and h.hexdigest() != sha256:
+        found_sha = sha256_of(f, size, on_block)
+    if sha256 is not None and found_sha != sha256:
         raise CombineError("sha256 does not match its done record (corrupted after it was written)", path,
                            _redo(record))
+
+
+def sha256_of(f: BinaryIO, length: int, on_block: Callable[[bytes], None] | None = None) -> str:
+    """The sha256 of the next ``length`` bytes of ``f`` (fewer at its end), read in blocks that
+    ``on_block`` also sees."""
+    h = hashlib.sha256()
+    while length > 0 and (block := f.read(min(READ_BLOCK, length))):
+        h.update(block)
+        length -= len(block)
+        if on_block is not None:
+            on_block(block)
+    return h.hexdigest()
 
 
 class _EosScan:
@@ -213,9 +224,10 @@ def segment_of(root: OutputRoot, record: DoneRecord, job: JobSettings, verify: b
 
 def write_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, verify: bool = True,
                 job: JobSettings | None = None, exclude: Exclude | None = None,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, advance: Callable[[DoneRecord], None] | None = None) -> dict:
     """Concatenate ``plan.done`` (less what ``exclude`` leaves out) into the temporary files of the
-    split's data and document index in ``pending`` (published by the caller); returns its meta entry."""
+    split's data and document index in ``pending`` (published by the caller); returns its meta entry.
+    ``advance`` is told of each shard once it is checked and copied."""
     job = job or load_job(root)[0]
     dest, index_dest = root.combined(plan.split), root.doc_index(plan.split)
     whole = hashlib.sha256() if verify else None
@@ -233,6 +245,8 @@ def write_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, verify: 
                 ends.add(segment.counts)
                 written.append(Written(segment.record, len(segment.counts), int(segment.counts.sum()),
                                        sum(span.length for span in segment.spans), segment.removed))
+                if advance is not None:
+                    advance(segment.record)
             index_file.flush()
             os.fsync(index_file.fileno())
         os.fsync(out_fd)
@@ -356,11 +370,14 @@ def write_meta(root: OutputRoot, meta: Meta, pending: PendingSet) -> None:
 
 def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = None,
             allow_partial: bool = False, verify: bool = True, log: Callable[[str], None] = print,
-            exclude: Exclude | None = None, consume: bool = False) -> Meta:
+            exclude: Exclude | None = None, consume: bool = False,
+            progress: Callable[[int, int, int], ProgressDisplay] | None = None) -> Meta:
     """Combine the given splits (default: every split in the manifest) and publish their files
     with meta.* as one set; ``exclude`` leaves documents out per shard; ``consume`` moves the
-    shards into the split files instead of copying them (slimtok.consume). Returns the new meta."""
-    from .consume import consume_split, consumed_entry, journal_file
+    shards into the split files instead of copying them (slimtok.consume). ``progress(shards,
+    bytes, bytes done before)`` makes the display told of every shard checked and written (a
+    resumed --consume's moved shards count as done before). Returns the new meta."""
+    from .consume import consumed_entry, journal_file, moved_bytes
 
     root = OutputRoot(output_root)
     job, entries = load_job(root)
@@ -372,7 +389,7 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
     plans = [plan_split(root, entries, s) for s in chosen]
     incomplete = [p for p in plans if p.missing]
     if incomplete and not allow_partial:
-        raise CombineError("; ".join(_missing_message(root, p) for p in incomplete)
+        raise CombineError("; ".join(missing_message(root, p) for p in incomplete)
                            + ". Finish them (relaunch tokenize, --retry-failed for failed ones) or pass --allow-partial")
     if consume and (exclude is not None or incomplete):
         raise CombineError("--consume moves whole splits: it cannot leave documents out or combine a partial split",
@@ -387,6 +404,32 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
             log(f"{root.combined(plan.split)}: combined earlier from consumed shards; kept")
             results[plan.split] = entry
             plans.remove(plan)
+    todo = [r for p in plans for r in p.done]
+    display = progress(len(todo), sum(r.bytes for r in todo),
+                       sum(moved_bytes(root, p) for p in plans) if consume else 0) if progress else None
+    done = [0, 0, 0, 0]  # shards, documents, tokens, bytes
+
+    def advance(record: DoneRecord) -> None:
+        done[:] = done[0] + 1, done[1] + record.documents, done[2] + record.tokens, done[3] + record.bytes
+        if display is not None:
+            display.update(*done)
+
+    try:
+        meta = _write_and_publish(root, plans, job, results, verify, exclude, consume, advance, log)
+    finally:
+        if display is not None:
+            display.close()
+    for plan in plans if consume else []:
+        journal_file(root, plan.split).unlink(missing_ok=True)
+    return meta
+
+
+def _write_and_publish(root: OutputRoot, plans: list[SplitPlan], job: JobSettings, results: dict[str, dict],
+                       verify: bool, exclude: Exclude | None, consume: bool, advance: Callable[[DoneRecord], None],
+                       log: Callable[[str], None]) -> Meta:
+    """Write ``plans``' splits and the new meta.* as one published set (``results``: entries kept)."""
+    from .consume import consume_split
+
     targets = [f(root, p.split) for p in plans for f in (OutputRoot.combined, OutputRoot.doc_index)]
     with PendingSet(targets + [root.meta_json, root.meta_pkl],
                     partners=[t for t in targets if t.suffix == ".idx"] + [root.meta_json, root.meta_pkl]) as pending:
@@ -395,20 +438,18 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
                                                else sum(r.bytes for p in plans for r in p.done)), "combine")
         for plan in plans:
             if plan.missing:
-                log(f"warning: {_missing_message(root, plan)}; writing a partial {SPLIT_FILES[plan.split]}")
-            results[plan.split] = r = (consume_split(root, plan, pending, job, verify, log) if consume
-                                       else write_split(root, plan, pending, verify, job, exclude, log))
+                log(f"warning: {missing_message(root, plan)}; writing a partial {SPLIT_FILES[plan.split]}")
+            results[plan.split] = r = (consume_split(root, plan, pending, job, verify, log, advance) if consume
+                                       else write_split(root, plan, pending, verify, job, exclude, log, advance))
             log(f"{root.combined(plan.split)}: {r['shards']} shards, {r['documents']:,} documents, "
                 f"{r['tokens']:,} tokens, {r['bytes']:,} bytes")
         meta = build_meta(root, job, results, log)
         write_meta(root, meta, pending)
         pending.publish()
-    for plan in plans if consume else []:
-        journal_file(root, plan.split).unlink(missing_ok=True)
     return meta
 
 
-def _missing_message(root: OutputRoot, plan: SplitPlan, show: int = 20) -> str:
+def missing_message(root: OutputRoot, plan: SplitPlan, show: int = 20) -> str:
     shown = ", ".join(describe_missing(root, s) for s in plan.missing[:show])
     more = f" and {len(plan.missing) - show} more" if len(plan.missing) > show else ""
     total = len(plan.missing) + len(plan.done)

@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import CombineError
-from .protocol import JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, work_path, write_record
+from .protocol import (DoneRecord, JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, work_path,
+                       write_record)
 from .publish import PendingSet, remove_stale
 from .spans import DocEnds, Span, concatenate
 
@@ -56,17 +57,51 @@ def consumed_entry(root: OutputRoot, meta: Meta | None, plan) -> dict | None:
     if not entry or not entry.get("consumed") or working_file(root, plan.split).exists():
         return None
     journal_file(root, plan.split).unlink(missing_ok=True)  # a kill after the publish left it
-    dest = root.combined(plan.split)
-    if entry["shards"] != len(plan.done) or not dest.exists() or dest.stat().st_size != sum(r.bytes for r in plan.done):
-        raise CombineError(f"was combined with --consume (its shards are gone) but no longer matches the done "
-                           f"records of split {plan.split}", dest, "restore it from a copy, or re-tokenize the split")
+    if (why := combined_mismatch(root, plan, entry, checksums=False)) is not None:
+        raise CombineError(f"was combined with --consume or cleaned (its shards are gone) but {why}",
+                           root.combined(plan.split), "restore it from a copy, or re-tokenize the split")
     return entry
 
 
+def combined_mismatch(root: OutputRoot, plan, entry: dict, checksums: bool,
+                      advance: Callable[[DoneRecord], None] | None = None) -> str | None:
+    """Why the split's combined file is not ``plan.done``'s shards one after another as its meta
+    ``entry`` says (None when it is): the shard count, the size and, with ``checksums``, each
+    shard's byte range against its done record's sha256 (one read of the file; ``advance`` is
+    told of each shard checked)."""
+    from .combine import sha256_of  # combine imports this module lazily
+
+    dest = root.combined(plan.split)
+    expected = sum(r.bytes for r in plan.done)
+    if entry.get("shards") != len(plan.done):
+        return f"meta.json says it holds {entry.get('shards')} shards and split {plan.split} has {len(plan.done)} done"
+    if not dest.exists() or dest.stat().st_size != expected:
+        found = f"{dest.stat().st_size:,} bytes" if dest.exists() else "it is missing"
+        return f"{found} where the done records of split {plan.split} add up to {expected:,}"
+    if checksums:
+        with open(dest, "rb") as f:
+            offset = 0
+            for r in plan.done:
+                if sha256_of(f, r.bytes) != r.sha256:
+                    return (f"bytes {offset:,}..{offset + r.bytes:,} do not hash to the sha256 of shard "
+                            f"{r.shard}'s done record")
+                offset += r.bytes
+                if advance is not None:
+                    advance(r)
+    return None
+
+
+def moved_bytes(root: OutputRoot, plan) -> int:
+    """Bytes of ``plan.done`` an interrupted consuming combine of the same shards already moved."""
+    journal = read_record(journal_file(root, plan.split), ConsumeJournal)
+    return journal.bytes if journal is not None and journal.shards == [r.shard for r in plan.done] else 0
+
+
 def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings, verify: bool,
-                  log: Callable[[str], None]) -> dict:
+                  log: Callable[[str], None], advance: Callable[[DoneRecord], None] | None = None) -> dict:
     """Move ``plan.done`` into the split's working file (resuming a killed run), write the index
-    from the tables into ``pending`` and adopt the working file as the split's new data."""
+    from the tables into ``pending`` and adopt the working file as the split's new data.
+    ``advance`` is told of each shard once it is in the working file (moved earlier or now)."""
     from .combine import Written, _inside, _read_checked, summarize  # combine imports this module lazily
 
     if any(not r.table for r in plan.done):
@@ -93,13 +128,15 @@ def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings,
             path = _inside(root, record.file, record, "file")
             if i < journal.appended:
                 path.unlink(missing_ok=True)  # moved; a kill came before its deletion
-                continue
-            _read_checked(path, record, record.bytes, record.sha256 if verify else None, None)
-            concatenate([Span(path, 0, record.bytes)], fd)
-            os.fsync(fd)
-            journal.appended, journal.bytes = i + 1, journal.bytes + record.bytes
-            write_record(journal_path, journal)
-            path.unlink()
+            else:
+                _read_checked(path, record, record.bytes, record.sha256 if verify else None, None)
+                concatenate([Span(path, 0, record.bytes)], fd)
+                os.fsync(fd)
+                journal.appended, journal.bytes = i + 1, journal.bytes + record.bytes
+                write_record(journal_path, journal)
+                path.unlink()
+            if advance is not None:
+                advance(record)
     finally:
         os.close(fd)
     dest, index = root.combined(plan.split), root.doc_index(plan.split)

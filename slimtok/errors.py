@@ -77,6 +77,10 @@ class CombineError(SlimtokError):
     """A split cannot be combined; the message names the shards and what to do."""
 
 
+class CleanError(SlimtokError):
+    """A finished job's intermediate files cannot be removed safely yet; the message says why."""
+
+
 class ValidateError(SlimtokError):
     """An output root cannot be validated at all (as opposed to a check that fails)."""
 

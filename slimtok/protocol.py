@@ -416,6 +416,20 @@ class OutputRoot:
     def failed(self, shard: str) -> Path:
         return self.root / "failed" / f"{shard}.json"
 
+    def part_files(self) -> list[Path]:
+        """Every part file of any shard (token data and document tables being written), one walk."""
+        return [p for folder in ("shards", "documents") for p in sorted((self.root / folder).rglob("*.part"))]
+
+    def stolen_markers(self) -> list[Path]:
+        """Every ``stolen(shard, token)`` marker present (a takeover under way, or one a kill cut short)."""
+        return sorted((self.root / "locks").rglob("*.stolen"))
+
+    def worker_folders(self) -> list[Path]:
+        """The folders only tokenize workers write (per-shard files, records, heartbeats): where
+        the temporary files of a killed worker stay behind."""
+        return [self.root / name for name in ("shards", "documents", "done", "failed", "checkpoints", "locks",
+                                              "heartbeats")]
+
     # -- listings (one directory walk each, no stat) ----------------------------------------
     def done_ids(self) -> set[str]:
         return ids_under(self.root / "done", ".json")
@@ -551,6 +565,11 @@ def temp_path(path: Path) -> Path:
 def temp_glob(name: str) -> str:
     """The glob of every :func:`temp_path` of a file called ``name``."""
     return f".{name}.*.tmp"
+
+
+def temp_files(folder: Path) -> list[Path]:
+    """Every :func:`temp_path` file below ``folder``, whatever its name."""
+    return sorted(folder.rglob(temp_glob("*")))
 
 
 def work_path(path: Path, kind: str) -> Path:

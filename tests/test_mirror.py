@@ -9,6 +9,7 @@ so a missed setting fails loudly instead of reaching huggingface.co.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -33,7 +34,9 @@ from slimtok.mirror import (
     load_mirror_record,
     mirror,
 )
+from slimtok.progress import ProgressDisplay
 from slimtok.tokenizer import TokenizerError, load_tokenizer
+from test_progress import drain_pty, terminal
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SLIM = "acme/SlimPajama-mini"
@@ -182,6 +185,36 @@ def test_full_mirror_is_byte_identical_and_recorded(hf, tmp_path):
     relpaths = [Path(e.path).relative_to(root).as_posix() for e in entries]
     assert sorted(relpaths) == SHARDS
     assert compare_with_mirror_record(repo_folder, relpaths) == []
+
+
+@pytest.mark.parametrize("mode", ["cache_dir", "local_dir"])
+def test_progress_counts_the_files_and_the_bytes_fetched(hf, tmp_path, mode):
+    out, made = io.StringIO(), []
+
+    def display(files, nbytes):
+        made.append(ProgressDisplay(files, nbytes, unit="files", stream=out, every=0, label="mirror"))
+        return made[-1]
+
+    train = sorted(p for p in SLIM_FILES if p.startswith("train/"))
+    first = mirror(SLIM, include=["train/*"], log=_quiet, progress=display, **{mode: tmp_path / mode})
+    fetched = sum(len(SLIM_FILES[p]) for p in train)
+    assert (made[0].total_shards, made[0].total_bytes, made[0].figures) == \
+        (len(train), fetched, (len(train), None, None, fetched))
+    assert first.downloaded_bytes == fetched
+    assert out.getvalue().splitlines()[-1].startswith(f"mirror: files {len(train)}/{len(train)} · ")
+
+    mirror(SLIM, include=["train/*"], log=_quiet, progress=display, **{mode: tmp_path / mode})
+    assert (made[1].total_bytes, made[1].figures) == (0, (len(train), None, None, 0))  # present files count
+
+
+def test_progress_is_a_bar_on_a_terminal(hf, tmp_path):
+    master, slave = terminal()
+    with os.fdopen(slave, "w") as tty:
+        mirror(SLIM, cache_dir=tmp_path / "cache", log=_quiet,
+               progress=lambda files, nbytes: ProgressDisplay(files, nbytes, unit="files", stream=tty, label="mirror"))
+        seen = drain_pty(master)
+    os.close(master)
+    assert f"mirror: files {len(SLIM_FILES)}/{len(SLIM_FILES)} · " in seen and "100%|" in seen
 
 
 def test_include_and_exclude_select_what_snapshot_download_fetches(hf, tmp_path):
@@ -494,6 +527,7 @@ def test_cli_mirror(hf, tmp_path):
     snapshot = cache / "datasets--acme--SlimPajama-mini" / "snapshots" / _repo(hf).commit
     assert ok.stdout.strip().splitlines()[-1] == str(snapshot)
     assert "downloaded 1" in ok.output and "skipped 0 already present" in ok.output
+    assert "mirror: files 1/1 · " in ok.stderr and "%|" not in ok.stderr  # not a terminal: the plain line
     assert sorted(_tree(snapshot)) == ["validation/chunk1/example_holdout_0.jsonl.zst"]
 
     refused = CliRunner().invoke(main, ["mirror", GATED, "--cache-dir", str(cache)])

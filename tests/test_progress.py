@@ -1,10 +1,22 @@
 """progress.py: a tqdm bar that keeps redrawing on a terminal, plain lines elsewhere, and rates
-that count only this launch's work over the last window."""
+that count only this launch's work over the last window; combine's display over its shards."""
 
+import fcntl
 import io
 import os
 import select
+import struct
+import termios
+import shutil
+import subprocess
+import sys
 
+import orjson
+import pytest
+
+from corpus import make_dataset, slimtok
+from slimtok.combine import combine
+from slimtok.errors import CombineError
 from slimtok.progress import ProgressDisplay, RateWindow, duration
 
 
@@ -50,7 +62,7 @@ def test_quiet_on_a_terminal_prints_plain_lines():
         shown = ProgressDisplay(4, 400, stream=tty, quiet=True, every=0, unit="files")
         shown.update(1, None, None, 100)
         shown.close()
-        text = _drain(master)
+        text = drain_pty(master)
     os.close(master)
     lines = text.replace("\r\n", "\n").splitlines()
     assert lines[0].startswith("files 1/4 · ") and "docs" not in lines[0] and "%|" not in text
@@ -64,19 +76,28 @@ def test_a_terminal_gets_a_bar_that_keeps_refreshing():
         # with no further update, the bar is still redrawn (elapsed time moves on)
         seen = ""
         for _ in range(200):
-            seen += _drain(master, wait=0.1)
+            seen += drain_pty(master, wait=0.1)
             if seen.count("\r") >= 4:
                 break
         shown.update(8, 80, 12_000, 8_000_000)
         shown.close("combine: done")
-        seen += _drain(master)
+        seen += drain_pty(master)
     os.close(master)
     assert seen.count("\r") >= 4, seen
     assert "combine: shards 2/8 · 20 docs · 3,000 tokens · " in seen and " 25%|" in seen
     assert "100%|" in seen and "shards 8/8" in seen and seen.rstrip().endswith("combine: done")
 
 
-def _drain(fd: int, wait: float = 0.2) -> str:
+def terminal(columns: int = 160) -> tuple[int, int]:
+    """A pty (master, slave) that reports a width, as a terminal window does: tqdm sizes a bar on
+    the process's own stderr from it and draws nothing at width 0 (a fresh pty's)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    return master, slave
+
+
+def drain_pty(fd: int, wait: float = 0.2) -> str:
+    """Everything written to the pty whose master is ``fd`` until it stays quiet for ``wait`` s."""
     chunks = []
     while select.select([fd], [], [], wait)[0]:
         try:
@@ -85,3 +106,77 @@ def _drain(fd: int, wait: float = 0.2) -> str:
             break
         wait = 0.05
     return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory, bpe_tokenizer):
+    """A tokenized, not yet combined root (5 train shards and two holdouts)."""
+    work = tmp_path_factory.mktemp("progress")
+    slimtok("manifest", "--dataset-dir", make_dataset(work / "ds", train_shards=5), "--output-dir", work / "m")
+    slimtok("tokenize", "--manifest", work / "m/manifest.jsonl", "--output-root", work / "root", "--tokenizer",
+            bpe_tokenizer, "--quiet", "--spawn-workers", "1")
+    return work / "root"
+
+
+@pytest.mark.parametrize("consume", [False, True])
+def test_combine_plain_line_counts_every_split(tokenized, tmp_path, consume):
+    root = tmp_path / "root"
+    shutil.copytree(tokenized, root)
+    records = [orjson.loads(p.read_bytes()) for p in (root / "done").rglob("*.json")]
+    out, made = io.StringIO(), []
+
+    def display(shards, nbytes, before):
+        made.append((shards, nbytes, before))
+        return ProgressDisplay(shards, nbytes, stream=out, every=0, label="combine", initial_bytes=before)
+
+    meta = combine(root, log=lambda _: None, consume=consume, progress=display)
+    shards, tokens = len(records), sum(r["tokens"] for r in records)
+    assert made == [(shards, sum(r["bytes"] for r in records), 0)]
+    assert sum(s["tokens"] for s in meta.splits.values()) == tokens
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith(f"combine: shards {shards}/{shards} · {sum(r['documents'] for r in records):,} docs · "
+                           f"{tokens:,} tokens · "), last
+    assert last.endswith("ETA 0m00s")
+    assert len(out.getvalue().splitlines()) == shards + 1  # a line per shard (every=0), then close's
+
+
+def test_combine_draws_a_bar_on_a_terminal(tokenized, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(tokenized, root)
+    master, slave = terminal()
+    proc = subprocess.Popen([sys.executable, "-m", "slimtok", "combine", "--output-root", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = ""
+    while proc.poll() is None:
+        seen += drain_pty(master, wait=0.1)
+    seen += drain_pty(master)
+    os.close(master)
+    assert proc.returncode == 0, seen
+    assert "combine: shards 7/7 · " in seen and "100%|" in seen and "\r" in seen
+
+    quiet = tmp_path / "quiet"
+    shutil.copytree(tokenized, quiet)
+    text = slimtok("combine", "--output-root", quiet, "--quiet").stderr
+    assert "%|" not in text and text.splitlines()[-1].startswith("combine: shards 7/7 · ")
+
+
+def test_a_resumed_consume_counts_the_shards_moved_before_as_the_baseline(tokenized, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(tokenized, root)
+    order = [orjson.loads(line)["id"] for line in (root / "manifest.jsonl").read_bytes().splitlines()]
+    train = [orjson.loads((root / "done" / f"{shard}.json").read_bytes()) for shard in order
+             if shard.startswith("train/")]
+    third = root / train[2]["file"]
+    third.write_bytes(third.read_bytes()[:-4])  # the consume stops there, two shards moved
+    with pytest.raises(CombineError, match="bytes, but its done record says"):
+        combine(root, ["train"], consume=True, log=lambda _: None)
+    shutil.copyfile(tokenized / train[2]["file"], third)
+    made = []
+
+    def display(shards, nbytes, before):
+        made.append((shards, nbytes, before))
+        return ProgressDisplay(shards, nbytes, stream=io.StringIO(), initial_bytes=before)
+
+    combine(root, ["train"], consume=True, log=lambda _: None, progress=display)
+    assert made == [(len(train), sum(r["bytes"] for r in train), train[0]["bytes"] + train[1]["bytes"])]

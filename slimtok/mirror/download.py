@@ -12,7 +12,9 @@
 3. find the files already complete on disk (below) and the bytes still to fetch, and refuse, with
    the numbers, when fetching them would leave less than ``min_free_fraction`` of the disk free;
 4. call ``snapshot_download`` pinned to the commit (with everything present it makes no request:
-   it reuses its tree cache and finds every file), then check every file's size on disk;
+   it reuses its tree cache and finds every file), then check every file's size on disk; its
+   progress reaches a :class:`~slimtok.progress.ProgressDisplay` through its ``tqdm_class`` hook
+   (:class:`_HubTally`);
 5. write the mirror record (:mod:`slimtok.mirror.record`) and, in cache mode, ``refs/<revision>``.
 
 Where files land:
@@ -46,16 +48,19 @@ Xet transfers are left to huggingface_hub (it uses ``hf_xet`` when the repo is X
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from huggingface_hub import HfApi, RepoFile, constants, get_token, snapshot_download
@@ -74,6 +79,9 @@ from .. import __version__
 from ..errors import MirrorError
 from ..protocol import write_atomic
 from .record import MirrorRun, RecordedFile, write_record
+
+if TYPE_CHECKING:
+    from ..progress import ProgressDisplay
 
 try:  # huggingface_hub 2.x talks HTTP through httpx2, 1.x through httpx
     from httpx2 import TransportError
@@ -135,13 +143,15 @@ def mirror(repo_id: str, *, repo_type: str = "dataset", revision: str | None = N
            include: Sequence[str] = (), exclude: Sequence[str] = (),
            cache_dir: str | Path | None = None, local_dir: str | Path | None = None,
            max_workers: int = 8, min_free_fraction: float = 0.2,
-           log: Callable[[str], None] = print) -> MirrorResult:
+           log: Callable[[str], None] = print,
+           progress: Callable[[int, int], ProgressDisplay] | None = None) -> MirrorResult:
     """Download the files of ``repo_id`` at ``revision`` that pass the globs, skipping complete ones.
 
     Writes into ``cache_dir`` (Hugging Face cache layout) or ``local_dir`` (plain files), then the
     mirror record and, in cache mode, ``refs/<revision>``. Raises :class:`MirrorError` for every
     failure a user can act on (bad arguments, unknown repo or revision, gated repo, too little
     disk, network failure); nothing is recorded unless every selected file is on disk with its size.
+    ``progress(files, bytes to fetch)`` makes the display that follows the download.
     """
     _check_arguments(repo_type, cache_dir, local_dir, max_workers, min_free_fraction)
     revision = revision or constants.DEFAULT_REVISION
@@ -168,11 +178,17 @@ def mirror(repo_id: str, *, repo_type: str = "dataset", revision: str | None = N
         log(f"{path} differs from the Hub's copy (size or checksum); removing it so it is fetched again")
         path.unlink(missing_ok=True)  # two files with equal content share a blob
 
-    with _plain_hub_errors(label, revision):
-        snapshot = Path(snapshot_download(
-            repo_id, repo_type=repo_type, revision=commit, allow_patterns=allow or None,
-            ignore_patterns=ignore or None, max_workers=max_workers, library_name="slimtok",
-            library_version=__version__, **target.download_kwargs))
+    tally = _HubTally(progress(len(files), to_fetch)) if progress is not None else None
+    try:
+        with _plain_hub_errors(label, revision):
+            snapshot = Path(snapshot_download(
+                repo_id, repo_type=repo_type, revision=commit, allow_patterns=allow or None,
+                ignore_patterns=ignore or None, max_workers=max_workers, library_name="slimtok",
+                library_version=__version__, tqdm_class=tally.bar_class() if tally else None,
+                **target.download_kwargs))
+    finally:
+        if tally is not None:
+            tally.display.close()
     _check_sizes(snapshot, files, label)
 
     run = MirrorRun(revision=revision, include=allow, exclude=ignore, started_at=started_at,
@@ -238,6 +254,72 @@ def _select(files: list[RecordedFile], include: list[str], exclude: list[str], l
                           f"{exclude}; globs match whole repo paths such as {example!r} ('*' also "
                           "matches '/', a trailing '/' means the whole folder).")
     return selected
+
+
+# -- progress ------------------------------------------------------------------------------------
+
+
+class _HubTally:
+    """What ``snapshot_download`` reports through the bars it makes with its ``tqdm_class``, fed
+    to ``display``: files finished (its file-count bar goes up by one per file, present ones
+    included) and bytes fetched (its byte bars, updated per chunk from every download thread).
+
+    It feeds two byte bars, bytes written to disk and bytes received; over HTTP both get every
+    chunk and over Xet the received ones can only be fewer (compression), so the larger of the
+    two is the bytes written, the figure ``to_fetch`` counts."""
+
+    def __init__(self, display: ProgressDisplay):
+        self.display = display
+        self.files = 0
+        self.byte_bars: list[_Bar] = []
+        self._lock = threading.Lock()
+
+    def bar_class(self) -> Callable[..., _Bar]:
+        """What to pass as ``tqdm_class`` (huggingface_hub only calls it with keyword arguments)."""
+        return functools.partial(_Bar, self)
+
+    def moved(self, bar: _Bar, n: float) -> None:
+        with self._lock:
+            bar.n += n
+            if bar.counts_bytes:
+                if bar not in self.byte_bars:
+                    self.byte_bars.append(bar)
+            else:
+                self.files += int(n)
+            done = int(max((b.n for b in self.byte_bars), default=0))
+            self.display.update(self.files, None, None, done)
+
+
+class _Bar:
+    """Stands in for one of ``snapshot_download``'s bars: draws nothing, tells the tally; has the
+    attributes huggingface_hub sets and reads on its bars (``n``, ``total``, ``format_dict``)."""
+
+    def __init__(self, tally: _HubTally, total: float | None = None, initial: float = 0, unit: str = "it",
+                 **_drawing: Any):
+        self.tally, self.total, self.n, self.counts_bytes = tally, total, 0.0, unit == "B"
+        self.format_dict: dict[str, Any] = {}
+        if initial:
+            self.update(initial)
+
+    def update(self, n: float | None = 1) -> None:
+        self.tally.moved(self, n or 0)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+    def set_description(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    set_description_str = set_postfix_str = set_description
 
 
 # -- what is on disk ------------------------------------------------------------------------------
