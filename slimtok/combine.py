@@ -401,6 +401,11 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
     old, results = read_meta(root), {}
     for plan in list(plans):
         if (entry := consumed_entry(root, old, plan)) is not None:
+            if exclude is not None and any(exclude(r) is not None for r in plan.done):
+                raise CombineError("was combined whole and its shards are gone (--consume or clean), so the "
+                                   "documents dedup drops from it cannot be left out", root.combined(plan.split),
+                                   "combine --dedup before consuming or cleaning a split; for this root, tokenize "
+                                   "the split again into a new output root")
             log(f"{root.combined(plan.split)}: combined earlier from consumed shards; kept")
             results[plan.split] = entry
             plans.remove(plan)

@@ -220,3 +220,18 @@ def test_a_consumed_root_is_checked_and_only_its_leftovers_go(tokenized, tmp_pat
     (root / "train.bin").write_bytes((root / "train.bin").read_bytes()[::-1])  # same size, other bytes
     with pytest.raises(CleanError, match="do not hash to the sha256"):
         clean(root)
+
+
+def test_combine_with_drops_on_a_cleaned_split_is_refused_not_silently_kept(tokenized, tmp_path):
+    from slimtok.errors import CombineError
+
+    root = _copy(tokenized[1], tmp_path)
+    clean(root)
+    train = (root / "train.bin").read_bytes()
+    drop_first = lambda r: Exclusion(np.array([0]), ["duplicate"]) if r.split == "train" else None  # noqa: E731
+    with pytest.raises(CombineError, match="cannot be left out") as caught:
+        combine(root, log=lambda _: None, exclude=drop_first)
+    assert caught.value.path == str(OutputRoot(root).combined("train"))
+    assert (root / "train.bin").read_bytes() == train
+    combine(root, log=lambda _: None, exclude=lambda r: None)  # nothing to drop: the split is kept as it is
+    assert (root / "train.bin").read_bytes() == train
