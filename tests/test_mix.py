@@ -221,9 +221,9 @@ def test_validation_carve_is_disjoint_and_reproducible(roots, tmp_path):
     first, again = make_plan(spec, sources), make_plan(spec, sources)
     assert np.array_equal(first.splits["validation"], again.splits["validation"])
     assert np.array_equal(first.splits["train"], again.splits["train"])
-    val, train = first.splits["validation"], first.splits["train"]
+    val, train = first.splits["validation"]["id"], first.splits["train"]["id"]
     assert len(val) == len(set(val.tolist())) == 20 and not set(val.tolist()) & set(train.tolist())
-    whole = make_plan(parse_spec(dict(yaml.safe_load(_spec(roots, tmp_path).read_text()))), sources).splits["train"]
+    whole = make_plan(parse_spec(dict(yaml.safe_load(_spec(roots, tmp_path).read_text()))), sources).splits["train"]["id"]
     assert sorted(set(whole.tolist())) == sorted(set(train.tolist()) | set(val.tolist()))
 
 
@@ -296,12 +296,17 @@ def test_policies_and_orders(roots, tmp_path):
     assert abs(web.target - 20_000 * p[0] / p.sum()) <= 1 and web.target + code.target == 20_000
     # orders: none keeps the sources and their documents in order; chunk:N permutes whole groups
     sources = load_sources(spec)[0]
-    plain = make_plan(parse_spec(dict(base, shuffle="none")), load_sources(parse_spec(base))[0]).splits["train"]
+    plain = make_plan(parse_spec(dict(base, shuffle="none")), load_sources(parse_spec(base))[0]).splits["train"]["id"]
     assert np.all(np.diff(plain) > 0)  # one epoch each here: strictly increasing global ids
-    grouped = make_plan(parse_spec(dict(base, shuffle="chunk:4")), load_sources(parse_spec(base))[0]).splits["train"]
-    groups = [tuple(plain[i:i + 4]) for i in range(0, len(plain), 4)]
-    assert sorted(tuple(grouped[i:i + 4]) for i in range(0, len(grouped), 4)) == sorted(groups) != \
-        [tuple(grouped[i:i + 4]) for i in range(0, len(grouped), 4)]
+    grouped = make_plan(parse_spec(dict(base, shuffle="chunk:4")),
+                        load_sources(parse_spec(base))[0]).splits["train"]["id"].tolist()
+    groups = [tuple(plain[i:i + 4].tolist()) for i in range(0, len(plain), 4)]
+    found, at = [], 0  # the output is the plain groups, whole, in another order
+    while at < len(grouped):
+        group = next(g for g in groups if tuple(grouped[at:at + len(g)]) == g)
+        found.append(group)
+        at += len(group)
+    assert sorted(found) == sorted(groups) and found != groups
     assert sources
 
 
@@ -313,7 +318,7 @@ def test_policies_and_orders(roots, tmp_path):
     ({"total_tokens": None}, "total_tokens is missing"),
     ({"validation": {"documents": 0}}, "validation: documents is 0"),
     ({"policy": "temperature", "sources": [{"name": "a", "root": "/x"}]}, "policy temperature: alpha is None"),
-    ({"dedup": True}, "dedup: true is not supported yet"),
+    ({"dedup": "yes"}, "dedup is 'yes', must be true or false"),
 ])
 def test_bad_specs_name_the_setting(roots, tmp_path, change, message):
     data = dict(yaml.safe_load(_spec(roots, tmp_path).read_text()), **change)
@@ -332,3 +337,73 @@ def test_an_unfinished_root_is_refused(roots, tmp_path):
     spec_path = _spec(roots, tmp_path, sources=[{"name": "code", "root": str(copy), "tokens": 100}], total_tokens=None)
     with pytest.raises(MixError, match=f"source 'code': shard {shard} is not finished"):
         mix_main(spec_path, tmp_path / "out")
+
+
+def _synthetic_spec(tmp: Path, documents: int, shards: int, tokens: int) -> tuple[dict, np.ndarray]:
+    """One synthetic root (tables and done records only), a spec taking ``tokens`` of it, and the
+    root's table."""
+    from slimtok.mix.bench import synthetic_root
+
+    root = tmp / f"synthetic-{documents}-{shards}"
+    if not root.exists():
+        synthetic_root(root, documents, shards, seed=3)
+    out = OutputRoot(root)
+    table = np.concatenate([np.fromfile(out.table(orjson.loads(line)["id"]), dtype=DOC_TABLE_DTYPE)
+                            for line in out.manifest.read_bytes().splitlines()])
+    return {"seed": 5, "shuffle": "none",
+            "sources": [{"name": "s", "root": str(root), "max_epochs": 3, "tokens": tokens}]}, table
+
+
+def test_the_sample_is_the_smallest_keys_and_does_not_depend_on_the_reading_piece(tmp_path, monkeypatch):
+    """The plan's sample, recomputed here: one PCG64 key per table row from the source's seed, the
+    documents of smallest key whose tokens come closest to what the full epochs leave."""
+    import slimtok.mix.inputs as inputs
+
+    spec_data, table = _synthetic_spec(tmp_path, 30_000, 3, 0)
+    available = int(table["tokens"].sum(dtype=np.int64))
+    for target in (available // 3, available + 12_345, 2 * available):
+        spec_data["sources"][0]["tokens"] = target
+        spec = parse_spec(spec_data)
+        plan = make_plan(spec, load_sources(spec)[0])
+        full, rest = divmod(target, available)
+        keys = np.random.PCG64(np.random.SeedSequence(5).spawn(3)[0]).random_raw(len(table))
+        by_key = np.argsort(keys, kind="stable")
+        cum = np.cumsum(table["tokens"][by_key].astype(np.int64))
+        k = int(np.argmin(np.abs(np.concatenate([[0], cum]) - rest)))
+        rows = np.concatenate([np.tile(np.arange(len(table)), full), np.sort(by_key[:k])])
+        per = len(table) // 3
+        shard, row = rows // per, rows % per
+        picks = plan.splits["train"]
+        assert np.array_equal(picks["id"], (shard << 32) + row)
+        assert np.array_equal(picks["tokens"], table["tokens"][rows])
+        assert plan.sources[0].tokens == full * available + (int(cum[k - 1]) if k else 0)
+        assert abs(plan.sources[0].tokens - target) <= MAX_TOKENS_SYNTHETIC
+        monkeypatch.setattr(inputs, "PIECE_ROWS", 777)  # other reads, same plan
+        again = make_plan(spec, load_sources(spec)[0])
+        monkeypatch.undo()
+        assert np.array_equal(again.splits["train"], picks)
+
+
+MAX_TOKENS_SYNTHETIC = 2000  # slimtok.mix.bench.MAX_DOC_TOKENS
+
+
+def test_planning_memory_is_per_selected_document(tmp_path, monkeypatch):
+    """4 M available documents, about 2,000 selected: the plan's traced allocations stay within
+    16 bytes per selected document plus a constant (about 110 bytes per row of a reading piece:
+    7 MB for 65,536 rows), far below one array per available document (4 M x 16 B = 64 MB)."""
+    import tracemalloc
+
+    import slimtok.mix.inputs as inputs
+
+    monkeypatch.setattr(inputs, "PIECE_ROWS", 1 << 16)
+    spec = parse_spec(_synthetic_spec(tmp_path, 4_000_000, 4, 2_000_000)[0])
+    sources = load_sources(spec)[0]
+    tracemalloc.start()
+    try:
+        plan = make_plan(spec, sources)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    selected = len(plan.splits["train"])
+    assert 1000 < selected < 4000 and abs(plan.sources[0].tokens - 2_000_000) <= MAX_TOKENS_SYNTHETIC
+    assert peak <= 16 * selected + (16 << 20), f"{peak / 2**20:.1f} MiB traced for {selected} documents"

@@ -6,11 +6,14 @@ from .plan import Plan
 
 
 def mix_section(plan: Plan) -> dict[str, dict]:
-    """Per source: target tokens, realized tokens and documents, unique documents, epochs, share."""
+    """Per source: target tokens, realized tokens and documents, unique documents, epochs, share,
+    and the documents and tokens dedup removed (the root's drop lists and, with ``dedup: true``,
+    texts an earlier source gave)."""
     total = sum(r.tokens for r in plan.sources) or 1
     return {r.name: {"target_tokens": r.target, "tokens": r.tokens, "documents": r.documents,
                      "unique_documents": r.unique, "available_tokens": r.available,
-                     "epochs": round(r.epochs, 6), "share": round(r.tokens / total, 6)}
+                     "epochs": round(r.epochs, 6), "share": round(r.tokens / total, 6),
+                     "duplicate_documents": r.duplicate_documents, "duplicate_tokens": r.duplicate_tokens}
             for r in plan.sources}
 
 
