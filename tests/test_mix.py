@@ -62,7 +62,20 @@ def _write_tables(root: Path, texts: dict[str, list[tuple[str, str]]]) -> None:
 
 
 def _root(tmp: Path, name: str, tokenizer: Path, shards: int, docs: int, seed: int, labels: list[str]) -> Path:
-    texts = _dataset(tmp / f"{name}-ds", shards, docs, seed, labels)
+    return _tokenized(tmp, name, tokenizer, _dataset(tmp / f"{name}-ds", shards, docs, seed, labels))
+
+
+def _text_root(tmp: Path, name: str, tokenizer: Path, shards: list[list[str]]) -> Path:
+    """A root whose train shards hold exactly these texts (repeats allowed)."""
+    texts = {}
+    for i, rows in enumerate(shards):
+        shard = f"train/chunk1/example_train_{i}"
+        write_shard(tmp / f"{name}-ds" / f"{shard}.jsonl.zst", [doc_line(t, "web") for t in rows])
+        texts[shard] = [(t, "web") for t in rows]
+    return _tokenized(tmp, name, tokenizer, texts)
+
+
+def _tokenized(tmp: Path, name: str, tokenizer: Path, texts: dict[str, list[tuple[str, str]]]) -> Path:
     slimtok("manifest", "--dataset-dir", tmp / f"{name}-ds", "--output-dir", tmp / f"{name}-m")
     root = tmp / name
     slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp / f"{name}-m" / "manifest.jsonl", "--output-root", root,
@@ -407,3 +420,85 @@ def test_planning_memory_is_per_selected_document(tmp_path, monkeypatch):
     selected = len(plan.splits["train"])
     assert 1000 < selected < 4000 and abs(plan.sources[0].tokens - 2_000_000) <= MAX_TOKENS_SYNTHETIC
     assert peak <= 16 * selected + (16 << 20), f"{peak / 2**20:.1f} MiB traced for {selected} documents"
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, bpe_tokenizer):
+    """Two roots of real text: b repeats 5 of a's texts (across roots) and one of its own."""
+    tmp = tmp_path_factory.mktemp("planted")
+    a = [f"[a {k}] {t}" for k, t in enumerate(sample_documents(24, 41))]
+    b = [f"[b {k}] {t}" for k, t in enumerate(sample_documents(20, 42))]
+    b[3], b[7], b[11], b[15], b[19] = a[0], a[5], a[12], a[13], a[23]
+    b[9] = b[2]
+    return {"tmp": tmp, "a": a, "b": b, "a_root": _text_root(tmp, "a", bpe_tokenizer, [a[:10], a[10:]]),
+            "b_root": _text_root(tmp, "b", bpe_tokenizer, [b[:8], b[8:]])}
+
+
+def _keep_first(*roots: tuple[list[str], list[bytes]], across_only: bool = True) -> tuple[list[bytes], list[int]]:
+    """The documents a keep-first pass over the roots' texts keeps (only repeats of an earlier
+    root's texts when ``across_only``), and how many each root lost."""
+    seen: set[str] = set()
+    kept, lost = [], []
+    for texts, docs in roots:
+        mine, n = set(), 0
+        for text, doc in zip(texts, docs):
+            if text in seen or (not across_only and text in mine):
+                n += 1
+                continue
+            mine.add(text)
+            kept.append(doc)
+        seen |= mine
+        lost.append(n)
+    return kept, lost
+
+
+def test_dedup_drops_what_an_earlier_source_gave(planted, tmp_path):
+    a_docs, b_docs = _docs(planted["a_root"]), _docs(planted["b_root"])
+    want, lost = _keep_first((planted["a"], a_docs), (planted["b"], b_docs))
+    assert lost == [0, 5]
+    b_left = sum(len(d) // 4 for d in want[len(a_docs):])
+    data = {"seed": 3, "shuffle": "none", "dedup": True,
+            "sources": [{"name": "a", "root": str(planted["a_root"]), "tokens": sum(len(d) // 4 for d in a_docs)},
+                        {"name": "b", "root": str(planted["b_root"]), "tokens": b_left}]}
+    spec_path = tmp_path / "dedup.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    mix_main(spec_path, tmp_path / "one", workers=1)
+    mix_main(spec_path, tmp_path / "two", workers=2)
+    assert _out_docs(tmp_path / "one") == want  # b's second copy of its own text stays: not across sources
+    assert (tmp_path / "one" / "train.bin").read_bytes() == (tmp_path / "two" / "train.bin").read_bytes()
+    report = orjson.loads((tmp_path / "one" / "meta.json").read_bytes())["splits"]["train"]["mix"]
+    dropped = [d for t, d in zip(planted["b"], b_docs) if t in set(planted["a"])]
+    assert report["b"]["duplicate_documents"] == 5 and report["a"]["duplicate_documents"] == 0
+    assert report["b"]["duplicate_tokens"] == sum(len(d) // 4 for d in dropped)
+    assert report["b"]["available_tokens"] == b_left == report["b"]["tokens"]
+    # without dedup the same spec asks b for fewer tokens than it has: all 20 documents are candidates
+    data["dedup"] = False
+    plan, _ = mix(parse_spec(data), None)
+    assert plan.sources[1].duplicate_documents == 0 and plan.sources[1].candidates == 20
+
+
+def test_a_deduplicated_root_is_mixed_without_its_drops(planted, tmp_path):
+    import shutil
+
+    root = tmp_path / "b"
+    shutil.copytree(planted["b_root"], root)
+    slimtok("dedup", "--output-root", root, "--spawn-workers", "1")
+    b_docs = _docs(root)
+    want, lost = _keep_first((planted["b"], b_docs), across_only=False)
+    assert lost == [1]
+    data = {"seed": 3, "shuffle": "none",
+            "sources": [{"name": "b", "root": str(root), "tokens": sum(len(d) // 4 for d in want)}]}
+    spec_path = tmp_path / "root.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    mix_main(spec_path, tmp_path / "out")
+    assert _out_docs(tmp_path / "out") == want
+    report = orjson.loads((tmp_path / "out" / "meta.json").read_bytes())["splits"]["train"]["mix"]["b"]
+    assert (report["duplicate_documents"], report["duplicate_tokens"]) == (1, len(b_docs[9]) // 4)
+    # both: b loses its own repeat and a's five texts
+    a_docs = _docs(planted["a_root"])
+    both, _ = _keep_first((planted["a"], a_docs), (planted["b"], b_docs), across_only=False)
+    data = {"seed": 3, "shuffle": "none", "dedup": True,
+            "sources": [{"name": "a", "root": str(planted["a_root"]), "tokens": sum(len(d) // 4 for d in a_docs)},
+                        {"name": "b", "root": str(root), "tokens": sum(len(d) // 4 for d in both[len(a_docs):])}]}
+    plan, _ = mix(parse_spec(data), None)
+    assert plan.sources[1].duplicate_documents == 6 and plan.sources[1].candidates == 14
