@@ -199,7 +199,8 @@ def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_v
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Threads copying chunks of the mix; the output is the same for any number.")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the realized mix table and write nothing.")
-def mix_cmd(spec: Path, output_root: Path | None, workers: int, plan_only: bool) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")
+def mix_cmd(spec: Path, output_root: Path | None, workers: int, plan_only: bool, quiet: bool) -> None:
     """Mix several tokenized roots by weight or token budget into one training set (docs/MIX.md).
 
     Deterministic: the same SPEC and inputs give the same bytes for any --workers and after any kill;
@@ -210,7 +211,7 @@ def mix_cmd(spec: Path, output_root: Path | None, workers: int, plan_only: bool)
 
     if output_root is None and not plan_only:
         raise MixError("no --output-root given", spec, "pass --output-root OUT, or --plan to only print the table")
-    sys.exit(mix_main(spec, output_root, workers=workers, plan_only=plan_only, log=click.echo))
+    sys.exit(mix_main(spec, output_root, workers=workers, plan_only=plan_only, log=click.echo, quiet=quiet))
 
 
 @main.command("dedup")

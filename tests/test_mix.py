@@ -502,3 +502,34 @@ def test_a_deduplicated_root_is_mixed_without_its_drops(planted, tmp_path):
                         {"name": "b", "root": str(root), "tokens": sum(len(d) // 4 for d in both[len(a_docs):])}]}
     plan, _ = mix(parse_spec(data), None)
     assert plan.sources[1].duplicate_documents == 6 and plan.sources[1].candidates == 14
+
+
+def test_progress_plain_lines_per_chunk_and_quiet_on_a_terminal(roots, tmp_path, monkeypatch):
+    import io
+    import os
+
+    from test_progress import _drain
+
+    from slimtok import progress
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY", 0)  # a plain line at every chunk
+    spec_path = _spec(roots, tmp_path, chunk_documents=10, validation={"documents": 4})
+    shown = io.StringIO()
+    mix_main(spec_path, tmp_path / "out", workers=2, stream=shown, log=lambda _: None)
+    meta = orjson.loads((tmp_path / "out" / "meta.json").read_bytes())["splits"]
+    chunks = len((tmp_path / "out" / "manifest.jsonl").read_bytes().splitlines())
+    docs, tokens = (sum(meta[s][k] for s in ("train", "validation")) for k in ("documents", "tokens"))
+    lines = shown.getvalue().splitlines()
+    assert len(lines) == chunks + 2 and all(line.startswith("mix: chunks ") for line in lines)
+    assert [int(line.split()[2].split("/")[0]) for line in lines[:-1]] == list(range(chunks + 1))
+    assert lines[-1].startswith(f"mix: chunks {chunks}/{chunks} · {docs:,} docs · {tokens:,} tokens · ")
+    # a relaunch of the finished mix counts everything as done before it, and a terminal
+    # with --quiet gets the plain line, not a bar
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as tty:
+        mix_main(spec_path, tmp_path / "out", stream=tty, quiet=True, log=lambda _: None)
+        text = _drain(master)
+    os.close(master)
+    assert "%|" not in text and text.strip().startswith(f"mix: chunks {chunks}/{chunks} · {docs:,} docs")
+    result = slimtok("mix", spec_path, "--output-root", tmp_path / "out", "--quiet")
+    assert f"mix: chunks {chunks}/{chunks}" in result.stderr

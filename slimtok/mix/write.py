@@ -17,19 +17,22 @@ import hashlib
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import orjson
 
+from .. import progress
 from ..combine import build_meta, write_meta
 from ..publish import PendingSet
 from ..errors import MixError
 from ..manifest import ShardEntry, manifest_digest
 from ..protocol import (SPLIT_FILES, DoneRecord, JobSettings, OutputRoot, create_exclusive, fsync_dir, hostname,
                         new_token, read_record, temp_path, work_path, write_atomic, write_record)
+from ..progress import ProgressDisplay
 from ..spans import DocEnds, copy_range
 from .inputs import SourceDocs
 from .plan import Plan
@@ -153,20 +156,44 @@ def write_chunk(out: OutputRoot, split: str, n: int, picks: np.ndarray, offset: 
         token=new_token(), host=hostname(), finished_at=time.time(), seconds=time.time() - began, sources=counts))
 
 
-def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarray, docs: Layout,
-                job: JobSettings, per_chunk: int, workers: int) -> dict:
-    """Write every unfinished chunk of a split, then publish the file and its index; returns the
-    split's meta entry."""
+def _unfinished(out: OutputRoot, split: str, starts: np.ndarray) -> list[int]:
+    """Chunks of a split without a done record (none once the split file is published)."""
+    if out.combined(split).exists():
+        return []
+    return [n for n in range(len(starts) - 1) if read_record(out.done(_chunk_id(split, n)), DoneRecord) is None]
+
+
+@dataclass
+class _Tally:
+    """The whole mix's finished chunks, documents and bytes, shown by ``display``."""
+
+    display: ProgressDisplay
+    itemsize: int
+    chunks: int
+    documents: int
+    nbytes: int
+
+    def add(self, documents: int, nbytes: int) -> None:
+        self.chunks, self.documents, self.nbytes = self.chunks + 1, self.documents + documents, self.nbytes + nbytes
+        self.display.update(self.chunks, self.documents, self.nbytes // self.itemsize, self.nbytes)
+
+
+def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarray, todo: list[int],
+                docs: Layout, job: JobSettings, per_chunk: int, workers: int, tally: _Tally) -> dict:
+    """Write the chunks ``todo`` of a split, then publish the file and its index (unless it is
+    published already); returns the split's meta entry."""
     dest, partial = out.combined(split), _partial(out, split)
     total = int(starts[-1])
     if not dest.exists():
         with open(partial, "ab") as f:
             f.truncate(total)
-        todo = [n for n in range(len(starts) - 1) if read_record(out.done(_chunk_id(split, n)), DoneRecord) is None]
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for result in [pool.submit(write_chunk, out, split, n, picks[n * per_chunk:(n + 1) * per_chunk],
-                                       int(starts[n]), docs, job) for n in todo]:
+            running = {pool.submit(write_chunk, out, split, n, picks[n * per_chunk:(n + 1) * per_chunk],
+                                   int(starts[n]), docs, job): n for n in todo}
+            for result in as_completed(running):
                 result.result()
+                n = running[result]
+                tally.add(len(picks[n * per_chunk:(n + 1) * per_chunk]), int(starts[n + 1] - starts[n]))
         _write_index(out.doc_index(split), picks, per_chunk)
         os.replace(partial, dest)
         fsync_dir(dest.parent)
@@ -188,13 +215,30 @@ def _write_index(path: Path, picks: np.ndarray, per_chunk: int) -> None:
 
 
 def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: Plan, job_raw: dict,
-              first: OutputRoot, workers: int) -> dict:
-    """Write (or finish) the whole mix; returns the meta written."""
+              first: OutputRoot, workers: int, quiet: bool = False, stream: TextIO | None = None) -> dict:
+    """Write (or finish) the whole mix, its progress shown on ``stream`` (a bar on a terminal
+    unless ``quiet``, else a plain line every ``progress.PLAIN_EVERY`` s); returns the meta written."""
     docs = Layout.join(sources, plan.first_shard)
     job = JobSettings.from_dict(job_raw)
-    starts = prepare(out, mix_record(spec, sources, plan), job_raw, first, plan, spec, np.dtype(job.dtype).itemsize)
-    entries = {split: write_split(out, split, picks, starts[split], docs, job, spec.chunk_documents, workers)
-               for split, picks in plan.splits.items()}
+    itemsize = np.dtype(job.dtype).itemsize
+    starts = prepare(out, mix_record(spec, sources, plan), job_raw, first, plan, spec, itemsize)
+    todo = {split: _unfinished(out, split, s) for split, s in starts.items()}
+    per = spec.chunk_documents
+    total_bytes = sum(int(s[-1]) for s in starts.values())
+    chunks = sum(len(s) - 1 for s in starts.values())
+    left_bytes = sum(int(starts[split][n + 1] - starts[split][n]) for split, ns in todo.items() for n in ns)
+    left_docs = sum(len(plan.splits[split][n * per:(n + 1) * per]) for split, ns in todo.items() for n in ns)
+    display = ProgressDisplay(chunks, total_bytes, unit="chunks", quiet=quiet, stream=stream,
+                              every=progress.PLAIN_EVERY, label="mix", initial_bytes=total_bytes - left_bytes,
+                              initial_tokens=(total_bytes - left_bytes) // itemsize)
+    tally = _Tally(display, itemsize, chunks - sum(len(ns) for ns in todo.values()),
+                   sum(len(p) for p in plan.splits.values()) - left_docs, total_bytes - left_bytes)
+    display.update(tally.chunks, tally.documents, tally.nbytes // itemsize, tally.nbytes)  # what a relaunch finds
+    try:
+        entries = {split: write_split(out, split, picks, starts[split], todo[split], docs, job, per, workers, tally)
+                   for split, picks in plan.splits.items()}
+    finally:
+        display.close()
     entries[spec.split]["mix"] = mix_section(plan)
     meta = build_meta(out, JobSettings.from_dict(orjson.loads(out.job.read_bytes())), entries, log=lambda _line: None)
     with PendingSet([out.meta_json, out.meta_pkl]) as pending:
