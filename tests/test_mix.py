@@ -533,3 +533,54 @@ def test_progress_plain_lines_per_chunk_and_quiet_on_a_terminal(roots, tmp_path,
     assert "%|" not in text and text.strip().startswith(f"mix: chunks {chunks}/{chunks} · {docs:,} docs")
     result = slimtok("mix", spec_path, "--output-root", tmp_path / "out", "--quiet")
     assert f"mix: chunks {chunks}/{chunks}" in result.stderr
+
+
+def _blend(path: Path) -> tuple[list[str], list[float]]:
+    """The file as Megatron reads --data-args-path: whitespace-split, then its blend parser."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.utils import get_blend_from_list
+    return get_blend_from_list(path.read_text().split())
+
+
+def test_data_args_weights_are_the_realized_shares_and_megatron_reads_them(combined, roots, tmp_path):
+    from test_export import _megatron_dataset
+
+    from slimtok.errors import ExportError
+    from slimtok.export import export_data_args
+
+    two = [{"name": "web", "root": str(roots["web"]), "weight": 0.7},
+           {"name": "code", "root": str(roots["code"]), "weight": 0.3, "max_epochs": 4}]
+    out = tmp_path / "mixed"
+    mix_main(_spec(roots, tmp_path, sources=two, total_tokens=20_000), out)
+    # the realized tokens per source, counted here from the output's documents
+    owner = {d: n for n in ("web", "code") for d in _docs(roots[n])}
+    tokens = {"web": 0, "code": 0}
+    for d in _out_docs(out):
+        tokens[owner[d]] += len(d) // 4
+    args = tmp_path / "blend.txt"
+    slimtok("export", "megatron", "--output-root", out, "--prefix", "blend", "--data-args-path", args)
+    prefixes, weights = _blend(args)
+    assert prefixes == [str(roots[n] / "megatron" / "blend_train_text_document") for n in ("web", "code")]
+    assert weights == [tokens[n] / sum(tokens.values()) for n in ("web", "code")]
+    for n, prefix in zip(("web", "code"), prefixes):
+        ds = _megatron_dataset(Path(prefix))
+        assert [ds[i].astype(np.uint32).tobytes() for i in range(len(ds))] == _docs(roots[n])
+    # plain roots: weighted by their train tokens
+    plain = tmp_path / "plain.txt"
+    export_data_args(combined, "plain", plain, log=lambda _: None)
+    prefixes, weights = _blend(plain)
+    assert weights == [(r / "train.bin").stat().st_size // 4 for r in combined]
+    assert prefixes == [str(r / "megatron" / "plain_train_text_document") for r in combined]
+    assert len(_megatron_dataset(Path(prefixes[1]))) == len(_docs(roots["code"]))
+    # a source that is one label of its root cannot be named by a whole-root prefix
+    with_label = tmp_path / "label"
+    mix_main(_spec(roots, tmp_path), with_label)
+    slimtok("combine", "--output-root", roots["pile"])
+    c4, pile = (sum(len(d) // 4 for d in _docs(roots["pile"], label)) for label in ("RedPajamaC4", None))
+    with pytest.raises(ExportError, match=f"mix source 'c4' drew from {c4:,} tokens of its root, but the root's "
+                                          f"combined train split holds {pile:,}"):
+        export_data_args([with_label], "x", tmp_path / "x.txt", log=lambda _: None)
+    assert not (tmp_path / "x.txt").exists()
