@@ -584,3 +584,33 @@ def test_data_args_weights_are_the_realized_shares_and_megatron_reads_them(combi
                                           f"combined train split holds {pile:,}"):
         export_data_args([with_label], "x", tmp_path / "x.txt", log=lambda _: None)
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_mixed_blocks_epochs_are_seeded_resumable_and_shared_by_ranks(combined):
+    from slimtok.mixed import MixedBlocks
+
+    def make(rank=0, world_size=1):
+        return MixedBlocks([(combined[0], 1), (combined[1], 1)], 16, seed=4, samples_per_epoch=300,
+                           rank=rank, world_size=world_size)
+
+    def taken(blocks, count=None):
+        return [x.tobytes() for _, (x, _) in zip(range(count or 10**9), blocks)]
+
+    blocks = make()
+    epoch0 = taken(blocks)
+    assert len(epoch0) == 300 and taken(blocks) == epoch0  # a finished pass repeats the epoch
+    blocks.set_epoch(2)
+    head = taken(blocks, 120)
+    state = blocks.state_dict()
+    again = make()
+    again.set_epoch(2)
+    whole = taken(again)
+    assert head == whole[:120] and whole != epoch0 and state == {"epoch": 2, "position": 120}
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert taken(resumed) == whole[120:]
+    # two ranks take the even and odd draws of the same sequence
+    ranks = [make(r, 2) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(2)
+    assert taken(ranks[0]) == whole[0::2] and taken(ranks[1]) == whole[1::2]
