@@ -471,6 +471,10 @@ def test_dedup_drops_what_an_earlier_source_gave(planted, tmp_path):
     assert report["b"]["duplicate_documents"] == 5 and report["a"]["duplicate_documents"] == 0
     assert report["b"]["duplicate_tokens"] == sum(len(d) // 4 for d in dropped)
     assert report["b"]["available_tokens"] == b_left == report["b"]["tokens"]
+    lines: list[str] = []
+    mix_main(spec_path, None, plan_only=True, log=lines.append)
+    table = lines[0].splitlines()
+    assert table[0].split()[-1] == "duplicates" and table[2].split()[-1] == "5" and table[3].split()[-1] == "5"
     # without dedup the same spec asks b for fewer tokens than it has: all 20 documents are candidates
     data["dedup"] = False
     plan, _ = mix(parse_spec(data), None)

@@ -55,10 +55,15 @@ class Layout:
     def join(cls, sources: list[SourceDocs], first_shard: np.ndarray) -> "Layout":
         return cls([p for s in sources for p in s.paths], first_shard, [s.spec.name for s in sources])
 
-    def source_counts(self, picks: np.ndarray) -> dict[str, dict[str, int]]:
-        which = np.searchsorted(self.first_shard, picks["id"] >> 32, side="right") - 1
-        docs = np.bincount(which, minlength=len(self.names))
-        toks = np.bincount(which, weights=picks["tokens"].astype(np.float64), minlength=len(self.names))
+    def source_counts(self, picks: np.ndarray, step: int = 1 << 20) -> dict[str, dict[str, int]]:
+        """Documents and tokens per source name, ``step`` records at a time (bounded temporaries)."""
+        docs = np.zeros(len(self.names), dtype=np.int64)
+        toks = np.zeros(len(self.names), dtype=np.int64)
+        for lo in range(0, len(picks), step):
+            piece = picks[lo:lo + step]
+            which = np.searchsorted(self.first_shard, piece["id"] >> 32, side="right") - 1
+            docs += np.bincount(which, minlength=len(self.names))
+            toks += np.bincount(which, weights=piece["tokens"], minlength=len(self.names)).astype(np.int64)
         return {n: {"documents": int(d), "tokens": int(t)} for n, d, t in zip(self.names, docs, toks) if d}
 
 
