@@ -123,16 +123,18 @@ def _stream(source: SourceDocs, seed: np.random.SeedSequence, taken: np.ndarray)
 def _scan(source: SourceDocs, seed: np.random.SeedSequence, taken: np.ndarray) -> _Scan:
     scan = _Scan()
     for piece, keys, usable in _stream(source, seed, taken):
-        tokens = piece.tokens[usable]
-        buckets = (keys[usable] >> _SHIFT).astype(np.intp)
+        whole = bool(usable.all())  # the common case: no boolean copies
+        tokens = piece.tokens if whole else piece.tokens[usable]
+        buckets = ((keys if whole else keys[usable]) >> _SHIFT).view(np.int64)  # < 2**16: the view is exact
         scan.available += int(tokens.sum(dtype=np.int64))
         scan.documents += len(tokens)
         # float64 weights are exact for integer sums below 2**53 tokens per bucket
         scan.bucket_tokens += np.bincount(buckets, weights=tokens, minlength=len(scan.bucket_tokens)).astype(np.int64)
         scan.bucket_documents += np.bincount(buckets, minlength=len(scan.bucket_documents))
-        removed = piece.dropped | (piece.keep & ~usable)
-        scan.duplicate_documents += int(removed.sum())
-        scan.duplicate_tokens += int(piece.tokens[removed].sum(dtype=np.int64))
+        if not whole:
+            removed = piece.dropped | (piece.keep & ~usable)
+            scan.duplicate_documents += int(removed.sum())
+            scan.duplicate_tokens += int(piece.tokens[removed].sum(dtype=np.int64))
     return scan
 
 
