@@ -350,6 +350,14 @@ def test_an_unfinished_root_is_refused(roots, tmp_path):
     spec_path = _spec(roots, tmp_path, sources=[{"name": "code", "root": str(copy), "tokens": 100}], total_tokens=None)
     with pytest.raises(MixError, match=f"source 'code': shard {shard} is not finished"):
         mix_main(spec_path, tmp_path / "out")
+    # a table cut short is refused with both sizes, not read as fewer documents
+    shutil.copytree(roots["code"], copy, dirs_exist_ok=True)
+    record = read_record(OutputRoot(copy).done(shard), DoneRecord)
+    table = OutputRoot(copy).resolve(record.table)
+    table.write_bytes(table.read_bytes()[:-DOC_TABLE_DTYPE.itemsize])
+    with pytest.raises(MixError, match=f"shard {shard}'s document table holds {record.table_bytes - 24:,} bytes, "
+                                       f"but its done record says {record.table_bytes:,}"):
+        mix_main(spec_path, tmp_path / "out")
 
 
 def _synthetic_spec(tmp: Path, documents: int, shards: int, tokens: int) -> tuple[dict, np.ndarray]:

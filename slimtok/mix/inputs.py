@@ -125,6 +125,12 @@ def _records(root: OutputRoot, split: str, name: str) -> list[DoneRecord]:
         if not record.table or not root.resolve(record.table).exists():
             raise MixError(f"source {name!r}: shard {e.id} has no document table", root.root,
                            "re-tokenize the root with a slimtok that writes documents/")
+        size = root.resolve(record.table).stat().st_size
+        if size != record.table_bytes or size != record.documents * DOC_TABLE_DTYPE.itemsize:
+            raise MixError(f"source {name!r}: shard {e.id}'s document table holds {size:,} bytes, but its done "
+                           f"record says {record.table_bytes:,} ({record.documents:,} documents)",
+                           root.resolve(record.table), "restore the table, or delete the shard's done record "
+                           "and table and tokenize the root again")
         if record.tokens >= MAX_SHARD_TOKENS:
             raise MixError(f"source {name!r}: shard {e.id} holds {record.tokens:,} tokens, more than a mix "
                            f"can address ({MAX_SHARD_TOKENS:,})", root.done(e.id),
