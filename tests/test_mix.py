@@ -626,3 +626,15 @@ def test_mixed_blocks_epochs_are_seeded_resumable_and_shared_by_ranks(combined):
     for r in ranks:
         r.set_epoch(2)
     assert taken(ranks[0]) == whole[0::2] and taken(ranks[1]) == whole[1::2]
+
+
+def test_hash_set_against_a_python_set():
+    from slimtok.mix.plan import Hashes
+
+    rng = np.random.default_rng(1)
+    hi = rng.integers(0, 50, 3000, dtype=np.uint64)  # many equal hi: the rare branch runs often
+    lo = rng.integers(0, 40, 3000, dtype=np.uint64)
+    taken = Hashes().union(hi[:1000], lo[:1000]).union(hi[1000:1500], lo[1000:1500])
+    reference = set(zip(hi[:1500].tolist(), lo[:1500].tolist()))
+    assert len(taken) == len(reference) and np.all(np.diff(taken.hi.astype(np.int64)) >= 0)
+    assert taken.contains(hi, lo).tolist() == [(h, l_) in reference for h, l_ in zip(hi.tolist(), lo.tolist())]

@@ -56,12 +56,9 @@ class Piece:
     keep: np.ndarray      # bool: carries the label and was not dropped by the root's dedup
     dropped: np.ndarray   # bool: carries the label but the root's dedup dropped it
 
-    def hashes(self, rows: np.ndarray) -> np.ndarray:
-        """The 128-bit text hashes of ``rows`` (piece-relative) as V16 values that compare and
-        sort as the numbers do (big-endian hi, lo)."""
-        pair = np.empty((len(rows), 2), dtype=">u8")
-        pair[:, 0], pair[:, 1] = self.table["hash_hi"][rows], self.table["hash_lo"][rows]
-        return pair.view("V16").ravel()
+    def hashes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The 128-bit text hashes of ``rows`` (piece-relative): (hash_hi, hash_lo), uint64."""
+        return np.asarray(self.table["hash_hi"][rows]), np.asarray(self.table["hash_lo"][rows])
 
 
 @dataclass

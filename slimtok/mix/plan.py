@@ -11,8 +11,8 @@ Memory: the plan never holds an array per *available* document. It streams each 
 keys' top ``KEY_BUCKET_BITS`` bits, one collects the documents of the bucket where the target
 falls (about one 65536th of them) to find the exact key threshold, one writes the selected
 documents as ``PICK_DTYPE`` records (16 bytes each, in one preallocated array). With
-``dedup: true`` the 128-bit hashes of the documents taken so far are held too (16 bytes per
-distinct selected document, twice while merging) and a source is streamed once more.
+``dedup: true`` the 128-bit hashes of the documents taken so far are held too (:class:`Hashes`:
+16 bytes per distinct selected document, about three times that while merging) and a source is streamed once more.
 
 A document is named by its *id*: ``shard << 32 | row``, ``shard`` numbering the sources' shards
 end to end and ``row`` its row in that shard's document table.
@@ -33,7 +33,6 @@ PICK_DTYPE = np.dtype([("id", "<i8"), ("start", "<u4"), ("tokens", "<u4")])
 
 KEY_BUCKET_BITS = 16
 _SHIFT = np.uint64(64 - KEY_BUCKET_BITS)
-_NO_HASHES = np.zeros(0, dtype="V16")
 
 
 @dataclass
@@ -98,15 +97,58 @@ class _Choice:
         return self.documents if self.full else self.sample_documents
 
 
-def _contains(sorted_hashes: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-    """Which of ``hashes`` are in ``sorted_hashes`` (both V16)."""
-    if not len(sorted_hashes) or not len(hashes):
-        return np.zeros(len(hashes), dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_hashes, hashes), len(sorted_hashes) - 1)
-    return sorted_hashes[at] == hashes
+@dataclass
+class Hashes:
+    """A set of 128-bit text hashes, sorted by (``hi``, ``lo``), no pair twice, with a directory: the
+    entries whose ``hi`` has top bits b are ``[directory[b], directory[b + 1])``. Hashes are
+    uniform, so a range holds about one entry and a lookup is a couple of memory reads, not a
+    binary search's twenty."""
+
+    hi: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    lo: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    bits: int = 1
+    directory: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.hi)
+
+    def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """Which of the pairs (hi[i], lo[i]) are in the set: every query walks its range, all of
+        them one step per round."""
+        found = np.zeros(len(hi), dtype=bool)
+        if not len(self.hi) or not len(hi):
+            return found
+        b = (hi >> np.uint64(64 - self.bits)).view(np.int64)
+        at, stop = self.directory[b], self.directory[b + 1]
+        walking = np.flatnonzero(at < stop)
+        while len(walking):
+            p = at[walking]
+            match = (self.hi[p] == hi[walking]) & (self.lo[p] == lo[walking])
+            found[walking[match]] = True
+            at[walking] += 1
+            walking = walking[~match & (at[walking] < stop[walking])]
+        return found
+
+    def union(self, hi: np.ndarray, lo: np.ndarray) -> "Hashes":
+        """The set with the pairs (hi, lo) added (``hi``, ``lo`` need not be sorted)."""
+        new = np.lexsort((lo, hi))
+        h, l_ = np.concatenate([self.hi, hi[new]]), np.concatenate([self.lo, lo[new]])
+        order = np.argsort(h, kind="stable")  # two sorted runs: a merge
+        h, l_ = h[order], l_[order]
+        if ((h[1:] == h[:-1]) & (l_[1:] != l_[:-1])).any():  # equal hi, other lo (about 2**-64 a pair):
+            order = np.lexsort((l_, h))                      # sort by both, so equal pairs meet
+            h, l_ = h[order], l_[order]
+        first = np.ones(len(h), dtype=bool)
+        first[1:] = (h[1:] != h[:-1]) | (l_[1:] != l_[:-1])  # a pair met twice (texts repeated)
+        h, l_ = h[first], l_[first]
+        bits = max(1, min(32, int(len(h)).bit_length()))
+        directory = np.empty((1 << bits) + 1, dtype=np.int64)
+        directory[:-1] = np.searchsorted(h, np.arange(1 << bits, dtype=np.uint64) << np.uint64(64 - bits))
+        directory[-1] = len(h)
+        return Hashes(h, l_, bits, directory)
 
 
-def _stream(source: SourceDocs, seed: np.random.SeedSequence, taken: np.ndarray):
+def _stream(source: SourceDocs, seed: np.random.SeedSequence, taken: Hashes):
     """(piece, keys, usable) for every piece: ``usable`` is the rows the source may select (its
     label, not dropped by its root's dedup, hash not in ``taken``)."""
     keys = np.random.PCG64(seed)
@@ -116,11 +158,11 @@ def _stream(source: SourceDocs, seed: np.random.SeedSequence, taken: np.ndarray)
         if len(taken):
             rows = np.flatnonzero(usable)
             usable = usable.copy()
-            usable[rows[_contains(taken, piece.hashes(rows))]] = False
+            usable[rows[taken.contains(*piece.hashes(rows))]] = False
         yield piece, k, usable
 
 
-def _scan(source: SourceDocs, seed: np.random.SeedSequence, taken: np.ndarray) -> _Scan:
+def _scan(source: SourceDocs, seed: np.random.SeedSequence, taken: Hashes) -> _Scan:
     scan = _Scan()
     for piece, keys, usable in _stream(source, seed, taken):
         whole = bool(usable.all())  # the common case: no boolean copies
@@ -138,7 +180,7 @@ def _scan(source: SourceDocs, seed: np.random.SeedSequence, taken: np.ndarray) -
     return scan
 
 
-def _choose(source: SourceDocs, seed: np.random.SeedSequence, taken: np.ndarray, target: int,
+def _choose(source: SourceDocs, seed: np.random.SeedSequence, taken: Hashes, target: int,
             scan: _Scan) -> _Choice:
     """Full epochs, then the key threshold whose documents' tokens come closest to the rest: the
     buckets below the one the rest falls in, and the smallest keys of that bucket (one more pass,
@@ -178,14 +220,14 @@ def _selected(keys: np.ndarray, usable: np.ndarray, choice: _Choice) -> np.ndarr
     return usable & (keys <= choice.threshold) if choice.threshold is not None else np.zeros_like(usable)
 
 
-def _taken_hashes(source: SourceDocs, seed: np.random.SeedSequence, taken: np.ndarray, choice: _Choice) -> np.ndarray:
-    """Hashes of the distinct documents the source takes, sorted."""
+def _taken_hashes(source: SourceDocs, seed: np.random.SeedSequence, taken: Hashes, choice: _Choice) -> Hashes:
+    """The hashes of the distinct documents the source takes."""
     parts = [piece.hashes(np.flatnonzero(_selected(k, usable, choice)))
              for piece, k, usable in _stream(source, seed, taken)]
-    return np.unique(np.concatenate(parts)) if parts else _NO_HASHES
+    return Hashes().union(np.concatenate([h for h, _ in parts]), np.concatenate([l_ for _, l_ in parts]))
 
 
-def _fill(source: SourceDocs, seed: np.random.SeedSequence, taken: np.ndarray, choice: _Choice,
+def _fill(source: SourceDocs, seed: np.random.SeedSequence, taken: Hashes, choice: _Choice,
           out: np.ndarray, first_shard: int) -> None:
     """Write the source's records into ``out`` (its block of the plan): epochs, then the sample."""
     epoch_at, sample_at = 0, choice.full * choice.documents
@@ -331,13 +373,13 @@ def make_plan(spec: MixSpec, sources: list[SourceDocs]) -> Plan:
     """The whole plan; raises MixError before anything is written when it cannot be met."""
     seeds = np.random.SeedSequence(spec.seed).spawn(len(sources) + 2)
     first_shard = np.cumsum([0] + [len(s.shards) for s in sources[:-1]]).astype(np.int64)
-    scans = [_scan(s, seed, _NO_HASHES) for s, seed in zip(sources, seeds)]
+    scans = [_scan(s, seed, Hashes()) for s, seed in zip(sources, seeds)]
     for s, scan in zip(sources, scans):
         if not scan.available:
             raise MixError(f"source {s.spec.name!r}: no documents left to draw from "
                            f"({scan.duplicate_documents:,} dropped by the root's dedup)", s.spec.root)
     wanted = targets(spec, sources, [sc.available for sc in scans])
-    taken, parts, choices = _NO_HASHES, [], []
+    taken, parts, choices = Hashes(), [], []
     for i, (s, seed, target) in enumerate(zip(sources, seeds, wanted)):
         if spec.dedup and len(taken):
             scans[i] = scan = _scan(s, seed, taken)
@@ -350,15 +392,15 @@ def make_plan(spec: MixSpec, sources: list[SourceDocs]) -> Plan:
         choices.append(_choose(s, seed, taken, int(target), scans[i]))
         if spec.dedup and i + 1 < len(sources):
             parts.append(_taken_hashes(s, seed, taken, choices[-1]))
-            taken = np.unique(np.concatenate([taken, parts[-1]]))
+            taken = taken.union(parts[-1].hi, parts[-1].lo)
     picks = np.empty(sum(c.count for c in choices), dtype=PICK_DTYPE)
-    at, blocks, taken = 0, [], _NO_HASHES
+    at, blocks, taken = 0, [], Hashes()
     for i, (s, seed, choice) in enumerate(zip(sources, seeds, choices)):
         _fill(s, seed, taken, choice, picks[at:at + choice.count], int(first_shard[i]))
         blocks.append((at, choice.unique))
         at += choice.count
         if spec.dedup and i < len(parts):
-            taken = np.unique(np.concatenate([taken, parts[i]]))
+            taken = taken.union(parts[i].hi, parts[i].lo)
     results = [SourceResult(s.spec.name, sc.available, int(t), c.tokens, c.count, c.unique, sc.documents,
                             sc.duplicate_documents, sc.duplicate_tokens)
                for s, sc, t, c in zip(sources, scans, wanted, choices)]
