@@ -61,7 +61,8 @@ def synthetic_root(folder: Path, documents: int, shards: int, seed: int) -> Path
 
 def synthetic_mix(work: Path, documents: int, sources: int = 4, shards: int = 250) -> Path:
     """``sources`` roots of ``documents`` in total (made once per size) and a spec drawing half
-    of their tokens, one source twice over (1.5 epochs); returns the spec's path."""
+    of their tokens by weights 6:1:1:1 (the first source 1.33 epochs: every document once, then a
+    sample); returns the spec's path."""
     base = work / f"docs-{documents}"
     roots = []
     for k in range(sources):
@@ -71,7 +72,7 @@ def synthetic_mix(work: Path, documents: int, sources: int = 4, shards: int = 25
         roots.append(root)
     available = (MAX_DOC_TOKENS + 1) / 2 * documents
     spec = {"seed": 1, "shuffle": "document", "total_tokens": int(available / 2),
-            "sources": [{"name": f"s{k}", "root": str(r), "weight": 3.0 if k == 0 else 1.0, "max_epochs": 2}
+            "sources": [{"name": f"s{k}", "root": str(r), "weight": 6.0 if k == 0 else 1.0, "max_epochs": 2}
                         for k, r in enumerate(roots)]}
     path = base / "spec.json"
     path.write_bytes(orjson.dumps(spec))
