@@ -226,7 +226,8 @@ def clean_cmd(output_root: Path, dry_run: bool, quiet: bool) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Threads copying chunks of the mix; the output is the same for any number.")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the realized mix table and write nothing.")
-def mix_cmd(spec: Path, output_root: Path | None, workers: int, plan_only: bool) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")
+def mix_cmd(spec: Path, output_root: Path | None, workers: int, plan_only: bool, quiet: bool) -> None:
     """Mix several tokenized roots by weight or token budget into one training set (docs/MIX.md).
 
     Deterministic: the same SPEC and inputs give the same bytes for any --workers and after any kill;
@@ -237,7 +238,7 @@ def mix_cmd(spec: Path, output_root: Path | None, workers: int, plan_only: bool)
 
     if output_root is None and not plan_only:
         raise MixError("no --output-root given", spec, "pass --output-root OUT, or --plan to only print the table")
-    sys.exit(mix_main(spec, output_root, workers=workers, plan_only=plan_only, log=click.echo))
+    sys.exit(mix_main(spec, output_root, workers=workers, plan_only=plan_only, log=click.echo, quiet=quiet))
 
 
 @main.command("dedup")
@@ -321,15 +322,27 @@ def export_group() -> None:
 
 
 @export_group.command("megatron")
-@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--output-root", "output_roots", required=True, multiple=True,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="The root to export; with --data-args-path, one mix root or several plain roots.")
 @click.option("--prefix", required=True,
               help="Path prefix of the files; a relative one is placed in OUTPUT_ROOT/megatron/.")
 @click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
-def export_megatron_cmd(output_root: Path, prefix: str, splits: str | None) -> None:
+@click.option("--data-args-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write Megatron's --data-args-path file (weight prefix ...): a mix's sources at their "
+                   "realized token shares, or the roots given at their train tokens.")
+def export_megatron_cmd(output_roots: tuple[Path, ...], prefix: str, splits: str | None,
+                        data_args_path: Path | None) -> None:
     """PREFIX_<split>_text_document.bin/.idx in megatron-core's indexed-dataset format."""
-    from .export import export_megatron
+    from .errors import ExportError
+    from .export import export_data_args, export_megatron
 
-    export_megatron(output_root, prefix, _splits(splits), log=click.echo)
+    if data_args_path is not None:
+        export_data_args(output_roots, prefix, data_args_path, _splits(splits), log=click.echo)
+    elif len(output_roots) > 1:
+        raise ExportError("several --output-root need --data-args-path", output_roots[1])
+    else:
+        export_megatron(output_roots[0], prefix, _splits(splits), log=click.echo)
 
 
 @export_group.command("packed")

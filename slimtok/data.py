@@ -132,7 +132,14 @@ class TokenBlocks:
     DataLoader workers: block ``j`` (x = tokens[j*B : j*B+B], y shifted by one) goes to the
     reader ``rank * num_workers + worker`` of ``world_size * num_workers`` when ``j`` modulo that
     total equals it. Every block is read by exactly one reader; a trailing partial block is
-    dropped. ``seed`` shuffles each reader's own blocks (the same seed gives the same order).
+    dropped. ``seed`` shuffles each reader's own blocks (the same seed gives the same order), and
+    :meth:`set_epoch` gives each epoch its own order.
+
+    Resuming: ``position`` counts the blocks this object has yielded in the current epoch;
+    :meth:`state_dict` / :meth:`load_state_dict` carry (epoch, position), and iterating resumes
+    after the last block taken. A pass that runs to the end starts the epoch over (position 0),
+    so iterating again without ``set_epoch`` repeats the epoch's order. The counts are per object:
+    under a DataLoader each worker has its own copy.
 
     The worker index and count come from torch's DataLoader when it runs this in a worker (and
     torch is already imported), otherwise from ``worker``/``num_workers``.
@@ -144,6 +151,20 @@ class TokenBlocks:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.path, self.block_size, self.rank, self.world_size = str(path), block_size, rank, world_size
         self.seed, self.worker, self.num_workers, self.dtype = seed, worker, num_workers, dtype
+        self.epoch, self.position = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first block. With a seed, reader r's order in epoch e is a
+        permutation by ``default_rng([seed, r, e])`` (epoch 0: ``[seed, r]``, the order before
+        epochs existed); without one, the order stays sequential."""
+        self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.set_epoch(int(state["epoch"]))
+        self.position = int(state["position"])
 
     def _reader(self) -> tuple[int, int]:
         torch = sys.modules.get("torch")
@@ -152,18 +173,21 @@ class TokenBlocks:
         return self.rank * workers + worker, self.world_size * workers
 
     def blocks(self, data: TokenBin | None = None) -> np.ndarray:
-        """The block numbers this reader yields, in order."""
+        """The block numbers this reader yields in the current epoch, in order."""
         data = data or TokenBin(self.path, self.dtype)
         reader, readers = self._reader()
         mine = np.arange(reader, (len(data) - 1) // self.block_size, readers, dtype=np.int64)
         if self.seed is not None:
-            np.random.default_rng([self.seed, reader]).shuffle(mine)
+            key = [self.seed, reader] if self.epoch == 0 else [self.seed, reader, self.epoch]
+            np.random.default_rng(key).shuffle(mine)
         return mine
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         data = TokenBin(self.path, self.dtype)
-        for j in self.blocks(data):
-            yield data.window(int(j) * self.block_size, self.block_size)
+        for j in self.blocks(data)[self.position:].tolist():
+            self.position += 1
+            yield data.window(j * self.block_size, self.block_size)
+        self.position = 0
 
 
 def __getattr__(name: str) -> Any:

@@ -121,10 +121,12 @@ class MixedBlocks:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """This rank's windows from the current position to the end of the epoch; the position
-        advances as they are taken, so a state_dict taken between two resumes after the last."""
+        advances as they are taken, so a state_dict taken between two resumes after the last. A
+        pass that runs to the end starts the epoch over: iterating again without ``set_epoch``
+        repeats the epoch's order."""
         for t, source, block in self.draws(self.position, self.samples_per_epoch):
             if t % self.world_size != self.rank:
                 continue
             self.position = t + 1
             yield self.bins[source].window(block * self.block_size, self.block_size)
-        self.position = self.samples_per_epoch
+        self.position = 0  # as TokenBlocks: a finished pass starts the epoch over

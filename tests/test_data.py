@@ -97,3 +97,34 @@ def test_a_stale_index_is_refused_and_fails_validate(combined, tmp_path):
     assert "[FAIL] train.bin: document index" in proc.stdout
     ok = slimtok("validate", "--output-root", root, "--block-size", "64")
     assert "[ok] train.bin: document index" in ok.stdout and "[ok] train.bin: sampler dry-run" in ok.stdout
+
+
+def test_token_blocks_set_epoch_reorders_each_epoch_and_resumes(combined):
+    """Reader r's order in epoch e is default_rng([seed, r, e]).permutation of its blocks (epoch
+    0: [seed, r]), computed here; a state_dict resumes after the last block taken."""
+    root, ref = combined
+    block, world = 50, 2
+    n = (len(ref) - 1) // block
+
+    def windows(blocks, count=None):
+        return [x.tobytes() for _, (x, _) in zip(range(count or n), blocks)]
+
+    def expected(rank, epoch, seed=9):
+        mine = np.arange(rank, n, world)
+        np.random.default_rng([seed, rank] if epoch == 0 else [seed, rank, epoch]).shuffle(mine)
+        return [ref[j * block:j * block + block].astype(np.int64).tobytes() for j in mine]
+
+    blocks = TokenBlocks(root / "train.bin", block, rank=1, world_size=world, seed=9)
+    first = windows(blocks)
+    assert first == expected(1, 0) == windows(blocks)  # a finished pass repeats the epoch's order
+    blocks.set_epoch(1)
+    second = windows(blocks, 7)
+    state = blocks.state_dict()
+    assert state == {"epoch": 1, "position": 7} and second == expected(1, 1)[:7] != first[:7]
+    resumed = TokenBlocks(root / "train.bin", block, rank=1, world_size=world, seed=9)
+    resumed.load_state_dict(state)
+    assert windows(resumed) == expected(1, 1)[7:] == windows(blocks)
+    assert sorted(expected(1, 2)) == sorted(first) and expected(1, 2) != expected(1, 1)
+    plain = TokenBlocks(root / "train.bin", block)
+    plain.set_epoch(3)  # no seed: still sequential
+    assert windows(plain) == [ref[j * block:j * block + block].astype(np.int64).tobytes() for j in range(n)]

@@ -62,7 +62,20 @@ def _write_tables(root: Path, texts: dict[str, list[tuple[str, str]]]) -> None:
 
 
 def _root(tmp: Path, name: str, tokenizer: Path, shards: int, docs: int, seed: int, labels: list[str]) -> Path:
-    texts = _dataset(tmp / f"{name}-ds", shards, docs, seed, labels)
+    return _tokenized(tmp, name, tokenizer, _dataset(tmp / f"{name}-ds", shards, docs, seed, labels))
+
+
+def _text_root(tmp: Path, name: str, tokenizer: Path, shards: list[list[str]]) -> Path:
+    """A root whose train shards hold exactly these texts (repeats allowed)."""
+    texts = {}
+    for i, rows in enumerate(shards):
+        shard = f"train/chunk1/example_train_{i}"
+        write_shard(tmp / f"{name}-ds" / f"{shard}.jsonl.zst", [doc_line(t, "web") for t in rows])
+        texts[shard] = [(t, "web") for t in rows]
+    return _tokenized(tmp, name, tokenizer, texts)
+
+
+def _tokenized(tmp: Path, name: str, tokenizer: Path, texts: dict[str, list[tuple[str, str]]]) -> Path:
     slimtok("manifest", "--dataset-dir", tmp / f"{name}-ds", "--output-dir", tmp / f"{name}-m")
     root = tmp / name
     slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp / f"{name}-m" / "manifest.jsonl", "--output-root", root,
@@ -221,9 +234,9 @@ def test_validation_carve_is_disjoint_and_reproducible(roots, tmp_path):
     first, again = make_plan(spec, sources), make_plan(spec, sources)
     assert np.array_equal(first.splits["validation"], again.splits["validation"])
     assert np.array_equal(first.splits["train"], again.splits["train"])
-    val, train = first.splits["validation"], first.splits["train"]
+    val, train = first.splits["validation"]["id"], first.splits["train"]["id"]
     assert len(val) == len(set(val.tolist())) == 20 and not set(val.tolist()) & set(train.tolist())
-    whole = make_plan(parse_spec(dict(yaml.safe_load(_spec(roots, tmp_path).read_text()))), sources).splits["train"]
+    whole = make_plan(parse_spec(dict(yaml.safe_load(_spec(roots, tmp_path).read_text()))), sources).splits["train"]["id"]
     assert sorted(set(whole.tolist())) == sorted(set(train.tolist()) | set(val.tolist()))
 
 
@@ -296,12 +309,17 @@ def test_policies_and_orders(roots, tmp_path):
     assert abs(web.target - 20_000 * p[0] / p.sum()) <= 1 and web.target + code.target == 20_000
     # orders: none keeps the sources and their documents in order; chunk:N permutes whole groups
     sources = load_sources(spec)[0]
-    plain = make_plan(parse_spec(dict(base, shuffle="none")), load_sources(parse_spec(base))[0]).splits["train"]
+    plain = make_plan(parse_spec(dict(base, shuffle="none")), load_sources(parse_spec(base))[0]).splits["train"]["id"]
     assert np.all(np.diff(plain) > 0)  # one epoch each here: strictly increasing global ids
-    grouped = make_plan(parse_spec(dict(base, shuffle="chunk:4")), load_sources(parse_spec(base))[0]).splits["train"]
-    groups = [tuple(plain[i:i + 4]) for i in range(0, len(plain), 4)]
-    assert sorted(tuple(grouped[i:i + 4]) for i in range(0, len(grouped), 4)) == sorted(groups) != \
-        [tuple(grouped[i:i + 4]) for i in range(0, len(grouped), 4)]
+    grouped = make_plan(parse_spec(dict(base, shuffle="chunk:4")),
+                        load_sources(parse_spec(base))[0]).splits["train"]["id"].tolist()
+    groups = [tuple(plain[i:i + 4].tolist()) for i in range(0, len(plain), 4)]
+    found, at = [], 0  # the output is the plain groups, whole, in another order
+    while at < len(grouped):
+        group = next(g for g in groups if tuple(grouped[at:at + len(g)]) == g)
+        found.append(group)
+        at += len(group)
+    assert sorted(found) == sorted(groups) and found != groups
     assert sources
 
 
@@ -313,7 +331,7 @@ def test_policies_and_orders(roots, tmp_path):
     ({"total_tokens": None}, "total_tokens is missing"),
     ({"validation": {"documents": 0}}, "validation: documents is 0"),
     ({"policy": "temperature", "sources": [{"name": "a", "root": "/x"}]}, "policy temperature: alpha is None"),
-    ({"dedup": True}, "dedup: true is not supported yet"),
+    ({"dedup": "yes"}, "dedup is 'yes', must be true or false"),
 ])
 def test_bad_specs_name_the_setting(roots, tmp_path, change, message):
     data = dict(yaml.safe_load(_spec(roots, tmp_path).read_text()), **change)
@@ -332,3 +350,291 @@ def test_an_unfinished_root_is_refused(roots, tmp_path):
     spec_path = _spec(roots, tmp_path, sources=[{"name": "code", "root": str(copy), "tokens": 100}], total_tokens=None)
     with pytest.raises(MixError, match=f"source 'code': shard {shard} is not finished"):
         mix_main(spec_path, tmp_path / "out")
+    # a table cut short is refused with both sizes, not read as fewer documents
+    shutil.copytree(roots["code"], copy, dirs_exist_ok=True)
+    record = read_record(OutputRoot(copy).done(shard), DoneRecord)
+    table = OutputRoot(copy).resolve(record.table)
+    table.write_bytes(table.read_bytes()[:-DOC_TABLE_DTYPE.itemsize])
+    with pytest.raises(MixError, match=f"shard {shard}'s document table holds {record.table_bytes - 24:,} bytes, "
+                                       f"but its done record says {record.table_bytes:,}"):
+        mix_main(spec_path, tmp_path / "out")
+
+
+def _synthetic_spec(tmp: Path, documents: int, shards: int, tokens: int) -> tuple[dict, np.ndarray]:
+    """One synthetic root (tables and done records only), a spec taking ``tokens`` of it, and the
+    root's table."""
+    from slimtok.mix.bench import synthetic_root
+
+    root = tmp / f"synthetic-{documents}-{shards}"
+    if not root.exists():
+        synthetic_root(root, documents, shards, seed=3)
+    out = OutputRoot(root)
+    table = np.concatenate([np.fromfile(out.table(orjson.loads(line)["id"]), dtype=DOC_TABLE_DTYPE)
+                            for line in out.manifest.read_bytes().splitlines()])
+    return {"seed": 5, "shuffle": "none",
+            "sources": [{"name": "s", "root": str(root), "max_epochs": 3, "tokens": tokens}]}, table
+
+
+def test_the_sample_is_the_smallest_keys_and_does_not_depend_on_the_reading_piece(tmp_path, monkeypatch):
+    """The plan's sample, recomputed here: one PCG64 key per table row from the source's seed, the
+    documents of smallest key whose tokens come closest to what the full epochs leave."""
+    import slimtok.mix.inputs as inputs
+
+    spec_data, table = _synthetic_spec(tmp_path, 30_000, 3, 0)
+    available = int(table["tokens"].sum(dtype=np.int64))
+    for target in (available // 3, available + 12_345, 2 * available):
+        spec_data["sources"][0]["tokens"] = target
+        spec = parse_spec(spec_data)
+        plan = make_plan(spec, load_sources(spec)[0])
+        full, rest = divmod(target, available)
+        keys = np.random.PCG64(np.random.SeedSequence(5).spawn(3)[0]).random_raw(len(table))
+        by_key = np.argsort(keys, kind="stable")
+        cum = np.cumsum(table["tokens"][by_key].astype(np.int64))
+        k = int(np.argmin(np.abs(np.concatenate([[0], cum]) - rest)))
+        rows = np.concatenate([np.tile(np.arange(len(table)), full), np.sort(by_key[:k])])
+        per = len(table) // 3
+        shard, row = rows // per, rows % per
+        picks = plan.splits["train"]
+        assert np.array_equal(picks["id"], (shard << 32) + row)
+        assert np.array_equal(picks["tokens"], table["tokens"][rows])
+        assert plan.sources[0].tokens == full * available + (int(cum[k - 1]) if k else 0)
+        assert abs(plan.sources[0].tokens - target) <= MAX_TOKENS_SYNTHETIC
+        monkeypatch.setattr(inputs, "PIECE_ROWS", 777)  # other reads, same plan
+        again = make_plan(spec, load_sources(spec)[0])
+        monkeypatch.undo()
+        assert np.array_equal(again.splits["train"], picks)
+
+
+MAX_TOKENS_SYNTHETIC = 2000  # slimtok.mix.bench.MAX_DOC_TOKENS
+
+
+def test_planning_memory_is_per_selected_document(tmp_path, monkeypatch):
+    """4 M available documents, about 2,000 selected: the plan's traced allocations stay within
+    16 bytes per selected document plus a constant (about 110 bytes per row of a reading piece:
+    7 MB for 65,536 rows), far below one array per available document (4 M x 16 B = 64 MB)."""
+    import tracemalloc
+
+    import slimtok.mix.inputs as inputs
+
+    monkeypatch.setattr(inputs, "PIECE_ROWS", 1 << 16)
+    spec = parse_spec(_synthetic_spec(tmp_path, 4_000_000, 4, 2_000_000)[0])
+    sources = load_sources(spec)[0]
+    tracemalloc.start()
+    try:
+        plan = make_plan(spec, sources)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    selected = len(plan.splits["train"])
+    assert 1000 < selected < 4000 and abs(plan.sources[0].tokens - 2_000_000) <= MAX_TOKENS_SYNTHETIC
+    assert peak <= 16 * selected + (16 << 20), f"{peak / 2**20:.1f} MiB traced for {selected} documents"
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, bpe_tokenizer):
+    """Two roots of real text: b repeats 5 of a's texts (across roots) and one of its own."""
+    tmp = tmp_path_factory.mktemp("planted")
+    a = [f"[a {k}] {t}" for k, t in enumerate(sample_documents(24, 41))]
+    b = [f"[b {k}] {t}" for k, t in enumerate(sample_documents(20, 42))]
+    b[3], b[7], b[11], b[15], b[19] = a[0], a[5], a[12], a[13], a[23]
+    b[9] = b[2]
+    return {"tmp": tmp, "a": a, "b": b, "a_root": _text_root(tmp, "a", bpe_tokenizer, [a[:10], a[10:]]),
+            "b_root": _text_root(tmp, "b", bpe_tokenizer, [b[:8], b[8:]])}
+
+
+def _keep_first(*roots: tuple[list[str], list[bytes]], across_only: bool = True) -> tuple[list[bytes], list[int]]:
+    """The documents a keep-first pass over the roots' texts keeps (only repeats of an earlier
+    root's texts when ``across_only``), and how many each root lost."""
+    seen: set[str] = set()
+    kept, lost = [], []
+    for texts, docs in roots:
+        mine, n = set(), 0
+        for text, doc in zip(texts, docs):
+            if text in seen or (not across_only and text in mine):
+                n += 1
+                continue
+            mine.add(text)
+            kept.append(doc)
+        seen |= mine
+        lost.append(n)
+    return kept, lost
+
+
+def test_dedup_drops_what_an_earlier_source_gave(planted, tmp_path):
+    a_docs, b_docs = _docs(planted["a_root"]), _docs(planted["b_root"])
+    want, lost = _keep_first((planted["a"], a_docs), (planted["b"], b_docs))
+    assert lost == [0, 5]
+    b_left = sum(len(d) // 4 for d in want[len(a_docs):])
+    data = {"seed": 3, "shuffle": "none", "dedup": True,
+            "sources": [{"name": "a", "root": str(planted["a_root"]), "tokens": sum(len(d) // 4 for d in a_docs)},
+                        {"name": "b", "root": str(planted["b_root"]), "tokens": b_left}]}
+    spec_path = tmp_path / "dedup.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    mix_main(spec_path, tmp_path / "one", workers=1)
+    mix_main(spec_path, tmp_path / "two", workers=2)
+    assert _out_docs(tmp_path / "one") == want  # b's second copy of its own text stays: not across sources
+    assert (tmp_path / "one" / "train.bin").read_bytes() == (tmp_path / "two" / "train.bin").read_bytes()
+    report = orjson.loads((tmp_path / "one" / "meta.json").read_bytes())["splits"]["train"]["mix"]
+    dropped = [d for t, d in zip(planted["b"], b_docs) if t in set(planted["a"])]
+    assert report["b"]["duplicate_documents"] == 5 and report["a"]["duplicate_documents"] == 0
+    assert report["b"]["duplicate_tokens"] == sum(len(d) // 4 for d in dropped)
+    assert report["b"]["available_tokens"] == b_left == report["b"]["tokens"]
+    lines: list[str] = []
+    mix_main(spec_path, None, plan_only=True, log=lines.append)
+    table = lines[0].splitlines()
+    assert table[0].split()[-1] == "duplicates" and table[2].split()[-1] == "5" and table[3].split()[-1] == "5"
+    # without dedup the same spec asks b for fewer tokens than it has: all 20 documents are candidates
+    data["dedup"] = False
+    plan, _ = mix(parse_spec(data), None)
+    assert plan.sources[1].duplicate_documents == 0 and plan.sources[1].candidates == 20
+
+
+def test_a_deduplicated_root_is_mixed_without_its_drops(planted, tmp_path):
+    import shutil
+
+    root = tmp_path / "b"
+    shutil.copytree(planted["b_root"], root)
+    slimtok("dedup", "--output-root", root, "--spawn-workers", "1")
+    b_docs = _docs(root)
+    want, lost = _keep_first((planted["b"], b_docs), across_only=False)
+    assert lost == [1]
+    data = {"seed": 3, "shuffle": "none",
+            "sources": [{"name": "b", "root": str(root), "tokens": sum(len(d) // 4 for d in want)}]}
+    spec_path = tmp_path / "root.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    mix_main(spec_path, tmp_path / "out")
+    assert _out_docs(tmp_path / "out") == want
+    report = orjson.loads((tmp_path / "out" / "meta.json").read_bytes())["splits"]["train"]["mix"]["b"]
+    assert (report["duplicate_documents"], report["duplicate_tokens"]) == (1, len(b_docs[9]) // 4)
+    # both: b loses its own repeat and a's five texts
+    a_docs = _docs(planted["a_root"])
+    both, _ = _keep_first((planted["a"], a_docs), (planted["b"], b_docs), across_only=False)
+    data = {"seed": 3, "shuffle": "none", "dedup": True,
+            "sources": [{"name": "a", "root": str(planted["a_root"]), "tokens": sum(len(d) // 4 for d in a_docs)},
+                        {"name": "b", "root": str(root), "tokens": sum(len(d) // 4 for d in both[len(a_docs):])}]}
+    plan, _ = mix(parse_spec(data), None)
+    assert plan.sources[1].duplicate_documents == 6 and plan.sources[1].candidates == 14
+
+
+def test_progress_plain_lines_per_chunk_and_quiet_on_a_terminal(roots, tmp_path, monkeypatch):
+    import io
+    import os
+
+    from test_progress import _drain
+
+    from slimtok import progress
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY", 0)  # a plain line at every chunk
+    spec_path = _spec(roots, tmp_path, chunk_documents=10, validation={"documents": 4})
+    shown = io.StringIO()
+    mix_main(spec_path, tmp_path / "out", workers=2, stream=shown, log=lambda _: None)
+    meta = orjson.loads((tmp_path / "out" / "meta.json").read_bytes())["splits"]
+    chunks = len((tmp_path / "out" / "manifest.jsonl").read_bytes().splitlines())
+    docs, tokens = (sum(meta[s][k] for s in ("train", "validation")) for k in ("documents", "tokens"))
+    lines = shown.getvalue().splitlines()
+    assert len(lines) == chunks + 2 and all(line.startswith("mix: chunks ") for line in lines)
+    assert [int(line.split()[2].split("/")[0]) for line in lines[:-1]] == list(range(chunks + 1))
+    assert lines[-1].startswith(f"mix: chunks {chunks}/{chunks} · {docs:,} docs · {tokens:,} tokens · ")
+    # a relaunch of the finished mix counts everything as done before it, and a terminal
+    # with --quiet gets the plain line, not a bar
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as tty:
+        mix_main(spec_path, tmp_path / "out", stream=tty, quiet=True, log=lambda _: None)
+        text = _drain(master)
+    os.close(master)
+    assert "%|" not in text and text.strip().startswith(f"mix: chunks {chunks}/{chunks} · {docs:,} docs")
+    result = slimtok("mix", spec_path, "--output-root", tmp_path / "out", "--quiet")
+    assert f"mix: chunks {chunks}/{chunks}" in result.stderr
+
+
+def _blend(path: Path) -> tuple[list[str], list[float]]:
+    """The file as Megatron reads --data-args-path: whitespace-split, then its blend parser."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.utils import get_blend_from_list
+    return get_blend_from_list(path.read_text().split())
+
+
+def test_data_args_weights_are_the_realized_shares_and_megatron_reads_them(combined, roots, tmp_path):
+    from test_export import _megatron_dataset
+
+    from slimtok.errors import ExportError
+    from slimtok.export import export_data_args
+
+    two = [{"name": "web", "root": str(roots["web"]), "weight": 0.7},
+           {"name": "code", "root": str(roots["code"]), "weight": 0.3, "max_epochs": 4}]
+    out = tmp_path / "mixed"
+    mix_main(_spec(roots, tmp_path, sources=two, total_tokens=20_000), out)
+    # the realized tokens per source, counted here from the output's documents
+    owner = {d: n for n in ("web", "code") for d in _docs(roots[n])}
+    tokens = {"web": 0, "code": 0}
+    for d in _out_docs(out):
+        tokens[owner[d]] += len(d) // 4
+    args = tmp_path / "blend.txt"
+    slimtok("export", "megatron", "--output-root", out, "--prefix", "blend", "--data-args-path", args)
+    prefixes, weights = _blend(args)
+    assert prefixes == [str(roots[n] / "megatron" / "blend_train_text_document") for n in ("web", "code")]
+    assert weights == [tokens[n] / sum(tokens.values()) for n in ("web", "code")]
+    for n, prefix in zip(("web", "code"), prefixes):
+        ds = _megatron_dataset(Path(prefix))
+        assert [ds[i].astype(np.uint32).tobytes() for i in range(len(ds))] == _docs(roots[n])
+    # plain roots: weighted by their train tokens
+    plain = tmp_path / "plain.txt"
+    export_data_args(combined, "plain", plain, log=lambda _: None)
+    prefixes, weights = _blend(plain)
+    assert weights == [(r / "train.bin").stat().st_size // 4 for r in combined]
+    assert prefixes == [str(r / "megatron" / "plain_train_text_document") for r in combined]
+    assert len(_megatron_dataset(Path(prefixes[1]))) == len(_docs(roots["code"]))
+    # a source that is one label of its root cannot be named by a whole-root prefix
+    with_label = tmp_path / "label"
+    mix_main(_spec(roots, tmp_path), with_label)
+    slimtok("combine", "--output-root", roots["pile"])
+    c4, pile = (sum(len(d) // 4 for d in _docs(roots["pile"], label)) for label in ("RedPajamaC4", None))
+    with pytest.raises(ExportError, match=f"mix source 'c4' drew from {c4:,} tokens of its root, but the root's "
+                                          f"combined train split holds {pile:,}"):
+        export_data_args([with_label], "x", tmp_path / "x.txt", log=lambda _: None)
+    assert not (tmp_path / "x.txt").exists()
+
+
+def test_mixed_blocks_epochs_are_seeded_resumable_and_shared_by_ranks(combined):
+    from slimtok.mixed import MixedBlocks
+
+    def make(rank=0, world_size=1):
+        return MixedBlocks([(combined[0], 1), (combined[1], 1)], 16, seed=4, samples_per_epoch=300,
+                           rank=rank, world_size=world_size)
+
+    def taken(blocks, count=None):
+        return [x.tobytes() for _, (x, _) in zip(range(count or 10**9), blocks)]
+
+    blocks = make()
+    epoch0 = taken(blocks)
+    assert len(epoch0) == 300 and taken(blocks) == epoch0  # a finished pass repeats the epoch
+    blocks.set_epoch(2)
+    head = taken(blocks, 120)
+    state = blocks.state_dict()
+    again = make()
+    again.set_epoch(2)
+    whole = taken(again)
+    assert head == whole[:120] and whole != epoch0 and state == {"epoch": 2, "position": 120}
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert taken(resumed) == whole[120:]
+    # two ranks take the even and odd draws of the same sequence
+    ranks = [make(r, 2) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(2)
+    assert taken(ranks[0]) == whole[0::2] and taken(ranks[1]) == whole[1::2]
+
+
+def test_hash_set_against_a_python_set():
+    from slimtok.mix.plan import Hashes
+
+    rng = np.random.default_rng(1)
+    hi = rng.integers(0, 50, 3000, dtype=np.uint64)  # many equal hi: the rare branch runs often
+    lo = rng.integers(0, 40, 3000, dtype=np.uint64)
+    taken = Hashes().union(hi[:1000], lo[:1000]).union(hi[1000:1500], lo[1000:1500])
+    reference = set(zip(hi[:1500].tolist(), lo[:1500].tolist()))
+    assert len(taken) == len(reference) and np.all(np.diff(taken.hi.astype(np.int64)) >= 0)
+    assert taken.contains(hi, lo).tolist() == [(h, l_) in reference for h, l_ in zip(hi.tolist(), lo.tolist())]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from typing import Callable, TextIO
 
 import orjson
 
@@ -19,21 +19,25 @@ from .write import write_mix
 __all__ = ["mix", "mix_main", "bench_mix", "load_spec", "parse_spec", "make_plan", "MixSpec", "Plan"]
 
 
-def mix(spec: MixSpec, output_root: str | os.PathLike[str] | None, workers: int = 1) -> tuple[Plan, dict | None]:
-    """Plan the mix and, unless ``output_root`` is None, write (or resume) it; (plan, meta)."""
+def mix(spec: MixSpec, output_root: str | os.PathLike[str] | None, workers: int = 1, quiet: bool = False,
+        stream: TextIO | None = None) -> tuple[Plan, dict | None]:
+    """Plan the mix and, unless ``output_root`` is None, write (or resume) it, its progress on
+    ``stream`` (stderr by default; see write_mix); (plan, meta)."""
     sources, _, first = load_sources(spec)
     plan = make_plan(spec, sources)
     if output_root is None:
         return plan, None
     job_raw = orjson.loads(first.job.read_bytes())
-    return plan, write_mix(OutputRoot(output_root), spec, sources, plan, job_raw, first, workers)
+    return plan, write_mix(OutputRoot(output_root), spec, sources, plan, job_raw, first, workers, quiet, stream)
 
 
 def mix_main(spec_path: str | os.PathLike[str], output_root: str | os.PathLike[str] | None, workers: int = 1,
-             plan_only: bool = False, log: Callable[[str], None] = print) -> int:
-    """The command: plan (and write unless ``plan_only``), print the realized mix; exit status.
-    Raises MixError (exit 2) for a bad spec or inputs, before anything is written."""
-    plan, meta = mix(load_spec(spec_path), None if plan_only else output_root, workers)
+             plan_only: bool = False, log: Callable[[str], None] = print, quiet: bool = False,
+             stream: TextIO | None = None) -> int:
+    """The command: plan (and write unless ``plan_only``, progress on ``stream``), print the
+    realized mix; exit status. Raises MixError (exit 2) for a bad spec or inputs, before
+    anything is written."""
+    plan, meta = mix(load_spec(spec_path), None if plan_only else output_root, workers, quiet, stream)
     log(format_table(plan))
     if meta is not None:
         log(f"{output_root}: " + ", ".join(f"{name} {info['tokens']:,} tokens" for name, info in
@@ -45,7 +49,7 @@ def bench_mix(spec_path: str | os.PathLike[str], output_root: str | os.PathLike[
     """One timed mix for tools/bench.py: seconds and bytes written per second (the output root
     must not exist yet, so nothing is skipped)."""
     began = time.perf_counter()
-    _, meta = mix(load_spec(spec_path), output_root, workers)
+    _, meta = mix(load_spec(spec_path), output_root, workers, quiet=True)
     seconds = time.perf_counter() - began
     written = sum(info["bytes"] for info in meta["splits"].values())
     return {"seconds": seconds, "bytes": written, "bytes_per_second": written / seconds if seconds else 0.0}

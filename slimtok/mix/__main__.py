@@ -1,4 +1,5 @@
-"""``python -m slimtok.mix SPEC OUT [--workers N] [--plan]`` until the CLI command is wired in."""
+"""``python -m slimtok.mix SPEC OUT [--workers N] [--plan]``: `slimtok mix` without click (the tests' kill -9
+run uses it)."""
 
 import argparse
 import sys

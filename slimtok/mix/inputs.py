@@ -1,39 +1,103 @@
-"""The finished roots a mix reads: per source, every document's token count and byte range in
-its shard file, from the done records and document tables of one split."""
+"""The finished roots a mix reads: per source, its shards (data file, document table, the label
+its rows must carry) and a way to stream their documents a piece at a time.
+
+Nothing here holds a per-document array beyond one piece (``PIECE_ROWS`` table rows): the plan
+streams a source's tables several times instead (slimtok/mix/plan.py).
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import orjson
 
+from ..dedup.drops import DropReader
 from ..errors import MixError
 from ..manifest import read_manifest
-from ..protocol import DoneRecord, JobSettings, OutputRoot, read_doc_table, read_record
+from ..protocol import DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, dedup_job_path, read_record
 from .spec import MixSpec, SourceSpec
 
 #: job.json fields that must agree across roots (document policy included where a root records it)
 SAME_SETTINGS = ("tokenizer_sha256", "dtype", "eos_token_id", "bos_token_id", "special_text")
 
+#: Table rows read at once while streaming (24 bytes each: a 6 MB buffer).
+PIECE_ROWS = 1 << 18
+
+#: A document's start is kept in tokens as uint32 (see plan.PICK_DTYPE), so a shard holds fewer.
+MAX_SHARD_TOKENS = 1 << 32
+
+
+@dataclass
+class Shard:
+    """One shard of a source: ``rows`` table rows; ``label`` is the ``source`` column value its
+    documents must carry (None: every row; -1: the shard has none of the source's label)."""
+
+    id: str
+    file: Path
+    table: Path
+    rows: int
+    label: int | None
+
+
+@dataclass
+class Piece:
+    """Consecutive table rows ``[first, first + len(keep))`` of one shard: every row's tokens,
+    start (in tokens from the shard's start) and hash, and which rows the source may use."""
+
+    shard: int            # index into SourceDocs.shards
+    first: int
+    table: np.ndarray     # DOC_TABLE_DTYPE rows
+    tokens: np.ndarray    # uint32, every row
+    start: np.ndarray     # uint32, every row
+    keep: np.ndarray      # bool: carries the label and was not dropped by the root's dedup
+    dropped: np.ndarray   # bool: carries the label but the root's dedup dropped it
+
+    def hashes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The 128-bit text hashes of ``rows`` (piece-relative): (hash_hi, hash_lo), uint64."""
+        return np.asarray(self.table["hash_hi"][rows]), np.asarray(self.table["hash_lo"][rows])
+
 
 @dataclass
 class SourceDocs:
-    """The documents one source may draw from, in root order: ``tokens[k]`` (separators included)
-    and the bytes ``[start[k], start[k] + tokens[k] * itemsize)`` of ``paths[file[k]]``."""
+    """The documents one source may draw from: its shards in manifest order, streamed by
+    :meth:`pieces`. ``deduplicated``: the root has a finished `slimtok dedup`, whose drop lists
+    are honoured."""
 
     spec: SourceSpec
-    tokens: np.ndarray   # uint32
-    file: np.ndarray     # uint32 index into paths
-    start: np.ndarray    # int64 byte offset
-    paths: list[Path]
+    shards: list[Shard]
     fingerprint: str
+    deduplicated: bool
 
     @property
-    def available(self) -> int:
-        return int(self.tokens.sum(dtype=np.int64))
+    def paths(self) -> list[Path]:
+        return [s.file for s in self.shards]
+
+    def pieces(self) -> Iterator[Piece]:
+        """Every shard's rows in order, ``PIECE_ROWS`` at a time (explicit reads, not memory
+        maps: a streamed table does not stay in the process's resident memory)."""
+        drops = DropReader(self.spec.root) if self.deduplicated else None
+        for k, shard in enumerate(self.shards):
+            dropped_rows = drops.drops(shard.id)[0] if drops is not None else None
+            offset = 0
+            with open(shard.table, "rb") as f:
+                for first in range(0, shard.rows, PIECE_ROWS):
+                    table = np.fromfile(f, dtype=DOC_TABLE_DTYPE, count=min(PIECE_ROWS, shard.rows - first))
+                    tokens = np.ascontiguousarray(table["tokens"])
+                    ends = np.cumsum(tokens, dtype=np.int64) + offset
+                    offset = int(ends[-1])
+                    start = (ends - tokens).astype(np.uint32)
+                    labelled = (np.ones(len(table), dtype=bool) if shard.label is None
+                                else np.asarray(table["source"]) == shard.label)
+                    dropped = np.zeros(len(table), dtype=bool)
+                    if dropped_rows is not None and len(dropped_rows):
+                        inside = dropped_rows[(dropped_rows >= first) & (dropped_rows < first + len(table))]
+                        dropped[inside - first] = True
+                        dropped &= labelled
+                    yield Piece(k, first, table, tokens, start, labelled & ~dropped, dropped)
 
 
 def _job(root: OutputRoot, name: str) -> tuple[JobSettings, dict]:
@@ -58,37 +122,39 @@ def _records(root: OutputRoot, split: str, name: str) -> list[DoneRecord]:
         if not record.table or not root.resolve(record.table).exists():
             raise MixError(f"source {name!r}: shard {e.id} has no document table", root.root,
                            "re-tokenize the root with a slimtok that writes documents/")
+        size = root.resolve(record.table).stat().st_size
+        if size != record.table_bytes or size != record.documents * DOC_TABLE_DTYPE.itemsize:
+            raise MixError(f"source {name!r}: shard {e.id}'s document table holds {size:,} bytes, but its done "
+                           f"record says {record.table_bytes:,} ({record.documents:,} documents)",
+                           root.resolve(record.table), "restore the table, or delete the shard's done record "
+                           "and table and tokenize the root again")
+        if record.tokens >= MAX_SHARD_TOKENS:
+            raise MixError(f"source {name!r}: shard {e.id} holds {record.tokens:,} tokens, more than a mix "
+                           f"can address ({MAX_SHARD_TOKENS:,})", root.done(e.id),
+                           "tokenize the dataset into smaller shards")
         records.append(record)
     return records
 
 
 def load_source(spec: SourceSpec, split: str) -> tuple[SourceDocs, dict]:
-    """One source's documents and its root's raw job.json."""
+    """One source's shards and its root's raw job.json (no table is read here)."""
     root = OutputRoot(spec.root)
-    job, raw = _job(root, spec.name)
-    itemsize = np.dtype(job.dtype).itemsize
-    fingerprint = hashlib.sha256(job.tokenizer_sha256.encode())
-    tokens, files, starts, paths = [], [], [], []
+    _, raw = _job(root, spec.name)
+    fingerprint = hashlib.sha256(raw["tokenizer_sha256"].encode())
+    shards = []
     for record in _records(root, split, spec.name):
-        table = read_doc_table(root.resolve(record.table))
         fingerprint.update(f"{record.shard} {record.sha256} {record.table_sha256}\n".encode())
-        counts = np.asarray(table["tokens"])
+        label = None
         if spec.source is not None:
             label = record.source_names.index(spec.source) if spec.source in record.source_names else -1
-            keep = np.asarray(table["source"]) == label
-        else:
-            keep = np.ones(len(counts), dtype=bool)
-        ends = np.cumsum(counts, dtype=np.int64) * itemsize
-        tokens.append(counts[keep])
-        starts.append((ends - counts.astype(np.int64) * itemsize)[keep])
-        files.append(np.full(int(keep.sum()), len(paths), dtype=np.uint32))
-        paths.append(root.resolve(record.file))
-    docs = SourceDocs(spec, np.concatenate(tokens).astype(np.uint32), np.concatenate(files),
-                      np.concatenate(starts), paths, fingerprint.hexdigest())
-    if not len(docs.tokens):
-        what = f"source label {spec.source!r}" if spec.source is not None else f"split {split}"
-        raise MixError(f"source {spec.name!r}: {what} has no documents", root.root)
-    return docs, raw
+        shards.append(Shard(record.shard, root.resolve(record.file), root.resolve(record.table),
+                            record.table_bytes // DOC_TABLE_DTYPE.itemsize, label))
+    deduplicated = dedup_job_path(root).exists()
+    if deduplicated:
+        fingerprint.update(dedup_job_path(root).read_bytes())
+    if spec.source is not None and all(s.label == -1 for s in shards):
+        raise MixError(f"source {spec.name!r}: source label {spec.source!r} has no documents", root.root)
+    return SourceDocs(spec, shards, fingerprint.hexdigest(), deduplicated), raw
 
 
 def load_sources(spec: MixSpec) -> tuple[list[SourceDocs], JobSettings, OutputRoot]:

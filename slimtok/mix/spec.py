@@ -44,6 +44,8 @@ class MixSpec:
     policy: str = "weights"
     alpha: float = 1.0
     chunk_documents: int = DEFAULT_CHUNK_DOCUMENTS
+    #: drop a document of a later source whose text an earlier source (spec order) already gave
+    dedup: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,8 +129,8 @@ def parse_spec(data: Any, path: str = "<spec>", base: Path | None = None) -> Mix
     if unknown:
         raise MixError(f"unknown setting(s) {', '.join(sorted(unknown))}", path,
                        f"use {', '.join(sorted(_TOP_KEYS))}")
-    if data.get("dedup"):
-        raise MixError("dedup: true is not supported yet", path, "remove `dedup` from the spec")
+    if not isinstance(data.get("dedup", False), bool):
+        raise MixError(f"dedup is {data['dedup']!r}, must be true or false", path)
     if not isinstance(data.get("sources"), list) or not data["sources"]:
         raise MixError("`sources` is missing or empty", path)
     sources = [_source(raw, i, path, base) for i, raw in enumerate(data["sources"])]
@@ -139,7 +141,7 @@ def parse_spec(data: Any, path: str = "<spec>", base: Path | None = None) -> Mix
                    sources=sources, split=str(data.get("split", "train")),
                    shuffle=_shuffle(data.get("shuffle", "none"), path),
                    validation=_validation(data.get("validation"), path),
-                   policy=str(data.get("policy", "weights")),
+                   policy=str(data.get("policy", "weights")), dedup=data.get("dedup", False),
                    chunk_documents=int(_number(data.get("chunk_documents", DEFAULT_CHUNK_DOCUMENTS), "spec",
                                                "chunk_documents", path, integer=True)))
     if data.get("total_tokens") is not None:

@@ -17,19 +17,22 @@ import hashlib
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import orjson
 
+from .. import progress
 from ..combine import build_meta, write_meta
 from ..publish import PendingSet
 from ..errors import MixError
 from ..manifest import ShardEntry, manifest_digest
 from ..protocol import (SPLIT_FILES, DoneRecord, JobSettings, OutputRoot, create_exclusive, fsync_dir, hostname,
                         new_token, read_record, temp_path, work_path, write_atomic, write_record)
+from ..progress import ProgressDisplay
 from ..spans import DocEnds, copy_range
 from .inputs import SourceDocs
 from .plan import Plan
@@ -40,35 +43,35 @@ _HASH_BLOCK = 16 << 20
 
 
 @dataclass
-class Documents:
-    """Every source's documents laid end to end (indexed by global id)."""
+class Layout:
+    """Where the plan's records point: every source's shard files end to end (a record's shard is
+    ``id >> 32``), and the number of each source's first shard."""
 
-    tokens: np.ndarray
-    file: np.ndarray
-    start: np.ndarray
     paths: list[Path]
-    offsets: np.ndarray
+    first_shard: np.ndarray
     names: list[str]
 
     @classmethod
-    def join(cls, sources: list[SourceDocs], offsets: np.ndarray) -> "Documents":
-        file_base = np.cumsum([0] + [len(s.paths) for s in sources[:-1]])
-        return cls(np.concatenate([s.tokens for s in sources]),
-                   np.concatenate([s.file.astype(np.int64) + b for s, b in zip(sources, file_base)]),
-                   np.concatenate([s.start for s in sources]), [p for s in sources for p in s.paths],
-                   offsets, [s.spec.name for s in sources])
+    def join(cls, sources: list[SourceDocs], first_shard: np.ndarray) -> "Layout":
+        return cls([p for s in sources for p in s.paths], first_shard, [s.spec.name for s in sources])
 
-    def source_counts(self, ids: np.ndarray) -> dict[str, dict[str, int]]:
-        which = np.searchsorted(self.offsets, ids, side="right") - 1
-        docs = np.bincount(which, minlength=len(self.names))
-        toks = np.bincount(which, weights=self.tokens[ids].astype(np.float64), minlength=len(self.names))
+    def source_counts(self, picks: np.ndarray, step: int = 1 << 20) -> dict[str, dict[str, int]]:
+        """Documents and tokens per source name, ``step`` records at a time (bounded temporaries)."""
+        docs = np.zeros(len(self.names), dtype=np.int64)
+        toks = np.zeros(len(self.names), dtype=np.int64)
+        for lo in range(0, len(picks), step):
+            piece = picks[lo:lo + step]
+            which = np.searchsorted(self.first_shard, piece["id"] >> 32, side="right") - 1
+            docs += np.bincount(which, minlength=len(self.names))
+            toks += np.bincount(which, weights=piece["tokens"], minlength=len(self.names)).astype(np.int64)
         return {n: {"documents": int(d), "tokens": int(t)} for n, d, t in zip(self.names, docs, toks) if d}
 
 
-def mix_record(spec: MixSpec, sources: list[SourceDocs]) -> bytes:
+def mix_record(spec: MixSpec, sources: list[SourceDocs], plan: Plan) -> bytes:
     """The content of mix.json: the resolved spec and a fingerprint of every input."""
     inputs = {s.spec.name: {"root": s.spec.root, "source": s.spec.source, "fingerprint": s.fingerprint,
-                            "available_tokens": s.available, "documents": len(s.tokens)} for s in sources}
+                            "available_tokens": r.available, "documents": r.candidates}
+              for s, r in zip(sources, plan.sources)}
     return orjson.dumps({"spec": spec.to_dict(), "inputs": inputs}, option=orjson.OPT_INDENT_2) + b"\n"
 
 
@@ -81,15 +84,15 @@ def _partial(root: OutputRoot, split: str) -> Path:
     return work_path(dest, "mix-partial")
 
 
-def _chunk_starts(docs: Documents, ids: np.ndarray, per_chunk: int, itemsize: int) -> np.ndarray:
+def _chunk_starts(picks: np.ndarray, per_chunk: int, itemsize: int) -> np.ndarray:
     """Byte offset of every chunk's first document, and the split's size last (summed one chunk
-    at a time, so nothing per selected document is allocated beside ``ids``)."""
-    sizes = [int(docs.tokens[ids[lo:lo + per_chunk]].sum(dtype=np.int64)) for lo in range(0, len(ids), per_chunk)]
+    at a time, so nothing per selected document is allocated beside ``picks``)."""
+    sizes = [int(picks["tokens"][lo:lo + per_chunk].sum(dtype=np.int64)) for lo in range(0, len(picks), per_chunk)]
     return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64) * itemsize
 
 
-def prepare(out: OutputRoot, record: bytes, job_raw: dict, first: OutputRoot, plan: Plan, docs: Documents,
-            spec: MixSpec, itemsize: int) -> dict[str, np.ndarray]:
+def prepare(out: OutputRoot, record: bytes, job_raw: dict, first: OutputRoot, plan: Plan, spec: MixSpec,
+            itemsize: int) -> dict[str, np.ndarray]:
     """Pin mix.json (or check it), then write job.json, manifest.jsonl and tokenizer/ (idempotent)."""
     out.root.mkdir(parents=True, exist_ok=True)
     mix_json = out.mix_json
@@ -99,7 +102,7 @@ def prepare(out: OutputRoot, record: bytes, job_raw: dict, first: OutputRoot, pl
                            "use a new --output-root, or delete it to start over")
     elif out.job.exists():
         raise MixError("already holds a slimtok job that is not this mix", out.root, "use a new --output-root")
-    starts = {split: _chunk_starts(docs, ids, spec.chunk_documents, itemsize) for split, ids in plan.splits.items()}
+    starts = {split: _chunk_starts(picks, spec.chunk_documents, itemsize) for split, picks in plan.splits.items()}
     # a chunk is a byte range of the split file, not a file: its path names the range, so that one
     # file is never listed under several ids
     entries = [ShardEntry(_chunk_id(split, n), split, 0, n, f"{out.combined(split)}#{_chunk_id(split, n)}", int(b - a))
@@ -111,10 +114,10 @@ def prepare(out: OutputRoot, record: bytes, job_raw: dict, first: OutputRoot, pl
     return starts
 
 
-def _spans(docs: Documents, ids: np.ndarray, itemsize: int) -> list[tuple[int, int, int]]:
-    """(file, start, length) runs for ``ids`` in order, documents adjacent in one file merged."""
-    f, s = docs.file[ids], docs.start[ids]
-    n = docs.tokens[ids].astype(np.int64) * itemsize
+def _spans(picks: np.ndarray, itemsize: int) -> list[tuple[int, int, int]]:
+    """(file, start, length) runs for ``picks`` in order, documents adjacent in one file merged."""
+    f, s = picks["id"] >> 32, picks["start"].astype(np.int64) * itemsize
+    n = picks["tokens"].astype(np.int64) * itemsize
     brk = np.flatnonzero((f[1:] != f[:-1]) | (s[1:] != s[:-1] + n[:-1])) + 1
     heads = np.concatenate([[0], brk])
     return list(zip(f[heads].tolist(), s[heads].tolist(), np.add.reduceat(n, heads).tolist()))
@@ -130,7 +133,7 @@ def _hash_range(fd: int, offset: int, size: int) -> str:
     return h.hexdigest()
 
 
-def write_chunk(out: OutputRoot, split: str, n: int, ids: np.ndarray, offset: int, docs: Documents,
+def write_chunk(out: OutputRoot, split: str, n: int, picks: np.ndarray, offset: int, docs: Layout,
                 job: JobSettings) -> None:
     """Copy one chunk's documents to its byte range, sync, then commit its done record."""
     began = time.time()
@@ -140,7 +143,7 @@ def write_chunk(out: OutputRoot, split: str, n: int, ids: np.ndarray, offset: in
     size = 0
     try:
         os.lseek(fd, offset, os.SEEK_SET)
-        for file, start, length in _spans(docs, ids, itemsize):
+        for file, start, length in _spans(picks, itemsize):
             if file not in opened:
                 opened[file] = os.open(docs.paths[file], os.O_RDONLY)
             copy_range(opened[file], fd, start, length)
@@ -151,55 +154,96 @@ def write_chunk(out: OutputRoot, split: str, n: int, ids: np.ndarray, offset: in
         for src in opened.values():
             os.close(src)
         os.close(fd)
-    counts = docs.source_counts(ids)
+    counts = docs.source_counts(picks)
     write_record(out.done(_chunk_id(split, n)), DoneRecord(
-        shard=_chunk_id(split, n), split=split, file=SPLIT_FILES[split], lines=0, documents=len(ids),
+        shard=_chunk_id(split, n), split=split, file=SPLIT_FILES[split], lines=0, documents=len(picks),
         tokens=size // itemsize, bytes=size, sha256=sha, dtype=job.dtype, skipped={}, source_size=0,
         token=new_token(), host=hostname(), finished_at=time.time(), seconds=time.time() - began, sources=counts))
 
 
-def write_split(out: OutputRoot, split: str, ids: np.ndarray, starts: np.ndarray, docs: Documents,
-                job: JobSettings, per_chunk: int, workers: int) -> dict:
-    """Write every unfinished chunk of a split, then publish the file and its index; returns the
-    split's meta entry."""
+def _unfinished(out: OutputRoot, split: str, starts: np.ndarray) -> list[int]:
+    """Chunks of a split without a done record (none once the split file is published)."""
+    if out.combined(split).exists():
+        return []
+    return [n for n in range(len(starts) - 1) if read_record(out.done(_chunk_id(split, n)), DoneRecord) is None]
+
+
+@dataclass
+class _Tally:
+    """The whole mix's finished chunks, documents and bytes, shown by ``display``."""
+
+    display: ProgressDisplay
+    itemsize: int
+    chunks: int
+    documents: int
+    nbytes: int
+
+    def add(self, documents: int, nbytes: int) -> None:
+        self.chunks, self.documents, self.nbytes = self.chunks + 1, self.documents + documents, self.nbytes + nbytes
+        self.display.update(self.chunks, self.documents, self.nbytes // self.itemsize, self.nbytes)
+
+
+def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarray, todo: list[int],
+                docs: Layout, job: JobSettings, per_chunk: int, workers: int, tally: _Tally) -> dict:
+    """Write the chunks ``todo`` of a split, then publish the file and its index (unless it is
+    published already); returns the split's meta entry."""
     dest, partial = out.combined(split), _partial(out, split)
     total = int(starts[-1])
     if not dest.exists():
         with open(partial, "ab") as f:
             f.truncate(total)
-        todo = [n for n in range(len(starts) - 1) if read_record(out.done(_chunk_id(split, n)), DoneRecord) is None]
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for result in [pool.submit(write_chunk, out, split, n, ids[n * per_chunk:(n + 1) * per_chunk],
-                                       int(starts[n]), docs, job) for n in todo]:
+            running = {pool.submit(write_chunk, out, split, n, picks[n * per_chunk:(n + 1) * per_chunk],
+                                   int(starts[n]), docs, job): n for n in todo}
+            for result in as_completed(running):
                 result.result()
-        _write_index(out.doc_index(split), docs, ids, per_chunk)
+                n = running[result]
+                tally.add(len(picks[n * per_chunk:(n + 1) * per_chunk]), int(starts[n + 1] - starts[n]))
+        _write_index(out.doc_index(split), picks, per_chunk)
         os.replace(partial, dest)
         fsync_dir(dest.parent)
     itemsize = np.dtype(job.dtype).itemsize
-    return {"file": dest.name, "shards": len(starts) - 1, "documents": len(ids), "tokens": total // itemsize,
+    return {"file": dest.name, "shards": len(starts) - 1, "documents": len(picks), "tokens": total // itemsize,
             "bytes": total, "partial": False, "missing_shards": 0, "skipped_lines": {},
-            "index": out.doc_index(split).name, "sources": docs.source_counts(ids)}
+            "index": out.doc_index(split).name, "sources": docs.source_counts(picks)}
 
 
-def _write_index(path: Path, docs: Documents, ids: np.ndarray, per_chunk: int) -> None:
+def _write_index(path: Path, picks: np.ndarray, per_chunk: int) -> None:
     tmp = temp_path(path)
     with open(tmp, "xb") as f:
         ends = DocEnds(f)
-        for lo in range(0, len(ids), per_chunk):
-            ends.add(docs.tokens[ids[lo:lo + per_chunk]])
+        for lo in range(0, len(picks), per_chunk):
+            ends.add(picks["tokens"][lo:lo + per_chunk])
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: Plan, job_raw: dict,
-              first: OutputRoot, workers: int) -> dict:
-    """Write (or finish) the whole mix; returns the meta written."""
-    docs = Documents.join(sources, plan.offsets)
+              first: OutputRoot, workers: int, quiet: bool = False, stream: TextIO | None = None) -> dict:
+    """Write (or finish) the whole mix, its progress shown on ``stream`` (a bar on a terminal
+    unless ``quiet``, else a plain line every ``progress.PLAIN_EVERY`` s); returns the meta written."""
+    docs = Layout.join(sources, plan.first_shard)
     job = JobSettings.from_dict(job_raw)
-    starts = prepare(out, mix_record(spec, sources), job_raw, first, plan, docs, spec, np.dtype(job.dtype).itemsize)
-    entries = {split: write_split(out, split, ids, starts[split], docs, job, spec.chunk_documents, workers)
-               for split, ids in plan.splits.items()}
+    itemsize = np.dtype(job.dtype).itemsize
+    starts = prepare(out, mix_record(spec, sources, plan), job_raw, first, plan, spec, itemsize)
+    todo = {split: _unfinished(out, split, s) for split, s in starts.items()}
+    per = spec.chunk_documents
+    total_bytes = sum(int(s[-1]) for s in starts.values())
+    chunks = sum(len(s) - 1 for s in starts.values())
+    left_bytes = sum(int(starts[split][n + 1] - starts[split][n]) for split, ns in todo.items() for n in ns)
+    left_docs = sum(len(plan.splits[split][n * per:(n + 1) * per]) for split, ns in todo.items() for n in ns)
+    display = ProgressDisplay(chunks, total_bytes, unit="chunks", quiet=quiet, stream=stream,
+                              every=progress.PLAIN_EVERY, label="mix", initial_bytes=total_bytes - left_bytes,
+                              initial_tokens=(total_bytes - left_bytes) // itemsize)
+    tally = _Tally(display, itemsize, chunks - sum(len(ns) for ns in todo.values()),
+                   sum(len(p) for p in plan.splits.values()) - left_docs, total_bytes - left_bytes)
+    display.update(tally.chunks, tally.documents, tally.nbytes // itemsize, tally.nbytes)  # what a relaunch finds
+    try:
+        entries = {split: write_split(out, split, picks, starts[split], todo[split], docs, job, per, workers, tally)
+                   for split, picks in plan.splits.items()}
+    finally:
+        display.close()
     entries[spec.split]["mix"] = mix_section(plan)
     meta = build_meta(out, JobSettings.from_dict(orjson.loads(out.job.read_bytes())), entries, log=lambda _line: None)
     with PendingSet([out.meta_json, out.meta_pkl]) as pending:
