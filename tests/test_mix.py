@@ -520,7 +520,7 @@ def test_progress_plain_lines_per_chunk_and_quiet_on_a_terminal(roots, tmp_path,
     import io
     import os
 
-    from test_progress import _drain
+    from test_progress import drain_pty
 
     from slimtok import progress
 
@@ -540,7 +540,7 @@ def test_progress_plain_lines_per_chunk_and_quiet_on_a_terminal(roots, tmp_path,
     master, slave = os.openpty()
     with os.fdopen(slave, "w") as tty:
         mix_main(spec_path, tmp_path / "out", stream=tty, quiet=True, log=lambda _: None)
-        text = _drain(master)
+        text = drain_pty(master)
     os.close(master)
     assert "%|" not in text and text.strip().startswith(f"mix: chunks {chunks}/{chunks} · {docs:,} docs")
     result = slimtok("mix", spec_path, "--output-root", tmp_path / "out", "--quiet")
@@ -638,3 +638,32 @@ def test_hash_set_against_a_python_set():
     reference = set(zip(hi[:1500].tolist(), lo[:1500].tolist()))
     assert len(taken) == len(reference) and np.all(np.diff(taken.hi.astype(np.int64)) >= 0)
     assert taken.contains(hi, lo).tolist() == [(h, l_) in reference for h, l_ in zip(hi.tolist(), lo.tolist())]
+
+
+def test_consumed_and_cleaned_roots_mix_to_the_same_bytes(roots, tmp_path):
+    """A root whose shard files were moved into train.bin (--consume) or removed (clean) is read
+    from the combined file at each shard's offset: the mix equals the one over the shard files."""
+    import shutil
+
+    from slimtok.clean import clean
+
+    spec = yaml.safe_load(_spec(roots, tmp_path).read_text())
+    mix_main(_spec(roots, tmp_path), tmp_path / "from-shards")
+    moved = {}
+    for name, how in (("web", "consume"), ("code", "clean"), ("pile", "consume")):
+        moved[name] = shutil.copytree(roots[name], tmp_path / f"{name}-{how}")
+        slimtok("combine", "--output-root", moved[name], "--quiet", *(["--consume"] if how == "consume" else []))
+        if how == "clean":
+            clean(moved[name])
+        assert not list((moved[name] / "shards").rglob("*.bin"))
+    for source, name in zip(spec["sources"], ("web", "code", "pile")):
+        source["root"] = str(moved[name])
+    (tmp_path / "moved.yaml").write_text(yaml.safe_dump(spec))
+    mix_main(tmp_path / "moved.yaml", tmp_path / "from-combined")
+    for name in ("train.bin", "train.idx"):
+        assert (tmp_path / "from-combined" / name).read_bytes() == (tmp_path / "from-shards" / name).read_bytes()
+    train = moved["web"] / "train.bin"
+    with open(train, "r+b") as f:
+        f.truncate(train.stat().st_size - 4)
+    with pytest.raises(MixError, match="was consumed into"):
+        mix(parse_spec(spec), tmp_path / "refused", quiet=True)

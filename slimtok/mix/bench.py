@@ -30,7 +30,8 @@ MAX_DOC_TOKENS = 2000
 
 def synthetic_root(folder: Path, documents: int, shards: int, seed: int) -> Path:
     """A finished root whose train split has ``documents`` rows over ``shards`` tables (random
-    token counts and hashes; the shard .bin files are not written: planning never reads them)."""
+    token counts and hashes; the shard .bin files are sparse files of the right size: planning
+    never reads them, and writing from them copies zeros)."""
     out = OutputRoot(folder)
     rng = np.random.default_rng(seed)
     per_shard = np.full(shards, documents // shards, dtype=np.int64)
@@ -46,8 +47,12 @@ def synthetic_root(folder: Path, documents: int, shards: int, seed: int) -> Path
         path.parent.mkdir(parents=True, exist_ok=True)
         table.tofile(path)
         tokens = int(table["tokens"].sum(dtype=np.int64))
+        data = out.data(shard)
+        data.parent.mkdir(parents=True, exist_ok=True)
+        with open(data, "wb") as f:
+            f.truncate(tokens * 4)
         write_record(out.done(shard), DoneRecord(
-            shard=shard, split="train", file=f"shards/{shard}.bin", lines=rows, documents=rows, tokens=tokens,
+            shard=shard, split="train", file=out.relative(data), lines=rows, documents=rows, tokens=tokens,
             bytes=tokens * 4, sha256="0" * 64, dtype="uint32", skipped={}, source_size=0, token="synthetic",
             host="bench", finished_at=0.0, seconds=0.0, table=out.relative(path), table_bytes=path.stat().st_size,
             table_sha256="0" * 64, source_names=[""], table_version=1), durable=False)

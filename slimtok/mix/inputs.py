@@ -34,13 +34,16 @@ MAX_SHARD_TOKENS = 1 << 32
 @dataclass
 class Shard:
     """One shard of a source: ``rows`` table rows; ``label`` is the ``source`` column value its
-    documents must carry (None: every row; -1: the shard has none of the source's label)."""
+    documents must carry (None: every row; -1: the shard has none of the source's label). Its
+    tokens are the bytes of ``file`` from ``base`` on: its own data file (base 0), or, once the
+    root's split was consumed or cleaned, the combined split file at the shard's offset."""
 
     id: str
     file: Path
     table: Path
     rows: int
     label: int | None
+    base: int = 0
 
 
 @dataclass
@@ -75,6 +78,10 @@ class SourceDocs:
     @property
     def paths(self) -> list[Path]:
         return [s.file for s in self.shards]
+
+    @property
+    def bases(self) -> list[int]:
+        return [s.base for s in self.shards]
 
     def pieces(self) -> Iterator[Piece]:
         """Every shard's rows in order, ``PIECE_ROWS`` at a time (explicit reads, not memory
@@ -136,19 +143,46 @@ def _records(root: OutputRoot, split: str, name: str) -> list[DoneRecord]:
     return records
 
 
+def _data_files(root: OutputRoot, split: str, records: list[DoneRecord], name: str) -> list[tuple[Path, int]]:
+    """(file, byte offset) of each shard's tokens: its data file, or, when the shard files are gone
+    because the split was combined with --consume or cleaned, its range of the combined file
+    (checked against the done records first, as a repeated combine checks it)."""
+    from ..combine import plan_split, read_meta
+    from ..consume import combined_mismatch
+
+    files = [root.resolve(r.file) for r in records]
+    missing = [f for f in files if not f.exists()]
+    if not missing:
+        return [(f, 0) for f in files]
+    meta = read_meta(root)
+    entry = meta.splits.get(split) if meta is not None else None
+    if not entry or not entry.get("consumed"):
+        raise MixError(f"source {name!r}: the tokens of {len(missing)} finished shard(s) are missing, e.g. "
+                       f"{missing[0]}, and split {split} was not combined with --consume or cleaned",
+                       missing[0], "restore the shard files, or tokenize the root again")
+    plan = plan_split(root, read_manifest(root.manifest, check_files=False), split)
+    if (why := combined_mismatch(root, plan, entry, checksums=False)) is not None:
+        raise MixError(f"source {name!r}: split {split} was consumed into {root.combined(split)}, but {why}",
+                       root.combined(split), "restore the combined file, or tokenize the root again")
+    offsets = dict(zip((r.shard for r in plan.done), np.cumsum([0] + [r.bytes for r in plan.done]).tolist()))
+    return [(root.combined(split), offsets[r.shard]) for r in records]
+
+
 def load_source(spec: SourceSpec, split: str) -> tuple[SourceDocs, dict]:
     """One source's shards and its root's raw job.json (no table is read here)."""
     root = OutputRoot(spec.root)
     _, raw = _job(root, spec.name)
     fingerprint = hashlib.sha256(raw["tokenizer_sha256"].encode())
     shards = []
-    for record in _records(root, split, spec.name):
+    records = _records(root, split, spec.name)
+    data = _data_files(root, split, records, spec.name)
+    for record, (file, base) in zip(records, data):
         fingerprint.update(f"{record.shard} {record.sha256} {record.table_sha256}\n".encode())
         label = None
         if spec.source is not None:
             label = record.source_names.index(spec.source) if spec.source in record.source_names else -1
-        shards.append(Shard(record.shard, root.resolve(record.file), root.resolve(record.table),
-                            record.table_bytes // DOC_TABLE_DTYPE.itemsize, label))
+        shards.append(Shard(record.shard, file, root.resolve(record.table),
+                            record.table_bytes // DOC_TABLE_DTYPE.itemsize, label, base))
     deduplicated = dedup_job_path(root).exists()
     if deduplicated:
         fingerprint.update(dedup_job_path(root).read_bytes())

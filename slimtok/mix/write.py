@@ -44,16 +44,19 @@ _HASH_BLOCK = 16 << 20
 
 @dataclass
 class Layout:
-    """Where the plan's records point: every source's shard files end to end (a record's shard is
-    ``id >> 32``), and the number of each source's first shard."""
+    """Where the plan's records point: every source's shards end to end (a record's shard is
+    ``id >> 32``; shard k's tokens are ``paths[k]`` from byte ``bases[k]``), and the number of
+    each source's first shard."""
 
     paths: list[Path]
+    bases: list[int]
     first_shard: np.ndarray
     names: list[str]
 
     @classmethod
     def join(cls, sources: list[SourceDocs], first_shard: np.ndarray) -> "Layout":
-        return cls([p for s in sources for p in s.paths], first_shard, [s.spec.name for s in sources])
+        return cls([p for s in sources for p in s.paths], [b for s in sources for b in s.bases], first_shard,
+                   [s.spec.name for s in sources])
 
     def source_counts(self, picks: np.ndarray, step: int = 1 << 20) -> dict[str, dict[str, int]]:
         """Documents and tokens per source name, ``step`` records at a time (bounded temporaries)."""
@@ -146,7 +149,7 @@ def write_chunk(out: OutputRoot, split: str, n: int, picks: np.ndarray, offset: 
         for file, start, length in _spans(picks, itemsize):
             if file not in opened:
                 opened[file] = os.open(docs.paths[file], os.O_RDONLY)
-            copy_range(opened[file], fd, start, length)
+            copy_range(opened[file], fd, docs.bases[file] + start, length)
             size += length
         os.fsync(fd)
         sha = _hash_range(fd, offset, size)
