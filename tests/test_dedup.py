@@ -359,3 +359,33 @@ def test_combine_dedup_writes_exactly_the_kept_documents_and_counts_them(tokeniz
     slimtok("combine", "--output-root", plain)
     total = sum(read_record(out.done(e["id"]), DoneRecord).bytes for e in manifest if e["split"] == "train")
     assert (plain / "train.bin").stat().st_size == total  # without --dedup nothing is left out
+
+
+def test_progress_on_a_terminal_under_quiet_is_plain_lines_of_units_and_documents(tokenized, tmp_path):
+    """``quiet`` on a terminal: plain lines (no bar) over all three phases' units; the last line
+    counts every unit (2 units of 64 shards + the buckets) and the gather phase's documents."""
+    from test_progress import _drain
+
+    _, corpus, _ = tokenized
+    root = _copy(tokenized, tmp_path)
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as tty:
+        assert dedup_cli_main(str(root), spawn_workers="2", buckets=8, out=lambda s: None, quiet=True, stream=tty,
+                              every=0) == 0
+        text = _drain(master)
+    os.close(master)
+    lines = text.replace("\r\n", "\n").splitlines()
+    documents = sum(map(len, corpus.values()))
+    assert "%|" not in text and lines[0].startswith("dedup scatter: units 0/10 · 0 docs · ")
+    assert lines[-1].startswith(f"dedup gather: units 10/10 · {documents} docs · "), lines
+    done = [int(line.split("units ")[1].split("/")[0]) for line in lines]
+    assert done == sorted(done) and all(line.startswith("dedup ") for line in lines)
+
+
+def test_dedup_command_takes_quiet(tokenized, tmp_path):
+    root = _copy(tokenized, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "slimtok", "dedup", "--output-root", str(root), "--spawn-workers", "1",
+                           "--buckets", "2", "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("dedup gather: units 4/4 · ")
+    assert done.stdout.startswith(f"dedup: {sum(map(len, tokenized[1].values()))} documents in 6 shards")
