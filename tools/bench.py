@@ -756,13 +756,13 @@ class PeakSampler:
 
 
 def tokenized_root(work: Path, name: str, corpus: Path, tokenizer: Path, backend: str,
-                   entries=None, splits: tuple[str, ...] = ("train",)) -> tuple[Path, float]:
+                   entries=None, splits: tuple[str, ...] = ("train",), fresh: bool = False) -> tuple[Path, float]:
     """An output root of ``entries`` (default: the corpus's ``splits``) tokenized by 1 worker, made once
-    per --work; (root, the worker's CPU seconds, 0.0 when it was made by an earlier run)."""
+    per --work unless ``fresh``; (root, the worker's CPU seconds, 0.0 when an earlier run made it)."""
     from slimtok.manifest import build_manifest, write_manifest
 
     root = work / f"out-{name}"
-    if (root / "bench-made").exists():
+    if (root / "bench-made").exists() and not fresh:
         return root, 0.0
     shutil.rmtree(root, ignore_errors=True)
     if entries is None:
@@ -797,21 +797,33 @@ def _proc_status(key: str) -> int:
 def _bucket_task_child(root: str, bucket: str, report: str) -> None:
     """One bucket unit's work (the production bucket_rows + find_drops) in a fresh process, after
     what a dedup worker holds anyway (its inputs); reports the peak RSS the task adds."""
-    from slimtok.dedup.plan import read_inputs
+    from slimtok.dedup.plan import read_inputs, unit_count
     from slimtok.dedup.units import bucket_rows, find_drops
-    from slimtok.protocol import DedupPlan, OutputRoot, dedup_plan_path, read_record
+    from slimtok.protocol import DedupPlan, DedupUnitRecord, OutputRoot, dedup_plan_path, dedup_unit_done, read_record
 
     r = OutputRoot(root)
     plan = read_record(dedup_plan_path(r), DedupPlan)
     assert plan is not None, "the bench runs the dedup before measuring a bucket"
     inputs = read_inputs(r)
-    before = _proc_status("VmHWM")
+    b = int(bucket)
+    # a worker does bucket after bucket: one task first pays one-time costs (lazy imports, allocator
+    # arenas); the figure is the next one's, and the first one's is reported beside it
+    first = _task_growth(lambda: find_drops(bucket_rows(r, plan, (b + 1) % plan.buckets)))
+    base = _proc_status("VmRSS")
+    grown = _task_growth(lambda: find_drops(bucket_rows(r, plan, b)))  # rows die inside find_drops, as in a worker
+    peak = _proc_status("VmHWM")
+    scatter = [read_record(dedup_unit_done(r, "scatter", k), DedupUnitRecord) for k in range(unit_count(plan, "scatter"))]
+    rows = sum(s.offsets[b + 1] - s.offsets[b] for s in scatter if s is not None)
+    Path(report).write_text(json.dumps({"base": base, "peak": peak, "grown": grown, "first": first, "rows": rows,
+                                        "shards": len(inputs.entries)}))
+
+
+def _task_growth(task: Callable[[], object]) -> int:
+    """Bytes by which ``task`` raises this process's peak RSS above its RSS at the start."""
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from the current RSS
     base = _proc_status("VmRSS")
-    rows = bucket_rows(r, plan, int(bucket))
-    drops = find_drops(rows)
-    Path(report).write_text(json.dumps({"base": base, "peak": _proc_status("VmHWM"), "before": before,
-                                        "rows": len(rows), "drops": len(drops), "shards": len(inputs.entries)}))
+    task()
+    return _proc_status("VmHWM") - base
 
 
 def bench_dedup_scale(table: Table, work: Path, sizes: list[int], docs_per_shard: int, buckets: int) -> None:
@@ -834,8 +846,8 @@ def bench_dedup_scale(table: Table, work: Path, sizes: list[int], docs_per_shard
             report = folder / f"bucket-{b}.json"
             subprocess.run([sys.executable, __file__, "_bucket_task", str(folder), str(b), str(report)], check=True)
             grown.append(json.loads(report.read_text()))
-        worst = max(grown, key=lambda g: g["peak"] - g["base"])
-        task = worst["peak"] - worst["base"]
+        worst = max(grown, key=lambda g: g["grown"])
+        task = worst["grown"]
         budget = 64e6 * job.documents / 100e6
         disk = tree_bytes(folder)
         table.notes.append(
@@ -843,7 +855,8 @@ def bench_dedup_scale(table: Table, work: Path, sizes: list[int], docs_per_shard
             f"buckets: built {built:.0f} s, dedup 1 worker {wall:.1f} s wall {cpu:.1f} CPU-s "
             f"({cpu / job.documents * 1e9:.0f} ns CPU/doc), {disk / 1e9:.2f} GB on disk; bucket task (worst of 3, "
             f"{worst['rows']:,} rows) adds {task / 1e6:.1f} MB peak RSS over the worker's "
-            f"{worst['base'] / 1e6:.0f} MB (process peak {worst['peak'] / 1e6:.0f} MB) = "
+            f"{worst['base'] / 1e6:.0f} MB (process peak {worst['peak'] / 1e6:.0f} MB; the worker's first bucket "
+            f"task adds {max(g['first'] for g in grown) / 1e6:.1f} MB) = "
             f"{task / job.documents * 100e6 / 1e6:.1f} MB per 100 M docs (target <= 64: "
             f"{'met' if task <= budget else 'NOT met'})")
         shutil.rmtree(folder)  # 48 bytes a document of tables and scatter files
@@ -857,9 +870,8 @@ def bench_dedup_cost(table: Table, work: Path, corpus: Path, tokenizer: Path, ba
     from slimtok.dedup.plan import unit_count
     from slimtok.protocol import DedupPlan, OutputRoot, dedup_plan_path, read_record
 
-    root, tok_cpu = tokenized_root(work, "dedup-all", corpus, tokenizer, backend, splits=("train", "validation", "test"))
-    if not tok_cpu:
-        raise SystemExit(f"{root} was tokenized by an earlier run: delete it so tokenize is timed in this one")
+    root, tok_cpu = tokenized_root(work, "dedup-all", corpus, tokenizer, backend, splits=("train", "validation", "test"),
+                                   fresh=True)  # tokenize is timed in this run
     fsync = fsync_seconds(root)
     for b in dict.fromkeys((buckets, 4)):
         shutil.rmtree(root / "dedup", ignore_errors=True)
