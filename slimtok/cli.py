@@ -253,8 +253,9 @@ def mix_cmd(spec: Path, output_root: Path | None, workers: int, plan_only: bool,
               help="Hash-range buckets: units of work claimed like shards.")
 @click.option("--stale-after", type=click.FloatRange(min=0.5), default=STALE_AFTER, show_default=True,
               help="Seconds without heartbeat after which another worker takes a unit over.")
+@click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")
 def dedup_cmd(output_root: Path, spawn_workers: str, process_index: int | None, process_count: int | None,
-              buckets: int, stale_after: float) -> None:
+              buckets: int, stale_after: float, quiet: bool) -> None:
     """Find exact duplicates and holdout contamination among the documents of a tokenized root.
 
     Writes drop lists under OUTPUT_ROOT/dedup/; `slimtok combine --dedup` then leaves those
@@ -263,7 +264,8 @@ def dedup_cmd(output_root: Path, spawn_workers: str, process_index: int | None, 
     from .dedup import dedup_cli_main
 
     sys.exit(dedup_cli_main(output_root, spawn_workers=spawn_workers, process_index=process_index,
-                            process_count=process_count, buckets=buckets, stale_after=stale_after, out=click.echo))
+                            process_count=process_count, buckets=buckets, stale_after=stale_after, out=click.echo,
+                            quiet=quiet))
 
 
 @main.command("validate")

@@ -309,6 +309,37 @@ def test_a_bucket_task_holds_only_its_bucket(tmp_path):
         assert 0 < len(drops) and peak <= budget, (b, peak, budget)
 
 
+def _rss(key: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_bucket_task_maps_no_scatter_file_and_refuses_a_short_one(tmp_path):
+    """RSS (not just traced memory) of a bucket task stays near its rows' bytes: reading its slices
+    must not map the scatter files (a mapped file's pages count whole folios). A scatter file
+    shorter than its record promises is refused, naming it."""
+    from slimtok.dedup.bench import synthetic_root
+    from slimtok.dedup.plan import make_plan, read_inputs
+    from slimtok.dedup.run import DedupWorker, pin_plan
+    from slimtok.dedup.units import bucket_rows
+
+    root = synthetic_root(tmp_path / "synthetic", shards=100, docs_per_shard=2000)
+    inputs = read_inputs(root)
+    plan = pin_plan(root, make_plan(inputs, buckets=256))
+    DedupWorker(root, plan, inputs, 300.0, 0, 1, 0, 1)._phase("scatter")
+    find_drops(bucket_rows(root, plan, 1))  # one-time costs (first use of each numpy path)
+    Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from the current RSS
+    before = _rss("VmRSS")
+    rows = bucket_rows(root, plan, 200)
+    grown = _rss("VmHWM") - before
+    assert 0 < rows.nbytes < 40_000 and grown < 512 * 1024, grown
+    scatter = dedup_unit_data(root, "scatter", 1)
+    os.truncate(scatter, scatter.stat().st_size - DEDUP_ROW_DTYPE.itemsize)
+    with pytest.raises(DedupError, match="bytes where its done record promises") as e:
+        bucket_rows(root, plan, 255)
+    assert str(scatter) in str(e.value)
+
+
 def test_sigterm_stops_the_workers_with_75_and_a_relaunch_completes(tokenized, tmp_path):
     _, corpus, ref = tokenized
     root = _copy(tokenized, tmp_path)
@@ -359,3 +390,33 @@ def test_combine_dedup_writes_exactly_the_kept_documents_and_counts_them(tokeniz
     slimtok("combine", "--output-root", plain)
     total = sum(read_record(out.done(e["id"]), DoneRecord).bytes for e in manifest if e["split"] == "train")
     assert (plain / "train.bin").stat().st_size == total  # without --dedup nothing is left out
+
+
+def test_progress_on_a_terminal_under_quiet_is_plain_lines_of_units_and_documents(tokenized, tmp_path):
+    """``quiet`` on a terminal: plain lines (no bar) over all three phases' units; the last line
+    counts every unit (2 units of 64 shards + the buckets) and the gather phase's documents."""
+    from test_progress import _drain
+
+    _, corpus, _ = tokenized
+    root = _copy(tokenized, tmp_path)
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as tty:
+        assert dedup_cli_main(str(root), spawn_workers="2", buckets=8, out=lambda s: None, quiet=True, stream=tty,
+                              every=0) == 0
+        text = _drain(master)
+    os.close(master)
+    lines = text.replace("\r\n", "\n").splitlines()
+    documents = sum(map(len, corpus.values()))
+    assert "%|" not in text and lines[0].startswith("dedup scatter: units 0/10 · 0 docs · ")
+    assert lines[-1].startswith(f"dedup gather: units 10/10 · {documents} docs · "), lines
+    done = [int(line.split("units ")[1].split("/")[0]) for line in lines]
+    assert done == sorted(done) and all(line.startswith("dedup ") for line in lines)
+
+
+def test_dedup_command_takes_quiet(tokenized, tmp_path):
+    root = _copy(tokenized, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "slimtok", "dedup", "--output-root", str(root), "--spawn-workers", "1",
+                           "--buckets", "2", "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("dedup gather: units 4/4 · ")
+    assert done.stdout.startswith(f"dedup: {sum(map(len, tokenized[1].values()))} documents in 6 shards")

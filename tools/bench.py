@@ -24,6 +24,13 @@ invocation and ``--runs`` times each (medians are printed):
   combine    `slimtok combine` vs `cat` of the same shard files onto the same disk
   claims     no-op tokenization of an N-shard manifest by W worker processes; then `slimtok status`
   growth     claims and status per shard at --growth-shards sizes (10k, 100k), super-linear steps flagged
+  dedup      a dedup bucket task's peak RSS (child process) at --dedup-docs job sizes of synthetic
+             tables; dedup CPU vs tokenize CPU on the bench corpus; its fsyncs' share of the wall
+  mix        slimtok.mix.bench_mix over three roots of the bench corpus, shuffle none and document,
+             vs `cat` of the same shard files (+fsync)
+  consume    peak extra disk of `combine --consume` vs a copying combine (root sampled every 20 ms)
+  stages     combine, dedup (planning, whole run) and mix planning per shard over synthetic roots
+             of --growth-shards sizes, super-linear steps flagged (dedup alone runs it for dedup)
   peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
              into a separate venv under --work
 
@@ -44,12 +51,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 SECTIONS = ("raw", "read", "pipeline", "tables", "ceiling", "scaling", "memory", "startup", "combine", "claims",
-            "growth", "peers")
+            "growth", "dedup", "mix", "consume", "stages", "peers")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -708,6 +715,301 @@ def _noop_worker_child(spec: str, index: str, out: str) -> None:
     sys.exit(code)
 
 
+# -- dedup, mix, consume and the stages' cost growth (issues 15, 16, 17, 18) --------------------
+
+def tree_bytes(folder: Path) -> int:
+    """Bytes allocated to the files under ``folder`` (st_blocks: what the filesystem really holds)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except FileNotFoundError:  # moved or deleted between listing and stat
+                pass
+    return total
+
+
+class PeakSampler:
+    """Calls ``measure()`` every ``every`` seconds on a thread while in the ``with`` block; keeps the
+    largest value and the number of samples."""
+
+    def __init__(self, measure, every: float = 0.02):
+        import threading
+
+        self.measure, self.every = measure, every
+        self.peak, self.samples = measure(), 1
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.every):
+            self.peak, self.samples = max(self.peak, self.measure()), self.samples + 1
+
+    def __enter__(self) -> "PeakSampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.peak, self.samples = max(self.peak, self.measure()), self.samples + 1
+
+
+def tokenized_root(work: Path, name: str, corpus: Path, tokenizer: Path, backend: str,
+                   entries=None, splits: tuple[str, ...] = ("train",), fresh: bool = False) -> tuple[Path, float]:
+    """An output root of ``entries`` (default: the corpus's ``splits``) tokenized by 1 worker, made once
+    per --work unless ``fresh``; (root, the worker's CPU seconds, 0.0 when an earlier run made it)."""
+    from slimtok.manifest import build_manifest, write_manifest
+
+    root = work / f"out-{name}"
+    if (root / "bench-made").exists() and not fresh:
+        return root, 0.0
+    shutil.rmtree(root, ignore_errors=True)
+    if entries is None:
+        _, found = build_manifest(corpus, ("*.jsonl.zst",))
+        entries = [e for e in found if e.split in splits]
+    manifest, _ = write_manifest(entries, work / f"m-{name}", corpus)
+    runs = run_workers(settings_for(manifest, root, tokenizer, backend), 1)
+    (root / "bench-made").touch()
+    return root, runs[0][1]
+
+
+def fsync_seconds(folder: Path, n: int = 20) -> float:
+    """Median seconds of one small write + fsync in ``folder`` (the disk dedup's units write to)."""
+    path, times = folder / "bench-fsync", []
+    with open(path, "wb") as f:
+        for _ in range(n):
+            f.write(b"x" * 512)
+            t0 = time.perf_counter()
+            os.fsync(f.fileno())
+            times.append(time.perf_counter() - t0)
+    path.unlink()
+    return statistics.median(times)
+
+
+def _proc_status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _bucket_task_child(root: str, bucket: str, report: str) -> None:
+    """One bucket unit's work (the production bucket_rows + find_drops) in a fresh process, after
+    what a dedup worker holds anyway (its inputs); reports the peak RSS the task adds."""
+    from slimtok.dedup.plan import read_inputs, unit_count
+    from slimtok.dedup.units import bucket_rows, find_drops
+    from slimtok.protocol import DedupPlan, DedupUnitRecord, OutputRoot, dedup_plan_path, dedup_unit_done, read_record
+
+    r = OutputRoot(root)
+    plan = read_record(dedup_plan_path(r), DedupPlan)
+    assert plan is not None, "the bench runs the dedup before measuring a bucket"
+    inputs = read_inputs(r)
+    b = int(bucket)
+    # a worker does bucket after bucket: one task first pays one-time costs (lazy imports, allocator
+    # arenas); the figure is the next one's, and the first one's is reported beside it
+    first = _task_growth(lambda: find_drops(bucket_rows(r, plan, (b + 1) % plan.buckets)))
+    base = _proc_status("VmRSS")
+    grown = _task_growth(lambda: find_drops(bucket_rows(r, plan, b)))  # rows die inside find_drops, as in a worker
+    peak = _proc_status("VmHWM")
+    scatter = [read_record(dedup_unit_done(r, "scatter", k), DedupUnitRecord) for k in range(unit_count(plan, "scatter"))]
+    rows = sum(s.offsets[b + 1] - s.offsets[b] for s in scatter if s is not None)
+    Path(report).write_text(json.dumps({"base": base, "peak": peak, "grown": grown, "first": first, "rows": rows,
+                                        "shards": len(inputs.entries)}))
+
+
+def _task_growth(task: Callable[[], object]) -> int:
+    """Bytes by which ``task`` raises this process's peak RSS above its RSS at the start."""
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from the current RSS
+    base = _proc_status("VmRSS")
+    task()
+    return _proc_status("VmHWM") - base
+
+
+def bench_dedup_scale(table: Table, work: Path, sizes: list[int], docs_per_shard: int, buckets: int) -> None:
+    """Issue 18: a bucket task's peak RSS at jobs of ``sizes`` documents (synthetic tables), each
+    measured in a child process on three buckets; the target is <= 64 MB per 100 M documents."""
+    from slimtok.dedup import run_dedup
+    from slimtok.dedup.bench import synthetic_root
+
+    for docs in sizes:
+        folder = work / f"dedup-{docs}"
+        shutil.rmtree(folder, ignore_errors=True)
+        w0 = time.time()
+        root = synthetic_root(folder, max(1, docs // docs_per_shard), docs_per_shard)
+        built = time.time() - w0
+        c0, w0 = cpu_now(), time.time()
+        job = run_dedup(root.root, buckets, 1)
+        wall, cpu = time.time() - w0, cpu_now() - c0
+        grown = []
+        for b in (0, buckets // 2, buckets - 1):
+            report = folder / f"bucket-{b}.json"
+            subprocess.run([sys.executable, __file__, "_bucket_task", str(folder), str(b), str(report)], check=True)
+            grown.append(json.loads(report.read_text()))
+        worst = max(grown, key=lambda g: g["grown"])
+        task = worst["grown"]
+        budget = 64e6 * job.documents / 100e6
+        disk = tree_bytes(folder)
+        table.notes.append(
+            f"dedup scale: {job.documents:,} docs in {job.shards:,} shards ({docs_per_shard:,}/shard), {buckets} "
+            f"buckets: built {built:.0f} s, dedup 1 worker {wall:.1f} s wall {cpu:.1f} CPU-s "
+            f"({cpu / job.documents * 1e9:.0f} ns CPU/doc), {disk / 1e9:.2f} GB on disk; bucket task (worst of 3, "
+            f"{worst['rows']:,} rows) adds {task / 1e6:.1f} MB peak RSS over the worker's "
+            f"{worst['base'] / 1e6:.0f} MB (process peak {worst['peak'] / 1e6:.0f} MB; the worker's first bucket "
+            f"task adds {max(g['first'] for g in grown) / 1e6:.1f} MB) = "
+            f"{task / job.documents * 100e6 / 1e6:.1f} MB per 100 M docs (target <= 64: "
+            f"{'met' if task <= budget else 'NOT met'})")
+        shutil.rmtree(folder)  # 48 bytes a document of tables and scatter files
+
+
+def bench_dedup_cost(table: Table, work: Path, corpus: Path, tokenizer: Path, backend: str, buckets: int) -> None:
+    """Issue 18: dedup's CPU against tokenize's on the bench corpus (all splits), same run, with
+    ``buckets`` and with 4 buckets (fewer units: the per-unit fixed cost is what a small job pays);
+    and how much of dedup's wall its fsyncs (4 per unit) can explain."""
+    from slimtok.dedup import run_dedup
+    from slimtok.dedup.plan import unit_count
+    from slimtok.protocol import DedupPlan, OutputRoot, dedup_plan_path, read_record
+
+    root, tok_cpu = tokenized_root(work, "dedup-all", corpus, tokenizer, backend, splits=("train", "validation", "test"),
+                                   fresh=True)  # tokenize is timed in this run
+    fsync = fsync_seconds(root)
+    for b in dict.fromkeys((buckets, 4)):
+        shutil.rmtree(root / "dedup", ignore_errors=True)
+        c0, w0 = time.process_time(), time.time()  # not os.times: its 10 ms ticks are too coarse here
+        job = run_dedup(root, b, 1)
+        wall, cpu = time.time() - w0, time.process_time() - c0
+        plan = read_record(dedup_plan_path(OutputRoot(root)), DedupPlan)
+        assert plan is not None
+        units = sum(unit_count(plan, phase) for phase in ("scatter", "bucket", "gather"))
+        table.notes += [
+            f"dedup cost, {b} buckets: bench corpus {job.documents:,} docs in {job.shards} shards; tokenize 1 worker "
+            f"{tok_cpu:.2f} CPU-s (Worker.run); dedup in-process {cpu:.3f} CPU-s ({wall:.2f} s wall, {units} units, "
+            f"{cpu / units * 1e3:.2f} ms CPU per unit) = {cpu / tok_cpu:.1%} of tokenize (target <= 5%: "
+            f"{'met' if cpu <= 0.05 * tok_cpu else 'NOT met'})",
+            f"dedup fsyncs, {b} buckets: {units} units x 4 fsyncs x {fsync * 1e3:.2f} ms (median small fsync on this "
+            f"disk) = {units * 4 * fsync:.2f} s of the {wall:.2f} s wall ({units * 4 * fsync / wall:.0%})"]
+    shutil.rmtree(root / "dedup")
+    command = child_cpu([sys.executable, "-m", "slimtok", "dedup", "--output-root", str(root), "--spawn-workers", "1",
+                         "--buckets", str(buckets), "--quiet"])
+    table.notes.append(f"dedup cost: the `slimtok dedup --spawn-workers 1 --buckets {buckets}` command with its "
+                       f"interpreter: {command:.2f} CPU-s = {command / tok_cpu:.1%} of tokenize")
+
+
+def bench_stage_growth(table: Table, work: Path, sizes: list[int], stages: tuple[str, ...]) -> None:
+    """Issue 15 target 4 / issue 18: per-shard cost of combine, dedup (planning; the whole run, i.e.
+    claiming and doing every unit) and mix planning over synthetic roots of ``sizes`` shards of
+    10 documents; a step whose per-shard cost grows more than 1.5x is flagged super-linear."""
+    from slimtok.combine import combine
+    from slimtok.dedup import run_dedup
+    from slimtok.dedup.bench import synthetic_root
+    from slimtok.dedup.plan import make_plan, read_inputs
+    from slimtok.mix import load_spec, mix
+
+    costs: dict[str, list[float]] = {}
+    for shards in sizes:
+        folder = work / f"stages-{shards}"
+        shutil.rmtree(folder, ignore_errors=True)
+        root = synthetic_root(folder / "root", shards, 10, data="combine" in stages)
+        timed: list[tuple[str, Callable[[], object]]] = []
+        if "combine" in stages:
+            timed.append(("combine (sha256 verify)", lambda: combine(root.root, verify=True, log=lambda s: None)))
+        if "dedup" in stages:
+            timed += [("dedup planning", lambda: make_plan(read_inputs(root), 256)),
+                      ("dedup run (plan, claim and do every unit)", lambda: run_dedup(root.root, 256, 1))]
+        if "mix" in stages:
+            spec = folder / "mix.yaml"
+            spec.write_text(f"seed: 1\nshuffle: document\nsources:\n  - {{name: s, root: {root.root}, "
+                            f"tokens: {shards * 500}}}\n")
+            timed.append(("mix planning", lambda: mix(load_spec(spec), None)))
+        for what, run in timed:
+            c0, w0 = cpu_now(), time.time()
+            run()
+            wall, cpu = time.time() - w0, cpu_now() - c0
+            costs.setdefault(what, []).append(cpu / shards)
+            table.notes.append(f"stages: {what} over {shards:,} shards: {wall:.2f} s wall, {cpu:.2f} CPU-s")
+        shutil.rmtree(folder)
+    for what, per in costs.items():
+        steps = [f"{n:,}: {c * 1e3:.3f} ms" for n, c in zip(sizes, per)]
+        flags = [f"{n0:,} -> {n1:,} x{c1 / c0:.2f}" for n0, n1, c0, c1 in zip(sizes, sizes[1:], per, per[1:])
+                 if c1 > 1.5 * c0]
+        table.notes.append(f"growth: {what} CPU per shard {'; '.join(steps)}; "
+                           f"{'SUPER-LINEAR: ' + ', '.join(flags) if flags else 'no super-linear step'}")
+
+
+def bench_mix_section(table: Table, work: Path, corpus: Path, tokenizer: Path, backend: str, runs: int,
+                      workers: int) -> None:
+    """Issue 17: `slimtok.mix.bench_mix` over three roots tokenized from the bench corpus (its train
+    shards dealt round-robin), every document taken once, with `shuffle: none` and `document`,
+    against `cat` of the same shard files onto the same disk (+fsync)."""
+    from slimtok.manifest import build_manifest
+    from slimtok.mix import bench_mix
+    from slimtok.protocol import DoneRecord, read_record
+
+    _, found = build_manifest(corpus, ("*.jsonl.zst",))
+    train = [e for e in found if e.split == "train"]
+    roots = [tokenized_root(work, f"mix-{i}", corpus, tokenizer, backend, train[i::3])[0] for i in range(3)]
+    records = [[read_record(p, DoneRecord) for p in sorted((r / "done").rglob("*.json"))] for r in roots]
+    files = [r / rec.file for r, recs in zip(roots, records) for rec in recs]
+    nbytes = sum(f.stat().st_size for f in files)
+    sources = "".join(f"  - {{name: part{i}, root: {r}, tokens: {sum(rec.tokens for rec in recs)}}}\n"
+                      for i, (r, recs) in enumerate(zip(roots, records)))
+    for _ in range(runs):
+        dest = work / "mix-cat.bin"
+        dest.unlink(missing_ok=True)
+        os.sync()
+        w0 = time.time()
+        with open(dest, "wb") as out:
+            subprocess.run(["cat", *map(str, files)], stdout=out, check=True)
+            os.fsync(out.fileno())
+        table.add(Result("cat of the mix's shards (+fsync)", nbytes, time.time() - w0, 0.0))
+        for shuffle in ("none", "document"):
+            spec, out_root = work / f"mix-{shuffle}.yaml", work / f"mix-out-{shuffle}"
+            spec.write_text(f"seed: 7\nshuffle: {shuffle}\nsources:\n{sources}")
+            shutil.rmtree(out_root, ignore_errors=True)
+            os.sync()
+            c0 = cpu_now()
+            got = bench_mix(spec, out_root, workers)
+            if got["bytes"] != nbytes:
+                raise SystemExit(f"mix wrote {got['bytes']} bytes, the shards hold {nbytes}: not every document "
+                                 "was taken once")
+            table.add(Result(f"mix shuffle: {shuffle} ({workers} workers)", got["bytes"], got["seconds"],
+                             cpu_now() - c0))
+    for shuffle, target in (("none", 0.8), ("document", 0.5)):
+        ratio = table.ratio(f"mix shuffle: {shuffle} ({workers} workers)", "cat of the mix's shards (+fsync)",
+                            "mb_wall")
+        table.notes.append(f"ratio mix shuffle: {shuffle} / cat per wall-s: {ratio} over {nbytes / 1e6:.1f} MB "
+                           f"(target >= {target}: {'met' if float(ratio) >= target else 'NOT met'})")
+
+
+def bench_consume(table: Table, work: Path, corpus: Path, tokenizer: Path, backend: str) -> None:
+    """Issue 16: the peak extra disk of `combine --consume` against a copying combine, each on its own
+    copy of one tokenized root, sampling the root's allocated bytes every 20 ms."""
+    from slimtok.combine import combine
+
+    source, _ = tokenized_root(work, "consume", corpus, tokenizer, backend)
+    shards = sorted((source / "shards").rglob("*.bin"))
+    largest, split = max(f.stat().st_size for f in shards), sum(f.stat().st_size for f in shards)
+    combined = {}
+    for consume in (False, True):
+        root = work / f"consume-{'move' if consume else 'copy'}"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(source, root)
+        os.sync()
+        before = tree_bytes(root)
+        w0 = time.time()
+        with PeakSampler(lambda: tree_bytes(root)) as sampled:
+            combine(root, ["train"], consume=consume, log=lambda s: None)
+        wall = time.time() - w0
+        combined[consume] = hashlib.sha256((root / "train.bin").read_bytes()).hexdigest()
+        table.notes.append(
+            f"consume: combine {'--consume' if consume else '(copying)'} of {len(shards)} shards, {split / 1e6:.1f} MB "
+            f"(largest shard {largest / 1e6:.2f} MB): peak extra disk {(sampled.peak - before) / 1e6:.2f} MB = "
+            f"{(sampled.peak - before) / largest:.2f} x the largest shard, {(sampled.peak - before) / split:.2f} x the "
+            f"split; after: {(tree_bytes(root) - before) / 1e6:+.2f} MB; {wall:.2f} s, {sampled.samples} samples")
+    if combined[False] != combined[True]:
+        raise SystemExit("combine --consume wrote another train.bin than the copying combine")
+
+
 # -- peers: datatrove and a nanoGPT-style prepare, in a venv of their own -----------------------
 
 PEER_PROCS = 2  # processes each peer gets; the same as the slimtok row it is compared with
@@ -924,6 +1226,8 @@ def main() -> None:
         return _ceiling_child(*sys.argv[2:7])
     if len(sys.argv) > 1 and sys.argv[1] == "_noop_worker":
         return _noop_worker_child(*sys.argv[2:5])
+    if len(sys.argv) > 1 and sys.argv[1] == "_bucket_task":
+        return _bucket_task_child(*sys.argv[2:5])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/slimtok-bench", help="scratch folder (corpus, outputs)")
     ap.add_argument("--corpus", help="an existing SlimPajama-layout corpus (default: build one)")
@@ -943,6 +1247,11 @@ def main() -> None:
     ap.add_argument("--claims-workers", type=int, default=64)
     ap.add_argument("--growth-shards", default="10000,100000", help="manifest sizes for the growth section")
     ap.add_argument("--growth-workers", type=int, default=2)
+    ap.add_argument("--dedup-docs", default="10000000,30000000,100000000",
+                    help="job sizes (documents) at which the dedup section measures a bucket task's peak RSS")
+    ap.add_argument("--dedup-docs-per-shard", type=int, default=10_000)
+    ap.add_argument("--buckets", type=int, default=256, help="dedup buckets")
+    ap.add_argument("--mix-workers", type=int, default=1)
     args = ap.parse_args()
     only = set(args.only.split(",")) | ({"peers"} if args.peers else set())
     corpus, tokenizer = prepare(args)
@@ -1019,6 +1328,18 @@ def main() -> None:
         bench_status(table, root, sizes[-1])
     if "growth" in only:
         bench_growth(table, work, [int(n) for n in args.growth_shards.split(",")], args.growth_workers)
+    if "dedup" in only:
+        bench_dedup_scale(table, work, [int(n) for n in args.dedup_docs.split(",") if n], args.dedup_docs_per_shard,
+                          args.buckets)
+        bench_dedup_cost(table, work, corpus, tokenizer, fast, args.buckets)
+        if "stages" not in only:  # stages measures dedup's planning growth with the others
+            bench_stage_growth(table, work, [int(n) for n in args.growth_shards.split(",")], ("dedup",))
+    if "stages" in only:
+        bench_stage_growth(table, work, [int(n) for n in args.growth_shards.split(",")], ("combine", "dedup", "mix"))
+    if "mix" in only:
+        bench_mix_section(table, work, corpus, tokenizer, fast, args.runs, args.mix_workers)
+    if "consume" in only:
+        bench_consume(table, work, corpus, tokenizer, fast)
     if "peers" in only:
         bench_peers(table, work, manifest, tokenizer, nbytes, work / f"out-{scaled.replace(' ', '_')}-0", scaled,
                     args.runs)

@@ -1,11 +1,13 @@
-"""A synthetic output root for timing dedup: done records and document tables only, no tokens.
+"""A synthetic output root for timing dedup, combine and mix planning: done records and
+document tables, and (``data=True``) token files of zeros that match them.
 
-``bench_dedup`` is what tools/bench.py calls; the shards' data files are empty stand-ins, since
-dedup reads only tables and records.
+``bench_dedup`` times a dedup of one. Without ``data`` the shards' data files do not exist, since
+dedup and mix planning read only tables and records.
 """
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import time
 from pathlib import Path
@@ -19,9 +21,10 @@ from .run import run_dedup
 
 
 def synthetic_root(folder: str | Path, shards: int, docs_per_shard: int, dup_fraction: float = 0.05,
-                   seed: int = 0) -> OutputRoot:
+                   seed: int = 0, data: bool = False, tokens_per_doc: int = 100) -> OutputRoot:
     """An output root of ``shards`` shards (1% validation, 1% test, the rest train) whose tables
-    repeat about ``dup_fraction`` of their hashes from earlier rows."""
+    repeat about ``dup_fraction`` of their hashes from earlier rows, ``tokens_per_doc`` tokens each;
+    ``data``: also write each shard's uint16 token file (zeros) with its size and sha256 recorded."""
     root = OutputRoot(folder)
     rng = np.random.default_rng(seed)
     holdout = max(1, shards // 100)
@@ -38,13 +41,19 @@ def synthetic_root(folder: str | Path, shards: int, docs_per_shard: int, dup_fra
         fresh = _hashes(rng, docs_per_shard)
         repeat = rng.random(docs_per_shard) < dup_fraction
         fresh[repeat] = pool[rng.integers(0, len(pool), int(repeat.sum()))]
-        table["tokens"], table["hash_hi"], table["hash_lo"] = 100, fresh[:, 0], fresh[:, 1]
+        table["tokens"], table["hash_hi"], table["hash_lo"] = tokens_per_doc, fresh[:, 0], fresh[:, 1]
         path = root.table(e["id"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(table.tobytes())
+        ids = bytes(2 * tokens_per_doc * docs_per_shard) if data else b""
+        if data:
+            root.data(e["id"]).parent.mkdir(parents=True, exist_ok=True)
+            root.data(e["id"]).write_bytes(ids)
         record = DoneRecord(e["id"], e["split"], root.relative(root.data(e["id"])), docs_per_shard, docs_per_shard,
-                            100 * docs_per_shard, 0, "", "uint16", {}, 0, "bench", "bench", 0.0, 0.0,
-                            table=root.relative(path), table_bytes=table.nbytes, table_sha256=f"bench{e['id']}")
+                            tokens_per_doc * docs_per_shard, len(ids), hashlib.sha256(ids).hexdigest() if data else "",
+                            "uint16", {}, 0, "bench", "bench", 0.0, 0.0,
+                            table=root.relative(path), table_bytes=table.nbytes,
+                            table_sha256=hashlib.sha256(table.tobytes()).hexdigest())
         write_record(root.done(e["id"]), record, durable=False)
     return root
 

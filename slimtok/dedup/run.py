@@ -8,6 +8,7 @@ bucket needs every scatter unit and a gather unit every bucket. Finished units a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -16,16 +17,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TextIO
 
 import numpy as np
 
 from ..claims import Claim, Claimer, current_holder, preference_order
+from ..progress import PLAIN_EVERY, REFRESH, ProgressDisplay
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, DedupError, Interrupted, SlimtokError
 from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive,
                         dedup_job_path, dedup_plan_path, dedup_unit, dedup_unit_data, dedup_unit_done, hostname,
                         read_record, write_atomic)
-from .plan import DEFAULT_BUCKETS, UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count
+from .plan import DEFAULT_BUCKETS, UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count, unit_ranks
 from .units import bucket_rows, find_drops, gather_drops, reason_counts, scatter_rows
 
 POLL_FIRST, POLL_LONGEST = 0.05, 5.0
@@ -154,6 +156,51 @@ def finish(root: OutputRoot, plan: DedupPlan) -> DedupJob:
     return written
 
 
+class DedupProgress:
+    """Shows a running dedup on a ProgressDisplay: a thread lists the phases' done records every
+    REFRESH seconds (they are the truth whichever process did the unit). Units count across all
+    phases; each phase weighs the job's table bytes once (a scatter or gather unit its shards'
+    tables, a bucket 1/buckets of them), so MB/s and the ETA span the whole run; the documents
+    shown are those the current phase (named in the label) has covered."""
+
+    def __init__(self, root: OutputRoot, plan: DedupPlan, inputs: Inputs,
+                 display: Callable[[int, int], ProgressDisplay]):
+        self.root, self.plan = root, plan
+        ranges = [unit_ranks(plan, k) for k in range(unit_count(plan, "scatter"))]
+        spans = [(sum(inputs.records[r].table_bytes for r in rs), sum(inputs.records[r].documents for r in rs))
+                 for rs in ranges]
+        total = (sum(b for b, _ in spans), inputs.documents())
+        per_bucket = (total[0] / plan.buckets, total[1] / plan.buckets)
+        self.weights = {"scatter": spans, "bucket": [per_bucket] * plan.buckets, "gather": spans}
+        self.shown = display(sum(unit_count(plan, p) for p in DEDUP_PHASES), len(DEDUP_PHASES) * total[0])
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="dedup-progress", daemon=True)
+
+    def poll(self) -> None:
+        done = {phase: [int(n) for n in _names(dedup_unit_done(self.root, phase, 0).parent, ".json") if n.isdigit()]
+                for phase in DEDUP_PHASES}
+        current = next((p for p in DEDUP_PHASES if len(done[p]) < unit_count(self.plan, p)), DEDUP_PHASES[-1])
+        nbytes = sum(self.weights[phase][k][0] for phase, ks in done.items() for k in ks)
+        self.shown.label = f"dedup {current}"
+        self.shown.update(sum(map(len, done.values())), round(sum(self.weights[current][k][1] for k in done[current])),
+                          None, round(nbytes))
+
+    def _loop(self) -> None:
+        while not self.stop.wait(REFRESH):
+            self.poll()
+
+    def __enter__(self) -> DedupProgress:
+        self.poll()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.poll()
+        self.shown.close()
+
+
 def _child(root: str, plan: DedupPlan, inputs: Inputs, stale_after: float, grid: tuple[int, int, int, int]) -> None:
     try:
         DedupWorker(OutputRoot(root), plan, inputs, stale_after, *grid).run()
@@ -181,15 +228,25 @@ class _SignalForwarder:
 
 
 def run_dedup(output_root: str | Path, buckets: int = DEFAULT_BUCKETS, workers: int = 1, process_index: int = 0,
-              process_count: int = 1, stale_after: float = 300.0, unit_shards: int = UNIT_SHARDS) -> DedupJob:
+              process_count: int = 1, stale_after: float = 300.0, unit_shards: int = UNIT_SHARDS,
+              display: Callable[[int, int], ProgressDisplay] | None = None) -> DedupJob:
     """Deduplicate a tokenized output root with ``workers`` local processes; returns the job record.
 
     Resumes whatever a killed run finished; every process of a grid returns the same record.
+    ``display(total_units, total_bytes)`` makes the ProgressDisplay to show the run on (None: none).
     Raises Interrupted when a signal stopped the workers.
     """
     root = OutputRoot(output_root)
     inputs = read_inputs(root)
     plan = pin_plan(root, make_plan(inputs, buckets, unit_shards))
+    if display is None:
+        return _run_workers(root, plan, inputs, workers, process_index, process_count, stale_after)
+    with DedupProgress(root, plan, inputs, display):
+        return _run_workers(root, plan, inputs, workers, process_index, process_count, stale_after)
+
+
+def _run_workers(root: OutputRoot, plan: DedupPlan, inputs: Inputs, workers: int, process_index: int,
+                 process_count: int, stale_after: float) -> DedupJob:
     if workers == 1:
         DedupWorker(root, plan, inputs, stale_after, process_index, process_count, 0, 1).run()
         return finish(root, plan)
@@ -223,7 +280,7 @@ def dedup_status(output_root: str | Path) -> dict[str, object]:
         return {"started": False, "finished": False, "phases": {}}
     phases = {}
     for phase in DEDUP_PHASES:
-        done = _names(root.root / "dedup" / "done" / phase, ".json")
+        done = _names(dedup_unit_done(root, phase, 0).parent, ".json")
         held = _names(root.lock(dedup_unit(phase, 0)).parent, ".lock") - done
         total = unit_count(plan, phase)
         phases[phase] = {"units": total, "done": len(done), "held": len(held),
@@ -240,10 +297,12 @@ def _names(folder: Path, suffix: str) -> set[str]:
 
 def dedup_cli_main(output_root: str, spawn_workers: str = "auto", process_index: int | None = None,
                    process_count: int | None = None, buckets: int = DEFAULT_BUCKETS, stale_after: float = 300.0,
-                   out: Callable[[str], None] = print) -> int:
+                   out: Callable[[str], None] = print, quiet: bool = False, stream: TextIO | None = None,
+                   every: float = PLAIN_EVERY) -> int:
     """``slimtok dedup``: exit status 0 done, 2 cannot run as asked, 3 the root cannot be written,
     75 stopped on a signal.
-    The summary line goes to ``out``, errors to stderr."""
+    Progress goes to ``stream`` (default stderr): a bar on a terminal, else (or ``quiet``) a plain
+    line every ``every`` seconds. The summary line goes to ``out``, errors to stderr."""
     from ..launch import process_grid, worker_count  # the lead's launch module; may move
 
     try:
@@ -252,7 +311,9 @@ def dedup_cli_main(output_root: str, spawn_workers: str = "auto", process_index:
             workers = worker_count(spawn_workers, None)
         except Exception as exc:  # launch's own error type, until it uses slimtok.errors
             raise DedupError(str(exc)) from exc
-        job = run_dedup(output_root, buckets, workers, index, count, stale_after)
+        job = run_dedup(output_root, buckets, workers, index, count, stale_after,
+                        display=functools.partial(ProgressDisplay, unit="units", quiet=quiet, stream=stream,
+                                                  every=every, label="dedup"))
     except SlimtokError as exc:
         print(f"slimtok dedup: {exc}", file=sys.stderr)
         return exc.exit_code
