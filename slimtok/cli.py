@@ -241,6 +241,15 @@ def mix_cmd(spec: Path, output_root: Path | None, workers: int, plan_only: bool,
     sys.exit(mix_main(spec, output_root, workers=workers, plan_only=plan_only, log=click.echo, quiet=quiet))
 
 
+def _auto_or_count(value: str) -> int | None:
+    """None for 'auto', else a positive whole number (click reports a bad value)."""
+    if value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a positive number")
+    return int(value)
+
+
 @main.command("dedup")
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--spawn-workers", default="auto", show_default=True,
@@ -249,13 +258,14 @@ def mix_cmd(spec: Path, output_root: Path | None, workers: int, plan_only: bool,
               help="This process's index (default: SLURM_PROCID, OMPI_COMM_WORLD_RANK or PMI_RANK).")
 @click.option("--process-count", type=click.IntRange(min=1), default=None,
               help="Number of processes (default: SLURM_NTASKS, OMPI_COMM_WORLD_SIZE or PMI_SIZE).")
-@click.option("--buckets", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Hash-range buckets: units of work claimed like shards.")
+@click.option("--buckets", default="auto", show_default=True, callback=lambda _ctx, _param, v: _auto_or_count(v),
+              help="Hash-range buckets (units of work claimed like shards): 'auto' (one per ~1 M documents) "
+                   "or a number.")
 @click.option("--stale-after", type=click.FloatRange(min=0.5), default=STALE_AFTER, show_default=True,
               help="Seconds without heartbeat after which another worker takes a unit over.")
 @click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")
 def dedup_cmd(output_root: Path, spawn_workers: str, process_index: int | None, process_count: int | None,
-              buckets: int, stale_after: float, quiet: bool) -> None:
+              buckets: int | None, stale_after: float, quiet: bool) -> None:
     """Find exact duplicates and holdout contamination among the documents of a tokenized root.
 
     Writes drop lists under OUTPUT_ROOT/dedup/; `slimtok combine --dedup` then leaves those
@@ -264,7 +274,8 @@ def dedup_cmd(output_root: Path, spawn_workers: str, process_index: int | None, 
     from .dedup import dedup_cli_main
 
     sys.exit(dedup_cli_main(output_root, spawn_workers=spawn_workers, process_index=process_index,
-                            process_count=process_count, buckets=buckets, stale_after=stale_after, out=click.echo,
+                            process_count=process_count, buckets=buckets,
+                            stale_after=stale_after, out=click.echo,
                             quiet=quiet))
 
 

@@ -395,7 +395,7 @@ def test_combine_dedup_writes_exactly_the_kept_documents_and_counts_them(tokeniz
 def test_progress_on_a_terminal_under_quiet_is_plain_lines_of_units_and_documents(tokenized, tmp_path):
     """``quiet`` on a terminal: plain lines (no bar) over all three phases' units; the last line
     counts every unit (2 units of 64 shards + the buckets) and the gather phase's documents."""
-    from test_progress import _drain
+    from test_progress import drain_pty
 
     _, corpus, _ = tokenized
     root = _copy(tokenized, tmp_path)
@@ -403,7 +403,7 @@ def test_progress_on_a_terminal_under_quiet_is_plain_lines_of_units_and_document
     with os.fdopen(slave, "w") as tty:
         assert dedup_cli_main(str(root), spawn_workers="2", buckets=8, out=lambda s: None, quiet=True, stream=tty,
                               every=0) == 0
-        text = _drain(master)
+        text = drain_pty(master)
     os.close(master)
     lines = text.replace("\r\n", "\n").splitlines()
     documents = sum(map(len, corpus.values()))
@@ -420,3 +420,27 @@ def test_dedup_command_takes_quiet(tokenized, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[-1].startswith("dedup gather: units 4/4 · ")
     assert done.stdout.startswith(f"dedup: {sum(map(len, tokenized[1].values()))} documents in 6 shards")
+
+
+def test_auto_buckets_follow_the_job_size_and_a_relaunch_keeps_the_pinned_count(tokenized, tmp_path, monkeypatch):
+    from slimtok.dedup import plan as dedup_plan
+    from slimtok.protocol import DedupPlan, dedup_plan_path
+
+    _, corpus, ref = tokenized
+    documents = sum(map(len, corpus.values()))
+    small = _copy(tokenized, tmp_path, "small")
+    run_dedup(small)  # a job of a few dozen documents: one bucket, three units in all
+    assert read_record(dedup_plan_path(OutputRoot(small)), DedupPlan).buckets == 1
+    assert _drops(small, corpus) == ref
+    monkeypatch.setattr(dedup_plan, "ROWS_PER_BUCKET", 7)
+    sized = _copy(tokenized, tmp_path, "sized")
+    run_dedup(sized)
+    assert read_record(dedup_plan_path(OutputRoot(sized)), DedupPlan).buckets == -(-documents // 7)
+    assert _drops(sized, corpus) == ref
+    explicit = _copy(tokenized, tmp_path, "explicit")
+    run_dedup(explicit, buckets=5)
+    files = _dedup_files(explicit)
+    run_dedup(explicit)  # a relaunch without --buckets takes the pinned 5
+    assert _dedup_files(explicit) == files
+    with pytest.raises(DedupError, match="--buckets 5"):
+        run_dedup(explicit, buckets=6)

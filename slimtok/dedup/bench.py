@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from ..protocol import DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, write_record
-from .plan import DEFAULT_BUCKETS, UNIT_SHARDS
+from .plan import UNIT_SHARDS
 from .run import run_dedup
 
 
@@ -63,7 +63,7 @@ def _hashes(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(0, np.iinfo(np.uint64).max, size=(n, 2), dtype=np.uint64, endpoint=True)
 
 
-def bench_dedup(tmpdir: str | Path, shards: int, docs_per_shard: int, buckets: int = DEFAULT_BUCKETS,
+def bench_dedup(tmpdir: str | Path, shards: int, docs_per_shard: int, buckets: int | None = None,
                 workers: int = 1, unit_shards: int = UNIT_SHARDS) -> dict[str, float]:
     """Build a synthetic root under ``tmpdir`` and dedup it; seconds, documents, drops, peak RSS."""
     root = synthetic_root(Path(tmpdir) / "dedup-bench", shards, docs_per_shard)

@@ -22,7 +22,11 @@ from ..protocol import SPLITS, DedupPlan, DoneRecord, JobSettings, OutputRoot, r
 #: Shards per scatter and gather unit: few enough that a unit's tables fit in memory, many enough
 #: that 100k shards make ~1.6k units (files), not one per shard.
 UNIT_SHARDS = 64
-DEFAULT_BUCKETS = 256
+#: ``--buckets auto``: one bucket per this many documents (at least one), so a bucket task holds
+#: ~1 M rows (~45 MB measured) at most, while a small job pays for few units (each costs a claim,
+#: a record and fsyncs, which dominate a job of a few thousand documents).
+ROWS_PER_BUCKET = 1 << 20
+MAX_BUCKETS = 1 << 16
 MAX_RANK = 1 << 30
 
 
@@ -80,9 +84,17 @@ def fingerprint(inputs: Inputs) -> str:
     return h.hexdigest()
 
 
-def make_plan(inputs: Inputs, buckets: int, unit_shards: int = UNIT_SHARDS) -> DedupPlan:
-    if not 1 <= buckets <= 1 << 16:
-        raise DedupError(f"--buckets {buckets} must be between 1 and 65536")
+def auto_buckets(documents: int) -> int:
+    """The bucket count ``--buckets auto`` picks for a job of ``documents`` documents."""
+    return min(MAX_BUCKETS, max(1, -(-documents // ROWS_PER_BUCKET)))
+
+
+def make_plan(inputs: Inputs, buckets: int | None = None, unit_shards: int = UNIT_SHARDS) -> DedupPlan:
+    """The plan for ``inputs``; ``buckets`` None: ``auto_buckets`` of the job's documents."""
+    if buckets is None:
+        buckets = auto_buckets(inputs.documents())
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise DedupError(f"--buckets {buckets} must be between 1 and {MAX_BUCKETS}")
     if unit_shards < 1:
         raise DedupError(f"unit size {unit_shards} must be at least 1 shard")
     return DedupPlan(fingerprint(inputs), len(inputs.entries), inputs.documents(), buckets, unit_shards)

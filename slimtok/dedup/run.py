@@ -8,6 +8,8 @@ bucket needs every scatter unit and a gather unit every bucket. Finished units a
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import hashlib
 import multiprocessing
@@ -27,19 +29,22 @@ from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, DedupError, Interrup
 from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive,
                         dedup_job_path, dedup_plan_path, dedup_unit, dedup_unit_data, dedup_unit_done, hostname,
                         read_record, write_atomic)
-from .plan import DEFAULT_BUCKETS, UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count, unit_ranks
+from .plan import UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count, unit_ranks
 from .units import bucket_rows, find_drops, gather_drops, reason_counts, scatter_rows
 
 POLL_FIRST, POLL_LONGEST = 0.05, 5.0
 
 
-def pin_plan(root: OutputRoot, plan: DedupPlan) -> DedupPlan:
-    """Create ``dedup/plan.json`` once; a relaunch must ask for the same plan on the same inputs."""
+def pin_plan(root: OutputRoot, plan: DedupPlan, auto: bool = False) -> DedupPlan:
+    """Create ``dedup/plan.json`` once; a relaunch must ask for the same plan on the same inputs
+    (``auto``: the bucket count was not asked for, so the pinned one is taken)."""
     path = dedup_plan_path(root)
     create_exclusive(path, plan.to_json())
     pinned = read_record(path, DedupPlan)
     if pinned is None:
         raise DedupError("unreadable dedup plan", path, "delete the dedup/ folder and run `slimtok dedup` again")
+    if auto:
+        plan = dataclasses.replace(plan, buckets=pinned.buckets)
     if pinned != plan:
         what = ("the shards changed since this dedup started (done records or tables differ)"
                 if pinned.fingerprint != plan.fingerprint else
@@ -227,7 +232,7 @@ class _SignalForwarder:
             signal.signal(s, handler)
 
 
-def run_dedup(output_root: str | Path, buckets: int = DEFAULT_BUCKETS, workers: int = 1, process_index: int = 0,
+def run_dedup(output_root: str | Path, buckets: int | None = None, workers: int = 1, process_index: int = 0,
               process_count: int = 1, stale_after: float = 300.0, unit_shards: int = UNIT_SHARDS,
               display: Callable[[int, int], ProgressDisplay] | None = None) -> DedupJob:
     """Deduplicate a tokenized output root with ``workers`` local processes; returns the job record.
@@ -238,7 +243,7 @@ def run_dedup(output_root: str | Path, buckets: int = DEFAULT_BUCKETS, workers: 
     """
     root = OutputRoot(output_root)
     inputs = read_inputs(root)
-    plan = pin_plan(root, make_plan(inputs, buckets, unit_shards))
+    plan = pin_plan(root, make_plan(inputs, buckets, unit_shards), auto=buckets is None)
     if display is None:
         return _run_workers(root, plan, inputs, workers, process_index, process_count, stale_after)
     with DedupProgress(root, plan, inputs, display):
@@ -296,7 +301,7 @@ def _names(folder: Path, suffix: str) -> set[str]:
 
 
 def dedup_cli_main(output_root: str, spawn_workers: str = "auto", process_index: int | None = None,
-                   process_count: int | None = None, buckets: int = DEFAULT_BUCKETS, stale_after: float = 300.0,
+                   process_count: int | None = None, buckets: int | None = None, stale_after: float = 300.0,
                    out: Callable[[str], None] = print, quiet: bool = False, stream: TextIO | None = None,
                    every: float = PLAIN_EVERY) -> int:
     """``slimtok dedup``: exit status 0 done, 2 cannot run as asked, 3 the root cannot be written,
