@@ -168,7 +168,12 @@ def tokenize(settings: TokenizeSettings, say: Callable[[str], None] | None = Non
         for s, handler in previous.items():
             signal.signal(s, handler)
     monitor.close()
-    return _exit_status([p.exitcode for p in procs], settings, bool(received))
+    status = _exit_status([p.exitcode for p in procs], settings, bool(received))
+    root = OutputRoot(settings.output_root)
+    if status == EXIT_SHARDS_FAILED and say and not root.done_ids():
+        say(f"no shard is done and {len(root.failed_ids())} failed (reasons in {root.root / 'failed'}); if a setting "
+            "caused it (e.g. --text-key), relaunch with the corrected one: with nothing done, job.json is re-pinned")
+    return status
 
 
 def _exit_status(codes: list[int | None], settings: TokenizeSettings, signalled: bool) -> int:
