@@ -196,20 +196,15 @@ def _read_file(path: Path) -> _Parsed:
     if compact is not None:
         tok = _parse(path, compact[0])
         canonical = tok.to_str()
-        if _merge_pairs(orjson.loads(canonical)) == compact[1]:
+        # The parse serialized back holds the file's merges, written as pairs, exactly (a key
+        # cannot occur inside a JSON string, whose quotes are escaped); otherwise (another
+        # escaping, another order) the file is parsed as it is.
+        merges, written = b'"merges":' + orjson.dumps(compact[1]), canonical.encode()
+        at = written.find(merges)
+        if at >= 0 and written[at + len(merges):at + len(merges) + 1] in (b",", b"}"):
             return tok, compact[0], canonical, source_sha
     tok = _parse(path, data)
     return tok, data, tok.to_str(), source_sha
-
-
-def _merge_pairs(data: object) -> list[list[str]] | None:
-    """A tokenizer JSON's BPE merges as [a, b] pairs (either written form), or None."""
-    model = data.get("model") if isinstance(data, dict) else None
-    merges = model.get("merges") if isinstance(model, dict) else None
-    if not isinstance(merges, list):
-        return None
-    pairs = [m.split(" ") if isinstance(m, str) else m for m in merges]
-    return pairs if all(isinstance(p, list) and len(p) == 2 for p in pairs) else None
 
 
 def _compact_merges(data: bytes) -> tuple[bytes, list[list[str]]] | None:
@@ -220,8 +215,11 @@ def _compact_merges(data: bytes) -> tuple[bytes, list[list[str]]] | None:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-    pairs = _merge_pairs(obj)
-    if not pairs or not all(isinstance(a, str) and isinstance(b, str) and " " not in a + b for a, b in pairs):
+    model = obj.get("model") if isinstance(obj, dict) else None
+    pairs = model.get("merges") if isinstance(model, dict) else None
+    if not pairs or not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], str)
+            and " " not in p[0] + p[1] for p in pairs):
         return None
     obj["model"]["merges"] = [f"{a} {b}" for a, b in pairs]
     return orjson.dumps(obj), pairs
