@@ -144,3 +144,35 @@ def test_other_settings_are_still_refused_once_a_shard_is_done_or_claimed(datase
     assert refused.returncode == 2 and "1 claim(s) under locks/" in refused.stderr
     assert "re-pinned to the new settings" in refused.stderr
     assert (root / "job.json").read_bytes() == before
+
+
+def test_the_tokenizer_is_parsed_once_and_the_copy_is_compact_only_when_proven(bpe_tokenizer, tmp_path):
+    """A job copies the bytes its one parse read: the merges as "a b" strings when every merge can be
+    written so (and the parse serialized back holds them), else the file byte for byte."""
+    import hashlib
+
+    import orjson
+    from tokenizers import Tokenizer
+
+    from slimtok.tokenizer import load_tokenizer
+
+    source = (bpe_tokenizer / "tokenizer.json").read_bytes()
+    canonical = Tokenizer.from_str(source.decode()).to_str()
+    loaded = load_tokenizer(str(bpe_tokenizer))
+    merges = orjson.loads(loaded.file_text())["model"]["merges"]
+    assert all(isinstance(m, str) and m.count(" ") == 1 for m in merges)
+    assert Tokenizer.from_str(loaded.file_text().decode()).to_str() == canonical == loaded.canonical_json
+    assert loaded.sha256 == hashlib.sha256(canonical.encode()).hexdigest()
+    assert loaded.source_file_sha256 == hashlib.sha256(source).hexdigest()
+    # a merge holding a space has no unambiguous string form: the file is copied as it is
+    data = orjson.loads(source)
+    vocab = data["model"]["vocab"]
+    vocab["q "], vocab["q r"] = len(vocab), len(vocab) + 1
+    data["model"]["merges"].append(["q ", "r"])
+    spaced = tmp_path / "spaced"
+    spaced.mkdir()
+    (spaced / "tokenizer.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    (spaced / "tokenizer_config.json").write_bytes((bpe_tokenizer / "tokenizer_config.json").read_bytes())
+    plain = load_tokenizer(str(spaced))
+    assert plain.file_text() == (spaced / "tokenizer.json").read_bytes()
+    assert Tokenizer.from_file(str(spaced / "tokenizer.json")).to_str() == plain.canonical_json
