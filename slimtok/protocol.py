@@ -126,8 +126,9 @@ class JobSettings(Record):
     backend_requested: str = ""
     backend: str = ""
     backend_verification: str = ""
-    #: Not pinned: sha256 of ``tokenizer/tokenizer.json``, the byte-for-byte copy of the file the
-    #: job was created from (empty: the copy is the canonical JSON, whose sha256 is ``tokenizer_sha256``).
+    #: Not pinned: sha256 of ``tokenizer/tokenizer.json``, the bytes the first launch parsed: the
+    #: given file, or its proven compact form (``slimtok.tokenizer.loading._read_file``); empty:
+    #: the copy is the canonical JSON, whose sha256 is ``tokenizer_sha256``.
     tokenizer_file_sha256: str = ""
     #: Not pinned: sha256 of what the first launch was asked (tokenizer file bytes, tokenizer_config.json,
     #: the raw --eos-id/--bos/--special-text/--dtype/--text-key/--source-key, the slimtok version); a
