@@ -3,7 +3,9 @@
 The estimate is tokens per compressed source byte × dtype width × the source bytes to go, per
 split. The ratio is measured where shards are done (their records: tokens and source size) and
 otherwise sampled from the first ``sample_bytes`` compressed bytes of a few shards of the split,
-encoded by a callable the caller passes, so this module never loads a tokenizer itself. Token
+encoded by a callable the caller passes, so this module never loads a tokenizer itself. A job
+samples once, at its first launch (:func:`sample_ratios`), and pins the result in job.json; later
+launches pass it back as ``sampled`` and encode nothing. Token
 files only: document tables add 24 bytes per document (well under 1% at SlimPajama's lengths).
 """
 
@@ -23,9 +25,11 @@ from .manifest import ShardEntry
 
 #: Relative uncertainty stated with every estimate (a sample's ratio varies between shards).
 DEFAULT_MARGIN = 0.10
-#: Compressed bytes read from each sampled shard, and how many shards of a split are sampled.
-SAMPLE_BYTES = 4 << 20
-SAMPLE_SHARDS = 2
+#: Compressed bytes read from each sampled shard, and how many shards of a split are sampled:
+#: ~1 MB of text each, a fraction of a CPU-second with tokenizers; shard-to-shard variation, not
+#: the sample's length, is what the margin covers.
+SAMPLE_BYTES = 256 << 10
+SAMPLE_SHARDS = 3
 
 EncodeCount = Callable[[list[str]], int]
 
@@ -135,18 +139,35 @@ def _sampled_ratio(entries: Sequence[ShardEntry], encode_count: EncodeCount, tex
     return (tokens / covered, used) if covered > 0 else None
 
 
+def sample_ratios(entries: Sequence[ShardEntry], encode_count: EncodeCount, text_key: str = "text",
+                  sample_shards: int = SAMPLE_SHARDS, sample_bytes: int = SAMPLE_BYTES) -> dict[str, list[float]]:
+    """Per split [tokens per compressed source byte, shards sampled], for the splits with a readable sample."""
+    by_split: dict[str, list[ShardEntry]] = {}
+    for e in entries:
+        by_split.setdefault(e.split, []).append(e)
+    found = {}
+    for split, group in sorted(by_split.items()):
+        sampled = _sampled_ratio(group, encode_count, text_key, sample_shards, sample_bytes)
+        if sampled is not None:
+            found[split] = [sampled[0], sampled[1]]
+    return found
+
+
 def estimate_token_bytes(entries: Sequence[ShardEntry], dtype_width: int,
                          encode_count: EncodeCount | None = None,
                          measured: Mapping[str, tuple[int, int]] | None = None, text_key: str = "text",
                          margin: float = DEFAULT_MARGIN, sample_shards: int = SAMPLE_SHARDS,
-                         sample_bytes: int = SAMPLE_BYTES) -> TokenBytesEstimate:
+                         sample_bytes: int = SAMPLE_BYTES,
+                         sampled: Mapping[str, Sequence[float]] | None = None) -> TokenBytesEstimate:
     """Token bytes that tokenizing ``entries`` will write.
 
     Per split, the ratio comes from ``measured`` (split -> (tokens, source bytes) of done shards,
-    see :func:`measured_ratios`) when it has any source bytes; else from a sample encoded by
-    ``encode_count(texts) -> tokens`` (separators included, as the worker writes them); else from
-    the measured ratio of all splits together. Splits with none add to ``unestimated_source_bytes``.
+    see :func:`measured_ratios`) when it has any source bytes; else from ``sampled`` (an earlier
+    :func:`sample_ratios`); else from a sample encoded by ``encode_count(texts) -> tokens``
+    (separators included, as the worker writes them); else from the measured ratio of all splits
+    together. Splits with none add to ``unestimated_source_bytes``.
     """
+    sampled = sampled or {}
     measured = {k: v for k, v in (measured or {}).items() if v[1] > 0}
     overall = (sum(t for t, _ in measured.values()) / sum(b for _, b in measured.values())) if measured else None
     by_split: dict[str, list[ShardEntry]] = {}
@@ -158,6 +179,8 @@ def estimate_token_bytes(entries: Sequence[ShardEntry], dtype_width: int,
         size = sum(e.size for e in group)
         if split in measured:
             ratio, basis = measured[split][0] / measured[split][1], "done records"
+        elif split in sampled:
+            ratio, basis = sampled[split][0], f"sample of {int(sampled[split][1])} shards"
         elif encode_count is not None and (sampled := _sampled_ratio(group, encode_count, text_key,
                                                                       sample_shards, sample_bytes)):
             ratio, basis = sampled[0], f"sample of {sampled[1]} shards"

@@ -16,16 +16,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import orjson
-from tokenizers import Tokenizer
 
-from .budget import check_free_space, disk_space, estimate_token_bytes, format_bytes
+from . import __version__
+from .budget import check_free_space, disk_space, estimate_token_bytes, format_bytes, sample_ratios
 from .errors import JobMismatch, ManifestError, TokenizerError
 from .manifest import ShardEntry, manifest_digest, read_manifest
-from .protocol import (DEFAULT_SOURCE_KEY, SPLITS, JobSettings, OutputRoot, create_exclusive, new_token,
-                       read_record, write_atomic)
-from .tokenizer import DocumentPolicy, LoadedTokenizer, load_tokenizer, resolve_dtype
+from .protocol import (DEFAULT_SOURCE_KEY, PROTOCOL_VERSION, SPLITS, JobSettings, OutputRoot, create_exclusive,
+                       new_token, read_record, write_atomic, write_record)
+from .tokenizer.loading import local_tokenizer_file
+
+if TYPE_CHECKING:  # the launcher of a relaunch imports this module and never loads a tokenizer
+    from tokenizers import Tokenizer
+
+    from .tokenizer import DocumentPolicy, LoadedTokenizer
 
 #: Defaults of ``slimtok tokenize`` (the CLI shows these; nothing else re-types them).
 TOKENS_PER_WRITE = 131072
@@ -73,6 +80,8 @@ class TokenizeSettings:
 
 def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: LoadedTokenizer) -> JobSettings:
     """The job record this launch asks for (compared with job.json by :meth:`JobSettings.differences`)."""
+    from .tokenizer import resolve_dtype
+
     dtype, why = resolve_dtype(settings.dtype, tok)
     p = tok.policy
     return JobSettings(manifest_sha256=manifest_digest(entries), shards=len(entries), tokenizer=tok.source,
@@ -84,65 +93,144 @@ def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: Lo
 
 def document_policy(job: JobSettings) -> DocumentPolicy:
     """The pinned document policy of a job, as the encoder applies it."""
+    from .tokenizer import DocumentPolicy
+
     return DocumentPolicy(eos_id=job.eos_token_id, eos_token=job.eos_token, bos_id=job.bos_token_id,
                           bos_token=job.bos_token, special_text=job.special_text)
+
+
+def request_digest(settings: TokenizeSettings) -> str:
+    """sha256 of everything a launch asks that decides the pinned record besides the manifest: the
+    bytes of a local tokenizer.json and of its folder's tokenizer_config.json, the raw tokenizer and
+    text flags, the slimtok and protocol versions. Equal digests give equal records (the record is a
+    function of these), so a relaunch with the recorded digest needs no tokenizer. "" when the
+    tokenizer is not a local file (a Hub id, a folder for transformers): those always load."""
+    file = local_tokenizer_file(settings.tokenizer)
+    if file is None:
+        return ""
+    return _request_digest(settings, hashlib.sha256(file.read_bytes()).hexdigest(), file.parent)
+
+
+def _request_digest(settings: TokenizeSettings, tokenizer_file_sha256: str, folder: Path) -> str:
+    config = folder / "tokenizer_config.json"
+    config_sha256 = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
+    asked = [__version__, PROTOCOL_VERSION, tokenizer_file_sha256, config_sha256, settings.eos_id, settings.bos,
+             settings.special_text, settings.dtype, settings.text_key, settings.source_key]
+    return hashlib.sha256(orjson.dumps(asked)).hexdigest()
 
 
 def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None) -> JobSettings:
     """Create job.json on first use, or check a relaunch against it; copy manifest and tokenizer.
 
     ``say`` gets the start-up lines: which separators and dtype were chosen and why, and warnings.
-    Raises JobMismatch naming each differing setting before anything else is written.
+    A relaunch asking what job.json records (:func:`request_digest`) loads no tokenizer. Raises
+    JobMismatch naming each differing setting before anything else is written, unless no shard is
+    done or claimed under the pinned settings: then the job is re-pinned (:func:`_repin`).
     """
     root = OutputRoot(settings.output_root)
     entries = read_manifest(settings.manifest)
+    key = request_digest(settings)
+    pinned = read_job(root) if root.job.exists() else None
+    if (pinned is not None and key and pinned.request_sha256 == key and root.manifest.exists()
+            and root.tokenizer_file.exists() and pinned.manifest_sha256 == manifest_digest(entries)):
+        for line in pinned.policy_notes if say else ():
+            say(line)
+        check_disk_budget(settings, root, entries, pinned, None, say)
+        return pinned
+    from .tokenizer import load_tokenizer
+
     tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text)
     requested = requested_job(settings, entries, tok)
     for line in requested.policy_notes if say else ():
         say(line)
-    tok_text: str | None = None
-    if not root.job.exists():
+    file = local_tokenizer_file(settings.tokenizer)
+    if key and file is not None:  # of the bytes actually loaded (the file may have changed since the look above)
+        key = _request_digest(settings, tok.source_file_sha256, file.parent)
+    extras = {"tokenizer_file_sha256": hashlib.sha256(tok.file_text()).hexdigest(), "request_sha256": key}
+    if pinned is None:
         root.root.mkdir(parents=True, exist_ok=True)
-        tok_text = tok.file_json()
-        create_exclusive(root.job, replace(requested, tokenizer_file_sha256=_sha256(tok_text)).to_json())
-    pinned = read_job(root)
+        # The disk-budget sample is taken here, once per job, over every split, and pinned.
+        sampled = sample_ratios(entries, _encode_count(tok), requested.text_key)
+        create_exclusive(root.job, replace(requested, **extras, sampled_ratios=sampled).to_json())
+        pinned = read_job(root)
     diffs = pinned.differences(requested)
     if pinned.manifest_sha256 != requested.manifest_sha256:
         diffs = [d for d in diffs if not d.startswith("manifest_sha256:")]
         diffs.insert(0, manifest_change(root, entries))
     if diffs:
-        raise JobMismatch("was started with other settings; refusing to mix outputs: " + "; ".join(diffs), root.job,
-                          "use the original settings or a new --output-root")
+        sampled = sample_ratios(entries, _encode_count(tok), requested.text_key)  # the old one used the old settings
+        pinned = _repin(root, replace(requested, **extras, sampled_ratios=sampled), diffs, say)
+    else:  # pinned by an older slimtok, or the same job asked through another file: record this request
+        noted = replace(pinned, request_sha256=key,
+                        sampled_ratios=pinned.sampled_ratios or sample_ratios(entries, _encode_count(tok),
+                                                                              pinned.text_key))
+        if noted != pinned:
+            write_record(root.job, noted)
+            pinned = noted
     if not root.manifest.exists():
         write_atomic(root.manifest, Path(settings.manifest).read_bytes())
-    tok_file = root.tokenizer_file
-    if not tok_file.exists():
+    if not root.tokenizer_file.exists():
         write_atomic(root.tokenizer_config_file, _tokenizer_config(pinned))
-        tok_text = tok_text or tok.file_json()
-        if _sha256(tok_text) != pinned.tokenizer_file_sha256:  # another writer's form: the canonical one
-            tok_text = tok.to_json()
-        write_atomic(tok_file, tok_text.encode())
+        # The bytes the fingerprint was taken from; a job pinned from another form of the same
+        # tokenizer (another file, or transformers) gets the canonical JSON, whose sha256 is pinned.
+        text = tok.file_text()
+        if hashlib.sha256(text).hexdigest() != pinned.tokenizer_file_sha256:
+            text = tok.canonical_json.encode()
+        write_atomic(root.tokenizer_file, text)
     check_disk_budget(settings, root, entries, pinned, tok, say)
     return pinned
 
 
+def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], say: Callable[[str], None] | None) -> JobSettings:
+    """Replace job.json by ``requested`` when nothing was kept under the pinned settings: no shard
+    done, claimed or checkpointed (a launch whose every shard failed, e.g. on a wrong --text-key).
+    Their failed records, manifest copy and tokenizer copy are removed first, so a kill part way
+    leaves the old job with fewer records, never the new job with the old failures. Else JobMismatch."""
+    mismatch = "was started with other settings; refusing to mix outputs: " + "; ".join(diffs)
+    done, held, partial = root.done_ids(), root.locked_ids(), root.checkpointed_ids()
+    if done:
+        raise JobMismatch(f"{mismatch} ({len(done)} shard(s) are done under the pinned settings)", root.job,
+                          "use the original settings, or a new --output-root for the new ones")
+    if held or partial:
+        raise JobMismatch(f"{mismatch}; no shard is done, but {len(held)} claim(s) under locks/ and {len(partial)} "
+                          "checkpoint(s) under checkpoints/ hold work of the pinned settings", root.job,
+                          "wait for the launch that holds them to end; if none runs, remove locks/ and checkpoints/ "
+                          "and relaunch: the job is then re-pinned to the new settings")
+    failed = sorted(root.failed_ids())
+    for shard in failed:
+        root.failed(shard).unlink(missing_ok=True)
+    for copy in (root.manifest, root.tokenizer_file, root.tokenizer_config_file):
+        copy.unlink(missing_ok=True)
+    write_record(root.job, requested)
+    if say:
+        say(f"job.json re-pinned: no shard was done under its old settings; removed their {len(failed)} failed "
+            f"record(s); changed: {'; '.join(diffs)}")
+    return requested
+
+
+def _encode_count(tok: LoadedTokenizer) -> Callable[[list[str]], int]:
+    """Tokens the worker writes for ``texts`` (separators included), by the tokenizer loaded here."""
+    separators = 1 + (tok.policy.bos_id is not None)
+    encoder = tok.tokenizer
+
+    def count(texts: list[str]) -> int:
+        return sum(len(e.ids) + separators for e in encoder.encode_batch(texts, add_special_tokens=False))
+
+    return count
+
+
 def check_disk_budget(settings: TokenizeSettings, root: OutputRoot, entries: list[ShardEntry], job: JobSettings,
-                      tok: LoadedTokenizer, say: Callable[[str], None] | None) -> None:
-    """Estimate the token bytes still to write (a sample of each split's shards, encoded by the
-    tokenizer already loaded here), print it with the free space, and refuse (OutputError) when
+                      tok: LoadedTokenizer | None, say: Callable[[str], None] | None) -> None:
+    """Estimate the token bytes still to write (job.json's pinned sample; a split it lacks is
+    sampled with ``tok`` if given), print it with the free space, and refuse (OutputError) when
     less than ``min_free_fraction`` of the disk would remain."""
     done = root.done_ids()
     todo = [e for e in entries if e.split in settings.splits and e.id not in done]
     if not todo:
         return
-    separators = 1 + (job.bos_token_id is not None)
-    encoder = tok.tokenizer
-
-    def encode_count(texts: list[str]) -> int:
-        return sum(len(e.ids) + separators for e in encoder.encode_batch(texts, add_special_tokens=False))
-
     width = np.dtype(job.dtype).itemsize
-    estimate = estimate_token_bytes(todo, width, encode_count, text_key=job.text_key)
+    estimate = estimate_token_bytes(todo, width, _encode_count(tok) if tok else None, text_key=job.text_key,
+                                    sampled=job.sampled_ratios)
     space = disk_space(root.root)
     if say:
         say(f"disk: about {format_bytes(estimate.bytes)} of token files still to write "
@@ -189,10 +277,6 @@ def load_job(root: OutputRoot) -> tuple[JobSettings, list[ShardEntry]]:
     return read_job(root), read_manifest(root.manifest, check_files=False)  # checked when it was pinned
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _tokenizer_config(job: JobSettings) -> bytes:
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": job.eos_token}
     if job.bos_token is not None:
@@ -221,4 +305,6 @@ def pinned_tokenizer_path(root: OutputRoot, job: JobSettings) -> Path:
 
 def load_pinned_tokenizer(root: OutputRoot, job: JobSettings) -> Tokenizer:
     """The job's own copy of the tokenizer, checked as :func:`pinned_tokenizer_path` says."""
+    from tokenizers import Tokenizer
+
     return Tokenizer.from_file(str(pinned_tokenizer_path(root, job)))  # from_file peaks lower than from_str

@@ -17,12 +17,11 @@ import time
 from dataclasses import replace
 from typing import Callable, Mapping
 
-from .manifest import read_manifest
+from .manifest import ShardEntry, read_manifest
 from .progress import PLAIN_EVERY, ProgressDisplay
-from .protocol import Heartbeat, OutputRoot, hostname, read_record, worker_name
+from .protocol import DoneRecord, FailedRecord, Heartbeat, OutputRoot, hostname, read_record, worker_name
 from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, LaunchError, OutputError
 from .job import TokenizeSettings, pin_job
-from .worker import worker_main
 
 #: (rank variable, size variable) pairs, in the order they are trusted.
 GRID_VARIABLES = (("SLURM_PROCID", "SLURM_NTASKS"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
@@ -74,7 +73,25 @@ def worker_count(spawn: str, max_workers: int | None) -> int:
 
 
 def _child(settings: TokenizeSettings, index: int, parent: int) -> None:
+    from .worker import worker_main  # here, not at the top: a launch with nothing to do never imports it
+
     sys.exit(worker_main(settings, index, parent))
+
+
+def all_settled(settings: TokenizeSettings, entries: list[ShardEntry]) -> bool:
+    """Whether every selected shard needs nothing from a worker: a readable done record, or a failed
+    record that this launch does not retry. Same rule as a worker's; anything else (an unreadable
+    record, a retry) is left to the workers."""
+    root = OutputRoot(settings.output_root)
+    done, failed = root.done_ids(), root.failed_ids()
+    for e in entries:
+        if e.split not in settings.splits:
+            continue
+        if e.id in done and read_record(root.done(e.id), DoneRecord) is not None:
+            continue
+        if settings.retry_failed or e.id not in failed or read_record(root.failed(e.id), FailedRecord) is None:
+            return False
+    return True
 
 
 class _Progress:
@@ -113,12 +130,17 @@ class _Progress:
 
 def tokenize(settings: TokenizeSettings, say: Callable[[str], None] | None = None, quiet: bool = False,
              progress_every: float = PLAIN_EVERY) -> int:
-    """Pin the job, run ``settings.workers`` workers to completion, and return the exit status."""
+    """Pin the job, run ``settings.workers`` workers to completion, and return the exit status.
+    A launch whose selected shards are all settled spawns no worker: it reads records and returns."""
     try:
         pin_job(settings, say=say)
     except OSError as exc:
         raise OutputError(f"cannot write the job's files: {exc.strerror or exc}", exc.filename or settings.output_root,
                           "free space or fix permissions on the output root, then relaunch the same command") from exc
+    if all_settled(settings, read_manifest(settings.manifest)):
+        if say:
+            say("every selected shard is already settled (done, or failed and not retried): no worker started")
+        return _exit_status([], settings, False)
     # Each worker is one process with one encoder thread: cores are shared out by process count.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
@@ -146,7 +168,12 @@ def tokenize(settings: TokenizeSettings, say: Callable[[str], None] | None = Non
         for s, handler in previous.items():
             signal.signal(s, handler)
     monitor.close()
-    return _exit_status([p.exitcode for p in procs], settings, bool(received))
+    status = _exit_status([p.exitcode for p in procs], settings, bool(received))
+    root = OutputRoot(settings.output_root)
+    if status == EXIT_SHARDS_FAILED and say and not root.done_ids():
+        say(f"no shard is done and {len(root.failed_ids())} failed (reasons in {root.root / 'failed'}); if a setting "
+            "caused it (e.g. --text-key), relaunch with the corrected one: with nothing done, job.json is re-pinned")
+    return status
 
 
 def _exit_status(codes: list[int | None], settings: TokenizeSettings, signalled: bool) -> int:

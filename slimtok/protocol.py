@@ -130,9 +130,17 @@ class JobSettings(Record):
     backend_requested: str = ""
     backend: str = ""
     backend_verification: str = ""
-    #: Not pinned: sha256 of ``tokenizer/tokenizer.json`` when it was written in the compact form
-    #: of ``LoadedTokenizer.file_json`` (empty: the file is the canonical JSON, ``tokenizer_sha256``).
+    #: Not pinned: sha256 of ``tokenizer/tokenizer.json``, the bytes the first launch parsed: the
+    #: given file, or its proven compact form (``slimtok.tokenizer.loading._read_file``); empty:
+    #: the copy is the canonical JSON, whose sha256 is ``tokenizer_sha256``.
     tokenizer_file_sha256: str = ""
+    #: Not pinned: sha256 of what the first launch was asked (tokenizer file bytes, tokenizer_config.json,
+    #: the raw --eos-id/--bos/--special-text/--dtype/--text-key/--source-key, the slimtok version); a
+    #: relaunch asking the same is the same job without loading the tokenizer (slimtok.job.request_digest).
+    request_sha256: str = ""
+    #: Not pinned: the disk-budget sample of the first launch, per split [tokens per compressed source
+    #: byte, shards sampled]; later launches reuse it instead of encoding a sample again.
+    sampled_ratios: dict[str, list[float]] = field(default_factory=dict)
     #: The document policy: each document is ``[bos_token_id]? + ids(text) + [eos_token_id]``, with
     #: special-token strings in text encoded as ordinary text (literal) or as their ids (parse).
     #: Roots pinned before the policy existed read as no bos, literal: what they were written with.

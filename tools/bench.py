@@ -477,13 +477,15 @@ def child_cpu(command: list[str]) -> float:
 def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, runs: int) -> None:
     """Issue 15 target 1, each as a ratio to L = CPU of a fresh python that only loads tokenizer.json.
 
-    Each run times L, then `slimtok tokenize` of a 1-shard job of one small document on a new
-    output root, the whole run (an upper bound on "to the first encoded batch"); the same command
-    relaunched, all shards done; one worker process: build the Worker and encode its first batch.
+    Each run times L; the two loads a worker can do on the job's own tokenizer copy (tokenizers,
+    fastokens), each alone in a fresh python; `slimtok tokenize` of a 1-shard job of one small
+    document on a new output root, the whole run (an upper bound on "to the first encoded batch");
+    the launcher's own share of that, `pin_job` alone in a fresh python on another new root; the
+    same command relaunched, all shards done; one worker process per backend: build the Worker and
+    encode its first batch. New job to the first batch = pin_job + one worker's start.
     """
     from dataclasses import asdict
 
-    from slimtok.job import pin_job
     from slimtok.manifest import ShardEntry, read_manifest, write_manifest
     from slimtok.reader import ShardReader
 
@@ -497,10 +499,16 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
     tiny, _ = write_manifest([ShardEntry(id="train/chunk1/example_train_0", split="train", chunk=1, index=0,
                                          path=str(one), size=one.stat().st_size)], base / "m", base / "data")
     load_code = "import sys; from tokenizers import Tokenizer; Tokenizer.from_file(sys.argv[1])"
-    worker_code = ("import sys,json;from slimtok.job import TokenizeSettings;from slimtok.worker import Worker;"
-                   "d=json.loads(sys.argv[1]);d['splits']=tuple(d['splits']);w=Worker(TokenizeSettings(**d),0);"
-                   "w.encoder.encode(['The first batch.'])")
-    rows: dict[str, list[float]] = {k: [] for k in ("L", "new", "relaunch", "worker")}
+    fast_code = "import sys, fastokens; fastokens.Tokenizer.from_file(sys.argv[1])"
+    settings_code = "import sys,json;from slimtok.job import TokenizeSettings;d=json.loads(sys.argv[1]);" \
+                    "d['splits']=tuple(d['splits']);s=TokenizeSettings(**d);"
+    pin_code = settings_code + "from slimtok.job import pin_job;pin_job(s)"
+    worker_code = settings_code + "from slimtok.worker import Worker;w=Worker(s,0);w.encoder.encode(['The first batch.'])"
+    backends = [backend] + (["tokenizers"] if backend != "tokenizers" else [])
+    rows: dict[str, list[float]] = {k: [] for k in ("L", "load tokenizers", "load fastokens", "new", "pin",
+                                                    "relaunch", *(f"worker {b}" for b in backends))}
+    if backend == "tokenizers":
+        del rows["load fastokens"]
     for run in range(runs):
         rows["L"].append(child_cpu([sys.executable, "-c", load_code, str(tokenizer / "tokenizer.json")]))
         root = base / f"out-{run}"
@@ -508,19 +516,36 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
                    "--tokenizer", str(tokenizer), "--spawn-workers", "1", "--backend", backend, "--quiet"]
         rows["new"].append(child_cpu(command))
         rows["relaunch"].append(child_cpu(command))
+        copy = str(root / "tokenizer" / "tokenizer.json")  # the form a worker loads
+        rows["load tokenizers"].append(child_cpu([sys.executable, "-c", load_code, copy]))
+        if "load fastokens" in rows:
+            rows["load fastokens"].append(child_cpu([sys.executable, "-c", fast_code, copy]))
         wroot = base / f"worker-{run}"
-        settings = settings_for(tiny, wroot, tokenizer, backend)
-        pin_job(settings)
-        rows["worker"].append(child_cpu([sys.executable, "-c", worker_code, json.dumps(asdict(settings))]))
+        spec = json.dumps(asdict(settings_for(tiny, wroot, tokenizer, backend)))
+        rows["pin"].append(child_cpu([sys.executable, "-c", pin_code, spec]))
+        for b in backends:
+            spec = json.dumps(asdict(settings_for(tiny, wroot, tokenizer, b)))
+            rows[f"worker {b}"].append(child_cpu([sys.executable, "-c", worker_code, spec]))
     med = {k: statistics.median(v) for k, v in rows.items()}
     table.notes.append(f"startup: L (fresh python, tokenizers loads tokenizer.json) {med['L']:.2f} CPU-s "
                        f"(median of {runs})")
-    for key, what, target in (("new", "`slimtok tokenize`, 1-shard job, new output root, whole run", 2),
+    first_batch = med["pin"] + med[f"worker {backend}"]
+    rows["first"] = [first_batch]
+    med["first"] = first_batch
+    for key, what, target in (("load tokenizers", "fresh python, tokenizers loads the job's copy", None),
+                              ("load fastokens", "fresh python, fastokens loads the job's copy", None),
+                              ("new", "`slimtok tokenize`, 1-shard job, new output root, whole run", 2),
+                              ("pin", "the launcher's share: pin_job alone on a new root", None),
+                              ("first", f"new job to the first encoded batch: pin_job + one {backend} worker", 2),
                               ("relaunch", "relaunch, all shards done", 1),
-                              ("worker", f"one worker ({backend}): Worker() + first encoded batch", 1.5)):
+                              *((f"worker {b}", f"one worker ({b}): Worker() + first encoded batch", 1.5)
+                                for b in backends)):
+        if key not in med:
+            continue
         ratio = med[key] / med["L"]
-        table.notes.append(f"startup: {what}: {med[key]:.2f} CPU-s = {ratio:.2f} x L (target <= {target}: "
-                           f"{'met' if ratio <= target else 'NOT met'}); runs {[round(x, 2) for x in rows[key]]}")
+        verdict = f" (target <= {target}: {'met' if ratio <= target else 'NOT met'})" if target else ""
+        table.notes.append(f"startup: {what}: {med[key]:.2f} CPU-s = {ratio:.2f} x L{verdict}; "
+                           f"runs {[round(x, 2) for x in rows[key]]}")
 
 
 def bench_tables(table: Table, manifest: Path, tokenizer: Path, backend: str, nbytes: int) -> None:

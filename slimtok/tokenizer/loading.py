@@ -1,8 +1,9 @@
 """Loading a tokenizer and the facts a job is pinned to: fingerprint, id count, document policy.
 
 A tokenizer comes from a ``tokenizer.json`` file, a local folder, or a Hugging Face Hub repo id.
-It is serialized exactly once, at load (:attr:`LoadedTokenizer.canonical_json`): the fingerprint
-is that string's sha256, and the compact file form is derived from it and proven once.
+It is parsed once (from the file's bytes, or from their compact form: see :func:`_compact_merges`)
+and serialized once (:attr:`LoadedTokenizer.canonical_json`), whose sha256 is the fingerprint; a
+job copies the bytes that were parsed (:attr:`LoadedTokenizer.file_bytes`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import orjson
@@ -38,6 +38,11 @@ class LoadedTokenizer:
     notes: tuple[str, ...] = ()
     #: ``Tokenizer.to_str()`` taken once at load; ``sha256`` is its digest
     canonical_json: str = field(default="", repr=False, compare=False)
+    #: the bytes it was parsed from: the tokenizer.json, or its proven compact form (empty when
+    #: built through transformers)
+    file_bytes: bytes = field(default=b"", repr=False, compare=False)
+    #: sha256 of the tokenizer.json as read (empty when built through transformers)
+    source_file_sha256: str = ""
 
     @property
     def eos_token_id(self) -> int:
@@ -51,23 +56,9 @@ class LoadedTokenizer:
         """The canonical JSON, whose sha256 is ``sha256``."""
         return self.canonical_json
 
-    def file_json(self) -> str:
-        """The tokenizer as the file to copy into a job (see :attr:`_file_json`)."""
-        return self._file_json
-
-    @cached_property
-    def _file_json(self) -> str:
-        """BPE merges as ``"a b"`` strings instead of ``["a", "b"]`` pairs (tokenizers and fastokens
-        read both): Qwen3 loads ~25% faster with a ~100 MB lower peak. Used only if it loads back to
-        exactly the canonical JSON (checked once, then cached); else the canonical JSON."""
-        data = orjson.loads(self.canonical_json)
-        model = data.get("model")
-        merges = model.get("merges") if isinstance(model, dict) else None
-        if not merges or not all(isinstance(m, list) and len(m) == 2 and " " not in m[0] + m[1] for m in merges):
-            return self.canonical_json
-        model["merges"] = [f"{a} {b}" for a, b in merges]
-        compact = orjson.dumps(data).decode()
-        return compact if Tokenizer.from_str(compact).to_str() == self.canonical_json else self.canonical_json
+    def file_text(self) -> bytes:
+        """What a job copies into its root: the bytes it was parsed from, else the canonical JSON."""
+        return self.file_bytes or self.canonical_json.encode()
 
 
 def load_tokenizer(source: str, eos_id: int | None = None, bos: str = "auto",
@@ -75,8 +66,7 @@ def load_tokenizer(source: str, eos_id: int | None = None, bos: str = "auto",
     """Load ``source`` and settle its document policy (see :mod:`slimtok.tokenizer.policy`)."""
     if special_text not in SPECIAL_TEXT:
         raise TokenizerError(f"--special-text {special_text!r} is not one of {', '.join(SPECIAL_TEXT)}")
-    tok, config = _resolve(source)
-    canonical = tok.to_str()
+    (tok, file_bytes, canonical, source_sha), config = _resolve(source)
     id_count = max_id_plus_one(tok)
     post_processor = orjson.loads(tok.post_processor.__getstate__()) if tok.post_processor else None
     eos, eos_token, eos_reason = settle_eos(tok, config, eos_id, id_count, source)
@@ -88,7 +78,7 @@ def load_tokenizer(source: str, eos_id: int | None = None, bos: str = "auto",
                                                   else "their control ids (--special-text parse)")]
     notes += separator_warnings(tok, policy)
     sha = hashlib.sha256(canonical.encode()).hexdigest()
-    return LoadedTokenizer(tok, source, sha, id_count, policy, tuple(notes), canonical)
+    return LoadedTokenizer(tok, source, sha, id_count, policy, tuple(notes), canonical, file_bytes, source_sha)
 
 
 def max_id_plus_one(tok: Tokenizer) -> int:
@@ -138,7 +128,7 @@ def _token_name(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _from_transformers(source: str) -> tuple[Tokenizer, TokenizerConfig]:
+def _from_transformers(source: str) -> tuple[_Parsed, TokenizerConfig]:
     """Load through transformers, for folders and repos without a tokenizer.json."""
     try:
         from transformers import AutoTokenizer
@@ -150,17 +140,30 @@ def _from_transformers(source: str) -> tuple[Tokenizer, TokenizerConfig]:
     if backend is None:
         raise TokenizerError(f"tokenizer {source!r} has no fast (tokenizers) version", source,
                              "convert it and save a tokenizer.json")
-    return backend, TokenizerConfig(True, tok.eos_token, tok.bos_token)
+    return (backend, b"", backend.to_str(), ""), TokenizerConfig(True, tok.eos_token, tok.bos_token)
 
 
-def _resolve(source: str) -> tuple[Tokenizer, TokenizerConfig]:
+def local_tokenizer_file(source: str) -> Path | None:
+    """The tokenizer.json a local ``source`` (a file, or a folder holding one) names; None for a
+    folder without one or a Hub repo id. Its folder's tokenizer_config.json goes with it."""
     path = Path(source).expanduser()
     if path.is_file():
-        return read_tokenizer_file(path), _config(path.parent)
-    if path.is_dir():
-        if (path / "tokenizer.json").is_file():
-            return read_tokenizer_file(path / "tokenizer.json"), _config(path)
-        return _from_transformers(str(path))
+        return path
+    if path.is_dir() and (path / "tokenizer.json").is_file():
+        return path / "tokenizer.json"
+    return None
+
+
+#: (tokenizer, the bytes it was parsed from, its canonical JSON, sha256 of the file as read)
+_Parsed = tuple[Tokenizer, bytes, str, str]
+
+
+def _resolve(source: str) -> tuple[_Parsed, TokenizerConfig]:
+    file = local_tokenizer_file(source)
+    if file is not None:
+        return _read_file(file), _config(file.parent)
+    if Path(source).expanduser().is_dir():
+        return _from_transformers(str(Path(source).expanduser()))
     if not _REPO_ID.fullmatch(source) or source.startswith((".", "~")):
         raise TokenizerError(f"tokenizer {source!r}: no such file or folder")
     return _from_hub(source)
@@ -173,7 +176,56 @@ def read_tokenizer_file(path: Path) -> Tokenizer:
         raise TokenizerError(f"not a tokenizers JSON file ({exc})", path) from exc
 
 
-def _from_hub(repo_id: str) -> tuple[Tokenizer, TokenizerConfig]:
+def _parse(path: Path, data: bytes) -> Tokenizer:
+    try:
+        return Tokenizer.from_str(data.decode())
+    except Exception as exc:  # the Rust loader raises a bare Exception; decode a UnicodeDecodeError
+        raise TokenizerError(f"not a tokenizers JSON file ({exc})", path) from exc
+
+
+#: A BPE model whose merges are written as ``["a", "b"]`` pairs (the form newer tokenizers save).
+_PAIR_MERGES = re.compile(rb'"merges"\s*:\s*\[\s*\[')
+
+
+def _read_file(path: Path) -> _Parsed:
+    """Parse ``path`` once: from its compact form when it has one and that form is proven to hold
+    the same merges in the same order (the only part it changes), else from the bytes as read."""
+    data = path.read_bytes()
+    source_sha = hashlib.sha256(data).hexdigest()
+    compact = _compact_merges(data) if _PAIR_MERGES.search(data) else None
+    if compact is not None:
+        tok = _parse(path, compact[0])
+        canonical = tok.to_str()
+        # The parse serialized back holds the file's merges, written as pairs, exactly (a key
+        # cannot occur inside a JSON string, whose quotes are escaped); otherwise (another
+        # escaping, another order) the file is parsed as it is.
+        merges, written = b'"merges":' + orjson.dumps(compact[1]), canonical.encode()
+        at = written.find(merges)
+        if at >= 0 and written[at + len(merges):at + len(merges) + 1] in (b",", b"}"):
+            return tok, compact[0], canonical, source_sha
+    tok = _parse(path, data)
+    return tok, data, tok.to_str(), source_sha
+
+
+def _compact_merges(data: bytes) -> tuple[bytes, list[list[str]]] | None:
+    """(the JSON with BPE merges as ``"a b"`` strings, the original pairs), or None when some merge
+    holds a space (its string would be ambiguous) or the file is no such model. tokenizers and
+    fastokens read both forms; the string form loads faster (Qwen3: fastokens ~20% less CPU)."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    model = obj.get("model") if isinstance(obj, dict) else None
+    pairs = model.get("merges") if isinstance(model, dict) else None
+    if not pairs or not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], str)
+            and " " not in p[0] + p[1] for p in pairs):
+        return None
+    obj["model"]["merges"] = [f"{a} {b}" for a, b in pairs]
+    return orjson.dumps(obj), pairs
+
+
+def _from_hub(repo_id: str) -> tuple[_Parsed, TokenizerConfig]:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
@@ -197,4 +249,4 @@ def _from_hub(repo_id: str) -> tuple[Tokenizer, TokenizerConfig]:
         hf_hub_download(repo_id, "tokenizer_config.json")
     except (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError):
         pass
-    return read_tokenizer_file(path), _config(path.parent)
+    return _read_file(path), _config(path.parent)

@@ -1,0 +1,178 @@
+"""Start-up of `slimtok tokenize`: a relaunch that asks what job.json records loads no tokenizer and
+encodes no disk-budget sample; one whose shards are all settled starts no worker; a launch in which
+every shard failed for a setting can be corrected by relaunching with the right setting (re-pin)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from corpus import make_dataset, reference_ids, slimtok
+
+from slimtok.job import TokenizeSettings, pin_job
+from slimtok.protocol import SPLITS
+
+
+def _manifest(tmp_path: Path, dataset: Path) -> Path:
+    slimtok("manifest", "--dataset-dir", dataset, "--output-dir", tmp_path / "m")
+    return tmp_path / "m" / "manifest.jsonl"
+
+
+def _tokenize(manifest, root, tokenizer, *extra, check=True):
+    return slimtok("tokenize", "--manifest", manifest, "--output-root", root, "--tokenizer", tokenizer,
+                   "--spawn-workers", "1", "--quiet", *extra, check=check)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("startup")
+    ds = make_dataset(tmp / "ds", train_shards=2, docs_per_shard=6, holdout_docs=2)
+    return _manifest(tmp, ds)
+
+
+@contextmanager
+def builtin_calls():
+    """Names of every builtin (C) function called inside the block, Rust extension methods included."""
+    names: list[str] = []
+
+    def profile(_frame, event, arg):
+        if event == "c_call":
+            names.append(getattr(arg, "__qualname__", getattr(arg, "__name__", "")))
+
+    sys.setprofile(profile)
+    try:
+        yield names
+    finally:
+        sys.setprofile(None)
+
+
+def _loads_or_encodes(names: list[str]) -> list[str]:
+    return [n for n in names if n.split(".")[-1] in {"from_str", "from_file", "to_str", "encode_batch",
+                                                     "encode_batch_fast", "encode"}]
+
+
+def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sample(dataset, bpe_tokenizer, tmp_path):
+    root = tmp_path / "out"
+    settings = TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(bpe_tokenizer))
+    first_lines: list[str] = []
+    with builtin_calls() as first:
+        pinned = pin_job(settings, say=first_lines.append)
+    assert _loads_or_encodes(first)  # the first launch parses and samples: the check below means something
+    assert set(pinned.sampled_ratios) == set(SPLITS) and all(r > 0 for r, _ in pinned.sampled_ratios.values())
+    lines: list[str] = []
+    with builtin_calls() as again:
+        relaunched = pin_job(settings, say=lines.append)
+    assert _loads_or_encodes(again) == []
+    assert relaunched == pinned
+    assert [line for line in lines if not line.startswith("disk:")] == \
+        [line for line in first_lines if not line.startswith("disk:")]
+    assert any(line.startswith("disk: about") and "sample of" in line for line in lines)
+    # another path to the same bytes is the same job: loaded once more, refused nothing, recorded
+    copy = tmp_path / "tok"
+    copy.mkdir()
+    for f in bpe_tokenizer.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    assert pin_job(TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(copy))) == relaunched
+
+
+def test_a_relaunch_with_every_shard_done_starts_no_worker_and_imports_no_heavy_module(dataset, bpe_tokenizer,
+                                                                                      tmp_path):
+    root = tmp_path / "out"
+    _tokenize(dataset, root, bpe_tokenizer)
+    beats = sorted((root / "heartbeats").iterdir())
+    stamps = [p.stat().st_mtime_ns for p in beats]
+    code = ("import sys\nfrom slimtok.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+            "heavy = sorted(m for m in ('transformers', 'huggingface_hub', 'torch', 'fastokens', 'slimtok.worker') "
+            "if m in sys.modules)\nprint('EXIT', code, 'HEAVY', heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", code, "tokenize", "--manifest", str(dataset), "--output-root",
+                           str(root), "--tokenizer", str(bpe_tokenizer), "--spawn-workers", "1", "--quiet"],
+                          capture_output=True, text=True, check=True)
+    assert "EXIT 0 HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+    assert "no worker started" in proc.stderr
+    assert [p.stat().st_mtime_ns for p in beats] == stamps  # no worker wrote a heartbeat
+
+
+def test_a_launch_whose_every_shard_failed_on_a_setting_is_repinned_by_the_right_one(dataset, bpe_tokenizer,
+                                                                                     tmp_path):
+    clean = tmp_path / "clean"
+    _tokenize(dataset, clean, bpe_tokenizer)
+    slimtok("combine", "--output-root", clean)
+    root = tmp_path / "out"
+    wrong = _tokenize(dataset, root, bpe_tokenizer, "--text-key", "body", check=False)
+    assert wrong.returncode == 1, wrong.stderr
+    failed = sorted(p.name for p in (root / "failed").rglob("*.json"))
+    assert len(failed) == 4 and "'body'" in (root / "failed/train/chunk1/example_train_0.json").read_text()
+    assert "no shard is done and 4 failed" in wrong.stderr and "job.json is re-pinned" in wrong.stderr
+    right = _tokenize(dataset, root, bpe_tokenizer)
+    assert right.returncode == 0, right.stderr
+    assert "job.json re-pinned" in right.stderr and "removed their 4 failed record(s)" in right.stderr
+    assert "text_key: pinned 'body', requested 'text'" in right.stderr
+    assert json.loads((root / "job.json").read_text())["text_key"] == "text"
+    assert not list((root / "failed").rglob("*.json"))
+    slimtok("combine", "--output-root", root)
+    for name in ("train.bin", "train.idx", "val.bin", "test.bin"):
+        assert (root / name).read_bytes() == (clean / name).read_bytes(), name
+    expected = reference_ids(dataset, bpe_tokenizer / "tokenizer.json",
+                             json.loads((root / "job.json").read_text())["eos_token_id"], "train")
+    assert np.array_equal(np.fromfile(root / "train.bin", dtype=np.uint16 if expected.max() < 65536 else np.uint32),
+                          expected)
+
+
+def test_other_settings_are_still_refused_once_a_shard_is_done_or_claimed(dataset, bpe_tokenizer, tmp_path):
+    root = tmp_path / "out"
+    _tokenize(dataset, root, bpe_tokenizer, "--splits", "train")
+    before = (root / "job.json").read_bytes()
+    refused = _tokenize(dataset, root, bpe_tokenizer, "--text-key", "body", check=False)
+    assert refused.returncode == 2
+    assert "text_key: pinned 'text', requested 'body'" in refused.stderr
+    assert "shard(s) are done under the pinned settings" in refused.stderr
+    assert (root / "job.json").read_bytes() == before
+    # nothing done, but a claim is held: refused, saying how to re-pin
+    for done in (root / "done").rglob("*.json"):
+        done.unlink()
+    lock = root / "locks/train/chunk1/example_train_0.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("{}")
+    refused = _tokenize(dataset, root, bpe_tokenizer, "--text-key", "body", check=False)
+    assert refused.returncode == 2 and "1 claim(s) under locks/" in refused.stderr
+    assert "re-pinned to the new settings" in refused.stderr
+    assert (root / "job.json").read_bytes() == before
+
+
+def test_the_tokenizer_is_parsed_once_and_the_copy_is_compact_only_when_proven(bpe_tokenizer, tmp_path):
+    """A job copies the bytes its one parse read: the merges as "a b" strings when every merge can be
+    written so (and the parse serialized back holds them), else the file byte for byte."""
+    import hashlib
+
+    import orjson
+    from tokenizers import Tokenizer
+
+    from slimtok.tokenizer import load_tokenizer
+
+    source = (bpe_tokenizer / "tokenizer.json").read_bytes()
+    canonical = Tokenizer.from_str(source.decode()).to_str()
+    loaded = load_tokenizer(str(bpe_tokenizer))
+    merges = orjson.loads(loaded.file_text())["model"]["merges"]
+    assert all(isinstance(m, str) and m.count(" ") == 1 for m in merges)
+    assert Tokenizer.from_str(loaded.file_text().decode()).to_str() == canonical == loaded.canonical_json
+    assert loaded.sha256 == hashlib.sha256(canonical.encode()).hexdigest()
+    assert loaded.source_file_sha256 == hashlib.sha256(source).hexdigest()
+    # a merge holding a space has no unambiguous string form: the file is copied as it is
+    data = orjson.loads(source)
+    vocab = data["model"]["vocab"]
+    vocab["q "], vocab["q r"] = len(vocab), len(vocab) + 1
+    data["model"]["merges"].append(["q ", "r"])
+    spaced = tmp_path / "spaced"
+    spaced.mkdir()
+    (spaced / "tokenizer.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    (spaced / "tokenizer_config.json").write_bytes((bpe_tokenizer / "tokenizer_config.json").read_bytes())
+    plain = load_tokenizer(str(spaced))
+    assert plain.file_text() == (spaced / "tokenizer.json").read_bytes()
+    assert Tokenizer.from_file(str(spaced / "tokenizer.json")).to_str() == plain.canonical_json
