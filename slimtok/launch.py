@@ -106,7 +106,8 @@ class _Progress:
         self.root = OutputRoot(settings.output_root)
         host = hostname()
         self.names = [worker_name(host, settings.process_index, w) for w in range(settings.workers)]
-        self.sizes = {e.id: e.size for e in read_manifest(settings.manifest) if e.split in settings.splits}
+        self.sizes = {e.id: e.size for e in read_manifest(settings.manifest, check_files=False)  # checked at pinning
+                      if e.split in settings.splits}
         self.started = time.time()
         _shards, done_bytes = self._done()
         self.display = ProgressDisplay(len(self.sizes), sum(self.sizes.values()), quiet=quiet, every=every,
@@ -137,7 +138,7 @@ def tokenize(settings: TokenizeSettings, say: Callable[[str], None] | None = Non
     except OSError as exc:
         raise OutputError(f"cannot write the job's files: {exc.strerror or exc}", exc.filename or settings.output_root,
                           "free space or fix permissions on the output root, then relaunch the same command") from exc
-    if all_settled(settings, read_manifest(settings.manifest)):
+    if all_settled(settings, read_manifest(settings.manifest, check_files=False)):  # pin_job checked it
         if say:
             say("every selected shard is already settled (done, or failed and not retried): no worker started")
         return _exit_status([], settings, False)
@@ -185,7 +186,7 @@ def _exit_status(codes: list[int | None], settings: TokenizeSettings, signalled:
     if EXIT_INTERRUPTED in codes or (signalled and not finished):
         return EXIT_INTERRUPTED
     root = OutputRoot(settings.output_root)
-    entries = read_manifest(settings.manifest)
+    entries = read_manifest(settings.manifest, check_files=False)  # checked at pinning
     failed = [e for e in entries if e.split in settings.splits and root.failed(e.id).exists()]
     if failed or EXIT_SHARDS_FAILED in codes:
         return EXIT_SHARDS_FAILED
