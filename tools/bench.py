@@ -866,8 +866,9 @@ def bench_dedup_scale(table: Table, work: Path, sizes: list[int], docs_per_shard
         c0, w0 = cpu_now(), time.time()
         job = run_dedup(root.root, buckets, 1)
         wall, cpu = time.time() - w0, cpu_now() - c0
+        count = job.buckets  # the pinned count (--buckets auto picks it from the job's size)
         grown = []
-        for b in (0, buckets // 2, buckets - 1):
+        for b in dict.fromkeys((0, count // 2, count - 1)):
             report = folder / f"bucket-{b}.json"
             subprocess.run([sys.executable, __file__, "_bucket_task", str(folder), str(b), str(report)], check=True)
             grown.append(json.loads(report.read_text()))
@@ -876,7 +877,7 @@ def bench_dedup_scale(table: Table, work: Path, sizes: list[int], docs_per_shard
         budget = 64e6 * job.documents / 100e6
         disk = tree_bytes(folder)
         table.notes.append(
-            f"dedup scale: {job.documents:,} docs in {job.shards:,} shards ({docs_per_shard:,}/shard), {buckets} "
+            f"dedup scale: {job.documents:,} docs in {job.shards:,} shards ({docs_per_shard:,}/shard), {count} "
             f"buckets: built {built:.0f} s, dedup 1 worker {wall:.1f} s wall {cpu:.1f} CPU-s "
             f"({cpu / job.documents * 1e9:.0f} ns CPU/doc), {disk / 1e9:.2f} GB on disk; bucket task (worst of 3, "
             f"{worst['rows']:,} rows) adds {task / 1e6:.1f} MB peak RSS over the worker's "
@@ -898,7 +899,7 @@ def bench_dedup_cost(table: Table, work: Path, corpus: Path, tokenizer: Path, ba
     root, tok_cpu = tokenized_root(work, "dedup-all", corpus, tokenizer, backend, splits=("train", "validation", "test"),
                                    fresh=True)  # tokenize is timed in this run
     fsync = fsync_seconds(root)
-    for b in dict.fromkeys((buckets, 4)):
+    for b in dict.fromkeys((None, buckets, 4)):  # None: --buckets auto
         shutil.rmtree(root / "dedup", ignore_errors=True)
         c0, w0 = time.process_time(), time.time()  # not os.times: its 10 ms ticks are too coarse here
         job = run_dedup(root, b, 1)
@@ -906,17 +907,18 @@ def bench_dedup_cost(table: Table, work: Path, corpus: Path, tokenizer: Path, ba
         plan = read_record(dedup_plan_path(OutputRoot(root)), DedupPlan)
         assert plan is not None
         units = sum(unit_count(plan, phase) for phase in ("scatter", "bucket", "gather"))
+        label = f"{plan.buckets} buckets" + (" (auto)" if b is None else "")
         table.notes += [
-            f"dedup cost, {b} buckets: bench corpus {job.documents:,} docs in {job.shards} shards; tokenize 1 worker "
+            f"dedup cost, {label}: bench corpus {job.documents:,} docs in {job.shards} shards; tokenize 1 worker "
             f"{tok_cpu:.2f} CPU-s (Worker.run); dedup in-process {cpu:.3f} CPU-s ({wall:.2f} s wall, {units} units, "
             f"{cpu / units * 1e3:.2f} ms CPU per unit) = {cpu / tok_cpu:.1%} of tokenize (target <= 5%: "
             f"{'met' if cpu <= 0.05 * tok_cpu else 'NOT met'})",
-            f"dedup fsyncs, {b} buckets: {units} units x 4 fsyncs x {fsync * 1e3:.2f} ms (median small fsync on this "
+            f"dedup fsyncs, {label}: {units} units x 4 fsyncs x {fsync * 1e3:.2f} ms (median small fsync on this "
             f"disk) = {units * 4 * fsync:.2f} s of the {wall:.2f} s wall ({units * 4 * fsync / wall:.0%})"]
     shutil.rmtree(root / "dedup")
     command = child_cpu([sys.executable, "-m", "slimtok", "dedup", "--output-root", str(root), "--spawn-workers", "1",
-                         "--buckets", str(buckets), "--quiet"])
-    table.notes.append(f"dedup cost: the `slimtok dedup --spawn-workers 1 --buckets {buckets}` command with its "
+                         "--quiet"])
+    table.notes.append(f"dedup cost: the `slimtok dedup --spawn-workers 1` command (--buckets auto) with its "
                        f"interpreter: {command:.2f} CPU-s = {command / tok_cpu:.1%} of tokenize")
 
 
@@ -1275,7 +1277,7 @@ def main() -> None:
     ap.add_argument("--dedup-docs", default="10000000,30000000,100000000",
                     help="job sizes (documents) at which the dedup section measures a bucket task's peak RSS")
     ap.add_argument("--dedup-docs-per-shard", type=int, default=10_000)
-    ap.add_argument("--buckets", type=int, default=256, help="dedup buckets")
+    ap.add_argument("--buckets", type=int, default=256, help="dedup buckets measured beside --buckets auto")
     ap.add_argument("--mix-workers", type=int, default=1)
     args = ap.parse_args()
     only = set(args.only.split(",")) | ({"peers"} if args.peers else set())
