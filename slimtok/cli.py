@@ -259,8 +259,8 @@ def _auto_or_count(value: str) -> int | None:
 @click.option("--process-count", type=click.IntRange(min=1), default=None,
               help="Number of processes (default: SLURM_NTASKS, OMPI_COMM_WORLD_SIZE or PMI_SIZE).")
 @click.option("--buckets", default="auto", show_default=True, callback=lambda _ctx, _param, v: _auto_or_count(v),
-              help="Hash-range buckets (units of work claimed like shards): 'auto' (one per ~1 M documents) "
-                   "or a number.")
+              help="Hash-range buckets (units of work claimed like shards): 'auto' (one per 65,536 documents, "
+                   "at most 256) or a number.")
 @click.option("--stale-after", type=click.FloatRange(min=0.5), default=STALE_AFTER, show_default=True,
               help="Seconds without heartbeat after which another worker takes a unit over.")
 @click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")

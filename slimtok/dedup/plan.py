@@ -22,10 +22,12 @@ from ..protocol import SPLITS, DedupPlan, DoneRecord, JobSettings, OutputRoot, r
 #: Shards per scatter and gather unit: few enough that a unit's tables fit in memory, many enough
 #: that 100k shards make ~1.6k units (files), not one per shard.
 UNIT_SHARDS = 64
-#: ``--buckets auto``: one bucket per this many documents (at least one), so a bucket task holds
-#: ~1 M rows (~45 MB measured) at most, while a small job pays for few units (each costs a claim,
-#: a record and fsyncs, which dominate a job of a few thousand documents).
-ROWS_PER_BUCKET = 1 << 20
+#: ``--buckets auto``: one bucket per ROWS_PER_BUCKET documents, at least 1 and at most
+#: AUTO_MAX_BUCKETS. A small job then pays for three units in all (each unit costs a claim, records
+#: and fsyncs, which dominate a job of a few thousand documents); from 16.8 M documents on it is
+#: 256 buckets, each task holding 1/256 of the job's rows (~45 bytes each).
+ROWS_PER_BUCKET = 1 << 16
+AUTO_MAX_BUCKETS = 256
 MAX_BUCKETS = 1 << 16
 MAX_RANK = 1 << 30
 
@@ -86,7 +88,7 @@ def fingerprint(inputs: Inputs) -> str:
 
 def auto_buckets(documents: int) -> int:
     """The bucket count ``--buckets auto`` picks for a job of ``documents`` documents."""
-    return min(MAX_BUCKETS, max(1, -(-documents // ROWS_PER_BUCKET)))
+    return min(AUTO_MAX_BUCKETS, max(1, -(-documents // ROWS_PER_BUCKET)))
 
 
 def make_plan(inputs: Inputs, buckets: int | None = None, unit_shards: int = UNIT_SHARDS) -> DedupPlan:
