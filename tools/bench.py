@@ -851,7 +851,7 @@ def _task_growth(task: Callable[[], object]) -> int:
     return _proc_status("VmHWM") - base
 
 
-def bench_dedup_scale(table: Table, work: Path, sizes: list[int], docs_per_shard: int, buckets: int) -> None:
+def bench_dedup_scale(table: Table, work: Path, sizes: list[int], docs_per_shard: int, buckets: int | None) -> None:
     """Issue 18: a bucket task's peak RSS at jobs of ``sizes`` documents (synthetic tables), each
     measured in a child process on three buckets; the target is <= 64 MB per 100 M documents."""
     from slimtok.dedup import run_dedup
@@ -1357,7 +1357,7 @@ def main() -> None:
         bench_growth(table, work, [int(n) for n in args.growth_shards.split(",")], args.growth_workers)
     if "dedup" in only:
         bench_dedup_scale(table, work, [int(n) for n in args.dedup_docs.split(",") if n], args.dedup_docs_per_shard,
-                          args.buckets)
+                          None)  # the default, --buckets auto
         bench_dedup_cost(table, work, corpus, tokenizer, fast, args.buckets)
         if "stages" not in only:  # stages measures dedup's planning growth with the others
             bench_stage_growth(table, work, [int(n) for n in args.growth_shards.split(",")], ("dedup",))
