@@ -964,10 +964,12 @@ def bench_stage_growth(table: Table, work: Path, sizes: list[int], stages: tuple
 
 
 def bench_mix_section(table: Table, work: Path, corpus: Path, tokenizer: Path, backend: str, runs: int,
-                      workers: int) -> None:
+                      worker_counts: list[int]) -> None:
     """Issue 17: `slimtok.mix.bench_mix` over three roots tokenized from the bench corpus (its train
-    shards dealt round-robin), every document taken once, with `shuffle: none` and `document`,
-    against `cat` of the same shard files onto the same disk (+fsync)."""
+    shards dealt round-robin), every document taken once, with `shuffle: none` and `document`, with
+    each of ``worker_counts``, against `cat` of the same shard files onto the same disk (+fsync).
+    Chunks of 1/8 of the documents, so that workers have chunks to share (a SlimPajama-sized mix
+    has thousands of its default 65,536-document chunks)."""
     from slimtok.manifest import build_manifest
     from slimtok.mix import bench_mix
     from slimtok.protocol import DoneRecord, read_record
@@ -980,6 +982,7 @@ def bench_mix_section(table: Table, work: Path, corpus: Path, tokenizer: Path, b
     nbytes = sum(f.stat().st_size for f in files)
     sources = "".join(f"  - {{name: part{i}, root: {r}, tokens: {sum(rec.tokens for rec in recs)}}}\n"
                       for i, (r, recs) in enumerate(zip(roots, records)))
+    chunk = max(1, sum(rec.documents for recs in records for rec in recs) // 8)
     for _ in range(runs):
         dest = work / "mix-cat.bin"
         dest.unlink(missing_ok=True)
@@ -990,22 +993,26 @@ def bench_mix_section(table: Table, work: Path, corpus: Path, tokenizer: Path, b
             os.fsync(out.fileno())
         table.add(Result("cat of the mix's shards (+fsync)", nbytes, time.time() - w0, 0.0))
         for shuffle in ("none", "document"):
-            spec, out_root = work / f"mix-{shuffle}.yaml", work / f"mix-out-{shuffle}"
-            spec.write_text(f"seed: 7\nshuffle: {shuffle}\nsources:\n{sources}")
-            shutil.rmtree(out_root, ignore_errors=True)
-            os.sync()
-            c0 = cpu_now()
-            got = bench_mix(spec, out_root, workers)
-            if got["bytes"] != nbytes:
-                raise SystemExit(f"mix wrote {got['bytes']} bytes, the shards hold {nbytes}: not every document "
-                                 "was taken once")
-            table.add(Result(f"mix shuffle: {shuffle} ({workers} workers)", got["bytes"], got["seconds"],
-                             cpu_now() - c0))
+            spec = work / f"mix-{shuffle}.yaml"
+            spec.write_text(f"seed: 7\nshuffle: {shuffle}\nchunk_documents: {chunk}\nsources:\n{sources}")
+            for workers in worker_counts:
+                out_root = work / f"mix-out-{shuffle}-{workers}"
+                shutil.rmtree(out_root, ignore_errors=True)
+                os.sync()
+                c0 = cpu_now()
+                got = bench_mix(spec, out_root, workers)
+                if got["bytes"] != nbytes:
+                    raise SystemExit(f"mix wrote {got['bytes']} bytes, the shards hold {nbytes}: not every document "
+                                     "was taken once")
+                table.add(Result(f"mix shuffle: {shuffle} ({workers} workers)", got["bytes"], got["seconds"],
+                                 cpu_now() - c0))
     for shuffle, target in (("none", 0.8), ("document", 0.5)):
-        ratio = table.ratio(f"mix shuffle: {shuffle} ({workers} workers)", "cat of the mix's shards (+fsync)",
-                            "mb_wall")
-        table.notes.append(f"ratio mix shuffle: {shuffle} / cat per wall-s: {ratio} over {nbytes / 1e6:.1f} MB "
-                           f"(target >= {target}: {'met' if float(ratio) >= target else 'NOT met'})")
+        for workers in worker_counts:
+            ratio = table.ratio(f"mix shuffle: {shuffle} ({workers} workers)", "cat of the mix's shards (+fsync)",
+                                "mb_wall")
+            table.notes.append(f"ratio mix shuffle: {shuffle} ({workers} workers) / cat per wall-s: {ratio} over "
+                               f"{nbytes / 1e6:.1f} MB (target >= {target}: "
+                               f"{'met' if float(ratio) >= target else 'NOT met'})")
 
 
 def bench_consume(table: Table, work: Path, corpus: Path, tokenizer: Path, backend: str) -> None:
@@ -1278,7 +1285,7 @@ def main() -> None:
                     help="job sizes (documents) at which the dedup section measures a bucket task's peak RSS")
     ap.add_argument("--dedup-docs-per-shard", type=int, default=10_000)
     ap.add_argument("--buckets", type=int, default=256, help="dedup buckets measured beside --buckets auto")
-    ap.add_argument("--mix-workers", type=int, default=1)
+    ap.add_argument("--mix-workers", default="1,2", help="worker counts of the mix section, comma-separated")
     args = ap.parse_args()
     only = set(args.only.split(",")) | ({"peers"} if args.peers else set())
     corpus, tokenizer = prepare(args)
@@ -1364,7 +1371,7 @@ def main() -> None:
     if "stages" in only:
         bench_stage_growth(table, work, [int(n) for n in args.growth_shards.split(",")], ("combine", "dedup", "mix"))
     if "mix" in only:
-        bench_mix_section(table, work, corpus, tokenizer, fast, args.runs, args.mix_workers)
+        bench_mix_section(table, work, corpus, tokenizer, fast, args.runs, [int(w) for w in args.mix_workers.split(",")])
     if "consume" in only:
         bench_consume(table, work, corpus, tokenizer, fast)
     if "peers" in only:
