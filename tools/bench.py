@@ -294,19 +294,13 @@ def worker_batches(texts: Iterable[str]) -> Iterator[list[str]]:
 
 RAW_FLAT = "raw encode_batch_flat (bare)"
 GIGATOKEN = "raw encode (gigatoken, 1 thread)"
-#: With the contenders, each raw row repeats its pass until this much CPU (one pass is ~0.1 s).
-RAW_MIN_CPU = 1.0
 
 
-def _timed(fn, batches: list[list[str]], min_cpu: float = 0.0) -> tuple[list, float, float, int]:
-    """(outputs of ``fn`` per batch, wall, cpu, passes) of passes over ``batches`` until ``min_cpu``
-    CPU-s (at least one); outputs are the last pass's."""
-    c0, w0, passes = cpu_now(), time.time(), 0
-    while True:
-        outputs = [fn(b) for b in batches]
-        passes += 1
-        if cpu_now() - c0 >= min_cpu:
-            return outputs, time.time() - w0, cpu_now() - c0, passes
+def _timed(fn, batches: list[list[str]]) -> tuple[list, float, float]:
+    """(outputs of ``fn`` per batch, wall, cpu) of one pass over ``batches``."""
+    c0, w0 = cpu_now(), time.time()
+    outputs = [fn(b) for b in batches]
+    return outputs, time.time() - w0, cpu_now() - c0
 
 
 def _sha(flats: Iterable[np.ndarray]) -> str:
@@ -327,10 +321,10 @@ def bench_raw(table: Table, texts: list[str], tokenizer: Path, backends: list[st
 
     With ``contenders`` (fastokens only), the same batches also go through a bare fastokens
     tokenizer's ``encode_batch_flat`` (no template: the floor the Encoder is held to) and through
-    gigatoken's ``encode_batch`` on one thread, each timed right after the Encoder, after one
-    untimed warm-up pass each (both cache words, so a cold first pass would not be comparable).
-    Their ids, with eos placed after each document outside the timed part, are compared with
-    the Encoder's.
+    gigatoken's ``encode_batch`` on one thread, each timed right after the Encoder. Every row is
+    one pass of a tokenizer loaded for it, as a worker meets new text: fastokens caches words,
+    and a second pass over the same texts runs ~3x faster, which no worker sees. Their ids, with
+    eos placed after each document outside the timed part, are compared with the Encoder's.
     """
     from slimtok.tokenizer import Encoder, load_tokenizer
 
@@ -340,13 +334,10 @@ def bench_raw(table: Table, texts: list[str], tokenizer: Path, backends: list[st
     digests = {}
     for backend in backends:
         enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", backend)
-        encode = lambda b: enc.encode(b)[0]  # noqa: E731
-        if contenders:
-            _timed(encode, batches)  # warm-up, like the contenders'
-        outputs, wall, cpu, passes = _timed(encode, batches, RAW_MIN_CPU if contenders else 0.0)
+        outputs, wall, cpu = _timed(lambda b: enc.encode(b)[0], batches)
         digests[backend] = _sha(outputs)  # outside the timed part: the raw row is the encoder alone
-        table.add(Result(f"raw encode ({backend}{suffix})", nbytes * passes, wall, cpu,
-                         sum(f.size for f in outputs) * passes, ids_sha256=digests[backend]))
+        table.add(Result(f"raw encode ({backend}{suffix})", nbytes, wall, cpu, sum(f.size for f in outputs),
+                         ids_sha256=digests[backend]))
         if contenders and backend == "fastokens":
             _raw_contenders(table, batches, tokenizer, loaded, nbytes, np.concatenate(outputs))
         del outputs
@@ -362,12 +353,10 @@ def _raw_contenders(table: Table, batches: list[list[str]], tokenizer: Path, loa
     bare = fastokens.Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
     bare.no_padding()
     bare.no_truncation()
-    flat = lambda b: bare.encode_batch_flat(b, False, policy.literal)  # noqa: E731
-    _timed(flat, batches)
-    outputs, wall, cpu, passes = _timed(flat, batches, RAW_MIN_CPU)
+    outputs, wall, cpu = _timed(lambda b: bare.encode_batch_flat(b, False, policy.literal), batches)
     ids = np.concatenate([_with_eos(np.frombuffer(raw, np.uint32), np.frombuffer(ends, np.uint64)[1:], eos)
                           for raw, ends in outputs])
-    table.add(Result(RAW_FLAT, nbytes * passes, wall, cpu, int(ids.size) * passes, ids_sha256=_sha([ids])))
+    table.add(Result(RAW_FLAT, nbytes, wall, cpu, int(ids.size), ids_sha256=_sha([ids])))
     if not np.array_equal(ids, ours):
         table.notes.append(f"IDS DIFFER: {RAW_FLAT} vs the Encoder")
     try:
@@ -377,9 +366,7 @@ def _raw_contenders(table: Table, batches: list[list[str]], tokenizer: Path, loa
         table.notes.append(f"gigatoken: no row ({exc}; pip install gigatoken)")
         return
     giga = gigatoken.Tokenizer(str(tokenizer / "tokenizer.json"))
-    encode = lambda b: giga.encode_batch(b, parallel=False)  # noqa: E731
-    _timed(encode, batches)
-    outputs, wall, cpu, passes = _timed(encode, batches, RAW_MIN_CPU)
+    outputs, wall, cpu = _timed(lambda b: giga.encode_batch(b, parallel=False), batches)
     ids, ends, base = [], [], 0
     for docs in outputs:  # an awkward array of id lists per batch
         counts = np.asarray(ak.num(docs), np.int64)
@@ -387,7 +374,7 @@ def _raw_contenders(table: Table, batches: list[list[str]], tokenizer: Path, loa
         ends.append(base + np.cumsum(counts + 1))
         base += int(counts.sum()) + counts.size
     stream, ends = np.concatenate(ids), np.concatenate(ends)
-    table.add(Result(GIGATOKEN, nbytes * passes, wall, cpu, int(stream.size) * passes))
+    table.add(Result(GIGATOKEN, nbytes, wall, cpu, int(stream.size)))
     from tokenizers import Tokenizer
 
     text_tok = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
