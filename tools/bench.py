@@ -8,10 +8,12 @@ SlimPajama-layout corpus of real text, the Python standard library's sources on 
 into several ``meta.redpajama_set_name`` sources (see build_corpus), then runs, side by side in one
 invocation and ``--runs`` times each (medians are printed):
 
-  raw        each backend's Encoder.encode on the train documents already in memory
+  raw        each backend's Encoder.encode on the train documents already in memory; with the raw
+             section also a bare fastokens encode_batch_flat and gigatoken (one thread), ids compared
   read       what every .jsonl.zst tokenizer pays before encoding, in-process: zstd decompression of
-             the train shards alone, then slimtok's reader (decompress, split, JSON parse) alone;
-             with raw, this bounds the pipeline/raw ratio any design can reach on this corpus
+             the train shards alone, then slimtok's reader (decompress, split, JSON parse) alone,
+             then the fastest exact text-field parse (simdjson) on lines in memory; with raw, this
+             gives the floor (decompress + parse + bare encode) the 1-worker pipeline is held to
   pipeline   one worker per backend from .jsonl.zst to shards/*.bin (ids checked equal to raw)
   tables     the document table's work alone (xxh3-128 of each text + ShardTask._rows) per MB, as
              a share of the pipeline row's CPU per MB in the same run (target <= 2%)
@@ -25,7 +27,8 @@ invocation and ``--runs`` times each (medians are printed):
   claims     no-op tokenization of an N-shard manifest by W worker processes; then `slimtok status`
   growth     claims and status per shard at --growth-shards sizes (10k, 100k), super-linear steps flagged
   peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
-             into a separate venv under --work
+             into a separate venv under --work; with --megatron-dir, Megatron-LM's
+             tools/preprocess_data.py and preprocess_data_fast.py (with and without --use-gigatoken)
 
 Every contender's ids are compared with the raw encoder's. CPU seconds and peak RSS of worker
 processes come from wait4(2) of each child, so they cover exactly that process.
