@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import ShardReadError
-from .formats.jsonl import NO_SOURCE, load_object, source_of, text_of
+from .formats.jsonl import NO_SOURCE, QuickParser, load_object, source_of, text_of
 from .formats.pieces import Text, TextPieces, huge_record
 from .formats.registry import JSONL, PARQUET, SUFFIXES, InputFormat, format_of
 from .formats.streams import Buffer, data_blocks, split_blocks
@@ -80,6 +80,8 @@ class ShardReader:
         self.missing_text_keys: tuple[str, ...] | None = None
         self._pause = pause
         self._quiet = 0  # weight of the lines since the last document or pause
+        quick = QuickParser()
+        self._quick = quick.record if quick.available else None
 
     def documents(self) -> Iterator[str]:
         for text, _source in self.records():
@@ -163,6 +165,10 @@ class ShardReader:
             huge = huge_record(line, key, spath, PIECE_BYTES)
             if huge is not None:
                 return huge
+        if self._quick is not None:
+            found = self._quick(line, key, spath)
+            if found is not None:
+                return found
         loaded = load_object(line)
         if type(loaded) is str:
             return loaded

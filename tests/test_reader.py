@@ -115,6 +115,7 @@ def test_an_unexpected_failure_on_one_line_names_file_and_line(tmp_path, monkeyp
 
     real = readmod.load_object
     monkeypatch.setattr(readmod, "load_object", failing)
+    monkeypatch.setattr(readmod.QuickParser, "available", False)  # every line through load_object
     path = write_shard(tmp_path / "u.jsonl.zst", [doc_line("first"), doc_line("second"), doc_line("third")])
     with pytest.raises(ShardReadError, match=r"u\.jsonl\.zst: line 3: cannot be read \(KeyError") as exc:
         list(ShardReader(path).records())
@@ -206,3 +207,50 @@ def test_a_source_value_too_deep_to_print_keeps_the_document(tmp_path):
     deep = b"[" * 1000 + b"]" * 1000
     path = write_shard(tmp_path / "s.jsonl.zst", [b'{"text": "kept", "meta": {"src": ' + deep + b'}}', doc_line("next")])
     assert list(ShardReader(path, source_key="meta.src").records()) == [("kept", "(nested too deep)"), ("next", "(none)")]
+
+
+# -- the quick (simdjson) parse gives exactly the orjson rules' records -----------------------------
+
+NASTY_LINES = [
+    doc_line("ordinary"), doc_line("ünïcode 東京 😀 \u2028"), b'  {"text": "padded"}  \t',
+    b'{"text": "a", "text": "b"}',                                   # equal keys: the last one counts
+    b'{"text": "a", "meta": {"redpajama_set_name": "x", "redpajama_set_name": "y"}}',
+    b'\xef\xbb\xbf{"text": "after a BOM"}',                         # not JSON for orjson
+    b'{"text": "lone \\ud800 surrogate"}', b'{"text": "low \\udc00 first"}',
+    b'{"text": "pair \\ud83d\\ude00"}', b'{"text": "bad \xff\xfe bytes"}', b'{"text": "overlong \xc0\x80"}',
+    b'{"text": "ok", "other": "bad \xff byte elsewhere"}',
+    b'{"text": "ok", "meta": {"redpajama_set_name": "bad \xff source"}}',
+    b'{"text": "big", "n": 123456789012345678901234567890}', b'{"text": "u64", "n": 18446744073709551615}',
+    b'{"text": "nan", "x": NaN}', b'{"text": "ctrl \x01 raw"}', b'{"text": "nul \\u0000 escaped"}',
+    b'{"text": "two"}{"text": "objects"}', b'{"text": "trailing"} x', b'\x0c{"text": "form feed"}',
+    b'{"text": "deep", "d": ' + b"[" * 1022 + b"]" * 1022 + b"}",
+    b'{"text": "deeper", "d": ' + b"[" * 1023 + b"]" * 1023 + b"}",
+    b'{"text": "too deep", "d": ' + b"[" * 1100 + b"]" * 1100 + b"}",
+    b'{"text": 42}', b'{"text": ""}', b'{"text": null}', b'{"content": "no text key"}', b'["text"]', b'"text"',
+    b'{"te\\u0078t": "escaped key"}', b'   ', b'not json',
+    b'{"text": "no meta"}', b'{"text": "null source", "meta": {"redpajama_set_name": null}}',
+    b'{"text": "number source", "meta": {"redpajama_set_name": 7}}',
+    b'{"text": "nested source", "meta": {"redpajama_set_name": {"a": [1, 2.5]}}}',
+    b'{"text": "meta not an object", "meta": [1]}',
+]
+
+
+@pytest.mark.parametrize("source_key", ["", "meta.redpajama_set_name"])
+def test_quick_parse_gives_the_orjson_records_and_skip_counts(tmp_path, source_key):
+    from slimtok.formats.jsonl import QuickParser
+
+    assert QuickParser().available, "pysimdjson is a dependency"
+    path = write_shard(tmp_path / "nasty.jsonl.zst", NASTY_LINES * 3, frames=4)
+    quick, plain = ShardReader(path, source_key=source_key), ShardReader(path, source_key=source_key)
+    plain._quick = None
+    assert list(quick.records()) == list(plain.records())
+    assert (quick.lines, quick.skipped) == (plain.lines, plain.skipped)
+    assert sum(plain.skipped.values()) >= 10
+    for line in NASTY_LINES:
+        assert quick._record(line) == plain._record(line), line[:60]
+    # The quick path does answer for ordinary lines (and refuses the ones it cannot decide).
+    parser = QuickParser()
+    path_parts = tuple(source_key.split(".")) if source_key else ()
+    assert parser.record(doc_line("ordinary"), "text", path_parts) == ("ordinary", "test" if source_key else None)
+    assert parser.record(NASTY_LINES[3], "text", ()) is None
+    assert parser.record(NASTY_LINES[5], "text", ()) is None

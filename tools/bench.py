@@ -8,10 +8,12 @@ SlimPajama-layout corpus of real text, the Python standard library's sources on 
 into several ``meta.redpajama_set_name`` sources (see build_corpus), then runs, side by side in one
 invocation and ``--runs`` times each (medians are printed):
 
-  raw        each backend's Encoder.encode on the train documents already in memory
+  raw        each backend's Encoder.encode on the train documents already in memory; with the raw
+             section also a bare fastokens encode_batch_flat and gigatoken (one thread), ids compared
   read       what every .jsonl.zst tokenizer pays before encoding, in-process: zstd decompression of
-             the train shards alone, then slimtok's reader (decompress, split, JSON parse) alone;
-             with raw, this bounds the pipeline/raw ratio any design can reach on this corpus
+             the train shards alone, then slimtok's reader (decompress, split, JSON parse) alone,
+             then the fastest exact text-field parse (simdjson) on lines in memory; with raw, this
+             gives the floor (decompress + parse + bare encode) the 1-worker pipeline is held to
   pipeline   one worker per backend from .jsonl.zst to shards/*.bin (ids checked equal to raw)
   tables     the document table's work alone (xxh3-128 of each text + ShardTask._rows) per MB, as
              a share of the pipeline row's CPU per MB in the same run (target <= 2%)
@@ -32,7 +34,8 @@ invocation and ``--runs`` times each (medians are printed):
   stages     combine, dedup (planning, whole run) and mix planning per shard over synthetic roots
              of --growth-shards sizes, super-linear steps flagged (dedup alone runs it for dedup)
   peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
-             into a separate venv under --work
+             into a separate venv under --work; with --megatron-dir, Megatron-LM's
+             tools/preprocess_data.py and preprocess_data_fast.py (with and without --use-gigatoken)
 
 Every contender's ids are compared with the raw encoder's. CPU seconds and peak RSS of worker
 processes come from wait4(2) of each child, so they cover exactly that process.
@@ -299,27 +302,101 @@ def worker_batches(texts: Iterable[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def bench_raw(table: Table, texts: list[str], tokenizer: Path, backends: list[str], suffix: str = "") -> dict[str, str]:
-    """Encoder.encode over the documents in memory, in the worker's batch sizes."""
+RAW_FLAT = "raw encode_batch_flat (bare)"
+GIGATOKEN = "raw encode (gigatoken, 1 thread)"
+
+
+def _timed(fn, batches: list[list[str]]) -> tuple[list, float, float]:
+    """(outputs of ``fn`` per batch, wall, cpu) of one pass over ``batches``."""
+    c0, w0 = cpu_now(), time.time()
+    outputs = [fn(b) for b in batches]
+    return outputs, time.time() - w0, cpu_now() - c0
+
+
+def _sha(flats: Iterable[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for flat in flats:
+        h.update(np.ascontiguousarray(flat, dtype=np.uint32).data)
+    return h.hexdigest()
+
+
+def _with_eos(ids: np.ndarray, ends: np.ndarray, eos: int) -> np.ndarray:
+    """A flat id array with ``eos`` inserted after each document ending at ``ends`` (exclusive)."""
+    return np.insert(ids, ends.astype(np.int64), eos)
+
+
+def bench_raw(table: Table, texts: list[str], tokenizer: Path, backends: list[str], suffix: str = "",
+              contenders: bool = False) -> dict[str, str]:
+    """Encoder.encode over the documents in memory, in the worker's batch sizes.
+
+    With ``contenders`` (fastokens only), the same batches also go through a bare fastokens
+    tokenizer's ``encode_batch_flat`` (no template: the floor the Encoder is held to) and through
+    gigatoken's ``encode_batch`` on one thread, each timed right after the Encoder. Every row is
+    one pass of a tokenizer loaded for it, as a worker meets new text: fastokens caches words,
+    and a second pass over the same texts runs ~3x faster, which no worker sees. Their ids, with
+    eos placed after each document outside the timed part, are compared with the Encoder's.
+    """
     from slimtok.tokenizer import Encoder, load_tokenizer
 
     loaded = load_tokenizer(str(tokenizer))
     nbytes = sum(len(t.encode()) for t in texts)
+    batches = list(worker_batches(texts))
     digests = {}
     for backend in backends:
         enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", backend)
-        batches = list(worker_batches(texts))
-        c0, w0 = cpu_now(), time.time()
-        outputs = [enc.encode(b)[0] for b in batches]
-        wall, cpu = time.time() - w0, cpu_now() - c0
-        h = hashlib.sha256()  # outside the timed part: the raw row is the encoder alone
-        for flat in outputs:
-            h.update(np.ascontiguousarray(flat).data)
-        tokens = sum(flat.size for flat in outputs)
+        outputs, wall, cpu = _timed(lambda b: enc.encode(b)[0], batches)
+        digests[backend] = _sha(outputs)  # outside the timed part: the raw row is the encoder alone
+        table.add(Result(f"raw encode ({backend}{suffix})", nbytes, wall, cpu, sum(f.size for f in outputs),
+                         ids_sha256=digests[backend]))
+        if contenders and backend == "fastokens":
+            _raw_contenders(table, batches, tokenizer, loaded, nbytes, np.concatenate(outputs))
         del outputs
-        table.add(Result(f"raw encode ({backend}{suffix})", nbytes, wall, cpu, tokens, ids_sha256=h.hexdigest()))
-        digests[backend] = h.hexdigest()
     return digests
+
+
+def _raw_contenders(table: Table, batches: list[list[str]], tokenizer: Path, loaded, nbytes: int,
+                    ours: np.ndarray) -> None:
+    """Bare fastokens encode_batch_flat and gigatoken on ``batches``; ids compared with ``ours``."""
+    import fastokens
+
+    policy, eos = loaded.policy, loaded.policy.eos_id
+    bare = fastokens.Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    bare.no_padding()
+    bare.no_truncation()
+    outputs, wall, cpu = _timed(lambda b: bare.encode_batch_flat(b, False, policy.literal), batches)
+    ids = np.concatenate([_with_eos(np.frombuffer(raw, np.uint32), np.frombuffer(ends, np.uint64)[1:], eos)
+                          for raw, ends in outputs])
+    table.add(Result(RAW_FLAT, nbytes, wall, cpu, int(ids.size), ids_sha256=_sha([ids])))
+    if not np.array_equal(ids, ours):
+        table.notes.append(f"IDS DIFFER: {RAW_FLAT} vs the Encoder")
+    try:
+        import awkward as ak
+        import gigatoken
+    except ImportError as exc:
+        table.notes.append(f"gigatoken: no row ({exc}; pip install gigatoken)")
+        return
+    giga = gigatoken.Tokenizer(str(tokenizer / "tokenizer.json"))
+    outputs, wall, cpu = _timed(lambda b: giga.encode_batch(b, parallel=False), batches)
+    ids, ends, base = [], [], 0
+    for docs in outputs:  # an awkward array of id lists per batch
+        counts = np.asarray(ak.num(docs), np.int64)
+        ids.append(_with_eos(np.asarray(ak.flatten(docs), np.uint32), np.cumsum(counts), eos))
+        ends.append(base + np.cumsum(counts + 1))
+        base += int(counts.sum()) + counts.size
+    stream, ends = np.concatenate(ids), np.concatenate(ends)
+    table.add(Result(GIGATOKEN, nbytes, wall, cpu, int(stream.size)))
+    from tokenizers import Tokenizer
+
+    text_tok = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    text_tok.encode_special_tokens = True
+    table.notes.append(f"raw gigatoken {_dist_version('gigatoken')}: "
+                       f"{compare_streams(stream, ends, ours, eos, text_tok)}")
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
 
 
 def bench_read(table: Table, manifest: Path, nbytes: int) -> None:
@@ -341,6 +418,45 @@ def bench_read(table: Table, manifest: Path, nbytes: int) -> None:
     docs = sum(1 for path in paths for _ in ShardReader(path).records())
     table.add(Result("read: decompress + parse (reader)", nbytes, time.time() - w0, cpu_now() - c0))
     assert docs, "no documents read"
+    bench_parse(table, paths, nbytes, docs)
+
+
+PARSE_FLOOR = "parse: text field (simdjson)"
+
+
+def bench_parse(table: Table, paths: list[Path], nbytes: int, docs: int) -> None:
+    """The fastest exact access to the text field measured here (pysimdjson's lazy parse, the text
+    copied out as a str) over the decompressed lines already in memory: the floor's parse term."""
+    import simdjson
+    import zstandard
+
+    lines = [line for path in paths for line in zstandard.ZstdDecompressor().stream_reader(open(path, "rb")).read()
+             .split(b"\n") if line.strip()]
+    parser = simdjson.Parser()
+
+    def text(line: bytes) -> str:
+        return parser.parse(line).get("text")  # the parsed object dies here, before the next parse
+
+    c0, w0 = cpu_now(), time.time()
+    got = sum(1 for line in lines if text(line))
+    table.add(Result(PARSE_FLOOR, nbytes, time.time() - w0, cpu_now() - c0))
+    assert got == docs, f"simdjson found {got} texts, the reader {docs}"
+
+
+def floor_notes(table: Table, pipeline: str) -> list[str]:
+    """The steady-state floor (decompression + the parse floor + bare encode_batch_flat, per CPU-s)
+    and the pipeline's and the Encoder's ratios to it (issue 15 target 2)."""
+    parts = ("read: zstd decompress only", PARSE_FLOOR, RAW_FLAT)
+    if not all(p in table.runs for p in (*parts, pipeline)):
+        return ["floor: n/a (needs the raw, read and pipeline sections)"]
+    floor = 1 / sum(1 / table.median(p, "mb_cpu") for p in parts)
+    ratio = table.median(pipeline, "mb_cpu") / floor
+    enc = table.ratio("raw encode (fastokens)", RAW_FLAT)
+    return [f"floor (decompress + {PARSE_FLOOR.split(':')[0]} + bare encode_batch_flat): {floor:.1f} MB/CPU-s; "
+            f"{pipeline} / floor = {ratio:.2f} (target >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})",
+            f"Encoder / bare encode_batch_flat per CPU-s = {enc} (target >= 0.95: "
+            f"{'met' if enc != 'n/a' and float(enc) >= 0.95 else 'NOT met'})",
+            f"ratio gigatoken / bare fastokens per CPU-s: {table.ratio(GIGATOKEN, RAW_FLAT)}"]
 
 
 def bench_ceiling(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, nbytes: int,
@@ -557,7 +673,7 @@ def bench_tables(table: Table, manifest: Path, tokenizer: Path, backend: str, nb
     """
     from slimtok.manifest import read_manifest
     from slimtok.reader import ShardReader
-    from slimtok.tokenizer import Encoder
+    from slimtok.tokenizer import Encoder, load_tokenizer
     from slimtok.worker import ShardTask, batched
     from slimtok.worker.task import Progress
 
@@ -565,7 +681,8 @@ def bench_tables(table: Table, manifest: Path, tokenizer: Path, backend: str, nb
 
     records = ((str(t), s) for e in read_manifest(manifest)
                for t, s in ShardReader(e.path, source_key="meta.redpajama_set_name").records())
-    enc = Encoder(tokenizer / "tokenizer.json", 0, "uint32", backend)
+    loaded = load_tokenizer(str(tokenizer))
+    enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", backend)
     batches = [(texts, sources, enc.encode(texts)[1]) for texts, sources in batched(records)]
     task = object.__new__(ShardTask)
     task.source_index, task.progress = {}, Progress()
@@ -1047,6 +1164,7 @@ def bench_consume(table: Table, work: Path, corpus: Path, tokenizer: Path, backe
 # -- peers: datatrove and a nanoGPT-style prepare, in a venv of their own -----------------------
 
 PEER_PROCS = 2  # processes each peer gets; the same as the slimtok row it is compared with
+PEER_TIMEOUT = 1800  # seconds one peer run may take
 PEER_PACKAGES = ("datatrove", "datasets", "zstandard", "orjson")
 
 # Shared by both drivers: read the job, time the peer's work, report wall, CPU (this process and
@@ -1117,6 +1235,105 @@ report(time.time() - t0, cpu0)
 """
 
 
+# Megatron-LM's tools/preprocess_data.py and preprocess_data_fast.py, from the user's checkout
+# (--megatron-dir), run by their own main() after their imports (untimed, like the other peers').
+MEGATRON_DRIVER = PEER_PRELUDE + """
+import importlib.util
+sys.path.insert(0, job["megatron_dir"])
+spec = importlib.util.spec_from_file_location("megatron_preprocess", job["script"])
+tool = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = tool  # its pool workers unpickle its Encoder by module name
+spec.loader.exec_module(tool)
+sys.argv = [job["script"], *job["args"]]
+cpu0, _ = usage()
+t0 = time.time()
+tool.main()
+report(time.time() - t0, cpu0)
+"""
+#: What the checkout needs beyond this environment: its megatron.core imports triton, its
+#: preprocess_data_fast.py returns awkward arrays from gigatoken.
+MEGATRON_PACKAGES = ("triton", "awkward", "gigatoken", "typing_extensions")
+# The checkout's megatron.training uses typing.override (Python 3.12); the only torch wheel here
+# is for 3.11, so its venv takes the identical decorator from typing_extensions.
+MEGATRON_SITECUSTOMIZE = """import typing
+if not hasattr(typing, "override"):
+    import typing_extensions
+    typing.override = typing_extensions.override
+"""
+#: Megatron's .idx dtype codes (megatron.core.datasets.indexed_dataset.DType).
+MEGATRON_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 8: np.uint16}
+MEGATRON_RUNS = (  # (row, script, extra arguments)
+    (f"Megatron preprocess_data ({PEER_PROCS} procs)", "tools/preprocess_data.py", ["--workers", str(PEER_PROCS)]),
+    (f"Megatron preprocess_data +giga ({PEER_PROCS})", "tools/preprocess_data.py",
+     ["--workers", str(PEER_PROCS), "--use-gigatoken"]),
+    ("Megatron _fast --use-gigatoken", "tools/preprocess_data_fast.py", ["--use-gigatoken"]),
+    ("Megatron _fast (no gigatoken)", "tools/preprocess_data_fast.py", []),
+)
+
+
+def megatron_python(work: Path) -> Path:
+    """A venv under ``work`` on this interpreter with this environment's packages (torch,
+    megatron-core's dependencies, tokenizers) plus MEGATRON_PACKAGES."""
+    import site
+
+    python = work / "megatron-venv" / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(python.parents[1])], check=True)
+    if subprocess.run([str(python), "-c", "import triton, awkward, gigatoken"], capture_output=True).returncode:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *MEGATRON_PACKAGES], check=True)
+    packages = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert packages != site.getsitepackages()[0], "the venv must not write into this environment"
+    (Path(packages) / "sitecustomize.py").write_text(MEGATRON_SITECUSTOMIZE)
+    return python
+
+
+def megatron_stream(prefix: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of a Megatron ``<prefix>.bin``/``.idx`` pair (one sequence per document) and each
+    document's end offset."""
+    idx = (prefix.parent / (prefix.name + ".idx")).read_bytes()
+    assert idx[:9] == b"MMIDIDX\x00\x00", f"{prefix}.idx: not a Megatron index"
+    dtype = MEGATRON_DTYPES[idx[17]]
+    sequences = int(np.frombuffer(idx, np.uint64, 1, 18)[0])
+    lengths = np.frombuffer(idx, np.int32, sequences, 34).astype(np.int64)
+    stream = np.fromfile(prefix.parent / (prefix.name + ".bin"), dtype=dtype).astype(np.uint32)
+    return stream, np.cumsum(lengths)
+
+
+def bench_megatron(table: Table, work: Path, megatron_dir: Path, tokenizer: Path, entries, nbytes: int,
+                   ours: np.ndarray, eos: int, text_tok, runs: int) -> dict[str, str]:
+    """Megatron's preprocessing scripts on the train shards as one plain .jsonl (both read only
+    plain JSON lines; decompressed here, untimed, in manifest order); verdicts by row."""
+    import zstandard
+
+    python = megatron_python(work)
+    base = work / "megatron"
+    base.mkdir(parents=True, exist_ok=True)
+    plain = base / "train.jsonl"
+    with open(plain, "wb") as out:
+        for e in entries:
+            with open(e.path, "rb") as f:
+                zstandard.ZstdDecompressor().copy_stream(f, out)
+    verdicts: dict[str, str] = {}
+    for _ in range(runs):
+        for row, script, extra in MEGATRON_RUNS:
+            folder = base / row.replace(" ", "_").replace("-", "")
+            args = ["--input", str(plain), "--output-prefix", str(folder / "out"), "--json-keys", "text",
+                    "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tokenizer), "--append-eod",
+                    *extra]
+            job = {"megatron_dir": str(megatron_dir), "script": str(megatron_dir / script), "args": args}
+            try:
+                rep = run_peer(python, MEGATRON_DRIVER, job, folder)
+            except SystemExit as exc:  # a script that cannot run here: say why, keep the others
+                last = [line for line in str(exc).splitlines() if line.strip()][-1:]
+                verdicts[row] = f"DID NOT RUN: {last[0] if last else exc}"
+                continue
+            stream, ends = megatron_stream(folder / "out_text_document")
+            verdicts[row] = compare_streams(stream, ends, ours, eos, text_tok)
+            table.add(Result(row, nbytes, rep["wall"], rep["cpu"], int(stream.size), rep["rss"]))
+    return verdicts
+
+
 def peers_python(work: Path) -> Path:
     """The python of a venv under ``work`` that holds the peers, created and filled when missing.
 
@@ -1142,7 +1359,11 @@ def run_peer(python: Path, driver: str, job: dict, folder: Path) -> dict:
     job = {**job, "report": str(folder / "report.json")}
     spec.write_text(json.dumps(job))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DATATROVE_COLORIZE_LOGS": "0"}
-    done = subprocess.run([str(python), str(script), str(spec)], env=env, capture_output=True, text=True)
+    try:  # a peer whose pool worker died can wait for it forever
+        done = subprocess.run([str(python), str(script), str(spec)], env=env, capture_output=True, text=True,
+                              timeout=PEER_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        raise SystemExit(f"peer driver {script} did not finish in {PEER_TIMEOUT} s") from exc
     if done.returncode:
         raise SystemExit(f"peer driver {script} failed:\n{done.stderr[-3000:]}")
     return json.loads((folder / "report.json").read_text())
@@ -1200,7 +1421,7 @@ def datatrove_stream(out: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bench_peers(table: Table, work: Path, manifest: Path, tokenizer: Path, nbytes: int, ours_root: Path,
-                ours_label: str, runs: int) -> None:
+                ours_label: str, runs: int, megatron_dir: Path | None = None) -> None:
     """datatrove and a nanoGPT-style prepare on the manifest's shards, ids checked against ``ours_root``.
 
     Wall and CPU cover each peer's processing (reading shards to written tokens), not the interpreter
@@ -1237,11 +1458,22 @@ def bench_peers(table: Table, work: Path, manifest: Path, tokenizer: Path, nbyte
                                                     loaded.eos_token_id, text_tok)
         table.add(Result(f"nanoGPT-style datasets.map ({PEER_PROCS} procs)", nbytes, rep["wall"], rep["cpu"],
                          int(stream.size), rep["rss"]))
+    peers = [f"datatrove DocumentTokenizer ({PEER_PROCS} procs)", f"nanoGPT-style datasets.map ({PEER_PROCS} procs)"]
+    if megatron_dir is not None:
+        verdicts.update(bench_megatron(table, work, megatron_dir, tokenizer, entries, nbytes, ours,
+                                       loaded.eos_token_id, text_tok, runs))
+        peers += [row for row, _, _ in MEGATRON_RUNS if row in table.runs]
+    else:
+        table.notes.append("Megatron-LM: not run (give a checkout with --megatron-dir)")
     for name, verdict in verdicts.items():
         table.notes.append(f"peer {name}: {verdict}")
-    for peer in (f"datatrove DocumentTokenizer ({PEER_PROCS} procs)", f"nanoGPT-style datasets.map ({PEER_PROCS} procs)"):
+    for peer in peers:
         table.notes.append(f"ratio {ours_label} / {peer}: {table.ratio(ours_label, peer, 'mb_wall')} per wall-s, "
                            f"{table.ratio(ours_label, peer)} per CPU-s")
+    fastest = max(peers, key=lambda p: table.median(p, "mb_cpu"))
+    ratio = table.median(ours_label, "mb_cpu") / table.median(fastest, "mb_cpu")
+    table.notes.append(f"fastest peer per CPU-s: {fastest}; {ours_label} / it = {ratio:.2f} "
+                       f"(target >= 2: {'met' if ratio >= 2 else 'NOT met'})")
 
 
 def _data_files(root: Path, entries) -> list[Path]:
@@ -1271,6 +1503,9 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(s for s in SECTIONS if s != "peers"),
                     help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--peers", action="store_true", help="also run the peers (installs them into a venv)")
+    ap.add_argument("--megatron-dir", type=Path,
+                    help="a Megatron-LM checkout (its tools/ and megatron/): the peers section also runs its "
+                         "tools/preprocess_data.py and preprocess_data_fast.py (with and without --use-gigatoken)")
     ap.add_argument("--reference-mb", type=float, default=6,
                     help="text MB the slow tokenizers backend is measured on")
     ap.add_argument("--memory-mb", default="20,1024", help="shard sizes (MB of text) for the memory section")
@@ -1319,7 +1554,7 @@ def main() -> None:
                        f"reference set {small_bytes / 1e6:.1f} MB in {len(small)} shards")
     for run in range(args.runs):
         if "raw" in only or "pipeline" in only:
-            raw = bench_raw(table, texts, tokenizer, [fast])
+            raw = bench_raw(table, texts, tokenizer, [fast], contenders="raw" in only)
             raw_small = bench_raw(table, small_texts, tokenizer, ["tokenizers", fast], ", small set") \
                 if fast != "tokenizers" else {}
         if "read" in only:
@@ -1376,13 +1611,14 @@ def main() -> None:
         bench_consume(table, work, corpus, tokenizer, fast)
     if "peers" in only:
         bench_peers(table, work, manifest, tokenizer, nbytes, work / f"out-{scaled.replace(' ', '_')}-0", scaled,
-                    args.runs)
+                    args.runs, args.megatron_dir)
     table.notes += [
         f"ratio pipeline/raw per CPU-s ({fast}): {table.ratio(f'pipeline 1 worker ({fast})', f'raw encode ({fast})')}",
         f"bound on pipeline/raw per CPU-s ({fast}) from decompression alone: "
         f"{read_bound(table, f'raw encode ({fast})', 'read: zstd decompress only')}; "
         f"from the reader alone: {read_bound(table, f'raw encode ({fast})', 'read: decompress + parse (reader)')}",
         f"tables: {tables_share(table, f'pipeline 1 worker ({fast})')}",
+        *floor_notes(table, f"pipeline 1 worker ({fast})"),
         f"ratio pipeline/raw per CPU-s (tokenizers): "
         f"{table.ratio('pipeline 1 worker (tokenizers, small)', 'raw encode (tokenizers, small set)')}",
         f"ratio fastokens/tokenizers raw per CPU-s: "
