@@ -75,6 +75,30 @@ def test_live_holder_two_hours_behind_keeps_all_its_claims(tmp_path):
     assert taken == [] and "held 34" in out
 
 
+def _stop_while_holding_a_lock_ahead(root, ahead: float, timeout: float = 30.0) -> tuple[psutil.Process, str]:
+    """SIGSTOP the worker holding a lock whose mtime (its heartbeat, every 0.33 s) is ``ahead`` s
+    past our clock, while that shard is still unfinished; (worker, shard). A shard can finish
+    before its first heartbeat, so any lock of the job will do, checked again once stopped."""
+    out = OutputRoot(root)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for lock in (root / "locks").rglob("*.lock"):
+            try:
+                stamped = lock.stat().st_mtime > time.time() + ahead
+                record = json.loads(lock.read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            if not stamped:
+                continue
+            worker = psutil.Process(record["pid"])
+            worker.send_signal(signal.SIGSTOP)
+            if lock.exists() and not out.done(record["shard"]).exists():
+                return worker, record["shard"]
+            worker.send_signal(signal.SIGCONT)  # it finished that shard meanwhile: look again
+        time.sleep(0.02)
+    raise AssertionError(f"no lock under {root / 'locks'} carried a clock {ahead} s ahead within {timeout} s")
+
+
 def test_stopped_holder_120_s_ahead_loses_its_shard_after_stale_after(tmp_path, bpe_tokenizer):
     ds = _dataset(tmp_path / "ds", shards=3, docs=600)
     manifest = _manifest(tmp_path, ds)
@@ -83,13 +107,7 @@ def test_stopped_holder_120_s_ahead_loses_its_shard_after_stale_after(tmp_path, 
               "--checkpoint-every", 0]
     a = subprocess.Popen(_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 0), env=_faked("+120s"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert _wait_for(lambda: (root / "checkpoints").exists() and any((root / "checkpoints").rglob("*.json")))
-    shard = json.loads(next((root / "checkpoints").rglob("*.json")).read_text())["shard"]
-    lock = root / "locks" / f"{shard}.lock"
-    # The heartbeat (every 0.33 s) stamps the lock with a clock two minutes ahead of ours.
-    assert _wait_for(lambda: lock.exists() and lock.stat().st_mtime > time.time() + 100, 30)
-    worker = psutil.Process(json.loads(lock.read_text())["pid"])
-    worker.send_signal(signal.SIGSTOP)
+    worker, shard = _stop_while_holding_a_lock_ahead(root, 100.0)
     try:
         # Judged by the mtime against a clock the lock would look fresh for another 120 s; watched
         # unchanged it is stale after 2. The bound is far from both (the takeover needs ~2 s).
