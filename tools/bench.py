@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -706,6 +707,18 @@ def tables_share(table: Table, pipeline: str) -> str:
             f" ms/MB = {share:.1%} of one worker's CPU (target <= 2%: {'met' if share <= 0.02 else 'NOT met'})")
 
 
+def timed_cat(files: list[Path], dest: Path) -> float:
+    """Wall seconds of `cat` of ``files`` into a fresh ``dest``, fsync included (the page cache
+    flushed first, so no earlier write is paid for here)."""
+    dest.unlink(missing_ok=True)
+    os.sync()
+    w0 = time.time()
+    with open(dest, "wb") as out:
+        subprocess.run(["cat", *map(str, files)], stdout=out, check=True)
+        os.fsync(out.fileno())
+    return time.time() - w0
+
+
 def bench_combine(table: Table, work: Path, root: Path, runs: int) -> None:
     from slimtok.combine import combine
     from slimtok.protocol import OutputRoot
@@ -715,13 +728,7 @@ def bench_combine(table: Table, work: Path, root: Path, runs: int) -> None:
     nbytes = sum(f.stat().st_size for f in files)
     for _ in range(runs):
         dest = work / "cat.bin"
-        dest.unlink(missing_ok=True)
-        os.sync()
-        w0 = time.time()
-        with open(dest, "wb") as out:
-            subprocess.run(["cat", *map(str, files)], stdout=out, check=True)
-            os.fsync(out.fileno())
-        table.add(Result("cat shards (+fsync)", nbytes, time.time() - w0, 0.0))
+        table.add(Result("cat shards (+fsync)", nbytes, timed_cat(files, dest), 0.0))
         for verify in (False, True):
             r.combined("train").unlink(missing_ok=True)
             os.sync()
@@ -801,11 +808,16 @@ def bench_growth(table: Table, work: Path, sizes: list[int], workers: int) -> No
         costs["claims CPU"].append(cpu / shards)
         costs["status wall"].append(bench_status(table, root, shards) / shards)
     for what, per in costs.items():
-        steps = [f"{n:,}: {c * 1e3:.3f} ms" for n, c in zip(sizes, per)]
-        flags = [f"{n0:,} -> {n1:,} x{c1 / c0:.2f}" for n0, n1, c0, c1 in zip(sizes, sizes[1:], per, per[1:])
-                 if c1 > 1.5 * c0]
-        table.notes.append(f"growth: {what} per shard ({workers} workers) {'; '.join(steps)}; "
-                           f"{'SUPER-LINEAR: ' + ', '.join(flags) if flags else 'no super-linear step'}")
+        table.notes.append(growth_note(f"{what} per shard ({workers} workers)", sizes, per))
+
+
+def growth_note(what: str, sizes: list[int], per: list[float]) -> str:
+    """One line of per-shard costs (seconds) at each size, flagging any step that grows > 1.5x."""
+    steps = [f"{n:,}: {c * 1e3:.3f} ms" for n, c in zip(sizes, per)]
+    flags = [f"{n0:,} -> {n1:,} x{c1 / c0:.2f}" for n0, n1, c0, c1 in zip(sizes, sizes[1:], per, per[1:])
+             if c1 > 1.5 * c0]
+    return (f"growth: {what} {'; '.join(steps)}; "
+            f"{'SUPER-LINEAR: ' + ', '.join(flags) if flags else 'no super-linear step'}")
 
 
 def _tiny_tokenizer(folder: Path) -> None:
@@ -1073,11 +1085,7 @@ def bench_stage_growth(table: Table, work: Path, sizes: list[int], stages: tuple
             table.notes.append(f"stages: {what} over {shards:,} shards: {wall:.2f} s wall, {cpu:.2f} CPU-s")
         shutil.rmtree(folder)
     for what, per in costs.items():
-        steps = [f"{n:,}: {c * 1e3:.3f} ms" for n, c in zip(sizes, per)]
-        flags = [f"{n0:,} -> {n1:,} x{c1 / c0:.2f}" for n0, n1, c0, c1 in zip(sizes, sizes[1:], per, per[1:])
-                 if c1 > 1.5 * c0]
-        table.notes.append(f"growth: {what} CPU per shard {'; '.join(steps)}; "
-                           f"{'SUPER-LINEAR: ' + ', '.join(flags) if flags else 'no super-linear step'}")
+        table.notes.append(growth_note(f"{what} CPU per shard", sizes, per))
 
 
 def bench_mix_section(table: Table, work: Path, corpus: Path, tokenizer: Path, backend: str, runs: int,
@@ -1101,14 +1109,7 @@ def bench_mix_section(table: Table, work: Path, corpus: Path, tokenizer: Path, b
                       for i, (r, recs) in enumerate(zip(roots, records)))
     chunk = max(1, sum(rec.documents for recs in records for rec in recs) // 8)
     for _ in range(runs):
-        dest = work / "mix-cat.bin"
-        dest.unlink(missing_ok=True)
-        os.sync()
-        w0 = time.time()
-        with open(dest, "wb") as out:
-            subprocess.run(["cat", *map(str, files)], stdout=out, check=True)
-            os.fsync(out.fileno())
-        table.add(Result("cat of the mix's shards (+fsync)", nbytes, time.time() - w0, 0.0))
+        table.add(Result("cat of the mix's shards (+fsync)", nbytes, timed_cat(files, work / "mix-cat.bin"), 0.0))
         for shuffle in ("none", "document"):
             spec = work / f"mix-{shuffle}.yaml"
             spec.write_text(f"seed: 7\nshuffle: {shuffle}\nchunk_documents: {chunk}\nsources:\n{sources}")
@@ -1528,11 +1529,7 @@ def main() -> None:
     manifest = manifest_of(corpus, work / "m-train")
     texts = documents(manifest)
     nbytes = sum(len(t.encode()) for t in texts)
-    try:
-        import fastokens  # noqa: F401
-        fast = "fastokens"
-    except ImportError:
-        fast = "tokenizers"
+    fast = "fastokens" if importlib.util.find_spec("fastokens") is not None else "tokenizers"
     # The slow reference backend is measured on a few shards only, so a run stays minutes long.
     from slimtok.manifest import read_manifest, write_manifest
 
