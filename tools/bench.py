@@ -754,11 +754,13 @@ def bench_claims(table: Table, work: Path, shards: int, workers: int) -> tuple[P
 
     base = work / "claims"
     shutil.rmtree(base, ignore_errors=True)
-    one = base / "data" / "one.jsonl"
-    one.parent.mkdir(parents=True)
-    one.write_text('{"text": "x"}\n')
-    entries = [ShardEntry(id=f"train/chunk{1 + i // 6000}/example_train_{i}", split="train", chunk=1 + i // 6000,
-                          index=i, path=str(one), size=one.stat().st_size) for i in range(shards)]
+    (base / "data").mkdir(parents=True)
+    entries = []
+    for i in range(shards):  # one file per shard: a manifest naming one file twice is refused
+        path = base / "data" / f"{i}.jsonl"
+        path.write_bytes(b'{"text": "x"}\n')
+        entries.append(ShardEntry(id=f"train/chunk{1 + i // 6000}/example_train_{i}", split="train",
+                                  chunk=1 + i // 6000, index=i, path=str(path), size=path.stat().st_size))
     manifest, _ = write_manifest(entries, base / "m", base / "data")
     tok = base / "tok"
     _tiny_tokenizer(tok)
