@@ -181,9 +181,9 @@ def estimate_token_bytes(entries: Sequence[ShardEntry], dtype_width: int,
             ratio, basis = measured[split][0] / measured[split][1], "done records"
         elif split in sampled:
             ratio, basis = sampled[split][0], f"sample of {int(sampled[split][1])} shards"
-        elif encode_count is not None and (sampled := _sampled_ratio(group, encode_count, text_key,
-                                                                      sample_shards, sample_bytes)):
-            ratio, basis = sampled[0], f"sample of {sampled[1]} shards"
+        elif encode_count is not None and (fresh := _sampled_ratio(group, encode_count, text_key,
+                                                                    sample_shards, sample_bytes)):
+            ratio, basis = fresh[0], f"sample of {fresh[1]} shards"
         elif overall is not None:
             ratio, basis = overall, "done records of other splits"
         else:

@@ -84,6 +84,24 @@ def test_measured_ratios_come_first_and_other_splits_fill_in(dataset):
     assert (nothing.bytes, nothing.unestimated_source_bytes) == (0, sum(size.values()))
 
 
+def test_a_pinned_sample_is_used_for_its_split_even_after_another_split_was_sampled(dataset):
+    """job.json's sampled ratios serve the splits they name (as status passes them); a split
+    without one is encoded, and that does not hide the pinned ratios from the splits after it."""
+    entries = sorted(read_manifest(dataset), key=lambda e: e.split != "train")  # train first
+    size = {s: sum(e.size for e in entries if e.split == s) for s in ("train", "validation", "test")}
+    calls = []
+
+    def count(texts):
+        calls.append(len(texts))
+        return sum(len(t) for t in texts)
+
+    got = estimate_token_bytes(entries, 4, encode_count=count, sampled={"validation": [3.0, 1], "test": [0.5, 1]})
+    assert calls and got.basis["train"].startswith("sample of")
+    assert (got.ratios["validation"], got.ratios["test"]) == (3.0, 0.5)
+    assert got.bytes == pytest.approx(4 * (got.ratios["train"] * size["train"] + 3.0 * size["validation"]
+                                           + 0.5 * size["test"]), abs=1)
+
+
 def test_free_space_refusal_on_a_small_tmpfs(tmp_path):
     with mounted_tmpfs(tmp_path / "fs", "1m") as fs:
         (fs / "filler").write_bytes(os.urandom(400_000))

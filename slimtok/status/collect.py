@@ -219,10 +219,11 @@ def _count_unfinished(root: OutputRoot, s: SplitStatus, entry: ShardEntry, locke
 
 def disk_status(root: OutputRoot, job: JobSettings, status: JobStatus, unfinished: list[ShardEntry]) -> DiskStatus:
     """Token bytes written, the bytes the unfinished shards will still add (at the done shards'
-    measured tokens per source byte, less their checkpoints' bytes) and the filesystem's room."""
+    measured tokens per source byte, or the sample pinned in job.json for a split with none done,
+    less their checkpoints' bytes) and the filesystem's room."""
     measured = {name: (s.done_tokens, s.bytes_in) for name, s in status.splits.items()}
     width = np.dtype(job.dtype).itemsize
-    expected = estimate_token_bytes(unfinished, width, measured=measured)
+    expected = estimate_token_bytes(unfinished, width, measured=measured, sampled=job.sampled_ratios)
     # a done shard's bytes are its tokens x width, so the rest of bytes_out is the checkpoints'
     checkpoints = sum(s.bytes_out - s.done_tokens * width for s in status.splits.values())
     expected.bytes = max(expected.bytes - checkpoints, 0)
