@@ -94,6 +94,20 @@ def all_settled(settings: TokenizeSettings, entries: list[ShardEntry]) -> bool:
     return True
 
 
+def clear_leftover_locks(settings: TokenizeSettings, entries: list[ShardEntry]) -> None:
+    """Remove the locks a killed holder left on settled shards, as the workers do when they pass
+    them (no worker runs when every shard is settled). Only locks of committed claims or of dead
+    or stale holders go (:meth:`Claimer.clear_leftover`)."""
+    from .claims import Claimer, current_holder
+
+    root = OutputRoot(settings.output_root)
+    locked = root.locked_ids() & {e.id for e in entries if e.split in settings.splits}
+    if locked:
+        claimer = Claimer(root, current_holder(settings.process_index, 0), settings.stale_after)
+        for shard in sorted(locked):
+            claimer.clear_leftover(shard)
+
+
 class _Progress:
     """The launch's progress: the whole job's shards and input bytes, this process's documents and
     tokens (from its workers' heartbeats), shown by :class:`ProgressDisplay`.
@@ -138,7 +152,9 @@ def tokenize(settings: TokenizeSettings, say: Callable[[str], None] | None = Non
     except OSError as exc:
         raise OutputError(f"cannot write the job's files: {exc.strerror or exc}", exc.filename or settings.output_root,
                           "free space or fix permissions on the output root, then relaunch the same command") from exc
-    if all_settled(settings, read_manifest(settings.manifest, check_files=False)):  # pin_job checked it
+    entries = read_manifest(settings.manifest, check_files=False)  # pin_job checked it
+    if all_settled(settings, entries):
+        clear_leftover_locks(settings, entries)
         if say:
             say("every selected shard is already settled (done, or failed and not retried): no worker started")
         return _exit_status([], settings, False)

@@ -83,10 +83,21 @@ def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sam
 
 def test_a_relaunch_with_every_shard_done_starts_no_worker_and_imports_no_heavy_module(dataset, bpe_tokenizer,
                                                                                       tmp_path):
+    from dataclasses import asdict
+
+    from slimtok.claims import current_holder
+    from slimtok.protocol import DoneRecord, LockRecord, OutputRoot, read_record, write_record
+
     root = tmp_path / "out"
     _tokenize(dataset, root, bpe_tokenizer)
     beats = sorted((root / "heartbeats").iterdir())
     stamps = [p.stat().st_mtime_ns for p in beats]
+    # a holder killed after committing left its lock: with no worker to pass the shard, the
+    # launcher removes it
+    out = OutputRoot(root)
+    record = read_record(sorted((root / "done").rglob("*.json"))[0], DoneRecord)
+    write_record(out.lock(record.shard), LockRecord(**asdict(current_holder(0, 0)), shard=record.shard,
+                                                    token=record.token, claimed_at=0.0))
     code = ("import sys\nfrom slimtok.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
             "heavy = sorted(m for m in ('transformers', 'huggingface_hub', 'torch', 'fastokens', 'slimtok.worker') "
@@ -97,6 +108,7 @@ def test_a_relaunch_with_every_shard_done_starts_no_worker_and_imports_no_heavy_
     assert "EXIT 0 HEAVY []" in proc.stdout, proc.stdout + proc.stderr
     assert "no worker started" in proc.stderr
     assert [p.stat().st_mtime_ns for p in beats] == stamps  # no worker wrote a heartbeat
+    assert not list((root / "locks").rglob("*.lock"))
 
 
 def test_a_launch_whose_every_shard_failed_on_a_setting_is_repinned_by_the_right_one(dataset, bpe_tokenizer,
