@@ -9,18 +9,16 @@ what a file system whose clients stamp mtimes (some FUSE and object-store mounts
 from __future__ import annotations
 
 import glob
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from test_faults import (_assert_no_orphans, _claims_per_shard, _cmd, _combined, _dataset, _logs, _manifest, _run,
-                         _wait_for, assert_taken_over_and_stood_down)
+                         _wait_for, assert_taken_over_and_stood_down, stop_while_holding_a_shard)
 from slimtok.claims import Claimer
 from slimtok.protocol import Holder, OutputRoot
 
@@ -75,30 +73,6 @@ def test_live_holder_two_hours_behind_keeps_all_its_claims(tmp_path):
     assert taken == [] and "held 34" in out
 
 
-def _stop_while_holding_a_lock_ahead(root, ahead: float, timeout: float = 30.0) -> tuple[psutil.Process, str]:
-    """SIGSTOP the worker holding a lock whose mtime (its heartbeat, every 0.33 s) is ``ahead`` s
-    past our clock, while that shard is still unfinished; (worker, shard). A shard can finish
-    before its first heartbeat, so any lock of the job will do, checked again once stopped."""
-    out = OutputRoot(root)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for lock in (root / "locks").rglob("*.lock"):
-            try:
-                stamped = lock.stat().st_mtime > time.time() + ahead
-                record = json.loads(lock.read_text())
-            except (FileNotFoundError, ValueError):
-                continue
-            if not stamped:
-                continue
-            worker = psutil.Process(record["pid"])
-            worker.send_signal(signal.SIGSTOP)
-            if lock.exists() and not out.done(record["shard"]).exists():
-                return worker, record["shard"]
-            worker.send_signal(signal.SIGCONT)  # it finished that shard meanwhile: look again
-        time.sleep(0.02)
-    raise AssertionError(f"no lock under {root / 'locks'} carried a clock {ahead} s ahead within {timeout} s")
-
-
 def test_stopped_holder_120_s_ahead_loses_its_shard_after_stale_after(tmp_path, bpe_tokenizer):
     ds = _dataset(tmp_path / "ds", shards=3, docs=600)
     manifest = _manifest(tmp_path, ds)
@@ -107,7 +81,8 @@ def test_stopped_holder_120_s_ahead_loses_its_shard_after_stale_after(tmp_path, 
               "--checkpoint-every", 0]
     a = subprocess.Popen(_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 0), env=_faked("+120s"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    worker, shard = _stop_while_holding_a_lock_ahead(root, 100.0)
+    # its heartbeats (every 0.33 s) stamp the lock with a clock two minutes ahead of ours
+    worker, shard = stop_while_holding_a_shard(root, ahead=100.0)
     try:
         # Judged by the mtime against a clock the lock would look fresh for another 120 s; watched
         # unchanged it is stale after 2. The bound is far from both (the takeover needs ~2 s).

@@ -24,6 +24,7 @@ import zstandard
 
 from tmpfs import mounted_tmpfs
 from corpus import doc_line, make_dataset, reference_ids, sample_documents, slimtok, write_shard
+from slimtok.protocol import OutputRoot
 
 
 def _manifest(tmp_path: Path, dataset: Path) -> Path:
@@ -180,17 +181,40 @@ def test_stopped_worker_loses_its_shard_and_stands_down_when_woken(tmp_path, bpe
               "--checkpoint-every", 0]
     a = subprocess.Popen(_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 0),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert _wait_for(lambda: (root / "checkpoints").exists() and any((root / "checkpoints").rglob("*.json")))
-    stopped_shard = json.loads(next((root / "checkpoints").rglob("*.json")).read_text())["shard"]
-    holder = json.loads((root / "locks" / f"{stopped_shard}.lock").read_text())
-    worker = psutil.Process(holder["pid"])
-    worker.send_signal(signal.SIGSTOP)
+    worker, stopped_shard = stop_while_holding_a_shard(root)
     try:
         b = _run(_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 1))
         assert b.returncode == 0, b.stderr
     finally:
         worker.send_signal(signal.SIGCONT)
     assert_taken_over_and_stood_down(a, root, stopped_shard, manifest, bpe_tokenizer)
+
+
+def stop_while_holding_a_shard(root: Path, ahead: float | None = None,
+                               timeout: float = 30.0) -> tuple[psutil.Process, str]:
+    """SIGSTOP a worker while it holds an unfinished shard; (worker, shard). With ``ahead``, only a
+    lock whose mtime (its heartbeat) is that many seconds past our clock counts. A shard can finish
+    between a look and the signal, so the lock and the missing done record are checked again once
+    the worker is stopped, and the look repeats otherwise."""
+    out = OutputRoot(root)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for lock in (root / "locks").rglob("*.lock"):
+            try:
+                stamped = ahead is None or lock.stat().st_mtime > time.time() + ahead
+                record = json.loads(lock.read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            if not stamped:
+                continue
+            worker = psutil.Process(record["pid"])
+            worker.send_signal(signal.SIGSTOP)
+            if lock.exists() and not out.done(record["shard"]).exists():
+                return worker, record["shard"]
+            worker.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"no worker held a shard under {root / 'locks'}"
+                         + (f" with a clock {ahead} s ahead" if ahead is not None else "") + f" within {timeout} s")
 
 
 def assert_taken_over_and_stood_down(first: subprocess.Popen, root: Path, shard: str, manifest: Path,
