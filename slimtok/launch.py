@@ -116,12 +116,11 @@ class _Progress:
     opened), so it stays cheap with 60,000 shards.
     """
 
-    def __init__(self, settings: TokenizeSettings, quiet: bool, every: float):
+    def __init__(self, settings: TokenizeSettings, entries: list[ShardEntry], quiet: bool, every: float):
         self.root = OutputRoot(settings.output_root)
         host = hostname()
         self.names = [worker_name(host, settings.process_index, w) for w in range(settings.workers)]
-        self.sizes = {e.id: e.size for e in read_manifest(settings.manifest, check_files=False)  # checked at pinning
-                      if e.split in settings.splits}
+        self.sizes = {e.id: e.size for e in entries if e.split in settings.splits}
         self.started = time.time()
         _shards, done_bytes = self._done()
         self.display = ProgressDisplay(len(self.sizes), sum(self.sizes.values()), quiet=quiet, every=every,
@@ -152,19 +151,19 @@ def tokenize(settings: TokenizeSettings, say: Callable[[str], None] | None = Non
     except OSError as exc:
         raise OutputError(f"cannot write the job's files: {exc.strerror or exc}", exc.filename or settings.output_root,
                           "free space or fix permissions on the output root, then relaunch the same command") from exc
-    entries = read_manifest(settings.manifest, check_files=False)  # pin_job checked it
+    entries = read_manifest(settings.manifest, check_files=False)  # pin_job checked it; read once here
     if all_settled(settings, entries):
         clear_leftover_locks(settings, entries)
         if say:
             say("every selected shard is already settled (done, or failed and not retried): no worker started")
-        return _exit_status([], settings, False)
+        return _exit_status([], settings, entries, False)
     # Each worker is one process with one encoder thread: cores are shared out by process count.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_child, args=(settings, w, os.getpid()), name=f"slimtok-worker-{w}")
              for w in range(settings.workers)]
-    monitor = _Progress(settings, quiet, progress_every)
+    monitor = _Progress(settings, entries, quiet, progress_every)
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -185,7 +184,7 @@ def tokenize(settings: TokenizeSettings, say: Callable[[str], None] | None = Non
         for s, handler in previous.items():
             signal.signal(s, handler)
     monitor.close()
-    status = _exit_status([p.exitcode for p in procs], settings, bool(received))
+    status = _exit_status([p.exitcode for p in procs], settings, entries, bool(received))
     root = OutputRoot(settings.output_root)
     if status == EXIT_SHARDS_FAILED and say and not root.done_ids():
         say(f"no shard is done and {len(root.failed_ids())} failed (reasons in {root.root / 'failed'}); if a setting "
@@ -193,7 +192,8 @@ def tokenize(settings: TokenizeSettings, say: Callable[[str], None] | None = Non
     return status
 
 
-def _exit_status(codes: list[int | None], settings: TokenizeSettings, signalled: bool) -> int:
+def _exit_status(codes: list[int | None], settings: TokenizeSettings, entries: list[ShardEntry],
+                 signalled: bool) -> int:
     """The launch's status from its workers'. A signal that arrived after every worker had
     finished its work interrupted nothing, so it does not turn a complete run into 75."""
     finished = all(c in (EXIT_OK, EXIT_SHARDS_FAILED) for c in codes)
@@ -202,7 +202,6 @@ def _exit_status(codes: list[int | None], settings: TokenizeSettings, signalled:
     if EXIT_INTERRUPTED in codes or (signalled and not finished):
         return EXIT_INTERRUPTED
     root = OutputRoot(settings.output_root)
-    entries = read_manifest(settings.manifest, check_files=False)  # checked at pinning
     failed = [e for e in entries if e.split in settings.splits and root.failed(e.id).exists()]
     if failed or EXIT_SHARDS_FAILED in codes:
         return EXIT_SHARDS_FAILED
