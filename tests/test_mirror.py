@@ -293,6 +293,40 @@ def test_failed_file_is_the_only_one_fetched_by_the_next_process(hf, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["cache_dir", "local_dir"])
+def test_a_failed_file_does_not_stop_the_files_after_it(hf, tmp_path, mode):
+    # one download at a time, the first file in the queue failing: every other file is still fetched
+    train = sorted(p for p in SHARDS if p.startswith("train/"))
+    hf.fail_file(SLIM, train[0], status=503)
+    target = {mode: tmp_path / mode}
+
+    with pytest.raises(MirrorError) as info:
+        mirror(SLIM, include=["train/*"], max_workers=1, log=_quiet, **target)
+
+    message = str(info.value)
+    assert f"1 of {len(train)} file(s)" in message and train[0] in message and "503" in message
+    assert sorted(r.path for r in hf.requests if r.method == "GET" and r.route == "resolve" and r.status == 200) \
+        == train[1:]
+    hf.clear_faults()
+    hf.reset_requests()
+    result = mirror(SLIM, include=["train/*"], max_workers=1, log=_quiet, **target)
+    assert [r.path for r in hf.requests if r.method == "GET" and r.route == "resolve"] == [train[0]]
+    assert _tree(result.snapshot_path) == {p: SLIM_FILES[p] for p in train}
+
+
+def test_refused_access_to_a_file_stops_the_run_at_once(hf, tmp_path):
+    train = sorted(p for p in SHARDS if p.startswith("train/"))
+    hf.fail_file(SLIM, train[0], status=403)
+
+    with pytest.raises(MirrorError, match="refused access"):
+        mirror(SLIM, include=["train/*"], max_workers=1, cache_dir=tmp_path / "cache", log=_quiet)
+
+    # the failing file was the first of the queue; the one thread may have begun the next file
+    # before the failure was seen, but no later one
+    gets = [r.path for r in hf.requests if r.method == "GET" and r.route == "resolve"]
+    assert gets[0] == train[0] and len(gets) <= 2 < len(train)
+
+
+@pytest.mark.parametrize("mode", ["cache_dir", "local_dir"])
 def test_second_run_downloads_nothing(hf, tmp_path, mode):
     target = {mode: tmp_path / mode}
     first = mirror(SLIM, include=["train/*"], log=_quiet, **target)

@@ -1,27 +1,30 @@
 """Stage 1, before the manifest: bring a Hub repo (SlimPajama shards, a tokenizer) onto disk.
 
-:func:`mirror` plans and checks before it downloads; the transfer itself is
-``huggingface_hub.snapshot_download``:
+:func:`mirror` plans and checks before it downloads; each file is fetched by
+``huggingface_hub.hf_hub_download``:
 
 1. resolve the requested revision to a commit (``HfApi.repo_info``), so every later step, the
    download included, sees the same commit even if the branch moves meanwhile;
 2. list the repo tree at that commit (``HfApi.list_repo_tree``) and filter it with the include and
    exclude globs through ``huggingface_hub.utils.filter_repo_objects``, the function
-   ``snapshot_download`` filters with, so both agree on the file set (``*`` also matches ``/``; a
-   pattern ending in ``/`` means the whole folder);
+   ``snapshot_download`` filters with, so a mirror selects what a Hub user expects (``*`` also
+   matches ``/``; a pattern ending in ``/`` means the whole folder);
 3. find the files already complete on disk (below) and the bytes still to fetch, and refuse, with
    the numbers, when fetching them would leave less than ``min_free_fraction`` of the disk free;
-4. call ``snapshot_download`` pinned to the commit (with everything present it makes no request:
-   it reuses its tree cache and finds every file), then check every file's size on disk; its
-   progress reaches a :class:`~slimtok.progress.ProgressDisplay` through its ``tqdm_class`` hook
-   (:class:`_HubTally`);
+4. download the missing files only, ``max_workers`` at a time, pinned to the commit (with
+   everything present no request is made). A file that fails (an HTTP error, a dropped
+   connection, a short body) does not stop the others: every failed file is named at the end and
+   the rest are kept, so the next run fetches exactly the failed ones. Failures that would fail every
+   file (access refused, offline mode, a full disk) stop the run at once. Then every file's size is
+   checked on disk. Progress reaches a :class:`~slimtok.progress.ProgressDisplay` through
+   huggingface_hub's ``tqdm_class`` hook (:class:`_HubTally`);
 5. write the mirror record (:mod:`slimtok.mirror.record`) and, in cache mode, ``refs/<revision>``.
 
 Where files land:
 
 * cache mode (``cache_dir``, default the huggingface_hub cache): the Hugging Face cache layout,
   ``CACHE/datasets--org--name/{blobs,snapshots/<commit>,refs}``; the snapshot folder is the dataset
-  root. ``snapshot_download`` writes no ref when given a commit, so slimtok writes
+  root. huggingface_hub writes no ref when given a commit, so slimtok writes
   ``refs/<revision>`` (atomically) after a successful run: offline huggingface_hub users and
   ``slimtok manifest --dataset-dir CACHE/datasets--org--name`` then find the snapshot, and a ref
   never names a snapshot that slimtok left half-done.
@@ -55,7 +58,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -63,7 +66,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from huggingface_hub import HfApi, RepoFile, constants, get_token, snapshot_download
+from huggingface_hub import HfApi, RepoFile, constants, get_token, hf_hub_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -124,7 +127,7 @@ class _Target:
 
     root: Path
     repo_folder: Path | None  # the cache's datasets--org--name folder; None in local-dir mode
-    download_kwargs: dict[str, Path]  # cache_dir= or local_dir= for snapshot_download
+    download_kwargs: dict[str, Path]  # cache_dir= or local_dir= for hf_hub_download
 
 
 @dataclass(frozen=True)
@@ -178,17 +181,15 @@ def mirror(repo_id: str, *, repo_type: str = "dataset", revision: str | None = N
         log(f"{path} differs from the Hub's copy (size or checksum); removing it so it is fetched again")
         path.unlink(missing_ok=True)  # two files with equal content share a blob
 
-    tally = _HubTally(progress(len(files), to_fetch)) if progress is not None else None
+    # a present blob whose snapshot entry is gone is linked again by huggingface_hub, without a GET
+    fetch = plan.missing + [f for f in plan.present if not os.path.lexists(target.root / f.path)]
+    tally = _HubTally(progress(len(files), to_fetch), len(files) - len(fetch)) if progress is not None else None
     try:
-        with _plain_hub_errors(label, revision):
-            snapshot = Path(snapshot_download(
-                repo_id, repo_type=repo_type, revision=commit, allow_patterns=allow or None,
-                ignore_patterns=ignore or None, max_workers=max_workers, library_name="slimtok",
-                library_version=__version__, tqdm_class=tally.bar_class() if tally else None,
-                **target.download_kwargs))
+        _fetch(repo_id, repo_type, commit, fetch, target, max_workers, tally, label, revision)
     finally:
         if tally is not None:
             tally.display.close()
+    snapshot = target.root
     _check_sizes(snapshot, files, label)
 
     run = MirrorRun(revision=revision, include=allow, exclude=ignore, started_at=started_at,
@@ -243,7 +244,7 @@ def _list_files(api: HfApi, repo_id: str, repo_type: str, commit: str) -> list[R
 
 def _select(files: list[RecordedFile], include: list[str], exclude: list[str], label: str,
             commit: str) -> list[RecordedFile]:
-    """The files snapshot_download will fetch for these globs, sorted by path; none is an error."""
+    """The files these globs select, sorted by path; none is an error."""
     selected = sorted(filter_repo_objects(files, allow_patterns=include or None, ignore_patterns=exclude or None,
                                           key=lambda f: f.path),
                       key=lambda f: f.path)
@@ -259,44 +260,94 @@ def _select(files: list[RecordedFile], include: list[str], exclude: list[str], l
 # -- progress ------------------------------------------------------------------------------------
 
 
+def _fetch(repo_id: str, repo_type: str, commit: str, files: list[RecordedFile], target: _Target,
+           max_workers: int, tally: _HubTally | None, label: str, revision: str) -> None:
+    """Download ``files``, ``max_workers`` at a time; raise one :class:`MirrorError` naming
+    every file that failed once all the others are done, or at once for a failure every file would meet."""
+    def one(f: RecordedFile) -> None:
+        hf_hub_download(repo_id, f.path, repo_type=repo_type, revision=commit, library_name="slimtok",
+                        library_version=__version__, tqdm_class=tally.bar_class(f.path) if tally else None,
+                        **target.download_kwargs)
+
+    failed: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers) as pool:
+        running: dict[Future[None], RecordedFile] = {pool.submit(one, f): f for f in files}
+        for future in as_completed(running):
+            exc = future.exception()
+            if exc is None:
+                if tally is not None:
+                    tally.file_done()
+            elif _only_this_file(exc):
+                failed.append((running[future].path, _first_line(exc)))
+            else:
+                pool.shutdown(wait=True, cancel_futures=True)
+                with _plain_hub_errors(label, revision):
+                    future.result()
+    if failed:
+        failed.sort()
+        named = "; ".join(f"{path}: {why}" for path, why in failed[:3])
+        more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+        raise MirrorError(f"{len(failed)} of {len(files)} file(s) of {label} could not be downloaded, the other "
+                          f"{len(files) - len(failed)} were ({_RESUME_HINT}). {named}{more}")
+
+
+def _only_this_file(exc: BaseException) -> bool:
+    """Whether a download failure concerns one file only (an HTTP error other than refused access, a
+    transport failure, a short body), so the other files are still worth fetching."""
+    if isinstance(exc, (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError, OfflineModeIsEnabled)):
+        return False
+    if isinstance(exc, HfHubHTTPError):
+        return _status(exc) not in (401, 403)
+    if isinstance(exc, (TransportError, LocalEntryNotFoundError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno is None
+
+
 class _HubTally:
-    """What ``snapshot_download`` reports through the bars it makes with its ``tqdm_class``, fed
-    to ``display``: files finished (its file-count bar goes up by one per file, present ones
-    included) and bytes fetched (its byte bars, updated per chunk from every download thread).
+    """What the downloads report through the bars huggingface_hub makes with their ``tqdm_class``,
+    fed to ``display``: files finished and bytes fetched (byte bars, updated per chunk from every
+    download thread).
 
-    It feeds two byte bars, bytes written to disk and bytes received; over HTTP both get every
-    chunk and over Xet the received ones can only be fewer (compression), so the larger of the
-    two is the bytes written, the figure ``to_fetch`` counts."""
+    One file may feed more than one byte bar (over Xet, bytes received and bytes written; the
+    received can only be fewer, as they are compressed), so a file's bytes are the largest of its
+    bars, the figure ``to_fetch`` counts."""
 
-    def __init__(self, display: ProgressDisplay):
+    def __init__(self, display: ProgressDisplay, files: int):
         self.display = display
-        self.files = 0
-        self.byte_bars: list[_Bar] = []
+        self.files = files
+        self.nbytes = 0
+        self._per_file: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._show()
 
-    def bar_class(self) -> Callable[..., _Bar]:
-        """What to pass as ``tqdm_class`` (huggingface_hub only calls it with keyword arguments)."""
-        return functools.partial(_Bar, self)
+    def bar_class(self, path: str) -> Callable[..., _Bar]:
+        """What to pass as ``tqdm_class`` for ``path`` (huggingface_hub calls it with keyword arguments only)."""
+        return functools.partial(_Bar, self, path)
 
     def moved(self, bar: _Bar, n: float) -> None:
         with self._lock:
             bar.n += n
-            if bar.counts_bytes:
-                if bar not in self.byte_bars:
-                    self.byte_bars.append(bar)
-            else:
-                self.files += int(n)
-            done = int(max((b.n for b in self.byte_bars), default=0))
-            self.display.update(self.files, None, None, done)
+            if bar.counts_bytes and bar.n > self._per_file.get(bar.path, 0):
+                self.nbytes += int(bar.n - self._per_file.get(bar.path, 0))
+                self._per_file[bar.path] = bar.n
+                self._show()
+
+    def file_done(self) -> None:
+        with self._lock:
+            self.files += 1
+            self._show()
+
+    def _show(self) -> None:
+        self.display.update(self.files, None, None, self.nbytes)
 
 
 class _Bar:
-    """Stands in for one of ``snapshot_download``'s bars: draws nothing, tells the tally; has the
-    attributes huggingface_hub sets and reads on its bars (``n``, ``total``, ``format_dict``)."""
+    """Stands in for one of huggingface_hub's bars for file ``path``: draws nothing, tells the tally;
+    has the attributes huggingface_hub sets and reads on its bars (``n``, ``total``, ``format_dict``)."""
 
-    def __init__(self, tally: _HubTally, total: float | None = None, initial: float = 0, unit: str = "it",
-                 **_drawing: Any):
-        self.tally, self.total, self.n, self.counts_bytes = tally, total, 0.0, unit == "B"
+    def __init__(self, tally: _HubTally, path: str, total: float | None = None, initial: float = 0,
+                 unit: str = "it", **_drawing: Any):
+        self.tally, self.path, self.total, self.n, self.counts_bytes = tally, path, total, 0.0, unit == "B"
         self.format_dict: dict[str, Any] = {}
         if initial:
             self.update(initial)
