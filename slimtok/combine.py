@@ -420,7 +420,8 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
             display.update(*done)
 
     try:
-        meta = _write_and_publish(root, plans, job, results, verify, exclude, consume, advance, log)
+        meta = _write_and_publish(root, plans, job, results, verify, exclude, consume, advance,
+                                  display.above(log) if display is not None else log)
     finally:
         if display is not None:
             display.close()

@@ -130,6 +130,20 @@ class ProgressDisplay:
                                    "unknown (nothing moved recently)" if left else duration(0)))
         return (f"{self.label}: " if self.label else "") + " · ".join(parts)
 
+    def above(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """``log`` made to print its lines above the bar rather than after it on the bar's own line:
+        the bar is cleared, the line printed (``log`` must flush), the bar drawn again below it."""
+        if self.bar is None:
+            return log
+
+        def say(text: str) -> None:
+            with self._lock:
+                assert self.bar is not None
+                self.bar.clear()
+                log(text)
+                self._draw()
+        return say
+
     def close(self, final_line: str | None = None) -> None:
         """Stop the bar (left on screen) and print ``final_line`` (default: the figures' line)."""
         self._stop.set()

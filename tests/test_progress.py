@@ -4,6 +4,7 @@ that count only this launch's work over the last window; combine's display over 
 import fcntl
 import io
 import os
+import re
 import select
 import struct
 import termios
@@ -159,6 +160,27 @@ def test_combine_draws_a_bar_on_a_terminal(tokenized, tmp_path):
     shutil.copytree(tokenized, quiet)
     text = slimtok("combine", "--output-root", quiet, "--quiet").stderr
     assert "%|" not in text and text.splitlines()[-1].startswith("combine: shards 7/7 · ")
+
+
+def test_combine_prints_its_lines_above_the_bar_not_on_it(tokenized, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(tokenized, root)
+    master, slave = terminal()
+    # stdout and stderr on one terminal, as an operator runs it
+    proc = subprocess.Popen([sys.executable, "-m", "slimtok", "combine", "--output-root", str(root)],
+                            stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = ""
+    while proc.poll() is None:
+        seen += drain_pty(master, wait=0.1)
+    seen += drain_pty(master)
+    os.close(master)
+    assert proc.returncode == 0, seen
+    said = [m.start() for m in re.finditer(re.escape(str(root / "train.bin")) + ": 5 shards", seen)]
+    assert said and "%|" in seen
+    # each line starts a line of the terminal: after the bar was cleared (a carriage return), never
+    # right after the bar's closing "|"
+    assert all(seen[i - 1] in "\r\n" for i in said), [seen[max(0, i - 40):i + 10] for i in said]
 
 
 def test_a_resumed_consume_counts_the_shards_moved_before_as_the_baseline(tokenized, tmp_path):
