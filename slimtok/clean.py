@@ -120,6 +120,7 @@ def clean(output_root: str | os.PathLike[str], dry_run: bool = False,
             except OSError as exc:
                 raise CleanError(f"cannot be removed: {exc.strerror or exc}", removal.path,
                                  "fix its permissions and run clean again (the root stays usable meanwhile)") from exc
+        root.prune_empty(r.path for r in report.removals)
     return report
 
 

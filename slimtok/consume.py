@@ -139,6 +139,7 @@ def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings,
                 advance(record)
     finally:
         os.close(fd)
+    root.prune_empty(root.resolve(r.file) for r in plan.done)
     dest, index = root.combined(plan.split), root.doc_index(plan.split)
     with open(pending.tmp(index), "xb") as f:
         ends = DocEnds(f)

@@ -72,7 +72,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 import orjson
@@ -491,6 +491,20 @@ class OutputRoot:
 
     def resolve(self, relative: str) -> Path:
         return self.root / relative
+
+    def prune_empty(self, removed: Iterable[Path]) -> None:
+        """Remove the folders left empty by removing ``removed`` (e.g. ``shards/train/chunk1/``),
+        up to but not including the root's own folders (``shards/``, ``locks/``, ...). A folder a
+        file is still in, or that another process refilled meanwhile, stays (``rmdir`` refuses)."""
+        for folder in sorted({p.parent for p in removed}, key=lambda f: len(f.parts), reverse=True):
+            while folder.parent != self.root and self.root in folder.parents:
+                try:
+                    folder.rmdir()
+                except FileNotFoundError:
+                    pass  # removed already, by this loop for another file or by an earlier run
+                except OSError:  # not empty
+                    break
+                folder = folder.parent
 
 
 def ids_under(folder: Path, suffix: str) -> set[str]:

@@ -84,6 +84,7 @@ def test_clean_frees_the_shards_and_validate_status_export_combine_still_work(to
     assert f"freed {shard_bytes + junk_bytes:,} bytes" in out.splitlines()[-1]
     assert not [p for p in junk if p.exists()]
     assert not list((root / "shards").rglob("*.bin")) and not list((root / "documents").rglob("*.part"))
+    assert list((root / "shards").iterdir()) == []  # no empty train/chunk1/ ... folders are left behind
     assert all((root / r.table).exists() and (root / "done" / f"{r.shard}.json").exists() for r in records)
     meta = orjson.loads((root / "meta.json").read_bytes())
     assert all(entry["consumed"] for entry in meta["splits"].values())

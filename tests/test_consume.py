@@ -48,6 +48,7 @@ def test_kill_9_during_consume_then_relaunch_is_byte_identical_to_copying(tmp_pa
         for name in names:
             assert (root / name).read_bytes() == (copying / name).read_bytes(), (run, name)
         assert not list((root / "shards").rglob("*.bin"))  # moved, not copied
+        assert list((root / "shards").iterdir()) == []  # and their emptied folders removed
         assert not [p.name for p in root.iterdir() if p.name.startswith(".")]
     assert "all checks passed" in slimtok("validate", "--output-root", root, "--block-size", "64").stdout
     slimtok("export", "megatron", "--output-root", root, "--prefix", "m")
