@@ -1172,14 +1172,22 @@ PEER_PACKAGES = ("datatrove", "datasets", "zstandard", "orjson")
 
 # Shared by both drivers: read the job, time the peer's work, report wall, CPU (this process and
 # every descendant it has reaped, i.e. the pool workers) and the peak RSS of the largest of them.
+# The driver's own peak is its VmHWM: its ru_maxrss would start from the bench's RSS at the fork
+# that launched it (Linux keeps the larger across exec); its children's ru_maxrss is their own.
 PEER_PRELUDE = """
 import json, resource, sys, time
 from pathlib import Path
 job = json.loads(Path(sys.argv[1]).read_text())
 
+def own_peak():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
 def usage():
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime, max(s.ru_maxrss, c.ru_maxrss) * 1024
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime, max(own_peak(), c.ru_maxrss * 1024)
 
 def report(wall, cpu0):
     cpu, rss = usage()
