@@ -4,6 +4,7 @@ own shard tokens (split at eos), and the output read back by validate, slimtok.d
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
 import subprocess
 import sys
@@ -487,6 +488,29 @@ def test_dedup_drops_what_an_earlier_source_gave(planted, tmp_path):
     data["dedup"] = False
     plan, _ = mix(parse_spec(data), None)
     assert plan.sources[1].duplicate_documents == 0 and plan.sources[1].candidates == 20
+
+
+def test_an_infeasible_dedup_mix_names_the_largest_total_that_fits(planted):
+    a_docs, b_docs = _docs(planted["a_root"]), _docs(planted["b_root"])
+    want, _ = _keep_first((planted["a"], a_docs), (planted["b"], b_docs))
+    a_all, b_all = sum(len(d) // 4 for d in a_docs), sum(len(d) // 4 for d in b_docs)
+    b_left = sum(len(d) // 4 for d in want[len(a_docs):])  # b once a gave everything
+
+    def spec(total):
+        return parse_spec({"seed": 3, "shuffle": "none", "dedup": True, "total_tokens": total, "sources": [
+            {"name": "a", "root": str(planted["a_root"]), "weight": 0.5},
+            {"name": "b", "root": str(planted["b_root"]), "weight": 0.5}]})
+
+    with pytest.raises(MixError) as exc:
+        mix(spec(2 * b_all), None)
+    found = re.search(r"the largest total that fits is about ([\d,]+) tokens", str(exc.value))
+    assert found, str(exc.value)
+    largest = int(found.group(1).replace(",", ""))
+    # b keeps at least what is left once a gave everything, and never more than all of it
+    assert 2 * b_left * 0.999 <= largest <= min(2 * b_all, 2 * a_all)
+    mix(spec(largest), None)  # fits
+    with pytest.raises(MixError, match="duplicate documents are dropped"):
+        mix(spec(int(largest * 1.002) + 2), None)  # past the bisection's 0.1 %: does not
 
 
 def test_a_deduplicated_root_is_mixed_without_its_drops(planted, tmp_path):

@@ -20,7 +20,7 @@ end to end and ``row`` its row in that shard's document table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -369,6 +369,74 @@ def carve(picks: np.ndarray, blocks: list[tuple[int, int]], validation: dict, gr
     return picks[:kept], order(val, group, rng)
 
 
+class _Short(Exception):
+    """With ``dedup: true``, source ``index`` has too few tokens left after the earlier sources' takes."""
+
+    def __init__(self, index: int, target: int, scan: _Scan):
+        super().__init__(index)
+        self.index, self.target, self.scan = index, target, scan
+
+
+def _select(spec: MixSpec, sources: list[SourceDocs], seeds: list[np.random.SeedSequence], scans: list[_Scan],
+            wanted: np.ndarray) -> tuple[list[_Choice], list[Hashes], list[_Scan]]:
+    """Every source's choice for its target in spec order (with ``dedup``, each after dropping what
+    the earlier ones took), the hashes each passes on, and the scans they were chosen from; raises
+    :class:`_Short` where a source cannot meet its target within ``max_epochs``."""
+    scans = list(scans)
+    taken, parts, choices = Hashes(), [], []
+    for i, (s, seed, target) in enumerate(zip(sources, seeds, wanted)):
+        if spec.dedup and len(taken):
+            scans[i] = scan = _scan(s, seed, taken)
+            if not scan.available:
+                raise MixError(f"source {s.spec.name!r}: every document is a duplicate of an earlier source's",
+                               s.spec.root, "drop the source or turn dedup off")
+            if target > int(np.floor(scan.available * s.spec.max_epochs)):
+                raise _Short(i, int(target), scan)
+        choices.append(_choose(s, seed, taken, int(target), scans[i]))
+        if spec.dedup and i + 1 < len(sources):
+            parts.append(_taken_hashes(s, seed, taken, choices[-1]))
+            taken = taken.union(parts[-1].hi, parts[-1].lo)
+    return choices, parts, scans
+
+
+def _largest_dedup_total(spec: MixSpec, sources: list[SourceDocs], seeds: list[np.random.SeedSequence],
+                         scans: list[_Scan]) -> int | None:
+    """The largest ``total_tokens`` (to 0.1 %) a ``dedup: true`` mix can meet, None if not even the
+    sources' own ``tokens`` fit. Bisection is exact here: a larger total gives every source a
+    larger target, whose sample holds the smaller one's (the smallest keys), so each later source
+    keeps fewer documents and needs more tokens: once a total fails, every larger one fails too.
+    Each step plans the sources again."""
+    assert spec.total_tokens is not None
+    available = [sc.available for sc in scans]
+
+    def fits(total: int) -> bool:
+        try:
+            _select(spec, sources, seeds, scans, targets(replace(spec, total_tokens=total), sources, available))
+        except (_Short, MixError):
+            return False
+        return True
+
+    lo, hi = sum(s.spec.tokens or 0 for s in sources), spec.total_tokens  # hi does not fit
+    if not fits(lo):
+        return None
+    while hi - lo > max(1, hi // 1000):
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def _largest_note(spec: MixSpec, sources: list[SourceDocs], seeds: list[np.random.SeedSequence],
+                  scans: list[_Scan]) -> str:
+    """The refusal's hint at the total that would fit (none when every source gives its own
+    ``tokens``: the message already names the source to lower)."""
+    if spec.total_tokens is None:
+        return ""
+    largest = _largest_dedup_total(spec, sources, seeds, scans)
+    if largest is None:
+        return "; no total_tokens fits: the sources' own `tokens` targets alone do not"
+    return f"; the largest total that fits is about {largest:,} tokens"
+
+
 def make_plan(spec: MixSpec, sources: list[SourceDocs]) -> Plan:
     """The whole plan; raises MixError before anything is written when it cannot be met."""
     seeds = np.random.SeedSequence(spec.seed).spawn(len(sources) + 2)
@@ -379,20 +447,12 @@ def make_plan(spec: MixSpec, sources: list[SourceDocs]) -> Plan:
             raise MixError(f"source {s.spec.name!r}: no documents left to draw from "
                            f"({scan.duplicate_documents:,} dropped by the root's dedup)", s.spec.root)
     wanted = targets(spec, sources, [sc.available for sc in scans])
-    taken, parts, choices = Hashes(), [], []
-    for i, (s, seed, target) in enumerate(zip(sources, seeds, wanted)):
-        if spec.dedup and len(taken):
-            scans[i] = scan = _scan(s, seed, taken)
-            if not scan.available:
-                raise MixError(f"source {s.spec.name!r}: every document is a duplicate of an earlier source's",
-                               s.spec.root, "drop the source or turn dedup off")
-            if target > int(np.floor(scan.available * s.spec.max_epochs)):
-                raise _refuse(s, target, scan.available, f" once {scan.duplicate_documents:,} duplicate documents "
-                              "are dropped", "")
-        choices.append(_choose(s, seed, taken, int(target), scans[i]))
-        if spec.dedup and i + 1 < len(sources):
-            parts.append(_taken_hashes(s, seed, taken, choices[-1]))
-            taken = taken.union(parts[-1].hi, parts[-1].lo)
+    try:
+        choices, parts, scans = _select(spec, sources, seeds, scans, wanted)
+    except _Short as short:
+        raise _refuse(sources[short.index], short.target, short.scan.available,
+                      f" once {short.scan.duplicate_documents:,} duplicate documents are dropped",
+                      _largest_note(spec, sources, seeds, scans)) from None
     picks = np.empty(sum(c.count for c in choices), dtype=PICK_DTYPE)
     at, blocks, taken = 0, [], Hashes()
     for i, (s, seed, choice) in enumerate(zip(sources, seeds, choices)):
