@@ -254,6 +254,8 @@ def test_output_reads_with_validate_data_and_export(roots, tmp_path):
     assert data.document(0).tobytes() == _out_docs(out)[0]
     prefixes = export_megatron(out, "mixed", log=lambda _: None)
     assert all(Path(f"{p}.bin").exists() for p in prefixes)
+    shown = slimtok("status", "--output-root", out).stdout  # a root no tokenize worker ever ran on
+    assert "every shard is done" in shown and "ETA unknown" not in shown
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,8 @@ def throughput_line(status: JobStatus) -> str:
     """Rates over the latest run of workers (or its last --window), and the ETA at that rate."""
     tp = status.throughput
     if tp.seconds <= 0:
+        if status.eta_seconds == 0:  # e.g. a mix's output, written without tokenize workers
+            return "throughput: no worker heartbeat here · every shard is done"
         return "throughput: no worker heartbeat yet · ETA unknown"
     if tp.running:
         span = f"this run, last {duration(tp.seconds)}"
