@@ -272,17 +272,20 @@ def _fetch(repo_id: str, repo_type: str, commit: str, files: list[RecordedFile],
     failed: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers) as pool:
         running: dict[Future[None], RecordedFile] = {pool.submit(one, f): f for f in files}
-        for future in as_completed(running):
-            exc = future.exception()
-            if exc is None:
-                if tally is not None:
-                    tally.file_done()
-            elif _only_this_file(exc):
-                failed.append((running[future].path, _first_line(exc)))
-            else:
-                pool.shutdown(wait=True, cancel_futures=True)
-                with _plain_hub_errors(label, revision):
-                    future.result()
+        try:
+            for future in as_completed(running):
+                exc = future.exception()
+                if exc is None:
+                    if tally is not None:
+                        tally.file_done()
+                elif _only_this_file(exc):
+                    failed.append((running[future].path, _first_line(exc)))
+                else:
+                    with _plain_hub_errors(label, revision):
+                        future.result()
+        except BaseException:  # a failure every file would meet, or Ctrl-C: start no other file
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     if failed:
         failed.sort()
         named = "; ".join(f"{path}: {why}" for path, why in failed[:3])
