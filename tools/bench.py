@@ -86,7 +86,16 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
     def add(self, r: Result) -> None:
+        """Keep ``r`` and show it at once on stderr (the table comes at the end, on stdout)."""
         self.runs.setdefault(r.name, []).append(r)
+        cpu = f", {r.text_bytes / 1e6 / r.cpu:,.1f} MB/CPU-s" if r.cpu else ""
+        print(f"[bench] {r.name} (run {len(self.runs[r.name])}): {r.text_bytes / 1e6 / max(r.wall, 1e-9):,.1f} "
+              f"MB/wall-s{cpu}", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        """Keep a note for the end of the table and show it at once on stderr."""
+        self.notes.append(text)
+        print(f"[bench] {text}", file=sys.stderr, flush=True)
 
     def median(self, name: str, attr: str) -> float:
         rs = self.runs[name]
