@@ -841,6 +841,7 @@ def _noop_worker_child(spec: str, index: str, out: str) -> None:
     class NoopEncoder:
         report = None
         backend = "none"
+        chars = {"tokenizers": 0, "fastokens": 0}
 
         def __init__(self, *a, **k):
             self.report = type("R", (), {"requested": "none", "backend": "none", "verification": "no-op"})()
