@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from corpus import make_dataset, reference_ids, slimtok
@@ -57,9 +58,41 @@ def _loads_or_encodes(names: list[str]) -> list[str]:
                                                      "encode_batch_fast", "encode"}]
 
 
-def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sample(dataset, bpe_tokenizer, tmp_path):
+def _tight_disk(monkeypatch, free: int, total: int) -> None:
+    """The filesystem of every output root seen as ``free`` of ``total`` bytes."""
+    import slimtok.budget
+    import slimtok.job
+
+    def space(path):
+        return slimtok.budget.DiskSpace(str(path), free, total)
+
+    monkeypatch.setattr(slimtok.budget, "disk_space", space)
+    monkeypatch.setattr(slimtok.job, "disk_space", space)
+
+
+def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sample(dataset, bpe_tokenizer, tmp_path,
+                                                                                    monkeypatch):
+    """With little room the bound on the tokens does not show room: the sample is encoded, pinned
+    and reused by the relaunch, which loads and encodes nothing."""
+    from slimtok.budget import estimate_token_bytes, sample_ratios
+    from slimtok.job import _bound_count, _encode_count, requested_job
+    from slimtok.manifest import read_manifest
+    from slimtok.tokenizer import load_tokenizer
+    from slimtok.tokenizer.loading import text_growth
+
     root = tmp_path / "out"
     settings = TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(bpe_tokenizer))
+    # room for the encoded estimate, not for the bounded one (both computed here, independently of pin_job)
+    entries = read_manifest(dataset)
+    loaded = load_tokenizer(str(bpe_tokenizer))
+    job = requested_job(settings, entries, loaded)
+    spec = orjson.loads((bpe_tokenizer / "tokenizer.json").read_bytes())
+    growth = text_growth(spec["normalizer"], spec["pre_tokenizer"])
+    real = estimate_token_bytes(entries, 2, sampled=sample_ratios(entries, _encode_count(loaded.tokenizer, job)))
+    bound = estimate_token_bytes(entries, 2, bounds=sample_ratios(entries, _bound_count(growth, job)))
+    assert real.high < bound.high
+    total = 10 * bound.high
+    _tight_disk(monkeypatch, total // 10 + (real.high + bound.high) // 2, total)  # 10% is kept free
     first_lines: list[str] = []
     with builtin_calls() as first:
         pinned = pin_job(settings, say=first_lines.append)
@@ -79,6 +112,24 @@ def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sam
     for f in bpe_tokenizer.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     assert pin_job(TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(copy))) == relaunched
+
+
+def test_with_ample_room_the_launch_encodes_no_sample_and_pins_none(dataset, bpe_tokenizer, tmp_path, monkeypatch):
+    """An upper bound on the tokens (every token covers a byte of text) that leaves room settles the
+    disk check: the first launch encodes no sample, and a relaunch loads and encodes nothing."""
+    import slimtok.job
+
+    monkeypatch.setattr(slimtok.job, "_encode_count", lambda *a: pytest.fail("a disk sample was encoded"))
+    root = tmp_path / "out"
+    settings = TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(bpe_tokenizer))
+    lines: list[str] = []
+    pinned = pin_job(settings, say=lines.append)
+    assert pinned.sampled_ratios == {}
+    assert any(line.startswith("disk: about") and "upper bound from the text of" in line for line in lines)
+    again: list[str] = []
+    with builtin_calls() as calls:
+        assert pin_job(settings, say=again.append) == pinned
+    assert [n for n in _loads_or_encodes(calls) if not n.startswith("str.")] == [] and again == lines
 
 
 def test_a_relaunch_with_every_shard_done_starts_no_worker_and_imports_no_heavy_module(dataset, bpe_tokenizer,

@@ -186,3 +186,43 @@ def test_offline_hub_id_gets_slimtoks_hint(tmp_path):
             "except TokenizerError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert "HF_HUB_OFFLINE" in out and "slimtok mirror acme/no-such-tokenizer" in out
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("bos,special", [("auto", "literal"), ("never", "parse")])
+def test_the_fast_pin_route_pins_what_the_compact_route_pins(families, name, bos, special, tmp_path):
+    """A small job parses the file as it is and copies the canonical JSON; a large one parses the
+    compact form. The job record asked for, and the tokenizer the copy loads to, are the same."""
+    from slimtok.job import TokenizeSettings, requested_job
+    from slimtok.manifest import ShardEntry
+
+    folder = families(name)
+    compact = load_tokenizer(str(folder), bos=bos, special_text=special, compact=True)
+    plain = load_tokenizer(str(folder), bos=bos, special_text=special, compact=False)
+    settings = TokenizeSettings(manifest="m", output_root=str(tmp_path), tokenizer=str(folder), bos=bos,
+                                special_text=special)
+    entries = [ShardEntry(id="train/chunk1/a", split="train", chunk=1, index=0, path="a", size=10)]
+    assert requested_job(settings, entries, plain) == requested_job(settings, entries, compact)
+    assert plain.growth == compact.growth
+    assert Tokenizer.from_str(plain.file_text().decode()).to_str() == compact.canonical_json
+    assert plain.file_text() == compact.canonical_json.encode()
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_token_bound_holds_for_every_family(families, name):
+    """The disk budget may skip its encoded sample on the bound: no text may exceed it, including
+    text that the normalization forms and lowercasing lengthen."""
+    from slimtok.job import _bound_count
+    from slimtok.protocol import JobSettings
+
+    folder = families(name)
+    loaded = load_tokenizer(str(folder), bos="never")
+    if loaded.growth is None:
+        pytest.skip(f"{name}: its normalizer or pre-tokenizer allows no bound (the sample is encoded)")
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    job = JobSettings(manifest_sha256="", shards=0, tokenizer="", tokenizer_sha256="", vocab_size=0, eos_token_id=0,
+                      eos_token=None, dtype="uint32", text_key="text")
+    texts = documents(folder) + ["\ufdfa" * 50, "\u0130\u023a" * 40, "ﬃ㍿" * 30, "東" * 100, " " * 300, "a b " * 99]
+    bound = _bound_count(loaded.growth, job)
+    for text in texts:
+        assert len(tok.encode(text, add_special_tokens=False).ids) + 1 <= bound([text]), (name, text[:20])
