@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from . import __version__
-from .budget import (check_free_space, disk_space, estimate_token_bytes, format_bytes, has_room, sample_ratios)
+from .budget import check_free_space, disk_space, estimate_token_bytes, format_bytes, has_room, sample_ratios
 from .errors import JobMismatch, ManifestError, TokenizerError
 from .manifest import ShardEntry, manifest_digest, read_manifest
 from .protocol import (DEFAULT_SOURCE_KEY, PROTOCOL_VERSION, SPLITS, JobSettings, OutputRoot, create_exclusive,
@@ -40,13 +40,6 @@ TOKENS_PER_WRITE = 131072
 CHECKPOINT_EVERY = 5.0
 STALE_AFTER = 300.0
 MIN_FREE_FRACTION = 0.1
-#: A job of at least this much compressed source copies its tokenizer in the compact form (BPE
-#: merges as "a b" strings), else as the canonical JSON. The compact form costs the launcher ~0.4
-#: CPU-s more (Qwen3: an orjson pass over the file and a second serialization) and saves every
-#: later load of the copy ~15% (tokenizers ~0.07 CPU-s, fastokens ~0.3); a worker loads fastokens
-#: only once the reference's encoding has paid for it (slimtok.tokenizer.encoder
-#: FASTOKENS_LOAD_FACTOR: some MB of text), so below this size the launcher's cost is not repaid.
-COMPACT_COPY_SOURCE_BYTES = 64 << 20
 
 
 @dataclass
@@ -147,8 +140,7 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
         return pinned
     from .tokenizer import load_tokenizer
 
-    tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text,
-                         compact=sum(e.size for e in entries) >= COMPACT_COPY_SOURCE_BYTES)
+    tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text)
     requested = requested_job(settings, entries, tok)
     for line in requested.policy_notes if say else ():
         say(line)

@@ -189,23 +189,17 @@ def test_offline_hub_id_gets_slimtoks_hint(tmp_path):
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-@pytest.mark.parametrize("bos,special", [("auto", "literal"), ("never", "parse")])
-def test_the_fast_pin_route_pins_what_the_compact_route_pins(families, name, bos, special, tmp_path):
-    """A small job parses the file as it is and copies the canonical JSON; a large one parses the
-    compact form. The job record asked for, and the tokenizer the copy loads to, are the same."""
-    from slimtok.job import TokenizeSettings, requested_job
-    from slimtok.manifest import ShardEntry
+def test_the_one_parse_pins_the_canonical_fingerprint_and_the_copy_loads_back_to_it(families, name):
+    """The file is parsed once as it is: the fingerprint is the sha256 of its canonical JSON (an
+    independent from_file + to_str), and the copy a job keeps loads back to exactly that JSON."""
+    import hashlib
 
     folder = families(name)
-    compact = load_tokenizer(str(folder), bos=bos, special_text=special, compact=True)
-    plain = load_tokenizer(str(folder), bos=bos, special_text=special, compact=False)
-    settings = TokenizeSettings(manifest="m", output_root=str(tmp_path), tokenizer=str(folder), bos=bos,
-                                special_text=special)
-    entries = [ShardEntry(id="train/chunk1/a", split="train", chunk=1, index=0, path="a", size=10)]
-    assert requested_job(settings, entries, plain) == requested_job(settings, entries, compact)
-    assert plain.growth == compact.growth
-    assert Tokenizer.from_str(plain.file_text().decode()).to_str() == compact.canonical_json
-    assert plain.file_text() == compact.canonical_json.encode()
+    loaded = load_tokenizer(str(folder))
+    canonical = Tokenizer.from_file(str(folder / "tokenizer.json")).to_str()
+    assert loaded.canonical_json == canonical
+    assert loaded.sha256 == hashlib.sha256(canonical.encode()).hexdigest()
+    assert Tokenizer.from_str(loaded.file_text().decode()).to_str() == canonical
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

@@ -39,7 +39,7 @@ VERIFY_SLICE_CHARS = 4096
 #: A deferred fastokens (``defer_fastokens``) is loaded once the reference has spent this many
 #: times its own load's CPU on encoding. fastokens' load (and its start-up sample check) costs
 #: 2-2.8 x a tokenizers load of the same file (docs/BENCHMARKS.md, run E; Qwen3 here: 1.0 vs 0.45
-#: CPU-s) and encodes ~30-60 x faster afterwards, so buying it once the encoding already paid for
+#: CPU-s) and encodes tens of times faster afterwards, so buying it once the encoding already paid for
 #: it is the rent-or-buy rule: a worker never spends more than about twice the better of the two
 #: choices (reference only, or fastokens from the start), whatever text is still to come.
 FASTOKENS_LOAD_FACTOR = 2.5

@@ -1,9 +1,9 @@
 """Loading a tokenizer and the facts a job is pinned to: fingerprint, id count, document policy.
 
 A tokenizer comes from a ``tokenizer.json`` file, a local folder, or a Hugging Face Hub repo id.
-It is parsed once (from the file's bytes, or from their compact form: see :func:`_compact_merges`)
-and serialized once (:attr:`LoadedTokenizer.canonical_json`), whose sha256 is the fingerprint; a
-job copies the bytes that were parsed (:attr:`LoadedTokenizer.file_bytes`).
+It is parsed once (from the file's bytes as they are) and serialized once
+(:attr:`LoadedTokenizer.canonical_json`), whose sha256 is the fingerprint; a job copies that JSON
+with its merges in the compact form that loads back to it (:attr:`LoadedTokenizer.file_bytes`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ class LoadedTokenizer:
     notes: tuple[str, ...] = ()
     #: ``Tokenizer.to_str()`` taken once at load; ``sha256`` is its digest
     canonical_json: str = field(default="", repr=False, compare=False)
-    #: the bytes it was parsed from: the tokenizer.json, or its proven compact form (empty when
-    #: built through transformers)
+    #: what a job copies: the canonical JSON with merges as "a b" strings (empty: the canonical
+    #: JSON itself, see :func:`_compact_copy`)
     file_bytes: bytes = field(default=b"", repr=False, compare=False)
     #: sha256 of the tokenizer.json as read (empty when built through transformers)
     source_file_sha256: str = ""
@@ -66,15 +66,11 @@ class LoadedTokenizer:
 
 
 def load_tokenizer(source: str, eos_id: int | None = None, bos: str = "auto",
-                   special_text: str = "literal", compact: bool = True) -> LoadedTokenizer:
-    """Load ``source`` and settle its document policy (see :mod:`slimtok.tokenizer.policy`).
-
-    ``compact``: a local file is parsed from its compact form when it has one (see :func:`_read_file`),
-    which costs more here and less in every later load of the copy; else it is parsed as it is
-    and the copy is the canonical JSON. Every fact pinned is the same either way."""
+                   special_text: str = "literal") -> LoadedTokenizer:
+    """Load ``source`` and settle its document policy (see :mod:`slimtok.tokenizer.policy`)."""
     if special_text not in SPECIAL_TEXT:
         raise TokenizerError(f"--special-text {special_text!r} is not one of {', '.join(SPECIAL_TEXT)}")
-    (tok, file_bytes, canonical, source_sha), config = _resolve(source, compact)
+    (tok, file_bytes, canonical, source_sha), config = _resolve(source)
     id_count = max_id_plus_one(tok)
     post_processor = orjson.loads(tok.post_processor.__getstate__()) if tok.post_processor else None
     eos, eos_token, eos_reason = settle_eos(tok, config, eos_id, id_count, source)
@@ -150,7 +146,8 @@ def _from_transformers(source: str) -> tuple[_Parsed, TokenizerConfig]:
     if backend is None:
         raise TokenizerError(f"tokenizer {source!r} has no fast (tokenizers) version", source,
                              "convert it and save a tokenizer.json")
-    return (backend, b"", backend.to_str(), ""), TokenizerConfig(True, tok.eos_token, tok.bos_token)
+    canonical = backend.to_str()
+    return (backend, _compact_copy(canonical), canonical, ""), TokenizerConfig(True, tok.eos_token, tok.bos_token)
 
 
 def local_tokenizer_file(source: str) -> Path | None:
@@ -168,10 +165,10 @@ def local_tokenizer_file(source: str) -> Path | None:
 _Parsed = tuple[Tokenizer, bytes, str, str]
 
 
-def _resolve(source: str, compact: bool = True) -> tuple[_Parsed, TokenizerConfig]:
+def _resolve(source: str) -> tuple[_Parsed, TokenizerConfig]:
     file = local_tokenizer_file(source)
     if file is not None:
-        return _read_file(file, compact), _config(file.parent)
+        return _read_file(file), _config(file.parent)
     if Path(source).expanduser().is_dir():
         return _from_transformers(str(Path(source).expanduser()))
     if not _REPO_ID.fullmatch(source) or source.startswith((".", "~")):
@@ -193,51 +190,36 @@ def _parse(path: Path, data: bytes) -> Tokenizer:
         raise TokenizerError(f"not a tokenizers JSON file ({exc})", path) from exc
 
 
-#: A BPE model whose merges are written as ``["a", "b"]`` pairs (the form newer tokenizers save).
-_PAIR_MERGES = re.compile(rb'"merges"\s*:\s*\[\s*\[')
-
-
-def _read_file(path: Path, compact_form: bool = True) -> _Parsed:
-    """Parse ``path`` once: from its compact form when asked, when it has one and that form is
-    proven to hold the same merges in the same order (the only part it changes), else from the
-    bytes as read. Parsed as read without ``compact_form``, the bytes kept are none: the copy is
-    the canonical JSON (Qwen3: 0.6 CPU-s here instead of 1.0; each later load ~15% more)."""
+def _read_file(path: Path) -> _Parsed:
+    """Parse ``path`` once, as it is, and serialize it once; the copy a job keeps is the canonical
+    JSON with its merges as ``"a b"`` strings when every merge can be written so (see
+    :func:`_compact_copy`), else the canonical JSON itself (``file_bytes`` empty)."""
     data = path.read_bytes()
-    source_sha = hashlib.sha256(data).hexdigest()
-    if not compact_form:
-        tok = _parse(path, data)
-        return tok, b"", tok.to_str(), source_sha
-    compact = _compact_merges(data) if _PAIR_MERGES.search(data) else None
-    if compact is not None:
-        tok = _parse(path, compact[0])
-        canonical = tok.to_str()
-        # The parse serialized back holds the file's merges, written as pairs, exactly (a key
-        # cannot occur inside a JSON string, whose quotes are escaped); otherwise (another
-        # escaping, another order) the file is parsed as it is.
-        merges, written = b'"merges":' + orjson.dumps(compact[1]), canonical.encode()
-        at = written.find(merges)
-        if at >= 0 and written[at + len(merges):at + len(merges) + 1] in (b",", b"}"):
-            return tok, compact[0], canonical, source_sha
     tok = _parse(path, data)
-    return tok, data, tok.to_str(), source_sha
+    canonical = tok.to_str()
+    return tok, _compact_copy(canonical), canonical, hashlib.sha256(data).hexdigest()
 
 
-def _compact_merges(data: bytes) -> tuple[bytes, list[list[str]]] | None:
-    """(the JSON with BPE merges as ``"a b"`` strings, the original pairs), or None when some merge
-    holds a space (its string would be ambiguous) or the file is no such model. tokenizers and
-    fastokens read both forms; the string form loads faster (Qwen3: fastokens ~20% less CPU)."""
+def _compact_copy(canonical: str) -> bytes:
+    """The canonical JSON with its BPE merges as ``"a b"`` strings, or b"" when some merge holds a
+    space (its string would be ambiguous) or the model has no merges. tokenizers and fastokens
+    split such a string at its one space, so it loads back to the same pairs, i.e. to exactly the
+    canonical JSON; the string form loads faster (Qwen3 here: tokenizers 0.38 vs 0.49 CPU-s in a
+    fresh python, fastokens 0.97 vs 1.38). Only the merges, the last field of the canonical JSON
+    (``"merges":[...]}}``), are parsed: a key cannot occur inside a JSON string, whose quotes are
+    escaped, so the last ``"merges":`` is the model's."""
+    text = canonical.encode()
+    at = text.rfind(b'"merges":[[')
+    if at < 0 or not text.endswith(b"]]}}"):
+        return b""
+    head, tail = text[:at + len(b'"merges":')], text[at + len(b'"merges":'):-2]
     try:
-        obj = orjson.loads(data)
+        pairs = orjson.loads(tail)
     except orjson.JSONDecodeError:
-        return None
-    model = obj.get("model") if isinstance(obj, dict) else None
-    pairs = model.get("merges") if isinstance(model, dict) else None
-    if not pairs or not isinstance(pairs, list) or not all(
-            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], str)
-            and " " not in p[0] + p[1] for p in pairs):
-        return None
-    obj["model"]["merges"] = [f"{a} {b}" for a, b in pairs]
-    return orjson.dumps(obj), pairs
+        return b""
+    if set(map(len, pairs)) != {2} or " " in "".join(map("".join, pairs)):
+        return b""
+    return head + orjson.dumps(list(map(" ".join, pairs))) + b"}}"
 
 
 def _from_hub(repo_id: str) -> tuple[_Parsed, TokenizerConfig]:
