@@ -239,3 +239,24 @@ def test_the_tokenizer_is_parsed_once_and_the_copy_is_compact_only_when_proven(b
     plain = load_tokenizer(str(spaced))
     assert plain.file_text() == plain.canonical_json.encode()
     assert Tokenizer.from_file(str(spaced / "tokenizer.json")).to_str() == plain.canonical_json
+
+
+def test_the_compact_copy_keeps_merges_with_quotes_backslashes_and_brackets():
+    """The copy's merges are rewritten as bytes: pieces holding JSON punctuation and escapes must
+    come back as the same pairs (the copy loads back to the canonical JSON)."""
+    import orjson
+    from tokenizers import Tokenizer, models
+
+    from slimtok.tokenizer.loading import _compact_copy
+
+    pieces = ['"', "\\", "],[", ",", "\n", "a", '\\"', "[[", "]]", "\u0001", "é"]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    merges = [(a, b) for a in pieces[:6] for b in pieces[5:]]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    canonical = Tokenizer(models.BPE(vocab, merges)).to_str()
+    copy = _compact_copy(canonical)
+    assert orjson.loads(copy)["model"]["merges"] == [f"{a} {b}" for a, b in merges]
+    assert Tokenizer.from_str(copy.decode()).to_str() == canonical
+    spaced = Tokenizer(models.BPE({**vocab, "a ": len(vocab), "a a": len(vocab) + 1}, [*merges, ("a ", "a")]))
+    assert _compact_copy(spaced.to_str()) == b""
