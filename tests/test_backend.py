@@ -214,3 +214,30 @@ def test_a_small_job_with_a_large_tokenizer_never_loads_fastokens(tmp_path, qwen
     want = reference_ids(tmp_path / "m/manifest.jsonl", qwen3_tokenizer / "tokenizer.json", job["eos_token_id"],
                          "train")
     assert np.array_equal(np.fromfile(root / "train.bin", dtype=job["dtype"]), want)
+
+
+def test_a_worker_whose_fastokens_takes_over_mid_shard_says_so(tmp_path, bpe_tokenizer, monkeypatch):
+    """The first batch goes to the reference, which pays for fastokens at once; the shard's done
+    record names both backends, job.json the one now encoding; the ids are the reference's."""
+    pytest.importorskip("fastokens")
+    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.worker import Worker
+    from slimtok.worker import batches as batch_rule
+
+    monkeypatch.setattr(tokmod, "FASTOKENS_LOAD_FACTOR", 0.0)
+    monkeypatch.setattr(batch_rule, "BATCH_DOCS", 2)
+    make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=6, holdout_docs=1)
+    slimtok("manifest", "--dataset-dir", tmp_path / "ds", "--output-dir", tmp_path / "m")
+    manifest, root = tmp_path / "m/manifest.jsonl", tmp_path / "out"
+    settings = TokenizeSettings(manifest=str(manifest), output_root=str(root), tokenizer=str(bpe_tokenizer),
+                                splits=("train",))
+    pin_job(settings)
+    assert Worker(settings, 0).run() == 0
+    records = sorted((json.loads(p.read_text()) for p in (root / "done").rglob("*.json")), key=lambda r: r["shard"])
+    order = [r["backend"] for r in sorted(records, key=lambda r: r["finished_at"])]
+    assert order == ["tokenizers+fastokens", "fastokens"]
+    job = json.loads((root / "job.json").read_text())
+    assert job["backend"] == "fastokens" and "loaded after the reference had encoded" in job["backend_verification"]
+    slimtok("combine", "--output-root", root, "--splits", "train")
+    want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", job["eos_token_id"], "train")
+    assert np.array_equal(np.fromfile(root / "train.bin", dtype=job["dtype"]), want)
