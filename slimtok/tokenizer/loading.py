@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 from tokenizers import Tokenizer
@@ -275,16 +275,23 @@ def text_growth(normalizer: dict[str, Any] | None, pre_tokenizer: dict[str, Any]
     text. A prepended string counts once per segment (text between added tokens), and a segment
     holds at least one byte. Only the components listed here are bounded; any other gives None.
     """
-    n, p = _normalizer_growth(normalizer), _pre_tokenizer_growth(pre_tokenizer)
+    n = _growth(normalizer, "normalizers", _normalizer_growth)
+    p = _growth(pre_tokenizer, "pretokenizers", _pre_tokenizer_growth)
     return None if n is None or p is None else n * p
 
 
-def _normalizer_growth(part: dict[str, Any] | None) -> float | None:
+def _growth(part: dict[str, Any] | None, children: str,
+            own: Callable[[dict[str, Any]], float | None]) -> float | None:
+    """The growth bound of a component: 1 for none, the product over a Sequence, else ``own``'s."""
     if part is None:
         return 1.0
+    if part.get("type") == "Sequence":
+        return _product(_growth(p, children, own) for p in part.get(children, []))
+    return own(part)
+
+
+def _normalizer_growth(part: dict[str, Any]) -> float | None:
     kind = part.get("type")
-    if kind == "Sequence":
-        return _product(_normalizer_growth(p) for p in part.get("normalizers", []))
     if kind == "Prepend" and isinstance(part.get("prepend"), str):
         return 1.0 + len(part["prepend"].encode())
     if kind == "Replace" and isinstance(part.get("content"), str) and (part.get("pattern") or {}).get("String"):
@@ -294,12 +301,8 @@ def _normalizer_growth(part: dict[str, Any] | None) -> float | None:
     return _NORMALIZER_GROWTH.get(kind)
 
 
-def _pre_tokenizer_growth(part: dict[str, Any] | None) -> float | None:
-    if part is None:
-        return 1.0
+def _pre_tokenizer_growth(part: dict[str, Any]) -> float | None:
     kind = part.get("type")
-    if kind == "Sequence":
-        return _product(_pre_tokenizer_growth(p) for p in part.get("pretokenizers", []))
     if kind == "ByteLevel":  # each byte becomes one character of at most 2 bytes
         return 2.0
     if kind == "Metaspace" and isinstance(part.get("replacement"), str):
