@@ -158,16 +158,18 @@ def estimate_token_bytes(entries: Sequence[ShardEntry], dtype_width: int,
                          measured: Mapping[str, tuple[int, int]] | None = None, text_key: str = "text",
                          margin: float = DEFAULT_MARGIN, sample_shards: int = SAMPLE_SHARDS,
                          sample_bytes: int = SAMPLE_BYTES,
-                         sampled: Mapping[str, Sequence[float]] | None = None) -> TokenBytesEstimate:
+                         sampled: Mapping[str, Sequence[float]] | None = None,
+                         bounds: Mapping[str, Sequence[float]] | None = None) -> TokenBytesEstimate:
     """Token bytes that tokenizing ``entries`` will write.
 
     Per split, the ratio comes from ``measured`` (split -> (tokens, source bytes) of done shards,
     see :func:`measured_ratios`) when it has any source bytes; else from ``sampled`` (an earlier
-    :func:`sample_ratios`); else from a sample encoded by ``encode_count(texts) -> tokens``
-    (separators included, as the worker writes them); else from the measured ratio of all splits
-    together. Splits with none add to ``unestimated_source_bytes``.
+    :func:`sample_ratios`); else from ``bounds`` (the same, counted by an upper bound on the
+    tokens instead of an encoding: the estimate is then at most); else from a sample encoded by
+    ``encode_count(texts) -> tokens`` (separators included, as the worker writes them); else from
+    the measured ratio of all splits together. Splits with none add to ``unestimated_source_bytes``.
     """
-    sampled = sampled or {}
+    sampled, bounds = sampled or {}, bounds or {}
     measured = {k: v for k, v in (measured or {}).items() if v[1] > 0}
     overall = (sum(t for t, _ in measured.values()) / sum(b for _, b in measured.values())) if measured else None
     by_split: dict[str, list[ShardEntry]] = {}
@@ -181,6 +183,8 @@ def estimate_token_bytes(entries: Sequence[ShardEntry], dtype_width: int,
             ratio, basis = measured[split][0] / measured[split][1], "done records"
         elif split in sampled:
             ratio, basis = sampled[split][0], f"sample of {int(sampled[split][1])} shards"
+        elif split in bounds:
+            ratio, basis = bounds[split][0], f"upper bound from the text of {int(bounds[split][1])} shards"
         elif encode_count is not None and (fresh := _sampled_ratio(group, encode_count, text_key,
                                                                     sample_shards, sample_bytes)):
             ratio, basis = fresh[0], f"sample of {fresh[1]} shards"
@@ -204,10 +208,19 @@ def disk_space(path: str | os.PathLike[str]) -> DiskSpace:
     return DiskSpace(str(here), st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize)
 
 
+def has_room(path: str | os.PathLike[str], needed_bytes: int, min_free_fraction: float) -> bool:
+    """Whether writing ``needed_bytes`` under ``path`` leaves ``min_free_fraction`` of its filesystem
+    free (always, for ``min_free_fraction`` 0)."""
+    if min_free_fraction <= 0:
+        return True
+    space = disk_space(path)
+    return space.free - needed_bytes >= min_free_fraction * space.total
+
+
 def check_free_space(path: str | os.PathLike[str], needed_bytes: int, min_free_fraction: float) -> None:
     """Refuse (``OutputError``) when writing ``needed_bytes`` under ``path`` would leave less than
     ``min_free_fraction`` of its filesystem free; ``min_free_fraction`` 0 turns the check off."""
-    if min_free_fraction <= 0:
+    if has_room(path, needed_bytes, min_free_fraction):
         return
     space = disk_space(path)
     left = space.free - needed_bytes

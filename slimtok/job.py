@@ -12,6 +12,7 @@ asks for; the output root's tokenizer copy always loads to the pinned fingerprin
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,7 @@ import numpy as np
 import orjson
 
 from . import __version__
-from .budget import check_free_space, disk_space, estimate_token_bytes, format_bytes, sample_ratios
+from .budget import check_free_space, disk_space, estimate_token_bytes, format_bytes, has_room, sample_ratios
 from .errors import JobMismatch, ManifestError, TokenizerError
 from .manifest import ShardEntry, manifest_digest, read_manifest
 from .protocol import (DEFAULT_SOURCE_KEY, PROTOCOL_VERSION, SPLITS, JobSettings, OutputRoot, create_exclusive,
@@ -147,10 +148,12 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
     if key and file is not None:  # of the bytes actually loaded (the file may have changed since the look above)
         key = _request_digest(settings, tok.source_file_sha256, file.parent)
     extras = {"tokenizer_file_sha256": hashlib.sha256(tok.file_text()).hexdigest(), "request_sha256": key}
+    bounds: dict[str, list[float]] | None = None
     if pinned is None:
         root.root.mkdir(parents=True, exist_ok=True)
-        # The disk-budget sample is taken here, once per job, over every split, and pinned.
-        sampled = sample_ratios(entries, _encode_count(tok), requested.text_key)
+        # The disk-budget sample is taken here, once per job, over every split, and pinned, unless
+        # an upper bound on the tokens already leaves room (then nothing is encoded or pinned).
+        sampled, bounds = _disk_sample(settings, root, entries, requested, tok)
         create_exclusive(root.job, replace(requested, **extras, sampled_ratios=sampled).to_json())
         pinned = read_job(root)
     diffs = pinned.differences(requested)
@@ -158,12 +161,11 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
         diffs = [d for d in diffs if not d.startswith("manifest_sha256:")]
         diffs.insert(0, manifest_change(root, entries))
     if diffs:
-        sampled = sample_ratios(entries, _encode_count(tok), requested.text_key)  # the old one used the old settings
+        sampled, bounds = _disk_sample(settings, root, entries, requested, tok)  # the old one used the old settings
         pinned = _repin(root, replace(requested, **extras, sampled_ratios=sampled), diffs, say)
     else:  # pinned by an older slimtok, or the same job asked through another file: record this request
-        noted = replace(pinned, request_sha256=key,
-                        sampled_ratios=pinned.sampled_ratios or sample_ratios(entries, _encode_count(tok),
-                                                                              pinned.text_key))
+        # (a split without a pinned sample is estimated by check_disk_budget, as at every launch)
+        noted = replace(pinned, request_sha256=key)
         if noted != pinned:
             write_record(root.job, noted)
             pinned = noted
@@ -177,8 +179,44 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
         if hashlib.sha256(text).hexdigest() != pinned.tokenizer_file_sha256:
             text = tok.canonical_json.encode()
         write_atomic(root.tokenizer_file, text)
-    check_disk_budget(settings, root, entries, pinned, tok, say)
+    check_disk_budget(settings, root, entries, pinned, tok, say, bounds)
     return pinned
+
+
+def _disk_sample(settings: TokenizeSettings, root: OutputRoot, entries: list[ShardEntry], job: JobSettings,
+                 tok: LoadedTokenizer) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(the disk-budget sample to pin, the upper bounds used instead): no encoding when the
+    bounded estimate of the shards to go already leaves room (the encoded one is lower, so the
+    check cannot refuse), else the encoded sample of every split."""
+    if tok.growth is not None:
+        bounds = sample_ratios(entries, _bound_count(tok.growth, job), job.text_key)
+        if _bounded_room(settings, root, entries, job, bounds):
+            return {}, bounds
+    return sample_ratios(entries, _encode_count(tok.tokenizer, job), job.text_key), {}
+
+
+def _bound_count(growth: float, job: JobSettings) -> Callable[[list[str]], int]:
+    """An upper bound on the tokens the worker writes for ``texts``: ``growth`` tokens per UTF-8
+    byte (one byte at least: a tokenizer may put a token before empty text) plus the separators."""
+    separators = 1 + (job.bos_token_id is not None)
+
+    def count(texts: list[str]) -> int:
+        return sum(math.ceil(growth * max(len(t.encode()), 1)) + separators for t in texts)
+
+    return count
+
+
+def _bounded_room(settings: TokenizeSettings, root: OutputRoot, entries: list[ShardEntry], job: JobSettings,
+                  bounds: dict[str, list[float]]) -> bool:
+    """Whether the shards to go fit by the bounded estimate (every split bounded)."""
+    todo = _todo(settings, root, entries)
+    estimate = estimate_token_bytes(todo, np.dtype(job.dtype).itemsize, bounds=bounds)
+    return not estimate.unestimated_source_bytes and has_room(root.root, estimate.high, settings.min_free_fraction)
+
+
+def _todo(settings: TokenizeSettings, root: OutputRoot, entries: list[ShardEntry]) -> list[ShardEntry]:
+    done = root.done_ids()
+    return [e for e in entries if e.split in settings.splits and e.id not in done]
 
 
 def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], say: Callable[[str], None] | None) -> JobSettings:
@@ -208,10 +246,9 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], say: Call
     return requested
 
 
-def _encode_count(tok: LoadedTokenizer) -> Callable[[list[str]], int]:
-    """Tokens the worker writes for ``texts`` (separators included), by the tokenizer loaded here."""
-    separators = 1 + (tok.policy.bos_id is not None)
-    encoder = tok.tokenizer
+def _encode_count(encoder: Tokenizer, job: JobSettings) -> Callable[[list[str]], int]:
+    """Tokens the worker writes for ``texts`` (separators included), by ``encoder``."""
+    separators = 1 + (job.bos_token_id is not None)
 
     def count(texts: list[str]) -> int:
         return sum(len(e.ids) + separators for e in encoder.encode_batch(texts, add_special_tokens=False))
@@ -220,23 +257,48 @@ def _encode_count(tok: LoadedTokenizer) -> Callable[[list[str]], int]:
 
 
 def check_disk_budget(settings: TokenizeSettings, root: OutputRoot, entries: list[ShardEntry], job: JobSettings,
-                      tok: LoadedTokenizer | None, say: Callable[[str], None] | None) -> None:
-    """Estimate the token bytes still to write (job.json's pinned sample; a split it lacks is
-    sampled with ``tok`` if given), print it with the free space, and refuse (OutputError) when
-    less than ``min_free_fraction`` of the disk would remain."""
-    done = root.done_ids()
-    todo = [e for e in entries if e.split in settings.splits and e.id not in done]
+                      tok: LoadedTokenizer | None, say: Callable[[str], None] | None,
+                      bounds: dict[str, list[float]] | None = None) -> None:
+    """Estimate the token bytes still to write, print it with the free space, and refuse
+    (OutputError) when less than ``min_free_fraction`` of the disk would remain.
+
+    Per split: job.json's pinned sample; for a split it lacks, ``bounds`` or an upper bound from
+    the sample's text bytes (:func:`_bound_count`) when that leaves room; else a sample encoded by
+    ``tok``, or by the pinned copy when a bound exists but shows no room."""
+    todo = _todo(settings, root, entries)
     if not todo:
         return
     width = np.dtype(job.dtype).itemsize
-    estimate = estimate_token_bytes(todo, width, _encode_count(tok) if tok else None, text_key=job.text_key,
-                                    sampled=job.sampled_ratios)
+    missing = {e.split for e in todo} - job.sampled_ratios.keys()
+    if missing and bounds is None:
+        growth = tok.growth if tok else _file_growth(root.tokenizer_file)
+        bounds = {} if growth is None else sample_ratios([e for e in entries if e.split in missing],
+                                                         _bound_count(growth, job), job.text_key)
+    bounds = bounds or {}
+    encoder = None
+    if missing and not _bounded_room(settings, root, entries, job, {**bounds, **job.sampled_ratios}):
+        # only an encoded sample tells; without ``tok``, worth loading the copy when the texts are readable
+        encoder = tok.tokenizer if tok else load_pinned_tokenizer(root, job) if bounds else None
+        bounds = {}
+    estimate = estimate_token_bytes(todo, width, _encode_count(encoder, job) if encoder else None,
+                                    text_key=job.text_key, sampled=job.sampled_ratios, bounds=bounds)
     space = disk_space(root.root)
     if say:
         say(f"disk: about {format_bytes(estimate.bytes)} of token files still to write "
             f"(±{estimate.margin:.0%}, from {', '.join(sorted(set(estimate.basis.values()))) or 'no sample'}); "
             f"{format_bytes(space.free)} free of {format_bytes(space.total)} under {root.root}")
     check_free_space(root.root, estimate.high, settings.min_free_fraction)
+
+
+def _file_growth(path: Path) -> float | None:
+    """:func:`text_growth` of a tokenizer.json's normalizer and pre-tokenizer (None: unreadable)."""
+    from .tokenizer.loading import text_growth
+
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return text_growth(data.get("normalizer"), data.get("pre_tokenizer")) if isinstance(data, dict) else None
 
 
 def manifest_change(root: OutputRoot, entries: list[ShardEntry]) -> str:

@@ -11,7 +11,7 @@ import pytest
 from tokenizers import Tokenizer
 
 import slimtok.tokenizer.encoder as tokmod
-from corpus import make_dataset, sample_documents, slimtok
+from corpus import make_dataset, reference_ids, sample_documents, slimtok
 from slimtok.tokenizer import DocumentPolicy, Encoder, TokenizerError, load_tokenizer
 
 TRICKY = ["plain <|endoftext|> text with <|im_end|> inside", "\n\n  \t\r\n", "東京 Москва 👩‍👩‍👧 e\u0301",
@@ -166,3 +166,78 @@ def test_done_records_name_the_encoder_that_wrote_them(tmp_path, bpe_tokenizer):
             "--tokenizer", bpe_tokenizer, "--backend", "tokenizers", "--spawn-workers", "1", "--quiet")
     records = [json.loads(p.read_text()) for p in (tmp_path / "out/done").rglob("*.json")]
     assert len(records) == 3 and {r["backend"] for r in records} == {"tokenizers"}
+
+
+def test_a_deferred_fastokens_is_never_loaded_while_the_reference_is_cheaper(qwen3_tokenizer, monkeypatch):
+    """A small job costs the reference less than fastokens' load: it is encoded by the reference alone."""
+    monkeypatch.setattr(tokmod, "FASTOKENS_LOAD_FACTOR", 1e9)
+    monkeypatch.setattr(tokmod, "_load_fastokens", lambda path: pytest.fail("fastokens was loaded"))
+    loaded = load_tokenizer(str(qwen3_tokenizer))
+    enc = Encoder(qwen3_tokenizer / "tokenizer.json", loaded.policy, "uint32", "auto", defer_fastokens=True)
+    texts = sample_documents(30, seed=11) + TRICKY
+    flat, lengths = enc.encode(texts)
+    assert np.array_equal(flat, reference(qwen3_tokenizer, texts, loaded.eos_token_id))
+    assert lengths == [len(ids) + 1 for ids in reference_docs(qwen3_tokenizer, texts)]
+    assert enc.backend == "tokenizers" and "deferred" in enc.report.verification
+    assert enc.chars == {"tokenizers": sum(map(len, texts)), "fastokens": 0}
+
+
+def test_a_deferred_fastokens_takes_over_once_paid_for_with_the_same_ids(folder, monkeypatch):
+    pytest.importorskip("fastokens")
+    monkeypatch.setattr(tokmod, "FASTOKENS_LOAD_FACTOR", 0.0)  # paid for by the first batch
+    loaded = load_tokenizer(str(folder))
+    enc = Encoder(folder / "tokenizer.json", loaded.policy, "uint32", "auto", defer_fastokens=True)
+    assert enc.backend == "tokenizers"
+    first, second = sample_documents(10, seed=12), sample_documents(10, seed=13) + TRICKY
+    got = [enc.encode(first)[0]]
+    assert enc.backend == "fastokens" and "loaded after the reference had encoded" in enc.report.verification
+    got.append(enc.encode(second)[0])
+    assert enc.chars == {"tokenizers": sum(map(len, first)), "fastokens": sum(map(len, second))}
+    for texts, flat in zip((first, second), got):
+        assert np.array_equal(flat, reference(folder, texts, loaded.eos_token_id))
+
+
+def test_a_small_job_with_a_large_tokenizer_never_loads_fastokens(tmp_path, qwen3_tokenizer):
+    """End to end: a few documents cost the reference far less than loading fastokens for Qwen3."""
+    pytest.importorskip("fastokens")
+    make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=4, holdout_docs=1)
+    slimtok("manifest", "--dataset-dir", tmp_path / "ds", "--output-dir", tmp_path / "m")
+    root = tmp_path / "out"
+    slimtok("tokenize", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", root, "--tokenizer",
+            qwen3_tokenizer, "--spawn-workers", "1", "--quiet")
+    job = json.loads((root / "job.json").read_text())
+    assert (job["backend_requested"], job["backend"]) == ("auto", "tokenizers")
+    assert "deferred" in job["backend_verification"]
+    records = [json.loads(p.read_text()) for p in (root / "done").rglob("*.json")]
+    assert records and {r["backend"] for r in records} == {"tokenizers"}
+    slimtok("combine", "--output-root", root)
+    want = reference_ids(tmp_path / "m/manifest.jsonl", qwen3_tokenizer / "tokenizer.json", job["eos_token_id"],
+                         "train")
+    assert np.array_equal(np.fromfile(root / "train.bin", dtype=job["dtype"]), want)
+
+
+def test_a_worker_whose_fastokens_takes_over_mid_shard_says_so(tmp_path, bpe_tokenizer, monkeypatch):
+    """The first batch goes to the reference, which pays for fastokens at once; the shard's done
+    record names both backends, job.json the one now encoding; the ids are the reference's."""
+    pytest.importorskip("fastokens")
+    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.worker import Worker
+    from slimtok.worker import batches as batch_rule
+
+    monkeypatch.setattr(tokmod, "FASTOKENS_LOAD_FACTOR", 0.0)
+    monkeypatch.setattr(batch_rule, "BATCH_DOCS", 2)
+    make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=6, holdout_docs=1)
+    slimtok("manifest", "--dataset-dir", tmp_path / "ds", "--output-dir", tmp_path / "m")
+    manifest, root = tmp_path / "m/manifest.jsonl", tmp_path / "out"
+    settings = TokenizeSettings(manifest=str(manifest), output_root=str(root), tokenizer=str(bpe_tokenizer),
+                                splits=("train",))
+    pin_job(settings)
+    assert Worker(settings, 0).run() == 0
+    records = sorted((json.loads(p.read_text()) for p in (root / "done").rglob("*.json")), key=lambda r: r["shard"])
+    order = [r["backend"] for r in sorted(records, key=lambda r: r["finished_at"])]
+    assert order == ["tokenizers+fastokens", "fastokens"]
+    job = json.loads((root / "job.json").read_text())
+    assert job["backend"] == "fastokens" and "loaded after the reference had encoded" in job["backend_verification"]
+    slimtok("combine", "--output-root", root, "--splits", "train")
+    want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", job["eos_token_id"], "train")
+    assert np.array_equal(np.fromfile(root / "train.bin", dtype=job["dtype"]), want)

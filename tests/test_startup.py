@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from corpus import make_dataset, reference_ids, slimtok
@@ -57,9 +58,41 @@ def _loads_or_encodes(names: list[str]) -> list[str]:
                                                      "encode_batch_fast", "encode"}]
 
 
-def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sample(dataset, bpe_tokenizer, tmp_path):
+def _tight_disk(monkeypatch, free: int, total: int) -> None:
+    """The filesystem of every output root seen as ``free`` of ``total`` bytes."""
+    import slimtok.budget
+    import slimtok.job
+
+    def space(path):
+        return slimtok.budget.DiskSpace(str(path), free, total)
+
+    monkeypatch.setattr(slimtok.budget, "disk_space", space)
+    monkeypatch.setattr(slimtok.job, "disk_space", space)
+
+
+def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sample(dataset, bpe_tokenizer, tmp_path,
+                                                                                    monkeypatch):
+    """With little room the bound on the tokens does not show room: the sample is encoded, pinned
+    and reused by the relaunch, which loads and encodes nothing."""
+    from slimtok.budget import estimate_token_bytes, sample_ratios
+    from slimtok.job import _bound_count, _encode_count, requested_job
+    from slimtok.manifest import read_manifest
+    from slimtok.tokenizer import load_tokenizer
+    from slimtok.tokenizer.loading import text_growth
+
     root = tmp_path / "out"
     settings = TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(bpe_tokenizer))
+    # room for the encoded estimate, not for the bounded one (both computed here, independently of pin_job)
+    entries = read_manifest(dataset)
+    loaded = load_tokenizer(str(bpe_tokenizer))
+    job = requested_job(settings, entries, loaded)
+    spec = orjson.loads((bpe_tokenizer / "tokenizer.json").read_bytes())
+    growth = text_growth(spec["normalizer"], spec["pre_tokenizer"])
+    real = estimate_token_bytes(entries, 2, sampled=sample_ratios(entries, _encode_count(loaded.tokenizer, job)))
+    bound = estimate_token_bytes(entries, 2, bounds=sample_ratios(entries, _bound_count(growth, job)))
+    assert real.high < bound.high
+    total = 10 * bound.high
+    _tight_disk(monkeypatch, total // 10 + (real.high + bound.high) // 2, total)  # 10% is kept free
     first_lines: list[str] = []
     with builtin_calls() as first:
         pinned = pin_job(settings, say=first_lines.append)
@@ -79,6 +112,24 @@ def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sam
     for f in bpe_tokenizer.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     assert pin_job(TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(copy))) == relaunched
+
+
+def test_with_ample_room_the_launch_encodes_no_sample_and_pins_none(dataset, bpe_tokenizer, tmp_path, monkeypatch):
+    """An upper bound on the tokens (every token covers a byte of text) that leaves room settles the
+    disk check: the first launch encodes no sample, and a relaunch loads and encodes nothing."""
+    import slimtok.job
+
+    monkeypatch.setattr(slimtok.job, "_encode_count", lambda *a: pytest.fail("a disk sample was encoded"))
+    root = tmp_path / "out"
+    settings = TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(bpe_tokenizer))
+    lines: list[str] = []
+    pinned = pin_job(settings, say=lines.append)
+    assert pinned.sampled_ratios == {}
+    assert any(line.startswith("disk: about") and "upper bound from the text of" in line for line in lines)
+    again: list[str] = []
+    with builtin_calls() as calls:
+        assert pin_job(settings, say=again.append) == pinned
+    assert [n for n in _loads_or_encodes(calls) if not n.startswith("str.")] == [] and again == lines
 
 
 def test_a_relaunch_with_every_shard_done_starts_no_worker_and_imports_no_heavy_module(dataset, bpe_tokenizer,
@@ -159,8 +210,8 @@ def test_other_settings_are_still_refused_once_a_shard_is_done_or_claimed(datase
 
 
 def test_the_tokenizer_is_parsed_once_and_the_copy_is_compact_only_when_proven(bpe_tokenizer, tmp_path):
-    """A job copies the bytes its one parse read: the merges as "a b" strings when every merge can be
-    written so (and the parse serialized back holds them), else the file byte for byte."""
+    """A job copies the canonical JSON of its one parse, with the merges as "a b" strings when every
+    merge can be written so, else as they are (pairs)."""
     import hashlib
 
     import orjson
@@ -176,7 +227,7 @@ def test_the_tokenizer_is_parsed_once_and_the_copy_is_compact_only_when_proven(b
     assert Tokenizer.from_str(loaded.file_text().decode()).to_str() == canonical == loaded.canonical_json
     assert loaded.sha256 == hashlib.sha256(canonical.encode()).hexdigest()
     assert loaded.source_file_sha256 == hashlib.sha256(source).hexdigest()
-    # a merge holding a space has no unambiguous string form: the file is copied as it is
+    # a merge holding a space has no unambiguous string form: the canonical JSON is copied as it is
     data = orjson.loads(source)
     vocab = data["model"]["vocab"]
     vocab["q "], vocab["q r"] = len(vocab), len(vocab) + 1
@@ -186,5 +237,26 @@ def test_the_tokenizer_is_parsed_once_and_the_copy_is_compact_only_when_proven(b
     (spaced / "tokenizer.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     (spaced / "tokenizer_config.json").write_bytes((bpe_tokenizer / "tokenizer_config.json").read_bytes())
     plain = load_tokenizer(str(spaced))
-    assert plain.file_text() == (spaced / "tokenizer.json").read_bytes()
+    assert plain.file_text() == plain.canonical_json.encode()
     assert Tokenizer.from_file(str(spaced / "tokenizer.json")).to_str() == plain.canonical_json
+
+
+def test_the_compact_copy_keeps_merges_with_quotes_backslashes_and_brackets():
+    """The copy's merges are rewritten as bytes: pieces holding JSON punctuation and escapes must
+    come back as the same pairs (the copy loads back to the canonical JSON)."""
+    import orjson
+    from tokenizers import Tokenizer, models
+
+    from slimtok.tokenizer.loading import _compact_copy
+
+    pieces = ['"', "\\", "],[", ",", "\n", "a", '\\"', "[[", "]]", "\u0001", "é"]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    merges = [(a, b) for a in pieces[:6] for b in pieces[5:]]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    canonical = Tokenizer(models.BPE(vocab, merges)).to_str()
+    copy = _compact_copy(canonical)
+    assert orjson.loads(copy)["model"]["merges"] == [f"{a} {b}" for a, b in merges]
+    assert Tokenizer.from_str(copy.decode()).to_str() == canonical
+    spaced = Tokenizer(models.BPE({**vocab, "a ": len(vocab), "a a": len(vocab) + 1}, [*merges, ("a ", "a")]))
+    assert _compact_copy(spaced.to_str()) == b""

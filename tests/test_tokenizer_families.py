@@ -186,3 +186,37 @@ def test_offline_hub_id_gets_slimtoks_hint(tmp_path):
             "except TokenizerError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert "HF_HUB_OFFLINE" in out and "slimtok mirror acme/no-such-tokenizer" in out
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_one_parse_pins_the_canonical_fingerprint_and_the_copy_loads_back_to_it(families, name):
+    """The file is parsed once as it is: the fingerprint is the sha256 of its canonical JSON (an
+    independent from_file + to_str), and the copy a job keeps loads back to exactly that JSON."""
+    import hashlib
+
+    folder = families(name)
+    loaded = load_tokenizer(str(folder))
+    canonical = Tokenizer.from_file(str(folder / "tokenizer.json")).to_str()
+    assert loaded.canonical_json == canonical
+    assert loaded.sha256 == hashlib.sha256(canonical.encode()).hexdigest()
+    assert Tokenizer.from_str(loaded.file_text().decode()).to_str() == canonical
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_token_bound_holds_for_every_family(families, name):
+    """The disk budget may skip its encoded sample on the bound: no text may exceed it, including
+    text that the normalization forms and lowercasing lengthen."""
+    from slimtok.job import _bound_count
+    from slimtok.protocol import JobSettings
+
+    folder = families(name)
+    loaded = load_tokenizer(str(folder), bos="never")
+    if loaded.growth is None:
+        pytest.skip(f"{name}: its normalizer or pre-tokenizer allows no bound (the sample is encoded)")
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    job = JobSettings(manifest_sha256="", shards=0, tokenizer="", tokenizer_sha256="", vocab_size=0, eos_token_id=0,
+                      eos_token=None, dtype="uint32", text_key="text")
+    texts = documents(folder) + ["\ufdfa" * 50, "\u0130\u023a" * 40, "ﬃ㍿" * 30, "東" * 100, " " * 300, "a b " * 99]
+    bound = _bound_count(loaded.growth, job)
+    for text in texts:
+        assert len(tok.encode(text, add_special_tokens=False).ids) + 1 <= bound([text]), (name, text[:20])

@@ -607,8 +607,9 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
     fastokens), each alone in a fresh python; `slimtok tokenize` of a 1-shard job of one small
     document on a new output root, the whole run (an upper bound on "to the first encoded batch");
     the launcher's own share of that, `pin_job` alone in a fresh python on another new root; the
-    same command relaunched, all shards done; one worker process per backend: build the Worker and
-    encode its first batch. New job to the first batch = pin_job + one worker's start.
+    same command relaunched, all shards done; one worker process per backend (auto, the default,
+    and each backend asked for): build the Worker and encode its first batch. New job to the first
+    batch = pin_job + one auto worker's start.
     """
     from dataclasses import asdict
 
@@ -630,7 +631,9 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
                     "d['splits']=tuple(d['splits']);s=TokenizeSettings(**d);"
     pin_code = settings_code + "from slimtok.job import pin_job;pin_job(s)"
     worker_code = settings_code + "from slimtok.worker import Worker;w=Worker(s,0);w.encoder.encode(['The first batch.'])"
-    backends = [backend] + (["tokenizers"] if backend != "tokenizers" else [])
+    # What a user gets by default (--backend auto: the worker starts on the reference and loads
+    # fastokens once its encoding has paid for it), and each backend asked for explicitly.
+    backends = ["auto", *dict.fromkeys([backend, "tokenizers"])]
     rows: dict[str, list[float]] = {k: [] for k in ("L", "load tokenizers", "load fastokens", "new", "pin",
                                                     "relaunch", *(f"worker {b}" for b in backends))}
     if backend == "tokenizers":
@@ -639,7 +642,7 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
         rows["L"].append(child_cpu([sys.executable, "-c", load_code, str(tokenizer / "tokenizer.json")]))
         root = base / f"out-{run}"
         command = [sys.executable, "-m", "slimtok", "tokenize", "--manifest", str(tiny), "--output-root", str(root),
-                   "--tokenizer", str(tokenizer), "--spawn-workers", "1", "--backend", backend, "--quiet"]
+                   "--tokenizer", str(tokenizer), "--spawn-workers", "1", "--quiet"]
         rows["new"].append(child_cpu(command))
         rows["relaunch"].append(child_cpu(command))
         copy = str(root / "tokenizer" / "tokenizer.json")  # the form a worker loads
@@ -647,7 +650,7 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
         if "load fastokens" in rows:
             rows["load fastokens"].append(child_cpu([sys.executable, "-c", fast_code, copy]))
         wroot = base / f"worker-{run}"
-        spec = json.dumps(asdict(settings_for(tiny, wroot, tokenizer, backend)))
+        spec = json.dumps(asdict(settings_for(tiny, wroot, tokenizer, "auto")))
         rows["pin"].append(child_cpu([sys.executable, "-c", pin_code, spec]))
         for b in backends:
             spec = json.dumps(asdict(settings_for(tiny, wroot, tokenizer, b)))
@@ -655,14 +658,15 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
     med = {k: statistics.median(v) for k, v in rows.items()}
     table.notes.append(f"startup: L (fresh python, tokenizers loads tokenizer.json) {med['L']:.2f} CPU-s "
                        f"(median of {runs})")
-    first_batch = med["pin"] + med[f"worker {backend}"]
+    first_batch = med["pin"] + med["worker auto"]
     rows["first"] = [first_batch]
     med["first"] = first_batch
     for key, what, target in (("load tokenizers", "fresh python, tokenizers loads the job's copy", None),
                               ("load fastokens", "fresh python, fastokens loads the job's copy", None),
-                              ("new", "`slimtok tokenize`, 1-shard job, new output root, whole run", 2),
+                              ("new", "`slimtok tokenize` (--backend auto), 1-shard job, new output root, whole run",
+                               2),
                               ("pin", "the launcher's share: pin_job alone on a new root", None),
-                              ("first", f"new job to the first encoded batch: pin_job + one {backend} worker", 2),
+                              ("first", "new job to the first encoded batch: pin_job + one --backend auto worker", 2),
                               ("relaunch", "relaunch, all shards done", 1),
                               *((f"worker {b}", f"one worker ({b}): Worker() + first encoded batch", 1.5)
                                 for b in backends)):
@@ -850,6 +854,7 @@ def _noop_worker_child(spec: str, index: str, out: str) -> None:
     class NoopEncoder:
         report = None
         backend = "none"
+        chars = {"tokenizers": 0, "fastokens": 0}
 
         def __init__(self, *a, **k):
             self.report = type("R", (), {"requested": "none", "backend": "none", "verification": "no-op"})()

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +36,13 @@ BACKENDS = ("auto", "tokenizers", "fastokens")
 #: fastokens in run D).
 VERIFY_EVERY_CHARS = 64 << 20
 VERIFY_SLICE_CHARS = 4096
+#: A deferred fastokens (``defer_fastokens``) is loaded once the reference has spent this many
+#: times its own load's CPU on encoding. fastokens' load (and its start-up sample check) costs
+#: 2-2.8 x a tokenizers load of the same file (docs/BENCHMARKS.md, run E; Qwen3 here: 1.0 vs 0.45
+#: CPU-s) and encodes tens of times faster afterwards, so buying it once the encoding already paid for
+#: it is the rent-or-buy rule: a worker never spends more than about twice the better of the two
+#: choices (reference only, or fastokens from the start), whatever text is still to come.
+FASTOKENS_LOAD_FACTOR = 2.5
 #: Documents longer than this are encoded in pieces cut at checked boundaries (bounds memory).
 HUGE_DOC_CHARS = 8 << 20
 #: Characters on each side of a candidate cut that must encode the same whole and cut.
@@ -102,15 +110,24 @@ class Encoder:
     a mismatch switches this encoder to the reference for good. ``report`` says what happened.
     """
 
-    def __init__(self, tokenizer: Tokenizer | Path, policy: DocumentPolicy, dtype: str, backend: str = "auto"):
+    def __init__(self, tokenizer: Tokenizer | Path, policy: DocumentPolicy, dtype: str, backend: str = "auto",
+                 defer_fastokens: bool = False):
         """``tokenizer``: the reference, or the path of its ``tokenizer.json``; a path lets fastokens
-        load first, which lowers the start-up peak (see :func:`_load_fastokens`)."""
+        load first, which lowers the start-up peak (see :func:`_load_fastokens`).
+
+        ``defer_fastokens`` (``auto`` with a path only): encode with the reference from the start and
+        load fastokens (checked on the start-up sample as always) only once the reference has spent
+        ``FASTOKENS_LOAD_FACTOR`` x its own load's CPU encoding; a small job never loads fastokens."""
         if backend not in BACKENDS:
             raise TokenizerError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-        fast, why = (None, "") if backend == "tokenizers" else _load_fastokens(tokenizer)
+        deferred = defer_fastokens and backend == "auto"
+        if deferred and isinstance(tokenizer, Tokenizer):
+            raise ValueError("defer_fastokens needs the tokenizer's path: its load is what fastokens is weighed against")
+        fast, why = (None, "") if backend == "tokenizers" or deferred else _load_fastokens(tokenizer)
         _malloc_trim()  # loading peaks far above what a tokenizer keeps; return that before the next load
         # The encoder configures and keeps the tokenizer it is given (no copy: a Qwen3-sized
         # tokenizer costs ~110 MB and half a second to copy); callers hand over their instance.
+        started = time.thread_time()
         tok = tokenizer if isinstance(tokenizer, Tokenizer) else read_tokenizer_file(Path(tokenizer))
         tok.no_padding()
         tok.no_truncation()
@@ -123,8 +140,18 @@ class Encoder:
         self._fast = None
         self._rng = random.Random()
         self._until_check = self._rng.randrange(VERIFY_EVERY_CHARS)
+        #: characters each backend has encoded (a slice check's second encoding not counted)
+        self.chars = {"tokenizers": 0, "fastokens": 0}
+        #: with a deferred fastokens: (its path, the reference's encode CPU-seconds that buy it, spent so far)
+        self._deferred: tuple[Path, float, float] | None = None
         if backend == "tokenizers":
             self.report = BackendReport(backend, "tokenizers", "reference; not compared")
+        elif deferred:
+            price = FASTOKENS_LOAD_FACTOR * (time.thread_time() - started)
+            self._deferred = (Path(tokenizer), price, 0.0)
+            self.report = BackendReport(backend, "tokenizers",
+                                        f"reference; fastokens deferred until the reference has spent {price:.2f} "
+                                        f"CPU-s encoding ({FASTOKENS_LOAD_FACTOR:g} x its own load)")
         else:
             self.report = self._try_fastokens(fast, why, backend)
         _malloc_trim()
@@ -159,10 +186,25 @@ class Encoder:
         self._fast = fast
         version = getattr(sys.modules["fastokens"], "__version__", None) or _dist_version("fastokens")
         chars = sum(len(t) for t in texts)
+        before = (f"; loaded after the reference had encoded {self.chars['tokenizers']} chars"
+                  if self.chars["tokenizers"] else "")
         return BackendReport(requested, "fastokens",
                              f"fastokens {version}: ids identical to tokenizers on the start-up sample "
                              f"({len(texts)} texts, {chars} chars, special text {self.policy.special_text}); "
-                             "re-checked on random slices during the run")
+                             f"re-checked on random slices during the run{before}")
+
+    def _weigh_fastokens(self, spent: float) -> None:
+        """Count the reference's encode CPU; once it reaches the deferred fastokens' price, load and
+        check fastokens (next batches use it if it matches, else the reference stays for good)."""
+        path, price, total = self._deferred  # type: ignore[misc]
+        total += spent
+        if total < price:
+            self._deferred = (path, price, total)
+            return
+        self._deferred = None
+        fast, why = _load_fastokens(path)
+        self.report = self._try_fastokens(fast, why, self.report.requested)
+        _malloc_trim()
 
     def _policy_template(self) -> str:
         """A post-processor that puts bos (if any) before and eos after each text, nothing else."""
@@ -194,15 +236,21 @@ class Encoder:
         return self._encode_batch(texts)
 
     def _encode_batch(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        chars = sum(map(len, texts))
         if self._fast is None:
+            started = time.thread_time()
             flat, lengths = self._encode_reference(texts)
+            self.chars["tokenizers"] += chars
+            if self._deferred is not None:
+                self._weigh_fastokens(time.thread_time() - started)
         else:
             flat, lengths = self._encode_fast(self._fast, texts)
-            self._until_check -= sum(map(len, texts))
+            self._until_check -= chars
             if self._until_check <= 0:
                 self._until_check = self._rng.randrange(2 * VERIFY_EVERY_CHARS)
                 if not self._check_slice(texts):
                     flat, lengths = self._encode_reference(texts)
+            self.chars[self.backend] += chars
         if self.dtype != flat.dtype:
             if flat.size and int(flat.max()) > np.iinfo(self.dtype).max:
                 raise TokenizerError(f"the tokenizer emitted id {int(flat.max())}, which {self.dtype} cannot hold",

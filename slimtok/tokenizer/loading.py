@@ -1,9 +1,9 @@
 """Loading a tokenizer and the facts a job is pinned to: fingerprint, id count, document policy.
 
 A tokenizer comes from a ``tokenizer.json`` file, a local folder, or a Hugging Face Hub repo id.
-It is parsed once (from the file's bytes, or from their compact form: see :func:`_compact_merges`)
-and serialized once (:attr:`LoadedTokenizer.canonical_json`), whose sha256 is the fingerprint; a
-job copies the bytes that were parsed (:attr:`LoadedTokenizer.file_bytes`).
+It is parsed once (from the file's bytes as they are) and serialized once
+(:attr:`LoadedTokenizer.canonical_json`), whose sha256 is the fingerprint; a job copies that JSON
+with its merges in the compact form that loads back to it (:attr:`LoadedTokenizer.file_bytes`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import orjson
 from tokenizers import Tokenizer
@@ -38,11 +39,14 @@ class LoadedTokenizer:
     notes: tuple[str, ...] = ()
     #: ``Tokenizer.to_str()`` taken once at load; ``sha256`` is its digest
     canonical_json: str = field(default="", repr=False, compare=False)
-    #: the bytes it was parsed from: the tokenizer.json, or its proven compact form (empty when
-    #: built through transformers)
+    #: what a job copies: the canonical JSON with merges as "a b" strings (empty: the canonical
+    #: JSON itself, see :func:`_compact_copy`)
     file_bytes: bytes = field(default=b"", repr=False, compare=False)
     #: sha256 of the tokenizer.json as read (empty when built through transformers)
     source_file_sha256: str = ""
+    #: an upper bound on tokens per UTF-8 byte of a document's text (separators aside), from the
+    #: normalizer and pre-tokenizer (:func:`text_growth`); None when they allow no bound
+    growth: float | None = None
 
     @property
     def eos_token_id(self) -> int:
@@ -78,7 +82,9 @@ def load_tokenizer(source: str, eos_id: int | None = None, bos: str = "auto",
                                                   else "their control ids (--special-text parse)")]
     notes += separator_warnings(tok, policy)
     sha = hashlib.sha256(canonical.encode()).hexdigest()
-    return LoadedTokenizer(tok, source, sha, id_count, policy, tuple(notes), canonical, file_bytes, source_sha)
+    growth = text_growth(*(orjson.loads(part.__getstate__()) if part else None
+                           for part in (tok.normalizer, tok.pre_tokenizer)))
+    return LoadedTokenizer(tok, source, sha, id_count, policy, tuple(notes), canonical, file_bytes, source_sha, growth)
 
 
 def max_id_plus_one(tok: Tokenizer) -> int:
@@ -140,7 +146,8 @@ def _from_transformers(source: str) -> tuple[_Parsed, TokenizerConfig]:
     if backend is None:
         raise TokenizerError(f"tokenizer {source!r} has no fast (tokenizers) version", source,
                              "convert it and save a tokenizer.json")
-    return (backend, b"", backend.to_str(), ""), TokenizerConfig(True, tok.eos_token, tok.bos_token)
+    canonical = backend.to_str()
+    return (backend, _compact_copy(canonical), canonical, ""), TokenizerConfig(True, tok.eos_token, tok.bos_token)
 
 
 def local_tokenizer_file(source: str) -> Path | None:
@@ -183,46 +190,44 @@ def _parse(path: Path, data: bytes) -> Tokenizer:
         raise TokenizerError(f"not a tokenizers JSON file ({exc})", path) from exc
 
 
-#: A BPE model whose merges are written as ``["a", "b"]`` pairs (the form newer tokenizers save).
-_PAIR_MERGES = re.compile(rb'"merges"\s*:\s*\[\s*\[')
-
-
 def _read_file(path: Path) -> _Parsed:
-    """Parse ``path`` once: from its compact form when it has one and that form is proven to hold
-    the same merges in the same order (the only part it changes), else from the bytes as read."""
+    """Parse ``path`` once, as it is, and serialize it once; the copy a job keeps is the canonical
+    JSON with its merges as ``"a b"`` strings when every merge can be written so (see
+    :func:`_compact_copy`), else the canonical JSON itself (``file_bytes`` empty)."""
     data = path.read_bytes()
-    source_sha = hashlib.sha256(data).hexdigest()
-    compact = _compact_merges(data) if _PAIR_MERGES.search(data) else None
-    if compact is not None:
-        tok = _parse(path, compact[0])
-        canonical = tok.to_str()
-        # The parse serialized back holds the file's merges, written as pairs, exactly (a key
-        # cannot occur inside a JSON string, whose quotes are escaped); otherwise (another
-        # escaping, another order) the file is parsed as it is.
-        merges, written = b'"merges":' + orjson.dumps(compact[1]), canonical.encode()
-        at = written.find(merges)
-        if at >= 0 and written[at + len(merges):at + len(merges) + 1] in (b",", b"}"):
-            return tok, compact[0], canonical, source_sha
     tok = _parse(path, data)
-    return tok, data, tok.to_str(), source_sha
+    canonical = tok.to_str()
+    return tok, _compact_copy(canonical), canonical, hashlib.sha256(data).hexdigest()
 
 
-def _compact_merges(data: bytes) -> tuple[bytes, list[list[str]]] | None:
-    """(the JSON with BPE merges as ``"a b"`` strings, the original pairs), or None when some merge
-    holds a space (its string would be ambiguous) or the file is no such model. tokenizers and
-    fastokens read both forms; the string form loads faster (Qwen3: fastokens ~20% less CPU)."""
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    model = obj.get("model") if isinstance(obj, dict) else None
-    pairs = model.get("merges") if isinstance(model, dict) else None
-    if not pairs or not isinstance(pairs, list) or not all(
-            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], str)
-            and " " not in p[0] + p[1] for p in pairs):
-        return None
-    obj["model"]["merges"] = [f"{a} {b}" for a, b in pairs]
-    return orjson.dumps(obj), pairs
+def _compact_copy(canonical: str) -> bytes:
+    """The canonical JSON with its BPE merges as ``"a b"`` strings, or b"" when some merge holds a
+    space (its string would be ambiguous) or the model has no merges. tokenizers and fastokens
+    split such a string at its one space, so it loads back to the same pairs, i.e. to exactly the
+    canonical JSON; the string form loads faster (Qwen3 here: tokenizers 0.38 vs 0.49 CPU-s in a
+    fresh python, fastokens 0.97 vs 1.38).
+
+    The merges are the last field of the canonical JSON (``"merges":[["a","b"],...]}}``: a key
+    cannot occur inside a JSON string, whose quotes are escaped). They are rewritten as bytes, not
+    parsed (an orjson parse of Qwen3's 151k pairs costs ~0.2 CPU-s): with escaped backslashes and
+    quotes masked (control characters are always escaped, so NUL bytes are free to mask with),
+    every remaining quote delimits a string, and the pieces between them must be exactly the
+    array's punctuation, else nothing is rewritten.
+    """
+    text = canonical.encode()
+    at = text.rfind(b'"merges":[[')
+    if at < 0 or not text.endswith(b"]]}}") or b"\x00" in text:
+        return b""
+    head, tail = text[:at + len(b'"merges":')], text[at + len(b'"merges":'):-2]
+    if b" " in tail:
+        return b""
+    parts = tail.replace(b"\\\\", b"\x00\x01").replace(b'\\"', b"\x00\x02").split(b'"')
+    # [[ a , b ],[ c , d ]]: strings at odd places, "," inside a pair, "],[" between pairs
+    if len(parts) % 4 != 1 or parts[0] != b"[[" or parts[-1] != b"]]" or set(parts[2::4]) != {b","} \
+            or set(parts[4:-1:4]) - {b"],["}:
+        return b""
+    merged = b'["' + b'","'.join(map(b" ".join, zip(parts[1::4], parts[3::4]))) + b'"]'
+    return head + merged.replace(b"\x00\x02", b'\\"').replace(b"\x00\x01", b"\\\\") + b"}}"
 
 
 def _from_hub(repo_id: str) -> tuple[_Parsed, TokenizerConfig]:
@@ -250,3 +255,67 @@ def _from_hub(repo_id: str) -> tuple[_Parsed, TokenizerConfig]:
     except (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError):
         pass
     return _read_file(path), _config(path.parent)
+
+
+#: Upper bounds on how much a normalizer can lengthen UTF-8 text: the Unicode normalization forms
+#: expand one code point at most 3x (NFC, NFD) or 11x (NFKC, NFKD: U+FDFA) in UTF-8 (UAX #15);
+#: lowercasing 1.5x (U+0130 and U+023A: 2 bytes to 3), taken as 3x to be safe; stripping never lengthens.
+_NORMALIZER_GROWTH = {"NFC": 3.0, "NFD": 3.0, "NFKC": 11.0, "NFKD": 11.0, "Lowercase": 3.0, "Strip": 1.0,
+                      "StripAccents": 1.0}
+#: Pre-tokenizers that only split (or drop) text: they add no byte.
+_SPLITTING = {"Split", "Whitespace", "WhitespaceSplit", "Punctuation", "Digits", "BertPreTokenizer",
+              "UnicodeScripts", "CharDelimiterSplit"}
+
+
+def text_growth(normalizer: dict[str, Any] | None, pre_tokenizer: dict[str, Any] | None) -> float | None:
+    """An upper bound on tokens per UTF-8 byte of text (at least one byte per document), or None.
+
+    Every token of every model covers at least one byte of the text the model sees (a byte-fallback
+    token exactly one), so the bound is how much the normalizer and pre-tokenizer can lengthen the
+    text. A prepended string counts once per segment (text between added tokens), and a segment
+    holds at least one byte. Only the components listed here are bounded; any other gives None.
+    """
+    n = _growth(normalizer, "normalizers", _normalizer_growth)
+    p = _growth(pre_tokenizer, "pretokenizers", _pre_tokenizer_growth)
+    return None if n is None or p is None else n * p
+
+
+def _growth(part: dict[str, Any] | None, children: str,
+            own: Callable[[dict[str, Any]], float | None]) -> float | None:
+    """The growth bound of a component: 1 for none, the product over a Sequence, else ``own``'s."""
+    if part is None:
+        return 1.0
+    if part.get("type") == "Sequence":
+        return _product(_growth(p, children, own) for p in part.get(children, []))
+    return own(part)
+
+
+def _normalizer_growth(part: dict[str, Any]) -> float | None:
+    kind = part.get("type")
+    if kind == "Prepend" and isinstance(part.get("prepend"), str):
+        return 1.0 + len(part["prepend"].encode())
+    if kind == "Replace" and isinstance(part.get("content"), str) and (part.get("pattern") or {}).get("String"):
+        return max(1.0, len(part["content"].encode()) / len(part["pattern"]["String"].encode()))
+    if kind == "BertNormalizer":  # spaces around each CJK character (3 bytes -> 5), lowercasing, accents
+        return 5 / 3 * _NORMALIZER_GROWTH["Lowercase"]
+    return _NORMALIZER_GROWTH.get(kind)
+
+
+def _pre_tokenizer_growth(part: dict[str, Any]) -> float | None:
+    kind = part.get("type")
+    if kind == "ByteLevel":  # each byte becomes one character of at most 2 bytes
+        return 2.0
+    if kind == "Metaspace" and isinstance(part.get("replacement"), str):
+        # a space becomes the replacement, and one more is put before each word
+        width = len(part["replacement"].encode())
+        return max(1.0, width) + width
+    return 1.0 if kind in _SPLITTING else None
+
+
+def _product(factors: Iterable[float | None]) -> float | None:
+    total = 1.0
+    for f in factors:
+        if f is None:
+            return None
+        total *= f
+    return total

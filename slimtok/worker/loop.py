@@ -56,6 +56,7 @@ class Worker:
         self.entries = read_manifest(settings.manifest, check_files=False)  # its launcher checked them
         self.tokenizer_path = pinned_tokenizer_path(self.root, self.job)
         self._encoder: Encoder | None = None
+        self._noted: BackendReport | None = None  # the encoder report last written to job.json
         self.me = current_holder(settings.process_index, worker_index)
         self.name = worker_name(self.me.host, settings.process_index, worker_index)
         self.claimer = Claimer(self.root, self.me, settings.stale_after)
@@ -78,13 +79,22 @@ class Worker:
     def encoder(self) -> Encoder:
         """Loaded at the first claim, so a worker that finds nothing to do never loads a tokenizer."""
         if self._encoder is None:
-            # A path, not a loaded tokenizer: the encoder then loads fastokens first (the lower peak).
+            # A path, not a loaded tokenizer: with --backend auto the worker starts on the reference
+            # and loads fastokens only once the encoding has paid for its load (see Encoder); with
+            # --backend fastokens, fastokens loads first (the lower peak).
             self._encoder = Encoder(self.tokenizer_path, document_policy(self.job), self.job.dtype,
-                                    self.settings.backend)
-            if self.settings.process_index == 0 and self.index == 0:
-                _record_backend(self.root, self._encoder.report)
+                                    self.settings.backend, defer_fastokens=True)
+            self._note_backend()
             gc.freeze()  # the tokenizers live as long as the worker: keep collections from walking them
         return self._encoder
+
+    def _note_backend(self) -> None:
+        """Worker 0 of process 0 records its encoder's report in job.json, again whenever it changes
+        (a deferred fastokens loaded, a switch back to the reference)."""
+        report = self._encoder.report if self._encoder else None
+        if report is not None and report != self._noted and self.settings.process_index == 0 and self.index == 0:
+            _record_backend(self.root, report)
+            self._noted = report
 
     def task_context(self) -> TaskContext:
         """What this worker's shard tasks may use."""
@@ -210,6 +220,7 @@ class Worker:
             return
         finally:
             self.current = None
+            self._note_backend()
         try:
             self._await_commit()  # at most one commit in flight: its syncs overlap this shard's encoding
         except BaseException as exc:  # the previous commit failed: this shard is not committed either

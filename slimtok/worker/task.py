@@ -116,6 +116,9 @@ class ShardTask:
         self.started = time.time()
         self.checkpointed = time.monotonic()
         self.source = source_state(entry.path)
+        self._chars_before = dict(ctx.encoder.chars)
+        #: the backend(s) that encoded this claim's documents, set when :meth:`write` ends
+        self.backend = ctx.encoder.backend
 
     @property
     def part(self) -> Path:
@@ -149,6 +152,7 @@ class ShardTask:
                 raise
             self._flush(Mark(reader.lines, dict(reader.skipped)), checkpoint=False)
             self._check_not_empty(reader.missing_text_hint())
+            self.backend = self._backends_used()
         except BaseException:
             self.abandon()
             raise
@@ -208,6 +212,14 @@ class ShardTask:
             self._flush(mark, checkpoint=self._checkpoint_due())
         self.last_mark = mark
         self.ctx.stats.add(1, tokens, len(text))
+
+    def _backends_used(self) -> str:
+        """The backends that encoded text since this task began: "tokenizers", "fastokens", or
+        "tokenizers+fastokens" when each encoded part of it (a deferred fastokens took over, or a
+        mismatch switched back to the reference, mid-shard)."""
+        now = self.ctx.encoder.chars
+        used = [b for b in ("tokenizers", "fastokens") if now[b] > self._chars_before.get(b, 0)]
+        return "+".join(used) or self.ctx.encoder.backend
 
     def _rows(self, lengths: list[int], sources: list[str | None], digests: bytes) -> np.ndarray:
         """Table rows for consecutive documents: token counts, source indexes, xxh3-128 digests."""
@@ -386,7 +398,7 @@ class ShardTask:
                             source_size=self.source[0] if self.source else self.entry.size,
                             token=self.claim.token, host=self.ctx.host, finished_at=time.time(),
                             seconds=round(time.time() - self.started, 3), sources=_copy_sources(p.sources),
-                            backend=self.ctx.encoder.backend, table=self.root.relative(table),
+                            backend=self.backend, table=self.root.relative(table),
                             table_bytes=self.table.size, table_sha256=self.table.sha256(),
                             source_names=list(p.source_names), table_version=DOC_TABLE_VERSION)
         done = self.root.done(self.entry.id)
