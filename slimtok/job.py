@@ -224,6 +224,11 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], say: Call
     done, claimed or checkpointed (a launch whose every shard failed, e.g. on a wrong --text-key).
     Their failed records, manifest copy and tokenizer copy are removed first, so a kill part way
     leaves the old job with fewer records, never the new job with the old failures. Else JobMismatch."""
+    current = read_job(root)
+    if not current.differences(requested):
+        # Another launcher of the same corrected command (another node) re-pinned it since this
+        # one read job.json; its workers may hold claims already, which are this job's own.
+        return current
     mismatch = "was started with other settings; refusing to mix outputs: " + "; ".join(diffs)
     done, held, partial = root.done_ids(), root.locked_ids(), root.checkpointed_ids()
     if done:

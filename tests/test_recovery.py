@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 
 from corpus import doc_line, make_dataset, reference_ids, sample_documents, slimtok, write_shard
 
@@ -423,3 +424,30 @@ def test_an_unexpected_error_in_one_shard_fails_that_shard_only(tmp_path, bpe_to
     ids = [json.loads(x)["id"] for x in manifest.read_text().splitlines()]
     assert done == set(ids) - {record["shard"]}
     assert not list((out / "locks").rglob("*.lock")) and not list((out / "shards").rglob("*.part"))
+
+
+def test_a_launcher_that_finds_the_job_re_pinned_to_its_own_settings_goes_on(tmp_path, bpe_tokenizer):
+    """Two nodes relaunch one corrected command; both read the old job.json, the first re-pins and
+    its worker claims a shard before the second looks for claims: the second must go on, not refuse."""
+    from slimtok.claims import Claimer, current_holder
+    from slimtok.errors import JobMismatch
+    from slimtok.job import TokenizeSettings, _repin, pin_job, read_job
+    from slimtok.protocol import OutputRoot
+
+    manifest = _manifest(tmp_path, make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=3, holdout_docs=1))
+    root = OutputRoot(tmp_path / "out")
+    old = pin_job(TokenizeSettings(manifest=str(manifest), output_root=str(root.root), tokenizer=str(bpe_tokenizer),
+                                   text_key="body"))
+    new = pin_job(TokenizeSettings(manifest=str(manifest), output_root=str(root.root), tokenizer=str(bpe_tokenizer)))
+    diffs = old.differences(new)
+    assert diffs and read_job(root) == new  # the first node re-pinned
+    first_id = orjson.loads(manifest.read_bytes().splitlines()[0])["id"]
+    assert Claimer(root, current_holder(0, 0), 60.0).try_claim(first_id) is not None  # its worker began
+
+    assert _repin(root, new, diffs, None) == new  # the second node, which read the old job.json
+    assert root.lock(first_id).exists()
+    # a launcher asking for other settings still may not re-pin over that claim
+    other = TokenizeSettings(manifest=str(manifest), output_root=str(root.root), tokenizer=str(bpe_tokenizer),
+                             text_key="content")
+    with pytest.raises(JobMismatch, match="claim"):
+        pin_job(other)
