@@ -80,6 +80,8 @@ import numpy as np
 import orjson
 import xxhash
 
+from .errors import SlimtokError
+
 PROTOCOL_VERSION = 1
 
 #: One row of a shard's document table (24 bytes, little-endian, no header; docs/FORMATS.md).
@@ -119,8 +121,8 @@ class Checksum:
         return f"{self.algorithm}:{self.hexdigest}"
 
     def hasher(self) -> Any:
-        """A fresh hash object of the algorithm (``update``, ``hexdigest``); ValueError for a name
-        this version does not know (a record from a newer writer)."""
+        """A fresh hash object of the algorithm (``update``, ``hexdigest``); SlimtokError for a
+        name this version does not know (a record from a newer writer)."""
         return hasher(self.algorithm)
 
     def matches(self, h: Any) -> bool:
@@ -132,8 +134,8 @@ def hasher(algorithm: str) -> Any:
     try:
         return CHECKSUMS[algorithm]()
     except KeyError:
-        raise ValueError(f"unknown checksum algorithm {algorithm!r} (this slimtok knows "
-                         f"{', '.join(CHECKSUMS)}); a newer slimtok wrote the record") from None
+        raise SlimtokError(f"unknown checksum algorithm {algorithm!r} (this slimtok knows {', '.join(CHECKSUMS)})",
+                           fix="a newer slimtok wrote the record: read the root with that version") from None
 
 
 class Record:

@@ -4,6 +4,7 @@ own shard tokens (split at eos), and the output read back by validate, slimtok.d
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import subprocess
@@ -757,6 +758,19 @@ def test_an_old_sha256_chunk_record_still_verifies(roots, tmp_path):
     assert _failed_checks(out)["train.bin: checksums"].endswith(f": {old.shard}")
 
 
+def test_a_chunk_record_naming_an_unknown_checksum_is_refused_by_name(roots, tmp_path):
+    from slimtok.errors import SlimtokError
+    from slimtok.validate import validate
+
+    out = tmp_path / "out"
+    mix_main(_spec(roots, tmp_path, shuffle="none"), out)
+    record = _chunk_ranges(out)[0][0]
+    record.checksum = "blake9:" + "0" * 32
+    write_record(OutputRoot(out).done(record.shard), record)
+    with pytest.raises(SlimtokError, match="unknown checksum algorithm 'blake9'"):
+        validate(out, samples=4, block_size=16, log=lambda _: None)
+
+
 def test_combine_and_clean_check_a_shard_with_its_records_algorithm(roots, tmp_path):
     """A tokenized root whose done records name xxh3-128 is combined and cleaned like a sha256
     one; a damaged shard is refused by combine, a damaged combined file by clean, both naming it."""
@@ -799,3 +813,38 @@ def test_a_mix_of_a_mix_is_refused_naming_the_missing_tables(roots, tmp_path):
     with pytest.raises(MixError, match="shard train/mix-000000 has no document table"):
         mix_main(spec, tmp_path / "second")
     assert not (tmp_path / "second").exists()
+
+
+def test_buffered_copy_crosses_block_edges_and_names_a_short_source(tmp_path, monkeypatch):
+    """Spans longer and shorter than the copy buffer, from two files in a shuffled order: the output
+    and its digest equal a slice-and-join computed here; a source that ends early is named."""
+    from slimtok.mix import write as mix_write
+    from slimtok.mix.write import Layout, _copy_hashed
+    from slimtok.spans import ShortSource
+
+    monkeypatch.setattr(mix_write, "COPY_BLOCK", 7)
+    sources = [tmp_path / "a.bin", tmp_path / "b.bin"]
+    blobs = [bytes(range(100)), bytes(range(100, 160))]
+    for path, blob in zip(sources, blobs):
+        path.write_bytes(b"xx" + blob)  # each file's tokens start at base 2
+    layout = Layout(sources, [2, 2], np.zeros(1, dtype=np.int64), ["s"])
+    spans = [(1, 5, 20), (0, 0, 3), (0, 50, 1), (1, 0, 5), (0, 10, 40)]
+    dest = tmp_path / "out.bin"
+    dest.write_bytes(b"\0" * 80)
+    digest, opened = xxhash.xxh3_128(), {}
+    fd = os.open(dest, os.O_WRONLY)
+    try:
+        assert _copy_hashed(spans, layout, opened, fd, 3, digest) == 69
+    finally:
+        os.close(fd)
+        for src in opened.values():
+            os.close(src)
+    want = b"".join(blobs[f][s:s + n] for f, s, n in spans)
+    assert dest.read_bytes() == b"\0" * 3 + want + b"\0" * 8 and len(opened) == 2
+    assert digest.hexdigest() == xxhash.xxh3_128_hexdigest(want)
+    fd = os.open(dest, os.O_WRONLY)
+    try:
+        with pytest.raises(ShortSource, match="b.bin ends 5 bytes before"):
+            _copy_hashed([(1, 55, 10)], layout, {}, fd, 0, xxhash.xxh3_128())
+    finally:
+        os.close(fd)

@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import orjson
@@ -133,12 +133,14 @@ def _spans(picks: np.ndarray, itemsize: int) -> list[tuple[int, int, int]]:
     return list(zip(f[heads].tolist(), s[heads].tolist(), np.add.reduceat(n, heads).tolist()))
 
 
-def _copy_hashed(spans: list[tuple[int, int, int]], open_fd: Callable[[int], int], bases: list[int], dst: int,
-                 offset: int, digest: Any) -> int:
+def _copy_hashed(spans: list[tuple[int, int, int]], docs: Layout, opened: dict[int, int], dst: int, offset: int,
+                 digest: Any) -> int:
     """Copy ``spans`` (file, start, length) one after another to ``dst`` from ``offset``; returns
     the bytes written. Spans are read into one buffer end to end (a shuffled chunk's documents are
     small: one pread each, one write per ``COPY_BLOCK``); ``digest`` is updated with every buffer
-    before it is written, so it covers exactly the chunk's bytes in order."""
+    before it is written, so it covers exactly the chunk's bytes in order. ``opened`` keeps the
+    source fds (file number -> fd; a shuffled chunk returns to the same shards often), for the
+    caller to close."""
     view = memoryview(bytearray(min(COPY_BLOCK, sum(n for _, _, n in spans)) or 1))
     fill = written = 0
 
@@ -151,11 +153,14 @@ def _copy_hashed(spans: list[tuple[int, int, int]], open_fd: Callable[[int], int
         written, fill = written + fill, 0
 
     for file, start, length in spans:
-        src, at = open_fd(file), bases[file] + start
+        if file not in opened:
+            opened[file] = os.open(docs.paths[file], os.O_RDONLY)
+        src, at = opened[file], docs.bases[file] + start
         while length:
             n = os.preadv(src, [view[fill:fill + min(length, len(view) - fill)]], at)
             if n == 0:
-                raise ShortSource(errno.EIO, f"shard file {file} ended {length} bytes before a document's end")
+                raise ShortSource(errno.EIO, f"{docs.paths[file]} ends {length} bytes before the end of a document "
+                                             "the plan takes from it")
             fill, at, length = fill + n, at + n, length - n
             if fill == len(view):
                 flush()
@@ -171,16 +176,10 @@ def write_chunk(out: OutputRoot, split: str, n: int, picks: np.ndarray, offset: 
     began = time.time()
     itemsize = np.dtype(job.dtype).itemsize
     fd = os.open(_partial(out, split), os.O_WRONLY)
-    opened: dict[int, int] = {}  # a shuffled chunk returns to the same shards often: open each once
-
-    def open_fd(file: int) -> int:
-        if file not in opened:
-            opened[file] = os.open(docs.paths[file], os.O_RDONLY)
-        return opened[file]
-
+    opened: dict[int, int] = {}
     digest = hasher(CHUNK_CHECKSUM)
     try:
-        size = _copy_hashed(_spans(picks, itemsize), open_fd, docs.bases, fd, offset, digest)
+        size = _copy_hashed(_spans(picks, itemsize), docs, opened, fd, offset, digest)
         os.fsync(fd)
     finally:
         for src in opened.values():
