@@ -17,7 +17,7 @@ import errno
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -169,28 +169,44 @@ def _copy_hashed(spans: list[tuple[int, int, int]], docs: Layout, opened: dict[i
     return written
 
 
-def write_chunk(out: OutputRoot, split: str, n: int, picks: np.ndarray, offset: int, docs: Layout,
-                job: JobSettings) -> None:
-    """Copy one chunk's documents to its byte range (hashing them on the way), sync, then commit
-    its done record."""
+@dataclass
+class _Copied:
+    """A chunk whose bytes are written but not yet synced, and what its done record needs."""
+
+    size: int
+    checksum: str
+    began: float
+
+
+def copy_chunk(out: OutputRoot, split: str, picks: np.ndarray, offset: int, docs: Layout,
+               job: JobSettings) -> _Copied:
+    """Copy one chunk's documents to its byte range, hashing them on the way (not synced)."""
     began = time.time()
-    itemsize = np.dtype(job.dtype).itemsize
     fd = os.open(_partial(out, split), os.O_WRONLY)
     opened: dict[int, int] = {}
     digest = hasher(CHUNK_CHECKSUM)
     try:
-        size = _copy_hashed(_spans(picks, itemsize), docs, opened, fd, offset, digest)
-        os.fsync(fd)
+        size = _copy_hashed(_spans(picks, np.dtype(job.dtype).itemsize), docs, opened, fd, offset, digest)
     finally:
         for src in opened.values():
             os.close(src)
         os.close(fd)
-    counts = docs.source_counts(picks)
+    return _Copied(size, str(Checksum(CHUNK_CHECKSUM, digest.hexdigest())), began)
+
+
+def commit_chunk(out: OutputRoot, split: str, n: int, picks: np.ndarray, docs: Layout, job: JobSettings,
+                 copied: _Copied) -> None:
+    """Sync the split file (so the chunk's bytes are durable), then create the chunk's done record."""
+    fd = os.open(_partial(out, split), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     write_record(out.done(_chunk_id(split, n)), DoneRecord(
         shard=_chunk_id(split, n), split=split, file=SPLIT_FILES[split], lines=0, documents=len(picks),
-        tokens=size // itemsize, bytes=size, sha256="", dtype=job.dtype, skipped={}, source_size=0,
-        token=new_token(), host=hostname(), finished_at=time.time(), seconds=time.time() - began, sources=counts,
-        checksum=str(Checksum(CHUNK_CHECKSUM, digest.hexdigest()))))
+        tokens=copied.size // np.dtype(job.dtype).itemsize, bytes=copied.size, sha256="", dtype=job.dtype,
+        skipped={}, source_size=0, token=new_token(), host=hostname(), finished_at=time.time(),
+        seconds=time.time() - copied.began, sources=docs.source_counts(picks), checksum=copied.checksum))
 
 
 def _unfinished(out: OutputRoot, split: str, starts: np.ndarray) -> list[int]:
@@ -224,13 +240,22 @@ def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarr
     if not dest.exists():
         with open(partial, "ab") as f:
             f.truncate(total)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            running = {pool.submit(write_chunk, out, split, n, picks[n * per_chunk:(n + 1) * per_chunk],
-                                   int(starts[n]), docs, job): n for n in todo}
-            for result in as_completed(running):
-                result.result()
-                n = running[result]
-                tally.add(len(picks[n * per_chunk:(n + 1) * per_chunk]), int(starts[n + 1] - starts[n]))
+        # ``workers`` threads copy; one more syncs and commits finished copies meanwhile, so the
+        # disk's writeback and the next chunk's copy overlap even with one worker
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as commits:
+            running = {pool.submit(copy_chunk, out, split, picks[n * per_chunk:(n + 1) * per_chunk], int(starts[n]),
+                                   docs, job): (n, False) for n in todo}
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for result in finished:
+                    n, committed = running.pop(result)
+                    chunk = picks[n * per_chunk:(n + 1) * per_chunk]
+                    if committed:
+                        result.result()
+                        tally.add(len(chunk), int(starts[n + 1] - starts[n]))
+                    else:
+                        running[commits.submit(commit_chunk, out, split, n, chunk, docs, job, result.result())] = \
+                            (n, True)
         _write_index(out.doc_index(split), picks, per_chunk)
         os.replace(partial, dest)
         fsync_dir(dest.parent)
