@@ -199,21 +199,21 @@ def segment_of(root: OutputRoot, record: DoneRecord, job: JobSettings, verify: b
     """Check one shard (and its table) against its done record and return its segment. ``whole``
     sees the bytes the segment contributes, in order (call in shard order)."""
     path = _inside(root, record.file, record, "file")
-    sha = record.data_checksum() if verify else None
+    want = record.data_checksum() if verify else None
     itemsize = np.dtype(job.dtype).itemsize
     if not record.table:
         if exclusion is not None:
             raise CombineError(f"shard {record.shard} has no document table (written before tables existed), so "
                                "documents cannot be left out of it", root.done(record.shard), _redo(record))
         scan = _EosScan(job.dtype, job.eos_token_id)
-        _read_checked(path, record, record.bytes, sha, (lambda b: (whole.update(b), scan.add(b))) if whole
+        _read_checked(path, record, record.bytes, want, (lambda b: (whole.update(b), scan.add(b))) if whole
                       else scan.add)
         return Segment(record, [Span(path, 0, record.bytes)], scan.counts(record, path))
     table = _table(root, record, verify)
     if exclusion is None or not len(exclusion.indices):
-        _read_checked(path, record, record.bytes, sha, whole.update if whole else None)
+        _read_checked(path, record, record.bytes, want, whole.update if whole else None)
         return Segment(record, [Span(path, 0, record.bytes)], np.asarray(table["tokens"], dtype=np.int64))
-    _read_checked(path, record, record.bytes, sha, None)
+    _read_checked(path, record, record.bytes, want, None)
     keep = keep_mask(len(table), drop=exclusion.indices)
     segment = Segment(record, document_spans(path, table, keep, itemsize),
                       np.asarray(table["tokens"][keep], dtype=np.int64), _removed(table, record, exclusion))
