@@ -152,17 +152,22 @@ def _copy_hashed(spans: list[tuple[int, int, int]], docs: Layout, opened: dict[i
             done += os.pwrite(dst, view[done:fill], offset + written + done)
         written, fill = written + fill, 0
 
+    # once per document of a shuffled chunk: names bound locally and no min(), which took a 2 KB
+    # document from 2.5 to 2.0 us (medians of 3; a bare pread loop: 1.5 us)
+    preadv, bases, room = os.preadv, docs.bases, len(view)
     for file, start, length in spans:
-        if file not in opened:
-            opened[file] = os.open(docs.paths[file], os.O_RDONLY)
-        src, at = opened[file], docs.bases[file] + start
+        src = opened.get(file)
+        if src is None:
+            src = opened[file] = os.open(docs.paths[file], os.O_RDONLY)
+        at = bases[file] + start
         while length:
-            n = os.preadv(src, [view[fill:fill + min(length, len(view) - fill)]], at)
+            end = fill + length if length < room - fill else room
+            n = preadv(src, [view[fill:end]], at)
             if n == 0:
                 raise ShortSource(errno.EIO, f"{docs.paths[file]} ends {length} bytes before the end of a document "
                                              "the plan takes from it")
             fill, at, length = fill + n, at + n, length - n
-            if fill == len(view):
+            if fill == room:
                 flush()
     if fill:
         flush()
