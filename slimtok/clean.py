@@ -4,7 +4,7 @@ Reads ``job.json``, ``manifest.jsonl``, ``done/``, ``locks/``, ``meta.json`` and
 split files. Removes:
 
 * ``shards/<id>.bin`` of every combined split, once the split's file is checked against its done
-  records (shard count, size, and each shard's byte range against the record's sha256: the check
+  records (shard count, size, and each shard's byte range against the record's checksum: the check
   a ``combine --consume``'d split gets, :func:`slimtok.consume.combined_mismatch`);
 * part files, checkpoints, temporary files and takeover markers that killed workers left;
 * locks that hold no live claim (:meth:`slimtok.claims.Claimer.is_leftover`).

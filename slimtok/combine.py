@@ -33,7 +33,8 @@ from .dedup.drops import Exclusion
 from .job import load_job
 from .manifest import ShardEntry
 from .errors import CombineError
-from .protocol import SPLIT_FILES, DoneRecord, FailedRecord, JobSettings, Meta, OutputRoot, read_doc_table, read_record
+from .protocol import (SPLIT_FILES, Checksum, DoneRecord, FailedRecord, JobSettings, Meta, OutputRoot, hasher,
+                       read_doc_table, read_record)
 from .publish import PendingSet, require_free, roll_forward
 from .spans import DocEnds, Span, concatenate, document_spans, keep_mask
 
@@ -91,10 +92,10 @@ def _redo(record: DoneRecord) -> str:
     return f"delete done/{record.shard}.json and relaunch tokenize to redo the shard"
 
 
-def _read_checked(path: Path, record: DoneRecord, size: int, sha256: str | None,
+def _read_checked(path: Path, record: DoneRecord, size: int, expected: Checksum | None,
                   on_block: Callable[[bytes], None] | None) -> None:
-    """Size of ``path`` (always) and its sha256 (when given) against the done record's; ``on_block``
-    sees every block in order when given (the read is shared)."""
+    """Size of ``path`` (always) and its checksum (when ``expected`` is given) against the done
+    record's; ``on_block`` sees every block in order when given (the read is shared)."""
     try:
         found = os.stat(path).st_size
     except FileNotFoundError as exc:
@@ -102,19 +103,20 @@ def _read_checked(path: Path, record: DoneRecord, size: int, sha256: str | None,
     if found != size:
         raise CombineError(f"{found} bytes, but its done record says {size}: the file was changed after it "
                            "was written", path, _redo(record))
-    if sha256 is None and on_block is None:
+    if expected is None and on_block is None:
         return
     with open(path, "rb") as f:
-        found_sha = sha256_of(f, size, on_block)
-    if sha256 is not None and found_sha != sha256:
-        raise CombineError("sha256 does not match its done record (corrupted after it was written)", path,
-                           _redo(record))
+        found_digest = checksum_of(f, size, expected.algorithm if expected else "sha256", on_block)
+    if expected is not None and found_digest != expected.hexdigest:
+        raise CombineError(f"{expected.algorithm} does not match its done record (corrupted after it was written)",
+                           path, _redo(record))
 
 
-def sha256_of(f: BinaryIO, length: int, on_block: Callable[[bytes], None] | None = None) -> str:
-    """The sha256 of the next ``length`` bytes of ``f`` (fewer at its end), read in blocks that
-    ``on_block`` also sees."""
-    h = hashlib.sha256()
+def checksum_of(f: BinaryIO, length: int, algorithm: str,
+                on_block: Callable[[bytes], None] | None = None) -> str:
+    """The hex digest (``algorithm``, a protocol.CHECKSUMS name) of the next ``length`` bytes of
+    ``f`` (fewer at its end), read in blocks that ``on_block`` also sees."""
+    h = hasher(algorithm)
     while length > 0 and (block := f.read(min(READ_BLOCK, length))):
         h.update(block)
         length -= len(block)
@@ -165,7 +167,8 @@ class Segment:
 def _table(root: OutputRoot, record: DoneRecord, verify: bool) -> np.ndarray:
     """The shard's document table, checked against its done record; its token sum must be the shard's."""
     path = _inside(root, record.table, record, "table")
-    _read_checked(path, record, record.table_bytes, record.table_sha256 if verify else None, None)
+    _read_checked(path, record, record.table_bytes, Checksum("sha256", record.table_sha256) if verify else None,
+                  None)
     table = read_doc_table(path)
     if len(table) != record.documents or int(table["tokens"].sum(dtype=np.int64)) != record.tokens:
         raise CombineError(f"{len(table)} rows of {int(table['tokens'].sum(dtype=np.int64))} tokens, but shard "
@@ -196,21 +199,21 @@ def segment_of(root: OutputRoot, record: DoneRecord, job: JobSettings, verify: b
     """Check one shard (and its table) against its done record and return its segment. ``whole``
     sees the bytes the segment contributes, in order (call in shard order)."""
     path = _inside(root, record.file, record, "file")
-    sha = record.sha256 if verify else None
+    want = record.data_checksum() if verify else None
     itemsize = np.dtype(job.dtype).itemsize
     if not record.table:
         if exclusion is not None:
             raise CombineError(f"shard {record.shard} has no document table (written before tables existed), so "
                                "documents cannot be left out of it", root.done(record.shard), _redo(record))
         scan = _EosScan(job.dtype, job.eos_token_id)
-        _read_checked(path, record, record.bytes, sha, (lambda b: (whole.update(b), scan.add(b))) if whole
+        _read_checked(path, record, record.bytes, want, (lambda b: (whole.update(b), scan.add(b))) if whole
                       else scan.add)
         return Segment(record, [Span(path, 0, record.bytes)], scan.counts(record, path))
     table = _table(root, record, verify)
     if exclusion is None or not len(exclusion.indices):
-        _read_checked(path, record, record.bytes, sha, whole.update if whole else None)
+        _read_checked(path, record, record.bytes, want, whole.update if whole else None)
         return Segment(record, [Span(path, 0, record.bytes)], np.asarray(table["tokens"], dtype=np.int64))
-    _read_checked(path, record, record.bytes, sha, None)
+    _read_checked(path, record, record.bytes, want, None)
     keep = keep_mask(len(table), drop=exclusion.indices)
     segment = Segment(record, document_spans(path, table, keep, itemsize),
                       np.asarray(table["tokens"][keep], dtype=np.int64), _removed(table, record, exclusion))

@@ -67,9 +67,9 @@ def combined_mismatch(root: OutputRoot, plan, entry: dict, checksums: bool,
                       advance: Callable[[DoneRecord], None] | None = None) -> str | None:
     """Why the split's combined file is not ``plan.done``'s shards one after another as its meta
     ``entry`` says (None when it is): the shard count, the size and, with ``checksums``, each
-    shard's byte range against its done record's sha256 (one read of the file; ``advance`` is
+    shard's byte range against its done record's checksum (one read of the file; ``advance`` is
     told of each shard checked)."""
-    from .combine import sha256_of  # combine imports this module lazily
+    from .combine import checksum_of  # combine imports this module lazily
 
     dest = root.combined(plan.split)
     expected = sum(r.bytes for r in plan.done)
@@ -82,8 +82,9 @@ def combined_mismatch(root: OutputRoot, plan, entry: dict, checksums: bool,
         with open(dest, "rb") as f:
             offset = 0
             for r in plan.done:
-                if sha256_of(f, r.bytes) != r.sha256:
-                    return (f"bytes {offset:,}..{offset + r.bytes:,} do not hash to the sha256 of shard "
+                want = r.data_checksum()
+                if checksum_of(f, r.bytes, want.algorithm) != want.hexdigest:
+                    return (f"bytes {offset:,}..{offset + r.bytes:,} do not hash to the {want.algorithm} of shard "
                             f"{r.shard}'s done record")
                 offset += r.bytes
                 if advance is not None:
@@ -129,7 +130,7 @@ def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings,
             if i < journal.appended:
                 path.unlink(missing_ok=True)  # moved; a kill came before its deletion
             else:
-                _read_checked(path, record, record.bytes, record.sha256 if verify else None, None)
+                _read_checked(path, record, record.bytes, record.data_checksum() if verify else None, None)
                 concatenate([Span(path, 0, record.bytes)], fd)
                 os.fsync(fd)
                 journal.appended, journal.bytes = i + 1, journal.bytes + record.bytes

@@ -38,7 +38,8 @@ Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_tra
 Invariants:
 
 * A shard is finished exactly when ``done/<id>.json`` exists; its ``file`` names the data, whose
-  size and sha256 the record holds. Nothing else is ever trusted by combine.
+  size and checksum the record holds (:meth:`DoneRecord.data_checksum`: sha256 for tokenize's
+  shards, xxh3-128 for a mix's chunks). Nothing else is ever trusted by combine.
 * Only the holder of ``locks/<id>.lock`` (the record's ``token``) writes ``shards/<id>.<token>.part``
   and the checkpoint. A checkpoint always names a part file whose first ``bytes`` bytes are the
   tokens of the first ``lines`` input lines of the shard file as it was then (``source_size``,
@@ -67,6 +68,7 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import secrets
 import socket
@@ -76,6 +78,9 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 import orjson
+import xxhash
+
+from .errors import SlimtokError
 
 PROTOCOL_VERSION = 1
 
@@ -91,6 +96,46 @@ SPLITS = tuple(SPLIT_FILES)
 DEFAULT_SOURCE_KEY = "meta.redpajama_set_name"
 
 R = TypeVar("R", bound="Record")
+
+#: The checksums a done record may give its data, by name. sha256 is what tokenize records (and
+#: every record before ``DoneRecord.checksum`` existed); a mix records xxh3-128, which runs at
+#: memory speed where sha256 runs slower than the copy it checks. Both detect corruption and
+#: truncation; neither is a defence against someone who rewrites a record on purpose.
+CHECKSUMS = {"sha256": hashlib.sha256, "xxh3-128": xxhash.xxh3_128}
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """A digest and the algorithm (a ``CHECKSUMS`` name) that made it; ``str()`` is ``algorithm:hex``."""
+
+    algorithm: str
+    hexdigest: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Checksum":
+        """The inverse of ``str()``; an unknown algorithm is kept (``hasher`` refuses it)."""
+        algorithm, _, hexdigest = text.partition(":")
+        return cls(algorithm, hexdigest)
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hexdigest}"
+
+    def hasher(self) -> Any:
+        """A fresh hash object of the algorithm (``update``, ``hexdigest``); SlimtokError for a
+        name this version does not know (a record from a newer writer)."""
+        return hasher(self.algorithm)
+
+    def matches(self, h: Any) -> bool:
+        return h.hexdigest() == self.hexdigest
+
+
+def hasher(algorithm: str) -> Any:
+    """A fresh hash object of the ``CHECKSUMS`` algorithm ``algorithm``."""
+    try:
+        return CHECKSUMS[algorithm]()
+    except KeyError:
+        raise SlimtokError(f"unknown checksum algorithm {algorithm!r} (this slimtok knows {', '.join(CHECKSUMS)})",
+                           fix="a newer slimtok wrote the record: read the root with that version") from None
 
 
 class Record:
@@ -216,6 +261,7 @@ class DoneRecord(Record):
     documents: int
     tokens: int
     bytes: int
+    #: hex sha256 of the data; "" when ``checksum`` gives another algorithm's digest
     sha256: str
     dtype: str
     skipped: dict[str, int]
@@ -236,6 +282,14 @@ class DoneRecord(Record):
     table_sha256: str = ""
     source_names: list[str] = field(default_factory=list)
     table_version: int = 0
+    #: the data's checksum as ``algorithm:hex`` (a ``CHECKSUMS`` name) when it is not ``sha256``:
+    #: a mix's chunks give ``xxh3-128:...`` here and ``sha256`` "". "" (every tokenize shard, and
+    #: every record written before the field existed): the checksum is ``sha256``.
+    checksum: str = ""
+
+    def data_checksum(self) -> Checksum:
+        """The checksum that every reader verifies the record's bytes against."""
+        return Checksum.parse(self.checksum) if self.checksum else Checksum("sha256", self.sha256)
 
     def rollup_row(self, record_bytes: int) -> list[Any]:
         """The record's ``ROLLUP_COLUMNS``, as status caches them; ``record_bytes``: its file's size."""

@@ -4,8 +4,9 @@ Reads ``meta.json``, the combined split files, ``done/`` and the job's tokenizer
 Checks per split:
 
 * **sizes**: file size = meta tokens × itemsize = sum of the done records' bytes;
-* **checksums**: each shard's byte range in the combined file hashes to its done record's sha256,
-  so corruption is reported with the shard that holds it;
+* **checksums**: each shard's byte range in the combined file hashes to its done record's checksum
+  (sha256, or xxh3-128 for a mix's chunks: ``DoneRecord.data_checksum``), so corruption is reported
+  with the shard (or chunk) that holds it;
 * **ids**: every id < vocab_size, and the number of eos ids ≥ the number of documents;
 * **separators** (roots with document tables): every document (by the index) ends with eos, and
   starts with bos when the job's policy adds one; eos inside a document's text is never an error;
@@ -21,7 +22,6 @@ Checks per split:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -37,7 +37,7 @@ from .job import load_job, load_pinned_tokenizer
 from .data import TokenBin
 from .errors import DataError, ValidateError
 from .manifest import ShardEntry
-from .protocol import SPLIT_FILES, DoneRecord, JobSettings, OutputRoot, read_doc_table
+from .protocol import SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table
 
 SCAN_TOKENS = 1 << 24
 
@@ -66,21 +66,23 @@ class Report:
         self.checks.append(Check(name, ok, detail))
 
 
-def _scan(path: os.PathLike[str], dtype: np.dtype, ranges: list[tuple[str, int, int, str]],
+def _scan(path: os.PathLike[str], dtype: np.dtype, ranges: list[tuple[str, int, int, Checksum | None]],
           eos: int) -> tuple[int, int, list[str]]:
-    """One pass over the file: (max id, eos count, shards whose byte range hash differs)."""
+    """One pass over the file: (max id, eos count, shards whose byte range hash differs from its
+    checksum; a range without one is only scanned)."""
     max_id, eos_count, bad = 0, 0, []
     data = np.memmap(path, dtype=dtype, mode="r")
-    for shard, start, size, sha in ranges:
-        h = hashlib.sha256()
+    for shard, start, size, want in ranges:
+        h = want.hasher() if want is not None else None
         first, last = start // dtype.itemsize, (start + size) // dtype.itemsize
         for lo in range(first, last, SCAN_TOKENS):
             block = data[lo:min(lo + SCAN_TOKENS, last)]
-            h.update(memoryview(block).cast("B"))
+            if h is not None:
+                h.update(memoryview(block).cast("B"))
             if block.size:
                 max_id = max(max_id, int(block.max()))
                 eos_count += int(np.count_nonzero(block == eos))
-        if sha is not None and h.hexdigest() != sha:
+        if want is not None and not want.matches(h):
             bad.append(shard)
     del data
     return max_id, eos_count, bad
@@ -107,10 +109,10 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
         return
     ranges, offset = [], 0
     for r in records if not removed else []:
-        ranges.append((r.shard, offset, r.bytes, r.sha256))
+        ranges.append((r.shard, offset, r.bytes, r.data_checksum()))
         offset += r.bytes
     if removed:  # without a recorded sha256 (--no-verify) there is nothing to compare the file with
-        ranges = [("(whole file)", 0, size, info.get("sha256"))]
+        ranges = [("(whole file)", 0, size, Checksum("sha256", info["sha256"]) if info.get("sha256") else None)]
     max_id, eos_count, bad = _scan(path, dtype, ranges, job.eos_token_id)
     report.add(f"{name}: checksums", not bad,
                ("every shard's range matches its done record" if not removed else "the file matches meta's sha256")

@@ -4,6 +4,7 @@ own shard tokens (split at eos), and the output read back by validate, slimtok.d
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import subprocess
@@ -693,3 +694,157 @@ def test_consumed_and_cleaned_roots_mix_to_the_same_bytes(roots, tmp_path):
         f.truncate(train.stat().st_size - 4)
     with pytest.raises(MixError, match="was consumed into"):
         mix(parse_spec(spec), tmp_path / "refused", quiet=True)
+
+
+def _chunk_ranges(out: Path) -> list[tuple[DoneRecord, int]]:
+    """Each train chunk's done record and its byte offset in train.bin (chunks in manifest order)."""
+    root, at, ranges = OutputRoot(out), 0, []
+    for line in (out / "manifest.jsonl").read_bytes().splitlines():
+        entry = orjson.loads(line)
+        if entry["split"] == "train":
+            record = read_record(root.done(entry["id"]), DoneRecord)
+            ranges.append((record, at))
+            at += record.bytes
+    return ranges
+
+
+def _flip_token(path: Path, at: int, size: int) -> None:
+    """Change one token id inside bytes [at, at + size) into another id of the file that is not
+    eos (so only the checksum can tell)."""
+    ids = np.fromfile(path, dtype=np.uint32)
+    lo, hi = at // 4, (at + size) // 4
+    k = lo + int(np.flatnonzero((ids[lo:hi] >= 2) & ((ids[lo:hi] ^ 1) <= ids.max()))[0])
+    ids[k] ^= 1
+    ids.tofile(path)
+
+
+def _failed_checks(out: Path) -> dict[str, str]:
+    from slimtok.validate import validate
+
+    return {c.name: c.detail for c in validate(out, samples=4, block_size=16, log=lambda _: None).checks if not c.ok}
+
+
+def test_chunk_checksums_are_xxh3_and_a_damaged_chunk_is_named(roots, tmp_path):
+    out = tmp_path / "out"
+    mix_main(_spec(roots, tmp_path, shuffle="none"), out)
+    data = (out / "train.bin").read_bytes()
+    ranges = _chunk_ranges(out)
+    assert len(ranges) > 3 and sum(r.bytes for r, _ in ranges) == len(data)
+    for record, at in ranges:  # the digest of each chunk's range, computed here in one call
+        assert record.sha256 == "" and record.checksum == "xxh3-128:" + xxhash.xxh3_128_hexdigest(
+            data[at:at + record.bytes])
+    assert _failed_checks(out) == {}
+    damaged, at = ranges[2]
+    _flip_token(out / "train.bin", at + damaged.bytes // 2, damaged.bytes // 2)  # inside the third chunk
+    failed = _failed_checks(out)
+    assert list(failed) == ["train.bin: checksums"] and failed["train.bin: checksums"].endswith(f": {damaged.shard}")
+
+
+def test_an_old_sha256_chunk_record_still_verifies(roots, tmp_path):
+    """A chunk record as mixes wrote it before checksums were named (``sha256`` only) is checked
+    with sha256: as written it passes, and damage in its range is named."""
+    out = tmp_path / "out"
+    mix_main(_spec(roots, tmp_path, shuffle="none"), out)
+    data = (out / "train.bin").read_bytes()
+    old, at = _chunk_ranges(out)[1]
+    old.sha256, old.checksum = hashlib.sha256(data[at:at + old.bytes]).hexdigest(), ""
+    raw = orjson.loads(old.to_json())
+    del raw["checksum"]  # the field did not exist
+    OutputRoot(out).done(old.shard).write_bytes(orjson.dumps(raw))
+    assert read_record(OutputRoot(out).done(old.shard), DoneRecord).data_checksum().algorithm == "sha256"
+    assert _failed_checks(out) == {}
+    _flip_token(out / "train.bin", at, old.bytes)
+    assert list(_failed_checks(out)) == ["train.bin: checksums"]
+    assert _failed_checks(out)["train.bin: checksums"].endswith(f": {old.shard}")
+
+
+def test_a_chunk_record_naming_an_unknown_checksum_is_refused_by_name(roots, tmp_path):
+    from slimtok.errors import SlimtokError
+    from slimtok.validate import validate
+
+    out = tmp_path / "out"
+    mix_main(_spec(roots, tmp_path, shuffle="none"), out)
+    record = _chunk_ranges(out)[0][0]
+    record.checksum = "blake9:" + "0" * 32
+    write_record(OutputRoot(out).done(record.shard), record)
+    with pytest.raises(SlimtokError, match="unknown checksum algorithm 'blake9'"):
+        validate(out, samples=4, block_size=16, log=lambda _: None)
+
+
+def test_combine_and_clean_check_a_shard_with_its_records_algorithm(roots, tmp_path):
+    """A tokenized root whose done records name xxh3-128 is combined and cleaned like a sha256
+    one; a damaged shard is refused by combine, a damaged combined file by clean, both naming it."""
+    import shutil
+
+    from slimtok.clean import clean
+    from slimtok.errors import CleanError, CombineError
+    from slimtok.combine import combine
+
+    root = Path(shutil.copytree(roots["code"], tmp_path / "code"))
+    out = OutputRoot(root)
+    records = [read_record(p, DoneRecord) for p in sorted((root / "done").rglob("*.json"))]
+    for r in records:
+        r.sha256, r.checksum = "", "xxh3-128:" + xxhash.xxh3_128_hexdigest(out.resolve(r.file).read_bytes())
+        write_record(out.done(r.shard), r)
+    victim = out.resolve(records[0].file)
+    good = victim.read_bytes()
+    victim.write_bytes(bytes([good[0] ^ 1]) + good[1:])
+    with pytest.raises(CombineError, match="xxh3-128 does not match its done record"):
+        combine(root, verify=True, log=lambda _: None)
+    victim.write_bytes(good)
+    combine(root, verify=True, log=lambda _: None)
+    assert (root / "train.bin").read_bytes() == b"".join(out.resolve(r.file).read_bytes() for r in records)
+    combined = (root / "train.bin").read_bytes()
+    (root / "train.bin").write_bytes(combined[:-1] + bytes([combined[-1] ^ 1]))
+    with pytest.raises(CleanError, match=f"xxh3-128 of shard {records[-1].shard}'s done record"):
+        clean(root)
+    (root / "train.bin").write_bytes(combined)
+    clean(root)
+    assert not list((root / "shards").rglob("*.bin")) and _failed_checks(root) == {}
+
+
+def test_a_mix_of_a_mix_is_refused_naming_the_missing_tables(roots, tmp_path):
+    """A mix's output has no document tables (its chunks are ranges of train.bin), so it cannot be a
+    source: refused before writing, naming the chunk."""
+    mix_main(_spec(roots, tmp_path), tmp_path / "first")
+    spec = tmp_path / "again.yaml"
+    spec.write_text(yaml.safe_dump({"seed": 1, "total_tokens": 1000,
+                                    "sources": [{"name": "m", "root": str(tmp_path / "first"), "weight": 1}]}))
+    with pytest.raises(MixError, match="shard train/mix-000000 has no document table"):
+        mix_main(spec, tmp_path / "second")
+    assert not (tmp_path / "second").exists()
+
+
+def test_buffered_copy_crosses_block_edges_and_names_a_short_source(tmp_path, monkeypatch):
+    """Spans longer and shorter than the copy buffer, from two files in a shuffled order: the output
+    and its digest equal a slice-and-join computed here; a source that ends early is named."""
+    from slimtok.mix import write as mix_write
+    from slimtok.mix.write import Layout, _copy_hashed
+    from slimtok.spans import ShortSource
+
+    monkeypatch.setattr(mix_write, "COPY_BLOCK", 7)
+    sources = [tmp_path / "a.bin", tmp_path / "b.bin"]
+    blobs = [bytes(range(100)), bytes(range(100, 160))]
+    for path, blob in zip(sources, blobs):
+        path.write_bytes(b"xx" + blob)  # each file's tokens start at base 2
+    layout = Layout(sources, [2, 2], np.zeros(1, dtype=np.int64), ["s"])
+    spans = [(1, 5, 20), (0, 0, 3), (0, 50, 1), (1, 0, 5), (0, 10, 40)]
+    dest = tmp_path / "out.bin"
+    dest.write_bytes(b"\0" * 80)
+    digest, opened = xxhash.xxh3_128(), {}
+    fd = os.open(dest, os.O_WRONLY)
+    try:
+        assert _copy_hashed(spans, layout, opened, fd, 3, digest) == 69
+    finally:
+        os.close(fd)
+        for src in opened.values():
+            os.close(src)
+    want = b"".join(blobs[f][s:s + n] for f, s, n in spans)
+    assert dest.read_bytes() == b"\0" * 3 + want + b"\0" * 8 and len(opened) == 2
+    assert digest.hexdigest() == xxhash.xxh3_128_hexdigest(want)
+    fd = os.open(dest, os.O_WRONLY)
+    try:
+        with pytest.raises(ShortSource, match="b.bin ends 5 bytes before"):
+            _copy_hashed([(1, 55, 10)], layout, {}, fd, 0, xxhash.xxh3_128())
+    finally:
+        os.close(fd)

@@ -3,9 +3,11 @@ data) and a timed plan of a mix over them in a fresh process.
 
     python3 -m slimtok.mix.bench --work /tmp/mix-plan --documents 10000000 100000000
 
-Each measurement runs ``make_plan`` in a child python and reads the child's own CPU time and peak
-RSS (``getrusage``), before planning (imports done) and after: the difference divided by the
-selected documents is the plan's memory per selected document.
+Each measurement runs ``make_plan`` in a child python and reads the child's own CPU time
+(``getrusage``) and peak RSS (``VmHWM``), before planning (imports done) and after: the difference
+divided by the selected documents is the plan's memory per selected document, and the difference
+between two sizes per further selected document is the slope (the constant cancels out when both
+sizes read whole ``inputs.PIECE_ROWS`` pieces, see ``--shards``).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def synthetic_mix(work: Path, documents: int, sources: int = 4, shards: int = 25
     """``sources`` roots of ``documents`` in total (made once per size) and a spec drawing half
     of their tokens by weights 6:1:1:1 (the first source 1.33 epochs: every document once, then a
     sample); returns the spec's path."""
-    base = work / f"docs-{documents}"
+    base = work / f"docs-{documents}-{shards}"
     roots = []
     for k in range(sources):
         root = base / f"source-{k}"
@@ -88,9 +90,10 @@ _CHILD = """
 import json, resource, sys, time
 from slimtok.mix import load_spec, make_plan
 from slimtok.mix.inputs import load_sources
-def usage():
+def usage():  # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime, r.ru_maxrss * 1024
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    return r.ru_utime + r.ru_stime, hwm * 1024
 cpu0, rss0 = usage()
 began = time.perf_counter()
 spec = load_spec(sys.argv[1])
@@ -118,16 +121,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--documents", type=int, nargs="+", default=[10_000_000, 100_000_000])
+    parser.add_argument("--shards", type=int, default=250,
+                        help="shards per source; with fewer than inputs.PIECE_ROWS rows a shard, the streaming "
+                             "pieces (a constant) are smaller at the smaller sizes and look like a per-document cost")
     args = parser.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    previous = None
     for n in args.documents:
         made = time.perf_counter()
-        spec = synthetic_mix(args.work, n)
+        spec = synthetic_mix(args.work, n, shards=args.shards)
         print(f"{n:,} documents: tables ready in {time.perf_counter() - made:.1f} s")
         r = bench_plan(spec)
         print(f"  plan {r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU, {r['selected']:,} selected of "
               f"{r['available_documents']:,}; peak RSS {r['peak_rss'] / 2**20:.0f} MiB "
               f"({r['rss_before'] / 2**20:.0f} MiB after imports): {r['bytes_per_selected']:.1f} B per selected document")
+        if previous is not None and r["selected"] > previous["selected"]:  # the constant cancels out
+            slope = (r["peak_rss"] - previous["peak_rss"]) / (r["selected"] - previous["selected"])
+            print(f"  slope from the previous size: {slope:.2f} B of peak RSS per further selected document")
+        previous = r
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
     return 0
 
 

@@ -177,7 +177,8 @@ def load_source(spec: SourceSpec, split: str) -> tuple[SourceDocs, dict]:
     records = _records(root, split, spec.name)
     data = _data_files(root, split, records, spec.name)
     for record, (file, base) in zip(records, data):
-        fingerprint.update(f"{record.shard} {record.sha256} {record.table_sha256}\n".encode())
+        # a sha256 record adds its bare digest, as before checksums were named: pinned mix.json files still match
+        fingerprint.update(f"{record.shard} {record.checksum or record.sha256} {record.table_sha256}\n".encode())
         label = None
         if spec.source is not None:
             label = record.source_names.index(spec.source) if spec.source in record.source_names else -1
