@@ -177,7 +177,7 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every split present).")
 @click.option("--allow-partial", is_flag=True, help="Combine what is done even if shards are missing.")
-@click.option("--no-verify", is_flag=True, help="Check sizes only, not sha256, before copying.")
+@click.option("--no-verify", is_flag=True, help="Check sizes only, not the done records' checksums, before copying.")
 @click.option("--consume", is_flag=True, help="Move shard data into the split files (deleting each shard once "
               "moved) instead of copying: peak extra disk about one shard.")
 @click.option("--dedup", "dedup", is_flag=True, help="Leave out the documents `slimtok dedup` dropped (duplicates "
@@ -206,7 +206,7 @@ def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_v
 @click.option("--quiet", is_flag=True, help="No progress bar for the check: a plain line every 10 s, as in a log.")
 def clean_cmd(output_root: Path, dry_run: bool, quiet: bool) -> None:
     """After combine: remove the shard data, parts, temporary files and leftover locks combine no longer
-    needs, once the combined files are checked against the done records (sizes and sha256)."""
+    needs, once the combined files are checked against the done records (sizes and checksums)."""
     from .clean import clean
     from .progress import ProgressDisplay
 

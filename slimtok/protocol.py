@@ -272,7 +272,8 @@ class DoneRecord(Record):
     seconds: float
     #: documents and tokens per source (``job.source_key``); they sum to ``documents`` and ``tokens``
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: the encoder that wrote the shard (``tokenizers`` or ``fastokens``; see slimtok.tokenizer)
+    #: the encoder that wrote the shard (``tokenizers``, ``fastokens``, or ``tokenizers+fastokens``
+    #: when fastokens took over part way; see slimtok.tokenizer)
     backend: str = ""
     #: the shard's document table (relative path; "" in roots written before tables existed), its
     #: size in bytes (``documents`` * DOC_TABLE_DTYPE.itemsize) and sha256, and the source names its

@@ -79,10 +79,10 @@ def read_inputs(root: OutputRoot) -> Inputs:
 
 
 def fingerprint(inputs: Inputs) -> str:
-    """sha256 over the shards' ids, data and table hashes in global order: changes with any input."""
+    """sha256 over the shards' ids, data checksums and table hashes in global order: changes with any input."""
     h = hashlib.sha256()
     for e, r in zip(inputs.entries, inputs.records):
-        h.update(f"{e.id}\t{e.split}\t{r.sha256}\t{r.table_sha256}\n".encode())
+        h.update(f"{e.id}\t{e.split}\t{r.checksum or r.sha256}\t{r.table_sha256}\n".encode())
     return h.hexdigest()
 
 
