@@ -260,3 +260,27 @@ def test_the_compact_copy_keeps_merges_with_quotes_backslashes_and_brackets():
     assert Tokenizer.from_str(copy.decode()).to_str() == canonical
     spaced = Tokenizer(models.BPE({**vocab, "a ": len(vocab), "a a": len(vocab) + 1}, [*merges, ("a ", "a")]))
     assert _compact_copy(spaced.to_str()) == b""
+
+
+def test_a_new_job_loads_no_tokenizer_and_another_form_of_it_is_the_same_job(dataset, bpe_tokenizer, tmp_path):
+    """A new job from a local tokenizer.json pins from its JSON alone (no load, no to_str, no
+    encode); its fingerprint is missing until a worker records it. A relaunch through another
+    byte form of the same tokenizer (its canonical JSON elsewhere) is parsed, finds the fingerprint
+    from the job's copy, and is the same job: nothing refused, the fingerprint recorded."""
+    import hashlib
+
+    from tokenizers import Tokenizer
+
+    root = tmp_path / "out"
+    settings = TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(bpe_tokenizer))
+    with builtin_calls() as names:
+        pinned = pin_job(settings)
+    assert [n for n in _loads_or_encodes(names) if n != "str.encode"] == [] and pinned.tokenizer_sha256 == ""
+    assert (root / "tokenizer/tokenizer.json").read_bytes() == (bpe_tokenizer / "tokenizer.json").read_bytes()
+    canonical = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json")).to_str()
+    other = tmp_path / "other.json"
+    other.write_text(canonical)
+    again = pin_job(TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(other)))
+    expected = hashlib.sha256(canonical.encode()).hexdigest()
+    assert again.tokenizer_sha256 == expected
+    assert json.loads((root / "job.json").read_text())["tokenizer_sha256"] == expected
