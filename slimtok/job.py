@@ -146,7 +146,8 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
     # A new job, or the bytes the job's copy holds: the JSON tells every pinned fact but the
     # fingerprint, which the first worker records (same bytes, same tokenizer, same fingerprint).
     if data is not None and (pinned is None or pinned.tokenizer_file_sha256 == file_sha256):
-        tok = pin_facts_from_json(settings.tokenizer, data, settings.eos_id, settings.bos, settings.special_text)
+        tok = pin_facts_from_json(settings.tokenizer, data, settings.eos_id, settings.bos, settings.special_text,
+                                  file_sha256)
     if tok is None:
         tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text)
         if file is not None:  # of the bytes actually parsed (the file may have changed since the read above)
@@ -158,7 +159,8 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
         requested = replace(requested, tokenizer_sha256=pinned.tokenizer_sha256)
     elif pinned is not None and not pinned.tokenizer_sha256:  # parsed, against a job not yet fingerprinted
         pinned = replace(pinned, tokenizer_sha256=tokenizer_fingerprint(root, pinned))
-    extras = {"tokenizer_file_sha256": hashlib.sha256(tok.file_text()).hexdigest(), "request_sha256": key}
+    copied = file_sha256 if tok.tokenizer is None else hashlib.sha256(tok.file_text()).hexdigest()  # the copy's
+    extras = {"tokenizer_file_sha256": copied, "request_sha256": key}
     bounds: dict[str, list[float]] | None = None
     if pinned is None:
         root.root.mkdir(parents=True, exist_ok=True)

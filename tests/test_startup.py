@@ -284,3 +284,24 @@ def test_a_new_job_loads_no_tokenizer_and_another_form_of_it_is_the_same_job(dat
     expected = hashlib.sha256(canonical.encode()).hexdigest()
     assert again.tokenizer_sha256 == expected
     assert json.loads((root / "job.json").read_text())["tokenizer_sha256"] == expected
+
+
+def test_the_json_read_without_merges_is_exact_or_declines():
+    """The launcher reads a tokenizer.json without its trailing merges only when nothing else can
+    follow them; every other layout is declined (then parsed whole). Checked against orjson."""
+    from slimtok.tokenizer.loading import _without_merges
+
+    model = {"type": "BPE", "vocab": {"a": 0, "}": 1}, "merges": [["\\\"", "}}"], ["\"merges\":{", "a"]]}
+    head = {"version": "1.0", "added_tokens": [{"id": 2, "content": "x"}]}
+    exact = [{**head, "model": model}, {**head, "model": {**model, "merges": ["a b", "\\ \""]}},
+             {**head, "model": {**model, "merges": []}}]
+    for data in exact:
+        for text in (orjson.dumps(data), orjson.dumps(data, option=orjson.OPT_INDENT_2)):
+            expected = orjson.loads(text)
+            del expected["model"]["merges"]
+            assert _without_merges(text) == expected
+    declined = [{"model": model, **head}, {**head, "model": model, "x": {"y": []}},
+                {**head, "model": {"merges": [], **{k: v for k, v in model.items() if k != "merges"}}}]
+    for data in declined:
+        assert _without_merges(orjson.dumps(data)) is None
+    assert _without_merges(b'{"model": {"merges": [["a", "b"]]}, "x": {"merges": []}}') is None

@@ -179,7 +179,7 @@ class JsonVocabulary:
             return max(n, added)
         return max(max(self.model_ids.values()), added - 1) + 1
 
-    def producible(self, token_id: int, token: str, model: dict[str, Any]) -> bool | None:
+    def producible(self, token_id: int, token: str, load_model: Callable[[], dict[str, Any]]) -> bool | None:
         """Whether ``token`` as literal text can encode to ``token_id``, when the JSON tells; None
         (cannot tell) otherwise. Special tokens are not matched in literal text, so a special added
         token's id comes only from the model: never from one that lacks it, and never from a BPE
@@ -189,6 +189,7 @@ class JsonVocabulary:
             return None
         if token_id not in self._model_tokens:
             return False
+        model = load_model()
         if model.get("type") != "BPE" or model.get("ignore_merges") or model.get("dropout"):
             return None
         prefix, suffix = model.get("continuing_subword_prefix") or "", model.get("end_of_word_suffix") or ""
@@ -212,18 +213,20 @@ class JsonVocabulary:
 
 
 def pin_facts_from_json(source: str, data: bytes, eos_id: int | None = None, bos: str = "auto",
-                        special_text: str = "literal") -> LoadedTokenizer | None:
+                        special_text: str = "literal", file_sha256: str = "") -> LoadedTokenizer | None:
     """What :func:`load_tokenizer` gives for the local tokenizer.json ``source`` whose bytes are
-    ``data``, from its JSON alone: no tokenizer (``tokenizer`` None), no fingerprint (``sha256``
-    ""), the file's bytes as the copy. None when the JSON cannot tell some fact exactly (see
-    :class:`JsonVocabulary`, :meth:`JsonVocabulary.producible`): the caller parses the tokenizer.
+    ``data`` (sha256 ``file_sha256``, computed when not given), from its JSON alone: no tokenizer
+    (``tokenizer`` None), no fingerprint (``sha256`` ""), the file's bytes as the copy. None when
+    the JSON cannot tell some fact exactly (see :class:`JsonVocabulary`,
+    :meth:`JsonVocabulary.producible`): the caller parses the tokenizer. A file that is valid JSON
+    but that tokenizers cannot load is refused by the first worker, not here.
 
     Invariant: every other field, notes included, equals :func:`load_tokenizer`'s."""
     if special_text not in SPECIAL_TEXT:
         raise TokenizerError(f"--special-text {special_text!r} is not one of {', '.join(SPECIAL_TEXT)}")
     file = local_tokenizer_file(source)
     try:
-        parsed = orjson.loads(data)
+        parsed = _without_merges(data) or orjson.loads(data)
     except orjson.JSONDecodeError:
         return None  # the parse says what is wrong
     vocab = JsonVocabulary.read(parsed) if file is not None and isinstance(parsed, dict) else None
@@ -235,7 +238,10 @@ def pin_facts_from_json(source: str, data: bytes, eos_id: int | None = None, bos
                          parsed.get("post_processor"), source)
     except (KeyError, TypeError, ValueError, IndexError):
         return None  # a template shaped otherwise than the parse serializes it: let the parse read it
-    decided = {(i, t): vocab.producible(i, t, parsed["model"]) for i, t in ((policy.eos_id, policy.eos_token),
+    def model() -> dict[str, Any]:  # with its merges: they are parsed only when a separator asks
+        return parsed["model"] if "merges" in parsed["model"] else orjson.loads(data)["model"]
+
+    decided = {(i, t): vocab.producible(i, t, model) for i, t in ((policy.eos_id, policy.eos_token),
                                                             (policy.bos_id, policy.bos_token))
                if i is not None and t is not None}
     if None in decided.values():
@@ -243,7 +249,47 @@ def pin_facts_from_json(source: str, data: bytes, eos_id: int | None = None, bos
     notes = _policy_notes(policy) + separator_warnings(policy, vocab.special_ids, lambda i, t: bool(decided[i, t]))
     growth = text_growth(parsed.get("normalizer"), parsed.get("pre_tokenizer"))
     return LoadedTokenizer(None, source, "", id_count, policy, tuple(notes), "", data,
-                           hashlib.sha256(data).hexdigest(), growth)
+                           file_sha256 or hashlib.sha256(data).hexdigest(), growth)
+
+
+#: Outside its strings, the tail of a tokenizer.json from its last ``"merges"`` key is the colon,
+#: an array of arrays or strings (brackets and commas), then the model's and the file's closing
+#: braces: before the first string, between two, after the last (or all of it, with no string).
+_WS = rb"[ \t\n\r]*"
+_PUNCT = rb"[\[\], \t\n\r]*"
+_TAIL_FIRST = re.compile(_WS + rb":" + _WS + rb"\[" + _PUNCT)
+_TAIL_BETWEEN = re.compile(_PUNCT)
+_TAIL_LAST = re.compile(_PUNCT + rb"\]" + _WS + rb"\}" + _WS + rb"\}" + _WS)
+_TAIL_ALL = re.compile(_WS + rb":" + _WS + rb"\[" + _PUNCT + rb"\]" + _WS + rb"\}" + _WS + rb"\}" + _WS)
+
+
+def _without_merges(data: bytes) -> dict[str, Any] | None:
+    """The tokenizer.json parsed without the merges of a file that ends with them (a BPE's usual
+    layout: they are most of the file, and only a separator check needs them), else None.
+
+    Exact: the tail from the last ``"merges"`` key holds, outside strings (escaped backslashes and
+    quotes masked, :func:`_mask_escapes`), no key and no object, only an array and two closing
+    braces; so every other key and value lies in the head, which is parsed closed by the same two
+    braces. The check splits the tail at its quotes once (~4x cheaper than parsing the merges)."""
+    at = data.rfind(b'"merges"')
+    head = data[:at].rstrip()
+    if at < 0 or not head.endswith(b",") or b"\x00" in data:
+        return None
+    tail = data[at + len(b'"merges"'):]
+    parts = (_mask_escapes(tail) if b"\\" in tail else tail).split(b'"')
+    if len(parts) % 2 == 0:
+        return None
+    if len(parts) == 1:
+        if not _TAIL_ALL.fullmatch(parts[0]):
+            return None
+    elif not (_TAIL_FIRST.fullmatch(parts[0]) and _TAIL_LAST.fullmatch(parts[-1])
+              and all(_TAIL_BETWEEN.fullmatch(p) for p in set(parts[2:-1:2]))):
+        return None
+    try:
+        parsed = orjson.loads(head[:-1] + b"}}")
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) and isinstance(parsed.get("model"), dict) else None
 
 
 def canonical_sha256(tok: Tokenizer) -> str:
@@ -385,13 +431,23 @@ def _compact_copy(canonical: str) -> bytes:
     head, tail = text[:at + len(b'"merges":')], text[at + len(b'"merges":'):-2]
     if b" " in tail:
         return b""
-    parts = tail.replace(b"\\\\", b"\x00\x01").replace(b'\\"', b"\x00\x02").split(b'"')
+    parts = _mask_escapes(tail).split(b'"')
     # [[ a , b ],[ c , d ]]: strings at odd places, "," inside a pair, "],[" between pairs
     if len(parts) % 4 != 1 or parts[0] != b"[[" or parts[-1] != b"]]" or set(parts[2::4]) != {b","} \
             or set(parts[4:-1:4]) - {b"],["}:
         return b""
     merged = b'["' + b'","'.join(map(b" ".join, zip(parts[1::4], parts[3::4]))) + b'"]'
-    return head + merged.replace(b"\x00\x02", b'\\"').replace(b"\x00\x01", b"\\\\") + b"}}"
+    return head + _unmask_escapes(merged) + b"}}"
+
+
+def _mask_escapes(text: bytes) -> bytes:
+    """JSON text with its escaped backslashes and quotes masked by NUL pairs (a JSON text holds no
+    raw NUL), so that every remaining quote delimits a string; undone by :func:`_unmask_escapes`."""
+    return text.replace(b"\\\\", b"\x00\x01").replace(b'\\"', b"\x00\x02")
+
+
+def _unmask_escapes(text: bytes) -> bytes:
+    return text.replace(b"\x00\x02", b'\\"').replace(b"\x00\x01", b"\\\\")
 
 
 def _from_hub(repo_id: str) -> tuple[_Parsed, TokenizerConfig]:
