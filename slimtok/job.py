@@ -121,7 +121,8 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
     A relaunch asking what job.json records (:func:`request_digest`) loads no tokenizer, nor does a
     new job from a local tokenizer.json whose JSON tells every pinned fact
     (:func:`slimtok.tokenizer.loading.pin_facts_from_json`; its fingerprint is recorded by the first
-    worker, and the copy is the file's bytes); otherwise the tokenizer is parsed once. Raises
+    worker, and the copy is the file's bytes, merge pairs as strings); otherwise the tokenizer is
+    parsed once. Raises
     JobMismatch naming each differing setting before anything else is written, unless no shard is
     done or claimed under the pinned settings: then the job is re-pinned (:func:`_repin`).
     """
@@ -142,12 +143,16 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
     from .tokenizer import load_tokenizer
     from .tokenizer.loading import pin_facts_from_json
 
-    tok = None
-    # A new job, or the bytes the job's copy holds: the JSON tells every pinned fact but the
-    # fingerprint, which the first worker records (same bytes, same tokenizer, same fingerprint).
-    if data is not None and (pinned is None or pinned.tokenizer_file_sha256 == file_sha256):
+    tok, copied = None, ""
+    # The JSON tells every pinned fact but the fingerprint, which the first worker records; a job
+    # pinned before needs it now, so only one whose copy holds these very bytes skips the parse.
+    if data is not None:
         tok = pin_facts_from_json(settings.tokenizer, data, settings.eos_id, settings.bos, settings.special_text,
                                   file_sha256)
+        copied = "" if tok is None else file_sha256 if tok.file_bytes is data else \
+            hashlib.sha256(tok.file_bytes).hexdigest()
+        if pinned is not None and pinned.tokenizer_file_sha256 != copied:
+            tok = None
     if tok is None:
         tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text)
         if file is not None:  # of the bytes actually parsed (the file may have changed since the read above)
@@ -159,7 +164,8 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
         requested = replace(requested, tokenizer_sha256=pinned.tokenizer_sha256)
     elif pinned is not None and not pinned.tokenizer_sha256:  # parsed, against a job not yet fingerprinted
         pinned = replace(pinned, tokenizer_sha256=tokenizer_fingerprint(root, pinned))
-    copied = file_sha256 if tok.tokenizer is None else hashlib.sha256(tok.file_text()).hexdigest()  # the copy's
+    if tok.tokenizer is not None:
+        copied = hashlib.sha256(tok.file_text()).hexdigest()
     extras = {"tokenizer_file_sha256": copied, "request_sha256": key}
     bounds: dict[str, list[float]] | None = None
     if pinned is None:

@@ -264,7 +264,8 @@ def test_the_compact_copy_keeps_merges_with_quotes_backslashes_and_brackets():
 
 def test_a_new_job_loads_no_tokenizer_and_another_form_of_it_is_the_same_job(dataset, bpe_tokenizer, tmp_path):
     """A new job from a local tokenizer.json pins from its JSON alone (no load, no to_str, no
-    encode); its fingerprint is missing until a worker records it. A relaunch through another
+    encode); its fingerprint is missing until a worker records it, and its copy (merge pairs as
+    strings) loads to the same canonical JSON. A relaunch through another
     byte form of the same tokenizer (its canonical JSON elsewhere) is parsed, finds the fingerprint
     from the job's copy, and is the same job: nothing refused, the fingerprint recorded."""
     import hashlib
@@ -276,8 +277,10 @@ def test_a_new_job_loads_no_tokenizer_and_another_form_of_it_is_the_same_job(dat
     with builtin_calls() as names:
         pinned = pin_job(settings)
     assert [n for n in _loads_or_encodes(names) if n != "str.encode"] == [] and pinned.tokenizer_sha256 == ""
-    assert (root / "tokenizer/tokenizer.json").read_bytes() == (bpe_tokenizer / "tokenizer.json").read_bytes()
     canonical = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json")).to_str()
+    copy = root / "tokenizer/tokenizer.json"
+    assert all(isinstance(m, str) for m in orjson.loads(copy.read_bytes())["model"]["merges"])
+    assert Tokenizer.from_file(str(copy)).to_str() == canonical
     other = tmp_path / "other.json"
     other.write_text(canonical)
     again = pin_job(TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(other)))
@@ -299,7 +302,13 @@ def test_the_json_read_without_merges_is_exact_or_declines():
         for text in (orjson.dumps(data), orjson.dumps(data, option=orjson.OPT_INDENT_2)):
             expected = orjson.loads(text)
             del expected["model"]["merges"]
-            assert _without_merges(text) == expected
+            parsed, copy = _without_merges(text)
+            assert parsed == expected
+            merges = data["model"]["merges"]
+            pairs = bool(merges) and all(isinstance(m, list) and " " not in "".join(m) for m in merges)
+            rewritten = orjson.loads(copy)
+            assert rewritten["model"].pop("merges") == ([" ".join(m) for m in merges] if pairs else merges)
+            assert rewritten == expected and (copy == text) == (not pairs)
     declined = [{"model": model, **head}, {**head, "model": model, "x": {"y": []}},
                 {**head, "model": {"merges": [], **{k: v for k, v in model.items() if k != "merges"}}}]
     for data in declined:

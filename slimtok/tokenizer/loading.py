@@ -47,7 +47,8 @@ class LoadedTokenizer:
     #: ``Tokenizer.to_str()`` taken once at load; ``sha256`` is its digest
     canonical_json: str = field(default="", repr=False, compare=False)
     #: what a job copies: the canonical JSON with merges as "a b" strings (empty: the canonical
-    #: JSON itself, see :func:`_compact_copy`); the file's bytes when read from the JSON alone
+    #: JSON itself, see :func:`_compact_copy`); read from the JSON alone, the file's bytes or the
+    #: same with merge pairs as strings (:func:`_without_merges`)
     file_bytes: bytes = field(default=b"", repr=False, compare=False)
     #: sha256 of the tokenizer.json as read (empty when built through transformers)
     source_file_sha256: str = ""
@@ -216,7 +217,8 @@ def pin_facts_from_json(source: str, data: bytes, eos_id: int | None = None, bos
                         special_text: str = "literal", file_sha256: str = "") -> LoadedTokenizer | None:
     """What :func:`load_tokenizer` gives for the local tokenizer.json ``source`` whose bytes are
     ``data`` (sha256 ``file_sha256``, computed when not given), from its JSON alone: no tokenizer
-    (``tokenizer`` None), no fingerprint (``sha256`` ""), the file's bytes as the copy. None when
+    (``tokenizer`` None), no fingerprint (``sha256`` ""), the copy the file's bytes or their
+    compact form (:func:`_without_merges`). None when
     the JSON cannot tell some fact exactly (see :class:`JsonVocabulary`,
     :meth:`JsonVocabulary.producible`): the caller parses the tokenizer. A file that is valid JSON
     but that tokenizers cannot load is refused by the first worker, not here.
@@ -226,7 +228,7 @@ def pin_facts_from_json(source: str, data: bytes, eos_id: int | None = None, bos
         raise TokenizerError(f"--special-text {special_text!r} is not one of {', '.join(SPECIAL_TEXT)}")
     file = local_tokenizer_file(source)
     try:
-        parsed = _without_merges(data) or orjson.loads(data)
+        parsed, copy = _without_merges(data) or (orjson.loads(data), data)
     except orjson.JSONDecodeError:
         return None  # the parse says what is wrong
     vocab = JsonVocabulary.read(parsed) if file is not None and isinstance(parsed, dict) else None
@@ -248,7 +250,7 @@ def pin_facts_from_json(source: str, data: bytes, eos_id: int | None = None, bos
         return None
     notes = _policy_notes(policy) + separator_warnings(policy, vocab.special_ids, lambda i, t: bool(decided[i, t]))
     growth = text_growth(parsed.get("normalizer"), parsed.get("pre_tokenizer"))
-    return LoadedTokenizer(None, source, "", id_count, policy, tuple(notes), "", data,
+    return LoadedTokenizer(None, source, "", id_count, policy, tuple(notes), "", copy,
                            file_sha256 or hashlib.sha256(data).hexdigest(), growth)
 
 
@@ -263,9 +265,11 @@ _TAIL_LAST = re.compile(_PUNCT + rb"\]" + _WS + rb"\}" + _WS + rb"\}" + _WS)
 _TAIL_ALL = re.compile(_WS + rb":" + _WS + rb"\[" + _PUNCT + rb"\]" + _WS + rb"\}" + _WS + rb"\}" + _WS)
 
 
-def _without_merges(data: bytes) -> dict[str, Any] | None:
-    """The tokenizer.json parsed without the merges of a file that ends with them (a BPE's usual
-    layout: they are most of the file, and only a separator check needs them), else None.
+def _without_merges(data: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """(the tokenizer.json parsed without the merges of a file that ends with them, what a job
+    copies), else None. The merges are a BPE's usual last field and most of the file, and only a
+    separator check needs them. The copy is the file with its merge pairs written as ``"a b"``
+    strings when every pair can be (:func:`_pairs_as_strings`), else the file's bytes.
 
     Exact: the tail from the last ``"merges"`` key holds, outside strings (escaped backslashes and
     quotes masked, :func:`_mask_escapes`), no key and no object, only an array and two closing
@@ -289,7 +293,33 @@ def _without_merges(data: bytes) -> dict[str, Any] | None:
         parsed = orjson.loads(head[:-1] + b"}}")
     except orjson.JSONDecodeError:
         return None
-    return parsed if isinstance(parsed, dict) and isinstance(parsed.get("model"), dict) else None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("model"), dict):
+        return None
+    pairs = _pairs_as_strings(parts)
+    return parsed, data[:at] + b'"merges":' + pairs + b"}}" if pairs else data
+
+
+#: Outside the strings of merges written as pairs: within a pair, between two pairs, and around.
+_IN_PAIR = re.compile(_WS + rb"," + _WS)
+_BETWEEN_PAIRS = re.compile(_WS + rb"\]" + _WS + rb"," + _WS + rb"\[" + _WS)
+_PAIRS_FIRST = re.compile(_WS + rb":" + _WS + rb"\[" + _WS + rb"\[" + _WS)
+_PAIRS_LAST = re.compile(_WS + rb"\]" + _WS + rb"\]" + _WS + rb"\}" + _WS + rb"\}" + _WS)
+
+
+def _pairs_as_strings(parts: list[bytes]) -> bytes:
+    """The merges array with each pair as one ``"a b"`` string, from the masked tail split at its
+    quotes (strings at odd places), or b"" unless the tail is exactly an array of two-string pairs
+    with no space in any string. tokenizers and fastokens split such a string at its one space, so
+    it loads to the same pairs and faster (see :func:`_compact_copy`)."""
+    if len(parts) % 4 != 1 or len(parts) < 5 or not _PAIRS_FIRST.fullmatch(parts[0]) \
+            or not _PAIRS_LAST.fullmatch(parts[-1]):
+        return b""
+    if not all(_IN_PAIR.fullmatch(p) for p in set(parts[2::4])) \
+            or not all(_BETWEEN_PAIRS.fullmatch(p) for p in set(parts[4:-1:4])):
+        return b""
+    if any(b" " in p for p in parts[1::2]):
+        return b""
+    return _unmask_escapes(b'["' + b'","'.join(map(b" ".join, zip(parts[1::4], parts[3::4]))) + b'"]')
 
 
 def canonical_sha256(tok: Tokenizer) -> str:
@@ -428,16 +458,8 @@ def _compact_copy(canonical: str) -> bytes:
     at = text.rfind(b'"merges":[[')
     if at < 0 or not text.endswith(b"]]}}") or b"\x00" in text:
         return b""
-    head, tail = text[:at + len(b'"merges":')], text[at + len(b'"merges":'):-2]
-    if b" " in tail:
-        return b""
-    parts = _mask_escapes(tail).split(b'"')
-    # [[ a , b ],[ c , d ]]: strings at odd places, "," inside a pair, "],[" between pairs
-    if len(parts) % 4 != 1 or parts[0] != b"[[" or parts[-1] != b"]]" or set(parts[2::4]) != {b","} \
-            or set(parts[4:-1:4]) - {b"],["}:
-        return b""
-    merged = b'["' + b'","'.join(map(b" ".join, zip(parts[1::4], parts[3::4]))) + b'"]'
-    return head + _unmask_escapes(merged) + b"}}"
+    pairs = _pairs_as_strings(_mask_escapes(text[at + len(b'"merges"'):]).split(b'"'))
+    return text[:at] + b'"merges":' + pairs + b"}}" if pairs else b""
 
 
 def _mask_escapes(text: bytes) -> bytes:
