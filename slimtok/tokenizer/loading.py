@@ -280,7 +280,8 @@ def _without_merges(data: bytes) -> tuple[dict[str, Any], bytes] | None:
     if at < 0 or not head.endswith(b",") or b"\x00" in data:
         return None
     tail = data[at + len(b'"merges"'):]
-    parts = (_mask_escapes(tail) if b"\\" in tail else tail).split(b'"')
+    masked = _mask_escapes(tail) if b"\\" in tail else tail
+    parts = masked.split(b'"')
     if len(parts) % 2 == 0:
         return None
     if len(parts) == 1:
@@ -295,7 +296,7 @@ def _without_merges(data: bytes) -> tuple[dict[str, Any], bytes] | None:
         return None
     if not isinstance(parsed, dict) or not isinstance(parsed.get("model"), dict):
         return None
-    pairs = _pairs_as_strings(parts)
+    pairs = _pairs_as_strings(masked, parts)
     return parsed, data[:at] + b'"merges":' + pairs + b"}}" if pairs else data
 
 
@@ -306,18 +307,24 @@ _PAIRS_FIRST = re.compile(_WS + rb":" + _WS + rb"\[" + _WS + rb"\[" + _WS)
 _PAIRS_LAST = re.compile(_WS + rb"\]" + _WS + rb"\]" + _WS + rb"\}" + _WS + rb"\}" + _WS)
 
 
-def _pairs_as_strings(parts: list[bytes]) -> bytes:
-    """The merges array with each pair as one ``"a b"`` string, from the masked tail split at its
-    quotes (strings at odd places), or b"" unless the tail is exactly an array of two-string pairs
-    with no space in any string. tokenizers and fastokens split such a string at its one space, so
+def _pairs_as_strings(masked: bytes, parts: list[bytes]) -> bytes:
+    """The merges array with each pair as one ``"a b"`` string, from the masked tail (see
+    :func:`_mask_escapes`) and its split at its quotes (strings at odd places), or b"" unless the
+    tail is exactly an array of two-string pairs with no space in any string. tokenizers and fastokens split such a string at its one space, so
     it loads to the same pairs and faster (see :func:`_compact_copy`)."""
     if len(parts) % 4 != 1 or len(parts) < 5 or not _PAIRS_FIRST.fullmatch(parts[0]) \
             or not _PAIRS_LAST.fullmatch(parts[-1]):
         return b""
-    if not all(_IN_PAIR.fullmatch(p) for p in set(parts[2::4])) \
-            or not all(_BETWEEN_PAIRS.fullmatch(p) for p in set(parts[4:-1:4])):
+    within, between = set(parts[2::4]), set(parts[4:-1:4])
+    if not all(_IN_PAIR.fullmatch(p) for p in within) or not all(_BETWEEN_PAIRS.fullmatch(p) for p in between):
         return b""
-    if any(b" " in p for p in parts[1::2]):
+    if len(within) == 1 and len(between) <= 1:  # one layout throughout: count the spaces outside strings
+        pairs = len(parts) // 4
+        outside = parts[0].count(b" ") + parts[-1].count(b" ") + pairs * next(iter(within)).count(b" ") \
+            + (pairs - 1) * (next(iter(between)).count(b" ") if between else 0)
+        if masked.count(b" ") != outside:
+            return b""
+    elif b" " in b"".join(parts[1::2]):
         return b""
     return _unmask_escapes(b'["' + b'","'.join(map(b" ".join, zip(parts[1::4], parts[3::4]))) + b'"]')
 
@@ -458,7 +465,8 @@ def _compact_copy(canonical: str) -> bytes:
     at = text.rfind(b'"merges":[[')
     if at < 0 or not text.endswith(b"]]}}") or b"\x00" in text:
         return b""
-    pairs = _pairs_as_strings(_mask_escapes(text[at + len(b'"merges"'):]).split(b'"'))
+    masked = _mask_escapes(text[at + len(b'"merges"'):])
+    pairs = _pairs_as_strings(masked, masked.split(b'"'))
     return text[:at] + b'"merges":' + pairs + b"}}" if pairs else b""
 
 
