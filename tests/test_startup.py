@@ -314,3 +314,26 @@ def test_the_json_read_without_merges_is_exact_or_declines():
     for data in declined:
         assert _without_merges(orjson.dumps(data)) is None
     assert _without_merges(b'{"model": {"merges": [["a", "b"]]}, "x": {"merges": []}}') is None
+
+
+def test_a_tokenizer_that_only_the_worker_finds_broken_frees_its_claim_and_a_fix_repins(dataset, bpe_tokenizer,
+                                                                                         tmp_path):
+    """Valid JSON whose merges name an unknown token passes the launcher's JSON read; the worker's
+    load refuses it, freeing its claim, so the relaunch with the right tokenizer re-pins the job."""
+    import hashlib
+
+    from tokenizers import Tokenizer
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data = orjson.loads((bpe_tokenizer / "tokenizer.json").read_bytes())
+    data["model"]["merges"] = [["no-such-piece", "x"], *data["model"]["merges"]]
+    (broken / "tokenizer.json").write_bytes(orjson.dumps(data))
+    root = tmp_path / "out"
+    proc = _tokenize(dataset, root, broken, check=False)
+    assert proc.returncode != 0 and "not a tokenizers JSON file" in proc.stderr
+    assert not [p for p in (root / "locks").rglob("*") if p.is_file()]
+    proc = _tokenize(dataset, root, bpe_tokenizer)
+    assert "re-pinned" in proc.stdout + proc.stderr
+    canonical = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json")).to_str()
+    assert json.loads((root / "job.json").read_text())["tokenizer_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()

@@ -29,7 +29,7 @@ import psutil
 
 from ..claims import Claim, Claimer, current_holder, preference_order
 from ..errors import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, Interrupted, LostClaim,
-                      ShardError, SlimtokError)
+                      ShardError, SlimtokError, TokenizerError)
 from ..job import TokenizeSettings, document_policy, pinned_tokenizer_path, read_job
 from ..manifest import ShardEntry, read_manifest
 from ..protocol import (Checkpoint, DoneRecord, FailedRecord, Heartbeat, JobSettings, LockRecord, OutputRoot, read_record,
@@ -222,7 +222,16 @@ class Worker:
         self._hold(claim)
         self.current = claim
         self._write_heartbeat("working")  # status shows this shard from the moment it is claimed
-        task = ShardTask(self.task_context(), entry, claim)
+        try:
+            context = self.task_context()
+        except TokenizerError:
+            # The job's tokenizer does not load (a launcher that read only its JSON cannot tell):
+            # no shard can be written, so free the claim, and a corrected relaunch can re-pin.
+            self.current = None
+            self._unhold(claim)
+            self.claimer.release(claim)
+            raise
+        task = ShardTask(context, entry, claim)
         log.info("%s: claimed %s (%s)%s", self.name, entry.id, claim.token,
                  f", taking over from {_describe(claim.previous)}" if claim.previous else "")
         try:
