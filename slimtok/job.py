@@ -100,19 +100,13 @@ def document_policy(job: JobSettings) -> DocumentPolicy:
                           bos_token=job.bos_token, special_text=job.special_text)
 
 
-def request_digest(settings: TokenizeSettings) -> str:
+def request_digest(settings: TokenizeSettings, tokenizer_file_sha256: str, folder: Path) -> str:
     """sha256 of everything a launch asks that decides the pinned record besides the manifest: the
-    bytes of a local tokenizer.json and of its folder's tokenizer_config.json, the raw tokenizer and
-    text flags, the slimtok and protocol versions. Equal digests give equal records (the record is a
-    function of these), so a relaunch with the recorded digest needs no tokenizer. "" when the
-    tokenizer is not a local file (a Hub id, a folder for transformers): those always load."""
-    file = local_tokenizer_file(settings.tokenizer)
-    if file is None:
-        return ""
-    return _request_digest(settings, hashlib.sha256(file.read_bytes()).hexdigest(), file.parent)
-
-
-def _request_digest(settings: TokenizeSettings, tokenizer_file_sha256: str, folder: Path) -> str:
+    bytes of a local tokenizer.json (``tokenizer_file_sha256``) and of its folder's
+    tokenizer_config.json, the raw tokenizer and text flags, the slimtok and protocol versions.
+    Equal digests give equal records (the record is a function of these), so a relaunch with the
+    recorded digest needs no tokenizer. A tokenizer that is not a local file (a Hub id, a folder
+    for transformers) has none ("" in job.json): those always load."""
     config = folder / "tokenizer_config.json"
     config_sha256 = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
     asked = [__version__, PROTOCOL_VERSION, tokenizer_file_sha256, config_sha256, settings.eos_id, settings.bos,
@@ -124,14 +118,22 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
     """Create job.json on first use, or check a relaunch against it; copy manifest and tokenizer.
 
     ``say`` gets the start-up lines: which separators and dtype were chosen and why, and warnings.
-    A relaunch asking what job.json records (:func:`request_digest`) loads no tokenizer. Raises
+    A relaunch asking what job.json records (:func:`request_digest`) loads no tokenizer, nor does a
+    new job from a local tokenizer.json whose JSON tells every pinned fact
+    (:func:`slimtok.tokenizer.loading.pin_facts_from_json`; its fingerprint is recorded by the first
+    worker, and the copy is the file's bytes, merge pairs as strings); otherwise the tokenizer is
+    parsed once. Raises
     JobMismatch naming each differing setting before anything else is written, unless no shard is
     done or claimed under the pinned settings: then the job is re-pinned (:func:`_repin`).
     """
     root = OutputRoot(settings.output_root)
     entries = read_manifest(settings.manifest)
-    key = request_digest(settings)
-    pinned = read_job(root) if root.job.exists() else None
+    file = local_tokenizer_file(settings.tokenizer)
+    data = file.read_bytes() if file is not None else None  # read once: digest, facts and copy agree
+    file_sha256 = hashlib.sha256(data).hexdigest() if data is not None else ""
+    key = request_digest(settings, file_sha256, file.parent) if file is not None else ""
+    stored = read_job(root) if root.job.exists() else None
+    pinned = stored
     if (pinned is not None and key and pinned.request_sha256 == key and root.manifest.exists()
             and root.tokenizer_file.exists() and pinned.manifest_sha256 == manifest_digest(entries)):
         for line in pinned.policy_notes if say else ():
@@ -139,15 +141,32 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
         check_disk_budget(settings, root, entries, pinned, None, say)
         return pinned
     from .tokenizer import load_tokenizer
+    from .tokenizer.loading import pin_facts_from_json
 
-    tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text)
+    tok, copied = None, ""
+    # The JSON tells every pinned fact but the fingerprint, which the first worker records; a job
+    # pinned before needs it now, so only one whose copy holds these very bytes skips the parse.
+    if data is not None:
+        tok = pin_facts_from_json(settings.tokenizer, data, settings.eos_id, settings.bos, settings.special_text,
+                                  file_sha256)
+        copied = "" if tok is None else file_sha256 if tok.file_bytes is data else \
+            hashlib.sha256(tok.file_bytes).hexdigest()
+        if pinned is not None and pinned.tokenizer_file_sha256 != copied:
+            tok = None
+    if tok is None:
+        tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text)
+        if file is not None:  # of the bytes actually parsed (the file may have changed since the read above)
+            key = request_digest(settings, tok.source_file_sha256, file.parent)
     requested = requested_job(settings, entries, tok)
     for line in requested.policy_notes if say else ():
         say(line)
-    file = local_tokenizer_file(settings.tokenizer)
-    if key and file is not None:  # of the bytes actually loaded (the file may have changed since the look above)
-        key = _request_digest(settings, tok.source_file_sha256, file.parent)
-    extras = {"tokenizer_file_sha256": hashlib.sha256(tok.file_text()).hexdigest(), "request_sha256": key}
+    if pinned is not None and not requested.tokenizer_sha256:  # read from the JSON of the pinned bytes
+        requested = replace(requested, tokenizer_sha256=pinned.tokenizer_sha256)
+    elif pinned is not None and not pinned.tokenizer_sha256:  # parsed, against a job not yet fingerprinted
+        pinned = replace(pinned, tokenizer_sha256=tokenizer_fingerprint(root, pinned))
+    if tok.tokenizer is not None:
+        copied = hashlib.sha256(tok.file_text()).hexdigest()
+    extras = {"tokenizer_file_sha256": copied, "request_sha256": key}
     bounds: dict[str, list[float]] | None = None
     if pinned is None:
         root.root.mkdir(parents=True, exist_ok=True)
@@ -166,9 +185,9 @@ def pin_job(settings: TokenizeSettings, say: Callable[[str], None] | None = None
     else:  # pinned by an older slimtok, or the same job asked through another file: record this request
         # (a split without a pinned sample is estimated by check_disk_budget, as at every launch)
         noted = replace(pinned, request_sha256=key)
-        if noted != pinned:
+        if noted != stored:
             write_record(root.job, noted)
-            pinned = noted
+        pinned = noted
     if not root.manifest.exists():
         write_atomic(root.manifest, Path(settings.manifest).read_bytes())
     if not root.tokenizer_file.exists():
@@ -192,7 +211,7 @@ def _disk_sample(settings: TokenizeSettings, root: OutputRoot, entries: list[Sha
         bounds = sample_ratios(entries, _bound_count(tok.growth, job), job.text_key)
         if _bounded_room(settings, root, entries, job, bounds):
             return {}, bounds
-    return sample_ratios(entries, _encode_count(tok.tokenizer, job), job.text_key), {}
+    return sample_ratios(entries, _encode_count(tok.parsed(), job), job.text_key), {}
 
 
 def _bound_count(growth: float, job: JobSettings) -> Callable[[list[str]], int]:
@@ -283,7 +302,7 @@ def check_disk_budget(settings: TokenizeSettings, root: OutputRoot, entries: lis
     encoder = None
     if missing and not _bounded_room(settings, root, entries, job, {**bounds, **job.sampled_ratios}):
         # only an encoded sample tells; without ``tok``, worth loading the copy when the texts are readable
-        encoder = tok.tokenizer if tok else load_pinned_tokenizer(root, job) if bounds else None
+        encoder = tok.parsed() if tok else load_pinned_tokenizer(root, job) if bounds else None
         bounds = {}
     estimate = estimate_token_bytes(todo, width, _encode_count(encoder, job) if encoder else None,
                                     text_key=job.text_key, sampled=job.sampled_ratios, bounds=bounds)
@@ -354,8 +373,9 @@ def _tokenizer_config(job: JobSettings) -> bytes:
 def pinned_tokenizer_path(root: OutputRoot, job: JobSettings) -> Path:
     """The job's own copy of ``tokenizer.json``, checked against the pinned fingerprint.
 
-    The copy was written as the tokenizer's canonical JSON (sha256 = the fingerprint) or in the
-    compact form that was proven to load back to it (sha256 recorded beside the fingerprint), so
+    The copy was written as the tokenizer's canonical JSON (sha256 = the fingerprint), in the
+    compact form that was proven to load back to it, or as the given file's bytes (a job pinned
+    from the JSON alone); the last two have their sha256 recorded beside the fingerprint, so
     the file's own sha256 suffices: no re-serialization or vocabulary walk at every worker start.
     """
     path = root.tokenizer_file
@@ -368,6 +388,20 @@ def pinned_tokenizer_path(root: OutputRoot, job: JobSettings) -> Path:
         raise TokenizerError("does not match job.json's tokenizer_sha256: the output root was modified", path,
                              "delete it and relaunch `slimtok tokenize` with the original --tokenizer")
     return path
+
+
+def tokenizer_fingerprint(root: OutputRoot, job: JobSettings) -> str:
+    """The job's ``tokenizer_sha256``: as job.json records it, or, while no worker has recorded it
+    yet (a job pinned from the JSON alone), computed from the job's copy (one parse and one
+    ``to_str``); "" when the copy is missing or does not load."""
+    if job.tokenizer_sha256:
+        return job.tokenizer_sha256
+    from .tokenizer.loading import canonical_sha256, read_tokenizer_file
+
+    try:
+        return canonical_sha256(read_tokenizer_file(pinned_tokenizer_path(root, job)))
+    except TokenizerError:
+        return ""
 
 
 def load_pinned_tokenizer(root: OutputRoot, job: JobSettings) -> Tokenizer:

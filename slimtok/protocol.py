@@ -160,6 +160,8 @@ class JobSettings(Record):
     manifest_sha256: str
     shards: int
     tokenizer: str
+    #: sha256 of the tokenizer's canonical JSON (``to_str``); "" until the first worker records it
+    #: when the launcher pinned the job from the JSON alone (slimtok.job.tokenizer_fingerprint)
     tokenizer_sha256: str
     vocab_size: int
     eos_token_id: int
@@ -175,8 +177,8 @@ class JobSettings(Record):
     backend_requested: str = ""
     backend: str = ""
     backend_verification: str = ""
-    #: Not pinned: sha256 of ``tokenizer/tokenizer.json``, the bytes the first launch parsed: the
-    #: given file, or its proven compact form (``slimtok.tokenizer.loading._read_file``); empty:
+    #: Not pinned: sha256 of ``tokenizer/tokenizer.json``: the given file's bytes (pinned from its
+    #: JSON alone), or the proven compact form (``slimtok.tokenizer.loading._read_file``); empty:
     #: the copy is the canonical JSON, whose sha256 is ``tokenizer_sha256``.
     tokenizer_file_sha256: str = ""
     #: Not pinned: sha256 of what the first launch was asked (tokenizer file bytes, tokenizer_config.json,

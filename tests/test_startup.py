@@ -260,3 +260,80 @@ def test_the_compact_copy_keeps_merges_with_quotes_backslashes_and_brackets():
     assert Tokenizer.from_str(copy.decode()).to_str() == canonical
     spaced = Tokenizer(models.BPE({**vocab, "a ": len(vocab), "a a": len(vocab) + 1}, [*merges, ("a ", "a")]))
     assert _compact_copy(spaced.to_str()) == b""
+
+
+def test_a_new_job_loads_no_tokenizer_and_another_form_of_it_is_the_same_job(dataset, bpe_tokenizer, tmp_path):
+    """A new job from a local tokenizer.json pins from its JSON alone (no load, no to_str, no
+    encode); its fingerprint is missing until a worker records it, and its copy (merge pairs as
+    strings) loads to the same canonical JSON. A relaunch through another
+    byte form of the same tokenizer (its canonical JSON elsewhere) is parsed, finds the fingerprint
+    from the job's copy, and is the same job: nothing refused, the fingerprint recorded."""
+    import hashlib
+
+    from tokenizers import Tokenizer
+
+    root = tmp_path / "out"
+    settings = TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(bpe_tokenizer))
+    with builtin_calls() as names:
+        pinned = pin_job(settings)
+    assert [n for n in _loads_or_encodes(names) if n != "str.encode"] == [] and pinned.tokenizer_sha256 == ""
+    canonical = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json")).to_str()
+    copy = root / "tokenizer/tokenizer.json"
+    assert all(isinstance(m, str) for m in orjson.loads(copy.read_bytes())["model"]["merges"])
+    assert Tokenizer.from_file(str(copy)).to_str() == canonical
+    other = tmp_path / "other.json"
+    other.write_text(canonical)
+    again = pin_job(TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(other)))
+    expected = hashlib.sha256(canonical.encode()).hexdigest()
+    assert again.tokenizer_sha256 == expected
+    assert json.loads((root / "job.json").read_text())["tokenizer_sha256"] == expected
+
+
+def test_the_json_read_without_merges_is_exact_or_declines():
+    """The launcher reads a tokenizer.json without its trailing merges only when nothing else can
+    follow them; every other layout is declined (then parsed whole). Checked against orjson."""
+    from slimtok.tokenizer.loading import _without_merges
+
+    model = {"type": "BPE", "vocab": {"a": 0, "}": 1}, "merges": [["\\\"", "}}"], ["\"merges\":{", "a"]]}
+    head = {"version": "1.0", "added_tokens": [{"id": 2, "content": "x"}]}
+    exact = [{**head, "model": model}, {**head, "model": {**model, "merges": ["a b", "\\ \""]}},
+             {**head, "model": {**model, "merges": []}}]
+    for data in exact:
+        for text in (orjson.dumps(data), orjson.dumps(data, option=orjson.OPT_INDENT_2)):
+            expected = orjson.loads(text)
+            del expected["model"]["merges"]
+            parsed, copy = _without_merges(text)
+            assert parsed == expected
+            merges = data["model"]["merges"]
+            pairs = bool(merges) and all(isinstance(m, list) and " " not in "".join(m) for m in merges)
+            rewritten = orjson.loads(copy)
+            assert rewritten["model"].pop("merges") == ([" ".join(m) for m in merges] if pairs else merges)
+            assert rewritten == expected and (copy == text) == (not pairs)
+    declined = [{"model": model, **head}, {**head, "model": model, "x": {"y": []}},
+                {**head, "model": {"merges": [], **{k: v for k, v in model.items() if k != "merges"}}}]
+    for data in declined:
+        assert _without_merges(orjson.dumps(data)) is None
+    assert _without_merges(b'{"model": {"merges": [["a", "b"]]}, "x": {"merges": []}}') is None
+
+
+def test_a_tokenizer_that_only_the_worker_finds_broken_frees_its_claim_and_a_fix_repins(dataset, bpe_tokenizer,
+                                                                                         tmp_path):
+    """Valid JSON whose merges name an unknown token passes the launcher's JSON read; the worker's
+    load refuses it, freeing its claim, so the relaunch with the right tokenizer re-pins the job."""
+    import hashlib
+
+    from tokenizers import Tokenizer
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data = orjson.loads((bpe_tokenizer / "tokenizer.json").read_bytes())
+    data["model"]["merges"] = [["no-such-piece", "x"], *data["model"]["merges"]]
+    (broken / "tokenizer.json").write_bytes(orjson.dumps(data))
+    root = tmp_path / "out"
+    proc = _tokenize(dataset, root, broken, check=False)
+    assert proc.returncode != 0 and "not a tokenizers JSON file" in proc.stderr
+    assert not [p for p in (root / "locks").rglob("*") if p.is_file()]
+    proc = _tokenize(dataset, root, bpe_tokenizer)
+    assert "re-pinned" in proc.stdout + proc.stderr
+    canonical = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json")).to_str()
+    assert json.loads((root / "job.json").read_text())["tokenizer_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()

@@ -220,3 +220,98 @@ def test_the_token_bound_holds_for_every_family(families, name):
     bound = _bound_count(loaded.growth, job)
     for text in texts:
         assert len(tok.encode(text, add_special_tokens=False).ids) + 1 <= bound([text]), (name, text[:20])
+
+
+#: Families whose separators the JSON cannot decide (is the special token's string, in the model's
+#: vocabulary, producible from text?): pinned through the parse, as before.
+UNDECIDED_FROM_JSON = {"unigram", "wordpiece"}
+#: (--bos, --special-text, --eos-id): the defaults, each policy, and an ordinary token as eos (a
+#: model token that is no added token: the JSON cannot tell whether text produces it).
+JSON_CASES = [("auto", "literal", None), ("never", "parse", None), ("always", "literal", None), ("auto", "literal", 7)]
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory):
+    from corpus import make_dataset, slimtok
+
+    tmp = tmp_path_factory.mktemp("json-route")
+    make_dataset(tmp / "ds", train_shards=1, docs_per_shard=3, holdout_docs=1)
+    slimtok("manifest", "--dataset-dir", tmp / "ds", "--output-dir", tmp / "m")
+    return tmp / "m" / "manifest.jsonl"
+
+
+def _pin_and_work(manifest: Path, root: Path, folder: Path, bos: str, special: str, eos_id: int | None) -> dict:
+    """job.json after a real pin_job and one worker's whole run, without the fields that name the
+    copy's bytes and the backend's timings."""
+    import json
+
+    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.worker import Worker
+
+    settings = TokenizeSettings(manifest=str(manifest), output_root=str(root), tokenizer=str(folder), bos=bos,
+                                special_text=special, eos_id=eos_id, backend="tokenizers")
+    pin_job(settings)
+    assert Worker(settings, 0).run() == 0
+    job = json.loads((root / "job.json").read_text())
+    return {k: v for k, v in job.items()
+            if k not in ("tokenizer_file_sha256", "backend_requested", "backend", "backend_verification")}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_json_route_pins_what_the_parse_pins(families, name, tiny_manifest, tmp_path, monkeypatch):
+    """From the JSON alone the launcher pins every fact the parse pins (notes and warnings word for
+    word), or declines; once the worker has recorded the fingerprint, job.json equals the parse
+    route's, whose fingerprint is an independent from_file + to_str."""
+    import hashlib
+
+    from slimtok.tokenizer import loading
+
+    folder = families(name)
+    data = (folder / "tokenizer.json").read_bytes()
+    canonical_json = Tokenizer.from_file(str(folder / "tokenizer.json")).to_str()
+    canonical = hashlib.sha256(canonical_json.encode()).hexdigest()
+    routed = 0
+    for n, (bos, special, eos_id) in enumerate(JSON_CASES):
+        try:
+            parsed = load_tokenizer(str(folder), eos_id, bos, special)
+        except TokenizerError as exc:  # the JSON route refuses the same way, or leaves it to the parse
+            try:
+                assert loading.pin_facts_from_json(str(folder), data, eos_id, bos, special) is None
+            except TokenizerError as again:
+                assert str(again) == str(exc)
+            continue
+        facts = loading.pin_facts_from_json(str(folder), data, eos_id, bos, special)
+        if facts is None:
+            assert name in UNDECIDED_FROM_JSON or eos_id is not None, (name, bos, special, eos_id)
+            continue
+        assert name not in UNDECIDED_FROM_JSON
+        assert (facts.tokenizer, facts.sha256) == (None, "")
+        assert Tokenizer.from_str(facts.file_text().decode()).to_str() == canonical_json  # the copy
+        for field in ("vocab_size", "policy", "notes", "growth", "source_file_sha256"):
+            assert getattr(facts, field) == getattr(parsed, field), (name, field)
+        by_json = _pin_and_work(tiny_manifest, tmp_path / f"json-{n}", folder, bos, special, eos_id)
+        with monkeypatch.context() as m:
+            m.setattr(loading, "pin_facts_from_json", lambda *a, **k: None)
+            by_parse = _pin_and_work(tiny_manifest, tmp_path / f"parse-{n}", folder, bos, special, eos_id)
+        assert by_json == by_parse and by_json["tokenizer_sha256"] == canonical
+        assert (tmp_path / f"json-{n}" / "tokenizer" / "tokenizer.json").read_bytes() == facts.file_text()
+        routed += 1
+    assert routed or name in UNDECIDED_FROM_JSON
+
+
+def test_an_undecidable_separator_takes_the_parse_route(families, tiny_manifest, tmp_path):
+    """Unigram's eos is a special token inside its model vocabulary: the JSON cannot tell whether
+    text produces it, so the launcher parses (and the fingerprint is pinned at once)."""
+    import hashlib
+    import json
+
+    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.tokenizer.loading import pin_facts_from_json
+
+    folder = families("unigram")
+    assert pin_facts_from_json(str(folder), (folder / "tokenizer.json").read_bytes()) is None
+    settings = TokenizeSettings(manifest=str(tiny_manifest), output_root=str(tmp_path / "out"), tokenizer=str(folder))
+    pin_job(settings)
+    job = json.loads((tmp_path / "out" / "job.json").read_text())
+    canonical = Tokenizer.from_file(str(folder / "tokenizer.json")).to_str()
+    assert job["tokenizer_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()

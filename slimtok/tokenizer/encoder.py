@@ -24,7 +24,7 @@ import orjson
 from tokenizers import Tokenizer
 
 from ..errors import TokenizerError
-from .loading import read_tokenizer_file
+from .loading import canonical_sha256, read_tokenizer_file
 from .policy import DocumentPolicy
 
 # -- encoding backends -----------------------------------------------------------------------
@@ -129,6 +129,10 @@ class Encoder:
         # tokenizer costs ~110 MB and half a second to copy); callers hand over their instance.
         started = time.thread_time()
         tok = tokenizer if isinstance(tokenizer, Tokenizer) else read_tokenizer_file(Path(tokenizer))
+        # to_str of the reference is the fingerprint while padding and truncation are as loaded
+        # (encode_special_tokens is not serialized); else canonical_sha256 loads the file afresh
+        self._as_loaded = tok.padding is None and tok.truncation is None
+        self._path = None if isinstance(tokenizer, Tokenizer) else Path(tokenizer)
         tok.no_padding()
         tok.no_truncation()
         tok.encode_special_tokens = policy.literal
@@ -155,6 +159,15 @@ class Encoder:
         else:
             self.report = self._try_fastokens(fast, why, backend)
         _malloc_trim()
+
+    def canonical_sha256(self) -> str:
+        """The job fingerprint of the reference as its file gives it: sha256 of its canonical JSON."""
+        if self._as_loaded:
+            return canonical_sha256(self._tok)
+        if self._path is None:
+            raise ValueError("the reference was given with padding or truncation, now cleared: its fingerprint "
+                             "needs its file")
+        return canonical_sha256(read_tokenizer_file(self._path))
 
     @property
     def backend(self) -> str:

@@ -4,6 +4,10 @@ A tokenizer comes from a ``tokenizer.json`` file, a local folder, or a Hugging F
 It is parsed once (from the file's bytes as they are) and serialized once
 (:attr:`LoadedTokenizer.canonical_json`), whose sha256 is the fingerprint; a job copies that JSON
 with its merges in the compact form that loads back to it (:attr:`LoadedTokenizer.file_bytes`).
+
+A local ``tokenizer.json`` is first read as JSON only (:func:`pin_facts_from_json`): every fact a
+job pins but the fingerprint, exactly as the parse gives them, or None when the JSON cannot tell
+(then it is parsed). The fingerprint is then taken by the first worker that loads the tokenizer.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import orjson
 from tokenizers import Tokenizer
 
 from ..errors import TokenizerError
-from .policy import DocumentPolicy, TokenizerConfig, separator_warnings, settle_bos, settle_eos, SPECIAL_TEXT
+from .policy import (SPECIAL_TEXT, DocumentPolicy, TokenizerConfig, TokenLookup, producible_by_encoding,
+                     separator_warnings, settle_bos, settle_eos, special_ids_of)
 
 DTYPES = ("uint32", "uint16", "auto")
 _REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
@@ -30,8 +35,10 @@ _UINT16_IDS = 1 << 16
 class LoadedTokenizer:
     """A tokenizer with the identity facts a job is pinned to and the lines to print at start."""
 
-    tokenizer: Tokenizer
+    #: None when read from the JSON alone (:func:`pin_facts_from_json`)
+    tokenizer: Tokenizer | None
     source: str
+    #: "" when read from the JSON alone: the first worker that loads the tokenizer records it
     sha256: str
     vocab_size: int
     policy: DocumentPolicy
@@ -40,7 +47,8 @@ class LoadedTokenizer:
     #: ``Tokenizer.to_str()`` taken once at load; ``sha256`` is its digest
     canonical_json: str = field(default="", repr=False, compare=False)
     #: what a job copies: the canonical JSON with merges as "a b" strings (empty: the canonical
-    #: JSON itself, see :func:`_compact_copy`)
+    #: JSON itself, see :func:`_compact_copy`); read from the JSON alone, the file's bytes or the
+    #: same with merge pairs as strings (:func:`_without_merges`)
     file_bytes: bytes = field(default=b"", repr=False, compare=False)
     #: sha256 of the tokenizer.json as read (empty when built through transformers)
     source_file_sha256: str = ""
@@ -64,6 +72,10 @@ class LoadedTokenizer:
         """What a job copies into its root: the bytes it was parsed from, else the canonical JSON."""
         return self.file_bytes or self.canonical_json.encode()
 
+    def parsed(self) -> Tokenizer:
+        """The tokenizer, parsed from the file's bytes when it was read from the JSON alone."""
+        return self.tokenizer or _parse(Path(self.source), self.file_bytes)
+
 
 def load_tokenizer(source: str, eos_id: int | None = None, bos: str = "auto",
                    special_text: str = "literal") -> LoadedTokenizer:
@@ -73,18 +85,253 @@ def load_tokenizer(source: str, eos_id: int | None = None, bos: str = "auto",
     (tok, file_bytes, canonical, source_sha), config = _resolve(source)
     id_count = max_id_plus_one(tok)
     post_processor = orjson.loads(tok.post_processor.__getstate__()) if tok.post_processor else None
-    eos, eos_token, eos_reason = settle_eos(tok, config, eos_id, id_count, source)
-    bos_id, bos_token, bos_reason = settle_bos(tok, config, bos, post_processor, source)
-    policy = DocumentPolicy(eos, eos_token, bos_id, bos_token, special_text, eos_reason, bos_reason)
-    notes = [f"eos: {eos_token!r} (id {eos}) from {eos_reason}",
-             f"bos: {bos_token!r} (id {bos_id}) from {bos_reason}" if bos_id is not None else f"bos: none ({bos_reason})",
-             "special-token strings in text: " + ("ordinary text (--special-text literal)" if policy.literal
-                                                  else "their control ids (--special-text parse)")]
-    notes += separator_warnings(tok, policy)
+    policy = _settle(tok, config, eos_id, bos, special_text, id_count, post_processor, source)
+    notes = _policy_notes(policy) + separator_warnings(policy, special_ids_of(tok),
+                                                       lambda i, t: producible_by_encoding(tok, i, t))
     sha = hashlib.sha256(canonical.encode()).hexdigest()
     growth = text_growth(*(orjson.loads(part.__getstate__()) if part else None
                            for part in (tok.normalizer, tok.pre_tokenizer)))
     return LoadedTokenizer(tok, source, sha, id_count, policy, tuple(notes), canonical, file_bytes, source_sha, growth)
+
+
+def _settle(tok: TokenLookup, config: TokenizerConfig, eos_id: int | None, bos: str, special_text: str,
+            id_count: int, post_processor: dict[str, Any] | None, source: str) -> DocumentPolicy:
+    eos, eos_token, eos_reason = settle_eos(tok, config, eos_id, id_count, source)
+    bos_id, bos_token, bos_reason = settle_bos(tok, config, bos, post_processor, source)
+    return DocumentPolicy(eos, eos_token, bos_id, bos_token, special_text, eos_reason, bos_reason)
+
+
+def _policy_notes(policy: DocumentPolicy) -> list[str]:
+    """The start-up lines naming each separator and why, and what special-token text becomes."""
+    return [f"eos: {policy.eos_token!r} (id {policy.eos_id}) from {policy.eos_reason}",
+            f"bos: {policy.bos_token!r} (id {policy.bos_id}) from {policy.bos_reason}" if policy.bos_id is not None
+            else f"bos: none ({policy.bos_reason})",
+            "special-token strings in text: " + ("ordinary text (--special-text literal)" if policy.literal
+                                                 else "their control ids (--special-text parse)")]
+
+
+class JsonVocabulary:
+    """The ids a tokenizer.json gives its tokens, read from the JSON as ``tokenizers`` assigns them:
+    an added token is looked up before the model's vocabulary (both ways).
+
+    Built only when that is exact (:meth:`read`): a BPE, WordPiece or WordLevel vocabulary whose ids
+    are unique, a Unigram one (id = index) whose pieces are unique, and added tokens, each non-empty
+    and named once, whose recorded ids are the ones ``tokenizers`` gives them on load (the model's
+    id for a token it holds, else the next id after the vocabulary and the added tokens so far),
+    listed in ascending id order.
+    """
+
+    def __init__(self, model_ids: dict[str, int], added: dict[str, int], special_ids: set[int]):
+        self.model_ids = model_ids
+        self.added = added
+        self.special_ids = special_ids
+        self._model_tokens = {i: t for t, i in model_ids.items()}
+        self._added_tokens = {i: t for t, i in added.items()}
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> JsonVocabulary | None:
+        model = data.get("model")
+        added_tokens = data.get("added_tokens") or []
+        if not isinstance(model, dict) or not isinstance(added_tokens, list):
+            return None
+        vocab = model.get("vocab")
+        if model.get("type") == "Unigram" and isinstance(vocab, list):
+            model_ids = {piece[0]: i for i, piece in enumerate(vocab)
+                         if isinstance(piece, list) and piece and isinstance(piece[0], str)}
+        elif model.get("type") in ("BPE", "WordPiece", "WordLevel") and isinstance(vocab, dict):
+            model_ids = vocab
+            if len(set(vocab.values())) != len(vocab):
+                return None
+        else:
+            return None
+        if len(model_ids) != len(vocab) or not all(type(i) is int for i in model_ids.values()):
+            return None
+        added: dict[str, int] = {}
+        special: set[int] = set()
+        for token in added_tokens:
+            content = token.get("content") if isinstance(token, dict) else None
+            if not isinstance(content, str) or not content or content in added:
+                return None
+            expected = model_ids.get(content)
+            if expected is None:
+                top = max(added.values(), default=None)
+                expected = len(vocab) if top is None or (top < len(vocab) and vocab) else top + 1
+            # in ascending id order, so the order tokenizers adds them in is the file's either way
+            if token.get("id") != expected or expected <= max(added.values(), default=-1):
+                return None
+            added[content] = expected
+            if token.get("special") is True:
+                special.add(expected)
+        return cls(model_ids, added, special)
+
+    def token_to_id(self, token: str) -> int | None:
+        found = self.added.get(token)
+        return self.model_ids.get(token) if found is None else found
+
+    def id_to_token(self, token_id: int) -> str | None:
+        found = self._added_tokens.get(token_id)
+        return self._model_tokens.get(token_id) if found is None else found
+
+    def id_count(self) -> int:
+        """:func:`max_id_plus_one`, by the same rule."""
+        n = len(self.model_ids)
+        added = max(self.added.values(), default=-1) + 1
+        if n == 0 or self.id_to_token(n - 1) is not None:
+            return max(n, added)
+        return max(max(self.model_ids.values()), added - 1) + 1
+
+    def producible(self, token_id: int, token: str, load_model: Callable[[], dict[str, Any]]) -> bool | None:
+        """Whether ``token`` as literal text can encode to ``token_id``, when the JSON tells; None
+        (cannot tell) otherwise. Special tokens are not matched in literal text, so a special added
+        token's id comes only from the model: never from one that lacks it, and never from a BPE
+        (without ``ignore_merges``) whose every output is a one-character symbol, a merge's join,
+        its unk or a byte-fallback token, when the token is none of those."""
+        if token_id not in self.special_ids:
+            return None
+        if token_id not in self._model_tokens:
+            return False
+        model = load_model()
+        if model.get("type") != "BPE" or model.get("ignore_merges") or model.get("dropout"):
+            return None
+        prefix, suffix = model.get("continuing_subword_prefix") or "", model.get("end_of_word_suffix") or ""
+        if not prefix.isascii() or token == model.get("unk_token") or \
+                (model.get("byte_fallback") and re.fullmatch(r"<0x[0-9A-F]{2}>", token)):
+            return None
+        if any(token.startswith(p) and token.endswith(s) and len(token) - len(p) - len(s) == 1
+               for p in {"", prefix} for s in {"", suffix}):
+            return None
+        merges = model.get("merges")
+        if not isinstance(merges, list):
+            return None
+        cut = len(prefix)  # tokenizers joins a merge as a + b[len(prefix):]
+        for merge in merges:
+            pair = merge.split(" ") if isinstance(merge, str) else merge
+            if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):
+                return None
+            if pair[0] + pair[1][cut:] == token:
+                return None
+        return False
+
+
+def pin_facts_from_json(source: str, data: bytes, eos_id: int | None = None, bos: str = "auto",
+                        special_text: str = "literal", file_sha256: str = "") -> LoadedTokenizer | None:
+    """What :func:`load_tokenizer` gives for the local tokenizer.json ``source`` whose bytes are
+    ``data`` (sha256 ``file_sha256``, computed when not given), from its JSON alone: no tokenizer
+    (``tokenizer`` None), no fingerprint (``sha256`` ""), the copy the file's bytes or their
+    compact form (:func:`_without_merges`). None when
+    the JSON cannot tell some fact exactly (see :class:`JsonVocabulary`,
+    :meth:`JsonVocabulary.producible`): the caller parses the tokenizer. A file that is valid JSON
+    but that tokenizers cannot load is refused by the first worker, not here.
+
+    Invariant: every other field, notes included, equals :func:`load_tokenizer`'s."""
+    if special_text not in SPECIAL_TEXT:
+        raise TokenizerError(f"--special-text {special_text!r} is not one of {', '.join(SPECIAL_TEXT)}")
+    file = local_tokenizer_file(source)
+    try:
+        parsed, copy = _without_merges(data) or (orjson.loads(data), data)
+    except orjson.JSONDecodeError:
+        return None  # the parse says what is wrong
+    vocab = JsonVocabulary.read(parsed) if file is not None and isinstance(parsed, dict) else None
+    if vocab is None:
+        return None
+    id_count = vocab.id_count()
+    try:
+        policy = _settle(vocab, _config(file.parent), eos_id, bos, special_text, id_count,
+                         parsed.get("post_processor"), source)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None  # a template shaped otherwise than the parse serializes it: let the parse read it
+    def model() -> dict[str, Any]:  # with its merges: they are parsed only when a separator asks
+        return parsed["model"] if "merges" in parsed["model"] else orjson.loads(data)["model"]
+
+    decided = {(i, t): vocab.producible(i, t, model) for i, t in ((policy.eos_id, policy.eos_token),
+                                                            (policy.bos_id, policy.bos_token))
+               if i is not None and t is not None}
+    if None in decided.values():
+        return None
+    notes = _policy_notes(policy) + separator_warnings(policy, vocab.special_ids, lambda i, t: bool(decided[i, t]))
+    growth = text_growth(parsed.get("normalizer"), parsed.get("pre_tokenizer"))
+    return LoadedTokenizer(None, source, "", id_count, policy, tuple(notes), "", copy,
+                           file_sha256 or hashlib.sha256(data).hexdigest(), growth)
+
+
+#: Outside its strings, the tail of a tokenizer.json from its last ``"merges"`` key is the colon,
+#: an array of arrays or strings (brackets and commas), then the model's and the file's closing
+#: braces: before the first string, between two, after the last (or all of it, with no string).
+_WS = rb"[ \t\n\r]*"
+_PUNCT = rb"[\[\], \t\n\r]*"
+_TAIL_FIRST = re.compile(_WS + rb":" + _WS + rb"\[" + _PUNCT)
+_TAIL_BETWEEN = re.compile(_PUNCT)
+_TAIL_LAST = re.compile(_PUNCT + rb"\]" + _WS + rb"\}" + _WS + rb"\}" + _WS)
+_TAIL_ALL = re.compile(_WS + rb":" + _WS + rb"\[" + _PUNCT + rb"\]" + _WS + rb"\}" + _WS + rb"\}" + _WS)
+
+
+def _without_merges(data: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """(the tokenizer.json parsed without the merges of a file that ends with them, what a job
+    copies), else None. The merges are a BPE's usual last field and most of the file, and only a
+    separator check needs them. The copy is the file with its merge pairs written as ``"a b"``
+    strings when every pair can be (:func:`_pairs_as_strings`), else the file's bytes.
+
+    Exact: the tail from the last ``"merges"`` key holds, outside strings (escaped backslashes and
+    quotes masked, :func:`_mask_escapes`), no key and no object, only an array and two closing
+    braces; so every other key and value lies in the head, which is parsed closed by the same two
+    braces. The check splits the tail at its quotes once (~4x cheaper than parsing the merges)."""
+    at = data.rfind(b'"merges"')
+    head = data[:at].rstrip()
+    if at < 0 or not head.endswith(b",") or b"\x00" in data:
+        return None
+    tail = data[at + len(b'"merges"'):]
+    masked = _mask_escapes(tail) if b"\\" in tail else tail
+    parts = masked.split(b'"')
+    if len(parts) % 2 == 0:
+        return None
+    if len(parts) == 1:
+        if not _TAIL_ALL.fullmatch(parts[0]):
+            return None
+    elif not (_TAIL_FIRST.fullmatch(parts[0]) and _TAIL_LAST.fullmatch(parts[-1])
+              and all(_TAIL_BETWEEN.fullmatch(p) for p in set(parts[2:-1:2]))):
+        return None
+    try:
+        parsed = orjson.loads(head[:-1] + b"}}")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("model"), dict):
+        return None
+    pairs = _pairs_as_strings(masked, parts)
+    return parsed, data[:at] + b'"merges":' + pairs + b"}}" if pairs else data
+
+
+#: Outside the strings of merges written as pairs: within a pair, between two pairs, and around.
+_IN_PAIR = re.compile(_WS + rb"," + _WS)
+_BETWEEN_PAIRS = re.compile(_WS + rb"\]" + _WS + rb"," + _WS + rb"\[" + _WS)
+_PAIRS_FIRST = re.compile(_WS + rb":" + _WS + rb"\[" + _WS + rb"\[" + _WS)
+_PAIRS_LAST = re.compile(_WS + rb"\]" + _WS + rb"\]" + _WS + rb"\}" + _WS + rb"\}" + _WS)
+
+
+def _pairs_as_strings(masked: bytes, parts: list[bytes]) -> bytes:
+    """The merges array with each pair as one ``"a b"`` string, from the masked tail (see
+    :func:`_mask_escapes`) and its split at its quotes (strings at odd places), or b"" unless the
+    tail is exactly an array of two-string pairs with no space in any string. tokenizers and fastokens split such a string at its one space, so
+    it loads to the same pairs and faster (see :func:`_compact_copy`)."""
+    if len(parts) % 4 != 1 or len(parts) < 5 or not _PAIRS_FIRST.fullmatch(parts[0]) \
+            or not _PAIRS_LAST.fullmatch(parts[-1]):
+        return b""
+    within, between = set(parts[2::4]), set(parts[4:-1:4])
+    if not all(_IN_PAIR.fullmatch(p) for p in within) or not all(_BETWEEN_PAIRS.fullmatch(p) for p in between):
+        return b""
+    if len(within) == 1 and len(between) <= 1:  # one layout throughout: count the spaces outside strings
+        pairs = len(parts) // 4
+        outside = parts[0].count(b" ") + parts[-1].count(b" ") + pairs * next(iter(within)).count(b" ") \
+            + (pairs - 1) * (next(iter(between)).count(b" ") if between else 0)
+        if masked.count(b" ") != outside:
+            return b""
+    elif b" " in b"".join(parts[1::2]):
+        return b""
+    return _unmask_escapes(b'["' + b'","'.join(map(b" ".join, zip(parts[1::4], parts[3::4]))) + b'"]')
+
+
+def canonical_sha256(tok: Tokenizer) -> str:
+    """The fingerprint a job pins: sha256 of the tokenizer's canonical JSON (``to_str``)."""
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()
 
 
 def max_id_plus_one(tok: Tokenizer) -> int:
@@ -218,16 +465,19 @@ def _compact_copy(canonical: str) -> bytes:
     at = text.rfind(b'"merges":[[')
     if at < 0 or not text.endswith(b"]]}}") or b"\x00" in text:
         return b""
-    head, tail = text[:at + len(b'"merges":')], text[at + len(b'"merges":'):-2]
-    if b" " in tail:
-        return b""
-    parts = tail.replace(b"\\\\", b"\x00\x01").replace(b'\\"', b"\x00\x02").split(b'"')
-    # [[ a , b ],[ c , d ]]: strings at odd places, "," inside a pair, "],[" between pairs
-    if len(parts) % 4 != 1 or parts[0] != b"[[" or parts[-1] != b"]]" or set(parts[2::4]) != {b","} \
-            or set(parts[4:-1:4]) - {b"],["}:
-        return b""
-    merged = b'["' + b'","'.join(map(b" ".join, zip(parts[1::4], parts[3::4]))) + b'"]'
-    return head + merged.replace(b"\x00\x02", b'\\"').replace(b"\x00\x01", b"\\\\") + b"}}"
+    masked = _mask_escapes(text[at + len(b'"merges"'):])
+    pairs = _pairs_as_strings(masked, masked.split(b'"'))
+    return text[:at] + b'"merges":' + pairs + b"}}" if pairs else b""
+
+
+def _mask_escapes(text: bytes) -> bytes:
+    """JSON text with its escaped backslashes and quotes masked by NUL pairs (a JSON text holds no
+    raw NUL), so that every remaining quote delimits a string; undone by :func:`_unmask_escapes`."""
+    return text.replace(b"\\\\", b"\x00\x01").replace(b'\\"', b"\x00\x02")
+
+
+def _unmask_escapes(text: bytes) -> bytes:
+    return text.replace(b"\x00\x02", b'\\"').replace(b"\x00\x01", b"\\\\")
 
 
 def _from_hub(repo_id: str) -> tuple[_Parsed, TokenizerConfig]:

@@ -11,11 +11,12 @@ Llama-2 ``<s> $A``; Qwen3 puts nothing), ``always`` the tokenizer's bos, ``never
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from tokenizers import Tokenizer
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ..errors import TokenizerError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 #: eos strings tried, in order, when neither --eos-id nor tokenizer_config.json names one.
 COMMON_EOS = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|im_end|>")
@@ -49,6 +50,15 @@ class DocumentPolicy:
         return self.special_text == "literal"
 
 
+class TokenLookup(Protocol):
+    """What the policy asks of a tokenizer: a ``tokenizers.Tokenizer``, or the same answers read
+    from its JSON (``slimtok.tokenizer.loading.JsonVocabulary``)."""
+
+    def token_to_id(self, token: str) -> int | None: ...
+
+    def id_to_token(self, token_id: int) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     """What tokenizer_config.json says, if the folder has one (``found`` False otherwise)."""
@@ -58,7 +68,7 @@ class TokenizerConfig:
     bos_token: str | None = None
 
 
-def settle_eos(tok: Tokenizer, config: TokenizerConfig, eos_id: int | None, id_count: int,
+def settle_eos(tok: TokenLookup, config: TokenizerConfig, eos_id: int | None, id_count: int,
                source: str) -> tuple[int, str | None, str]:
     """(eos id, its token, why it was chosen)."""
     if eos_id is not None:
@@ -104,7 +114,7 @@ def template_prefix(post_processor: dict[str, Any] | None) -> list[tuple[str, in
     return prefix
 
 
-def settle_bos(tok: Tokenizer, config: TokenizerConfig, bos: str, post_processor: dict[str, Any] | None,
+def settle_bos(tok: TokenLookup, config: TokenizerConfig, bos: str, post_processor: dict[str, Any] | None,
                source: str) -> tuple[int | None, str | None, str]:
     """(bos id or None, its token, why) for ``--bos bos``."""
     if bos not in BOS_CHOICES:
@@ -129,18 +139,21 @@ def settle_bos(tok: Tokenizer, config: TokenizerConfig, bos: str, post_processor
                          "pass --bos never, or use a tokenizer folder whose tokenizer_config.json names bos_token")
 
 
-def separator_warnings(tok: Tokenizer, policy: DocumentPolicy) -> list[str]:
-    """One warning per separator that text could also produce, naming the token."""
-    special_ids = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+def separator_warnings(policy: DocumentPolicy, special_ids: set[int],
+                       producible: Callable[[int, str], bool]) -> list[str]:
+    """One warning per separator that text could also produce, naming the token.
+
+    ``special_ids``: the ids of the special added tokens; ``producible(id, token)``: whether the
+    token written as literal text encodes to its id (:func:`producible_by_encoding`)."""
     notes = []
     for role, token_id, token in (("eos", policy.eos_id, policy.eos_token), ("bos", policy.bos_id, policy.bos_token)):
         if token_id is None:
             continue
         label = f"{role} {token!r} (id {token_id})"
-        producible = token is not None and _producible(tok, token_id, token)
-        if token_id not in special_ids or producible:
+        made = token is not None and producible(token_id, token)
+        if token_id not in special_ids or made:
             what = "is an ordinary token, not a special one" if token_id not in special_ids else "is special"
-            how = ", and encoding its own string as text produces it" if producible else ""
+            how = ", and encoding its own string as text produces it" if made else ""
             notes.append(f"warning: {label} {what}{how}: a document may hold {role} ids inside it; the "
                          "document table is the record of document boundaries")
         elif not policy.literal:
@@ -149,7 +162,12 @@ def separator_warnings(tok: Tokenizer, policy: DocumentPolicy) -> list[str]:
     return notes
 
 
-def _producible(tok: Tokenizer, token_id: int, token: str) -> bool:
+def special_ids_of(tok: Tokenizer) -> set[int]:
+    """The ids of ``tok``'s special added tokens."""
+    return {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+
+
+def producible_by_encoding(tok: Tokenizer, token_id: int, token: str) -> bool:
     """Whether ``token`` written as literal text, alone or next to other text, encodes to ``token_id``."""
     before = tok.encode_special_tokens
     tok.encode_special_tokens = True

@@ -29,7 +29,7 @@ import psutil
 
 from ..claims import Claim, Claimer, current_holder, preference_order
 from ..errors import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, Interrupted, LostClaim,
-                      ShardError, SlimtokError)
+                      ShardError, SlimtokError, TokenizerError)
 from ..job import TokenizeSettings, document_policy, pinned_tokenizer_path, read_job
 from ..manifest import ShardEntry, read_manifest
 from ..protocol import (Checkpoint, DoneRecord, FailedRecord, Heartbeat, JobSettings, LockRecord, OutputRoot, read_record,
@@ -57,6 +57,7 @@ class Worker:
         self.tokenizer_path = pinned_tokenizer_path(self.root, self.job)
         self._encoder: Encoder | None = None
         self._noted: BackendReport | None = None  # the encoder report last written to job.json
+        self._fingerprinted = False  # whether this worker has seen to job.json's tokenizer_sha256
         self.me = current_holder(settings.process_index, worker_index)
         self.name = worker_name(self.me.host, settings.process_index, worker_index)
         self.claimer = Claimer(self.root, self.me, settings.stale_after)
@@ -93,8 +94,20 @@ class Worker:
         (a deferred fastokens loaded, a switch back to the reference)."""
         report = self._encoder.report if self._encoder else None
         if report is not None and report != self._noted and self.settings.process_index == 0 and self.index == 0:
-            _record_backend(self.root, report)
+            _update_job(self.root, backend_requested=report.requested, backend=report.backend,
+                        backend_verification=report.verification)
             self._noted = report
+
+    def _note_fingerprint(self) -> None:
+        """After this worker's first shard, record job.json's ``tokenizer_sha256`` if it is still
+        missing (a launcher that pinned the job from the JSON alone loads no tokenizer): it is
+        taken where the tokenizer is loaded anyway, after the first encoded batches, so no start
+        waits for it. Any worker may do it; all compute the same value from the same copy."""
+        if self._fingerprinted or self._encoder is None:
+            return
+        self._fingerprinted = True
+        if not read_job(self.root).tokenizer_sha256:
+            _update_job(self.root, tokenizer_sha256=self._encoder.canonical_sha256())
 
     def task_context(self) -> TaskContext:
         """What this worker's shard tasks may use."""
@@ -209,7 +222,16 @@ class Worker:
         self._hold(claim)
         self.current = claim
         self._write_heartbeat("working")  # status shows this shard from the moment it is claimed
-        task = ShardTask(self.task_context(), entry, claim)
+        try:
+            context = self.task_context()
+        except TokenizerError:
+            # The job's tokenizer does not load (a launcher that read only its JSON cannot tell):
+            # no shard can be written, so free the claim, and a corrected relaunch can re-pin.
+            self.current = None
+            self._unhold(claim)
+            self.claimer.release(claim)
+            raise
+        task = ShardTask(context, entry, claim)
         log.info("%s: claimed %s (%s)%s", self.name, entry.id, claim.token,
                  f", taking over from {_describe(claim.previous)}" if claim.previous else "")
         try:
@@ -221,6 +243,7 @@ class Worker:
         finally:
             self.current = None
             self._note_backend()
+        self._note_fingerprint()
         try:
             self._await_commit()  # at most one commit in flight: its syncs overlap this shard's encoding
         except BaseException as exc:  # the previous commit failed: this shard is not committed either
@@ -356,13 +379,20 @@ def _is_input_error(exc: OSError, task: ShardTask) -> bool:
     return exc.filename is not None and str(exc.filename) == str(task.entry.path)
 
 
-def _record_backend(root: OutputRoot, report: BackendReport) -> None:
-    """Note the backend in job.json's unpinned fields (atomic replace; pinned fields are kept as read)."""
-    job = read_record(root.job, JobSettings)
-    noted = replace(job, backend_requested=report.requested, backend=report.backend,
-                    backend_verification=report.verification) if job else None
-    if noted is not None and noted != job:
-        write_record(root.job, noted)
+#: Attempts at an unpinned job.json update before giving up (each attempt loses only to another writer).
+_JOB_WRITES = 5
+
+
+def _update_job(root: OutputRoot, **fields: str) -> None:
+    """Set unpinned fields of job.json (atomic replace; every other field kept as read). Another
+    worker may replace job.json between this read and write (each writes only its own fields), so
+    the result is read back and the write redone until job.json holds ``fields``."""
+    for _ in range(_JOB_WRITES):
+        job = read_record(root.job, JobSettings)
+        if job is None or all(getattr(job, k) == v for k, v in fields.items()):
+            return
+        write_record(root.job, replace(job, **fields))
+    log.warning("job.json: could not record %s (other writers kept replacing it)", ", ".join(fields))
 
 
 def _describe(record: LockRecord | None) -> str:
