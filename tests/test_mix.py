@@ -190,6 +190,24 @@ def test_infeasible_spec_is_refused_with_the_numbers_before_writing(roots, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_a_root_whose_fingerprint_is_not_recorded_yet_is_fingerprinted_from_its_copy(roots, tmp_path):
+    """A job pinned from the tokenizer's JSON records ``tokenizer_sha256`` once a worker has loaded
+    it; mix and combine compute a missing one from the root's copy, and it is the same."""
+    import shutil
+
+    web = tmp_path / "web"
+    shutil.copytree(roots["web"], web)
+    job = orjson.loads((web / "job.json").read_bytes())
+    recorded, job["tokenizer_sha256"] = job["tokenizer_sha256"], ""
+    (web / "job.json").write_bytes(orjson.dumps(job))
+    spec = {"seed": 1, "shuffle": "none", "total_tokens": 2_000,
+            "sources": [{"name": "web", "root": str(web), "weight": 1}, {"name": "code", "root": str(roots["code"]), "weight": 1}]}
+    plan, _ = mix(parse_spec(spec), None)  # the code root's recorded fingerprint matches the computed one
+    assert [s.name for s in plan.sources] == ["web", "code"]
+    slimtok("combine", "--output-root", web)
+    assert orjson.loads((web / "meta.json").read_bytes())["tokenizer_sha256"] == recorded
+
+
 def test_a_1000_to_1_weight(roots, tmp_path):
     spec_path = _spec(roots, tmp_path, total_tokens=20_000, sources=[
         {"name": "web", "root": str(roots["web"]), "weight": 1000},

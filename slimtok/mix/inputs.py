@@ -17,6 +17,7 @@ import orjson
 
 from ..dedup.drops import DropReader
 from ..errors import MixError
+from ..job import tokenizer_fingerprint
 from ..manifest import read_manifest
 from ..protocol import DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, dedup_job_path, read_record
 from .spec import MixSpec, SourceSpec
@@ -113,7 +114,15 @@ def _job(root: OutputRoot, name: str) -> tuple[JobSettings, dict]:
     except (OSError, orjson.JSONDecodeError) as exc:
         raise MixError(f"source {name!r}: job.json is missing or unreadable", root.job,
                        "is the root a finished slimtok output root?") from exc
-    return JobSettings.from_dict(raw), raw
+    job = JobSettings.from_dict(raw)
+    if not raw.get("tokenizer_sha256"):  # pinned from the JSON and no worker has recorded it yet
+        raw["tokenizer_sha256"] = tokenizer_fingerprint(root, job)
+        if not raw["tokenizer_sha256"]:
+            raise MixError(f"source {name!r}: job.json records no tokenizer fingerprint and the root's tokenizer "
+                           "copy does not load, so its tokens cannot be matched with the other sources'",
+                           root.tokenizer_file, "restore tokenizer/ from the tokenizer the root was tokenized with")
+        job = JobSettings.from_dict(raw)
+    return job, raw
 
 
 def _records(root: OutputRoot, split: str, name: str) -> list[DoneRecord]:
