@@ -30,6 +30,8 @@ DEFAULT_MARGIN = 0.10
 #: the sample's length, is what the margin covers.
 SAMPLE_BYTES = 256 << 10
 SAMPLE_SHARDS = 3
+#: how an estimate names a split counted by the upper bound on the tokens (no encoding)
+BOUND_BASIS = "upper bound from the text of"
 
 EncodeCount = Callable[[list[str]], int]
 
@@ -182,12 +184,12 @@ def estimate_token_bytes(entries: Sequence[ShardEntry], dtype_width: int,
         if split in measured:
             ratio, basis = measured[split][0] / measured[split][1], "done records"
         elif split in sampled:
-            ratio, basis = sampled[split][0], f"sample of {int(sampled[split][1])} shards"
+            ratio, basis = sampled[split][0], f"sample of {_shards(int(sampled[split][1]))}"
         elif split in bounds:
-            ratio, basis = bounds[split][0], f"upper bound from the text of {int(bounds[split][1])} shards"
+            ratio, basis = bounds[split][0], f"{BOUND_BASIS} {_shards(int(bounds[split][1]))}"
         elif encode_count is not None and (fresh := _sampled_ratio(group, encode_count, text_key,
                                                                     sample_shards, sample_bytes)):
-            ratio, basis = fresh[0], f"sample of {fresh[1]} shards"
+            ratio, basis = fresh[0], f"sample of {_shards(fresh[1])}"
         elif overall is not None:
             ratio, basis = overall, "done records of other splits"
         else:
@@ -197,6 +199,19 @@ def estimate_token_bytes(entries: Sequence[ShardEntry], dtype_width: int,
         total += ratio * dtype_width * size
     estimate.bytes = int(total + 0.5)
     return estimate
+
+
+def _shards(n: int) -> str:
+    return f"{n} shard" if n == 1 else f"{n} shards"
+
+
+def describe_estimate(estimate: TokenBytesEstimate) -> tuple[str, str]:
+    """(``about N`` or ``at most N``, what it rests on per split). "at most" when every split's
+    figure is the upper bound (nothing was encoded: the real figure is usually far lower)."""
+    bases = "; ".join(f"{split}: {basis}" for split, basis in estimate.basis.items()) or "no sample"
+    if estimate.basis and all(b.startswith(BOUND_BASIS) for b in estimate.basis.values()):
+        return f"at most {format_bytes(estimate.bytes)}", f"{bases}; a token covers at least a byte of text"
+    return f"about {format_bytes(estimate.bytes)}", f"±{estimate.margin:.0%}; {bases}"
 
 
 def disk_space(path: str | os.PathLike[str]) -> DiskSpace:

@@ -23,7 +23,8 @@ import numpy as np
 import orjson
 
 from . import __version__
-from .budget import check_free_space, disk_space, estimate_token_bytes, format_bytes, has_room, sample_ratios
+from .budget import (check_free_space, describe_estimate, disk_space, estimate_token_bytes, format_bytes, has_room,
+                     sample_ratios)
 from .errors import JobMismatch, ManifestError, TokenizerError
 from .manifest import ShardEntry, manifest_digest, read_manifest
 from .protocol import (DEFAULT_SOURCE_KEY, PROTOCOL_VERSION, SPLITS, JobSettings, OutputRoot, create_exclusive,
@@ -308,8 +309,8 @@ def check_disk_budget(settings: TokenizeSettings, root: OutputRoot, entries: lis
                                     text_key=job.text_key, sampled=job.sampled_ratios, bounds=bounds)
     space = disk_space(root.root)
     if say:
-        say(f"disk: about {format_bytes(estimate.bytes)} of token files still to write "
-            f"(±{estimate.margin:.0%}, from {', '.join(sorted(set(estimate.basis.values()))) or 'no sample'}); "
+        amount, basis = describe_estimate(estimate)
+        say(f"disk: {amount} of token files still to write ({basis}); "
             f"{format_bytes(space.free)} free of {format_bytes(space.total)} under {root.root}")
     check_free_space(root.root, estimate.high, settings.min_free_fraction)
 

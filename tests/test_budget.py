@@ -46,7 +46,7 @@ def test_whole_shard_samples_predict_the_exact_token_bytes(dataset, bpe_tokenize
                    for split in ("train", "validation", "test")) * 4
     assert got.bytes == pytest.approx(expected, abs=1)
     assert got.low <= expected <= got.high and got.margin == 0.10
-    assert set(got.basis.values()) == {"sample of 3 shards", "sample of 1 shards"}
+    assert set(got.basis.values()) == {"sample of 3 shards", "sample of 1 shard"}
     assert got.unestimated_source_bytes == 0
 
 

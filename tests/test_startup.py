@@ -125,7 +125,7 @@ def test_with_ample_room_the_launch_encodes_no_sample_and_pins_none(dataset, bpe
     lines: list[str] = []
     pinned = pin_job(settings, say=lines.append)
     assert pinned.sampled_ratios == {}
-    assert any(line.startswith("disk: about") and "upper bound from the text of" in line for line in lines)
+    assert any(line.startswith("disk: at most") and "train: upper bound from the text of" in line for line in lines)
     again: list[str] = []
     with builtin_calls() as calls:
         assert pin_job(settings, say=again.append) == pinned
