@@ -378,12 +378,12 @@ def _raw_contenders(table: Table, batches: list[list[str]], tokenizer: Path, loa
                           for raw, ends in outputs])
     table.add(Result(RAW_FLAT, nbytes, wall, cpu, int(ids.size), ids_sha256=_sha([ids])))
     if not np.array_equal(ids, ours):
-        table.notes.append(f"IDS DIFFER: {RAW_FLAT} vs the Encoder")
+        table.note(f"IDS DIFFER: {RAW_FLAT} vs the Encoder")
     try:
         import awkward as ak
         import gigatoken
     except ImportError as exc:
-        table.notes.append(f"gigatoken: no row ({exc}; pip install gigatoken)")
+        table.note(f"gigatoken: no row ({exc}; pip install gigatoken)")
         return
     giga = gigatoken.Tokenizer(str(tokenizer / "tokenizer.json"))
     outputs, wall, cpu = _timed(lambda b: giga.encode_batch(b, parallel=False), batches)
@@ -399,7 +399,7 @@ def _raw_contenders(table: Table, batches: list[list[str]], tokenizer: Path, loa
 
     text_tok = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
     text_tok.encode_special_tokens = True
-    table.notes.append(f"raw gigatoken {_dist_version('gigatoken')}: "
+    table.note(f"raw gigatoken {_dist_version('gigatoken')}: "
                        f"{compare_streams(stream, ends, ours, eos, text_tok)}")
 
 
@@ -569,7 +569,7 @@ def bench_memory(table: Table, work: Path, texts: list[str], tokenizer: Path, ba
         digest, tokens = shard_ids(root, manifest)
         table.add(Result(label, nbytes, stats[0][0], stats[0][1], tokens, stats[0][2], digest))
         if single:
-            table.notes.append(f"huge document: ids {'identical' if _whole_doc_digest(path, tokenizer) == digest else 'DIFFERENT'} "
+            table.note(f"huge document: ids {'identical' if _whole_doc_digest(path, tokenizer) == digest else 'DIFFERENT'} "
                                "to one whole-document fastokens encode (separate process)")
 
 
@@ -656,7 +656,7 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
             spec = json.dumps(asdict(settings_for(tiny, wroot, tokenizer, b)))
             rows[f"worker {b}"].append(child_cpu([sys.executable, "-c", worker_code, spec]))
     med = {k: statistics.median(v) for k, v in rows.items()}
-    table.notes.append(f"startup: L (fresh python, tokenizers loads tokenizer.json) {med['L']:.2f} CPU-s "
+    table.note(f"startup: L (fresh python, tokenizers loads tokenizer.json) {med['L']:.2f} CPU-s "
                        f"(median of {runs})")
     first_batch = med["pin"] + med["worker auto"]
     rows["first"] = [first_batch]
@@ -674,7 +674,7 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
             continue
         ratio = med[key] / med["L"]
         verdict = f" (target <= {target}: {'met' if ratio <= target else 'NOT met'})" if target else ""
-        table.notes.append(f"startup: {what}: {med[key]:.2f} CPU-s = {ratio:.2f} x L{verdict}; "
+        table.note(f"startup: {what}: {med[key]:.2f} CPU-s = {ratio:.2f} x L{verdict}; "
                            f"runs {[round(x, 2) for x in rows[key]]}")
 
 
@@ -793,7 +793,7 @@ def bench_claims(table: Table, work: Path, shards: int, workers: int) -> tuple[P
     wall = time.time() - w0
     per = [x for i in range(workers) for x in json.loads((base / f"t{i}.json").read_text())]
     done = sum(1 for _ in (root / "done").rglob("*.json"))
-    table.notes.append(f"claims: {shards} shards, {workers} processes: {done} done in {wall:.1f} s wall, "
+    table.note(f"claims: {shards} shards, {workers} processes: {done} done in {wall:.1f} s wall, "
                        f"{cpu:.1f} CPU-s in all = {cpu / shards * 1e3:.2f} ms CPU per shard; per shard "
                        f"claim+bookkeeping wall median {statistics.median(per) * 1e3:.2f} ms, "
                        f"p90 {statistics.quantiles(per, n=10)[-1] * 1e3:.2f} ms ({len(per)} timed)")
@@ -809,7 +809,7 @@ def bench_status(table: Table, root: Path, shards: int) -> float:
         subprocess.run([sys.executable, "-m", "slimtok", "status", "--output-root", str(root)], check=True,
                        capture_output=True)
         seconds.append(time.time() - w0)
-        table.notes.append(f"status over {shards} shards ({attempt} roll-up): {seconds[-1]:.2f} s "
+        table.note(f"status over {shards} shards ({attempt} roll-up): {seconds[-1]:.2f} s "
                            "including interpreter start")
     return seconds[0]
 
@@ -823,7 +823,7 @@ def bench_growth(table: Table, work: Path, sizes: list[int], workers: int) -> No
         costs["claims CPU"].append(cpu / shards)
         costs["status wall"].append(bench_status(table, root, shards) / shards)
     for what, per in costs.items():
-        table.notes.append(growth_note(f"{what} per shard ({workers} workers)", sizes, per))
+        table.note(growth_note(f"{what} per shard ({workers} workers)", sizes, per))
 
 
 def growth_note(what: str, sizes: list[int], per: list[float]) -> str:
@@ -1021,7 +1021,7 @@ def bench_dedup_scale(table: Table, work: Path, sizes: list[int], docs_per_shard
         task = worst["grown"]
         budget = 64e6 * job.documents / 100e6
         disk = tree_bytes(folder)
-        table.notes.append(
+        table.note(
             f"dedup scale: {job.documents:,} docs in {job.shards:,} shards ({docs_per_shard:,}/shard), {count} "
             f"buckets: built {built:.0f} s, dedup 1 worker {wall:.1f} s wall {cpu:.1f} CPU-s "
             f"({cpu / job.documents * 1e9:.0f} ns CPU/doc), {disk / 1e9:.2f} GB on disk; bucket task (worst of 3, "
@@ -1063,7 +1063,7 @@ def bench_dedup_cost(table: Table, work: Path, corpus: Path, tokenizer: Path, ba
     shutil.rmtree(root / "dedup")
     command = child_cpu([sys.executable, "-m", "slimtok", "dedup", "--output-root", str(root), "--spawn-workers", "1",
                          "--quiet"])
-    table.notes.append(f"dedup cost: the `slimtok dedup --spawn-workers 1` command (--buckets auto) with its "
+    table.note(f"dedup cost: the `slimtok dedup --spawn-workers 1` command (--buckets auto) with its "
                        f"interpreter: {command:.2f} CPU-s = {command / tok_cpu:.1%} of tokenize")
 
 
@@ -1098,10 +1098,10 @@ def bench_stage_growth(table: Table, work: Path, sizes: list[int], stages: tuple
             run()
             wall, cpu = time.time() - w0, cpu_now() - c0
             costs.setdefault(what, []).append(cpu / shards)
-            table.notes.append(f"stages: {what} over {shards:,} shards: {wall:.2f} s wall, {cpu:.2f} CPU-s")
+            table.note(f"stages: {what} over {shards:,} shards: {wall:.2f} s wall, {cpu:.2f} CPU-s")
         shutil.rmtree(folder)
     for what, per in costs.items():
-        table.notes.append(growth_note(f"{what} CPU per shard", sizes, per))
+        table.note(growth_note(f"{what} CPU per shard", sizes, per))
 
 
 def bench_mix_section(table: Table, work: Path, corpus: Path, tokenizer: Path, backend: str, runs: int,
@@ -1144,7 +1144,7 @@ def bench_mix_section(table: Table, work: Path, corpus: Path, tokenizer: Path, b
         for workers in worker_counts:
             ratio = table.ratio(f"mix shuffle: {shuffle} ({workers} workers)", "cat of the mix's shards (+fsync)",
                                 "mb_wall")
-            table.notes.append(f"ratio mix shuffle: {shuffle} ({workers} workers) / cat per wall-s: {ratio} over "
+            table.note(f"ratio mix shuffle: {shuffle} ({workers} workers) / cat per wall-s: {ratio} over "
                                f"{nbytes / 1e6:.1f} MB (target >= {target}: "
                                f"{'met' if float(ratio) >= target else 'NOT met'})")
 
@@ -1169,7 +1169,7 @@ def bench_consume(table: Table, work: Path, corpus: Path, tokenizer: Path, backe
             combine(root, ["train"], consume=consume, log=lambda s: None)
         wall = time.time() - w0
         combined[consume] = hashlib.sha256((root / "train.bin").read_bytes()).hexdigest()
-        table.notes.append(
+        table.note(
             f"consume: combine {'--consume' if consume else '(copying)'} of {len(shards)} shards, {split / 1e6:.1f} MB "
             f"(largest shard {largest / 1e6:.2f} MB): peak extra disk {(sampled.peak - before) / 1e6:.2f} MB = "
             f"{(sampled.peak - before) / largest:.2f} x the largest shard, {(sampled.peak - before) / split:.2f} x the "
@@ -1489,15 +1489,15 @@ def bench_peers(table: Table, work: Path, manifest: Path, tokenizer: Path, nbyte
                                        loaded.eos_token_id, text_tok, runs))
         peers += [row for row, _, _ in MEGATRON_RUNS if row in table.runs]
     else:
-        table.notes.append("Megatron-LM: not run (give a checkout with --megatron-dir)")
+        table.note("Megatron-LM: not run (give a checkout with --megatron-dir)")
     for name, verdict in verdicts.items():
-        table.notes.append(f"peer {name}: {verdict}")
+        table.note(f"peer {name}: {verdict}")
     for peer in peers:
-        table.notes.append(f"ratio {ours_label} / {peer}: {table.ratio(ours_label, peer, 'mb_wall')} per wall-s, "
+        table.note(f"ratio {ours_label} / {peer}: {table.ratio(ours_label, peer, 'mb_wall')} per wall-s, "
                            f"{table.ratio(ours_label, peer)} per CPU-s")
     fastest = max(peers, key=lambda p: table.median(p, "mb_cpu"))
     ratio = table.median(ours_label, "mb_cpu") / table.median(fastest, "mb_cpu")
-    table.notes.append(f"fastest peer per CPU-s: {fastest}; {ours_label} / it = {ratio:.2f} "
+    table.note(f"fastest peer per CPU-s: {fastest}; {ours_label} / it = {ratio:.2f} "
                        f"(target >= 2: {'met' if ratio >= 2 else 'NOT met'})")
 
 
@@ -1570,7 +1570,7 @@ def main() -> None:
     table = Table()
     scaled = f"pipeline {PEER_PROCS} workers ({fast})"
     load = os.getloadavg()
-    table.notes.append(f"machine: {os.cpu_count()} cores, load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+    table.note(f"machine: {os.cpu_count()} cores, load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
                        f"corpus {nbytes / 1e6:.1f} MB text in {len(entries)} train shards; "
                        f"reference set {small_bytes / 1e6:.1f} MB in {len(small)} shards")
     for run in range(args.runs):
@@ -1613,7 +1613,7 @@ def main() -> None:
             root, cpu = bench_claims(table, work, shards, args.claims_workers)
             cpus.append(cpu)
         for (n0, c0), (n1, c1) in zip(zip(sizes, cpus), zip(sizes[1:], cpus[1:])):
-            table.notes.append(f"claims: marginal CPU per shard from {n0} to {n1} shards (worker start-up cancels): "
+            table.note(f"claims: marginal CPU per shard from {n0} to {n1} shards (worker start-up cancels): "
                                f"{(c1 - c0) / (n1 - n0) * 1e3:.2f} ms")
         bench_status(table, root, sizes[-1])
     if "growth" in only:
@@ -1655,7 +1655,7 @@ def main() -> None:
 
 def _check(table: Table, got: str, want: str, what: str) -> None:
     if got != want:
-        table.notes.append(f"IDS DIFFER: {what}")
+        table.note(f"IDS DIFFER: {what}")
         raise SystemExit(f"ids differ: {what}\n" + table.render())
 
 
