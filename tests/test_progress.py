@@ -11,6 +11,7 @@ import termios
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -141,12 +142,13 @@ def test_combine_plain_line_counts_every_split(tokenized, tmp_path, consume):
     assert len(out.getvalue().splitlines()) == shards + 1  # a line per shard (every=0), then close's
 
 
-def test_combine_draws_a_bar_on_a_terminal(tokenized, tmp_path):
-    root = tmp_path / "root"
+def _combine_on_a_terminal(tokenized: Path, root: Path, stdout_too: bool) -> str:
+    """What `slimtok combine` of a copy of ``tokenized`` at ``root`` draws on a terminal (its
+    stderr; with ``stdout_too`` its stdout as well, as an operator runs it)."""
     shutil.copytree(tokenized, root)
     master, slave = terminal()
     proc = subprocess.Popen([sys.executable, "-m", "slimtok", "combine", "--output-root", str(root)],
-                            stdout=subprocess.DEVNULL, stderr=slave)
+                            stdout=slave if stdout_too else subprocess.DEVNULL, stderr=slave)
     os.close(slave)
     seen = ""
     while proc.poll() is None:
@@ -154,6 +156,11 @@ def test_combine_draws_a_bar_on_a_terminal(tokenized, tmp_path):
     seen += drain_pty(master)
     os.close(master)
     assert proc.returncode == 0, seen
+    return seen
+
+
+def test_combine_draws_a_bar_on_a_terminal(tokenized, tmp_path):
+    seen = _combine_on_a_terminal(tokenized, tmp_path / "root", stdout_too=False)
     assert "combine: shards 7/7 · " in seen and "100%|" in seen and "\r" in seen
 
     quiet = tmp_path / "quiet"
@@ -164,18 +171,7 @@ def test_combine_draws_a_bar_on_a_terminal(tokenized, tmp_path):
 
 def test_combine_prints_its_lines_above_the_bar_not_on_it(tokenized, tmp_path):
     root = tmp_path / "root"
-    shutil.copytree(tokenized, root)
-    master, slave = terminal()
-    # stdout and stderr on one terminal, as an operator runs it
-    proc = subprocess.Popen([sys.executable, "-m", "slimtok", "combine", "--output-root", str(root)],
-                            stdout=slave, stderr=slave)
-    os.close(slave)
-    seen = ""
-    while proc.poll() is None:
-        seen += drain_pty(master, wait=0.1)
-    seen += drain_pty(master)
-    os.close(master)
-    assert proc.returncode == 0, seen
+    seen = _combine_on_a_terminal(tokenized, root, stdout_too=True)
     said = [m.start() for m in re.finditer(re.escape(str(root / "train.bin")) + ": 5 shards", seen)]
     assert said and "%|" in seen
     # each line starts a line of the terminal: after the bar was cleared (a carriage return), never
