@@ -210,7 +210,7 @@ def _disk_sample(settings: TokenizeSettings, root: OutputRoot, entries: list[Sha
     check cannot refuse), else the encoded sample of every split."""
     if tok.growth is not None:
         bounds = sample_ratios(entries, _bound_count(tok.growth, job), job.text_key)
-        if _bounded_room(settings, root, entries, job, bounds):
+        if _bounded_room(settings, root, _todo(settings, root, entries), job, bounds):
             return {}, bounds
     return sample_ratios(entries, _encode_count(tok.parsed(), job), job.text_key), {}
 
@@ -226,10 +226,9 @@ def _bound_count(growth: float, job: JobSettings) -> Callable[[list[str]], int]:
     return count
 
 
-def _bounded_room(settings: TokenizeSettings, root: OutputRoot, entries: list[ShardEntry], job: JobSettings,
+def _bounded_room(settings: TokenizeSettings, root: OutputRoot, todo: list[ShardEntry], job: JobSettings,
                   bounds: dict[str, list[float]]) -> bool:
-    """Whether the shards to go fit by the bounded estimate (every split bounded)."""
-    todo = _todo(settings, root, entries)
+    """Whether the shards to go (``todo``) fit by the bounded estimate (every split bounded)."""
     estimate = estimate_token_bytes(todo, np.dtype(job.dtype).itemsize, bounds=bounds)
     return not estimate.unestimated_source_bytes and has_room(root.root, estimate.high, settings.min_free_fraction)
 
@@ -301,7 +300,7 @@ def check_disk_budget(settings: TokenizeSettings, root: OutputRoot, entries: lis
                                                          _bound_count(growth, job), job.text_key)
     bounds = bounds or {}
     encoder = None
-    if missing and not _bounded_room(settings, root, entries, job, {**bounds, **job.sampled_ratios}):
+    if missing and not _bounded_room(settings, root, todo, job, {**bounds, **job.sampled_ratios}):
         # only an encoded sample tells; without ``tok``, worth loading the copy when the texts are readable
         encoder = tok.parsed() if tok else load_pinned_tokenizer(root, job) if bounds else None
         bounds = {}
