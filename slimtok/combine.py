@@ -351,7 +351,8 @@ def build_meta(root: OutputRoot, job: JobSettings, splits: dict[str, dict], log:
         log(f"warning: {root.meta_json} cannot be parsed; writing it anew with the splits combined now")
     merged = dict(old.splits if old else {})
     merged.update(splits)
-    return Meta(tokenizer=job.tokenizer, tokenizer_path=str(root.tokenizer_dir), tokenizer_sha256=tokenizer_fingerprint(root, job),
+    return Meta(tokenizer=job.tokenizer, tokenizer_path=str(root.tokenizer_dir),
+                tokenizer_sha256=tokenizer_fingerprint(root, job),
                 vocab_size=job.vocab_size, eos_token_id=job.eos_token_id, eos_token=job.eos_token,
                 bos_token_id=job.bos_token_id, bos_token=job.bos_token, special_text=job.special_text,
                 policy_notes=list(job.policy_notes), dtype=job.dtype,
