@@ -200,7 +200,7 @@ def segment_of(root: OutputRoot, record: DoneRecord, job: JobSettings, verify: b
     sees the bytes the segment contributes, in order (call in shard order)."""
     path = _inside(root, record.file, record, "file")
     want = record.data_checksum() if verify else None
-    itemsize = np.dtype(job.dtype).itemsize
+    itemsize = job.token_width
     if not record.table:
         if exclusion is not None:
             raise CombineError(f"shard {record.shard} has no document table (written before tables existed), so "

@@ -19,7 +19,6 @@ from typing import Callable
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 import orjson
 
 from . import __version__
@@ -229,7 +228,7 @@ def _bound_count(growth: float, job: JobSettings) -> Callable[[list[str]], int]:
 def _bounded_room(settings: TokenizeSettings, root: OutputRoot, todo: list[ShardEntry], job: JobSettings,
                   bounds: dict[str, list[float]]) -> bool:
     """Whether the shards to go (``todo``) fit by the bounded estimate (every split bounded)."""
-    estimate = estimate_token_bytes(todo, np.dtype(job.dtype).itemsize, bounds=bounds)
+    estimate = estimate_token_bytes(todo, job.token_width, bounds=bounds)
     return not estimate.unestimated_source_bytes and has_room(root.root, estimate.high, settings.min_free_fraction)
 
 
@@ -292,7 +291,7 @@ def check_disk_budget(settings: TokenizeSettings, root: OutputRoot, entries: lis
     todo = _todo(settings, root, entries)
     if not todo:
         return
-    width = np.dtype(job.dtype).itemsize
+    width = job.token_width
     missing = {e.split for e in todo} - job.sampled_ratios.keys()
     if missing and bounds is None:
         growth = tok.growth if tok else _file_growth(root.tokenizer_file)

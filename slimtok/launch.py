@@ -15,13 +15,17 @@ import signal
 import sys
 import time
 from dataclasses import replace
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from .manifest import ShardEntry, read_manifest
 from .progress import PLAIN_EVERY, ProgressDisplay
 from .protocol import DoneRecord, FailedRecord, Heartbeat, OutputRoot, hostname, read_record, worker_name
-from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, LaunchError, OutputError
+from .errors import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, LaunchError, OutputError,
+                     TokenizerError)
 from .job import TokenizeSettings, pin_job
+
+if TYPE_CHECKING:
+    from .tokenizer import LoadedBackends
 
 #: (rank variable, size variable) pairs, in the order they are trusted.
 GRID_VARIABLES = (("SLURM_PROCID", "SLURM_NTASKS"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
@@ -72,10 +76,80 @@ def worker_count(spawn: str, max_workers: int | None) -> int:
     return min(n, max_workers) if max_workers else n
 
 
-def _child(settings: TokenizeSettings, index: int, parent: int) -> None:
+#: Environment the workers start with (a value the user set is kept): one encoder thread per
+#: process, since cores are shared out by process count, and no idle BLAS pool in a process that
+#: never multiplies a matrix (OpenBLAS would start one thread per core in each worker).
+WORKER_THREAD_LIMITS = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1", "FASTOKENS_BPE_THREADS": "1",
+                        "OPENBLAS_NUM_THREADS": "1"}
+#: The signals a launcher forwards to its workers (as SIGTERM: each finishes its batch and stops).
+_FORWARDED = {signal.SIGTERM, signal.SIGINT}
+_HOW_STARTED = {"fork": "forked: they share this process's loaded tokenizer",
+                "spawn": "spawned: each loads the tokenizer itself"}
+
+
+def single_threaded() -> bool:
+    """Whether this process runs one thread, counted by the kernel (Python, Rust and BLAS threads
+    alike); False where it cannot tell (no /proc)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def start_method() -> str:
+    """How this launch starts its workers: "fork" on Linux when the launcher runs one thread (no
+    lock or pool can be caught mid-use in the copy), so they share its imports and loaded
+    tokenizer; else "spawn", a fresh interpreter per worker that loads everything itself."""
+    return "fork" if sys.platform.startswith("linux") and single_threaded() else "spawn"
+
+
+def _preload(settings: TokenizeSettings) -> LoadedBackends | None:
+    """What every worker loads at its first claim, loaded once here for the workers about to be
+    forked; None when the job's tokenizer copy does not load (each worker then finds and reports
+    that, as it would when spawned) or the load left threads running (then workers are spawned)."""
+    from .worker import preload  # numpy and tokenizers: imported once for every forked worker
+
+    try:
+        loaded = preload(settings)
+    except TokenizerError:
+        return None
+    return loaded if single_threaded() else None
+
+
+def _child(settings: TokenizeSettings, index: int, parent: int, loaded: LoadedBackends | None) -> None:
+    # A forked worker starts with the launcher's handlers, and every worker with SIGTERM and SIGINT
+    # blocked (see _start): take them back to what a fresh interpreter has, then accept them.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     from .worker import worker_main  # here, not at the top: a launch with nothing to do never imports it
 
-    sys.exit(worker_main(settings, index, parent))
+    sys.exit(worker_main(settings, index, parent, loaded))
+
+
+def _prepare(settings: TokenizeSettings) -> tuple[str, LoadedBackends | None]:
+    """Set the workers' thread limits and choose how they start: (start method, what they share).
+    Forked workers share a tokenizer loaded here; when that load fails they are spawned instead."""
+    for name, value in WORKER_THREAD_LIMITS.items():
+        os.environ.setdefault(name, value)
+    loaded = _preload(settings) if start_method() == "fork" else None
+    return ("fork" if loaded is not None else "spawn"), loaded
+
+
+def _start(procs: list[multiprocessing.process.BaseProcess], settings: TokenizeSettings, method: str,
+           loaded: LoadedBackends | None) -> None:
+    """Start ``settings.workers`` workers by ``method``, adding each to ``procs`` before it starts.
+    SIGTERM and SIGINT are blocked meanwhile, so that a signal arriving during a fork is taken by
+    the launcher's handler (which forwards it to every started worker), never run in a copy."""
+    ctx = multiprocessing.get_context(method)
+    procs += [ctx.Process(target=_child, args=(settings, w, os.getpid(), loaded), name=f"slimtok-worker-{w}")
+              for w in range(settings.workers)]
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def all_settled(settings: TokenizeSettings, entries: list[ShardEntry]) -> bool:
@@ -157,13 +231,7 @@ def tokenize(settings: TokenizeSettings, say: Callable[[str], None] | None = Non
         if say:
             say("every selected shard is already settled (done, or failed and not retried): no worker started")
         return _exit_status([], settings, entries, False)
-    # Each worker is one process with one encoder thread: cores are shared out by process count.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(settings, w, os.getpid()), name=f"slimtok-worker-{w}")
-             for w in range(settings.workers)]
-    monitor = _Progress(settings, entries, quiet, progress_every)
+    procs: list[multiprocessing.process.BaseProcess] = []
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -172,18 +240,24 @@ def tokenize(settings: TokenizeSettings, say: Callable[[str], None] | None = Non
             if p.pid and p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, forward) for s in _FORWARDED}
     try:
-        for p in procs:
-            p.start()
+        method, loaded = _prepare(settings)
+        if received:  # stopped while the tokenizer was loading: nothing was started
+            return EXIT_INTERRUPTED
+        _start(procs, settings, method, loaded)
+        del loaded  # the workers have their copies; this one need not live as long as the launch
+        if say:
+            say(f"{len(procs)} worker(s) started ({_HOW_STARTED[method]})")
+        monitor = _Progress(settings, entries, quiet, progress_every)  # its bar's thread comes after the forks
         while any(p.is_alive() for p in procs):
             for p in procs:
                 p.join(timeout=0.5)
             monitor.update()
+        monitor.close()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    monitor.close()
     status = _exit_status([p.exitcode for p in procs], settings, entries, bool(received))
     root = OutputRoot(settings.output_root)
     if status == EXIT_SHARDS_FAILED and say and not root.done_ids():

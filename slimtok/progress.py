@@ -13,9 +13,10 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 #: Rates are measured over this many seconds at most (or since the start, when that is shorter).
 RATE_WINDOW = 300.0
@@ -89,8 +90,10 @@ class ProgressDisplay:
         self.bar: tqdm | None = None
         self._refresher: threading.Thread | None = None
         if not quiet and self.stream.isatty():
+            from tqdm import tqdm as new_bar  # here: quiet and logged runs never import tqdm
+
             # the figures' line is the description; tqdm draws the bar and percentage after it
-            self.bar = tqdm(total=total_bytes, file=self.stream, desc=self.line(),
+            self.bar = new_bar(total=total_bytes, file=self.stream, desc=self.line(),
                             bar_format="{desc} {percentage:3.0f}%|{bar}|", mininterval=0,
                             dynamic_ncols=_has_width(self.stream), leave=True)
             self._refresher = threading.Thread(target=self._refresh_loop, name="progress", daemon=True)

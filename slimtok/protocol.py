@@ -74,19 +74,46 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, TypeVar
 
-import numpy as np
 import orjson
 import xxhash
 
 from .errors import SlimtokError
 
-PROTOCOL_VERSION = 1
+if TYPE_CHECKING:
+    import numpy as np
 
-#: One row of a shard's document table (24 bytes, little-endian, no header; docs/FORMATS.md).
-#: ``hash_hi``/``hash_lo`` are the high and low 64 bits of xxh3-128 of the document's UTF-8 text.
-DOC_TABLE_DTYPE = np.dtype([("tokens", "<u4"), ("source", "<u4"), ("hash_hi", "<u8"), ("hash_lo", "<u8")])
+PROTOCOL_VERSION = 1
+_TOKEN_WIDTHS = {"uint16": 2, "uint32": 4}
+
+#: The fields of the binary records, as numpy dtypes named ``DOC_TABLE_DTYPE``, ``DEDUP_ROW_DTYPE``
+#: and ``DEDUP_DROP_DTYPE`` (module attributes). Each dtype is built on its first use (the module's
+#: ``__getattr__``), so the processes that only read and write JSON records (a launcher, a relaunch,
+#: ``slimtok status``) never import numpy, whose import costs about a third of a tokenizer's load.
+_DTYPE_FIELDS: dict[str, list[tuple[str, str]]] = {
+    # One row of a shard's document table (24 bytes, little-endian, no header; docs/FORMATS.md).
+    # hash_hi/hash_lo are the high and low 64 bits of xxh3-128 of the document's UTF-8 text.
+    "DOC_TABLE_DTYPE": [("tokens", "<u4"), ("source", "<u4"), ("hash_hi", "<u8"), ("hash_lo", "<u8")],
+    # One scatter row: a document's hash and its place in the global order (see slimtok.dedup.plan).
+    "DEDUP_ROW_DTYPE": [("hash_hi", "<u8"), ("hash_lo", "<u8"), ("order", "<u8")],
+    # One dropped document: its global order and why (DEDUP_REASONS index).
+    "DEDUP_DROP_DTYPE": [("order", "<u8"), ("reason", "u1")],
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _DTYPE_FIELDS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _dtype(name)
+
+
+def _dtype(name: str) -> np.dtype:
+    import numpy as np
+
+    dtype = globals()[name] = np.dtype(_DTYPE_FIELDS[name])  # later uses find it without __getattr__
+    return dtype
+
 DOC_TABLE_VERSION = 1
 
 #: Combined output file of each split; "validation" is ``val.bin`` as nanoGPT names it.
@@ -199,6 +226,11 @@ class JobSettings(Record):
 
     PINNED = ("manifest_sha256", "tokenizer_sha256", "vocab_size", "eos_token_id", "dtype", "text_key",
               "protocol", "source_key", "bos_token_id", "special_text")
+
+    @property
+    def token_width(self) -> int:
+        """Bytes per token id in the job's ``.bin`` files (``dtype`` is uint16 or uint32)."""
+        return _TOKEN_WIDTHS[self.dtype]
 
     def differences(self, other: JobSettings) -> list[str]:
         """Human-readable list of pinned settings that differ (self = pinned, other = requested)."""
@@ -592,9 +624,12 @@ def _token_files(folder: Path, shard: str) -> list[Path]:
 
 def read_doc_table(path: Path) -> np.ndarray:
     """A document table as a read-only structured array (memory-mapped; empty file: no rows)."""
+    import numpy as np
+
+    dtype = _dtype("DOC_TABLE_DTYPE")
     if path.stat().st_size == 0:
-        return np.zeros(0, dtype=DOC_TABLE_DTYPE)
-    return np.memmap(path, dtype=DOC_TABLE_DTYPE, mode="r")
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def worker_name(host: str, process_index: int, worker: int) -> str:
@@ -779,10 +814,6 @@ class Meta(Record):
 # A unit is finished exactly when its done record exists; its data file never changes afterwards
 # (any two writers of one unit write the same bytes, so a late rename is harmless).
 
-#: One scatter row: a document's hash and its place in the global order (see slimtok.dedup.plan).
-DEDUP_ROW_DTYPE = np.dtype([("hash_hi", "<u8"), ("hash_lo", "<u8"), ("order", "<u8")])
-#: One dropped document: its global order and why (DEDUP_REASONS index).
-DEDUP_DROP_DTYPE = np.dtype([("order", "<u8"), ("reason", "u1")])
 DEDUP_REASONS = ("kept", "duplicate", "contamination")
 DEDUP_PHASES = ("scatter", "bucket", "gather")
 _DEDUP_EXT = {"scatter": "rows", "bucket": "drops", "gather": "drops"}

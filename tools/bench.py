@@ -600,16 +600,46 @@ def child_cpu(command: list[str]) -> float:
     return used() - c0
 
 
+#: Runs `slimtok tokenize` (argv[2:]) in this fresh python, the command's own code unchanged, and
+#: writes to argv[1] + ".first" two CPU times as JSON: the launcher's own until it starts its
+#: workers, and its forked worker's from the fork (a new process's CPU clock starts at zero) to
+#: the end of its first encoded batch. A spawned worker would not run the patch: no file.
+_FIRST_BATCH_DRIVER = """
+import os, sys, time
+from slimtok import launch
+mark = sys.argv[1] + ".first"
+launcher = []
+real_start = launch._start
+def start(*args, **kwargs):
+    launcher.append(time.process_time())
+    # patched only now: importing the encoder (numpy) earlier would change how the launcher starts
+    from slimtok.tokenizer import encoder
+    real_encode = encoder.Encoder.encode
+    def encode(self, texts):
+        ids = real_encode(self, texts)
+        if not os.path.exists(mark):
+            with open(mark, "w") as f:
+                f.write(repr([launcher[0], time.process_time()]))
+        return ids
+    encoder.Encoder.encode = encode
+    return real_start(*args, **kwargs)
+launch._start = start
+sys.argv = ["slimtok", *sys.argv[2:]]
+from slimtok.cli import main
+main()
+"""
+
+
 def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, runs: int) -> None:
     """Issue 15 target 1, each as a ratio to L = CPU of a fresh python that only loads tokenizer.json.
 
     Each run times L; the two loads a worker can do on the job's own tokenizer copy (tokenizers,
     fastokens), each alone in a fresh python; `slimtok tokenize` of a 1-shard job of one small
-    document on a new output root, the whole run (an upper bound on "to the first encoded batch");
-    the launcher's own share of that, `pin_job` alone in a fresh python on another new root; the
-    same command relaunched, all shards done; one worker process per backend (auto, the default,
-    and each backend asked for): build the Worker and encode its first batch. New job to the first
-    batch = pin_job + one auto worker's start.
+    document on a new output root: the whole run, and up to the end of its first encoded batch
+    (:data:`_FIRST_BATCH_DRIVER`), once per backend; the launcher's own share, `pin_job` alone in a
+    fresh python on another new root; the same command relaunched, all shards done. A worker's
+    start is measured both ways a launcher starts one: forked (the first-batch run's worker share)
+    and spawned (a fresh python builds the Worker and encodes its first batch).
     """
     from dataclasses import asdict
 
@@ -635,14 +665,19 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
     # fastokens once its encoding has paid for it), and each backend asked for explicitly.
     backends = ["auto", *dict.fromkeys([backend, "tokenizers"])]
     rows: dict[str, list[float]] = {k: [] for k in ("L", "load tokenizers", "load fastokens", "new", "pin",
-                                                    "relaunch", *(f"worker {b}" for b in backends))}
+                                                    "relaunch", *(f"{k} {b}" for k in ("first", "forked", "spawned")
+                                                                  for b in backends))}
     if backend == "tokenizers":
         del rows["load fastokens"]
+
+    def tokenize(root: Path, b: str) -> list[str]:
+        return ["tokenize", "--manifest", str(tiny), "--output-root", str(root), "--tokenizer", str(tokenizer),
+                "--spawn-workers", "1", "--backend", b, "--quiet"]
+
     for run in range(runs):
         rows["L"].append(child_cpu([sys.executable, "-c", load_code, str(tokenizer / "tokenizer.json")]))
         root = base / f"out-{run}"
-        command = [sys.executable, "-m", "slimtok", "tokenize", "--manifest", str(tiny), "--output-root", str(root),
-                   "--tokenizer", str(tokenizer), "--spawn-workers", "1", "--quiet"]
+        command = [sys.executable, "-m", "slimtok", *tokenize(root, "auto")]
         rows["new"].append(child_cpu(command))
         rows["relaunch"].append(child_cpu(command))
         copy = str(root / "tokenizer" / "tokenizer.json")  # the form a worker loads
@@ -654,28 +689,43 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
         rows["pin"].append(child_cpu([sys.executable, "-c", pin_code, spec]))
         for b in backends:
             spec = json.dumps(asdict(settings_for(tiny, wroot, tokenizer, b)))
-            rows[f"worker {b}"].append(child_cpu([sys.executable, "-c", worker_code, spec]))
+            rows[f"spawned {b}"].append(child_cpu([sys.executable, "-c", worker_code, spec]))
+            froot = base / f"first-{b}-{run}"
+            child_cpu([sys.executable, "-c", _FIRST_BATCH_DRIVER, str(froot), *tokenize(froot, b)])
+            launcher, worker = _first_batch_cpu(froot)
+            rows[f"first {b}"].append(launcher + worker)
+            rows[f"forked {b}"].append(worker)
     med = {k: statistics.median(v) for k, v in rows.items()}
     table.note(f"startup: L (fresh python, tokenizers loads tokenizer.json) {med['L']:.2f} CPU-s "
-                       f"(median of {runs})")
-    first_batch = med["pin"] + med["worker auto"]
-    rows["first"] = [first_batch]
-    med["first"] = first_batch
+               f"(median of {runs})")
     for key, what, target in (("load tokenizers", "fresh python, tokenizers loads the job's copy", None),
                               ("load fastokens", "fresh python, fastokens loads the job's copy", None),
                               ("new", "`slimtok tokenize` (--backend auto), 1-shard job, new output root, whole run",
-                               2),
+                               None),
                               ("pin", "the launcher's share: pin_job alone on a new root", None),
-                              ("first", "new job to the first encoded batch: pin_job + one --backend auto worker", 2),
+                              *((f"first {b}", f"new job to the end of its first encoded batch (--backend {b})",
+                                 2 if b == "auto" else None) for b in backends),
                               ("relaunch", "relaunch, all shards done", 1),
-                              *((f"worker {b}", f"one worker ({b}): Worker() + first encoded batch", 1.5)
-                                for b in backends)):
+                              *((f"forked {b}", f"one forked worker ({b}): from its fork to its first encoded batch",
+                                 1.5) for b in backends),
+                              *((f"spawned {b}", f"one spawned worker ({b}): fresh python, Worker() + first encoded "
+                                 "batch", 1.5) for b in backends)):
         if key not in med:
             continue
         ratio = med[key] / med["L"]
         verdict = f" (target <= {target}: {'met' if ratio <= target else 'NOT met'})" if target else ""
         table.note(f"startup: {what}: {med[key]:.2f} CPU-s = {ratio:.2f} x L{verdict}; "
-                           f"runs {[round(x, 2) for x in rows[key]]}")
+                   f"runs {[round(x, 2) for x in rows[key]]}")
+
+
+def _first_batch_cpu(root: Path) -> tuple[float, float]:
+    """(the launcher's CPU until it started its workers, its forked worker's until the end of the
+    first encoded batch), as :data:`_FIRST_BATCH_DRIVER` wrote them beside ``root``."""
+    mark = Path(f"{root}.first")
+    if not mark.exists():
+        raise RuntimeError(f"{root}: no first-batch mark; the launcher did not fork its worker (see its log)")
+    launcher, worker = json.loads(mark.read_text())
+    return launcher, worker
 
 
 def bench_tables(table: Table, manifest: Path, tokenizer: Path, backend: str, nbytes: int) -> None:

@@ -191,7 +191,7 @@ def copy_chunk(out: OutputRoot, split: str, picks: np.ndarray, offset: int, docs
     opened: dict[int, int] = {}
     digest = hasher(CHUNK_CHECKSUM)
     try:
-        size = _copy_hashed(_spans(picks, np.dtype(job.dtype).itemsize), docs, opened, fd, offset, digest)
+        size = _copy_hashed(_spans(picks, job.token_width), docs, opened, fd, offset, digest)
     finally:
         for src in opened.values():
             os.close(src)
@@ -209,7 +209,7 @@ def commit_chunk(out: OutputRoot, split: str, n: int, picks: np.ndarray, docs: L
         os.close(fd)
     write_record(out.done(_chunk_id(split, n)), DoneRecord(
         shard=_chunk_id(split, n), split=split, file=SPLIT_FILES[split], lines=0, documents=len(picks),
-        tokens=copied.size // np.dtype(job.dtype).itemsize, bytes=copied.size, sha256="", dtype=job.dtype,
+        tokens=copied.size // job.token_width, bytes=copied.size, sha256="", dtype=job.dtype,
         skipped={}, source_size=0, token=new_token(), host=hostname(), finished_at=time.time(),
         seconds=time.time() - copied.began, sources=docs.source_counts(picks), checksum=copied.checksum))
 
@@ -264,7 +264,7 @@ def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarr
         _write_index(out.doc_index(split), picks, per_chunk)
         os.replace(partial, dest)
         fsync_dir(dest.parent)
-    itemsize = np.dtype(job.dtype).itemsize
+    itemsize = job.token_width
     return {"file": dest.name, "shards": len(starts) - 1, "documents": len(picks), "tokens": total // itemsize,
             "bytes": total, "partial": False, "missing_shards": 0, "skipped_lines": {},
             "index": out.doc_index(split).name, "sources": docs.source_counts(picks)}
@@ -287,7 +287,7 @@ def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: P
     unless ``quiet``, else a plain line every ``progress.PLAIN_EVERY`` s); returns the meta written."""
     docs = Layout.join(sources, plan.first_shard)
     job = JobSettings.from_dict(job_raw)
-    itemsize = np.dtype(job.dtype).itemsize
+    itemsize = job.token_width
     starts = prepare(out, mix_record(spec, sources, plan), job_raw, first, plan, spec, itemsize)
     todo = {split: _unfinished(out, split, s) for split, s in starts.items()}
     per = spec.chunk_documents

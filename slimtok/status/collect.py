@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 import orjson
 import psutil
 
@@ -222,7 +221,7 @@ def disk_status(root: OutputRoot, job: JobSettings, status: JobStatus, unfinishe
     measured tokens per source byte, or the sample pinned in job.json for a split with none done,
     less their checkpoints' bytes) and the filesystem's room."""
     measured = {name: (s.done_tokens, s.bytes_in) for name, s in status.splits.items()}
-    width = np.dtype(job.dtype).itemsize
+    width = job.token_width
     expected = estimate_token_bytes(unfinished, width, measured=measured, sampled=job.sampled_ratios)
     # a done shard's bytes are its tokens x width, so the rest of bytes_out is the checkpoints'
     checkpoints = sum(s.bytes_out - s.done_tokens * width for s in status.splits.values())

@@ -25,11 +25,10 @@ from tokenizers import Tokenizer
 
 from ..errors import TokenizerError
 from .loading import canonical_sha256, read_tokenizer_file
-from .policy import DocumentPolicy
+from .policy import BACKENDS, DocumentPolicy
 
 # -- encoding backends -----------------------------------------------------------------------
 
-BACKENDS = ("auto", "tokenizers", "fastokens")
 #: During a run, one slice of real text is re-encoded by the reference per this many characters
 #: (on average). The reference is ~100x slower than fastokens, so a 4096-character slice per 64 Mi
 #: characters costs ~1% of the encoding time (per 8 Mi it cost ~10%: the Encoder's gap to raw
@@ -98,6 +97,34 @@ def _malloc_trim() -> None:
         pass
 
 
+@dataclass
+class LoadedBackends:
+    """The tokenizers an :class:`Encoder` encodes with, as :func:`load_backends` loaded them.
+
+    A launcher loads them once and forks its workers, which share the loaded memory copy-on-write
+    instead of each parsing the same file (Qwen3: ~0.4 CPU-s for the reference, ~1.3 for fastokens)."""
+
+    #: the reference, not yet configured (the encoder configures its own copy)
+    reference: Tokenizer
+    #: CPU seconds of the reference's load: a deferred fastokens is priced against it
+    reference_cpu: float
+    #: fastokens, when asked for and not deferred and it loaded; else None and ``why`` says why
+    fast: object | None = None
+    why: str = ""
+
+
+def load_backends(path: Path, backend: str, defer_fastokens: bool = False) -> LoadedBackends:
+    """Load what an :class:`Encoder` for ``backend`` needs from the ``tokenizer.json`` at ``path``:
+    fastokens first when it is asked for now (the lower peak), then the reference.
+    Raises TokenizerError when the reference does not load."""
+    deferred = defer_fastokens and backend == "auto"
+    fast, why = (None, "") if backend == "tokenizers" or deferred else _load_fastokens(path)
+    _malloc_trim()  # loading peaks far above what a tokenizer keeps; return that before the next load
+    started = time.thread_time()
+    reference = read_tokenizer_file(path)
+    return LoadedBackends(reference, time.thread_time() - started, fast, why)
+
+
 class Encoder:
     """Encodes batches of documents into one flat id array under a :class:`DocumentPolicy`.
 
@@ -111,24 +138,28 @@ class Encoder:
     """
 
     def __init__(self, tokenizer: Tokenizer | Path, policy: DocumentPolicy, dtype: str, backend: str = "auto",
-                 defer_fastokens: bool = False):
+                 defer_fastokens: bool = False, loaded: LoadedBackends | None = None):
         """``tokenizer``: the reference, or the path of its ``tokenizer.json``; a path lets fastokens
         load first, which lowers the start-up peak (see :func:`_load_fastokens`).
 
         ``defer_fastokens`` (``auto`` with a path only): encode with the reference from the start and
         load fastokens (checked on the start-up sample as always) only once the reference has spent
-        ``FASTOKENS_LOAD_FACTOR`` x its own load's CPU encoding; a small job never loads fastokens."""
+        ``FASTOKENS_LOAD_FACTOR`` x its own load's CPU encoding; a small job never loads fastokens.
+
+        ``loaded``: what :func:`load_backends` loaded from that path for these same ``backend`` and
+        ``defer_fastokens`` (in a launcher, before its workers were forked); nothing is loaded again."""
         if backend not in BACKENDS:
             raise TokenizerError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
         deferred = defer_fastokens and backend == "auto"
-        if deferred and isinstance(tokenizer, Tokenizer):
-            raise ValueError("defer_fastokens needs the tokenizer's path: its load is what fastokens is weighed against")
-        fast, why = (None, "") if backend == "tokenizers" or deferred else _load_fastokens(tokenizer)
-        _malloc_trim()  # loading peaks far above what a tokenizer keeps; return that before the next load
-        # The encoder configures and keeps the tokenizer it is given (no copy: a Qwen3-sized
-        # tokenizer costs ~110 MB and half a second to copy); callers hand over their instance.
-        started = time.thread_time()
-        tok = tokenizer if isinstance(tokenizer, Tokenizer) else read_tokenizer_file(Path(tokenizer))
+        if isinstance(tokenizer, Tokenizer):
+            if deferred or loaded is not None:
+                raise ValueError("defer_fastokens and loaded need the tokenizer's path: its load is what fastokens "
+                                 "is weighed against")
+            fast, why = (None, "") if backend == "tokenizers" else _load_fastokens(tokenizer)
+            loaded = LoadedBackends(tokenizer, 0.0, fast, why)
+        elif loaded is None:
+            loaded = load_backends(Path(tokenizer), backend, defer_fastokens)
+        tok, fast, why = loaded.reference, loaded.fast, loaded.why
         # to_str of the reference is the fingerprint while padding and truncation are as loaded
         # (encode_special_tokens is not serialized); else canonical_sha256 loads the file afresh
         self._as_loaded = tok.padding is None and tok.truncation is None
@@ -151,7 +182,7 @@ class Encoder:
         if backend == "tokenizers":
             self.report = BackendReport(backend, "tokenizers", "reference; not compared")
         elif deferred:
-            price = FASTOKENS_LOAD_FACTOR * (time.thread_time() - started)
+            price = FASTOKENS_LOAD_FACTOR * loaded.reference_cpu
             self._deferred = (Path(tokenizer), price, 0.0)
             self.report = BackendReport(backend, "tokenizers",
                                         f"reference; fastokens deferred until the reference has spent {price:.2f} "

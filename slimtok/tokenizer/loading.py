@@ -17,14 +17,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import orjson
-from tokenizers import Tokenizer
 
 from ..errors import TokenizerError
 from .policy import (SPECIAL_TEXT, DocumentPolicy, TokenizerConfig, TokenLookup, producible_by_encoding,
                      separator_warnings, settle_bos, settle_eos, special_ids_of)
+
+if TYPE_CHECKING:  # imported where a tokenizer is parsed: reading the JSON alone needs no tokenizers
+    from tokenizers import Tokenizer
 
 DTYPES = ("uint32", "uint16", "auto")
 _REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
@@ -409,7 +411,7 @@ def local_tokenizer_file(source: str) -> Path | None:
 
 
 #: (tokenizer, the bytes it was parsed from, its canonical JSON, sha256 of the file as read)
-_Parsed = tuple[Tokenizer, bytes, str, str]
+_Parsed = tuple["Tokenizer", bytes, str, str]
 
 
 def _resolve(source: str) -> tuple[_Parsed, TokenizerConfig]:
@@ -424,6 +426,8 @@ def _resolve(source: str) -> tuple[_Parsed, TokenizerConfig]:
 
 
 def read_tokenizer_file(path: Path) -> Tokenizer:
+    from tokenizers import Tokenizer
+
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust loader raises a bare Exception
@@ -431,6 +435,8 @@ def read_tokenizer_file(path: Path) -> Tokenizer:
 
 
 def _parse(path: Path, data: bytes) -> Tokenizer:
+    from tokenizers import Tokenizer
+
     try:
         return Tokenizer.from_str(data.decode())
     except Exception as exc:  # the Rust loader raises a bare Exception; decode a UnicodeDecodeError

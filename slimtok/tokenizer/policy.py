@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 COMMON_EOS = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|im_end|>")
 BOS_CHOICES = ("auto", "always", "never")
 SPECIAL_TEXT = ("literal", "parse")
+#: Encoding backends (--backend; see slimtok.tokenizer.encoder.Encoder); here, with the other
+#: choices, so the command line lists them without importing the encoder.
+BACKENDS = ("auto", "tokenizers", "fastokens")
 
 
 @dataclass(frozen=True)

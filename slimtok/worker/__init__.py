@@ -2,13 +2,13 @@
 
 ``task`` holds one shard's flow (records -> batches -> encode -> write -> checkpoint -> commit),
 ``loop`` the worker process that claims shards, commits on a background thread and heartbeats,
-``main`` the spawned process's entry point; ``batches`` the batching rule, ``files`` the part
+``main`` the worker process's entry point; ``batches`` the batching rule, ``files`` the part
 files, ``stats`` running totals and the status journal.
 """
 
 from .batches import BATCH_CHARS, BATCH_DOCS, batched
-from .loop import Worker
+from .loop import Worker, preload
 from .main import worker_main
 from .task import ShardTask, TaskContext
 
-__all__ = ["BATCH_CHARS", "BATCH_DOCS", "batched", "Worker", "worker_main", "ShardTask", "TaskContext"]
+__all__ = ["BATCH_CHARS", "BATCH_DOCS", "batched", "Worker", "preload", "worker_main", "ShardTask", "TaskContext"]

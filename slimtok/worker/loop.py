@@ -34,7 +34,7 @@ from ..job import TokenizeSettings, document_policy, pinned_tokenizer_path, read
 from ..manifest import ShardEntry, read_manifest
 from ..protocol import (Checkpoint, DoneRecord, FailedRecord, Heartbeat, JobSettings, LockRecord, OutputRoot, read_record,
                         worker_name, write_record)
-from ..tokenizer import BackendReport, Encoder
+from ..tokenizer import BackendReport, Encoder, LoadedBackends, load_backends
 from .stats import Stats
 from .task import ShardTask, TaskContext
 
@@ -45,10 +45,21 @@ POLL_LONGEST = 5.0
 log = logging.getLogger("slimtok.worker")
 
 
+def preload(settings: TokenizeSettings) -> LoadedBackends:
+    """What a :class:`Worker` for ``settings`` loads at its first claim, for a launcher that forks
+    its workers (``Worker(..., loaded=...)``), so a node parses the job's tokenizer once. Raises
+    TokenizerError when the job's copy is missing, modified or does not load."""
+    root = OutputRoot(settings.output_root)
+    # defer_fastokens as Worker.encoder passes it: the load must be the one the encoder expects
+    return load_backends(pinned_tokenizer_path(root, read_job(root)), settings.backend, defer_fastokens=True)
+
+
 class Worker:
     """One worker process: claims shards in preference order until every selected shard is settled."""
 
-    def __init__(self, settings: TokenizeSettings, worker_index: int):
+    def __init__(self, settings: TokenizeSettings, worker_index: int, loaded: LoadedBackends | None = None):
+        """``loaded``: what :func:`preload` loaded for these settings in the launcher that forked this
+        worker; the encoder takes it instead of loading the tokenizer again."""
         self.settings = settings
         self.index = worker_index
         self.root = OutputRoot(settings.output_root)
@@ -56,6 +67,7 @@ class Worker:
         self.entries = read_manifest(settings.manifest, check_files=False)  # its launcher checked them
         self.tokenizer_path = pinned_tokenizer_path(self.root, self.job)
         self._encoder: Encoder | None = None
+        self._loaded = loaded
         self._noted: BackendReport | None = None  # the encoder report last written to job.json
         self._fingerprinted = False  # whether this worker has seen to job.json's tokenizer_sha256
         self.me = current_holder(settings.process_index, worker_index)
@@ -83,8 +95,11 @@ class Worker:
             # A path, not a loaded tokenizer: with --backend auto the worker starts on the reference
             # and loads fastokens only once the encoding has paid for its load (see Encoder); with
             # --backend fastokens, fastokens loads first (the lower peak).
+            shared, self._loaded = self._loaded, None
             self._encoder = Encoder(self.tokenizer_path, document_policy(self.job), self.job.dtype,
-                                    self.settings.backend, defer_fastokens=True)
+                                    self.settings.backend, defer_fastokens=True, loaded=shared)
+            log.info("%s: tokenizer %s; %s", self.name, "shared with the launcher that forked this worker"
+                     if shared else f"loaded from {self.tokenizer_path}", self._encoder.report.verification)
             self._note_backend()
             gc.freeze()  # the tokenizers live as long as the worker: keep collections from walking them
         return self._encoder

@@ -1,4 +1,4 @@
-"""A spawned worker process: its death signal, its log file, its signal handlers."""
+"""A worker process, forked or spawned by its launcher: its death signal, its log file, its signal handlers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import signal
 from ..errors import EXIT_FATAL, SlimtokError
 from ..job import TokenizeSettings
 from ..protocol import OutputRoot
+from ..tokenizer import LoadedBackends
 from .loop import Worker
 
 
@@ -35,14 +36,16 @@ def _setup_logging(root: OutputRoot, name: str) -> None:
     logger.setLevel(logging.INFO)
 
 
-def worker_main(settings: TokenizeSettings, worker_index: int, parent_pid: int | None = None) -> int:
-    """Entry point of a spawned worker process; returns its exit status."""
+def worker_main(settings: TokenizeSettings, worker_index: int, parent_pid: int | None = None,
+                loaded: LoadedBackends | None = None) -> int:
+    """Entry point of a worker process; returns its exit status. ``loaded``: the tokenizers its
+    launcher loaded before forking it (:func:`slimtok.worker.preload`)."""
     if parent_pid is not None:
         _die_with_parent()
         if os.getppid() != parent_pid:
             return EXIT_FATAL  # the parent died before we could arm the death signal
     try:
-        worker = Worker(settings, worker_index)
+        worker = Worker(settings, worker_index, loaded)
     except (SlimtokError, OSError, ValueError) as exc:
         logging.getLogger("slimtok").error("worker %d cannot start: %s", worker_index, exc)
         return EXIT_FATAL
