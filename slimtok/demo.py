@@ -98,8 +98,10 @@ def write_demo_dataset(out: str | os.PathLike[str], megabytes: float = 6.0, trai
 def run_demo(folder: str | os.PathLike[str], workers: str = "auto",
              say: Callable[[str], None] = print) -> int:
     """Build everything under ``folder`` and run the pipeline; returns 0 when validate passes."""
+    from .launch import limit_worker_threads, settings_for, tokenize
+
+    limit_worker_threads()  # this process launches the workers: keep it one thread, so it forks them
     from .combine import combine
-    from .launch import settings_for, tokenize
     from .manifest import build_manifest, write_manifest
     from .validate import validate
     from .job import TokenizeSettings

@@ -1,8 +1,9 @@
-"""Run ``slimtok tokenize`` on this node: place the process in the job, pin it, spawn workers.
+"""Run ``slimtok tokenize`` on this node: place the process in the job, pin it, start its workers.
 
 Reads the process grid from the command line or from Slurm / Open MPI / PMI variables, pins the
-output root (job.json), starts the local workers as separate processes (each loads its own
-tokenizer, one encoder thread each), prints one aggregated progress line, and returns an exit
+output root (job.json), starts the local workers as separate processes with one encoder thread
+each (forked, sharing the tokenizer this process loaded once, or spawned, each loading its own:
+:func:`start_method`), prints one aggregated progress line, and returns an exit
 status: 0 all selected shards done, 1 some shard failed, 3 a worker could not go on, 75 stopped
 by a signal (relaunch resumes).
 """
@@ -87,6 +88,13 @@ _HOW_STARTED = {"fork": "forked: they share this process's loaded tokenizer",
                 "spawn": "spawned: each loads the tokenizer itself"}
 
 
+def limit_worker_threads() -> None:
+    """Set :data:`WORKER_THREAD_LIMITS` where the user has not: before this process imports numpy
+    or a tokenizer, so that it stays single-threaded and can fork its workers."""
+    for name, value in WORKER_THREAD_LIMITS.items():
+        os.environ.setdefault(name, value)
+
+
 def single_threaded() -> bool:
     """Whether this process runs one thread, counted by the kernel (Python, Rust and BLAS threads
     alike); False where it cannot tell (no /proc)."""
@@ -130,8 +138,7 @@ def _child(settings: TokenizeSettings, index: int, parent: int, loaded: LoadedBa
 def _prepare(settings: TokenizeSettings) -> tuple[str, LoadedBackends | None]:
     """Set the workers' thread limits and choose how they start: (start method, what they share).
     Forked workers share a tokenizer loaded here; when that load fails they are spawned instead."""
-    for name, value in WORKER_THREAD_LIMITS.items():
-        os.environ.setdefault(name, value)
+    limit_worker_threads()
     loaded = _preload(settings) if start_method() == "fork" else None
     return ("fork" if loaded is not None else "spawn"), loaded
 

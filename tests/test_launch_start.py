@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpus import make_dataset, reference_ids, slimtok
+from corpus import make_dataset, reference_ids, slimtok, slimtok_in_python
 
 from slimtok import launch
 from slimtok.errors import EXIT_INTERRUPTED, EXIT_OK
@@ -100,15 +100,13 @@ def test_the_launcher_imports_neither_numpy_nor_tokenizers_before_starting_worke
     imported by the preload, once for every forked worker (a fresh python records what is loaded
     when the workers start)."""
     root = tmp_path / "out"
-    code = ("import sys\nfrom slimtok import launch\nreal = launch._prepare\nseen = []\n"
+    hook = ("import sys\nfrom slimtok import launch\nreal = launch._prepare\nseen = []\n"
             "def prepare(settings):\n"
             "    seen.append(sorted(m for m in ('numpy', 'tokenizers', 'tqdm') if m in sys.modules))\n"
             "    return real(settings)\n"
-            "launch._prepare = prepare\nfrom slimtok.cli import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    print('EXIT', e.code, 'BEFORE', seen)\n")
-    proc = subprocess.run([sys.executable, "-c", code, "tokenize", "--manifest", str(manifest), "--output-root",
-                           str(root), "--tokenizer", str(bpe_tokenizer), "--spawn-workers", "1", "--quiet"],
-                          capture_output=True, text=True, check=True)
+            "launch._prepare = prepare")
+    proc = slimtok_in_python(hook, "print('EXIT', code, 'BEFORE', seen)", "tokenize", "--manifest", manifest,
+                             "--output-root", root, "--tokenizer", bpe_tokenizer, "--spawn-workers", "1", "--quiet")
     assert "EXIT 0 BEFORE [[]]" in proc.stdout, proc.stdout + proc.stderr
     assert "shared with the launcher" in _worker_logs(root)
 

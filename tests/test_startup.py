@@ -5,7 +5,6 @@ every shard failed for a setting can be corrected by relaunching with the right 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from corpus import make_dataset, reference_ids, slimtok
+from corpus import make_dataset, reference_ids, slimtok, slimtok_in_python
 
 from slimtok.job import TokenizeSettings, pin_job
 from slimtok.protocol import SPLITS
@@ -149,13 +148,11 @@ def test_a_relaunch_with_every_shard_done_starts_no_worker_and_imports_no_heavy_
     record = read_record(sorted((root / "done").rglob("*.json"))[0], DoneRecord)
     write_record(out.lock(record.shard), LockRecord(**asdict(current_holder(0, 0)), shard=record.shard,
                                                     token=record.token, claimed_at=0.0))
-    code = ("import sys\nfrom slimtok.cli import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
-            "heavy = sorted(m for m in ('transformers', 'huggingface_hub', 'torch', 'fastokens', 'slimtok.worker') "
-            "if m in sys.modules)\nprint('EXIT', code, 'HEAVY', heavy)\n")
-    proc = subprocess.run([sys.executable, "-c", code, "tokenize", "--manifest", str(dataset), "--output-root",
-                           str(root), "--tokenizer", str(bpe_tokenizer), "--spawn-workers", "1", "--quiet"],
-                          capture_output=True, text=True, check=True)
+    heavy = ("heavy = sorted(m for m in ('transformers', 'huggingface_hub', 'torch', 'fastokens', 'slimtok.worker', "
+             "'numpy', 'tokenizers') "
+             "if m in sys.modules)\nprint('EXIT', code, 'HEAVY', heavy)")
+    proc = slimtok_in_python("", heavy, "tokenize", "--manifest", dataset, "--output-root", root, "--tokenizer",
+                             bpe_tokenizer, "--spawn-workers", "1", "--quiet")
     assert "EXIT 0 HEAVY []" in proc.stdout, proc.stdout + proc.stderr
     assert "no worker started" in proc.stderr
     assert [p.stat().st_mtime_ns for p in beats] == stamps  # no worker wrote a heartbeat

@@ -22,7 +22,8 @@ invocation and ``--runs`` times each (medians are printed):
   scaling    2 workers vs 1 (fastokens if available)
   memory     peak RSS of one worker on a small and on a large shard, and on one huge document
   startup    CPU of a fresh python that only loads tokenizer.json (L), and as ratios to L: `slimtok
-             tokenize` of a 1-shard job on a new output root, its relaunch, one worker's start
+             tokenize` of a 1-shard job on a new output root (whole, and to its first batch), its
+             relaunch, one worker's start (forked by the launcher, and spawned)
   combine    `slimtok combine` vs `cat` of the same shard files onto the same disk
   claims     no-op tokenization of an N-shard manifest by W worker processes; then `slimtok status`
   growth     claims and status per shard at --growth-shards sizes (10k, 100k), super-linear steps flagged
