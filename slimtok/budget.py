@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import orjson
+import zstandard
 
 from .errors import OutputError
 from .manifest import ShardEntry
@@ -80,8 +81,6 @@ def measured_ratios(done: Iterable[tuple[str, int, int]]) -> dict[str, tuple[int
 def _decompressor(path: str) -> Callable[[bytes], bytes] | None:
     """A function decompressing a prefix of ``path`` as far as it goes, or None for other formats."""
     if path.endswith(".zst"):
-        import zstandard  # here: a launch that samples no shard never imports it
-
         obj = zstandard.ZstdDecompressor().decompressobj()
         return obj.decompress
     if path.endswith(".gz"):
@@ -89,12 +88,6 @@ def _decompressor(path: str) -> Callable[[bytes], bytes] | None:
     if path.endswith(".jsonl") or path.endswith(".json"):
         return lambda raw: raw
     return None
-
-
-def _zstd_errors() -> tuple[type[Exception], ...]:
-    import zstandard
-
-    return (zstandard.ZstdError,)
 
 
 def sample_texts(path: str, text_key: str, sample_bytes: int = SAMPLE_BYTES) -> tuple[list[str], float] | None:
@@ -111,7 +104,7 @@ def sample_texts(path: str, text_key: str, sample_bytes: int = SAMPLE_BYTES) -> 
         with open(path, "rb") as f:
             raw = f.read(sample_bytes)
         text = decompress(raw)
-    except (OSError, zlib.error, *_zstd_errors()):
+    except (OSError, zstandard.ZstdError, zlib.error):
         return None
     complete = text[: text.rfind(b"\n") + 1] if len(raw) == sample_bytes else text
     if not complete:

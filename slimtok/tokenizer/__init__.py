@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 from ..errors import TokenizerError
 
 #: Each public name and the submodule that defines it.
-_HOMES = {"BackendReport": "encoder", "Encoder": "encoder", "LoadedBackends": "encoder",
-          "load_backends": "encoder",
-          "DTYPES": "loading", "LoadedTokenizer": "loading", "load_tokenizer": "loading",
-          "max_id_plus_one": "loading", "read_tokenizer_file": "loading", "resolve_dtype": "loading",
-          "BACKENDS": "policy", "BOS_CHOICES": "policy", "COMMON_EOS": "policy", "SPECIAL_TEXT": "policy", "DocumentPolicy": "policy"}
+_HOMES = {
+    **dict.fromkeys(("BackendReport", "Encoder", "LoadedBackends", "load_backends"), "encoder"),
+    **dict.fromkeys(("DTYPES", "LoadedTokenizer", "load_tokenizer", "max_id_plus_one", "read_tokenizer_file",
+                     "resolve_dtype"), "loading"),
+    **dict.fromkeys(("BACKENDS", "BOS_CHOICES", "COMMON_EOS", "SPECIAL_TEXT", "DocumentPolicy"), "policy"),
+}
 
 __all__ = ["BACKENDS", "BOS_CHOICES", "COMMON_EOS", "DTYPES", "SPECIAL_TEXT", "BackendReport", "DocumentPolicy",
            "Encoder", "LoadedBackends", "LoadedTokenizer", "TokenizerError", "load_backends", "load_tokenizer",

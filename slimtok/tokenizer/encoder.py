@@ -104,6 +104,8 @@ class LoadedBackends:
     A launcher loads them once and forks its workers, which share the loaded memory copy-on-write
     instead of each parsing the same file (Qwen3: ~0.4 CPU-s for the reference, ~1.3 for fastokens)."""
 
+    #: the tokenizer.json they were loaded from
+    path: Path
     #: the reference, not yet configured (the encoder configures its own copy)
     reference: Tokenizer
     #: CPU seconds of the reference's load: a deferred fastokens is priced against it
@@ -122,7 +124,7 @@ def load_backends(path: Path, backend: str, defer_fastokens: bool = False) -> Lo
     _malloc_trim()  # loading peaks far above what a tokenizer keeps; return that before the next load
     started = time.thread_time()
     reference = read_tokenizer_file(path)
-    return LoadedBackends(reference, time.thread_time() - started, fast, why)
+    return LoadedBackends(path, reference, time.thread_time() - started, fast, why)
 
 
 class Encoder:
@@ -156,10 +158,12 @@ class Encoder:
                 raise ValueError("defer_fastokens and loaded need the tokenizer's path: its load is what fastokens "
                                  "is weighed against")
             fast, why = (None, "") if backend == "tokenizers" else _load_fastokens(tokenizer)
-            loaded = LoadedBackends(tokenizer, 0.0, fast, why)
-        elif loaded is None:
-            loaded = load_backends(Path(tokenizer), backend, defer_fastokens)
-        tok, fast, why = loaded.reference, loaded.fast, loaded.why
+            tok, reference_cpu = tokenizer, 0.0
+        else:
+            loaded = loaded or load_backends(Path(tokenizer), backend, defer_fastokens)
+            tok, reference_cpu, fast, why = loaded.reference, loaded.reference_cpu, loaded.fast, loaded.why
+        # The encoder configures and keeps the tokenizer it is given (no copy: a Qwen3-sized
+        # tokenizer costs ~110 MB and half a second to copy); callers hand over their instance.
         # to_str of the reference is the fingerprint while padding and truncation are as loaded
         # (encode_special_tokens is not serialized); else canonical_sha256 loads the file afresh
         self._as_loaded = tok.padding is None and tok.truncation is None
@@ -182,7 +186,7 @@ class Encoder:
         if backend == "tokenizers":
             self.report = BackendReport(backend, "tokenizers", "reference; not compared")
         elif deferred:
-            price = FASTOKENS_LOAD_FACTOR * loaded.reference_cpu
+            price = FASTOKENS_LOAD_FACTOR * reference_cpu
             self._deferred = (Path(tokenizer), price, 0.0)
             self.report = BackendReport(backend, "tokenizers",
                                         f"reference; fastokens deferred until the reference has spent {price:.2f} "

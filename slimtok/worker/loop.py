@@ -65,7 +65,8 @@ class Worker:
         self.root = OutputRoot(settings.output_root)
         self.job = read_job(self.root)
         self.entries = read_manifest(settings.manifest, check_files=False)  # its launcher checked them
-        self.tokenizer_path = pinned_tokenizer_path(self.root, self.job)
+        # a forked worker's launcher checked the copy it loaded from, just before the fork
+        self.tokenizer_path = loaded.path if loaded is not None else pinned_tokenizer_path(self.root, self.job)
         self._encoder: Encoder | None = None
         self._loaded = loaded
         self._noted: BackendReport | None = None  # the encoder report last written to job.json

@@ -1,4 +1,4 @@
-"""A worker process, forked or spawned by its launcher: its death signal, its log file, its signal handlers."""
+"""A worker process (forked or spawned by its launcher): its death signal, log file and signal handlers."""
 
 from __future__ import annotations
 
