@@ -13,7 +13,8 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -60,7 +61,7 @@ class RateWindow:
         (t0, first), (t1, last) = self.samples[0], self.samples[-1]
         if t1 <= t0:
             return None
-        return tuple((b - a) / (t1 - t0) for a, b in zip(first, last))
+        return tuple((b - a) / (t1 - t0) for a, b in zip(first, last, strict=True))
 
 
 class ProgressDisplay:

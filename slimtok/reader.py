@@ -15,8 +15,8 @@ one ``str``: its text comes as :class:`TextPieces` (see :mod:`slimtok.formats.pi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .errors import ShardReadError
 from .formats.jsonl import NO_SOURCE, QuickParser, load_object, source_of, text_of
@@ -136,7 +136,7 @@ class ShardReader:
     def _jsonl_records(self, compression: str) -> Iterator[tuple[Text, str | None]]:
         lines = self._after_start(split_blocks(data_blocks(self.path, compression, BLOCK_SIZE)))
         for line in lines:
-            if type(line) is int:  # a run of empty lines, counted in steps that reach each pause
+            if isinstance(line, int):  # a run of empty lines, counted in steps that reach each pause
                 while line:
                     n = min(line, max(1, PAUSE_EVERY - self._quiet))
                     self.lines += n
@@ -151,7 +151,7 @@ class ShardReader:
                 raise ShardReadError(self.path, f"line {self.lines}: cannot be read "
                                                 f"({type(exc).__name__}: {exc})") from exc
             del line  # the record holds the text; the raw line need not outlive the parse
-            if type(record) is str:
+            if isinstance(record, str):
                 self._skip(record, 1, 1 + (size >> 8))
                 continue
             self._quiet = 0
@@ -170,17 +170,19 @@ class ShardReader:
             if found is not None:
                 return found
         loaded = load_object(line)
-        if type(loaded) is str:
+        if isinstance(loaded, str):
             return loaded
         obj, repaired = loaded
         # The common case first, without the full classification of text_of.
         text = obj.get(key) if type(obj) is dict and not repaired else None
-        if type(text) is not str or not text:
-            text = text_of(obj, key, repaired)
-            if type(text) is tuple:
-                if text[0] == "missing_text" and self.missing_text_keys is None:
+        if not isinstance(text, str) or not text:
+            classified = text_of(obj, key, repaired)
+            if isinstance(classified, tuple):
+                # missing_text is a reason only of an object; isinstance says so to the type checker
+                if classified[0] == "missing_text" and self.missing_text_keys is None and isinstance(obj, dict):
                     self.missing_text_keys = tuple(obj)
-                return text[0]
+                return classified[0]
+            text = classified
         return text, (source_of(obj, spath) if spath else None)
 
     def _columnar_records(self, layout: str) -> Iterator[tuple[str, str | None]]:
@@ -197,7 +199,7 @@ class ShardReader:
         try:
             for row in batch_rows(batches, skip, self.text_key, self.source_path, self._short):
                 self.lines += 1
-                if type(row) is str:
+                if isinstance(row, str):
                     self._skip(row)
                     continue
                 self._quiet = 0

@@ -7,8 +7,8 @@ file is read batch by batch, so memory is bounded by one batch, never by the sha
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.ipc
@@ -48,7 +48,7 @@ def batch_rows(batches: Iterator[pa.RecordBatch], skip: int, text_key: str, sour
         texts = batch.column(text_key).to_pylist()
         has_source = source_col is not None and source_col in batch.schema.names
         sources = batch.column(source_col).to_pylist() if has_source else [None] * len(texts)
-        for text, raw_source in zip(texts, sources):
+        for text, raw_source in zip(texts, sources, strict=True):
             result = _cell_text(text)
             if isinstance(result, str):
                 yield result, (source_of(raw_source, source_path[1:]) if source_path else None)
@@ -71,7 +71,8 @@ def parquet_batches(path: Path, text_key: str, source_path: Sequence[str], start
     _require_column(path, names, text_key)
     source_col = source_path[0] if source_path and source_path[0] in names else None
     columns = [text_key] + ([source_col] if source_col and source_col != text_key else [])
-    meta, skip, groups = pf.metadata, start_row, []
+    meta, skip = pf.metadata, start_row
+    groups: list[int] = []
     for g in range(meta.num_row_groups):
         rows = meta.row_group(g).num_rows
         if skip >= rows and not groups:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import orjson
 
@@ -26,7 +26,7 @@ from .streams import Buffer
 try:  # optional speed-up of the common line (see QuickParser); orjson alone gives the same records
     import simdjson
 except ImportError:  # pragma: no cover - depends on the install
-    simdjson = None
+    simdjson = None  # type: ignore[assignment]  # the optional-import idiom: None says "not installed"
 
 #: Source name of a document whose record lacks the source key (or holds null there).
 NO_SOURCE = "(none)"
@@ -54,7 +54,7 @@ class QuickParser:
     """
 
     def __init__(self) -> None:
-        self._parser = simdjson.Parser() if simdjson is not None else None
+        self._parser: simdjson.Parser | None = simdjson.Parser() if simdjson is not None else None
 
     @property
     def available(self) -> bool:
@@ -64,7 +64,7 @@ class QuickParser:
         if not line or line[0] == _BOM_LEAD:
             return None
         try:
-            obj = self._parser.parse(line)  # type: ignore[union-attr]
+            obj = self._parser.parse(line)  # type: ignore[union-attr]  # asked only when `available`
         except (ValueError, RuntimeError):  # not JSON, or beyond simdjson's limits: orjson decides
             return None
         try:
@@ -73,7 +73,7 @@ class QuickParser:
                 return None
             if not source_path:
                 return text, None
-            value = obj
+            value: object = obj
             for part in source_path:
                 value = _unique_get(value, part)
             return (text, value) if type(value) is str else None

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Iterator, Sequence, Union
+from collections.abc import Iterator, Sequence
+from itertools import pairwise
 
 import orjson
 
@@ -25,6 +26,13 @@ _SCALAR_END = re.compile(rb"[,}\]]")
 _RAW_CUT = re.compile(rb"\\n[A-Za-z]")
 _BACKSLASH = 0x5C
 _QUOTE = 0x22
+
+
+def _skip_whitespace(buf: Buffer, pos: int) -> int:
+    """Index of the first byte at or after ``pos`` that is not JSON whitespace (``len(buf)`` if none)."""
+    found = _WHITESPACE.match(buf, pos)
+    assert found is not None  # the pattern matches the empty string too
+    return found.end()
 
 
 def _backslashes_before(buf: Buffer, pos: int) -> int:
@@ -80,12 +88,12 @@ def _text_span(line: Buffer, text_key: str) -> tuple[int, int] | None:
     string, unterminated): the caller then parses the line whole, which gives the skip reason. The
     scan trusts the structure it sees; parsing the rest of the object afterwards validates it.
     """
-    pos = _WHITESPACE.match(line, 0).end()
+    pos = _skip_whitespace(line, 0)
     if pos >= len(line) or line[pos] != ord("{"):
         return None
     span = None
     while True:
-        pos = _WHITESPACE.match(line, pos + 1).end()
+        pos = _skip_whitespace(line, pos + 1)
         if pos >= len(line) or line[pos] != _QUOTE:
             return None
         key_end = _string_end(line, pos + 1)
@@ -95,10 +103,10 @@ def _text_span(line: Buffer, text_key: str) -> tuple[int, int] | None:
             key = orjson.loads(line[pos:key_end + 1])
         except orjson.JSONDecodeError:
             return None
-        colon = _WHITESPACE.match(line, key_end + 1).end()
+        colon = _skip_whitespace(line, key_end + 1)
         if colon >= len(line) or line[colon] != ord(":"):
             return None
-        value = _WHITESPACE.match(line, colon + 1).end()
+        value = _skip_whitespace(line, colon + 1)
         if value >= len(line):
             return None
         end = _value_end(line, value)
@@ -108,7 +116,7 @@ def _text_span(line: Buffer, text_key: str) -> tuple[int, int] | None:
             if span is not None or line[value] != _QUOTE:
                 return None
             span = (value + 1, end - 1)
-        pos = _WHITESPACE.match(line, end).end()
+        pos = _skip_whitespace(line, end)
         if pos >= len(line) or line[pos] != ord(","):
             return span if pos < len(line) and line[pos] == ord("}") else None
 
@@ -164,7 +172,7 @@ class TextPieces:
 
     def __iter__(self) -> Iterator[str]:
         view = memoryview(self._line)
-        for start, end in zip(self._bounds, self._bounds[1:]):
+        for start, end in pairwise(self._bounds):
             yield _decode_piece(view[start:end])  # type: ignore[misc]  # validated in _lazy_text
 
     def __str__(self) -> str:
@@ -172,7 +180,7 @@ class TextPieces:
 
 
 #: What ``ShardReader.records`` yields as a document's text.
-Text = Union[str, TextPieces]
+Text = str | TextPieces
 
 
 def _lazy_text(line: Buffer, start: int, end: int, piece_bytes: int) -> TextPieces | None:
@@ -183,7 +191,7 @@ def _lazy_text(line: Buffer, start: int, end: int, piece_bytes: int) -> TextPiec
     bounds = _piece_bounds(line, start, end, piece_bytes)
     chars = 0
     view = memoryview(line)
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in pairwise(bounds):
         piece = _decode_piece(view[a:b])
         if piece is None:
             return None

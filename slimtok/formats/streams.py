@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import re
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Union
+from typing import BinaryIO
 
 import zstandard
 
 from ..errors import ShardReadError
 
 #: A raw line or a slice of one: lines inside a block are memoryviews of it (see split_blocks).
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 #: Compressed bytes per zstd call: the output (~4x) then fits the decompressor's first buffers
 #: instead of growing by realloc, which copied every decompressed byte once more.
 ZSTD_READ_SIZE = 256 << 10
@@ -66,7 +68,7 @@ def _zstd_blocks(path: Path, f: BinaryIO, block_size: int) -> Iterator[bytes]:
         raise ShardReadError(path, f"truncated zstd stream: input ends inside a frame after {consumed} bytes")
 
 
-def _stdlib_blocks(opener: Callable[..., BinaryIO], label: str,
+def _stdlib_blocks(opener: Callable[[BinaryIO], io.BufferedIOBase], label: str,
                    errors: tuple[type[BaseException], ...]) -> Callable[[Path, BinaryIO, int], Iterator[bytes]]:
     """A block reader for a stdlib compressed file type (they share one streaming interface)."""
     def blocks(path: Path, f: BinaryIO, block_size: int) -> Iterator[bytes]:
@@ -155,9 +157,10 @@ def split_blocks(blocks: Iterator[bytes]) -> Iterator[Buffer | int]:
         start = end + 1
         while (end := block.find(b"\n", start)) != -1:
             if end == start:  # an empty line: take the whole run of them in one step
-                run = _EMPTY_RUN.match(block, start).end()
-                yield run - start
-                start = run
+                run = _EMPTY_RUN.match(block, start)
+                assert run is not None  # block[start] is a newline, so the run holds at least one
+                yield run.end() - start
+                start = run.end()
                 continue
             yield view[start:end]
             start = end + 1
@@ -172,7 +175,7 @@ def split_blocks(blocks: Iterator[bytes]) -> Iterator[Buffer | int]:
 def iter_lines(path: str | Path, compression: str, block_size: int) -> Iterator[Buffer]:
     """Every raw line of ``path`` (empty ones included), without its newline."""
     for line in split_blocks(data_blocks(path, compression, block_size)):
-        if type(line) is int:
+        if isinstance(line, int):
             yield from (b"" for _ in range(line))
         else:
             yield line

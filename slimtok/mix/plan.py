@@ -129,7 +129,7 @@ class Hashes:
             walking = walking[~match & (at[walking] < stop[walking])]
         return found
 
-    def union(self, hi: np.ndarray, lo: np.ndarray) -> "Hashes":
+    def union(self, hi: np.ndarray, lo: np.ndarray) -> Hashes:
         """The set with the pairs (hi, lo) added (``hi``, ``lo`` need not be sorted)."""
         new = np.lexsort((lo, hi))
         h, l_ = np.concatenate([self.hi, hi[new]]), np.concatenate([self.lo, lo[new]])
@@ -308,9 +308,10 @@ def targets(spec: MixSpec, sources: list[SourceDocs], available: list[int]) -> n
     out = fixed.copy()
     if shares.sum():
         out += _apportion(total - int(fixed.sum()), shares)
-    for s, want, cap, n in zip(sources, out, caps, have):
+    for s, want, cap, n in zip(sources, out, caps, have, strict=True):
         if want > cap:
-            raise _refuse(s, want, n, "", f"; the largest total that fits is {_largest_total(spec, caps, shares):,} tokens")
+            largest = _largest_total(spec, caps, shares)
+            raise _refuse(s, want, n, "", f"; the largest total that fits is {largest:,} tokens")
     return out
 
 
@@ -384,7 +385,8 @@ def _select(spec: MixSpec, sources: list[SourceDocs], seeds: list[np.random.Seed
     :class:`_Short` where a source cannot meet its target within ``max_epochs``."""
     scans = list(scans)
     taken, parts, choices = Hashes(), [], []
-    for i, (s, seed, target) in enumerate(zip(sources, seeds, wanted)):
+    # seeds holds two more than sources (see make_plan): strict=False drops them
+    for i, (s, seed, target) in enumerate(zip(sources, seeds, wanted, strict=False)):
         if spec.dedup and len(taken):
             scans[i] = scan = _scan(s, seed, taken)
             if not scan.available:
@@ -439,10 +441,10 @@ def _largest_note(spec: MixSpec, sources: list[SourceDocs], seeds: list[np.rando
 
 def make_plan(spec: MixSpec, sources: list[SourceDocs]) -> Plan:
     """The whole plan; raises MixError before anything is written when it cannot be met."""
-    seeds = np.random.SeedSequence(spec.seed).spawn(len(sources) + 2)
+    seeds = np.random.SeedSequence(spec.seed).spawn(len(sources) + 2)  # the last two order and carve the split
     first_shard = np.cumsum([0] + [len(s.shards) for s in sources[:-1]]).astype(np.int64)
-    scans = [_scan(s, seed, Hashes()) for s, seed in zip(sources, seeds)]
-    for s, scan in zip(sources, scans):
+    scans = [_scan(s, seed, Hashes()) for s, seed in zip(sources, seeds, strict=False)]
+    for s, scan in zip(sources, scans, strict=True):
         if not scan.available:
             raise MixError(f"source {s.spec.name!r}: no documents left to draw from "
                            f"({scan.duplicate_documents:,} dropped by the root's dedup)", s.spec.root)
@@ -455,7 +457,7 @@ def make_plan(spec: MixSpec, sources: list[SourceDocs]) -> Plan:
                       _largest_note(spec, sources, seeds, scans)) from None
     picks = np.empty(sum(c.count for c in choices), dtype=PICK_DTYPE)
     at, blocks, taken = 0, [], Hashes()
-    for i, (s, seed, choice) in enumerate(zip(sources, seeds, choices)):
+    for i, (s, seed, choice) in enumerate(zip(sources, seeds, choices, strict=False)):
         _fill(s, seed, taken, choice, picks[at:at + choice.count], int(first_shard[i]))
         blocks.append((at, choice.unique))
         at += choice.count
@@ -463,7 +465,7 @@ def make_plan(spec: MixSpec, sources: list[SourceDocs]) -> Plan:
             taken = taken.union(parts[i].hi, parts[i].lo)
     results = [SourceResult(s.spec.name, sc.available, int(t), c.tokens, c.count, c.unique, sc.documents,
                             sc.duplicate_documents, sc.duplicate_tokens)
-               for s, sc, t, c in zip(sources, scans, wanted, choices)]
+               for s, sc, t, c in zip(sources, scans, wanted, choices, strict=True)]
     splits = {spec.split: picks}
     if spec.validation:
         splits[spec.split], splits["validation"] = carve(picks, blocks, spec.validation, spec.shuffle_group,

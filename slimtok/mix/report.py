@@ -21,7 +21,8 @@ def format_table(plan: Plan) -> str:
     """One line per source and a total line, before any validation carve; a ``duplicates``
     column (documents dedup removed) when there are any."""
     dups = any(r.duplicate_documents for r in plan.sources)  # the column only when dedup removed any
-    rows = [("source", "target", "tokens", "documents", "unique", "epochs", "share") + (("duplicates",) if dups else ())]
+    header = ("source", "target", "tokens", "documents", "unique", "epochs", "share")
+    rows = [header + (("duplicates",) if dups else ())]
     for name, r in mix_section(plan).items():
         rows.append((name, f"{r['target_tokens']:,}", f"{r['tokens']:,}", f"{r['documents']:,}",
                      f"{r['unique_documents']:,}", f"{r['epochs']:.3f}", f"{r['share']:.4f}")
@@ -30,7 +31,7 @@ def format_table(plan: Plan) -> str:
                  f"{sum(r.documents for r in plan.sources):,}", f"{sum(r.unique for r in plan.sources):,}", "", "1")
                 + ((f"{sum(r.duplicate_documents for r in plan.sources):,}",) if dups else ()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     for split, ids in plan.splits.items():
         lines.append(f"{split}: {len(ids):,} documents")

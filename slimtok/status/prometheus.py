@@ -63,7 +63,8 @@ def prometheus_text(status: JobStatus) -> str:
     metric("workers", "Workers by heartbeat verdict.", [({"health": h}, n) for h, n in health.items()])
     shown = [w for w in status.workers if w.health != "exited"]
     for name, help_text, get in (
-            ("worker_tokens_per_second", "A worker's current tokens per second.", lambda w: w.heartbeat.tokens_per_second),
+            ("worker_tokens_per_second", "A worker's current tokens per second.",
+             lambda w: w.heartbeat.tokens_per_second),
             ("worker_cpu_percent", "A worker's CPU use (100 = one core).", lambda w: w.heartbeat.cpu_percent),
             ("worker_rss_bytes", "A worker's resident memory.", lambda w: w.heartbeat.rss_bytes),
             ("worker_heartbeat_age_seconds", "Seconds since a worker's last heartbeat.", lambda w: w.age)):

@@ -7,12 +7,13 @@ paths from :mod:`slimtok.protocol`); the text, JSON and Prometheus views show ev
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..protocol import OutputRoot
 from .model import StageStatus
 
 StageCollector = Callable[[OutputRoot], "StageStatus | None"]
+
 
 def dedup_stage(root: OutputRoot) -> StageStatus | None:
     """``slimtok dedup``: its units done per phase (scatter, bucket, gather)."""
@@ -21,7 +22,7 @@ def dedup_stage(root: OutputRoot) -> StageStatus | None:
     state = dedup_status(root.root)
     if not state["started"]:
         return None
-    phases: dict = state["phases"]  # type: ignore[assignment]
+    phases: dict = state["phases"]  # type: ignore[assignment]  # dedup_status types its values as object
     detail = ", ".join(f"{name} {p['done']}/{p['units']} ({p['held']} held)" for name, p in phases.items())
     return StageStatus(name="dedup", unit="units", done=sum(p["done"] for p in phases.values()),
                        total=sum(p["units"] for p in phases.values()),

@@ -14,10 +14,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -176,7 +176,7 @@ class Encoder:
         self.policy = policy
         self.dtype = np.dtype(dtype)
         self._prefix = np.array(policy.prefix, dtype=np.uint32)
-        self._fast = None
+        self._fast: object | None = None  # fastokens' tokenizer once checked; it has no type stubs
         self._rng = random.Random()
         self._until_check = self._rng.randrange(VERIFY_EVERY_CHARS)
         #: characters each backend has encoded (a slice check's second encoding not counted)
@@ -187,7 +187,8 @@ class Encoder:
             self.report = BackendReport(backend, "tokenizers", "reference; not compared")
         elif deferred:
             price = FASTOKENS_LOAD_FACTOR * reference_cpu
-            self._deferred = (Path(tokenizer), price, 0.0)
+            assert self._path is not None  # deferred needs the path: a Tokenizer was refused above
+            self._deferred = (self._path, price, 0.0)
             self.report = BackendReport(backend, "tokenizers",
                                         f"reference; fastokens deferred until the reference has spent {price:.2f} "
                                         f"CPU-s encoding ({FASTOKENS_LOAD_FACTOR:g} x its own load)")
@@ -220,14 +221,15 @@ class Encoder:
         try:
             # bos and eos come from a template inside the encoder: the ids arrive with them in
             # place and need no copy to insert them (the start-up sample checks this too).
-            fast.post_processor = self._policy_template()  # type: ignore[attr-defined]
+            fast.post_processor = self._policy_template()  # type: ignore[attr-defined]  # fast: see self._fast
         except Exception as exc:  # the Rust side raises bare exceptions
             return self._fall_back(requested, f"fastokens cannot take the bos/eos template: {exc}")
         texts = _start_sample(self._tok)
         ref, ref_lengths = self._encode_reference(texts)
         got, got_lengths = self._encode_fast(fast, texts)
         if ref_lengths != got_lengths or not np.array_equal(ref, got):
-            bad = next((i for i, (a, b) in enumerate(zip(ref_lengths, got_lengths)) if a != b), None)
+            # not strict: a fastokens that returned fewer texts falls back below, like one with other ids
+            bad = next((i for i, (a, b) in enumerate(zip(ref_lengths, got_lengths, strict=False)) if a != b), None)
             where = f"first differing text #{bad}: {texts[bad][:40]!r}" if bad is not None else "ids differ"
             return self._fall_back(requested, f"fastokens ids differ from tokenizers on the start-up sample "
                                               f"({where})")
@@ -244,7 +246,8 @@ class Encoder:
     def _weigh_fastokens(self, spent: float) -> None:
         """Count the reference's encode CPU; once it reaches the deferred fastokens' price, load and
         check fastokens (next batches use it if it matches, else the reference stays for good)."""
-        path, price, total = self._deferred  # type: ignore[misc]
+        assert self._deferred is not None  # called only while fastokens is deferred
+        path, price, total = self._deferred
         total += spent
         if total < price:
             self._deferred = (path, price, total)
@@ -258,7 +261,8 @@ class Encoder:
         """A post-processor that puts bos (if any) before and eos after each text, nothing else."""
         seps = [(self.policy.bos_id, "bos"), (self.policy.eos_id, "eos")]
         names = {i: self._tok.id_to_token(i) for i, _ in seps if i is not None}
-        bos = [{"SpecialToken": {"id": names[self.policy.bos_id], "type_id": 0}}] if self.policy.bos_id is not None else []
+        bos_id = self.policy.bos_id
+        bos = [{"SpecialToken": {"id": names[bos_id], "type_id": 0}}] if bos_id is not None else []
         eos = [{"SpecialToken": {"id": names[self.policy.eos_id], "type_id": 0}}]
         seq = [{"Sequence": {"id": "A", "type_id": 0}}]
         return orjson.dumps({
@@ -395,6 +399,7 @@ class Encoder:
     def _encode_fast(self, fast: object, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         # add_special_tokens=True applies only the policy's template; split_special_tokens=True
         # keeps special-token strings in the text as text (literal), False parses them.
+        # fast is fastokens' tokenizer, typed object (see self._fast)
         raw, offsets = fast.encode_batch_flat(texts, True, self.policy.literal)  # type: ignore[attr-defined]
         ends = np.frombuffer(offsets, dtype=np.uint64)
         return np.frombuffer(raw, dtype=np.uint32), np.diff(ends).tolist()

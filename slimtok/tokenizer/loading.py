@@ -15,15 +15,25 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..errors import TokenizerError
-from .policy import (SPECIAL_TEXT, DocumentPolicy, TokenizerConfig, TokenLookup, producible_by_encoding,
-                     separator_warnings, settle_bos, settle_eos, special_ids_of)
+from .policy import (
+    SPECIAL_TEXT,
+    DocumentPolicy,
+    TokenizerConfig,
+    TokenLookup,
+    producible_by_encoding,
+    separator_warnings,
+    settle_bos,
+    settle_eos,
+    special_ids_of,
+)
 
 if TYPE_CHECKING:  # imported where a tokenizer is parsed: reading the JSON alone needs no tokenizers
     from tokenizers import Tokenizer
@@ -233,7 +243,9 @@ def pin_facts_from_json(source: str, data: bytes, eos_id: int | None = None, bos
         parsed, copy = _without_merges(data) or (orjson.loads(data), data)
     except orjson.JSONDecodeError:
         return None  # the parse says what is wrong
-    vocab = JsonVocabulary.read(parsed) if file is not None and isinstance(parsed, dict) else None
+    if file is None or not isinstance(parsed, dict):
+        return None
+    vocab = JsonVocabulary.read(parsed)
     if vocab is None:
         return None
     id_count = vocab.id_count()
@@ -312,8 +324,9 @@ _PAIRS_LAST = re.compile(_WS + rb"\]" + _WS + rb"\]" + _WS + rb"\}" + _WS + rb"\
 def _pairs_as_strings(masked: bytes, parts: list[bytes]) -> bytes:
     """The merges array with each pair as one ``"a b"`` string, from the masked tail (see
     :func:`_mask_escapes`) and its split at its quotes (strings at odd places), or b"" unless the
-    tail is exactly an array of two-string pairs with no space in any string. tokenizers and fastokens split such a string at its one space, so
-    it loads to the same pairs and faster (see :func:`_compact_copy`)."""
+    tail is exactly an array of two-string pairs with no space in any string. tokenizers and fastokens
+    split such a string at its one space, so it loads to the same pairs and faster (see
+    :func:`_compact_copy`)."""
     if len(parts) % 4 != 1 or len(parts) < 5 or not _PAIRS_FIRST.fullmatch(parts[0]) \
             or not _PAIRS_LAST.fullmatch(parts[-1]):
         return b""
@@ -328,7 +341,7 @@ def _pairs_as_strings(masked: bytes, parts: list[bytes]) -> bytes:
             return b""
     elif b" " in b"".join(parts[1::2]):
         return b""
-    return _unmask_escapes(b'["' + b'","'.join(map(b" ".join, zip(parts[1::4], parts[3::4]))) + b'"]')
+    return _unmask_escapes(b'["' + b'","'.join(map(b" ".join, zip(parts[1::4], parts[3::4], strict=True))) + b'"]')
 
 
 def canonical_sha256(tok: Tokenizer) -> str:
@@ -547,7 +560,7 @@ def _growth(part: dict[str, Any] | None, children: str,
 
 
 def _normalizer_growth(part: dict[str, Any]) -> float | None:
-    kind = part.get("type")
+    kind = part.get("type", "")  # "" when absent: no growth entry, as for an unknown type
     if kind == "Prepend" and isinstance(part.get("prepend"), str):
         return 1.0 + len(part["prepend"].encode())
     if kind == "Replace" and isinstance(part.get("content"), str) and (part.get("pattern") or {}).get("String"):

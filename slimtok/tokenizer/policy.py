@@ -10,8 +10,9 @@ Llama-2 ``<s> $A``; Qwen3 puts nothing), ``always`` the tokenizer's bos, ``never
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import TokenizerError
 
@@ -113,7 +114,8 @@ def template_prefix(post_processor: dict[str, Any] | None) -> list[tuple[str, in
         if "Sequence" in item:
             break
         name = item["SpecialToken"]["id"]
-        prefix += list(zip(specials[name]["tokens"], specials[name]["ids"]))
+        # not strict: tokenizers refuses a special token whose ids and tokens differ in length when it loads
+        prefix += list(zip(specials[name]["tokens"], specials[name]["ids"], strict=False))
     return prefix
 
 
