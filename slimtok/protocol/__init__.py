@@ -36,7 +36,7 @@ Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_tra
     .<split file>.mix-partial     a mix's split while its chunks (ids <split>/mix-<n>) are appended
     .<file>.publish.json          a set of outputs being published together (slimtok.publish)  PublishIntent
     .<split file>.consume(.json)  `combine --consume` in progress and its journal (slimtok.consume)  ConsumeJournal
-    dedup/                        `slimtok dedup`: plan, per-unit rows and drops, done records (see the dedup block below)
+    dedup/                        `slimtok dedup`: plan, unit rows and drops, done records (protocol.layout)
 
 Invariants:
 
@@ -95,8 +95,8 @@ __all__ = [
     "PROTOCOL_VERSION", "PUBLISH_INTENT", "ROLLUP_COLUMNS", "SPLITS", "SPLIT_FILES", "Checkpoint", "Checksum",
     "ConsumeJournal", "DedupJob", "DedupPlan", "DedupUnitRecord", "DoneRecord", "DoneRollup", "FailedRecord",
     "FileStat", "Heartbeat", "Holder", "JobSettings", "LockRecord", "Meta", "MixRecord", "OutputRoot", "PosixStorage",
-    "PublishIntent", "Record", "RollupRow", "Storage", "boot_id", "create_exclusive", "dedup_job_path", "dedup_plan_path",
-    "dedup_unit", "dedup_unit_data", "dedup_unit_done", "dtype",
+    "PublishIntent", "Record", "RollupRow", "Storage", "boot_id", "create_exclusive", "dedup_job_path",
+    "dedup_plan_path", "dedup_unit", "dedup_unit_data", "dedup_unit_done", "dtype",
     "fsync_dir", "hasher", "hostname", "ids_under", "journal_line", "new_token", "parse_record", "publish_intent",
     "read_doc_table", "read_record", "storage_for", "table_rows", "temp_files", "temp_glob", "temp_path",
     "work_path", "worker_name", "write_atomic", "write_json_lines", "write_record",

@@ -252,6 +252,11 @@ class OutputRoot:
         return self.dedup_dir / _DEDUP_DATA_DIR[phase] / f"{k}.{_DEDUP_EXT[phase]}"
 
     # -- helpers ----------------------------------------------------------------------------
+    def temps_of(self, target: Path) -> list[Path]:
+        """The temporary files (``storage.temp_path``) of ``target`` present beside it: a write of it
+        under way, or one a kill cut short."""
+        return sorted(target.parent.glob(temp_glob(target.name)))
+
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

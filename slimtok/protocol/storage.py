@@ -46,14 +46,15 @@ from typing import BinaryIO, Iterator, Literal, Protocol
 from .identity import new_token
 
 #: How :meth:`Storage.open_write` opens a data file: ``create`` (must not exist), ``truncate``
-#: (created or emptied), ``append`` (created if missing, written at its end), ``update`` (must
-#: exist, written from the start without truncating).
-WriteMode = Literal["create", "truncate", "append", "update"]
+#: (created or emptied), ``append`` (created if missing, written at its end), ``keep`` (created if
+#: missing, its bytes kept, written from the start), ``update`` (as ``keep``, but must exist).
+WriteMode = Literal["create", "truncate", "append", "keep", "update"]
 
 _FLAGS: dict[str, int] = {
     "create": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
     "truncate": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
     "append": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "keep": os.O_WRONLY | os.O_CREAT,
     "update": os.O_WRONLY,
 }
 
@@ -92,10 +93,11 @@ class Storage(Protocol):
         """``path`` opened for streamed reading (FileNotFoundError when missing)."""
 
     def open_write(self, path: Path, mode: WriteMode) -> BinaryIO:
-        """``path`` opened for streamed, unbuffered writing; its folder is created as needed."""
+        """``path`` opened for streamed (buffered) writing; its folder is created as needed. A caller
+        that writes through ``fileno()`` (kernel copies) does not also write through the stream."""
 
     def sync(self, stream: BinaryIO, data_only: bool = False) -> None:
-        """Make what was written to ``stream`` durable (``data_only``: not its metadata)."""
+        """Flush ``stream`` and make what was written durable (``data_only``: not its metadata)."""
 
     def stat(self, path: Path) -> FileStat:
         """``path``'s size, times and identity (FileNotFoundError when missing)."""
@@ -191,10 +193,11 @@ class PosixStorage:
     def open_write(self, path: Path, mode: WriteMode) -> BinaryIO:
         if mode != "update":
             path.parent.mkdir(parents=True, exist_ok=True)
-        # 0o644 as every slimtok file always had, whatever the process's umask adds
-        return os.fdopen(os.open(path, _FLAGS[mode], 0o644), "ab" if mode == "append" else "wb", buffering=0)
+        # 0o644 as every slimtok file always had (open() would give 0o666 minus the umask)
+        return os.fdopen(os.open(path, _FLAGS[mode], 0o644), "ab" if mode == "append" else "wb")
 
     def sync(self, stream: BinaryIO, data_only: bool = False) -> None:
+        stream.flush()
         (os.fdatasync if data_only else os.fsync)(stream.fileno())
 
     def stat(self, path: Path) -> FileStat:
