@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from .docindex import index_path
 from .identity import new_token
 from .storage import Storage, storage_for, temp_glob
 
@@ -82,7 +83,7 @@ class OutputRoot:
 
     def doc_index(self, split: str) -> Path:
         """``train.idx``: uint64 end offset (in tokens, exclusive) of every document in ``train.bin``."""
-        return self.combined(split).with_suffix(".idx")
+        return index_path(self.combined(split))
 
     # -- exports ----------------------------------------------------------------------------
     def megatron_prefix(self, prefix: str, split: str) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 
@@ -25,13 +25,18 @@ R = TypeVar("R", bound="Record")
 
 
 class Record:
-    """Mixin for dataclass records stored as JSON; unknown keys from newer writers are ignored."""
+    """Mixin for dataclass records stored as JSON; unknown keys from newer writers are ignored.
+
+    ``JSON_OPTIONS`` (orjson options) is how a record class's file is laid out: indented with
+    sorted keys unless the class says otherwise (and why)."""
+
+    JSON_OPTIONS: ClassVar[int] = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        return orjson.dumps(self.to_dict(), option=self.JSON_OPTIONS) + b"\n"
 
     @classmethod
     def from_dict(cls: type[R], data: dict[str, Any]) -> R:
@@ -268,6 +273,9 @@ class RollupRow:
 class DoneRollup(Record):
     """Cache of done records kept by ``slimtok status``: ``shards[id]`` holds ``columns`` in order."""
 
+    #: compact: one row per done shard (hundreds of thousands), read by every ``slimtok status``
+    JSON_OPTIONS: ClassVar[int] = 0
+
     manifest_sha256: str
     shards: dict[str, list[Any]] = field(default_factory=dict)
     columns: list[str] = field(default_factory=lambda: list(ROLLUP_COLUMNS))
@@ -282,6 +290,9 @@ class Meta(Record):
     ``skipped_lines``, ``sources`` ({source: {"documents", "tokens"}}) and, when documents were
     left out, ``removed`` ({reason: {"documents", "tokens"}}, also per source); counts are of what
     the split's file holds."""
+
+    #: keys in the order written: ``splits`` lists the splits in the manifest's order, as readers show them
+    JSON_OPTIONS: ClassVar[int] = orjson.OPT_INDENT_2
 
     #: every field has a default so that meta.json of older versions (fewer keys) still reads
     tokenizer: str = ""
@@ -386,6 +397,9 @@ class MixRecord(Record):
     """``mix.json``: the resolved spec of ``slimtok mix`` (``MixSpec.to_dict``) and, per input name,
     its ``root``, ``source``, ``fingerprint``, ``available_tokens`` and ``documents``. Created once;
     a relaunch must find the same record (compared as data, not as bytes)."""
+
+    #: keys in the order written: ``inputs`` follows the spec's sources, the order exports list them in
+    JSON_OPTIONS: ClassVar[int] = orjson.OPT_INDENT_2
 
     spec: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
