@@ -21,21 +21,15 @@ PACKAGE = Path(slimtok.__file__).parent
 
 #: Module (path relative to slimtok/) -> why it may open files itself.
 ALLOWED = {
-    "formats/columnar.py": "reads input shards (parquet/arrow) of a dataset, never an output root",
-    "formats/jsonl.py": "reads input shards (jsonl, compressed) of a dataset",
-    "formats/pieces.py": "reads input shards' pieces of a dataset",
-    "formats/streams.py": "opens input shards' byte streams (decompression) of a dataset",
-    "reader.py": "reads input shards of a dataset",
-    "mirror/download.py": "downloads a dataset into a local mirror, which is an input, not an output root",
-    "mirror/record.py": "the mirror's own records, beside the downloaded dataset",
-    "manifest.py": "lists the dataset folder (os.walk, stat of each input shard) to build a manifest",
-    "tokenizer/loading.py": "loads a tokenizer from a file, a folder or the Hub cache (inputs)",
-    "worker/files.py": "source_state stats an input shard (size, mtime) to know whether a checkpoint still fits it",
-    "worker/main.py": "reads a forked worker's start arguments, not a root file",
-    "mix/spec.py": "reads a mix spec file given on the command line",
-    "budget.py": "samples input shards of a dataset to estimate the output's size",
-    "demo.py": "writes a demo dataset and tokenizer (inputs) into a folder of the user's choice",
-    "mix/bench.py": "writes a benchmark's mix spec and reads /proc/self/status (peak memory)",
+    "formats/streams.py": "opens input shards of a dataset (the format readers all go through it)",
+    "mirror/download.py": "downloads a dataset into a local mirror, an input folder, not an output root",
+    "mirror/record.py": "the mirror's own records, kept beside the downloaded dataset",
+    "manifest.py": "lists the dataset folder and stats each input shard to build a manifest",
+    "tokenizer/loading.py": "loads a tokenizer from a file, a folder or the Hub cache",
+    "worker/files.py": "source_state stats an input shard (size, mtime): does a checkpoint still fit it",
+    "mix/spec.py": "reads the mix spec file named on the command line",
+    "budget.py": "reads a sample of input shards to estimate the output's size",
+    "demo.py": "writes the demo's dataset and tokenizer (inputs) into a folder of the user's choice",
 }
 
 #: ``os.<name>(...)`` calls that operate on a path.
