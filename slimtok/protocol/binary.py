@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import xxhash
 
@@ -49,7 +49,7 @@ def dtype(name: str) -> np.dtype:
 #: every record before ``DoneRecord.checksum`` existed); a mix records xxh3-128, which runs at
 #: memory speed where sha256 runs slower than the copy it checks. Both detect corruption and
 #: truncation; neither is a defence against someone who rewrites a record on purpose.
-CHECKSUMS = {"sha256": hashlib.sha256, "xxh3-128": xxhash.xxh3_128}
+CHECKSUMS: dict[str, Callable[[], Any]] = {"sha256": hashlib.sha256, "xxh3-128": xxhash.xxh3_128}
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ is registered there, so ``OutputRoot(root)`` and every helper pick it up.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ class Storage(Protocol):
     def read_whole(self, path: Path) -> bytes:
         """All of ``path``'s bytes (FileNotFoundError when missing)."""
 
-    def open_read(self, path: Path) -> BinaryIO:
+    def open_read(self, path: Path) -> io.BufferedReader:
         """``path`` opened for streamed reading (FileNotFoundError when missing)."""
 
     def open_write(self, path: Path, mode: WriteMode) -> BinaryIO:
@@ -187,7 +188,7 @@ class PosixStorage:
     def read_whole(self, path: Path) -> bytes:
         return path.read_bytes()
 
-    def open_read(self, path: Path) -> BinaryIO:
+    def open_read(self, path: Path) -> io.BufferedReader:
         return open(path, "rb")
 
     def open_write(self, path: Path, mode: WriteMode) -> BinaryIO:
