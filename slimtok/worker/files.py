@@ -41,7 +41,9 @@ class PartFile:
 
     def write(self, data: bytes | memoryview) -> None:
         self._hasher.update(data)
-        self._open().write(data)
+        f = self._open()
+        f.write(data)
+        f.flush()  # in the kernel at once: closing an abandoned part then has nothing left to fail on
         self.size += len(data) if isinstance(data, bytes) else data.nbytes
 
     def restart(self) -> None:
