@@ -258,7 +258,6 @@ class OutputRoot:
         under way, or one a kill cut short."""
         return sorted(target.parent.glob(temp_glob(target.name)))
 
-
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
