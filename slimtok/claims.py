@@ -1,7 +1,8 @@
 """Step 2: hand shards to workers through lock files on a shared filesystem.
 
 Reads and writes ``locks/`` of an output root (see :mod:`slimtok.protocol`); :func:`file_server_now`
-(for status's heartbeat ages) touches ``probes/``.
+(for status's heartbeat ages) touches ``probes/``. Every file operation goes through the root's
+:class:`~slimtok.protocol.Storage` (its clock too), so no two clocks are compared here.
 
 * **Claim**: a worker owns a shard once it has created ``locks/<id>.lock`` with
   :func:`~slimtok.protocol.create_exclusive` (link(2) of a private file, safe on NFS). The lock
@@ -35,17 +36,12 @@ from pathlib import Path
 import psutil
 
 from .protocol import (DoneRecord, Holder, LockRecord, OutputRoot, boot_id, create_exclusive, hostname, new_token,
-                       read_record, write_atomic)
+                       read_record, storage_for, write_atomic)
 
 
 def file_server_now(probe: Path) -> float:
-    """The file server's idea of now: the mtime of ``probe`` touched just now (created if needed)."""
-    try:
-        os.utime(probe, None)
-    except FileNotFoundError:
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.touch()
-    return os.stat(probe).st_mtime
+    """The storage's idea of now (the file server's, on POSIX: the mtime of ``probe`` touched just now)."""
+    return storage_for(probe).now(probe)
 
 
 NS = 1_000_000_000
@@ -89,11 +85,11 @@ class Claimer:
         """Seconds of our monotonic clock for which ``path`` (and ``content``, what we read from
         it) has looked the same to us; 0 when first seen, changed, or gone."""
         try:
-            st = os.stat(path)
+            st = self.root.storage.stat(path)
         except FileNotFoundError:
             self._seen.pop(path, None)
             return 0.0
-        look = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, content)
+        look = (st.identity, st.size, st.mtime_ns, st.change_ns, content)
         now = time.monotonic()
         seen = self._seen.get(path)
         if seen is None or seen[0] != look:
@@ -108,7 +104,7 @@ class Claimer:
     def try_claim(self, shard: str) -> Claim | None:
         """Claim ``shard`` if it is free or its holder is stale; None when someone else holds it."""
         lock = self.root.lock(shard)
-        lock.parent.mkdir(parents=True, exist_ok=True)
+        self.root.storage.make_folders(lock.parent)
         record = self._new_record(shard)
         if create_exclusive(lock, record.to_json(), durable=False):
             self._forget(lock)
@@ -125,7 +121,7 @@ class Claimer:
         taken over once watched unchanged for ``stale_after``; its inode number names the marker."""
         lock = self.root.lock(shard)
         try:
-            ino = os.stat(lock).st_ino
+            ino = self.root.storage.stat(lock).identity
         except FileNotFoundError:
             return None
         if self.unchanged_for(lock) <= self.stale_after or read_record(lock, LockRecord) is not None:
@@ -142,7 +138,7 @@ class Claimer:
         if not create_exclusive(marker, record.to_json(), durable=False):
             # Another worker is taking over this very claim, unless it died doing so.
             if self.unchanged_for(marker) > self.stale_after:
-                marker.unlink(missing_ok=True)
+                self.root.storage.delete(marker)
                 self._forget(marker)
             return None
         try:
@@ -158,7 +154,7 @@ class Claimer:
             taken = Claim(shard, record.token, record, stale)
             return taken if self.holds(taken) else None  # a rename over NFS may report wrongly
         finally:
-            marker.unlink(missing_ok=True)
+            self.root.storage.delete(marker)
 
     def is_stale(self, lock: Path, held: LockRecord) -> bool:
         """True when the holder is provably dead, or we have watched its lock ``lock`` (holding
@@ -181,8 +177,8 @@ class Claimer:
             return False
         lock = self.root.lock(claim.shard)
         try:
-            beat = next_beat_ns(os.stat(lock).st_mtime_ns)
-            os.utime(lock, ns=(beat, beat))
+            beat = next_beat_ns(self.root.storage.stat(lock).mtime_ns)
+            self.root.storage.set_mtime(lock, beat)
         except FileNotFoundError:
             return False
         return True
@@ -197,7 +193,7 @@ class Claimer:
         """
         lock = self.root.lock(shard)
         if lock.exists() and self.is_leftover(shard):
-            lock.unlink(missing_ok=True)
+            self.root.storage.delete(lock)
             self._forget(lock)
 
     def is_leftover(self, shard: str) -> bool:
@@ -211,7 +207,7 @@ class Claimer:
     def release(self, claim: Claim) -> None:
         """Remove the lock if it is still ours (never someone else's)."""
         if self.holds(claim):
-            self.root.lock(claim.shard).unlink(missing_ok=True)
+            self.root.storage.delete(self.root.lock(claim.shard))
 
 
 def _alive(pid: int, started: float) -> bool:

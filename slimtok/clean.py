@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Callable
 
 from .claims import Claimer, current_holder
 from .combine import SplitPlan, _inside, missing_message, plan_split, read_meta, write_meta
-from .consume import combined_mismatch, journal_file, working_file
+from .consume import combined_mismatch
 from .errors import CleanError
 from .job import STALE_AFTER, load_job
-from .protocol import SPLITS, DoneRecord, LockRecord, Meta, OutputRoot, read_record, temp_files, temp_glob
+from .protocol import SPLITS, DoneRecord, LockRecord, Meta, OutputRoot, read_record, storage_for, temp_files
 from .publish import PendingSet
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def clean(output_root: str | os.PathLike[str], dry_run: bool = False,
     _refuse_running_combine(root)
     live = _live_claims(root)
     if live:
-        raise CleanError(f"{len(live)} worker claim(s) are live: {', '.join(live[:5])}", root.root / "locks",
+        raise CleanError(f"{len(live)} worker claim(s) are live: {', '.join(live[:5])}", root.locks_dir,
                          "wait for those workers to finish (or stop them), then run clean again")
     meta = read_meta(root)
     if meta is None:
@@ -116,7 +116,7 @@ def clean(output_root: str | os.PathLike[str], dry_run: bool = False,
     if not dry_run:
         for removal in report.removals:
             try:
-                removal.path.unlink(missing_ok=True)
+                root.storage.delete(removal.path)
             except OSError as exc:
                 raise CleanError(f"cannot be removed: {exc.strerror or exc}", removal.path,
                                  "fix its permissions and run clean again (the root stays usable meanwhile)") from exc
@@ -129,13 +129,13 @@ def _refuse_running_combine(root: OutputRoot) -> None:
     beside them for as long as it runs (meta.* temporary files are not a sign: clean writes those
     too, and its next run removes what a killed one left)."""
     for split in SPLITS:
-        for path in (journal_file(root, split), working_file(root, split)):
+        for path in (root.consume_journal(split), root.consume_work(split)):
             if path.exists():
                 raise CleanError("a `combine --consume` is running or was interrupted", path,
                                  f"let it finish, or finish it: `slimtok combine --output-root {root.root} --consume`")
-    names = [t.name for s in SPLITS for t in (root.combined(s), root.doc_index(s))]
-    for name in names:
-        found = sorted(root.root.glob(temp_glob(name)))
+    targets = [t for s in SPLITS for t in (root.combined(s), root.doc_index(s))]
+    for target in targets:
+        found = root.temps_of(target)
         if found:
             raise CleanError("a combine is running, or was killed while writing its files", found[0],
                              f"let it finish, or run `slimtok combine --output-root {root.root}` again")
@@ -215,7 +215,7 @@ def _mark_consumed(root: OutputRoot, meta: Meta, plans: list[SplitPlan]) -> None
 
 def _add(report: CleanReport, what: str, path: Path) -> None:
     try:
-        size = path.stat().st_size
+        size = storage_for(path).stat(path).size
     except FileNotFoundError:
         return  # gone already (a clean that was interrupted, or a consuming combine)
     report.removals.append(Removal(what, path, size))

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import orjson
 
 from . import __version__
 from .dedup.drops import Exclusion
@@ -34,9 +33,10 @@ from .job import load_job, tokenizer_fingerprint
 from .manifest import ShardEntry
 from .errors import CombineError
 from .protocol import (SPLIT_FILES, Checksum, DoneRecord, FailedRecord, JobSettings, Meta, OutputRoot, hasher,
-                       read_doc_table, read_record)
+                       read_doc_table, read_record, storage_for)
+from .protocol.docindex import DocEnds
 from .publish import PendingSet, require_free, roll_forward
-from .spans import DocEnds, Span, concatenate, document_spans, keep_mask
+from .spans import Span, concatenate, document_spans, keep_mask
 
 if TYPE_CHECKING:
     from .progress import ProgressDisplay
@@ -97,7 +97,7 @@ def _read_checked(path: Path, record: DoneRecord, size: int, expected: Checksum 
     """Size of ``path`` (always) and its checksum (when ``expected`` is given) against the done
     record's; ``on_block`` sees every block in order when given (the read is shared)."""
     try:
-        found = os.stat(path).st_size
+        found = storage_for(path).stat(path).size
     except FileNotFoundError as exc:
         raise CombineError(f"missing, but done/{record.shard}.json says it is finished", path, _redo(record)) from exc
     if found != size:
@@ -105,7 +105,7 @@ def _read_checked(path: Path, record: DoneRecord, size: int, expected: Checksum 
                            "was written", path, _redo(record))
     if expected is None and on_block is None:
         return
-    with open(path, "rb") as f:
+    with storage_for(path).open_read(path) as f:
         found_digest = checksum_of(f, size, expected.algorithm if expected else "sha256", on_block)
     if expected is not None and found_digest != expected.hexdigest:
         raise CombineError(f"{expected.algorithm} does not match its done record (corrupted after it was written)",
@@ -218,7 +218,7 @@ def segment_of(root: OutputRoot, record: DoneRecord, job: JobSettings, verify: b
     segment = Segment(record, document_spans(path, table, keep, itemsize),
                       np.asarray(table["tokens"][keep], dtype=np.int64), _removed(table, record, exclusion))
     if whole is not None:
-        with open(path, "rb") as f:
+        with storage_for(path).open_read(path) as f:
             for span in segment.spans:
                 f.seek(span.start)
                 for lo in range(0, span.length, READ_BLOCK):
@@ -239,22 +239,18 @@ def write_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, verify: 
         log(f"note: {len(legacy)} shard(s) of split {plan.split} (first {legacy[0]}) have no document table (written "
             "before tables existed); their document ends come from an eos scan")
     written: list[Written] = []
-    out_fd = os.open(pending.tmp(dest), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with open(pending.tmp(index_dest), "xb") as index_file:
+    with root.storage.open_write(pending.tmp(dest), "create") as out:
+        with root.storage.open_write(pending.tmp(index_dest), "create") as index_file:
             ends = DocEnds(index_file)
             for segment in _checked(root, plan.done, job, verify, exclude, whole):
-                concatenate(segment.spans, out_fd)
+                concatenate(segment.spans, out.fileno())
                 ends.add(segment.counts)
                 written.append(Written(segment.record, len(segment.counts), int(segment.counts.sum()),
                                        sum(span.length for span in segment.spans), segment.removed))
                 if advance is not None:
                     advance(segment.record)
-            index_file.flush()
-            os.fsync(index_file.fileno())
-        os.fsync(out_fd)
-    finally:
-        os.close(out_fd)
+            root.storage.sync(index_file)
+        root.storage.sync(out)
     return summarize(plan, written, dest, index_dest, whole, legacy, exclude is not None)
 
 
@@ -363,13 +359,11 @@ def build_meta(root: OutputRoot, job: JobSettings, splits: dict[str, dict], log:
 
 def write_meta(root: OutputRoot, meta: Meta, pending: PendingSet) -> None:
     """meta.json and meta.pkl (the same dict) into ``pending``'s temporary files."""
-    content = meta.to_dict()
-    for target, payload in ((root.meta_json, orjson.dumps(content, option=orjson.OPT_INDENT_2) + b"\n"),
-                            (root.meta_pkl, pickle.dumps(content, protocol=4))):
-        with open(pending.tmp(target), "xb") as f:
+    for target, payload in ((root.meta_json, meta.to_json()),
+                            (root.meta_pkl, pickle.dumps(meta.to_dict(), protocol=4))):
+        with root.storage.open_write(pending.tmp(target), "create") as f:
             f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+            root.storage.sync(f)
 
 
 def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = None,
@@ -381,7 +375,7 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
     shards into the split files instead of copying them (slimtok.consume). ``progress(shards,
     bytes, bytes done before)`` makes the display told of every shard checked and written (a
     resumed --consume's moved shards count as done before). Returns the new meta."""
-    from .consume import consumed_entry, journal_file, moved_bytes
+    from .consume import consumed_entry, moved_bytes
 
     root = OutputRoot(output_root)
     job, entries = load_job(root)
@@ -398,7 +392,7 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
     if consume and (exclude is not None or incomplete):
         raise CombineError("--consume moves whole splits: it cannot leave documents out or combine a partial split",
                            root.root, "finish the splits first, or combine without --consume")
-    unfinished = [journal_file(root, p.split) for p in plans if journal_file(root, p.split).exists()]
+    unfinished = [root.consume_journal(p.split) for p in plans if root.consume_journal(p.split).exists()]
     if unfinished and not consume:
         raise CombineError("a combine --consume was interrupted (some shards are moved already)", unfinished[0],
                            f"finish it: `slimtok combine --output-root {root.root} --consume`")
@@ -430,7 +424,7 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
         if display is not None:
             display.close()
     for plan in plans if consume else []:
-        journal_file(root, plan.split).unlink(missing_ok=True)
+        root.storage.delete(root.consume_journal(plan.split))
     return meta
 
 

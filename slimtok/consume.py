@@ -14,49 +14,27 @@ a later combine keeps a consumed split whose file still matches its done records
 from __future__ import annotations
 
 import hashlib
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .errors import CombineError
-from .protocol import (DoneRecord, JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, work_path,
+from .protocol import (ConsumeJournal, DoneRecord, JobSettings, Meta, OutputRoot, read_doc_table, read_record,
                        write_record)
+from .protocol.docindex import DocEnds
 from .publish import PendingSet, remove_stale
-from .spans import DocEnds, Span, concatenate
+from .spans import Span, concatenate
 
 READ_BLOCK = 16 << 20
-
-
-@dataclass
-class ConsumeJournal(Record):
-    """A consuming combine of ``split``: the first ``appended`` of ``shards`` are in the working
-    file, which is durable up to ``bytes``; their shard files are deleted or about to be."""
-
-    split: str
-    shards: list[str] = field(default_factory=list)
-    appended: int = 0
-    bytes: int = 0
-
-
-def working_file(root: OutputRoot, split: str) -> Path:
-    dest = root.combined(split)
-    return work_path(dest, "consume")
-
-
-def journal_file(root: OutputRoot, split: str) -> Path:
-    return working_file(root, split).with_name(working_file(root, split).name + ".json")
 
 
 def consumed_entry(root: OutputRoot, meta: Meta | None, plan) -> dict | None:
     """The meta entry of a split already combined by consuming its shards, when its file still
     matches its done records (then there is nothing to redo); removes its finished journal."""
     entry = meta.splits.get(plan.split) if meta is not None else None
-    if not entry or not entry.get("consumed") or working_file(root, plan.split).exists():
+    if not entry or not entry.get("consumed") or root.consume_work(plan.split).exists():
         return None
-    journal_file(root, plan.split).unlink(missing_ok=True)  # a kill after the publish left it
+    root.storage.delete(root.consume_journal(plan.split))  # a kill after the publish left it
     if (why := combined_mismatch(root, plan, entry, checksums=False)) is not None:
         raise CombineError(f"was combined with --consume or cleaned (its shards are gone) but {why}",
                            root.combined(plan.split), "restore it from a copy, or re-tokenize the split")
@@ -75,11 +53,11 @@ def combined_mismatch(root: OutputRoot, plan, entry: dict, checksums: bool,
     expected = sum(r.bytes for r in plan.done)
     if entry.get("shards") != len(plan.done):
         return f"meta.json says it holds {entry.get('shards')} shards and split {plan.split} has {len(plan.done)} done"
-    if not dest.exists() or dest.stat().st_size != expected:
-        found = f"{dest.stat().st_size:,} bytes" if dest.exists() else "it is missing"
+    if not dest.exists() or root.storage.stat(dest).size != expected:
+        found = f"{root.storage.stat(dest).size:,} bytes" if dest.exists() else "it is missing"
         return f"{found} where the done records of split {plan.split} add up to {expected:,}"
     if checksums:
-        with open(dest, "rb") as f:
+        with root.storage.open_read(dest) as f:
             offset = 0
             for r in plan.done:
                 want = r.data_checksum()
@@ -94,7 +72,7 @@ def combined_mismatch(root: OutputRoot, plan, entry: dict, checksums: bool,
 
 def moved_bytes(root: OutputRoot, plan) -> int:
     """Bytes of ``plan.done`` an interrupted consuming combine of the same shards already moved."""
-    journal = read_record(journal_file(root, plan.split), ConsumeJournal)
+    journal = read_record(root.consume_journal(plan.split), ConsumeJournal)
     return journal.bytes if journal is not None and journal.shards == [r.shard for r in plan.done] else 0
 
 
@@ -108,7 +86,7 @@ def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings,
     if any(not r.table for r in plan.done):
         raise CombineError(f"split {plan.split} has shards without document tables (an older root)", root.root,
                            "run `slimtok combine` without --consume")
-    working, journal_path = working_file(root, plan.split), journal_file(root, plan.split)
+    working, journal_path = root.consume_work(plan.split), root.consume_journal(plan.split)
     remove_stale(journal_path.parent, [journal_path.name])  # a journal write a kill interrupted
     ids = [r.shard for r in plan.done]
     journal = read_record(journal_path, ConsumeJournal)
@@ -117,41 +95,37 @@ def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings,
             raise CombineError(f"an unfinished consuming combine moved {journal.appended} shard(s) of another list",
                                journal_path, "finish it with the manifest and done records it started with")
         journal = ConsumeJournal(plan.split, ids)
-        working.unlink(missing_ok=True)
+        root.storage.delete(working)
         write_record(journal_path, journal)
     elif journal.appended:
         log(f"resuming a consuming combine of {plan.split}: {journal.appended} of {len(ids)} shards already moved")
-    fd = os.open(working, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        os.ftruncate(fd, journal.bytes)  # drop what a killed append wrote past the journal
-        os.lseek(fd, journal.bytes, os.SEEK_SET)
+    with root.storage.open_write(working, "keep") as out:
+        out.truncate(journal.bytes)  # drop what a killed append wrote past the journal
+        out.seek(journal.bytes)
         for i, record in enumerate(plan.done):
             path = _inside(root, record.file, record, "file")
             if i < journal.appended:
-                path.unlink(missing_ok=True)  # moved; a kill came before its deletion
+                root.storage.delete(path)  # moved; a kill came before its deletion
             else:
                 _read_checked(path, record, record.bytes, record.data_checksum() if verify else None, None)
-                concatenate([Span(path, 0, record.bytes)], fd)
-                os.fsync(fd)
+                concatenate([Span(path, 0, record.bytes)], out.fileno())
+                root.storage.sync(out)
                 journal.appended, journal.bytes = i + 1, journal.bytes + record.bytes
                 write_record(journal_path, journal)
-                path.unlink()
+                root.storage.delete(path)
             if advance is not None:
                 advance(record)
-    finally:
-        os.close(fd)
     root.prune_empty(root.resolve(r.file) for r in plan.done)
     dest, index = root.combined(plan.split), root.doc_index(plan.split)
-    with open(pending.tmp(index), "xb") as f:
+    with root.storage.open_write(pending.tmp(index), "create") as f:
         ends = DocEnds(f)
         for record in plan.done:
             ends.add(np.asarray(read_doc_table(_inside(root, record.table, record, "table"))["tokens"]))
-        f.flush()
-        os.fsync(f.fileno())
+        root.storage.sync(f)
     whole = None
     if verify:  # the hash of a resumed run cannot be carried over: one read of the result
         whole = hashlib.sha256()
-        with open(working, "rb") as f:
+        with root.storage.open_read(working) as f:
             while block := f.read(READ_BLOCK):
                 whole.update(block)
     pending.adopt(dest, working)

@@ -105,6 +105,7 @@ def run_demo(folder: str | os.PathLike[str], workers: str = "auto",
     from .manifest import build_manifest, write_manifest
     from .validate import validate
     from .job import TokenizeSettings
+    from .protocol import OutputRoot
 
     folder = Path(folder).absolute()
     say(f"1/6 dataset: Python standard library sources → {folder / 'dataset'}")
@@ -120,7 +121,7 @@ def run_demo(folder: str | os.PathLike[str], workers: str = "auto",
     say(f"4/6 tokenize: {settings.workers} worker(s) → {folder / 'output'}")
     code = tokenize(settings, say=say, progress_every=5)
     if code != 0:
-        say(f"tokenize exited with status {code}; see {folder / 'output' / 'logs'}")
+        say(f"tokenize exited with status {code}; see {OutputRoot(folder / 'output').logs_dir}")
         return code
     say("5/6 combine")
     combine(folder / "output", log=say)

@@ -34,7 +34,7 @@ import orjson
 from .combine import read_meta
 from .data import TokenBin
 from .errors import DataError, ExportError
-from .protocol import SPLIT_FILES, Meta, OutputRoot, write_atomic
+from .protocol import SPLIT_FILES, Meta, OutputRoot, storage_for, write_atomic
 from .publish import PendingSet, remove_stale, require_free
 from .spans import copy_range
 
@@ -85,15 +85,16 @@ def _split_bin(root: OutputRoot, meta: Meta, split: str) -> TokenBin:
 
 def _link_or_copy(src: Path, tmp: Path) -> str:
     """Make ``tmp`` hold ``src``'s bytes without a user-space copy; returns how."""
+    storage = storage_for(tmp)
     try:
-        os.link(src, tmp)
+        storage.link(src, tmp)
         return "hard link"
     except OSError:  # another filesystem, or links not allowed there
         pass
-    require_free(tmp.parent, src.stat().st_size, f"copying {src.name}")
-    with open(src, "rb") as s, open(tmp, "xb") as d:
+    require_free(tmp.parent, storage_for(src).stat(src).size, f"copying {src.name}")
+    with storage_for(src).open_read(src) as s, storage.open_write(tmp, "create") as d:
         copy_range(s.fileno(), d.fileno(), 0, os.fstat(s.fileno()).st_size)
-        os.fsync(d.fileno())
+        storage.sync(d)
     return "kernel copy"
 
 
@@ -112,7 +113,8 @@ def write_megatron_index(path: Path, ends: np.ndarray, dtype: str) -> None:
     lengths, int64 byte pointers, int64 document indices 0..S; streamed in chunks."""
     count = len(ends)
     itemsize = np.dtype(dtype).itemsize
-    with open(path, "xb") as f:
+    storage = storage_for(path)
+    with storage.open_write(path, "create") as f:
         f.write(MEGATRON_MAGIC + struct.pack("<QBQQ", MEGATRON_VERSION, MEGATRON_CODES[dtype], count, count + 1))
         for _starts, lengths in _index_chunks(ends):
             if lengths.size and int(lengths.max()) >= 2**31:
@@ -123,8 +125,7 @@ def write_megatron_index(path: Path, ends: np.ndarray, dtype: str) -> None:
             f.write((starts * itemsize).astype("<i8").tobytes())
         for lo in range(0, count + 1, INDEX_CHUNK):
             f.write(np.arange(lo, min(lo + INDEX_CHUNK, count + 1), dtype="<i8").tobytes())
-        f.flush()
-        os.fsync(f.fileno())
+        storage.sync(f)
 
 
 def export_megatron(output_root: str | os.PathLike[str], prefix: str, splits: Sequence[str] | None = None,
@@ -160,7 +161,7 @@ def _mix_sources(root: OutputRoot) -> tuple[str, list[tuple[float, OutputRoot]]]
         raise ExportError("has mix.json but no `mix` section in meta.json", root.meta_json,
                           "relaunch the `slimtok mix` command that made it")
     split, section = mixed[0]
-    inputs = orjson.loads(root.mix_json.read_bytes())["inputs"]
+    inputs = orjson.loads(root.storage.read_whole(root.mix_json))["inputs"]
     total = sum(r["tokens"] for r in section.values())
     out = []
     for name, realized in section.items():
@@ -209,7 +210,7 @@ def export_data_args(output_roots: Sequence[str | os.PathLike[str]], prefix: str
 
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage_for(path).open_read(path) as f:
         while block := f.read(16 << 20):
             h.update(block)
     return h.hexdigest()
@@ -222,8 +223,8 @@ def _write_npy(tmp: Path, rows: np.ndarray) -> None:
         out[lo:lo + step] = rows[lo:lo + step]
     out.flush()
     del out
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    with storage_for(tmp).open_read(tmp) as f:
+        storage_for(tmp).sync(f)
 
 
 def _write_parquet(tmp: Path, rows: np.ndarray) -> None:
@@ -238,8 +239,8 @@ def _write_parquet(tmp: Path, rows: np.ndarray) -> None:
             block = np.ascontiguousarray(rows[lo:lo + step])
             column = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), seq_len)
             writer.write_table(pa.table({"input_ids": column}, schema=schema))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    with storage_for(tmp).open_read(tmp) as f:
+        storage_for(tmp).sync(f)
 
 
 def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = "parquet", split: str = "train",
@@ -274,17 +275,16 @@ def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = 
             pending.add(path, partner=False)
             tmp = pending.tmp(path)
             writer(tmp, part)
-            files.append({"file": path.name, "first_row": lo, "rows": len(part), "bytes": tmp.stat().st_size,
-                          "sha256": _file_sha256(tmp)})
+            files.append({"file": path.name, "first_row": lo, "rows": len(part),
+                          "bytes": storage_for(tmp).stat(tmp).size, "sha256": _file_sha256(tmp)})
         info = meta.splits[split]
         manifest = {"format": fmt, "seq_len": seq_len, "dtype": dtype, "split": split, "source": data.path.name,
                     "source_sha256": info.get("sha256"), "source_tokens": len(data), "rows": total_rows,
                     "dropped_tail_tokens": len(data) - total_rows * seq_len, "eos_token_id": meta.eos_token_id,
                     "tokenizer_sha256": meta.tokenizer_sha256, "files": files}
-        with open(pending.tmp(manifest_path), "xb") as f:
+        with storage_for(folder).open_write(pending.tmp(manifest_path), "create") as f:
             f.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+            storage_for(folder).sync(f)
         listed = {f["file"] for f in files}
         pending.publish(obsolete=[p for p in folder.glob(f"part-*.{fmt}") if p.name not in listed])
     log(f"{folder}: {total_rows:,} rows of {seq_len} tokens in {len(files)} {fmt} file(s), "

@@ -28,7 +28,7 @@ import orjson
 
 from .errors import ManifestError
 from .formats import SUFFIXES, format_of, strip_suffix
-from .protocol import SPLITS, Record, write_atomic
+from .protocol import SPLITS, Record, storage_for, write_atomic, write_json_lines
 
 DEFAULT_PATTERNS = ("*.jsonl.zst",)
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
@@ -238,9 +238,8 @@ def write_manifest(entries: Sequence[ShardEntry], output_dir: str | os.PathLike[
                    dataset_root: Path | None = None) -> tuple[Path, Path]:
     """Write ``manifest.jsonl`` and ``manifest_summary.json`` into ``output_dir``."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.jsonl"
-    write_atomic(manifest, b"".join(orjson.dumps(e.to_dict()) + b"\n" for e in entries))
+    write_json_lines(manifest, entries)
     summary = summarize(entries)
     if dataset_root is not None:
         summary["dataset_root"] = str(dataset_root)
@@ -256,7 +255,7 @@ def read_manifest(path: str | os.PathLike[str], check_files: bool = True) -> lis
     already checked at this launch or pinned in an output root pass ``check_files=False``."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = storage_for(path).read_whole(path)
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc
     entries: list[ShardEntry] = []

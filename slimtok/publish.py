@@ -22,68 +22,59 @@ full disk becomes an :class:`~slimtok.errors.OutputError` naming the file (exit 
 from __future__ import annotations
 
 import errno
-import os
+import fnmatch
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from .errors import OutputError
-from .protocol import Record, fsync_dir, read_record, temp_glob, temp_path, work_path, write_record
+from .protocol import (PUBLISH_INTENT, PublishIntent, publish_intent, read_record, storage_for, temp_glob, temp_path,
+                       write_record)
 
-INTENT_SUFFIX = ".publish.json"
+INTENT_SUFFIX = "." + PUBLISH_INTENT
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
-@dataclass
-class PublishIntent(Record):
-    """Renames still to do in one folder: ``[temporary name, target name]``, in order; ``partners``
-    are target names removed before any rename while their temporary file still exists;
-    ``obsolete`` names (not targets) are removed after the renames."""
-
-    renames: list[list[str]] = field(default_factory=list)
-    partners: list[str] = field(default_factory=list)
-    obsolete: list[str] = field(default_factory=list)
-
-
 def _complete(folder: Path, intent: PublishIntent) -> None:
+    storage = storage_for(folder)
     pending = {name for tmp, name in intent.renames if (folder / tmp).exists()}
     for name in intent.partners:
         if name in pending:  # only an old partner: a renamed one is already the new file
-            (folder / name).unlink(missing_ok=True)
+            storage.delete(folder / name)
     for tmp, name in intent.renames:
         if (folder / tmp).exists():
-            os.replace(folder / tmp, folder / name)
+            storage.replace(folder / tmp, folder / name)
             # rename(2) between two links of one file does nothing: the target already is the new file
-            (folder / tmp).unlink(missing_ok=True)
+            storage.delete(folder / tmp)
     for name in intent.obsolete:
-        (folder / name).unlink(missing_ok=True)
-    fsync_dir(folder)
+        storage.delete(folder / name)
+    storage.sync_folder(folder)
 
 
 def roll_forward(folder: Path) -> list[str]:
     """Complete every publish a killed run left in ``folder``; returns the targets it renamed."""
+    storage = storage_for(folder)
     done: list[str] = []
-    try:
-        intents = sorted(p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(INTENT_SUFFIX))
-    except FileNotFoundError:
-        return done
+    intents = sorted(folder / name for name in storage.list_names(folder)
+                     if name.startswith(".") and name.endswith(INTENT_SUFFIX))
     for path in intents:
         intent = read_record(path, PublishIntent)
         if intent is not None:
             _complete(folder, intent)
             done += [name for _, name in intent.renames]
-        path.unlink(missing_ok=True)
-        fsync_dir(folder)
+        storage.delete(path)
+        storage.sync_folder(folder)
     return done
 
 
 def remove_stale(folder: Path, names: Sequence[str]) -> int:
     """Remove ``.<name>.<token>.tmp`` files of ``names`` left by a killed run; returns how many."""
+    storage = storage_for(folder)
     removed = 0
+    present = storage.list_names(folder)
     for name in names:
-        for stale in folder.glob(temp_glob(name)):
-            stale.unlink(missing_ok=True)
+        for stale in fnmatch.filter(present, temp_glob(name)):
+            storage.delete(folder / stale)
             removed += 1
     return removed
 
@@ -112,13 +103,10 @@ class PendingSet:
         self.published = self._committed = False
 
     def __enter__(self) -> PendingSet:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        storage_for(self.folder).make_folders(self.folder)
         roll_forward(self.folder)
         remove_stale(self.folder, [t.name for t in self.targets] + [f"*{INTENT_SUFFIX}"])  # any set's intent
         return self
-
-    def _intent_path(self) -> Path:
-        return work_path(self.targets[0], INTENT_SUFFIX[1:])
 
     def tmp(self, target: Path) -> Path:
         """The temporary file to write ``target``'s new version to (one per target)."""
@@ -147,12 +135,13 @@ class PendingSet:
         order = [t for t in self.targets if t not in self.partners] + [t for t in self.targets if t in self.partners]
         intent = PublishIntent([[self._tmp[t].name, t.name] for t in order if t in self._tmp],
                                [p.name for p in self.partners], [p.name for p in obsolete])
-        path = self._intent_path()
+        path = publish_intent(self.targets[0])
         write_record(path, intent)
         self._committed = True  # from here on the temporary files belong to the intent
         _complete(self.folder, intent)
-        path.unlink()
-        fsync_dir(self.folder)
+        storage = storage_for(self.folder)
+        storage.delete(path)
+        storage.sync_folder(self.folder)
         self.published = True
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
@@ -160,7 +149,7 @@ class PendingSet:
             return
         for tmp in set(self._tmp.values()) - self._adopted:
             try:
-                tmp.unlink(missing_ok=True)
+                storage_for(tmp).delete(tmp)
             except OSError:  # the cleanup must never hide the error that brought us here
                 pass
         if isinstance(exc, OSError) and exc.errno in _FULL:

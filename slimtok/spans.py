@@ -4,10 +4,10 @@ A :class:`Span` is a byte range of one file. :func:`concatenate` appends spans t
 order with ``copy_file_range`` (a reflink on XFS/btrfs), falling back to ``sendfile`` and then
 to ``pread``/``write`` where the kernel or filesystem cannot, so the bytes never pass through a
 Python loop over tokens. :func:`document_spans` turns a shard's document table and the documents
-to keep into the fewest spans (adjacent kept documents merge), and :class:`DocEnds` writes the
-document index (``train.idx``: uint64 end offsets in tokens, exclusive) from per-document token
-counts. combine uses all three; a stage that keeps some documents of one or several roots
-(dedup, mix) uses the same calls.
+to keep into the fewest spans (adjacent kept documents merge); the document index that goes with
+them is written by :class:`~slimtok.protocol.docindex.DocEnds` (re-exported here). combine uses all
+three; a stage that keeps some documents of one or several roots (dedup, mix) uses the same calls.
+Files are opened through their :class:`~slimtok.protocol.Storage`; the copies use its POSIX fds.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
+
+from .protocol import storage_for
+from .protocol.docindex import DocEnds
+
+__all__ = ["DocEnds", "ShortSource", "Span", "concatenate", "copy_range", "document_spans", "keep_mask"]
 
 #: errnos meaning "this kernel or filesystem cannot do that copy": try the next, slower way.
 #: Anything else (ENOSPC, EIO) is a real failure and propagates.
@@ -84,32 +89,30 @@ def concatenate(spans: Iterable[Span], out: int | os.PathLike[str],
     check it). A path ``out`` is fsync'd; an fd is left to its owner."""
     if isinstance(out, int):
         return _append(spans, out, on_span)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        written = _append(spans, fd, on_span)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    storage = storage_for(Path(out))
+    with storage.open_write(Path(out), "create") as f:
+        written = _append(spans, f.fileno(), on_span)
+        storage.sync(f)
     return written
 
 
 def _append(spans: Iterable[Span], fd: int, on_span: Callable[[Span], None] | None) -> int:
     written = 0
-    opened: tuple[Path, int] | None = None  # consecutive spans of one file share one open
+    opened: tuple[Path, BinaryIO] | None = None  # consecutive spans of one file share one open
     try:
         for span in spans:
             if on_span is not None:
                 on_span(span)
             if opened is None or opened[0] != span.path:
                 if opened is not None:
-                    os.close(opened[1])
+                    opened[1].close()
                     opened = None
-                opened = (span.path, os.open(span.path, os.O_RDONLY))
-            copy_range(opened[1], fd, span.start, span.length)
+                opened = (span.path, storage_for(span.path).open_read(span.path))
+            copy_range(opened[1].fileno(), fd, span.start, span.length)
             written += span.length
     finally:
         if opened is not None:
-            os.close(opened[1])
+            opened[1].close()
     return written
 
 
@@ -148,28 +151,3 @@ def document_spans(shard_path: Path, table: np.ndarray, keep: np.ndarray | Seque
     return [Span(Path(shard_path), int(starts[a]), int(ends[b] - starts[a]))
             for a, b in zip(run_starts, run_ends) if ends[b] > starts[a]]
 
-
-class DocEnds:
-    """Writes a document index: for each document, its end offset in tokens (exclusive, uint64
-    little-endian), from a stream of per-document token counts. ``tokens``/``documents`` so far."""
-
-    def __init__(self, out: BinaryIO):
-        self.out = out
-        self.tokens = 0
-        self.documents = 0
-
-    def add(self, counts: np.ndarray | Sequence[int]) -> None:
-        """Append the documents whose token counts are ``counts``, in order."""
-        counts = np.asarray(counts, dtype=np.uint64)
-        ends = np.cumsum(counts, dtype=np.uint64) + np.uint64(self.tokens)
-        self.out.write(ends.astype("<u8", copy=False).tobytes())
-        self.tokens = int(ends[-1]) if ends.size else self.tokens
-        self.documents += int(counts.size)
-
-    def add_absolute(self, ends: np.ndarray) -> None:
-        """Append documents given by their end offsets in the whole output (an eos scan's output)."""
-        ends = np.asarray(ends, dtype=np.uint64)
-        self.out.write(ends.astype("<u8", copy=False).tobytes())
-        if ends.size:
-            self.tokens = int(ends[-1])
-            self.documents += int(ends.size)

@@ -38,6 +38,7 @@ from .data import TokenBin
 from .errors import DataError, ValidateError
 from .manifest import ShardEntry
 from .protocol import SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table
+from .protocol.docindex import index_path, read_doc_index
 
 SCAN_TOKENS = 1 << 24
 
@@ -97,7 +98,7 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     if not path.exists():
         report.add(f"{name}: present", False, f"{path} is missing; run `slimtok combine`")
         return
-    size = path.stat().st_size
+    size = root.storage.stat(path).size
     records = plan_split(root, entries, split).done
     # With documents left out the shards' byte ranges are not in the file: the whole-file hash is.
     removed = bool(info.get("removed"))
@@ -207,7 +208,7 @@ def _doc_index(index: Path, data: np.ndarray, documents: int, eos_count: int, eo
     if not index.exists():
         report.add(label, False, f"{index} is missing; re-run `slimtok combine` to write it")
         return
-    ends = np.memmap(index, dtype="<u8", mode="r") if index.stat().st_size else np.zeros(0, "<u8")
+    ends = read_doc_index(index)
     ok = len(ends) == documents == eos_count and (not len(ends) or int(ends[-1]) == len(data))
     previous = 0
     for lo in range(0, len(ends) if ok else 0, SCAN_TOKENS):
@@ -239,7 +240,7 @@ def _sampler(path: Path, dtype: np.dtype, vocab: int, eos: int, block: int, rng:
     if data.doc_ends is not None:  # document starts in a window against the index read directly
         s = int(rng.integers(0, len(data) - b))
         x, _ = data.window(s, b)
-        ends = np.fromfile(path.with_suffix(".idx"), dtype="<u8").astype(np.int64)
+        ends = np.asarray(read_doc_index(index_path(path))).astype(np.int64)
         want = (np.flatnonzero(x[:-1] == eos) + 1 if legacy  # legacy: eos only separates documents
                 else ends[(ends > s) & (ends < s + b)] - s)
         ok &= np.array_equal(data.document_starts(s + 1, s + b) - s, want)

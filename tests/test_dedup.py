@@ -20,8 +20,7 @@ from corpus import doc_line, sample_documents, slimtok, write_shard
 from slimtok.claims import current_holder
 from slimtok.errors import DedupError
 from slimtok.protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DEDUP_ROW_DTYPE, DOC_TABLE_DTYPE, SPLITS, DoneRecord,
-                              LockRecord, OutputRoot, dedup_job_path, dedup_unit, dedup_unit_data,
-                              read_record, write_record)
+                              LockRecord, OutputRoot, dedup_unit, read_record, write_record)
 from slimtok.dedup import DropReader, dedup_cli_main, dedup_status, exclusion_for, run_dedup
 from slimtok.dedup.units import find_drops
 
@@ -176,7 +175,7 @@ def test_identical_for_1_2_workers_and_3_processes(tokenized, tmp_path):
     for root in (one, two, three):
         assert _drops(root, corpus) == ref
     assert _dedup_files(two) == _dedup_files(one) == _dedup_files(three)
-    jobs = [json.loads(dedup_job_path(OutputRoot(r)).read_text()) for r in (one, two, three)]
+    jobs = [json.loads(OutputRoot(r).dedup_job.read_text()) for r in (one, two, three)]
     assert all({k: v for k, v in j.items() if k != "finished_at"} ==
                {k: v for k, v in jobs[0].items() if k != "finished_at"} for j in jobs)
 
@@ -194,7 +193,7 @@ def test_kill_9_of_dedup_workers_then_relaunch_resumes(tokenized, tmp_path):
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not dedup_job_path(OutputRoot(root)).exists()  # killed after 3 of its 76 units
+    assert not OutputRoot(root).dedup_job.exists()  # killed after 3 of its 76 units
     before = {p: p.stat().st_mtime_ns for p in (root / "dedup").rglob("*") if p.suffix in (".rows", ".drops")
               and (done_dir / p.parent.relative_to(root / "dedup").as_posix().replace("drops", "gather")
                    / f"{p.stem}.json").exists()}
@@ -216,7 +215,7 @@ def test_a_unit_held_by_a_dead_worker_with_a_torn_file_is_taken_over(tokenized, 
     lock = LockRecord(me.host, me.boot_id, dead.pid, me.pid_started, 0, 0, dedup_unit("scatter", 0), "deadbeef",
                       time.time())
     write_record(out.lock(dedup_unit("scatter", 0)), lock)
-    torn = dedup_unit_data(out, "scatter", 0)
+    torn = out.dedup_unit_data("scatter", 0)
     torn.parent.mkdir(parents=True)
     torn.write_bytes(b"\x01" * 7)  # what a killed writer could leave before its rename
     run_dedup(root, buckets=8, stale_after=300)
@@ -333,7 +332,7 @@ def test_a_bucket_task_maps_no_scatter_file_and_refuses_a_short_one(tmp_path):
     rows = bucket_rows(root, plan, 200)
     grown = _rss("VmHWM") - before
     assert 0 < rows.nbytes < 40_000 and grown < 512 * 1024, grown
-    scatter = dedup_unit_data(root, "scatter", 1)
+    scatter = root.dedup_unit_data("scatter", 1)
     os.truncate(scatter, scatter.stat().st_size - DEDUP_ROW_DTYPE.itemsize)
     with pytest.raises(DedupError, match="bytes where its done record promises") as e:
         bucket_rows(root, plan, 255)
@@ -352,7 +351,7 @@ def test_sigterm_stops_the_workers_with_75_and_a_relaunch_completes(tokenized, t
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75 and "stopped on a signal" in err and "again to resume" in err
-    assert not dedup_job_path(OutputRoot(root)).exists()
+    assert not OutputRoot(root).dedup_job.exists()
     run_dedup(root, buckets=64)
     assert _drops(root, corpus) == ref
 
@@ -424,18 +423,18 @@ def test_dedup_command_takes_quiet(tokenized, tmp_path):
 
 def test_auto_buckets_follow_the_job_size_and_a_relaunch_keeps_the_pinned_count(tokenized, tmp_path, monkeypatch):
     from slimtok.dedup import plan as dedup_plan
-    from slimtok.protocol import DedupPlan, dedup_plan_path
+    from slimtok.protocol import DedupPlan
 
     _, corpus, ref = tokenized
     documents = sum(map(len, corpus.values()))
     small = _copy(tokenized, tmp_path, "small")
     run_dedup(small)  # a job of a few dozen documents: one bucket, three units in all
-    assert read_record(dedup_plan_path(OutputRoot(small)), DedupPlan).buckets == 1
+    assert read_record(OutputRoot(small).dedup_plan, DedupPlan).buckets == 1
     assert _drops(small, corpus) == ref
     monkeypatch.setattr(dedup_plan, "ROWS_PER_BUCKET", 7)
     sized = _copy(tokenized, tmp_path, "sized")
     run_dedup(sized)
-    assert read_record(dedup_plan_path(OutputRoot(sized)), DedupPlan).buckets == -(-documents // 7)
+    assert read_record(OutputRoot(sized).dedup_plan, DedupPlan).buckets == -(-documents // 7)
     assert _drops(sized, corpus) == ref
     explicit = _copy(tokenized, tmp_path, "explicit")
     run_dedup(explicit, buckets=5)

@@ -856,7 +856,7 @@ def test_buffered_copy_crosses_block_edges_and_names_a_short_source(tmp_path, mo
     finally:
         os.close(fd)
         for src in opened.values():
-            os.close(src)
+            src.close()
     want = b"".join(blobs[f][s:s + n] for f, s, n in spans)
     assert dest.read_bytes() == b"\0" * 3 + want + b"\0" * 8 and len(opened) == 2
     assert digest.hexdigest() == xxhash.xxh3_128_hexdigest(want)

@@ -18,8 +18,8 @@ import pytest
 
 from corpus import make_dataset, slimtok
 from slimtok.data import DataError, TokenBin
-from slimtok.protocol import write_record
-from slimtok.publish import PendingSet, PublishIntent, roll_forward
+from slimtok.protocol import PublishIntent, write_record
+from slimtok.publish import PendingSet, roll_forward
 from tables import add_tables
 
 NAMES = ["data.bin", "data.idx", "meta.json"]

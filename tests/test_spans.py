@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from slimtok.protocol import DOC_TABLE_DTYPE
-from slimtok.spans import DocEnds, ShortSource, Span, concatenate, document_spans, keep_mask
+from slimtok.protocol.docindex import DocEnds
+from slimtok.spans import ShortSource, Span, concatenate, document_spans, keep_mask
 
 
 def _files(tmp_path, sizes, seed=0):

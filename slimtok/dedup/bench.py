@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orjson
 
-from ..protocol import DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, write_record
+from ..protocol import (DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, write_atomic, write_json_lines,
+                        write_record)
 from .plan import UNIT_SHARDS
 from .run import run_dedup
 
@@ -31,8 +31,7 @@ def synthetic_root(folder: str | Path, shards: int, docs_per_shard: int, dup_fra
     splits = ["train"] * (shards - 2 * holdout) + ["validation"] * holdout + ["test"] * holdout
     entries = [{"id": f"{s}/chunk1/shard_{i}", "split": s, "chunk": 1, "index": i, "path": f"/bench/{i}",
                 "size": 0} for i, s in enumerate(splits)]
-    root.root.mkdir(parents=True, exist_ok=True)
-    root.manifest.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in entries))
+    write_json_lines(root.manifest, entries, durable=False)
     write_record(root.job, JobSettings("bench", shards, "bench", "bench", 1 << 16, 0, None, "uint16", "text"),
                  durable=False)
     pool = _hashes(rng, max(1, docs_per_shard))
@@ -43,12 +42,10 @@ def synthetic_root(folder: str | Path, shards: int, docs_per_shard: int, dup_fra
         fresh[repeat] = pool[rng.integers(0, len(pool), int(repeat.sum()))]
         table["tokens"], table["hash_hi"], table["hash_lo"] = tokens_per_doc, fresh[:, 0], fresh[:, 1]
         path = root.table(e["id"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(table.tobytes())
+        write_atomic(path, table.tobytes(), durable=False)
         ids = bytes(2 * tokens_per_doc * docs_per_shard) if data else b""
         if data:
-            root.data(e["id"]).parent.mkdir(parents=True, exist_ok=True)
-            root.data(e["id"]).write_bytes(ids)
+            write_atomic(root.data(e["id"]), ids, durable=False)
         record = DoneRecord(e["id"], e["split"], root.relative(root.data(e["id"])), docs_per_shard, docs_per_shard,
                             tokens_per_doc * docs_per_shard, len(ids), hashlib.sha256(ids).hexdigest() if data else "",
                             "uint16", {}, 0, "bench", "bench", 0.0, 0.0,

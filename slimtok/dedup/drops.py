@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import DedupError
 from ..protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DedupJob, DedupPlan, DedupUnitRecord, DoneRecord,
-                        OutputRoot, dedup_job_path, dedup_plan_path, dedup_unit_done, read_record)
+                        OutputRoot, read_record)
 from .plan import fingerprint, order_base, read_inputs, unit_of_rank
 
 
@@ -31,23 +31,23 @@ class DropReader:
 
     def __init__(self, output_root: str | OutputRoot):
         self.root = output_root if isinstance(output_root, OutputRoot) else OutputRoot(output_root)
-        job = read_record(dedup_job_path(self.root), DedupJob)
+        job = read_record(self.root.dedup_job, DedupJob)
         if job is None:
-            raise DedupError("no finished dedup here", dedup_job_path(self.root),
+            raise DedupError("no finished dedup here", self.root.dedup_job,
                              f"run `slimtok dedup --output-root {self.root.root}` first")
         inputs = read_inputs(self.root)
         if fingerprint(inputs) != job.fingerprint:
             raise DedupError("the shards changed after this dedup (done records or tables differ)",
-                             dedup_job_path(self.root), f"delete {self.root.root / 'dedup'} and run "
+                             self.root.dedup_job, f"delete {self.root.dedup_dir} and run "
                              f"`slimtok dedup --output-root {self.root.root}` again")
-        self.plan = read_record(dedup_plan_path(self.root), DedupPlan)
+        self.plan = read_record(self.root.dedup_plan, DedupPlan)
         assert self.plan is not None, "a finished dedup has its plan"
         self.rank = {e.id: (rank, e.split) for rank, e in enumerate(inputs.entries)}
         self._open: tuple[int, np.ndarray] | None = None
 
     def _unit(self, k: int) -> np.ndarray:
         if self._open is None or self._open[0] != k:
-            record = read_record(dedup_unit_done(self.root, "gather", k), DedupUnitRecord)
+            record = read_record(self.root.dedup_unit_done("gather", k), DedupUnitRecord)
             assert record is not None, "a finished dedup has every gather unit"
             drops = (np.memmap(self.root.resolve(record.file), DEDUP_DROP_DTYPE, "r") if record.rows
                      else np.zeros(0, DEDUP_DROP_DTYPE))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import DedupError
 from ..protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DEDUP_ROW_DTYPE, DedupPlan, DedupUnitRecord, OutputRoot,
-                        dedup_plan_path, dedup_unit_done, read_doc_table, read_record)
+                        read_doc_table, read_record)
 from .plan import Inputs, bucket_of, order_base, unit_count, unit_ranks
 
 DUPLICATE = DEDUP_REASONS.index("duplicate")
@@ -45,7 +45,7 @@ def bucket_rows(root: OutputRoot, plan: DedupPlan, b: int) -> np.ndarray:
     count in the task's RSS (a whole large folio, 2 MB here, per file touched)."""
     records = []
     for k in range(unit_count(plan, "scatter")):
-        record = read_record(dedup_unit_done(root, "scatter", k), DedupUnitRecord)
+        record = read_record(root.dedup_unit_done("scatter", k), DedupUnitRecord)
         assert record is not None, "bucket tasks run only after every scatter unit is done"
         records.append(record)
     rows = np.empty(sum(r.offsets[b + 1] - r.offsets[b] for r in records), dtype=DEDUP_ROW_DTYPE)
@@ -55,12 +55,12 @@ def bucket_rows(root: OutputRoot, plan: DedupPlan, b: int) -> np.ndarray:
         if hi == lo:
             continue
         path = root.resolve(record.file)
-        with open(path, "rb") as f:
+        with root.storage.open_read(path) as f:
             f.seek(lo * width)
             got = f.readinto(memoryview(rows[at:at + hi - lo]).cast("B"))
         if got != (hi - lo) * width:
             raise DedupError(f"{got} bytes where its done record promises {(hi - lo) * width} from byte {lo * width}",
-                             path, f"the dedup's files were changed: delete {dedup_plan_path(root).parent} and "
+                             path, f"the dedup's files were changed: delete {root.dedup_dir} and "
                              f"run `slimtok dedup --output-root {root.root}` again")
         at += hi - lo
     return rows
@@ -95,7 +95,7 @@ def gather_drops(root: OutputRoot, plan: DedupPlan, inputs: Inputs, k: int) -> n
     lo, hi = order_base(first.split, ranks[0]), order_base(last.split, ranks[-1]) + (1 << 32)
     parts = []
     for b in range(plan.buckets):
-        record = read_record(dedup_unit_done(root, "bucket", b), DedupUnitRecord)
+        record = read_record(root.dedup_unit_done("bucket", b), DedupUnitRecord)
         assert record is not None, "gather tasks run only after every bucket is done"
         if record.rows == 0:
             continue

@@ -27,7 +27,7 @@ def mix(spec: MixSpec, output_root: str | os.PathLike[str] | None, workers: int 
     plan = make_plan(spec, sources)
     if output_root is None:
         return plan, None
-    job_raw = orjson.loads(first.job.read_bytes())
+    job_raw = orjson.loads(first.storage.read_whole(first.job))
     return plan, write_mix(OutputRoot(output_root), spec, sources, plan, job_raw, first, workers, quiet, stream)
 
 

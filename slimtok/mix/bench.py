@@ -24,7 +24,8 @@ import numpy as np
 import orjson
 
 from ..manifest import ShardEntry, manifest_digest
-from ..protocol import DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, write_atomic, write_record
+from ..protocol import (DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, write_atomic, write_json_lines,
+                        write_record)
 
 #: tokens of one synthetic document: uniform in [1, MAX_DOC_TOKENS]
 MAX_DOC_TOKENS = 2000
@@ -46,19 +47,17 @@ def synthetic_root(folder: Path, documents: int, shards: int, seed: int) -> Path
         table["tokens"] = rng.integers(1, MAX_DOC_TOKENS + 1, rows, dtype=np.uint32)
         table["hash_hi"], table["hash_lo"] = rng.integers(0, 2**63, (2, rows), dtype=np.uint64)
         path = out.table(shard)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.tofile(path)
+        write_atomic(path, table.tobytes(), durable=False)
         tokens = int(table["tokens"].sum(dtype=np.int64))
         data = out.data(shard)
-        data.parent.mkdir(parents=True, exist_ok=True)
-        with open(data, "wb") as f:
+        with out.storage.open_write(data, "truncate") as f:
             f.truncate(tokens * 4)
         write_record(out.done(shard), DoneRecord(
             shard=shard, split="train", file=out.relative(data), lines=rows, documents=rows, tokens=tokens,
             bytes=tokens * 4, sha256="0" * 64, dtype="uint32", skipped={}, source_size=0, token="synthetic",
-            host="bench", finished_at=0.0, seconds=0.0, table=out.relative(path), table_bytes=path.stat().st_size,
+            host="bench", finished_at=0.0, seconds=0.0, table=out.relative(path), table_bytes=table.nbytes,
             table_sha256="0" * 64, source_names=[""], table_version=1), durable=False)
-    write_atomic(out.manifest, b"".join(orjson.dumps(e.to_dict()) + b"\n" for e in entries))
+    write_json_lines(out.manifest, entries)
     job = JobSettings(manifest_sha256=manifest_digest(entries), shards=len(entries), tokenizer="synthetic",
                       tokenizer_sha256="0" * 64, vocab_size=151669, eos_token_id=151645, eos_token="<|im_end|>",
                       dtype="uint32", text_key="text")
@@ -82,7 +81,7 @@ def synthetic_mix(work: Path, documents: int, sources: int = 4, shards: int = 25
             "sources": [{"name": f"s{k}", "root": str(r), "weight": 6.0 if k == 0 else 1.0, "max_epochs": 2}
                         for k, r in enumerate(roots)]}
     path = base / "spec.json"
-    path.write_bytes(orjson.dumps(spec))
+    write_atomic(path, orjson.dumps(spec))
     return path
 
 

@@ -19,7 +19,7 @@ from ..dedup.drops import DropReader
 from ..errors import MixError
 from ..job import tokenizer_fingerprint
 from ..manifest import read_manifest
-from ..protocol import DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, dedup_job_path, read_record
+from ..protocol import DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, read_record, storage_for
 from .spec import MixSpec, SourceSpec
 
 #: job.json fields that must agree across roots (document policy included where a root records it)
@@ -91,7 +91,7 @@ class SourceDocs:
         for k, shard in enumerate(self.shards):
             dropped_rows = drops.drops(shard.id)[0] if drops is not None else None
             offset = 0
-            with open(shard.table, "rb") as f:
+            with storage_for(shard.table).open_read(shard.table) as f:
                 for first in range(0, shard.rows, PIECE_ROWS):
                     table = np.fromfile(f, dtype=DOC_TABLE_DTYPE, count=min(PIECE_ROWS, shard.rows - first))
                     tokens = np.ascontiguousarray(table["tokens"])
@@ -110,7 +110,7 @@ class SourceDocs:
 
 def _job(root: OutputRoot, name: str) -> tuple[JobSettings, dict]:
     try:
-        raw = orjson.loads(root.job.read_bytes())
+        raw = orjson.loads(root.storage.read_whole(root.job))
     except (OSError, orjson.JSONDecodeError) as exc:
         raise MixError(f"source {name!r}: job.json is missing or unreadable", root.job,
                        "is the root a finished slimtok output root?") from exc
@@ -138,7 +138,7 @@ def _records(root: OutputRoot, split: str, name: str) -> list[DoneRecord]:
         if not record.table or not root.resolve(record.table).exists():
             raise MixError(f"source {name!r}: shard {e.id} has no document table", root.root,
                            "re-tokenize the root with a slimtok that writes documents/")
-        size = root.resolve(record.table).stat().st_size
+        size = root.storage.stat(root.resolve(record.table)).size
         if size != record.table_bytes or size != record.documents * DOC_TABLE_DTYPE.itemsize:
             raise MixError(f"source {name!r}: shard {e.id}'s document table holds {size:,} bytes, but its done "
                            f"record says {record.table_bytes:,} ({record.documents:,} documents)",
@@ -193,9 +193,9 @@ def load_source(spec: SourceSpec, split: str) -> tuple[SourceDocs, dict]:
             label = record.source_names.index(spec.source) if spec.source in record.source_names else -1
         shards.append(Shard(record.shard, file, root.resolve(record.table),
                             record.table_bytes // DOC_TABLE_DTYPE.itemsize, label, base))
-    deduplicated = dedup_job_path(root).exists()
+    deduplicated = root.dedup_job.exists()
     if deduplicated:
-        fingerprint.update(dedup_job_path(root).read_bytes())
+        fingerprint.update(root.storage.read_whole(root.dedup_job))
     if spec.source is not None and all(s.label == -1 for s in shards):
         raise MixError(f"source {spec.name!r}: source label {spec.source!r} has no documents", root.root)
     return SourceDocs(spec, shards, fingerprint.hexdigest(), deduplicated), raw

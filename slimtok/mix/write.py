@@ -13,6 +13,7 @@ records, tokenizer/, meta), so validate, slimtok.data and export read it unchang
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
@@ -20,7 +21,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 import orjson
@@ -30,10 +31,12 @@ from ..combine import build_meta, write_meta
 from ..publish import PendingSet
 from ..errors import MixError
 from ..manifest import ShardEntry, manifest_digest
-from ..protocol import (SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, create_exclusive, fsync_dir,
-                        hasher, hostname, new_token, read_record, temp_path, work_path, write_atomic, write_record)
+from ..protocol import (SPLIT_FILES, Checksum, DoneRecord, JobSettings, MixRecord, OutputRoot, create_exclusive,
+                        hasher, hostname, new_token, parse_record, read_record, storage_for, temp_path,
+                        write_json_lines, write_record)
+from ..protocol.docindex import DocEnds
 from ..progress import ProgressDisplay
-from ..spans import DocEnds, ShortSource
+from ..spans import ShortSource
 from .inputs import SourceDocs
 from .plan import Plan
 from .report import mix_section
@@ -77,21 +80,12 @@ class Layout:
         return {n: {"documents": int(d), "tokens": int(t)} for n, d, t in zip(self.names, docs, toks) if d}
 
 
-def mix_record(spec: MixSpec, sources: list[SourceDocs], plan: Plan) -> bytes:
+def mix_record(spec: MixSpec, sources: list[SourceDocs], plan: Plan) -> MixRecord:
     """The content of mix.json: the resolved spec and a fingerprint of every input."""
     inputs = {s.spec.name: {"root": s.spec.root, "source": s.spec.source, "fingerprint": s.fingerprint,
                             "available_tokens": r.available, "documents": r.candidates}
               for s, r in zip(sources, plan.sources)}
-    return orjson.dumps({"spec": spec.to_dict(), "inputs": inputs}, option=orjson.OPT_INDENT_2) + b"\n"
-
-
-def _chunk_id(split: str, n: int) -> str:
-    return f"{split}/mix-{n:06d}"
-
-
-def _partial(root: OutputRoot, split: str) -> Path:
-    dest = root.combined(split)
-    return work_path(dest, "mix-partial")
+    return MixRecord(spec.to_dict(), inputs)
 
 
 def _chunk_starts(picks: np.ndarray, per_chunk: int, itemsize: int) -> np.ndarray:
@@ -101,13 +95,14 @@ def _chunk_starts(picks: np.ndarray, per_chunk: int, itemsize: int) -> np.ndarra
     return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64) * itemsize
 
 
-def prepare(out: OutputRoot, record: bytes, job_raw: dict, first: OutputRoot, plan: Plan, spec: MixSpec,
+def prepare(out: OutputRoot, record: MixRecord, job_raw: dict, first: OutputRoot, plan: Plan, spec: MixSpec,
             itemsize: int) -> dict[str, np.ndarray]:
-    """Pin mix.json (or check it), then write job.json, manifest.jsonl and tokenizer/ (idempotent)."""
-    out.root.mkdir(parents=True, exist_ok=True)
+    """Pin mix.json (or check it, as data: a record another version wrote may order keys otherwise),
+    then write job.json, manifest.jsonl and tokenizer/ (idempotent)."""
+    out.storage.make_folders(out.root)
     mix_json = out.mix_json
-    if not create_exclusive(mix_json, record):
-        if mix_json.read_bytes() != record:
+    if not create_exclusive(mix_json, record.to_json()):
+        if read_record(mix_json, MixRecord) != parse_record(record.to_json(), MixRecord):  # both as JSON gives them
             raise MixError("mix.json holds another spec or other inputs than this mix", mix_json,
                            "use a new --output-root, or delete it to start over")
     elif out.job.exists():
@@ -115,12 +110,14 @@ def prepare(out: OutputRoot, record: bytes, job_raw: dict, first: OutputRoot, pl
     starts = {split: _chunk_starts(picks, spec.chunk_documents, itemsize) for split, picks in plan.splits.items()}
     # a chunk is a byte range of the split file, not a file: its path names the range, so that one
     # file is never listed under several ids
-    entries = [ShardEntry(_chunk_id(split, n), split, 0, n, f"{out.combined(split)}#{_chunk_id(split, n)}", int(b - a))
+    entries = [ShardEntry(out.mix_chunk(split, n), split, 0, n, f"{out.combined(split)}#{out.mix_chunk(split, n)}",
+                          int(b - a))
                for split, s in starts.items() for n, (a, b) in enumerate(zip(s[:-1], s[1:]))]
     shutil.copytree(first.tokenizer_dir, out.tokenizer_dir, dirs_exist_ok=True)
-    write_atomic(out.manifest, b"".join(orjson.dumps(e.to_dict()) + b"\n" for e in entries))
-    job = dict(job_raw, manifest_sha256=manifest_digest(entries), shards=len(entries))
-    write_atomic(out.job, orjson.dumps(job, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    write_json_lines(out.manifest, entries)
+    job = dataclasses.replace(JobSettings.from_dict(job_raw), manifest_sha256=manifest_digest(entries),
+                              shards=len(entries))
+    write_record(out.job, job)
     return starts
 
 
@@ -133,14 +130,14 @@ def _spans(picks: np.ndarray, itemsize: int) -> list[tuple[int, int, int]]:
     return list(zip(f[heads].tolist(), s[heads].tolist(), np.add.reduceat(n, heads).tolist()))
 
 
-def _copy_hashed(spans: list[tuple[int, int, int]], docs: Layout, opened: dict[int, int], dst: int, offset: int,
-                 digest: Any) -> int:
+def _copy_hashed(spans: list[tuple[int, int, int]], docs: Layout, opened: dict[int, BinaryIO], dst: int,
+                 offset: int, digest: Any) -> int:
     """Copy ``spans`` (file, start, length) one after another to ``dst`` from ``offset``; returns
     the bytes written. Spans are read into one buffer end to end (a shuffled chunk's documents are
     small: one pread each, one write per ``COPY_BLOCK``); ``digest`` is updated with every buffer
     before it is written, so it covers exactly the chunk's bytes in order. ``opened`` keeps the
-    source fds (file number -> fd; a shuffled chunk returns to the same shards often), for the
-    caller to close."""
+    source files (file number -> open file; a shuffled chunk returns to the same shards often),
+    for the caller to close."""
     view = memoryview(bytearray(min(COPY_BLOCK, sum(n for _, _, n in spans)) or 1))
     fill = written = 0
 
@@ -158,11 +155,12 @@ def _copy_hashed(spans: list[tuple[int, int, int]], docs: Layout, opened: dict[i
     for file, start, length in spans:
         src = opened.get(file)
         if src is None:
-            src = opened[file] = os.open(docs.paths[file], os.O_RDONLY)
+            path = docs.paths[file]
+            src = opened[file] = storage_for(path).open_read(path)
         at = bases[file] + start
         while length:
             end = fill + length if length < room - fill else room
-            n = preadv(src, [view[fill:end]], at)
+            n = preadv(src.fileno(), [view[fill:end]], at)
             if n == 0:
                 raise ShortSource(errno.EIO, f"{docs.paths[file]} ends {length} bytes before the end of a document "
                                              "the plan takes from it")
@@ -187,28 +185,24 @@ def copy_chunk(out: OutputRoot, split: str, picks: np.ndarray, offset: int, docs
                job: JobSettings) -> _Copied:
     """Copy one chunk's documents to its byte range, hashing them on the way (not synced)."""
     began = time.time()
-    fd = os.open(_partial(out, split), os.O_WRONLY)
-    opened: dict[int, int] = {}
+    opened: dict[int, BinaryIO] = {}
     digest = hasher(CHUNK_CHECKSUM)
-    try:
-        size = _copy_hashed(_spans(picks, job.token_width), docs, opened, fd, offset, digest)
-    finally:
-        for src in opened.values():
-            os.close(src)
-        os.close(fd)
+    with out.storage.open_write(out.mix_partial(split), "update") as dst:  # written only through pwrite
+        try:
+            size = _copy_hashed(_spans(picks, job.token_width), docs, opened, dst.fileno(), offset, digest)
+        finally:
+            for src in opened.values():
+                src.close()
     return _Copied(size, str(Checksum(CHUNK_CHECKSUM, digest.hexdigest())), began)
 
 
 def commit_chunk(out: OutputRoot, split: str, n: int, picks: np.ndarray, docs: Layout, job: JobSettings,
                  copied: _Copied) -> None:
     """Sync the split file (so the chunk's bytes are durable), then create the chunk's done record."""
-    fd = os.open(_partial(out, split), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    write_record(out.done(_chunk_id(split, n)), DoneRecord(
-        shard=_chunk_id(split, n), split=split, file=SPLIT_FILES[split], lines=0, documents=len(picks),
+    with out.storage.open_read(out.mix_partial(split)) as partial:
+        out.storage.sync(partial)
+    write_record(out.done(out.mix_chunk(split, n)), DoneRecord(
+        shard=out.mix_chunk(split, n), split=split, file=SPLIT_FILES[split], lines=0, documents=len(picks),
         tokens=copied.size // job.token_width, bytes=copied.size, sha256="", dtype=job.dtype,
         skipped={}, source_size=0, token=new_token(), host=hostname(), finished_at=time.time(),
         seconds=time.time() - copied.began, sources=docs.source_counts(picks), checksum=copied.checksum))
@@ -218,7 +212,7 @@ def _unfinished(out: OutputRoot, split: str, starts: np.ndarray) -> list[int]:
     """Chunks of a split without a done record (none once the split file is published)."""
     if out.combined(split).exists():
         return []
-    return [n for n in range(len(starts) - 1) if read_record(out.done(_chunk_id(split, n)), DoneRecord) is None]
+    return [n for n in range(len(starts) - 1) if read_record(out.done(out.mix_chunk(split, n)), DoneRecord) is None]
 
 
 @dataclass
@@ -240,10 +234,10 @@ def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarr
                 docs: Layout, job: JobSettings, per_chunk: int, workers: int, tally: _Tally) -> dict:
     """Write the chunks ``todo`` of a split, then publish the file and its index (unless it is
     published already); returns the split's meta entry."""
-    dest, partial = out.combined(split), _partial(out, split)
+    dest, partial = out.combined(split), out.mix_partial(split)
     total = int(starts[-1])
     if not dest.exists():
-        with open(partial, "ab") as f:
+        with out.storage.open_write(partial, "append") as f:
             f.truncate(total)
         # ``workers`` threads copy; one more syncs and commits finished copies meanwhile, so the
         # disk's writeback and the next chunk's copy overlap even with one worker
@@ -262,8 +256,8 @@ def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarr
                         running[commits.submit(commit_chunk, out, split, n, chunk, docs, job, result.result())] = \
                             (n, True)
         _write_index(out.doc_index(split), picks, per_chunk)
-        os.replace(partial, dest)
-        fsync_dir(dest.parent)
+        out.storage.replace(partial, dest)
+        out.storage.sync_folder(dest.parent)
     itemsize = job.token_width
     return {"file": dest.name, "shards": len(starts) - 1, "documents": len(picks), "tokens": total // itemsize,
             "bytes": total, "partial": False, "missing_shards": 0, "skipped_lines": {},
@@ -271,14 +265,13 @@ def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarr
 
 
 def _write_index(path: Path, picks: np.ndarray, per_chunk: int) -> None:
-    tmp = temp_path(path)
-    with open(tmp, "xb") as f:
+    storage, tmp = storage_for(path), temp_path(path)
+    with storage.open_write(tmp, "create") as f:
         ends = DocEnds(f)
         for lo in range(0, len(picks), per_chunk):
             ends.add(picks["tokens"][lo:lo + per_chunk])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        storage.sync(f)
+    storage.replace(tmp, path)
 
 
 def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: Plan, job_raw: dict,
@@ -307,7 +300,8 @@ def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: P
     finally:
         display.close()
     entries[spec.split]["mix"] = mix_section(plan)
-    meta = build_meta(out, JobSettings.from_dict(orjson.loads(out.job.read_bytes())), entries, log=lambda _line: None)
+    meta = build_meta(out, JobSettings.from_dict(orjson.loads(out.storage.read_whole(out.job))), entries,
+                      log=lambda _line: None)
     with PendingSet([out.meta_json, out.meta_pkl]) as pending:
         write_meta(out, meta, pending)
         pending.publish()

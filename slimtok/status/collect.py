@@ -24,7 +24,8 @@ from ..claims import file_server_now
 from ..manifest import ShardEntry
 from ..job import load_job
 from ..protocol import (ROLLUP_COLUMNS, SPLITS, Checkpoint, DoneRecord, DoneRollup, FailedRecord, Heartbeat,
-                        JobSettings, OutputRoot, RollupRow, hostname, parse_record, read_record, worker_name, write_atomic)
+                        JobSettings, OutputRoot, RollupRow, hostname, parse_record, read_record, worker_name,
+                        write_record)
 from .model import DiskStatus, JobStatus, SplitStatus, Throughput, WorkerStatus
 from .stages import collect_stages
 
@@ -44,7 +45,7 @@ def journal_rows(root: OutputRoot) -> dict[str, RollupRow]:
     rows: dict[str, RollupRow] = {}
     for path in root.done_journals():
         try:
-            lines = path.read_bytes().splitlines()
+            lines = root.storage.read_whole(path).splitlines()
         except OSError:
             continue
         for line in lines:
@@ -92,7 +93,7 @@ def done_rows(root: OutputRoot, done: dict[str, int], manifest_sha256: str) -> t
         changed = True
         path = root.done(shard)
         try:
-            raw = path.read_bytes()
+            raw = root.storage.read_whole(path)
         except FileNotFoundError:
             continue  # removed since the listing
         record = parse_record(raw, DoneRecord)
@@ -104,7 +105,7 @@ def done_rows(root: OutputRoot, done: dict[str, int], manifest_sha256: str) -> t
     if changed:
         shards = {k: v.to_list() for k, v in rows.items()}
         try:
-            write_atomic(root.done_rollup, orjson.dumps(DoneRollup(manifest_sha256, shards)), durable=False)
+            write_record(root.done_rollup, DoneRollup(manifest_sha256, shards), durable=False)
         except OSError:
             pass
     return rows, unreadable
@@ -150,7 +151,7 @@ def read_workers(root: OutputRoot) -> list[WorkerStatus]:
     for path in sorted(folder.glob("*.json")):
         hb = read_record(path, Heartbeat)
         try:
-            age = max(0.0, now - path.stat().st_mtime)
+            age = max(0.0, now - root.storage.stat(path).mtime)
         except FileNotFoundError:
             continue
         if hb is not None:

@@ -1,4 +1,8 @@
-"""The files a shard task writes: append-only part files with a running sha256, and prefix copies."""
+"""The files a shard task writes: append-only part files with a running sha256, and prefix copies.
+
+Part files (``OutputRoot.part``/``table_part``) are opened, synced and read through their
+:class:`~slimtok.protocol.Storage`; ``source_state`` stats an input shard (outside the root).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ import hashlib
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
+
+from ..protocol import storage_for
 
 #: Bytes per read when a resume copies a checkpointed prefix.
 COPY_BLOCK = 8 << 20
@@ -19,39 +26,47 @@ class PartFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self.fd = -1
+        self.storage = storage_for(path)
+        self.file: BinaryIO | None = None
         self.size = 0
         self._hasher = hashlib.sha256()
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.file = self.storage.open_write(self.path, "truncate")
+
+    def _open(self) -> BinaryIO:
+        if self.file is None:
+            raise ValueError(f"{self.path} is not open")
+        return self.file
 
     def write(self, data: bytes | memoryview) -> None:
         self._hasher.update(data)
-        write_all(self.fd, data)
+        f = self._open()
+        f.write(data)
+        f.flush()  # in the kernel at once: closing an abandoned part then has nothing left to fail on
         self.size += len(data) if isinstance(data, bytes) else data.nbytes
 
     def restart(self) -> None:
         """Empty the file again (a resume that found its prefix short)."""
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
+        f = self._open()
+        f.truncate(0)
+        f.seek(0)
         self.size = 0
         self._hasher = hashlib.sha256()
 
     def datasync(self) -> None:
-        os.fdatasync(self.fd)
+        self.storage.sync(self._open(), data_only=True)
 
     def sync_close(self) -> None:
         try:
-            os.fsync(self.fd)
+            self.storage.sync(self._open())
         finally:
             self.close()
 
     def close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+        if self.file is not None:
+            f, self.file = self.file, None
+            f.close()
 
     def sha256(self) -> str:
         return self._hasher.hexdigest()
@@ -62,7 +77,7 @@ def copy_prefix(source: Path, part: PartFile, size: int) -> bool:
     if size == 0:
         return True
     try:
-        src = open(source, "rb")
+        src = storage_for(source).open_read(source)
     except FileNotFoundError:
         return False
     with src:
@@ -89,9 +104,3 @@ def source_state(path: str | Path) -> tuple[int, int] | None:
     if not stat.S_ISREG(st.st_mode) or not os.access(path, os.R_OK):
         return None
     return st.st_size, st.st_mtime_ns
-
-
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

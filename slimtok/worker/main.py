@@ -25,8 +25,8 @@ def _die_with_parent() -> None:
 
 def _setup_logging(root: OutputRoot, name: str) -> None:
     path = root.log(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    root.storage.make_folders(root.logs_dir)
+    handler = logging.FileHandler(path)  # logging appends to the log itself
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     console = logging.StreamHandler()
     console.setLevel(logging.WARNING)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
 from ..protocol import DoneRecord, OutputRoot, journal_line
-from .files import write_all
 
 log = logging.getLogger("slimtok.worker")
 
@@ -32,12 +30,8 @@ def append_journal(root: OutputRoot, worker: str, record: DoneRecord) -> None:
     """Append the shard's status row to this worker's journal (a cache: failures only warn)."""
     path = root.done_journal(worker)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            write_all(fd, journal_line(record))
-        finally:
-            os.close(fd)
+        with root.storage.open_write(path, "append") as f:
+            f.write(journal_line(record))
     except OSError as exc:
         log.warning("%s: cannot append to %s: %s (status will open the done record instead)",
                     record.shard, path, exc)

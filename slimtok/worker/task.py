@@ -23,7 +23,6 @@ Invariants a relaunch relies on:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from ..claims import Claim
 from ..errors import EmptyShard, Interrupted, LostClaim, ShardReadError
 from ..manifest import ShardEntry
 from ..protocol import (DOC_TABLE_DTYPE, DOC_TABLE_VERSION, Checkpoint, DoneRecord, JobSettings, OutputRoot,
-                        create_exclusive, fsync_dir, read_record, write_record)
+                        create_exclusive, read_record, table_rows, write_record)
 from ..reader import ShardReader, TextPieces
 from ..tokenizer import Encoder
 from .batches import batched
@@ -223,13 +222,7 @@ class ShardTask:
 
     def _rows(self, lengths: list[int], sources: list[str | None], digests: bytes) -> np.ndarray:
         """Table rows for consecutive documents: token counts, source indexes, xxh3-128 digests."""
-        rows = np.empty(len(lengths), dtype=DOC_TABLE_DTYPE)
-        rows["tokens"] = lengths
-        rows["source"] = [self._source_id(s) for s in sources]
-        halves = np.frombuffer(digests, dtype=">u8").reshape(-1, 2)  # a digest is big-endian hi, lo
-        rows["hash_hi"] = halves[:, 0]
-        rows["hash_lo"] = halves[:, 1]
-        return rows
+        return table_rows(lengths, [self._source_id(s) for s in sources], digests)
 
     def _source_id(self, source: str | None) -> int:
         name = source or ""
@@ -342,7 +335,7 @@ class ShardTask:
             keep = {self.root.resolve(ckpt.part), self.root.table_part(ckpt.shard, ckpt.token)}
         for part in self.root.parts(self.entry.id) + self.root.table_parts(self.entry.id):
             if part not in keep:
-                part.unlink(missing_ok=True)
+                self.root.storage.delete(part)
 
     def _resume(self, ckpt: Checkpoint | None) -> None:
         """Continue from the shard's checkpoint if its data is intact and the shard file is the one
@@ -376,7 +369,7 @@ class ShardTask:
             self.table.restart()
         for old, ours in ((old_data, self.data.path), (old_table, self.table.path)):
             if old != ours:
-                old.unlink(missing_ok=True)
+                self.root.storage.delete(old)
 
     # -- commit -----------------------------------------------------------------------------
     def _publish(self) -> DoneRecord:
@@ -384,14 +377,15 @@ class ShardTask:
         self._check_claim()
         p = self.progress
         data, table = self.root.data(self.entry.id), self.root.table(self.entry.id)
+        storage = self.root.storage
         try:
-            table.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.table.path, table)
-            os.replace(self.data.path, data)
+            storage.make_folders(table.parent)
+            storage.replace(self.table.path, table)
+            storage.replace(self.data.path, data)
         except FileNotFoundError as exc:  # a new holder removed our part file after taking over
             raise LostClaim(f"{self.entry.id}: part file removed by a new holder; stopping this copy") from exc
-        fsync_dir(table.parent)
-        fsync_dir(data.parent)
+        storage.sync_folder(table.parent)
+        storage.sync_folder(data.parent)
         record = DoneRecord(shard=self.entry.id, split=self.entry.split, file=self.root.relative(data),
                             lines=p.lines, documents=p.documents, tokens=p.tokens, bytes=p.bytes,
                             sha256=self.data.sha256(), dtype=self.ctx.job.dtype, skipped=dict(p.skipped),
@@ -402,7 +396,7 @@ class ShardTask:
                             table_bytes=self.table.size, table_sha256=self.table.sha256(),
                             source_names=list(p.source_names), table_version=DOC_TABLE_VERSION)
         done = self.root.done(self.entry.id)
-        done.parent.mkdir(parents=True, exist_ok=True)
+        storage.make_folders(done.parent)
         if create_exclusive(done, record.to_json()):
             append_journal(self.root, self.ctx.name, record)
         else:
@@ -411,8 +405,8 @@ class ShardTask:
                 log.error("%s: a done record already exists with different content (%s vs %s); "
                           "the tokenizer is not deterministic or the output root was modified",
                           self.entry.id, existing and existing.sha256, record.sha256)
-        self.root.checkpoint(self.entry.id).unlink(missing_ok=True)
-        self.root.failed(self.entry.id).unlink(missing_ok=True)
+        storage.delete(self.root.checkpoint(self.entry.id))
+        storage.delete(self.root.failed(self.entry.id))
         return record
 
 

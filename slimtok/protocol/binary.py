@@ -1,0 +1,86 @@
+"""The binary records' dtypes and the checksums done records give their data.
+
+Writes nothing. The dtypes are built on first use (:func:`dtype`), so a process that only handles
+JSON records (a launcher, a relaunch, ``slimtok status``) never imports numpy, whose import costs
+about a third of a tokenizer's load; ``slimtok.protocol.DOC_TABLE_DTYPE`` and the other names of
+``DTYPE_FIELDS`` resolve through it. Each binary file format has its own module with its file
+names, writer and reader (:mod:`.doctable`, :mod:`.docindex`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import xxhash
+
+from ..errors import SlimtokError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: The fields of the binary records, as numpy dtypes named ``DOC_TABLE_DTYPE``, ``DEDUP_ROW_DTYPE``
+#: and ``DEDUP_DROP_DTYPE`` (attributes of ``slimtok.protocol``, built on first use by :func:`dtype`).
+DTYPE_FIELDS: dict[str, list[tuple[str, str]]] = {
+    # One row of a shard's document table (24 bytes, little-endian, no header; docs/FORMATS.md).
+    # hash_hi/hash_lo are the high and low 64 bits of xxh3-128 of the document's UTF-8 text.
+    "DOC_TABLE_DTYPE": [("tokens", "<u4"), ("source", "<u4"), ("hash_hi", "<u8"), ("hash_lo", "<u8")],
+    # One scatter row: a document's hash and its place in the global order (see slimtok.dedup.plan).
+    "DEDUP_ROW_DTYPE": [("hash_hi", "<u8"), ("hash_lo", "<u8"), ("order", "<u8")],
+    # One dropped document: its global order and why (DEDUP_REASONS index).
+    "DEDUP_DROP_DTYPE": [("order", "<u8"), ("reason", "u1")],
+}
+
+_DTYPES: dict[str, Any] = {}
+
+
+def dtype(name: str) -> np.dtype:
+    """The numpy dtype ``name`` (a ``DTYPE_FIELDS`` key), built once."""
+    built = _DTYPES.get(name)
+    if built is None:
+        import numpy as np
+
+        built = _DTYPES[name] = np.dtype(DTYPE_FIELDS[name])
+    return built
+
+
+#: The checksums a done record may give its data, by name. sha256 is what tokenize records (and
+#: every record before ``DoneRecord.checksum`` existed); a mix records xxh3-128, which runs at
+#: memory speed where sha256 runs slower than the copy it checks. Both detect corruption and
+#: truncation; neither is a defence against someone who rewrites a record on purpose.
+CHECKSUMS: dict[str, Callable[[], Any]] = {"sha256": hashlib.sha256, "xxh3-128": xxhash.xxh3_128}
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """A digest and the algorithm (a ``CHECKSUMS`` name) that made it; ``str()`` is ``algorithm:hex``."""
+
+    algorithm: str
+    hexdigest: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Checksum":
+        """The inverse of ``str()``; an unknown algorithm is kept (``hasher`` refuses it)."""
+        algorithm, _, hexdigest = text.partition(":")
+        return cls(algorithm, hexdigest)
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hexdigest}"
+
+    def hasher(self) -> Any:
+        """A fresh hash object of the algorithm (``update``, ``hexdigest``); SlimtokError for a
+        name this version does not know (a record from a newer writer)."""
+        return hasher(self.algorithm)
+
+    def matches(self, h: Any) -> bool:
+        return h.hexdigest() == self.hexdigest
+
+
+def hasher(algorithm: str) -> Any:
+    """A fresh hash object of the ``CHECKSUMS`` algorithm ``algorithm``."""
+    try:
+        return CHECKSUMS[algorithm]()
+    except KeyError:
+        raise SlimtokError(f"unknown checksum algorithm {algorithm!r} (this slimtok knows {', '.join(CHECKSUMS)})",
+                           fix="a newer slimtok wrote the record: read the root with that version") from None
