@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import orjson
 
-from .data import TokenBin
-from .errors import DataError
-from .protocol import OutputRoot
+from ..errors import DataError
+from ..protocol import Meta, OutputRoot, read_record
+from .bins import TokenBin
 
 #: draws whose sources are generated together (one seeded generator per group of draws)
 _GROUP = 1 << 16
@@ -66,8 +65,8 @@ class MixedBlocks:
     def _same_tokenizer(self) -> None:
         seen: dict[str, Path] = {}
         for path in self.paths:
-            meta = orjson.loads((path.parent / "meta.json").read_bytes())
-            seen.setdefault(meta.get("tokenizer_sha256", ""), path)
+            meta = read_record(OutputRoot(path.parent).meta_json, Meta)  # there: TokenBin(path) read it
+            seen.setdefault(meta.tokenizer_sha256 if meta is not None else "", path)
         if len(seen) > 1:
             a, b = list(seen.values())[:2]
             raise DataError(f"was tokenized with another tokenizer than {a}", b, "mix roots of one tokenizer")
