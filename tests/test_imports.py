@@ -4,8 +4,8 @@ The graph is read with ``ast`` from every file under slimtok/, module-level and 
 imports alike (a lazy import is still a dependency; only its cost is deferred), ``TYPE_CHECKING``
 blocks included. Two checks:
 
-* no import circle between slimtok modules (a package's ``__init__`` importing its own
-  submodules is the package's face, not a circle);
+* no import circle between slimtok modules, nor between stages (a package's ``__init__``
+  importing its own submodules is the package's face, not a circle);
 * every import between two stages goes from a later stage in :data:`STAGES` to an earlier one.
   ``cli`` is the one exception: it may import any stage inside its commands.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import slimtok
 
@@ -154,16 +155,23 @@ def test_every_module_is_a_listed_stage():
                           "its imports put it (and to docs/ARCHITECTURE.md's table)")
 
 
-def test_no_import_circle_between_slimtok_modules():
-    imports = _imports()
+def _refuse_circle(imports: list[Import], node: Callable[[str], str], what: str) -> None:
     edges: dict[str, set[str]] = {}
     for i in imports:
-        if not i.target.startswith(i.source + "."):  # a package's face importing its own submodule is not a circle
-            edges.setdefault(i.source, set()).add(i.target)
+        if node(i.source) != node(i.target):
+            edges.setdefault(node(i.source), set()).add(node(i.target))
     circle = _cycle(edges)
     if circle is not None:
-        steps = [next(str(i) for i in imports if (i.source, i.target) == pair) for pair in zip(circle, circle[1:])]
-        raise AssertionError("import circle " + " → ".join(circle) + ":\n  " + "\n  ".join(steps))
+        steps = [next(str(i) for i in imports if (node(i.source), node(i.target)) == pair)
+                 for pair in zip(circle, circle[1:])]
+        raise AssertionError(f"import circle between {what}: " + " → ".join(circle) + ":\n  " + "\n  ".join(steps))
+
+
+def test_no_import_circle_between_slimtok_modules_or_stages():
+    # a package's face importing its own submodules is the package, not a circle
+    imports = [i for i in _imports() if not i.target.startswith(i.source + ".")]
+    _refuse_circle(imports, lambda module: module, "modules")
+    _refuse_circle(imports, _stage, "stages")
 
 
 def test_imports_only_go_down_the_stage_list():
