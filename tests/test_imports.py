@@ -15,9 +15,10 @@ A failure names each offending import as ``file:line from → to``.
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
-from typing import Callable
 
 import slimtok
 
@@ -163,7 +164,7 @@ def _refuse_circle(imports: list[Import], node: Callable[[str], str], what: str)
     circle = _cycle(edges)
     if circle is not None:
         steps = [next(str(i) for i in imports if (node(i.source), node(i.target)) == pair)
-                 for pair in zip(circle, circle[1:])]
+                 for pair in pairwise(circle)]
         raise AssertionError(f"import circle between {what}: " + " → ".join(circle) + ":\n  " + "\n  ".join(steps))
 
 

@@ -16,7 +16,7 @@ this face → consume → copy → :mod:`slimtok.finished`.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ..dedup.drops import Exclusion
 from ..errors import CombineError

@@ -15,16 +15,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..errors import CombineError
 from ..finished import READ_BLOCK, SplitPlan, combined_mismatch, inside, read_checked
-from ..protocol import (DoneRecord, JobSettings, Meta, OutputRoot, Record, read_doc_table, read_record, work_path,
-                        write_record)
+from ..protocol import (
+    DoneRecord,
+    JobSettings,
+    Meta,
+    OutputRoot,
+    Record,
+    read_doc_table,
+    read_record,
+    work_path,
+    write_record,
+)
 from ..publish import PendingSet, remove_stale
 from ..spans import DocEnds, Span, concatenate
 from .copy import Written, meta_entry

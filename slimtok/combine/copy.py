@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def _removed(table: np.ndarray, record: DoneRecord, exclusion: Exclusion) -> dic
         raise CombineError(f"the exclusion for {record.shard} needs sorted unique indices below {len(table)} and "
                            "one reason each", None, "fix the stage that computed it")
     removed: dict[str, dict[str, dict[str, int]]] = {}
-    for i, reason in zip(idx.tolist(), exclusion.reasons):
+    for i, reason in zip(idx.tolist(), exclusion.reasons, strict=True):  # lengths checked above
         row = table[i]
         names = record.source_names
         source = (names[int(row["source"])] if int(row["source"]) < len(names) else "") or "(none)"
@@ -101,7 +102,7 @@ def _removed(table: np.ndarray, record: DoneRecord, exclusion: Exclusion) -> dic
 
 
 def segment_of(root: OutputRoot, record: DoneRecord, job: JobSettings, verify: bool,
-               exclusion: Exclusion | None, whole: "hashlib._Hash | None" = None) -> Segment:
+               exclusion: Exclusion | None, whole: hashlib._Hash | None = None) -> Segment:
     """Check one shard (and its table) against its done record and return its segment. ``whole``
     sees the bytes the segment contributes, in order (call in shard order)."""
     path = inside(root, record.file, record, "file")
@@ -112,8 +113,13 @@ def segment_of(root: OutputRoot, record: DoneRecord, job: JobSettings, verify: b
             raise CombineError(f"shard {record.shard} has no document table (written before tables existed), so "
                                "documents cannot be left out of it", root.done(record.shard), redo_fix(record))
         scan = _EosScan(job.dtype, job.eos_token_id)
-        read_checked(path, record, record.bytes, want, (lambda b: (whole.update(b), scan.add(b))) if whole
-                      else scan.add)
+
+        def scan_and_hash(block: bytes) -> None:  # one read feeds the check, the scan and the split's hash
+            scan.add(block)
+            if whole is not None:
+                whole.update(block)
+
+        read_checked(path, record, record.bytes, want, scan_and_hash)
         return Segment(record, [Span(path, 0, record.bytes)], scan.counts(record, path))
     table = _table(root, record, verify)
     if exclusion is None or not len(exclusion.indices):
@@ -165,7 +171,7 @@ def write_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, verify: 
 
 
 def _checked(root: OutputRoot, records: Sequence[DoneRecord], job: JobSettings, verify: bool,
-             exclude: Exclude | None, whole: "hashlib._Hash | None", ahead: int = 2) -> Iterator[Segment]:
+             exclude: Exclude | None, whole: hashlib._Hash | None, ahead: int = 2) -> Iterator[Segment]:
     """``segment_of`` each record in order on one thread, at most ``ahead`` ahead of the consumer:
     hashing releases the GIL, so on two cores the checks run while the kernel copies the segment
     checked before, and memory holds a few segments, not a split's."""
@@ -197,7 +203,7 @@ class Written:
 
 
 def meta_entry(plan: SplitPlan, segments: Sequence[Written], dest: Path, index_dest: Path,
-              whole: "hashlib._Hash | None", legacy: Sequence[str], excluding: bool) -> dict:
+              whole: hashlib._Hash | None, legacy: Sequence[str], excluding: bool) -> dict:
     """The split's meta entry: counts of what was written, skipped lines and per-source sums; with
     an exclusion, ``removed`` per reason and per source (kept counts exclude them)."""
     records = [s.record for s in segments]
@@ -210,7 +216,7 @@ def meta_entry(plan: SplitPlan, segments: Sequence[Written], dest: Path, index_d
         entry["sha256"] = whole.hexdigest()
     entry["skipped_lines"] = _sum_counts(r.skipped for r in records)
     entry["index"] = index_dest.name
-    sources: dict[str, dict[str, int]] = {}
+    sources: dict[str, dict[str, Any]] = {}  # counts, and with an exclusion a "removed" dict
     for r in records:
         for name, counts in r.sources.items():
             total = sources.setdefault(name, {"documents": 0, "tokens": 0})

@@ -17,8 +17,8 @@ out across data-parallel ranks: draw ``t`` belongs to rank ``t % world_size``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class MixedBlocks:
         self.bins = [TokenBin(p) for p in self.paths]
         self._same_tokenizer()
         self.blocks = np.array([(len(b) - 1) // block_size for b in self.bins], dtype=np.int64)
-        empty = [str(p) for p, n, w in zip(self.paths, self.blocks, self.weights) if n == 0 and w > 0]
+        empty = [str(p) for p, n, w in zip(self.paths, self.blocks, self.weights, strict=True) if n == 0 and w > 0]
         if empty:
             raise DataError(f"fewer than block_size + 1 = {block_size + 1} tokens", empty[0])
         self.block_size, self.seed, self.rank, self.world_size = block_size, seed, rank, world_size

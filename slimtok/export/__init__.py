@@ -16,8 +16,14 @@ interrupted export; the same inputs always give the same bytes.
 """
 
 from .data_args import export_data_args
-from .megatron import (INDEX_CHUNK, MEGATRON_CODES, MEGATRON_MAGIC, MEGATRON_VERSION, export_megatron,
-                       write_megatron_index)
+from .megatron import (
+    INDEX_CHUNK,
+    MEGATRON_CODES,
+    MEGATRON_MAGIC,
+    MEGATRON_VERSION,
+    export_megatron,
+    write_megatron_index,
+)
 from .packed import PACKED_FILE_BYTES, PACKED_FORMATS, PACKED_MANIFEST, PARQUET_ROW_GROUP_BYTES, export_packed
 from .source import trainer_dtype
 

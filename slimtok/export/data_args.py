@@ -9,8 +9,8 @@ listed only when its root, combined, holds exactly the documents the mix drew fr
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import orjson
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -86,6 +86,7 @@ def export_megatron(output_root: str | os.PathLike[str], prefix: str, splits: Se
     written = []
     for split in chosen:
         data = split_bin(root, meta, split)
+        assert data.doc_ends is not None  # split_bin refuses a split without its index
         base = root.megatron_prefix(prefix, split)
         bin_path, idx_path = base.with_name(base.name + ".bin"), base.with_name(base.name + ".idx")
         with PendingSet([bin_path, idx_path]) as pending:

@@ -10,8 +10,8 @@ manifest are published together (the manifest last), so a rerun replaces an inte
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import orjson
