@@ -5,7 +5,7 @@ split files. Removes:
 
 * ``shards/<id>.bin`` of every combined split, once the split's file is checked against its done
   records (shard count, size, and each shard's byte range against the record's checksum: the check
-  a ``combine --consume``'d split gets, :func:`slimtok.consume.combined_mismatch`);
+  a ``combine --consume``'d split gets, :func:`slimtok.finished.combined_mismatch`);
 * part files, checkpoints, temporary files and takeover markers that killed workers left;
 * locks that hold no live claim (:meth:`slimtok.claims.Claimer.is_leftover`).
 
@@ -30,18 +30,14 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 from .claims import Claimer, current_holder
-from .combine import SplitPlan, _inside, missing_message, plan_split, read_meta, write_meta
-from .consume import combined_mismatch
 from .errors import CleanError
+from .finished import SplitPlan, combined_mismatch, inside, missing_message, plan_split, read_meta, write_meta
 from .job import STALE_AFTER, load_job
+from .progress import ProgressFactory
 from .protocol import SPLITS, DoneRecord, LockRecord, Meta, OutputRoot, read_record, storage_for, temp_files
 from .publish import PendingSet
-
-if TYPE_CHECKING:
-    from .progress import ProgressDisplay
 
 
 @dataclass(frozen=True)
@@ -79,10 +75,10 @@ class CleanReport:
 
 
 def clean(output_root: str | os.PathLike[str], dry_run: bool = False,
-          progress: Callable[[int, int], ProgressDisplay] | None = None) -> CleanReport:
+          progress: ProgressFactory | None = None) -> CleanReport:
     """Check every split's combined file, mark the splits consumed, then remove what combine no
-    longer needs (``dry_run``: only list it). ``progress(shards, bytes)`` makes the display of the
-    check (it reads every combined file once)."""
+    longer needs (``dry_run``: only list it). ``progress(shards, bytes, 0)`` makes the display of
+    the check (it reads every combined file once)."""
     root = OutputRoot(output_root)
     entries = load_job(root)[1]
     _refuse_running_combine(root)
@@ -101,7 +97,7 @@ def clean(output_root: str | os.PathLike[str], dry_run: bool = False,
         _mark_consumed(root, meta, consumable)
     for plan in consumable:
         for record in plan.done:
-            _add(report, "shard data files", _inside(root, record.file, record, "file"))
+            _add(report, "shard data files", inside(root, record.file, record, "file"))
     for path in root.part_files():
         _add(report, "part files", path)
     for shard in sorted(root.checkpointed_ids()):
@@ -154,7 +150,7 @@ def _live_claims(root: OutputRoot) -> list[str]:
 
 
 def _check_splits(root: OutputRoot, meta: Meta, plans: list[SplitPlan], report: CleanReport,
-                  progress: Callable[[int, int], ProgressDisplay] | None) -> list[SplitPlan]:
+                  progress: ProgressFactory | None) -> list[SplitPlan]:
     """Refuse unless every split is done, combined and current; return the splits whose shards
     can go, each checked against its done records (the others noted in ``report.kept``). A split
     of which nothing was tokenized (``tokenize --splits``) has nothing to remove and is passed by."""
@@ -178,7 +174,7 @@ def _check_splits(root: OutputRoot, meta: Meta, plans: list[SplitPlan], report: 
             report.kept.append(f"the shards of split {plan.split}: it was combined with documents left out, so its "
                                "file is not their concatenation and another combine of it reads them")
     records = [r for p in consumable for r in p.done]
-    display = progress(len(records), sum(r.bytes for r in records)) if progress else None
+    display = progress(len(records), sum(r.bytes for r in records), 0) if progress else None
     checked = [0, 0]
 
     def advance(record: DoneRecord) -> None:

@@ -211,7 +211,8 @@ def clean_cmd(output_root: Path, dry_run: bool, quiet: bool) -> None:
     from .progress import ProgressDisplay
 
     report = clean(output_root, dry_run=dry_run,
-                   progress=lambda shards, nbytes: ProgressDisplay(shards, nbytes, quiet=quiet, label="clean: check"))
+                   progress=lambda shards, nbytes, before: ProgressDisplay(shards, nbytes, quiet=quiet,
+                                                                           label="clean: check", initial_bytes=before))
     if dry_run:
         for removal in report.removals:
             click.echo(f"{removal.path}\t{removal.bytes}")

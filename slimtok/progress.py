@@ -4,6 +4,9 @@ plain line every few seconds in a log or when quiet.
 Rates and the ETA count only work done since this display started (this launch), over at most the
 last ``window`` seconds, so neither a relaunch's earlier shards nor an idle stretch distort them.
 The bar is tqdm's, redrawn at least once a second by a small thread even between updates.
+
+A stage that shows progress takes ``progress: ProgressFactory | None``: the caller (the CLI)
+chooses how the display looks, the stage says how much there is to do once it knows.
 """
 
 from __future__ import annotations
@@ -140,13 +143,13 @@ class ProgressDisplay:
         if self.bar is None:
             return log
 
-        def say(text: str) -> None:
+        def log_above(text: str) -> None:
             with self._lock:
                 assert self.bar is not None
                 self.bar.clear()
                 log(text)
                 self._draw()
-        return say
+        return log_above
 
     def close(self, final_line: str | None = None) -> None:
         """Stop the bar (left on screen) and print ``final_line`` (default: the figures' line)."""
@@ -173,3 +176,8 @@ class ProgressDisplay:
     def _print(self, text: str) -> None:
         self.stream.write(text + "\n")
         self.stream.flush()
+
+
+#: How a stage makes its display once it knows the work: ``(units to do, their input bytes, bytes
+#: done before this run)`` → the display it updates with cumulative figures and closes at the end.
+ProgressFactory = Callable[[int, int, int], ProgressDisplay]

@@ -32,10 +32,10 @@ import numpy as np
 
 from tokenizers import Tokenizer
 
-from .combine import plan_split, read_meta
-from .job import load_job, load_pinned_tokenizer
 from .data import TokenBin
 from .errors import DataError, ValidateError
+from .finished import plan_split, read_meta
+from .job import load_job, load_pinned_tokenizer
 from .manifest import ShardEntry
 from .protocol import SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table
 from .protocol.docindex import index_path, read_doc_index

@@ -17,6 +17,7 @@ import orjson
 
 from ..dedup.drops import DropReader
 from ..errors import MixError
+from ..finished import combined_mismatch, plan_split, read_meta
 from ..job import tokenizer_fingerprint
 from ..manifest import read_manifest
 from ..protocol import DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, read_record, storage_for
@@ -156,9 +157,6 @@ def _data_files(root: OutputRoot, split: str, records: list[DoneRecord], name: s
     """(file, byte offset) of each shard's tokens: its data file, or, when the shard files are gone
     because the split was combined with --consume or cleaned, its range of the combined file
     (checked against the done records first, as a repeated combine checks it)."""
-    from ..combine import plan_split, read_meta
-    from ..consume import combined_mismatch
-
     files = [root.resolve(r.file) for r in records]
     missing = [f for f in files if not f.exists()]
     if not missing:

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from .. import progress
-from ..combine import build_meta, write_meta
+from ..finished import build_meta, write_meta
 from ..publish import PendingSet
 from ..errors import MixError
 from ..manifest import ShardEntry, manifest_digest

@@ -14,21 +14,20 @@ a later combine keeps a consumed split whose file still matches its done records
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from .errors import CombineError
-from .protocol import (ConsumeJournal, DoneRecord, JobSettings, Meta, OutputRoot, read_doc_table, read_record,
-                       write_record)
-from .protocol.docindex import DocEnds
-from .publish import PendingSet, remove_stale
-from .spans import Span, concatenate
+from ..errors import CombineError
+from ..finished import READ_BLOCK, SplitPlan, combined_mismatch, inside, read_checked
+from ..protocol import ConsumeJournal, DoneRecord, JobSettings, Meta, OutputRoot, read_doc_table, read_record, write_record
+from ..protocol.docindex import DocEnds
+from ..publish import PendingSet, remove_stale
+from ..spans import Span, concatenate
+from .copy import Written, meta_entry
 
-READ_BLOCK = 16 << 20
 
-
-def consumed_entry(root: OutputRoot, meta: Meta | None, plan) -> dict | None:
+def consumed_entry(root: OutputRoot, meta: Meta | None, plan: SplitPlan) -> dict | None:
     """The meta entry of a split already combined by consuming its shards, when its file still
     matches its done records (then there is nothing to redo); removes its finished journal."""
     entry = meta.splits.get(plan.split) if meta is not None else None
@@ -41,48 +40,17 @@ def consumed_entry(root: OutputRoot, meta: Meta | None, plan) -> dict | None:
     return entry
 
 
-def combined_mismatch(root: OutputRoot, plan, entry: dict, checksums: bool,
-                      advance: Callable[[DoneRecord], None] | None = None) -> str | None:
-    """Why the split's combined file is not ``plan.done``'s shards one after another as its meta
-    ``entry`` says (None when it is): the shard count, the size and, with ``checksums``, each
-    shard's byte range against its done record's checksum (one read of the file; ``advance`` is
-    told of each shard checked)."""
-    from .combine import checksum_of  # combine imports this module lazily
-
-    dest = root.combined(plan.split)
-    expected = sum(r.bytes for r in plan.done)
-    if entry.get("shards") != len(plan.done):
-        return f"meta.json says it holds {entry.get('shards')} shards and split {plan.split} has {len(plan.done)} done"
-    if not dest.exists() or root.storage.stat(dest).size != expected:
-        found = f"{root.storage.stat(dest).size:,} bytes" if dest.exists() else "it is missing"
-        return f"{found} where the done records of split {plan.split} add up to {expected:,}"
-    if checksums:
-        with root.storage.open_read(dest) as f:
-            offset = 0
-            for r in plan.done:
-                want = r.data_checksum()
-                if checksum_of(f, r.bytes, want.algorithm) != want.hexdigest:
-                    return (f"bytes {offset:,}..{offset + r.bytes:,} do not hash to the {want.algorithm} of shard "
-                            f"{r.shard}'s done record")
-                offset += r.bytes
-                if advance is not None:
-                    advance(r)
-    return None
-
-
-def moved_bytes(root: OutputRoot, plan) -> int:
+def moved_bytes(root: OutputRoot, plan: SplitPlan) -> int:
     """Bytes of ``plan.done`` an interrupted consuming combine of the same shards already moved."""
     journal = read_record(root.consume_journal(plan.split), ConsumeJournal)
     return journal.bytes if journal is not None and journal.shards == [r.shard for r in plan.done] else 0
 
 
-def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings, verify: bool,
+def consume_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, job: JobSettings, verify: bool,
                   log: Callable[[str], None], advance: Callable[[DoneRecord], None] | None = None) -> dict:
     """Move ``plan.done`` into the split's working file (resuming a killed run), write the index
     from the tables into ``pending`` and adopt the working file as the split's new data.
     ``advance`` is told of each shard once it is in the working file (moved earlier or now)."""
-    from .combine import Written, _inside, _read_checked, summarize  # combine imports this module lazily
-
     if any(not r.table for r in plan.done):
         raise CombineError(f"split {plan.split} has shards without document tables (an older root)", root.root,
                            "run `slimtok combine` without --consume")
@@ -103,11 +71,11 @@ def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings,
         out.truncate(journal.bytes)  # drop what a killed append wrote past the journal
         out.seek(journal.bytes)
         for i, record in enumerate(plan.done):
-            path = _inside(root, record.file, record, "file")
+            path = inside(root, record.file, record, "file")
             if i < journal.appended:
                 root.storage.delete(path)  # moved; a kill came before its deletion
             else:
-                _read_checked(path, record, record.bytes, record.data_checksum() if verify else None, None)
+                read_checked(path, record, record.bytes, record.data_checksum() if verify else None, None)
                 concatenate([Span(path, 0, record.bytes)], out.fileno())
                 root.storage.sync(out)
                 journal.appended, journal.bytes = i + 1, journal.bytes + record.bytes
@@ -120,7 +88,7 @@ def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings,
     with root.storage.open_write(pending.tmp(index), "create") as f:
         ends = DocEnds(f)
         for record in plan.done:
-            ends.add(np.asarray(read_doc_table(_inside(root, record.table, record, "table"))["tokens"]))
+            ends.add(np.asarray(read_doc_table(inside(root, record.table, record, "table"))["tokens"]))
         root.storage.sync(f)
     whole = None
     if verify:  # the hash of a resumed run cannot be carried over: one read of the result
@@ -130,6 +98,6 @@ def consume_split(root: OutputRoot, plan, pending: PendingSet, job: JobSettings,
                 whole.update(block)
     pending.adopt(dest, working)
     written = [Written(r, r.documents, r.tokens, r.bytes, {}) for r in plan.done]
-    entry = summarize(plan, written, dest, index, whole, [], False)
+    entry = meta_entry(plan, written, dest, index, whole, [], False)
     entry["consumed"] = True
     return entry

@@ -1,9 +1,9 @@
-"""Reading combined splits in a training loop.
+"""Reading one combined split in a training loop.
 
 Reads ``train.bin`` (and ``val.bin`` / ``test.bin``) as a memmap in the dtype recorded in
 ``meta.json`` next to it, and ``train.idx`` (uint64 end offset of every document, in tokens) for
 document boundaries. Writes nothing. numpy is enough; torch is imported only when a DataLoader
-asks for :class:`TorchTokenBlocks` (``from slimtok.data import TorchTokenBlocks``).
+asks for ``TorchTokenBlocks`` (built by :mod:`slimtok.data` on first use).
 
 The training pair rule everywhere here: for a window starting at ``s`` of ``block_size`` tokens,
 ``x = data[s : s + block_size]`` and ``y = data[s + 1 : s + 1 + block_size]`` (y is x shifted by
@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import DataError
-from .protocol import Meta, OutputRoot, read_record
-from .publish import roll_forward
-
-__all__ = ["TokenBin", "TokenBlocks", "DataError"]  # TorchTokenBlocks on request: it imports torch
+from ..errors import DataError
+from ..protocol import Meta, OutputRoot, read_record
+from ..publish import roll_forward
 
 
-def _settle(folder: Path) -> None:
+def _finish_publish(folder: Path) -> None:
     """Finish a publish that a killed combine left in ``folder``, so the files read belong together."""
     try:
         roll_forward(folder)
@@ -58,14 +56,14 @@ class TokenBin:
     def __init__(self, path: str | os.PathLike[str], dtype: str | np.dtype | None = None,
                  index: str | os.PathLike[str] | None = None):
         self.path = Path(path)
-        _settle(self.path.parent)
+        _finish_publish(self.path.parent)
         info: dict = {}
         if dtype is None:
             dtype, info = _split_info(self.path)
         self.dtype = np.dtype(dtype)
         self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
         if info and info.get("tokens") != len(self.tokens):
-            raise DataError(f"{self.path}: {len(self.tokens):,} tokens, meta.json says {info.get('tokens'):,}; "
+            raise DataError(f"{len(self.tokens):,} tokens, meta.json says {info.get('tokens'):,}", self.path,
                             "re-run `slimtok combine`")
         index_path = Path(index) if index is not None else self.path.with_suffix(".idx")
         if info and not index_path.exists():
@@ -80,9 +78,9 @@ class TokenBin:
             expected = info.get("documents", len(self.doc_ends))
             last = int(self.doc_ends[-1]) if len(self.doc_ends) else 0
             if len(self.doc_ends) != expected or last != len(self.tokens):
-                raise DataError(f"{index_path}: {len(self.doc_ends):,} documents ending at {last:,}, but "
-                                f"{self.path.name} has {len(self.tokens):,} tokens and meta.json "
-                                f"{expected:,} documents; re-run `slimtok combine`")
+                raise DataError(f"{len(self.doc_ends):,} documents ending at {last:,}, but {self.path.name} has "
+                                f"{len(self.tokens):,} tokens and meta.json {expected:,} documents", index_path,
+                                "re-run `slimtok combine`")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -90,7 +88,7 @@ class TokenBin:
     # -- documents --------------------------------------------------------------------------
     def _ends(self) -> np.ndarray:
         if self.doc_ends is None:
-            raise DataError(f"{self.path.with_suffix('.idx')} is missing; re-run `slimtok combine` to write it")
+            raise DataError("is missing", self.path.with_suffix(".idx"), "re-run `slimtok combine` to write it")
         return self.doc_ends
 
     @property
@@ -121,7 +119,7 @@ class TokenBin:
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A nanoGPT-style batch: ``batch_size`` windows at offsets drawn uniformly by ``rng``."""
         if len(self) <= block_size:
-            raise DataError(f"{self.path}: {len(self)} tokens, need more than block_size {block_size}")
+            raise DataError(f"{len(self)} tokens, need more than block_size {block_size}", self.path)
         ix = rng.integers(0, len(self) - block_size, size=batch_size)
         pairs = [self.window(int(s), block_size) for s in ix]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
@@ -188,19 +186,3 @@ class TokenBlocks:
             self.position += 1
             yield data.window(j * self.block_size, self.block_size)
         self.position = 0
-
-
-def __getattr__(name: str) -> Any:
-    """``MixedBlocks`` (slimtok.mixed: several roots by weight) and ``TorchTokenBlocks`` (TokenBlocks as
-    a torch IterableDataset, built on first use: it imports torch)."""
-    if name == "MixedBlocks":
-        from .mixed import MixedBlocks
-
-        return MixedBlocks
-    if name != "TorchTokenBlocks":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from torch.utils.data import IterableDataset
-
-    cls = type("TorchTokenBlocks", (TokenBlocks, IterableDataset), {"__module__": __name__})
-    globals()[name] = cls  # so DataLoader workers can pickle it by name
-    return cls

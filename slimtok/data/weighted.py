@@ -1,0 +1,131 @@
+"""Several combined splits read by weight at training time, writing nothing.
+
+:class:`MixedBlocks` draws windows of ``block_size`` tokens (x, y shifted by one, int64, as
+:class:`slimtok.data.TokenBlocks`) from several combined splits. Draw ``t`` of epoch ``e``:
+
+* its source comes from a seeded draw with probabilities = the normalized weights (weights are
+  shares of *tokens*: every block has the same size, so block shares are token shares);
+* it is the next block of that source in a seeded permutation of the source's blocks, a new
+  permutation each time the source is used up (a small source repeats, a large one is not used
+  up), and a new order every epoch (:meth:`set_epoch`).
+
+Everything depends only on (seed, epoch, position), so :meth:`state_dict` is two numbers and
+:meth:`load_state_dict` (or ``position=``) resumes exactly where a run stopped. Draws are shared
+out across data-parallel ranks: draw ``t`` belongs to rank ``t % world_size``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..protocol import Meta, OutputRoot, read_record
+from .bins import TokenBin
+
+#: draws whose sources are generated together (one seeded generator per group of draws)
+_GROUP = 1 << 16
+
+
+def _split_file(path: Path, split: str) -> Path:
+    """An output root's split file, or ``path`` itself when it is a file."""
+    return OutputRoot(path).combined(split) if path.is_dir() else path
+
+
+class MixedBlocks:
+    """Blocks of several combined splits by weight; ``roots_and_weights`` holds (output root or
+    split file, weight) pairs. ``samples_per_epoch`` defaults to every source's blocks once."""
+
+    def __init__(self, roots_and_weights: Sequence[tuple[str | os.PathLike[str], float]], block_size: int,
+                 seed: int, split: str = "train", samples_per_epoch: int | None = None,
+                 rank: int = 0, world_size: int = 1):
+        if not roots_and_weights:
+            raise DataError("MixedBlocks needs at least one (root, weight) pair")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside world_size {world_size}")
+        self.paths = [_split_file(Path(p), split) for p, _ in roots_and_weights]
+        weights = np.array([float(w) for _, w in roots_and_weights])
+        if (weights < 0).any() or not weights.sum():
+            raise DataError(f"weights {weights.tolist()} must be non-negative and not all zero")
+        self.weights = weights / weights.sum()
+        self.bins = [TokenBin(p) for p in self.paths]
+        self._same_tokenizer()
+        self.blocks = np.array([(len(b) - 1) // block_size for b in self.bins], dtype=np.int64)
+        empty = [str(p) for p, n, w in zip(self.paths, self.blocks, self.weights, strict=True) if n == 0 and w > 0]
+        if empty:
+            raise DataError(f"fewer than block_size + 1 = {block_size + 1} tokens", empty[0])
+        self.block_size, self.seed, self.rank, self.world_size = block_size, seed, rank, world_size
+        self.samples_per_epoch = samples_per_epoch or int(self.blocks.sum())
+        self.epoch, self.position = 0, 0
+        self._perms: dict[int, tuple[int, np.ndarray]] = {}
+
+    def _same_tokenizer(self) -> None:
+        seen: dict[str, Path] = {}
+        for path in self.paths:
+            meta = read_record(OutputRoot(path.parent).meta_json, Meta)  # there: TokenBin(path) read it
+            seen.setdefault(meta.tokenizer_sha256 if meta is not None else "", path)
+        if len(seen) > 1:
+            a, b = list(seen.values())[:2]
+            raise DataError(f"was tokenized with another tokenizer than {a}", b, "mix roots of one tokenizer")
+
+    # -- position ---------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first draw: a new source order and new permutations."""
+        self.epoch, self.position = epoch, 0
+        self._perms.clear()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.set_epoch(int(state["epoch"]))
+        self.position = int(state["position"])
+
+    # -- draws ------------------------------------------------------------------------------
+    def _sources(self, group: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch, group])
+        return rng.choice(len(self.weights), size=_GROUP, p=self.weights)
+
+    def _counts_before(self, position: int) -> np.ndarray:
+        """How often each source was drawn in draws [0, position) of this epoch."""
+        counts = np.zeros(len(self.weights), dtype=np.int64)
+        for group in range(position // _GROUP):
+            counts += np.bincount(self._sources(group), minlength=len(counts))
+        head = self._sources(position // _GROUP)[:position % _GROUP]
+        return counts + np.bincount(head, minlength=len(counts))
+
+    def _block(self, source: int, k: int) -> int:
+        """The ``k``-th block this epoch draws from ``source``."""
+        cycle, index = divmod(k, int(self.blocks[source]))
+        cached = self._perms.get(source)
+        if cached is None or cached[0] != cycle:  # one permutation per source kept at a time
+            rng = np.random.default_rng([self.seed, self.epoch, source, cycle])
+            cached = self._perms[source] = (cycle, rng.permutation(int(self.blocks[source])))
+        return int(cached[1][index])
+
+    def draws(self, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """(draw, source, block) for every draw in [start, stop) of this epoch, all ranks."""
+        counts = self._counts_before(start)
+        t = start
+        while t < stop:
+            group = t // _GROUP
+            sources = self._sources(group)
+            for s in sources[t % _GROUP:min(_GROUP, stop - group * _GROUP)].tolist():
+                yield t, s, self._block(s, int(counts[s]))
+                counts[s] += 1
+                t += 1
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """This rank's windows from the current position to the end of the epoch; the position
+        advances as they are taken, so a state_dict taken between two resumes after the last. A
+        pass that runs to the end starts the epoch over: iterating again without ``set_epoch``
+        repeats the epoch's order."""
+        for t, source, block in self.draws(self.position, self.samples_per_epoch):
+            if t % self.world_size != self.rank:
+                continue
+            self.position = t + 1
+            yield self.bins[source].window(block * self.block_size, self.block_size)
+        self.position = 0  # as TokenBlocks: a finished pass starts the epoch over

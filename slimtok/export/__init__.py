@@ -1,0 +1,32 @@
+"""Write combined splits in the layouts other trainers read; one module per target.
+
+Reads ``meta.json``, ``<split>.bin`` and ``<split>.idx`` of an output root (after ``combine``);
+writes nothing there except under the export paths :class:`~slimtok.protocol.OutputRoot` names.
+
+* **Megatron** (:func:`export_megatron`, :mod:`.megatron`): ``<prefix>_<split>_text_document.bin``
+  / ``.idx`` in megatron-core's indexed-dataset layout; the tokens are linked, never rewritten.
+* **Megatron blend** (:func:`export_data_args`, :mod:`.data_args`): the same files for each root
+  of a blend and a ``--data-args-path`` file listing ``weight prefix`` pairs.
+* **Packed** (:func:`export_packed`, :mod:`.packed`): rows of exactly ``seq_len`` tokens in
+  parquet or npy files with a ``manifest.json``.
+
+:mod:`.source` is what they share: the combined split they read and the trainer dtype. Every
+file is written under a temporary name and renamed into place, so a rerun replaces an
+interrupted export; the same inputs always give the same bytes.
+"""
+
+from .data_args import export_data_args
+from .megatron import (
+    INDEX_CHUNK,
+    MEGATRON_CODES,
+    MEGATRON_MAGIC,
+    MEGATRON_VERSION,
+    export_megatron,
+    write_megatron_index,
+)
+from .packed import PACKED_FILE_BYTES, PACKED_FORMATS, PACKED_MANIFEST, PARQUET_ROW_GROUP_BYTES, export_packed
+from .source import trainer_dtype
+
+__all__ = ["export_megatron", "export_data_args", "export_packed", "write_megatron_index", "trainer_dtype",
+           "MEGATRON_MAGIC", "MEGATRON_VERSION", "MEGATRON_CODES", "INDEX_CHUNK", "PACKED_FORMATS",
+           "PACKED_MANIFEST", "PACKED_FILE_BYTES", "PARQUET_ROW_GROUP_BYTES"]

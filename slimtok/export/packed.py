@@ -1,0 +1,110 @@
+"""Packed rows: a combined split's stream cut into rows of exactly ``seq_len`` tokens, in order.
+
+Reads ``meta.json`` and ``<split>.bin`` of an output root; writes ``part-NNNNN.parquet`` (column
+``input_ids``, fixed-size lists) or ``part-NNNNN.npy`` (2-D arrays) and ``manifest.json``
+listing each file's rows and sha256, under :meth:`~slimtok.protocol.OutputRoot.packed_dir` or a
+folder given. The last ``len % seq_len`` tokens are dropped and counted. The parts and their
+manifest are published together (the manifest last), so a rerun replaces an interrupted export.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from ..errors import ExportError
+from ..finished import checksum_of
+from ..protocol import OutputRoot, storage_for
+from ..publish import PendingSet, remove_stale, require_free
+from .source import combined_meta, split_bin, trainer_dtype
+
+PACKED_FORMATS = ("parquet", "npy")
+PACKED_MANIFEST = "manifest.json"
+#: Packed rows per file by default: about 512 MiB of ids.
+PACKED_FILE_BYTES = 512 << 20
+PARQUET_ROW_GROUP_BYTES = 64 << 20
+
+
+def _file_sha256(path: Path) -> str:
+    with storage_for(path).open_read(path) as f:
+        return checksum_of(f, os.fstat(f.fileno()).st_size, "sha256")
+
+
+def _write_npy(tmp: Path, rows: np.ndarray) -> None:
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=rows.dtype, shape=rows.shape)
+    step = max(1, PARQUET_ROW_GROUP_BYTES // max(1, rows.shape[1] * rows.itemsize))
+    for lo in range(0, len(rows), step):
+        out[lo:lo + step] = rows[lo:lo + step]
+    out.flush()
+    del out
+    with storage_for(tmp).open_read(tmp) as f:
+        storage_for(tmp).sync(f)
+
+
+def _write_parquet(tmp: Path, rows: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seq_len = rows.shape[1]
+    schema = pa.schema([pa.field("input_ids", pa.list_(pa.from_numpy_dtype(rows.dtype), seq_len))])
+    step = max(1, PARQUET_ROW_GROUP_BYTES // max(1, seq_len * rows.itemsize))
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for lo in range(0, len(rows), step):
+            block = np.ascontiguousarray(rows[lo:lo + step])
+            column = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), seq_len)
+            writer.write_table(pa.table({"input_ids": column}, schema=schema))
+    with storage_for(tmp).open_read(tmp) as f:
+        storage_for(tmp).sync(f)
+
+
+def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = "parquet", split: str = "train",
+                  output_dir: str | os.PathLike[str] | None = None, rows_per_file: int | None = None,
+                  log: Callable[[str], None] = print) -> Path:
+    """Cut ``split`` into rows of ``seq_len`` tokens and write them in ``fmt``, the parts and their
+    manifest published together; returns the manifest."""
+    if fmt not in PACKED_FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(PACKED_FORMATS)}")
+    if seq_len < 1:
+        raise ExportError(f"seq_len must be positive, got {seq_len}")
+    root = OutputRoot(output_root)
+    meta = combined_meta(root)
+    data = split_bin(root, meta, split)
+    dtype = trainer_dtype(meta.dtype, meta.vocab_size)
+    total_rows = len(data) // seq_len
+    if total_rows == 0:
+        raise ExportError(f"{len(data)} tokens, fewer than one row of {seq_len}", data.path)
+    rows = data.tokens[:total_rows * seq_len].view(dtype).reshape(total_rows, seq_len)
+    per_file = rows_per_file or max(1, PACKED_FILE_BYTES // (seq_len * rows.itemsize))
+    folder = Path(output_dir) if output_dir else root.packed_dir(split, seq_len, fmt)
+    writer = _write_parquet if fmt == "parquet" else _write_npy
+    manifest_path = folder / PACKED_MANIFEST
+    files = []
+    with PendingSet([manifest_path]) as pending:  # the manifest is renamed last, old one removed first
+        pending.partners.append(manifest_path)
+        remove_stale(folder, [f"part-*.{fmt}"])  # temporary parts of a killed export, whatever their number
+        require_free(folder, rows.nbytes + (64 << 10), f"packing {data.path.name}")
+        for number, lo in enumerate(range(0, total_rows, per_file)):
+            path = folder / f"part-{number:05d}.{fmt}"
+            part = rows[lo:lo + per_file]
+            pending.add(path, partner=False)
+            tmp = pending.tmp(path)
+            writer(tmp, part)
+            files.append({"file": path.name, "first_row": lo, "rows": len(part), "bytes": storage_for(tmp).stat(tmp).size,
+                          "sha256": _file_sha256(tmp)})
+        info = meta.splits[split]
+        manifest = {"format": fmt, "seq_len": seq_len, "dtype": dtype, "split": split, "source": data.path.name,
+                    "source_sha256": info.get("sha256"), "source_tokens": len(data), "rows": total_rows,
+                    "dropped_tail_tokens": len(data) - total_rows * seq_len, "eos_token_id": meta.eos_token_id,
+                    "tokenizer_sha256": meta.tokenizer_sha256, "files": files}
+        with storage_for(folder).open_write(pending.tmp(manifest_path), "create") as f:
+            f.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+            storage_for(folder).sync(f)
+        listed = {f["file"] for f in files}
+        pending.publish(obsolete=[p for p in folder.glob(f"part-*.{fmt}") if p.name not in listed])
+    log(f"{folder}: {total_rows:,} rows of {seq_len} tokens in {len(files)} {fmt} file(s), "
+        f"{manifest['dropped_tail_tokens']:,} trailing tokens dropped")
+    return manifest_path
