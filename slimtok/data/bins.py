@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..protocol import Meta, OutputRoot, read_record
+from ..protocol.docindex import index_path, read_doc_index
 from ..publish import roll_forward
 
 
@@ -65,21 +66,17 @@ class TokenBin:
         if info and info.get("tokens") != len(self.tokens):
             raise DataError(f"{len(self.tokens):,} tokens, meta.json says {info.get('tokens'):,}", self.path,
                             "re-run `slimtok combine`")
-        index_path = Path(index) if index is not None else self.path.with_suffix(".idx")
-        if info and not index_path.exists():
-            raise DataError(f"is missing beside {self.path.name} (the pair was not published together)", index_path,
+        index_file = Path(index) if index is not None else index_path(self.path)
+        if info and not index_file.exists():
+            raise DataError(f"is missing beside {self.path.name} (the pair was not published together)", index_file,
                             "run `slimtok combine` again")
-        self.doc_ends: np.ndarray | None = None
-        if index_path.exists() and index_path.stat().st_size:
-            self.doc_ends = np.memmap(index_path, dtype="<u8", mode="r")
-        elif index_path.exists():
-            self.doc_ends = np.zeros(0, dtype="<u8")
+        self.doc_ends: np.ndarray | None = read_doc_index(index_file) if index_file.exists() else None
         if self.doc_ends is not None:
             expected = info.get("documents", len(self.doc_ends))
             last = int(self.doc_ends[-1]) if len(self.doc_ends) else 0
             if len(self.doc_ends) != expected or last != len(self.tokens):
                 raise DataError(f"{len(self.doc_ends):,} documents ending at {last:,}, but {self.path.name} has "
-                                f"{len(self.tokens):,} tokens and meta.json {expected:,} documents", index_path,
+                                f"{len(self.tokens):,} tokens and meta.json {expected:,} documents", index_file,
                                 "re-run `slimtok combine`")
 
     def __len__(self) -> int:
@@ -88,7 +85,7 @@ class TokenBin:
     # -- documents --------------------------------------------------------------------------
     def _ends(self) -> np.ndarray:
         if self.doc_ends is None:
-            raise DataError("is missing", self.path.with_suffix(".idx"), "re-run `slimtok combine` to write it")
+            raise DataError("is missing", index_path(self.path), "re-run `slimtok combine` to write it")
         return self.doc_ends
 
     @property
