@@ -170,7 +170,7 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
     if not quiet:
         click.echo(f"process {settings.process_index} of {settings.process_count} ({source}), "
                    f"{settings.workers} worker(s), output {settings.output_root}", err=True)
-    sys.exit(tokenize(settings, say=lambda s: click.echo(s, err=True), quiet=quiet))
+    sys.exit(tokenize(settings, log=lambda s: click.echo(s, err=True), quiet=quiet))
 
 
 @main.command("combine")

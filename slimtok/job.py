@@ -25,6 +25,7 @@ from . import __version__
 from .budget import (check_free_space, describe_estimate, disk_space, estimate_token_bytes, format_bytes, has_room,
                      sample_ratios)
 from .errors import JobMismatch, ManifestError, TokenizerError
+from .executor import refresh_interval
 from .manifest import ShardEntry, manifest_digest, read_manifest
 from .protocol import (DEFAULT_SOURCE_KEY, PROTOCOL_VERSION, SPLITS, JobSettings, OutputRoot, create_exclusive,
                        new_token, read_record, write_atomic, write_record)
@@ -76,7 +77,7 @@ class TokenizeSettings:
 
     @property
     def heartbeat_interval(self) -> float:
-        return max(0.2, min(30.0, self.stale_after / 6))
+        return refresh_interval(self.stale_after)
 
 
 def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: LoadedTokenizer) -> JobSettings:

@@ -610,7 +610,7 @@ import os, sys, time
 from slimtok import launch
 mark = sys.argv[1] + ".first"
 launcher = []
-real_start = launch._start
+real_start = launch.NodeRun.start
 def start(*args, **kwargs):
     launcher.append(time.process_time())
     # patched only now: importing the encoder (numpy) earlier would change how the launcher starts
@@ -624,7 +624,7 @@ def start(*args, **kwargs):
         return ids
     encoder.Encoder.encode = encode
     return real_start(*args, **kwargs)
-launch._start = start
+launch.NodeRun.start = start
 sys.argv = ["slimtok", *sys.argv[2:]]
 from slimtok.cli import main
 main()
