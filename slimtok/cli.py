@@ -271,12 +271,17 @@ def dedup_cmd(output_root: Path, spawn_workers: str, process_index: int | None, 
     Writes drop lists under OUTPUT_ROOT/dedup/; `slimtok combine --dedup` then leaves those
     documents out. Relaunch the same command to resume.
     """
-    from .dedup import dedup_cli_main
+    from functools import partial
 
-    sys.exit(dedup_cli_main(output_root, spawn_workers=spawn_workers, process_index=process_index,
-                            process_count=process_count, buckets=buckets,
-                            stale_after=stale_after, out=click.echo,
-                            quiet=quiet))
+    from .dedup import run_dedup
+    from .executor import process_grid, worker_count
+    from .progress import ProgressDisplay
+
+    index, count, _ = process_grid(process_index, process_count)
+    job = run_dedup(output_root, buckets, worker_count(spawn_workers, None), index, count, stale_after,
+                    display=partial(ProgressDisplay, unit="units", quiet=quiet, label="dedup"))
+    dropped = ", ".join(f"{n:,} {name}" for name, n in sorted(job.dropped.items()))
+    click.echo(f"dedup: {job.documents:,} documents in {job.shards:,} shards; dropped {dropped}")
 
 
 @main.command("validate")
