@@ -15,13 +15,12 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
-from .manifest import ShardEntry, read_manifest
 from .progress import PLAIN_EVERY, ProgressDisplay
-from .protocol import DoneRecord, FailedRecord, Heartbeat, OutputRoot, hostname, read_record, worker_name
+from .protocol import DoneRecord, FailedRecord, Heartbeat, hostname, read_record, worker_name
 from .errors import EXIT_INTERRUPTED, EXIT_SHARDS_FAILED, OutputError, TokenizerError
 from .executor import (GRID_VARIABLES, WORKER_THREAD_LIMITS, NodeRun, exit_status, limit_worker_threads,
                        process_grid, single_threaded, start_method, usable_cores, worker_count)
-from .job import TokenizeSettings, pin_job
+from .job import Job, TokenizeSettings, pin_job
 
 if TYPE_CHECKING:
     from .tokenizer import LoadedBackends
@@ -35,34 +34,34 @@ _HOW_STARTED = {"fork": "forked: they share this process's loaded tokenizer",
                 "spawn": "spawned: each loads the tokenizer itself"}
 
 
-def _preload(settings: TokenizeSettings) -> LoadedBackends | None:
+def _preload(job: Job) -> LoadedBackends | None:
     """What every worker loads at its first claim, loaded once here for the workers about to be
     forked; None when the job's tokenizer copy does not load (each worker then finds and reports
     that, as it would when spawned) or the load left threads running (then workers are spawned)."""
     from .worker import preload  # numpy and tokenizers: imported once for every forked worker
 
     try:
-        loaded = preload(settings)
+        loaded = preload(job)
     except TokenizerError:
         return None
     return loaded if single_threaded() else None
 
 
-def _prepare(settings: TokenizeSettings) -> tuple[str, LoadedBackends | None]:
+def _prepare(job: Job) -> tuple[str, LoadedBackends | None]:
     """Set the workers' thread limits and choose how they start: (start method, what they share).
     Forked workers share a tokenizer loaded here; when that load fails they are spawned instead."""
     limit_worker_threads()
-    loaded = _preload(settings) if start_method() == "fork" else None
+    loaded = _preload(job) if start_method() == "fork" else None
     return ("fork" if loaded is not None else "spawn"), loaded
 
 
-def all_settled(settings: TokenizeSettings, entries: list[ShardEntry]) -> bool:
+def all_settled(job: Job) -> bool:
     """Whether every selected shard needs nothing from a worker: a readable done record, or a failed
     record that this launch does not retry. Same rule as a worker's; anything else (an unreadable
     record, a retry) is left to the workers."""
-    root = OutputRoot(settings.output_root)
+    settings, root = job.settings, job.root
     done, failed = root.done_ids(), root.failed_ids()
-    for e in entries:
+    for e in job.entries:
         if e.split not in settings.splits:
             continue
         if e.id in done and read_record(root.done(e.id), DoneRecord) is not None:
@@ -72,14 +71,14 @@ def all_settled(settings: TokenizeSettings, entries: list[ShardEntry]) -> bool:
     return True
 
 
-def clear_leftover_locks(settings: TokenizeSettings, entries: list[ShardEntry]) -> None:
+def clear_leftover_locks(job: Job) -> None:
     """Remove the locks a killed holder left on settled shards, as the workers do when they pass
     them (no worker runs when every shard is settled). Only locks of committed claims or of dead
     or stale holders go (:meth:`Claimer.clear_leftover`)."""
     from .claims import Claimer, current_holder
 
-    root = OutputRoot(settings.output_root)
-    locked = root.locked_ids() & {e.id for e in entries if e.split in settings.splits}
+    settings, root = job.settings, job.root
+    locked = root.locked_ids() & {e.id for e in job.entries if e.split in settings.splits}
     if locked:
         claimer = Claimer(root, current_holder(settings.process_index, 0), settings.stale_after)
         for shard in sorted(locked):
@@ -94,11 +93,11 @@ class _Progress:
     opened), so it stays cheap with 60,000 shards.
     """
 
-    def __init__(self, settings: TokenizeSettings, entries: list[ShardEntry], quiet: bool, every: float):
-        self.root = OutputRoot(settings.output_root)
+    def __init__(self, job: Job, quiet: bool, every: float):
+        settings, self.root = job.settings, job.root
         host = hostname()
         self.names = [worker_name(host, settings.process_index, w) for w in range(settings.workers)]
-        self.sizes = {e.id: e.size for e in entries if e.split in settings.splits}
+        self.sizes = {e.id: e.size for e in job.entries if e.split in settings.splits}
         self.started = time.time()
         _shards, done_bytes = self._done()
         self.display = ProgressDisplay(len(self.sizes), sum(self.sizes.values()), quiet=quiet, every=every,
@@ -125,44 +124,41 @@ def tokenize(settings: TokenizeSettings, log: Callable[[str], None] | None = Non
     """Pin the job, run ``settings.workers`` workers to completion, and return the exit status.
     A launch whose selected shards are all settled spawns no worker: it reads records and returns."""
     try:
-        pin_job(settings, say=log)
+        job = pin_job(settings, log=log)
     except OSError as exc:
         raise OutputError(f"cannot write the job's files: {exc.strerror or exc}", exc.filename or settings.output_root,
                           "free space or fix permissions on the output root, then relaunch the same command") from exc
-    entries = read_manifest(settings.manifest, check_files=False)  # pin_job checked it; read once here
-    if all_settled(settings, entries):
-        clear_leftover_locks(settings, entries)
+    if all_settled(job):
+        clear_leftover_locks(job)
         if log:
             log("every selected shard is already settled (done, or failed and not retried): no worker started")
-        return _exit_status([], settings, entries, False)
+        return _exit_status([], job, False)
     with NodeRun("slimtok-worker", forward=signal.SIGTERM) as run:  # each worker finishes its batch and stops
-        method, loaded = _prepare(settings)
+        method, loaded = _prepare(job)
         if run.signalled:  # stopped while the tokenizer was loading: nothing was started
             return EXIT_INTERRUPTED
         # imported after _prepare set the thread limits (numpy's BLAS pool starts at import), and
         # not at the top: a launch with nothing to do never imports it
         from .worker import worker_main
 
-        run.start(method, worker_main, [(settings, w, loaded) for w in range(settings.workers)])
+        run.start(method, worker_main, [(job, w, loaded) for w in range(settings.workers)])
         del loaded  # the workers have their copies; this one need not live as long as the launch
         if log:
             log(f"{len(run.procs)} worker(s) started ({_HOW_STARTED[method]})")
-        monitor = _Progress(settings, entries, quiet, progress_every)  # its bar's thread comes after the forks
+        monitor = _Progress(job, quiet, progress_every)  # its bar's thread comes after the forks
         codes = run.wait(monitor.update)
         monitor.close()
-    status = _exit_status(codes, settings, entries, run.signalled)
-    root = OutputRoot(settings.output_root)
+    status = _exit_status(codes, job, run.signalled)
+    root = job.root
     if status == EXIT_SHARDS_FAILED and log and not root.done_ids():
         log(f"no shard is done and {len(root.failed_ids())} failed (reasons in {root.root / 'failed'}); if a setting "
             "caused it (e.g. --text-key), relaunch with the corrected one: with nothing done, job.json is re-pinned")
     return status
 
 
-def _exit_status(codes: list[int | None], settings: TokenizeSettings, entries: list[ShardEntry],
-                 signalled: bool) -> int:
+def _exit_status(codes: list[int | None], job: Job, signalled: bool) -> int:
     """:func:`exit_status`, with whether a selected shard has a failed record."""
-    root = OutputRoot(settings.output_root)
-    failed = any(e.split in settings.splits and root.failed(e.id).exists() for e in entries)
+    failed = any(e.split in job.settings.splits and job.root.failed(e.id).exists() for e in job.entries)
     return exit_status(codes, signalled, failed)
 
 

@@ -29,8 +29,8 @@ from ..claims import Claim, Claimer, current_holder, preference_order
 from ..errors import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, Interrupted, LostClaim,
                       ShardError, SlimtokError, TokenizerError)
 from ..executor import Attempt, HeldClaims, attempt, claim_in_order, own_count, wait_for_held
-from ..job import TokenizeSettings, document_policy, pinned_tokenizer_path, read_job
-from ..manifest import ShardEntry, read_manifest
+from ..job import Job, document_policy, pinned_tokenizer_path, read_job
+from ..manifest import ShardEntry
 from ..protocol import (Checkpoint, DoneRecord, FailedRecord, JobSettings, LockRecord, OutputRoot, read_record,
                         worker_name, write_record)
 from ..tokenizer import BackendReport, Encoder, LoadedBackends, load_backends
@@ -41,26 +41,25 @@ from .task import ShardTask, TaskContext
 log = logging.getLogger("slimtok.worker")
 
 
-def preload(settings: TokenizeSettings) -> LoadedBackends:
-    """What a :class:`Worker` for ``settings`` loads at its first claim, for a launcher that forks
-    its workers (``Worker(..., loaded=...)``), so a node parses the job's tokenizer once. Raises
+def preload(job: Job) -> LoadedBackends:
+    """What a :class:`Worker` of ``job`` loads at its first claim, for a launcher that forks its
+    workers (``Worker(..., loaded=...)``), so a node parses the job's tokenizer once. Raises
     TokenizerError when the job's copy is missing, modified or does not load."""
-    root = OutputRoot(settings.output_root)
     # defer_fastokens as Worker.encoder passes it: the load must be the one the encoder expects
-    return load_backends(pinned_tokenizer_path(root, read_job(root)), settings.backend, defer_fastokens=True)
+    return load_backends(pinned_tokenizer_path(job.root, job.pinned), job.settings.backend, defer_fastokens=True)
 
 
 class Worker:
     """One worker process: claims shards in preference order until every selected shard is settled."""
 
-    def __init__(self, settings: TokenizeSettings, worker_index: int, loaded: LoadedBackends | None = None):
-        """``loaded``: what :func:`preload` loaded for these settings in the launcher that forked this
-        worker; the encoder takes it instead of loading the tokenizer again."""
-        self.settings = settings
+    def __init__(self, job: Job, worker_index: int, loaded: LoadedBackends | None = None):
+        """``job``: as its launcher pinned it. ``loaded``: what :func:`preload` loaded for it in the
+        launcher that forked this worker; the encoder takes it instead of loading the tokenizer again."""
+        settings = self.settings = job.settings
         self.index = worker_index
-        self.root = OutputRoot(settings.output_root)
-        self.job = read_job(self.root)
-        self.entries = read_manifest(settings.manifest, check_files=False)  # its launcher checked them
+        self.root = job.root
+        self.job = job.pinned
+        self.entries = job.entries
         # a forked worker's launcher checked the copy it loaded from, just before the fork
         self.tokenizer_path = loaded.path if loaded is not None else pinned_tokenizer_path(self.root, self.job)
         self._encoder: Encoder | None = None

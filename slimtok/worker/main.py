@@ -6,7 +6,7 @@ import logging
 import signal
 
 from ..errors import EXIT_FATAL, SlimtokError
-from ..job import TokenizeSettings
+from ..job import Job
 from ..protocol import OutputRoot
 from ..tokenizer import LoadedBackends
 from .loop import Worker
@@ -25,12 +25,12 @@ def _setup_logging(root: OutputRoot, name: str) -> None:
     logger.setLevel(logging.INFO)
 
 
-def worker_main(settings: TokenizeSettings, worker_index: int, loaded: LoadedBackends | None = None) -> int:
+def worker_main(job: Job, worker_index: int, loaded: LoadedBackends | None = None) -> int:
     """Entry point of a worker process (started by :class:`slimtok.executor.NodeRun`, which ties
     its life to the launcher's); returns its exit status. ``loaded``: the tokenizers its launcher
     loaded before forking it (:func:`slimtok.worker.preload`)."""
     try:
-        worker = Worker(settings, worker_index, loaded)
+        worker = Worker(job, worker_index, loaded)
     except (SlimtokError, OSError, ValueError) as exc:
         logging.getLogger("slimtok").error("worker %d cannot start: %s", worker_index, exc)
         return EXIT_FATAL
