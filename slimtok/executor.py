@@ -1,12 +1,12 @@
 """Run claimed units on this node: one executor for every claimed stage (tokenize, dedup).
 
-A stage brings its unit list and a per-unit ``work(unit, claim)``; this module places the process
-in the job (:func:`process_grid`, :func:`worker_count`), starts the local workers
-(:class:`NodeRun`: forked when the launcher runs one thread on Linux, else spawned), forwards the
-launcher's SIGTERM/SIGINT to them, and inside each worker claims units in preference order
-(:func:`claim_in_order`), keeps held claims fresh (:class:`HeldClaims`) and waits for the units
-other workers hold (:func:`wait_for_held`). It writes nothing itself: the lock files are
-``slimtok.claims``'s, the unit outputs the stage's.
+A stage brings its unit list and a per-unit ``work(unit, claim)`` and calls :func:`run_units` in
+each worker; the launcher places its process in the job (:func:`process_grid`,
+:func:`worker_count`) and starts the local workers (:class:`NodeRun`: forked when it runs one
+thread on Linux, else spawned), which forwards its SIGTERM/SIGINT to them. Inside a worker,
+:func:`run_units` claims units in preference order, and waits for the units other workers hold
+(:func:`wait_for_held`); :class:`HeldClaims` keeps a long unit's claim fresh. It writes nothing
+itself: the lock files are ``slimtok.claims``'s, the unit outputs the stage's.
 
 Invariants:
 
@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, LaunchError
@@ -149,32 +150,46 @@ def attempt(claimer: Claimer, unit: str, settled: Callable[[], bool], work: Call
     return Attempt.PROCESSED
 
 
-def own_count(count: int, process_index: int, process_count: int, worker: int, workers: int) -> int:
-    """How many of ``count`` units form this worker's own slice (the head of its preference order)."""
-    return len(range(process_index, count, process_count)[worker::workers])
+def run_units(claimer: Claimer, units: Sequence[U], grid: tuple[int, int, int, int], unit_id: Callable[[U], str],
+              settled: Callable[[U], bool], work: Callable[[U, Claim], None], *,
+              selected: Callable[[U], bool] = lambda _unit: True, pause: Callable[[float], object] = time.sleep,
+              stop_point: Callable[[], None] = lambda: None,
+              before_wait: Callable[[list[U]], None] | None = None) -> None:
+    """One worker's run of a claimed stage: every ``selected`` unit, in this worker's preference
+    order for ``grid`` (process index, process count, worker, workers), is claimed and worked on
+    unless settled or held (:func:`attempt`); then, after ``before_wait(held)``, the units others
+    held are waited for (:func:`wait_for_held`) until every one is settled. A unit of this worker's
+    own slice found settled has a leftover lock cleared, so each settled unit is looked after by
+    exactly one worker. ``stop_point()`` runs before each look and may raise to stop the run."""
+    from .claims import preference_order  # not at the top: a launcher imports this module without claiming
 
+    order = preference_order(len(units), *grid)
+    own = set(order[:len(range(grid[0], len(units), grid[1])[grid[2]::grid[3]])])  # its own slice heads its order
 
-def claim_in_order(units: Sequence[U], own: int, look: Callable[[U], Attempt],
-                   clear_leftover: Callable[[U], None]) -> list[U]:
-    """One pass over ``units`` in preference order; returns those held by other workers. A unit of
-    this worker's own slice (the first ``own``) found settled has a leftover lock cleared, so each
-    settled unit is looked after by exactly one worker."""
+    def look(unit: U) -> Attempt:
+        stop_point()
+        return attempt(claimer, unit_id(unit), lambda: settled(unit), lambda claim: work(unit, claim))
+
     waiting = []
-    for k, unit in enumerate(units):
-        outcome = look(unit)
+    for k in order:
+        if not selected(units[k]):
+            continue
+        outcome = look(units[k])
         if outcome is Attempt.BUSY:
-            waiting.append(unit)
-        elif outcome is Attempt.SETTLED and k < own:
-            clear_leftover(unit)
-    return waiting
+            waiting.append(units[k])
+        elif outcome is Attempt.SETTLED and k in own:
+            claimer.clear_leftover(unit_id(units[k]))
+    if before_wait is not None:
+        before_wait(waiting)
+    wait_for_held(waiting, look, claimer.stale_after, pause)
 
 
 def wait_for_held(waiting: Iterable[U], look: Callable[[U], Attempt], stale_after: float,
-                  pause: Callable[[float], None]) -> None:
+                  pause: Callable[[float], object]) -> None:
     """Look at the held units until none is: soon at first, then backing off, since the last units
     of a run usually finish within seconds, while a long wait (a lost node) only needs checking a
     few times per ``stale_after`` (a stale claim is taken over by ``look``). ``pause(seconds)``
-    sleeps, and raises to stop the wait."""
+    sleeps (an event's wait cuts it short)."""
     waiting = list(waiting)
     poll, longest = POLL_FIRST, max(POLL_FIRST, min(POLL_LONGEST, stale_after / 4))
     while waiting:

@@ -20,10 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..claims import Claim, Claimer, current_holder, preference_order
+from ..claims import Claim, Claimer, current_holder
 from ..errors import EXIT_OK, DedupError, OutputError, SlimtokError, Stopped
-from ..executor import (Attempt, HeldClaims, NodeRun, attempt, claim_in_order, own_count, refresh_interval,
-                        start_method, wait_for_held)
+from ..executor import HeldClaims, NodeRun, refresh_interval, run_units, start_method
 from ..progress import REFRESH, ProgressDisplay
 from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive,
                         dedup_job_path, dedup_plan_path, dedup_unit, dedup_unit_data, dedup_unit_done, hostname,
@@ -66,17 +65,9 @@ class DedupWorker:
             self._phase(phase)
 
     def _phase(self, phase: str) -> None:
-        """Every unit of ``phase`` in this worker's preference order, then those others held, until
-        all are done: the next phase needs every one."""
-        n = unit_count(self.plan, phase)
-        look = functools.partial(self._attempt, phase)
-        waiting = claim_in_order(preference_order(n, *self.grid), own_count(n, *self.grid), look,
-                                 lambda k: self.claimer.clear_leftover(dedup_unit(phase, k)))
-        wait_for_held(waiting, look, self.stale_after, time.sleep)
-
-    def _attempt(self, phase: str, k: int) -> Attempt:
-        return attempt(self.claimer, dedup_unit(phase, k), dedup_unit_done(self.root, phase, k).exists,
-                       functools.partial(self._work, phase, k))
+        """Every unit of ``phase``, until all are done (by anyone): the next phase needs every one."""
+        run_units(self.claimer, range(unit_count(self.plan, phase)), self.grid, functools.partial(dedup_unit, phase),
+                  lambda k: dedup_unit_done(self.root, phase, k).exists(), functools.partial(self._work, phase))
 
     def _work(self, phase: str, k: int, claim: Claim) -> None:
         """Compute and publish one unit under ``claim``, kept fresh meanwhile, then release it."""

@@ -25,10 +25,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from ..claims import Claim, Claimer, current_holder, preference_order
+from ..claims import Claim, Claimer, current_holder
 from ..errors import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, Interrupted, LostClaim,
                       ShardError, SlimtokError, TokenizerError)
-from ..executor import Attempt, HeldClaims, attempt, claim_in_order, own_count, wait_for_held
+from ..executor import HeldClaims, run_units
 from ..job import Job, document_policy, pinned_tokenizer_path, read_job
 from ..manifest import ShardEntry
 from ..protocol import (Checkpoint, DoneRecord, FailedRecord, JobSettings, LockRecord, OutputRoot, read_record,
@@ -167,21 +167,15 @@ class Worker:
 
     def _loop(self) -> None:
         s = self.settings
-        grid = (s.process_index, s.process_count, self.index, s.workers)
-        order = preference_order(len(self.entries), *grid)
-        own = own_count(len(self.entries), *grid)  # this worker's own slice heads its order
-        selected = [p for p in order if self.entries[p].split in s.splits]
-        waiting = claim_in_order([self.entries[p] for p in selected], sum(p in order[:own] for p in selected),
-                                 self._attempt, lambda e: self.claimer.clear_leftover(e.id))
-        self._await_commit()  # before a possibly long wait: publish our last shard, surface its error
-        if waiting:
-            log.info("%s: %d shard(s) held by other workers; watching them for completion or staleness",
-                     self.name, len(waiting))
-        wait_for_held(waiting, self._attempt, s.stale_after, self._pause)
+        run_units(self.claimer, self.entries, (s.process_index, s.process_count, self.index, s.workers),
+                  lambda e: e.id, self._settled, self._process, selected=lambda e: e.split in s.splits,
+                  pause=self.stop.wait, stop_point=self.check_running, before_wait=self._before_wait)
 
-    def _pause(self, seconds: float) -> None:
-        self.stop.wait(seconds)
-        self.check_running()
+    def _before_wait(self, held: list[ShardEntry]) -> None:
+        self._await_commit()  # before a possibly long wait: publish our last shard, surface its error
+        if held:
+            log.info("%s: %d shard(s) held by other workers; watching them for completion or staleness",
+                     self.name, len(held))
 
     def _settled(self, entry: ShardEntry) -> bool:
         done = self.root.done(entry.id)
@@ -202,12 +196,6 @@ class Worker:
             return  # another worker set it aside first
         log.warning("%s: %s is not a readable done record; kept as %s, the shard will be tokenized again",
                     self.name, done, aside.name)
-
-    def _attempt(self, entry: ShardEntry) -> Attempt:
-        """Claim and write ``entry`` unless it is settled or held (its commit may still be in flight,
-        under our claim, when this returns PROCESSED)."""
-        self.check_running()
-        return attempt(self.claimer, entry.id, lambda: self._settled(entry), lambda claim: self._process(entry, claim))
 
     def _process(self, entry: ShardEntry, claim: Claim) -> None:
         """Write the shard on this thread, then hand its commit to the commit thread."""
