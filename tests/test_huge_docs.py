@@ -16,8 +16,7 @@ from corpus import reference_texts, sample_documents, write_shard
 from slimtok.manifest import ShardEntry, write_manifest
 from slimtok.reader import ShardReader, TextPieces, iter_lines
 from slimtok.tokenizer import Encoder, load_tokenizer
-from slimtok.job import TokenizeSettings, pin_job
-from slimtok.job import open_job
+from slimtok.job import TokenizeSettings, open_job, pin_job
 from slimtok.worker import Worker
 
 BACKENDS = ["tokenizers", pytest.param("fastokens", marks=pytest.mark.skipif(

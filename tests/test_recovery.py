@@ -146,9 +146,8 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes(tmp_path, bpe_tokenizer):
 def test_checkpoint_every_spaces_checkpoints_in_time(tmp_path, bpe_tokenizer, monkeypatch):
     """0 checkpoints at every write; a long interval writes none mid-shard; the output is the same."""
     import slimtok.worker.task as worker_mod
-    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.job import TokenizeSettings, open_job, pin_job
     from slimtok.protocol import Checkpoint
-    from slimtok.job import open_job
     from slimtok.worker import Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=400, holdout_docs=2)
@@ -286,8 +285,7 @@ def test_commit_overlaps_the_next_shard_and_its_claim_stays_fresh(tmp_path, bpe_
     from slimtok.claims import Claimer
     from slimtok.combine import combine
     from slimtok.protocol import Holder, LockRecord, OutputRoot, read_record
-    from slimtok.job import TokenizeSettings, pin_job
-    from slimtok.job import open_job
+    from slimtok.job import TokenizeSettings, open_job, pin_job
     from slimtok.worker import ShardTask, Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
@@ -364,8 +362,7 @@ def test_a_failed_commit_stops_the_worker_releasing_both_claims_and_a_rerun_comp
 
     from slimtok.combine import combine
     from slimtok.errors import EXIT_FATAL
-    from slimtok.job import TokenizeSettings, pin_job
-    from slimtok.job import open_job
+    from slimtok.job import TokenizeSettings, open_job, pin_job
     from slimtok.worker import ShardTask, Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
@@ -403,9 +400,8 @@ def test_a_failed_commit_stops_the_worker_releasing_both_claims_and_a_rerun_comp
 def test_an_unexpected_error_in_one_shard_fails_that_shard_only(tmp_path, bpe_tokenizer, monkeypatch):
     """Any exception while encoding a shard becomes its failed record; the worker goes on, exit 1."""
     from slimtok.errors import EXIT_SHARDS_FAILED
-    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.job import TokenizeSettings, open_job, pin_job
     from slimtok.tokenizer import Encoder
-    from slimtok.job import open_job
     from slimtok.worker import Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=20, holdout_docs=2)

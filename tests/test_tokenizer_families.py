@@ -245,8 +245,7 @@ def _pin_and_work(manifest: Path, root: Path, folder: Path, bos: str, special: s
     copy's bytes and the backend's timings."""
     import json
 
-    from slimtok.job import TokenizeSettings, pin_job
-    from slimtok.job import open_job
+    from slimtok.job import TokenizeSettings, open_job, pin_job
     from slimtok.worker import Worker
 
     settings = TokenizeSettings(manifest=str(manifest), output_root=str(root), tokenizer=str(folder), bos=bos,
