@@ -34,9 +34,10 @@ if TYPE_CHECKING:  # the launcher of a relaunch imports this module and never lo
 class Job:
     """A pinned job as a launch runs it: read once by :func:`pin_job`, handed to the workers.
 
-    A forked worker inherits it; a pickled one (a spawned worker) carries no manifest entries and
-    reads them again on arrival (:func:`_unpickled`), since reading the manifest in each worker is
-    cheaper than sending every entry (122,000 of them for SlimPajama) down a pipe per worker."""
+    A forked worker inherits it for free. A pickled one (a spawned worker) carries no manifest
+    entries and reads them again on arrival (:func:`_unpickled`), as spawned workers always did:
+    pickled whole, the launcher would serialize every entry (122,000 for SlimPajama) once per
+    worker, one worker after another, before the last one could start."""
 
     settings: TokenizeSettings
     root: OutputRoot
