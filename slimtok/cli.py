@@ -170,7 +170,7 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
     if not quiet:
         click.echo(f"process {settings.process_index} of {settings.process_count} ({source}), "
                    f"{settings.workers} worker(s), output {settings.output_root}", err=True)
-    sys.exit(tokenize(settings, say=lambda s: click.echo(s, err=True), quiet=quiet))
+    sys.exit(tokenize(settings, log=lambda s: click.echo(s, err=True), quiet=quiet))
 
 
 @main.command("combine")
@@ -272,12 +272,17 @@ def dedup_cmd(output_root: Path, spawn_workers: str, process_index: int | None, 
     Writes drop lists under OUTPUT_ROOT/dedup/; `slimtok combine --dedup` then leaves those
     documents out. Relaunch the same command to resume.
     """
-    from .dedup import dedup_cli_main
+    from functools import partial
 
-    sys.exit(dedup_cli_main(output_root, spawn_workers=spawn_workers, process_index=process_index,
-                            process_count=process_count, buckets=buckets,
-                            stale_after=stale_after, out=click.echo,
-                            quiet=quiet))
+    from .dedup import run_dedup
+    from .executor import process_grid, worker_count
+    from .progress import ProgressDisplay
+
+    index, count, _ = process_grid(process_index, process_count)
+    job = run_dedup(output_root, buckets, worker_count(spawn_workers, None), index, count, stale_after,
+                    display=partial(ProgressDisplay, unit="units", quiet=quiet, label="dedup"))
+    dropped = ", ".join(f"{n:,} {name}" for name, n in sorted(job.dropped.items()))
+    click.echo(f"dedup: {job.documents:,} documents in {job.shards:,} shards; dropped {dropped}")
 
 
 @main.command("validate")

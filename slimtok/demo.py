@@ -119,7 +119,7 @@ def run_demo(folder: str | os.PathLike[str], workers: str = "auto",
                                                 tokenizer=str(tokenizer), stale_after=60),
                                workers, None, 0, 1)
     say(f"4/6 tokenize: {settings.workers} worker(s) → {folder / 'output'}")
-    code = tokenize(settings, say=say, progress_every=5)
+    code = tokenize(settings, log=say, progress_every=5)
     if code != 0:
         say(f"tokenize exited with status {code}; see {OutputRoot(folder / 'output').logs_dir}")
         return code

@@ -73,6 +73,12 @@ class OutputError(SlimtokError):
     exit_code = EXIT_FATAL
 
 
+class Stopped(SlimtokError):
+    """A signal stopped a run part way: what was finished is kept, and a relaunch resumes."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
 class CombineError(SlimtokError):
     """A split cannot be combined; the message names the shards and what to do."""
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import shutil
 from pathlib import Path
 from typing import Sequence
 
+from .budget import lacks_room
 from .errors import OutputError
 from .protocol import (PUBLISH_INTENT, PublishIntent, publish_intent, read_record, storage_for, temp_glob, temp_path,
                        write_record)
@@ -81,10 +81,10 @@ def remove_stale(folder: Path, names: Sequence[str]) -> int:
 
 def require_free(folder: Path, needed: int, what: str) -> None:
     """Refuse (OutputError) when ``folder``'s filesystem has less than ``needed`` bytes free."""
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise OutputError(f"{what} needs {needed:,} bytes but the filesystem has {free:,} free", folder,
-                          f"free at least {needed - free:,} bytes there, then run the command again")
+    space = lacks_room(folder, needed)
+    if space is not None:
+        raise OutputError(f"{what} needs {needed:,} bytes but the filesystem has {space.free:,} free", folder,
+                          f"free at least {needed - space.free:,} bytes there, then run the command again")
 
 
 class PendingSet:

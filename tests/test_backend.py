@@ -231,8 +231,7 @@ def test_a_worker_whose_fastokens_takes_over_mid_shard_says_so(tmp_path, bpe_tok
     manifest, root = tmp_path / "m/manifest.jsonl", tmp_path / "out"
     settings = TokenizeSettings(manifest=str(manifest), output_root=str(root), tokenizer=str(bpe_tokenizer),
                                 splits=("train",))
-    pin_job(settings)
-    assert Worker(settings, 0).run() == 0
+    assert Worker(pin_job(settings), 0).run() == 0
     records = sorted((json.loads(p.read_text()) for p in (root / "done").rglob("*.json")), key=lambda r: r["shard"])
     order = [r["backend"] for r in sorted(records, key=lambda r: r["finished_at"])]
     assert order == ["tokenizers+fastokens", "fastokens"]

@@ -3,6 +3,7 @@ reference computed here from the texts, whatever the worker count, process grid 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -19,9 +20,11 @@ import xxhash
 from corpus import doc_line, sample_documents, slimtok, write_shard
 from slimtok.claims import current_holder
 from slimtok.errors import DedupError
+from slimtok.progress import ProgressDisplay
 from slimtok.protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DEDUP_ROW_DTYPE, DOC_TABLE_DTYPE, SPLITS, DoneRecord,
-                              LockRecord, OutputRoot, dedup_unit, read_record, write_record)
-from slimtok.dedup import DropReader, dedup_cli_main, dedup_status, exclusion_for, run_dedup
+                              LockRecord, OutputRoot, dedup_job_path, dedup_unit, dedup_unit_data,
+                              read_record, write_record)
+from slimtok.dedup import DropReader, dedup_status, exclusion_for, run_dedup
 from slimtok.dedup.units import find_drops
 
 EOS = 0  # the session BPE's <|endoftext|>
@@ -274,16 +277,16 @@ def test_find_drops_equals_a_dict_reference_on_colliding_hashes():
     assert got.dtype == DEDUP_DROP_DTYPE and got.tolist() == want
 
 
-def test_cli_main_reports_counts_and_refuses_a_non_root(tokenized, tmp_path, capsys):
+def test_the_command_reports_counts_and_refuses_a_non_root(tokenized, tmp_path):
     _, _, ref = tokenized
     root = _copy(tokenized, tmp_path)
-    lines: list[str] = []
-    assert dedup_cli_main(str(root), spawn_workers="1", buckets=4, out=lines.append) == 0
+    done = slimtok("dedup", "--output-root", root, "--spawn-workers", 1, "--buckets", 4, "--quiet")
     dropped = sum(map(len, ref.values()))
-    assert lines == [f"dedup: {sum(map(len, tokenized[1].values()))} documents in 6 shards; dropped "
-                     f"4 contamination, {dropped - 4} duplicate"]
-    assert dedup_cli_main(str(tmp_path / "nothing"), spawn_workers="1", out=lines.append) == 2
-    assert "job.json is missing" in capsys.readouterr().err and len(lines) == 1
+    assert done.stdout.splitlines() == [f"dedup: {sum(map(len, tokenized[1].values()))} documents in 6 shards; "
+                                        f"dropped 4 contamination, {dropped - 4} duplicate"]
+    (tmp_path / "nothing").mkdir()
+    refused = slimtok("dedup", "--output-root", tmp_path / "nothing", "--spawn-workers", 1, check=False)
+    assert refused.returncode == 2 and "job.json is missing" in refused.stderr and not refused.stdout
 
 
 def test_a_bucket_task_holds_only_its_bucket(tmp_path):
@@ -342,9 +345,8 @@ def test_a_bucket_task_maps_no_scatter_file_and_refuses_a_short_one(tmp_path):
 def test_sigterm_stops_the_workers_with_75_and_a_relaunch_completes(tokenized, tmp_path):
     _, corpus, ref = tokenized
     root = _copy(tokenized, tmp_path)
-    code = ("import sys; from slimtok.dedup import dedup_cli_main; "
-            "sys.exit(dedup_cli_main(sys.argv[1], spawn_workers='2', buckets=64))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "slimtok", "dedup", "--output-root", str(root), "--spawn-workers",
+                             "2", "--buckets", "64"], stderr=subprocess.PIPE, text=True)
     done_dir = root / "dedup" / "done"
     while proc.poll() is None and not (done_dir.is_dir() and any(done_dir.rglob("*.json"))):
         time.sleep(0.01)
@@ -400,8 +402,8 @@ def test_progress_on_a_terminal_under_quiet_is_plain_lines_of_units_and_document
     root = _copy(tokenized, tmp_path)
     master, slave = os.openpty()
     with os.fdopen(slave, "w") as tty:
-        assert dedup_cli_main(str(root), spawn_workers="2", buckets=8, out=lambda s: None, quiet=True, stream=tty,
-                              every=0) == 0
+        run_dedup(root, buckets=8, workers=2, display=functools.partial(ProgressDisplay, unit="units", quiet=True,
+                                                                        stream=tty, every=0, label="dedup"))
         text = drain_pty(master)
     os.close(master)
     lines = text.replace("\r\n", "\n").splitlines()

@@ -16,7 +16,7 @@ from corpus import reference_texts, sample_documents, write_shard
 from slimtok.manifest import ShardEntry, write_manifest
 from slimtok.reader import ShardReader, TextPieces, iter_lines
 from slimtok.tokenizer import Encoder, load_tokenizer
-from slimtok.job import TokenizeSettings, pin_job
+from slimtok.job import TokenizeSettings, open_job, pin_job
 from slimtok.worker import Worker
 
 BACKENDS = ["tokenizers", pytest.param("fastokens", marks=pytest.mark.skipif(
@@ -203,7 +203,7 @@ def test_worker_tokenizes_a_shard_with_huge_lines_to_the_reference_ids(tmp_path,
     settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(root), tokenizer=str(bpe_tokenizer),
                                 tokens_per_write=5000, checkpoint_every=0, backend="tokenizers")
     pin_job(settings)
-    assert Worker(settings, 0).run() == 0
+    assert Worker(open_job(settings), 0).run() == 0
     [bin_file] = (root / "shards").rglob("*.bin")
     reference = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json"))
     texts = reference_texts(lines)

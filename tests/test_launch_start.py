@@ -74,7 +74,7 @@ def test_a_launcher_running_other_threads_spawns_its_workers_with_the_same_ids(m
         lines: list[str] = []
         settings = TokenizeSettings(manifest=str(manifest), output_root=str(spawned_root),
                                     tokenizer=str(bpe_tokenizer), workers=2)
-        assert launch.tokenize(settings, say=lines.append, quiet=True) == EXIT_OK
+        assert launch.tokenize(settings, log=lines.append, quiet=True) == EXIT_OK
     finally:
         release.set()
         other.join()

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import zstandard
@@ -25,6 +24,7 @@ from huggingface_hub import constants
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from hub_server import FakeHub, HubRepo
+from slimtok.budget import DiskSpace, format_bytes
 from slimtok.manifest import build_manifest
 from slimtok.mirror import (
     MIRROR_RECORD_NAME,
@@ -436,15 +436,14 @@ def test_unreachable_hub_says_rerunning_resumes(hf, tmp_path, monkeypatch):
 def test_free_space_refusal_gives_the_numbers(hf, tmp_path, monkeypatch):
     to_fetch = sum(len(SLIM_FILES[p]) for p in SHARDS)
     # A disk of 10x the download with 2x free: 10% would remain, under the 20% headroom.
-    disk = SimpleNamespace(total=10 * to_fetch, used=8 * to_fetch, free=2 * to_fetch)
-    monkeypatch.setattr("shutil.disk_usage", lambda path: disk)
+    monkeypatch.setattr("slimtok.budget.disk_space", lambda path: DiskSpace(str(path), 2 * to_fetch, 10 * to_fetch))
 
     with pytest.raises(MirrorError) as info:
         mirror(SLIM, include=["*.jsonl.zst"], cache_dir=tmp_path / "cache", log=_quiet)
 
     message = str(info.value)
-    for number in (f"{to_fetch / 1000:.1f} KB to download", f"{2 * to_fetch / 1000:.1f} KB free",
-                   f"of {10 * to_fetch / 1000:.1f} KB", "leave 10.0% free", "at least 20%"):
+    for number in (f"{format_bytes(to_fetch)} to download", f"{format_bytes(2 * to_fetch)} free",
+                   f"of {format_bytes(10 * to_fetch)}", "leave 10.0% free", "at least 20%"):
         assert number in message, (number, message)
     assert hf.count(route="resolve") == 0
     assert not (tmp_path / "cache").exists()

@@ -157,7 +157,7 @@ def test_workers_and_kill_give_identical_bytes_and_a_changed_spec_is_refused(roo
     mix_main(spec_path, tmp_path / "one", workers=1)
     mix_main(spec_path, tmp_path / "two", workers=2)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "slimtok.mix", str(spec_path), str(killed)],
+    proc = subprocess.Popen([sys.executable, "-m", "slimtok", "mix", str(spec_path), "--output-root", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not list((killed / "done").rglob("*.json")) and proc.poll() is None:
         time.sleep(0.005)

@@ -146,7 +146,7 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes(tmp_path, bpe_tokenizer):
 def test_checkpoint_every_spaces_checkpoints_in_time(tmp_path, bpe_tokenizer, monkeypatch):
     """0 checkpoints at every write; a long interval writes none mid-shard; the output is the same."""
     import slimtok.worker.task as worker_mod
-    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.job import TokenizeSettings, open_job, pin_job
     from slimtok.protocol import Checkpoint
     from slimtok.worker import Worker
 
@@ -169,7 +169,7 @@ def test_checkpoint_every_spaces_checkpoints_in_time(tmp_path, bpe_tokenizer, mo
                                     backend="tokenizers")
         pin_job(settings)
         written.clear()
-        assert Worker(settings, 0).run() == 0
+        assert Worker(open_job(settings), 0).run() == 0
         counts.append(len(written))
         [data] = (root / "shards").rglob("*.bin")
         outputs.append(data.read_bytes())
@@ -190,6 +190,7 @@ def _stopping_run(monkeypatch, settings, on_first_checkpoint):
     import slimtok.worker.batches as batches_mod
     import slimtok.worker.task as worker_mod
     from slimtok.protocol import Checkpoint
+    from slimtok.job import open_job
     from slimtok.worker import Worker
 
     real_write_record = worker_mod.write_record
@@ -203,7 +204,7 @@ def _stopping_run(monkeypatch, settings, on_first_checkpoint):
 
     monkeypatch.setattr(worker_mod, "write_record", hooked)
     monkeypatch.setattr(batches_mod, "BATCH_DOCS", 50)
-    worker = Worker(settings, 0)
+    worker = Worker(open_job(settings), 0)
     status = worker.run()
     monkeypatch.setattr(worker_mod, "write_record", real_write_record)
     assert seen, "no checkpoint was written mid-shard"
@@ -228,6 +229,7 @@ def _one_shard_job(tmp_path):
 
 def test_shard_rewritten_between_checkpoint_and_resume_starts_over(tmp_path, bpe_tokenizer, monkeypatch, caplog):
     from slimtok.errors import EXIT_INTERRUPTED
+    from slimtok.job import open_job
     from slimtok.worker import Worker
 
     shard, manifest, settings_for = _one_shard_job(tmp_path)
@@ -244,7 +246,7 @@ def test_shard_rewritten_between_checkpoint_and_resume_starts_over(tmp_path, bpe
     with open(shard, "ab") as f:
         f.write((0x184D2A50).to_bytes(4, "little") + pad.to_bytes(4, "little") + b"\0" * pad)
     assert shard.stat().st_size == size
-    assert Worker(settings, 0).run() == 0
+    assert Worker(open_job(settings), 0).run() == 0
     [data] = (tmp_path / "out/shards").rglob("*.bin")
     want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")  # reads the new file
     assert np.array_equal(np.fromfile(data, dtype=np.uint32), want)
@@ -253,6 +255,7 @@ def test_shard_rewritten_between_checkpoint_and_resume_starts_over(tmp_path, bpe
 
 def test_shard_changed_while_being_read_fails_then_retry_completes(tmp_path, bpe_tokenizer, monkeypatch):
     from slimtok.errors import EXIT_SHARDS_FAILED
+    from slimtok.job import open_job
     from slimtok.worker import Worker
 
     shard, manifest, settings_for = _one_shard_job(tmp_path)
@@ -268,7 +271,7 @@ def test_shard_changed_while_being_read_fails_then_retry_completes(tmp_path, bpe
     record = json.loads(failed.read_text())
     assert record["path"] == str(shard) and "changed while it was being tokenized" in record["reason"]
     assert not list((out / "done").rglob("*.json")) and not list((out / "shards").rglob("*.part"))
-    assert Worker(settings_for(bpe_tokenizer, retry_failed=True), 0).run() == 0
+    assert Worker(open_job(settings_for(bpe_tokenizer, retry_failed=True)), 0).run() == 0
     [data] = (out / "shards").rglob("*.bin")
     want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
     assert np.array_equal(np.fromfile(data, dtype=np.uint32), want)
@@ -282,7 +285,7 @@ def test_commit_overlaps_the_next_shard_and_its_claim_stays_fresh(tmp_path, bpe_
     from slimtok.claims import Claimer
     from slimtok.combine import combine
     from slimtok.protocol import Holder, LockRecord, OutputRoot, read_record
-    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.job import TokenizeSettings, open_job, pin_job
     from slimtok.worker import ShardTask, Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
@@ -315,7 +318,7 @@ def test_commit_overlaps_the_next_shard_and_its_claim_stays_fresh(tmp_path, bpe_
 
     monkeypatch.setattr(ShardTask, "write", write)
     monkeypatch.setattr(ShardTask, "commit", slow_commit)
-    assert Worker(settings, 0).run() == 0
+    assert Worker(open_job(settings), 0).run() == 0
     first, second = [shard for what, shard in events if what == "write"][:2]
     assert events.index(("write", second)) < events.index(("commit ends", first))  # encoding went on
     assert len(stale_seen) == 25 and not any(stale_seen)
@@ -332,6 +335,7 @@ def test_part_files_orphaned_by_a_killed_resume_are_deleted_by_the_next_holder(t
 
     from slimtok.protocol import OutputRoot
     from slimtok.errors import EXIT_INTERRUPTED
+    from slimtok.job import open_job
     from slimtok.worker import Worker
 
     shard, manifest, settings_for = _one_shard_job(tmp_path)
@@ -344,7 +348,7 @@ def test_part_files_orphaned_by_a_killed_resume_are_deleted_by_the_next_holder(t
     neighbour = root.part(ckpt.shard + "3", "0rphan0rphan0rph")  # example_train_03: another shard's file
     neighbour.write_bytes(b"")
     assert sorted(root.parts(ckpt.shard)) == sorted([checkpointed, orphan])
-    assert Worker(settings_for(bpe_tokenizer), 0).run() == 0
+    assert Worker(open_job(settings_for(bpe_tokenizer)), 0).run() == 0
     assert root.parts(ckpt.shard) == [] and neighbour.exists()
     want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
     assert np.array_equal(np.fromfile(root.data(ckpt.shard), dtype=np.uint32), want)
@@ -358,7 +362,7 @@ def test_a_failed_commit_stops_the_worker_releasing_both_claims_and_a_rerun_comp
 
     from slimtok.combine import combine
     from slimtok.errors import EXIT_FATAL
-    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.job import TokenizeSettings, open_job, pin_job
     from slimtok.worker import ShardTask, Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
@@ -382,11 +386,11 @@ def test_a_failed_commit_stops_the_worker_releasing_both_claims_and_a_rerun_comp
         return real_commit(task)
 
     monkeypatch.setattr(ShardTask, "commit", failing_first)
-    assert Worker(settings(), 0).run() == EXIT_FATAL
+    assert Worker(open_job(settings()), 0).run() == EXIT_FATAL
     assert not list((out / "locks").rglob("*.lock"))  # the failed shard's and the written next one's
     assert len(list((out / "checkpoints").rglob("*.json"))) == 2  # both keep their progress
     monkeypatch.setattr(ShardTask, "commit", real_commit)
-    assert Worker(settings(), 0).run() == 0
+    assert Worker(open_job(settings()), 0).run() == 0
     combine(out, splits=["train"], log=lambda _line: None)
     want = reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
     assert np.array_equal(np.fromfile(out / "train.bin", dtype=np.uint32), want)
@@ -396,7 +400,7 @@ def test_a_failed_commit_stops_the_worker_releasing_both_claims_and_a_rerun_comp
 def test_an_unexpected_error_in_one_shard_fails_that_shard_only(tmp_path, bpe_tokenizer, monkeypatch):
     """Any exception while encoding a shard becomes its failed record; the worker goes on, exit 1."""
     from slimtok.errors import EXIT_SHARDS_FAILED
-    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.job import TokenizeSettings, open_job, pin_job
     from slimtok.tokenizer import Encoder
     from slimtok.worker import Worker
 
@@ -415,7 +419,7 @@ def test_an_unexpected_error_in_one_shard_fails_that_shard_only(tmp_path, bpe_to
         return real_encode(self, texts)
 
     monkeypatch.setattr(Encoder, "encode", encode)
-    assert Worker(settings, 0).run() == EXIT_SHARDS_FAILED
+    assert Worker(open_job(settings), 0).run() == EXIT_SHARDS_FAILED
     out = tmp_path / "out"
     [failed] = (out / "failed").rglob("*.json")
     record = json.loads(failed.read_text())
@@ -431,14 +435,16 @@ def test_a_launcher_that_finds_the_job_re_pinned_to_its_own_settings_goes_on(tmp
     its worker claims a shard before the second looks for claims: the second must go on, not refuse."""
     from slimtok.claims import Claimer, current_holder
     from slimtok.errors import JobMismatch
-    from slimtok.job import TokenizeSettings, _repin, pin_job, read_job
+    from slimtok.job import TokenizeSettings, pin_job, read_job
+    from slimtok.job.pin import _repin
     from slimtok.protocol import OutputRoot
 
     manifest = _manifest(tmp_path, make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=3, holdout_docs=1))
     root = OutputRoot(tmp_path / "out")
     old = pin_job(TokenizeSettings(manifest=str(manifest), output_root=str(root.root), tokenizer=str(bpe_tokenizer),
-                                   text_key="body"))
-    new = pin_job(TokenizeSettings(manifest=str(manifest), output_root=str(root.root), tokenizer=str(bpe_tokenizer)))
+                                   text_key="body")).pinned
+    new = pin_job(TokenizeSettings(manifest=str(manifest), output_root=str(root.root),
+                                   tokenizer=str(bpe_tokenizer))).pinned
     diffs = old.differences(new)
     assert diffs and read_job(root) == new  # the first node re-pinned
     first_id = orjson.loads(manifest.read_bytes().splitlines()[0])["id"]

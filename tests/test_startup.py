@@ -60,13 +60,13 @@ def _loads_or_encodes(names: list[str]) -> list[str]:
 def _tight_disk(monkeypatch, free: int, total: int) -> None:
     """The filesystem of every output root seen as ``free`` of ``total`` bytes."""
     import slimtok.budget
-    import slimtok.job
+    import slimtok.job.disk
 
     def space(path):
         return slimtok.budget.DiskSpace(str(path), free, total)
 
     monkeypatch.setattr(slimtok.budget, "disk_space", space)
-    monkeypatch.setattr(slimtok.job, "disk_space", space)
+    monkeypatch.setattr(slimtok.job.disk, "disk_space", space)
 
 
 def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sample(dataset, bpe_tokenizer, tmp_path,
@@ -74,7 +74,8 @@ def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sam
     """With little room the bound on the tokens does not show room: the sample is encoded, pinned
     and reused by the relaunch, which loads and encodes nothing."""
     from slimtok.budget import estimate_token_bytes, sample_ratios
-    from slimtok.job import _bound_count, _encode_count, requested_job
+    from slimtok.job import requested_job
+    from slimtok.job.disk import _bound_count, _encode_count
     from slimtok.manifest import read_manifest
     from slimtok.tokenizer import load_tokenizer
     from slimtok.tokenizer.loading import text_growth
@@ -94,12 +95,12 @@ def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sam
     _tight_disk(monkeypatch, total // 10 + (real.high + bound.high) // 2, total)  # 10% is kept free
     first_lines: list[str] = []
     with builtin_calls() as first:
-        pinned = pin_job(settings, say=first_lines.append)
+        pinned = pin_job(settings, log=first_lines.append).pinned
     assert _loads_or_encodes(first)  # the first launch parses and samples: the check below means something
     assert set(pinned.sampled_ratios) == set(SPLITS) and all(r > 0 for r, _ in pinned.sampled_ratios.values())
     lines: list[str] = []
     with builtin_calls() as again:
-        relaunched = pin_job(settings, say=lines.append)
+        relaunched = pin_job(settings, log=lines.append).pinned
     assert _loads_or_encodes(again) == []
     assert relaunched == pinned
     assert [line for line in lines if not line.startswith("disk:")] == \
@@ -110,24 +111,25 @@ def test_a_relaunch_asking_the_same_loads_no_tokenizer_and_reuses_the_pinned_sam
     copy.mkdir()
     for f in bpe_tokenizer.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
-    assert pin_job(TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(copy))) == relaunched
+    same = pin_job(TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(copy)))
+    assert same.pinned == relaunched
 
 
 def test_with_ample_room_the_launch_encodes_no_sample_and_pins_none(dataset, bpe_tokenizer, tmp_path, monkeypatch):
     """An upper bound on the tokens (every token covers a byte of text) that leaves room settles the
     disk check: the first launch encodes no sample, and a relaunch loads and encodes nothing."""
-    import slimtok.job
+    import slimtok.job.disk
 
-    monkeypatch.setattr(slimtok.job, "_encode_count", lambda *a: pytest.fail("a disk sample was encoded"))
+    monkeypatch.setattr(slimtok.job.disk, "_encode_count", lambda *a: pytest.fail("a disk sample was encoded"))
     root = tmp_path / "out"
     settings = TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(bpe_tokenizer))
     lines: list[str] = []
-    pinned = pin_job(settings, say=lines.append)
+    pinned = pin_job(settings, log=lines.append).pinned
     assert pinned.sampled_ratios == {}
     assert any(line.startswith("disk: at most") and "train: upper bound from the text of" in line for line in lines)
     again: list[str] = []
     with builtin_calls() as calls:
-        assert pin_job(settings, say=again.append) == pinned
+        assert pin_job(settings, log=again.append).pinned == pinned
     assert [n for n in _loads_or_encodes(calls) if not n.startswith("str.")] == [] and again == lines
 
 
@@ -272,7 +274,7 @@ def test_a_new_job_loads_no_tokenizer_and_another_form_of_it_is_the_same_job(dat
     root = tmp_path / "out"
     settings = TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(bpe_tokenizer))
     with builtin_calls() as names:
-        pinned = pin_job(settings)
+        pinned = pin_job(settings).pinned
     assert [n for n in _loads_or_encodes(names) if n != "str.encode"] == [] and pinned.tokenizer_sha256 == ""
     canonical = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json")).to_str()
     copy = root / "tokenizer/tokenizer.json"
@@ -280,7 +282,7 @@ def test_a_new_job_loads_no_tokenizer_and_another_form_of_it_is_the_same_job(dat
     assert Tokenizer.from_file(str(copy)).to_str() == canonical
     other = tmp_path / "other.json"
     other.write_text(canonical)
-    again = pin_job(TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(other)))
+    again = pin_job(TokenizeSettings(manifest=str(dataset), output_root=str(root), tokenizer=str(other))).pinned
     expected = hashlib.sha256(canonical.encode()).hexdigest()
     assert again.tokenizer_sha256 == expected
     assert json.loads((root / "job.json").read_text())["tokenizer_sha256"] == expected

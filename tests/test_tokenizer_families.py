@@ -206,7 +206,7 @@ def test_the_one_parse_pins_the_canonical_fingerprint_and_the_copy_loads_back_to
 def test_the_token_bound_holds_for_every_family(families, name):
     """The disk budget may skip its encoded sample on the bound: no text may exceed it, including
     text that the normalization forms and lowercasing lengthen."""
-    from slimtok.job import _bound_count
+    from slimtok.job.disk import _bound_count
     from slimtok.protocol import JobSettings
 
     folder = families(name)
@@ -245,13 +245,13 @@ def _pin_and_work(manifest: Path, root: Path, folder: Path, bos: str, special: s
     copy's bytes and the backend's timings."""
     import json
 
-    from slimtok.job import TokenizeSettings, pin_job
+    from slimtok.job import TokenizeSettings, open_job, pin_job
     from slimtok.worker import Worker
 
     settings = TokenizeSettings(manifest=str(manifest), output_root=str(root), tokenizer=str(folder), bos=bos,
                                 special_text=special, eos_id=eos_id, backend="tokenizers")
     pin_job(settings)
-    assert Worker(settings, 0).run() == 0
+    assert Worker(open_job(settings), 0).run() == 0
     job = json.loads((root / "job.json").read_text())
     return {k: v for k, v in job.items()
             if k not in ("tokenizer_file_sha256", "backend_requested", "backend", "backend_verification")}

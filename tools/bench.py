@@ -274,12 +274,12 @@ def _vm_hwm() -> int:
 
 def _worker_child(spec: str, index: str, report: str) -> None:
     """A production Worker, timed around run(): writes [start time, cpu, peak rss] to ``report``."""
-    from slimtok.job import TokenizeSettings
+    from slimtok.job import TokenizeSettings, open_job
     from slimtok.worker import Worker
 
     data = json.loads(spec)
     data["splits"] = tuple(data["splits"])
-    worker = Worker(TokenizeSettings(**data), int(index))
+    worker = Worker(open_job(TokenizeSettings(**data)), int(index))
     worker.encoder  # loaded lazily at the first claim: load it here, outside the timed part
     _ready_then_wait(report)
     c0, w0 = cpu_now(), time.time()
@@ -610,7 +610,7 @@ import os, sys, time
 from slimtok import launch
 mark = sys.argv[1] + ".first"
 launcher = []
-real_start = launch._start
+real_start = launch.NodeRun.start
 def start(*args, **kwargs):
     launcher.append(time.process_time())
     # patched only now: importing the encoder (numpy) earlier would change how the launcher starts
@@ -624,7 +624,7 @@ def start(*args, **kwargs):
         return ids
     encoder.Encoder.encode = encode
     return real_start(*args, **kwargs)
-launch._start = start
+launch.NodeRun.start = start
 sys.argv = ["slimtok", *sys.argv[2:]]
 from slimtok.cli import main
 main()
@@ -661,7 +661,8 @@ def bench_startup(table: Table, work: Path, manifest: Path, tokenizer: Path, bac
     settings_code = "import sys,json;from slimtok.job import TokenizeSettings;d=json.loads(sys.argv[1]);" \
                     "d['splits']=tuple(d['splits']);s=TokenizeSettings(**d);"
     pin_code = settings_code + "from slimtok.job import pin_job;pin_job(s)"
-    worker_code = settings_code + "from slimtok.worker import Worker;w=Worker(s,0);w.encoder.encode(['The first batch.'])"
+    worker_code = settings_code + "from slimtok.job import open_job;from slimtok.worker import Worker;" \
+        "w=Worker(open_job(s),0);w.encoder.encode(['The first batch.'])"
     # What a user gets by default (--backend auto: the worker starts on the reference and loads
     # fastokens once its encoding has paid for it), and each backend asked for explicitly.
     backends = ["auto", *dict.fromkeys([backend, "tokenizers"])]
@@ -899,7 +900,7 @@ def _tiny_tokenizer(folder: Path) -> None:
 
 def _noop_worker_child(spec: str, index: str, out: str) -> None:
     """A real Worker whose encoder is trivial; records the seconds of every shard it processed."""
-    from slimtok.job import TokenizeSettings
+    from slimtok.job import TokenizeSettings, open_job
     from slimtok.worker import loop as wmod
 
     class NoopEncoder:
@@ -916,7 +917,7 @@ def _noop_worker_child(spec: str, index: str, out: str) -> None:
     wmod.Encoder = NoopEncoder
     data = json.loads(spec)
     data["splits"] = tuple(data["splits"])
-    w = wmod.Worker(TokenizeSettings(**data), int(index))
+    w = wmod.Worker(open_job(TokenizeSettings(**data)), int(index))
     times: list[float] = []
     process = w._process
 

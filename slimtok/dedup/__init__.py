@@ -7,6 +7,6 @@ document whose text occurs in validation or test is dropped from train.
 """
 
 from .drops import DropReader, Exclusion, drops_for, exclusion_for
-from .run import dedup_cli_main, dedup_status, run_dedup
+from .run import dedup_status, run_dedup
 
-__all__ = ["DropReader", "Exclusion", "dedup_cli_main", "dedup_status", "drops_for", "exclusion_for", "run_dedup"]
+__all__ = ["DropReader", "Exclusion", "dedup_status", "drops_for", "exclusion_for", "run_dedup"]

@@ -9,30 +9,26 @@ bucket needs every scatter unit and a gather unit every bucket. Finished units a
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import hashlib
-import multiprocessing
-import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable
 
 import numpy as np
 
-from ..claims import Claim, Claimer, current_holder, preference_order
-from ..progress import PLAIN_EVERY, REFRESH, ProgressDisplay
-from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, DedupError, Interrupted, SlimtokError
+from ..claims import Claim, Claimer, current_holder
+from ..errors import EXIT_OK, DedupError, OutputError, SlimtokError, Stopped
+from ..executor import HeldClaims, NodeRun, refresh_interval, run_units, start_method
+from ..progress import REFRESH, ProgressDisplay
 from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive,
                         dedup_job_path, dedup_plan_path, dedup_unit, dedup_unit_data, dedup_unit_done, hostname,
                         read_record, write_atomic)
 from .plan import UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count, unit_ranks
 from .units import bucket_rows, find_drops, gather_drops, reason_counts, scatter_rows
-
-POLL_FIRST, POLL_LONGEST = 0.05, 5.0
 
 
 def pin_plan(root: OutputRoot, plan: DedupPlan, auto: bool = False) -> DedupPlan:
@@ -54,28 +50,6 @@ def pin_plan(root: OutputRoot, plan: DedupPlan, auto: bool = False) -> DedupPlan
     return pinned
 
 
-class _Refresher:
-    """Touches a held lock in the background so a long unit's claim never looks stale."""
-
-    def __init__(self, claimer: Claimer, claim: Claim):
-        self.claimer, self.claim = claimer, claim
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        every = max(0.2, min(30.0, self.claimer.stale_after / 6))
-        while not self.stop.wait(every) and self.claimer.refresh(self.claim):
-            pass
-
-    def __enter__(self) -> _Refresher:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
 class DedupWorker:
     """One worker process's loop over the units of every phase."""
 
@@ -91,36 +65,18 @@ class DedupWorker:
             self._phase(phase)
 
     def _phase(self, phase: str) -> None:
-        n = unit_count(self.plan, phase)
-        order = preference_order(n, *self.grid)
-        own = len(range(self.grid[0], n, self.grid[1])[self.grid[2]::self.grid[3]])
-        waiting = []
-        for i, k in enumerate(order):
-            outcome = self._attempt(phase, k)
-            if outcome == "busy":
-                waiting.append(k)
-            elif outcome == "settled" and i < own:
-                self.claimer.clear_leftover(dedup_unit(phase, k))
-        poll, longest = POLL_FIRST, max(POLL_FIRST, min(POLL_LONGEST, self.stale_after / 4))
-        while waiting:
-            time.sleep(poll)
-            waiting = [k for k in waiting if self._attempt(phase, k) == "busy"]
-            poll = min(poll * 2, longest)
+        """Every unit of ``phase``, until all are done (by anyone): the next phase needs every one."""
+        run_units(self.claimer, range(unit_count(self.plan, phase)), self.grid, functools.partial(dedup_unit, phase),
+                  lambda k: dedup_unit_done(self.root, phase, k).exists(), functools.partial(self._work, phase))
 
-    def _attempt(self, phase: str, k: int) -> str:
-        done = dedup_unit_done(self.root, phase, k)
-        if done.exists():
-            return "settled"
-        claim = self.claimer.try_claim(dedup_unit(phase, k))
-        if claim is None:
-            return "busy"
+    def _work(self, phase: str, k: int, claim: Claim) -> None:
+        """Compute and publish one unit under ``claim``, kept fresh meanwhile, then release it."""
         try:
-            if not done.exists():  # finished between our look and our claim otherwise
-                with _Refresher(self.claimer, claim):
-                    self._publish(phase, k, claim, *self._compute(phase, k))
+            with HeldClaims(self.claimer, refresh_interval(self.stale_after)) as held:
+                held.hold(claim)
+                self._publish(phase, k, claim, *self._compute(phase, k))
         finally:
             self.claimer.release(claim)
-        return "processed"
 
     def _compute(self, phase: str, k: int) -> tuple[np.ndarray, list[int], dict[str, int]]:
         if phase == "scatter":
@@ -206,30 +162,16 @@ class DedupProgress:
         self.shown.close()
 
 
-def _child(root: str, plan: DedupPlan, inputs: Inputs, stale_after: float, grid: tuple[int, int, int, int]) -> None:
+def _work_units(root: str, plan: DedupPlan, inputs: Inputs, stale_after: float,
+                grid: tuple[int, int, int, int]) -> int:
+    """One dedup worker process's run; its exit status (an error is printed: the launcher says only
+    how many workers failed)."""
     try:
         DedupWorker(OutputRoot(root), plan, inputs, stale_after, *grid).run()
     except SlimtokError as exc:
         print(exc, file=sys.stderr)
-        sys.exit(exc.exit_code)
-
-
-class _SignalForwarder:
-    """While installed, SIGTERM/SIGINT stop the workers (finished units stay; a relaunch resumes)."""
-
-    def __init__(self, procs: list[multiprocessing.process.BaseProcess]):
-        self.procs, self.signals = procs, []
-        self.previous = {s: signal.signal(s, self._forward) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _forward(self, signum: int, _frame: object) -> None:
-        self.signals.append(signum)
-        for p in self.procs:
-            if p.pid and p.is_alive():
-                os.kill(p.pid, signal.SIGKILL)  # a unit is short and atomic: nothing to save
-
-    def restore(self) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+        return exc.exit_code
+    return EXIT_OK
 
 
 def run_dedup(output_root: str | Path, buckets: int | None = None, workers: int = 1, process_index: int = 0,
@@ -239,15 +181,19 @@ def run_dedup(output_root: str | Path, buckets: int | None = None, workers: int 
 
     Resumes whatever a killed run finished; every process of a grid returns the same record.
     ``display(total_units, total_bytes)`` makes the ProgressDisplay to show the run on (None: none).
-    Raises Interrupted when a signal stopped the workers.
+    Raises Stopped when a signal stopped the workers, OutputError when the root cannot be written.
     """
     root = OutputRoot(output_root)
-    inputs = read_inputs(root)
-    plan = pin_plan(root, make_plan(inputs, buckets, unit_shards), auto=buckets is None)
-    if display is None:
-        return _run_workers(root, plan, inputs, workers, process_index, process_count, stale_after)
-    with DedupProgress(root, plan, inputs, display):
-        return _run_workers(root, plan, inputs, workers, process_index, process_count, stale_after)
+    try:
+        inputs = read_inputs(root)
+        plan = pin_plan(root, make_plan(inputs, buckets, unit_shards), auto=buckets is None)
+        if display is None:
+            return _run_workers(root, plan, inputs, workers, process_index, process_count, stale_after)
+        with DedupProgress(root, plan, inputs, display):
+            return _run_workers(root, plan, inputs, workers, process_index, process_count, stale_after)
+    except OSError as exc:
+        raise OutputError(f"cannot write under it: {exc}", root.root,
+                          "fix the cause and relaunch: finished units are kept") from exc
 
 
 def _run_workers(root: OutputRoot, plan: DedupPlan, inputs: Inputs, workers: int, process_index: int,
@@ -255,21 +201,15 @@ def _run_workers(root: OutputRoot, plan: DedupPlan, inputs: Inputs, workers: int
     if workers == 1:
         DedupWorker(root, plan, inputs, stale_after, process_index, process_count, 0, 1).run()
         return finish(root, plan)
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child, name=f"slimtok-dedup-{w}",
-                         args=(str(root.root), plan, inputs, stale_after, (process_index, process_count, w, workers)))
-             for w in range(workers)]
-    received = _SignalForwarder(procs)
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-    finally:
-        received.restore()
-    if received.signals:
-        raise Interrupted()
-    failed = [p.exitcode for p in procs if p.exitcode != EXIT_OK]
+    # A unit is short and atomic: on a signal its workers are killed, nothing is lost.
+    with NodeRun("slimtok-dedup", forward=signal.SIGKILL) as run:
+        run.start(start_method(), _work_units, [(str(root.root), plan, inputs, stale_after,
+                                                 (process_index, process_count, w, workers)) for w in range(workers)])
+        codes = run.wait()
+    if run.signalled:
+        raise Stopped("stopped on a signal; finished units are kept", root.root,
+                      f"run `slimtok dedup --output-root {root.root}` again to resume")
+    failed = [c for c in codes if c != EXIT_OK]
     if failed:
         raise DedupError(f"{len(failed)} dedup worker(s) exited with status {failed}", root.root,
                          f"see the messages above, then run `slimtok dedup --output-root {root.root}` "
@@ -298,38 +238,3 @@ def _names(folder: Path, suffix: str) -> set[str]:
         return {p.name[:-len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix)}
     except FileNotFoundError:
         return set()
-
-
-def dedup_cli_main(output_root: str, spawn_workers: str = "auto", process_index: int | None = None,
-                   process_count: int | None = None, buckets: int | None = None, stale_after: float = 300.0,
-                   out: Callable[[str], None] = print, quiet: bool = False, stream: TextIO | None = None,
-                   every: float = PLAIN_EVERY) -> int:
-    """``slimtok dedup``: exit status 0 done, 2 cannot run as asked, 3 the root cannot be written,
-    75 stopped on a signal.
-    Progress goes to ``stream`` (default stderr): a bar on a terminal, else (or ``quiet``) a plain
-    line every ``every`` seconds. The summary line goes to ``out``, errors to stderr."""
-    from ..launch import process_grid, worker_count  # the lead's launch module; may move
-
-    try:
-        try:
-            index, count, _ = process_grid(process_index, process_count)
-            workers = worker_count(spawn_workers, None)
-        except Exception as exc:  # launch's own error type, until it uses slimtok.errors
-            raise DedupError(str(exc)) from exc
-        job = run_dedup(output_root, buckets, workers, index, count, stale_after,
-                        display=functools.partial(ProgressDisplay, unit="units", quiet=quiet, stream=stream,
-                                                  every=every, label="dedup"))
-    except SlimtokError as exc:
-        print(f"slimtok dedup: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Interrupted:
-        print(f"slimtok dedup: stopped on a signal; finished units are kept, run `slimtok dedup "
-              f"--output-root {output_root}` again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except OSError as exc:
-        print(f"slimtok dedup: cannot write under {output_root}: {exc}; fix the cause and relaunch: "
-              "finished units are kept", file=sys.stderr)
-        return EXIT_FATAL
-    dropped = ", ".join(f"{n:,} {name}" for name, n in sorted(job.dropped.items()))
-    out(f"dedup: {job.documents:,} documents in {job.shards:,} shards; dropped {dropped}")
-    return EXIT_OK

@@ -55,7 +55,6 @@ import functools
 import hashlib
 import os
 import re
-import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -79,6 +78,7 @@ from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import filter_repo_objects
 
 from .. import __version__
+from ..budget import format_bytes, lacks_room
 from ..errors import MirrorError
 from ..protocol import write_atomic
 from .record import MirrorRun, RecordedFile, write_record
@@ -116,9 +116,9 @@ class MirrorResult:
 
     def summary(self) -> str:
         """One line for humans: totals, then downloaded and skipped."""
-        return (f"{self.files} files ({_human(self.bytes)}) of {self.repo_type} {self.repo_id} at "
-                f"{self.commit[:12]}: downloaded {self.downloaded_files} ({_human(self.downloaded_bytes)}), "
-                f"skipped {self.skipped_files} already present ({_human(self.skipped_bytes)})")
+        return (f"{self.files} files ({format_bytes(self.bytes)}) of {self.repo_type} {self.repo_id} at "
+                f"{self.commit[:12]}: downloaded {self.downloaded_files} ({format_bytes(self.downloaded_bytes)}), "
+                f"skipped {self.skipped_files} already present ({format_bytes(self.skipped_bytes)})")
 
 
 @dataclass(frozen=True)
@@ -174,8 +174,8 @@ def mirror(repo_id: str, *, repo_type: str = "dataset", revision: str | None = N
     else:
         plan = _plan_cache(target.repo_folder, commit, files)
     to_fetch = sum(f.size for f in plan.missing)
-    log(f"{label}: {len(files)} files ({_human(sum(f.size for f in files))}) selected, "
-        f"{len(plan.present)} already present, {len(plan.missing)} to download ({_human(to_fetch)})")
+    log(f"{label}: {len(files)} files ({format_bytes(sum(f.size for f in files))}) selected, "
+        f"{len(plan.present)} already present, {len(plan.missing)} to download ({format_bytes(to_fetch)})")
     _check_free_space(target.root, to_fetch, min_free_fraction, label)
     for path in plan.damaged:
         log(f"{path} differs from the Hub's copy (size or checksum); removing it so it is fetched again")
@@ -435,17 +435,14 @@ def _size_is(path: Path, size: int) -> bool:
 
 def _check_free_space(root: Path, to_fetch: int, min_free_fraction: float, label: str) -> None:
     """Refuse when fetching ``to_fetch`` bytes would leave less than ``min_free_fraction`` of the disk free."""
-    if to_fetch == 0:
+    space = lacks_room(root, to_fetch, min_free_fraction) if to_fetch else None
+    if space is None:
         return
-    existing = next(p for p in (root, *root.parents) if p.exists())
-    usage = shutil.disk_usage(existing)
-    left = usage.free - to_fetch
-    if left >= min_free_fraction * usage.total:
-        return
+    left = space.free - to_fetch
     raise MirrorError(
-        f"Not enough disk space to mirror {label}: {_human(to_fetch)} to download, {_human(usage.free)} free "
-        f"of {_human(usage.total)} on the disk holding {existing}, which would leave "
-        f"{max(left, 0) / usage.total:.1%} free where at least {min_free_fraction:.0%} must stay free. Free some "
+        f"Not enough disk space to mirror {label}: {format_bytes(to_fetch)} to download, {format_bytes(space.free)} "
+        f"free of {format_bytes(space.total)} on the disk holding {space.path}, which would leave "
+        f"{max(left, 0) / space.total:.1%} free where at least {min_free_fraction:.0%} must stay free. Free some "
         "space, narrow --include, mirror to another disk, or lower --min-free-fraction.")
 
 
@@ -510,16 +507,6 @@ def _status(exc: HfHubHTTPError) -> int | None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _human(n: int) -> str:
-    """Decimal units, as disks are sold: 1 GB = 10**9 bytes."""
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(value) < 1000:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.2f} TB"
 
 
 def _now() -> str:

@@ -1,8 +1,9 @@
 """Step 5: tokenize claimed shards into per-shard token files and document tables.
 
 ``task`` holds one shard's flow (records -> batches -> encode -> write -> checkpoint -> commit),
-``loop`` the worker process that claims shards, commits on a background thread and heartbeats,
-``main`` the worker process's entry point; ``batches`` the batching rule, ``files`` the part
+``loop`` the worker process that claims shards (through :func:`slimtok.executor.run_units`) and
+commits on a background thread, ``heartbeat`` its heartbeat file, ``main`` the worker process's
+entry point; ``batches`` the batching rule, ``files`` the part
 files, ``stats`` running totals and the status journal.
 """
 

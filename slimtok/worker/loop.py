@@ -25,46 +25,41 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-import psutil
-
-from ..claims import Claim, Claimer, current_holder, preference_order
+from ..claims import Claim, Claimer, current_holder
 from ..errors import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, Interrupted, LostClaim,
                       ShardError, SlimtokError, TokenizerError)
-from ..job import TokenizeSettings, document_policy, pinned_tokenizer_path, read_job
-from ..manifest import ShardEntry, read_manifest
-from ..protocol import (Checkpoint, DoneRecord, FailedRecord, Heartbeat, JobSettings, LockRecord, OutputRoot, read_record,
+from ..executor import HeldClaims, run_units
+from ..job import Job, document_policy, pinned_tokenizer_path, read_job
+from ..manifest import ShardEntry
+from ..protocol import (Checkpoint, DoneRecord, FailedRecord, JobSettings, LockRecord, OutputRoot, read_record,
                         worker_name, write_record)
 from ..tokenizer import BackendReport, Encoder, LoadedBackends, load_backends
+from .heartbeat import Heartbeats
 from .stats import Stats
 from .task import ShardTask, TaskContext
-
-#: Seconds between looks at shards other workers hold: doubling from the first to the longest.
-POLL_FIRST = 0.1
-POLL_LONGEST = 5.0
 
 log = logging.getLogger("slimtok.worker")
 
 
-def preload(settings: TokenizeSettings) -> LoadedBackends:
-    """What a :class:`Worker` for ``settings`` loads at its first claim, for a launcher that forks
-    its workers (``Worker(..., loaded=...)``), so a node parses the job's tokenizer once. Raises
+def preload(job: Job) -> LoadedBackends:
+    """What a :class:`Worker` of ``job`` loads at its first claim, for a launcher that forks its
+    workers (``Worker(..., loaded=...)``), so a node parses the job's tokenizer once. Raises
     TokenizerError when the job's copy is missing, modified or does not load."""
-    root = OutputRoot(settings.output_root)
     # defer_fastokens as Worker.encoder passes it: the load must be the one the encoder expects
-    return load_backends(pinned_tokenizer_path(root, read_job(root)), settings.backend, defer_fastokens=True)
+    return load_backends(pinned_tokenizer_path(job.root, job.pinned), job.settings.backend, defer_fastokens=True)
 
 
 class Worker:
     """One worker process: claims shards in preference order until every selected shard is settled."""
 
-    def __init__(self, settings: TokenizeSettings, worker_index: int, loaded: LoadedBackends | None = None):
-        """``loaded``: what :func:`preload` loaded for these settings in the launcher that forked this
-        worker; the encoder takes it instead of loading the tokenizer again."""
-        self.settings = settings
+    def __init__(self, job: Job, worker_index: int, loaded: LoadedBackends | None = None):
+        """``job``: as its launcher pinned it. ``loaded``: what :func:`preload` loaded for it in the
+        launcher that forked this worker; the encoder takes it instead of loading the tokenizer again."""
+        settings = self.settings = job.settings
         self.index = worker_index
-        self.root = OutputRoot(settings.output_root)
-        self.job = read_job(self.root)
-        self.entries = read_manifest(settings.manifest, check_files=False)  # its launcher checked them
+        self.root = job.root
+        self.job = job.pinned
+        self.entries = job.entries
         # a forked worker's launcher checked the copy it loaded from, just before the fork
         self.tokenizer_path = loaded.path if loaded is not None else pinned_tokenizer_path(self.root, self.job)
         self._encoder: Encoder | None = None
@@ -75,18 +70,16 @@ class Worker:
         self.name = worker_name(self.me.host, settings.process_index, worker_index)
         self.claimer = Claimer(self.root, self.me, settings.stale_after)
         self.stats = Stats()
-        self.stop = threading.Event()
-        self.lost_tokens: set[str] = set()  # claims the heartbeat found taken over
+        self.stop = threading.Event()  # set by a signal
         self.current: Claim | None = None  # the claim being encoded
-        # Every claim still held: the one being encoded and the one being committed. The heartbeat
-        # refreshes all of them; only the worker thread and the commit thread change the dict.
-        self._held: dict[str, Claim] = {}
-        self._held_lock = threading.Lock()
+        self.beats = Heartbeats(self.root, self.name, self.me, worker_index, self.stats, settings.heartbeat_interval)
+        # Every claim still held: the one being encoded and the one being committed, all refreshed
+        # at each heartbeat; only the worker thread and the commit thread change them.
+        self.held = HeldClaims(self.claimer, settings.heartbeat_interval,
+                               tick=lambda: self.beats.tick(self.current.shard if self.current else None))
         # One commit at a time runs on this thread, overlapped with encoding the next shard.
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self._commit_pending: Future[None] | None = None
-        self._proc = psutil.Process()
-        self._readings = (0.0, 0.0, 0.0)  # tokens/s, CPU %, host CPU % at the last heartbeat tick
         self.failed = 0
 
     @property
@@ -134,21 +127,27 @@ class Worker:
 
     def check_running(self, claim: Claim | None = None) -> None:
         """Raise at a safe point if a signal asked us to stop or ``claim`` was taken over."""
-        if claim is not None and claim.token in self.lost_tokens:
+        if claim is not None and self.held.lost(claim):
             raise LostClaim(f"{claim.shard}: lock taken over by another worker; stopping this copy")
         if self.stop.is_set():
             raise Interrupted()
 
     def holds(self, claim: Claim) -> bool:
-        return claim.token not in self.lost_tokens and self.claimer.holds(claim)
+        return not self.held.lost(claim) and self.claimer.holds(claim)
 
     def run(self) -> int:
         """Process shards; returns an exit status (see slimtok.errors.EXIT_*)."""
         # What exists now (manifest entries, tokenizers) lives as long as the worker: frozen, the
         # collections that each document's parsed dict triggers do not walk it again and again.
         gc.freeze()
-        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        beat.start()
+        self.beats.start()
+        try:
+            with self.held:
+                return self._run()
+        finally:
+            self.beats.write("exited", None)
+
+    def _run(self) -> int:
         try:
             try:
                 self._loop()
@@ -164,39 +163,19 @@ class Worker:
         except Exception:  # outside any shard: a bug or a broken environment, never a shard's fault
             log.exception("%s: stopped by an unexpected error outside any shard; relaunch to resume", self.name)
             return EXIT_FATAL
-        finally:
-            self.stop.set()
-            beat.join(timeout=5)
-            self._write_heartbeat("exited")
         return EXIT_SHARDS_FAILED if self.failed else EXIT_OK
 
     def _loop(self) -> None:
         s = self.settings
-        order = preference_order(len(self.entries), s.process_index, s.process_count, self.index, s.workers)
-        # This worker's own slice of the manifest: each shard is in exactly one worker's slice.
-        own = len(range(s.process_index, len(self.entries), s.process_count)[self.index::s.workers])
-        waiting = []
-        for k, pos in enumerate(order):
-            entry = self.entries[pos]
-            if entry.split not in s.splits:
-                continue
-            outcome = self._attempt(entry)
-            if outcome == "busy":
-                waiting.append(entry)
-            elif outcome == "settled" and k < own:
-                self.claimer.clear_leftover(entry.id)
+        run_units(self.claimer, self.entries, (s.process_index, s.process_count, self.index, s.workers),
+                  lambda e: e.id, self._settled, self._process, selected=lambda e: e.split in s.splits,
+                  pause=self.stop.wait, stop_point=self.check_running, before_wait=self._before_wait)
+
+    def _before_wait(self, held: list[ShardEntry]) -> None:
         self._await_commit()  # before a possibly long wait: publish our last shard, surface its error
-        if waiting:
+        if held:
             log.info("%s: %d shard(s) held by other workers; watching them for completion or staleness",
-                     self.name, len(waiting))
-        # Look again soon, then back off: the last shards of a launch usually finish within
-        # seconds, while a long wait (a lost node) only needs checking a few times per stale_after.
-        poll, longest = POLL_FIRST, max(POLL_FIRST, min(POLL_LONGEST, s.stale_after / 4))
-        while waiting:
-            self.stop.wait(poll)
-            self.check_running()
-            waiting = [e for e in waiting if self._attempt(e) == "busy"]
-            poll = min(poll * 2, longest)
+                     self.name, len(held))
 
     def _settled(self, entry: ShardEntry) -> bool:
         done = self.root.done(entry.id)
@@ -218,33 +197,18 @@ class Worker:
         log.warning("%s: %s is not a readable done record; kept as %s, the shard will be tokenized again",
                     self.name, done, aside.name)
 
-    def _attempt(self, entry: ShardEntry) -> str:
-        """'settled' when the shard needs nothing from us, 'busy' when another worker holds it,
-        'processed' when we wrote it (its commit may still be in flight, under our lock)."""
-        self.check_running()
-        if self._settled(entry):
-            return "settled"
-        claim = self.claimer.try_claim(entry.id)
-        if claim is None:
-            return "busy"
-        if self._settled(entry):  # finished between our look and our claim
-            self.claimer.release(claim)
-            return "settled"
-        self._process(entry, claim)
-        return "processed"
-
     def _process(self, entry: ShardEntry, claim: Claim) -> None:
         """Write the shard on this thread, then hand its commit to the commit thread."""
-        self._hold(claim)
+        self.held.hold(claim)
         self.current = claim
-        self._write_heartbeat("working")  # status shows this shard from the moment it is claimed
+        self.beats.write("working", claim.shard)  # status shows this shard from the moment it is claimed
         try:
             context = self.task_context()
         except TokenizerError:
             # The job's tokenizer does not load (a launcher that read only its JSON cannot tell):
             # no shard can be written, so free the claim, and a corrected relaunch can re-pin.
             self.current = None
-            self._unhold(claim)
+            self.held.drop(claim)
             self.claimer.release(claim)
             raise
         task = ShardTask(context, entry, claim)
@@ -279,7 +243,7 @@ class Worker:
         try:
             self.claimer.release(task.claim)
         finally:
-            self._unhold(task.claim)
+            self.held.drop(task.claim)
         self.stats.shards_done += 1
         log.info("%s: done %s: %d documents, %d tokens, %d skipped lines in %.1fs", self.name, task.entry.id,
                  record.documents, record.tokens, sum(record.skipped.values()), record.seconds)
@@ -289,8 +253,7 @@ class Worker:
         try:
             if isinstance(exc, LostClaim):
                 log.warning("%s", exc)
-                task.data.path.unlink(missing_ok=True)
-                task.table.path.unlink(missing_ok=True)
+                task.discard_parts()
             elif isinstance(exc, Interrupted):
                 self.claimer.release(task.claim)  # the checkpoint stays: any worker resumes at once
                 return False
@@ -308,15 +271,7 @@ class Worker:
                 return False
             return True
         finally:
-            self._unhold(task.claim)
-
-    def _hold(self, claim: Claim) -> None:
-        with self._held_lock:
-            self._held[claim.token] = claim
-
-    def _unhold(self, claim: Claim) -> None:
-        with self._held_lock:
-            self._held.pop(claim.token, None)
+            self.held.drop(task.claim)
 
     def _drain_commits(self) -> None:
         """Wait for the last commit and stop the commit thread (raises that commit's OSError)."""
@@ -334,8 +289,7 @@ class Worker:
     def _release_keeping_checkpoint(self, task: ShardTask) -> None:
         ckpt = read_record(self.root.checkpoint(task.entry.id), Checkpoint)
         if ckpt is None or ckpt.token != task.claim.token:
-            task.data.path.unlink(missing_ok=True)
-            task.table.path.unlink(missing_ok=True)
+            task.discard_parts()
         self.claimer.release(task.claim)
 
     def _fail(self, task: ShardTask, reason: str) -> None:
@@ -347,47 +301,9 @@ class Worker:
         write_record(self.root.failed(entry.id),
                      FailedRecord(shard=entry.id, path=entry.path, reason=line, host=self.me.host,
                                   pid=self.me.pid, launch=self.settings.launch, failed_at=time.time()))
-        task.data.path.unlink(missing_ok=True)
-        task.table.path.unlink(missing_ok=True)
+        task.discard_parts()
         self.root.checkpoint(entry.id).unlink(missing_ok=True)
         self.claimer.release(task.claim)
-
-    # -- heartbeat --------------------------------------------------------------------------
-    def _heartbeat_loop(self) -> None:
-        self._proc.cpu_percent(None)
-        psutil.cpu_percent(None)  # both count from here: the first real reading covers one interval
-        self._write_heartbeat("starting")  # so status lists the worker before its first interval ends
-        last = (time.time(), 0)
-        while not self.stop.wait(self.settings.heartbeat_interval):
-            with self._held_lock:
-                held = list(self._held.values())
-            for claim in held:
-                if not self.claimer.refresh(claim):
-                    self.lost_tokens.add(claim.token)
-            claim = self.current
-            now = time.time()
-            rate = (self.stats.tokens - last[1]) / max(now - last[0], 1e-6)
-            last = (now, self.stats.tokens)
-            self._write_heartbeat("working" if claim else "waiting", rate)
-
-    def _write_heartbeat(self, state: str, rate: float | None = None) -> None:
-        """Write this worker's heartbeat. With ``rate`` (a tick) CPU use is measured since the last
-        tick; without (a claim) the last tick's readings are repeated, so intervals stay whole."""
-        claim = self.current
-        if rate is not None:
-            self._readings = (rate, self._proc.cpu_percent(None), psutil.cpu_percent(None))
-        rate, cpu, host_cpu = self._readings
-        try:
-            write_record(self.root.heartbeat(self.name), Heartbeat(
-                worker=self.name, host=self.me.host, pid=self.me.pid, process_index=self.me.process_index,
-                worker_index=self.index, shard=claim.shard if claim else None, state=state,
-                documents=self.stats.documents, tokens=self.stats.tokens, text_chars=self.stats.text_chars,
-                shards_done=self.stats.shards_done, tokens_per_second=round(rate, 1), cpu_percent=cpu,
-                rss_bytes=self._proc.memory_info().rss, updated_at=time.time(), started_at=self.stats.started,
-                interval=self.settings.heartbeat_interval, host_cpu_percent=host_cpu,
-                host_cpus=psutil.cpu_count() or 0), durable=False)
-        except OSError as exc:  # a full disk must not kill the heartbeat thread silently
-            log.warning("%s: cannot write heartbeat: %s", self.name, exc)
 
 
 def _is_input_error(exc: OSError, task: ShardTask) -> bool:

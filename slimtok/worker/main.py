@@ -1,26 +1,15 @@
-"""A worker process (forked or spawned by its launcher): its death signal, log file and signal handlers."""
+"""A worker process (forked or spawned by its launcher): its log file and signal handlers."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import signal
 
 from ..errors import EXIT_FATAL, SlimtokError
-from ..job import TokenizeSettings
+from ..job import Job
 from ..protocol import OutputRoot
 from ..tokenizer import LoadedBackends
 from .loop import Worker
-
-
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the launching process dies, so no orphan keeps a claim alive."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _setup_logging(root: OutputRoot, name: str) -> None:
@@ -36,16 +25,12 @@ def _setup_logging(root: OutputRoot, name: str) -> None:
     logger.setLevel(logging.INFO)
 
 
-def worker_main(settings: TokenizeSettings, worker_index: int, parent_pid: int | None = None,
-                loaded: LoadedBackends | None = None) -> int:
-    """Entry point of a worker process; returns its exit status. ``loaded``: the tokenizers its
-    launcher loaded before forking it (:func:`slimtok.worker.preload`)."""
-    if parent_pid is not None:
-        _die_with_parent()
-        if os.getppid() != parent_pid:
-            return EXIT_FATAL  # the parent died before we could arm the death signal
+def worker_main(job: Job, worker_index: int, loaded: LoadedBackends | None = None) -> int:
+    """Entry point of a worker process (started by :class:`slimtok.executor.NodeRun`, which ties
+    its life to the launcher's); returns its exit status. ``loaded``: the tokenizers its launcher
+    loaded before forking it (:func:`slimtok.worker.preload`)."""
     try:
-        worker = Worker(settings, worker_index, loaded)
+        worker = Worker(job, worker_index, loaded)
     except (SlimtokError, OSError, ValueError) as exc:
         logging.getLogger("slimtok").error("worker %d cannot start: %s", worker_index, exc)
         return EXIT_FATAL

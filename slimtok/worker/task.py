@@ -161,6 +161,11 @@ class ShardTask:
         self.data.close()
         self.table.close()
 
+    def discard_parts(self) -> None:
+        """Remove this claim's part files (a shard failed, or its claim was lost or let go)."""
+        self.data.path.unlink(missing_ok=True)
+        self.table.path.unlink(missing_ok=True)
+
     def commit(self) -> DoneRecord:
         """Sync and close the part files written by :meth:`write`, then publish the shard.
 

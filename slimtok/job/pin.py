@@ -1,0 +1,233 @@
+"""Pin a job: what ``slimtok tokenize`` was asked to do, recorded once in ``job.json``.
+
+Reads the manifest and the tokenizer a launch names; writes (first launch only) ``job.json``,
+``manifest.jsonl`` and ``tokenizer/`` into the output root. Returns the :class:`Job` a launch and
+its workers run: settings, output root, manifest entries and pinned record, read once.
+
+Invariant: a relaunch runs only if every pinned setting (``JobSettings.PINNED``) equals what it
+asks for; the output root's tokenizer copy always loads to the pinned fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import orjson
+
+from .. import __version__
+from ..errors import JobMismatch, ManifestError
+from ..manifest import ShardEntry, manifest_digest, read_manifest
+from ..protocol import PROTOCOL_VERSION, JobSettings, OutputRoot, create_exclusive, write_atomic, write_record
+from ..tokenizer.loading import local_tokenizer_file
+from .disk import check_disk_budget, disk_sample
+from .pinned import read_job, tokenizer_fingerprint
+from .settings import TokenizeSettings
+
+if TYPE_CHECKING:  # the launcher of a relaunch imports this module and never loads a tokenizer
+    from ..tokenizer import LoadedTokenizer
+
+
+@dataclass(frozen=True)
+class Job:
+    """A pinned job as a launch runs it: read once by :func:`pin_job`, handed to the workers.
+
+    A forked worker inherits it for free. A pickled one (a spawned worker) carries no manifest
+    entries and reads them again on arrival (:func:`_unpickled`), as spawned workers always did:
+    pickled whole, the launcher would serialize every entry (122,000 for SlimPajama) once per
+    worker, one worker after another, before the last one could start."""
+
+    settings: TokenizeSettings
+    root: OutputRoot
+    entries: list[ShardEntry]
+    pinned: JobSettings
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _unpickled, (self.settings, self.root, self.pinned)
+
+
+def _unpickled(settings: TokenizeSettings, root: OutputRoot, pinned: JobSettings) -> Job:
+    return Job(settings, root, read_manifest(settings.manifest, check_files=False), pinned)  # its launcher checked it
+
+
+def open_job(settings: TokenizeSettings) -> Job:
+    """The Job of an output root :func:`pin_job` pinned already (a worker started on its own, as
+    benchmarks do): job.json and the manifest, read without checking them again."""
+    root = OutputRoot(settings.output_root)
+    return Job(settings, root, read_manifest(settings.manifest, check_files=False), read_job(root))
+
+
+def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: LoadedTokenizer) -> JobSettings:
+    """The job record this launch asks for (compared with job.json by :meth:`JobSettings.differences`)."""
+    from ..tokenizer import resolve_dtype
+
+    dtype, why = resolve_dtype(settings.dtype, tok)
+    p = tok.policy
+    return JobSettings(manifest_sha256=manifest_digest(entries), shards=len(entries), tokenizer=tok.source,
+                       tokenizer_sha256=tok.sha256, vocab_size=tok.vocab_size, eos_token_id=p.eos_id,
+                       eos_token=p.eos_token, dtype=dtype, text_key=settings.text_key, source_key=settings.source_key,
+                       bos_token_id=p.bos_id, bos_token=p.bos_token, special_text=p.special_text,
+                       policy_notes=[*tok.notes, f"dtype: {dtype} ({why})"])
+
+
+def request_digest(settings: TokenizeSettings, tokenizer_file_sha256: str, folder: Path) -> str:
+    """sha256 of everything a launch asks that decides the pinned record besides the manifest: the
+    bytes of a local tokenizer.json (``tokenizer_file_sha256``) and of its folder's
+    tokenizer_config.json, the raw tokenizer and text flags, the slimtok and protocol versions.
+    Equal digests give equal records (the record is a function of these), so a relaunch with the
+    recorded digest needs no tokenizer. A tokenizer that is not a local file (a Hub id, a folder
+    for transformers) has none ("" in job.json): those always load."""
+    config = folder / "tokenizer_config.json"
+    config_sha256 = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
+    asked = [__version__, PROTOCOL_VERSION, tokenizer_file_sha256, config_sha256, settings.eos_id, settings.bos,
+             settings.special_text, settings.dtype, settings.text_key, settings.source_key]
+    return hashlib.sha256(orjson.dumps(asked)).hexdigest()
+
+
+def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None) -> Job:
+    """Create job.json on first use, or check a relaunch against it; copy manifest and tokenizer.
+
+    ``log`` gets the start-up lines: which separators and dtype were chosen and why, and warnings.
+    A relaunch asking what job.json records (:func:`request_digest`) loads no tokenizer, nor does a
+    new job from a local tokenizer.json whose JSON tells every pinned fact
+    (:func:`slimtok.tokenizer.loading.pin_facts_from_json`; its fingerprint is recorded by the first
+    worker, and the copy is the file's bytes, merge pairs as strings); otherwise the tokenizer is
+    parsed once. Raises
+    JobMismatch naming each differing setting before anything else is written, unless no shard is
+    done or claimed under the pinned settings: then the job is re-pinned (:func:`_repin`).
+    """
+    root = OutputRoot(settings.output_root)
+    entries = read_manifest(settings.manifest)
+    file = local_tokenizer_file(settings.tokenizer)
+    data = file.read_bytes() if file is not None else None  # read once: digest, facts and copy agree
+    file_sha256 = hashlib.sha256(data).hexdigest() if data is not None else ""
+    key = request_digest(settings, file_sha256, file.parent) if file is not None else ""
+    stored = read_job(root) if root.job.exists() else None
+    pinned = stored
+    if (pinned is not None and key and pinned.request_sha256 == key and root.manifest.exists()
+            and root.tokenizer_file.exists() and pinned.manifest_sha256 == manifest_digest(entries)):
+        for line in pinned.policy_notes if log else ():
+            log(line)
+        check_disk_budget(settings, root, entries, pinned, None, log)
+        return Job(settings, root, entries, pinned)
+    from ..tokenizer import load_tokenizer
+    from ..tokenizer.loading import pin_facts_from_json
+
+    tok, copied = None, ""
+    # The JSON tells every pinned fact but the fingerprint, which the first worker records; a job
+    # pinned before needs it now, so only one whose copy holds these very bytes skips the parse.
+    if data is not None:
+        tok = pin_facts_from_json(settings.tokenizer, data, settings.eos_id, settings.bos, settings.special_text,
+                                  file_sha256)
+        copied = "" if tok is None else file_sha256 if tok.file_bytes is data else \
+            hashlib.sha256(tok.file_bytes).hexdigest()
+        if pinned is not None and pinned.tokenizer_file_sha256 != copied:
+            tok = None
+    if tok is None:
+        tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text)
+        if file is not None:  # of the bytes actually parsed (the file may have changed since the read above)
+            key = request_digest(settings, tok.source_file_sha256, file.parent)
+    requested = requested_job(settings, entries, tok)
+    for line in requested.policy_notes if log else ():
+        log(line)
+    if pinned is not None and not requested.tokenizer_sha256:  # read from the JSON of the pinned bytes
+        requested = replace(requested, tokenizer_sha256=pinned.tokenizer_sha256)
+    elif pinned is not None and not pinned.tokenizer_sha256:  # parsed, against a job not yet fingerprinted
+        pinned = replace(pinned, tokenizer_sha256=tokenizer_fingerprint(root, pinned))
+    if tok.tokenizer is not None:
+        copied = hashlib.sha256(tok.file_text()).hexdigest()
+    extras = {"tokenizer_file_sha256": copied, "request_sha256": key}
+    bounds: dict[str, list[float]] | None = None
+    if pinned is None:
+        root.root.mkdir(parents=True, exist_ok=True)
+        # The disk-budget sample is taken here, once per job, over every split, and pinned, unless
+        # an upper bound on the tokens already leaves room (then nothing is encoded or pinned).
+        sampled, bounds = disk_sample(settings, root, entries, requested, tok)
+        create_exclusive(root.job, replace(requested, **extras, sampled_ratios=sampled).to_json())
+        pinned = read_job(root)
+    diffs = pinned.differences(requested)
+    if pinned.manifest_sha256 != requested.manifest_sha256:
+        diffs = [d for d in diffs if not d.startswith("manifest_sha256:")]
+        diffs.insert(0, manifest_change(root, entries))
+    if diffs:
+        sampled, bounds = disk_sample(settings, root, entries, requested, tok)  # the old one used the old settings
+        pinned = _repin(root, replace(requested, **extras, sampled_ratios=sampled), diffs, log)
+    else:  # pinned by an older slimtok, or the same job asked through another file: record this request
+        # (a split without a pinned sample is estimated by check_disk_budget, as at every launch)
+        noted = replace(pinned, request_sha256=key)
+        if noted != stored:
+            write_record(root.job, noted)
+        pinned = noted
+    if not root.manifest.exists():
+        write_atomic(root.manifest, Path(settings.manifest).read_bytes())
+    if not root.tokenizer_file.exists():
+        write_atomic(root.tokenizer_config_file, _tokenizer_config(pinned))
+        # The bytes the fingerprint was taken from; a job pinned from another form of the same
+        # tokenizer (another file, or transformers) gets the canonical JSON, whose sha256 is pinned.
+        text = tok.file_text()
+        if hashlib.sha256(text).hexdigest() != pinned.tokenizer_file_sha256:
+            text = tok.canonical_json.encode()
+        write_atomic(root.tokenizer_file, text)
+    check_disk_budget(settings, root, entries, pinned, tok, log, bounds)
+    return Job(settings, root, entries, pinned)
+
+
+def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str],
+           log: Callable[[str], None] | None) -> JobSettings:
+    """Replace job.json by ``requested`` when nothing was kept under the pinned settings: no shard
+    done, claimed or checkpointed (a launch whose every shard failed, e.g. on a wrong --text-key).
+    Their failed records, manifest copy and tokenizer copy are removed first, so a kill part way
+    leaves the old job with fewer records, never the new job with the old failures. Else JobMismatch."""
+    current = read_job(root)
+    if not current.differences(requested):
+        # Another launcher of the same corrected command (another node) re-pinned it since this
+        # one read job.json; its workers may hold claims already, which are this job's own.
+        return current
+    mismatch = "was started with other settings; refusing to mix outputs: " + "; ".join(diffs)
+    done, held, partial = root.done_ids(), root.locked_ids(), root.checkpointed_ids()
+    if done:
+        raise JobMismatch(f"{mismatch} ({len(done)} shard(s) are done under the pinned settings)", root.job,
+                          "use the original settings, or a new --output-root for the new ones")
+    if held or partial:
+        raise JobMismatch(f"{mismatch}; no shard is done, but {len(held)} claim(s) under locks/ and {len(partial)} "
+                          "checkpoint(s) under checkpoints/ hold work of the pinned settings", root.job,
+                          "wait for the launch that holds them to end; if none runs, remove locks/ and checkpoints/ "
+                          "and relaunch: the job is then re-pinned to the new settings")
+    failed = sorted(root.failed_ids())
+    for shard in failed:
+        root.failed(shard).unlink(missing_ok=True)
+    for copy in (root.manifest, root.tokenizer_file, root.tokenizer_config_file):
+        copy.unlink(missing_ok=True)
+    write_record(root.job, requested)
+    if log:
+        log(f"job.json re-pinned: no shard was done under its old settings; removed their {len(failed)} failed "
+            f"record(s); changed: {'; '.join(diffs)}")
+    return requested
+
+
+def manifest_change(root: OutputRoot, entries: list[ShardEntry]) -> str:
+    """What differs between the pinned copy of the manifest and ``entries``, in words."""
+    try:
+        pinned = read_manifest(root.manifest, check_files=False)
+    except ManifestError:
+        return "manifest: differs from the one the job was pinned to (its copy in the output root is unreadable)"
+    where = next((i for i, (a, b) in enumerate(zip(pinned, entries))
+                  if (a.id, a.split, a.size) != (b.id, b.split, b.size)), min(len(pinned), len(entries)))
+    text = f"manifest: pinned {len(pinned)} shards, requested {len(entries)}"
+    if where < min(len(pinned), len(entries)):
+        a, b = pinned[where], entries[where]
+        text += (f"; line {where + 1} differs: pinned {a.id} ({a.split}, {a.size} bytes), "
+                 f"requested {b.id} ({b.split}, {b.size} bytes)")
+    elif len(pinned) != len(entries):
+        extra = (pinned if len(pinned) > len(entries) else entries)[where]
+        text += f"; first shard only in the {'pinned' if len(pinned) > len(entries) else 'requested'} one: {extra.id}"
+    return text
+
+
+def _tokenizer_config(job: JobSettings) -> bytes:
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": job.eos_token}
+    if job.bos_token is not None:
+        config["bos_token"] = job.bos_token
+    return orjson.dumps(config, option=orjson.OPT_INDENT_2)

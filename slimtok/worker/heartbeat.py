@@ -1,0 +1,63 @@
+"""A worker's heartbeat file: ``heartbeats/<worker>.json``, what ``slimtok status`` and the launcher's
+progress line read.
+
+Written (not durably: a lost beat is replaced by the next) when the worker starts, at each claim,
+every ``interval`` seconds while it runs and once when it exits. A tick's CPU readings cover the
+time since the previous tick; a write between ticks repeats them, so every reading is of a whole
+interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psutil
+
+from ..claims import Holder
+from ..protocol import Heartbeat, OutputRoot, write_record
+from .stats import Stats
+
+log = logging.getLogger("slimtok.worker")
+
+
+class Heartbeats:
+    """Writes one worker's heartbeat file."""
+
+    def __init__(self, root: OutputRoot, name: str, me: Holder, worker_index: int, stats: Stats, interval: float):
+        self.root, self.name, self.me, self.index = root, name, me, worker_index
+        self.stats, self.interval = stats, interval
+        self._proc = psutil.Process()
+        self._readings = (0.0, 0.0, 0.0)  # tokens/s, CPU %, host CPU % at the last tick
+        self._last = (time.time(), 0)  # (time, tokens) at the last tick
+
+    def start(self) -> None:
+        """Start the CPU clocks (the first tick's reading covers one interval) and write "starting",
+        so status lists the worker before its first interval ends."""
+        self._proc.cpu_percent(None)
+        psutil.cpu_percent(None)
+        self._last = (time.time(), self.stats.tokens)
+        self.write("starting", None)
+
+    def tick(self, shard: str | None) -> None:
+        """The periodic beat: measure the token rate and CPU use since the last tick."""
+        now = time.time()
+        rate = (self.stats.tokens - self._last[1]) / max(now - self._last[0], 1e-6)
+        self._last = (now, self.stats.tokens)
+        self._readings = (rate, self._proc.cpu_percent(None), psutil.cpu_percent(None))
+        self.write("working" if shard else "waiting", shard)
+
+    def write(self, state: str, shard: str | None) -> None:
+        """Write the heartbeat with the last tick's readings."""
+        rate, cpu, host_cpu = self._readings
+        try:
+            write_record(self.root.heartbeat(self.name), Heartbeat(
+                worker=self.name, host=self.me.host, pid=self.me.pid, process_index=self.me.process_index,
+                worker_index=self.index, shard=shard, state=state,
+                documents=self.stats.documents, tokens=self.stats.tokens, text_chars=self.stats.text_chars,
+                shards_done=self.stats.shards_done, tokens_per_second=round(rate, 1), cpu_percent=cpu,
+                rss_bytes=self._proc.memory_info().rss, updated_at=time.time(), started_at=self.stats.started,
+                interval=self.interval, host_cpu_percent=host_cpu,
+                host_cpus=psutil.cpu_count() or 0), durable=False)
+        except OSError as exc:  # a full disk must not kill the heartbeat thread silently
+            log.warning("%s: cannot write heartbeat: %s", self.name, exc)
