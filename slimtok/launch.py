@@ -151,7 +151,7 @@ def tokenize(settings: TokenizeSettings, log: Callable[[str], None] | None = Non
     status = _exit_status(codes, job, run.signalled)
     root = job.root
     if status == EXIT_SHARDS_FAILED and log and not root.done_ids():
-        log(f"no shard is done and {len(root.failed_ids())} failed (reasons in {root.root / 'failed'}); if a setting "
+        log(f"no shard is done and {len(root.failed_ids())} failed (reasons in {root.failed_dir}); if a setting "
             "caused it (e.g. --text-key), relaunch with the corrected one: with nothing done, job.json is re-pinned")
     return status
 

@@ -26,7 +26,7 @@ import fnmatch
 from pathlib import Path
 from typing import Sequence
 
-from .budget import lacks_room
+from .space import lacks_room
 from .errors import OutputError
 from .protocol import (PUBLISH_INTENT, PublishIntent, publish_intent, read_record, storage_for, temp_glob, temp_path,
                        write_record)

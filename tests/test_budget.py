@@ -9,7 +9,8 @@ import zstandard
 from corpus import doc_line, make_dataset, reference_ids, reference_texts, slimtok, write_shard
 from tmpfs import mounted_tmpfs
 
-from slimtok.budget import check_free_space, disk_space, estimate_token_bytes, format_bytes, measured_ratios
+from slimtok.budget import estimate_token_bytes, measured_ratios
+from slimtok.space import check_free_space, disk_space, format_bytes
 from slimtok.errors import OutputError
 from slimtok.manifest import read_manifest
 

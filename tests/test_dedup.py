@@ -22,8 +22,7 @@ from slimtok.claims import current_holder
 from slimtok.errors import DedupError
 from slimtok.progress import ProgressDisplay
 from slimtok.protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DEDUP_ROW_DTYPE, DOC_TABLE_DTYPE, SPLITS, DoneRecord,
-                              LockRecord, OutputRoot, dedup_job_path, dedup_unit, dedup_unit_data,
-                              read_record, write_record)
+                              LockRecord, OutputRoot, dedup_unit, read_record, write_record)
 from slimtok.dedup import DropReader, dedup_status, exclusion_for, run_dedup
 from slimtok.dedup.units import find_drops
 

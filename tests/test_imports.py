@@ -31,6 +31,7 @@ PACKAGE = Path(slimtok.__file__).resolve().parent
 STAGES = [
     "__init__",   # __version__
     "errors",
+    "space",      # free space on a filesystem, byte sizes as people read them
     "protocol",   # the on-disk contract of an output root
     "publish",    # several files replaced as one set
     "progress",

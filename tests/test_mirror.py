@@ -24,7 +24,7 @@ from huggingface_hub import constants
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from hub_server import FakeHub, HubRepo
-from slimtok.budget import DiskSpace, format_bytes
+from slimtok.space import DiskSpace, format_bytes
 from slimtok.manifest import build_manifest
 from slimtok.mirror import (
     MIRROR_RECORD_NAME,
@@ -436,7 +436,7 @@ def test_unreachable_hub_says_rerunning_resumes(hf, tmp_path, monkeypatch):
 def test_free_space_refusal_gives_the_numbers(hf, tmp_path, monkeypatch):
     to_fetch = sum(len(SLIM_FILES[p]) for p in SHARDS)
     # A disk of 10x the download with 2x free: 10% would remain, under the 20% headroom.
-    monkeypatch.setattr("slimtok.budget.disk_space", lambda path: DiskSpace(str(path), 2 * to_fetch, 10 * to_fetch))
+    monkeypatch.setattr("slimtok.space.disk_space", lambda path: DiskSpace(str(path), 2 * to_fetch, 10 * to_fetch))
 
     with pytest.raises(MirrorError) as info:
         mirror(SLIM, include=["*.jsonl.zst"], cache_dir=tmp_path / "cache", log=_quiet)

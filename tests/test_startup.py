@@ -59,13 +59,13 @@ def _loads_or_encodes(names: list[str]) -> list[str]:
 
 def _tight_disk(monkeypatch, free: int, total: int) -> None:
     """The filesystem of every output root seen as ``free`` of ``total`` bytes."""
-    import slimtok.budget
     import slimtok.job.disk
+    import slimtok.space
 
     def space(path):
-        return slimtok.budget.DiskSpace(str(path), free, total)
+        return slimtok.space.DiskSpace(str(path), free, total)
 
-    monkeypatch.setattr(slimtok.budget, "disk_space", space)
+    monkeypatch.setattr(slimtok.space, "disk_space", space)
     monkeypatch.setattr(slimtok.job.disk, "disk_space", space)
 
 

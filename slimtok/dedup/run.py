@@ -24,9 +24,8 @@ from ..claims import Claim, Claimer, current_holder
 from ..errors import EXIT_OK, DedupError, OutputError, SlimtokError, Stopped
 from ..executor import HeldClaims, NodeRun, refresh_interval, run_units, start_method
 from ..progress import REFRESH, ProgressDisplay
-from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive,
-                        dedup_job_path, dedup_plan_path, dedup_unit, dedup_unit_data, dedup_unit_done, hostname,
-                        read_record, write_atomic)
+from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive, dedup_unit,
+                        hostname, read_record, storage_for, write_atomic)
 from .plan import UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count, unit_ranks
 from .units import bucket_rows, find_drops, gather_drops, reason_counts, scatter_rows
 
@@ -34,7 +33,7 @@ from .units import bucket_rows, find_drops, gather_drops, reason_counts, scatter
 def pin_plan(root: OutputRoot, plan: DedupPlan, auto: bool = False) -> DedupPlan:
     """Create ``dedup/plan.json`` once; a relaunch must ask for the same plan on the same inputs
     (``auto``: the bucket count was not asked for, so the pinned one is taken)."""
-    path = dedup_plan_path(root)
+    path = root.dedup_plan
     create_exclusive(path, plan.to_json())
     pinned = read_record(path, DedupPlan)
     if pinned is None:
@@ -67,7 +66,7 @@ class DedupWorker:
     def _phase(self, phase: str) -> None:
         """Every unit of ``phase``, until all are done (by anyone): the next phase needs every one."""
         run_units(self.claimer, range(unit_count(self.plan, phase)), self.grid, functools.partial(dedup_unit, phase),
-                  lambda k: dedup_unit_done(self.root, phase, k).exists(), functools.partial(self._work, phase))
+                  lambda k: self.root.dedup_unit_done(phase, k).exists(), functools.partial(self._work, phase))
 
     def _work(self, phase: str, k: int, claim: Claim) -> None:
         """Compute and publish one unit under ``claim``, kept fresh meanwhile, then release it."""
@@ -89,30 +88,30 @@ class DedupWorker:
     def _publish(self, phase: str, k: int, claim: Claim, data: np.ndarray, offsets: list[int],
                  counts: dict[str, int]) -> None:
         """Data file into place, then the done record, only while the claim is still ours."""
-        path = dedup_unit_data(self.root, phase, k)
+        path = self.root.dedup_unit_data(phase, k)
         payload = data.tobytes()
         write_atomic(path, payload)
         if not self.claimer.holds(claim):
             return  # taken over: the new holder writes the same bytes and the record
         record = DedupUnitRecord(dedup_unit(phase, k), self.root.relative(path), len(data), len(payload),
                                  hashlib.sha256(payload).hexdigest(), hostname(), time.time(), offsets, counts)
-        create_exclusive(dedup_unit_done(self.root, phase, k), record.to_json())
+        create_exclusive(self.root.dedup_unit_done(phase, k), record.to_json())
 
 
 def finish(root: OutputRoot, plan: DedupPlan) -> DedupJob:
     """Record ``dedup/job.json`` from the gather records (once; every caller gets the same record)."""
     dropped: dict[str, int] = {}
     for k in range(unit_count(plan, "gather")):
-        record = read_record(dedup_unit_done(root, "gather", k), DedupUnitRecord)
+        record = read_record(root.dedup_unit_done("gather", k), DedupUnitRecord)
         if record is None:
-            raise DedupError(f"gather unit {k} is not finished", dedup_unit_done(root, "gather", k),
+            raise DedupError(f"gather unit {k} is not finished", root.dedup_unit_done("gather", k),
                              f"run `slimtok dedup --output-root {root.root}` again to finish it")
         for name, n in record.counts.items():
             dropped[name] = dropped.get(name, 0) + n
     job = DedupJob(plan.fingerprint, plan.shards, plan.documents, plan.buckets, plan.unit_shards, dropped,
                    time.time())
-    create_exclusive(dedup_job_path(root), job.to_json())
-    written = read_record(dedup_job_path(root), DedupJob)
+    create_exclusive(root.dedup_job, job.to_json())
+    written = read_record(root.dedup_job, DedupJob)
     assert written is not None
     return written
 
@@ -138,7 +137,7 @@ class DedupProgress:
         self.thread = threading.Thread(target=self._loop, name="dedup-progress", daemon=True)
 
     def poll(self) -> None:
-        done = {phase: [int(n) for n in _names(dedup_unit_done(self.root, phase, 0).parent, ".json") if n.isdigit()]
+        done = {phase: [int(n) for n in _names(self.root.dedup_unit_done(phase, 0).parent, ".json") if n.isdigit()]
                 for phase in DEDUP_PHASES}
         current = next((p for p in DEDUP_PHASES if len(done[p]) < unit_count(self.plan, p)), DEDUP_PHASES[-1])
         nbytes = sum(self.weights[phase][k][0] for phase, ks in done.items() for k in ks)
@@ -220,21 +219,18 @@ def _run_workers(root: OutputRoot, plan: DedupPlan, inputs: Inputs, workers: int
 def dedup_status(output_root: str | Path) -> dict[str, object]:
     """Units done / held / pending per phase, and whether the dedup is finished (for ``slimtok status``)."""
     root = OutputRoot(output_root)
-    plan = read_record(dedup_plan_path(root), DedupPlan)
+    plan = read_record(root.dedup_plan, DedupPlan)
     if plan is None:
         return {"started": False, "finished": False, "phases": {}}
     phases = {}
     for phase in DEDUP_PHASES:
-        done = _names(dedup_unit_done(root, phase, 0).parent, ".json")
+        done = _names(root.dedup_unit_done(phase, 0).parent, ".json")
         held = _names(root.lock(dedup_unit(phase, 0)).parent, ".lock") - done
         total = unit_count(plan, phase)
         phases[phase] = {"units": total, "done": len(done), "held": len(held),
                          "pending": total - len(done) - len(held)}
-    return {"started": True, "finished": dedup_job_path(root).exists(), "phases": phases}
+    return {"started": True, "finished": root.dedup_job.exists(), "phases": phases}
 
 
 def _names(folder: Path, suffix: str) -> set[str]:
-    try:
-        return {p.name[:-len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix)}
-    except FileNotFoundError:
-        return set()
+    return {name[:-len(suffix)] for name in storage_for(folder).list_names(folder) if name.endswith(suffix)}

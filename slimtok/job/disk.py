@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Callable
 
 import orjson
 
-from ..budget import (check_free_space, describe_estimate, disk_space, estimate_token_bytes, format_bytes, has_room,
-                      sample_ratios)
+from ..budget import describe_estimate, estimate_token_bytes, sample_ratios
 from ..manifest import ShardEntry
-from ..protocol import JobSettings, OutputRoot
+from ..protocol import JobSettings, OutputRoot, storage_for
+from ..space import check_free_space, disk_space, format_bytes, has_room
 from .pinned import load_pinned_tokenizer
 from .settings import TokenizeSettings
 
@@ -117,7 +117,7 @@ def _file_growth(path: Path) -> float | None:
     from ..tokenizer.loading import text_growth
 
     try:
-        data = orjson.loads(path.read_bytes())
+        data = orjson.loads(storage_for(path).read_whole(path))
     except (OSError, orjson.JSONDecodeError):
         return None
     return text_growth(data.get("normalizer"), data.get("pre_tokenizer")) if isinstance(data, dict) else None

@@ -20,7 +20,8 @@ import orjson
 from .. import __version__
 from ..errors import JobMismatch, ManifestError
 from ..manifest import ShardEntry, manifest_digest, read_manifest
-from ..protocol import PROTOCOL_VERSION, JobSettings, OutputRoot, create_exclusive, write_atomic, write_record
+from ..protocol import (PROTOCOL_VERSION, JobSettings, OutputRoot, create_exclusive, storage_for, write_atomic,
+                        write_record)
 from ..tokenizer.loading import local_tokenizer_file
 from .disk import check_disk_budget, disk_sample
 from .pinned import read_job, tokenizer_fingerprint
@@ -80,7 +81,7 @@ def request_digest(settings: TokenizeSettings, tokenizer_file_sha256: str, folde
     recorded digest needs no tokenizer. A tokenizer that is not a local file (a Hub id, a folder
     for transformers) has none ("" in job.json): those always load."""
     config = folder / "tokenizer_config.json"
-    config_sha256 = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
+    config_sha256 = hashlib.sha256(storage_for(config).read_whole(config)).hexdigest() if config.is_file() else None
     asked = [__version__, PROTOCOL_VERSION, tokenizer_file_sha256, config_sha256, settings.eos_id, settings.bos,
              settings.special_text, settings.dtype, settings.text_key, settings.source_key]
     return hashlib.sha256(orjson.dumps(asked)).hexdigest()
@@ -101,7 +102,7 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
     root = OutputRoot(settings.output_root)
     entries = read_manifest(settings.manifest)
     file = local_tokenizer_file(settings.tokenizer)
-    data = file.read_bytes() if file is not None else None  # read once: digest, facts and copy agree
+    data = storage_for(file).read_whole(file) if file is not None else None  # read once: digest, facts and copy agree
     file_sha256 = hashlib.sha256(data).hexdigest() if data is not None else ""
     key = request_digest(settings, file_sha256, file.parent) if file is not None else ""
     stored = read_job(root) if root.job.exists() else None
@@ -141,7 +142,7 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
     extras = {"tokenizer_file_sha256": copied, "request_sha256": key}
     bounds: dict[str, list[float]] | None = None
     if pinned is None:
-        root.root.mkdir(parents=True, exist_ok=True)
+        root.storage.make_folders(root.root)
         # The disk-budget sample is taken here, once per job, over every split, and pinned, unless
         # an upper bound on the tokens already leaves room (then nothing is encoded or pinned).
         sampled, bounds = disk_sample(settings, root, entries, requested, tok)
@@ -161,7 +162,7 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
             write_record(root.job, noted)
         pinned = noted
     if not root.manifest.exists():
-        write_atomic(root.manifest, Path(settings.manifest).read_bytes())
+        write_atomic(root.manifest, storage_for(Path(settings.manifest)).read_whole(Path(settings.manifest)))
     if not root.tokenizer_file.exists():
         write_atomic(root.tokenizer_config_file, _tokenizer_config(pinned))
         # The bytes the fingerprint was taken from; a job pinned from another form of the same
@@ -197,9 +198,9 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str],
                           "and relaunch: the job is then re-pinned to the new settings")
     failed = sorted(root.failed_ids())
     for shard in failed:
-        root.failed(shard).unlink(missing_ok=True)
+        root.storage.delete(root.failed(shard))
     for copy in (root.manifest, root.tokenizer_file, root.tokenizer_config_file):
-        copy.unlink(missing_ok=True)
+        root.storage.delete(copy)
     write_record(root.job, requested)
     if log:
         log(f"job.json re-pinned: no shard was done under its old settings; removed their {len(failed)} failed "

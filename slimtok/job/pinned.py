@@ -59,7 +59,7 @@ def pinned_tokenizer_path(root: OutputRoot, job: JobSettings) -> Path:
     """
     path = root.tokenizer_file
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = hashlib.sha256(root.storage.read_whole(path)).hexdigest()
     except FileNotFoundError:
         raise TokenizerError("is missing: the output root's tokenizer copy was removed", path,
                              "relaunch `slimtok tokenize` with the original --tokenizer to write it again") from None

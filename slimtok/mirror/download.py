@@ -78,7 +78,7 @@ from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import filter_repo_objects
 
 from .. import __version__
-from ..budget import format_bytes, lacks_room
+from ..space import format_bytes, lacks_room
 from ..errors import MirrorError
 from ..protocol import write_atomic
 from .record import MirrorRun, RecordedFile, write_record

@@ -19,7 +19,8 @@ import time
 import orjson
 import psutil
 
-from ..budget import disk_space, estimate_token_bytes
+from ..budget import estimate_token_bytes
+from ..space import disk_space
 from ..claims import file_server_now
 from ..manifest import ShardEntry
 from ..job import load_job

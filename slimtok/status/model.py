@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..budget import DiskSpace, TokenBytesEstimate
+from ..budget import TokenBytesEstimate
+from ..space import DiskSpace
 from ..protocol import Heartbeat
 
 

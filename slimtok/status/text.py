@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..budget import format_bytes
+from ..space import format_bytes
 from ..progress import duration
 from ..protocol import Heartbeat
 from .model import JobStatus, WorkerStatus

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -191,7 +190,7 @@ class Worker:
         (status: pending, combine: missing). Renamed aside so the shard is redone and recommitted."""
         aside = self.root.corrupt_aside(done)
         try:
-            os.replace(done, aside)
+            self.root.storage.replace(done, aside)
         except FileNotFoundError:
             return  # another worker set it aside first
         log.warning("%s: %s is not a readable done record; kept as %s, the shard will be tokenized again",
@@ -302,7 +301,7 @@ class Worker:
                      FailedRecord(shard=entry.id, path=entry.path, reason=line, host=self.me.host,
                                   pid=self.me.pid, launch=self.settings.launch, failed_at=time.time()))
         task.discard_parts()
-        self.root.checkpoint(entry.id).unlink(missing_ok=True)
+        self.root.storage.delete(self.root.checkpoint(entry.id))
         self.claimer.release(task.claim)
 
 

@@ -163,8 +163,8 @@ class ShardTask:
 
     def discard_parts(self) -> None:
         """Remove this claim's part files (a shard failed, or its claim was lost or let go)."""
-        self.data.path.unlink(missing_ok=True)
-        self.table.path.unlink(missing_ok=True)
+        for part in (self.data.path, self.table.path):
+            self.root.storage.delete(part)
 
     def commit(self) -> DoneRecord:
         """Sync and close the part files written by :meth:`write`, then publish the shard.
