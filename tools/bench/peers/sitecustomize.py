@@ -9,4 +9,4 @@ import typing
 if not hasattr(typing, "override"):
     import typing_extensions
 
-    typing.override = typing_extensions.override
+    typing.override = typing_extensions.override  # type: ignore[attr-defined]
