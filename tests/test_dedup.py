@@ -292,7 +292,7 @@ def test_a_bucket_task_holds_only_its_bucket(tmp_path):
     """Peak traced memory of one bucket task ≤ 64 MB per 100 M documents of the job."""
     import tracemalloc
 
-    from slimtok.dedup.bench import synthetic_root
+    from slimtok.testing import synthetic_root
     from slimtok.dedup.plan import make_plan, read_inputs
     from slimtok.dedup.run import DedupWorker, pin_plan
     from slimtok.dedup.units import bucket_rows
@@ -319,7 +319,7 @@ def test_a_bucket_task_maps_no_scatter_file_and_refuses_a_short_one(tmp_path):
     """RSS (not just traced memory) of a bucket task stays near its rows' bytes: reading its slices
     must not map the scatter files (a mapped file's pages count whole folios). A scatter file
     shorter than its record promises is refused, naming it."""
-    from slimtok.dedup.bench import synthetic_root
+    from slimtok.testing import synthetic_root
     from slimtok.dedup.plan import make_plan, read_inputs
     from slimtok.dedup.run import DedupWorker, pin_plan
     from slimtok.dedup.units import bucket_rows

@@ -385,11 +385,12 @@ def test_an_unfinished_root_is_refused(roots, tmp_path):
 def _synthetic_spec(tmp: Path, documents: int, shards: int, tokens: int) -> tuple[dict, np.ndarray]:
     """One synthetic root (tables and done records only), a spec taking ``tokens`` of it, and the
     root's table."""
-    from slimtok.mix.bench import synthetic_root
+    from slimtok.testing import synthetic_root
 
     root = tmp / f"synthetic-{documents}-{shards}"
     if not root.exists():
-        synthetic_root(root, documents, shards, seed=3)
+        synthetic_root(root, shards, documents // shards, tokens=(1, MAX_TOKENS_SYNTHETIC), holdout=False, data=True,
+                       checksums=False, seed=3)
     out = OutputRoot(root)
     table = np.concatenate([np.fromfile(out.table(orjson.loads(line)["id"]), dtype=DOC_TABLE_DTYPE)
                             for line in out.manifest.read_bytes().splitlines()])
@@ -427,7 +428,7 @@ def test_the_sample_is_the_smallest_keys_and_does_not_depend_on_the_reading_piec
         assert np.array_equal(again.splits["train"], picks)
 
 
-MAX_TOKENS_SYNTHETIC = 2000  # slimtok.mix.bench.MAX_DOC_TOKENS
+MAX_TOKENS_SYNTHETIC = 2000  # the synthetic documents' largest token count
 
 
 def test_planning_memory_is_per_selected_document(tmp_path, monkeypatch):

@@ -4,7 +4,6 @@ output roots (docs/MIX.md). spec → inputs → plan → write; ``mix_main`` is 
 from __future__ import annotations
 
 import os
-import time
 from typing import Callable, TextIO
 
 import orjson
@@ -16,7 +15,7 @@ from .report import format_table
 from .spec import MixSpec, load_spec, parse_spec
 from .write import write_mix
 
-__all__ = ["mix", "mix_main", "bench_mix", "load_spec", "parse_spec", "make_plan", "MixSpec", "Plan"]
+__all__ = ["mix", "mix_main", "load_spec", "parse_spec", "make_plan", "MixSpec", "Plan"]
 
 
 def mix(spec: MixSpec, output_root: str | os.PathLike[str] | None, workers: int = 1, quiet: bool = False,
@@ -44,12 +43,3 @@ def mix_main(spec_path: str | os.PathLike[str], output_root: str | os.PathLike[s
                                             meta["splits"].items() if "tokens" in info))
     return 0
 
-
-def bench_mix(spec_path: str | os.PathLike[str], output_root: str | os.PathLike[str], workers: int = 1) -> dict:
-    """One timed mix for tools/bench.py: seconds and bytes written per second (the output root
-    must not exist yet, so nothing is skipped)."""
-    began = time.perf_counter()
-    _, meta = mix(load_spec(spec_path), output_root, workers, quiet=True)
-    seconds = time.perf_counter() - began
-    written = sum(info["bytes"] for info in meta["splits"].values())
-    return {"seconds": seconds, "bytes": written, "bytes_per_second": written / seconds if seconds else 0.0}
