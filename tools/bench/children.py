@@ -107,10 +107,10 @@ def bucket_task(root: str, bucket: str, report: str) -> None:
     what a dedup worker holds anyway (its inputs); reports the peak RSS the task adds."""
     from slimtok.dedup.plan import read_inputs, unit_count
     from slimtok.dedup.units import bucket_rows, find_drops
-    from slimtok.protocol import DedupPlan, DedupUnitRecord, OutputRoot, dedup_plan_path, dedup_unit_done, read_record
+    from slimtok.protocol import DedupPlan, DedupUnitRecord, OutputRoot, read_record
 
     r = OutputRoot(root)
-    plan = read_record(dedup_plan_path(r), DedupPlan)
+    plan = read_record(r.dedup_plan, DedupPlan)
     assert plan is not None, "the bench runs the dedup before measuring a bucket"
     inputs = read_inputs(r)
     b = int(bucket)
@@ -120,7 +120,7 @@ def bucket_task(root: str, bucket: str, report: str) -> None:
     base = proc_status("VmRSS")
     grown = _task_growth(lambda: find_drops(bucket_rows(r, plan, b)))  # rows die inside find_drops, as in a worker
     peak = proc_status("VmHWM")
-    scatter = [read_record(dedup_unit_done(r, "scatter", k), DedupUnitRecord)
+    scatter = [read_record(r.dedup_unit_done("scatter", k), DedupUnitRecord)
                for k in range(unit_count(plan, "scatter"))]
     rows = sum(s.offsets[b + 1] - s.offsets[b] for s in scatter if s is not None)
     Path(report).write_text(json.dumps({"base": base, "peak": peak, "grown": grown, "first": first, "rows": rows,

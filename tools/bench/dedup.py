@@ -76,7 +76,7 @@ def bench_dedup_cost(table: Table, work: Path, corpus: Path, tokenizer: Path, ba
     and how much of dedup's wall its fsyncs (4 per unit) can explain."""
     from slimtok.dedup import run_dedup
     from slimtok.dedup.plan import unit_count
-    from slimtok.protocol import DedupPlan, OutputRoot, dedup_plan_path, read_record
+    from slimtok.protocol import DedupPlan, OutputRoot, read_record
 
     root, tok_cpu = tokenized_root(work, "dedup-all", corpus, tokenizer, backend,
                                    splits=("train", "validation", "test"),
@@ -87,7 +87,7 @@ def bench_dedup_cost(table: Table, work: Path, corpus: Path, tokenizer: Path, ba
         c0, w0 = time.process_time(), time.time()  # not os.times: its 10 ms ticks are too coarse here
         job = run_dedup(root, b, 1)
         wall, cpu = time.time() - w0, time.process_time() - c0
-        plan = read_record(dedup_plan_path(OutputRoot(root)), DedupPlan)
+        plan = read_record(OutputRoot(root).dedup_plan, DedupPlan)
         assert plan is not None
         units = sum(unit_count(plan, phase) for phase in ("scatter", "bucket", "gather"))
         label = f"{plan.buckets} buckets" + (" (auto)" if b is None else "")
