@@ -17,8 +17,10 @@ import time
 
 import pytest
 
-from test_faults import (_assert_no_orphans, _claims_per_shard, _cmd, _combined, _dataset, _logs, _manifest, _run,
-                         _wait_for, assert_taken_over_and_stood_down, stop_while_holding_a_shard)
+from helpers import cli
+from helpers.cli import tokenize_cmd
+from helpers.launches import (assert_no_orphans, assert_taken_over_and_stood_down, claims_per_shard, combined_split,
+                              framed_dataset, run_captured, stop_while_holding_a_shard, wait_for, worker_logs)
 from slimtok.claims import Claimer
 from slimtok.protocol import Holder, OutputRoot
 
@@ -60,7 +62,7 @@ def test_live_holder_two_hours_behind_keeps_all_its_claims(tmp_path):
     ready = tmp_path / "ready"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "out"), "34", "6", str(ready)],
                               env=_faked("-2h"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert _wait_for(ready.exists, 60)
+    assert wait_for(ready.exists, 60)
     lag = time.time() - os.stat(OutputRoot(tmp_path / "out").lock("s0")).st_mtime
     assert 7100 < lag < 7300  # the locks really carry a clock 2 h behind
     observer = Claimer(OutputRoot(tmp_path / "out"), Holder("undisturbed", "", 1, 0.0, 1, 0), 1.0)
@@ -74,19 +76,20 @@ def test_live_holder_two_hours_behind_keeps_all_its_claims(tmp_path):
 
 
 def test_stopped_holder_120_s_ahead_loses_its_shard_after_stale_after(tmp_path, bpe_tokenizer):
-    ds = _dataset(tmp_path / "ds", shards=3, docs=600)
-    manifest = _manifest(tmp_path, ds)
+    ds = framed_dataset(tmp_path / "ds", shards=3, docs=600)
+    manifest = cli.manifest(tmp_path, ds)
     root = tmp_path / "out"
     common = ["--spawn-workers", 1, "--process-count", 2, "--stale-after", 2, "--tokens-per-write", 500,
               "--checkpoint-every", 0]
-    a = subprocess.Popen(_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 0), env=_faked("+120s"),
+    a = subprocess.Popen(tokenize_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 0),
+                         env=_faked("+120s"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # its heartbeats (every 0.33 s) stamp the lock with a clock two minutes ahead of ours
     worker, shard = stop_while_holding_a_shard(root, ahead=100.0)
     try:
         # Judged by the mtime against a clock the lock would look fresh for another 120 s; watched
         # unchanged it is stale after 2. The bound is far from both (the takeover needs ~2 s).
-        b = subprocess.run(_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 1),
+        b = subprocess.run(tokenize_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 1),
                            capture_output=True, text=True, timeout=60)
         assert b.returncode == 0, b.stderr
     finally:
@@ -95,19 +98,19 @@ def test_stopped_holder_120_s_ahead_loses_its_shard_after_stale_after(tmp_path, 
 
 
 def test_a_worker_two_hours_behind_beside_an_undisturbed_one_gives_the_undisturbed_output(tmp_path, bpe_tokenizer):
-    ds = _dataset(tmp_path / "ds", shards=4, docs=300)
-    manifest = _manifest(tmp_path, ds)
+    ds = framed_dataset(tmp_path / "ds", shards=4, docs=300)
+    manifest = cli.manifest(tmp_path, ds)
     clean = tmp_path / "clean"
-    assert _run(_cmd(manifest, clean, bpe_tokenizer, "--spawn-workers", "1")).returncode == 0
+    assert run_captured(tokenize_cmd(manifest, clean, bpe_tokenizer, "--spawn-workers", "1")).returncode == 0
     root = tmp_path / "out"
     common = ["--spawn-workers", 1, "--process-count", 2, "--stale-after", 2, "--tokens-per-write", 500,
               "--checkpoint-every", 0]
-    a = subprocess.Popen(_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 0), env=_faked("-2h"),
+    a = subprocess.Popen(tokenize_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 0), env=_faked("-2h"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    b = _run(_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 1))
+    b = run_captured(tokenize_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 1))
     _, err = a.communicate(timeout=600)
     assert a.returncode == 0 and b.returncode == 0, err.decode() + b.stderr
-    assert "taking over from" not in _logs(root)
-    assert set(_claims_per_shard(root).values()) == {1}
-    _assert_no_orphans(root)
-    assert _combined(root) == _combined(clean)
+    assert "taking over from" not in worker_logs(root)
+    assert set(claims_per_shard(root).values()) == {1}
+    assert_no_orphans(root)
+    assert combined_split(root) == combined_split(clean)

@@ -4,25 +4,20 @@ megatron-core, each document compared with an independent `tokenizers` encoding 
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 
-from corpus import doc_line, slimtok, write_shard
-from test_tokenizer_families import documents, expected_bos, independent
-from tokenizer_families import FAMILIES, build_family
+from helpers.cli import slimtok
+from helpers.corpus import doc_line, write_shard
+from helpers.tokenizer_families import FAMILIES, build_family, documents, expected_bos, independent
+from helpers.trainers import megatron_indexed_dataset
+
+# Skip before any family is built or tokenized: every case ends reading the export with megatron-core.
+IndexedDataset = megatron_indexed_dataset()
 
 #: (--bos, --special-text) per run: the default policy, and the other choice of each flag
 POLICIES = [("auto", "literal"), ("never", "parse")]
-
-
-def _megatron(prefix):
-    with warnings.catch_warnings():  # megatron-core warns that Apex/Transformer Engine are absent
-        warnings.simplefilter("ignore")
-        module = pytest.importorskip("megatron.core.datasets.indexed_dataset",
-                                     reason="megatron-core is not installed (tools/ci/install-test-deps.sh)")
-    return module.IndexedDataset(str(prefix))
 
 
 @pytest.mark.parametrize("bos,special", POLICIES)
@@ -48,7 +43,7 @@ def test_family_through_the_whole_pipeline(tmp_path, name, bos, special):
     bos_id = None if expected_bos(name, bos) is None else want[0][0]
     assert (meta["bos_token_id"], meta["special_text"]) == (bos_id, special)
     assert any(line.startswith("dtype: ") for line in meta["policy_notes"])
-    ds = _megatron(root / "megatron" / "fam_train_text_document")
+    ds = IndexedDataset(str(root / "megatron" / "fam_train_text_document"))
     assert len(ds) == len(want)
     for i, ids in enumerate(want):
         assert ds[i].tolist() == ids, (name, bos, special, i)

@@ -2,7 +2,7 @@
 per-shard reason with everything else finished.
 
 Each test runs the real `slimtok tokenize` in subprocesses and compares the combined output with
-a clean single-worker run or with the independent reference encoding in tests/corpus.py.
+a clean single-worker run or with the independent reference encoding in tests/helpers/corpus.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,66 +21,16 @@ import psutil
 import pytest
 import zstandard
 
-from tmpfs import mounted_tmpfs
-from corpus import doc_line, make_dataset, reference_ids, sample_documents, slimtok, write_shard
-from slimtok.protocol import OutputRoot
-
-
-def _manifest(tmp_path: Path, dataset: Path) -> Path:
-    slimtok("manifest", "--dataset-dir", dataset, "--output-dir", tmp_path / "m")
-    return tmp_path / "m" / "manifest.jsonl"
-
-
-def _cmd(manifest, root, tokenizer, *extra) -> list[str]:
-    return [sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest), "--output-root", str(root),
-            "--tokenizer", str(tokenizer), "--quiet", *map(str, extra)]
-
-
-def _run(cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
-
-
-def _wait_for(predicate, timeout: float = 120.0) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def _logs(root: Path) -> str:
-    return "".join(p.read_text(errors="replace") for p in sorted((root / "logs").glob("*.log")))
-
-
-def _claims_per_shard(root: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for line in _logs(root).splitlines():
-        if ": claimed " in line:
-            shard = line.split(": claimed ", 1)[1].split(" ", 1)[0]
-            counts[shard] = counts.get(shard, 0) + 1
-    return counts
+from helpers import cli
+from helpers.cli import slimtok, tokenize_cmd
+from helpers.corpus import doc_line, make_dataset, reference_ids, sample_documents, write_shard
+from helpers.launches import (assert_no_orphans, assert_taken_over_and_stood_down, claims_per_shard, combined_split,
+                              framed_dataset, run_captured, stop_while_holding_a_shard, worker_logs)
+from helpers.tmpfs import mounted_tmpfs
 
 
 def _done_records(root: Path) -> dict[str, dict]:
     return {json.loads(p.read_text())["shard"]: json.loads(p.read_text()) for p in (root / "done").rglob("*.json")}
-
-
-def _assert_no_orphans(root: Path) -> None:
-    assert not list((root / "shards").rglob("*.part")), "partial output left behind"
-    assert not list((root / "locks").rglob("*.lock")), "locks left behind"
-
-
-def _combined(root: Path, split: str = "train") -> bytes:
-    slimtok("combine", "--output-root", root, "--splits", split)
-    return (root / {"train": "train.bin", "validation": "val.bin", "test": "test.bin"}[split]).read_bytes()
-
-
-def _dataset(root: Path, shards: int, docs: int, seed: int = 7) -> Path:
-    for i in range(shards):
-        write_shard(root / f"train/chunk{1 + i % 3}/example_train_{i}.jsonl.zst",
-                    [doc_line(t) for t in sample_documents(docs, seed=seed * 100 + i)], frames=2)
-    return root
 
 
 def _workers(launcher_pid: int) -> list[psutil.Process]:
@@ -100,11 +49,11 @@ def _workers(launcher_pid: int) -> list[psutil.Process]:
 
 @pytest.mark.slow
 def test_chaos_twenty_kills_then_relaunch_is_byte_identical(tmp_path, bpe_tokenizer):
-    ds = _dataset(tmp_path / "ds", shards=18, docs=160)
-    manifest = _manifest(tmp_path, ds)
+    ds = framed_dataset(tmp_path / "ds", shards=18, docs=160)
+    manifest = cli.manifest(tmp_path, ds)
     clean = tmp_path / "clean"
-    assert _run(_cmd(manifest, clean, bpe_tokenizer, "--spawn-workers", "1")).returncode == 0
-    expected = _combined(clean)
+    assert run_captured(tokenize_cmd(manifest, clean, bpe_tokenizer, "--spawn-workers", "1")).returncode == 0
+    expected = combined_split(clean)
 
     rng = random.Random(2024)
     kills, rounds = 0, 0
@@ -113,10 +62,10 @@ def test_chaos_twenty_kills_then_relaunch_is_byte_identical(tmp_path, bpe_tokeni
         kills += _chaos_round(manifest, root, bpe_tokenizer, rng, 20 - kills)
         rounds += 1
         assert rounds <= 10, f"only {kills} kills in 10 rounds: each job finishes too fast to be interrupted"
-        final = _run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "3"))
+        final = run_captured(tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "3"))
         assert final.returncode == 0, final.stderr
-        assert _combined(root) == expected
-        _assert_no_orphans(root)
+        assert combined_split(root) == expected
+        assert_no_orphans(root)
         done, ref = _done_records(root), _done_records(clean)
         assert {k: v["documents"] for k, v in done.items()} == {k: v["documents"] for k, v in ref.items()}
         assert {k: v["sha256"] for k, v in done.items()} == {k: v["sha256"] for k, v in ref.items()}
@@ -130,7 +79,7 @@ def _chaos_round(manifest: Path, root: Path, tokenizer: Path, rng: random.Random
     kills = 0
     while kills < wanted:
         workers = rng.randint(2, 4)
-        cmd = _cmd(manifest, root, tokenizer, "--spawn-workers", workers, "--tokens-per-write", 64,
+        cmd = tokenize_cmd(manifest, root, tokenizer, "--spawn-workers", workers, "--tokens-per-write", 64,
                    "--checkpoint-every", 0, "--stale-after", 30)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(rng.uniform(0.2, 1.6))
@@ -153,82 +102,41 @@ def _chaos_round(manifest: Path, root: Path, tokenizer: Path, rng: random.Random
 
 @pytest.mark.slow
 def test_sixteen_processes_started_at_once_each_shard_done_once(tmp_path, bpe_tokenizer):
-    ds = _dataset(tmp_path / "ds", shards=24, docs=12)
-    manifest = _manifest(tmp_path, ds)
+    ds = framed_dataset(tmp_path / "ds", shards=24, docs=12)
+    manifest = cli.manifest(tmp_path, ds)
     root = tmp_path / "out"
-    procs = [subprocess.Popen(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1,
+    procs = [subprocess.Popen(tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1,
                                    "--process-count", 16, "--process-index", i),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(16)]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err.decode()
-    claims = _claims_per_shard(root)
+    claims = claims_per_shard(root)
     assert len(claims) == 24 and set(claims.values()) == {1}, claims
-    assert "taking over" not in _logs(root)
+    assert "taking over" not in worker_logs(root)
     assert len(_done_records(root)) == 24
-    _assert_no_orphans(root)
-    got = np.frombuffer(_combined(root), dtype=np.uint32)
+    assert_no_orphans(root)
+    got = np.frombuffer(combined_split(root), dtype=np.uint32)
     assert np.array_equal(got, reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))
 
 
 # 3. a node lost: alive but silent --------------------------------------------------------------
 
 def test_stopped_worker_loses_its_shard_and_stands_down_when_woken(tmp_path, bpe_tokenizer):
-    ds = _dataset(tmp_path / "ds", shards=3, docs=600)
-    manifest = _manifest(tmp_path, ds)
+    ds = framed_dataset(tmp_path / "ds", shards=3, docs=600)
+    manifest = cli.manifest(tmp_path, ds)
     root = tmp_path / "out"
     common = ["--spawn-workers", 1, "--process-count", 2, "--stale-after", 2, "--tokens-per-write", 500,
               "--checkpoint-every", 0]
-    a = subprocess.Popen(_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 0),
+    a = subprocess.Popen(tokenize_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 0),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     worker, stopped_shard = stop_while_holding_a_shard(root)
     try:
-        b = _run(_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 1))
+        b = run_captured(tokenize_cmd(manifest, root, bpe_tokenizer, *common, "--process-index", 1))
         assert b.returncode == 0, b.stderr
     finally:
         worker.send_signal(signal.SIGCONT)
     assert_taken_over_and_stood_down(a, root, stopped_shard, manifest, bpe_tokenizer)
-
-
-def stop_while_holding_a_shard(root: Path, ahead: float | None = None,
-                               timeout: float = 30.0) -> tuple[psutil.Process, str]:
-    """SIGSTOP a worker while it holds an unfinished shard; (worker, shard). With ``ahead``, only a
-    lock whose mtime (its heartbeat) is that many seconds past our clock counts. A shard can finish
-    between a look and the signal, so the lock and the missing done record are checked again once
-    the worker is stopped, and the look repeats otherwise."""
-    out = OutputRoot(root)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for lock in (root / "locks").rglob("*.lock"):
-            try:
-                stamped = ahead is None or lock.stat().st_mtime > time.time() + ahead
-                record = json.loads(lock.read_text())
-            except (FileNotFoundError, ValueError):
-                continue
-            if not stamped:
-                continue
-            worker = psutil.Process(record["pid"])
-            worker.send_signal(signal.SIGSTOP)
-            if lock.exists() and not out.done(record["shard"]).exists():
-                return worker, record["shard"]
-            worker.send_signal(signal.SIGCONT)
-        time.sleep(0.02)
-    raise AssertionError(f"no worker held a shard under {root / 'locks'}"
-                         + (f" with a clock {ahead} s ahead" if ahead is not None else "") + f" within {timeout} s")
-
-
-def assert_taken_over_and_stood_down(first: subprocess.Popen, root: Path, shard: str, manifest: Path,
-                                     tokenizer: Path) -> None:
-    """The stopped first launch, once woken, finished cleanly after another took ``shard`` over;
-    nothing is left behind and the output equals the reference encoding."""
-    _, err = first.communicate(timeout=120)
-    assert first.returncode == 0, err.decode()
-    logs = _logs(root)
-    assert "taking over from" in logs and "stopping this copy" in logs
-    assert _claims_per_shard(root)[shard] == 2
-    _assert_no_orphans(root)
-    got = np.frombuffer(_combined(root), dtype=np.uint32)
-    assert np.array_equal(got, reference_ids(manifest, tokenizer / "tokenizer.json", 0, "train"))
 
 
 # 4. full disk ----------------------------------------------------------------------------------
@@ -240,13 +148,13 @@ def small_fs(tmp_path):
 
 
 def test_full_disk_exits_clearly_keeps_progress_and_resumes_identically(tmp_path, small_fs, bpe_tokenizer):
-    ds = _dataset(tmp_path / "ds", shards=4, docs=200)
-    manifest = _manifest(tmp_path, ds)
+    ds = framed_dataset(tmp_path / "ds", shards=4, docs=200)
+    manifest = cli.manifest(tmp_path, ds)
     clean = tmp_path / "clean"
-    assert _run(_cmd(manifest, clean, bpe_tokenizer, "--spawn-workers", 1)).returncode == 0
+    assert run_captured(tokenize_cmd(manifest, clean, bpe_tokenizer, "--spawn-workers", 1)).returncode == 0
     root = small_fs / "out"
     writes = ("--tokens-per-write", 2000, "--checkpoint-every", 0, "--min-free-fraction", 0)
-    proc = _run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1, *writes))
+    proc = run_captured(tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1, *writes))
     assert proc.returncode == 3, proc.stderr
     assert "No space left on device" in proc.stderr and "relaunch" in proc.stderr
     done = _done_records(root)
@@ -254,10 +162,10 @@ def test_full_disk_exits_clearly_keeps_progress_and_resumes_identically(tmp_path
     for record in done.values():  # whatever was committed is complete and intact
         assert (root / record["file"]).stat().st_size == record["bytes"]
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
-    again = _run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1, *writes))
+    again = run_captured(tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1, *writes))
     assert again.returncode == 0, again.stderr
-    assert _combined(root) == _combined(clean)
-    _assert_no_orphans(root)
+    assert combined_split(root) == combined_split(clean)
+    assert_no_orphans(root)
 
 
 # 5. bad shards ---------------------------------------------------------------------------------
@@ -301,14 +209,14 @@ def test_bad_shards_each_fail_with_one_line_reason_and_the_rest_completes(tmp_pa
     good = (ds / "train/chunk1/example_train_0.jsonl.zst").read_bytes()
     expected = _write_bad_shards(ds, good)
     (ds / "train/chunk1/example_train_18.jsonl.zst").write_bytes(good)
-    manifest = _manifest(tmp_path, ds)
+    manifest = cli.manifest(tmp_path, ds)
     (ds / "train/chunk1/example_train_18.jsonl.zst").unlink()
     (ds / "train/chunk1/example_train_16.jsonl.zst").unlink()
     (ds / "train/chunk1/example_train_16.jsonl.zst").mkdir()
     root = tmp_path / "out"
     # Without CAP_DAC_OVERRIDE even root gets EACCES on the mode-000 shard, as a normal user would.
     setpriv = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if shutil.which("setpriv") else []
-    proc = _run(setpriv + _cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 2))
+    proc = run_captured(setpriv + tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 2))
     assert proc.returncode == 1, proc.stderr
     failed = {json.loads(p.read_text())["shard"]: json.loads(p.read_text())["reason"]
               for p in (root / "failed").rglob("*.json")}
@@ -325,7 +233,7 @@ def test_bad_shards_each_fail_with_one_line_reason_and_the_rest_completes(tmp_pa
     assert done["train/chunk2/example_train_3"]["skipped"] == {"not_json": 1, "text_not_string": 1}
     assert {"train/chunk1/example_train_0", "train/chunk2/example_train_1", "validation/chunk1/example_holdout_0",
             "test/chunk1/example_holdout_0"} <= set(done)
-    _assert_no_orphans(root)
+    assert_no_orphans(root)
     # Fix every file, then --retry-failed completes the two whose listed size still holds; the others
     # are now other files than the manifest lists, so they fail again naming both sizes.
     t = ds / "train/chunk1"
@@ -333,7 +241,7 @@ def test_bad_shards_each_fail_with_one_line_reason_and_the_rest_completes(tmp_pa
     os.chmod(t / "example_train_17.jsonl.zst", 0o644)
     for name in [f"example_train_{i}" for i in range(10, 19) if i != 17]:
         (t / f"{name}.jsonl.zst").write_bytes(good)
-    again = _run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 2, "--retry-failed"))
+    again = run_captured(tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 2, "--retry-failed"))
     assert again.returncode == 1, again.stderr
     failed = {json.loads(p.read_text())["shard"]: json.loads(p.read_text())["reason"]
               for p in (root / "failed").rglob("*.json")}
@@ -344,10 +252,10 @@ def test_bad_shards_each_fail_with_one_line_reason_and_the_rest_completes(tmp_pa
     done = _done_records(root)
     assert done["train/chunk1/example_train_16"]["source_size"] == len(good)
     # A manifest rebuilt from the fixed files, in a new output root, gives the reference.
-    manifest2 = _manifest(tmp_path / "fixed", ds)
+    manifest2 = cli.manifest(tmp_path / "fixed", ds)
     root2 = tmp_path / "out2"
-    assert _run(_cmd(manifest2, root2, bpe_tokenizer, "--spawn-workers", 2)).returncode == 0
-    got = np.frombuffer(_combined(root2), dtype=np.uint32)
+    assert run_captured(tokenize_cmd(manifest2, root2, bpe_tokenizer, "--spawn-workers", 2)).returncode == 0
+    got = np.frombuffer(combined_split(root2), dtype=np.uint32)
     assert np.array_equal(got, reference_ids(manifest2, bpe_tokenizer / "tokenizer.json", 0, "train"))
 
 
@@ -355,10 +263,10 @@ def test_bad_shards_each_fail_with_one_line_reason_and_the_rest_completes(tmp_pa
 
 def test_truncated_outputs_are_caught_naming_the_shard(tmp_path, bpe_tokenizer):
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=10, holdout_docs=2)
-    manifest = _manifest(tmp_path, ds)
+    manifest = cli.manifest(tmp_path, ds)
     root = tmp_path / "out"
-    assert _run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1)).returncode == 0
-    _combined(root)
+    assert run_captured(tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1)).returncode == 0
+    combined_split(root)
     order = [json.loads(x)["id"] for x in manifest.read_text().splitlines() if '"train"' in x]
     done = _done_records(root)
     cut = done[order[0]]["bytes"] + done[order[1]]["bytes"] // 2
@@ -378,20 +286,20 @@ def test_truncated_outputs_are_caught_naming_the_shard(tmp_path, bpe_tokenizer):
 def test_same_process_index_on_two_hosts_never_writes_a_shard_twice(tmp_path, bpe_tokenizer):
     if subprocess.run(["unshare", "-u", "true"], capture_output=True).returncode != 0:
         pytest.skip("cannot create a UTS namespace here (needs root) to give the second launch another hostname")
-    ds = _dataset(tmp_path / "ds", shards=10, docs=80)
-    manifest = _manifest(tmp_path, ds)
+    ds = framed_dataset(tmp_path / "ds", shards=10, docs=80)
+    manifest = cli.manifest(tmp_path, ds)
     root = tmp_path / "out"
     cmds = []
     for host in ("node-a", "node-b"):
-        inner = " ".join(f"'{c}'" for c in _cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1,
+        inner = " ".join(f"'{c}'" for c in tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", 1,
                                                 "--process-count", 4, "--process-index", 0))
         cmds.append(["unshare", "-u", "sh", "-c", f"hostname {host} && exec {inner}"])
     procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err.decode()
-    claims = _claims_per_shard(root)
+    claims = claims_per_shard(root)
     assert len(claims) == 10 and set(claims.values()) == {1}
     assert {p.name.split("-p0-")[0] for p in (root / "logs").glob("*.log")} == {"node-a", "node-b"}
-    got = np.frombuffer(_combined(root), dtype=np.uint32)
+    got = np.frombuffer(combined_split(root), dtype=np.uint32)
     assert np.array_equal(got, reference_ids(manifest, bpe_tokenizer / "tokenizer.json", 0, "train"))

@@ -6,33 +6,20 @@ import pickle
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from corpus import doc_line, make_dataset, reference_ids, slimtok, write_shard
-
-
-def _manifest(tmp_path: Path, dataset: Path) -> Path:
-    slimtok("manifest", "--dataset-dir", dataset, "--output-dir", tmp_path / "m")
-    return tmp_path / "m" / "manifest.jsonl"
-
-
-def _tokenize(manifest, root, tokenizer, *extra, check=True):
-    return slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", root, "--tokenizer", tokenizer,
-                   "--quiet", *extra, check=check)
+from helpers import cli
+from helpers.cli import slimtok, tokenize
+from helpers.corpus import doc_line, make_dataset, reference_ids, write_shard
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory, bpe_tokenizer):
-    tmp = tmp_path_factory.mktemp("small")
-    dataset = make_dataset(tmp / "ds", train_shards=5, docs_per_shard=25)
-    manifest = _manifest(tmp, dataset)
-    root = tmp / "out1"
-    _tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1")
-    slimtok("combine", "--output-root", root)
-    return tmp, manifest, root
+def small(tokenized_root, bpe_tokenizer):
+    run = tokenized_root({"train_shards": 5, "docs_per_shard": 25}, bpe_tokenizer, "--dtype", "uint32", "--quiet",
+                         "--spawn-workers", "1", combine=True)
+    return run.work, run.manifest, run.root
 
 
 def test_outputs_equal_a_direct_tokenizers_encoding(small, bpe_tokenizer):
@@ -51,7 +38,7 @@ def test_outputs_equal_a_direct_tokenizers_encoding(small, bpe_tokenizer):
 def test_byte_identical_for_1_vs_2_workers_vs_3_processes(small, bpe_tokenizer):
     tmp, manifest, root = small
     two = tmp / "out2"
-    _tokenize(manifest, two, bpe_tokenizer, "--spawn-workers", "2")
+    tokenize(manifest, two, bpe_tokenizer, "--spawn-workers", "2")
     slimtok("combine", "--output-root", two)
     three = tmp / "out3"
     procs = [subprocess.Popen([sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest),
@@ -114,8 +101,8 @@ def test_qwen3_special_strings_are_text_and_ids_match(tmp_path, qwen3_tokenizer)
     texts = ["Hello <|endoftext|> world <|im_end|> done", "日本語のテキスト и кириллица", "x" * 5000,
              "tabs\tand\nnewlines\r\n", "emoji 😀 <think>not a tag</think>"]
     write_shard(tmp_path / "ds/train/chunk1/example_train_0.jsonl.zst", [doc_line(t) for t in texts])
-    manifest = _manifest(tmp_path, tmp_path / "ds")
-    _tokenize(manifest, tmp_path / "out", qwen3_tokenizer, "--spawn-workers", "1")
+    manifest = cli.manifest(tmp_path, tmp_path / "ds")
+    tokenize(manifest, tmp_path / "out", qwen3_tokenizer, "--spawn-workers", "1")
     slimtok("combine", "--output-root", tmp_path / "out")
     got = np.fromfile(tmp_path / "out/train.bin", dtype=np.uint32)
     # An independent path: transformers' fast tokenizer with special strings split as text.
@@ -133,8 +120,8 @@ def test_qwen3_special_strings_are_text_and_ids_match(tmp_path, qwen3_tokenizer)
 
 def test_dtype_auto_picks_uint16_for_small_vocab(tmp_path, bpe_tokenizer):
     make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=5, holdout_docs=2)
-    manifest = _manifest(tmp_path, tmp_path / "ds")
-    _tokenize(manifest, tmp_path / "out", bpe_tokenizer, "--dtype", "auto", "--spawn-workers", "1")
+    manifest = cli.manifest(tmp_path, tmp_path / "ds")
+    tokenize(manifest, tmp_path / "out", bpe_tokenizer, "--dtype", "auto", "--spawn-workers", "1")
     slimtok("combine", "--output-root", tmp_path / "out")
     meta = pickle.loads((tmp_path / "out/meta.pkl").read_bytes())
     assert meta["dtype"] == "uint16"
@@ -144,19 +131,19 @@ def test_dtype_auto_picks_uint16_for_small_vocab(tmp_path, bpe_tokenizer):
 
 def test_settings_drift_is_refused_before_writing(tmp_path, bpe_tokenizer, qwen3_tokenizer):
     make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=3, holdout_docs=1)
-    manifest = _manifest(tmp_path, tmp_path / "ds")
+    manifest = cli.manifest(tmp_path, tmp_path / "ds")
     root = tmp_path / "out"
-    _tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1")
+    tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1")
     before = sorted(p.relative_to(root) for p in root.rglob("*") if "heartbeats" not in p.parts)
     for extra, word in [(["--eos-id", "1"], "eos_token_id"), (["--dtype", "auto"], "dtype"),
                         (["--text-key", "body"], "text_key")]:
-        proc = _tokenize(manifest, root, bpe_tokenizer, *extra, check=False)
+        proc = tokenize(manifest, root, bpe_tokenizer, *extra, check=False)
         assert proc.returncode == 2 and word in proc.stderr, proc.stderr
-    proc = _tokenize(manifest, root, qwen3_tokenizer, check=False)
+    proc = tokenize(manifest, root, qwen3_tokenizer, check=False)
     assert proc.returncode == 2 and "tokenizer_sha256" in proc.stderr
     write_shard(tmp_path / "ds/train/chunk1/example_train_9.jsonl.zst", [doc_line("new shard")])
-    other = _manifest(tmp_path, tmp_path / "ds")
-    proc = _tokenize(other, root, bpe_tokenizer, check=False)
+    other = cli.manifest(tmp_path, tmp_path / "ds")
+    proc = tokenize(other, root, bpe_tokenizer, check=False)
     assert proc.returncode == 2 and "manifest: pinned" in proc.stderr
     after = sorted(p.relative_to(root) for p in root.rglob("*") if "heartbeats" not in p.parts)
     assert before == after
@@ -164,9 +151,9 @@ def test_settings_drift_is_refused_before_writing(tmp_path, bpe_tokenizer, qwen3
 
 def test_combine_refuses_incomplete_split_and_allows_partial(tmp_path, bpe_tokenizer):
     make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=4, holdout_docs=2)
-    manifest = _manifest(tmp_path, tmp_path / "ds")
+    manifest = cli.manifest(tmp_path, tmp_path / "ds")
     root = tmp_path / "out"
-    _tokenize(manifest, root, bpe_tokenizer, "--splits", "validation,test", "--spawn-workers", "1")
+    tokenize(manifest, root, bpe_tokenizer, "--splits", "validation,test", "--spawn-workers", "1")
     proc = slimtok("combine", "--output-root", root, check=False)
     assert proc.returncode == 2
     assert "split train has 3 of 3 shards not done: train/chunk1/example_train_0 (pending)" in proc.stderr
@@ -179,12 +166,12 @@ def test_combine_refuses_incomplete_split_and_allows_partial(tmp_path, bpe_token
 
 def test_a_modified_tokenizer_copy_in_the_output_root_is_refused(tmp_path, bpe_tokenizer):
     make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=3, holdout_docs=1)
-    manifest = _manifest(tmp_path, tmp_path / "ds")
+    manifest = cli.manifest(tmp_path, tmp_path / "ds")
     root = tmp_path / "out"
-    _tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--splits", "train")
+    tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--splits", "train")
     copy = root / "tokenizer/tokenizer.json"
     copy.write_text(copy.read_text().replace('"<|pad|>"', '"<|PAD|>"'))
-    proc = _tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1", check=False)
+    proc = tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1", check=False)
     assert proc.returncode == 3 and "does not match job.json's tokenizer_sha256" in proc.stderr
     assert not (root / "done/validation").exists()
 
@@ -196,9 +183,9 @@ def test_the_tokenizer_copy_is_compact_proven_equal_and_older_canonical_copies_s
     from tokenizers import Tokenizer
 
     make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=5, holdout_docs=1)
-    manifest = _manifest(tmp_path, tmp_path / "ds")
+    manifest = cli.manifest(tmp_path, tmp_path / "ds")
     root = tmp_path / "out"
-    _tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--splits", "train")
+    tokenize(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--splits", "train")
     copy = root / "tokenizer/tokenizer.json"
     job = json.loads((root / "job.json").read_text())
     merges = json.loads(copy.read_text())["model"]["merges"]
@@ -217,7 +204,7 @@ def test_the_tokenizer_copy_is_compact_proven_equal_and_older_canonical_copies_s
     (older / "tokenizer/tokenizer.json").write_text(canonical.to_str())
     del job["tokenizer_file_sha256"]
     (older / "job.json").write_text(json.dumps(job))
-    _tokenize(manifest, older, bpe_tokenizer, "--spawn-workers", "1", "--splits", "train")
+    tokenize(manifest, older, bpe_tokenizer, "--spawn-workers", "1", "--splits", "train")
     slimtok("combine", "--output-root", older, "--splits", "train")
     assert (older / "train.bin").read_bytes() == first
     assert np.array_equal(np.frombuffer(first, np.uint32),

@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,17 +11,10 @@ import numpy as np
 import orjson
 import pytest
 
-from corpus import doc_line, make_dataset, reference_ids, sample_documents, slimtok, write_shard
-
-
-def _manifest(tmp_path: Path, dataset: Path) -> Path:
-    slimtok("manifest", "--dataset-dir", dataset, "--output-dir", tmp_path / "m")
-    return tmp_path / "m" / "manifest.jsonl"
-
-
-def _cmd(manifest, root, tokenizer, *extra):
-    return [sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest), "--output-root", str(root),
-            "--tokenizer", str(tokenizer), "--quiet", *map(str, extra)]
+from helpers import cli
+from helpers.cli import slimtok, tokenize_cmd
+from helpers.corpus import doc_line, make_dataset, reference_ids, sample_documents, write_shard
+from helpers.launches import wait_for
 
 
 def test_bad_shards_fail_with_reasons_and_retry_failed_completes(tmp_path, bpe_tokenizer):
@@ -31,12 +23,13 @@ def test_bad_shards_fail_with_reasons_and_retry_failed_completes(tmp_path, bpe_t
     (ds / "train/chunk1/example_train_10.jsonl.zst").write_bytes(good[: len(good) // 2])
     (ds / "train/chunk1/example_train_11.jsonl.zst").write_bytes(b"")
     (ds / "train/chunk1/example_train_12.jsonl.zst").write_bytes(b'{"text": "not compressed"}\n')
-    manifest = _manifest(tmp_path, ds)
+    manifest = cli.manifest(tmp_path, ds)
     lost = ds / "train/chunk2/example_train_1.jsonl.zst"
     original = lost.read_bytes()
     lost.unlink()  # listed, then lost
     root = tmp_path / "out"
-    proc = subprocess.run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "2"), capture_output=True, text=True)
+    proc = subprocess.run(tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "2"),
+                          capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
     failed = {p.relative_to(root / "failed").as_posix()[:-5]: json.loads(p.read_text())["reason"]
               for p in (root / "failed").rglob("*.json")}
@@ -51,14 +44,15 @@ def test_bad_shards_fail_with_reasons_and_retry_failed_completes(tmp_path, bpe_t
     assert (root / "done/validation/chunk1/example_holdout_0.json").exists()
     assert not list((root / "shards").rglob("*.part"))
     # a plain relaunch does not retry them
-    again = subprocess.run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "1"), capture_output=True, text=True)
+    again = subprocess.run(tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "1"),
+                           capture_output=True, text=True)
     assert again.returncode == 1
     # fix the files: the lost one restored as listed is retried and done; the others now differ in
     # size from the manifest, so they fail again naming both sizes (the manifest must be rebuilt)
     for name in ("example_train_10", "example_train_11", "example_train_12"):
         (ds / f"train/chunk1/{name}.jsonl.zst").write_bytes(good)
     lost.write_bytes(original)
-    proc = subprocess.run(_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--retry-failed"),
+    proc = subprocess.run(tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--retry-failed"),
                           capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
     failed = {p.relative_to(root / "failed").as_posix()[:-5]: json.loads(p.read_text())["reason"]
@@ -80,30 +74,22 @@ def _big_dataset(root: Path, shards: int = 2, docs: int = 1500) -> Path:
     return root
 
 
-def _wait_for(predicate, timeout=120.0, step=0.02):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
-
-
 def test_kill_9_mid_shard_then_relaunch_is_byte_identical(tmp_path, bpe_tokenizer):
     ds = _big_dataset(tmp_path / "ds")
-    manifest = _manifest(tmp_path, ds)
+    manifest = cli.manifest(tmp_path, ds)
     clean = tmp_path / "clean"
-    subprocess.run(_cmd(manifest, clean, bpe_tokenizer, "--spawn-workers", "1"), check=True, capture_output=True)
+    subprocess.run(tokenize_cmd(manifest, clean, bpe_tokenizer, "--spawn-workers", "1"), check=True,
+                   capture_output=True)
     slimtok("combine", "--output-root", clean)
 
     root = tmp_path / "crashed"
     # The reference backend is slow enough that the kill lands while shards are in progress.
-    cmd = _cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "2", "--tokens-per-write", "2000",
+    cmd = tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "2", "--tokens-per-write", "2000",
                "--checkpoint-every", "0", "--backend", "tokenizers")
     for attempt in range(3):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         # Kill once at least one checkpoint exists, i.e. mid-shard with durable progress.
-        assert _wait_for(lambda: any((root / "checkpoints").rglob("*.json")) if (root / "checkpoints").exists()
+        assert wait_for(lambda: any((root / "checkpoints").rglob("*.json")) if (root / "checkpoints").exists()
                          else False), proc.stderr
         time.sleep(0.05 * attempt)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -122,13 +108,13 @@ def test_kill_9_mid_shard_then_relaunch_is_byte_identical(tmp_path, bpe_tokenize
 
 def test_sigterm_checkpoints_and_exits_75_then_resumes(tmp_path, bpe_tokenizer):
     ds = _big_dataset(tmp_path / "ds", shards=1, docs=2500)
-    manifest = _manifest(tmp_path, ds)
+    manifest = cli.manifest(tmp_path, ds)
     root = tmp_path / "out"
     # The reference backend is slow enough that the signal lands while the shard is in progress.
-    cmd = _cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--tokens-per-write", "5000",
+    cmd = tokenize_cmd(manifest, root, bpe_tokenizer, "--spawn-workers", "1", "--tokens-per-write", "5000",
                "--checkpoint-every", "0", "--backend", "tokenizers")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert _wait_for(lambda: any((root / "checkpoints").rglob("*.json")) if (root / "checkpoints").exists() else False)
+    assert wait_for(lambda: any((root / "checkpoints").rglob("*.json")) if (root / "checkpoints").exists() else False)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:  # finished before the signal landed; nothing to resume
@@ -151,7 +137,7 @@ def test_checkpoint_every_spaces_checkpoints_in_time(tmp_path, bpe_tokenizer, mo
     from slimtok.worker import Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=400, holdout_docs=2)
-    manifest = _manifest(tmp_path, ds)
+    manifest = cli.manifest(tmp_path, ds)
     written: list[Checkpoint] = []
     real_write_record = worker_mod.write_record
 
@@ -214,7 +200,7 @@ def _one_shard_job(tmp_path):
     from slimtok.job import TokenizeSettings, pin_job
 
     ds = make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=400, holdout_docs=2)
-    manifest = _manifest(tmp_path, ds)
+    manifest = cli.manifest(tmp_path, ds)
 
     def settings_for(tokenizer, **kw):
         settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(tmp_path / "out"),
@@ -286,7 +272,7 @@ def test_commit_overlaps_the_next_shard_and_its_claim_stays_fresh(tmp_path, bpe_
     from slimtok.worker import ShardTask, Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
-    manifest = _manifest(tmp_path, ds)
+    manifest = cli.manifest(tmp_path, ds)
     settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(tmp_path / "out"),
                                 tokenizer=str(bpe_tokenizer), splits=("train",), backend="tokenizers",
                                 stale_after=1.0)  # heartbeats every 0.2 s
@@ -362,7 +348,7 @@ def test_a_failed_commit_stops_the_worker_releasing_both_claims_and_a_rerun_comp
     from slimtok.worker import ShardTask, Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
-    manifest = _manifest(tmp_path, ds)
+    manifest = cli.manifest(tmp_path, ds)
     out = tmp_path / "out"
 
     def settings():
@@ -403,7 +389,7 @@ def test_an_unexpected_error_in_one_shard_fails_that_shard_only(tmp_path, bpe_to
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=20, holdout_docs=2)
     poisoned = ds / "train/chunk2/example_train_1.jsonl.zst"
     write_shard(poisoned, [doc_line(t) for t in sample_documents(5, seed=77)] + [doc_line("POISON")])
-    manifest = _manifest(tmp_path, ds)
+    manifest = cli.manifest(tmp_path, ds)
     settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(tmp_path / "out"),
                                 tokenizer=str(bpe_tokenizer), backend="tokenizers")
     pin_job(settings)
@@ -434,7 +420,7 @@ def test_a_launcher_that_finds_the_job_re_pinned_to_its_own_settings_goes_on(tmp
     from slimtok.job import TokenizeSettings, _repin, pin_job, read_job
     from slimtok.protocol import OutputRoot
 
-    manifest = _manifest(tmp_path, make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=3, holdout_docs=1))
+    manifest = cli.manifest(tmp_path, make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=3, holdout_docs=1))
     root = OutputRoot(tmp_path / "out")
     old = pin_job(TokenizeSettings(manifest=str(manifest), output_root=str(root.root), tokenizer=str(bpe_tokenizer),
                                    text_key="body"))

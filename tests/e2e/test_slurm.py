@@ -1,44 +1,28 @@
-"""tools/slurm/*.sbatch against a real one-host Slurm cluster (started by tools/ci/start-slurm.sh):
+"""tools/slurm/*.sbatch against a real one-host Slurm cluster (the ``slurm_cluster`` fixture, tests/conftest.py):
 two tasks, ranks from SLURM_PROCID, combined output identical to a local run (issue: operations)."""
 
 import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from corpus import make_dataset, reference_ids, slimtok
+from helpers import REPO_ROOT
+from helpers.cli import slimtok
+from helpers.corpus import reference_ids
 
 from slimtok.protocol import SPLIT_FILES
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools" / "slurm"
-
-
-def _cluster_or_skip() -> None:
-    if shutil.which("sbatch") is None:
-        pytest.skip("Slurm is not installed (Debian slurm-client); .ci/run installs it and runs "
-                    "tools/ci/start-slurm.sh")
-    proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0 or not re.search(r"^(idle|mixed)", proc.stdout, re.M):
-        pytest.skip(f"no idle Slurm node (sinfo: {(proc.stdout + proc.stderr).strip()!r}); "
-                    "tools/ci/start-slurm.sh starts munged, slurmctld and slurmd as root")
+TOOLS = REPO_ROOT / "tools" / "slurm"
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory, bpe_tokenizer):
+def job(tokenized_root, bpe_tokenizer):
     """A small dataset, its manifest, and a local single-process run combined as the reference."""
-    tmp = tmp_path_factory.mktemp("slurm")
-    ds = make_dataset(tmp / "ds", train_shards=5, docs_per_shard=12, holdout_docs=4)
-    slimtok("manifest", "--dataset-dir", ds, "--output-dir", tmp / "m")
-    manifest = tmp / "m" / "manifest.jsonl"
-    local = tmp / "local"
-    slimtok("tokenize", "--manifest", manifest, "--output-root", local, "--tokenizer", bpe_tokenizer,
-            "--spawn-workers", "1", "--quiet")
-    slimtok("combine", "--output-root", local)
-    return tmp, manifest, local
+    run = tokenized_root({"train_shards": 5, "docs_per_shard": 12, "holdout_docs": 4}, bpe_tokenizer,
+                         "--spawn-workers", "1", "--quiet", combine=True)
+    return run.work, run.manifest, run.root
 
 
 def _sbatch(script: str, tmp: Path, env: dict[str, str], *options: str) -> subprocess.CompletedProcess:
@@ -61,8 +45,7 @@ def _assert_same_as_local(root: Path, local: Path, manifest: Path, tokenizer: Pa
     assert (root / "train.bin").stat().st_size == 2 * len(expected)  # --dtype auto: uint16 for this vocabulary
 
 
-def test_sbatch_two_tasks_equal_a_local_run(job, bpe_tokenizer):
-    _cluster_or_skip()
+def test_sbatch_two_tasks_equal_a_local_run(slurm_cluster, job, bpe_tokenizer):
     tmp, manifest, local = job
     root = tmp / "srun"
     out = tmp / "srun-%j.out"
@@ -78,8 +61,7 @@ def test_sbatch_two_tasks_equal_a_local_run(job, bpe_tokenizer):
     _assert_same_as_local(root, local, manifest, bpe_tokenizer)
 
 
-def test_array_job_one_index_alone_then_the_whole_array(job, bpe_tokenizer):
-    _cluster_or_skip()
+def test_array_job_one_index_alone_then_the_whole_array(slurm_cluster, job, bpe_tokenizer):
     tmp, manifest, local = job
     root = tmp / "array"
     env = {**_env(manifest, root, bpe_tokenizer), "SLIMTOK_PROCESS_COUNT": "3",

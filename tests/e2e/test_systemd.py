@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpus import make_dataset, reference_ids, slimtok
+from helpers import REPO_ROOT
+from helpers.cli import slimtok
+from helpers.corpus import make_dataset, reference_ids
 
 from slimtok.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_SHARDS_FAILED
 
-UNITS = Path(__file__).resolve().parent.parent / "systemd"
+UNITS = REPO_ROOT / "systemd"
 #: Keys systemd < 254 does not know; the unit documents that they are then ignored.
 NEWER_KEYS = ("RestartSteps", "RestartMaxDelaySec")
 

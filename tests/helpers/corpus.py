@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -89,23 +87,3 @@ def reference_texts(lines: Sequence[bytes], key: str = "text") -> list[str]:
         if isinstance(obj, dict) and isinstance(obj.get(key), str) and obj[key]:
             texts.append("".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in obj[key]))
     return texts
-
-
-def slimtok_in_python(prelude: str, epilogue: str, *args: object) -> subprocess.CompletedProcess:
-    """Run the command line in a fresh python: ``prelude`` first (a hook, say), then the command,
-    then ``epilogue`` with ``code`` holding its exit status (both print to stdout)."""
-    code = (f"{prelude}\nimport sys\nfrom slimtok.cli import main\ntry:\n    main(sys.argv[1:])\n"
-            f"except SystemExit as e:\n    code = e.code\n{epilogue}\n")
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          check=True, timeout=300)
-
-
-def slimtok(*args: str, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    """Run the real command line in a subprocess."""
-    proc = subprocess.run([sys.executable, "-m", "slimtok", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"slimtok {' '.join(map(str, args))} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-

@@ -14,7 +14,7 @@ import numpy as np
 import xxhash
 import zstandard
 
-from corpus import reference_texts
+from helpers.corpus import reference_texts
 from slimtok.protocol import DOC_TABLE_DTYPE, DOC_TABLE_VERSION, DoneRecord, OutputRoot, read_record, write_record
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 import orjson
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from corpus import sample_documents
+from helpers.corpus import sample_documents
 
 #: Llama-3's split regex (letters, 1-3 digits, punctuation runs, newlines, spaces).
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -150,3 +150,29 @@ def build_family(name: str, folder: str | Path) -> Path:
     folder = Path(folder)
     FAMILIES[name].build(folder)
     return folder
+
+
+def documents(folder: Path) -> list[str]:
+    """Real text, every special-token string of the tokenizer inside text, empty and multi-script texts."""
+    specials = [t.content for t in Tokenizer.from_file(str(folder / "tokenizer.json"))
+                .get_added_tokens_decoder().values()]
+    inside = [f"x{s}y {s} {s}{s}\n{s}" for s in specials]
+    return sample_documents(12, seed=9) + inside + ["", " ", "東京 Москва مرحبا नमस्ते 안녕 👩‍👩‍👧 e\u0301", ""]
+
+
+def expected_bos(name: str, bos: str) -> str | None:
+    """The bos string the documented policy gives, from the family's facts (not from slimtok)."""
+    fam = FAMILIES[name]
+    if bos == "never":
+        return None
+    if bos == "auto":
+        return fam.template_bos
+    return fam.config_bos or fam.template_bos
+
+
+def independent(folder: Path, texts: list[str], bos: str | None, eos: str, special_text: str) -> list[list[int]]:
+    """Each document's ids by tokenizers alone: no template, separators added here."""
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.encode_special_tokens = special_text == "literal"
+    head = [] if bos is None else [tok.token_to_id(bos)]
+    return [head + tok.encode(t, add_special_tokens=False).ids + [tok.token_to_id(eos)] for t in texts]

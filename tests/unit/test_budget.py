@@ -6,8 +6,9 @@ import random
 import pytest
 import zstandard
 
-from corpus import doc_line, make_dataset, reference_ids, reference_texts, slimtok, write_shard
-from tmpfs import mounted_tmpfs
+from helpers.cli import slimtok
+from helpers.corpus import doc_line, make_dataset, reference_ids, reference_texts, write_shard
+from helpers.tmpfs import mounted_tmpfs
 
 from slimtok.budget import check_free_space, disk_space, estimate_token_bytes, format_bytes, measured_ratios
 from slimtok.errors import OutputError

@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 import pytest
 
-from corpus import make_dataset, slimtok
+from helpers.cli import slimtok
 from slimtok.claims import current_holder
 from slimtok.clean import clean
 from slimtok.combine import Exclusion, combine
@@ -25,17 +25,10 @@ SPLIT_FILES = ["train.bin", "train.idx", "val.bin", "val.idx", "test.bin", "test
 
 
 @pytest.fixture(scope="module")
-def tokenized(tmp_path_factory, bpe_tokenizer):
+def tokenized(tokenized_root, bpe_tokenizer):
     """A tokenized, not yet combined root (8 train shards, two holdouts) and its combined copy."""
-    work = tmp_path_factory.mktemp("clean")
-    slimtok("manifest", "--dataset-dir", make_dataset(work / "ds", train_shards=8, docs_per_shard=12),
-            "--output-dir", work / "m")
-    slimtok("tokenize", "--manifest", work / "m/manifest.jsonl", "--output-root", work / "root", "--tokenizer",
-            bpe_tokenizer, "--quiet", "--spawn-workers", "1")
-    combined = work / "combined"
-    shutil.copytree(work / "root", combined)
-    slimtok("combine", "--output-root", combined, "--quiet")
-    return work / "root", combined
+    args = ({"train_shards": 8, "docs_per_shard": 12}, bpe_tokenizer, "--quiet", "--spawn-workers", "1")
+    return tokenized_root(*args).root, tokenized_root(*args, combine=True).root
 
 
 def _copy(source, tmp_path, name="root"):

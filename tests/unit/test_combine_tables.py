@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpus import doc_line, sample_documents, slimtok, write_shard
+from helpers.cli import slimtok
+from helpers.corpus import doc_line, sample_documents, write_shard
 from slimtok.combine import Exclusion, combine
 from slimtok.errors import CombineError, ValidateError
 from slimtok.protocol import DoneRecord, OutputRoot, read_record, write_record
 from slimtok.validate import validate
-from tables import add_tables, write_table
+from helpers.tables import add_tables, write_table
 
 SOURCES = ("A", "B", "C")
 
@@ -29,15 +30,11 @@ def _dataset(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tokenized(tmp_path_factory, bpe_tokenizer):
+def tokenized(tokenized_root, bpe_tokenizer):
     """(root with tables, manifest, {shard: (documents, sources)}), combined once."""
-    work = tmp_path_factory.mktemp("tables")
-    slimtok("manifest", "--dataset-dir", _dataset(work / "ds"), "--output-dir", work / "m")
-    manifest = work / "m" / "manifest.jsonl"
-    legacy = work / "legacy"
-    slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", legacy, "--tokenizer", bpe_tokenizer,
-            "--quiet", "--spawn-workers", "1")
-    root = work / "root"
+    run = tokenized_root(_dataset, bpe_tokenizer, "--dtype", "uint32", "--quiet", "--spawn-workers", "1")
+    legacy, manifest = run.root, run.manifest
+    root = run.work / "with-tables"
     shutil.copytree(legacy, root)
     docs = add_tables(root, manifest)
     _strip_tables(legacy)

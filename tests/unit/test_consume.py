@@ -10,8 +10,9 @@ import time
 
 import numpy as np
 
-from corpus import make_dataset, slimtok
-from tables import add_tables
+from helpers.cli import slimtok
+from helpers.corpus import make_dataset
+from helpers.tables import add_tables
 
 
 def _consume(root) -> subprocess.Popen:

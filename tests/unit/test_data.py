@@ -7,18 +7,17 @@ import sys
 import numpy as np
 import pytest
 
-from corpus import make_dataset, reference_ids, slimtok
+from helpers.cli import PIPELINE_TOKENIZE, slimtok
+from helpers.corpus import reference_ids
 from slimtok.data import DataError, TokenBin, TokenBlocks
-from test_formats import run_pipeline
 
 
 @pytest.fixture(scope="module")
-def combined(tmp_path_factory, bpe_tokenizer):
-    work = tmp_path_factory.mktemp("data")
-    dataset = make_dataset(work / "ds", train_shards=2, docs_per_shard=20, holdout_docs=4)
-    root = run_pipeline(dataset, work, bpe_tokenizer)
-    ref = reference_ids(work / "m" / "manifest.jsonl", bpe_tokenizer / "tokenizer.json", 0, "train")
-    return root, ref
+def combined(tokenized_root, bpe_tokenizer):
+    run = tokenized_root({"train_shards": 2, "docs_per_shard": 20, "holdout_docs": 4}, bpe_tokenizer,
+                         *PIPELINE_TOKENIZE, combine=True)
+    ref = reference_ids(run.manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
+    return run.root, ref
 
 
 def test_get_batch_equals_direct_slicing(combined):

@@ -11,7 +11,8 @@ import xxhash
 import zstandard
 from tokenizers import Tokenizer
 
-from corpus import doc_line, reference_texts, sample_documents, slimtok, write_shard
+from helpers.cli import slimtok
+from helpers.corpus import doc_line, reference_texts, sample_documents, write_shard
 from slimtok.protocol import DOC_TABLE_DTYPE, read_doc_table
 
 SOURCES = ["RedPajamaC4", "RedPajamaWikipedia", "RedPajamaGithub"]

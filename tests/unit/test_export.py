@@ -3,27 +3,26 @@ reader, and packed rows against the combined stream."""
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from corpus import make_dataset, reference_ids, slimtok
-from test_formats import run_pipeline
+from helpers.cli import PIPELINE_TOKENIZE, slimtok
+from helpers.corpus import reference_ids
+from helpers.trainers import megatron_dataset
 
 
 @pytest.fixture(scope="module", params=["uint32", "uint16"])
-def combined(request, tmp_path_factory, bpe_tokenizer):
+def combined(request, tokenized_root, bpe_tokenizer):
     """(output root, reference ids of train, reference documents of train) for each dtype."""
-    work = tmp_path_factory.mktemp(f"export-{request.param}")
-    dataset = make_dataset(work / "ds", train_shards=3, docs_per_shard=15, holdout_docs=5)
-    root = run_pipeline(dataset, work, bpe_tokenizer, "--dtype", request.param)
-    ref = reference_ids(work / "m" / "manifest.jsonl", bpe_tokenizer / "tokenizer.json", 0, "train")
+    run = tokenized_root({"train_shards": 3, "docs_per_shard": 15, "holdout_docs": 5}, bpe_tokenizer,
+                         *PIPELINE_TOKENIZE, "--dtype", request.param, combine=True)
+    ref = reference_ids(run.manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
     docs = np.split(ref, np.flatnonzero(ref == 0) + 1)[:-1]  # the reference puts eos only after documents
     assert len(docs) == 45
-    return root, ref, docs, request.param
+    return run.root, ref, docs, request.param
 
 
 def test_document_index_holds_every_documents_end(combined):
@@ -35,20 +34,11 @@ def test_document_index_holds_every_documents_end(combined):
     assert (root / "val.idx").stat().st_size == 8 * meta["splits"]["validation"]["documents"]
 
 
-def _megatron_dataset(prefix: Path):
-    with warnings.catch_warnings():  # megatron-core warns that Apex/Transformer Engine are absent
-        warnings.simplefilter("ignore")
-        IndexedDataset = pytest.importorskip(
-            "megatron.core.datasets.indexed_dataset",
-            reason="megatron-core is not installed (tools/ci/install-test-deps.sh installs it)").IndexedDataset
-    return IndexedDataset(str(prefix))
-
-
 def test_megatron_round_trip_with_megatron_core_reader(combined):
     root, ref, docs, dtype = combined
     slimtok("export", "megatron", "--output-root", root, "--prefix", "slim")
     prefix = root / "megatron" / "slim_train_text_document"
-    ds = _megatron_dataset(prefix)
+    ds = megatron_dataset(prefix)
     assert len(ds) == len(docs)
     assert np.array_equal(ds.document_indices, np.arange(len(docs) + 1))
     assert np.array_equal(ds.sequence_lengths, [len(d) for d in docs])
@@ -57,14 +47,14 @@ def test_megatron_round_trip_with_megatron_core_reader(combined):
     assert ds.index.dtype == (np.uint16 if dtype == "uint16" else np.int32)
     # the token data was linked, not copied a second time
     assert (root / "megatron/slim_train_text_document.bin").stat().st_ino == (root / "train.bin").stat().st_ino
-    val = _megatron_dataset(root / "megatron" / "slim_val_text_document")
+    val = megatron_dataset(root / "megatron" / "slim_val_text_document")
     assert len(val) == json.loads((root / "meta.json").read_text())["splits"]["validation"]["documents"]
 
 
 def test_megatron_export_to_an_absolute_prefix(combined, tmp_path):
     root, ref, docs, _ = combined
     slimtok("export", "megatron", "--output-root", root, "--prefix", tmp_path / "mg" / "corpus", "--splits", "train")
-    ds = _megatron_dataset(tmp_path / "mg" / "corpus_train_text_document")
+    ds = megatron_dataset(tmp_path / "mg" / "corpus_train_text_document")
     assert np.array_equal(np.concatenate([ds[i] for i in range(len(ds))]).astype(np.int64), ref)
     assert not (tmp_path / "mg" / "corpus_val_text_document.bin").exists()
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpus import make_dataset, reference_ids, slimtok, slimtok_in_python
+from helpers.cli import slimtok, slimtok_in_python
+from helpers.corpus import make_dataset, reference_ids
 
 from slimtok import launch
 from slimtok.errors import EXIT_INTERRUPTED, EXIT_OK

@@ -4,7 +4,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from corpus import doc_line, write_shard
+from helpers.corpus import doc_line, write_shard
 from slimtok.manifest import ManifestError, build_manifest, manifest_digest, read_manifest, write_manifest
 
 

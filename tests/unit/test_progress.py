@@ -1,13 +1,9 @@
 """progress.py: a tqdm bar that keeps redrawing on a terminal, plain lines elsewhere, and rates
 that count only this launch's work over the last window; combine's display over its shards."""
 
-import fcntl
 import io
 import os
 import re
-import select
-import struct
-import termios
 import shutil
 import subprocess
 import sys
@@ -16,7 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from corpus import make_dataset, slimtok
+from helpers.cli import slimtok
+from helpers.terminal import drain_pty, terminal
 from slimtok.combine import combine
 from slimtok.errors import CombineError
 from slimtok.progress import ProgressDisplay, RateWindow, duration
@@ -90,34 +87,10 @@ def test_a_terminal_gets_a_bar_that_keeps_refreshing():
     assert "100%|" in seen and "shards 8/8" in seen and seen.rstrip().endswith("combine: done")
 
 
-def terminal(columns: int = 160) -> tuple[int, int]:
-    """A pty (master, slave) that reports a width, as a terminal window does: tqdm sizes a bar on
-    the process's own stderr from it and draws nothing at width 0 (a fresh pty's)."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    return master, slave
-
-
-def drain_pty(fd: int, wait: float = 0.2) -> str:
-    """Everything written to the pty whose master is ``fd`` until it stays quiet for ``wait`` s."""
-    chunks = []
-    while select.select([fd], [], [], wait)[0]:
-        try:
-            chunks.append(os.read(fd, 65536))
-        except OSError:
-            break
-        wait = 0.05
-    return b"".join(chunks).decode(errors="replace")
-
-
 @pytest.fixture(scope="module")
-def tokenized(tmp_path_factory, bpe_tokenizer):
+def tokenized(tokenized_root, bpe_tokenizer):
     """A tokenized, not yet combined root (5 train shards and two holdouts)."""
-    work = tmp_path_factory.mktemp("progress")
-    slimtok("manifest", "--dataset-dir", make_dataset(work / "ds", train_shards=5), "--output-dir", work / "m")
-    slimtok("tokenize", "--manifest", work / "m/manifest.jsonl", "--output-root", work / "root", "--tokenizer",
-            bpe_tokenizer, "--quiet", "--spawn-workers", "1")
-    return work / "root"
+    return tokenized_root({"train_shards": 5}, bpe_tokenizer, "--quiet", "--spawn-workers", "1").root
 
 
 @pytest.mark.parametrize("consume", [False, True])

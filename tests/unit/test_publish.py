@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpus import make_dataset, slimtok
+from helpers.cli import run_pipeline, slimtok
+from helpers.corpus import make_dataset
 from slimtok.data import DataError, TokenBin
 from slimtok.protocol import write_record
 from slimtok.publish import PendingSet, PublishIntent, roll_forward
-from tables import add_tables
+from helpers.tables import add_tables
 
 NAMES = ["data.bin", "data.idx", "meta.json"]
 
@@ -62,8 +63,6 @@ def test_every_interrupted_step_of_a_publish_rolls_forward(tmp_path):
 
 
 def test_a_bin_without_its_index_is_refused(tmp_path, bpe_tokenizer):
-    from test_formats import run_pipeline
-
     root = run_pipeline(make_dataset(tmp_path / "ds", 1, 5, 2), tmp_path, bpe_tokenizer)
     (root / "train.idx").unlink()
     with pytest.raises(DataError, match="train.idx: is missing beside train.bin"):
@@ -99,15 +98,12 @@ def _kill_at_random(start, seconds: float, rng: random.Random) -> None:
 
 
 @pytest.fixture(scope="module")
-def versions(tmp_path_factory, bpe_tokenizer):
+def versions(tokenized_root, bpe_tokenizer):
     """A root with tables, and the reference outputs of combine versions A (all) and B (some left out)."""
-    work = tmp_path_factory.mktemp("publish")
-    dataset = make_dataset(work / "ds", train_shards=4, docs_per_shard=20, holdout_docs=6)
-    slimtok("manifest", "--dataset-dir", dataset, "--output-dir", work / "m")
-    root = work / "root"
-    slimtok("tokenize", "--dtype", "uint32", "--manifest", work / "m/manifest.jsonl", "--output-root", root, "--tokenizer", bpe_tokenizer,
-            "--quiet", "--spawn-workers", "1")
-    add_tables(root, work / "m/manifest.jsonl")
+    run = tokenized_root({"train_shards": 4, "docs_per_shard": 20, "holdout_docs": 6}, bpe_tokenizer,
+                         "--dtype", "uint32", "--quiet", "--spawn-workers", "1")
+    work, root = run.work, run.root
+    add_tables(root, run.manifest)
     refs, seconds = {}, 0.0
     for version in "AB":
         copy = work / f"ref{version}"

@@ -7,33 +7,24 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
-from corpus import make_dataset, reference_ids, slimtok, slimtok_in_python
+from helpers import cli
+from helpers.cli import slimtok, slimtok_in_python, tokenize
+from helpers.corpus import make_dataset, reference_ids
 
 from slimtok.job import TokenizeSettings, pin_job
 from slimtok.protocol import SPLITS
-
-
-def _manifest(tmp_path: Path, dataset: Path) -> Path:
-    slimtok("manifest", "--dataset-dir", dataset, "--output-dir", tmp_path / "m")
-    return tmp_path / "m" / "manifest.jsonl"
-
-
-def _tokenize(manifest, root, tokenizer, *extra, check=True):
-    return slimtok("tokenize", "--manifest", manifest, "--output-root", root, "--tokenizer", tokenizer,
-                   "--spawn-workers", "1", "--quiet", *extra, check=check)
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("startup")
     ds = make_dataset(tmp / "ds", train_shards=2, docs_per_shard=6, holdout_docs=2)
-    return _manifest(tmp, ds)
+    return cli.manifest(tmp, ds)
 
 
 @contextmanager
@@ -139,7 +130,7 @@ def test_a_relaunch_with_every_shard_done_starts_no_worker_and_imports_no_heavy_
     from slimtok.protocol import DoneRecord, LockRecord, OutputRoot, read_record, write_record
 
     root = tmp_path / "out"
-    _tokenize(dataset, root, bpe_tokenizer)
+    tokenize(dataset, root, bpe_tokenizer, "--spawn-workers", "1", dtype=None)
     beats = sorted((root / "heartbeats").iterdir())
     stamps = [p.stat().st_mtime_ns for p in beats]
     # a holder killed after committing left its lock: with no worker to pass the shard, the
@@ -162,15 +153,16 @@ def test_a_relaunch_with_every_shard_done_starts_no_worker_and_imports_no_heavy_
 def test_a_launch_whose_every_shard_failed_on_a_setting_is_repinned_by_the_right_one(dataset, bpe_tokenizer,
                                                                                      tmp_path):
     clean = tmp_path / "clean"
-    _tokenize(dataset, clean, bpe_tokenizer)
+    tokenize(dataset, clean, bpe_tokenizer, "--spawn-workers", "1", dtype=None)
     slimtok("combine", "--output-root", clean)
     root = tmp_path / "out"
-    wrong = _tokenize(dataset, root, bpe_tokenizer, "--text-key", "body", check=False)
+    wrong = tokenize(dataset, root, bpe_tokenizer, "--spawn-workers", "1", "--text-key", "body",
+                     dtype=None, check=False)
     assert wrong.returncode == 1, wrong.stderr
     failed = sorted(p.name for p in (root / "failed").rglob("*.json"))
     assert len(failed) == 4 and "'body'" in (root / "failed/train/chunk1/example_train_0.json").read_text()
     assert "no shard is done and 4 failed" in wrong.stderr and "job.json is re-pinned" in wrong.stderr
-    right = _tokenize(dataset, root, bpe_tokenizer)
+    right = tokenize(dataset, root, bpe_tokenizer, "--spawn-workers", "1", dtype=None)
     assert right.returncode == 0, right.stderr
     assert "job.json re-pinned" in right.stderr and "removed their 4 failed record(s)" in right.stderr
     assert "text_key: pinned 'body', requested 'text'" in right.stderr
@@ -187,9 +179,10 @@ def test_a_launch_whose_every_shard_failed_on_a_setting_is_repinned_by_the_right
 
 def test_other_settings_are_still_refused_once_a_shard_is_done_or_claimed(dataset, bpe_tokenizer, tmp_path):
     root = tmp_path / "out"
-    _tokenize(dataset, root, bpe_tokenizer, "--splits", "train")
+    tokenize(dataset, root, bpe_tokenizer, "--spawn-workers", "1", "--splits", "train", dtype=None)
     before = (root / "job.json").read_bytes()
-    refused = _tokenize(dataset, root, bpe_tokenizer, "--text-key", "body", check=False)
+    refused = tokenize(dataset, root, bpe_tokenizer, "--spawn-workers", "1", "--text-key", "body",
+                       dtype=None, check=False)
     assert refused.returncode == 2
     assert "text_key: pinned 'text', requested 'body'" in refused.stderr
     assert "shard(s) are done under the pinned settings" in refused.stderr
@@ -200,7 +193,8 @@ def test_other_settings_are_still_refused_once_a_shard_is_done_or_claimed(datase
     lock = root / "locks/train/chunk1/example_train_0.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text("{}")
-    refused = _tokenize(dataset, root, bpe_tokenizer, "--text-key", "body", check=False)
+    refused = tokenize(dataset, root, bpe_tokenizer, "--spawn-workers", "1", "--text-key", "body",
+                       dtype=None, check=False)
     assert refused.returncode == 2 and "1 claim(s) under locks/" in refused.stderr
     assert "re-pinned to the new settings" in refused.stderr
     assert (root / "job.json").read_bytes() == before
@@ -327,10 +321,10 @@ def test_a_tokenizer_that_only_the_worker_finds_broken_frees_its_claim_and_a_fix
     data["model"]["merges"] = [["no-such-piece", "x"], *data["model"]["merges"]]
     (broken / "tokenizer.json").write_bytes(orjson.dumps(data))
     root = tmp_path / "out"
-    proc = _tokenize(dataset, root, broken, check=False)
+    proc = tokenize(dataset, root, broken, "--spawn-workers", "1", dtype=None, check=False)
     assert proc.returncode != 0 and "not a tokenizers JSON file" in proc.stderr
     assert not [p for p in (root / "locks").rglob("*") if p.is_file()]
-    proc = _tokenize(dataset, root, bpe_tokenizer)
+    proc = tokenize(dataset, root, bpe_tokenizer, "--spawn-workers", "1", dtype=None)
     assert "re-pinned" in proc.stdout + proc.stderr
     canonical = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json")).to_str()
     assert json.loads((root / "job.json").read_text())["tokenizer_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()

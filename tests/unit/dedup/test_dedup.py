@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import xxhash
 
-from corpus import doc_line, sample_documents, slimtok, write_shard
+from helpers.cli import slimtok
+from helpers.corpus import doc_line, sample_documents, write_shard
+from helpers.terminal import drain_pty
 from slimtok.claims import current_holder
 from slimtok.errors import DedupError
 from slimtok.protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DEDUP_ROW_DTYPE, DOC_TABLE_DTYPE, SPLITS, DoneRecord,
@@ -102,17 +104,16 @@ def _drops(root: Path, corpus) -> dict[str, list[tuple[int, str]]]:
     return got
 
 
+def _write_corpus(folder: Path) -> None:
+    for sid, docs in _corpus().items():
+        write_shard(folder / f"{sid}.jsonl.zst", [doc_line(text, source) for text, source in docs])
+
+
 @pytest.fixture(scope="module")
-def tokenized(tmp_path_factory, bpe_tokenizer):
+def tokenized(tokenized_root, bpe_tokenizer):
     """A tokenized root (with tables) of the planted corpus; tests dedup copies of it."""
-    tmp = tmp_path_factory.mktemp("dedup")
+    root = tokenized_root(_write_corpus, bpe_tokenizer, "--dtype", "uint32", "--quiet", "--spawn-workers", "1").root
     corpus = _corpus()
-    for sid, docs in corpus.items():
-        write_shard(tmp / "ds" / f"{sid}.jsonl.zst", [doc_line(text, source) for text, source in docs])
-    slimtok("manifest", "--dataset-dir", tmp / "ds", "--output-dir", tmp / "m")
-    root = tmp / "root"
-    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp / "m/manifest.jsonl", "--output-root", root, "--tokenizer",
-            bpe_tokenizer, "--quiet", "--spawn-workers", "1")
     _check_tables(root, corpus)
     return root, corpus, _reference(root / "manifest.jsonl", corpus)
 
@@ -395,8 +396,6 @@ def test_combine_dedup_writes_exactly_the_kept_documents_and_counts_them(tokeniz
 def test_progress_on_a_terminal_under_quiet_is_plain_lines_of_units_and_documents(tokenized, tmp_path):
     """``quiet`` on a terminal: plain lines (no bar) over all three phases' units; the last line
     counts every unit (2 units of 64 shards + the buckets) and the gather phase's documents."""
-    from test_progress import drain_pty
-
     _, corpus, _ = tokenized
     root = _copy(tokenized, tmp_path)
     master, slave = os.openpty()

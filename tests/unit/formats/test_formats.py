@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,24 +18,11 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 import pytest
 
-from corpus import doc_line, sample_documents, slimtok, write_shard
+from helpers.cli import run_pipeline, slimtok, tokenize_cmd
+from helpers.corpus import doc_line, sample_documents, write_shard
 from slimtok.reader import NO_SOURCE, ShardReader, ShardReadError
 
 SOURCES = ("RedPajamaC4", "RedPajamaGithub", "RedPajamaArXiv")
-
-
-# -- shared with test_export / test_data -------------------------------------------------------
-
-def run_pipeline(dataset: Path, work: Path, tokenizer: Path, *tokenize_args: str,
-                 patterns: tuple[str, ...] = ("*.jsonl.zst",)) -> Path:
-    """manifest → tokenize → combine through the real command line; returns the output root."""
-    pattern_args = [a for p in patterns for a in ("--pattern", p)]
-    slimtok("manifest", "--dataset-dir", dataset, "--output-dir", work / "m", *pattern_args)
-    root = work / "out"
-    slimtok("tokenize", "--dtype", "uint32", "--manifest", work / "m" / "manifest.jsonl", "--output-root", root, "--tokenizer",
-            tokenizer, "--quiet", "--spawn-workers", "1", *tokenize_args)
-    slimtok("combine", "--output-root", root)
-    return root
 
 
 def encode_documents(texts: list[str], tokenizer: Path) -> list[list[int]]:
@@ -196,16 +182,11 @@ def test_source_of_a_jsonl_line_follows_the_dotted_path(tmp_path):
 
 # -- pin and resume ----------------------------------------------------------------------------------
 
-def _tokenize_cmd(manifest: Path, root: Path, tokenizer: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest), "--output-root", str(root),
-            "--tokenizer", str(tokenizer), "--quiet", *extra]
-
-
 def test_source_key_is_pinned_in_job_json(tmp_path, bpe_tokenizer):
     _parquet_dataset(tmp_path / "hub", shards=1, docs=10)
     root = run_pipeline(tmp_path / "hub", tmp_path, bpe_tokenizer, patterns=("*.parquet",))
     assert json.loads((root / "job.json").read_text())["source_key"] == "meta.redpajama_set_name"
-    proc = subprocess.run(_tokenize_cmd(tmp_path / "m/manifest.jsonl", root, bpe_tokenizer, "--source-key", "id"),
+    proc = subprocess.run(tokenize_cmd(tmp_path / "m/manifest.jsonl", root, bpe_tokenizer, "--source-key", "id"),
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "source_key" in proc.stderr
 
@@ -214,7 +195,7 @@ def test_kill_9_mid_parquet_shard_keeps_per_source_counts_exact(tmp_path, bpe_to
     texts, sources = _parquet_dataset(tmp_path / "hub", shards=2, docs=1200, seed=90)
     slimtok("manifest", "--dataset-dir", tmp_path / "hub", "--output-dir", tmp_path / "m", "--pattern", "*.parquet")
     root = tmp_path / "out"
-    cmd = _tokenize_cmd(tmp_path / "m/manifest.jsonl", root, bpe_tokenizer, "--spawn-workers", "1",
+    cmd = tokenize_cmd(tmp_path / "m/manifest.jsonl", root, bpe_tokenizer, "--spawn-workers", "1",
                         "--tokens-per-write", "3000", "--checkpoint-every", "0")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120

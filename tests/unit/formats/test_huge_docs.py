@@ -12,7 +12,7 @@ import pytest
 from tokenizers import Tokenizer
 
 import slimtok.reader as readmod
-from corpus import reference_texts, sample_documents, write_shard
+from helpers.corpus import reference_texts, sample_documents, write_shard
 from slimtok.manifest import ShardEntry, write_manifest
 from slimtok.reader import ShardReader, TextPieces, iter_lines
 from slimtok.tokenizer import Encoder, load_tokenizer

@@ -6,7 +6,7 @@ import lzma
 import pytest
 import zstandard
 
-from corpus import doc_line, reference_texts, write_shard
+from helpers.corpus import doc_line, reference_texts, write_shard
 from slimtok.reader import ShardReader, ShardReadError, iter_lines
 
 

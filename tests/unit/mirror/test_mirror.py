@@ -24,7 +24,9 @@ import zstandard
 from huggingface_hub import constants
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from hub_server import FakeHub, HubRepo
+from helpers import REPO_ROOT
+from helpers.hub_server import FakeHub, HubRepo
+from helpers.terminal import drain_pty, terminal
 from slimtok.manifest import build_manifest
 from slimtok.mirror import (
     MIRROR_RECORD_NAME,
@@ -36,9 +38,7 @@ from slimtok.mirror import (
 )
 from slimtok.progress import ProgressDisplay
 from slimtok.tokenizer import TokenizerError, load_tokenizer
-from test_progress import drain_pty, terminal
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SLIM = "acme/SlimPajama-mini"
 TOK = "acme/tiny-bpe"
 GATED = "acme/gated-slim"

@@ -18,7 +18,10 @@ import pytest
 import xxhash
 import yaml
 
-from corpus import doc_line, sample_documents, slimtok, write_shard
+from helpers.cli import slimtok
+from helpers.corpus import doc_line, sample_documents, write_shard
+from helpers.terminal import drain_pty
+from helpers.trainers import megatron_dataset
 from slimtok.errors import MixError
 from slimtok.mix import make_plan, mix, mix_main, parse_spec
 from slimtok.mix.inputs import load_sources
@@ -565,8 +568,6 @@ def test_progress_plain_lines_per_chunk_and_quiet_on_a_terminal(roots, tmp_path,
     import io
     import os
 
-    from test_progress import drain_pty
-
     from slimtok import progress
 
     monkeypatch.setattr(progress, "PLAIN_EVERY", 0)  # a plain line at every chunk
@@ -603,8 +604,6 @@ def _blend(path: Path) -> tuple[list[str], list[float]]:
 
 
 def test_data_args_weights_are_the_realized_shares_and_megatron_reads_them(combined, roots, tmp_path):
-    from test_export import _megatron_dataset
-
     from slimtok.errors import ExportError
     from slimtok.export import export_data_args
 
@@ -623,7 +622,7 @@ def test_data_args_weights_are_the_realized_shares_and_megatron_reads_them(combi
     assert prefixes == [str(roots[n] / "megatron" / "blend_train_text_document") for n in ("web", "code")]
     assert weights == [tokens[n] / sum(tokens.values()) for n in ("web", "code")]
     for n, prefix in zip(("web", "code"), prefixes):
-        ds = _megatron_dataset(Path(prefix))
+        ds = megatron_dataset(Path(prefix))
         assert [ds[i].astype(np.uint32).tobytes() for i in range(len(ds))] == _docs(roots[n])
     # plain roots: weighted by their train tokens
     plain = tmp_path / "plain.txt"
@@ -631,7 +630,7 @@ def test_data_args_weights_are_the_realized_shares_and_megatron_reads_them(combi
     prefixes, weights = _blend(plain)
     assert weights == [(r / "train.bin").stat().st_size // 4 for r in combined]
     assert prefixes == [str(r / "megatron" / "plain_train_text_document") for r in combined]
-    assert len(_megatron_dataset(Path(prefixes[1]))) == len(_docs(roots["code"]))
+    assert len(megatron_dataset(Path(prefixes[1]))) == len(_docs(roots["code"]))
     # a source that is one label of its root cannot be named by a whole-root prefix
     with_label = tmp_path / "label"
     mix_main(_spec(roots, tmp_path), with_label)

@@ -14,15 +14,12 @@ import psutil
 import pytest
 import zstandard
 
-from corpus import make_dataset, reference_ids, reference_texts, slimtok
+from helpers import cli
+from helpers.cli import slimtok
+from helpers.corpus import make_dataset, reference_ids, reference_texts
 
 from slimtok.protocol import Heartbeat, OutputRoot, hostname, worker_name, write_record
 from slimtok.status import collect_status, format_status
-
-
-def _manifest(tmp: Path, dataset: Path) -> Path:
-    slimtok("manifest", "--dataset-dir", dataset, "--output-dir", tmp / "m")
-    return tmp / "m" / "manifest.jsonl"
 
 
 def _documents(path: str) -> int:
@@ -31,18 +28,18 @@ def _documents(path: str) -> int:
     return len(reference_texts(raw.split(b"\n")))
 
 
+def _dataset_with_a_bad_shard(folder: Path) -> None:
+    make_dataset(folder, train_shards=3, docs_per_shard=20, holdout_docs=6)
+    (folder / "train/chunk1/example_train_9.jsonl.zst").write_bytes(b'{"text": "plain"}\n')
+
+
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, bpe_tokenizer):
+def finished(tokenized_root, bpe_tokenizer):
     """A finished job with one shard that failed (not zstd); returns (root, manifest, tokenize result)."""
-    tmp = tmp_path_factory.mktemp("finished")
-    ds = make_dataset(tmp / "ds", train_shards=3, docs_per_shard=20, holdout_docs=6)
-    (ds / "train/chunk1/example_train_9.jsonl.zst").write_bytes(b'{"text": "plain"}\n')
-    manifest = _manifest(tmp, ds)
-    root = tmp / "out"
-    proc = slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", root, "--tokenizer", bpe_tokenizer,
-                   "--spawn-workers", "1", check=False)
-    assert proc.returncode == 1, proc.stderr  # the bad shard
-    return root, manifest, proc
+    run = tokenized_root(_dataset_with_a_bad_shard, bpe_tokenizer, "--dtype", "uint32", "--spawn-workers", "1",
+                         check=False)
+    assert run.tokenize.returncode == 1, run.tokenize.stderr  # the bad shard
+    return run.root, run.manifest, run.tokenize
 
 
 def _entries(manifest: Path) -> list[dict]:
@@ -153,7 +150,7 @@ def test_workers_are_flagged_ok_stale_and_dead(finished, tmp_path):
 
 def test_status_of_a_run_in_progress_then_after_sigterm(tmp_path, bpe_tokenizer):
     ds = make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=2500, holdout_docs=3)
-    manifest = _manifest(tmp_path, ds)
+    manifest = cli.manifest(tmp_path, ds)
     root = tmp_path / "out"
     # The reference backend is slow enough to catch the worker mid-shard.
     cmd = [sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest), "--output-root", str(root),

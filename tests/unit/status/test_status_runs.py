@@ -9,22 +9,16 @@ import time
 
 import pytest
 
-from corpus import make_dataset, slimtok
-from tmpfs import mounted_tmpfs
+from helpers.tmpfs import mounted_tmpfs
 
 from slimtok.protocol import Checkpoint, Heartbeat, OutputRoot, worker_name, write_record
 from slimtok.status import collect_status, format_status, prometheus_text
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory, bpe_tokenizer):
-    tmp = tmp_path_factory.mktemp("runs")
-    ds = make_dataset(tmp / "ds", train_shards=4, docs_per_shard=20, holdout_docs=6)
-    slimtok("manifest", "--dataset-dir", ds, "--output-dir", tmp / "m")
-    root = tmp / "out"
-    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp / "m" / "manifest.jsonl", "--output-root", root,
-            "--tokenizer", bpe_tokenizer, "--spawn-workers", "1")
-    return root
+def job(tokenized_root, bpe_tokenizer):
+    return tokenized_root({"train_shards": 4, "docs_per_shard": 20, "holdout_docs": 6}, bpe_tokenizer,
+                          "--dtype", "uint32", "--spawn-workers", "1").root
 
 
 def _entries(root):

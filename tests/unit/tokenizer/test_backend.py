@@ -11,7 +11,8 @@ import pytest
 from tokenizers import Tokenizer
 
 import slimtok.tokenizer.encoder as tokmod
-from corpus import make_dataset, reference_ids, sample_documents, slimtok
+from helpers.cli import slimtok
+from helpers.corpus import make_dataset, reference_ids, sample_documents
 from slimtok.tokenizer import DocumentPolicy, Encoder, TokenizerError, load_tokenizer
 
 TRICKY = ["plain <|endoftext|> text with <|im_end|> inside", "\n\n  \t\r\n", "東京 Москва 👩‍👩‍👧 e\u0301",

@@ -7,7 +7,7 @@ import pytest
 from tokenizers import Tokenizer, models
 
 import slimtok.tokenizer.encoder as tokmod
-from corpus import sample_documents
+from helpers.corpus import sample_documents
 from slimtok.tokenizer import DocumentPolicy, Encoder, TokenizerError, load_tokenizer, max_id_plus_one
 
 BACKENDS = ["tokenizers", pytest.param("fastokens", marks=pytest.mark.skipif(

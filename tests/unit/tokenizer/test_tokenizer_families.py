@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from corpus import sample_documents
+from helpers.corpus import sample_documents
 from slimtok.tokenizer import Encoder, TokenizerError, load_tokenizer, resolve_dtype
-from tokenizer_families import FAMILIES, build_family
+from helpers.tokenizer_families import FAMILIES, build_family, documents, expected_bos, independent
 
 BACKENDS = ["tokenizers", pytest.param("auto", marks=pytest.mark.skipif(
     importlib.util.find_spec("fastokens") is None, reason="fastokens not installed"))]
@@ -35,32 +35,6 @@ def families(tmp_path_factory):
             _BUILT[name] = build_family(name, tmp_path_factory.mktemp(name))
         return _BUILT[name]
     return get
-
-
-def documents(folder: Path) -> list[str]:
-    """Real text, every special-token string of the tokenizer inside text, empty and multi-script texts."""
-    specials = [t.content for t in Tokenizer.from_file(str(folder / "tokenizer.json"))
-                .get_added_tokens_decoder().values()]
-    inside = [f"x{s}y {s} {s}{s}\n{s}" for s in specials]
-    return sample_documents(12, seed=9) + inside + ["", " ", "東京 Москва مرحبا नमस्ते 안녕 👩‍👩‍👧 e\u0301", ""]
-
-
-def expected_bos(name: str, bos: str) -> str | None:
-    """The bos string the documented policy gives, from the family's facts (not from slimtok)."""
-    fam = FAMILIES[name]
-    if bos == "never":
-        return None
-    if bos == "auto":
-        return fam.template_bos
-    return fam.config_bos or fam.template_bos
-
-
-def independent(folder: Path, texts: list[str], bos: str | None, eos: str, special_text: str) -> list[list[int]]:
-    """Each document's ids by tokenizers alone: no template, separators added here."""
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tok.encode_special_tokens = special_text == "literal"
-    head = [] if bos is None else [tok.token_to_id(bos)]
-    return [head + tok.encode(t, add_special_tokens=False).ids + [tok.token_to_id(eos)] for t in texts]
 
 
 def _cases():
@@ -232,8 +206,8 @@ JSON_CASES = [("auto", "literal", None), ("never", "parse", None), ("always", "l
 
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory):
-    from corpus import make_dataset, slimtok
-
+    from helpers.cli import slimtok
+    from helpers.corpus import make_dataset
     tmp = tmp_path_factory.mktemp("json-route")
     make_dataset(tmp / "ds", train_shards=1, docs_per_shard=3, holdout_docs=1)
     slimtok("manifest", "--dataset-dir", tmp / "ds", "--output-dir", tmp / "m")
