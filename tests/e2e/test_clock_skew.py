@@ -24,6 +24,8 @@ from helpers.launches import (assert_no_orphans, assert_taken_over_and_stood_dow
 from slimtok.claims import Claimer
 from slimtok.protocol import Holder, OutputRoot
 
+pytestmark = pytest.mark.slow  # launches under a faked clock, waiting out --stale-after
+
 LIBFAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
 
 

@@ -13,6 +13,8 @@ from helpers.corpus import doc_line, write_shard
 from helpers.tokenizer_families import FAMILIES, build_family, documents, expected_bos, independent
 from helpers.trainers import megatron_indexed_dataset
 
+pytestmark = pytest.mark.slow  # every tokenizer family through the whole command line
+
 # Skip before any family is built or tokenized: every case ends reading the export with megatron-core.
 IndexedDataset = megatron_indexed_dataset()
 

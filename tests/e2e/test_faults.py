@@ -28,6 +28,8 @@ from helpers.launches import (assert_no_orphans, assert_taken_over_and_stood_dow
                               framed_dataset, run_captured, stop_while_holding_a_shard, worker_logs)
 from helpers.tmpfs import mounted_tmpfs
 
+pytestmark = pytest.mark.slow  # chaos: kills, stopped workers and concurrent launches of real launches
+
 
 def _done_records(root: Path) -> dict[str, dict]:
     return {json.loads(p.read_text())["shard"]: json.loads(p.read_text()) for p in (root / "done").rglob("*.json")}
@@ -47,7 +49,6 @@ def _workers(launcher_pid: int) -> list[psutil.Process]:
 
 # 1. chaos --------------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_chaos_twenty_kills_then_relaunch_is_byte_identical(tmp_path, bpe_tokenizer):
     ds = framed_dataset(tmp_path / "ds", shards=18, docs=160)
     manifest = cli.manifest(tmp_path, ds)
@@ -100,7 +101,6 @@ def _chaos_round(manifest: Path, root: Path, tokenizer: Path, rng: random.Random
 
 # 2. claim race ---------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_sixteen_processes_started_at_once_each_shard_done_once(tmp_path, bpe_tokenizer):
     ds = framed_dataset(tmp_path / "ds", shards=24, docs=12)
     manifest = cli.manifest(tmp_path, ds)

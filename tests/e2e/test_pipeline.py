@@ -14,6 +14,8 @@ from helpers import cli
 from helpers.cli import slimtok, tokenize
 from helpers.corpus import doc_line, make_dataset, reference_ids, write_shard
 
+pytestmark = pytest.mark.slow  # the whole command line, several launches per test
+
 
 @pytest.fixture(scope="module")
 def small(tokenized_root, bpe_tokenizer):

@@ -16,6 +16,8 @@ from helpers.cli import slimtok, tokenize_cmd
 from helpers.corpus import doc_line, make_dataset, reference_ids, sample_documents, write_shard
 from helpers.launches import wait_for
 
+pytestmark = pytest.mark.slow  # kills, SIGTERMs and relaunches of real launches
+
 
 def test_bad_shards_fail_with_reasons_and_retry_failed_completes(tmp_path, bpe_tokenizer):
     ds = make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=5, holdout_docs=2)

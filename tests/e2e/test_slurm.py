@@ -14,6 +14,8 @@ from helpers.corpus import reference_ids
 
 from slimtok.protocol import SPLIT_FILES
 
+pytestmark = pytest.mark.slow  # jobs submitted to a real Slurm cluster
+
 TOOLS = REPO_ROOT / "tools" / "slurm"
 
 

@@ -19,6 +19,8 @@ from helpers.corpus import make_dataset, reference_ids
 
 from slimtok.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_SHARDS_FAILED
 
+pytestmark = pytest.mark.slow  # the units' command lines run for real
+
 UNITS = REPO_ROOT / "systemd"
 #: Keys systemd < 254 does not know; the unit documents that they are then ignored.
 NEWER_KEYS = ("RestartSteps", "RestartMaxDelaySec")

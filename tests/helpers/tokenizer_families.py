@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import orjson
+import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from helpers.corpus import sample_documents
@@ -143,6 +144,14 @@ FAMILIES: dict[str, Family] = {
     "wordpiece": Family(_wordpiece, "[SEP]", "[CLS]", None),
     "qwen3": Family(_qwen3, "<|im_end|>", None, None),
 }
+
+
+def slow_qwen3(*values: str) -> object:
+    """One parametrize case; marked slow where it names Qwen3, whose 151k-id tokenizer every such
+    case loads (most of the unit tests' time: they run in the README command, not in the fast lane)."""
+    if "qwen3" in values:
+        return pytest.param(*values, marks=pytest.mark.slow)
+    return values[0] if len(values) == 1 else values
 
 
 def build_family(name: str, folder: str | Path) -> Path:

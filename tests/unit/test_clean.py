@@ -169,6 +169,7 @@ def test_a_split_combined_without_some_documents_keeps_its_shards(tokenized, tmp
     assert len(list((root / "shards").rglob("*.bin"))) == 8
 
 
+@pytest.mark.slow  # kill -9 at random moments, several runs
 def test_kill_9_during_clean_then_rerun_finishes(tokenized, tmp_path):
     rng = random.Random(5)
     reference = {name: (tokenized[1] / name).read_bytes() for name in SPLIT_FILES}

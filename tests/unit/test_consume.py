@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from helpers.cli import slimtok
 from helpers.corpus import make_dataset
@@ -20,6 +21,7 @@ def _consume(root) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.slow  # kill -9 at random moments, several runs
 def test_kill_9_during_consume_then_relaunch_is_byte_identical_to_copying(tmp_path, bpe_tokenizer):
     dataset = make_dataset(tmp_path / "ds", train_shards=6, docs_per_shard=15, holdout_docs=5)
     slimtok("manifest", "--dataset-dir", dataset, "--output-dir", tmp_path / "m")

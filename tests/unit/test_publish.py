@@ -117,6 +117,7 @@ def versions(tokenized_root, bpe_tokenizer):
     return root, refs, seconds
 
 
+@pytest.mark.slow  # kill -9 at random moments, several runs
 def test_kill_9_at_random_moments_of_combine_leaves_old_or_new_set(versions, tmp_path):
     root, refs, seconds = versions
     work = tmp_path / "root"
@@ -137,6 +138,7 @@ def test_kill_9_at_random_moments_of_combine_leaves_old_or_new_set(versions, tmp
     assert not [p.name for p in work.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow  # kill -9 at random moments, several runs
 def test_kill_9_at_random_moments_of_export_megatron_leaves_old_or_new_pair(versions, tmp_path):
     root, refs, seconds = versions
     work = tmp_path / "root"
@@ -171,6 +173,7 @@ def _packed_state(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
 
 
+@pytest.mark.slow  # kill -9 at random moments, several runs
 def test_kill_9_at_random_moments_of_export_packed_leaves_old_or_new_parts(versions, tmp_path):
     root, refs, seconds = versions
     work = tmp_path / "root"

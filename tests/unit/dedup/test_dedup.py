@@ -182,6 +182,7 @@ def test_identical_for_1_2_workers_and_3_processes(tokenized, tmp_path):
                {k: v for k, v in jobs[0].items() if k != "finished_at"} for j in jobs)
 
 
+@pytest.mark.slow  # kill -9 at random moments, several runs
 def test_kill_9_of_dedup_workers_then_relaunch_resumes(tokenized, tmp_path):
     _, corpus, ref = tokenized
     root = _copy(tokenized, tmp_path)

@@ -191,6 +191,7 @@ def test_source_key_is_pinned_in_job_json(tmp_path, bpe_tokenizer):
     assert proc.returncode == 2 and "source_key" in proc.stderr
 
 
+@pytest.mark.slow  # kill -9 at random moments, several runs
 def test_kill_9_mid_parquet_shard_keeps_per_source_counts_exact(tmp_path, bpe_tokenizer):
     texts, sources = _parquet_dataset(tmp_path / "hub", shards=2, docs=1200, seed=90)
     slimtok("manifest", "--dataset-dir", tmp_path / "hub", "--output-dir", tmp_path / "m", "--pattern", "*.parquet")

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 
 import slimtok.reader as readmod
 from helpers.corpus import reference_texts, sample_documents, write_shard
+from helpers.tokenizer_families import slow_qwen3
 from slimtok.manifest import ShardEntry, write_manifest
 from slimtok.reader import ShardReader, TextPieces, iter_lines
 from slimtok.tokenizer import Encoder, load_tokenizer
@@ -175,7 +176,7 @@ def whole_ids(tokenizer: Tokenizer, text: str) -> list[int]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("which", ["bpe", "qwen3"])
+@pytest.mark.parametrize("which", [slow_qwen3("bpe"), slow_qwen3("qwen3")])
 def test_pieces_encode_to_the_whole_document_ids(tmp_path, which, backend, bpe_tokenizer, qwen3_tokenizer):
     loaded = load_tokenizer(str(bpe_tokenizer if which == "bpe" else qwen3_tokenizer))
     reference = Tokenizer.from_str(loaded.to_json())

@@ -155,6 +155,7 @@ def test_realized_tokens_and_documents_per_source(roots, tmp_path):
     assert meta["splits"]["train"]["tokens"] == sum(r["tokens"] for r in report.values())
 
 
+@pytest.mark.slow  # kill -9 at random moments, several runs
 def test_workers_and_kill_give_identical_bytes_and_a_changed_spec_is_refused(roots, tmp_path):
     spec_path = _spec(roots, tmp_path, chunk_documents=1, validation={"documents": 5})
     mix_main(spec_path, tmp_path / "one", workers=1)

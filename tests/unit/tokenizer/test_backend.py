@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 import slimtok.tokenizer.encoder as tokmod
 from helpers.cli import slimtok
 from helpers.corpus import make_dataset, reference_ids, sample_documents
+from helpers.tokenizer_families import slow_qwen3
 from slimtok.tokenizer import DocumentPolicy, Encoder, TokenizerError, load_tokenizer
 
 TRICKY = ["plain <|endoftext|> text with <|im_end|> inside", "\n\n  \t\r\n", "東京 Москва 👩‍👩‍👧 e\u0301",
@@ -30,7 +31,7 @@ def reference_docs(folder: Path, texts: list[str]) -> list[list[int]]:
     return [tok.encode(text, add_special_tokens=False).ids for text in texts]
 
 
-@pytest.fixture(params=["bpe", "qwen3"])
+@pytest.fixture(params=[slow_qwen3("bpe"), slow_qwen3("qwen3")])
 def folder(request, bpe_tokenizer, qwen3_tokenizer) -> Path:
     return bpe_tokenizer if request.param == "bpe" else qwen3_tokenizer
 

@@ -8,6 +8,7 @@ from tokenizers import Tokenizer, models
 
 import slimtok.tokenizer.encoder as tokmod
 from helpers.corpus import sample_documents
+from helpers.tokenizer_families import slow_qwen3
 from slimtok.tokenizer import DocumentPolicy, Encoder, TokenizerError, load_tokenizer, max_id_plus_one
 
 BACKENDS = ["tokenizers", pytest.param("fastokens", marks=pytest.mark.skipif(
@@ -34,7 +35,7 @@ def huge_text(seed: int) -> str:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("which", ["bpe", "qwen3"])
+@pytest.mark.parametrize("which", [slow_qwen3("bpe"), slow_qwen3("qwen3")])
 def test_huge_document_cut_in_pieces_equals_whole_document(which, backend, bpe_tokenizer, qwen3_tokenizer,
                                                            monkeypatch):
     folder = bpe_tokenizer if which == "bpe" else qwen3_tokenizer

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from helpers.corpus import sample_documents
 from slimtok.tokenizer import Encoder, TokenizerError, load_tokenizer, resolve_dtype
-from helpers.tokenizer_families import FAMILIES, build_family, documents, expected_bos, independent
+from helpers.tokenizer_families import FAMILIES, build_family, documents, expected_bos, independent, slow_qwen3
 
 BACKENDS = ["tokenizers", pytest.param("auto", marks=pytest.mark.skipif(
     importlib.util.find_spec("fastokens") is None, reason="fastokens not installed"))]
@@ -46,7 +46,7 @@ def _cases():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name,bos,special", list(_cases()))
+@pytest.mark.parametrize("name,bos,special", [slow_qwen3(*case) for case in _cases()])
 def test_encoder_gives_the_independent_ids(families, name, bos, special, backend):
     folder = families(name)
     loaded = load_tokenizer(str(folder), bos=bos, special_text=special)
@@ -78,7 +78,7 @@ def test_pieces_start_with_bos_and_end_with_eos(families, name, cut):
     assert chunks[-1][-1] == tok.token_to_id(FAMILIES[name].eos)
 
 
-@pytest.mark.parametrize("name", ["unigram", "qwen3"])
+@pytest.mark.parametrize("name", [slow_qwen3("unigram"), slow_qwen3("qwen3")])
 def test_bos_always_without_a_bos_is_refused(families, name):
     with pytest.raises(TokenizerError, match="--bos always"):
         load_tokenizer(str(families(name)), bos="always")
@@ -128,7 +128,7 @@ def test_qwen3_defaults_are_todays(families):
     assert (p.eos_id, p.bos_id, p.special_text) == (151645, None, "literal")
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", [slow_qwen3(n) for n in FAMILIES])
 def test_dtype_auto_width_follows_the_highest_id(families, name):
     loaded = load_tokenizer(str(families(name)))
     tok = Tokenizer.from_file(str(families(name) / "tokenizer.json"))
@@ -162,7 +162,7 @@ def test_offline_hub_id_gets_slimtoks_hint(tmp_path):
     assert "HF_HUB_OFFLINE" in out and "slimtok mirror acme/no-such-tokenizer" in out
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", [slow_qwen3(n) for n in FAMILIES])
 def test_the_one_parse_pins_the_canonical_fingerprint_and_the_copy_loads_back_to_it(families, name):
     """The file is parsed once as it is: the fingerprint is the sha256 of its canonical JSON (an
     independent from_file + to_str), and the copy a job keeps loads back to exactly that JSON."""
@@ -176,7 +176,7 @@ def test_the_one_parse_pins_the_canonical_fingerprint_and_the_copy_loads_back_to
     assert Tokenizer.from_str(loaded.file_text().decode()).to_str() == canonical
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", [slow_qwen3(n) for n in FAMILIES])
 def test_the_token_bound_holds_for_every_family(families, name):
     """The disk budget may skip its encoded sample on the bound: no text may exceed it, including
     text that the normalization forms and lowercasing lengthen."""
@@ -231,7 +231,7 @@ def _pin_and_work(manifest: Path, root: Path, folder: Path, bos: str, special: s
             if k not in ("tokenizer_file_sha256", "backend_requested", "backend", "backend_verification")}
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", [slow_qwen3(n) for n in FAMILIES])
 def test_the_json_route_pins_what_the_parse_pins(families, name, tiny_manifest, tmp_path, monkeypatch):
     """From the JSON alone the launcher pins every fact the parse pins (notes and warnings word for
     word), or declines; once the worker has recorded the fingerprint, job.json equals the parse
