@@ -42,7 +42,7 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared
 
 
-def build_once(shared: Path, name: str, build: Callable[[Path], None]) -> Path:
+def build_once(shared: Path, name: str, build: Callable[[Path], object]) -> Path:
     """``shared/name``, filled by ``build(folder)`` in the first process that asks for it.
 
     A build that raised leaves no marker, so the next process to ask starts it again from empty."""

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import psutil
@@ -20,11 +21,13 @@ from helpers.corpus import doc_line, reference_ids, sample_documents, write_shar
 from slimtok.protocol import OutputRoot
 
 
-def run_captured(cmd, **kw) -> subprocess.CompletedProcess:
+def run_captured(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """Run ``cmd`` to its end, both streams captured as text (a hung launch fails after 10 min)."""
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
 
 
-def wait_for(predicate, timeout: float = 120.0) -> bool:
+def wait_for(predicate: Callable[[], object], timeout: float = 120.0) -> bool:
+    """Poll ``predicate`` every 20 ms until it holds (True) or ``timeout`` s pass (False)."""
     end = time.time() + timeout
     while time.time() < end:
         if predicate():
@@ -34,10 +37,12 @@ def wait_for(predicate, timeout: float = 120.0) -> bool:
 
 
 def worker_logs(root: Path) -> str:
+    """Every worker log of the root (``logs/*.log``), in name order."""
     return "".join(p.read_text(errors="replace") for p in sorted((root / "logs").glob("*.log")))
 
 
 def claims_per_shard(root: Path) -> dict[str, int]:
+    """How many times the workers logged claiming each shard."""
     counts: dict[str, int] = {}
     for line in worker_logs(root).splitlines():
         if ": claimed " in line:
@@ -47,16 +52,19 @@ def claims_per_shard(root: Path) -> dict[str, int]:
 
 
 def assert_no_orphans(root: Path) -> None:
+    """No partial shard output and no claim is left under the root."""
     assert not list((root / "shards").rglob("*.part")), "partial output left behind"
     assert not list((root / "locks").rglob("*.lock")), "locks left behind"
 
 
 def combined_split(root: Path, split: str = "train") -> bytes:
+    """``slimtok combine`` of one split; the bytes of its token file."""
     slimtok("combine", "--output-root", root, "--splits", split)
     return (root / {"train": "train.bin", "validation": "val.bin", "test": "test.bin"}[split]).read_bytes()
 
 
 def framed_dataset(root: Path, shards: int, docs: int, seed: int = 7) -> Path:
+    """``shards`` train shards of ``docs`` documents over three chunks, each in two zstd frames."""
     for i in range(shards):
         write_shard(root / f"train/chunk{1 + i % 3}/example_train_{i}.jsonl.zst",
                     [doc_line(t) for t in sample_documents(docs, seed=seed * 100 + i)], frames=2)

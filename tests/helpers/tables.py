@@ -2,7 +2,7 @@
 
 The test BPE's eos (id 0) is only ever the separator (special strings are encoded as text), so
 splitting each shard's tokens at eos gives its documents exactly; sources and hashes come from
-the shard's own lines read with the reference rules (tests/corpus.py)."""
+the shard's own lines read with the reference rules (tests/helpers/corpus.py)."""
 
 from __future__ import annotations
 

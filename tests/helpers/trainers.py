@@ -17,8 +17,9 @@ def megatron_indexed_dataset() -> Any:
 
     with warnings.catch_warnings():  # megatron-core warns that Apex/Transformer Engine are absent
         warnings.simplefilter("ignore")
-        module = pytest.importorskip("megatron.core.datasets.indexed_dataset",
-                                     reason="megatron-core is not installed (tools/ci/install-test-deps.sh installs it)")
+        module = pytest.importorskip(
+            "megatron.core.datasets.indexed_dataset",
+            reason="megatron-core is not installed (tools/ci/install-test-deps.sh installs it)")
     return module.IndexedDataset
 
 

@@ -1,4 +1,4 @@
-"""`slimtok mirror` through the real huggingface_hub client against a local Hub (tests/hub_server.py).
+"""`slimtok mirror` through the real huggingface_hub client against a local Hub (tests/helpers/hub_server.py).
 
 huggingface_hub reads HF_ENDPOINT, HF_HOME, the token path and its Xet/telemetry switches once, at
 import, and another test module may have imported it already. So the ``hf`` fixture sets the
