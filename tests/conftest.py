@@ -123,9 +123,9 @@ def tokenized_root(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
             {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
 
     def combined(folder: Path, source: Path) -> None:
-        for part in ("m", "root", "tokenize.json"):
-            copy = shutil.copytree if (source / part).is_dir() else shutil.copy2
-            copy(source / part, folder / part)
+        shutil.copytree(source / "m", folder / "m")
+        shutil.copytree(source / "root", folder / "root", symlinks=True)
+        shutil.copy2(source / "tokenize.json", folder / "tokenize.json")
         cli.slimtok("combine", "--output-root", folder / "root", "--quiet")
 
     def get(dataset: dict[str, int] | Callable[[Path], object], tokenizer: Path, *flags: object,
