@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
 # Start a one-host Slurm cluster (munged + slurmctld + slurmd on this machine) for
-# tests/test_slurm.py. Needs root and Debian's munge, slurmctld, slurmd and slurm-client packages
-# (.ci/run installs them). Idempotent: a cluster that already answers is left alone.
+# tests/e2e/test_slurm.py, whose session fixture (tests/conftest.py) runs this when no cluster is up.
+# Needs root and Debian's munge, slurmctld, slurmd and slurm-client packages
+# (tools/ci/install-test-deps.sh installs them). Idempotent: a cluster that already answers is left alone.
+# With --record FILE, appends "<daemon> <pid>" for each daemon this run started (none started, no
+# line), so tools/ci/stop-slurm.sh FILE stops exactly those and never one that was already running.
 # Writes /etc/slurm/slurm.conf and logs under /var/log/slurm-ci/.
 set -euo pipefail
+
+record=/dev/null
+if [ "${1:-}" = "--record" ]; then record=$2; fi
+
+# started NAME PIDFILE: note the daemon just started (it writes its pid file once it has forked).
+started() {
+    for _ in $(seq 100); do
+        if [ -s "$2" ]; then echo "$1 $(cat "$2")" >> "$record"; return 0; fi
+        sleep 0.1
+    done
+    echo "start-slurm: $1 wrote no $2" >&2; return 1
+}
 
 if scontrol ping 2>/dev/null | grep -q "is UP" && sinfo -h -o %T 2>/dev/null | grep -qE "idle|mixed|alloc"; then
     echo "start-slurm: a cluster is already up"; exit 0
@@ -25,7 +40,9 @@ fi
 chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
 if ! pgrep -u munge -x munged >/dev/null; then
+    rm -f /run/munge/munged.pid
     runuser -u munge -- munged
+    started munged /run/munge/munged.pid
 fi
 
 # Everything runs as root on one host: no cgroups or accounting daemon needed.
@@ -55,8 +72,8 @@ ${node} State=UNKNOWN
 PartitionName=ci Nodes=${host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
 
-pgrep -x slurmctld >/dev/null || slurmctld
-pgrep -x slurmd >/dev/null || slurmd
+if ! pgrep -x slurmctld >/dev/null; then rm -f /run/slurmctld.pid; slurmctld; started slurmctld /run/slurmctld.pid; fi
+if ! pgrep -x slurmd >/dev/null; then rm -f /run/slurmd.pid; slurmd; started slurmd /run/slurmd.pid; fi
 
 for _ in $(seq 60); do
     if sinfo -h -o %T 2>/dev/null | grep -qE "^(idle|mixed|allocated)"; then

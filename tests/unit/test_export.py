@@ -1,0 +1,99 @@
+"""Outputs for trainers: the document index, the Megatron round trip through megatron-core's own
+reader, and packed rows against the combined stream."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from helpers.cli import PIPELINE_TOKENIZE, slimtok
+from helpers.corpus import reference_ids
+from helpers.trainers import megatron_dataset
+
+
+@pytest.fixture(scope="module", params=["uint32", "uint16"])
+def combined(request, tokenized_root, bpe_tokenizer):
+    """(output root, reference ids of train, reference documents of train) for each dtype."""
+    run = tokenized_root({"train_shards": 3, "docs_per_shard": 15, "holdout_docs": 5}, bpe_tokenizer,
+                         *PIPELINE_TOKENIZE, "--dtype", request.param, combine=True)
+    ref = reference_ids(run.manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
+    docs = np.split(ref, np.flatnonzero(ref == 0) + 1)[:-1]  # the reference puts eos only after documents
+    assert len(docs) == 45
+    return run.root, ref, docs, request.param
+
+
+def test_document_index_holds_every_documents_end(combined):
+    root, ref, docs, dtype = combined
+    ends = np.fromfile(root / "train.idx", dtype="<u8")
+    assert np.array_equal(ends, np.cumsum([len(d) for d in docs]))
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["splits"]["train"]["index"] == "train.idx"
+    assert (root / "val.idx").stat().st_size == 8 * meta["splits"]["validation"]["documents"]
+
+
+def test_megatron_round_trip_with_megatron_core_reader(combined):
+    root, ref, docs, dtype = combined
+    slimtok("export", "megatron", "--output-root", root, "--prefix", "slim")
+    prefix = root / "megatron" / "slim_train_text_document"
+    ds = megatron_dataset(prefix)
+    assert len(ds) == len(docs)
+    assert np.array_equal(ds.document_indices, np.arange(len(docs) + 1))
+    assert np.array_equal(ds.sequence_lengths, [len(d) for d in docs])
+    for i, doc in enumerate(docs):
+        assert np.array_equal(ds[i].astype(np.int64), doc)
+    assert ds.index.dtype == (np.uint16 if dtype == "uint16" else np.int32)
+    # the token data was linked, not copied a second time
+    assert (root / "megatron/slim_train_text_document.bin").stat().st_ino == (root / "train.bin").stat().st_ino
+    val = megatron_dataset(root / "megatron" / "slim_val_text_document")
+    assert len(val) == json.loads((root / "meta.json").read_text())["splits"]["validation"]["documents"]
+
+
+def test_megatron_export_to_an_absolute_prefix(combined, tmp_path):
+    root, ref, docs, _ = combined
+    slimtok("export", "megatron", "--output-root", root, "--prefix", tmp_path / "mg" / "corpus", "--splits", "train")
+    ds = megatron_dataset(tmp_path / "mg" / "corpus_train_text_document")
+    assert np.array_equal(np.concatenate([ds[i] for i in range(len(ds))]).astype(np.int64), ref)
+    assert not (tmp_path / "mg" / "corpus_val_text_document.bin").exists()
+
+
+def _check_manifest(folder: Path) -> dict:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for f in manifest["files"]:
+        assert hashlib.sha256((folder / f["file"]).read_bytes()).hexdigest() == f["sha256"]
+    return manifest
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npy"])
+def test_packed_rows_equal_the_stream(combined, fmt, tmp_path):
+    root, ref, docs, dtype = combined
+    seq_len = 257
+    slimtok("export", "packed", "--output-root", root, "--seq-len", seq_len, "--format", fmt, "--rows-per-file", 7)
+    folder = root / "packed" / f"train-{seq_len}-{fmt}"
+    manifest = _check_manifest(folder)
+    rows = []
+    for f in manifest["files"]:
+        if fmt == "parquet":
+            part = np.array(pq.read_table(folder / f["file"]).column("input_ids").to_pylist())
+        else:
+            part = np.load(folder / f["file"])
+        assert part.shape == (f["rows"], seq_len)
+        rows.append(part)
+    got = np.concatenate(rows)
+    n = len(ref) // seq_len
+    assert manifest["rows"] == n and manifest["dropped_tail_tokens"] == len(ref) - n * seq_len
+    assert len(manifest["files"]) == -(-n // 7)
+    assert np.array_equal(got.astype(np.int64), ref[:n * seq_len].reshape(n, seq_len))
+    # deterministic: a second export elsewhere has the same bytes
+    slimtok("export", "packed", "--output-root", root, "--seq-len", seq_len, "--format", fmt, "--rows-per-file", 7,
+            "--output-dir", tmp_path / "again")
+    again = _check_manifest(tmp_path / "again")
+    assert [f["sha256"] for f in again["files"]] == [f["sha256"] for f in manifest["files"]]
+
+
+def test_export_before_combine_is_refused_with_the_reason(tmp_path):
+    (tmp_path / "meta.json").write_text("{}")
+    proc = slimtok("export", "megatron", "--output-root", tmp_path, "--prefix", "p", check=False)
+    assert proc.returncode == 2 and "no combined split" in proc.stderr
