@@ -44,79 +44,128 @@ class SlimtokError(Exception):
 # -- stages, in data order -------------------------------------------------------------------
 
 class MirrorError(SlimtokError):
-    """A download from the Hub cannot be done (repository, revision, disk space)."""
+    """A download from the Hub cannot be done (repository, revision, disk space)., e.g.::
+
+        dataset acme/SlimPajama: revision 'v9' does not exist; pass a branch, a tag or a commit hash on the Hub
+    """
 
 
 class ManifestError(SlimtokError):
-    """A dataset folder or manifest cannot be listed or read."""
+    """A dataset folder or manifest cannot be listed or read., e.g.::
 
-
-class FormatError(SlimtokError):
-    """A shard file's format is not one slimtok reads (see slimtok.formats)."""
+        hub/datasets--acme--sp/refs/main: names snapshot 1a2b, but hub/datasets--acme--sp/snapshots/1a2b does
+        not exist; re-run `slimtok mirror` or point --dataset-dir at a snapshot folder
+    """
 
 
 class TokenizerError(SlimtokError):
-    """A tokenizer cannot be loaded, or does not give the reference ids."""
+    """A tokenizer cannot be loaded, or does not give the reference ids., e.g.::
+
+        out/tokenizer/tokenizer.json: is missing: the output root's tokenizer copy was removed; relaunch
+        `slimtok tokenize` with the original --tokenizer to write it again
+    """
 
 
 class JobMismatch(SlimtokError):
-    """A relaunch asked for settings other than those pinned in job.json, or job.json is unusable."""
+    """A relaunch asked for settings other than those pinned in job.json, or job.json is unusable., e.g.::
+
+        out/job.json: is missing: is out a slimtok output root?; run `slimtok tokenize` with this
+        --output-root to create the job
+    """
 
 
 class LaunchError(SlimtokError):
-    """Workers cannot be started as asked (process index, worker count, environment)."""
+    """Workers cannot be started as asked (process index, worker count, environment)., e.g.::
+
+        process index 8 is not in 0..7 (process count 8)
+    """
 
 
 class OutputError(SlimtokError):
-    """The output root cannot be written: full disk, permissions, a broken filesystem."""
+    """The output root cannot be written: full disk, permissions, a broken filesystem., e.g.::
+
+        out: meta.json needs 4,096 bytes but the filesystem has 0 free; free at least 4,096 bytes there,
+        then run the command again
+    """
 
     exit_code = EXIT_FATAL
 
 
 class Stopped(SlimtokError):
-    """A signal stopped a run part way: what was finished is kept, and a relaunch resumes."""
+    """A signal stopped a run part way: what was finished is kept, and a relaunch resumes., e.g.::
+
+        out: stopped on a signal; finished units are kept; run `slimtok dedup --output-root out` again to resume
+    """
 
     exit_code = EXIT_INTERRUPTED
 
 
 class CombineError(SlimtokError):
-    """A split cannot be combined; the message names the shards and what to do."""
+    """A split cannot be combined; the message names the shards and what to do., e.g.::
+
+        out/done/train/x.json: its file '../../etc/passwd' is outside the output root; the record was not
+        written by slimtok; delete it and relaunch tokenize
+    """
 
 
 class CleanError(SlimtokError):
-    """A finished job's intermediate files cannot be removed safely yet; the message says why."""
+    """A finished job's intermediate files cannot be removed safely yet; the message says why., e.g.::
+
+        out/locks: 2 worker claim(s) are live: train/a, train/b; wait for those workers to finish (or stop
+        them), then run clean again
+    """
 
 
 class ValidateError(SlimtokError):
-    """An output root cannot be validated at all (as opposed to a check that fails)."""
+    """An output root cannot be validated at all (as opposed to a check that fails)., e.g.::
+
+        out/meta.json: is missing; run `slimtok combine --output-root out` first
+    """
 
 
 class ExportError(SlimtokError):
-    """An export cannot be written as asked."""
+    """An export cannot be written as asked., e.g.::
+
+        out2: several --output-root need --data-args-path
+    """
 
 
 class DataError(SlimtokError):
-    """Combined token files cannot be read for training."""
+    """Combined token files cannot be read for training., e.g.::
+
+        out/train.idx: is missing; re-run `slimtok combine` to write it
+    """
 
 
 class DedupError(SlimtokError):
-    """Deduplication cannot run on this output root."""
+    """Deduplication cannot run on this output root., e.g.::
+
+        out/dedup/job.json: no finished dedup here; run `slimtok dedup --output-root out` first
+    """
 
 
 class MixError(SlimtokError):
-    """A mix spec cannot be resolved or written."""
+    """A mix spec cannot be resolved or written., e.g.::
+
+        mix.yaml: no --output-root given; pass --output-root OUT, or --plan to only print the table
+    """
 
 
 # -- one shard -------------------------------------------------------------------------------
 
 class ShardError(SlimtokError):
-    """One shard cannot be tokenized; the worker records it in ``failed/`` and goes on."""
+    """One shard cannot be tokenized; the worker records it in ``failed/`` and goes on (its
+    subclasses say why)."""
 
     exit_code = EXIT_SHARDS_FAILED
 
 
 class ShardReadError(ShardError):
-    """A shard file cannot be read or decoded; ``reason`` names the line where there is one."""
+    """A shard file cannot be read or decoded; ``reason`` names the line where there is one, e.g.::
+
+        sp/train/x.jsonl.zst: is 1,024 bytes but the manifest lists 2,048; rebuild the manifest with
+        `slimtok manifest` (and a new --output-root if the data really changed)
+    """
 
     def __init__(self, path: str | os.PathLike[str], reason: str):
         self.reason = reason
@@ -124,7 +173,11 @@ class ShardReadError(ShardError):
 
 
 class EmptyShard(ShardError):
-    """Lines were read but none held a usable document: almost always the wrong file or key."""
+    """Lines were read but none held a usable document: almost always the wrong file or key, e.g.::
+
+        sp/train/x.jsonl.zst: no usable document in 9 lines (skipped: no text 9); check the file and
+        --text-key 'text'
+    """
 
 
 # -- control flow inside a worker (never shown to a user as an error) --------------------------

@@ -207,15 +207,17 @@ def mirror(repo_id: str, *, repo_type: str = "dataset", revision: str | None = N
 def _check_arguments(repo_type: str, cache_dir: str | Path | None, local_dir: str | Path | None,
                      max_workers: int, min_free_fraction: float) -> None:
     if repo_type not in REPO_TYPES:
-        raise MirrorError(f"Unknown repo type {repo_type!r}: use one of {', '.join(REPO_TYPES)}.")
+        raise MirrorError(f"unknown repo type {repo_type!r}", fix=f"use one of {', '.join(REPO_TYPES)}")
     if cache_dir is not None and local_dir is not None:
-        raise MirrorError("Pass either a cache dir or a local dir, not both: the cache keeps huggingface_hub's "
-                          "layout (blobs, snapshots, refs), a local dir holds plain files.")
+        raise MirrorError("both a cache dir and a local dir were given",
+                          fix="pass either a cache dir or a local dir: the cache keeps huggingface_hub's layout "
+                              "(blobs, snapshots, refs), a local dir holds plain files")
     if max_workers < 1:
-        raise MirrorError(f"max_workers must be at least 1, got {max_workers}.")
+        raise MirrorError(f"max_workers is {max_workers}", fix="max_workers must be at least 1")
     if not 0 <= min_free_fraction < 1:
-        raise MirrorError(f"min_free_fraction must be in [0, 1), got {min_free_fraction}: it is the share of "
-                          "the disk that must stay free after the download (0.2 keeps 20%).")
+        raise MirrorError(f"min_free_fraction is {min_free_fraction}",
+                          fix="min_free_fraction must be in [0, 1): the share of the disk that must stay free "
+                              "after the download (0.2 keeps 20%)")
 
 
 def _globs(patterns: str | Sequence[str]) -> list[str]:
@@ -227,11 +229,11 @@ def _resolve_commit(api: HfApi, repo_id: str, repo_type: str, revision: str) -> 
     """The commit ``revision`` names; a gated repo without any token fails here, before listing."""
     info = api.repo_info(repo_id, repo_type=repo_type, revision=revision)
     if info.gated and get_token() is None:
-        raise MirrorError(f"{repo_type} {repo_id} is gated and no Hugging Face token is set: accept its terms "
-                          f"on the Hub, then {_LOGIN_HINT}, and re-run.")
+        raise MirrorError("is gated and no Hugging Face token is set", f"{repo_type} {repo_id}",
+                          f"accept its terms on the Hub, then {_LOGIN_HINT}, and re-run")
     if info.sha is None:
-        raise MirrorError(f"The Hub did not say which commit {revision!r} of {repo_type} {repo_id} is; "
-                          "re-run later, or pass --revision with a 40-character commit hash.")
+        raise MirrorError(f"the Hub did not say which commit {revision!r} is", f"{repo_type} {repo_id}",
+                          "re-run later, or pass --revision with a 40-character commit hash")
     return info.sha
 
 
@@ -251,9 +253,9 @@ def _select(files: list[RecordedFile], include: list[str], exclude: list[str], l
     if not selected:
         # The deepest path shows best that globs see folders: SlimPajama's "train/chunk1/example_train_0.jsonl.zst".
         example = max((f.path for f in files), key=lambda p: p.count("/"), default="(the repo is empty)")
-        raise MirrorError(f"No file of {label} at {commit[:12]} passes --include {include} / --exclude "
-                          f"{exclude}; globs match whole repo paths such as {example!r} ('*' also "
-                          "matches '/', a trailing '/' means the whole folder).")
+        raise MirrorError(f"no file at {commit[:12]} passes --include {include} / --exclude {exclude}", label,
+                          f"globs match whole repo paths such as {example!r} ('*' also matches '/', a trailing '/' "
+                          "means the whole folder)")
     return selected
 
 
@@ -290,8 +292,8 @@ def _fetch(repo_id: str, repo_type: str, commit: str, files: list[RecordedFile],
         failed.sort()
         named = "; ".join(f"{path}: {why}" for path, why in failed[:3])
         more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
-        raise MirrorError(f"{len(failed)} of {len(files)} file(s) of {label} could not be downloaded, the other "
-                          f"{len(files) - len(failed)} were ({_RESUME_HINT}). {named}{more}")
+        raise MirrorError(f"{len(failed)} of {len(files)} file(s) could not be downloaded, the other "
+                          f"{len(files) - len(failed)} were ({named}{more})", label, _RESUME_HINT)
 
 
 def _only_this_file(exc: BaseException) -> bool:
@@ -440,19 +442,19 @@ def _check_free_space(root: Path, to_fetch: int, min_free_fraction: float, label
         return
     left = space.free - to_fetch
     raise MirrorError(
-        f"Not enough disk space to mirror {label}: {format_bytes(to_fetch)} to download, {format_bytes(space.free)} "
-        f"free of {format_bytes(space.total)} on the disk holding {space.path}, which would leave "
-        f"{max(left, 0) / space.total:.1%} free where at least {min_free_fraction:.0%} must stay free. Free some "
-        "space, narrow --include, mirror to another disk, or lower --min-free-fraction.")
+        f"not enough disk space to mirror {label}: {format_bytes(to_fetch)} to download, {format_bytes(space.free)} "
+        f"free of {format_bytes(space.total)} on this disk, which would leave {max(left, 0) / space.total:.1%} free "
+        f"where at least {min_free_fraction:.0%} must stay free", space.path,
+        "free some space, narrow --include, mirror to another disk, or lower --min-free-fraction")
 
 
 def _check_sizes(snapshot: Path, files: list[RecordedFile], label: str) -> None:
     """Every selected file must be on disk with its listed size before anything is recorded."""
     wrong = [f.path for f in files if not _size_is(snapshot / f.path, f.size)]
     if wrong:
-        raise MirrorError(f"After downloading {label}, {len(wrong)} file(s) are missing or have the wrong size "
-                          f"under {snapshot}: {', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}; "
-                          f"re-run the same command to fetch them again ({_RESUME_HINT}).")
+        raise MirrorError(f"after downloading {label}, {len(wrong)} file(s) are missing or have the wrong size: "
+                          f"{', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}", snapshot,
+                          f"re-run the same command to fetch them again ({_RESUME_HINT})")
 
 
 # -- errors and formatting ------------------------------------------------------------------------
@@ -464,34 +466,34 @@ def _plain_hub_errors(label: str, revision: str) -> Iterator[None]:
     try:
         yield
     except GatedRepoError as exc:
-        raise MirrorError(f"{label} is gated and the Hub refused access (HTTP {_status(exc)}): accept its terms "
-                          f"on the Hub page with your account, then {_LOGIN_HINT}, and re-run.") from exc
+        raise MirrorError(f"is gated and the Hub refused access (HTTP {_status(exc)})", label,
+                          f"accept its terms on the Hub page with your account, then {_LOGIN_HINT}, and "
+                          "re-run") from exc
     except RepositoryNotFoundError as exc:
-        raise MirrorError(f"{label} was not found on {_endpoint()}: check the name and --repo-type; if "
-                          f"it is private, {_LOGIN_HINT}.") from exc
+        raise MirrorError(f"was not found on {_endpoint()}", label,
+                          f"check the name and --repo-type; if it is private, {_LOGIN_HINT}") from exc
     except RevisionNotFoundError as exc:
-        raise MirrorError(f"Revision {revision!r} does not exist in {label}: pass a branch, a tag or a "
-                          "commit hash that exists on the Hub.") from exc
+        raise MirrorError(f"revision {revision!r} does not exist", label,
+                          "pass a branch, a tag or a commit hash that exists on the Hub") from exc
     except OfflineModeIsEnabled as exc:
-        raise MirrorError(f"HF_HUB_OFFLINE is set, so {label} cannot be mirrored: unset it and re-run.") from exc
+        raise MirrorError("cannot be mirrored while HF_HUB_OFFLINE is set", label, "unset it and re-run") from exc
     except HfHubHTTPError as exc:
         status = _status(exc)
         if status in (401, 403):
-            raise MirrorError(f"The Hub refused access to {label} (HTTP {status}): check that your token may "
-                              f"read it; to use another one, {_LOGIN_HINT}.") from exc
-        raise MirrorError(f"The Hub answered HTTP {status} while mirroring {label} ({_first_line(exc)}); "
-                          f"{_RESUME_HINT}.") from exc
+            raise MirrorError(f"the Hub refused access (HTTP {status})", label,
+                              f"check that your token may read it; to use another one, {_LOGIN_HINT}") from exc
+        raise MirrorError(f"the Hub answered HTTP {status} ({_first_line(exc)})", label, _RESUME_HINT) from exc
     except (TransportError, LocalEntryNotFoundError) as exc:
-        raise MirrorError(f"Network failure while mirroring {label} from {_endpoint()} "
-                          f"({_first_line(exc)}); {_RESUME_HINT}.") from exc
+        raise MirrorError(f"network failure while mirroring from {_endpoint()} ({_first_line(exc)})", label,
+                          _RESUME_HINT) from exc
     except OSError as exc:
         if exc.errno is None:  # huggingface_hub's own checks, e.g. "Consistency check failed" on a short body
-            raise MirrorError(f"A download of {label} was cut short ({_first_line(exc)}); {_RESUME_HINT}.") from exc
+            raise MirrorError(f"a download was cut short ({_first_line(exc)})", label, _RESUME_HINT) from exc
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise MirrorError(f"The disk filled up while mirroring {label} ({exc}); free some space and re-run "
-                              f"the same command ({_RESUME_HINT}).") from exc
-        raise MirrorError(f"Cannot write the mirror of {label}: {exc}; fix the path or its permissions and "
-                          "re-run.") from exc
+            raise MirrorError(f"the disk filled up while mirroring {label} ({exc.strerror})", exc.filename or label,
+                              f"free some space and re-run the same command ({_RESUME_HINT})") from exc
+        raise MirrorError(f"cannot write the mirror of {label} ({exc.strerror})", exc.filename or label,
+                          "fix the path or its permissions and re-run") from exc
 
 
 def _endpoint() -> str:

@@ -230,7 +230,7 @@ def test_include_and_exclude_select_what_snapshot_download_fetches(hf, tmp_path)
 
 
 def test_globs_matching_nothing_are_refused_with_an_example_path(hf, tmp_path):
-    with pytest.raises(MirrorError, match=r"No file of dataset acme/SlimPajama-mini .* such as '\w+/chunk1/example_"):
+    with pytest.raises(MirrorError, match=r"dataset acme/SlimPajama-mini: no file at \w+ passes .*; globs .* such as '\w+/chunk1/example_"):
         mirror(SLIM, include=["chunk1/*"], cache_dir=tmp_path / "cache", log=_quiet)
     assert hf.count(route="resolve") == 0
 
@@ -414,9 +414,9 @@ def test_gated_repo_with_a_granted_token(hf, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("repo_id", "kwargs", "words"), [
-    ("acme/no-such-repo", {}, "was not found on http://127.0.0.1"),
-    (TOK, {}, "dataset acme/tiny-bpe was not found"),  # a model asked for as a dataset
-    (SLIM, {"revision": "v9"}, "Revision 'v9' does not exist in dataset acme/SlimPajama-mini"),
+    ("acme/no-such-repo", {}, "dataset acme/no-such-repo: was not found on http://127.0.0.1"),
+    (TOK, {}, "dataset acme/tiny-bpe: was not found"),  # a model asked for as a dataset
+    (SLIM, {"revision": "v9"}, "dataset acme/SlimPajama-mini: revision 'v9' does not exist"),
 ])
 def test_unknown_repo_or_revision(hf, tmp_path, repo_id, kwargs, words):
     with pytest.raises(MirrorError, match=words):
@@ -429,7 +429,7 @@ def test_unreachable_hub_says_rerunning_resumes(hf, tmp_path, monkeypatch):
         dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     _point_client_at(monkeypatch, dead_url, tmp_path / "hf_home")
 
-    with pytest.raises(MirrorError, match="Network failure .* re-running the same command resumes"):
+    with pytest.raises(MirrorError, match="dataset acme/SlimPajama-mini: network failure .*; .*re-running the same command resumes"):
         mirror(SLIM, cache_dir=tmp_path / "cache", log=_quiet)
 
 
@@ -454,15 +454,15 @@ def test_free_space_refusal_gives_the_numbers(hf, tmp_path, monkeypatch):
 
 
 def test_free_space_refusal_on_the_real_disk(hf, tmp_path):
-    with pytest.raises(MirrorError, match="Not enough disk space .* at least 100% must stay free"):
+    with pytest.raises(MirrorError, match="not enough disk space .* at least 100% must stay free; free some space"):
         mirror(SLIM, cache_dir=tmp_path / "cache", min_free_fraction=0.999999, log=_quiet)
 
 
 @pytest.mark.parametrize(("kwargs", "words"), [
-    ({"cache_dir": "a", "local_dir": "b"}, "either a cache dir or a local dir"),
-    ({"repo_type": "space"}, "Unknown repo type 'space'"),
-    ({"min_free_fraction": 1.0}, r"min_free_fraction must be in \[0, 1\)"),
-    ({"max_workers": 0}, "max_workers must be at least 1"),
+    ({"cache_dir": "a", "local_dir": "b"}, "both a cache dir and a local dir were given; pass either"),
+    ({"repo_type": "space"}, "unknown repo type 'space'; use one of"),
+    ({"min_free_fraction": 1.0}, r"min_free_fraction is 1.0; min_free_fraction must be in \[0, 1\)"),
+    ({"max_workers": 0}, "max_workers is 0; max_workers must be at least 1"),
 ])
 def test_bad_arguments(hf, kwargs, words):
     with pytest.raises(MirrorError, match=words):
