@@ -101,13 +101,12 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
     is the last line on stdout. The token comes from HF_TOKEN or `hf auth login`.
     """
     from .mirror import mirror
-    from .progress import ProgressDisplay
+    from .progress import display
 
     result = mirror(repo_id, repo_type=repo_type, revision=revision, include=include, exclude=exclude,
                     cache_dir=cache_dir, local_dir=local_dir, max_workers=max_workers,
                     min_free_fraction=min_free_fraction, log=lambda msg: click.echo(msg, err=True),
-                    progress=lambda files, nbytes: ProgressDisplay(files, nbytes, unit="files", quiet=quiet,
-                                                                  label="mirror"))
+                    progress=display("mirror", unit="files", quiet=quiet))
     click.echo(result.summary(), err=True)
     click.echo(f"record: {result.record_path}", err=True)
     click.echo(str(result.snapshot_path))
@@ -159,6 +158,7 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
     """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""
     from .job import TokenizeSettings
     from .launch import settings_for, tokenize
+    from .progress import display
 
     base = TokenizeSettings(manifest=str(manifest.absolute()), output_root=str(output_root.absolute()),
                             tokenizer=tokenizer, tokens_per_write=tokens_per_write, checkpoint_every=checkpoint_every,
@@ -170,7 +170,7 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
     if not quiet:
         click.echo(f"process {settings.process_index} of {settings.process_count} ({source}), "
                    f"{settings.workers} worker(s), output {settings.output_root}", err=True)
-    sys.exit(tokenize(settings, log=lambda s: click.echo(s, err=True), quiet=quiet))
+    sys.exit(tokenize(settings, log=lambda s: click.echo(s, err=True), progress=display("tokenize", quiet=quiet)))
 
 
 @main.command("combine")
@@ -187,7 +187,7 @@ def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_v
                 dedup: bool, quiet: bool) -> None:
     """Write train.bin / val.bin / test.bin and meta.pkl / meta.json from finished shards."""
     from .combine import combine
-    from .progress import ProgressDisplay
+    from .progress import display
 
     exclude = None
     if dedup:
@@ -196,8 +196,7 @@ def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_v
         exclude = exclusion_for(output_root)
     combine(output_root, _splits(splits), allow_partial=allow_partial, verify=not no_verify, log=click.echo,
             consume=consume, exclude=exclude,
-            progress=lambda shards, nbytes, before: ProgressDisplay(shards, nbytes, quiet=quiet, label="combine",
-                                                                    initial_bytes=before))
+            progress=display("combine", quiet=quiet))
 
 
 @main.command("clean")
@@ -208,11 +207,10 @@ def clean_cmd(output_root: Path, dry_run: bool, quiet: bool) -> None:
     """After combine: remove the shard data, parts, temporary files and leftover locks combine no longer
     needs, once the combined files are checked against the done records (sizes and checksums)."""
     from .clean import clean
-    from .progress import ProgressDisplay
+    from .progress import display
 
     report = clean(output_root, dry_run=dry_run,
-                   progress=lambda shards, nbytes, before: ProgressDisplay(shards, nbytes, quiet=quiet,
-                                                                           label="clean: check", initial_bytes=before))
+                   progress=display("clean: check", quiet=quiet))
     if dry_run:
         for removal in report.removals:
             click.echo(f"{removal.path}\t{removal.bytes}")
@@ -236,10 +234,12 @@ def mix_cmd(spec: Path, output_root: Path | None, workers: int, plan_only: bool,
     """
     from .errors import MixError
     from .mix import mix_main
+    from .progress import display
 
     if output_root is None and not plan_only:
         raise MixError("no --output-root given", spec, "pass --output-root OUT, or --plan to only print the table")
-    sys.exit(mix_main(spec, output_root, workers=workers, plan_only=plan_only, log=click.echo, quiet=quiet))
+    sys.exit(mix_main(spec, output_root, workers=workers, plan_only=plan_only, log=click.echo,
+                      progress=display("mix", unit="chunks", quiet=quiet)))
 
 
 def _auto_or_count(value: str) -> int | None:
@@ -272,15 +272,13 @@ def dedup_cmd(output_root: Path, spawn_workers: str, process_index: int | None, 
     Writes drop lists under OUTPUT_ROOT/dedup/; `slimtok combine --dedup` then leaves those
     documents out. Relaunch the same command to resume.
     """
-    from functools import partial
-
     from .dedup import run_dedup
     from .executor import process_grid, worker_count
-    from .progress import ProgressDisplay
+    from .progress import display
 
     index, count, _ = process_grid(process_index, process_count)
     job = run_dedup(output_root, buckets, worker_count(spawn_workers, None), index, count, stale_after,
-                    display=partial(ProgressDisplay, unit="units", quiet=quiet, label="dedup"))
+                    progress=display("dedup", unit="units", quiet=quiet))
     dropped = ", ".join(f"{n:,} {name}" for name, n in sorted(job.dropped.items()))
     click.echo(f"dedup: {job.documents:,} documents in {job.shards:,} shards; dropped {dropped}")
 

@@ -96,38 +96,39 @@ def write_demo_dataset(out: str | os.PathLike[str], megabytes: float = 6.0, trai
 
 
 def run_demo(folder: str | os.PathLike[str], workers: str = "auto",
-             say: Callable[[str], None] = print) -> int:
+             log: Callable[[str], None] = print) -> int:
     """Build everything under ``folder`` and run the pipeline; returns 0 when validate passes."""
     from .launch import limit_worker_threads, settings_for, tokenize
 
     limit_worker_threads()  # this process launches the workers: keep it one thread, so it forks them
     from .combine import combine
     from .manifest import build_manifest, write_manifest
+    from .progress import display
     from .validate import validate
     from .job import TokenizeSettings
     from .protocol import OutputRoot
 
     folder = Path(folder).absolute()
-    say(f"1/6 dataset: Python standard library sources → {folder / 'dataset'}")
+    log(f"1/6 dataset: Python standard library sources → {folder / 'dataset'}")
     dataset = write_demo_dataset(folder / "dataset")
-    say(f"2/6 tokenizer: offline Qwen3 (151,669 ids, eos {QWEN_EOS}) → {folder / 'qwen3-tokenizer'}")
+    log(f"2/6 tokenizer: offline Qwen3 (151,669 ids, eos {QWEN_EOS}) → {folder / 'qwen3-tokenizer'}")
     tokenizer = write_qwen3_tokenizer(folder / "qwen3-tokenizer")
     root, entries = build_manifest(dataset)
     manifest, summary = write_manifest(entries, folder / "manifest", root)
-    say(f"3/6 manifest: {len(entries)} shards → {manifest}")
+    log(f"3/6 manifest: {len(entries)} shards → {manifest}")
     settings, _ = settings_for(TokenizeSettings(manifest=str(manifest), output_root=str(folder / "output"),
                                                 tokenizer=str(tokenizer), stale_after=60),
                                workers, None, 0, 1)
-    say(f"4/6 tokenize: {settings.workers} worker(s) → {folder / 'output'}")
-    code = tokenize(settings, log=say, progress_every=5)
+    log(f"4/6 tokenize: {settings.workers} worker(s) → {folder / 'output'}")
+    code = tokenize(settings, log=log, progress=display("tokenize", every=5))
     if code != 0:
-        say(f"tokenize exited with status {code}; see {OutputRoot(folder / 'output').logs_dir}")
+        log(f"tokenize exited with status {code}; see {OutputRoot(folder / 'output').logs_dir}")
         return code
-    say("5/6 combine")
-    combine(folder / "output", log=say)
-    say("6/6 validate")
-    report = validate(folder / "output", samples=32, log=say)
-    say("")
-    say(f"train/val/test token files and meta.pkl are in {folder / 'output'}")
-    say(f"next: slimtok status --output-root {folder / 'output'}")
+    log("5/6 combine")
+    combine(folder / "output", log=log)
+    log("6/6 validate")
+    report = validate(folder / "output", samples=32, log=log)
+    log("")
+    log(f"train/val/test token files and meta.pkl are in {folder / 'output'}")
+    log(f"next: slimtok status --output-root {folder / 'output'}")
     return 0 if report.ok else 1

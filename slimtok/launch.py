@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
-from .progress import PLAIN_EVERY, ProgressDisplay
+from .progress import ProgressFactory
 from .protocol import DoneRecord, FailedRecord, Heartbeat, hostname, read_record, worker_name
 from .errors import EXIT_INTERRUPTED, EXIT_SHARDS_FAILED, OutputError, TokenizerError
 from .executor import (GRID_VARIABLES, WORKER_THREAD_LIMITS, NodeRun, exit_status, limit_worker_threads,
@@ -93,15 +93,14 @@ class _Progress:
     opened), so it stays cheap with 60,000 shards.
     """
 
-    def __init__(self, job: Job, quiet: bool, every: float):
+    def __init__(self, job: Job, progress: ProgressFactory | None):
         settings, self.root = job.settings, job.root
         host = hostname()
         self.names = [worker_name(host, settings.process_index, w) for w in range(settings.workers)]
         self.sizes = {e.id: e.size for e in job.entries if e.split in settings.splits}
         self.started = time.time()
         _shards, done_bytes = self._done()
-        self.display = ProgressDisplay(len(self.sizes), sum(self.sizes.values()), quiet=quiet, every=every,
-                                       label="tokenize", initial_bytes=done_bytes)
+        self.display = progress(len(self.sizes), sum(self.sizes.values()), done_bytes) if progress else None
 
     def _done(self) -> tuple[int, int]:
         """(shards, compressed source bytes) of the selected shards that are done, by any process."""
@@ -109,6 +108,8 @@ class _Progress:
         return len(done), sum(self.sizes[i] for i in done)
 
     def update(self) -> None:
+        if self.display is None:
+            return
         beats = [read_record(self.root.heartbeat(n), Heartbeat) for n in self.names]
         beats = [b for b in beats if b is not None and b.started_at >= self.started - 5]
         shards, done_bytes = self._done()
@@ -116,12 +117,14 @@ class _Progress:
 
     def close(self) -> None:
         self.update()
-        self.display.close()
+        if self.display is not None:
+            self.display.close()
 
 
-def tokenize(settings: TokenizeSettings, log: Callable[[str], None] | None = None, quiet: bool = False,
-             progress_every: float = PLAIN_EVERY) -> int:
-    """Pin the job, run ``settings.workers`` workers to completion, and return the exit status.
+def tokenize(settings: TokenizeSettings, log: Callable[[str], None] | None = None,
+             progress: ProgressFactory | None = None) -> int:
+    """Pin the job, run ``settings.workers`` workers to completion, and return the exit status;
+    ``progress`` makes the display of the whole job's shards and bytes (None: nothing shown).
     A launch whose selected shards are all settled spawns no worker: it reads records and returns."""
     try:
         job = pin_job(settings, log=log)
@@ -145,7 +148,7 @@ def tokenize(settings: TokenizeSettings, log: Callable[[str], None] | None = Non
         del loaded  # the workers have their copies; this one need not live as long as the launch
         if log:
             log(f"{len(run.procs)} worker(s) started ({_HOW_STARTED[method]})")
-        monitor = _Progress(job, quiet, progress_every)  # its bar's thread comes after the forks
+        monitor = _Progress(job, progress)  # its bar's thread comes after the forks
         codes = run.wait(monitor.update)
         monitor.close()
     status = _exit_status(codes, job, run.signalled)

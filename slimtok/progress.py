@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -178,6 +178,22 @@ class ProgressDisplay:
         self.stream.flush()
 
 
-#: How a stage makes its display once it knows the work: ``(units to do, their input bytes, bytes
-#: done before this run)`` → the display it updates with cumulative figures and closes at the end.
-ProgressFactory = Callable[[int, int, int], ProgressDisplay]
+class ProgressFactory(Protocol):
+    """How a stage makes its display once it knows the work: ``units`` to do, their input
+    ``nbytes``, and what earlier runs did (``bytes_before``, ``tokens_before``: the rates' baseline)
+    → the display it updates with cumulative figures and closes at the end. Every stage that shows
+    progress (mirror, tokenize, dedup, combine, mix, clean) takes one as ``progress``; None shows
+    nothing, so a library caller is silent unless it asks."""
+
+    def __call__(self, units: int, nbytes: int, bytes_before: int = 0,
+                 tokens_before: int = 0) -> ProgressDisplay: ...
+
+
+def display(label: str, unit: str = "shards", quiet: bool = False, stream: TextIO | None = None,
+            every: float = PLAIN_EVERY) -> ProgressFactory:
+    """The usual :class:`ProgressFactory`: a :class:`ProgressDisplay` of ``unit`` named ``label``
+    (a bar on a terminal unless ``quiet``, else a line every ``every`` seconds on ``stream``)."""
+    def make(units: int, nbytes: int, bytes_before: int = 0, tokens_before: int = 0) -> ProgressDisplay:
+        return ProgressDisplay(units, nbytes, unit=unit, quiet=quiet, stream=stream, every=every, label=label,
+                               initial_bytes=bytes_before, initial_tokens=tokens_before)
+    return make

@@ -16,14 +16,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..claims import Claim, Claimer, current_holder
 from ..errors import EXIT_OK, DedupError, OutputError, SlimtokError, Stopped
 from ..executor import HeldClaims, NodeRun, refresh_interval, run_units, start_method
-from ..progress import REFRESH, ProgressDisplay
+from ..progress import REFRESH, ProgressFactory
 from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive, dedup_unit,
                         hostname, read_record, storage_for, write_atomic)
 from .plan import UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count, unit_ranks
@@ -124,7 +123,7 @@ class DedupProgress:
     shown are those the current phase (named in the label) has covered."""
 
     def __init__(self, root: OutputRoot, plan: DedupPlan, inputs: Inputs,
-                 display: Callable[[int, int], ProgressDisplay]):
+                 progress: ProgressFactory):
         self.root, self.plan = root, plan
         ranges = [unit_ranks(plan, k) for k in range(unit_count(plan, "scatter"))]
         spans = [(sum(inputs.records[r].table_bytes for r in rs), sum(inputs.records[r].documents for r in rs))
@@ -132,7 +131,7 @@ class DedupProgress:
         total = (sum(b for b, _ in spans), inputs.documents())
         per_bucket = (total[0] / plan.buckets, total[1] / plan.buckets)
         self.weights = {"scatter": spans, "bucket": [per_bucket] * plan.buckets, "gather": spans}
-        self.shown = display(sum(unit_count(plan, p) for p in DEDUP_PHASES), len(DEDUP_PHASES) * total[0])
+        self.shown = progress(sum(unit_count(plan, p) for p in DEDUP_PHASES), len(DEDUP_PHASES) * total[0])
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="dedup-progress", daemon=True)
 
@@ -175,20 +174,20 @@ def _work_units(root: str, plan: DedupPlan, inputs: Inputs, stale_after: float,
 
 def run_dedup(output_root: str | Path, buckets: int | None = None, workers: int = 1, process_index: int = 0,
               process_count: int = 1, stale_after: float = 300.0, unit_shards: int = UNIT_SHARDS,
-              display: Callable[[int, int], ProgressDisplay] | None = None) -> DedupJob:
+              progress: ProgressFactory | None = None) -> DedupJob:
     """Deduplicate a tokenized output root with ``workers`` local processes; returns the job record.
 
     Resumes whatever a killed run finished; every process of a grid returns the same record.
-    ``display(total_units, total_bytes)`` makes the ProgressDisplay to show the run on (None: none).
+    ``progress(total_units, total_bytes)`` makes the display to show the run on (None: none).
     Raises Stopped when a signal stopped the workers, OutputError when the root cannot be written.
     """
     root = OutputRoot(output_root)
     try:
         inputs = read_inputs(root)
         plan = pin_plan(root, make_plan(inputs, buckets, unit_shards), auto=buckets is None)
-        if display is None:
+        if progress is None:
             return _run_workers(root, plan, inputs, workers, process_index, process_count, stale_after)
-        with DedupProgress(root, plan, inputs, display):
+        with DedupProgress(root, plan, inputs, progress):
             return _run_workers(root, plan, inputs, workers, process_index, process_count, stale_after)
     except OSError as exc:
         raise OutputError(f"cannot write under it: {exc}", root.root,

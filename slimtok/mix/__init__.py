@@ -4,10 +4,11 @@ output roots (docs/MIX.md). spec → inputs → plan → write; ``mix_main`` is 
 from __future__ import annotations
 
 import os
-from typing import Callable, TextIO
+from typing import Callable
 
 import orjson
 
+from ..progress import ProgressFactory
 from ..protocol import OutputRoot
 from .inputs import load_sources
 from .plan import Plan, make_plan
@@ -18,25 +19,25 @@ from .write import write_mix
 __all__ = ["mix", "mix_main", "load_spec", "parse_spec", "make_plan", "MixSpec", "Plan"]
 
 
-def mix(spec: MixSpec, output_root: str | os.PathLike[str] | None, workers: int = 1, quiet: bool = False,
-        stream: TextIO | None = None) -> tuple[Plan, dict | None]:
-    """Plan the mix and, unless ``output_root`` is None, write (or resume) it, its progress on
-    ``stream`` (stderr by default; see write_mix); (plan, meta)."""
+def mix(spec: MixSpec, output_root: str | os.PathLike[str] | None, workers: int = 1,
+        progress: ProgressFactory | None = None) -> tuple[Plan, dict | None]:
+    """Plan the mix and, unless ``output_root`` is None, write (or resume) it, its chunks shown on
+    the display ``progress`` makes (None: nothing shown); (plan, meta)."""
     sources, _, first = load_sources(spec)
     plan = make_plan(spec, sources)
     if output_root is None:
         return plan, None
     job_raw = orjson.loads(first.storage.read_whole(first.job))
-    return plan, write_mix(OutputRoot(output_root), spec, sources, plan, job_raw, first, workers, quiet, stream)
+    return plan, write_mix(OutputRoot(output_root), spec, sources, plan, job_raw, first, workers, progress)
 
 
 def mix_main(spec_path: str | os.PathLike[str], output_root: str | os.PathLike[str] | None, workers: int = 1,
-             plan_only: bool = False, log: Callable[[str], None] = print, quiet: bool = False,
-             stream: TextIO | None = None) -> int:
-    """The command: plan (and write unless ``plan_only``, progress on ``stream``), print the
+             plan_only: bool = False, log: Callable[[str], None] = print,
+             progress: ProgressFactory | None = None) -> int:
+    """The command: plan (and write unless ``plan_only``, shown by ``progress``), print the
     realized mix; exit status. Raises MixError (exit 2) for a bad spec or inputs, before
     anything is written."""
-    plan, meta = mix(load_spec(spec_path), None if plan_only else output_root, workers, quiet, stream)
+    plan, meta = mix(load_spec(spec_path), None if plan_only else output_root, workers, progress)
     log(format_table(plan))
     if meta is not None:
         log(f"{output_root}: " + ", ".join(f"{name} {info['tokens']:,} tokens" for name, info in

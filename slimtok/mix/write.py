@@ -21,12 +21,11 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
 
-from .. import progress
 from ..finished import build_meta, write_meta
 from ..publish import PendingSet
 from ..errors import MixError
@@ -35,7 +34,7 @@ from ..protocol import (SPLIT_FILES, Checksum, DoneRecord, JobSettings, MixRecor
                         hasher, hostname, new_token, parse_record, read_record, storage_for, temp_path,
                         write_json_lines, write_record)
 from ..protocol.docindex import DocEnds
-from ..progress import ProgressDisplay
+from ..progress import ProgressDisplay, ProgressFactory
 from ..spans import ShortSource
 from .inputs import SourceDocs
 from .plan import Plan
@@ -217,9 +216,9 @@ def _unfinished(out: OutputRoot, split: str, starts: np.ndarray) -> list[int]:
 
 @dataclass
 class _Tally:
-    """The whole mix's finished chunks, documents and bytes, shown by ``display``."""
+    """The whole mix's finished chunks, documents and bytes, shown by ``display`` (None: not shown)."""
 
-    display: ProgressDisplay
+    display: ProgressDisplay | None
     itemsize: int
     chunks: int
     documents: int
@@ -227,7 +226,11 @@ class _Tally:
 
     def add(self, documents: int, nbytes: int) -> None:
         self.chunks, self.documents, self.nbytes = self.chunks + 1, self.documents + documents, self.nbytes + nbytes
-        self.display.update(self.chunks, self.documents, self.nbytes // self.itemsize, self.nbytes)
+        self.show()
+
+    def show(self) -> None:
+        if self.display is not None:
+            self.display.update(self.chunks, self.documents, self.nbytes // self.itemsize, self.nbytes)
 
 
 def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarray, todo: list[int],
@@ -275,9 +278,9 @@ def _write_index(path: Path, picks: np.ndarray, per_chunk: int) -> None:
 
 
 def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: Plan, job_raw: dict,
-              first: OutputRoot, workers: int, quiet: bool = False, stream: TextIO | None = None) -> dict:
-    """Write (or finish) the whole mix, its progress shown on ``stream`` (a bar on a terminal
-    unless ``quiet``, else a plain line every ``progress.PLAIN_EVERY`` s); returns the meta written."""
+              first: OutputRoot, workers: int, progress: ProgressFactory | None = None) -> dict:
+    """Write (or finish) the whole mix, its chunks shown on the display ``progress`` makes (None:
+    nothing shown); returns the meta written."""
     docs = Layout.join(sources, plan.first_shard)
     job = JobSettings.from_dict(job_raw)
     itemsize = job.token_width
@@ -288,17 +291,17 @@ def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: P
     chunks = sum(len(s) - 1 for s in starts.values())
     left_bytes = sum(int(starts[split][n + 1] - starts[split][n]) for split, ns in todo.items() for n in ns)
     left_docs = sum(len(plan.splits[split][n * per:(n + 1) * per]) for split, ns in todo.items() for n in ns)
-    display = ProgressDisplay(chunks, total_bytes, unit="chunks", quiet=quiet, stream=stream,
-                              every=progress.PLAIN_EVERY, label="mix", initial_bytes=total_bytes - left_bytes,
-                              initial_tokens=(total_bytes - left_bytes) // itemsize)
+    before = total_bytes - left_bytes
+    display = progress(chunks, total_bytes, before, before // itemsize) if progress else None
     tally = _Tally(display, itemsize, chunks - sum(len(ns) for ns in todo.values()),
-                   sum(len(p) for p in plan.splits.values()) - left_docs, total_bytes - left_bytes)
-    display.update(tally.chunks, tally.documents, tally.nbytes // itemsize, tally.nbytes)  # what a relaunch finds
+                   sum(len(p) for p in plan.splits.values()) - left_docs, before)
+    tally.show()  # what a relaunch finds
     try:
         entries = {split: write_split(out, split, picks, starts[split], todo[split], docs, job, per, workers, tally)
                    for split, picks in plan.splits.items()}
     finally:
-        display.close()
+        if display is not None:
+            display.close()
     entries[spec.split]["mix"] = mix_section(plan)
     meta = build_meta(out, JobSettings.from_dict(orjson.loads(out.storage.read_whole(out.job))), entries,
                       log=lambda _line: None)

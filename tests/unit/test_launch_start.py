@@ -75,7 +75,7 @@ def test_a_launcher_running_other_threads_spawns_its_workers_with_the_same_ids(m
         lines: list[str] = []
         settings = TokenizeSettings(manifest=str(manifest), output_root=str(spawned_root),
                                     tokenizer=str(bpe_tokenizer), workers=2)
-        assert launch.tokenize(settings, log=lines.append, quiet=True) == EXIT_OK
+        assert launch.tokenize(settings, log=lines.append) == EXIT_OK
     finally:
         release.set()
         other.join()
@@ -124,12 +124,12 @@ def test_a_signal_while_the_tokenizer_loads_starts_no_worker_and_a_relaunch_fini
         return real(s)
 
     monkeypatch.setattr(launch, "_prepare", interrupted)
-    assert launch.tokenize(settings, quiet=True) == EXIT_INTERRUPTED
+    assert launch.tokenize(settings) == EXIT_INTERRUPTED
     out = OutputRoot(root)
     assert not out.done_ids() and not list((root / "locks").rglob("*.lock")) and not (root / "logs").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the launcher's handler is gone again
     monkeypatch.setattr(launch, "_prepare", real)
-    assert launch.tokenize(settings, quiet=True) == EXIT_OK
+    assert launch.tokenize(settings) == EXIT_OK
     got, want = _combined(root, manifest, bpe_tokenizer)
     assert np.array_equal(got, want)
 

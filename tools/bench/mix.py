@@ -31,7 +31,7 @@ def timed_mix(spec_path: Path, output_root: Path, workers: int) -> dict:
     from slimtok.mix import load_spec, mix
 
     began = time.perf_counter()
-    _, meta = mix(load_spec(spec_path), output_root, workers, quiet=True)
+    _, meta = mix(load_spec(spec_path), output_root, workers)
     seconds = time.perf_counter() - began
     assert meta is not None
     return {"seconds": seconds, "bytes": sum(info["bytes"] for info in meta["splits"].values())}

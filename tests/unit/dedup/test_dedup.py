@@ -3,7 +3,6 @@ reference computed here from the texts, whatever the worker count, process grid 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from helpers.corpus import doc_line, sample_documents, write_shard
 from helpers.terminal import drain_pty
 from slimtok.claims import current_holder
 from slimtok.errors import DedupError
-from slimtok.progress import ProgressDisplay
+from slimtok.progress import display
 from slimtok.protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DEDUP_ROW_DTYPE, DOC_TABLE_DTYPE, SPLITS, DoneRecord,
                               LockRecord, OutputRoot, dedup_unit, read_record, write_record)
 from slimtok.dedup import DropReader, dedup_status, exclusion_for, run_dedup
@@ -401,8 +400,8 @@ def test_progress_on_a_terminal_under_quiet_is_plain_lines_of_units_and_document
     root = _copy(tokenized, tmp_path)
     master, slave = os.openpty()
     with os.fdopen(slave, "w") as tty:
-        run_dedup(root, buckets=8, workers=2, display=functools.partial(ProgressDisplay, unit="units", quiet=True,
-                                                                        stream=tty, every=0, label="dedup"))
+        run_dedup(root, buckets=8, workers=2,
+                  progress=display("dedup", unit="units", quiet=True, stream=tty, every=0))
         text = drain_pty(master)
     os.close(master)
     lines = text.replace("\r\n", "\n").splitlines()

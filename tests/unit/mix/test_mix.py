@@ -566,16 +566,16 @@ def test_a_deduplicated_root_is_mixed_without_its_drops(planted, tmp_path):
     assert plan.sources[1].duplicate_documents == 6 and plan.sources[1].candidates == 14
 
 
-def test_progress_plain_lines_per_chunk_and_quiet_on_a_terminal(roots, tmp_path, monkeypatch):
+def test_progress_plain_lines_per_chunk_and_quiet_on_a_terminal(roots, tmp_path):
     import io
     import os
 
-    from slimtok import progress
+    from slimtok.progress import display
 
-    monkeypatch.setattr(progress, "PLAIN_EVERY", 0)  # a plain line at every chunk
     spec_path = _spec(roots, tmp_path, chunk_documents=10, validation={"documents": 4})
-    shown = io.StringIO()
-    mix_main(spec_path, tmp_path / "out", workers=2, stream=shown, log=lambda _: None)
+    shown = io.StringIO()  # not a terminal, and every=0: a plain line at every chunk
+    mix_main(spec_path, tmp_path / "out", workers=2, progress=display("mix", unit="chunks", stream=shown, every=0),
+             log=lambda _: None)
     meta = orjson.loads((tmp_path / "out" / "meta.json").read_bytes())["splits"]
     chunks = len((tmp_path / "out" / "manifest.jsonl").read_bytes().splitlines())
     docs, tokens = (sum(meta[s][k] for s in ("train", "validation")) for k in ("documents", "tokens"))
@@ -587,7 +587,8 @@ def test_progress_plain_lines_per_chunk_and_quiet_on_a_terminal(roots, tmp_path,
     # with --quiet gets the plain line, not a bar
     master, slave = os.openpty()
     with os.fdopen(slave, "w") as tty:
-        mix_main(spec_path, tmp_path / "out", stream=tty, quiet=True, log=lambda _: None)
+        mix_main(spec_path, tmp_path / "out", progress=display("mix", unit="chunks", stream=tty, quiet=True),
+                 log=lambda _: None)
         text = drain_pty(master)
     os.close(master)
     assert "%|" not in text and text.strip().startswith(f"mix: chunks {chunks}/{chunks} · {docs:,} docs")
@@ -712,7 +713,7 @@ def test_consumed_and_cleaned_roots_mix_to_the_same_bytes(roots, tmp_path):
     with open(train, "r+b") as f:
         f.truncate(train.stat().st_size - 4)
     with pytest.raises(MixError, match="was consumed into"):
-        mix(parse_spec(spec), tmp_path / "refused", quiet=True)
+        mix(parse_spec(spec), tmp_path / "refused")
 
 
 def _chunk_ranges(out: Path) -> list[tuple[DoneRecord, int]]:
