@@ -142,7 +142,7 @@ class Claimer:
                 self._forget(marker)
             return None
         try:
-            if not lock.exists():
+            if not self.root.storage.exists(lock):
                 return None  # released meanwhile: claim it afresh next time, exclusively
             current = read_record(lock, LockRecord)
             if current is not None and current.token != stale_token:
@@ -192,7 +192,7 @@ class Claimer:
         once per shard and launch, not once per worker.
         """
         lock = self.root.lock(shard)
-        if lock.exists() and self.is_leftover(shard):
+        if self.root.storage.exists(lock) and self.is_leftover(shard):
             self.root.storage.delete(lock)
             self._forget(lock)
 

@@ -126,7 +126,7 @@ def _refuse_running_combine(root: OutputRoot) -> None:
     too, and its next run removes what a killed one left)."""
     for split in SPLITS:
         for path in (root.consume_journal(split), root.consume_work(split)):
-            if path.exists():
+            if root.storage.exists(path):
                 raise CleanError("a `combine --consume` is running or was interrupted", path,
                                  f"let it finish, or finish it: `slimtok combine --output-root {root.root} --consume`")
     targets = [t for s in SPLITS for t in (root.combined(s), root.doc_index(s))]

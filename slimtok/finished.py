@@ -75,9 +75,9 @@ def describe_missing(root: OutputRoot, shard: str) -> str:
     failed = read_record(root.failed(shard), FailedRecord)
     if failed is not None:
         return f"{shard} (failed: {failed.reason})"
-    if root.done(shard).exists():
+    if root.storage.exists(root.done(shard)):
         return f"{shard} (done record unreadable: relaunch tokenize, which sets it aside and redoes the shard)"
-    if root.lock(shard).exists():
+    if root.storage.exists(root.lock(shard)):
         return f"{shard} (running)"
     return f"{shard} (pending)"
 
@@ -149,8 +149,8 @@ def combined_mismatch(root: OutputRoot, plan: SplitPlan, entry: dict, checksums:
     expected = sum(r.bytes for r in plan.done)
     if entry.get("shards") != len(plan.done):
         return f"meta.json says it holds {entry.get('shards')} shards and split {plan.split} has {len(plan.done)} done"
-    if not dest.exists() or root.storage.stat(dest).size != expected:
-        found = f"{root.storage.stat(dest).size:,} bytes" if dest.exists() else "it is missing"
+    if not root.storage.exists(dest) or root.storage.stat(dest).size != expected:
+        found = f"{root.storage.stat(dest).size:,} bytes" if root.storage.exists(dest) else "it is missing"
         return f"{found} where the done records of split {plan.split} add up to {expected:,}"
     if checksums:
         with root.storage.open_read(dest) as f:
@@ -176,7 +176,7 @@ def read_meta(root: OutputRoot) -> Meta | None:
 def build_meta(root: OutputRoot, job: JobSettings, splits: dict[str, dict], log: Callable[[str], None]) -> Meta:
     """The new meta: entries of ``splits`` over those of splits not redone."""
     old = read_meta(root)
-    if old is None and root.meta_json.exists():
+    if old is None and root.storage.exists(root.meta_json):
         log(f"warning: {root.meta_json} cannot be parsed; writing it anew with the splits combined now")
     merged = dict(old.splits if old else {})
     merged.update(splits)

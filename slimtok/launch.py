@@ -161,7 +161,7 @@ def tokenize(settings: TokenizeSettings, log: Callable[[str], None] | None = Non
 
 def _exit_status(codes: list[int | None], job: Job, signalled: bool) -> int:
     """:func:`exit_status`, with whether a selected shard has a failed record."""
-    failed = any(e.split in job.settings.splits and job.root.failed(e.id).exists() for e in job.entries)
+    failed = any(e.split in job.settings.splits and job.root.storage.exists(job.root.failed(e.id)) for e in job.entries)
     return exit_status(codes, signalled, failed)
 
 

@@ -37,12 +37,12 @@ _FULL = {errno.ENOSPC, errno.EDQUOT}
 
 def _complete(folder: Path, intent: PublishIntent) -> None:
     storage = storage_for(folder)
-    pending = {name for tmp, name in intent.renames if (folder / tmp).exists()}
+    pending = {name for tmp, name in intent.renames if storage.exists(folder / tmp)}
     for name in intent.partners:
         if name in pending:  # only an old partner: a renamed one is already the new file
             storage.delete(folder / name)
     for tmp, name in intent.renames:
-        if (folder / tmp).exists():
+        if storage.exists(folder / tmp):
             storage.replace(folder / tmp, folder / name)
             # rename(2) between two links of one file does nothing: the target already is the new file
             storage.delete(folder / tmp)

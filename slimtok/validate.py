@@ -37,7 +37,7 @@ from .errors import DataError, ValidateError
 from .finished import plan_split, read_meta
 from .job import load_job, load_pinned_tokenizer
 from .manifest import ShardEntry
-from .protocol import SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table
+from .protocol import SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table, storage_for
 from .protocol.docindex import index_path, read_doc_index
 
 SCAN_TOKENS = 1 << 24
@@ -95,7 +95,7 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     path = root.combined(split)
     dtype = np.dtype(job.dtype)
     name = SPLIT_FILES[split]
-    if not path.exists():
+    if not root.storage.exists(path):
         report.add(f"{name}: present", False, f"{path} is missing; run `slimtok combine`")
         return
     size = root.storage.stat(path).size
@@ -146,7 +146,7 @@ def _doc_index_tables(index: Path, data: np.ndarray, documents: int, want: np.nd
     increasing to the file's end, and each document ends with eos (starts with bos when the policy
     has one). eos elsewhere in a document is text, not an error."""
     label = f"{name}: document index"
-    if not index.exists():
+    if not storage_for(index).exists(index):
         report.add(label, False, f"{index} is missing; re-run `slimtok combine` to write it")
         return
     ends = np.fromfile(index, dtype="<u8").astype(np.int64)
@@ -205,7 +205,7 @@ def _doc_index(index: Path, data: np.ndarray, documents: int, eos_count: int, eo
     """The index has one strictly increasing end per document, each just after an eos, the last at
     the file's end; with as many entries as eos ids, that makes it exactly the eos positions."""
     label = f"{name}: document index"
-    if not index.exists():
+    if not storage_for(index).exists(index):
         report.add(label, False, f"{index} is missing; re-run `slimtok combine` to write it")
         return
     ends = read_doc_index(index)
@@ -258,7 +258,7 @@ def validate(output_root: str | os.PathLike[str], samples: int = 64, seed: int =
     job, entries = load_job(root)
     meta = read_meta(root)
     if meta is None or not meta.splits:
-        what = "cannot be parsed" if root.meta_json.exists() else "is missing: nothing was combined yet"
+        what = "cannot be parsed" if root.storage.exists(root.meta_json) else "is missing: nothing was combined yet"
         raise ValidateError(what, root.meta_json, f"run `slimtok combine --output-root {root.root}` first")
     report = Report()
     for key in ("vocab_size", "eos_token_id", "dtype"):

@@ -56,7 +56,7 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
     if consume and (exclude is not None or incomplete):
         raise CombineError("--consume moves whole splits: it cannot leave documents out or combine a partial split",
                            root.root, "finish the splits first, or combine without --consume")
-    unfinished = [root.consume_journal(p.split) for p in plans if root.consume_journal(p.split).exists()]
+    unfinished = [root.consume_journal(p.split) for p in plans if root.storage.exists(root.consume_journal(p.split))]
     if unfinished and not consume:
         raise CombineError("a combine --consume was interrupted (some shards are moved already)", unfinished[0],
                            f"finish it: `slimtok combine --output-root {root.root} --consume`")

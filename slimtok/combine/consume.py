@@ -31,7 +31,7 @@ def consumed_entry(root: OutputRoot, meta: Meta | None, plan: SplitPlan) -> dict
     """The meta entry of a split already combined by consuming its shards, when its file still
     matches its done records (then there is nothing to redo); removes its finished journal."""
     entry = meta.splits.get(plan.split) if meta is not None else None
-    if not entry or not entry.get("consumed") or root.consume_work(plan.split).exists():
+    if not entry or not entry.get("consumed") or root.storage.exists(root.consume_work(plan.split)):
         return None
     root.storage.delete(root.consume_journal(plan.split))  # a kill after the publish left it
     if (why := combined_mismatch(root, plan, entry, checksums=False)) is not None:
@@ -58,7 +58,7 @@ def consume_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, job: J
     remove_stale(journal_path.parent, [journal_path.name])  # a journal write a kill interrupted
     ids = [r.shard for r in plan.done]
     journal = read_record(journal_path, ConsumeJournal)
-    if journal is None or journal.shards != ids or not working.exists():
+    if journal is None or journal.shards != ids or not root.storage.exists(working):
         if journal is not None and journal.appended:
             raise CombineError(f"an unfinished consuming combine moved {journal.appended} shard(s) of another list",
                                journal_path, "finish it with the manifest and done records it started with")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..protocol import Meta, OutputRoot, read_record
+from ..protocol import Meta, OutputRoot, read_record, storage_for
 from ..protocol.docindex import index_path, read_doc_index
 from ..publish import roll_forward
 
@@ -67,10 +67,11 @@ class TokenBin:
             raise DataError(f"{len(self.tokens):,} tokens, meta.json says {info.get('tokens'):,}", self.path,
                             "re-run `slimtok combine`")
         index_file = Path(index) if index is not None else index_path(self.path)
-        if info and not index_file.exists():
+        has_index = storage_for(index_file).exists(index_file)
+        if info and not has_index:
             raise DataError(f"is missing beside {self.path.name} (the pair was not published together)", index_file,
                             "run `slimtok combine` again")
-        self.doc_ends: np.ndarray | None = read_doc_index(index_file) if index_file.exists() else None
+        self.doc_ends: np.ndarray | None = read_doc_index(index_file) if has_index else None
         if self.doc_ends is not None:
             expected = info.get("documents", len(self.doc_ends))
             last = int(self.doc_ends[-1]) if len(self.doc_ends) else 0

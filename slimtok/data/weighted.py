@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..protocol import Meta, OutputRoot, read_record
+from ..protocol import Meta, OutputRoot, read_record, storage_for
 from .bins import TokenBin
 
 #: draws whose sources are generated together (one seeded generator per group of draws)
@@ -32,7 +32,7 @@ _GROUP = 1 << 16
 
 def _split_file(path: Path, split: str) -> Path:
     """An output root's split file, or ``path`` itself when it is a file."""
-    return OutputRoot(path).combined(split) if path.is_dir() else path
+    return OutputRoot(path).combined(split) if storage_for(path).is_folder(path) else path
 
 
 class MixedBlocks:

@@ -65,7 +65,8 @@ class DedupWorker:
     def _phase(self, phase: str) -> None:
         """Every unit of ``phase``, until all are done (by anyone): the next phase needs every one."""
         run_units(self.claimer, range(unit_count(self.plan, phase)), self.grid, functools.partial(dedup_unit, phase),
-                  lambda k: self.root.dedup_unit_done(phase, k).exists(), functools.partial(self._work, phase))
+                  lambda k: self.root.storage.exists(self.root.dedup_unit_done(phase, k)),
+                  functools.partial(self._work, phase))
 
     def _work(self, phase: str, k: int, claim: Claim) -> None:
         """Compute and publish one unit under ``claim``, kept fresh meanwhile, then release it."""
@@ -228,7 +229,7 @@ def dedup_status(output_root: str | Path) -> dict[str, object]:
         total = unit_count(plan, phase)
         phases[phase] = {"units": total, "done": len(done), "held": len(held),
                          "pending": total - len(done) - len(held)}
-    return {"started": True, "finished": root.dedup_job.exists(), "phases": phases}
+    return {"started": True, "finished": root.storage.exists(root.dedup_job), "phases": phases}
 
 
 def _names(folder: Path, suffix: str) -> set[str]:

@@ -55,7 +55,7 @@ def export_data_args(output_roots: Sequence[str | os.PathLike[str]], prefix: str
     weighted by their realized token shares (meta.json's ``mix`` section); for several plain
     roots, each weighted by its split's token count. Returns the (weight, prefix) pairs."""
     roots = [OutputRoot(r) for r in output_roots]
-    if any(r.mix_json.exists() for r in roots):
+    if any(r.storage.exists(r.mix_json) for r in roots):
         if len(roots) > 1:
             raise ExportError("a mix root goes alone to --data-args-path", roots[0].root,
                               "give one mix root, or only plain roots")
@@ -71,6 +71,6 @@ def export_data_args(output_roots: Sequence[str | os.PathLike[str]], prefix: str
         export_megatron(root.root, prefix, chosen, log)
         pairs.append((weight, root.megatron_prefix(prefix, split)))
     write_atomic(Path(path), (" ".join(f"{w!r} {p}" for w, p in pairs) + "\n").encode())
-    log(f"{path}: {len(pairs)} prefixes weighted by " + ("realized token shares" if roots[0].mix_json.exists()
-                                                          else "their tokens"))
+    mixed = roots[0].storage.exists(roots[0].mix_json)
+    log(f"{path}: {len(pairs)} prefixes weighted by " + ("realized token shares" if mixed else "their tokens"))
     return pairs

@@ -104,7 +104,9 @@ def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = 
             f.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
             storage_for(folder).sync(f)
         listed = {f["file"] for f in files}
-        pending.publish(obsolete=[p for p in folder.glob(f"part-*.{fmt}") if p.name not in listed])
+        obsolete = [folder / name for name in storage_for(folder).list_names(folder)
+                    if name.startswith("part-") and name.endswith(f".{fmt}") and name not in listed]
+        pending.publish(obsolete=obsolete)
     log(f"{folder}: {total_rows:,} rows of {seq_len} tokens in {len(files)} {fmt} file(s), "
         f"{manifest['dropped_tail_tokens']:,} trailing tokens dropped")
     return manifest_path

@@ -81,7 +81,8 @@ def request_digest(settings: TokenizeSettings, tokenizer_file_sha256: str, folde
     recorded digest needs no tokenizer. A tokenizer that is not a local file (a Hub id, a folder
     for transformers) has none ("" in job.json): those always load."""
     config = folder / "tokenizer_config.json"
-    config_sha256 = hashlib.sha256(storage_for(config).read_whole(config)).hexdigest() if config.is_file() else None
+    storage = storage_for(config)
+    config_sha256 = hashlib.sha256(storage.read_whole(config)).hexdigest() if storage.exists(config) else None
     asked = [__version__, PROTOCOL_VERSION, tokenizer_file_sha256, config_sha256, settings.eos_id, settings.bos,
              settings.special_text, settings.dtype, settings.text_key, settings.source_key]
     return hashlib.sha256(orjson.dumps(asked)).hexdigest()
@@ -105,10 +106,10 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
     data = storage_for(file).read_whole(file) if file is not None else None  # read once: digest, facts and copy agree
     file_sha256 = hashlib.sha256(data).hexdigest() if data is not None else ""
     key = request_digest(settings, file_sha256, file.parent) if file is not None else ""
-    stored = read_job(root) if root.job.exists() else None
+    stored = read_job(root) if root.storage.exists(root.job) else None
     pinned = stored
-    if (pinned is not None and key and pinned.request_sha256 == key and root.manifest.exists()
-            and root.tokenizer_file.exists() and pinned.manifest_sha256 == manifest_digest(entries)):
+    if (pinned is not None and key and pinned.request_sha256 == key and root.storage.exists(root.manifest)
+            and root.storage.exists(root.tokenizer_file) and pinned.manifest_sha256 == manifest_digest(entries)):
         for line in pinned.policy_notes if log else ():
             log(line)
         check_disk_budget(settings, root, entries, pinned, None, log)
@@ -161,9 +162,9 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
         if noted != stored:
             write_record(root.job, noted)
         pinned = noted
-    if not root.manifest.exists():
+    if not root.storage.exists(root.manifest):
         write_atomic(root.manifest, storage_for(Path(settings.manifest)).read_whole(Path(settings.manifest)))
-    if not root.tokenizer_file.exists():
+    if not root.storage.exists(root.tokenizer_file):
         write_atomic(root.tokenizer_config_file, _tokenizer_config(pinned))
         # The bytes the fingerprint was taken from; a job pinned from another form of the same
         # tokenizer (another file, or transformers) gets the canonical JSON, whose sha256 is pinned.

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # a launcher of a relaunch imports this module and never load
 def read_job(root: OutputRoot) -> JobSettings:
     """job.json of an output root; JobMismatch saying what to do when it is missing or unreadable."""
     job = read_record(root.job, JobSettings)
-    if job is None and root.job.exists():
+    if job is None and root.storage.exists(root.job):
         raise JobMismatch("cannot be parsed (damaged or cut short); it pins the settings every shard of this "
                           "output root was tokenized with, so no stage can go on without it", root.job,
                           "restore job.json from a backup or copy of the output root; slimtok will not guess "

@@ -136,7 +136,7 @@ def _records(root: OutputRoot, split: str, name: str) -> list[DoneRecord]:
         if record is None:
             raise MixError(f"source {name!r}: shard {e.id} is not finished", root.root,
                            "finish the root with `slimtok tokenize` first")
-        if not record.table or not root.resolve(record.table).exists():
+        if not record.table or not root.storage.exists(root.resolve(record.table)):
             raise MixError(f"source {name!r}: shard {e.id} has no document table", root.root,
                            "re-tokenize the root with a slimtok that writes documents/")
         size = root.storage.stat(root.resolve(record.table)).size
@@ -158,7 +158,7 @@ def _data_files(root: OutputRoot, split: str, records: list[DoneRecord], name: s
     because the split was combined with --consume or cleaned, its range of the combined file
     (checked against the done records first, as a repeated combine checks it)."""
     files = [root.resolve(r.file) for r in records]
-    missing = [f for f in files if not f.exists()]
+    missing = [f for f in files if not root.storage.exists(f)]
     if not missing:
         return [(f, 0) for f in files]
     meta = read_meta(root)
@@ -191,7 +191,7 @@ def load_source(spec: SourceSpec, split: str) -> tuple[SourceDocs, dict]:
             label = record.source_names.index(spec.source) if spec.source in record.source_names else -1
         shards.append(Shard(record.shard, file, root.resolve(record.table),
                             record.table_bytes // DOC_TABLE_DTYPE.itemsize, label, base))
-    deduplicated = root.dedup_job.exists()
+    deduplicated = root.storage.exists(root.dedup_job)
     if deduplicated:
         fingerprint.update(root.storage.read_whole(root.dedup_job))
     if spec.source is not None and all(s.label == -1 for s in shards):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -104,7 +103,7 @@ def prepare(out: OutputRoot, record: MixRecord, job_raw: dict, first: OutputRoot
         if read_record(mix_json, MixRecord) != parse_record(record.to_json(), MixRecord):  # both as JSON gives them
             raise MixError("mix.json holds another spec or other inputs than this mix", mix_json,
                            "use a new --output-root, or delete it to start over")
-    elif out.job.exists():
+    elif out.storage.exists(out.job):
         raise MixError("already holds a slimtok job that is not this mix", out.root, "use a new --output-root")
     starts = {split: _chunk_starts(picks, spec.chunk_documents, itemsize) for split, picks in plan.splits.items()}
     # a chunk is a byte range of the split file, not a file: its path names the range, so that one
@@ -112,7 +111,8 @@ def prepare(out: OutputRoot, record: MixRecord, job_raw: dict, first: OutputRoot
     entries = [ShardEntry(out.mix_chunk(split, n), split, 0, n, f"{out.combined(split)}#{out.mix_chunk(split, n)}",
                           int(b - a))
                for split, s in starts.items() for n, (a, b) in enumerate(zip(s[:-1], s[1:]))]
-    shutil.copytree(first.tokenizer_dir, out.tokenizer_dir, dirs_exist_ok=True)
+    for name, source in first.storage.files_under(first.tokenizer_dir, "", hidden=True):
+        out.storage.copy(source, out.tokenizer_dir / name)
     write_json_lines(out.manifest, entries)
     job = dataclasses.replace(JobSettings.from_dict(job_raw), manifest_sha256=manifest_digest(entries),
                               shards=len(entries))
@@ -209,7 +209,7 @@ def commit_chunk(out: OutputRoot, split: str, n: int, picks: np.ndarray, docs: L
 
 def _unfinished(out: OutputRoot, split: str, starts: np.ndarray) -> list[int]:
     """Chunks of a split without a done record (none once the split file is published)."""
-    if out.combined(split).exists():
+    if out.storage.exists(out.combined(split)):
         return []
     return [n for n in range(len(starts) - 1) if read_record(out.done(out.mix_chunk(split, n)), DoneRecord) is None]
 
@@ -239,7 +239,7 @@ def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarr
     published already); returns the split's meta entry."""
     dest, partial = out.combined(split), out.mix_partial(split)
     total = int(starts[-1])
-    if not dest.exists():
+    if not out.storage.exists(dest):
         with out.storage.open_write(partial, "append") as f:
             f.truncate(total)
         # ``workers`` threads copy; one more syncs and commits finished copies meanwhile, so the

@@ -1,7 +1,7 @@
 """The on-disk protocol of an output root: every path slimtok keeps there, its records and formats.
 
 This package is the only place that formats these paths and performs file operations on them;
-everything else asks it (tests/test_ownership.py keeps this true). Another tool
+everything else asks it (tests/unit/protocol/test_ownership.py keeps this true). Another tool
 can read an output root safely by following the rules written here (docs/RELIABILITY.md says the
 same at more length).
 

@@ -8,6 +8,7 @@ ids, so a listing of ``done/`` or ``locks/`` sees only committed names.
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Iterable
 
@@ -139,11 +140,13 @@ class OutputRoot:
 
     def part_files(self) -> list[Path]:
         """Every part file of any shard (token data and document tables being written), one walk."""
-        return [p for folder in ("shards", "documents") for p in sorted((self.root / folder).rglob("*.part"))]
+        return [p for folder in ("shards", "documents")
+                for p in sorted(path for _id, path in self.storage.files_under(self.root / folder, ".part",
+                                                                               hidden=True))]
 
     def stolen_markers(self) -> list[Path]:
         """Every ``stolen(shard, token)`` marker present (a takeover under way, or one a kill cut short)."""
-        return sorted(self.locks_dir.rglob("*.stolen"))
+        return sorted(path for _id, path in self.storage.files_under(self.locks_dir, ".stolen", hidden=True))
 
     def worker_folders(self) -> list[Path]:
         """The folders only tokenize workers write (per-shard files, records, heartbeats): where
@@ -212,7 +215,7 @@ class OutputRoot:
 
     def done_journals(self) -> list[Path]:
         folder = self.root / "status" / "journal"
-        return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+        return sorted(folder / name for name in self.storage.list_names(folder) if name.endswith(".jsonl"))
 
     # -- finishing stages -------------------------------------------------------------------
     def consume_work(self, split: str) -> Path:
@@ -256,7 +259,9 @@ class OutputRoot:
     def temps_of(self, target: Path) -> list[Path]:
         """The temporary files (``storage.temp_path``) of ``target`` present beside it: a write of it
         under way, or one a kill cut short."""
-        return sorted(target.parent.glob(temp_glob(target.name)))
+        pattern = temp_glob(target.name)
+        return sorted(target.parent / name for name in self.storage.list_names(target.parent)
+                      if fnmatchcase(name, pattern))
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -297,7 +302,9 @@ def dedup_unit(phase: str, k: int) -> str:
 
 def temp_files(folder: Path) -> list[Path]:
     """Every temporary file (``storage.temp_path``) below ``folder``, whatever its name."""
-    return sorted(folder.rglob(temp_glob("*")))
+    pattern = temp_glob("*")
+    return sorted(path for _id, path in storage_for(folder).files_under(folder, ".tmp", hidden=True)
+                  if fnmatchcase(path.name, pattern))
 
 
 def work_path(path: Path, kind: str) -> Path:

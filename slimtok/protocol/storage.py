@@ -28,7 +28,13 @@ implement them without a change to any stage:
 * ``now``/``set_mtime``: the clock used for ages is the store's, never a host's. POSIX: touch a
   probe and read its mtime (the file server's clock). Object store: the ``Last-Modified`` of a
   ``PUT`` of the probe; a heartbeat rewrites the lock conditionally instead of moving its mtime.
+* ``exists``/``is_folder``: the questions a stage asks before it reads or decides (is a done
+  record, a lock, a combined split there?). POSIX: a stat that follows symlinks, as
+  ``Path.exists``/``Path.is_dir``. Object store: a ``HEAD`` of the key; a folder is a prefix that a
+  ``ListObjectsV2`` of one key finds anything under.
 * ``list_names``/``files_under``: listings (one directory walk; ``ListObjectsV2`` by prefix).
+* ``copy``: a file copied whole (a tokenizer folder into a new root). POSIX: ``shutil.copy2``
+  (bytes, mode and times). Object store: ``CopyObject``.
 * ``make_folders``/``sync_folder``/``remove_folder``: folders exist only on POSIX; an object
   store implements them as no-ops (``remove_folder`` returns False: nothing was removed).
 
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Literal, Protocol
@@ -115,8 +122,18 @@ class Storage(Protocol):
     def list_names(self, folder: Path) -> list[str]:
         """The names in ``folder`` (empty when it does not exist)."""
 
-    def files_under(self, folder: Path, suffix: str) -> Iterator[tuple[str, Path]]:
-        """(id, path) of every ``<id><suffix>`` file below ``folder``, ``.*`` names excluded."""
+    def files_under(self, folder: Path, suffix: str, hidden: bool = False) -> Iterator[tuple[str, Path]]:
+        """(id, path) of every ``<id><suffix>`` file below ``folder``, ``.*`` names excluded unless
+        ``hidden`` (the temporary and work files a clean-up looks for)."""
+
+    def exists(self, path: Path) -> bool:
+        """Whether ``path`` exists (a file, or on POSIX a folder too)."""
+
+    def is_folder(self, path: Path) -> bool:
+        """Whether ``path`` is a folder (something is stored below it)."""
+
+    def copy(self, source: Path, target: Path) -> None:
+        """Copy the file ``source`` whole to ``target``, replacing it; its folder is created as needed."""
 
     def make_folders(self, folder: Path) -> None:
         """Make ``folder`` and its parents exist."""
@@ -220,13 +237,23 @@ class PosixStorage:
         except FileNotFoundError:
             return []
 
-    def files_under(self, folder: Path, suffix: str) -> Iterator[tuple[str, Path]]:
+    def files_under(self, folder: Path, suffix: str, hidden: bool = False) -> Iterator[tuple[str, Path]]:
         for dirpath, _dirs, files in os.walk(folder):
             rel = os.path.relpath(dirpath, folder)
             prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
             for name in files:
-                if name.endswith(suffix) and not name.startswith("."):
-                    yield prefix + name[: -len(suffix)], Path(dirpath, name)
+                if name.endswith(suffix) and (hidden or not name.startswith(".")):
+                    yield prefix + name[: len(name) - len(suffix)], Path(dirpath, name)
+
+    def exists(self, path: Path) -> bool:
+        return path.exists()
+
+    def is_folder(self, path: Path) -> bool:
+        return path.is_dir()
+
+    def copy(self, source: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
 
     def make_folders(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

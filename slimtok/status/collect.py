@@ -145,11 +145,12 @@ def _health(hb: Heartbeat, age: float, here: str) -> str:
 def read_workers(root: OutputRoot) -> list[WorkerStatus]:
     """Every worker's last heartbeat, judged ok / stale / dead / exited."""
     folder = root.heartbeats_dir()
-    if not folder.is_dir():
+    paths = sorted(folder / name for name in root.storage.list_names(folder) if name.endswith(".json"))
+    if not paths:
         return []
     now, here = _server_now(root), hostname()
     workers = []
-    for path in sorted(folder.glob("*.json")):
+    for path in paths:
         hb = read_record(path, Heartbeat)
         try:
             age = max(0.0, now - root.storage.stat(path).mtime)

@@ -178,7 +178,7 @@ class Worker:
 
     def _settled(self, entry: ShardEntry) -> bool:
         done = self.root.done(entry.id)
-        if done.exists():
+        if self.root.storage.exists(done):
             if read_record(done, DoneRecord) is not None:
                 return True
             self._set_aside_corrupt(done)
