@@ -13,7 +13,8 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from .progress import PLAIN_EVERY, ProgressDisplay
 from .protocol import DoneRecord, FailedRecord, Heartbeat, hostname, read_record, worker_name

@@ -16,7 +16,8 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Sequence
+from typing import BinaryIO
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 

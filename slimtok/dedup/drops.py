@@ -7,7 +7,7 @@ current shards; then a shard's drops are one slice of its gather unit's file (so
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

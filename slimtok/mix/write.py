@@ -64,7 +64,7 @@ class Layout:
     names: list[str]
 
     @classmethod
-    def join(cls, sources: list[SourceDocs], first_shard: np.ndarray) -> "Layout":
+    def join(cls, sources: list[SourceDocs], first_shard: np.ndarray) -> Layout:
         return cls([p for s in sources for p in s.paths], [b for s in sources for b in s.bases], first_shard,
                    [s.spec.name for s in sources])
 

@@ -42,7 +42,8 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
+from collections.abc import Iterator
 
 from .identity import new_token
 

@@ -7,7 +7,8 @@ batch before it, so document order never changes.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, TypeVar
+from typing import TypeVar
+from collections.abc import Iterable, Iterator
 
 from ..reader import TextPieces
 

@@ -51,7 +51,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .corpus import documents, manifest_of, prepare
 from .dedup import bench_dedup_cost, bench_dedup_scale

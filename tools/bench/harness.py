@@ -18,7 +18,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 if TYPE_CHECKING:
     from slimtok.job import TokenizeSettings
@@ -129,7 +130,7 @@ class PeakSampler:
         while not self.stop.wait(self.every):
             self.peak, self.samples = max(self.peak, self.measure()), self.samples + 1
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self.thread.start()
         return self
 

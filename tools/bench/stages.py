@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .corpus import tiny_tokenizer
 from .harness import Table, child, child_env, cpu_now, growth_note, settings_for
