@@ -215,7 +215,8 @@ def manifest_change(root: OutputRoot, entries: list[ShardEntry]) -> str:
         pinned = read_manifest(root.manifest, check_files=False)
     except ManifestError:
         return "manifest: differs from the one the job was pinned to (its copy in the output root is unreadable)"
-    where = next((i for i, (a, b) in enumerate(zip(pinned, entries))
+    # the first differing line within the shorter list (strict=False); a longer list is told after it
+    where = next((i for i, (a, b) in enumerate(zip(pinned, entries, strict=False))
                   if (a.id, a.split, a.size) != (b.id, b.split, b.size)), min(len(pinned), len(entries)))
     text = f"manifest: pinned {len(pinned)} shards, requested {len(entries)}"
     if where < min(len(pinned), len(entries)):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import os
 import shutil
 import time
@@ -77,14 +78,14 @@ class Layout:
             which = np.searchsorted(self.first_shard, piece["id"] >> 32, side="right") - 1
             docs += np.bincount(which, minlength=len(self.names))
             toks += np.bincount(which, weights=piece["tokens"], minlength=len(self.names)).astype(np.int64)
-        return {n: {"documents": int(d), "tokens": int(t)} for n, d, t in zip(self.names, docs, toks) if d}
+        return {n: {"documents": int(d), "tokens": int(t)} for n, d, t in zip(self.names, docs, toks, strict=True) if d}
 
 
 def mix_record(spec: MixSpec, sources: list[SourceDocs], plan: Plan) -> MixRecord:
     """The content of mix.json: the resolved spec and a fingerprint of every input."""
     inputs = {s.spec.name: {"root": s.spec.root, "source": s.spec.source, "fingerprint": s.fingerprint,
                             "available_tokens": r.available, "documents": r.candidates}
-              for s, r in zip(sources, plan.sources)}
+              for s, r in zip(sources, plan.sources, strict=True)}
     return MixRecord(spec.to_dict(), inputs)
 
 
@@ -112,7 +113,7 @@ def prepare(out: OutputRoot, record: MixRecord, job_raw: dict, first: OutputRoot
     # file is never listed under several ids
     entries = [ShardEntry(out.mix_chunk(split, n), split, 0, n, f"{out.combined(split)}#{out.mix_chunk(split, n)}",
                           int(b - a))
-               for split, s in starts.items() for n, (a, b) in enumerate(zip(s[:-1], s[1:]))]
+               for split, s in starts.items() for n, (a, b) in enumerate(itertools.pairwise(s))]
     shutil.copytree(first.tokenizer_dir, out.tokenizer_dir, dirs_exist_ok=True)
     write_json_lines(out.manifest, entries)
     job = dataclasses.replace(JobSettings.from_dict(job_raw), manifest_sha256=manifest_digest(entries),
@@ -127,7 +128,7 @@ def _spans(picks: np.ndarray, itemsize: int) -> list[tuple[int, int, int]]:
     n = picks["tokens"].astype(np.int64) * itemsize
     brk = np.flatnonzero((f[1:] != f[:-1]) | (s[1:] != s[:-1] + n[:-1])) + 1
     heads = np.concatenate([[0], brk])
-    return list(zip(f[heads].tolist(), s[heads].tolist(), np.add.reduceat(n, heads).tolist()))
+    return list(zip(f[heads].tolist(), s[heads].tolist(), np.add.reduceat(n, heads).tolist(), strict=True))
 
 
 def _copy_hashed(spans: list[tuple[int, int, int]], docs: Layout, opened: dict[int, BinaryIO], dst: int,

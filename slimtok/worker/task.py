@@ -320,9 +320,9 @@ class ShardTask:
         """The lines just read must all come from the file as it was when the task began."""
         now = source_state(self.entry.path)
         if now is not None and now != self.source:
-            raise ShardReadError(self.entry.path, f"changed while it was being tokenized ({_describe_state(self.source)}"
-                                 f" when opened, {_describe_state(now)} at the end); relaunch with "
-                                 "--retry-failed to tokenize it again")
+            raise ShardReadError(self.entry.path, "changed while it was being tokenized "
+                                 f"({_describe_state(self.source)} when opened, {_describe_state(now)} at the end); "
+                                 "relaunch with --retry-failed to tokenize it again")
 
     # -- resume -----------------------------------------------------------------------------
     def _drop_stale_parts(self, ckpt: Checkpoint | None) -> None:
