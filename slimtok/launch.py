@@ -110,8 +110,8 @@ class _Progress:
         return len(done), sum(self.sizes[i] for i in done)
 
     def update(self) -> None:
-        beats = [read_record(self.root.heartbeat(n), Heartbeat) for n in self.names]
-        beats = [b for b in beats if b is not None and b.started_at >= self.started - 5]
+        beats = [b for b in (read_record(self.root.heartbeat(n), Heartbeat) for n in self.names)
+                 if b is not None and b.started_at >= self.started - 5]
         shards, done_bytes = self._done()
         self.display.update(shards, sum(b.documents for b in beats), sum(b.tokens for b in beats), done_bytes)
 

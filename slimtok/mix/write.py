@@ -19,7 +19,7 @@ import itertools
 import os
 import shutil
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -243,8 +243,10 @@ def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarr
         # ``workers`` threads copy; one more syncs and commits finished copies meanwhile, so the
         # disk's writeback and the next chunk's copy overlap even with one worker
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as commits:
-            running = {pool.submit(copy_chunk, out, split, picks[n * per_chunk:(n + 1) * per_chunk], int(starts[n]),
-                                   docs, job): (n, False) for n in todo}
+            # each chunk's copy (its _Copied), then its commit (None): (chunk, committed)
+            running: dict[Future[Any], tuple[int, bool]] = {
+                pool.submit(copy_chunk, out, split, picks[n * per_chunk:(n + 1) * per_chunk], int(starts[n]), docs,
+                            job): (n, False) for n in todo}
             while running:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for result in finished:

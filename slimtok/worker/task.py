@@ -258,7 +258,7 @@ class ShardTask:
         """Write pending documents, make them durable, then (optionally) record a checkpoint."""
         p, pending = self.progress, self.pending
         for arr in pending.tokens:
-            self.data.write(memoryview(arr).cast("B"))
+            self.data.write(arr.data.cast("B"))
             p.bytes += arr.nbytes
         for rows in pending.rows:
             self.table.write(rows.tobytes())
