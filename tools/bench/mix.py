@@ -50,7 +50,8 @@ def bench_mix_section(table: Table, work: Path, corpus: Path, tokenizer: Path, b
     _, found = build_manifest(corpus, ("*.jsonl.zst",))
     train = [e for e in found if e.split == "train"]
     roots = [tokenized_root(work, f"mix-{i}", corpus, tokenizer, backend, train[i::3])[0] for i in range(3)]
-    records = [[read_record(p, DoneRecord) for p in sorted((r / "done").rglob("*.json"))] for r in roots]
+    records = [[rec for p in sorted((r / "done").rglob("*.json")) if (rec := read_record(p, DoneRecord)) is not None]
+               for r in roots]  # each root was just tokenized: every record reads
     files = [r / rec.file for r, recs in zip(roots, records) for rec in recs]
     nbytes = sum(f.stat().st_size for f in files)
     sources = "".join(f"  - {{name: part{i}, root: {r}, tokens: {sum(rec.tokens for rec in recs)}}}\n"
