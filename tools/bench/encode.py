@@ -46,7 +46,7 @@ def bench_raw(table: Table, texts: list[str], tokenizer: Path, backends: list[st
     digests = {}
     for backend in backends:
         enc = Encoder(loaded.parsed(), loaded.policy, "uint32", backend)
-        outputs, wall, cpu = _timed(lambda b: enc.encode(b)[0], batches)
+        outputs, wall, cpu = _timed(lambda b, enc=enc: enc.encode(b)[0], batches)
         digests[backend] = sha(outputs)  # outside the timed part: the raw row is the encoder alone
         table.add(Result(f"raw encode ({backend}{suffix})", nbytes, wall, cpu, sum(f.size for f in outputs),
                          ids_sha256=digests[backend]))
