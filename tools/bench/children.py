@@ -80,7 +80,7 @@ def noop_worker(spec: str, index: str, out: str) -> None:
         def encode(self, texts):
             return np.full(len(texts), 2, dtype=np.uint32), [1] * len(texts)
 
-    wmod.Encoder = NoopEncoder  # type: ignore[misc,assignment]  # duck-typed: the worker calls encode() only
+    wmod.Encoder = NoopEncoder  # type: ignore[misc,assignment]  # duck-typed: what the worker uses of one
     data = json.loads(spec)
     data["splits"] = tuple(data["splits"])
     w = wmod.Worker(open_job(TokenizeSettings(**data)), int(index))
