@@ -137,7 +137,8 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
               help="Token width: auto = uint16 when every id the tokenizer can emit is < 65,536, else uint32.")
 @click.option("--bos", type=click.Choice(BOS_CHOICES), default="auto", show_default=True,
-              help="A bos before each document: auto = what the tokenizer's own template adds (Llama-style yes, Qwen no).")
+              help="A bos before each document: auto = what the tokenizer's own template adds "
+                   "(Llama-style yes, Qwen no).")
 @click.option("--special-text", type=click.Choice(SPECIAL_TEXT), default="literal", show_default=True,
               help="Special-token strings inside text: literal = ordinary text, parse = their control ids.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
@@ -152,7 +153,8 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")
 def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_workers: str, max_workers: int | None,
                  process_index: int | None, process_count: int | None, tokens_per_write: int,
-                 checkpoint_every: float, splits: str, text_key: str, source_key: str, eos_id: int | None, dtype: str, bos: str,
+                 checkpoint_every: float, splits: str, text_key: str, source_key: str, eos_id: int | None, dtype: str,
+                 bos: str,
                  special_text: str, backend: str,
                  retry_failed: bool, min_free_fraction: float, stale_after: float, quiet: bool) -> None:
     """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""

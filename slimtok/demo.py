@@ -16,7 +16,7 @@ import glob
 import os
 import sysconfig
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 import zstandard

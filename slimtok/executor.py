@@ -27,7 +27,8 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, LaunchError
 
@@ -298,7 +299,9 @@ class NodeRun:
         when spawned. The forwarded signals are blocked meanwhile, so that one arriving during a
         fork is taken by the launcher's handler (which passes it on), never run in a copy."""
         ctx = multiprocessing.get_context(method)
-        self.procs += [ctx.Process(target=_child, args=(os.getpid(), target, a), name=f"{self.name}-{w}")
+        # typeshed declares Process on each concrete context only, and get_context(str) as their base
+        self.procs += [ctx.Process(target=_child, args=(os.getpid(), target, a),  # type: ignore[attr-defined]
+                                   name=f"{self.name}-{w}")
                        for w, a in enumerate(args)]
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         try:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from .progress import ProgressFactory
 from .protocol import DoneRecord, FailedRecord, Heartbeat, hostname, read_record, worker_name
@@ -110,8 +111,8 @@ class _Progress:
     def update(self) -> None:
         if self.display is None:
             return
-        beats = [read_record(self.root.heartbeat(n), Heartbeat) for n in self.names]
-        beats = [b for b in beats if b is not None and b.started_at >= self.started - 5]
+        beats = [b for b in (read_record(self.root.heartbeat(n), Heartbeat) for n in self.names)
+                 if b is not None and b.started_at >= self.started - 5]
         shards, done_bytes = self._done()
         self.display.update(shards, sum(b.documents for b in beats), sum(b.tokens for b in beats), done_bytes)
 

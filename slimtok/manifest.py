@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import orjson
 
@@ -186,7 +186,8 @@ def check_unique(entries: Sequence[ShardEntry], where: Sequence[str], check_file
     by_id: dict[str, int] = {}
     by_file: dict[tuple, int] = {}
     for k, e in enumerate(entries):
-        keys = [(by_id, _normal_id(e.id), "the same id")]
+        # (table, key, what) for each key checked; the tables differ in key type
+        keys: list[tuple[dict, object, str]] = [(by_id, _normal_id(e.id), "the same id")]
         if check_files:
             keys.append((by_file, _file_key(e.path), "the same file"))
         for seen, key, what in keys:
@@ -276,10 +277,10 @@ def read_manifest(path: str | os.PathLike[str], check_files: bool = True) -> lis
     if not entries:
         raise ManifestError(f"manifest {path} lists no shards")
     check_unique(entries, where, check_files)
-    for entry, line in zip(entries, where):
+    for entry, at in zip(entries, where, strict=True):
         problem = _id_problem(entry.id)
         if problem:
-            raise ManifestError(f"{line}: id {entry.id!r} {problem}; it must be a normalized relative path inside "
+            raise ManifestError(f"{at}: id {entry.id!r} {problem}; it must be a normalized relative path inside "
                                 "the dataset", fix="rebuild the manifest with `slimtok manifest`")
     return entries
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from .space import lacks_room
 from .errors import OutputError

@@ -16,7 +16,8 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Sequence
+from typing import BinaryIO
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -149,5 +150,5 @@ def document_spans(shard_path: Path, table: np.ndarray, keep: np.ndarray | Seque
     run_starts = np.flatnonzero(padded[1:-1] & ~padded[:-2])
     run_ends = np.flatnonzero(padded[1:-1] & ~padded[2:])
     return [Span(Path(shard_path), int(starts[a]), int(ends[b] - starts[a]))
-            for a, b in zip(run_starts, run_ends) if ends[b] > starts[a]]
+            for a, b in zip(run_starts, run_ends, strict=True) if ends[b] > starts[a]]
 

@@ -26,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def _scan(path: os.PathLike[str], dtype: np.dtype, ranges: list[tuple[str, int, 
         for lo in range(first, last, SCAN_TOKENS):
             block = data[lo:min(lo + SCAN_TOKENS, last)]
             if h is not None:
-                h.update(memoryview(block).cast("B"))
+                h.update(block.data.cast("B"))
             if block.size:
                 max_id = max(max_id, int(block.max()))
                 eos_count += int(np.count_nonzero(block == eos))
@@ -108,7 +108,8 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
                + ("" if size == expected or removed else _size_hint(records, size)))
     if size != expected:
         return
-    ranges, offset = [], 0
+    ranges: list[tuple[str, int, int, Checksum | None]] = []
+    offset = 0
     for r in records if not removed else []:
         ranges.append((r.shard, offset, r.bytes, r.data_checksum()))
         offset += r.bytes

@@ -6,8 +6,9 @@ current shards; then a shard's drops are one slice of its gather unit's file (so
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class Exclusion:
 class DropReader:
     """The drops of a finished dedup, shard by shard; keeps the last gather file it opened."""
 
-    def __init__(self, output_root: str | OutputRoot):
+    def __init__(self, output_root: str | os.PathLike[str] | OutputRoot):
         self.root = output_root if isinstance(output_root, OutputRoot) else OutputRoot(output_root)
         job = read_record(self.root.dedup_job, DedupJob)
         if job is None:
@@ -40,8 +41,9 @@ class DropReader:
             raise DedupError("the shards changed after this dedup (done records or tables differ)",
                              self.root.dedup_job, f"delete {self.root.dedup_dir} and run "
                              f"`slimtok dedup --output-root {self.root.root}` again")
-        self.plan = read_record(self.root.dedup_plan, DedupPlan)
-        assert self.plan is not None, "a finished dedup has its plan"
+        plan = read_record(self.root.dedup_plan, DedupPlan)
+        assert plan is not None, "a finished dedup has its plan"
+        self.plan = plan
         self.rank = {e.id: (rank, e.split) for rank, e in enumerate(inputs.entries)}
         self._open: tuple[int, np.ndarray] | None = None
 
@@ -78,6 +80,6 @@ def drops_for(root: str | OutputRoot, shard_id: str) -> tuple[np.ndarray, np.nda
     return DropReader(root).drops(shard_id)
 
 
-def exclusion_for(root: str | OutputRoot) -> Callable[[DoneRecord], Exclusion | None]:
+def exclusion_for(root: str | os.PathLike[str] | OutputRoot) -> Callable[[DoneRecord], Exclusion | None]:
     """combine's ``exclude``: per done record, the documents to leave out (None: keep all)."""
     return DropReader(root).exclusion

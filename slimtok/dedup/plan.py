@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -81,7 +81,7 @@ def read_inputs(root: OutputRoot) -> Inputs:
 def fingerprint(inputs: Inputs) -> str:
     """sha256 over the shards' ids, data checksums and table hashes in global order: changes with any input."""
     h = hashlib.sha256()
-    for e, r in zip(inputs.entries, inputs.records):
+    for e, r in zip(inputs.entries, inputs.records, strict=True):
         h.update(f"{e.id}\t{e.split}\t{r.checksum or r.sha256}\t{r.table_sha256}\n".encode())
     return h.hexdigest()
 

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -131,7 +132,9 @@ class DedupProgress:
                  for rs in ranges]
         total = (sum(b for b, _ in spans), inputs.documents())
         per_bucket = (total[0] / plan.buckets, total[1] / plan.buckets)
-        self.weights = {"scatter": spans, "bucket": [per_bucket] * plan.buckets, "gather": spans}
+        # (bytes, documents) per unit of each phase; a bucket's are a fractional share
+        self.weights: dict[str, Sequence[tuple[float, float]]] = {
+            "scatter": spans, "bucket": [per_bucket] * plan.buckets, "gather": spans}
         self.shown = progress(sum(unit_count(plan, p) for p in DEDUP_PHASES), len(DEDUP_PHASES) * total[0])
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="dedup-progress", daemon=True)

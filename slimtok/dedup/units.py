@@ -57,7 +57,7 @@ def bucket_rows(root: OutputRoot, plan: DedupPlan, b: int) -> np.ndarray:
         path = root.resolve(record.file)
         with root.storage.open_read(path) as f:
             f.seek(lo * width)
-            got = f.readinto(memoryview(rows[at:at + hi - lo]).cast("B"))
+            got = f.readinto(rows[at:at + hi - lo].data.cast("B"))
         if got != (hi - lo) * width:
             raise DedupError(f"{got} bytes where its done record promises {(hi - lo) * width} from byte {lo * width}",
                              path, f"the dedup's files were changed: delete {root.dedup_dir} and "
@@ -99,10 +99,10 @@ def gather_drops(root: OutputRoot, plan: DedupPlan, inputs: Inputs, k: int) -> n
         assert record is not None, "gather tasks run only after every bucket is done"
         if record.rows == 0:
             continue
-        drops = np.memmap(root.resolve(record.file), DEDUP_DROP_DTYPE, "r")
-        a, z = np.searchsorted(drops["order"], [lo, hi], side="left")
+        mapped = np.memmap(root.resolve(record.file), DEDUP_DROP_DTYPE, "r")
+        a, z = np.searchsorted(mapped["order"], [lo, hi], side="left")
         if z > a:
-            parts.append(np.array(drops[a:z]))
+            parts.append(np.array(mapped[a:z]))
     drops = np.concatenate(parts) if parts else np.zeros(0, DEDUP_DROP_DTYPE)
     return drops[np.argsort(drops["order"], kind="stable")]
 

@@ -93,8 +93,8 @@ def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = 
             pending.add(path, partner=False)
             tmp = pending.tmp(path)
             writer(tmp, part)
-            files.append({"file": path.name, "first_row": lo, "rows": len(part), "bytes": storage_for(tmp).stat(tmp).size,
-                          "sha256": _file_sha256(tmp)})
+            files.append({"file": path.name, "first_row": lo, "rows": len(part),
+                          "bytes": storage_for(tmp).stat(tmp).size, "sha256": _file_sha256(tmp)})
         info = meta.splits[split]
         manifest = {"format": fmt, "seq_len": seq_len, "dtype": dtype, "split": split, "source": data.path.name,
                     "source_sha256": info.get("sha256"), "source_tokens": len(data), "rows": total_rows,

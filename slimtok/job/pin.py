@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import orjson
 
@@ -110,8 +111,9 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
     pinned = stored
     if (pinned is not None and key and pinned.request_sha256 == key and root.storage.exists(root.manifest)
             and root.storage.exists(root.tokenizer_file) and pinned.manifest_sha256 == manifest_digest(entries)):
-        for line in pinned.policy_notes if log else ():
-            log(line)
+        if log:
+            for line in pinned.policy_notes:
+                log(line)
         check_disk_budget(settings, root, entries, pinned, None, log)
         return Job(settings, root, entries, pinned)
     from ..tokenizer import load_tokenizer
@@ -132,22 +134,23 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
         if file is not None:  # of the bytes actually parsed (the file may have changed since the read above)
             key = request_digest(settings, tok.source_file_sha256, file.parent)
     requested = requested_job(settings, entries, tok)
-    for line in requested.policy_notes if log else ():
-        log(line)
+    if log:
+        for line in requested.policy_notes:
+            log(line)
     if pinned is not None and not requested.tokenizer_sha256:  # read from the JSON of the pinned bytes
         requested = replace(requested, tokenizer_sha256=pinned.tokenizer_sha256)
     elif pinned is not None and not pinned.tokenizer_sha256:  # parsed, against a job not yet fingerprinted
         pinned = replace(pinned, tokenizer_sha256=tokenizer_fingerprint(root, pinned))
     if tok.tokenizer is not None:
         copied = hashlib.sha256(tok.file_text()).hexdigest()
-    extras = {"tokenizer_file_sha256": copied, "request_sha256": key}
     bounds: dict[str, list[float]] | None = None
     if pinned is None:
         root.storage.make_folders(root.root)
         # The disk-budget sample is taken here, once per job, over every split, and pinned, unless
         # an upper bound on the tokens already leaves room (then nothing is encoded or pinned).
         sampled, bounds = disk_sample(settings, root, entries, requested, tok)
-        create_exclusive(root.job, replace(requested, **extras, sampled_ratios=sampled).to_json())
+        create_exclusive(root.job, replace(requested, tokenizer_file_sha256=copied, request_sha256=key,
+                                           sampled_ratios=sampled).to_json())
         pinned = read_job(root)
     diffs = pinned.differences(requested)
     if pinned.manifest_sha256 != requested.manifest_sha256:
@@ -155,7 +158,8 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
         diffs.insert(0, manifest_change(root, entries))
     if diffs:
         sampled, bounds = disk_sample(settings, root, entries, requested, tok)  # the old one used the old settings
-        pinned = _repin(root, replace(requested, **extras, sampled_ratios=sampled), diffs, log)
+        pinned = _repin(root, replace(requested, tokenizer_file_sha256=copied, request_sha256=key,
+                                      sampled_ratios=sampled), diffs, log)
     else:  # pinned by an older slimtok, or the same job asked through another file: record this request
         # (a split without a pinned sample is estimated by check_disk_budget, as at every launch)
         noted = replace(pinned, request_sha256=key)
@@ -215,7 +219,8 @@ def manifest_change(root: OutputRoot, entries: list[ShardEntry]) -> str:
         pinned = read_manifest(root.manifest, check_files=False)
     except ManifestError:
         return "manifest: differs from the one the job was pinned to (its copy in the output root is unreadable)"
-    where = next((i for i, (a, b) in enumerate(zip(pinned, entries))
+    # the first differing line within the shorter list (strict=False); a longer list is told after it
+    where = next((i for i, (a, b) in enumerate(zip(pinned, entries, strict=False))
                   if (a.id, a.split, a.size) != (b.id, b.split, b.size)), min(len(pinned), len(entries)))
     text = f"manifest: pinned {len(pinned)} shards, requested {len(entries)}"
     if where < min(len(pinned), len(entries)):

@@ -89,7 +89,7 @@ if TYPE_CHECKING:
 try:  # huggingface_hub 2.x talks HTTP through httpx2, 1.x through httpx
     from httpx2 import TransportError
 except ImportError:  # pragma: no cover - depends on the installed huggingface_hub major version
-    from httpx import TransportError
+    from httpx import TransportError  # type: ignore[no-redef]  # the same name from the older client
 
 REPO_TYPES = ("dataset", "model")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -127,7 +127,9 @@ class _Target:
 
     root: Path
     repo_folder: Path | None  # the cache's datasets--org--name folder; None in local-dir mode
-    download_kwargs: dict[str, Path]  # cache_dir= or local_dir= for hf_hub_download
+    # hf_hub_download's cache_dir= or local_dir=: one of them is set
+    cache_dir: Path | None
+    local_dir: Path | None
 
 
 @dataclass(frozen=True)
@@ -268,8 +270,9 @@ def _fetch(repo_id: str, repo_type: str, commit: str, files: list[RecordedFile],
     every file that failed once all the others are done, or at once for a failure every file would meet."""
     def one(f: RecordedFile) -> None:
         hf_hub_download(repo_id, f.path, repo_type=repo_type, revision=commit, library_name="slimtok",
-                        library_version=__version__, tqdm_class=tally.bar_class(f.path) if tally else None,
-                        **target.download_kwargs)
+                        library_version=__version__, cache_dir=target.cache_dir, local_dir=target.local_dir,
+                        # a bar factory, not a tqdm subclass: huggingface_hub only calls it, with keywords
+                        tqdm_class=tally.bar_class(f.path) if tally else None)  # type: ignore[arg-type]
 
     failed: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers) as pool:
@@ -385,10 +388,10 @@ def _target(repo_id: str, repo_type: str, commit: str, cache_dir: str | Path | N
             local_dir: str | Path | None) -> _Target:
     if local_dir is not None:
         root = Path(local_dir).expanduser().resolve()
-        return _Target(root, None, {"local_dir": root})
+        return _Target(root, None, cache_dir=None, local_dir=root)
     cache = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser().resolve()
     repo_folder = cache / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
-    return _Target(repo_folder / "snapshots" / commit, repo_folder, {"cache_dir": cache})
+    return _Target(repo_folder / "snapshots" / commit, repo_folder, cache_dir=cache, local_dir=None)
 
 
 def _plan_cache(repo_folder: Path, commit: str, files: list[RecordedFile]) -> _Plan:

@@ -4,7 +4,7 @@ output roots (docs/MIX.md). spec → inputs → plan → write; ``mix_main`` is 
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 

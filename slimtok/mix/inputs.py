@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import orjson
@@ -171,7 +171,9 @@ def _data_files(root: OutputRoot, split: str, records: list[DoneRecord], name: s
     if (why := combined_mismatch(root, plan, entry, checksums=False)) is not None:
         raise MixError(f"source {name!r}: split {split} was consumed into {root.combined(split)}, but {why}",
                        root.combined(split), "restore the combined file, or tokenize the root again")
-    offsets = dict(zip((r.shard for r in plan.done), np.cumsum([0] + [r.bytes for r in plan.done]).tolist()))
+    # the cumulative sums are one longer than the shards (the split's size last): strict=False drops it
+    offsets = dict(zip((r.shard for r in plan.done), np.cumsum([0] + [r.bytes for r in plan.done]).tolist(),
+                       strict=False))
     return [(root.combined(split), offsets[r.shard]) for r in records]
 
 
@@ -183,7 +185,7 @@ def load_source(spec: SourceSpec, split: str) -> tuple[SourceDocs, dict]:
     shards = []
     records = _records(root, split, spec.name)
     data = _data_files(root, split, records, spec.name)
-    for record, (file, base) in zip(records, data):
+    for record, (file, base) in zip(records, data, strict=True):
         # a sha256 record adds its bare digest, as before checksums were named: pinned mix.json files still match
         fingerprint.update(f"{record.shard} {record.checksum or record.sha256} {record.table_sha256}\n".encode())
         label = None

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -62,7 +63,7 @@ class Layout:
     names: list[str]
 
     @classmethod
-    def join(cls, sources: list[SourceDocs], first_shard: np.ndarray) -> "Layout":
+    def join(cls, sources: list[SourceDocs], first_shard: np.ndarray) -> Layout:
         return cls([p for s in sources for p in s.paths], [b for s in sources for b in s.bases], first_shard,
                    [s.spec.name for s in sources])
 
@@ -75,14 +76,14 @@ class Layout:
             which = np.searchsorted(self.first_shard, piece["id"] >> 32, side="right") - 1
             docs += np.bincount(which, minlength=len(self.names))
             toks += np.bincount(which, weights=piece["tokens"], minlength=len(self.names)).astype(np.int64)
-        return {n: {"documents": int(d), "tokens": int(t)} for n, d, t in zip(self.names, docs, toks) if d}
+        return {n: {"documents": int(d), "tokens": int(t)} for n, d, t in zip(self.names, docs, toks, strict=True) if d}
 
 
 def mix_record(spec: MixSpec, sources: list[SourceDocs], plan: Plan) -> MixRecord:
     """The content of mix.json: the resolved spec and a fingerprint of every input."""
     inputs = {s.spec.name: {"root": s.spec.root, "source": s.spec.source, "fingerprint": s.fingerprint,
                             "available_tokens": r.available, "documents": r.candidates}
-              for s, r in zip(sources, plan.sources)}
+              for s, r in zip(sources, plan.sources, strict=True)}
     return MixRecord(spec.to_dict(), inputs)
 
 
@@ -110,7 +111,7 @@ def prepare(out: OutputRoot, record: MixRecord, job_raw: dict, first: OutputRoot
     # file is never listed under several ids
     entries = [ShardEntry(out.mix_chunk(split, n), split, 0, n, f"{out.combined(split)}#{out.mix_chunk(split, n)}",
                           int(b - a))
-               for split, s in starts.items() for n, (a, b) in enumerate(zip(s[:-1], s[1:]))]
+               for split, s in starts.items() for n, (a, b) in enumerate(itertools.pairwise(s))]
     for name, source in first.storage.files_under(first.tokenizer_dir, "", hidden=True):
         out.storage.copy(source, out.tokenizer_dir / name)
     write_json_lines(out.manifest, entries)
@@ -126,7 +127,7 @@ def _spans(picks: np.ndarray, itemsize: int) -> list[tuple[int, int, int]]:
     n = picks["tokens"].astype(np.int64) * itemsize
     brk = np.flatnonzero((f[1:] != f[:-1]) | (s[1:] != s[:-1] + n[:-1])) + 1
     heads = np.concatenate([[0], brk])
-    return list(zip(f[heads].tolist(), s[heads].tolist(), np.add.reduceat(n, heads).tolist()))
+    return list(zip(f[heads].tolist(), s[heads].tolist(), np.add.reduceat(n, heads).tolist(), strict=True))
 
 
 def _copy_hashed(spans: list[tuple[int, int, int]], docs: Layout, opened: dict[int, BinaryIO], dst: int,
@@ -245,8 +246,10 @@ def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarr
         # ``workers`` threads copy; one more syncs and commits finished copies meanwhile, so the
         # disk's writeback and the next chunk's copy overlap even with one worker
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as commits:
-            running = {pool.submit(copy_chunk, out, split, picks[n * per_chunk:(n + 1) * per_chunk], int(starts[n]),
-                                   docs, job): (n, False) for n in todo}
+            # each chunk's copy (its _Copied), then its commit (None): (chunk, committed)
+            running: dict[Future[Any], tuple[int, bool]] = {
+                pool.submit(copy_chunk, out, split, picks[n * per_chunk:(n + 1) * per_chunk], int(starts[n]), docs,
+                            job): (n, False) for n in todo}
             while running:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for result in finished:

@@ -10,7 +10,8 @@ kills its only user (claims). A record's bytes are exactly ``Record.to_json()``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import orjson
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 import xxhash
 
@@ -60,7 +61,7 @@ class Checksum:
     hexdigest: str
 
     @classmethod
-    def parse(cls, text: str) -> "Checksum":
+    def parse(cls, text: str) -> Checksum:
         """The inverse of ``str()``; an unknown algorithm is kept (``hasher`` refuses it)."""
         algorithm, _, hexdigest = text.partition(":")
         return cls(algorithm, hexdigest)

@@ -10,7 +10,8 @@ appends :func:`table_rows` to the part file and renames it into place on commit.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from .binary import dtype
 from .storage import storage_for

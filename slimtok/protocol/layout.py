@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from .docindex import index_path
 from .identity import new_token

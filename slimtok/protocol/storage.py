@@ -49,7 +49,8 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
+from collections.abc import Iterator
 
 from .identity import new_token
 

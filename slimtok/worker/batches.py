@@ -7,7 +7,8 @@ batch before it, so document order never changes.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, TypeVar
+from typing import TypeVar, overload
+from collections.abc import Iterable, Iterator
 
 from ..reader import TextPieces
 
@@ -18,6 +19,10 @@ BATCH_DOCS = 2048
 M = TypeVar("M")
 
 
+@overload
+def batched(records: Iterable[tuple[str, M]]) -> Iterator[tuple[list[str], list[M]]]: ...  # no huge document
+@overload
+def batched(records: Iterable[tuple[str | TextPieces, M]]) -> Iterator[tuple[list[str] | TextPieces, list[M]]]: ...
 def batched(records: Iterable[tuple[str | TextPieces, M]]) -> Iterator[tuple[list[str] | TextPieces, list[M]]]:
     """``(texts, marks)`` batches of ``(text, mark)`` records, in order; ``texts`` is a TextPieces
     (with one mark) for a huge document."""

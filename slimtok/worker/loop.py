@@ -322,7 +322,8 @@ def _update_job(root: OutputRoot, **fields: str) -> None:
         job = read_record(root.job, JobSettings)
         if job is None or all(getattr(job, k) == v for k, v in fields.items()):
             return
-        write_record(root.job, replace(job, **fields))
+        # the callers name str fields only, which mypy cannot tell from a **kwargs dict
+        write_record(root.job, replace(job, **fields))  # type: ignore[arg-type]
     log.warning("job.json: could not record %s (other writers kept replacing it)", ", ".join(fields))
 
 

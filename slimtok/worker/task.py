@@ -26,7 +26,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import xxhash
@@ -258,7 +258,7 @@ class ShardTask:
         """Write pending documents, make them durable, then (optionally) record a checkpoint."""
         p, pending = self.progress, self.pending
         for arr in pending.tokens:
-            self.data.write(memoryview(arr).cast("B"))
+            self.data.write(arr.data.cast("B"))
             p.bytes += arr.nbytes
         for rows in pending.rows:
             self.table.write(rows.tobytes())
@@ -320,9 +320,9 @@ class ShardTask:
         """The lines just read must all come from the file as it was when the task began."""
         now = source_state(self.entry.path)
         if now is not None and now != self.source:
-            raise ShardReadError(self.entry.path, f"changed while it was being tokenized ({_describe_state(self.source)}"
-                                 f" when opened, {_describe_state(now)} at the end); relaunch with "
-                                 "--retry-failed to tokenize it again")
+            raise ShardReadError(self.entry.path, "changed while it was being tokenized "
+                                 f"({_describe_state(self.source)} when opened, {_describe_state(now)} at the end); "
+                                 "relaunch with --retry-failed to tokenize it again")
 
     # -- resume -----------------------------------------------------------------------------
     def _drop_stale_parts(self, ckpt: Checkpoint | None) -> None:

@@ -25,8 +25,8 @@ def small_disk(tmp_path, bpe_tokenizer):
     make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=30, holdout_docs=2)
     slimtok("manifest", "--dataset-dir", tmp_path / "ds", "--output-dir", tmp_path / "m")
     built = tmp_path / "built"
-    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", built, "--tokenizer",
-            bpe_tokenizer, "--quiet", "--spawn-workers", "1")
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", built,
+            "--tokenizer", bpe_tokenizer, "--quiet", "--spawn-workers", "1")
     train = sum(p.stat().st_size for p in (built / "shards/train").rglob("*.bin"))
     size_kib = (_tree_bytes(built) + train // 2) // 1024 + 64  # + room for directory entries
     with mounted_tmpfs(tmp_path / "mnt", f"{size_kib}k") as mount:

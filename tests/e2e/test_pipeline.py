@@ -43,8 +43,8 @@ def test_byte_identical_for_1_vs_2_workers_vs_3_processes(small, bpe_tokenizer):
     tokenize(manifest, two, bpe_tokenizer, "--spawn-workers", "2")
     slimtok("combine", "--output-root", two)
     three = tmp / "out3"
-    procs = [subprocess.Popen([sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest),
-                               "--output-root", str(three), "--tokenizer", str(bpe_tokenizer), "--quiet",
+    procs = [subprocess.Popen([sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest",
+                               str(manifest), "--output-root", str(three), "--tokenizer", str(bpe_tokenizer), "--quiet",
                                "--process-count", "3", "--process-index", str(i), "--spawn-workers", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(3)]
     for p in procs:

@@ -152,9 +152,9 @@ def test_checkpoint_every_spaces_checkpoints_in_time(tmp_path, bpe_tokenizer, mo
     outputs, counts = [], []
     for every in (0.0, 3600.0):
         root = tmp_path / f"out-{every}"
-        settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(root), tokenizer=str(bpe_tokenizer),
-                                    splits=("train",), tokens_per_write=500, checkpoint_every=every,
-                                    backend="tokenizers")
+        settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(root),
+                                    tokenizer=str(bpe_tokenizer), splits=("train",), tokens_per_write=500,
+                                    checkpoint_every=every, backend="tokenizers")
         pin_job(settings)
         written.clear()
         assert Worker(open_job(settings), 0).run() == 0

@@ -41,7 +41,7 @@ def _env(manifest: Path, root: Path, tokenizer: Path) -> dict[str, str]:
 
 def _assert_same_as_local(root: Path, local: Path, manifest: Path, tokenizer: Path) -> None:
     slimtok("combine", "--output-root", root)
-    for split, name in SPLIT_FILES.items():
+    for name in SPLIT_FILES.values():
         assert (root / name).read_bytes() == (local / name).read_bytes(), name
     expected = reference_ids(manifest, tokenizer / "tokenizer.json", 0, "train")
     assert (root / "train.bin").stat().st_size == 2 * len(expected)  # --dtype auto: uint16 for this vocabulary

@@ -37,7 +37,8 @@ def test_only_one_of_16_simultaneous_claimers_wins(tmp_path):
 
 def test_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
     child = subprocess.run([sys.executable, "-c",
-                            "from slimtok.claims import Claimer, current_holder; from slimtok.protocol import OutputRoot;"
+                            "from slimtok.claims import Claimer, current_holder; "
+                            "from slimtok.protocol import OutputRoot;"
                             f"Claimer(OutputRoot({str(tmp_path)!r}), current_holder(0, 0), 60)"
                             ".try_claim('a/b')"], check=True)
     assert child.returncode == 0

@@ -116,8 +116,8 @@ def test_an_exclusion_leaves_documents_out_and_meta_counts_them(tokenized, tmp_p
     kept, removed, by_source = [], {}, {}
     for shard in ids:
         own, sources = docs[shard]
-        gone = dict(zip(*drop.get(shard, ([], []))))
-        for k, (d, source) in enumerate(zip(own, sources)):
+        gone = dict(zip(*drop.get(shard, ([], [])), strict=True))
+        for k, (d, source) in enumerate(zip(own, sources, strict=True)):
             if k in gone:
                 r = removed.setdefault(gone[k], {"documents": 0, "tokens": 0})
                 s = by_source.setdefault(source, {}).setdefault(gone[k], {"documents": 0, "tokens": 0})
@@ -136,7 +136,7 @@ def test_an_exclusion_leaves_documents_out_and_meta_counts_them(tokenized, tmp_p
     kept_by_source = {}
     for shard in ids:
         gone = set(drop.get(shard, ([], []))[0])
-        for k, (d, source) in enumerate(zip(*docs[shard])):
+        for k, (d, source) in enumerate(zip(*docs[shard], strict=True)):
             if k not in gone:
                 c = kept_by_source.setdefault(source, [0, 0])
                 c[0] += 1

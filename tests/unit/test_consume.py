@@ -26,8 +26,8 @@ def test_kill_9_during_consume_then_relaunch_is_byte_identical_to_copying(tmp_pa
     dataset = make_dataset(tmp_path / "ds", train_shards=6, docs_per_shard=15, holdout_docs=5)
     slimtok("manifest", "--dataset-dir", dataset, "--output-dir", tmp_path / "m")
     built = tmp_path / "built"
-    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", built, "--tokenizer",
-            bpe_tokenizer, "--quiet", "--spawn-workers", "1")
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", built,
+            "--tokenizer", bpe_tokenizer, "--quiet", "--spawn-workers", "1")
     add_tables(built, tmp_path / "m/manifest.jsonl")
     copying = tmp_path / "copying"
     shutil.copytree(built, copying)

@@ -1,5 +1,6 @@
 """slimtok.data against direct slicing of the reference stream; validate's index check."""
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -62,7 +63,8 @@ def test_token_blocks_give_every_block_to_exactly_one_reader(combined, world_siz
 
 
 def test_torch_dataloader_workers_split_the_blocks(combined):
-    torch = pytest.importorskip("torch", reason="torch is not installed (tools/ci/install-test-deps.sh installs a CPU build)")
+    torch = pytest.importorskip("torch",
+                                reason="torch is not installed (tools/ci/install-test-deps.sh installs a CPU build)")
     from slimtok.data import TorchTokenBlocks
 
     root, ref = combined
@@ -106,7 +108,7 @@ def test_token_blocks_set_epoch_reorders_each_epoch_and_resumes(combined):
     n = (len(ref) - 1) // block
 
     def windows(blocks, count=None):
-        return [x.tobytes() for _, (x, _) in zip(range(count or n), blocks)]
+        return [x.tobytes() for x, _ in itertools.islice(blocks, count or n)]
 
     def expected(rank, epoch, seed=9):
         mine = np.arange(rank, n, world)

@@ -52,8 +52,9 @@ def test_tables_hold_every_document_exactly(tmp_path, bpe_tokenizer):
     ds = _dataset(tmp_path / "ds")
     slimtok("manifest", "--dataset-dir", ds, "--output-dir", tmp_path / "m")
     root = tmp_path / "out"
-    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", root, "--tokenizer",
-            bpe_tokenizer, "--spawn-workers", 2, "--tokens-per-write", 300, "--checkpoint-every", 0, "--quiet")
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", root,
+            "--tokenizer", bpe_tokenizer, "--spawn-workers", 2, "--tokens-per-write", 300, "--checkpoint-every", 0,
+            "--quiet")
     tok = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json"))
     tok.encode_special_tokens = True
     eos = tok.token_to_id("<|endoftext|>")

@@ -162,7 +162,8 @@ def test_one_file_under_two_paths_is_refused_naming_both_lines(tmp_path):
 def test_a_folder_linked_twice_into_the_dataset_is_refused(tmp_path):
     write_shard(tmp_path / "ds/train/chunk1/a.jsonl.zst", [doc_line("x")])
     (tmp_path / "ds/train/chunk2").symlink_to(tmp_path / "ds/train/chunk1")
-    with pytest.raises(ManifestError, match=r"chunk1/a\.jsonl\.zst .* and .*chunk2/a\.jsonl\.zst .* name the same file"):
+    with pytest.raises(ManifestError,
+                       match=r"chunk1/a\.jsonl\.zst .* and .*chunk2/a\.jsonl\.zst .* name the same file"):
         build_manifest(tmp_path / "ds")
 
 

@@ -2,6 +2,7 @@
 forward to the new set, and kill -9 at random moments of combine and export leaves readers the
 old complete set or the new one (compared with reference outputs of both), never a mix."""
 
+import functools
 import hashlib
 import json
 import os
@@ -45,8 +46,8 @@ def test_every_interrupted_step_of_a_publish_rolls_forward(tmp_path):
             intent = PublishIntent([[tmps[n], n] for n in NAMES], NAMES[1:])
             write_record(folder / ".data.bin.publish.json", intent)
             pending._committed = True  # stop here, as a kill would; the steps below are the publish's own
-            steps = ([lambda n=n: (folder / n).unlink() for n in NAMES[1:]]
-                     + [lambda n=n: os.replace(folder / tmps[n], folder / n) for n in NAMES])
+            steps = ([functools.partial(Path.unlink, folder / n) for n in NAMES[1:]]
+                     + [functools.partial(os.replace, folder / tmps[n], folder / n) for n in NAMES])
             for step in steps[:k]:
                 step()
         if k == 0:  # also: killed before the intent was durable: the old set stays, temps go
@@ -128,7 +129,7 @@ def test_kill_9_at_random_moments_of_combine_leaves_old_or_new_set(versions, tmp
     current = "A"
     for _ in range(10):
         other = "B" if current == "A" else "A"
-        _kill_at_random(lambda: _combine(work, other), seconds * 1.2, rng)
+        _kill_at_random(functools.partial(_combine, work, other), seconds * 1.2, rng)
         TokenBin(work / "train.bin")  # a reader's open finishes a publish the kill interrupted
         found = want.get(_state(work))
         assert found in (current, other), "a mixed set after kill -9"

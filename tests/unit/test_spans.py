@@ -67,7 +67,7 @@ def test_document_spans_merge_adjacent_kept_documents(tmp_path, itemsize):
     assert len(spans) == 3  # kept runs: 1-2, 5-7 (7 is empty), 9-38
     concatenate(spans, tmp_path / "out")
     ends = np.cumsum(counts)
-    want = np.concatenate([tokens[e - c:e] for c, e, k in zip(counts, ends, mask) if k])
+    want = np.concatenate([tokens[e - c:e] for c, e, k in zip(counts, ends, mask, strict=True) if k])
     assert np.array_equal(np.fromfile(tmp_path / "out", dtype=f"<u{itemsize}"), want)
     assert document_spans(shard, table, None, itemsize) == [Span(shard, 0, tokens.nbytes)]
     assert document_spans(shard, table, np.zeros(len(counts), bool), itemsize) == []

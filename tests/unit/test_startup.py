@@ -329,4 +329,5 @@ def test_a_tokenizer_that_only_the_worker_finds_broken_frees_its_claim_and_a_fix
     proc = tokenize(dataset, root, bpe_tokenizer, "--spawn-workers", "1", dtype=None)
     assert "re-pinned" in proc.stdout + proc.stderr
     canonical = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json")).to_str()
-    assert json.loads((root / "job.json").read_text())["tokenizer_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+    pinned = json.loads((root / "job.json").read_text())
+    assert pinned["tokenizer_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()

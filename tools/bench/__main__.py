@@ -48,10 +48,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .corpus import documents, manifest_of, prepare
 from .dedup import bench_dedup_cost, bench_dedup_scale
@@ -168,7 +169,7 @@ def claims(ctx: Context, run: int) -> None:
     for shards in sizes:
         root, cpu = bench_claims(ctx.table, ctx.work, shards, ctx.args.claims_workers)
         cpus.append(cpu)
-    for (n0, c0), (n1, c1) in zip(zip(sizes, cpus), zip(sizes[1:], cpus[1:])):
+    for (n0, c0), (n1, c1) in itertools.pairwise(zip(sizes, cpus, strict=True)):
         ctx.table.note(f"claims: marginal CPU per shard from {n0} to {n1} shards (worker start-up cancels): "
                        f"{(c1 - c0) / (n1 - n0) * 1e3:.2f} ms")
     bench_status(ctx.table, root, sizes[-1])

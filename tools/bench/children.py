@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .harness import cpu_now, proc_status, ready_then_wait
 
@@ -33,7 +33,7 @@ def worker(spec: str, index: str, report: str) -> None:
     data = json.loads(spec)
     data["splits"] = tuple(data["splits"])
     w = Worker(open_job(TokenizeSettings(**data)), int(index))
-    w.encoder  # loaded lazily at the first claim: load it here, outside the timed part
+    _ = w.encoder  # loaded lazily at the first claim: load it here, outside the timed part
     ready_then_wait(report)
     c0, w0 = cpu_now(), time.time()
     code = w.run()
@@ -52,7 +52,7 @@ def ceiling(manifest: str, tokenizer: str, backend: str, part: str, report: str)
 
     i, n = map(int, part.split("/"))
     loaded = load_tokenizer(tokenizer)
-    enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", backend)
+    enc = Encoder(loaded.parsed(), loaded.policy, "uint32", backend)
     paths = [e.path for e in read_manifest(Path(manifest))][i::n]
     ready_then_wait(report)
     c0, w0 = cpu_now(), time.time()
@@ -65,6 +65,7 @@ def noop_worker(spec: str, index: str, out: str) -> None:
     """A real Worker whose encoder is trivial; records the seconds of every shard it processed."""
     import numpy as np
 
+    from slimtok import executor
     from slimtok.job import TokenizeSettings, open_job
     from slimtok.worker import loop as wmod
 
@@ -79,24 +80,22 @@ def noop_worker(spec: str, index: str, out: str) -> None:
         def encode(self, texts):
             return np.full(len(texts), 2, dtype=np.uint32), [1] * len(texts)
 
-    wmod.Encoder = NoopEncoder
+    wmod.Encoder = NoopEncoder  # type: ignore[misc,assignment]  # duck-typed: what the worker uses of one
     data = json.loads(spec)
     data["splits"] = tuple(data["splits"])
     w = wmod.Worker(open_job(TokenizeSettings(**data)), int(index))
     times: list[float] = []
-    process = w._process
+    attempt = executor.attempt
 
-    def timed(entry, claim):
-        process(entry, claim)
-        times.append(time.perf_counter() - w._t0)
+    def timed_attempt(claimer, unit, settled, work):
+        """One look at a shard, timed when it was claimed and processed."""
+        t0 = time.perf_counter()
+        result = attempt(claimer, unit, settled, work)
+        if result is executor.Attempt.PROCESSED:
+            times.append(time.perf_counter() - t0)
+        return result
 
-    attempt = w._attempt
-
-    def timed_attempt(entry):
-        w._t0 = time.perf_counter()
-        return attempt(entry)
-
-    w._process, w._attempt = timed, timed_attempt
+    executor.attempt = timed_attempt  # run_units looks it up in its module at each unit
     code = w.run()
     Path(out).write_text(json.dumps(times))
     sys.exit(code)

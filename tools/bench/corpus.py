@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from .harness import run_workers, settings_for
 

@@ -35,7 +35,7 @@ def main() -> None:
                     f.write(repr([launcher[0], time.process_time()]))
             return ids
 
-        encoder.Encoder.encode = encode
+        encoder.Encoder.encode = encode  # type: ignore[method-assign]  # marks the first batch, then encodes
         return real_start(*args, **kwargs)
 
     launch.NodeRun.start = start  # type: ignore[method-assign]

@@ -9,6 +9,7 @@ checkout first on their PYTHONPATH, so they run the same code as the bench that 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -18,7 +19,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 if TYPE_CHECKING:
     from slimtok.job import TokenizeSettings
@@ -88,9 +90,9 @@ class Table:
 
 def growth_note(what: str, sizes: list[int], per: list[float]) -> str:
     """One line of per-shard costs (seconds) at each size, flagging any step that grows > 1.5x."""
-    steps = [f"{n:,}: {c * 1e3:.3f} ms" for n, c in zip(sizes, per)]
-    flags = [f"{n0:,} -> {n1:,} x{c1 / c0:.2f}" for n0, n1, c0, c1 in zip(sizes, sizes[1:], per, per[1:])
-             if c1 > 1.5 * c0]
+    steps = [f"{n:,}: {c * 1e3:.3f} ms" for n, c in zip(sizes, per, strict=True)]
+    flags = [f"{n0:,} -> {n1:,} x{c1 / c0:.2f}"
+             for (n0, c0), (n1, c1) in itertools.pairwise(zip(sizes, per, strict=True)) if c1 > 1.5 * c0]
     return (f"growth: {what} {'; '.join(steps)}; "
             f"{'SUPER-LINEAR: ' + ', '.join(flags) if flags else 'no super-linear step'}")
 
@@ -129,7 +131,7 @@ class PeakSampler:
         while not self.stop.wait(self.every):
             self.peak, self.samples = max(self.peak, self.measure()), self.samples + 1
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self.thread.start()
         return self
 
@@ -198,7 +200,7 @@ def start_together(folder: Path, commands: list[list[str]]) -> list[list[float]]
     go = folder / "bench-go"
     go.unlink(missing_ok=True)
     env = child_env()
-    procs = [subprocess.Popen(child(*cmd, str(report)), env=env) for cmd, report in zip(commands, reports)]
+    procs = [subprocess.Popen(child(*cmd, str(report)), env=env) for cmd, report in zip(commands, reports, strict=True)]
     while not all(r.with_suffix(".ready").exists() for r in reports):
         if any(p.poll() is not None for p in procs):
             raise SystemExit(f"a child exited during start-up; see {folder}")

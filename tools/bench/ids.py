@@ -8,7 +8,8 @@ the text were encoded (a peer encodes them as special ids, slimtok as text).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def with_eos(ids: np.ndarray, ends: np.ndarray, eos: int) -> np.ndarray:
 def stream_documents(stream: np.ndarray, ends: np.ndarray) -> list[bytes]:
     """The token stream cut into documents at ``ends`` (exclusive token offsets), as bytes."""
     starts = np.concatenate([[0], ends[:-1]])
-    return [stream[a:b].tobytes() for a, b in zip(starts, ends)]
+    return [stream[a:b].tobytes() for a, b in zip(starts, ends, strict=True)]
 
 
 def compare_streams(peer: np.ndarray, peer_ends: np.ndarray, ours: np.ndarray, eos: int, tokenizer: Any) -> str:
@@ -44,7 +45,7 @@ def compare_streams(peer: np.ndarray, peer_ends: np.ndarray, ours: np.ndarray, e
     peer_docs = stream_documents(peer, peer_ends)
     known = set(ours_docs)
     as_ours = [d if d in known else _as_slimtok_encodes(d, tokenizer, eos) for d in peer_docs]
-    changed = sum(a != b for a, b in zip(peer_docs, as_ours))
+    changed = sum(a != b for a, b in zip(peer_docs, as_ours, strict=True))
     if as_ours == ours_docs:
         order = "same document order"
     elif Counter(as_ours) == Counter(ours_docs):

@@ -50,11 +50,12 @@ def bench_mix_section(table: Table, work: Path, corpus: Path, tokenizer: Path, b
     _, found = build_manifest(corpus, ("*.jsonl.zst",))
     train = [e for e in found if e.split == "train"]
     roots = [tokenized_root(work, f"mix-{i}", corpus, tokenizer, backend, train[i::3])[0] for i in range(3)]
-    records = [[read_record(p, DoneRecord) for p in sorted((r / "done").rglob("*.json"))] for r in roots]
-    files = [r / rec.file for r, recs in zip(roots, records) for rec in recs]
+    records = [[rec for p in sorted((r / "done").rglob("*.json")) if (rec := read_record(p, DoneRecord)) is not None]
+               for r in roots]  # each root was just tokenized: every record reads
+    files = [r / rec.file for r, recs in zip(roots, records, strict=True) for rec in recs]
     nbytes = sum(f.stat().st_size for f in files)
     sources = "".join(f"  - {{name: part{i}, root: {r}, tokens: {sum(rec.tokens for rec in recs)}}}\n"
-                      for i, (r, recs) in enumerate(zip(roots, records)))
+                      for i, (r, recs) in enumerate(zip(roots, records, strict=True)))
     chunk = max(1, sum(rec.documents for recs in records for rec in recs) // 8)
     for _ in range(runs):
         table.add(Result("cat of the mix's shards (+fsync)", nbytes, timed_cat(files, work / "mix-cat.bin"), 0.0))

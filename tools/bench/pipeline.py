@@ -7,6 +7,7 @@ peak RSS come from the children (see harness.run_workers).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -105,7 +106,7 @@ def bench_consume(table: Table, work: Path, corpus: Path, tokenizer: Path, backe
         os.sync()
         before = tree_bytes(root)
         w0 = time.time()
-        with PeakSampler(lambda: tree_bytes(root)) as sampled:
+        with PeakSampler(functools.partial(tree_bytes, root)) as sampled:
             combine(root, ["train"], consume=consume, log=lambda s: None)
         wall = time.time() - w0
         combined[consume] = hashlib.sha256((root / "train.bin").read_bytes()).hexdigest()

@@ -15,10 +15,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from .corpus import tiny_tokenizer
 from .harness import Table, child, child_env, cpu_now, growth_note, settings_for
+
+if TYPE_CHECKING:  # slimtok is imported inside the sections (the bench's start-up stays small)
+    from slimtok.protocol import OutputRoot
 
 
 def bench_claims(table: Table, work: Path, shards: int, workers: int) -> tuple[Path, float]:
@@ -99,29 +103,14 @@ def bench_stage_growth(table: Table, work: Path, sizes: list[int], stages: tuple
     """Issue 15 target 4 / issue 18: per-shard cost of combine, dedup (planning; the whole run, i.e.
     claiming and doing every unit) and mix planning over synthetic roots of ``sizes`` shards of
     10 documents; a step whose per-shard cost grows more than 1.5x is flagged super-linear."""
-    from slimtok.combine import combine
-    from slimtok.dedup import run_dedup
     from slimtok.testing import synthetic_root
-    from slimtok.dedup.plan import make_plan, read_inputs
-    from slimtok.mix import load_spec, mix
 
     costs: dict[str, list[float]] = {}
     for shards in sizes:
         folder = work / f"stages-{shards}"
         shutil.rmtree(folder, ignore_errors=True)
         root = synthetic_root(folder / "root", shards, 10, data="combine" in stages)
-        timed: list[tuple[str, Callable[[], object]]] = []
-        if "combine" in stages:
-            timed.append(("combine (sha256 verify)", lambda: combine(root.root, verify=True, log=lambda s: None)))
-        if "dedup" in stages:
-            timed += [("dedup planning", lambda: make_plan(read_inputs(root), 256)),
-                      ("dedup run (plan, claim and do every unit)", lambda: run_dedup(root.root, 256, 1))]
-        if "mix" in stages:
-            spec = folder / "mix.yaml"
-            spec.write_text(f"seed: 1\nshuffle: document\nsources:\n  - {{name: s, root: {root.root}, "
-                            f"tokens: {shards * 500}}}\n")
-            timed.append(("mix planning", lambda: mix(load_spec(spec), None)))
-        for what, run in timed:
+        for what, run in _stage_runs(folder, root, shards, stages):
             c0, w0 = cpu_now(), time.time()
             run()
             wall, cpu = time.time() - w0, cpu_now() - c0
@@ -130,5 +119,27 @@ def bench_stage_growth(table: Table, work: Path, sizes: list[int], stages: tuple
         shutil.rmtree(folder)
     for what, per in costs.items():
         table.note(growth_note(f"{what} CPU per shard", sizes, per))
+
+
+def _stage_runs(folder: Path, root: OutputRoot, shards: int,
+                stages: tuple[str, ...]) -> list[tuple[str, Callable[[], object]]]:
+    """(row, run) for each of ``stages`` over the synthetic ``root`` of ``shards`` shards in ``folder``."""
+    from slimtok.combine import combine
+    from slimtok.dedup import run_dedup
+    from slimtok.dedup.plan import make_plan, read_inputs
+    from slimtok.mix import load_spec, mix
+
+    timed: list[tuple[str, Callable[[], object]]] = []
+    if "combine" in stages:
+        timed.append(("combine (sha256 verify)", lambda: combine(root.root, verify=True, log=lambda s: None)))
+    if "dedup" in stages:
+        timed += [("dedup planning", lambda: make_plan(read_inputs(root), 256)),
+                  ("dedup run (plan, claim and do every unit)", lambda: run_dedup(root.root, 256, 1))]
+    if "mix" in stages:
+        spec = folder / "mix.yaml"
+        spec.write_text(f"seed: 1\nshuffle: document\nsources:\n  - {{name: s, root: {root.root}, "
+                        f"tokens: {shards * 500}}}\n")
+        timed.append(("mix planning", lambda: mix(load_spec(spec), None)))
+    return timed
 
 

@@ -71,7 +71,7 @@ def _check_tables(root: Path, corpus: dict[str, list[tuple[str, str]]]) -> None:
         assert table["tokens"].tolist() == np.diff(np.r_[0, ends]).tolist()
         assert [record.source_names[i] for i in table["source"]] == [source for _, source in docs]
         digests = [xxhash.xxh3_128_intdigest(text.encode("utf-8")) for text, _ in docs]
-        assert [(int(h) << 64) | int(lo) for h, lo in zip(table["hash_hi"], table["hash_lo"])] == digests
+        assert [(int(h) << 64) | int(lo) for h, lo in zip(table["hash_hi"], table["hash_lo"], strict=True)] == digests
 
 
 def _reference(manifest: Path, corpus: dict[str, list[tuple[str, str]]]) -> dict[str, list[tuple[int, str]]]:
@@ -100,7 +100,7 @@ def _drops(root: Path, corpus) -> dict[str, list[tuple[int, str]]]:
     for sid in corpus:
         indices, reasons, labels = reader.drops(sid)
         assert indices.dtype == np.int64 and np.all(np.diff(indices) > 0)
-        got[sid] = [(int(i), labels[r]) for i, r in zip(indices, reasons)]
+        got[sid] = [(int(i), labels[r]) for i, r in zip(indices, reasons, strict=True)]
     return got
 
 
@@ -159,7 +159,7 @@ def test_exclusion_for_names_reasons_and_skips_shards_without_drops(tokenized, t
         if not want:
             assert got is None
         else:
-            assert [(int(i), r) for i, r in zip(got.indices, got.reasons)] == want
+            assert [(int(i), r) for i, r in zip(got.indices, got.reasons, strict=True)] == want
 
 
 def test_identical_for_1_2_workers_and_3_processes(tokenized, tmp_path):
@@ -186,7 +186,8 @@ def test_identical_for_1_2_workers_and_3_processes(tokenized, tmp_path):
 def test_kill_9_of_dedup_workers_then_relaunch_resumes(tokenized, tmp_path):
     _, corpus, ref = tokenized
     root = _copy(tokenized, tmp_path)
-    code = "import sys; from slimtok.dedup import run_dedup; run_dedup(sys.argv[1], buckets=64, unit_shards=1, workers=2)"
+    code = ("import sys; from slimtok.dedup import run_dedup; "
+            "run_dedup(sys.argv[1], buckets=64, unit_shards=1, workers=2)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(root)], start_new_session=True)
     done_dir = root / "dedup" / "done"
     deadline = time.monotonic() + 120
@@ -376,7 +377,7 @@ def test_combine_dedup_writes_exactly_the_kept_documents_and_counts_them(tokeniz
             tokens = np.fromfile(out.resolve(record.file), dtype=record.dtype)
             ends = np.cumsum(np.fromfile(out.resolve(record.table), dtype=DOC_TABLE_DTYPE)["tokens"].astype(np.int64))
             dropped = dict(reference[entry["id"]])
-            for k, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
+            for k, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends, strict=True)):
                 if k in dropped:
                     counts = removed.setdefault(dropped[k], [0, 0])
                     counts[0], counts[1] = counts[0] + 1, counts[1] + int(end - start)

@@ -36,7 +36,7 @@ def encode_documents(texts: list[str], tokenizer: Path) -> list[list[int]]:
 
 def source_counts(docs: list[list[int]], sources: list[str]) -> dict:
     out: dict = {}
-    for ids, source in zip(docs, sources):
+    for ids, source in zip(docs, sources, strict=True):
         c = out.setdefault(source, {"documents": 0, "tokens": 0})
         c["documents"] += 1
         c["tokens"] += len(ids)
@@ -103,7 +103,7 @@ def _parquet_dataset(folder: Path, shards: int = 2, docs: int = 30, seed: int = 
         texts[5] = None  # a null text is skipped
         sources[8] = None  # a document without a source is counted under NO_SOURCE
         _parquet_shard(folder / f"data/train-{s:05d}-of-{shards:05d}.parquet", texts, sources)
-        for t, src in zip(texts, sources):
+        for t, src in zip(texts, sources, strict=True):
             if t:
                 texts_kept.append(t)
                 sources_kept.append(src or NO_SOURCE)
@@ -149,7 +149,7 @@ def test_parquet_reader_resumes_at_any_row_with_the_same_counts(tmp_path):
     for text, source in full.records():
         marks.append((full.lines, dict(full.skipped), text, source))
     assert [m[2] for m in marks] == [t for t in texts if t]
-    assert [m[3] for m in marks] == [s for t, s in zip(texts, sources) if t]
+    assert [m[3] for m in marks] == [s for t, s in zip(texts, sources, strict=True) if t]
     assert full.lines == 23 and full.skipped == {"empty_text": 1, "missing_text": 1}
     for k, (lines, skipped, _, _) in enumerate(marks):
         resumed = ShardReader(path, start_line=lines, skipped=skipped, source_key="meta.redpajama_set_name")
@@ -221,7 +221,7 @@ def test_kill_9_mid_parquet_shard_keeps_per_source_counts_exact(tmp_path, bpe_to
 
 def _records(texts: list[str | None], sources: list[str]) -> list[bytes]:
     return [json.dumps({"text": t, "meta": {"redpajama_set_name": s}} if t is not None else {"content": "x", "id": 1},
-                       ensure_ascii=False).encode() for t, s in zip(texts, sources)]
+                       ensure_ascii=False).encode() for t, s in zip(texts, sources, strict=True)]
 
 
 @pytest.mark.parametrize("suffix,compress", [(".jsonl.bz2", bz2.compress), (".jsonl.xz", lzma.compress),
@@ -234,7 +234,7 @@ def test_stdlib_compressed_jsonl_reads_the_texts_written(tmp_path, suffix, compr
     path.write_bytes(compress(b"".join(line + b"\n" for line in _records(texts, sources))))
     reader = ShardReader(path, source_key="meta.redpajama_set_name")
     got = list(reader.records())
-    assert got == [(t, s) for t, s in zip(texts, sources) if t is not None]
+    assert got == [(t, s) for t, s in zip(texts, sources, strict=True) if t is not None]
     assert reader.lines == 40 and reader.skipped == {"missing_text": 1}
     assert reader.missing_text_keys == ("content", "id")
     assert "'content', 'id'" in reader.missing_text_hint()
@@ -258,7 +258,7 @@ def test_arrow_ipc_stream_reads_the_texts_written_and_resumes_at_any_row(tmp_pat
     _arrow_stream(path, texts, sources, batch_rows=4)
     full = ShardReader(path, source_key="meta.redpajama_set_name")
     marks = [(full.lines, full.skipped, text, source) for text, source in full.records()]
-    assert [(m[2], m[3]) for m in marks] == [(t, s) for t, s in zip(texts, sources) if t]
+    assert [(m[2], m[3]) for m in marks] == [(t, s) for t, s in zip(texts, sources, strict=True) if t]
     assert full.lines == 17 and full.skipped == {"missing_text": 1, "empty_text": 1}
     for k, (lines, skipped, _, _) in enumerate(marks):
         resumed = ShardReader(path, start_line=lines, skipped=skipped, source_key="meta.redpajama_set_name")

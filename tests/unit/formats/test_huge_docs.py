@@ -4,6 +4,7 @@ of the whole document. Thresholds are shrunk so that documents of a few hundred 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import random
 
@@ -102,7 +103,7 @@ def test_pieces_join_to_the_whole_line_text(tmp_path, seed, broken):
     assert isinstance(text, TextPieces)
     pieces = list(text)
     assert len(pieces) > 20
-    for before, after in zip(pieces, pieces[1:]):  # every boundary: after a newline, before a letter
+    for before, after in itertools.pairwise(pieces):  # every boundary: after a newline, before a letter
         assert before.endswith("\n") and after[0].isascii() and after[0].isalpha()
     want = expected_text(lines[0])
     assert "".join(pieces) == want and len(text) == len(want)
@@ -201,8 +202,9 @@ def test_worker_tokenizes_a_shard_with_huge_lines_to_the_reference_ids(tmp_path,
     manifest, _ = write_manifest([entry], tmp_path / "m", tmp_path)
     root = tmp_path / "out"
     # a small tokens_per_write makes checkpoints fall right after huge documents too
-    settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(root), tokenizer=str(bpe_tokenizer),
-                                tokens_per_write=5000, checkpoint_every=0, backend="tokenizers")
+    settings = TokenizeSettings(dtype="uint32", manifest=str(manifest), output_root=str(root),
+                                tokenizer=str(bpe_tokenizer), tokens_per_write=5000, checkpoint_every=0,
+                                backend="tokenizers")
     pin_job(settings)
     assert Worker(open_job(settings), 0).run() == 0
     [bin_file] = (root / "shards").rglob("*.bin")

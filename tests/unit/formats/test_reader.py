@@ -205,8 +205,10 @@ def test_pause_runs_between_malformed_lines(tmp_path):
 
 def test_a_source_value_too_deep_to_print_keeps_the_document(tmp_path):
     deep = b"[" * 1000 + b"]" * 1000
-    path = write_shard(tmp_path / "s.jsonl.zst", [b'{"text": "kept", "meta": {"src": ' + deep + b'}}', doc_line("next")])
-    assert list(ShardReader(path, source_key="meta.src").records()) == [("kept", "(nested too deep)"), ("next", "(none)")]
+    path = write_shard(tmp_path / "s.jsonl.zst",
+                       [b'{"text": "kept", "meta": {"src": ' + deep + b'}}', doc_line("next")])
+    assert list(ShardReader(path, source_key="meta.src").records()) == [("kept", "(nested too deep)"),
+                                                                         ("next", "(none)")]
 
 
 # -- the quick (simdjson) parse gives exactly the orjson rules' records -----------------------------

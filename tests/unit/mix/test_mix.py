@@ -4,6 +4,7 @@ own shard tokens (split at eos), and the output read back by validate, slimtok.d
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import signal
@@ -100,7 +101,7 @@ def _docs(root: Path, label: str | None = None) -> list[bytes]:
         table = np.fromfile(out.resolve(record.table), dtype=DOC_TABLE_DTYPE)
         keep = [True] * len(pieces) if label is None else \
             [record.source_names[s] == label for s in table["source"]]
-        docs += [p.tobytes() for p, k in zip(pieces, keep) if k]
+        docs += [p.tobytes() for p, k in zip(pieces, keep, strict=True) if k]
     return docs
 
 
@@ -127,7 +128,7 @@ def _spec(roots, tmp: Path, **overrides) -> Path:
 def _out_docs(out: Path, name: str = "train") -> list[bytes]:
     ids = np.fromfile(out / f"{name}.bin", dtype=np.uint32)
     ends = np.fromfile(out / f"{name}.idx", dtype="<u8").astype(np.int64)
-    return [ids[a:b].tobytes() for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)]
+    return [ids[a:b].tobytes() for a, b in zip(np.concatenate([[0], ends[:-1]]), ends, strict=True)]
 
 
 def test_realized_tokens_and_documents_per_source(roots, tmp_path):
@@ -205,7 +206,8 @@ def test_a_root_whose_fingerprint_is_not_recorded_yet_is_fingerprinted_from_its_
     recorded, job["tokenizer_sha256"] = job["tokenizer_sha256"], ""
     (web / "job.json").write_bytes(orjson.dumps(job))
     spec = {"seed": 1, "shuffle": "none", "total_tokens": 2_000,
-            "sources": [{"name": "web", "root": str(web), "weight": 1}, {"name": "code", "root": str(roots["code"]), "weight": 1}]}
+            "sources": [{"name": "web", "root": str(web), "weight": 1},
+                        {"name": "code", "root": str(roots["code"]), "weight": 1}]}
     plan, _ = mix(parse_spec(spec), None)  # the code root's recorded fingerprint matches the computed one
     assert [s.name for s in plan.sources] == ["web", "code"]
     slimtok("combine", "--output-root", web)
@@ -220,7 +222,8 @@ def test_a_1000_to_1_weight(roots, tmp_path):
     web, code = plan.sources
     assert (web.target, code.target) == (19980, 20)
     longest = max(len(d) // 4 for d in _docs(roots["code"]))
-    assert abs(code.tokens - 20) <= longest and code.documents <= 1 + 20 // min(len(d) // 4 for d in _docs(roots["code"]))
+    shortest = min(len(d) // 4 for d in _docs(roots["code"]))
+    assert abs(code.tokens - 20) <= longest and code.documents <= 1 + 20 // shortest
     assert abs(web.tokens - 19980) <= max(len(d) // 4 for d in _docs(roots["web"]))
 
 
@@ -260,7 +263,8 @@ def test_validation_carve_is_disjoint_and_reproducible(roots, tmp_path):
     assert np.array_equal(first.splits["train"], again.splits["train"])
     val, train = first.splits["validation"]["id"], first.splits["train"]["id"]
     assert len(val) == len(set(val.tolist())) == 20 and not set(val.tolist()) & set(train.tolist())
-    whole = make_plan(parse_spec(dict(yaml.safe_load(_spec(roots, tmp_path).read_text()))), sources).splits["train"]["id"]
+    without = parse_spec(dict(yaml.safe_load(_spec(roots, tmp_path).read_text())))  # no validation carve
+    whole = make_plan(without, sources).splits["train"]["id"]
     assert sorted(set(whole.tolist())) == sorted(set(train.tolist()) | set(val.tolist()))
 
 
@@ -297,8 +301,8 @@ def test_mixed_blocks_shares_windows_resume_and_epochs(combined):
     share = np.mean([s == 0 for _, s, _ in draws])
     assert abs(share - 0.75) < 3 * np.sqrt(0.75 * 0.25 / 8000)  # three standard deviations
     tokens = [np.fromfile(r / "train.bin", dtype=np.uint32).astype(np.int64) for r in combined]
-    first = list(zip(range(50), blocks))
-    for (i, (x, y)), (_, s, b) in zip(first, draws):
+    first = list(itertools.islice(blocks, 50))
+    for (x, y), (_, s, b) in zip(first, draws[:50], strict=True):
         assert np.array_equal(x, tokens[s][b * block:(b + 1) * block])
         assert np.array_equal(y, tokens[s][b * block + 1:(b + 1) * block + 1])
     # the small source repeats: every one of its blocks before any twice
@@ -308,11 +312,11 @@ def test_mixed_blocks_shares_windows_resume_and_epochs(combined):
     state = blocks.state_dict()
     resumed = MixedBlocks([(combined[0], 3), (combined[1], 1)], block, seed=11, samples_per_epoch=8000)
     resumed.load_state_dict(state)
-    after = [x for _, (x, _) in zip(range(20), resumed)]
-    whole = [x for _, (x, _) in zip(range(70), MixedBlocks([(combined[0], 3), (combined[1], 1)], block, 11,
-                                                           samples_per_epoch=8000))]
+    after = [x for x, _ in itertools.islice(resumed, 20)]
+    whole = [x for x, _ in itertools.islice(MixedBlocks([(combined[0], 3), (combined[1], 1)], block, 11,
+                                                        samples_per_epoch=8000), 70)]
     assert state == {"epoch": 0, "position": 50}
-    assert all(np.array_equal(a, b) for a, b in zip(after, whole[50:]))
+    assert all(np.array_equal(a, b) for a, b in zip(after, whole[50:], strict=True))
     blocks.set_epoch(1)
     assert [d[1:] for d in blocks.draws(0, 200)] != [d[1:] for d in draws[:200]]
 
@@ -321,7 +325,7 @@ def test_policies_and_orders(roots, tmp_path):
     base = yaml.safe_load(_spec(roots, tmp_path).read_text())
     two = [{"name": "web", "root": str(roots["web"]), "max_epochs": 2},
            {"name": "code", "root": str(roots["code"]), "max_epochs": 2}]
-    sizes = {"web": sum(len(d) // 4 for d in _docs(roots["web"])), "code": sum(len(d) // 4 for d in _docs(roots["code"]))}
+    sizes = {n: sum(len(d) // 4 for d in _docs(roots[n])) for n in ("web", "code")}
     # unimax: equal shares, but code's 2 epochs are fewer than half, so web takes the rest
     total = 4 * sizes["code"] + 5000
     spec = parse_spec(dict(base, sources=two, policy="unimax", total_tokens=total))
@@ -351,8 +355,10 @@ def test_policies_and_orders(roots, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"shuffle": "random"}, "shuffle is 'random', must be none, document or chunk:N"),
-    ({"sources": [{"name": "web", "root": "/nowhere", "weight": 1, "tokens": 5}]}, "source 'web': give `weight` or `tokens`, not both"),
-    ({"sources": [{"name": "web", "root": "/nowhere", "weight": -1}]}, "source 'web': weight is -1, must be a positive number"),
+    ({"sources": [{"name": "web", "root": "/nowhere", "weight": 1, "tokens": 5}]},
+     "source 'web': give `weight` or `tokens`, not both"),
+    ({"sources": [{"name": "web", "root": "/nowhere", "weight": -1}]},
+     "source 'web': weight is -1, must be a positive number"),
     ({"sources": [{"name": "web", "root": "/nowhere", "wieght": 1}]}, "source 'web': unknown setting(s) wieght"),
     ({"total_tokens": None}, "total_tokens is missing"),
     ({"validation": {"documents": 0}}, "validation: documents is 0"),
@@ -476,7 +482,7 @@ def _keep_first(*roots: tuple[list[str], list[bytes]], across_only: bool = True)
     kept, lost = [], []
     for texts, docs in roots:
         mine, n = set(), 0
-        for text, doc in zip(texts, docs):
+        for text, doc in zip(texts, docs, strict=True):
             if text in seen or (not across_only and text in mine):
                 n += 1
                 continue
@@ -502,7 +508,7 @@ def test_dedup_drops_what_an_earlier_source_gave(planted, tmp_path):
     assert _out_docs(tmp_path / "one") == want  # b's second copy of its own text stays: not across sources
     assert (tmp_path / "one" / "train.bin").read_bytes() == (tmp_path / "two" / "train.bin").read_bytes()
     report = orjson.loads((tmp_path / "one" / "meta.json").read_bytes())["splits"]["train"]["mix"]
-    dropped = [d for t, d in zip(planted["b"], b_docs) if t in set(planted["a"])]
+    dropped = [d for t, d in zip(planted["b"], b_docs, strict=True) if t in set(planted["a"])]
     assert report["b"]["duplicate_documents"] == 5 and report["a"]["duplicate_documents"] == 0
     assert report["b"]["duplicate_tokens"] == sum(len(d) // 4 for d in dropped)
     assert report["b"]["available_tokens"] == b_left == report["b"]["tokens"]
@@ -624,7 +630,7 @@ def test_data_args_weights_are_the_realized_shares_and_megatron_reads_them(combi
     prefixes, weights = _blend(args)
     assert prefixes == [str(roots[n] / "megatron" / "blend_train_text_document") for n in ("web", "code")]
     assert weights == [tokens[n] / sum(tokens.values()) for n in ("web", "code")]
-    for n, prefix in zip(("web", "code"), prefixes):
+    for n, prefix in zip(("web", "code"), prefixes, strict=True):
         ds = megatron_dataset(Path(prefix))
         assert [ds[i].astype(np.uint32).tobytes() for i in range(len(ds))] == _docs(roots[n])
     # plain roots: weighted by their train tokens
@@ -653,7 +659,7 @@ def test_mixed_blocks_epochs_are_seeded_resumable_and_shared_by_ranks(combined):
                            rank=rank, world_size=world_size)
 
     def taken(blocks, count=None):
-        return [x.tobytes() for _, (x, _) in zip(range(count or 10**9), blocks)]
+        return [x.tobytes() for x, _ in itertools.islice(blocks, count)]
 
     blocks = make()
     epoch0 = taken(blocks)
@@ -682,9 +688,10 @@ def test_hash_set_against_a_python_set():
     hi = rng.integers(0, 50, 3000, dtype=np.uint64)  # many equal hi: the rare branch runs often
     lo = rng.integers(0, 40, 3000, dtype=np.uint64)
     taken = Hashes().union(hi[:1000], lo[:1000]).union(hi[1000:1500], lo[1000:1500])
-    reference = set(zip(hi[:1500].tolist(), lo[:1500].tolist()))
+    reference = set(zip(hi[:1500].tolist(), lo[:1500].tolist(), strict=True))
     assert len(taken) == len(reference) and np.all(np.diff(taken.hi.astype(np.int64)) >= 0)
-    assert taken.contains(hi, lo).tolist() == [(h, l_) in reference for h, l_ in zip(hi.tolist(), lo.tolist())]
+    assert taken.contains(hi, lo).tolist() == [(h, l_) in reference
+                                               for h, l_ in zip(hi.tolist(), lo.tolist(), strict=True)]
 
 
 def test_consumed_and_cleaned_roots_mix_to_the_same_bytes(roots, tmp_path):
@@ -703,7 +710,7 @@ def test_consumed_and_cleaned_roots_mix_to_the_same_bytes(roots, tmp_path):
         if how == "clean":
             clean(moved[name])
         assert not list((moved[name] / "shards").rglob("*.bin"))
-    for source, name in zip(spec["sources"], ("web", "code", "pile")):
+    for source, name in zip(spec["sources"], ("web", "code", "pile"), strict=True):
         source["root"] = str(moved[name])
     (tmp_path / "moved.yaml").write_text(yaml.safe_dump(spec))
     mix_main(tmp_path / "moved.yaml", tmp_path / "from-combined")
@@ -845,7 +852,7 @@ def test_buffered_copy_crosses_block_edges_and_names_a_short_source(tmp_path, mo
     monkeypatch.setattr(mix_write, "COPY_BLOCK", 7)
     sources = [tmp_path / "a.bin", tmp_path / "b.bin"]
     blobs = [bytes(range(100)), bytes(range(100, 160))]
-    for path, blob in zip(sources, blobs):
+    for path, blob in zip(sources, blobs, strict=True):
         path.write_bytes(b"xx" + blob)  # each file's tokens start at base 2
     layout = Layout(sources, [2, 2], np.zeros(1, dtype=np.int64), ["s"])
     spans = [(1, 5, 20), (0, 0, 3), (0, 50, 1), (1, 0, 5), (0, 10, 40)]

@@ -153,8 +153,9 @@ def test_status_of_a_run_in_progress_then_after_sigterm(tmp_path, bpe_tokenizer)
     manifest = cli.manifest(tmp_path, ds)
     root = tmp_path / "out"
     # The reference backend is slow enough to catch the worker mid-shard.
-    cmd = [sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest), "--output-root", str(root),
-           "--tokenizer", str(bpe_tokenizer), "--spawn-workers", "1", "--tokens-per-write", "5000",
+    cmd = [sys.executable, "-m", "slimtok", "tokenize", "--dtype", "uint32", "--manifest", str(manifest),
+           "--output-root", str(root), "--tokenizer", str(bpe_tokenizer), "--spawn-workers", "1",
+           "--tokens-per-write", "5000",
            "--checkpoint-every", "0", "--stale-after", "3", "--splits", "train", "--backend", "tokenizers"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = root / "checkpoints/train/chunk1/example_train_0.json"

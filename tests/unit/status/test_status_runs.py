@@ -73,7 +73,7 @@ def test_rates_and_eta_come_from_the_running_relaunch_only(job, tmp_path):
     left = sum(sizes[p] for p in pending)
     assert got.total.bytes_left == left
     assert got.eta_seconds == pytest.approx(left / (sizes[third["shard"]] / tp.seconds))
-    line = next(l for l in format_status(got, colour=False).splitlines() if l.startswith("this run, last "))
+    line = next(ln for ln in format_status(got, colour=False).splitlines() if ln.startswith("this run, last "))
     assert " 1 shards · " in line and "once relaunched" not in line
 
 
@@ -103,7 +103,7 @@ def test_a_starting_worker_shows_no_invented_rates(job, tmp_path):
     starting = next(w for w in got.workers if w.heartbeat.worker_index == 2)
     assert starting.health == "ok" and not starting.measured
     text = format_status(got, colour=False)
-    row = next(l for l in text.splitlines() if l.startswith("elsewhere") and l.endswith("starting"))
+    row = next(ln for ln in text.splitlines() if ln.startswith("elsewhere") and ln.endswith("starting"))
     assert row.split()[4:7] == ["-", "-", "-"]  # no shard yet; tok/s and cpu% "-", not 0
     assert "host elsewhere: 1 live workers · host cpu not measured yet (workers starting)" in text
     prom = prometheus_text(got)
@@ -145,5 +145,5 @@ def test_disk_figures_written_expected_and_free(job, tmp_path):
         assert float(prom[f"slimtok_disk_written_bytes{{{label}}}"]) == written
         assert float(prom[f"slimtok_disk_free_bytes{{{label}}}"]) == disk.space.free
         assert float(prom[f'slimtok_disk_expected_bytes{{{label},bound="estimate"}}']) == disk.expected.bytes
-        line = next(l for l in format_status(got, colour=False).splitlines() if l.startswith("disk: "))
+        line = next(ln for ln in format_status(got, colour=False).splitlines() if ln.startswith("disk: "))
         assert "still expected (±10%)" in line and "free of" in line

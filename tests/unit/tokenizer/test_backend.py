@@ -144,8 +144,8 @@ def test_backend_is_recorded_not_pinned_and_outputs_are_identical(tmp_path, bpe_
     roots = {}
     for backend in ("tokenizers", "auto"):
         root = roots[backend] = tmp_path / backend
-        slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", root, "--tokenizer", bpe_tokenizer,
-                "--quiet", "--spawn-workers", "1", "--backend", backend)
+        slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", root, "--tokenizer",
+                bpe_tokenizer, "--quiet", "--spawn-workers", "1", "--backend", backend)
         slimtok("combine", "--output-root", root)
     for backend, used in (("tokenizers", "tokenizers"), ("auto", "fastokens")):
         job = json.loads((roots[backend] / "job.json").read_text())
@@ -156,16 +156,17 @@ def test_backend_is_recorded_not_pinned_and_outputs_are_identical(tmp_path, bpe_
         assert (roots["tokenizers"] / name).read_bytes() == (roots["auto"] / name).read_bytes()
     # A relaunch with another backend is accepted; with nothing to redo no worker loads an encoder,
     # so job.json still names the backend that wrote the shards.
-    slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", roots["tokenizers"], "--tokenizer",
-            bpe_tokenizer, "--quiet", "--spawn-workers", "1", "--backend", "fastokens")
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", manifest, "--output-root", roots["tokenizers"],
+            "--tokenizer", bpe_tokenizer, "--quiet", "--spawn-workers", "1", "--backend", "fastokens")
     assert json.loads((roots["tokenizers"] / "job.json").read_text())["backend"] == "tokenizers"
 
 
 def test_done_records_name_the_encoder_that_wrote_them(tmp_path, bpe_tokenizer):
     make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=3, holdout_docs=1)
     slimtok("manifest", "--dataset-dir", tmp_path / "ds", "--output-dir", tmp_path / "m")
-    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root", tmp_path / "out",
-            "--tokenizer", bpe_tokenizer, "--backend", "tokenizers", "--spawn-workers", "1", "--quiet")
+    slimtok("tokenize", "--dtype", "uint32", "--manifest", tmp_path / "m/manifest.jsonl", "--output-root",
+            tmp_path / "out", "--tokenizer", bpe_tokenizer, "--backend", "tokenizers", "--spawn-workers", "1",
+            "--quiet")
     records = [json.loads(p.read_text()) for p in (tmp_path / "out/done").rglob("*.json")]
     assert len(records) == 3 and {r["backend"] for r in records} == {"tokenizers"}
 
@@ -195,7 +196,7 @@ def test_a_deferred_fastokens_takes_over_once_paid_for_with_the_same_ids(folder,
     assert enc.backend == "fastokens" and "loaded after the reference had encoded" in enc.report.verification
     got.append(enc.encode(second)[0])
     assert enc.chars == {"tokenizers": sum(map(len, first)), "fastokens": sum(map(len, second))}
-    for texts, flat in zip((first, second), got):
+    for texts, flat in zip((first, second), got, strict=True):
         assert np.array_equal(flat, reference(folder, texts, loaded.eos_token_id))
 
 

@@ -29,7 +29,7 @@ PEER_PACKAGES = ("datatrove", "datasets", "zstandard", "orjson")
 MEGATRON_PACKAGES = ("triton", "awkward", "gigatoken", "typing_extensions")
 #: Megatron's .idx dtype codes (megatron.core.datasets.indexed_dataset.DType).
 MEGATRON_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 8: np.uint16}
-MEGATRON_RUNS = (  # (row, script, extra arguments)
+MEGATRON_RUNS: tuple[tuple[str, str, list[str]], ...] = (  # (row, script, extra arguments)
     (f"Megatron preprocess_data ({PEER_PROCS} procs)", "tools/preprocess_data.py", ["--workers", str(PEER_PROCS)]),
     (f"Megatron preprocess_data +giga ({PEER_PROCS})", "tools/preprocess_data.py",
      ["--workers", str(PEER_PROCS), "--use-gigatoken"]),
@@ -161,7 +161,7 @@ def bench_peers(table: Table, work: Path, manifest: Path, tokenizer: Path, nbyte
     python = peers_python(work)
     entries = read_manifest(manifest)
     loaded = load_tokenizer(str(tokenizer))
-    text_tok = loaded.tokenizer
+    text_tok = loaded.parsed()
     text_tok.encode_special_tokens = True
     ours = np.frombuffer(b"".join(Path(p).read_bytes() for p in _data_files(ours_root, entries)), np.uint32)
     data_folder = Path(os.path.commonpath([e.path for e in entries]))
