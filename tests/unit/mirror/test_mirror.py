@@ -230,7 +230,8 @@ def test_include_and_exclude_select_what_snapshot_download_fetches(hf, tmp_path)
 
 
 def test_globs_matching_nothing_are_refused_with_an_example_path(hf, tmp_path):
-    with pytest.raises(MirrorError, match=r"dataset acme/SlimPajama-mini: no file at \w+ passes .*; globs .* such as '\w+/chunk1/example_"):
+    words = r"dataset acme/SlimPajama-mini: no file at \w+ passes .*; globs .* such as '\w+/chunk1/example_"
+    with pytest.raises(MirrorError, match=words):
         mirror(SLIM, include=["chunk1/*"], cache_dir=tmp_path / "cache", log=_quiet)
     assert hf.count(route="resolve") == 0
 
@@ -429,7 +430,8 @@ def test_unreachable_hub_says_rerunning_resumes(hf, tmp_path, monkeypatch):
         dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     _point_client_at(monkeypatch, dead_url, tmp_path / "hf_home")
 
-    with pytest.raises(MirrorError, match="dataset acme/SlimPajama-mini: network failure .*; .*re-running the same command resumes"):
+    words = "dataset acme/SlimPajama-mini: network failure .*; .*re-running the same command resumes"
+    with pytest.raises(MirrorError, match=words):
         mirror(SLIM, cache_dir=tmp_path / "cache", log=_quiet)
 
 
