@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import CombineError
-from ..finished import READ_BLOCK, SplitPlan, combined_mismatch, inside, read_checked
+from ..finished import READ_BLOCK, SplitPlan, combined_mismatch, inside, intermediate, read_checked
 from ..protocol import ConsumeJournal, DoneRecord, JobSettings, Meta, OutputRoot, read_doc_table, read_record, write_record
 from ..protocol.docindex import DocEnds
 from ..publish import PendingSet, remove_stale
@@ -54,6 +54,7 @@ def consume_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, job: J
     if any(not r.table for r in plan.done):
         raise CombineError(f"split {plan.split} has shards without document tables (an older root)", root.root,
                            "run `slimtok combine` without --consume")
+    paths = [intermediate(root, r) for r in plan.done]  # every record checked before the first deletion
     working, journal_path = root.consume_work(plan.split), root.consume_journal(plan.split)
     remove_stale(journal_path.parent, [journal_path.name])  # a journal write a kill interrupted
     ids = [r.shard for r in plan.done]
@@ -70,8 +71,7 @@ def consume_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, job: J
     with root.storage.open_write(working, "keep") as out:
         out.truncate(journal.bytes)  # drop what a killed append wrote past the journal
         out.seek(journal.bytes)
-        for i, record in enumerate(plan.done):
-            path = inside(root, record.file, record, "file")
+        for i, (record, path) in enumerate(zip(plan.done, paths, strict=True)):
             if i < journal.appended:
                 root.storage.delete(path)  # moved; a kill came before its deletion
             else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fnmatch
 import os
 import shutil
 import time
@@ -26,13 +27,13 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 
-from ..finished import build_meta, write_meta
+from ..finished import build_meta, checksum_of, write_meta
 from ..publish import PendingSet
-from ..errors import MixError
+from ..errors import MixError, RootKindError
 from ..manifest import ShardEntry, manifest_digest
-from ..protocol import (SPLIT_FILES, Checksum, DoneRecord, JobSettings, MixRecord, OutputRoot, create_exclusive,
-                        hasher, hostname, new_token, parse_record, read_record, storage_for, temp_path,
-                        write_json_lines, write_record)
+from ..protocol import (MIX, SPLIT_FILES, Checksum, DoneRecord, JobSettings, MixRecord, OutputRoot,
+                        create_exclusive, hasher, hostname, new_token, parse_record, read_record, require_kind,
+                        storage_for, temp_glob, temp_path, write_json_lines, write_record)
 from ..protocol.docindex import DocEnds
 from ..progress import ProgressDisplay, ProgressFactory
 from ..spans import ShortSource
@@ -97,27 +98,53 @@ def _chunk_starts(picks: np.ndarray, per_chunk: int, itemsize: int) -> np.ndarra
 def prepare(out: OutputRoot, record: MixRecord, job_raw: dict, first: OutputRoot, plan: Plan, spec: MixSpec,
             itemsize: int) -> dict[str, np.ndarray]:
     """Pin mix.json (or check it, as data: a record another version wrote may order keys otherwise),
-    then write job.json, manifest.jsonl and tokenizer/ (idempotent)."""
-    out.storage.make_folders(out.root)
-    mix_json = out.mix_json
-    if not create_exclusive(mix_json, record.to_json()):
-        if read_record(mix_json, MixRecord) != parse_record(record.to_json(), MixRecord):  # both as JSON gives them
-            raise MixError("mix.json holds another spec or other inputs than this mix", mix_json,
-                           "use a new --output-root, or delete it to start over")
-    elif out.job.exists():
-        raise MixError("already holds a slimtok job that is not this mix", out.root, "use a new --output-root")
+    then write job.json, manifest.jsonl and tokenizer/ (idempotent). The folder is checked first
+    (:func:`_own_folder`): a refusal writes nothing."""
     starts = {split: _chunk_starts(picks, spec.chunk_documents, itemsize) for split, picks in plan.splits.items()}
     # a chunk is a byte range of the split file, not a file: its path names the range, so that one
     # file is never listed under several ids
     entries = [ShardEntry(out.mix_chunk(split, n), split, 0, n, f"{out.combined(split)}#{out.mix_chunk(split, n)}",
                           int(b - a))
                for split, s in starts.items() for n, (a, b) in enumerate(zip(s[:-1], s[1:]))]
+    job = dataclasses.replace(JobSettings.from_dict(job_raw), manifest_sha256=manifest_digest(entries),
+                              shards=len(entries), kind=MIX)
+    _own_folder(out, record, job)
+    out.storage.make_folders(out.root)
+    if not create_exclusive(out.mix_json, record.to_json()):
+        _same_mix(out, record)  # another launch of a mix created it since the check: it must be this one
     shutil.copytree(first.tokenizer_dir, out.tokenizer_dir, dirs_exist_ok=True)
     write_json_lines(out.manifest, entries)
-    job = dataclasses.replace(JobSettings.from_dict(job_raw), manifest_sha256=manifest_digest(entries),
-                              shards=len(entries))
     write_record(out.job, job)
     return starts
+
+
+def _same_mix(out: OutputRoot, record: MixRecord) -> None:
+    """Refuse unless mix.json holds ``record`` (as data)."""
+    if read_record(out.mix_json, MixRecord) != parse_record(record.to_json(), MixRecord):  # both as JSON gives them
+        raise MixError("mix.json holds another spec or other inputs than this mix", out.mix_json,
+                       "use a new --output-root, or delete it to start over")
+
+
+def _own_folder(out: OutputRoot, record: MixRecord, job: JobSettings) -> None:
+    """A mix writes only into a folder that is absent, empty, or holds this very mix: its mix.json,
+    and a job.json (if any) pinned to this mix's chunks. Anything else (another job, one of the
+    mix's own sources, a root of an older slimtok with a stray mix.json, foreign files) is
+    refused before anything is written. Temporary files of a mix.json whose creation a kill cut
+    short are this mix's."""
+    require_kind(out, "mix")
+    if out.mix_json.exists():
+        _same_mix(out, record)
+        pinned = read_record(out.job, JobSettings)
+        if out.job.exists() and (pinned is None or pinned.manifest_sha256 != job.manifest_sha256):
+            raise RootKindError("holds a job that is not this mix (its manifest is not this mix's chunks)", out.job,
+                                "use a new, empty --output-root for the mix")
+        return
+    ours = temp_glob(out.mix_json.name)
+    foreign = sorted(n for n in out.storage.list_names(out.root) if not fnmatch.fnmatch(n, ours))
+    if foreign:
+        raise RootKindError(f"holds {len(foreign)} name(s) that are not this mix's, e.g. {foreign[0]!r}", out.root,
+                            "a mix writes only into an empty folder or its own earlier output: use a new, empty "
+                            "--output-root")
 
 
 def _spans(picks: np.ndarray, itemsize: int) -> list[tuple[int, int, int]]:
@@ -207,11 +234,48 @@ def commit_chunk(out: OutputRoot, split: str, n: int, picks: np.ndarray, docs: L
         seconds=time.time() - copied.began, sources=docs.source_counts(picks), checksum=copied.checksum))
 
 
-def _unfinished(out: OutputRoot, split: str, starts: np.ndarray) -> list[int]:
-    """Chunks of a split without a done record (none once the split file is published)."""
-    if out.combined(split).exists():
-        return []
-    return [n for n in range(len(starts) - 1) if read_record(out.done(out.mix_chunk(split, n)), DoneRecord) is None]
+def _unfinished(out: OutputRoot, split: str, starts: np.ndarray) -> tuple[list[int], bool]:
+    """(chunks of a split still to write, whether the split file is published whole).
+
+    A chunk counts as written only when the file that holds it (the published split file, else
+    the partial one) has its byte range at the size and checksum of its done record: records are
+    never trusted over bytes. So a published file that was removed, cut or changed is rebuilt
+    (its chunks are written again into a new partial file, then published), and a partial file
+    that is missing or of another size is started over: a fresh partial file holds zeros, which
+    must never be published under the chunk records of bytes that are gone."""
+    dest, partial = out.combined(split), out.mix_partial(split)
+    total, count = int(starts[-1]), len(starts) - 1
+    records = [read_record(out.done(out.mix_chunk(split, n)), DoneRecord) for n in range(count)]
+    if _size(out, dest) == total and not _mismatched(out, dest, starts, records):
+        return [], True
+    if _size(out, partial) != total:
+        return list(range(count)), False
+    return _mismatched(out, partial, starts, records), False
+
+
+def _size(out: OutputRoot, path: Path) -> int:
+    """``path``'s size, -1 when it is missing."""
+    try:
+        return out.storage.stat(path).size
+    except FileNotFoundError:
+        return -1
+
+
+def _mismatched(out: OutputRoot, path: Path, starts: np.ndarray, records: list[DoneRecord | None]) -> list[int]:
+    """Chunks whose byte range in ``path`` (``starts[n]:starts[n + 1]``) is not what their done
+    record says (no record, another size, another checksum); one read of the recorded ranges."""
+    bad = []
+    with out.storage.open_read(path) as f:
+        for n, record in enumerate(records):
+            size = int(starts[n + 1] - starts[n])
+            if record is None or record.bytes != size:
+                bad.append(n)
+                continue
+            want = record.data_checksum()
+            f.seek(int(starts[n]))
+            if checksum_of(f, size, want.algorithm) != want.hexdigest:
+                bad.append(n)
+    return bad
 
 
 @dataclass
@@ -234,12 +298,12 @@ class _Tally:
 
 
 def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarray, todo: list[int],
-                docs: Layout, job: JobSettings, per_chunk: int, workers: int, tally: _Tally) -> dict:
+                published: bool, docs: Layout, job: JobSettings, per_chunk: int, workers: int, tally: _Tally) -> dict:
     """Write the chunks ``todo`` of a split, then publish the file and its index (unless it is
-    published already); returns the split's meta entry."""
+    ``published`` whole already); returns the split's meta entry."""
     dest, partial = out.combined(split), out.mix_partial(split)
     total = int(starts[-1])
-    if not dest.exists():
+    if not published:
         with out.storage.open_write(partial, "append") as f:
             f.truncate(total)
         # ``workers`` threads copy; one more syncs and commits finished copies meanwhile, so the
@@ -285,7 +349,8 @@ def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: P
     job = JobSettings.from_dict(job_raw)
     itemsize = job.token_width
     starts = prepare(out, mix_record(spec, sources, plan), job_raw, first, plan, spec, itemsize)
-    todo = {split: _unfinished(out, split, s) for split, s in starts.items()}
+    state = {split: _unfinished(out, split, s) for split, s in starts.items()}
+    todo = {split: chunks for split, (chunks, _) in state.items()}
     per = spec.chunk_documents
     total_bytes = sum(int(s[-1]) for s in starts.values())
     chunks = sum(len(s) - 1 for s in starts.values())
@@ -297,7 +362,8 @@ def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: P
                    sum(len(p) for p in plan.splits.values()) - left_docs, before)
     tally.show()  # what a relaunch finds
     try:
-        entries = {split: write_split(out, split, picks, starts[split], todo[split], docs, job, per, workers, tally)
+        entries = {split: write_split(out, split, picks, starts[split], *state[split], docs, job, per, workers,
+                                      tally)
                    for split, picks in plan.splits.items()}
     finally:
         if display is not None:
