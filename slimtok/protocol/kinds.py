@@ -38,6 +38,8 @@ REFUSALS: dict[tuple[str, str], tuple[str, str]] = {
     (MIX, "dedup"): ("dedup reads the document tables of tokenize roots, and a mix has none",
                      "run `slimtok dedup --output-root ROOT` on the roots it was mixed from, or set `dedup: true` "
                      "in the mix spec"),
+    (MIX, "mix source"): ("a mix's output has no document tables for another mix to draw documents from",
+                          "name the roots it was mixed from as sources instead (its mix.json lists them)"),
     (TOKENIZE, "mix"): ("a mix writes only into an empty folder or its own earlier output",
                         "use a new, empty --output-root for the mix (to mix from this root, name it as a source's "
                         "`root` in the spec)"),

@@ -825,12 +825,15 @@ def test_combine_and_clean_check_a_shard_with_its_records_algorithm(roots, tmp_p
 
 def test_a_mix_of_a_mix_is_refused_naming_the_missing_tables(roots, tmp_path):
     """A mix's output has no document tables (its chunks are ranges of train.bin), so it cannot be a
-    source: refused before writing, naming the chunk."""
+    source: refused by its kind before writing, naming the root and what to name instead."""
+    from slimtok.errors import RootKindError
+
     mix_main(_spec(roots, tmp_path), tmp_path / "first")
     spec = tmp_path / "again.yaml"
     spec.write_text(yaml.safe_dump({"seed": 1, "total_tokens": 1000,
                                     "sources": [{"name": "m", "root": str(tmp_path / "first"), "weight": 1}]}))
-    with pytest.raises(MixError, match="shard train/mix-000000 has no document table"):
+    with pytest.raises(RootKindError, match=f"^{tmp_path / 'first'}: is a mix output root .*no document tables.*"
+                                            "name the roots it was mixed from"):
         mix_main(spec, tmp_path / "second")
     assert not (tmp_path / "second").exists()
 
@@ -1009,3 +1012,21 @@ def test_a_partial_file_that_lost_chunks_is_rewritten_where_it_differs(roots, tm
     partial.unlink()
     mix_main(spec, out)
     assert (out / "train.bin").read_bytes() == (reference / "train.bin").read_bytes()
+
+
+def test_validate_and_export_tell_a_mix_root_to_relaunch_the_mix(roots, tmp_path):
+    """On a mix root without its meta (a mix killed before it published), validate and export name
+    `slimtok mix`, not combine (which refuses a mix root)."""
+    from slimtok.errors import ExportError, ValidateError
+    from slimtok.export import export_packed
+    from slimtok.validate import validate
+
+    out = tmp_path / "out"
+    mix_main(_spec(roots, tmp_path), out)
+    (out / "meta.json").unlink()
+    fix = f"relaunch `slimtok mix SPEC --output-root {out}` with its spec first"
+    missing = f"{out / 'meta.json'}: is missing: nothing was combined yet; {fix}"
+    with pytest.raises(ValidateError, match=re.escape(missing)):
+        validate(out, log=lambda _: None)
+    with pytest.raises(ExportError, match=re.escape(fix)):
+        export_packed(out, 16, log=lambda _: None)
