@@ -5,7 +5,10 @@ the split file is fixed by the plan, so any worker may write any chunk and the b
 depend on who wrote what. A chunk is finished exactly when ``done/<split>/mix-<n>.json`` exists
 (written after its bytes are synced); a relaunch writes only the chunks without one. The split
 file is built under a hidden name and renamed when every chunk is done. ``mix.json`` pins the
-resolved spec and the inputs' fingerprints: a relaunch with anything else is refused.
+resolved spec and the inputs' fingerprints: a relaunch with anything else is refused. A chunk's
+done record counts only while the bytes it describes are there (``_unfinished``), so a split
+file is never published from records alone. A mix writes only into an empty folder or its own
+earlier output (``_own_folder``; job.json records ``kind`` "mix", created exclusively).
 
 The output is a slimtok output root (job.json, manifest.jsonl listing the chunks, their done
 records, tokenizer/, meta), so validate, slimtok.data and export read it unchanged.
@@ -110,11 +113,20 @@ def prepare(out: OutputRoot, record: MixRecord, job_raw: dict, first: OutputRoot
                               shards=len(entries), kind=MIX)
     _own_folder(out, record, job)
     out.storage.make_folders(out.root)
-    if not create_exclusive(out.mix_json, record.to_json()):
+    created = create_exclusive(out.mix_json, record.to_json())
+    if not created:
         _same_mix(out, record)  # another launch of a mix created it since the check: it must be this one
+    # job.json is created once, exclusively, before the manifest and tokenizer copies: a job another
+    # launch pinned here since the check (a tokenize started at the same moment) is never replaced
+    if not create_exclusive(out.job, job.to_json()):
+        try:
+            _same_job(out, job)
+        except RootKindError:
+            if created:  # this launch's own mix.json, moments old: the refusal leaves nothing behind
+                out.storage.delete(out.mix_json)
+            raise
     shutil.copytree(first.tokenizer_dir, out.tokenizer_dir, dirs_exist_ok=True)
     write_json_lines(out.manifest, entries)
-    write_record(out.job, job)
     return starts
 
 
@@ -123,6 +135,15 @@ def _same_mix(out: OutputRoot, record: MixRecord) -> None:
     if read_record(out.mix_json, MixRecord) != parse_record(record.to_json(), MixRecord):  # both as JSON gives them
         raise MixError("mix.json holds another spec or other inputs than this mix", out.mix_json,
                        "use a new --output-root, or delete it to start over")
+
+
+def _same_job(out: OutputRoot, job: JobSettings) -> None:
+    """Refuse unless job.json is pinned to this mix's chunks (its manifest digest): a root of an
+    older slimtok records no kind, so the chunks are what tell a mix's job from another."""
+    pinned = read_record(out.job, JobSettings)
+    if pinned is None or pinned.manifest_sha256 != job.manifest_sha256:
+        raise RootKindError("holds a job that is not this mix (its manifest is not this mix's chunks)", out.job,
+                            "use a new, empty --output-root for the mix")
 
 
 def _own_folder(out: OutputRoot, record: MixRecord, job: JobSettings) -> None:
@@ -134,10 +155,8 @@ def _own_folder(out: OutputRoot, record: MixRecord, job: JobSettings) -> None:
     require_kind(out, "mix")
     if out.mix_json.exists():
         _same_mix(out, record)
-        pinned = read_record(out.job, JobSettings)
-        if out.job.exists() and (pinned is None or pinned.manifest_sha256 != job.manifest_sha256):
-            raise RootKindError("holds a job that is not this mix (its manifest is not this mix's chunks)", out.job,
-                                "use a new, empty --output-root for the mix")
+        if out.job.exists():
+            _same_job(out, job)
         return
     ours = temp_glob(out.mix_json.name)
     foreign = sorted(n for n in out.storage.list_names(out.root) if not fnmatch.fnmatch(n, ours))

@@ -1030,3 +1030,25 @@ def test_validate_and_export_tell_a_mix_root_to_relaunch_the_mix(roots, tmp_path
         validate(out, log=lambda _: None)
     with pytest.raises(ExportError, match=re.escape(fix)):
         export_packed(out, 16, log=lambda _: None)
+
+
+def test_a_job_pinned_into_the_folder_while_a_mix_starts_is_never_replaced(roots, tmp_path, monkeypatch):
+    """A tokenize that pins its job.json in the empty folder between the mix's check and its first
+    write (two commands started at once): the mix refuses, the other job's record is byte for byte
+    what it wrote, and the mix's own mix.json of this launch is gone again."""
+    import slimtok.mix.write as write
+    from slimtok.errors import RootKindError
+
+    out = tmp_path / "out"
+    theirs = (roots["web"] / "job.json").read_bytes()
+    checked = write._own_folder
+
+    def tokenize_meanwhile(*args):
+        checked(*args)
+        out.mkdir()
+        (out / "job.json").write_bytes(theirs)
+
+    monkeypatch.setattr(write, "_own_folder", tokenize_meanwhile)
+    with pytest.raises(RootKindError, match=re.escape(f"{out / 'job.json'}: holds a job that is not this mix")):
+        mix_main(_spec(roots, tmp_path), out)
+    assert _tree(out) == {"job.json": theirs}
