@@ -101,8 +101,9 @@ def _chunk_starts(picks: np.ndarray, per_chunk: int, itemsize: int) -> np.ndarra
 def prepare(out: OutputRoot, record: MixRecord, job_raw: dict, first: OutputRoot, plan: Plan, spec: MixSpec,
             itemsize: int) -> dict[str, np.ndarray]:
     """Pin mix.json (or check it, as data: a record another version wrote may order keys otherwise),
-    then write job.json, manifest.jsonl and tokenizer/ (idempotent). The folder is checked first
-    (:func:`_own_folder`): a refusal writes nothing."""
+    then create job.json (exclusively: an existing one must be this mix's) and write manifest.jsonl
+    and tokenizer/ (idempotent). The folder is checked first (:func:`_own_folder`): a refusal
+    writes nothing."""
     starts = {split: _chunk_starts(picks, spec.chunk_documents, itemsize) for split, picks in plan.splits.items()}
     # a chunk is a byte range of the split file, not a file: its path names the range, so that one
     # file is never listed under several ids
