@@ -63,7 +63,7 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
                            f"finish it: `slimtok combine --output-root {root.root} --consume`")
     old, results = read_meta(root), {}
     for plan in list(plans):
-        if (entry := consumed_entry(root, old, plan)) is not None:
+        if (entry := consumed_entry(root, old, plan, verify)) is not None:
             if exclude is not None and any(exclude(r) is not None for r in plan.done):
                 raise CombineError("was combined whole and its shards are gone (--consume or clean), so the "
                                    "documents dedup drops from it cannot be left out", root.combined(plan.split),

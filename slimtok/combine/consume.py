@@ -27,14 +27,16 @@ from ..spans import Span, concatenate
 from .copy import Written, meta_entry
 
 
-def consumed_entry(root: OutputRoot, meta: Meta | None, plan: SplitPlan) -> dict | None:
+def consumed_entry(root: OutputRoot, meta: Meta | None, plan: SplitPlan, verify: bool = True) -> dict | None:
     """The meta entry of a split already combined by consuming its shards, when its file still
-    matches its done records (then there is nothing to redo); removes its finished journal."""
+    matches its done records (then there is nothing to redo); removes its finished journal. With
+    ``verify`` the match includes each shard's checksum (one read of the file): meta.json is
+    published again over the kept file, so a file changed since must be refused, not re-described."""
     entry = meta.splits.get(plan.split) if meta is not None else None
     if not entry or not entry.get("consumed") or root.consume_work(plan.split).exists():
         return None
     root.storage.delete(root.consume_journal(plan.split))  # a kill after the publish left it
-    if (why := combined_mismatch(root, plan, entry, checksums=False)) is not None:
+    if (why := combined_mismatch(root, plan, entry, checksums=verify)) is not None:
         raise CombineError(f"was combined with --consume or cleaned (its shards are gone) but {why}",
                            root.combined(plan.split), "restore it from a copy, or re-tokenize the split")
     return entry

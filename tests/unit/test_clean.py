@@ -263,3 +263,23 @@ def test_clean_and_consume_delete_only_a_shards_own_data_file(tokenized, tmp_pat
     with pytest.raises(CombineError, match="names 'keep/x.bin' as its data"):
         combine(plain, consume=True, log=lambda _: None)
     assert _tree(plain) == before
+
+
+def test_combine_refuses_a_consumed_split_file_changed_since_instead_of_describing_it_again(tokenized, tmp_path):
+    """A consumed (or cleaned) split's file is kept by a later combine, which publishes meta.json over
+    it again: same-size damage must be refused naming the file and the shard whose range differs
+    (it used to be kept with exit 0); the undamaged file is kept byte for byte."""
+    from slimtok.errors import CombineError
+
+    root = _copy(tokenized[0], tmp_path)
+    combine(root, consume=True, log=lambda _: None)
+    good = (root / "train.bin").read_bytes()
+    combine(root, log=lambda _: None)
+    assert (root / "train.bin").read_bytes() == good
+    first = [r for r in _records(root) if r.split == "train"][0]
+    (root / "train.bin").write_bytes(bytes([good[0] ^ 1]) + good[1:])
+    before = _tree(root)
+    with pytest.raises(CombineError, match=f"^{root / 'train.bin'}: .*bytes 0..{first.bytes:,} do not hash to the "
+                                           f"sha256 of shard {first.shard}'s done record"):
+        combine(root, log=lambda _: None)
+    assert _tree(root) == before
