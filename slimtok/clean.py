@@ -5,7 +5,10 @@ split files. Removes:
 
 * ``shards/<id>.bin`` of every combined split, once the split's file is checked against its done
   records (shard count, size, and each shard's byte range against the record's checksum: the check
-  a ``combine --consume``'d split gets, :func:`slimtok.finished.combined_mismatch`);
+  a ``combine --consume``'d split gets, :func:`slimtok.finished.combined_mismatch`), and only where
+  the done record names the shard's own data file (:func:`slimtok.finished.intermediate`); a root
+  of another kind than tokenize (a mix) is refused before anything is read
+  (:mod:`slimtok.protocol.kinds`);
 * part files, checkpoints, temporary files and takeover markers that killed workers left;
 * locks that hold no live claim (:meth:`slimtok.claims.Claimer.is_leftover`).
 
@@ -33,10 +36,11 @@ from pathlib import Path
 
 from .claims import Claimer, current_holder
 from .errors import CleanError
-from .finished import SplitPlan, combined_mismatch, inside, missing_message, plan_split, read_meta, write_meta
+from .finished import SplitPlan, combined_mismatch, intermediate, missing_message, plan_split, read_meta, write_meta
 from .job import STALE_AFTER, load_job
 from .progress import ProgressFactory
-from .protocol import SPLITS, DoneRecord, LockRecord, Meta, OutputRoot, read_record, storage_for, temp_files
+from .protocol import (SPLITS, DoneRecord, LockRecord, Meta, OutputRoot, read_record, require_kind, storage_for,
+                       temp_files)
 from .publish import PendingSet
 
 
@@ -80,6 +84,7 @@ def clean(output_root: str | os.PathLike[str], dry_run: bool = False,
     longer needs (``dry_run``: only list it). ``progress(shards, bytes, 0)`` makes the display of
     the check (it reads every combined file once)."""
     root = OutputRoot(output_root)
+    require_kind(root, "clean")
     entries = load_job(root)[1]
     _refuse_running_combine(root)
     live = _live_claims(root)
@@ -93,11 +98,11 @@ def clean(output_root: str | os.PathLike[str], dry_run: bool = False,
     plans = [plan_split(root, entries, s) for s in dict.fromkeys(e.split for e in entries)]
     report = CleanReport(dry_run)
     consumable = _check_splits(root, meta, plans, report, progress)
+    data_files = [intermediate(root, record) for plan in consumable for record in plan.done]  # all before any change
     if not dry_run:
         _mark_consumed(root, meta, consumable)
-    for plan in consumable:
-        for record in plan.done:
-            _add(report, "shard data files", inside(root, record.file, record, "file"))
+    for path in data_files:
+        _add(report, "shard data files", path)
     for path in root.part_files():
         _add(report, "part files", path)
     for shard in sorted(root.checkpointed_ids()):

@@ -100,6 +100,15 @@ class Stopped(SlimtokError):
     exit_code = EXIT_INTERRUPTED
 
 
+class RootKindError(SlimtokError):
+    """A command was pointed at an output root of a kind it cannot work on (or a mix at a folder
+    that holds something else); the fix names the command that can., e.g.::
+
+        out: is a mix output root (job.json records it): a mix holds no intermediate data to clean; free disk
+        with `slimtok clean --output-root ROOT` on the roots it was mixed from
+    """
+
+
 class CombineError(SlimtokError):
     """A split cannot be combined; the message names the shards and what to do., e.g.::
 

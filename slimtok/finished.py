@@ -100,6 +100,21 @@ def inside(root: OutputRoot, relative: str, record: DoneRecord, what: str) -> Pa
     return path
 
 
+def intermediate(root: OutputRoot, record: DoneRecord) -> Path:
+    """The data file a done record names, when it is the shard's own intermediate file
+    (``OutputRoot.data``: ``shards/<id>.bin``), the only file clean and ``combine --consume`` ever
+    delete. A record naming anything else (a split file, as a mix's chunk records do, or another
+    shard's file) is refused, so callers check every record before they delete the first file."""
+    path = inside(root, record.file, record, "file")
+    own = root.data(record.shard)
+    if path != own:
+        raise CombineError(f"names {record.file!r} as its data, not the shard's own {root.relative(own)}, so that "
+                           "file is not intermediate data and is never deleted", root.done(record.shard),
+                           "nothing was removed; the record was not written by slimtok tokenize: restore it or "
+                           "delete it and relaunch tokenize to redo the shard")
+    return path
+
+
 def redo_fix(record: DoneRecord) -> str:
     """The fix for a shard whose files disagree with its done record."""
     return f"delete done/{record.shard}.json and relaunch tokenize to redo the shard"

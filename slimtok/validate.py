@@ -37,7 +37,8 @@ from .errors import DataError, ValidateError
 from .finished import plan_split, read_meta
 from .job import load_job, load_pinned_tokenizer
 from .manifest import ShardEntry
-from .protocol import SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table, storage_for
+from .protocol import (SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table, splits_command,
+                       storage_for)
 from .protocol.docindex import index_path, read_doc_index
 
 SCAN_TOKENS = 1 << 24
@@ -260,7 +261,7 @@ def validate(output_root: str | os.PathLike[str], samples: int = 64, seed: int =
     meta = read_meta(root)
     if meta is None or not meta.splits:
         what = "cannot be parsed" if root.storage.exists(root.meta_json) else "is missing: nothing was combined yet"
-        raise ValidateError(what, root.meta_json, f"run `slimtok combine --output-root {root.root}` first")
+        raise ValidateError(what, root.meta_json, f"{splits_command(root)} first")
     report = Report()
     for key in ("vocab_size", "eos_token_id", "dtype"):
         report.add(f"meta: {key}", getattr(meta, key) == getattr(job, key),

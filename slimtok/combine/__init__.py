@@ -23,7 +23,7 @@ from ..errors import CombineError
 from ..finished import SplitPlan, build_meta, missing_message, plan_split, read_meta, write_meta
 from ..job import load_job
 from ..progress import ProgressFactory
-from ..protocol import SPLIT_FILES, DoneRecord, JobSettings, Meta, OutputRoot
+from ..protocol import SPLIT_FILES, DoneRecord, JobSettings, Meta, OutputRoot, require_kind
 from ..publish import PendingSet, require_free
 from .consume import consume_split, consumed_entry, moved_bytes
 from .copy import Exclude, write_split
@@ -41,6 +41,7 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
     bytes, bytes done before)`` makes the display told of every shard checked and written (a
     resumed --consume's moved shards count as done before). Returns the new meta."""
     root = OutputRoot(output_root)
+    require_kind(root, "combine")
     job, entries = load_job(root)
     present = [s for s in SPLIT_FILES if any(e.split == s for e in entries)]
     chosen = list(splits) if splits else present
@@ -62,7 +63,7 @@ def combine(output_root: str | os.PathLike[str], splits: Sequence[str] | None = 
                            f"finish it: `slimtok combine --output-root {root.root} --consume`")
     old, results = read_meta(root), {}
     for plan in list(plans):
-        if (entry := consumed_entry(root, old, plan)) is not None:
+        if (entry := consumed_entry(root, old, plan, verify)) is not None:
             if exclude is not None and any(exclude(r) is not None for r in plan.done):
                 raise CombineError("was combined whole and its shards are gone (--consume or clean), so the "
                                    "documents dedup drops from it cannot be left out", root.combined(plan.split),

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import CombineError
-from ..finished import READ_BLOCK, SplitPlan, combined_mismatch, inside, read_checked
+from ..finished import READ_BLOCK, SplitPlan, combined_mismatch, inside, intermediate, read_checked
 from ..protocol import (ConsumeJournal, DoneRecord, JobSettings, Meta, OutputRoot, read_doc_table, read_record,
                         write_record)
 from ..protocol.docindex import DocEnds
@@ -28,14 +28,16 @@ from ..spans import Span, concatenate
 from .copy import Written, meta_entry
 
 
-def consumed_entry(root: OutputRoot, meta: Meta | None, plan: SplitPlan) -> dict | None:
+def consumed_entry(root: OutputRoot, meta: Meta | None, plan: SplitPlan, verify: bool = True) -> dict | None:
     """The meta entry of a split already combined by consuming its shards, when its file still
-    matches its done records (then there is nothing to redo); removes its finished journal."""
+    matches its done records (then there is nothing to redo); removes its finished journal. With
+    ``verify`` the match includes each shard's checksum (one read of the file): meta.json is
+    published again over the kept file, so a file changed since must be refused, not re-described."""
     entry = meta.splits.get(plan.split) if meta is not None else None
     if not entry or not entry.get("consumed") or root.storage.exists(root.consume_work(plan.split)):
         return None
     root.storage.delete(root.consume_journal(plan.split))  # a kill after the publish left it
-    if (why := combined_mismatch(root, plan, entry, checksums=False)) is not None:
+    if (why := combined_mismatch(root, plan, entry, checksums=verify)) is not None:
         raise CombineError(f"was combined with --consume or cleaned (its shards are gone) but {why}",
                            root.combined(plan.split), "restore it from a copy, or re-tokenize the split")
     return entry
@@ -55,6 +57,7 @@ def consume_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, job: J
     if any(not r.table for r in plan.done):
         raise CombineError(f"split {plan.split} has shards without document tables (an older root)", root.root,
                            "run `slimtok combine` without --consume")
+    paths = [intermediate(root, r) for r in plan.done]  # every record checked before the first deletion
     working, journal_path = root.consume_work(plan.split), root.consume_journal(plan.split)
     remove_stale(journal_path.parent, [journal_path.name])  # a journal write a kill interrupted
     ids = [r.shard for r in plan.done]
@@ -71,8 +74,7 @@ def consume_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, job: J
     with root.storage.open_write(working, "keep") as out:
         out.truncate(journal.bytes)  # drop what a killed append wrote past the journal
         out.seek(journal.bytes)
-        for i, record in enumerate(plan.done):
-            path = inside(root, record.file, record, "file")
+        for i, (record, path) in enumerate(zip(plan.done, paths, strict=True)):
             if i < journal.appended:
                 root.storage.delete(path)  # moved; a kill came before its deletion
             else:

@@ -25,7 +25,7 @@ from ..errors import EXIT_OK, DedupError, OutputError, SlimtokError, Stopped
 from ..executor import HeldClaims, NodeRun, refresh_interval, run_units, start_method
 from ..progress import REFRESH, ProgressFactory
 from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive, dedup_unit,
-                        hostname, read_record, storage_for, write_atomic)
+                        hostname, read_record, require_kind, storage_for, write_atomic)
 from .plan import UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count, unit_ranks
 from .units import bucket_rows, find_drops, gather_drops, reason_counts, scatter_rows
 
@@ -186,6 +186,7 @@ def run_dedup(output_root: str | Path, buckets: int | None = None, workers: int 
     Raises Stopped when a signal stopped the workers, OutputError when the root cannot be written.
     """
     root = OutputRoot(output_root)
+    require_kind(root, "dedup")
     try:
         inputs = read_inputs(root)
         plan = pin_plan(root, make_plan(inputs, buckets, unit_shards), auto=buckets is None)

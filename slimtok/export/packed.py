@@ -5,6 +5,8 @@ Reads ``meta.json`` and ``<split>.bin`` of an output root; writes ``part-NNNNN.p
 listing each file's rows and sha256, under :meth:`~slimtok.protocol.OutputRoot.packed_dir` or a
 folder given. The last ``len % seq_len`` tokens are dropped and counted. The parts and their
 manifest are published together (the manifest last), so a rerun replaces an interrupted export.
+An export replaces or removes only the parts the folder's earlier manifest lists; any other file
+of the folder (a foreign ``part-*.parquet`` too) is left, or refused when the export would need its name.
 """
 
 from __future__ import annotations
@@ -61,6 +63,24 @@ def _write_parquet(tmp: Path, rows: np.ndarray) -> None:
         storage_for(tmp).sync(f)
 
 
+def _recorded_parts(manifest_path: Path) -> set[str]:
+    """The part files an earlier export into this folder recorded writing (its manifest's
+    ``files``), the only files an export replaces or removes. A manifest.json that is not a packed
+    export's is refused rather than replaced: no export recorded writing it."""
+    try:
+        raw = storage_for(manifest_path).read_whole(manifest_path)
+    except FileNotFoundError:
+        return set()
+    try:
+        listed = orjson.loads(raw)["files"]
+        names = {entry["file"] for entry in listed}
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise ExportError("is not the manifest of a packed export (no list of files), so it is not replaced",
+                          manifest_path, "move it away, or pass another --output-dir") from None
+    # a listed name is a plain part name of this folder, never a path elsewhere
+    return {n for n in names if isinstance(n, str) and n.startswith("part-") and n == Path(n).name}
+
+
 def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = "parquet", split: str = "train",
                   output_dir: str | os.PathLike[str] | None = None, rows_per_file: int | None = None,
                   log: Callable[[str], None] = print) -> Path:
@@ -82,13 +102,20 @@ def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = 
     folder = Path(output_dir) if output_dir else root.packed_dir(split, seq_len, fmt)
     writer = _write_parquet if fmt == "parquet" else _write_npy
     manifest_path = folder / PACKED_MANIFEST
+    recorded = _recorded_parts(manifest_path)
+    names = [f"part-{number:05d}.{fmt}" for number in range(-(-total_rows // per_file))]
+    foreign = [name for name in names if name not in recorded and storage_for(folder).exists(folder / name)]
+    if foreign:
+        raise ExportError(f"holds {foreign[0]}, which no earlier export there recorded writing (its {PACKED_MANIFEST} "
+                          "does not list it), so it is not replaced", folder,
+                          "move it away, or pass another --output-dir")
     files = []
     with PendingSet([manifest_path]) as pending:  # the manifest is renamed last, old one removed first
         pending.partners.append(manifest_path)
         remove_stale(folder, [f"part-*.{fmt}"])  # temporary parts of a killed export, whatever their number
         require_free(folder, rows.nbytes + (64 << 10), f"packing {data.path.name}")
-        for number, lo in enumerate(range(0, total_rows, per_file)):
-            path = folder / f"part-{number:05d}.{fmt}"
+        for number, lo in zip(range(len(names)), range(0, total_rows, per_file), strict=True):
+            path = folder / names[number]
             part = rows[lo:lo + per_file]
             pending.add(path, partner=False)
             tmp = pending.tmp(path)
@@ -103,10 +130,8 @@ def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = 
         with storage_for(folder).open_write(pending.tmp(manifest_path), "create") as f:
             f.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
             storage_for(folder).sync(f)
-        listed = {f["file"] for f in files}
-        obsolete = [folder / name for name in storage_for(folder).list_names(folder)
-                    if name.startswith("part-") and name.endswith(f".{fmt}") and name not in listed]
-        pending.publish(obsolete=obsolete)
+        # only parts the earlier export recorded: any other file of the folder is not the export's to delete
+        pending.publish(obsolete=[folder / name for name in sorted(recorded - set(names))])
     log(f"{folder}: {total_rows:,} rows of {seq_len} tokens in {len(files)} {fmt} file(s), "
         f"{manifest['dropped_tail_tokens']:,} trailing tokens dropped")
     return manifest_path

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..data import TokenBin
 from ..errors import DataError, ExportError
 from ..finished import read_meta
-from ..protocol import Meta, OutputRoot
+from ..protocol import Meta, OutputRoot, splits_command
 
 
 def trainer_dtype(dtype: str, vocab_size: int) -> str:
@@ -28,19 +28,18 @@ def combined_meta(root: OutputRoot) -> Meta:
     meta = read_meta(root)
     if meta is None or not meta.splits:
         raise ExportError("lists no combined split (missing or unreadable)", root.meta_json,
-                          f"run `slimtok combine --output-root {root.root}` first")
+                          f"{splits_command(root)} first")
     return meta
 
 
 def split_bin(root: OutputRoot, meta: Meta, split: str) -> TokenBin:
     """``split``'s combined file with its document index, as :class:`~slimtok.data.TokenBin` reads them."""
     if split not in meta.splits:
-        raise ExportError(f"split {split} is not combined", root.root,
-                          f"run `slimtok combine --output-root {root.root}` first")
+        raise ExportError(f"split {split} is not combined", root.root, f"{splits_command(root)} first")
     try:
         data = TokenBin(root.combined(split))
     except DataError as exc:
         raise ExportError(str(exc)) from exc
     if data.doc_ends is None:
-        raise ExportError("is missing", root.doc_index(split), f"re-run `slimtok combine --output-root {root.root}`")
+        raise ExportError("is missing", root.doc_index(split), splits_command(root))
     return data

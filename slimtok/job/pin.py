@@ -21,8 +21,8 @@ import orjson
 from .. import __version__
 from ..errors import JobMismatch, ManifestError
 from ..manifest import ShardEntry, manifest_digest, read_manifest
-from ..protocol import (PROTOCOL_VERSION, JobSettings, OutputRoot, create_exclusive, storage_for, write_atomic,
-                        write_record)
+from ..protocol import (PROTOCOL_VERSION, TOKENIZE, JobSettings, OutputRoot, create_exclusive, require_kind,
+                        storage_for, write_atomic, write_record)
 from ..tokenizer.loading import local_tokenizer_file
 from .disk import check_disk_budget, disk_sample
 from .pinned import read_job, tokenizer_fingerprint
@@ -71,7 +71,7 @@ def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: Lo
                        tokenizer_sha256=tok.sha256, vocab_size=tok.vocab_size, eos_token_id=p.eos_id,
                        eos_token=p.eos_token, dtype=dtype, text_key=settings.text_key, source_key=settings.source_key,
                        bos_token_id=p.bos_id, bos_token=p.bos_token, special_text=p.special_text,
-                       policy_notes=[*tok.notes, f"dtype: {dtype} ({why})"])
+                       policy_notes=[*tok.notes, f"dtype: {dtype} ({why})"], kind=TOKENIZE)
 
 
 def request_digest(settings: TokenizeSettings, tokenizer_file_sha256: str, folder: Path) -> str:
@@ -102,6 +102,7 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
     done or claimed under the pinned settings: then the job is re-pinned (:func:`_repin`).
     """
     root = OutputRoot(settings.output_root)
+    require_kind(root, "tokenize")
     entries = read_manifest(settings.manifest)
     file = local_tokenizer_file(settings.tokenizer)
     data = storage_for(file).read_whole(file) if file is not None else None  # read once: digest, facts and copy agree

@@ -20,7 +20,7 @@ from ..errors import MixError
 from ..finished import combined_mismatch, plan_split, read_meta
 from ..job import tokenizer_fingerprint
 from ..manifest import read_manifest
-from ..protocol import DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, read_record, storage_for
+from ..protocol import DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, read_record, require_kind, storage_for
 from .spec import MixSpec, SourceSpec
 
 #: job.json fields that must agree across roots (document policy included where a root records it)
@@ -180,6 +180,7 @@ def _data_files(root: OutputRoot, split: str, records: list[DoneRecord], name: s
 def load_source(spec: SourceSpec, split: str) -> tuple[SourceDocs, dict]:
     """One source's shards and its root's raw job.json (no table is read here)."""
     root = OutputRoot(spec.root)
+    require_kind(root, "mix source")
     _, raw = _job(root, spec.name)
     fingerprint = hashlib.sha256(raw["tokenizer_sha256"].encode())
     shards = []

@@ -5,7 +5,10 @@ the split file is fixed by the plan, so any worker may write any chunk and the b
 depend on who wrote what. A chunk is finished exactly when ``done/<split>/mix-<n>.json`` exists
 (written after its bytes are synced); a relaunch writes only the chunks without one. The split
 file is built under a hidden name and renamed when every chunk is done. ``mix.json`` pins the
-resolved spec and the inputs' fingerprints: a relaunch with anything else is refused.
+resolved spec and the inputs' fingerprints: a relaunch with anything else is refused. A chunk's
+done record counts only while the bytes it describes are there (``_unfinished``), so a split
+file is never published from records alone. A mix writes only into an empty folder or its own
+earlier output (``_own_folder``; job.json records ``kind`` "mix", created exclusively).
 
 The output is a slimtok output root (job.json, manifest.jsonl listing the chunks, their done
 records, tokenizer/, meta), so validate, slimtok.data and export read it unchanged.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fnmatch
 import itertools
 import os
 import time
@@ -26,13 +30,13 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 
-from ..finished import build_meta, write_meta
+from ..finished import build_meta, checksum_of, write_meta
 from ..publish import PendingSet
-from ..errors import MixError
+from ..errors import MixError, RootKindError
 from ..manifest import ShardEntry, manifest_digest
-from ..protocol import (SPLIT_FILES, Checksum, DoneRecord, JobSettings, MixRecord, OutputRoot, create_exclusive,
-                        hasher, hostname, new_token, parse_record, read_record, storage_for, temp_path,
-                        write_json_lines, write_record)
+from ..protocol import (MIX, SPLIT_FILES, Checksum, DoneRecord, JobSettings, MixRecord, OutputRoot,
+                        create_exclusive, hasher, hostname, new_token, parse_record, read_record, require_kind,
+                        storage_for, temp_glob, temp_path, write_json_lines, write_record)
 from ..protocol.docindex import DocEnds
 from ..progress import ProgressDisplay, ProgressFactory
 from ..spans import ShortSource
@@ -97,28 +101,71 @@ def _chunk_starts(picks: np.ndarray, per_chunk: int, itemsize: int) -> np.ndarra
 def prepare(out: OutputRoot, record: MixRecord, job_raw: dict, first: OutputRoot, plan: Plan, spec: MixSpec,
             itemsize: int) -> dict[str, np.ndarray]:
     """Pin mix.json (or check it, as data: a record another version wrote may order keys otherwise),
-    then write job.json, manifest.jsonl and tokenizer/ (idempotent)."""
-    out.storage.make_folders(out.root)
-    mix_json = out.mix_json
-    if not create_exclusive(mix_json, record.to_json()):
-        if read_record(mix_json, MixRecord) != parse_record(record.to_json(), MixRecord):  # both as JSON gives them
-            raise MixError("mix.json holds another spec or other inputs than this mix", mix_json,
-                           "use a new --output-root, or delete it to start over")
-    elif out.storage.exists(out.job):
-        raise MixError("already holds a slimtok job that is not this mix", out.root, "use a new --output-root")
+    then create job.json (exclusively: an existing one must be this mix's) and write manifest.jsonl
+    and tokenizer/ (idempotent). The folder is checked first (:func:`_own_folder`): a refusal
+    writes nothing."""
     starts = {split: _chunk_starts(picks, spec.chunk_documents, itemsize) for split, picks in plan.splits.items()}
     # a chunk is a byte range of the split file, not a file: its path names the range, so that one
     # file is never listed under several ids
     entries = [ShardEntry(out.mix_chunk(split, n), split, 0, n, f"{out.combined(split)}#{out.mix_chunk(split, n)}",
                           int(b - a))
                for split, s in starts.items() for n, (a, b) in enumerate(itertools.pairwise(s))]
+    job = dataclasses.replace(JobSettings.from_dict(job_raw), manifest_sha256=manifest_digest(entries),
+                              shards=len(entries), kind=MIX)
+    _own_folder(out, record, job)
+    out.storage.make_folders(out.root)
+    created = create_exclusive(out.mix_json, record.to_json())
+    if not created:
+        _same_mix(out, record)  # another launch of a mix created it since the check: it must be this one
+    # job.json is created once, exclusively, before the manifest and tokenizer copies: a job another
+    # launch pinned here since the check (a tokenize started at the same moment) is never replaced
+    if not create_exclusive(out.job, job.to_json()):
+        try:
+            _same_job(out, job)
+        except RootKindError:
+            if created:  # this launch's own mix.json, moments old: the refusal leaves nothing behind
+                out.storage.delete(out.mix_json)
+            raise
     for name, source in first.storage.files_under(first.tokenizer_dir, "", hidden=True):
         out.storage.copy(source, out.tokenizer_dir / name)
     write_json_lines(out.manifest, entries)
-    job = dataclasses.replace(JobSettings.from_dict(job_raw), manifest_sha256=manifest_digest(entries),
-                              shards=len(entries))
-    write_record(out.job, job)
     return starts
+
+
+def _same_mix(out: OutputRoot, record: MixRecord) -> None:
+    """Refuse unless mix.json holds ``record`` (as data)."""
+    if read_record(out.mix_json, MixRecord) != parse_record(record.to_json(), MixRecord):  # both as JSON gives them
+        raise MixError("mix.json holds another spec or other inputs than this mix", out.mix_json,
+                       "use a new --output-root, or delete it to start over")
+
+
+def _same_job(out: OutputRoot, job: JobSettings) -> None:
+    """Refuse unless job.json is pinned to this mix's chunks (its manifest digest): a root of an
+    older slimtok records no kind, so the chunks are what tell a mix's job from another."""
+    pinned = read_record(out.job, JobSettings)
+    if pinned is None or pinned.manifest_sha256 != job.manifest_sha256:
+        raise RootKindError("holds a job that is not this mix (its manifest is not this mix's chunks)", out.job,
+                            "use a new, empty --output-root for the mix")
+
+
+def _own_folder(out: OutputRoot, record: MixRecord, job: JobSettings) -> None:
+    """A mix writes only into a folder that is absent, empty, or holds this very mix: its mix.json,
+    and a job.json (if any) pinned to this mix's chunks. Anything else (another job, one of the
+    mix's own sources, a root of an older slimtok with a stray mix.json, foreign files) is
+    refused before anything is written. Temporary files of a mix.json whose creation a kill cut
+    short are this mix's."""
+    require_kind(out, "mix")
+    if out.storage.exists(out.mix_json):
+        _same_mix(out, record)
+        if out.storage.exists(out.job):
+            _same_job(out, job)
+        return
+    ours = temp_glob(out.mix_json.name)
+    foreign = sorted(n for n in out.storage.list_names(out.root) if not fnmatch.fnmatch(n, ours))
+    if foreign:
+        raise RootKindError(f"holds {len(foreign)} name(s) that are not this mix's, e.g. {foreign[0]!r}", out.root,
+                            "a mix writes only into an empty folder or its own earlier output: use a new, empty "
+                            "--output-root")
 
 
 def _spans(picks: np.ndarray, itemsize: int) -> list[tuple[int, int, int]]:
@@ -208,11 +255,48 @@ def commit_chunk(out: OutputRoot, split: str, n: int, picks: np.ndarray, docs: L
         seconds=time.time() - copied.began, sources=docs.source_counts(picks), checksum=copied.checksum))
 
 
-def _unfinished(out: OutputRoot, split: str, starts: np.ndarray) -> list[int]:
-    """Chunks of a split without a done record (none once the split file is published)."""
-    if out.storage.exists(out.combined(split)):
-        return []
-    return [n for n in range(len(starts) - 1) if read_record(out.done(out.mix_chunk(split, n)), DoneRecord) is None]
+def _unfinished(out: OutputRoot, split: str, starts: np.ndarray) -> tuple[list[int], bool]:
+    """(chunks of a split still to write, whether the split file is published whole).
+
+    A chunk counts as written only when the file that holds it (the published split file, else
+    the partial one) has its byte range at the size and checksum of its done record: records are
+    never trusted over bytes. So a published file that was removed, cut or changed is rebuilt
+    (its chunks are written again into a new partial file, then published), and a partial file
+    that is missing or of another size is started over: a fresh partial file holds zeros, which
+    must never be published under the chunk records of bytes that are gone."""
+    dest, partial = out.combined(split), out.mix_partial(split)
+    total, count = int(starts[-1]), len(starts) - 1
+    records = [read_record(out.done(out.mix_chunk(split, n)), DoneRecord) for n in range(count)]
+    if _size(out, dest) == total and not _mismatched(out, dest, starts, records):
+        return [], True
+    if _size(out, partial) != total:
+        return list(range(count)), False
+    return _mismatched(out, partial, starts, records), False
+
+
+def _size(out: OutputRoot, path: Path) -> int:
+    """``path``'s size, -1 when it is missing."""
+    try:
+        return out.storage.stat(path).size
+    except FileNotFoundError:
+        return -1
+
+
+def _mismatched(out: OutputRoot, path: Path, starts: np.ndarray, records: list[DoneRecord | None]) -> list[int]:
+    """Chunks whose byte range in ``path`` (``starts[n]:starts[n + 1]``) is not what their done
+    record says (no record, another size, another checksum); one read of the recorded ranges."""
+    bad = []
+    with out.storage.open_read(path) as f:
+        for n, record in enumerate(records):
+            size = int(starts[n + 1] - starts[n])
+            if record is None or record.bytes != size:
+                bad.append(n)
+                continue
+            want = record.data_checksum()
+            f.seek(int(starts[n]))
+            if checksum_of(f, size, want.algorithm) != want.hexdigest:
+                bad.append(n)
+    return bad
 
 
 @dataclass
@@ -235,12 +319,12 @@ class _Tally:
 
 
 def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarray, todo: list[int],
-                docs: Layout, job: JobSettings, per_chunk: int, workers: int, tally: _Tally) -> dict:
+                published: bool, docs: Layout, job: JobSettings, per_chunk: int, workers: int, tally: _Tally) -> dict:
     """Write the chunks ``todo`` of a split, then publish the file and its index (unless it is
-    published already); returns the split's meta entry."""
+    ``published`` whole already); returns the split's meta entry."""
     dest, partial = out.combined(split), out.mix_partial(split)
     total = int(starts[-1])
-    if not out.storage.exists(dest):
+    if not published:
         with out.storage.open_write(partial, "append") as f:
             f.truncate(total)
         # ``workers`` threads copy; one more syncs and commits finished copies meanwhile, so the
@@ -288,7 +372,8 @@ def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: P
     job = JobSettings.from_dict(job_raw)
     itemsize = job.token_width
     starts = prepare(out, mix_record(spec, sources, plan), job_raw, first, plan, spec, itemsize)
-    todo = {split: _unfinished(out, split, s) for split, s in starts.items()}
+    state = {split: _unfinished(out, split, s) for split, s in starts.items()}
+    todo = {split: chunks for split, (chunks, _) in state.items()}
     per = spec.chunk_documents
     total_bytes = sum(int(s[-1]) for s in starts.values())
     chunks = sum(len(s) - 1 for s in starts.values())
@@ -300,7 +385,8 @@ def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: P
                    sum(len(p) for p in plan.splits.values()) - left_docs, before)
     tally.show()  # what a relaunch finds
     try:
-        entries = {split: write_split(out, split, picks, starts[split], todo[split], docs, job, per, workers, tally)
+        entries = {split: write_split(out, split, picks, starts[split], *state[split], docs, job, per, workers,
+                                      tally)
                    for split, picks in plan.splits.items()}
     finally:
         if display is not None:

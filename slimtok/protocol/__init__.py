@@ -8,7 +8,8 @@ same at more length).
 Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_train_0``)::
 
     job.json                      settings pin, created once (exclusive link)       JobSettings
-                                  (backend* fields: rewritten by worker 0, unpinned)
+                                  (backend* fields: rewritten by worker 0, unpinned; ``kind``: what
+                                  created the root, tokenize or mix, see .kinds)
     manifest.jsonl                the manifest the job was pinned to (a copy)
     tokenizer/tokenizer.json      the exact tokenizer the job uses (a copy, merges as "a b" strings
                                   when that loads back to the pinned canonical JSON)
@@ -81,6 +82,7 @@ from typing import Any
 from .atomic import create_exclusive, fsync_dir, parse_record, read_record, write_atomic, write_json_lines, write_record
 from .binary import CHECKSUMS, DTYPE_FIELDS, Checksum, dtype, hasher
 from .doctable import DOC_TABLE_VERSION, read_doc_table, table_rows
+from .kinds import KINDS, MIX, TOKENIZE, RootKind, require_kind, root_kind, splits_command
 from .identity import boot_id, hostname, new_token, worker_name
 from .layout import (PUBLISH_INTENT, SPLIT_FILES, SPLITS, OutputRoot, dedup_job_path, dedup_plan_path, dedup_unit,
                      dedup_unit_data, dedup_unit_done, ids_under, publish_intent, temp_files, work_path)
@@ -91,6 +93,7 @@ from .records import (DEDUP_PHASES, DEDUP_REASONS, DEFAULT_SOURCE_KEY, PROTOCOL_
 from .storage import POSIX, FileStat, PosixStorage, Storage, storage_for, temp_glob, temp_path
 
 __all__ = [
+    "KINDS", "MIX", "TOKENIZE", "RootKind", "require_kind", "root_kind", "splits_command",
     "CHECKSUMS", "DEDUP_PHASES", "DEDUP_REASONS", "DEFAULT_SOURCE_KEY", "DOC_TABLE_VERSION", "DTYPE_FIELDS", "POSIX",
     "PROTOCOL_VERSION", "PUBLISH_INTENT", "ROLLUP_COLUMNS", "SPLITS", "SPLIT_FILES", "Checkpoint", "Checksum",
     "ConsumeJournal", "DedupJob", "DedupPlan", "DedupUnitRecord", "DoneRecord", "DoneRollup", "FailedRecord",

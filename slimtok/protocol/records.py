@@ -87,6 +87,9 @@ class JobSettings(Record):
     special_text: str = "literal"
     #: Not pinned: why each separator and the dtype were chosen (one line each), for meta and status.
     policy_notes: list[str] = field(default_factory=list)
+    #: What created the root (``slimtok.protocol.kinds``: "tokenize", "mix"), set once by the record
+    #: that creates it; "" in roots created before kinds were recorded (then ``root_kind`` infers it).
+    kind: str = ""
 
     PINNED = ("manifest_sha256", "tokenizer_sha256", "vocab_size", "eos_token_id", "dtype", "text_key",
               "protocol", "source_key", "bos_token_id", "special_text")

@@ -230,3 +230,56 @@ def test_combine_with_drops_on_a_cleaned_split_is_refused_not_silently_kept(toke
     assert (root / "train.bin").read_bytes() == train
     combine(root, log=lambda _: None, exclude=lambda r: None)  # nothing to drop: the split is kept as it is
     assert (root / "train.bin").read_bytes() == train
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_clean_and_consume_delete_only_a_shards_own_data_file(tokenized, tmp_path):
+    """A done record naming another file than its shard's own ``shards/<id>.bin`` (a split file, as a
+    mix's chunk records do, or any other file of the root) is refused by clean and by combine
+    --consume before anything is deleted or marked: every byte of the root stays."""
+    from slimtok.errors import CombineError
+
+    combined = _copy(tokenized[1], tmp_path, "combined")
+    out = OutputRoot(combined)
+    last = [r for r in _records(combined) if r.split == "train"][-1]
+    last.file = "train.bin"
+    write_record(out.done(last.shard), last)
+    before = _tree(combined)
+    with pytest.raises(CombineError, match=f"names 'train.bin' as its data, not the shard's own shards/{last.shard}"):
+        clean(combined)
+    assert _tree(combined) == before
+
+    plain = _copy(tokenized[0], tmp_path, "plain")
+    out = OutputRoot(plain)
+    last = [r for r in _records(plain) if r.split == "train"][-1]
+    (plain / "keep").mkdir()
+    (plain / "keep" / "x.bin").write_bytes(out.data(last.shard).read_bytes())  # same bytes, so checksums pass
+    last.file = "keep/x.bin"
+    write_record(out.done(last.shard), last)
+    before = _tree(plain)
+    with pytest.raises(CombineError, match="names 'keep/x.bin' as its data"):
+        combine(plain, consume=True, log=lambda _: None)
+    assert _tree(plain) == before
+
+
+def test_combine_refuses_a_consumed_split_file_changed_since_instead_of_describing_it_again(tokenized, tmp_path):
+    """A consumed (or cleaned) split's file is kept by a later combine, which publishes meta.json over
+    it again: same-size damage must be refused naming the file and the shard whose range differs
+    (it used to be kept with exit 0); the undamaged file is kept byte for byte."""
+    from slimtok.errors import CombineError
+
+    root = _copy(tokenized[0], tmp_path)
+    combine(root, consume=True, log=lambda _: None)
+    good = (root / "train.bin").read_bytes()
+    combine(root, log=lambda _: None)
+    assert (root / "train.bin").read_bytes() == good
+    first = [r for r in _records(root) if r.split == "train"][0]
+    (root / "train.bin").write_bytes(bytes([good[0] ^ 1]) + good[1:])
+    before = _tree(root)
+    with pytest.raises(CombineError, match=f"^{root / 'train.bin'}: .*bytes 0..{first.bytes:,} do not hash to the "
+                                           f"sha256 of shard {first.shard}'s done record"):
+        combine(root, log=lambda _: None)
+    assert _tree(root) == before

@@ -97,3 +97,40 @@ def test_export_before_combine_is_refused_with_the_reason(tmp_path):
     (tmp_path / "meta.json").write_text("{}")
     proc = slimtok("export", "megatron", "--output-root", tmp_path, "--prefix", "p", check=False)
     assert proc.returncode == 2 and "no combined split" in proc.stderr
+
+
+def test_packed_deletes_only_parts_its_earlier_manifest_recorded(combined, tmp_path):
+    """Foreign files beside a packed export survive it byte for byte: ``part-*`` names no manifest
+    lists are neither removed (a shorter re-export) nor replaced (refused, naming the file); the
+    parts a longer earlier export recorded and a shorter one no longer lists are removed."""
+    root, ref, docs, dtype = combined
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = {out / "part-00099.parquet": b"another tool's file", out / "notes.txt": b"mine"}
+    for path, payload in foreign.items():
+        path.write_bytes(payload)
+
+    def export(rows_per_file: int, check: bool = True):
+        return slimtok("export", "packed", "--output-root", root, "--seq-len", 64, "--rows-per-file", rows_per_file,
+                       "--output-dir", out, check=check)
+
+    export(40)
+    longer = _check_manifest(out)
+    export(100_000)  # one file now: the earlier parts 1.. are recorded and go, the foreign ones stay
+    shorter = _check_manifest(out)
+    assert 1 < len(longer["files"]) < 99 and [f["file"] for f in shorter["files"]] == ["part-00000.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", "part-00000.parquet",
+                                                            "part-00099.parquet", "notes.txt"])
+    assert all(path.read_bytes() == payload for path, payload in foreign.items())
+    # a part name the new export needs, held by a file no manifest recorded: refused, nothing changed
+    (out / "manifest.json").unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = export(40, check=False)
+    assert proc.returncode == 2 and f"{out}: holds part-00000.parquet, which no earlier export" in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a manifest.json that is not a packed export's is not replaced either
+    (out / "part-00000.parquet").unlink()
+    (out / "manifest.json").write_text('{"mine": true}\n')
+    proc = export(100_000, check=False)
+    assert proc.returncode == 2 and f"{out / 'manifest.json'}: is not the manifest of a packed export" in proc.stderr
+    assert (out / "manifest.json").read_text() == '{"mine": true}\n'

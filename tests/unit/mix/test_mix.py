@@ -832,12 +832,15 @@ def test_combine_and_clean_check_a_shard_with_its_records_algorithm(roots, tmp_p
 
 def test_a_mix_of_a_mix_is_refused_naming_the_missing_tables(roots, tmp_path):
     """A mix's output has no document tables (its chunks are ranges of train.bin), so it cannot be a
-    source: refused before writing, naming the chunk."""
+    source: refused by its kind before writing, naming the root and what to name instead."""
+    from slimtok.errors import RootKindError
+
     mix_main(_spec(roots, tmp_path), tmp_path / "first")
     spec = tmp_path / "again.yaml"
     spec.write_text(yaml.safe_dump({"seed": 1, "total_tokens": 1000,
                                     "sources": [{"name": "m", "root": str(tmp_path / "first"), "weight": 1}]}))
-    with pytest.raises(MixError, match="shard train/mix-000000 has no document table"):
+    with pytest.raises(RootKindError, match=f"^{tmp_path / 'first'}: is a mix output root .*no document tables.*"
+                                            "name the roots it was mixed from"):
         mix_main(spec, tmp_path / "second")
     assert not (tmp_path / "second").exists()
 
@@ -875,3 +878,184 @@ def test_buffered_copy_crosses_block_edges_and_names_a_short_source(tmp_path, mo
             _copy_hashed([(1, 55, 10)], layout, {}, fd, 0, xxhash.xxh3_128())
     finally:
         os.close(fd)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` (hidden ones too) by relative path, with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _strip_kind(root: Path) -> None:
+    """job.json as slimtok wrote it before roots recorded their kind."""
+    raw = orjson.loads((root / "job.json").read_bytes())
+    del raw["kind"]
+    (root / "job.json").write_bytes(orjson.dumps(raw))
+
+
+def test_kinds_are_recorded_at_creation_and_inferred_for_older_roots(roots, tmp_path):
+    import shutil
+
+    from slimtok.protocol import MIX, TOKENIZE, root_kind
+
+    out = tmp_path / "out"
+    mix_main(_spec(roots, tmp_path), out)
+    assert orjson.loads((out / "job.json").read_bytes())["kind"] == MIX
+    assert orjson.loads((roots["web"] / "job.json").read_bytes())["kind"] == TOKENIZE
+    assert root_kind(OutputRoot(out)).how == "job.json records it"
+    old_mix, old_tok = Path(shutil.copytree(out, tmp_path / "old-mix")), Path(shutil.copytree(roots["code"],
+                                                                                                  tmp_path / "old"))
+    _strip_kind(old_mix)
+    _strip_kind(old_tok)
+    assert (root_kind(OutputRoot(old_mix)).kind, root_kind(OutputRoot(old_tok)).kind) == (MIX, TOKENIZE)
+    assert "inferred" in root_kind(OutputRoot(old_mix)).how and "inferred" in root_kind(OutputRoot(old_tok)).how
+    assert root_kind(OutputRoot(tmp_path / "nothing")).kind is None
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["recorded", "inferred"])
+def test_commands_a_mix_root_cannot_serve_refuse_naming_the_right_one_and_change_nothing(roots, tmp_path, old):
+    """clean, combine (with and without --consume), dedup and tokenize on a mix root each refuse in
+    one line naming the command that can, and every byte of the root stays as it was (clean used
+    to delete train.bin and val.bin: the chunk records name them)."""
+    out = tmp_path / "out"
+    mix_main(_spec(roots, tmp_path, validation={"documents": 5}), out)
+    if old:
+        _strip_kind(out)
+    before = _tree(out)
+    kind = "(inferred: mix.json is there)" if old else "(job.json records it)"
+    manifest = roots["tmp"] / "web-m" / "manifest.jsonl"
+    expected = {("clean", "--output-root", out): "on the roots it was mixed from",
+                ("combine", "--output-root", out): "relaunch `slimtok mix SPEC --output-root",
+                ("combine", "--output-root", out, "--consume"): "relaunch `slimtok mix SPEC --output-root",
+                ("dedup", "--output-root", out): "`dedup: true` in the mix spec",
+                ("tokenize", "--manifest", manifest, "--output-root", out, "--tokenizer",
+                 roots["web"] / "tokenizer" / "tokenizer.json", "--quiet"): "use a new --output-root"}
+    for args, fix in expected.items():
+        proc = slimtok(*args, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (args, proc.stderr)
+        assert lines[0].startswith(f"error: {out}: is a mix output root {kind}: ") and fix in lines[0], lines[0]
+        assert _tree(out) == before, args
+
+
+def test_a_mix_never_writes_into_a_folder_holding_anything_but_its_own_job(roots, tmp_path):
+    """Into one of its own sources, another tokenize root, a folder of foreign files, and a
+    tokenize root an older slimtok left a stray mix.json of this very mix in (it used to create
+    mix.json before refusing, and then go on at the second run): each refused, before any write."""
+    import shutil
+
+    from slimtok.errors import RootKindError
+
+    spec = _spec(roots, tmp_path)
+    own_source = Path(shutil.copytree(roots["web"], tmp_path / "web"))
+    data = yaml.safe_load(spec.read_text())
+    data["sources"][0]["root"] = str(own_source)
+    spec.write_text(yaml.safe_dump(data))
+    other = Path(shutil.copytree(roots["pile"], tmp_path / "pile"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for folder, match in ((own_source, "is a tokenize output root"), (other, "is a tokenize output root"),
+                          (foreign, "holds 1 name\\(s\\) that are not this mix's, e.g. 'notes.txt'")):
+        before = _tree(folder)
+        for _ in range(2):  # the second run used to find the mix.json the first one left and go on
+            with pytest.raises(RootKindError, match=match):
+                mix_main(spec, folder)
+            assert _tree(folder) == before
+    mix_main(spec, tmp_path / "mix")
+    stray = Path(shutil.copytree(roots["code"], tmp_path / "stray"))
+    _strip_kind(stray)  # an older root: its kind is inferred from the stray mix.json
+    shutil.copy(tmp_path / "mix" / "mix.json", stray / "mix.json")
+    before = _tree(stray)
+    with pytest.raises(RootKindError, match="job.json: holds a job that is not this mix"):
+        mix_main(spec, stray)
+    assert _tree(stray) == before
+
+
+def test_a_removed_cut_or_changed_split_file_is_rebuilt_to_the_same_bytes(roots, tmp_path):
+    """The published split file of a finished mix is never trusted over its chunk records: relaunched
+    after the file was removed (the old path published a train.bin of zeros with exit 0), cut
+    short, or changed inside one chunk, the mix writes exactly the bytes of an undamaged run."""
+    spec = _spec(roots, tmp_path, validation={"documents": 5})
+    out = tmp_path / "out"
+    mix_main(spec, out)
+    good = _tree(out)
+    for damage in ("remove", "cut", "flip", "remove partial too"):
+        train = out / "train.bin"
+        if damage.startswith("remove"):
+            train.unlink()
+            (out / "val.bin").unlink()
+        elif damage == "cut":
+            with open(train, "r+b") as f:
+                f.truncate(train.stat().st_size - 8)
+        else:
+            record, at = _chunk_ranges(out)[1]
+            _flip_token(train, at, record.bytes)
+        assert mix_main(spec, out) == 0
+        now = _tree(out)
+        for name in ("train.bin", "train.idx", "val.bin", "val.idx", "mix.json", "manifest.jsonl"):
+            assert now[name] == good[name], (damage, name)
+        assert not (out / ".train.bin.mix-partial").exists()
+
+
+def test_a_partial_file_that_lost_chunks_is_rewritten_where_it_differs(roots, tmp_path, monkeypatch):
+    """A killed mix's partial file that was replaced (here: removed) since its chunks were recorded
+    holds none of them: the relaunch writes every chunk again instead of publishing zeros."""
+    import slimtok.mix.write as write
+
+    spec = _spec(roots, tmp_path, chunk_documents=3)
+    reference = tmp_path / "reference"
+    mix_main(spec, reference)
+    out = tmp_path / "out"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(write, "_write_index", killed)  # every chunk committed, nothing published
+    with pytest.raises(KeyboardInterrupt):
+        mix_main(spec, out)
+    monkeypatch.undo()
+    partial = out / ".train.bin.mix-partial"
+    assert partial.exists() and not (out / "train.bin").exists() and list((out / "done").rglob("*.json"))
+    partial.unlink()
+    mix_main(spec, out)
+    assert (out / "train.bin").read_bytes() == (reference / "train.bin").read_bytes()
+
+
+def test_validate_and_export_tell_a_mix_root_to_relaunch_the_mix(roots, tmp_path):
+    """On a mix root without its meta (a mix killed before it published), validate and export name
+    `slimtok mix`, not combine (which refuses a mix root)."""
+    from slimtok.errors import ExportError, ValidateError
+    from slimtok.export import export_packed
+    from slimtok.validate import validate
+
+    out = tmp_path / "out"
+    mix_main(_spec(roots, tmp_path), out)
+    (out / "meta.json").unlink()
+    fix = f"relaunch `slimtok mix SPEC --output-root {out}` with its spec first"
+    missing = f"{out / 'meta.json'}: is missing: nothing was combined yet; {fix}"
+    with pytest.raises(ValidateError, match=re.escape(missing)):
+        validate(out, log=lambda _: None)
+    with pytest.raises(ExportError, match=re.escape(fix)):
+        export_packed(out, 16, log=lambda _: None)
+
+
+def test_a_job_pinned_into_the_folder_while_a_mix_starts_is_never_replaced(roots, tmp_path, monkeypatch):
+    """A tokenize that pins its job.json in the empty folder between the mix's check and its first
+    write (two commands started at once): the mix refuses, the other job's record is byte for byte
+    what it wrote, and the mix's own mix.json of this launch is gone again."""
+    import slimtok.mix.write as write
+    from slimtok.errors import RootKindError
+
+    out = tmp_path / "out"
+    theirs = (roots["web"] / "job.json").read_bytes()
+    checked = write._own_folder
+
+    def tokenize_meanwhile(*args):
+        checked(*args)
+        out.mkdir()
+        (out / "job.json").write_bytes(theirs)
+
+    monkeypatch.setattr(write, "_own_folder", tokenize_meanwhile)
+    with pytest.raises(RootKindError, match=re.escape(f"{out / 'job.json'}: holds a job that is not this mix")):
+        mix_main(_spec(roots, tmp_path), out)
+    assert _tree(out) == {"job.json": theirs}
