@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import orjson
 import zstandard
 
+from .errors import ShardReadError
+from .formats.streams import open_shard
 from .manifest import ShardEntry
 from .space import format_bytes
 
@@ -67,35 +70,61 @@ def measured_ratios(done: Iterable[tuple[str, int, int]]) -> dict[str, tuple[int
     return sums
 
 
-def _decompressor(path: str) -> Callable[[bytes], bytes] | None:
-    """A function decompressing a prefix of ``path`` as far as it goes, or None for other formats."""
+#: Decompressed bytes a sample may hold at most (8x a typical zstd ratio): a prefix that expands
+#: beyond this (a compression bomb, one endless line) is cut here, so sampling memory is bounded.
+SAMPLE_TEXT_LIMIT = 32 * SAMPLE_BYTES
+#: Compressed bytes per zstd call: one call expands to at most ~128 KiB per 3-byte block (RLE),
+#: so the output overshoots SAMPLE_TEXT_LIMIT by a few MiB at most.
+_ZSTD_STEP = 64
+
+
+def _decompressor(path: str) -> Callable[[bytes, int], tuple[bytes, int]] | None:
+    """A function (prefix, limit) -> (its data, as far as it goes but stopping once at least
+    ``limit`` bytes are out, and the prefix bytes used for it); None for other formats."""
     if path.endswith(".zst"):
         obj = zstandard.ZstdDecompressor().decompressobj()
-        return obj.decompress
+
+        def zstd(raw: bytes, limit: int) -> tuple[bytes, int]:
+            out, size, used = [], 0, 0
+            while used < len(raw) and size < limit:
+                piece = obj.decompress(raw[used:used + _ZSTD_STEP])
+                used = min(len(raw), used + _ZSTD_STEP)
+                out.append(piece)
+                size += len(piece)
+            return b"".join(out), used
+        return zstd
     if path.endswith(".gz"):
-        return zlib.decompressobj(wbits=31).decompress
+        def gzip(raw: bytes, limit: int) -> tuple[bytes, int]:
+            obj = zlib.decompressobj(wbits=31)
+            out = obj.decompress(raw, limit)
+            return out, len(raw) - len(obj.unconsumed_tail)
+        return gzip
     if path.endswith(".jsonl") or path.endswith(".json"):
-        return lambda raw: raw
+        return lambda raw, limit: (raw[:limit], min(len(raw), limit))
     return None
 
 
 def sample_texts(path: str, text_key: str, sample_bytes: int = SAMPLE_BYTES) -> tuple[list[str], float] | None:
     """Texts of the complete lines in the first ``sample_bytes`` compressed bytes of a shard, and
-    the compressed bytes they stand for; None for a format this cannot sample or an unreadable prefix.
+    the compressed bytes they stand for; None for a format this cannot sample, a file that is not
+    a regular file, or an unreadable prefix.
 
-    The compressed share is the prefix scaled by the share of decompressed bytes in complete lines,
-    so a line cut at the end of the prefix does not bias the ratio.
+    Bounded: at most ``sample_bytes`` are read and at most about :data:`SAMPLE_TEXT_LIMIT` bytes
+    decompressed. The compressed share is the prefix used scaled by the share of decompressed
+    bytes in complete lines, so a line cut at the end of the prefix does not bias the ratio.
     """
     decompress = _decompressor(path)
     if decompress is None:
         return None
     try:
-        with open(path, "rb") as f:
+        with open_shard(Path(path)) as f:
             raw = f.read(sample_bytes)
-        text = decompress(raw)
-    except (OSError, zstandard.ZstdError, zlib.error):
+        text, used = decompress(raw, SAMPLE_TEXT_LIMIT)
+    except (ShardReadError, OSError, zstandard.ZstdError, zlib.error):
         return None
-    complete = text[: text.rfind(b"\n") + 1] if len(raw) == sample_bytes else text
+    # the whole file was read and decompressed: its last line counts even without a newline
+    whole = used == len(raw) and len(raw) < sample_bytes and len(text) < SAMPLE_TEXT_LIMIT
+    complete = text if whole else text[: text.rfind(b"\n") + 1]
     if not complete:
         return None
     texts = []
@@ -106,7 +135,7 @@ def sample_texts(path: str, text_key: str, sample_bytes: int = SAMPLE_BYTES) -> 
             continue
         if isinstance(value, str):
             texts.append(value)
-    return texts, len(raw) * len(complete) / len(text)
+    return texts, used * len(complete) / len(text)
 
 
 def _spread(entries: Sequence[ShardEntry], n: int) -> list[ShardEntry]:

@@ -61,11 +61,13 @@ def batch_rows(batches: Iterator[pa.RecordBatch], skip: int, text_key: str, sour
 def parquet_batches(path: Path, text_key: str, source_path: Sequence[str], start_row: int,
                     short: Callable[[], ShardReadError]) -> tuple[Iterator[pa.RecordBatch], int]:
     """Record batches of the row groups at or after ``start_row``, and rows to drop from the first."""
+    # Opened here, not by Arrow, so that only a regular file is ever opened (see open_shard); the
+    # reader keeps the file object and closes it when it is dropped.
+    f = open_shard(path)
     try:
-        pf = pq.ParquetFile(path)
-    except FileNotFoundError as exc:
-        raise ShardReadError(path, "file not found") from exc
+        pf = pq.ParquetFile(f)
     except (pa.ArrowException, OSError) as exc:
+        f.close()
         raise ShardReadError(path, f"not a readable parquet file: {exc}") from exc
     names = pf.schema_arrow.names
     _require_column(path, names, text_key)

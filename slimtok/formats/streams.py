@@ -12,7 +12,9 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import re
+import stat
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,18 +97,66 @@ _BLOCKS = {
 }
 
 
-def open_shard(path: Path) -> BinaryIO:
-    """``path`` opened unbuffered for reading; every failure is a ShardReadError with the reason."""
+#: What a file that is not a regular file is, by its stat mode bits, for the refusal that names it.
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def not_regular(mode: int) -> str | None:
+    """Why a file of ``mode`` (st_mode, links followed) is not read as a shard; None for a regular file.
+
+    Only regular files are shards: a pipe or a socket can block a reader forever and a device can
+    be endless, so neither is ever read.
+    """
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory, expected a shard file"
+    kind = next((name for test, name in _KINDS if test(mode)), f"a special file (mode {mode:o})")
+    return f"is {kind}, not a regular file; only regular files are read as shards"
+
+
+def _open_error(path: Path, exc: OSError) -> ShardReadError:
+    if isinstance(exc, FileNotFoundError):
+        return ShardReadError(path, "file not found")
+    if isinstance(exc, IsADirectoryError):
+        return ShardReadError(path, "is a directory, expected a shard file")
+    if isinstance(exc, PermissionError):
+        return ShardReadError(path, "permission denied")
+    return ShardReadError(path, f"cannot open: {exc.strerror or exc}")
+
+
+def check_regular(path: str | os.PathLike[str]) -> None:
+    """Raise a ShardReadError naming ``path`` unless it is (a link to) a regular file; opens nothing."""
+    path = Path(path)
     try:
-        return open(path, "rb", buffering=0)
-    except FileNotFoundError as exc:
-        raise ShardReadError(path, "file not found") from exc
-    except IsADirectoryError as exc:
-        raise ShardReadError(path, "is a directory, expected a shard file") from exc
-    except PermissionError as exc:
-        raise ShardReadError(path, "permission denied") from exc
+        mode = os.stat(path).st_mode
     except OSError as exc:
-        raise ShardReadError(path, f"cannot open: {exc.strerror or exc}") from exc
+        raise _open_error(path, exc) from exc
+    problem = not_regular(mode)
+    if problem:
+        raise ShardReadError(path, problem)
+
+
+def open_shard(path: Path) -> BinaryIO:
+    """``path`` opened unbuffered for reading; every failure is a ShardReadError with the reason.
+
+    Invariant: only a regular file is ever read. The type is checked before the open (a device is
+    never opened) and again on the open descriptor, which is opened non-blocking so that a pipe
+    swapped in between the two cannot block; the descriptor is made blocking again only once it
+    is known to be a regular file (where the flag changes nothing anyway).
+    """
+    check_regular(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _open_error(path, exc) from exc
+    problem = not_regular(os.fstat(fd).st_mode)
+    if problem:
+        os.close(fd)
+        raise ShardReadError(path, problem)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb", buffering=0)
 
 
 def data_blocks(path: str | Path, compression: str, block_size: int) -> Iterator[bytes]:
