@@ -110,8 +110,23 @@ def entry_for(root: Path, path: Path) -> ShardEntry:
 
 
 def _walk(root: Path) -> Iterable[Path]:
-    """Every file below ``root`` outside hidden folders, hidden files left out, in a stable order."""
+    """Every file below ``root`` outside hidden folders, hidden files left out, in a stable order.
+
+    A Hugging Face cache repo folder on the way (``datasets--org--name``, as under a hub cache
+    folder), or the ``snapshots/`` folder of one, contributes the files of its one snapshot (the
+    choice of :func:`slimtok.mirror.cache_snapshot`) and nothing else: never every snapshot (each
+    a full copy of the repo at one commit) nor its blobs.
+    """
+    from .mirror import cache_snapshot
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        repo = here.parent if here.name == "snapshots" else here
+        snapshot = cache_snapshot(repo) if here != root or here.name == "snapshots" else None
+        if snapshot is not None:
+            dirnames[:] = []
+            yield from _walk(snapshot)
+            continue
         # Hidden folders hold caches (local_dir's .cache/huggingface), never shards.
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
