@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import ShardReadError
-from .protocol.records import DEFAULT_MAX_LINE_BYTES
 from .formats.jsonl import NO_SOURCE, QuickParser, load_object, source_of, text_of
 from .formats.pieces import Text, TextPieces, huge_record
 from .formats.registry import JSONL, PARQUET, SUFFIXES, InputFormat, format_of
 from .formats.streams import Buffer, Overlong, data_blocks, split_blocks
 from .formats.streams import iter_lines as _stream_lines
+from .protocol.records import DEFAULT_MAX_LINE_BYTES
 
 __all__ = ["NO_SOURCE", "ShardReadError", "ShardReader", "Text", "TextPieces", "iter_lines", "source_of"]
 

@@ -17,7 +17,6 @@ import pytest
 from helpers import cli
 from helpers.cli import slimtok, tokenize_cmd
 from helpers.corpus import make_dataset, reference_ids
-
 from slimtok.budget import sample_texts
 from slimtok.errors import ShardReadError
 from slimtok.formats.streams import open_shard

@@ -11,7 +11,6 @@ import lzma
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc
@@ -55,7 +54,7 @@ def test_split_blocks_with_a_cap_matches_a_plain_split(seed):
              for _ in range(rng.randrange(1, 40))]
     data = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
     cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randrange(0, 20)))) if len(data) > 1 else []
-    blocks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    blocks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
     assert _flatten(split_blocks(iter(blocks), cap)) == _expected(data, cap)
     assert _flatten(split_blocks(iter(blocks))) == _expected(data, len(data))  # no cap: every line kept
 
