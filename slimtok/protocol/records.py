@@ -22,8 +22,8 @@ _TOKEN_WIDTHS = {"uint16": 2, "uint32": 4}
 DEFAULT_SOURCE_KEY = "meta.redpajama_set_name"
 #: The default of ``--max-line-bytes``: a longer line (a parquet/Arrow text: its UTF-8 bytes) is
 #: skipped as ``line_too_long``. A worker holds at most one line of this size (plus a block), so it
-#: is also the bound on a worker's reading memory. 256 MiB is above every real document we know of
-#: (SlimPajama's longest books are tens of MB; slimtok's own tests read 200 MB lines whole) and
+#: is also the bound on a worker's reading memory. 256 MiB keeps the 200 MB lines the huge-document
+#: path exists for (and the tests read whole), far above ordinary web and book documents, and is
 #: small enough that a node's workers each holding one stay within ordinary per-core memory.
 DEFAULT_MAX_LINE_BYTES = 256 << 20
 
