@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -171,3 +172,42 @@ def test_a_native_encoder_panic_fails_that_shard_and_the_worker_goes_on(tmp_path
     slimtok("combine", "--output-root", root, "--quiet", "--allow-partial", timeout=TIMEOUT)
     got = np.fromfile(root / "train.bin", dtype=np.uint32)
     assert np.array_equal(got, reference_ids(good, bpe_tokenizer / "tokenizer.json", 0, "train"))
+
+
+#: Runs the command given as arguments and prints the peak RSS (KiB) of its largest process: the
+#: launcher or one of the workers it starts and waits for.
+PEAK = ("import resource, subprocess, sys\nproc = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "sys.stderr.write(proc.stderr)\nprint(proc.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+
+
+def _peak(cmd: list[str]) -> tuple[int, int, str]:
+    proc = subprocess.run([sys.executable, "-c", PEAK, *cmd], capture_output=True, text=True, timeout=TIMEOUT * 3)
+    code, peak = proc.stdout.split()
+    return int(code), int(peak), proc.stderr
+
+
+def test_a_shard_of_one_endless_line_is_skipped_within_the_cap(tmp_path, bpe_tokenizer):
+    """A 1 GiB line with no newline (a few hundred KiB of zstd) among good shards: the worker that
+    claims it reads past it within the cap and records it as a skipped line; the peak RSS of every
+    process stays within the cap of what the same job without that shard needs."""
+    import zstandard
+
+    cap = 8 << 20
+    ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=8, holdout_docs=2)
+    manifest_good = cli.manifest(tmp_path / "good", ds)
+    endless = ds / "train/chunk1/example_train_9.jsonl.zst"
+    with open(endless, "wb") as f, zstandard.ZstdCompressor(level=1).stream_writer(f) as w:
+        w.write(b'{"text": "')
+        chunk = b"a" * (1 << 24)
+        for _ in range(64):
+            w.write(chunk)
+    manifest = cli.manifest(tmp_path / "all", ds)
+    flags = ("--spawn-workers", 1, "--max-line-bytes", cap)
+    code, base, err = _peak(tokenize_cmd(manifest_good, tmp_path / "out-good", bpe_tokenizer, *flags))
+    assert code == 0, err
+    code, peak, err = _peak(tokenize_cmd(manifest, tmp_path / "out", bpe_tokenizer, *flags))
+    assert code == 1, err  # the endless shard holds no document: it fails as empty, naming the skip
+    reason = _failed(tmp_path / "out")["train/chunk1/example_train_9"]
+    assert "no usable document in 1 lines" in reason and "line_too_long=1" in reason, reason
+    grown_mib = (peak - base) / 1024
+    assert grown_mib < 3 * cap / (1 << 20) + 32, f"the endless line grew the largest process by {grown_mib:.0f} MiB"
