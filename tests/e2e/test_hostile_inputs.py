@@ -177,7 +177,8 @@ def test_a_native_encoder_panic_fails_that_shard_and_the_worker_goes_on(tmp_path
 #: Runs the command given as arguments and prints the peak RSS (KiB) of its largest process: the
 #: launcher or one of the workers it starts and waits for.
 PEAK = ("import resource, subprocess, sys\nproc = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "sys.stderr.write(proc.stderr)\nprint(proc.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+        "sys.stderr.write(proc.stderr)\n"
+        "print(proc.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
 
 
 def _peak(cmd: list[str]) -> tuple[int, int, str]:
