@@ -11,13 +11,18 @@ files only: document tables add 24 bytes per document (well under 1% at SlimPaja
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 
 import orjson
 import zstandard
 
+from .errors import ShardReadError
+from .formats import format_of
+from .formats.streams import open_shard
 from .manifest import ShardEntry
 from .space import format_bytes
 
@@ -67,35 +72,63 @@ def measured_ratios(done: Iterable[tuple[str, int, int]]) -> dict[str, tuple[int
     return sums
 
 
-def _decompressor(path: str) -> Callable[[bytes], bytes] | None:
-    """A function decompressing a prefix of ``path`` as far as it goes, or None for other formats."""
+#: Decompressed bytes a sample may hold at most (8x a typical zstd ratio): a prefix that expands
+#: beyond this (a compression bomb, one endless line) is cut here, so sampling memory is bounded.
+SAMPLE_TEXT_LIMIT = 32 * SAMPLE_BYTES
+#: Compressed bytes per zstd call: one call expands to at most ~128 KiB per 3-byte block (RLE),
+#: so the output overshoots SAMPLE_TEXT_LIMIT by a few MiB at most.
+_ZSTD_STEP = 64
+
+
+def _decompressor(path: str) -> Callable[[bytes, int], tuple[bytes, int]] | None:
+    """A function (prefix, limit) -> (its data, as far as it goes but stopping once at least
+    ``limit`` bytes are out, and the prefix bytes used for it); None for other formats."""
     if path.endswith(".zst"):
         obj = zstandard.ZstdDecompressor().decompressobj()
-        return obj.decompress
+
+        def zstd(raw: bytes, limit: int) -> tuple[bytes, int]:
+            out, size, used = [], 0, 0
+            while used < len(raw) and size < limit:
+                piece = obj.decompress(raw[used:used + _ZSTD_STEP])
+                used = min(len(raw), used + _ZSTD_STEP)
+                out.append(piece)
+                size += len(piece)
+            return b"".join(out), used
+        return zstd
     if path.endswith(".gz"):
-        return zlib.decompressobj(wbits=31).decompress
+        def gzip(raw: bytes, limit: int) -> tuple[bytes, int]:
+            obj = zlib.decompressobj(wbits=31)
+            out = obj.decompress(raw, limit)
+            return out, len(raw) - len(obj.unconsumed_tail)
+        return gzip
     if path.endswith(".jsonl") or path.endswith(".json"):
-        return lambda raw: raw
+        return lambda raw, limit: (raw[:limit], min(len(raw), limit))
     return None
 
 
 def sample_texts(path: str, text_key: str, sample_bytes: int = SAMPLE_BYTES) -> tuple[list[str], float] | None:
     """Texts of the complete lines in the first ``sample_bytes`` compressed bytes of a shard, and
-    the compressed bytes they stand for; None for a format this cannot sample or an unreadable prefix.
+    the compressed bytes they stand for; None for a format this cannot sample, a file that is not
+    a regular file, or an unreadable prefix.
 
-    The compressed share is the prefix scaled by the share of decompressed bytes in complete lines,
-    so a line cut at the end of the prefix does not bias the ratio.
+    Bounded: at most ``sample_bytes`` are read and at most about :data:`SAMPLE_TEXT_LIMIT` bytes
+    decompressed. The compressed share is the prefix used scaled by the share of decompressed
+    bytes in complete lines, so a line cut at the end of the prefix does not bias the ratio.
     """
+    if path.endswith(".parquet"):
+        return _parquet_texts(path, text_key, sample_bytes)
     decompress = _decompressor(path)
     if decompress is None:
         return None
     try:
-        with open(path, "rb") as f:
+        with open_shard(Path(path)) as f:
             raw = f.read(sample_bytes)
-        text = decompress(raw)
-    except (OSError, zstandard.ZstdError, zlib.error):
+        text, used = decompress(raw, SAMPLE_TEXT_LIMIT)
+    except (ShardReadError, OSError, zstandard.ZstdError, zlib.error):
         return None
-    complete = text[: text.rfind(b"\n") + 1] if len(raw) == sample_bytes else text
+    # the whole file was read and decompressed: its last line counts even without a newline
+    whole = used == len(raw) and len(raw) < sample_bytes and len(text) < SAMPLE_TEXT_LIMIT
+    complete = text if whole else text[: text.rfind(b"\n") + 1]
     if not complete:
         return None
     texts = []
@@ -106,7 +139,36 @@ def sample_texts(path: str, text_key: str, sample_bytes: int = SAMPLE_BYTES) -> 
             continue
         if isinstance(value, str):
             texts.append(value)
-    return texts, len(raw) * len(complete) / len(text)
+    return texts, used * len(complete) / len(text)
+
+
+def _parquet_texts(path: str, text_key: str, sample_bytes: int) -> tuple[list[str], float] | None:
+    """Texts of the first rows of a parquet shard that stand for about ``sample_bytes`` of the file,
+    and the file bytes they stand for: the file's size times their share of its rows (the other
+    columns and the metadata are spread over the rows as the worker's source bytes are). Reads the
+    text column alone, a batch at a time, and stops at :data:`SAMPLE_TEXT_LIMIT` bytes of text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with open_shard(Path(path)) as f:
+            pf = pq.ParquetFile(f)
+            rows, size = pf.metadata.num_rows, os.fstat(f.fileno()).st_size
+            if not rows or text_key not in pf.schema_arrow.names:
+                return None
+            want = max(1, rows * sample_bytes // max(size, 1))
+            texts: list[str] = []
+            read = held = 0
+            for batch in pf.iter_batches(batch_size=min(want, 1024), columns=[text_key]):
+                read += batch.num_rows
+                found = [t for t in batch.column(0).to_pylist() if isinstance(t, str)]
+                texts += found
+                held += sum(map(len, found))
+                if read >= want or held >= SAMPLE_TEXT_LIMIT:
+                    break
+    except (ShardReadError, OSError, pa.ArrowException):
+        return None
+    return (texts, size * read / rows) if read else None
 
 
 def _spread(entries: Sequence[ShardEntry], n: int) -> list[ShardEntry]:
@@ -130,17 +192,52 @@ def _sampled_ratio(entries: Sequence[ShardEntry], encode_count: EncodeCount, tex
     return (tokens / covered, used) if covered > 0 else None
 
 
+def _suffix(entry: ShardEntry) -> str:
+    fmt = format_of(entry.path)
+    return fmt.suffix if fmt else ""
+
+
+def ratio_groups(entries: Sequence[ShardEntry]) -> dict[str, list[ShardEntry]]:
+    """Entries by the group one ratio covers: the split, or for a split whose shards come in several
+    formats, the split and the format (``train (.jsonl)``), in first-seen order.
+
+    Tokens per on-disk byte differ by format far beyond any margin (a plain shard holds ~4x the
+    text of a zstd one of its size), so one ratio sampled over a split of mixed formats, applied
+    to all of its bytes, is off by as much as the formats' shares in the sample and in the split
+    differ. Within one format shards are alike enough for a spread sample.
+    """
+    by_split: dict[str, dict[str, list[ShardEntry]]] = {}
+    for e in entries:
+        by_split.setdefault(e.split, {}).setdefault(_suffix(e), []).append(e)
+    return {(split if len(formats) == 1 else _qualified(split, suffix)): group
+            for split, formats in by_split.items() for suffix, group in formats.items()}
+
+
+def _qualified(split: str, suffix: str) -> str:
+    return f"{split} ({suffix or 'no suffix'})"
+
+
+def _lookup(table: Mapping[str, Sequence[float]], group: list[ShardEntry]) -> Sequence[float] | None:
+    """A group's entry in a sample table: under the split and format, else under the split alone (a
+    table written when the split was not mixed, or before ratios were kept per format)."""
+    first = group[0]
+    return table.get(_qualified(first.split, _suffix(first)), table.get(first.split))
+
+
+def unsampled(entries: Sequence[ShardEntry], sampled: Mapping[str, Sequence[float]]) -> list[ShardEntry]:
+    """The entries ``sampled`` (a :func:`sample_ratios` result) has no ratio for."""
+    return [e for group in ratio_groups(entries).values() if _lookup(sampled, group) is None for e in group]
+
+
 def sample_ratios(entries: Sequence[ShardEntry], encode_count: EncodeCount, text_key: str = "text",
                   sample_shards: int = SAMPLE_SHARDS, sample_bytes: int = SAMPLE_BYTES) -> dict[str, list[float]]:
-    """Per split [tokens per compressed source byte, shards sampled], for the splits with a readable sample."""
-    by_split: dict[str, list[ShardEntry]] = {}
-    for e in entries:
-        by_split.setdefault(e.split, []).append(e)
+    """Per group of :func:`ratio_groups` [tokens per compressed source byte, shards sampled], for the
+    groups with a readable sample."""
     found = {}
-    for split, group in sorted(by_split.items()):
+    for key, group in sorted(ratio_groups(entries).items()):
         sampled = _sampled_ratio(group, encode_count, text_key, sample_shards, sample_bytes)
         if sampled is not None:
-            found[split] = [sampled[0], sampled[1]]
+            found[key] = [sampled[0], sampled[1]]
     return found
 
 
@@ -153,8 +250,10 @@ def estimate_token_bytes(entries: Sequence[ShardEntry], dtype_width: int,
                          bounds: Mapping[str, Sequence[float]] | None = None) -> TokenBytesEstimate:
     """Token bytes that tokenizing ``entries`` will write.
 
-    Per split, the ratio comes from ``measured`` (split -> (tokens, source bytes) of done shards,
-    see :func:`measured_ratios`) when it has any source bytes; else from ``sampled`` (an earlier
+    Per group of :func:`ratio_groups` (a split, or a split and format where its formats are mixed),
+    the ratio comes from ``measured`` (split -> (tokens, source bytes) of done shards, see
+    :func:`measured_ratios`; for a split that is not mixed) when it has any source bytes; else
+    from ``sampled`` (an earlier
     :func:`sample_ratios`); else from ``bounds`` (the same, counted by an upper bound on the
     tokens instead of an encoding: the estimate is then at most); else from a sample encoded by
     ``encode_count(texts) -> tokens`` (separators included, as the worker writes them); else from
@@ -163,19 +262,16 @@ def estimate_token_bytes(entries: Sequence[ShardEntry], dtype_width: int,
     sampled, bounds = sampled or {}, bounds or {}
     measured = {k: v for k, v in (measured or {}).items() if v[1] > 0}
     overall = (sum(t for t, _ in measured.values()) / sum(b for _, b in measured.values())) if measured else None
-    by_split: dict[str, list[ShardEntry]] = {}
-    for e in entries:
-        by_split.setdefault(e.split, []).append(e)
     estimate = TokenBytesEstimate(bytes=0, margin=margin)
     total = 0.0
-    for split, group in by_split.items():
+    for key, group in ratio_groups(entries).items():
         size = sum(e.size for e in group)
-        if split in measured:
-            ratio, basis = measured[split][0] / measured[split][1], "done records"
-        elif split in sampled:
-            ratio, basis = sampled[split][0], f"sample of {_shards(int(sampled[split][1]))}"
-        elif split in bounds:
-            ratio, basis = bounds[split][0], f"{BOUND_BASIS} {_shards(int(bounds[split][1]))}"
+        if key in measured:
+            ratio, basis = measured[key][0] / measured[key][1], "done records"
+        elif (pinned := _lookup(sampled, group)) is not None:
+            ratio, basis = pinned[0], f"sample of {_shards(int(pinned[1]))}"
+        elif (bound := _lookup(bounds, group)) is not None:
+            ratio, basis = bound[0], f"{BOUND_BASIS} {_shards(int(bound[1]))}"
         elif encode_count is not None and (fresh := _sampled_ratio(group, encode_count, text_key,
                                                                     sample_shards, sample_bytes)):
             ratio, basis = fresh[0], f"sample of {_shards(fresh[1])}"
@@ -184,7 +280,7 @@ def estimate_token_bytes(entries: Sequence[ShardEntry], dtype_width: int,
         else:
             estimate.unestimated_source_bytes += size
             continue
-        estimate.ratios[split], estimate.basis[split] = ratio, basis
+        estimate.ratios[key], estimate.basis[key] = ratio, basis
         total += ratio * dtype_width * size
     estimate.bytes = int(total + 0.5)
     return estimate

@@ -10,6 +10,7 @@ import click
 from . import __version__
 from .job import CHECKPOINT_EVERY, MIN_FREE_FRACTION, STALE_AFTER, TOKENS_PER_WRITE
 from .protocol import DEFAULT_SOURCE_KEY, SPLITS
+from .protocol.records import DEFAULT_MAX_LINE_BYTES
 from .tokenizer import BACKENDS, BOS_CHOICES, DTYPES, SPECIAL_TEXT
 
 SPLIT_CHOICES = ",".join(SPLITS)
@@ -133,6 +134,9 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--source-key", default=DEFAULT_SOURCE_KEY, show_default=True,
               help="Dotted path naming each document's source, counted per source in done records and "
                    "meta.json; '' for none. Pinned in job.json.")
+@click.option("--max-line-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_LINE_BYTES, show_default=True,
+              help="Skip (count as line_too_long) any line longer than this, or a parquet/Arrow text of more "
+                   "UTF-8 bytes; it bounds a worker's reading memory. Pinned in job.json.")
 @click.option("--eos-id", type=click.IntRange(min=0), default=None, help="Default: the tokenizer's eos token.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
               help="Token width: auto = uint16 when every id the tokenizer can emit is < 65,536, else uint32.")
@@ -153,8 +157,8 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")
 def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_workers: str, max_workers: int | None,
                  process_index: int | None, process_count: int | None, tokens_per_write: int,
-                 checkpoint_every: float, splits: str, text_key: str, source_key: str, eos_id: int | None, dtype: str,
-                 bos: str,
+                 checkpoint_every: float, splits: str, text_key: str, source_key: str, max_line_bytes: int,
+                 eos_id: int | None, dtype: str, bos: str,
                  special_text: str, backend: str,
                  retry_failed: bool, min_free_fraction: float, stale_after: float, quiet: bool) -> None:
     """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""
@@ -165,6 +169,7 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
     base = TokenizeSettings(manifest=str(manifest.absolute()), output_root=str(output_root.absolute()),
                             tokenizer=tokenizer, tokens_per_write=tokens_per_write, checkpoint_every=checkpoint_every,
                             splits=_splits(splits) or SPLITS, text_key=text_key, source_key=source_key,
+                            max_line_bytes=max_line_bytes,
                             eos_id=eos_id, dtype=dtype, bos=bos, special_text=special_text, backend=backend,
                             retry_failed=retry_failed, min_free_fraction=min_free_fraction,
                             stale_after=stale_after)

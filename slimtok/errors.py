@@ -189,6 +189,15 @@ class EmptyShard(ShardError):
     """
 
 
+class EncoderCrash(ShardError):
+    """The native encoder raised something that is not an ``Exception`` (pyo3's ``PanicException``,
+    a Rust panic, derives from ``BaseException``) while encoding this shard's documents, e.g.::
+
+        the tokenizer's native encoder panicked on a batch of this shard (PanicException: regex
+        backtrack limit exceeded); the other shards go on: fix the tokenizer or leave this shard out
+    """
+
+
 # -- control flow inside a worker (never shown to a user as an error) --------------------------
 
 class LostClaim(Exception):

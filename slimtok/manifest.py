@@ -10,7 +10,7 @@ not absolute paths, so nodes that mount the same dataset at different paths agre
 One shard file, one id: an id is a normalized relative path (no empty, ``.`` or ``..`` component, no
 NUL), and no two entries name the same file (same device and inode, or the same normalized path for
 a file that does not exist yet); :func:`build_manifest` and :func:`read_manifest` both refuse
-otherwise, naming both entries. Only files in a format of :mod:`slimtok.formats` are shards.
+otherwise, naming both entries. Only regular files in a format of :mod:`slimtok.formats` are shards.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import orjson
 
 from .errors import ManifestError
 from .formats import SUFFIXES, format_of, strip_suffix
+from .formats.streams import not_regular
 from .protocol import SPLITS, Record, storage_for, write_atomic, write_json_lines
 
 DEFAULT_PATTERNS = ("*.jsonl.zst",)
@@ -109,8 +110,23 @@ def entry_for(root: Path, path: Path) -> ShardEntry:
 
 
 def _walk(root: Path) -> Iterable[Path]:
-    """Every file below ``root`` outside hidden folders, hidden files left out, in a stable order."""
+    """Every file below ``root`` outside hidden folders, hidden files left out, in a stable order.
+
+    A Hugging Face cache repo folder on the way (``datasets--org--name``, as under a hub cache
+    folder), or the ``snapshots/`` folder of one, contributes the files of its one snapshot (the
+    choice of :func:`slimtok.mirror.cache_snapshot`) and nothing else: never every snapshot (each
+    a full copy of the repo at one commit) nor its blobs.
+    """
+    from .mirror import cache_snapshot
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        repo = here.parent if here.name == "snapshots" else here
+        snapshot = cache_snapshot(repo) if here != root or here.name == "snapshots" else None
+        if snapshot is not None:
+            dirnames[:] = []
+            yield from _walk(snapshot)
+            continue
         # Hidden folders hold caches (local_dir's .cache/huggingface), never shards.
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
@@ -150,6 +166,19 @@ def _check_formats(entries_paths: Sequence[Path], root: Path) -> None:
         raise ManifestError(f"{len(unknown)} file(s) matched --pattern but are not a shard format slimtok reads "
                             f"({shown}; supported suffixes: {', '.join(SUFFIXES)})", root,
                             "narrow --pattern to shard files")
+
+
+def _check_regular(paths: Sequence[Path], root: Path) -> None:
+    """Every matched file must be (a link to) a regular file: a pipe would block every reader and a
+    device may never end. Checked by stat alone, so nothing is opened."""
+    for p in paths:
+        try:
+            problem = not_regular(p.stat().st_mode)
+        except OSError as exc:
+            problem = f"cannot be read: {exc.strerror or exc}"
+        if problem:
+            raise ManifestError(f"{p.relative_to(root)} matched --pattern but {problem}", root,
+                                "replace it with the shard file it stands for, or narrow --pattern to leave it out")
 
 
 def _file_key(path: str) -> tuple:
@@ -211,6 +240,7 @@ def build_manifest(dataset_dir: str | os.PathLike[str], patterns: Sequence[str] 
     if not matched:
         raise _nothing_found(root, patterns, files)
     _check_formats(matched, root)
+    _check_regular(matched, root)
     entries = sorted((entry_for(root, p) for p in matched), key=ShardEntry.sort_key)
     check_unique(entries, [e.path for e in entries])
     return root, entries

@@ -9,8 +9,11 @@ repair and skip rules are those of :mod:`slimtok.formats.jsonl`.
 A file that cannot be read to its end (missing, empty, not its format, corrupt or truncated)
 raises :class:`ShardReadError` naming the file and the reason; so does any unexpected failure
 on one line, naming the line. Memory is bounded by the block size plus the longest line, never by
-the shard size. A line longer than :data:`HUGE_LINE_BYTES` whose text is a string never becomes
-one ``str``: its text comes as :class:`TextPieces` (see :mod:`slimtok.formats.pieces`).
+the shard size; a line longer than the reader's ``max_line_bytes`` (a parquet/Arrow text: its UTF-8
+bytes) is read past without being kept and counted as a ``line_too_long`` skip, so memory is bounded
+by the block size plus that cap whatever the file holds. A line longer than :data:`HUGE_LINE_BYTES`
+whose text is a string never becomes one ``str``: its text comes as :class:`TextPieces` (see
+:mod:`slimtok.formats.pieces`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from .errors import ShardReadError
 from .formats.jsonl import NO_SOURCE, QuickParser, load_object, source_of, text_of
 from .formats.pieces import Text, TextPieces, huge_record
 from .formats.registry import JSONL, PARQUET, SUFFIXES, InputFormat, format_of
-from .formats.streams import Buffer, data_blocks, split_blocks
+from .formats.streams import Buffer, Overlong, data_blocks, split_blocks
 from .formats.streams import iter_lines as _stream_lines
+from .protocol.records import DEFAULT_MAX_LINE_BYTES
 
 __all__ = ["NO_SOURCE", "ShardReadError", "ShardReader", "Text", "TextPieces", "iter_lines", "source_of"]
 
@@ -66,11 +70,12 @@ class ShardReader:
     ``pause`` (may raise, e.g. to stop on a signal) is called between lines at least every
     :data:`PAUSE_EVERY` lines (or ~16 MB of lines) that pass without a document.
     ``missing_text_keys`` holds the keys of the first record skipped as ``missing_text``.
+    A line (a parquet/Arrow text) over ``max_line_bytes`` is skipped as ``line_too_long``.
     """
 
     def __init__(self, path: str | Path, text_key: str = "text", start_line: int = 0,
                  skipped: dict[str, int] | None = None, source_key: str = "",
-                 pause: Callable[[], None] | None = None):
+                 pause: Callable[[], None] | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
         self.path = Path(path)
         self.text_key = text_key
         self.start_line = start_line
@@ -79,6 +84,7 @@ class ShardReader:
         self.source_path = tuple(source_key.split(".")) if source_key else ()
         self.missing_text_keys: tuple[str, ...] | None = None
         self._pause = pause
+        self.max_line_bytes = max_line_bytes
         self._quiet = 0  # weight of the lines since the last document or pause
         quick = QuickParser()
         self._quick = quick.record if quick.available else None
@@ -118,7 +124,7 @@ class ShardReader:
             if self._pause is not None:
                 self._pause()
 
-    def _after_start(self, lines: Iterator[Buffer | int]) -> Iterator[Buffer | int]:
+    def _after_start(self, lines: Iterator[Buffer | int | Overlong]) -> Iterator[Buffer | int | Overlong]:
         """``lines`` without the first ``start_line`` (counted in ``lines``); a run may be cut."""
         left = self.start_line
         while left:
@@ -134,7 +140,7 @@ class ShardReader:
         yield from lines
 
     def _jsonl_records(self, compression: str) -> Iterator[tuple[Text, str | None]]:
-        lines = self._after_start(split_blocks(data_blocks(self.path, compression, BLOCK_SIZE)))
+        lines = self._after_start(split_blocks(data_blocks(self.path, compression, BLOCK_SIZE), self.max_line_bytes))
         for line in lines:
             if isinstance(line, int):  # a run of empty lines, counted in steps that reach each pause
                 while line:
@@ -144,6 +150,9 @@ class ShardReader:
                     line -= n
                 continue
             self.lines += 1
+            if isinstance(line, Overlong):  # read past, never kept (see split_blocks)
+                self._skip("line_too_long", 1, 1 + (line.size >> 8))
+                continue
             size = len(line)
             try:
                 record = self._record(line)
@@ -197,7 +206,7 @@ class ShardReader:
             batches, skip = arrow_batches(self.path, self.text_key), self.start_line
         self.lines = self.start_line
         try:
-            for row in batch_rows(batches, skip, self.text_key, self.source_path, self._short):
+            for row in batch_rows(batches, skip, self.text_key, self.source_path, self._short, self.max_line_bytes):
                 self.lines += 1
                 if isinstance(row, str):
                     self._skip(row)

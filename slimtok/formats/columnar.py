@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
@@ -35,20 +36,39 @@ def _require_column(path: Path, names: Sequence[str], text_key: str) -> None:
         raise ShardReadError(path, f"has no column {text_key!r} (columns: {', '.join(names)}); pass --text-key")
 
 
+def _bounded(column: pa.Array, max_bytes: int) -> tuple[pa.Array, list[bool]]:
+    """``column`` with every string longer than ``max_bytes`` UTF-8 bytes nulled (so no Python
+    ``str`` is ever made of it), and which rows those were. Measured by Arrow on its own buffers."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return column, [False] * len(column)  # not text: classified as text_not_string, never kept
+    over = pc.fill_null(pc.greater(pc.binary_length(column), max_bytes), False)
+    if not pc.any(over).as_py():
+        return column, [False] * len(column)
+    return pc.if_else(over, pa.scalar(None, column.type), column), over.to_pylist()
+
+
 def batch_rows(batches: Iterator[pa.RecordBatch], skip: int, text_key: str, source_path: Sequence[str],
-               short: Callable[[], ShardReadError]) -> Iterator[tuple[str, str | None] | str]:
+               short: Callable[[], ShardReadError],
+               max_bytes: int | None = None) -> Iterator[tuple[str, str | None] | str]:
     """Per row after the first ``skip``: (text, source) when kept, else the skip reason (a str).
 
+    A text over ``max_bytes`` UTF-8 bytes (None: no cap) is skipped as ``line_too_long``.
     Raises ``short()`` when the batches hold fewer than ``skip`` rows.
     """
     source_col = source_path[0] if source_path else None
     for batch in batches:
         if skip:
             batch, skip = batch.slice(min(skip, batch.num_rows)), max(0, skip - batch.num_rows)
-        texts = batch.column(text_key).to_pylist()
+        column, over = batch.column(text_key), [False] * batch.num_rows
+        if max_bytes is not None:
+            column, over = _bounded(column, max_bytes)
+        texts = column.to_pylist()
         has_source = source_col is not None and source_col in batch.schema.names
         sources = batch.column(source_col).to_pylist() if has_source else [None] * len(texts)
-        for text, raw_source in zip(texts, sources, strict=True):
+        for text, raw_source, too_long in zip(texts, sources, over, strict=True):
+            if too_long:
+                yield "line_too_long"
+                continue
             result = _cell_text(text)
             if isinstance(result, str):
                 yield result, (source_of(raw_source, source_path[1:]) if source_path else None)
@@ -61,11 +81,13 @@ def batch_rows(batches: Iterator[pa.RecordBatch], skip: int, text_key: str, sour
 def parquet_batches(path: Path, text_key: str, source_path: Sequence[str], start_row: int,
                     short: Callable[[], ShardReadError]) -> tuple[Iterator[pa.RecordBatch], int]:
     """Record batches of the row groups at or after ``start_row``, and rows to drop from the first."""
+    # Opened here, not by Arrow, so that only a regular file is ever opened (see open_shard); the
+    # reader keeps the file object and closes it when it is dropped.
+    f = open_shard(path)
     try:
-        pf = pq.ParquetFile(path)
-    except FileNotFoundError as exc:
-        raise ShardReadError(path, "file not found") from exc
+        pf = pq.ParquetFile(f)
     except (pa.ArrowException, OSError) as exc:
+        f.close()
         raise ShardReadError(path, f"not a readable parquet file: {exc}") from exc
     names = pf.schema_arrow.names
     _require_column(path, names, text_key)

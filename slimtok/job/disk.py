@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import orjson
 
-from ..budget import describe_estimate, estimate_token_bytes, sample_ratios
+from ..budget import describe_estimate, estimate_token_bytes, sample_ratios, unsampled
 from ..manifest import ShardEntry
 from ..protocol import JobSettings, OutputRoot, storage_for
 from ..space import check_free_space, disk_space, format_bytes, has_room
@@ -92,7 +92,7 @@ def check_disk_budget(settings: TokenizeSettings, root: OutputRoot, entries: lis
     if not todo:
         return
     width = job.token_width
-    missing = {e.split for e in todo} - job.sampled_ratios.keys()
+    missing = {e.split for e in unsampled(todo, job.sampled_ratios)}
     if missing and bounds is None:
         growth = tok.growth if tok else _file_growth(root.tokenizer_file)
         bounds = {} if growth is None else sample_ratios([e for e in entries if e.split in missing],

@@ -71,6 +71,7 @@ def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: Lo
                        tokenizer_sha256=tok.sha256, vocab_size=tok.vocab_size, eos_token_id=p.eos_id,
                        eos_token=p.eos_token, dtype=dtype, text_key=settings.text_key, source_key=settings.source_key,
                        bos_token_id=p.bos_id, bos_token=p.bos_token, special_text=p.special_text,
+                       max_line_bytes=settings.max_line_bytes,
                        policy_notes=[*tok.notes, f"dtype: {dtype} ({why})"], kind=TOKENIZE)
 
 
@@ -85,7 +86,7 @@ def request_digest(settings: TokenizeSettings, tokenizer_file_sha256: str, folde
     storage = storage_for(config)
     config_sha256 = hashlib.sha256(storage.read_whole(config)).hexdigest() if storage.exists(config) else None
     asked = [__version__, PROTOCOL_VERSION, tokenizer_file_sha256, config_sha256, settings.eos_id, settings.bos,
-             settings.special_text, settings.dtype, settings.text_key, settings.source_key]
+             settings.special_text, settings.dtype, settings.text_key, settings.source_key, settings.max_line_bytes]
     return hashlib.sha256(orjson.dumps(asked)).hexdigest()
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..executor import refresh_interval
 from ..protocol import DEFAULT_SOURCE_KEY, SPLITS, new_token
+from ..protocol.records import DEFAULT_MAX_LINE_BYTES
 
 #: Defaults of ``slimtok tokenize`` (the CLI shows these; nothing else re-types them).
 TOKENS_PER_WRITE = 131072
@@ -39,6 +40,8 @@ class TokenizeSettings:
     dtype: str = "auto"
     #: dotted path whose value names a document's source ("" for none); pinned in job.json
     source_key: str = DEFAULT_SOURCE_KEY
+    #: longer lines (parquet/Arrow texts, in UTF-8 bytes) are skipped as line_too_long; pinned in job.json
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     #: encoder backend (auto|tokenizers|fastokens); not pinned: every backend gives the reference ids
     backend: str = "auto"
     retry_failed: bool = False

@@ -20,6 +20,12 @@ PROTOCOL_VERSION = 1
 _TOKEN_WIDTHS = {"uint16": 2, "uint32": 4}
 #: Where SlimPajama records name their source; the default of ``--source-key``.
 DEFAULT_SOURCE_KEY = "meta.redpajama_set_name"
+#: The default of ``--max-line-bytes``: a longer line (a parquet/Arrow text: its UTF-8 bytes) is
+#: skipped as ``line_too_long``. A worker holds at most one line of this size (plus a block), so it
+#: is also the bound on a worker's reading memory. 256 MiB keeps the 200 MB lines the huge-document
+#: path exists for (and the tests read whole), far above ordinary web and book documents, and is
+#: small enough that a node's workers each holding one stay within ordinary per-core memory.
+DEFAULT_MAX_LINE_BYTES = 256 << 20
 
 R = TypeVar("R", bound="Record")
 
@@ -73,7 +79,7 @@ class JobSettings(Record):
     #: the copy is the canonical JSON, whose sha256 is ``tokenizer_sha256``.
     tokenizer_file_sha256: str = ""
     #: Not pinned: sha256 of what the first launch was asked (tokenizer file bytes, tokenizer_config.json,
-    #: the raw --eos-id/--bos/--special-text/--dtype/--text-key/--source-key, the slimtok version); a
+    #: the raw --eos-id/--bos/--special-text/--dtype/--text-key/--source-key/--max-line-bytes, the slimtok version); a
     #: relaunch asking the same is the same job without loading the tokenizer (slimtok.job.request_digest).
     request_sha256: str = ""
     #: Not pinned: the disk-budget sample of the first launch, per split [tokens per compressed source
@@ -85,6 +91,9 @@ class JobSettings(Record):
     bos_token_id: int | None = None
     bos_token: str | None = None
     special_text: str = "literal"
+    #: Lines (parquet/Arrow texts) longer than this many bytes are skipped as ``line_too_long``;
+    #: roots pinned before the cap existed read as the default.
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     #: Not pinned: why each separator and the dtype were chosen (one line each), for meta and status.
     policy_notes: list[str] = field(default_factory=list)
     #: What created the root (``slimtok.protocol.kinds``: "tokenize", "mix"), set once by the record
@@ -92,7 +101,7 @@ class JobSettings(Record):
     kind: str = ""
 
     PINNED = ("manifest_sha256", "tokenizer_sha256", "vocab_size", "eos_token_id", "dtype", "text_key",
-              "protocol", "source_key", "bos_token_id", "special_text")
+              "protocol", "source_key", "bos_token_id", "special_text", "max_line_bytes")
 
     @property
     def token_width(self) -> int:

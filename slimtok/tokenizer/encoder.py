@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 from tokenizers import Tokenizer
 
-from ..errors import TokenizerError
+from ..errors import EncoderCrash, TokenizerError
 from .loading import canonical_sha256, read_tokenizer_file
 from .policy import BACKENDS, DocumentPolicy
 
@@ -288,6 +288,23 @@ class Encoder:
         return self._encode_batch(texts)
 
     def _encode_batch(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """Every encoding of document text goes through here, so a native crash is caught once.
+
+        A Rust panic surfaces as pyo3's ``PanicException``, a ``BaseException`` that the worker's
+        shard handling (which fails a shard on an ``Exception``) would let kill the process; it
+        becomes :class:`EncoderCrash`, which fails this shard alone. Python's own control flow
+        (KeyboardInterrupt, SystemExit, GeneratorExit) and every ``Exception`` pass unchanged.
+        """
+        try:
+            return self._encode_native(texts)
+        except (Exception, KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:
+            what = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+            raise EncoderCrash(f"the tokenizer's native encoder panicked on a batch of this shard ({what})",
+                               fix="the other shards go on: fix the tokenizer or leave this shard out") from exc
+
+    def _encode_native(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         chars = sum(map(len, texts))
         if self._fast is None:
             started = time.thread_time()

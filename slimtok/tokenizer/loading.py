@@ -40,6 +40,9 @@ if TYPE_CHECKING:  # imported where a tokenizer is parsed: reading the JSON alon
 
 DTYPES = ("uint32", "uint16", "auto")
 _REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+#: A source ending in one of these names a file (``tokenizer.json``, ``out/tokenizer.json``), never
+#: a Hub repo: a missing one is refused at once instead of being asked of the Hub (and retried).
+_FILE_SUFFIXES = (".json", ".model")
 _UINT16_IDS = 1 << 16
 
 
@@ -433,8 +436,9 @@ def _resolve(source: str) -> tuple[_Parsed, TokenizerConfig]:
         return _read_file(file), _config(file.parent)
     if Path(source).expanduser().is_dir():
         return _from_transformers(str(Path(source).expanduser()))
-    if not _REPO_ID.fullmatch(source) or source.startswith((".", "~")):
-        raise TokenizerError(f"tokenizer {source!r}: no such file or folder")
+    if not _REPO_ID.fullmatch(source) or source.startswith((".", "~")) or source.endswith(_FILE_SUFFIXES):
+        raise TokenizerError("no such file or folder (a path, not a Hub repo id, so nothing was fetched)",
+                             Path(source).expanduser().absolute(), "check the path given to --tokenizer")
     return _from_hub(source)
 
 

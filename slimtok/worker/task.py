@@ -138,7 +138,8 @@ class ShardTask:
         try:
             self._resume(ckpt)
             reader = ShardReader(self.entry.path, self.ctx.job.text_key, self.progress.lines, self.progress.skipped,
-                                 source_key=self.ctx.job.source_key, pause=lambda: self.ctx.check_running(self.claim))
+                                 source_key=self.ctx.job.source_key, pause=lambda: self.ctx.check_running(self.claim),
+                                 max_line_bytes=self.ctx.job.max_line_bytes)
             records = ((text, Mark(reader.lines, reader.skipped, source)) for text, source in reader.records())
             try:
                 for texts, marks in batched(records):

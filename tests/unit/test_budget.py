@@ -125,3 +125,62 @@ def test_free_space_refusal_on_a_small_tmpfs(tmp_path):
         with pytest.raises(OutputError):
             check_free_space(fs / "out", free + 1, 0.0001)
         assert sorted(p.name for p in fs.iterdir()) == ["filler"]  # nothing written by the check
+
+
+def _mixed_corpus(ds):
+    """A train split of two large plain .jsonl shards (most of its bytes) and four .jsonl.zst ones
+    (each larger than a sample; their tokens per on-disk byte are ~4x), so a sample spread over the
+    split's shards is mostly zstd while its bytes are mostly plain; and a validation split of
+    parquet shards. Returns every document's text per split (the independent reference)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from helpers.corpus import sample_documents
+
+    texts: dict[str, list[str]] = {"train": [], "validation": []}
+    k = 0
+    for i in range(2):
+        docs = sample_documents(3000, seed=k)
+        k += 1
+        (ds / "train").mkdir(parents=True, exist_ok=True)
+        (ds / f"train/a_{i}.jsonl").write_bytes(b"".join(doc_line(d) + b"\n" for d in docs))
+        texts["train"] += docs
+    for i in range(4):
+        docs = sample_documents(1000, seed=k)
+        k += 1
+        write_shard(ds / f"train/b_{i}.jsonl.zst", [doc_line(d) for d in docs])
+        texts["train"] += docs
+    (ds / "validation").mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        docs = sample_documents(300, seed=k)
+        k += 1
+        pq.write_table(pa.table({"text": docs, "id": list(range(len(docs)))}), ds / f"validation/v_{i}.parquet",
+                       row_group_size=64)
+        texts["validation"] += docs
+    return texts
+
+
+def test_estimate_of_a_mixed_corpus_is_within_15_percent_of_the_true_bytes(tmp_path, bpe_tokenizer):
+    """True bytes computed independently: every document encoded with tokenizers, + eos, × width."""
+    from tokenizers import Tokenizer
+
+    from slimtok.budget import sample_ratios
+
+    tok = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json"))
+    tok.encode_special_tokens = True
+
+    def count(batch):
+        return sum(len(e.ids) + 1 for e in tok.encode_batch(batch, add_special_tokens=False))
+
+    texts = _mixed_corpus(tmp_path / "ds")
+    slimtok("manifest", "--dataset-dir", tmp_path / "ds", "--output-dir", tmp_path / "m",
+            "--pattern", "*.jsonl", "--pattern", "*.jsonl.zst", "--pattern", "*.parquet")
+    entries = read_manifest(tmp_path / "m" / "manifest.jsonl")
+    for split, docs in texts.items():
+        group = [e for e in entries if e.split == split]
+        true = 4 * count(docs)
+        fresh = estimate_token_bytes(group, 4, encode_count=count)
+        pinned = estimate_token_bytes(group, 4, sampled=sample_ratios(group, count))  # as a relaunch reads it
+        for got in (fresh, pinned):
+            assert got.unestimated_source_bytes == 0
+            assert abs(got.bytes - true) <= 0.15 * true, (split, got.bytes, true, got.basis)

@@ -202,3 +202,48 @@ def test_cache_repo_without_refs_main_uses_the_only_or_the_mirrored_snapshot(tmp
     mirrored = _cache_repo(tmp_path / "two", [a, b], recorded=b)
     root, entries = build_manifest(mirrored)
     assert root == mirrored / "snapshots" / b and len(entries) == 1
+
+
+def _hub_repo(hub: Path, name: str, commits: list[str], main: str | None) -> dict[str, list[str]]:
+    """A hub cache repo folder whose snapshots link their shards to blobs, as huggingface_hub
+    writes it; each snapshot holds a different set of shards. Returns each snapshot's shard paths."""
+    repo = hub / name
+    (repo / "blobs").mkdir(parents=True)
+    held = {}
+    for n, commit in enumerate(commits):
+        held[commit] = []
+        for i in range(n + 2):
+            rel = f"train/chunk1/example_train_{i}.jsonl.zst"
+            blob = repo / "blobs" / f"{commit[:6]}{i}"
+            write_shard(blob, [doc_line(f"{name} {commit} {i}")])
+            link = repo / "snapshots" / commit / rel
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+            held[commit].append(str(link))
+    if main is not None:
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(main)
+    return held
+
+
+def test_a_hub_cache_or_snapshots_folder_lists_each_repo_once_from_its_one_snapshot(tmp_path):
+    """Pointed at the hub cache (several repos) or at a repo's snapshots/ folder, the manifest holds
+    exactly the shards of each repo's chosen snapshot (refs/main, else the only one): the files the
+    listing must give, computed from the layout written above."""
+    hub = tmp_path / "hub"
+    first = _hub_repo(hub, "datasets--org--one", ["a" * 40, "b" * 40], main="b" * 40)
+    second = _hub_repo(hub, "datasets--org--two", ["c" * 40], main=None)
+    (hub / ".locks" / "datasets--org--one").mkdir(parents=True)
+    _, entries = build_manifest(hub)
+    assert sorted(e.path for e in entries) == sorted(first["b" * 40] + second["c" * 40])
+    assert len({e.id for e in entries}) == len(entries)
+    _, entries = build_manifest(hub / "datasets--org--one" / "snapshots")
+    assert sorted(e.path for e in entries) == sorted(first["b" * 40])
+    assert {e.id for e in entries} == {f"{'b' * 40}/train/chunk1/example_train_{i}" for i in range(3)}
+
+
+def test_a_hub_cache_with_an_ambiguous_repo_says_which(tmp_path):
+    hub = tmp_path / "hub"
+    _hub_repo(hub, "datasets--org--one", ["a" * 40, "b" * 40], main=None)
+    with pytest.raises(ManifestError, match="datasets--org--one: holds 2 snapshots"):
+        build_manifest(hub)

@@ -32,7 +32,6 @@ ALLOWED = {
     "tokenizer/loading.py": "loads a tokenizer from a file, a folder or the Hub cache",
     "worker/files.py": "source_state stats an input shard (size, mtime): does a checkpoint still fit it",
     "mix/spec.py": "reads the mix spec file named on the command line",
-    "budget.py": "reads a sample of input shards to estimate the output's size",
     "executor.py": "single_threaded counts this process's threads in /proc/self/task",
     "demo.py": "writes the demo's dataset and tokenizer (inputs) into a folder of the user's choice",
     "space.py": "walks up to the nearest existing folder to statvfs it: free space is a property of a mounted "
