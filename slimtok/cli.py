@@ -116,6 +116,8 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--manifest", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--tokenizer", required=True, help="tokenizer.json, a tokenizer folder, or a Hub repo id.")
+@click.option("--tokenizer-class", default="", help="For a tokenizer without tokenizer.json only: the transformers "
+              "class that builds it from its vocabulary files (e.g. GPT2Tokenizer); remote code never runs. Pinned.")
 @click.option("--spawn-workers", default="auto", show_default=True,
               help="Local worker processes: 'auto' (one per usable core) or a number.")
 @click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Cap for --spawn-workers auto.")
@@ -150,7 +152,8 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--stale-after", type=click.FloatRange(min=0.5), default=STALE_AFTER, show_default=True,
               help="Seconds without heartbeat after which another worker takes a shard over.")
 @click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")
-def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_workers: str, max_workers: int | None,
+def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, tokenizer_class: str, spawn_workers: str,
+                 max_workers: int | None,
                  process_index: int | None, process_count: int | None, tokens_per_write: int,
                  checkpoint_every: float, splits: str, text_key: str, source_key: str, eos_id: int | None, dtype: str, bos: str,
                  special_text: str, backend: str,
@@ -161,7 +164,8 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
     from .progress import display
 
     base = TokenizeSettings(manifest=str(manifest.absolute()), output_root=str(output_root.absolute()),
-                            tokenizer=tokenizer, tokens_per_write=tokens_per_write, checkpoint_every=checkpoint_every,
+                            tokenizer=tokenizer, tokenizer_class=tokenizer_class, tokens_per_write=tokens_per_write,
+                            checkpoint_every=checkpoint_every,
                             splits=_splits(splits) or SPLITS, text_key=text_key, source_key=source_key,
                             eos_id=eos_id, dtype=dtype, bos=bos, special_text=special_text, backend=backend,
                             retry_failed=retry_failed, min_free_fraction=min_free_fraction,

@@ -17,7 +17,10 @@ Checks per split:
   end is right after an eos and there are as many as eos ids;
 * **sampler dry-run**: draws (x, y) batches with :class:`slimtok.data.TokenBin` as a training loop
   does, checks its document starts against the eos ids, and reports ln(vocab_size), the loss an
-  untrained model starts near.
+  untrained model starts near;
+* **text shape**: over ``samples`` random documents (by the index; their text ids, separators
+  removed), tokens per byte of decoded text and id entropy, failing when the ids are degenerate
+  (:meth:`slimtok.tokenizer.IdShape.faults`: most documents one id, ids collapsed onto few).
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ from .job import load_job, load_pinned_tokenizer
 from .manifest import ShardEntry
 from .protocol import SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table
 from .protocol.docindex import index_path, read_doc_index
+from .tokenizer import IdShape
 
 SCAN_TOKENS = 1 << 24
+#: Text ids read of each document the text-shape check samples: a bound on its work per document.
+SHAPE_DOC_TOKENS = 4096
 
 
 @dataclass
@@ -132,6 +138,32 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     else:
         _doc_index(root.doc_index(split), data, info["documents"], eos_count, job.eos_token_id, name, report)
     _sampler(path, dtype, job.vocab_size, job.eos_token_id, block_size, rng, name, report, legacy=not tables)
+    _text_shape(root.doc_index(split), data, job, tok, samples, rng, name, report)
+
+
+def _text_shape(index: Path, data: np.ndarray, job: JobSettings, tok: Tokenizer, samples: int,
+                rng: np.random.Generator, name: str, report: Report) -> None:
+    """Tokens per byte and id entropy of ``samples`` documents drawn at random (with replacement)
+    by the index: each one's text ids (bos and eos removed, at most SHAPE_DOC_TOKENS of them) and the
+    UTF-8 bytes they decode to. Fails when :meth:`IdShape.faults` finds the shape degenerate. An
+    index that is missing or does not reach the file's end is left to the document index check."""
+    if not index.exists():
+        return
+    ends = read_doc_index(index)
+    if not len(ends) or int(ends[-1]) != len(data):
+        return
+    head = int(job.bos_token_id is not None)
+    documents, text_bytes = [], 0
+    for k in sorted(int(k) for k in rng.integers(0, len(ends), size=samples)):
+        start, end = (int(ends[k - 1]) if k else 0) + head, int(ends[k]) - 1
+        ids = np.asarray(data[start:min(end, start + SHAPE_DOC_TOKENS)])
+        documents.append(ids)
+        text_bytes += len(tok.decode(ids.tolist(), skip_special_tokens=False).encode())
+    shape = IdShape.of(documents, text_bytes)
+    faults = shape.faults()
+    report.add(f"{name}: text shape", not faults,
+               f"over {samples} sampled documents: {shape.describe()}"
+               + (f"; degenerate: {'; '.join(faults)}" if faults else ""))
 
 
 def _table_ends(root: OutputRoot, records: list[DoneRecord]) -> np.ndarray:

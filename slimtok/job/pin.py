@@ -22,7 +22,7 @@ from ..errors import JobMismatch, ManifestError
 from ..manifest import ShardEntry, manifest_digest, read_manifest
 from ..protocol import (PROTOCOL_VERSION, JobSettings, OutputRoot, create_exclusive, storage_for, write_atomic,
                         write_record)
-from ..tokenizer.loading import local_tokenizer_file
+from ..tokenizer.loading import check_tokenizer_class, local_tokenizer_file
 from .disk import check_disk_budget, disk_sample
 from .pinned import read_job, tokenizer_fingerprint
 from .settings import TokenizeSettings
@@ -70,7 +70,7 @@ def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: Lo
                        tokenizer_sha256=tok.sha256, vocab_size=tok.vocab_size, eos_token_id=p.eos_id,
                        eos_token=p.eos_token, dtype=dtype, text_key=settings.text_key, source_key=settings.source_key,
                        bos_token_id=p.bos_id, bos_token=p.bos_token, special_text=p.special_text,
-                       policy_notes=[*tok.notes, f"dtype: {dtype} ({why})"])
+                       policy_notes=[*tok.notes, f"dtype: {dtype} ({why})"], tokenizer_class=settings.tokenizer_class)
 
 
 def request_digest(settings: TokenizeSettings, tokenizer_file_sha256: str, folder: Path) -> str:
@@ -102,6 +102,7 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
     root = OutputRoot(settings.output_root)
     entries = read_manifest(settings.manifest)
     file = local_tokenizer_file(settings.tokenizer)
+    check_tokenizer_class(settings.tokenizer, file, settings.tokenizer_class)  # before a relaunch skips the load
     data = storage_for(file).read_whole(file) if file is not None else None  # read once: digest, facts and copy agree
     file_sha256 = hashlib.sha256(data).hexdigest() if data is not None else ""
     key = request_digest(settings, file_sha256, file.parent) if file is not None else ""
@@ -127,7 +128,8 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
         if pinned is not None and pinned.tokenizer_file_sha256 != copied:
             tok = None
     if tok is None:
-        tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text)
+        tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text,
+                             settings.tokenizer_class)
         if file is not None:  # of the bytes actually parsed (the file may have changed since the read above)
             key = request_digest(settings, tok.source_file_sha256, file.parent)
     requested = requested_job(settings, entries, tok)

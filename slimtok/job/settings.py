@@ -25,6 +25,8 @@ class TokenizeSettings:
     manifest: str
     output_root: str
     tokenizer: str
+    #: the transformers class that builds a tokenizer without a tokenizer.json ("": refused); pinned
+    tokenizer_class: str = ""
     tokens_per_write: int = TOKENS_PER_WRITE
     #: seconds of work between checkpoints (0: at every write); a crash redoes at most this much
     checkpoint_every: float = CHECKPOINT_EVERY

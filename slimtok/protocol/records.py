@@ -87,9 +87,12 @@ class JobSettings(Record):
     special_text: str = "literal"
     #: Not pinned: why each separator and the dtype were chosen (one line each), for meta and status.
     policy_notes: list[str] = field(default_factory=list)
+    #: The transformers class that built a tokenizer without a tokenizer.json (--tokenizer-class);
+    #: "" for a tokenizer.json, the only other kind a job accepts (and every root before the field).
+    tokenizer_class: str = ""
 
     PINNED = ("manifest_sha256", "tokenizer_sha256", "vocab_size", "eos_token_id", "dtype", "text_key",
-              "protocol", "source_key", "bos_token_id", "special_text")
+              "protocol", "source_key", "bos_token_id", "special_text", "tokenizer_class")
 
     @property
     def token_width(self) -> int:
