@@ -13,6 +13,9 @@ from ..protocol import DEFAULT_SOURCE_KEY, SPLITS, new_token
 
 #: Defaults of ``slimtok tokenize`` (the CLI shows these; nothing else re-types them).
 TOKENS_PER_WRITE = 131072
+#: The share of documents the parity sample re-encodes with the reference (docs/BENCHMARKS.md: about
+#: 1% of a fastokens worker's CPU, the reference being ~100x slower per byte; ~0.01% of a tokenizers one).
+PARITY_SHARE = 1 / 8192
 CHECKPOINT_EVERY = 5.0
 STALE_AFTER = 300.0
 MIN_FREE_FRACTION = 0.1
@@ -43,6 +46,8 @@ class TokenizeSettings:
     source_key: str = DEFAULT_SOURCE_KEY
     #: encoder backend (auto|tokenizers|fastokens); not pinned: every backend gives the reference ids
     backend: str = "auto"
+    #: share of documents re-encoded by the reference and compared (slimtok.worker.task); not pinned
+    parity_share: float = PARITY_SHARE
     retry_failed: bool = False
     #: refuse to start when the estimated token files would leave less than this share of the disk free
     min_free_fraction: float = MIN_FREE_FRACTION

@@ -376,6 +376,11 @@ class Encoder:
                                  self._bare(apart[lengths[0]:], False, True)])
         return np.array_equal(whole, joined)
 
+    def reference_ids(self, text: str) -> np.ndarray:
+        """One document's ids by the reference alone (``tokenizers``, separators placed here),
+        whatever backend encodes: what every backend's ids for ``text`` must equal."""
+        return self._encode_reference([text])[0]
+
     def _encode_reference(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         """tokenizers without its template, the policy's separators placed here."""
         prefix, eos = self.policy.prefix, self.policy.eos_id

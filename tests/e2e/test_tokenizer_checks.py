@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import xxhash
 import zstandard
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
@@ -192,3 +193,91 @@ def test_validate_reports_tokens_per_byte_and_entropy_as_counted_independently(t
     assert f"id entropy {_entropy(ids):.2f} bits over {len(set(ids))} distinct ids" in line
     assert re.search(r"0 of at most one id", line)
     assert orjson.loads((root / "job.json").read_bytes())["tokenizer_class"] == ""
+
+
+# -- the per-job parity record (item 9) ------------------------------------------------------------
+
+def _parity_sample(texts: list[str], share: float) -> tuple[int, int]:
+    """(documents, UTF-8 bytes) of the parity sample, by the rule stated in slimtok.worker.task:
+    the first 8 bytes of the text's xxh3-128 digest (little-endian) as a fraction of 2**64 below
+    ``share``, and at most 2**20 characters."""
+    picked = [t for t in texts if int.from_bytes(xxhash.xxh3_128_digest(t.encode())[:8], "little") / 2 ** 64 < share
+              and len(t) <= 1 << 20]
+    return len(picked), sum(len(t.encode()) for t in picked)
+
+
+def _shard_texts(path: str) -> list[str]:
+    with open(path, "rb") as f:
+        raw = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
+    return reference_texts(raw.split(b"\n"))
+
+
+def test_the_parity_record_counts_equal_an_independent_count(tmp_path, bpe_tokenizer):
+    make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=20)
+    listed = manifest(tmp_path, tmp_path / "ds")
+    root = tmp_path / "out"
+    tokenize(listed, root, bpe_tokenizer, "--spawn-workers", "2", "--parity-share", "0.3")
+    total_docs = total_bytes = 0
+    for line in listed.read_text().splitlines():
+        entry = json.loads(line)
+        record = json.loads((root / "done" / f"{entry['id']}.json").read_text())
+        docs, nbytes = _parity_sample(_shard_texts(entry["path"]), 0.3)
+        assert (record["parity_documents"], record["parity_bytes"], record["parity_mismatches"]) == (docs, nbytes, 0)
+        total_docs, total_bytes = total_docs + docs, total_bytes + nbytes
+    assert 0 < total_docs < sum(1 for _ in listed.read_text().splitlines()) * 40
+    slimtok("combine", "--output-root", root)
+    proc = slimtok("validate", "--output-root", root)
+    line = next(x for x in proc.stdout.splitlines() if "job: parity sample" in x)
+    assert line.startswith("[ok]")
+    assert f"{total_docs:,} documents ({total_bytes:,} bytes of text)" in line and "0 mismatches" in line
+
+
+#: Run before the command in the launcher, so its forked worker inherits it: the encoder's batch
+#: path (the backend) gives one wrong id for the document holding POISON; the reference is untouched.
+_POISON = """
+from slimtok.executor import limit_worker_threads
+limit_worker_threads()  # before numpy's import: a thread pool would make the launcher spawn, not fork
+from slimtok.tokenizer import encoder
+_batch = encoder.Encoder._encode_batch
+def _poisoned(self, texts):
+    flat, lengths = _batch(self, texts)
+    for i, t in enumerate(texts):
+        if "POISON" in t:
+            flat = flat.copy()
+            at = sum(lengths[:i])
+            flat[at] = flat[at] + 1
+    return flat, lengths
+encoder.Encoder._encode_batch = _poisoned
+"""
+
+
+def test_a_document_the_backend_encodes_wrongly_fails_its_shard(tmp_path, bpe_tokenizer):
+    from helpers.cli import slimtok_in_python, tokenize_args
+
+    make_dataset(tmp_path / "ds", train_shards=2, docs_per_shard=10, holdout_docs=3)
+    shard = tmp_path / "ds/train/chunk1/example_train_0.jsonl.zst"
+    texts = sample_documents(10, seed=99)
+    texts[6] = "POISON " + texts[6]
+    write_shard(shard, [doc_line(t) for t in texts])
+    listed = manifest(tmp_path, tmp_path / "ds")
+    root = tmp_path / "out"
+    proc = slimtok_in_python(_POISON, "print('exit', code)", *tokenize_args(listed, root, bpe_tokenizer,
+                                                                          "--spawn-workers", "1",
+                                                                          "--backend", "tokenizers",
+                                                                          "--parity-share", "1"))
+    assert "exit 1" in proc.stdout and "forked" in proc.stderr, proc.stderr
+    failed = json.loads((root / "failed" / "train/chunk1/example_train_0.json").read_text())
+    assert "document 6 (line 7) encodes to other ids than the reference tokenizers gives" in failed["reason"]
+    assert "first difference at id 0" in failed["reason"]
+    assert not (root / "done" / "train/chunk1/example_train_0.json").exists()
+    others = [json.loads(p.read_text()) for p in (root / "done").rglob("*.json")]
+    assert len(others) == 3 and all(r["parity_documents"] > 0 and r["parity_mismatches"] == 0 for r in others)
+
+
+def test_done_records_without_parity_fields_still_read():
+    from slimtok.protocol import DoneRecord
+
+    old = dict(shard="a", split="train", file="shards/a.bin", lines=1, documents=1, tokens=2, bytes=8, sha256="x",
+               dtype="uint32", skipped={}, source_size=10, token="t", host="h", finished_at=0.0, seconds=0.0)
+    record = DoneRecord.from_dict(old)
+    assert (record.parity_documents, record.parity_bytes, record.parity_mismatches) == (-1, -1, -1)
