@@ -246,7 +246,7 @@ class ShardTask:
         if not picked.size:
             return {}
         ends = np.cumsum(lengths)
-        checked = {}
+        checked: dict[int, int] = {}
         for i in picked.tolist():
             if len(texts[i]) > PARITY_MAX_CHARS:
                 continue
