@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .job import CHECKPOINT_EVERY, MIN_FREE_FRACTION, STALE_AFTER, TOKENS_PER_WRITE
+from .job import CHECKPOINT_EVERY, MIN_FREE_FRACTION, PARITY_SHARE, STALE_AFTER, TOKENS_PER_WRITE
 from .protocol import DEFAULT_SOURCE_KEY, SPLITS
 from .protocol.records import DEFAULT_MAX_LINE_BYTES
 from .tokenizer import BACKENDS, BOS_CHOICES, DTYPES, SPECIAL_TEXT
@@ -117,6 +117,8 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--manifest", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--tokenizer", required=True, help="tokenizer.json, a tokenizer folder, or a Hub repo id.")
+@click.option("--tokenizer-class", default="", help="For a tokenizer without tokenizer.json only: the transformers "
+              "class that builds it from its vocabulary files (e.g. GPT2Tokenizer); remote code never runs. Pinned.")
 @click.option("--spawn-workers", default="auto", show_default=True,
               help="Local worker processes: 'auto' (one per usable core) or a number.")
 @click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Cap for --spawn-workers auto.")
@@ -148,6 +150,9 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Encoder: auto = fastokens when installed and id-identical to tokenizers on a start-up "
                    "sample, else tokenizers. Not pinned: outputs are the same either way.")
+@click.option("--parity-share", type=click.FloatRange(0, 1), default=PARITY_SHARE, show_default=True,
+              help="Share of documents re-encoded by the reference tokenizers and compared with the ids written "
+                   "(a difference fails the shard; counts in the done records); 0 = none. Not pinned.")
 @click.option("--retry-failed", is_flag=True, help="Try shards that failed in earlier launches again.")
 @click.option("--min-free-fraction", type=click.FloatRange(0, 1, max_open=True), default=MIN_FREE_FRACTION,
               show_default=True, help="Refuse to start if the estimated token files would leave less than this "
@@ -155,11 +160,12 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--stale-after", type=click.FloatRange(min=0.5), default=STALE_AFTER, show_default=True,
               help="Seconds without heartbeat after which another worker takes a shard over.")
 @click.option("--quiet", is_flag=True, help="No progress bar: a plain line every 10 s, as in a log.")
-def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_workers: str, max_workers: int | None,
+def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, tokenizer_class: str, spawn_workers: str,
+                 max_workers: int | None,
                  process_index: int | None, process_count: int | None, tokens_per_write: int,
                  checkpoint_every: float, splits: str, text_key: str, source_key: str, max_line_bytes: int,
                  eos_id: int | None, dtype: str, bos: str,
-                 special_text: str, backend: str,
+                 special_text: str, backend: str, parity_share: float,
                  retry_failed: bool, min_free_fraction: float, stale_after: float, quiet: bool) -> None:
     """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""
     from .job import TokenizeSettings
@@ -167,10 +173,12 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, spawn_worker
     from .progress import display
 
     base = TokenizeSettings(manifest=str(manifest.absolute()), output_root=str(output_root.absolute()),
-                            tokenizer=tokenizer, tokens_per_write=tokens_per_write, checkpoint_every=checkpoint_every,
+                            tokenizer=tokenizer, tokenizer_class=tokenizer_class, tokens_per_write=tokens_per_write,
+                            checkpoint_every=checkpoint_every,
                             splits=_splits(splits) or SPLITS, text_key=text_key, source_key=source_key,
                             max_line_bytes=max_line_bytes,
                             eos_id=eos_id, dtype=dtype, bos=bos, special_text=special_text, backend=backend,
+                            parity_share=parity_share,
                             retry_failed=retry_failed, min_free_fraction=min_free_fraction,
                             stale_after=stale_after)
     settings, source = settings_for(base, spawn_workers, max_workers, process_index, process_count)

@@ -198,6 +198,16 @@ class EncoderCrash(ShardError):
     """
 
 
+class ParityMismatch(ShardError):
+    """A document's ids as the worker wrote them differ from the reference encoder's ids for its text
+    (the per-job parity sample), e.g.::
+
+        sp/train/x.jsonl.zst: document 17 (line 18) encodes to other ids than the reference tokenizers gives
+        (first difference at id 5: 318 written, 262 expected); relaunch with --backend tokenizers and
+        --retry-failed, and report the document
+    """
+
+
 # -- control flow inside a worker (never shown to a user as an error) --------------------------
 
 class LostClaim(Exception):

@@ -24,6 +24,8 @@ from .executor import (GRID_VARIABLES, WORKER_THREAD_LIMITS, NodeRun, exit_statu
 from .job import Job, TokenizeSettings, pin_job
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
     from .tokenizer import LoadedBackends
 
 # The process grid and worker start live in slimtok.executor; named here too, where they always were.
@@ -37,22 +39,43 @@ _HOW_STARTED = {"fork": "forked: they share this process's loaded tokenizer",
 
 def _preload(job: Job) -> LoadedBackends | None:
     """What every worker loads at its first claim, loaded once here for the workers about to be
-    forked; None when the job's tokenizer copy does not load (each worker then finds and reports
-    that, as it would when spawned) or the load left threads running (then workers are spawned)."""
+    forked and its start-up sample checked (:func:`_check_shape`); None when the job's tokenizer copy
+    does not load (each worker then finds and reports that, as it would when spawned) or the load
+    left threads running (then workers are spawned)."""
     from .worker import preload  # numpy and tokenizers: imported once for every forked worker
 
     try:
         loaded = preload(job)
     except TokenizerError:
         return None
+    _check_shape(job, loaded.reference)
     return loaded if single_threaded() else None
+
+
+def _check_shape(job: Job, reference: Tokenizer | None = None) -> None:
+    """Refuse a degenerate tokenizer (:func:`slimtok.tokenizer.check_start_sample`) before any
+    worker starts, so no shard is claimed with it. ``reference``: the job's tokenizer as loaded
+    here; None: loaded from the job's copy, and when that does not load the workers report it."""
+    from .job import load_pinned_tokenizer
+    from .tokenizer import check_start_sample
+
+    if reference is None:
+        try:
+            reference = load_pinned_tokenizer(job.root, job.pinned)
+        except TokenizerError:
+            return
+    check_start_sample(reference, job.pinned.vocab_size, job.pinned.tokenizer)
 
 
 def _prepare(job: Job) -> tuple[str, LoadedBackends | None]:
     """Set the workers' thread limits and choose how they start: (start method, what they share).
-    Forked workers share a tokenizer loaded here; when that load fails they are spawned instead."""
+    Forked workers share a tokenizer loaded here; when that load fails they are spawned instead.
+    Either way the tokenizer's start-up sample is checked first (TokenizerError when degenerate)."""
     limit_worker_threads()
-    loaded = _preload(job) if start_method() == "fork" else None
+    fork = start_method() == "fork"
+    loaded = _preload(job) if fork else None
+    if not fork:
+        _check_shape(job)
     return ("fork" if loaded is not None else "spawn"), loaded
 
 

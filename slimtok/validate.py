@@ -17,7 +17,12 @@ Checks per split:
   end is right after an eos and there are as many as eos ids;
 * **sampler dry-run**: draws (x, y) batches with :class:`slimtok.data.TokenBin` as a training loop
   does, checks its document starts against the eos ids, and reports ln(vocab_size), the loss an
-  untrained model starts near.
+  untrained model starts near;
+* **parity sample**: the job's total of documents the workers re-encoded with the reference and
+  compared (``DoneRecord.parity_*``), failing if any record counts a mismatch;
+* **text shape**: over ``samples`` random documents (by the index; their text ids, separators
+  removed), tokens per byte of decoded text and id entropy, failing when the ids are degenerate
+  (:meth:`slimtok.tokenizer.IdShape.faults`: most documents one id, ids collapsed onto few).
 """
 
 from __future__ import annotations
@@ -40,8 +45,11 @@ from .manifest import ShardEntry
 from .protocol import (SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table, splits_command,
                        storage_for)
 from .protocol.docindex import index_path, read_doc_index
+from .tokenizer import IdShape
 
 SCAN_TOKENS = 1 << 24
+#: Text ids read of each document the text-shape check samples: a bound on its work per document.
+SHAPE_DOC_TOKENS = 4096
 
 
 @dataclass
@@ -92,13 +100,14 @@ def _scan(path: os.PathLike[str], dtype: np.dtype, ranges: list[tuple[str, int, 
 
 def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info: dict, job: JobSettings,
                    tok: Tokenizer, samples: int,
-                   block_size: int, rng: np.random.Generator, report: Report) -> None:
+                   block_size: int, rng: np.random.Generator, report: Report) -> list[DoneRecord]:
+    """Check one combined split; returns its done records (none when its file is missing)."""
     path = root.combined(split)
     dtype = np.dtype(job.dtype)
     name = SPLIT_FILES[split]
     if not root.storage.exists(path):
         report.add(f"{name}: present", False, f"{path} is missing; run `slimtok combine`")
-        return
+        return []
     size = root.storage.stat(path).size
     records = plan_split(root, entries, split).done
     # With documents left out the shards' byte ranges are not in the file: the whole-file hash is.
@@ -108,7 +117,7 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
                f"file {size:,} B, meta {info['bytes']:,} B, {len(records)} done records {expected:,} B"
                + ("" if size == expected or removed else _size_hint(records, size)))
     if size != expected:
-        return
+        return records
     ranges: list[tuple[str, int, int, Checksum | None]] = []
     offset = 0
     for r in records if not removed else []:
@@ -134,6 +143,44 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     else:
         _doc_index(root.doc_index(split), data, info["documents"], eos_count, job.eos_token_id, name, report)
     _sampler(path, dtype, job.vocab_size, job.eos_token_id, block_size, rng, name, report, legacy=not tables)
+    _text_shape(root.doc_index(split), data, job, tok, samples, rng, name, report)
+    return records
+
+
+def _parity(records: list[DoneRecord], report: Report) -> None:
+    """The job's parity total over the done records that recorded one (older writers and mix chunks
+    did not); fails when a record counts a mismatch (a worker fails such a shard instead)."""
+    counted = [r for r in records if r.parity_mismatches >= 0]
+    mismatches = sum(r.parity_mismatches for r in counted)
+    report.add("job: parity sample", mismatches == 0,
+               f"{sum(r.parity_documents for r in counted):,} documents ({sum(r.parity_bytes for r in counted):,} "
+               f"bytes of text) re-encoded by the reference tokenizers during tokenize, {mismatches} mismatches; "
+               f"recorded by {len(counted)} of {len(records)} done records")
+
+
+def _text_shape(index: Path, data: np.ndarray, job: JobSettings, tok: Tokenizer, samples: int,
+                rng: np.random.Generator, name: str, report: Report) -> None:
+    """Tokens per byte and id entropy of ``samples`` documents drawn at random (with replacement)
+    by the index: each one's text ids (bos and eos removed, at most SHAPE_DOC_TOKENS of them) and the
+    UTF-8 bytes they decode to. Fails when :meth:`IdShape.faults` finds the shape degenerate. An
+    index that is missing or does not reach the file's end is left to the document index check."""
+    if not index.exists():
+        return
+    ends = read_doc_index(index)
+    if not len(ends) or int(ends[-1]) != len(data):
+        return
+    head = int(job.bos_token_id is not None)
+    documents, text_bytes = [], 0
+    for k in sorted(int(k) for k in rng.integers(0, len(ends), size=samples)):
+        start, end = (int(ends[k - 1]) if k else 0) + head, int(ends[k]) - 1
+        ids = np.asarray(data[start:min(end, start + SHAPE_DOC_TOKENS)])
+        documents.append(ids)
+        text_bytes += len(tok.decode(ids.tolist(), skip_special_tokens=False).encode())
+    shape = IdShape.of(documents, text_bytes)
+    faults = shape.faults()
+    report.add(f"{name}: text shape", not faults,
+               f"over {samples} sampled documents: {shape.describe()}"
+               + (f"; degenerate: {'; '.join(faults)}" if faults else ""))
 
 
 def _table_ends(root: OutputRoot, records: list[DoneRecord]) -> np.ndarray:
@@ -272,8 +319,10 @@ def validate(output_root: str | os.PathLike[str], samples: int = 64, seed: int =
     if legacy:
         log(f"note: split(s) {', '.join(legacy)} come from shards without document tables (an older root); "
             "their document ends are checked against eos ids")
+    records: list[DoneRecord] = []
     for split, info in meta.splits.items():
-        validate_split(root, entries, split, info, job, tok, samples, block_size, rng, report)
+        records += validate_split(root, entries, split, info, job, tok, samples, block_size, rng, report)
+    _parity(records, report)
     for c in report.checks:
         log(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
     for s in report.samples:

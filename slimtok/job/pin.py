@@ -23,7 +23,7 @@ from ..errors import JobMismatch, ManifestError
 from ..manifest import ShardEntry, manifest_digest, read_manifest
 from ..protocol import (PROTOCOL_VERSION, TOKENIZE, JobSettings, OutputRoot, create_exclusive, require_kind,
                         storage_for, write_atomic, write_record)
-from ..tokenizer.loading import local_tokenizer_file
+from ..tokenizer.loading import check_tokenizer_class, local_tokenizer_file
 from .disk import check_disk_budget, disk_sample
 from .pinned import read_job, tokenizer_fingerprint
 from .settings import TokenizeSettings
@@ -72,7 +72,8 @@ def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: Lo
                        eos_token=p.eos_token, dtype=dtype, text_key=settings.text_key, source_key=settings.source_key,
                        bos_token_id=p.bos_id, bos_token=p.bos_token, special_text=p.special_text,
                        max_line_bytes=settings.max_line_bytes,
-                       policy_notes=[*tok.notes, f"dtype: {dtype} ({why})"], kind=TOKENIZE)
+                       policy_notes=[*tok.notes, f"dtype: {dtype} ({why})"], kind=TOKENIZE,
+                       tokenizer_class=settings.tokenizer_class)
 
 
 def request_digest(settings: TokenizeSettings, tokenizer_file_sha256: str, folder: Path) -> str:
@@ -106,6 +107,7 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
     require_kind(root, "tokenize")
     entries = read_manifest(settings.manifest)
     file = local_tokenizer_file(settings.tokenizer)
+    check_tokenizer_class(settings.tokenizer, file, settings.tokenizer_class)  # before a relaunch skips the load
     data = storage_for(file).read_whole(file) if file is not None else None  # read once: digest, facts and copy agree
     file_sha256 = hashlib.sha256(data).hexdigest() if data is not None else ""
     key = request_digest(settings, file_sha256, file.parent) if file is not None else ""
@@ -132,7 +134,8 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
         if pinned is not None and pinned.tokenizer_file_sha256 != copied:
             tok = None
     if tok is None:
-        tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text)
+        tok = load_tokenizer(settings.tokenizer, settings.eos_id, settings.bos, settings.special_text,
+                             settings.tokenizer_class)
         if file is not None:  # of the bytes actually parsed (the file may have changed since the read above)
             key = request_digest(settings, tok.source_file_sha256, file.parent)
     requested = requested_job(settings, entries, tok)

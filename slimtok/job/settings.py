@@ -14,6 +14,9 @@ from ..protocol.records import DEFAULT_MAX_LINE_BYTES
 
 #: Defaults of ``slimtok tokenize`` (the CLI shows these; nothing else re-types them).
 TOKENS_PER_WRITE = 131072
+#: The share of documents the parity sample re-encodes with the reference (docs/BENCHMARKS.md: about
+#: 1% of a fastokens worker's CPU, the reference being ~100x slower per byte; ~0.01% of a tokenizers one).
+PARITY_SHARE = 1 / 8192
 CHECKPOINT_EVERY = 5.0
 STALE_AFTER = 300.0
 MIN_FREE_FRACTION = 0.1
@@ -26,6 +29,8 @@ class TokenizeSettings:
     manifest: str
     output_root: str
     tokenizer: str
+    #: the transformers class that builds a tokenizer without a tokenizer.json ("": refused); pinned
+    tokenizer_class: str = ""
     tokens_per_write: int = TOKENS_PER_WRITE
     #: seconds of work between checkpoints (0: at every write); a crash redoes at most this much
     checkpoint_every: float = CHECKPOINT_EVERY
@@ -44,6 +49,8 @@ class TokenizeSettings:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     #: encoder backend (auto|tokenizers|fastokens); not pinned: every backend gives the reference ids
     backend: str = "auto"
+    #: share of documents re-encoded by the reference and compared (slimtok.worker.task); not pinned
+    parity_share: float = PARITY_SHARE
     retry_failed: bool = False
     #: refuse to start when the estimated token files would leave less than this share of the disk free
     min_free_fraction: float = MIN_FREE_FRACTION

@@ -99,9 +99,12 @@ class JobSettings(Record):
     #: What created the root (``slimtok.protocol.kinds``: "tokenize", "mix"), set once by the record
     #: that creates it; "" in roots created before kinds were recorded (then ``root_kind`` infers it).
     kind: str = ""
+    #: The transformers class that built a tokenizer without a tokenizer.json (--tokenizer-class);
+    #: "" for a tokenizer.json, the only other kind a job accepts (and every root before the field).
+    tokenizer_class: str = ""
 
     PINNED = ("manifest_sha256", "tokenizer_sha256", "vocab_size", "eos_token_id", "dtype", "text_key",
-              "protocol", "source_key", "bos_token_id", "special_text", "max_line_bytes")
+              "protocol", "source_key", "bos_token_id", "special_text", "max_line_bytes", "tokenizer_class")
 
     @property
     def token_width(self) -> int:
@@ -158,6 +161,10 @@ class Checkpoint(Record):
     #: the table part ``documents/<id>.<token>.part`` holds ``documents`` rows (0 rows: older writer)
     source_names: list[str] = field(default_factory=list)
     table_version: int = 0
+    #: the parity sample of the first ``documents`` documents (see ``DoneRecord.parity_documents``);
+    #: 0 in a checkpoint of an older writer, whose resumed shard then counts from its resume on
+    parity_documents: int = 0
+    parity_bytes: int = 0
 
 
 @dataclass
@@ -197,6 +204,13 @@ class DoneRecord(Record):
     #: a mix's chunks give ``xxh3-128:...`` here and ``sha256`` "". "" (every tokenize shard, and
     #: every record written before the field existed): the checksum is ``sha256``.
     checksum: str = ""
+    #: The parity sample (slimtok.worker.task): documents of the shard re-encoded by the reference
+    #: encoder (tokenizers, one document at a time, separators placed by hand) and compared with the
+    #: ids written, the UTF-8 bytes of their text, and how many differed (always 0: a difference
+    #: fails the shard). -1: not recorded (a record written before the sample existed, or a mix chunk).
+    parity_documents: int = -1
+    parity_bytes: int = -1
+    parity_mismatches: int = -1
 
     def data_checksum(self) -> Checksum:
         """The checksum that every reader verifies the record's bytes against."""

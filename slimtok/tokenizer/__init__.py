@@ -18,16 +18,18 @@ _HOMES = {
     **dict.fromkeys(("DTYPES", "LoadedTokenizer", "load_tokenizer", "max_id_plus_one", "read_tokenizer_file",
                      "resolve_dtype"), "loading"),
     **dict.fromkeys(("BACKENDS", "BOS_CHOICES", "COMMON_EOS", "SPECIAL_TEXT", "DocumentPolicy"), "policy"),
+    **dict.fromkeys(("IdShape", "check_start_sample"), "shape"),
 }
 
 __all__ = ["BACKENDS", "BOS_CHOICES", "COMMON_EOS", "DTYPES", "SPECIAL_TEXT", "BackendReport", "DocumentPolicy",
-           "Encoder", "LoadedBackends", "LoadedTokenizer", "TokenizerError", "load_backends", "load_tokenizer",
-           "max_id_plus_one", "read_tokenizer_file", "resolve_dtype"]
+           "Encoder", "IdShape", "LoadedBackends", "LoadedTokenizer", "TokenizerError", "check_start_sample",
+           "load_backends", "load_tokenizer", "max_id_plus_one", "read_tokenizer_file", "resolve_dtype"]
 
 if TYPE_CHECKING:
     from .encoder import BackendReport, Encoder, LoadedBackends, load_backends
     from .loading import DTYPES, LoadedTokenizer, load_tokenizer, max_id_plus_one, read_tokenizer_file, resolve_dtype
     from .policy import BACKENDS, BOS_CHOICES, COMMON_EOS, SPECIAL_TEXT, DocumentPolicy
+    from .shape import IdShape, check_start_sample
 
 
 def __getattr__(name: str) -> Any:

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 from ..errors import EncoderCrash, TokenizerError
 from .loading import canonical_sha256, read_tokenizer_file
 from .policy import BACKENDS, DocumentPolicy
+from .shape import SHAPE_TEXTS
 
 # -- encoding backends -----------------------------------------------------------------------
 
@@ -49,19 +50,11 @@ CUT_WINDOW_CHARS = 1024
 
 log = logging.getLogger("slimtok.tokenizer")
 
-# Start-up sample: scripts, code, whitespace shapes and digits that pre-tokenizer regexes treat
-# differently; special-token strings and random code points are added per tokenizer (below).
+# Start-up sample: the shape sample's texts (scripts, code, whitespace shapes and digits that
+# pre-tokenizer regexes treat differently) and a long repetitive one; special-token strings and
+# random code points are added per tokenizer (below).
 _SAMPLE_TEXTS = (
-    "The quick brown fox jumps over the lazy dog. It's 3:45pm; they'll say \"we've won\" -- don't they?",
-    "def f(x):\n\tif x >= 10_000:\n        return {'a': [1, 2.5e-3]}  # comment\r\n    return None\n\n\n",
-    "Über naïve café façade — «quoted» ‹text› … 1,234.56 € 99% ½ ² ³",
-    "东京是日本的首都。北京是中国的首都，人口超过两千万。漢字とひらがなとカタカナ。",
-    "Москва — столица России. Привет, мир! Съешь ещё этих мягких французских булок.",
-    "مرحبا بالعالم. שלום עולם. नमस्ते दुनिया। สวัสดีชาวโลก 안녕하세요 세계",
-    "emoji 👩‍👩‍👧‍👦 🇩🇪 👍🏽 e\u0301 a\u0308 \u200b\u200d \ufeff \ufffd \u00a0nbsp",
-    "    leading spaces\n\n\n\n   \t \n trailing   \r\r\n\u2028\u2029 end   ",
-    "0123456789 3.14159265358979 1e100 0x1F 12,345,678 ５６７ ١٢٣",
-    "'s 'T 'RE 've 'M 'll 'D ''' \"\" `` ~~~ !!!??? ... ----- ===== ***** #####",
+    *SHAPE_TEXTS,
     "a" * 3000 + " " + "ab" * 1500 + "\n" + " " * 500 + "x",
 )
 
@@ -399,6 +392,11 @@ class Encoder:
         joined = np.concatenate([self._bare(apart[:lengths[0]], True, False),
                                  self._bare(apart[lengths[0]:], False, True)])
         return np.array_equal(whole, joined)
+
+    def reference_ids(self, text: str) -> np.ndarray:
+        """One document's ids by the reference alone (``tokenizers``, separators placed here),
+        whatever backend encodes: what every backend's ids for ``text`` must equal."""
+        return self._encode_reference([text])[0]
 
     def _encode_reference(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         """tokenizers without its template, the policy's separators placed here."""

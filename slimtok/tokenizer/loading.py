@@ -93,11 +93,15 @@ class LoadedTokenizer:
 
 
 def load_tokenizer(source: str, eos_id: int | None = None, bos: str = "auto",
-                   special_text: str = "literal") -> LoadedTokenizer:
-    """Load ``source`` and settle its document policy (see :mod:`slimtok.tokenizer.policy`)."""
+                   special_text: str = "literal", tokenizer_class: str = "") -> LoadedTokenizer:
+    """Load ``source`` and settle its document policy (see :mod:`slimtok.tokenizer.policy`).
+
+    ``tokenizer_class``: the transformers class that builds a tokenizer without a tokenizer.json
+    (a folder or Hub repo of vocabulary files); without one such a tokenizer is refused, and with
+    one a tokenizer.json is refused (:func:`check_tokenizer_class`)."""
     if special_text not in SPECIAL_TEXT:
         raise TokenizerError(f"--special-text {special_text!r} is not one of {', '.join(SPECIAL_TEXT)}")
-    (tok, file_bytes, canonical, source_sha), config = _resolve(source)
+    (tok, file_bytes, canonical, source_sha), config = _resolve(source, tokenizer_class)
     id_count = max_id_plus_one(tok)
     post_processor = orjson.loads(tok.post_processor.__getstate__()) if tok.post_processor else None
     policy = _settle(tok, config, eos_id, bos, special_text, id_count, post_processor, source)
@@ -399,14 +403,37 @@ def _token_name(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _from_transformers(source: str) -> tuple[_Parsed, TokenizerConfig]:
-    """Load through transformers, for folders and repos without a tokenizer.json."""
-    try:
-        from transformers import AutoTokenizer
+def check_tokenizer_class(source: str, file: Path | None, tokenizer_class: str) -> None:
+    """A tokenizer.json is read as it is, so a transformers class goes only with a tokenizer that
+    has none (TokenizerError otherwise). ``file``: ``source``'s tokenizer.json (local or fetched)."""
+    if tokenizer_class and file is not None:
+        raise TokenizerError(f"has a tokenizer.json, which is read as it is; --tokenizer-class {tokenizer_class} "
+                             "is only for a tokenizer without one", file, "leave --tokenizer-class out")
 
-        tok = AutoTokenizer.from_pretrained(source)
+
+def _from_transformers(source: str, tokenizer_class: str) -> tuple[_Parsed, TokenizerConfig]:
+    """Build through the transformers class ``tokenizer_class``, for folders and repos without a
+    tokenizer.json; refused without a class. Remote code is never run (``trust_remote_code=False``):
+    a tokenizer whose config asks for it is refused by transformers, without its prompt."""
+    if not tokenizer_class:
+        raise TokenizerError("has no tokenizer.json; slimtok does not let transformers guess a tokenizer from "
+                             "tokenizer_config.json (without its vocabulary files it builds one of 2 or 3 ids, "
+                             "which turns every document into a lone eos)", source,
+                             "pass the folder or file of the model's tokenizer.json, or name the transformers "
+                             "class that builds it from the vocabulary files with --tokenizer-class "
+                             "(e.g. GPT2Tokenizer, LlamaTokenizer)")
+    try:
+        import transformers
+
+        cls = getattr(transformers, tokenizer_class, None)
+        if not isinstance(cls, type) or not hasattr(cls, "from_pretrained"):
+            raise TokenizerError(f"--tokenizer-class {tokenizer_class!r} is not a transformers tokenizer class",
+                                 source, "name a class transformers exports, e.g. GPT2Tokenizer or LlamaTokenizer")
+        tok = cls.from_pretrained(source, trust_remote_code=False)
+    except TokenizerError:
+        raise
     except Exception as exc:  # transformers raises many types; all mean "cannot load"
-        raise TokenizerError(f"cannot load tokenizer {source!r}: {exc}") from exc
+        raise TokenizerError(f"cannot load tokenizer {source!r} with {tokenizer_class}: {exc}") from exc
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         raise TokenizerError(f"tokenizer {source!r} has no fast (tokenizers) version", source,
@@ -430,16 +457,17 @@ def local_tokenizer_file(source: str) -> Path | None:
 _Parsed = tuple["Tokenizer", bytes, str, str]
 
 
-def _resolve(source: str) -> tuple[_Parsed, TokenizerConfig]:
+def _resolve(source: str, tokenizer_class: str) -> tuple[_Parsed, TokenizerConfig]:
     file = local_tokenizer_file(source)
+    check_tokenizer_class(source, file, tokenizer_class)
     if file is not None:
         return _read_file(file), _config(file.parent)
     if Path(source).expanduser().is_dir():
-        return _from_transformers(str(Path(source).expanduser()))
+        return _from_transformers(str(Path(source).expanduser()), tokenizer_class)
     if not _REPO_ID.fullmatch(source) or source.startswith((".", "~")) or source.endswith(_FILE_SUFFIXES):
         raise TokenizerError("no such file or folder (a path, not a Hub repo id, so nothing was fetched)",
                              Path(source).expanduser().absolute(), "check the path given to --tokenizer")
-    return _from_hub(source)
+    return _from_hub(source, tokenizer_class)
 
 
 def read_tokenizer_file(path: Path) -> Tokenizer:
@@ -503,7 +531,7 @@ def _unmask_escapes(text: bytes) -> bytes:
     return text.replace(b"\x00\x02", b'\\"').replace(b"\x00\x01", b"\\\\")
 
 
-def _from_hub(repo_id: str) -> tuple[_Parsed, TokenizerConfig]:
+def _from_hub(repo_id: str, tokenizer_class: str) -> tuple[_Parsed, TokenizerConfig]:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
@@ -519,10 +547,11 @@ def _from_hub(repo_id: str) -> tuple[_Parsed, TokenizerConfig]:
         raise TokenizerError(f"cannot fetch tokenizer {repo_id!r} from the Hub: {exc}", None,
                              f"mirror it with {mirror} and pass the folder instead") from exc
     except EntryNotFoundError:
-        return _from_transformers(repo_id)
+        return _from_transformers(repo_id, tokenizer_class)
     except (HfHubHTTPError, OSError) as exc:
         raise TokenizerError(f"cannot fetch tokenizer {repo_id!r} from the Hub: {exc}", None,
                              f"mirror it with {mirror} and pass the folder instead") from exc
+    check_tokenizer_class(repo_id, path, tokenizer_class)
     try:
         hf_hub_download(repo_id, "tokenizer_config.json")
     except (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError):

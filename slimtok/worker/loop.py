@@ -122,7 +122,7 @@ class Worker:
         return TaskContext(root=self.root, job=self.job, encoder=self.encoder, stats=self.stats, host=self.me.host,
                            name=self.name, tokens_per_write=self.settings.tokens_per_write,
                            checkpoint_every=self.settings.checkpoint_every, check_running=self.check_running,
-                           holds=self.holds)
+                           holds=self.holds, parity_share=self.settings.parity_share)
 
     def check_running(self, claim: Claim | None = None) -> None:
         """Raise at a safe point if a signal asked us to stop or ``claim`` was taken over."""

@@ -17,7 +17,12 @@ Invariants a relaunch relies on:
 * a resume copies the checkpointed prefix of both files into the new claim's own part files, so a
   holder that lost its claim (stopped, then woken) can never corrupt the new holder's output;
 * before every checkpoint and before publishing, the task checks that the lock still names its
-  claim, and the done record is created exclusively, so a shard is committed exactly once.
+  claim, and the done record is created exclusively, so a shard is committed exactly once;
+* the parity sample: each document whose text digest falls in the first ``parity_share`` of the
+  digest space (so the same documents whatever the batching, resume or worker) and that is at most
+  ``PARITY_MAX_CHARS`` long is re-encoded by the reference alone and compared with the ids about to
+  be written; a difference fails the shard (:class:`ParityMismatch`), and the counts of the
+  documents checked go with their documents into checkpoints and the done record.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 import xxhash
 
 from ..claims import Claim
-from ..errors import EmptyShard, Interrupted, LostClaim, ShardReadError
+from ..errors import EmptyShard, Interrupted, LostClaim, ParityMismatch, ShardReadError
 from ..manifest import ShardEntry
 from ..protocol import (DOC_TABLE_DTYPE, DOC_TABLE_VERSION, Checkpoint, DoneRecord, JobSettings, OutputRoot,
                         create_exclusive, read_record, table_rows, write_record)
@@ -43,6 +48,10 @@ from .files import PartFile, copy_prefix, source_state
 from .stats import Stats, append_journal
 
 log = logging.getLogger("slimtok.worker")
+
+#: Longer documents are left out of the parity sample: the reference encodes a document whole, whose
+#: memory can reach ~85 bytes per byte of text (Prepend normalizers); 1 Mi characters bounds that.
+PARITY_MAX_CHARS = 1 << 20
 
 
 @dataclass
@@ -62,6 +71,8 @@ class TaskContext:
     check_running: Callable[[Claim], None]
     #: whether the lock still names the claim (a look at the lock file)
     holds: Callable[[Claim], bool]
+    #: share of documents in the parity sample (see the module docstring); 0: none
+    parity_share: float = 0.0
 
 
 @dataclass
@@ -76,6 +87,9 @@ class Progress:
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     #: the table's ``source`` column indexes these names ("" = the document named no source)
     source_names: list[str] = field(default_factory=list)
+    #: documents of the parity sample among these, and the UTF-8 bytes of their text
+    parity_documents: int = 0
+    parity_bytes: int = 0
 
 
 @dataclass
@@ -96,6 +110,8 @@ class Pending:
     token_count: int = 0
     documents: int = 0
     sources: dict[str, list[int]] = field(default_factory=dict)
+    parity_documents: int = 0
+    parity_bytes: int = 0
 
 
 class ShardTask:
@@ -187,12 +203,13 @@ class ShardTask:
             self._encode_huge(texts, marks[0])
             return
         flat, lengths = self.ctx.encoder.encode(texts)
-        rows = self._rows(lengths, [m.source for m in marks],
-                          b"".join(xxhash.xxh3_128_digest(t.encode()) for t in texts))
+        digests = b"".join(xxhash.xxh3_128_digest(t.encode()) for t in texts)
+        rows = self._rows(lengths, [m.source for m in marks], digests)
+        checked = self._check_parity(texts, marks, digests, flat, lengths)
         start = end = first = 0
         for i, n in enumerate(lengths):
             end += n
-            if self._count_document(n, marks[i].source):
+            if self._count_document(n, marks[i].source, checked.get(i)):
                 self.pending.tokens.append(flat[start:end])
                 self.pending.rows.append(rows[first:i + 1])
                 self._flush(marks[i], checkpoint=self._checkpoint_due())
@@ -218,6 +235,32 @@ class ShardTask:
         self.last_mark = mark
         self.ctx.stats.add(1, tokens, len(text))
 
+    def _check_parity(self, texts: list[str], marks: list[Mark], digests: bytes, flat: np.ndarray,
+                      lengths: list[int]) -> dict[int, int]:
+        """Re-encode this batch's parity sample with the reference and compare; {index in the batch:
+        UTF-8 bytes of its text} for each document checked. ParityMismatch on the first difference."""
+        share = self.ctx.parity_share
+        if not share:
+            return {}
+        # the first 8 bytes of each document's xxh3-128 digest, as a fraction of the digest space
+        picked = np.flatnonzero(np.frombuffer(digests, dtype="<u8")[::2] / 2.0 ** 64 < share)
+        if not picked.size:
+            return {}
+        ends = np.cumsum(lengths)
+        checked: dict[int, int] = {}
+        for i in picked.tolist():
+            if len(texts[i]) > PARITY_MAX_CHARS:
+                continue
+            written = flat[ends[i] - lengths[i]:ends[i]]
+            want = self.ctx.encoder.reference_ids(texts[i])
+            if not np.array_equal(written, want):
+                raise ParityMismatch(f"document {self.progress.documents + self.pending.documents + i} (line "
+                                     f"{marks[i].lines}) encodes to other ids than the reference tokenizers gives "
+                                     f"({_first_difference(written, want)})", self.entry.path,
+                                     "relaunch with --backend tokenizers and --retry-failed, and report the document")
+            checked[i] = len(texts[i].encode())
+        return checked
+
     def _backends_used(self) -> str:
         """The backends that encoded text since this task began: "tokenizers", "fastokens", or
         "tokenizers+fastokens" when each encoded part of it (a deferred fastokens took over, or a
@@ -238,11 +281,15 @@ class ShardTask:
             self.progress.source_names.append(name)
         return index
 
-    def _count_document(self, tokens: int, source: str | None) -> bool:
-        """Count one encoded document as pending; True when tokens_per_write is reached."""
+    def _count_document(self, tokens: int, source: str | None, parity_bytes: int | None = None) -> bool:
+        """Count one encoded document as pending (``parity_bytes``: its text's bytes when the parity
+        sample checked it); True when tokens_per_write is reached."""
         pending = self.pending
         pending.token_count += tokens
         pending.documents += 1
+        if parity_bytes is not None:
+            pending.parity_documents += 1
+            pending.parity_bytes += parity_bytes
         if source is not None:
             counts = pending.sources.get(source)
             if counts is None:
@@ -265,6 +312,8 @@ class ShardTask:
             self.table.write(rows.tobytes())
         p.tokens += pending.token_count
         p.documents += pending.documents
+        p.parity_documents += pending.parity_documents
+        p.parity_bytes += pending.parity_bytes
         p.lines, p.skipped = mark.lines, mark.skipped
         for source, (docs, tokens) in pending.sources.items():
             counts = p.sources.setdefault(source, {"documents": 0, "tokens": 0})
@@ -288,7 +337,8 @@ class ShardTask:
                                 skipped=dict(p.skipped), sources=_copy_sources(p.sources),
                                 source_size=self.source[0] if self.source else -1,
                                 source_mtime_ns=self.source[1] if self.source else -1,
-                                source_names=list(p.source_names), table_version=DOC_TABLE_VERSION),
+                                source_names=list(p.source_names), table_version=DOC_TABLE_VERSION,
+                                parity_documents=p.parity_documents, parity_bytes=p.parity_bytes),
                      durable=False)
 
     def _check_claim(self) -> None:
@@ -367,6 +417,7 @@ class ShardTask:
             p.skipped = dict(ckpt.skipped)
             p.sources = _copy_sources(ckpt.sources)
             p.source_names = list(ckpt.source_names)
+            p.parity_documents, p.parity_bytes = ckpt.parity_documents, ckpt.parity_bytes
             self.source_index = {name: i for i, name in enumerate(p.source_names)}
             self._checkpoint()
             log.info("%s: resuming at line %d (%d tokens) from %s", self.entry.id, p.lines, p.tokens, ckpt.part)
@@ -400,7 +451,8 @@ class ShardTask:
                             seconds=round(time.time() - self.started, 3), sources=_copy_sources(p.sources),
                             backend=self.backend, table=self.root.relative(table),
                             table_bytes=self.table.size, table_sha256=self.table.sha256(),
-                            source_names=list(p.source_names), table_version=DOC_TABLE_VERSION)
+                            source_names=list(p.source_names), table_version=DOC_TABLE_VERSION,
+                            parity_documents=p.parity_documents, parity_bytes=p.parity_bytes, parity_mismatches=0)
         done = self.root.done(self.entry.id)
         storage.make_folders(done.parent)
         if create_exclusive(done, record.to_json()):
@@ -414,6 +466,15 @@ class ShardTask:
         storage.delete(self.root.checkpoint(self.entry.id))
         storage.delete(self.root.failed(self.entry.id))
         return record
+
+
+def _first_difference(written: np.ndarray, want: np.ndarray) -> str:
+    """Where two id arrays first differ, in words."""
+    # not strict: arrays of other lengths differ at their common prefix's end at the latest
+    at = next((k for k, (a, b) in enumerate(zip(written.tolist(), want.tolist(), strict=False)) if a != b), None)
+    if at is None:
+        return f"{written.size} ids written, {want.size} expected"
+    return f"first difference at id {at}: {written[at]} written, {want[at]} expected"
 
 
 def _describe_state(state: tuple[int, int] | None) -> str:
