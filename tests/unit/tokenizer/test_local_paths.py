@@ -17,7 +17,7 @@ def hub_calls(monkeypatch) -> list[str]:
     """Every source handed to the Hub loader (which here fetches nothing)."""
     calls: list[str] = []
 
-    def fake_hub(source: str):
+    def fake_hub(source: str, tokenizer_class: str = ""):
         calls.append(source)
         raise TokenizerError(f"cannot fetch tokenizer {source!r} from the Hub")
 
