@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..claims import Claim, Claimer, current_holder
+from ..claims import Claim, Claimer, current_holder, held_by
 from ..errors import EXIT_OK, DedupError, OutputError, SlimtokError, Stopped
-from ..executor import HeldClaims, NodeRun, refresh_interval, run_units, start_method
+from ..executor import REPLACEMENTS_PER_WORKER, HeldClaims, NodeRun, Revive, refresh_interval, run_units, start_method
 from ..progress import REFRESH, ProgressFactory
 from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive, dedup_unit,
                         hostname, read_record, storage_for, write_atomic)
@@ -199,14 +199,21 @@ def _run_workers(root: OutputRoot, plan: DedupPlan, inputs: Inputs, workers: int
     if workers == 1:
         DedupWorker(root, plan, inputs, stale_after, process_index, process_count, 0, 1).run()
         return finish(root, plan)
+    def args(w: int, _generation: int) -> tuple[object, ...]:
+        return str(root.root), plan, inputs, stale_after, (process_index, process_count, w, workers)
+
+    # A killed worker is replaced in its slot (the same grid place); a unit holds no worker state.
+    revive = Revive(args=args, held=lambda _slot, _generation, pid: held_by(root, pid),
+                    log=lambda line: print(line, file=sys.stderr), limit=REPLACEMENTS_PER_WORKER * workers)
     # A unit is short and atomic: on a signal its workers are killed, nothing is lost.
     with NodeRun("slimtok-dedup", forward=signal.SIGKILL) as run:
-        run.start(start_method(), _work_units, [(str(root.root), plan, inputs, stale_after,
-                                                 (process_index, process_count, w, workers)) for w in range(workers)])
-        codes = run.wait()
+        run.start(start_method(), _work_units, [args(w, 0) for w in range(workers)])
+        codes = run.wait(revive=revive)
     if run.signalled:
         raise Stopped("stopped on a signal; finished units are kept", root.root,
                       f"run `slimtok dedup --output-root {root.root}` again to resume")
+    if all(root.dedup_unit_done("gather", k).exists() for k in range(unit_count(plan, "gather"))):
+        codes = [c for c in codes if c is not None and c >= 0]  # the last phase done: a killed worker cost nothing
     failed = [c for c in codes if c != EXIT_OK]
     if failed:
         raise DedupError(f"{len(failed)} dedup worker(s) exited with status {failed}", root.root,
