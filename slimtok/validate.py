@@ -37,7 +37,7 @@ from .errors import DataError, ValidateError
 from .finished import plan_split, read_meta
 from .job import load_job, load_pinned_tokenizer
 from .manifest import ShardEntry
-from .protocol import SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table
+from .protocol import SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table, read_tokens
 from .protocol.docindex import index_path, read_doc_index
 
 SCAN_TOKENS = 1 << 24
@@ -72,7 +72,7 @@ def _scan(path: os.PathLike[str], dtype: np.dtype, ranges: list[tuple[str, int, 
     """One pass over the file: (max id, eos count, shards whose byte range hash differs from its
     checksum; a range without one is only scanned)."""
     max_id, eos_count, bad = 0, 0, []
-    data = np.memmap(path, dtype=dtype, mode="r")
+    data = read_tokens(path, dtype)
     for shard, start, size, want in ranges:
         h = want.hasher() if want is not None else None
         first, last = start // dtype.itemsize, (start + size) // dtype.itemsize
@@ -122,16 +122,21 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
                f"max id {max_id}, vocab_size {job.vocab_size}")
     report.add(f"{name}: eos count ≥ documents", eos_count >= info["documents"],
                f"{eos_count:,} eos ({job.eos_token_id}) for {info['documents']:,} documents")
-    data = np.memmap(path, dtype=dtype, mode="r")
-    _alignment(data, samples, block_size, rng, name, report)
-    _eye_test(data, tok, rng, name, report)
+    data = read_tokens(path, dtype)
+    if len(data):
+        _alignment(data, samples, block_size, rng, name, report)
+        _eye_test(data, tok, rng, name, report)
+    else:  # valid data (every document left out, say): there is no window to sample or show
+        report.add(f"{name}: empty", info["documents"] == 0,
+                   f"0 tokens and {info['documents']:,} documents in meta.json; nothing to sample")
     tables = all(r.table for r in records)
     if tables:
         want = None if removed else _table_ends(root, records)
         _doc_index_tables(root.doc_index(split), data, info["documents"], want, job, name, report)
     else:
         _doc_index(root.doc_index(split), data, info["documents"], eos_count, job.eos_token_id, name, report)
-    _sampler(path, dtype, job.vocab_size, job.eos_token_id, block_size, rng, name, report, legacy=not tables)
+    if len(data):
+        _sampler(path, dtype, job.vocab_size, job.eos_token_id, block_size, rng, name, report, legacy=not tables)
 
 
 def _table_ends(root: OutputRoot, records: list[DoneRecord]) -> np.ndarray:
