@@ -213,7 +213,8 @@ def test_kill_9_of_dedup_workers_then_relaunch_resumes(tokenized, tmp_path):
 def test_a_killed_dedup_worker_is_named_replaced_and_the_run_completes_identically(tokenized, tmp_path):
     _, corpus, ref = tokenized
     root = _copy(tokenized, tmp_path)
-    code = "import sys; from slimtok.dedup import run_dedup; run_dedup(sys.argv[1], buckets=64, unit_shards=1, workers=2)"
+    code = ("import sys; from slimtok.dedup import run_dedup; "
+            "run_dedup(sys.argv[1], buckets=64, unit_shards=1, workers=2)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE, text=True)
     done_dir = root / "dedup" / "done"
     deadline = time.monotonic() + 120
