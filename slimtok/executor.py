@@ -361,12 +361,15 @@ class NodeRun:
         ``target(*args[w])`` and exiting with its status; ``target`` must be importable by name
         when spawned. The forwarded signals are blocked meanwhile, so that one arriving during a
         fork is taken by the launcher's handler (which passes it on), never run in a copy."""
-        ctx = multiprocessing.get_context(method)
         self._target = target
-        self.procs += [ctx.Process(target=_child, args=(os.getpid(), target, a), name=f"{self.name}-{w}")
-                       for w, a in enumerate(args)]
+        self.procs += [self._process(method, w, a) for w, a in enumerate(args)]
         self.generations += [0] * len(args)
         self._launch(self.procs)
+
+    def _process(self, method: str, slot: int, args: tuple[object, ...]) -> multiprocessing.process.BaseProcess:
+        """The (unstarted) worker process of ``slot``, running the target on ``args``."""
+        ctx = multiprocessing.get_context(method)
+        return ctx.Process(target=_child, args=(os.getpid(), self._target, args), name=f"{self.name}-{slot}")
 
     def _launch(self, procs: Sequence[multiprocessing.process.BaseProcess]) -> None:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
@@ -416,10 +419,9 @@ class NodeRun:
                            f"{replaced} worker(s) already replaced in this launch (at most {revive.limit})")
             else:
                 self.generations[slot] += 1
-                ctx = multiprocessing.get_context(start_method())
-                assert self._target is not None  # set by start, which made the process that died
-                new = ctx.Process(target=_child, name=f"{self.name}-{slot}", args=(
-                    os.getpid(), self._target, revive.args(slot, self.generations[slot])))
+                # start_method() again: the launcher may run threads by now (a progress bar), so
+                # a replacement may have to be spawned where the first workers were forked
+                new = self._process(start_method(), slot, revive.args(slot, self.generations[slot]))
                 self.procs[slot] = new
                 self._launch([new])
                 revive.log(f"{p.name} (pid {p.pid}) was killed by {death.signal_name} {held}; replaced by pid "

@@ -25,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from .space import lacks_room
 from .errors import OutputError

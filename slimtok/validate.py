@@ -72,7 +72,7 @@ def _scan(path: os.PathLike[str], dtype: np.dtype, ranges: list[tuple[str, int, 
     """One pass over the file: (max id, eos count, shards whose byte range hash differs from its
     checksum; a range without one is only scanned)."""
     max_id, eos_count, bad = 0, 0, []
-    data = read_tokens(path, dtype)
+    data = read_tokens(Path(path), dtype)
     for shard, start, size, want in ranges:
         h = want.hasher() if want is not None else None
         first, last = start // dtype.itemsize, (start + size) // dtype.itemsize

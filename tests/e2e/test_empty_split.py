@@ -6,7 +6,6 @@ row from it, refuses in one line naming the file."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

