@@ -18,7 +18,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
 from .progress import ProgressFactory
-from .protocol import DoneRecord, FailedRecord, Heartbeat, hostname, read_record, worker_name, write_record
+from .protocol import (DoneRecord, FailedRecord, Heartbeat, LockRecord, hostname, read_record, worker_name,
+                       write_record)
 from .errors import EXIT_INTERRUPTED, EXIT_SHARDS_FAILED, OutputError, TokenizerError
 from .executor import (GRID_VARIABLES, REPLACEMENTS_PER_WORKER, WORKER_THREAD_LIMITS, Death, NodeRun, Revive,
                        exit_status, limit_worker_threads, process_grid, single_threaded, start_method, usable_cores,
@@ -182,16 +183,22 @@ def _revive(job: Job, log: Callable[[str], None] | None) -> Revive:
 
 
 def _held(job: Job, slot: int, generation: int, pid: int) -> list[str]:
-    """The unfinished shards a dead worker held: the one its heartbeat names as being worked on
-    first (another worker may already have taken that lock over from the dead holder), then the
-    others its locks name (a commit in flight)."""
+    """The shards a dead worker held: the one its heartbeat names as being worked on first (done or
+    not: a live worker may have taken its lock over from the dead holder and finished it before
+    the launcher looked), then the others its locks name (a commit in flight), unless its done
+    record names that very claim (committed; only the release was lost)."""
     from .claims import held_by  # psutil: imported once a worker runs, not by a launch with nothing to do
 
     beat = read_record(job.root.heartbeat(worker_name(hostname(), job.settings.process_index, slot, generation)),
                        Heartbeat)
     working = [beat.shard] if beat is not None and beat.pid == pid and beat.state == "working" and beat.shard else []
-    held = working + [s for s in held_by(job.root, pid) if s not in working]
-    return [s for s in held if not job.root.done(s).exists()]
+    return working + [s for s in held_by(job.root, pid) if s not in working and not _committed(job, s)]
+
+
+def _committed(job: Job, shard: str) -> bool:
+    """Whether the claim the lock on ``shard`` names has committed (its done record names it)."""
+    lock, done = read_record(job.root.lock(shard), LockRecord), read_record(job.root.done(shard), DoneRecord)
+    return lock is not None and done is not None and lock.token == done.token
 
 
 def _to_stderr(line: str) -> None:
