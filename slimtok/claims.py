@@ -210,6 +210,18 @@ class Claimer:
             self.root.storage.delete(self.root.lock(claim.shard))
 
 
+def held_by(root: OutputRoot, pid: int) -> list[str]:
+    """The units whose locks name process ``pid`` of this host and boot, in id order: what a worker
+    held when it died (its launcher asks; the locks are then stale at once, see :meth:`Claimer.is_stale`)."""
+    host, boot = hostname(), boot_id()
+    held = []
+    for unit in sorted(root.locked_ids()):
+        record = read_record(root.lock(unit), LockRecord)
+        if record is not None and (record.host, record.boot_id, record.pid) == (host, boot, pid):
+            held.append(unit)
+    return held
+
+
 def _alive(pid: int, started: float) -> bool:
     """True when ``pid`` runs and is the same process (start time within a second)."""
     try:

@@ -14,7 +14,11 @@ Invariants:
   claim) found it still unsettled;
 * a worker returns from :func:`wait_for_held` only when every unit it waited for is settled,
   by anyone: a stage whose next phase needs them all can start it then;
-* a worker dies with its launcher (Linux), so no orphan keeps a claim alive.
+* a worker dies with its launcher (Linux), so no orphan keeps a claim alive;
+* a worker killed by a signal the launcher did not forward is named in one line (with the units
+  its locks name) and, up to :data:`REPLACEMENTS_PER_WORKER` times the workers started, replaced
+  by a new process in its slot; its claims need no wait: a dead holder on this host is stale at
+  once (:meth:`slimtok.claims.Claimer.is_stale`).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, TypeVar
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, LaunchError
 
@@ -49,6 +54,18 @@ WORKER_THREAD_LIMITS = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": 
 
 #: The signals a launcher takes and passes on to its workers.
 FORWARDED = {signal.SIGTERM, signal.SIGINT}
+
+#: Replacements of killed workers per launch, per worker started. An outside kill (the OOM killer
+#: during a node-wide memory spike, an operator's mistake) costs the run one unit's work, and a
+#: node can lose each of its workers once that way and still finish at full strength; a cause
+#: that kills workers again and again (a unit that kills whoever holds it, a node short of memory)
+#: stops after that many more deaths, each costing at most one unit's work, and the exit status
+#: says so instead of looping.
+REPLACEMENTS_PER_WORKER = 1
+
+#: Holders of one unit killed in one launch after which the stage is asked to settle it
+#: (:attr:`Revive.settle`): once may be bad luck, twice is the unit.
+UNIT_DEATHS = 2
 
 #: Seconds between looks at units other workers hold: doubling from the first to the longest.
 POLL_FIRST = 0.05
@@ -263,17 +280,64 @@ def _child(parent: int, target: Callable[..., int], args: tuple[object, ...]) ->
     sys.exit(target(*args))
 
 
+@dataclass(frozen=True)
+class Death:
+    """A worker that a signal killed: its slot (worker index), pid, the signal, and the units it
+    held when it died, the one it was working on first (others: its commits in flight)."""
+
+    slot: int
+    pid: int
+    signum: int
+    units: tuple[str, ...]
+
+    @property
+    def signal_name(self) -> str:
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+
+@dataclass(frozen=True)
+class Revive:
+    """How a stage has its killed workers replaced (:meth:`NodeRun.wait`).
+
+    ``args(slot, generation)``: the arguments of the replacement's ``target`` (generation counts
+    the slot's processes, 0 the first); ``held(slot, generation, pid)``: the units that process
+    held, the one it was working on first (its locks; a stage may add what its own records say,
+    since a live worker can take a dead holder's lock over before the launcher looks); ``log``:
+    where the one line per death goes; ``limit``: replacements this launch; ``settle(unit,
+    deaths)``: called once for a unit whose holders were killed :data:`UNIT_DEATHS` times while
+    working on it (a unit only being committed is not the cause), so the stage can settle it (a
+    failed record) rather than hand it to another worker;
+    ``died(death, generation)``: the stage's own record of the death (its heartbeat)."""
+
+    args: Callable[[int, int], tuple[object, ...]]
+    held: Callable[[int, int, int], list[str]]
+    log: Callable[[str], None]
+    limit: int
+    settle: Callable[[str, list[Death]], None] | None = None
+    died: Callable[[Death, int], None] | None = None
+
+
 class NodeRun:
     """The local workers of one launch, as a context: while it is open, SIGTERM and SIGINT sent to
     the launcher are recorded (:attr:`signalled`) and passed on to every started worker as
     ``forward``: SIGTERM lets a worker finish its batch and stop, SIGKILL suits units that are
-    short and atomic. Leaving the context restores the launcher's handlers."""
+    short and atomic. Leaving the context restores the launcher's handlers.
+
+    :attr:`procs` holds the current process of each slot (worker index); :attr:`generations`
+    how many processes each slot has had before it (a replaced slot's count goes up)."""
 
     def __init__(self, name: str, forward: signal.Signals = signal.SIGTERM):
         self.name, self.forward = name, forward
         self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.generations: list[int] = []
         self.received: list[int] = []
+        self.deaths: list[Death] = []
         self._previous: dict[int, object] = {}
+        self._target: Callable[..., int] | None = None
+        self._seen: set[int] = set()  # pids of dead workers already named
 
     @property
     def signalled(self) -> bool:
@@ -298,32 +362,82 @@ class NodeRun:
         ``target(*args[w])`` and exiting with its status; ``target`` must be importable by name
         when spawned. The forwarded signals are blocked meanwhile, so that one arriving during a
         fork is taken by the launcher's handler (which passes it on), never run in a copy."""
+        self._target = target
+        self.procs += [self._process(method, w, a) for w, a in enumerate(args)]
+        self.generations += [0] * len(args)
+        self._launch(self.procs)
+
+    def _process(self, method: str, slot: int, args: tuple[object, ...]) -> multiprocessing.process.BaseProcess:
+        """The (unstarted) worker process of ``slot``, running the target on ``args``."""
         ctx = multiprocessing.get_context(method)
         # typeshed declares Process on each concrete context only, and get_context(str) as their base
-        self.procs += [ctx.Process(target=_child, args=(os.getpid(), target, a),  # type: ignore[attr-defined]
-                                   name=f"{self.name}-{w}")
-                       for w, a in enumerate(args)]
+        return ctx.Process(target=_child, args=(os.getpid(), self._target, args),  # type: ignore[attr-defined]
+                           name=f"{self.name}-{slot}")
+
+    def _launch(self, procs: Sequence[multiprocessing.process.BaseProcess]) -> None:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         try:
-            for p in self.procs:
+            for p in procs:
                 p.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
-    def wait(self, tick: Callable[[], None] | None = None, every: float = 0.5) -> list[int | None]:
-        """Wait for every worker, calling ``tick`` about every ``every`` seconds; their exit codes."""
-        while any(p.is_alive() for p in self.procs):
+    def wait(self, tick: Callable[[], None] | None = None, every: float = 0.5,
+             revive: Revive | None = None) -> list[int | None]:
+        """Wait for every worker, calling ``tick`` about every ``every`` seconds; the exit code of
+        each slot's last process. With ``revive``, a worker killed by a signal is named and
+        replaced (:meth:`_revive`)."""
+        while True:
+            if revive is not None:
+                self._revive(revive)
+            if not any(p.is_alive() for p in self.procs):
+                break
             for p in self.procs:
                 p.join(timeout=every)
             if tick is not None:
                 tick()
         return [p.exitcode for p in self.procs]
 
+    def _revive(self, revive: Revive) -> None:
+        """Name each worker a signal killed (one line: slot, pid, signal, the units it held) and
+        start a new process in its slot while this launch has replacements left. A signal the
+        launcher received and forwarded is a stop, not a death: nothing is replaced then."""
+        for slot, p in enumerate(self.procs):
+            code = p.exitcode
+            if code is None or code >= 0 or p.pid is None or p.pid in self._seen or self.signalled:
+                continue
+            self._seen.add(p.pid)
+            death = Death(slot, p.pid, -code, tuple(revive.held(slot, self.generations[slot], p.pid)))
+            self.deaths.append(death)
+            if revive.died is not None:
+                revive.died(death, self.generations[slot])
+            if revive.settle is not None:  # before any replacement can claim the unit again
+                killed = [d for d in self.deaths if d.units[:1] == death.units[:1]]
+                if death.units and len(killed) == UNIT_DEATHS:
+                    revive.settle(death.units[0], killed)
+            held = f"while holding {', '.join(death.units)}" if death.units else "holding no claim"
+            replaced = sum(self.generations)
+            if replaced >= revive.limit:
+                revive.log(f"{p.name} (pid {p.pid}) was killed by {death.signal_name} {held}; not replaced: "
+                           f"{replaced} worker(s) already replaced in this launch (at most {revive.limit})")
+            else:
+                self.generations[slot] += 1
+                # start_method() again: the launcher may run threads by now (a progress bar), so
+                # a replacement may have to be spawned where the first workers were forked
+                new = self._process(start_method(), slot, revive.args(slot, self.generations[slot]))
+                self.procs[slot] = new
+                self._launch([new])
+                revive.log(f"{p.name} (pid {p.pid}) was killed by {death.signal_name} {held}; replaced by pid "
+                           f"{new.pid} (replacement {replaced + 1} of at most {revive.limit} in this launch)")
 
-def exit_status(codes: Sequence[int | None], signalled: bool, failed: bool) -> int:
+
+def exit_status(codes: Sequence[int | None], signalled: bool, failed: bool, settled: bool = False) -> int:
     """A launch's status from its workers' (``failed``: some unit has a failed record). A signal
     that arrived after every worker had finished its work interrupted nothing, so it does not turn
-    a complete run into 75."""
+    a complete run into 75. ``settled``: every selected unit is settled (done, or failed), so a
+    worker a signal killed along the way cost the job nothing: its status is not the job's."""
+    if settled:
+        codes = [c for c in codes if c is not None and c >= 0]
     finished = all(c in (EXIT_OK, EXIT_SHARDS_FAILED) for c in codes)
     if any(c is None or c < 0 or c == EXIT_FATAL for c in codes) and not signalled:
         return EXIT_FATAL

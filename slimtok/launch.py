@@ -10,17 +10,21 @@ by a signal (relaunch resumes).
 
 from __future__ import annotations
 
+import functools
 import signal
+import sys
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 from collections.abc import Callable
 
 from .progress import ProgressFactory
-from .protocol import DoneRecord, FailedRecord, Heartbeat, hostname, read_record, worker_name
+from .protocol import (DoneRecord, FailedRecord, Heartbeat, LockRecord, hostname, read_record, worker_name,
+                       write_record)
 from .errors import EXIT_INTERRUPTED, EXIT_SHARDS_FAILED, OutputError, TokenizerError
-from .executor import (GRID_VARIABLES, WORKER_THREAD_LIMITS, NodeRun, exit_status, limit_worker_threads,
-                       process_grid, single_threaded, start_method, usable_cores, worker_count)
+from .executor import (GRID_VARIABLES, REPLACEMENTS_PER_WORKER, WORKER_THREAD_LIMITS, Death, NodeRun, Revive,
+                       exit_status, limit_worker_threads, process_grid, single_threaded, start_method, usable_cores,
+                       worker_count)
 from .job import Job, TokenizeSettings, pin_job
 
 if TYPE_CHECKING:
@@ -117,10 +121,9 @@ class _Progress:
     opened), so it stays cheap with 60,000 shards.
     """
 
-    def __init__(self, job: Job, progress: ProgressFactory | None):
-        settings, self.root = job.settings, job.root
-        host = hostname()
-        self.names = [worker_name(host, settings.process_index, w) for w in range(settings.workers)]
+    def __init__(self, job: Job, run: NodeRun, progress: ProgressFactory | None):
+        settings, self.root, self.run = job.settings, job.root, run
+        self.host, self.process_index = hostname(), settings.process_index
         self.sizes = {e.id: e.size for e in job.entries if e.split in settings.splits}
         self.started = time.time()
         _shards, done_bytes = self._done()
@@ -134,7 +137,10 @@ class _Progress:
     def update(self) -> None:
         if self.display is None:
             return
-        beats = [b for b in (read_record(self.root.heartbeat(n), Heartbeat) for n in self.names)
+        # every process each slot has had: a killed worker's documents were read in this launch too
+        names = [worker_name(self.host, self.process_index, w, g)
+                 for w, last in enumerate(self.run.generations) for g in range(last + 1)]
+        beats = [b for b in (read_record(self.root.heartbeat(n), Heartbeat) for n in names)
                  if b is not None and b.started_at >= self.started - 5]
         shards, done_bytes = self._done()
         self.display.update(shards, sum(b.documents for b in beats), sum(b.tokens for b in beats), done_bytes)
@@ -172,8 +178,8 @@ def tokenize(settings: TokenizeSettings, log: Callable[[str], None] | None = Non
         del loaded  # the workers have their copies; this one need not live as long as the launch
         if log:
             log(f"{len(run.procs)} worker(s) started ({_HOW_STARTED[method]})")
-        monitor = _Progress(job, progress)  # its bar's thread comes after the forks
-        codes = run.wait(monitor.update)
+        monitor = _Progress(job, run, progress)  # its bar's thread comes after the forks
+        codes = run.wait(monitor.update, revive=_revive(job, log))
         monitor.close()
     status = _exit_status(codes, job, run.signalled)
     root = job.root
@@ -184,9 +190,66 @@ def tokenize(settings: TokenizeSettings, log: Callable[[str], None] | None = Non
 
 
 def _exit_status(codes: list[int | None], job: Job, signalled: bool) -> int:
-    """:func:`exit_status`, with whether a selected shard has a failed record."""
+    """:func:`exit_status`, with whether a selected shard has a failed record and whether every
+    selected shard is settled (then a worker killed along the way cost the job nothing)."""
     failed = any(e.split in job.settings.splits and job.root.storage.exists(job.root.failed(e.id)) for e in job.entries)
-    return exit_status(codes, signalled, failed)
+    return exit_status(codes, signalled, failed, settled=all_settled(job))
+
+
+def _revive(job: Job, log: Callable[[str], None] | None) -> Revive:
+    """How tokenize replaces a killed worker: a new process in its slot with the next generation's
+    name (loading the tokenizer itself, or sharing what a fork copies), its death written into
+    its heartbeat, and a shard whose holders were killed twice failed with that reason."""
+    return Revive(args=lambda slot, generation: (job, slot, None, generation),
+                  held=functools.partial(_held, job), log=log or _to_stderr,
+                  limit=REPLACEMENTS_PER_WORKER * job.settings.workers,
+                  settle=functools.partial(_fail_killer, job), died=functools.partial(_mark_killed, job))
+
+
+def _held(job: Job, slot: int, generation: int, pid: int) -> list[str]:
+    """The shards a dead worker held: the one its heartbeat names as being worked on first (done or
+    not: a live worker may have taken its lock over from the dead holder and finished it before
+    the launcher looked), then the others its locks name (a commit in flight), unless its done
+    record names that very claim (committed; only the release was lost)."""
+    from .claims import held_by  # psutil: imported once a worker runs, not by a launch with nothing to do
+
+    beat = read_record(job.root.heartbeat(worker_name(hostname(), job.settings.process_index, slot, generation)),
+                       Heartbeat)
+    working = [beat.shard] if beat is not None and beat.pid == pid and beat.state == "working" and beat.shard else []
+    return working + [s for s in held_by(job.root, pid) if s not in working and not _committed(job, s)]
+
+
+def _committed(job: Job, shard: str) -> bool:
+    """Whether the claim the lock on ``shard`` names has committed (its done record names it)."""
+    lock, done = read_record(job.root.lock(shard), LockRecord), read_record(job.root.done(shard), DoneRecord)
+    return lock is not None and done is not None and lock.token == done.token
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _mark_killed(job: Job, death: Death, generation: int) -> None:
+    """Write the killed worker's heartbeat as killed (by which signal, holding which shard), so
+    status shows it once, as dead, on any host: not as a worker still "working" on its shard."""
+    path = job.root.heartbeat(worker_name(hostname(), job.settings.process_index, death.slot, generation))
+    beat = read_record(path, Heartbeat)
+    if beat is not None and beat.pid == death.pid:
+        write_record(path, replace(beat, state=f"killed by {death.signal_name}",
+                                   shard=death.units[0] if death.units else None, updated_at=time.time()),
+                     durable=False)
+
+
+def _fail_killer(job: Job, shard: str, deaths: list[Death]) -> None:
+    """A shard whose every holder a signal killed (the OOM killer, a native encoder's crash) is
+    failed with that reason for this launch, so no further worker takes it and dies of it."""
+    entry = next(e for e in job.entries if e.id == shard)
+    reason = (f"{len(deaths)} workers were killed while holding it "
+              f"({', '.join(f'pid {d.pid} by {d.signal_name}' for d in deaths)}): it kills whoever tokenizes "
+              "it (out of memory?); fix or remove the file, then relaunch with --retry-failed")
+    write_record(job.root.failed(shard), FailedRecord(shard=shard, path=entry.path, reason=reason, host=hostname(),
+                                                      pid=deaths[-1].pid, launch=job.settings.launch,
+                                                      failed_at=time.time()))
 
 
 def settings_for(settings: TokenizeSettings, spawn: str, max_workers: int | None,

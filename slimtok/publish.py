@@ -16,13 +16,16 @@ A kill at any moment leaves either the old complete set (before the intent exist
 that :func:`roll_forward` completes; every combine, export, validate and ``slimtok.data`` open
 calls it first. Entering a set also removes the temporary files a killed run left beside its
 targets. A set left without :meth:`publish` (an error, a signal) removes its temporary files; a
-full disk becomes an :class:`~slimtok.errors.OutputError` naming the file (exit 3).
+full disk becomes an :class:`~slimtok.errors.OutputError` naming the file (exit 3), as it does
+inside :func:`full_disk_is_fatal` for the stages that write outside a set (mix chunks, dedup units).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
+from collections.abc import Iterator
 from pathlib import Path
 from collections.abc import Sequence
 
@@ -33,6 +36,19 @@ from .protocol import (PUBLISH_INTENT, PublishIntent, publish_intent, read_recor
 
 INTENT_SUFFIX = "." + PUBLISH_INTENT
 _FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+@contextlib.contextmanager
+def full_disk_is_fatal(doing: str, path: Path, fix: str) -> Iterator[None]:
+    """A full disk inside (OSError ENOSPC or EDQUOT) becomes the one-line :class:`OutputError`
+    ``<file>: the disk filled up while <doing> (<reason>); <fix>`` (exit 3), naming the file the
+    error names, else ``path``; any other error passes unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        raise OutputError(f"the disk filled up while {doing} ({exc.strerror})", exc.filename or path, fix) from exc
 
 
 def _complete(folder: Path, intent: PublishIntent) -> None:

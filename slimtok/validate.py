@@ -42,8 +42,8 @@ from .errors import DataError, ValidateError
 from .finished import plan_split, read_meta
 from .job import load_job, load_pinned_tokenizer
 from .manifest import ShardEntry
-from .protocol import (SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table, splits_command,
-                       storage_for)
+from .protocol import (SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table, read_tokens,
+                       splits_command, storage_for)
 from .protocol.docindex import index_path, read_doc_index
 from .tokenizer import IdShape
 
@@ -81,7 +81,7 @@ def _scan(path: os.PathLike[str], dtype: np.dtype, ranges: list[tuple[str, int, 
     """One pass over the file: (max id, eos count, shards whose byte range hash differs from its
     checksum; a range without one is only scanned)."""
     max_id, eos_count, bad = 0, 0, []
-    data = np.memmap(path, dtype=dtype, mode="r")
+    data = read_tokens(Path(path), dtype)
     for shard, start, size, want in ranges:
         h = want.hasher() if want is not None else None
         first, last = start // dtype.itemsize, (start + size) // dtype.itemsize
@@ -133,16 +133,21 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
                f"max id {max_id}, vocab_size {job.vocab_size}")
     report.add(f"{name}: eos count ≥ documents", eos_count >= info["documents"],
                f"{eos_count:,} eos ({job.eos_token_id}) for {info['documents']:,} documents")
-    data = np.memmap(path, dtype=dtype, mode="r")
-    _alignment(data, samples, block_size, rng, name, report)
-    _eye_test(data, tok, rng, name, report)
+    data = read_tokens(path, dtype)
+    if len(data):
+        _alignment(data, samples, block_size, rng, name, report)
+        _eye_test(data, tok, rng, name, report)
+    else:  # valid data (every document left out, say): there is no window to sample or show
+        report.add(f"{name}: empty", info["documents"] == 0,
+                   f"0 tokens and {info['documents']:,} documents in meta.json; nothing to sample")
     tables = all(r.table for r in records)
     if tables:
         want = None if removed else _table_ends(root, records)
         _doc_index_tables(root.doc_index(split), data, info["documents"], want, job, name, report)
     else:
         _doc_index(root.doc_index(split), data, info["documents"], eos_count, job.eos_token_id, name, report)
-    _sampler(path, dtype, job.vocab_size, job.eos_token_id, block_size, rng, name, report, legacy=not tables)
+    if len(data):
+        _sampler(path, dtype, job.vocab_size, job.eos_token_id, block_size, rng, name, report, legacy=not tables)
     _text_shape(root.doc_index(split), data, job, tok, samples, rng, name, report)
     return records
 
@@ -164,7 +169,7 @@ def _text_shape(index: Path, data: np.ndarray, job: JobSettings, tok: Tokenizer,
     by the index: each one's text ids (bos and eos removed, at most SHAPE_DOC_TOKENS of them) and the
     UTF-8 bytes they decode to. Fails when :meth:`IdShape.faults` finds the shape degenerate. An
     index that is missing or does not reach the file's end is left to the document index check."""
-    if not index.exists():
+    if not storage_for(index).exists(index):
         return
     ends = read_doc_index(index)
     if not len(ends) or int(ends[-1]) != len(data):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..protocol import Meta, OutputRoot, read_record, storage_for
+from ..protocol import Meta, OutputRoot, read_record, read_tokens, storage_for
 from ..protocol.docindex import index_path, read_doc_index
 from ..publish import roll_forward
 
@@ -62,7 +62,7 @@ class TokenBin:
         if dtype is None:
             dtype, info = _split_info(self.path)
         self.dtype = np.dtype(dtype)
-        self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
+        self.tokens = read_tokens(self.path, self.dtype)
         if info and info.get("tokens") != len(self.tokens):
             raise DataError(f"{len(self.tokens):,} tokens, meta.json says {info.get('tokens'):,}", self.path,
                             "re-run `slimtok combine`")

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..claims import Claim, Claimer, current_holder
-from ..errors import EXIT_OK, DedupError, OutputError, SlimtokError, Stopped
-from ..executor import HeldClaims, NodeRun, refresh_interval, run_units, start_method
+from ..claims import Claim, Claimer, current_holder, held_by
+from ..errors import EXIT_FATAL, EXIT_OK, DedupError, OutputError, SlimtokError, Stopped
+from ..executor import REPLACEMENTS_PER_WORKER, HeldClaims, NodeRun, Revive, refresh_interval, run_units, start_method
 from ..progress import REFRESH, ProgressFactory
+from ..publish import full_disk_is_fatal
 from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive, dedup_unit,
                         hostname, read_record, require_kind, storage_for, write_atomic)
 from .plan import UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count, unit_ranks
@@ -164,12 +165,17 @@ class DedupProgress:
         self.shown.close()
 
 
+#: The fix of a dedup that could not write: what a relaunch keeps.
+_RELAUNCH_KEEPS = "free space there and run `slimtok dedup --output-root {root}` again: finished units are kept"
+
+
 def _work_units(root: str, plan: DedupPlan, inputs: Inputs, stale_after: float,
                 grid: tuple[int, int, int, int]) -> int:
     """One dedup worker process's run; its exit status (an error is printed: the launcher says only
     how many workers failed)."""
     try:
-        DedupWorker(OutputRoot(root), plan, inputs, stale_after, *grid).run()
+        with full_disk_is_fatal("writing dedup units", Path(root), _RELAUNCH_KEEPS.format(root=root)):
+            DedupWorker(OutputRoot(root), plan, inputs, stale_after, *grid).run()
     except SlimtokError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
@@ -202,17 +208,28 @@ def run_dedup(output_root: str | Path, buckets: int | None = None, workers: int 
 def _run_workers(root: OutputRoot, plan: DedupPlan, inputs: Inputs, workers: int, process_index: int,
                  process_count: int, stale_after: float) -> DedupJob:
     if workers == 1:
-        DedupWorker(root, plan, inputs, stale_after, process_index, process_count, 0, 1).run()
+        with full_disk_is_fatal("writing dedup units", root.root, _RELAUNCH_KEEPS.format(root=root.root)):
+            DedupWorker(root, plan, inputs, stale_after, process_index, process_count, 0, 1).run()
         return finish(root, plan)
+    def args(w: int, _generation: int) -> tuple[object, ...]:
+        return str(root.root), plan, inputs, stale_after, (process_index, process_count, w, workers)
+
+    # A killed worker is replaced in its slot (the same grid place); a unit holds no worker state.
+    revive = Revive(args=args, held=lambda _slot, _generation, pid: held_by(root, pid),
+                    log=lambda line: print(line, file=sys.stderr), limit=REPLACEMENTS_PER_WORKER * workers)
     # A unit is short and atomic: on a signal its workers are killed, nothing is lost.
     with NodeRun("slimtok-dedup", forward=signal.SIGKILL) as run:
-        run.start(start_method(), _work_units, [(str(root.root), plan, inputs, stale_after,
-                                                 (process_index, process_count, w, workers)) for w in range(workers)])
-        codes = run.wait()
+        run.start(start_method(), _work_units, [args(w, 0) for w in range(workers)])
+        codes = run.wait(revive=revive)
     if run.signalled:
         raise Stopped("stopped on a signal; finished units are kept", root.root,
                       f"run `slimtok dedup --output-root {root.root}` again to resume")
+    if all(root.storage.exists(root.dedup_unit_done("gather", k)) for k in range(unit_count(plan, "gather"))):
+        codes = [c for c in codes if c is not None and c >= 0]  # the last phase done: a killed worker cost nothing
     failed = [c for c in codes if c != EXIT_OK]
+    if EXIT_FATAL in failed:  # a worker could not write (its line is above): the root's problem, as in one process
+        raise OutputError(f"{failed.count(EXIT_FATAL)} dedup worker(s) could not write under it", root.root,
+                          _RELAUNCH_KEEPS.format(root=root.root))
     if failed:
         raise DedupError(f"{len(failed)} dedup worker(s) exited with status {failed}", root.root,
                          f"see the messages above, then run `slimtok dedup --output-root {root.root}` "

@@ -79,7 +79,9 @@ def write_megatron_index(path: Path, ends: np.ndarray, dtype: str) -> None:
 def export_megatron(output_root: str | os.PathLike[str], prefix: str, splits: Sequence[str] | None = None,
                     log: Callable[[str], None] = print) -> list[Path]:
     """Write ``<prefix>_<split>_text_document.{bin,idx}`` for each combined split (default: all),
-    each pair published together; returns the path prefixes written."""
+    each pair published together; returns the path prefixes written. An empty split (zero tokens)
+    is valid data, but megatron-core cannot map an empty ``.bin``: by default it is left out,
+    saying so; named in ``splits``, it is refused."""
     root = OutputRoot(output_root)
     meta = combined_meta(root)
     chosen = list(splits) if splits else [s for s in SPLIT_FILES if s in meta.splits]
@@ -88,6 +90,12 @@ def export_megatron(output_root: str | os.PathLike[str], prefix: str, splits: Se
     for split in chosen:
         data = split_bin(root, meta, split)
         assert data.doc_ends is not None  # split_bin refuses a split without its index
+        if not len(data):
+            if splits:
+                raise ExportError("has 0 tokens, and megatron-core cannot open an empty .bin", data.path,
+                                  f"leave {split} out of --splits")
+            log(f"{data.path}: 0 tokens; not exported (megatron-core cannot open an empty .bin)")
+            continue
         base = root.megatron_prefix(prefix, split)
         bin_path, idx_path = base.with_name(base.name + ".bin"), base.with_name(base.name + ".idx")
         with PendingSet([bin_path, idx_path]) as pending:

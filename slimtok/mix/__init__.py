@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 
 from ..progress import ProgressFactory
 from ..protocol import OutputRoot
+from ..publish import full_disk_is_fatal
 from .inputs import load_sources
 from .plan import Plan, make_plan
 from .report import format_table
@@ -28,7 +30,10 @@ def mix(spec: MixSpec, output_root: str | os.PathLike[str] | None, workers: int 
     if output_root is None:
         return plan, None
     job_raw = orjson.loads(first.storage.read_whole(first.job))
-    return plan, write_mix(OutputRoot(output_root), spec, sources, plan, job_raw, first, workers, progress)
+    # finished chunks keep their done records: the relaunch after freeing space resumes from them
+    with full_disk_is_fatal("writing the mix", Path(output_root),
+                            "free space there and run the same `slimtok mix` again: finished chunks are kept"):
+        return plan, write_mix(OutputRoot(output_root), spec, sources, plan, job_raw, first, workers, progress)
 
 
 def mix_main(spec_path: str | os.PathLike[str], output_root: str | os.PathLike[str] | None, workers: int = 1,

@@ -36,7 +36,7 @@ from ..errors import MixError, RootKindError
 from ..manifest import ShardEntry, manifest_digest
 from ..protocol import (MIX, SPLIT_FILES, Checksum, DoneRecord, JobSettings, MixRecord, OutputRoot,
                         create_exclusive, hasher, hostname, new_token, parse_record, read_record, require_kind,
-                        storage_for, temp_glob, temp_path, write_json_lines, write_record)
+                        storage_for, temp_files, temp_glob, temp_path, write_json_lines, write_record)
 from ..protocol.docindex import DocEnds
 from ..progress import ProgressDisplay, ProgressFactory
 from ..spans import ShortSource
@@ -364,6 +364,15 @@ def _write_index(path: Path, picks: np.ndarray, per_chunk: int) -> None:
     storage.replace(tmp, path)
 
 
+def _remove_temp_files(out: OutputRoot) -> None:
+    """Remove the temporary files a killed run of this mix left (a record, an index or meta
+    written but never renamed into place): called once ``prepare`` found the folder to be this
+    mix's own, before anything of this run is written; what they were meant to hold is written
+    again, since a chunk without its done record is copied again."""
+    for path in temp_files(out.root):
+        out.storage.delete(path)
+
+
 def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: Plan, job_raw: dict,
               first: OutputRoot, workers: int, progress: ProgressFactory | None = None) -> dict:
     """Write (or finish) the whole mix, its chunks shown on the display ``progress`` makes (None:
@@ -372,6 +381,7 @@ def write_mix(out: OutputRoot, spec: MixSpec, sources: list[SourceDocs], plan: P
     job = JobSettings.from_dict(job_raw)
     itemsize = job.token_width
     starts = prepare(out, mix_record(spec, sources, plan), job_raw, first, plan, spec, itemsize)
+    _remove_temp_files(out)
     state = {split: _unfinished(out, split, s) for split, s in starts.items()}
     todo = {split: chunks for split, (chunks, _) in state.items()}
     per = spec.chunk_documents

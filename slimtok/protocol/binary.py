@@ -17,8 +17,11 @@ from collections.abc import Callable
 import xxhash
 
 from ..errors import SlimtokError
+from .storage import storage_for
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
 
 #: The fields of the binary records, as numpy dtypes named ``DOC_TABLE_DTYPE``, ``DEDUP_ROW_DTYPE``
@@ -44,6 +47,17 @@ def dtype(name: str) -> np.dtype:
 
         built = _DTYPES[name] = np.dtype(DTYPE_FIELDS[name])
     return built
+
+
+def read_tokens(path: Path, token_dtype: str | np.dtype) -> np.ndarray:
+    """A token file (a shard's data, a combined split) as a read-only array of ``token_dtype``,
+    memory-mapped. An empty file is an empty array: a split with no documents is valid data (zero
+    tokens), and mmap(2) cannot map zero bytes. FileNotFoundError when the file is missing."""
+    import numpy as np
+
+    if storage_for(path).stat(path).size == 0:
+        return np.zeros(0, dtype=token_dtype)
+    return np.memmap(path, dtype=token_dtype, mode="r")
 
 
 #: The checksums a done record may give its data, by name. sha256 is what tokenize records (and

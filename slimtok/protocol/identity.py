@@ -11,10 +11,11 @@ import socket
 from pathlib import Path
 
 
-def worker_name(host: str, process_index: int, worker: int) -> str:
-    """File-name-safe identity of one worker: ``<host>-p<index>-w<worker>``."""
+def worker_name(host: str, process_index: int, worker: int, generation: int = 0) -> str:
+    """File-name-safe identity of one worker: ``<host>-p<index>-w<worker>``, and ``r<generation>``
+    after it for the replacements of a killed worker, so each keeps its own heartbeat and log."""
     safe_host = "".join(c if c.isalnum() or c in "-_." else "_" for c in host)
-    return f"{safe_host}-p{process_index}-w{worker}"
+    return f"{safe_host}-p{process_index}-w{worker}" + (f"r{generation}" if generation else "")
 
 
 def new_token() -> str:

@@ -131,6 +131,8 @@ def _server_now(root: OutputRoot) -> float:
 def _health(hb: Heartbeat, age: float, here: str) -> str:
     if hb.state == "exited":
         return "exited"
+    if hb.state.startswith("killed"):  # its launcher saw it die: dead, whichever host looks
+        return "dead"
     if hb.host == here:
         try:
             # started_at is taken after the process starts: a later create time means a reused pid

@@ -51,9 +51,10 @@ def preload(job: Job) -> LoadedBackends:
 class Worker:
     """One worker process: claims shards in preference order until every selected shard is settled."""
 
-    def __init__(self, job: Job, worker_index: int, loaded: LoadedBackends | None = None):
+    def __init__(self, job: Job, worker_index: int, loaded: LoadedBackends | None = None, generation: int = 0):
         """``job``: as its launcher pinned it. ``loaded``: what :func:`preload` loaded for it in the
-        launcher that forked this worker; the encoder takes it instead of loading the tokenizer again."""
+        launcher that forked this worker; the encoder takes it instead of loading the tokenizer again.
+        ``generation``: how many killed workers of slot ``worker_index`` this one replaces (its name)."""
         settings = self.settings = job.settings
         self.index = worker_index
         self.root = job.root
@@ -66,7 +67,7 @@ class Worker:
         self._noted: BackendReport | None = None  # the encoder report last written to job.json
         self._fingerprinted = False  # whether this worker has seen to job.json's tokenizer_sha256
         self.me = current_holder(settings.process_index, worker_index)
-        self.name = worker_name(self.me.host, settings.process_index, worker_index)
+        self.name = worker_name(self.me.host, settings.process_index, worker_index, generation)
         self.claimer = Claimer(self.root, self.me, settings.stale_after)
         self.stats = Stats()
         self.stop = threading.Event()  # set by a signal

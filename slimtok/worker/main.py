@@ -25,12 +25,13 @@ def _setup_logging(root: OutputRoot, name: str) -> None:
     logger.setLevel(logging.INFO)
 
 
-def worker_main(job: Job, worker_index: int, loaded: LoadedBackends | None = None) -> int:
+def worker_main(job: Job, worker_index: int, loaded: LoadedBackends | None = None, generation: int = 0) -> int:
     """Entry point of a worker process (started by :class:`slimtok.executor.NodeRun`, which ties
     its life to the launcher's); returns its exit status. ``loaded``: the tokenizers its launcher
-    loaded before forking it (:func:`slimtok.worker.preload`)."""
+    loaded before forking it (:func:`slimtok.worker.preload`); ``generation``: 0, or how many
+    killed workers this one replaces in its slot."""
     try:
-        worker = Worker(job, worker_index, loaded)
+        worker = Worker(job, worker_index, loaded, generation)
     except (SlimtokError, OSError, ValueError) as exc:
         logging.getLogger("slimtok").error("worker %d cannot start: %s", worker_index, exc)
         return EXIT_FATAL

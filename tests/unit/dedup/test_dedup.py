@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import xxhash
 
@@ -204,6 +206,31 @@ def test_kill_9_of_dedup_workers_then_relaunch_resumes(tokenized, tmp_path):
     run_dedup(root, buckets=64, unit_shards=1, workers=2)
     assert _drops(root, corpus) == ref
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished units were not redone
+    fresh = _copy(tokenized, tmp_path, "fresh")
+    run_dedup(fresh, buckets=64, unit_shards=1)
+    assert _dedup_files(root) == _dedup_files(fresh)
+
+
+def test_a_killed_dedup_worker_is_named_replaced_and_the_run_completes_identically(tokenized, tmp_path):
+    _, corpus, ref = tokenized
+    root = _copy(tokenized, tmp_path)
+    code = ("import sys; from slimtok.dedup import run_dedup; "
+            "run_dedup(sys.argv[1], buckets=64, unit_shards=1, workers=2)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE, text=True)
+    done_dir = root / "dedup" / "done"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (done_dir.is_dir() and any(done_dir.rglob("*.json"))):
+        time.sleep(0.01)
+    victim = next(c for c in psutil.Process(proc.pid).children()  # not spawn's resource tracker
+                  if "resource_tracker" not in " ".join(c.cmdline()))
+    victim.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    named = re.findall(rf"^slimtok-dedup-\d \(pid {victim.pid}\) was killed by SIGKILL (while holding dedup/\w+/\d+|"
+                       r"holding no claim); replaced by pid \d+ \(replacement 1 of at most 2 in this launch\)$",
+                       err, re.M)
+    assert len(named) == 1 and err.count("was killed by") == 1, err
+    assert _drops(root, corpus) == ref
     fresh = _copy(tokenized, tmp_path, "fresh")
     run_dedup(fresh, buckets=64, unit_shards=1)
     assert _dedup_files(root) == _dedup_files(fresh)

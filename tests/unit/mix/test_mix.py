@@ -181,6 +181,37 @@ def test_workers_and_kill_give_identical_bytes_and_a_changed_spec_is_refused(roo
         mix_main(_spec(roots, tmp_path, chunk_documents=1, seed=8), killed)
 
 
+#: Runs ``slimtok mix`` with os.replace killing the process (SIGKILL) as it is about to rename the
+#: temporary file of the 3rd chunk's done record into place: a commit killed between its write
+#: and its rename, which leaves that temporary file behind.
+KILLED_COMMIT = """
+import os, signal, sys
+_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if str(dst).endswith("mix-000002.json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _replace(src, dst, *args, **kwargs)
+os.replace = replace
+from slimtok.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_temp_files_of_a_killed_commit_are_removed_by_the_next_run(roots, tmp_path):
+    spec_path = _spec(roots, tmp_path, chunk_documents=1)
+    mix_main(spec_path, tmp_path / "undisturbed", workers=1)
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILLED_COMMIT, "mix", str(spec_path), "--output-root", str(killed),
+                           "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = [p.relative_to(killed).as_posix() for p in killed.rglob(".*.tmp")]
+    assert [re.sub(r"\.[0-9a-f]+\.tmp$", ".TOKEN.tmp", p) for p in left] == ["done/train/.mix-000002.json.TOKEN.tmp"]
+    mix_main(spec_path, killed, workers=1)
+    assert not list(killed.rglob(".*.tmp"))
+    for name in ("train.bin", "train.idx", "mix.json"):  # manifest.jsonl names the root's own path
+        assert (killed / name).read_bytes() == (tmp_path / "undisturbed" / name).read_bytes(), name
+
+
 def test_infeasible_spec_is_refused_with_the_numbers_before_writing(roots, tmp_path):
     code_tokens = sum(len(d) // 4 for d in _docs(roots["code"]))
     spec_path = _spec(roots, tmp_path, sources=[

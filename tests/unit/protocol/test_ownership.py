@@ -41,7 +41,6 @@ ALLOWED = {
 #: Module -> why it hands a path under an output root to numpy or pyarrow, which need a local file.
 LOCAL_FILES = {
     "validate.py": "memory-maps the combined split and reads its document index with numpy: local files by nature",
-    "data/bins.py": "memory-maps a combined split for the training loop: a local file by nature",
     "dedup/drops.py": "memory-maps the drop lists of finished dedup units",
     "dedup/units.py": "memory-maps the drop lists of the bucket units a gather unit merges",
     "mix/inputs.py": "np.fromfile reads document-table rows from the storage's stream through its file descriptor",

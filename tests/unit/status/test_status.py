@@ -1,6 +1,7 @@
 """`slimtok status` on a finished job and on one in progress, its roll-up cache, worker verdicts,
 Prometheus output, and what the console and the per-worker logs get (issue: operations)."""
 
+import dataclasses
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from helpers import cli
 from helpers.cli import slimtok
 from helpers.corpus import make_dataset, reference_ids, reference_texts
 
-from slimtok.protocol import Heartbeat, OutputRoot, hostname, worker_name, write_record
+from slimtok.protocol import Heartbeat, OutputRoot, hostname, read_record, worker_name, write_record
 from slimtok.status import collect_status, format_status
 
 
@@ -146,6 +147,19 @@ def test_workers_are_flagged_ok_stale_and_dead(finished, tmp_path):
     text = format_status(collect_status(root), colour=True)
     assert re.search(r"\x1b\[31m" + re.escape(hostname()[:15]) + r".*DEAD \(working\)", text)
     assert re.search(r"\x1b\[33melsewhere.*STALE \(working\)", text)
+
+
+def test_a_worker_its_launcher_saw_killed_is_dead_on_every_host(finished, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(finished[0], root)
+    path = _beat(root, "elsewhere", 4242, time.time() - 5, 3)  # a host whose pids this status cannot judge
+    beat = read_record(path, Heartbeat)
+    write_record(path, dataclasses.replace(beat, state="killed by SIGKILL"))
+    [row] = [w for w in collect_status(root).workers if w.heartbeat.worker_index == 3]
+    assert row.health == "dead"  # fresh, so it would be "ok" by its age alone
+    assert re.search(r"elsewhere.*DEAD \(killed by SIGKILL\)", format_status(collect_status(root), colour=False))
 
 
 def test_status_of_a_run_in_progress_then_after_sigterm(tmp_path, bpe_tokenizer):
