@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson

@@ -35,8 +35,19 @@ from pathlib import Path
 
 import psutil
 
-from .protocol import (DoneRecord, Holder, LockRecord, OutputRoot, boot_id, create_exclusive, hostname, new_token,
-                       read_record, storage_for, write_atomic)
+from .protocol import (
+    DoneRecord,
+    Holder,
+    LockRecord,
+    OutputRoot,
+    boot_id,
+    create_exclusive,
+    hostname,
+    new_token,
+    read_record,
+    storage_for,
+    write_atomic,
+)
 
 
 def file_server_now(probe: Path) -> float:

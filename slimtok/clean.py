@@ -39,8 +39,17 @@ from .errors import CleanError
 from .finished import SplitPlan, combined_mismatch, intermediate, missing_message, plan_split, read_meta, write_meta
 from .job import STALE_AFTER, load_job
 from .progress import ProgressFactory
-from .protocol import (SPLITS, DoneRecord, LockRecord, Meta, OutputRoot, read_record, require_kind, storage_for,
-                       temp_files)
+from .protocol import (
+    SPLITS,
+    DoneRecord,
+    LockRecord,
+    Meta,
+    OutputRoot,
+    read_record,
+    require_kind,
+    storage_for,
+    temp_files,
+)
 from .publish import PendingSet
 
 

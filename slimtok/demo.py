@@ -15,8 +15,8 @@ from __future__ import annotations
 import glob
 import os
 import sysconfig
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import zstandard
@@ -102,11 +102,11 @@ def run_demo(folder: str | os.PathLike[str], workers: str = "auto",
 
     limit_worker_threads()  # this process launches the workers: keep it one thread, so it forks them
     from .combine import combine
+    from .job import TokenizeSettings
     from .manifest import build_manifest, write_manifest
     from .progress import display
-    from .validate import validate
-    from .job import TokenizeSettings
     from .protocol import OutputRoot
+    from .validate import validate
 
     folder = Path(folder).absolute()
     log(f"1/6 dataset: Python standard library sources → {folder / 'dataset'}")

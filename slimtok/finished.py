@@ -34,13 +34,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-
 from . import __version__
 from .errors import CombineError
 from .job import tokenizer_fingerprint
 from .manifest import ShardEntry
-from .protocol import (Checksum, DoneRecord, FailedRecord, JobSettings, Meta, OutputRoot, hasher, read_record,
-                       storage_for)
+from .protocol import (
+    Checksum,
+    DoneRecord,
+    FailedRecord,
+    JobSettings,
+    Meta,
+    OutputRoot,
+    hasher,
+    read_record,
+    storage_for,
+)
 from .publish import PendingSet, roll_forward
 
 #: Bytes read at once when a finished file is checked, hashed or copied by hand.

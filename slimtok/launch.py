@@ -14,18 +14,29 @@ import functools
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
-from collections.abc import Callable
 
-from .progress import ProgressFactory
-from .protocol import (DoneRecord, FailedRecord, Heartbeat, LockRecord, hostname, read_record, worker_name,
-                       write_record)
 from .errors import EXIT_INTERRUPTED, EXIT_SHARDS_FAILED, OutputError, TokenizerError
-from .executor import (GRID_VARIABLES, REPLACEMENTS_PER_WORKER, WORKER_THREAD_LIMITS, Death, NodeRun, Revive,
-                       exit_status, limit_worker_threads, process_grid, single_threaded, start_method, usable_cores,
-                       worker_count)
+from .executor import (
+    GRID_VARIABLES,
+    REPLACEMENTS_PER_WORKER,
+    WORKER_THREAD_LIMITS,
+    Death,
+    NodeRun,
+    Revive,
+    exit_status,
+    limit_worker_threads,
+    process_grid,
+    single_threaded,
+    start_method,
+    usable_cores,
+    worker_count,
+)
 from .job import Job, TokenizeSettings, pin_job
+from .progress import ProgressFactory
+from .protocol import DoneRecord, FailedRecord, Heartbeat, LockRecord, hostname, read_record, worker_name, write_record
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

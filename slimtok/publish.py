@@ -25,14 +25,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from collections.abc import Sequence
 
-from .space import lacks_room
 from .errors import OutputError
-from .protocol import (PUBLISH_INTENT, PublishIntent, publish_intent, read_record, storage_for, temp_glob, temp_path,
-                       write_record)
+from .protocol import (
+    PUBLISH_INTENT,
+    PublishIntent,
+    publish_intent,
+    read_record,
+    storage_for,
+    temp_glob,
+    temp_path,
+    write_record,
+)
+from .space import lacks_room
 
 INTENT_SUFFIX = "." + PUBLISH_INTENT
 _FULL = {errno.ENOSPC, errno.EDQUOT}

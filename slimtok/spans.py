@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 

@@ -18,8 +18,16 @@ import os
 import numpy as np
 
 from .manifest import ShardEntry, manifest_digest
-from .protocol import (DOC_TABLE_DTYPE, DOC_TABLE_VERSION, DoneRecord, JobSettings, OutputRoot, write_atomic,
-                       write_json_lines, write_record)
+from .protocol import (
+    DOC_TABLE_DTYPE,
+    DOC_TABLE_VERSION,
+    DoneRecord,
+    JobSettings,
+    OutputRoot,
+    write_atomic,
+    write_json_lines,
+    write_record,
+)
 
 #: the dtype of the synthetic token files (every synthetic id is 0, below any vocabulary size)
 DTYPE = "uint16"

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
-
 from tokenizers import Tokenizer
 
 from .data import TokenBin
@@ -42,8 +41,17 @@ from .errors import DataError, ValidateError
 from .finished import plan_split, read_meta
 from .job import load_job, load_pinned_tokenizer
 from .manifest import ShardEntry
-from .protocol import (SPLIT_FILES, Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table, read_tokens,
-                       splits_command, storage_for)
+from .protocol import (
+    SPLIT_FILES,
+    Checksum,
+    DoneRecord,
+    JobSettings,
+    OutputRoot,
+    read_doc_table,
+    read_tokens,
+    splits_command,
+    storage_for,
+)
 from .protocol.docindex import index_path, read_doc_index
 from .tokenizer import IdShape
 

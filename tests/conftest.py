@@ -17,10 +17,10 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from collections.abc import Callable
 
 import orjson
 import pytest

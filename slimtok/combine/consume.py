@@ -20,8 +20,16 @@ import numpy as np
 
 from ..errors import CombineError
 from ..finished import READ_BLOCK, SplitPlan, combined_mismatch, inside, intermediate, read_checked
-from ..protocol import (ConsumeJournal, DoneRecord, JobSettings, Meta, OutputRoot, read_doc_table, read_record,
-                        write_record)
+from ..protocol import (
+    ConsumeJournal,
+    DoneRecord,
+    JobSettings,
+    Meta,
+    OutputRoot,
+    read_doc_table,
+    read_record,
+    write_record,
+)
 from ..protocol.docindex import DocEnds
 from ..publish import PendingSet, remove_stale
 from ..spans import Span, concatenate

@@ -7,14 +7,22 @@ current shards; then a shard's drops are one slice of its gather unit's file (so
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import DedupError
-from ..protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DedupJob, DedupPlan, DedupUnitRecord, DoneRecord,
-                        OutputRoot, read_record)
+from ..protocol import (
+    DEDUP_DROP_DTYPE,
+    DEDUP_REASONS,
+    DedupJob,
+    DedupPlan,
+    DedupUnitRecord,
+    DoneRecord,
+    OutputRoot,
+    read_record,
+)
 from .plan import fingerprint, order_base, read_inputs, unit_of_rank
 
 

@@ -10,8 +10,8 @@ of one unit (a contiguous range of ranks) own one contiguous range of orders.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 

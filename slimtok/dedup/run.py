@@ -15,8 +15,8 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -24,9 +24,21 @@ from ..claims import Claim, Claimer, current_holder, held_by
 from ..errors import EXIT_FATAL, EXIT_OK, DedupError, OutputError, SlimtokError, Stopped
 from ..executor import REPLACEMENTS_PER_WORKER, HeldClaims, NodeRun, Revive, refresh_interval, run_units, start_method
 from ..progress import REFRESH, ProgressFactory
+from ..protocol import (
+    DEDUP_PHASES,
+    DedupJob,
+    DedupPlan,
+    DedupUnitRecord,
+    OutputRoot,
+    create_exclusive,
+    dedup_unit,
+    hostname,
+    read_record,
+    require_kind,
+    storage_for,
+    write_atomic,
+)
 from ..publish import full_disk_is_fatal
-from ..protocol import (DEDUP_PHASES, DedupJob, DedupPlan, DedupUnitRecord, OutputRoot, create_exclusive, dedup_unit,
-                        hostname, read_record, require_kind, storage_for, write_atomic)
 from .plan import UNIT_SHARDS, Inputs, make_plan, read_inputs, unit_count, unit_ranks
 from .units import bucket_rows, find_drops, gather_drops, reason_counts, scatter_rows
 

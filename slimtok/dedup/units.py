@@ -14,8 +14,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DedupError
-from ..protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DEDUP_ROW_DTYPE, DedupPlan, DedupUnitRecord, OutputRoot,
-                        read_doc_table, read_record)
+from ..protocol import (
+    DEDUP_DROP_DTYPE,
+    DEDUP_REASONS,
+    DEDUP_ROW_DTYPE,
+    DedupPlan,
+    DedupUnitRecord,
+    OutputRoot,
+    read_doc_table,
+    read_record,
+)
 from .plan import Inputs, bucket_of, order_base, unit_count, unit_ranks
 
 DUPLICATE = DEDUP_REASONS.index("duplicate")

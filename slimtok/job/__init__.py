@@ -7,10 +7,15 @@ the launch's disk-budget check, ``pinned`` reads a pinned job back for every lat
 
 from .disk import check_disk_budget
 from .pin import Job, manifest_change, open_job, pin_job, request_digest, requested_job
-from .pinned import (document_policy, load_job, load_pinned_tokenizer, pinned_tokenizer_path, read_job,
-                     tokenizer_fingerprint)
-from .settings import (CHECKPOINT_EVERY, MIN_FREE_FRACTION, PARITY_SHARE, STALE_AFTER, TOKENS_PER_WRITE,
-                       TokenizeSettings)
+from .pinned import (
+                     document_policy,
+                     load_job,
+                     load_pinned_tokenizer,
+                     pinned_tokenizer_path,
+                     read_job,
+                     tokenizer_fingerprint,
+)
+from .settings import CHECKPOINT_EVERY, MIN_FREE_FRACTION, PARITY_SHARE, STALE_AFTER, TOKENS_PER_WRITE, TokenizeSettings
 
 __all__ = ["CHECKPOINT_EVERY", "Job", "MIN_FREE_FRACTION", "PARITY_SHARE", "STALE_AFTER", "TOKENS_PER_WRITE",
            "TokenizeSettings",

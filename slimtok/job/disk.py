@@ -15,9 +15,9 @@ not, the estimate is encoded with the job's tokenizer, so a check never refuses 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from collections.abc import Callable
 
 import orjson
 

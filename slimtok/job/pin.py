@@ -11,18 +11,27 @@ asks for; the output root's tokenizer copy always loads to the pinned fingerprin
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
-from collections.abc import Callable
 
 import orjson
 
 from .. import __version__
 from ..errors import JobMismatch, ManifestError
 from ..manifest import ShardEntry, manifest_digest, read_manifest
-from ..protocol import (PROTOCOL_VERSION, TOKENIZE, JobSettings, OutputRoot, create_exclusive, require_kind,
-                        storage_for, write_atomic, write_record)
+from ..protocol import (
+    PROTOCOL_VERSION,
+    TOKENIZE,
+    JobSettings,
+    OutputRoot,
+    create_exclusive,
+    require_kind,
+    storage_for,
+    write_atomic,
+    write_record,
+)
 from ..tokenizer.loading import check_tokenizer_class, local_tokenizer_file
 from .disk import check_disk_budget, disk_sample
 from .pinned import read_job, tokenizer_fingerprint

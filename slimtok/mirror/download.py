@@ -78,9 +78,9 @@ from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import filter_repo_objects
 
 from .. import __version__
-from ..space import format_bytes, lacks_room
 from ..errors import MirrorError
 from ..protocol import write_atomic
+from ..space import format_bytes, lacks_room
 from .record import MirrorRun, RecordedFile, write_record
 
 if TYPE_CHECKING:

@@ -8,9 +8,9 @@ streams a source's tables several times instead (slimtok/mix/plan.py).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 import numpy as np
 import orjson

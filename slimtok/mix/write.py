@@ -30,15 +30,34 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 
-from ..finished import build_meta, checksum_of, write_meta
-from ..publish import PendingSet
 from ..errors import MixError, RootKindError
+from ..finished import build_meta, checksum_of, write_meta
 from ..manifest import ShardEntry, manifest_digest
-from ..protocol import (MIX, SPLIT_FILES, Checksum, DoneRecord, JobSettings, MixRecord, OutputRoot,
-                        create_exclusive, hasher, hostname, new_token, parse_record, read_record, require_kind,
-                        storage_for, temp_files, temp_glob, temp_path, write_json_lines, write_record)
-from ..protocol.docindex import DocEnds
 from ..progress import ProgressDisplay, ProgressFactory
+from ..protocol import (
+    MIX,
+    SPLIT_FILES,
+    Checksum,
+    DoneRecord,
+    JobSettings,
+    MixRecord,
+    OutputRoot,
+    create_exclusive,
+    hasher,
+    hostname,
+    new_token,
+    parse_record,
+    read_record,
+    require_kind,
+    storage_for,
+    temp_files,
+    temp_glob,
+    temp_path,
+    write_json_lines,
+    write_record,
+)
+from ..protocol.docindex import DocEnds
+from ..publish import PendingSet
 from ..spans import ShortSource
 from .inputs import SourceDocs
 from .plan import Plan

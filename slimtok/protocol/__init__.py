@@ -82,14 +82,48 @@ from typing import Any
 from .atomic import create_exclusive, fsync_dir, parse_record, read_record, write_atomic, write_json_lines, write_record
 from .binary import CHECKSUMS, DTYPE_FIELDS, Checksum, dtype, hasher, read_tokens
 from .doctable import DOC_TABLE_VERSION, read_doc_table, table_rows
-from .kinds import KINDS, MIX, TOKENIZE, RootKind, require_kind, root_kind, splits_command
 from .identity import boot_id, hostname, new_token, worker_name
-from .layout import (PUBLISH_INTENT, SPLIT_FILES, SPLITS, OutputRoot, dedup_job_path, dedup_plan_path, dedup_unit,
-                     dedup_unit_data, dedup_unit_done, ids_under, publish_intent, temp_files, work_path)
-from .records import (DEDUP_PHASES, DEDUP_REASONS, DEFAULT_SOURCE_KEY, PROTOCOL_VERSION, ROLLUP_COLUMNS, Checkpoint,
-                      ConsumeJournal, DedupJob, DedupPlan, DedupUnitRecord, DoneRecord, DoneRollup, FailedRecord,
-                      Heartbeat, Holder, JobSettings, LockRecord, Meta, MixRecord, PublishIntent, Record, RollupRow,
-                      journal_line)
+from .kinds import KINDS, MIX, TOKENIZE, RootKind, require_kind, root_kind, splits_command
+from .layout import (
+    PUBLISH_INTENT,
+    SPLIT_FILES,
+    SPLITS,
+    OutputRoot,
+    dedup_job_path,
+    dedup_plan_path,
+    dedup_unit,
+    dedup_unit_data,
+    dedup_unit_done,
+    ids_under,
+    publish_intent,
+    temp_files,
+    work_path,
+)
+from .records import (
+    DEDUP_PHASES,
+    DEDUP_REASONS,
+    DEFAULT_SOURCE_KEY,
+    PROTOCOL_VERSION,
+    ROLLUP_COLUMNS,
+    Checkpoint,
+    ConsumeJournal,
+    DedupJob,
+    DedupPlan,
+    DedupUnitRecord,
+    DoneRecord,
+    DoneRollup,
+    FailedRecord,
+    Heartbeat,
+    Holder,
+    JobSettings,
+    LockRecord,
+    Meta,
+    MixRecord,
+    PublishIntent,
+    Record,
+    RollupRow,
+    journal_line,
+)
 from .storage import POSIX, FileStat, PosixStorage, Storage, storage_for, temp_glob, temp_path
 
 __all__ = [

@@ -9,9 +9,9 @@ kills its only user (claims). A record's bytes are exactly ``Record.to_json()``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable
 
 import orjson
 

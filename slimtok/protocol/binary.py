@@ -10,9 +10,9 @@ names, writer and reader (:mod:`.doctable`, :mod:`.docindex`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from collections.abc import Callable
 
 import xxhash
 

@@ -9,9 +9,9 @@ validate read it. numpy is imported on first use, so ``import slimtok.protocol``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
-from collections.abc import Sequence
 
 from .storage import storage_for
 

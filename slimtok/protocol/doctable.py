@@ -9,9 +9,9 @@ appends :func:`table_rows` to the part file and renames it into place on commit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-from collections.abc import Sequence
 
 from .binary import dtype
 from .storage import storage_for

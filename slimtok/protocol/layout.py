@@ -8,9 +8,9 @@ ids, so a listing of ``done/`` or ``locks/`` sees only committed names.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
-from collections.abc import Iterable
 
 from .docindex import index_path
 from .identity import new_token

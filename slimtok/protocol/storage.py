@@ -47,10 +47,10 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
-from collections.abc import Iterator
 
 from .identity import new_token
 

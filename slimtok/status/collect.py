@@ -20,13 +20,27 @@ import orjson
 import psutil
 
 from ..budget import estimate_token_bytes
-from ..space import disk_space
 from ..claims import file_server_now
-from ..manifest import ShardEntry
 from ..job import load_job
-from ..protocol import (ROLLUP_COLUMNS, SPLITS, Checkpoint, DoneRecord, DoneRollup, FailedRecord, Heartbeat,
-                        JobSettings, OutputRoot, RollupRow, hostname, parse_record, read_record, worker_name,
-                        write_record)
+from ..manifest import ShardEntry
+from ..protocol import (
+    ROLLUP_COLUMNS,
+    SPLITS,
+    Checkpoint,
+    DoneRecord,
+    DoneRollup,
+    FailedRecord,
+    Heartbeat,
+    JobSettings,
+    OutputRoot,
+    RollupRow,
+    hostname,
+    parse_record,
+    read_record,
+    worker_name,
+    write_record,
+)
+from ..space import disk_space
 from .model import DiskStatus, JobStatus, SplitStatus, Throughput, WorkerStatus
 from .stages import collect_stages
 

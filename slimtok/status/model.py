@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..budget import TokenBytesEstimate
-from ..space import DiskSpace
 from ..protocol import Heartbeat
+from ..space import DiskSpace
 
 
 @dataclass

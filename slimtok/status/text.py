@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..space import format_bytes
 from ..progress import duration
 from ..protocol import Heartbeat
+from ..space import format_bytes
 from .model import JobStatus, WorkerStatus
 
 HEALTH_COLOUR = {"ok": None, "stale": "yellow", "dead": "red", "exited": None}

@@ -7,8 +7,8 @@ batch before it, so document order never changes.
 
 from __future__ import annotations
 
-from typing import TypeVar, overload
 from collections.abc import Iterable, Iterator
+from typing import TypeVar, overload
 
 from ..reader import TextPieces
 

@@ -25,13 +25,31 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..claims import Claim, Claimer, current_holder
-from ..errors import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SHARDS_FAILED, Interrupted, LostClaim,
-                      ShardError, SlimtokError, TokenizerError)
+from ..errors import (
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SHARDS_FAILED,
+    Interrupted,
+    LostClaim,
+    ShardError,
+    SlimtokError,
+    TokenizerError,
+)
 from ..executor import HeldClaims, run_units
 from ..job import Job, document_policy, pinned_tokenizer_path, read_job
 from ..manifest import ShardEntry
-from ..protocol import (Checkpoint, DoneRecord, FailedRecord, JobSettings, LockRecord, OutputRoot, read_record,
-                        worker_name, write_record)
+from ..protocol import (
+    Checkpoint,
+    DoneRecord,
+    FailedRecord,
+    JobSettings,
+    LockRecord,
+    OutputRoot,
+    read_record,
+    worker_name,
+    write_record,
+)
 from ..tokenizer import BackendReport, Encoder, LoadedBackends, load_backends
 from .heartbeat import Heartbeats
 from .stats import Stats

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 import xxhash
@@ -39,8 +39,18 @@ import xxhash
 from ..claims import Claim
 from ..errors import EmptyShard, Interrupted, LostClaim, ParityMismatch, ShardReadError
 from ..manifest import ShardEntry
-from ..protocol import (DOC_TABLE_DTYPE, DOC_TABLE_VERSION, Checkpoint, DoneRecord, JobSettings, OutputRoot,
-                        create_exclusive, read_record, table_rows, write_record)
+from ..protocol import (
+    DOC_TABLE_DTYPE,
+    DOC_TABLE_VERSION,
+    Checkpoint,
+    DoneRecord,
+    JobSettings,
+    OutputRoot,
+    create_exclusive,
+    read_record,
+    table_rows,
+    write_record,
+)
 from ..reader import ShardReader, TextPieces
 from ..tokenizer import Encoder
 from .batches import batched

@@ -19,8 +19,17 @@ import pytest
 
 from helpers import cli
 from helpers.cli import tokenize_cmd
-from helpers.launches import (assert_no_orphans, assert_taken_over_and_stood_down, claims_per_shard, combined_split,
-                              framed_dataset, run_captured, stop_while_holding_a_shard, wait_for, worker_logs)
+from helpers.launches import (
+    assert_no_orphans,
+    assert_taken_over_and_stood_down,
+    claims_per_shard,
+    combined_split,
+    framed_dataset,
+    run_captured,
+    stop_while_holding_a_shard,
+    wait_for,
+    worker_logs,
+)
 from slimtok.claims import Claimer
 from slimtok.protocol import Holder, OutputRoot
 

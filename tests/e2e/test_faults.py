@@ -24,8 +24,16 @@ import zstandard
 from helpers import cli
 from helpers.cli import slimtok, tokenize_cmd
 from helpers.corpus import doc_line, make_dataset, reference_ids, sample_documents, write_shard
-from helpers.launches import (assert_no_orphans, assert_taken_over_and_stood_down, claims_per_shard, combined_split,
-                              framed_dataset, run_captured, stop_while_holding_a_shard, worker_logs)
+from helpers.launches import (
+    assert_no_orphans,
+    assert_taken_over_and_stood_down,
+    claims_per_shard,
+    combined_split,
+    framed_dataset,
+    run_captured,
+    stop_while_holding_a_shard,
+    worker_logs,
+)
 from helpers.tmpfs import mounted_tmpfs
 
 pytestmark = pytest.mark.slow  # chaos: kills, stopped workers and concurrent launches of real launches

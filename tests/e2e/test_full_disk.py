@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers.tmpfs import mounted_tmpfs
 from helpers.cli import slimtok
 from helpers.corpus import make_dataset
+from helpers.tmpfs import mounted_tmpfs
 from slimtok.combine import load_job, plan_split, write_split
 from slimtok.errors import EXIT_FATAL, OutputError
 from slimtok.protocol import DoneRecord, OutputRoot

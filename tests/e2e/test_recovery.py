@@ -177,8 +177,8 @@ def _stopping_run(monkeypatch, settings, on_first_checkpoint):
     """Run one in-process worker in 50-document batches; call ``on_first_checkpoint(worker)`` once."""
     import slimtok.worker.batches as batches_mod
     import slimtok.worker.task as worker_mod
-    from slimtok.protocol import Checkpoint
     from slimtok.job import open_job
+    from slimtok.protocol import Checkpoint
     from slimtok.worker import Worker
 
     real_write_record = worker_mod.write_record
@@ -272,8 +272,8 @@ def test_commit_overlaps_the_next_shard_and_its_claim_stays_fresh(tmp_path, bpe_
 
     from slimtok.claims import Claimer
     from slimtok.combine import combine
-    from slimtok.protocol import Holder, LockRecord, OutputRoot, read_record
     from slimtok.job import TokenizeSettings, open_job, pin_job
+    from slimtok.protocol import Holder, LockRecord, OutputRoot, read_record
     from slimtok.worker import ShardTask, Worker
 
     ds = make_dataset(tmp_path / "ds", train_shards=3, docs_per_shard=40, holdout_docs=2)
@@ -321,9 +321,9 @@ def test_part_files_orphaned_by_a_killed_resume_are_deleted_by_the_next_holder(t
     leaves a part file no lock or checkpoint names; the next resume of the shard deletes it."""
     import shutil
 
-    from slimtok.protocol import OutputRoot
     from slimtok.errors import EXIT_INTERRUPTED
     from slimtok.job import open_job
+    from slimtok.protocol import OutputRoot
     from slimtok.worker import Worker
 
     shard, manifest, settings_for = _one_shard_job(tmp_path)

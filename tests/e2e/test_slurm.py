@@ -11,7 +11,6 @@ import pytest
 from helpers import REPO_ROOT
 from helpers.cli import slimtok
 from helpers.corpus import reference_ids
-
 from slimtok.protocol import SPLIT_FILES
 
 pytestmark = pytest.mark.slow  # jobs submitted to a real Slurm cluster

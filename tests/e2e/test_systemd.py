@@ -16,7 +16,6 @@ import pytest
 from helpers import REPO_ROOT
 from helpers.cli import slimtok
 from helpers.corpus import make_dataset, reference_ids
-
 from slimtok.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_SHARDS_FAILED
 
 pytestmark = pytest.mark.slow  # the units' command lines run for real

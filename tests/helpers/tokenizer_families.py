@@ -8,9 +8,9 @@ puts before a sequence (None: none) and the one its config names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 import orjson
 import pytest

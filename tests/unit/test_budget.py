@@ -9,11 +9,10 @@ import zstandard
 from helpers.cli import slimtok
 from helpers.corpus import doc_line, make_dataset, reference_ids, reference_texts, write_shard
 from helpers.tmpfs import mounted_tmpfs
-
 from slimtok.budget import estimate_token_bytes, measured_ratios
-from slimtok.space import check_free_space, disk_space, format_bytes
 from slimtok.errors import OutputError
 from slimtok.manifest import read_manifest
+from slimtok.space import check_free_space, disk_space, format_bytes
 
 
 def _words_and_eos(texts):

@@ -10,11 +10,11 @@ import pytest
 
 from helpers.cli import slimtok
 from helpers.corpus import doc_line, sample_documents, write_shard
+from helpers.tables import add_tables, write_table
 from slimtok.combine import Exclusion, combine
 from slimtok.errors import CombineError, ValidateError
 from slimtok.protocol import DoneRecord, OutputRoot, read_record, write_record
 from slimtok.validate import validate
-from helpers.tables import add_tables, write_table
 
 SOURCES = ("A", "B", "C")
 

@@ -18,7 +18,6 @@ import pytest
 
 from helpers.cli import slimtok, slimtok_in_python
 from helpers.corpus import make_dataset, reference_ids
-
 from slimtok import launch
 from slimtok.errors import EXIT_INTERRUPTED, EXIT_OK
 from slimtok.job import TokenizeSettings

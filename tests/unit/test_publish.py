@@ -19,10 +19,10 @@ import pytest
 
 from helpers.cli import run_pipeline, slimtok
 from helpers.corpus import make_dataset
+from helpers.tables import add_tables
 from slimtok.data import DataError, TokenBin
 from slimtok.protocol import PublishIntent, write_record
 from slimtok.publish import PendingSet, roll_forward
-from helpers.tables import add_tables
 
 NAMES = ["data.bin", "data.idx", "meta.json"]
 

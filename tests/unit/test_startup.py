@@ -15,7 +15,6 @@ import pytest
 from helpers import cli
 from helpers.cli import slimtok, slimtok_in_python, tokenize
 from helpers.corpus import make_dataset, reference_ids
-
 from slimtok.job import TokenizeSettings, pin_job
 from slimtok.protocol import SPLITS
 

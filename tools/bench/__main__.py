@@ -50,14 +50,13 @@ import argparse
 import importlib.util
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 
 from .corpus import documents, manifest_of, prepare
 from .dedup import bench_dedup_cost, bench_dedup_scale
-from .encode import (bench_ceiling, bench_raw, bench_read, bench_tables, check_ids, floor_notes, read_bound,
-                     tables_share)
+from .encode import bench_ceiling, bench_raw, bench_read, bench_tables, check_ids, floor_notes, read_bound, tables_share
 from .harness import Table, run_workers, settings_for
 from .mix import bench_mix_plan, bench_mix_section
 from .peers.section import PEER_PROCS, bench_peers

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from .harness import cpu_now, proc_status, ready_then_wait
 

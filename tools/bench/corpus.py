@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 from .harness import run_workers, settings_for
 

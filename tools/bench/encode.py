@@ -192,13 +192,13 @@ def bench_tables(table: Table, manifest: Path, tokenizer: Path, backend: str, nb
     on a task holding only what it reads), batch by batch in the worker's batch sizes. The token
     counts come from one encode done before the timed part; the timed loop repeats for ~1 CPU-s.
     """
+    import xxhash
+
     from slimtok.manifest import read_manifest
     from slimtok.reader import ShardReader
     from slimtok.tokenizer import Encoder, load_tokenizer
     from slimtok.worker import ShardTask, batched
     from slimtok.worker.task import Progress
-
-    import xxhash
 
     records = ((str(t), s) for e in read_manifest(manifest)
                for t, s in ShardReader(e.path, source_key="meta.redpajama_set_name").records())

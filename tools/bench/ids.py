@@ -8,8 +8,8 @@ the text were encoded (a peer encodes them as special ids, slimtok as text).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 

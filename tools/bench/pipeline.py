@@ -17,8 +17,19 @@ import time
 from pathlib import Path
 
 from .corpus import big_shard, tokenized_root
-from .harness import (PeakSampler, Result, Table, child, child_env, cpu_now, run_workers, settings_for, shard_ids,
-                      timed_cat, tree_bytes)
+from .harness import (
+    PeakSampler,
+    Result,
+    Table,
+    child,
+    child_env,
+    cpu_now,
+    run_workers,
+    settings_for,
+    shard_ids,
+    timed_cat,
+    tree_bytes,
+)
 
 
 def bench_pipeline(table: Table, work: Path, manifest: Path, tokenizer: Path, backend: str, nbytes: int,

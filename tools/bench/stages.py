@@ -14,9 +14,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from collections.abc import Callable
 
 from .corpus import tiny_tokenizer
 from .harness import Table, child, child_env, cpu_now, growth_note, settings_for
@@ -34,8 +34,8 @@ def bench_claims(table: Table, work: Path, shards: int, workers: int) -> tuple[P
     """
     from dataclasses import asdict
 
-    from slimtok.manifest import ShardEntry, write_manifest
     from slimtok.job import pin_job
+    from slimtok.manifest import ShardEntry, write_manifest
 
     base = work / "claims"
     shutil.rmtree(base, ignore_errors=True)

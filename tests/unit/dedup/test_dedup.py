@@ -22,12 +22,23 @@ from helpers.cli import slimtok
 from helpers.corpus import doc_line, sample_documents, write_shard
 from helpers.terminal import drain_pty
 from slimtok.claims import current_holder
-from slimtok.errors import DedupError
-from slimtok.progress import display
-from slimtok.protocol import (DEDUP_DROP_DTYPE, DEDUP_REASONS, DEDUP_ROW_DTYPE, DOC_TABLE_DTYPE, SPLITS, DoneRecord,
-                              LockRecord, OutputRoot, dedup_unit, read_record, write_record)
 from slimtok.dedup import DropReader, dedup_status, exclusion_for, run_dedup
 from slimtok.dedup.units import find_drops
+from slimtok.errors import DedupError
+from slimtok.progress import display
+from slimtok.protocol import (
+    DEDUP_DROP_DTYPE,
+    DEDUP_REASONS,
+    DEDUP_ROW_DTYPE,
+    DOC_TABLE_DTYPE,
+    SPLITS,
+    DoneRecord,
+    LockRecord,
+    OutputRoot,
+    dedup_unit,
+    read_record,
+    write_record,
+)
 
 EOS = 0  # the session BPE's <|endoftext|>
 
@@ -321,10 +332,10 @@ def test_a_bucket_task_holds_only_its_bucket(tmp_path):
     """Peak traced memory of one bucket task ≤ 64 MB per 100 M documents of the job."""
     import tracemalloc
 
-    from slimtok.testing import synthetic_root
     from slimtok.dedup.plan import make_plan, read_inputs
     from slimtok.dedup.run import DedupWorker, pin_plan
     from slimtok.dedup.units import bucket_rows
+    from slimtok.testing import synthetic_root
 
     root = synthetic_root(tmp_path / "synthetic", shards=200, docs_per_shard=2000)
     inputs = read_inputs(root)
@@ -348,10 +359,10 @@ def test_a_bucket_task_maps_no_scatter_file_and_refuses_a_short_one(tmp_path):
     """RSS (not just traced memory) of a bucket task stays near its rows' bytes: reading its slices
     must not map the scatter files (a mapped file's pages count whole folios). A scatter file
     shorter than its record promises is refused, naming it."""
-    from slimtok.testing import synthetic_root
     from slimtok.dedup.plan import make_plan, read_inputs
     from slimtok.dedup.run import DedupWorker, pin_plan
     from slimtok.dedup.units import bucket_rows
+    from slimtok.testing import synthetic_root
 
     root = synthetic_root(tmp_path / "synthetic", shards=100, docs_per_shard=2000)
     inputs = read_inputs(root)

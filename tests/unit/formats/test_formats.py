@@ -3,8 +3,8 @@ dataset, plain .jsonl next to .jsonl.zst; per-source accounting, its pin, and it
 
 import bz2
 import gzip
-import lzma
 import json
+import lzma
 import os
 import signal
 import subprocess

@@ -15,10 +15,10 @@ from tokenizers import Tokenizer
 import slimtok.reader as readmod
 from helpers.corpus import reference_texts, sample_documents, write_shard
 from helpers.tokenizer_families import slow_qwen3
+from slimtok.job import TokenizeSettings, open_job, pin_job
 from slimtok.manifest import ShardEntry, write_manifest
 from slimtok.reader import ShardReader, TextPieces, iter_lines
 from slimtok.tokenizer import Encoder, load_tokenizer
-from slimtok.job import TokenizeSettings, open_job, pin_job
 from slimtok.worker import Worker
 
 BACKENDS = ["tokenizers", pytest.param("fastokens", marks=pytest.mark.skipif(

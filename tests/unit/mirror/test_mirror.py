@@ -26,7 +26,6 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from helpers import REPO_ROOT
 from helpers.hub_server import FakeHub, HubRepo
 from helpers.terminal import drain_pty, terminal
-from slimtok.space import DiskSpace, format_bytes
 from slimtok.manifest import build_manifest
 from slimtok.mirror import (
     MIRROR_RECORD_NAME,
@@ -37,6 +36,7 @@ from slimtok.mirror import (
     mirror,
 )
 from slimtok.progress import ProgressDisplay
+from slimtok.space import DiskSpace, format_bytes
 from slimtok.tokenizer import TokenizerError, load_tokenizer
 
 SLIM = "acme/SlimPajama-mini"

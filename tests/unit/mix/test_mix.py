@@ -835,8 +835,8 @@ def test_combine_and_clean_check_a_shard_with_its_records_algorithm(roots, tmp_p
     import shutil
 
     from slimtok.clean import clean
-    from slimtok.errors import CleanError, CombineError
     from slimtok.combine import combine
+    from slimtok.errors import CleanError, CombineError
 
     root = Path(shutil.copytree(roots["code"], tmp_path / "code"))
     out = OutputRoot(root)

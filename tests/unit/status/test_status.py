@@ -18,7 +18,6 @@ import zstandard
 from helpers import cli
 from helpers.cli import slimtok
 from helpers.corpus import make_dataset, reference_ids, reference_texts
-
 from slimtok.protocol import Heartbeat, OutputRoot, hostname, read_record, worker_name, write_record
 from slimtok.status import collect_status, format_status
 

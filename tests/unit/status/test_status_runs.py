@@ -10,7 +10,6 @@ import time
 import pytest
 
 from helpers.tmpfs import mounted_tmpfs
-
 from slimtok.protocol import Checkpoint, Heartbeat, OutputRoot, worker_name, write_record
 from slimtok.status import collect_status, format_status, prometheus_text
 

@@ -16,8 +16,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from helpers.corpus import sample_documents
-from slimtok.tokenizer import Encoder, TokenizerError, load_tokenizer, resolve_dtype
 from helpers.tokenizer_families import FAMILIES, build_family, documents, expected_bos, independent, slow_qwen3
+from slimtok.tokenizer import Encoder, TokenizerError, load_tokenizer, resolve_dtype
 
 BACKENDS = ["tokenizers", pytest.param("auto", marks=pytest.mark.skipif(
     importlib.util.find_spec("fastokens") is None, reason="fastokens not installed"))]
