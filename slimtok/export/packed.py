@@ -20,7 +20,7 @@ import orjson
 
 from ..errors import ExportError
 from ..finished import checksum_of
-from ..protocol import OutputRoot, storage_for
+from ..protocol import OutputRoot, PackedManifest, storage_for
 from ..publish import PendingSet, remove_stale, require_free
 from .source import combined_meta, split_bin, trainer_dtype
 
@@ -123,15 +123,15 @@ def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = 
             files.append({"file": path.name, "first_row": lo, "rows": len(part),
                           "bytes": storage_for(tmp).stat(tmp).size, "sha256": _file_sha256(tmp)})
         info = meta.splits[split]
-        manifest = {"format": fmt, "seq_len": seq_len, "dtype": dtype, "split": split, "source": data.path.name,
-                    "source_sha256": info.get("sha256"), "source_tokens": len(data), "rows": total_rows,
-                    "dropped_tail_tokens": len(data) - total_rows * seq_len, "eos_token_id": meta.eos_token_id,
-                    "tokenizer_sha256": meta.tokenizer_sha256, "files": files}
+        manifest = PackedManifest(format=fmt, seq_len=seq_len, dtype=dtype, split=split, source=data.path.name,
+                                  source_sha256=info.get("sha256"), source_tokens=len(data), rows=total_rows,
+                                  dropped_tail_tokens=len(data) - total_rows * seq_len,
+                                  eos_token_id=meta.eos_token_id, tokenizer_sha256=meta.tokenizer_sha256, files=files)
         with storage_for(folder).open_write(pending.tmp(manifest_path), "create") as f:
-            f.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+            f.write(manifest.to_json())
             storage_for(folder).sync(f)
         # only parts the earlier export recorded: any other file of the folder is not the export's to delete
         pending.publish(obsolete=[folder / name for name in sorted(recorded - set(names))])
     log(f"{folder}: {total_rows:,} rows of {seq_len} tokens in {len(files)} {fmt} file(s), "
-        f"{manifest['dropped_tail_tokens']:,} trailing tokens dropped")
+        f"{manifest.dropped_tail_tokens:,} trailing tokens dropped")
     return manifest_path

@@ -31,7 +31,7 @@ Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_tra
     train.bin val.bin test.bin    combined splits
     train.idx val.idx test.idx    uint64 document end offsets (tokens) of each combined split
     megatron/<prefix>_<split>_text_document.{bin,idx}   `slimtok export megatron` (relative prefix)
-    packed/<split>-<seq_len>-<fmt>/                      `slimtok export packed` (default folder)
+    packed/<split>-<seq_len>-<fmt>/manifest.json         `slimtok export packed` (default folder)   PackedManifest
     meta.pkl meta.json            what a trainer needs to read the combined splits          Meta
     mix.json                      `slimtok mix`: the resolved spec and its inputs' fingerprints  MixRecord
     .<split file>.mix-partial     a mix's split while its chunks (ids <split>/mix-<n>) are appended
@@ -119,6 +119,7 @@ from .records import (
     LockRecord,
     Meta,
     MixRecord,
+    PackedManifest,
     PublishIntent,
     Record,
     RollupRow,
@@ -131,7 +132,8 @@ __all__ = [
     "CHECKSUMS", "DEDUP_PHASES", "DEDUP_REASONS", "DEFAULT_SOURCE_KEY", "DOC_TABLE_VERSION", "DTYPE_FIELDS", "POSIX",
     "PROTOCOL_VERSION", "PUBLISH_INTENT", "ROLLUP_COLUMNS", "SPLITS", "SPLIT_FILES", "Checkpoint", "Checksum",
     "ConsumeJournal", "DedupJob", "DedupPlan", "DedupUnitRecord", "DoneRecord", "DoneRollup", "FailedRecord",
-    "FileStat", "Heartbeat", "Holder", "JobSettings", "LockRecord", "Meta", "MixRecord", "OutputRoot", "PosixStorage",
+    "FileStat", "Heartbeat", "Holder", "JobSettings", "LockRecord", "Meta", "MixRecord", "OutputRoot", "PackedManifest",
+    "PosixStorage",
     "PublishIntent", "Record", "RollupRow", "Storage", "boot_id", "create_exclusive", "dedup_job_path",
     "dedup_plan_path", "dedup_unit", "dedup_unit_data", "dedup_unit_done", "dtype",
     "fsync_dir", "hasher", "hostname", "ids_under", "journal_line", "new_token", "parse_record", "publish_intent",

@@ -429,3 +429,27 @@ class MixRecord(Record):
 
     spec: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class PackedManifest(Record):
+    """``manifest.json`` of a ``slimtok export packed`` folder: what the rows are (``seq_len``
+    tokens of ``dtype`` from ``source``, the tail that did not fill a row dropped) and, in
+    ``files``, every part file the export wrote (``file``, ``first_row``, ``rows``, ``bytes``,
+    ``sha256``): the only files a later export into the folder replaces or removes."""
+
+    #: keys in the order written, the order a trainer's reader shows them
+    JSON_OPTIONS: ClassVar[int] = orjson.OPT_INDENT_2
+
+    format: str
+    seq_len: int
+    dtype: str
+    split: str
+    source: str
+    source_sha256: str | None
+    source_tokens: int
+    rows: int
+    dropped_tail_tokens: int
+    eos_token_id: int
+    tokenizer_sha256: str
+    files: list[dict[str, Any]] = field(default_factory=list)
