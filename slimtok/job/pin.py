@@ -33,10 +33,12 @@ from ..protocol import (
     PROTOCOL_VERSION,
     TOKENIZE,
     JobSettings,
+    LaunchLease,
     OutputRoot,
     boot_id,
     create_exclusive,
     hostname,
+    read_record,
     require_kind,
     storage_for,
     write_atomic,
@@ -148,6 +150,7 @@ def _pin(settings: TokenizeSettings, root: OutputRoot, log: Callable[[str], None
     data = storage_for(file).read_whole(file) if file is not None else None  # read once: digest, facts and copy agree
     file_sha256 = hashlib.sha256(data).hexdigest() if data is not None else ""
     key = request_digest(settings, file_sha256, file.parent) if file is not None else ""
+    _note_request(root, settings.launch, key)  # before job.json is read: see _repin
     stored = read_job(root) if root.storage.exists(root.job) else None
     if stored is not None:
         complete_pin(root, stored)  # a pin a kill cut short between job.json and its copies
@@ -234,8 +237,7 @@ def launch_lease(root: OutputRoot, token: str) -> Iterator[None]:
     created = not root.storage.exists(root.root)
     try:
         running_launches(root, token)  # clears the leases of launches of this host that died
-        create_exclusive(lease, orjson.dumps({"host": hostname(), "boot_id": boot_id(), "pid": os.getpid(),
-                                              "started_at": time.time()}))
+        create_exclusive(lease, LaunchLease(hostname(), boot_id(), os.getpid(), time.time()).to_json())
     except OSError as exc:
         raise OutputError(f"cannot write the job's files: {exc.strerror or exc}", exc.filename or lease,
                           "free space or fix permissions on the output root, then relaunch the same command") from exc
@@ -250,25 +252,30 @@ def launch_lease(root: OutputRoot, token: str) -> Iterator[None]:
                 root.storage.remove_folder(root.root)
 
 
-def running_launches(root: OutputRoot, own: str) -> list[str]:
-    """The tokens of the launches other than ``own`` that hold a lease and may still run. A lease of
-    this host and boot whose pid is gone was left by a kill and is removed; any other counts (a
-    reused pid, or another host, whose liveness only its own launcher knows: the safe side)."""
-    running = []
+def running_launches(root: OutputRoot, own: str) -> dict[str, LaunchLease | None]:
+    """{token: lease} of the launches other than ``own`` that hold a lease and may still run (None:
+    a lease that cannot be read). A lease of this host and boot whose pid is gone was left by a kill
+    and is removed; any other counts (a reused pid, or another host, whose liveness only its own
+    launcher knows: the safe side)."""
+    running: dict[str, LaunchLease | None] = {}
     for token in sorted(root.launch_leases() - {own}):
         path = root.launch_lease(token)
-        try:
-            lease = orjson.loads(root.storage.read_whole(path))
-        except FileNotFoundError:  # ended since the listing
+        if not root.storage.exists(path):  # ended since the listing
             continue
-        except orjson.JSONDecodeError:
-            lease = {}
-        if (isinstance(lease, dict) and lease.get("host") == hostname() and lease.get("boot_id") == boot_id()
-                and isinstance(lease.get("pid"), int) and not _pid_runs(lease["pid"])):
+        lease = read_record(path, LaunchLease)
+        if lease is not None and (lease.host, lease.boot_id) == (hostname(), boot_id()) and not _pid_runs(lease.pid):
             root.storage.delete(path)
             continue
-        running.append(token)
+        running[token] = lease
     return running
+
+
+def _note_request(root: OutputRoot, token: str, key: str) -> None:
+    """Record in the launch's lease what it asks (``request_sha256``), before it reads or creates
+    job.json: from then on a launch asking other settings may not re-pin under it (:func:`_repin`)."""
+    lease = read_record(root.launch_lease(token), LaunchLease)
+    if lease is not None:
+        write_record(root.launch_lease(token), replace(lease, request=key))
 
 
 def _clear_dead_stages(root: OutputRoot, own: str) -> None:
@@ -343,9 +350,11 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], log: Call
     if done:
         raise JobMismatch(f"{mismatch} ({len(done)} shard(s) are done under the pinned settings)", root.job,
                           "use the original settings, or a new --output-root for the new ones")
-    running = running_launches(root, token)
+    # a launch that has not yet seen job.json compares itself with it when it does; one asking
+    # exactly this (another node of the same corrected command) re-pins to this same record
+    running = [t for t, lease in running_launches(root, token).items() if _blocks(lease, requested.request_sha256)]
     if running:
-        raise JobMismatch(f"{mismatch}; another launch is running under the pinned settings ({len(running)} "
+        raise JobMismatch(f"{mismatch}; another launch that may ask other settings is running ({len(running)} "
                           f"lease(s) under {root.launch_lease(running[0]).parent})", root.job,
                           "use the pinned settings, or wait for that launch to end; if none runs, remove "
                           "launches/ and relaunch: the job is then re-pinned to the new settings")
@@ -364,6 +373,15 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], log: Call
         log(f"job.json re-pinned: no shard was done under its old settings; removed their {len(failed)} failed "
             f"record(s); changed: {'; '.join(diffs)}")
     return requested
+
+
+def _blocks(lease: LaunchLease | None, request: str) -> bool:
+    """Whether a running launch's ``lease`` forbids a re-pin to ``request``: it is unreadable, or its
+    launch has seen job.json asking something else (or something no digest tells: "")."""
+    if lease is None:
+        return True
+    same = request != "" and lease.request == request
+    return lease.request is not None and not same
 
 
 def _replaced(root: OutputRoot, job: JobSettings) -> bool:
