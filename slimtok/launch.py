@@ -34,9 +34,20 @@ from .executor import (
     usable_cores,
     worker_count,
 )
-from .job import Job, TokenizeSettings, pin_job
+from .job import Job, TokenizeSettings, launch_lease, pin_job
 from .progress import ProgressFactory
-from .protocol import DoneRecord, FailedRecord, Heartbeat, LockRecord, hostname, read_record, worker_name, write_record
+from .protocol import (
+    DoneRecord,
+    FailedRecord,
+    Heartbeat,
+    LockRecord,
+    OutputRoot,
+    hostname,
+    read_record,
+    require_kind,
+    worker_name,
+    write_record,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -166,7 +177,16 @@ def tokenize(settings: TokenizeSettings, log: Callable[[str], None] | None = Non
              progress: ProgressFactory | None = None) -> int:
     """Pin the job, run ``settings.workers`` workers to completion, and return the exit status;
     ``progress`` makes the display of the whole job's shards and bytes (None: nothing shown).
-    A launch whose selected shards are all settled spawns no worker: it reads records and returns."""
+    A launch whose selected shards are all settled spawns no worker: it reads records and returns.
+    The launch holds its lease (:func:`slimtok.job.launch_lease`) from before it pins until it ends."""
+    root = OutputRoot(settings.output_root)
+    require_kind(root, "tokenize")  # before the lease: a refusal writes nothing
+    with launch_lease(root, settings.launch):
+        return _tokenize(settings, log, progress)
+
+
+def _tokenize(settings: TokenizeSettings, log: Callable[[str], None] | None,
+              progress: ProgressFactory | None) -> int:
     try:
         job = pin_job(settings, log=log)
     except OSError as exc:

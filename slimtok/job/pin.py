@@ -5,13 +5,21 @@ Reads the manifest and the tokenizer a launch names; writes (first launch only) 
 its workers run: settings, output root, manifest entries and pinned record, read once.
 
 Invariant: a relaunch runs only if every pinned setting (``JobSettings.PINNED``) equals what it
-asks for; the output root's tokenizer copy always loads to the pinned fingerprint.
+asks for; the output root's tokenizer copy always loads to the pinned fingerprint. One pin per job:
+a pin stages its copies under ``.pin.<launch>/`` and then creates (or, re-pinning, replaces)
+job.json, the one step that decides; only the stage whose copies job.json names is moved into
+place (:func:`~slimtok.job.pinned.complete_pin`, also after a kill), so job.json never stands
+beside another launch's copies. A running launch holds a lease (:func:`launch_lease`) from before it
+pins, and no other launch re-pins under it: a concurrent launch with other settings is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,14 +27,18 @@ from typing import TYPE_CHECKING
 import orjson
 
 from .. import __version__
-from ..errors import JobMismatch, ManifestError
+from ..errors import JobMismatch, ManifestError, OutputError
 from ..manifest import ShardEntry, manifest_digest, read_manifest
 from ..protocol import (
     PROTOCOL_VERSION,
     TOKENIZE,
     JobSettings,
+    LaunchLease,
     OutputRoot,
+    boot_id,
     create_exclusive,
+    hostname,
+    read_record,
     require_kind,
     storage_for,
     write_atomic,
@@ -34,7 +46,16 @@ from ..protocol import (
 )
 from ..tokenizer.loading import check_tokenizer_class, local_tokenizer_file
 from .disk import check_disk_budget, disk_sample
-from .pinned import read_job, tokenizer_fingerprint
+from .pinned import (
+    complete_pin,
+    discard_stage,
+    pin_copies,
+    publish_stage,
+    read_job,
+    staged_copy,
+    tokenizer_config,
+    tokenizer_fingerprint,
+)
 from .settings import TokenizeSettings
 
 if TYPE_CHECKING:  # the launcher of a relaunch imports this module and never loads a tokenizer
@@ -111,16 +132,28 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
     parsed once. Raises
     JobMismatch naming each differing setting before anything else is written, unless no shard is
     done or claimed under the pinned settings: then the job is re-pinned (:func:`_repin`).
+    The pin runs under the launch's lease (:func:`launch_lease`; taken here when its launch holds none).
     """
     root = OutputRoot(settings.output_root)
     require_kind(root, "tokenize")
+    leased = root.storage.exists(root.launch_lease(settings.launch))
+    with contextlib.nullcontext() if leased else launch_lease(root, settings.launch):
+        job = _pin(settings, root, log)
+        _clear_dead_stages(root, settings.launch)  # after the pin: a stage job.json names was published
+        return job
+
+
+def _pin(settings: TokenizeSettings, root: OutputRoot, log: Callable[[str], None] | None) -> Job:
     entries = read_manifest(settings.manifest)
     file = local_tokenizer_file(settings.tokenizer)
     check_tokenizer_class(settings.tokenizer, file, settings.tokenizer_class)  # before a relaunch skips the load
     data = storage_for(file).read_whole(file) if file is not None else None  # read once: digest, facts and copy agree
     file_sha256 = hashlib.sha256(data).hexdigest() if data is not None else ""
     key = request_digest(settings, file_sha256, file.parent) if file is not None else ""
+    _note_request(root, settings.launch, key)  # before job.json is read: see _repin
     stored = read_job(root) if root.storage.exists(root.job) else None
+    if stored is not None:
+        complete_pin(root, stored)  # a pin a kill cut short between job.json and its copies
     pinned = stored
     if (pinned is not None and key and pinned.request_sha256 == key and root.storage.exists(root.manifest)
             and root.storage.exists(root.tokenizer_file) and pinned.manifest_sha256 == manifest_digest(entries)):
@@ -148,9 +181,6 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
         if file is not None:  # of the bytes actually parsed (the file may have changed since the read above)
             key = request_digest(settings, tok.source_file_sha256, file.parent)
     requested = requested_job(settings, entries, tok)
-    if log:
-        for line in requested.policy_notes:
-            log(line)
     if pinned is not None and not requested.tokenizer_sha256:  # read from the JSON of the pinned bytes
         requested = replace(requested, tokenizer_sha256=pinned.tokenizer_sha256)
     elif pinned is not None and not pinned.tokenizer_sha256:  # parsed, against a job not yet fingerprinted
@@ -163,43 +193,153 @@ def pin_job(settings: TokenizeSettings, log: Callable[[str], None] | None = None
         # The disk-budget sample is taken here, once per job, over every split, and pinned, unless
         # an upper bound on the tokens already leaves room (then nothing is encoded or pinned).
         sampled, bounds = disk_sample(settings, root, entries, requested, tok)
-        create_exclusive(root.job, replace(requested, tokenizer_file_sha256=copied, request_sha256=key,
-                                           sampled_ratios=sampled).to_json())
+        record = replace(requested, tokenizer_file_sha256=copied, request_sha256=key, sampled_ratios=sampled)
+        # the first launch to create job.json wins; a loser's staged copies are discarded unseen
+        if not _publish_pin(root, settings.launch, _copies(root, settings, record, tok),
+                            lambda: create_exclusive(root.job, record.to_json())):
+            # another launch started at the same moment pinned first: this one is now a relaunch
+            # of its job, compared with what it pinned as any relaunch is (a fingerprint the JSON
+            # alone did not tell included)
+            return _pin(settings, root, log)
         pinned = read_job(root)
+    if log:
+        for line in requested.policy_notes:
+            log(line)
     diffs = pinned.differences(requested)
     if pinned.manifest_sha256 != requested.manifest_sha256:
         diffs = [d for d in diffs if not d.startswith("manifest_sha256:")]
         diffs.insert(0, manifest_change(root, entries))
     if diffs:
         sampled, bounds = disk_sample(settings, root, entries, requested, tok)  # the old one used the old settings
-        pinned = _repin(root, replace(requested, tokenizer_file_sha256=copied, request_sha256=key,
-                                      sampled_ratios=sampled), diffs, log)
+        record = replace(requested, tokenizer_file_sha256=copied, request_sha256=key, sampled_ratios=sampled)
+        pinned = _repin(root, record, diffs, log, settings.launch, _copies(root, settings, record, tok))
     else:  # pinned by an older slimtok, or the same job asked through another file: record this request
         # (a split without a pinned sample is estimated by check_disk_budget, as at every launch)
         noted = replace(pinned, request_sha256=key)
         if noted != stored:
             write_record(root.job, noted)
         pinned = noted
-    if not root.storage.exists(root.manifest):
-        write_atomic(root.manifest, storage_for(Path(settings.manifest)).read_whole(Path(settings.manifest)))
-    if not root.storage.exists(root.tokenizer_file):
-        write_atomic(root.tokenizer_config_file, _tokenizer_config(pinned))
-        # The bytes the fingerprint was taken from; a job pinned from another form of the same
-        # tokenizer (another file, or transformers) gets the canonical JSON, whose sha256 is pinned.
-        text = tok.file_text()
-        if hashlib.sha256(text).hexdigest() != pinned.tokenizer_file_sha256:
-            text = tok.canonical_json.encode()
-        write_atomic(root.tokenizer_file, text)
+    if not complete_pin(root, pinned):  # copies removed, or a root pinned before pins were staged
+        for copy, payload in _copies(root, settings, pinned, tok).items():
+            if not root.storage.exists(copy):
+                write_atomic(copy, payload)
     check_disk_budget(settings, root, entries, pinned, tok, log, bounds)
     return Job(settings, root, entries, pinned)
 
 
-def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str],
-           log: Callable[[str], None] | None) -> JobSettings:
+@contextlib.contextmanager
+def launch_lease(root: OutputRoot, token: str) -> Iterator[None]:
+    """Hold ``launches/<token>.json`` while a launch runs (it is created before the launch pins and
+    removed when it ends), so that no other launch re-pins the job under it (:func:`_repin`). A lease
+    a kill -9 left behind is removed by the next launch on its host (:func:`running_launches`);
+    one of another host blocks only a re-pin, and the refusal says to remove it."""
+    lease = root.launch_lease(token)
+    created = not root.storage.exists(root.root)
+    try:
+        running_launches(root, token)  # clears the leases of launches of this host that died
+        create_exclusive(lease, LaunchLease(hostname(), boot_id(), os.getpid(), time.time()).to_json())
+    except OSError as exc:
+        raise OutputError(f"cannot write the job's files: {exc.strerror or exc}", exc.filename or lease,
+                          "free space or fix permissions on the output root, then relaunch the same command") from exc
+    try:
+        yield
+    finally:
+        root.storage.delete(lease)
+        with contextlib.suppress(FileNotFoundError):  # another launch's lease keeps it; one ended may remove it
+            root.storage.remove_folder(lease.parent)
+        if created:  # a launch refused before it wrote anything leaves no folder either
+            with contextlib.suppress(FileNotFoundError):
+                root.storage.remove_folder(root.root)
+
+
+def running_launches(root: OutputRoot, own: str) -> dict[str, LaunchLease | None]:
+    """{token: lease} of the launches other than ``own`` that hold a lease and may still run (None:
+    a lease that cannot be read). A lease of this host and boot whose pid is gone was left by a kill
+    and is removed; any other counts (a reused pid, or another host, whose liveness only its own
+    launcher knows: the safe side)."""
+    running: dict[str, LaunchLease | None] = {}
+    for token in sorted(root.launch_leases() - {own}):
+        path = root.launch_lease(token)
+        if not root.storage.exists(path):  # ended since the listing
+            continue
+        lease = read_record(path, LaunchLease)
+        if lease is not None and (lease.host, lease.boot_id) == (hostname(), boot_id()) and not _pid_runs(lease.pid):
+            root.storage.delete(path)
+            continue
+        running[token] = lease
+    return running
+
+
+def _note_request(root: OutputRoot, token: str, key: str) -> None:
+    """Record in the launch's lease what it asks (``request_sha256``), before it reads or creates
+    job.json: from then on a launch asking other settings may not re-pin under it (:func:`_repin`)."""
+    lease = read_record(root.launch_lease(token), LaunchLease)
+    if lease is not None:
+        write_record(root.launch_lease(token), replace(lease, request=key))
+
+
+def _clear_dead_stages(root: OutputRoot, own: str) -> None:
+    """Remove the pin stages of launches that no longer run (killed while pinning): a stage lives
+    only under its launch's lease (same token), and the job.json they were for is settled."""
+    others = [stage for stage in root.pin_stages() if stage != root.pin_stage(own)]
+    if others:
+        running = {root.pin_stage(token) for token in running_launches(root, own)}
+        for stage in others:
+            if stage not in running:
+                discard_stage(root, stage)
+
+
+def _pid_runs(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _copies(root: OutputRoot, settings: TokenizeSettings, job: JobSettings, tok: LoadedTokenizer) -> dict[Path, bytes]:
+    """The bytes of each copy (:func:`~slimtok.job.pinned.pin_copies`) that ``job`` pins."""
+    # The bytes the fingerprint was taken from; a job pinned from another form of the same
+    # tokenizer (another file, or transformers) gets the canonical JSON, whose sha256 is pinned.
+    text = tok.file_text()
+    if hashlib.sha256(text).hexdigest() != job.tokenizer_file_sha256:
+        text = tok.canonical_json.encode()
+    manifest = storage_for(Path(settings.manifest)).read_whole(Path(settings.manifest))
+    return dict(zip(pin_copies(root), (manifest, text, tokenizer_config(job)), strict=True))
+
+
+def _publish_pin(root: OutputRoot, token: str, copies: dict[Path, bytes], commit: Callable[[], bool]) -> bool:
+    """Stage ``copies`` under ``.pin.<token>/``, then ``commit`` (create or replace job.json; True
+    when this pin decided it); the stage is moved into place when it did, else discarded. A kill
+    after the commit leaves the stage for :func:`~slimtok.job.pinned.complete_pin`; one before it,
+    a stage no job.json names (never published)."""
+    stage = root.pin_stage(token)
+    try:
+        for copy, payload in copies.items():
+            write_atomic(staged_copy(stage, copy), payload)
+        won = commit()
+    except BaseException:
+        discard_stage(root, stage)
+        raise
+    if won:
+        publish_stage(root, stage)
+    else:
+        discard_stage(root, stage)
+    return won
+
+
+def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], log: Callable[[str], None] | None,
+           token: str, copies: dict[Path, bytes]) -> JobSettings:
     """Replace job.json by ``requested`` when nothing was kept under the pinned settings: no shard
-    done, claimed or checkpointed (a launch whose every shard failed, e.g. on a wrong --text-key).
-    Their failed records, manifest copy and tokenizer copy are removed first, so a kill part way
-    leaves the old job with fewer records, never the new job with the old failures. Else JobMismatch."""
+    done, claimed or checkpointed (a launch whose every shard failed, e.g. on a wrong --text-key),
+    and no other launch running (a lease under launches/ other than ``token``'s: a launch started
+    at the same moment with other settings, which pinned first). Their failed records, manifest
+    copy and tokenizer copy are removed first, so a kill part way leaves the old job with fewer
+    records, never the new job with the old failures; the new job.json and ``copies`` are published
+    as one (:func:`_publish_pin`). Else JobMismatch."""
     current = read_job(root)
     if not current.differences(requested):
         # Another launcher of the same corrected command (another node) re-pinned it since this
@@ -210,6 +350,14 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str],
     if done:
         raise JobMismatch(f"{mismatch} ({len(done)} shard(s) are done under the pinned settings)", root.job,
                           "use the original settings, or a new --output-root for the new ones")
+    # a launch that has not yet seen job.json compares itself with it when it does; one asking
+    # exactly this (another node of the same corrected command) re-pins to this same record
+    running = [t for t, lease in running_launches(root, token).items() if _blocks(lease, requested.request_sha256)]
+    if running:
+        raise JobMismatch(f"{mismatch}; another launch that may ask other settings is running ({len(running)} "
+                          f"lease(s) under {root.launch_lease(running[0]).parent})", root.job,
+                          "use the pinned settings, or wait for that launch to end; if none runs, remove "
+                          "launches/ and relaunch: the job is then re-pinned to the new settings")
     if held or partial:
         raise JobMismatch(f"{mismatch}; no shard is done, but {len(held)} claim(s) under locks/ and {len(partial)} "
                           "checkpoint(s) under checkpoints/ hold work of the pinned settings", root.job,
@@ -220,11 +368,26 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str],
         root.storage.delete(root.failed(shard))
     for copy in (root.manifest, root.tokenizer_file, root.tokenizer_config_file):
         root.storage.delete(copy)
-    write_record(root.job, requested)
+    _publish_pin(root, token, copies, lambda: _replaced(root, requested))
     if log:
         log(f"job.json re-pinned: no shard was done under its old settings; removed their {len(failed)} failed "
             f"record(s); changed: {'; '.join(diffs)}")
     return requested
+
+
+def _blocks(lease: LaunchLease | None, request: str) -> bool:
+    """Whether a running launch's ``lease`` forbids a re-pin to ``request``: it is unreadable, or its
+    launch has seen job.json asking something else (or something no digest tells: "")."""
+    if lease is None:
+        return True
+    same = request != "" and lease.request == request
+    return lease.request is not None and not same
+
+
+def _replaced(root: OutputRoot, job: JobSettings) -> bool:
+    """Replace job.json by ``job`` (a re-pin's commit, which always decides)."""
+    write_record(root.job, job)
+    return True
 
 
 def manifest_change(root: OutputRoot, entries: list[ShardEntry]) -> str:
@@ -245,10 +408,3 @@ def manifest_change(root: OutputRoot, entries: list[ShardEntry]) -> str:
         extra = (pinned if len(pinned) > len(entries) else entries)[where]
         text += f"; first shard only in the {'pinned' if len(pinned) > len(entries) else 'requested'} one: {extra.id}"
     return text
-
-
-def _tokenizer_config(job: JobSettings) -> bytes:
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": job.eos_token}
-    if job.bos_token is not None:
-        config["bos_token"] = job.bos_token
-    return orjson.dumps(config, option=orjson.OPT_INDENT_2)

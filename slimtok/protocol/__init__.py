@@ -13,6 +13,8 @@ Layout of ``ROOT`` (``<id>`` is a manifest id such as ``train/chunk1/example_tra
     manifest.jsonl                the manifest the job was pinned to (a copy)
     tokenizer/tokenizer.json      the exact tokenizer the job uses (a copy, merges as "a b" strings
                                   when that loads back to the pinned canonical JSON)
+    .pin.<token>/                 a pin's copies, staged before job.json names them (transient)
+    launches/<token>.json         a running tokenize launch, from before it pins    LaunchLease
     locks/<id>.lock               claim of a shard, created by link(2)              LockRecord
     locks/<id>.<token>.stolen     a stale lock being taken over (transient)
     checkpoints/<id>.json         last durable progress of an unfinished shard     Checkpoint
@@ -116,6 +118,7 @@ from .records import (
     Heartbeat,
     Holder,
     JobSettings,
+    LaunchLease,
     LockRecord,
     Meta,
     MixRecord,
@@ -132,7 +135,8 @@ __all__ = [
     "CHECKSUMS", "DEDUP_PHASES", "DEDUP_REASONS", "DEFAULT_SOURCE_KEY", "DOC_TABLE_VERSION", "DTYPE_FIELDS", "POSIX",
     "PROTOCOL_VERSION", "PUBLISH_INTENT", "ROLLUP_COLUMNS", "SPLITS", "SPLIT_FILES", "Checkpoint", "Checksum",
     "ConsumeJournal", "DedupJob", "DedupPlan", "DedupUnitRecord", "DoneRecord", "DoneRollup", "FailedRecord",
-    "FileStat", "Heartbeat", "Holder", "JobSettings", "LockRecord", "Meta", "MixRecord", "OutputRoot", "PackedManifest",
+    "FileStat", "Heartbeat", "Holder", "JobSettings", "LaunchLease", "LockRecord", "Meta", "MixRecord", "OutputRoot",
+    "PackedManifest",
     "PosixStorage",
     "PublishIntent", "Record", "RollupRow", "Storage", "boot_id", "create_exclusive", "dedup_job_path",
     "dedup_plan_path", "dedup_unit", "dedup_unit_data", "dedup_unit_done", "dtype",

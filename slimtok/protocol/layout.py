@@ -66,6 +66,24 @@ class OutputRoot:
     def tokenizer_config_file(self) -> Path:
         return self.tokenizer_dir / "tokenizer_config.json"
 
+    def pin_stage(self, token: str) -> Path:
+        """``.pin.<token>/``: the copies (manifest, tokenizer) one pin of a launch writes before
+        job.json names them; moved into place by whichever pin's job.json they match."""
+        return self.root / f".pin.{token}"
+
+    def pin_stages(self) -> list[Path]:
+        """Every :meth:`pin_stage` folder present (a pin in flight, or one a kill cut short)."""
+        return [self.root / name for name in sorted(self.storage.list_names(self.root)) if name.startswith(".pin.")]
+
+    def launch_lease(self, token: str) -> Path:
+        """``launches/<token>.json``: held by a running tokenize launch, from before it pins until it
+        ends, so no other launch re-pins the job under it."""
+        return self.root / "launches" / f"{token}.json"
+
+    def launch_leases(self) -> set[str]:
+        """The tokens of every :meth:`launch_lease` present."""
+        return ids_under(self.root / "launches", ".json")
+
     @property
     def meta_pkl(self) -> Path:
         return self.root / "meta.pkl"

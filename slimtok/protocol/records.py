@@ -236,6 +236,21 @@ class FailedRecord(Record):
 
 
 @dataclass
+class LaunchLease(Record):
+    """A running tokenize launch (``launches/<token>.json``), held from before it pins until it ends.
+
+    ``request`` is the launch's ``request_sha256`` once it is about to read or create job.json (None
+    before: such a launch has not seen job.json, and compares itself with it when it does; "" for a
+    tokenizer that has no request digest, a Hub id or a transformers folder)."""
+
+    host: str
+    boot_id: str
+    pid: int
+    started_at: float
+    request: str | None = None
+
+
+@dataclass
 class Heartbeat(Record):
     """Written every few seconds by each live worker, read by ``slimtok status``."""
 

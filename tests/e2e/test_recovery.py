@@ -438,7 +438,7 @@ def test_a_launcher_that_finds_the_job_re_pinned_to_its_own_settings_goes_on(tmp
     first_id = orjson.loads(manifest.read_bytes().splitlines()[0])["id"]
     assert Claimer(root, current_holder(0, 0), 60.0).try_claim(first_id) is not None  # its worker began
 
-    assert _repin(root, new, diffs, None) == new  # the second node, which read the old job.json
+    assert _repin(root, new, diffs, None, "", {}) == new  # the second node, which read the old job.json
     assert root.lock(first_id).exists()
     # a launcher asking for other settings still may not re-pin over that claim
     other = TokenizeSettings(manifest=str(manifest), output_root=str(root.root), tokenizer=str(bpe_tokenizer),
