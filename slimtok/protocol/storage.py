@@ -116,8 +116,9 @@ def _refuse_folder_links(folder: Path) -> None:
 
 
 def _make_folders(folder: Path) -> None:
+    _refuse_folder_links(folder)  # before: mkdir would make the missing folders inside a planted link's target
     folder.mkdir(parents=True, exist_ok=True)
-    _refuse_folder_links(folder)
+    _refuse_folder_links(folder)  # after: a link planted while they were made
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,10 @@ class Storage(Protocol):
 
     def set_mtime(self, path: Path, mtime_ns: int) -> None:
         """Set ``path``'s modification time (a claim's heartbeat)."""
+
+    def refuse_link(self, path: Path) -> None:
+        """Raise :func:`link_refused` when ``path`` (or a folder between it and its output root) is a
+        symbolic link: a publish checks its targets before any work. An object store has no links."""
 
 
 class PosixStorage:
@@ -304,6 +309,7 @@ class PosixStorage:
 
     def replace(self, source: Path, target: Path) -> None:
         _refuse_folder_links(target.parent)
+        _refuse_link(source)  # moving a planted link aside (a corrupt record's, a stale lock's) hides it
         _refuse_link(target)
         os.replace(source, target)
 
@@ -392,6 +398,10 @@ class PosixStorage:
         _refuse_folder_links(path.parent)
         _refuse_link(path)
         os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+    def refuse_link(self, path: Path) -> None:
+        _refuse_folder_links(path.parent)
+        _refuse_link(path)
 
 
 POSIX = PosixStorage()

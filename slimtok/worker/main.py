@@ -6,7 +6,7 @@ import io
 import logging
 import signal
 
-from ..errors import EXIT_FATAL, SlimtokError
+from ..errors import EXIT_FATAL, OutputError, SlimtokError
 from ..job import Job
 from ..protocol import OutputRoot
 from ..tokenizer import LoadedBackends
@@ -48,4 +48,8 @@ def worker_main(job: Job, worker_index: int, loaded: LoadedBackends | None = Non
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return worker.run()
+    try:
+        return worker.run()
+    except OutputError as exc:  # its first heartbeat refused (a link planted there): the loop never started
+        logging.getLogger("slimtok").error("%s: %s", worker.name, exc)
+        return EXIT_FATAL
