@@ -35,6 +35,8 @@ implement them without a change to any stage:
 * ``list_names``/``files_under``: listings (one directory walk; ``ListObjectsV2`` by prefix).
 * ``copy``: a file copied whole (a tokenizer folder into a new root). POSIX: ``shutil.copy2``
   (bytes, mode and times). Object store: ``CopyObject``.
+* ``refuse_link``: nothing is written through a symbolic link planted in a root (see
+  :class:`PosixStorage`); a publish asks before any work. An object store has no links: a no-op.
 * ``make_folders``/``sync_folder``/``remove_folder``: folders exist only on POSIX; an object
   store implements them as no-ops (``remove_folder`` returns False: nothing was removed).
 
@@ -217,7 +219,7 @@ class PosixStorage:
     writing uses O_NOFOLLOW, links and times are set without following, and a link found at the
     name slimtok writes is refused with :func:`link_refused`, naming it, before anything is
     written. The folders between a written file and its output root (:func:`mark_root`) are checked
-    the same way after they are made, since a planted ``shards -> /elsewhere`` would redirect every
+    the same way before and after they are made, since a planted ``shards -> /elsewhere`` would redirect every
     file created in it; the root and the folders above it are not: the user may have made those
     links (a scratch file system mounted elsewhere), and nothing inside the root can plant them.
     A link swapped in between a folder check and the write is not caught (that needs an openat(2)
