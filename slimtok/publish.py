@@ -126,7 +126,10 @@ class PendingSet:
         self.published = self._committed = False
 
     def __enter__(self) -> PendingSet:
-        storage_for(self.folder).make_folders(self.folder)
+        storage = storage_for(self.folder)
+        storage.make_folders(self.folder)
+        for path in self.targets + self.partners:  # a planted link would only be removed: say so before any work
+            storage.refuse_link(path)
         roll_forward(self.folder)
         remove_stale(self.folder, [t.name for t in self.targets] + [f"*{INTENT_SUFFIX}"])  # any set's intent
         return self

@@ -37,30 +37,34 @@ def _file_sha256(path: Path) -> str:
 
 
 def _write_npy(tmp: Path, rows: np.ndarray) -> None:
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=rows.dtype, shape=rows.shape)
+    """The bytes numpy's ``save`` (and ``open_memmap``) give, written into ``tmp`` created exclusively
+    through the storage (numpy's own open would write through a link planted at that name)."""
+    storage = storage_for(tmp)
     step = max(1, PARQUET_ROW_GROUP_BYTES // max(1, rows.shape[1] * rows.itemsize))
-    for lo in range(0, len(rows), step):
-        out[lo:lo + step] = rows[lo:lo + step]
-    out.flush()
-    del out
-    with storage_for(tmp).open_read(tmp) as f:
-        storage_for(tmp).sync(f)
+    with storage.open_write(tmp, "create") as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(rows))
+        for lo in range(0, len(rows), step):
+            f.write(np.ascontiguousarray(rows[lo:lo + step]).data)
+        storage.sync(f)
 
 
 def _write_parquet(tmp: Path, rows: np.ndarray) -> None:
+    """pyarrow writes into the stream of ``tmp`` created exclusively through the storage, not into a
+    file it opens by name (which would follow a link planted there)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    storage = storage_for(tmp)
     seq_len = rows.shape[1]
     schema = pa.schema([pa.field("input_ids", pa.list_(pa.from_numpy_dtype(rows.dtype), seq_len))])
     step = max(1, PARQUET_ROW_GROUP_BYTES // max(1, seq_len * rows.itemsize))
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for lo in range(0, len(rows), step):
-            block = np.ascontiguousarray(rows[lo:lo + step])
-            column = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), seq_len)
-            writer.write_table(pa.table({"input_ids": column}, schema=schema))
-    with storage_for(tmp).open_read(tmp) as f:
-        storage_for(tmp).sync(f)
+    with storage.open_write(tmp, "create") as f:
+        with pq.ParquetWriter(f, schema) as writer:
+            for lo in range(0, len(rows), step):
+                block = np.ascontiguousarray(rows[lo:lo + step])
+                column = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), seq_len)
+                writer.write_table(pa.table({"input_ids": column}, schema=schema))
+        storage.sync(f)
 
 
 def _recorded_parts(manifest_path: Path) -> set[str]:

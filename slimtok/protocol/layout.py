@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .docindex import index_path
 from .identity import new_token
-from .storage import Storage, storage_for, temp_glob
+from .storage import Storage, mark_root, storage_for, temp_glob
 
 #: Combined output file of each split; "validation" is ``val.bin`` as nanoGPT names it.
 SPLIT_FILES = {"train": "train.bin", "validation": "val.bin", "test": "test.bin"}
@@ -44,6 +44,7 @@ class OutputRoot:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).absolute()
         self.storage: Storage = storage_for(self.root)
+        mark_root(self.root)  # the folders below it are slimtok's: a link among them is refused
 
     # -- job-wide files ---------------------------------------------------------------------
     @property

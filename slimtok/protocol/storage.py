@@ -35,6 +35,8 @@ implement them without a change to any stage:
 * ``list_names``/``files_under``: listings (one directory walk; ``ListObjectsV2`` by prefix).
 * ``copy``: a file copied whole (a tokenizer folder into a new root). POSIX: ``shutil.copy2``
   (bytes, mode and times). Object store: ``CopyObject``.
+* ``refuse_link``: nothing is written through a symbolic link planted in a root (see
+  :class:`PosixStorage`); a publish asks before any work. An object store has no links: a no-op.
 * ``make_folders``/``sync_folder``/``remove_folder``: folders exist only on POSIX; an object
   store implements them as no-ops (``remove_folder`` returns False: nothing was removed).
 
@@ -44,14 +46,17 @@ is registered there, so ``OutputRoot(root)`` and every helper pick it up.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
+import stat as stat_mode
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
+from ..errors import OutputError
 from .identity import new_token
 
 #: How :meth:`Storage.open_write` opens a data file: ``create`` (must not exist), ``truncate``
@@ -59,13 +64,63 @@ from .identity import new_token
 #: missing, its bytes kept, written from the start), ``update`` (as ``keep``, but must exist).
 WriteMode = Literal["create", "truncate", "append", "keep", "update"]
 
+#: Every write opens with O_NOFOLLOW: a symbolic link planted where slimtok writes (by another user
+#: of a shared root) must never redirect token data into the file it points at.
 _FLAGS: dict[str, int] = {
-    "create": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-    "truncate": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-    "append": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-    "keep": os.O_WRONLY | os.O_CREAT,
-    "update": os.O_WRONLY,
+    "create": os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+    "truncate": os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+    "append": os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+    "keep": os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+    "update": os.O_WRONLY | os.O_NOFOLLOW,
 }
+
+
+def link_refused(path: Path) -> OutputError:
+    """The refusal of a symbolic link found where slimtok writes (see :class:`PosixStorage`)."""
+    return OutputError("is a symbolic link where slimtok writes its own file; slimtok never writes through a link",
+                       path, "remove the link (nothing was written through it) and run the command again")
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return stat_mode.S_ISLNK(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _refuse_link(path: Path) -> None:
+    if _is_link(path):
+        raise link_refused(path)
+
+
+#: The output roots this process opened (absolute, not resolved: the root itself may be a link).
+_ROOTS: set[str] = set()
+
+
+def mark_root(root: Path) -> None:
+    """Record ``root`` as an output root: folders below it are checked for links before a write."""
+    _ROOTS.add(os.path.abspath(root))
+
+
+def _refuse_folder_links(folder: Path) -> None:
+    """Refuse a link among ``folder`` and its parents below the nearest marked output root; a folder
+    under no marked root is not checked (there is no telling which of its parents the user made)."""
+    below = []
+    current = os.path.abspath(folder)
+    while current not in _ROOTS:
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        below.append(current)
+        current = parent
+    for name in reversed(below):  # the outermost first: the link the user must remove
+        _refuse_link(Path(name))
+
+
+def _make_folders(folder: Path) -> None:
+    _refuse_folder_links(folder)  # before: mkdir would make the missing folders inside a planted link's target
+    folder.mkdir(parents=True, exist_ok=True)
+    _refuse_folder_links(folder)  # after: a link planted while they were made
 
 
 @dataclass(frozen=True)
@@ -151,9 +206,25 @@ class Storage(Protocol):
     def set_mtime(self, path: Path, mtime_ns: int) -> None:
         """Set ``path``'s modification time (a claim's heartbeat)."""
 
+    def refuse_link(self, path: Path) -> None:
+        """Raise :func:`link_refused` when ``path`` (or a folder between it and its output root) is a
+        symbolic link: a publish checks its targets before any work. An object store has no links."""
+
 
 class PosixStorage:
-    """A local or network-mounted POSIX file system; see the module docstring for the choices."""
+    """A local or network-mounted POSIX file system; see the module docstring for the choices.
+
+    Nothing is written through a symbolic link: whole files are written to an exclusively created
+    temporary name and renamed (a rename replaces a link, never its target), every other open for
+    writing uses O_NOFOLLOW, links and times are set without following, and a link found at the
+    name slimtok writes is refused with :func:`link_refused`, naming it, before anything is
+    written. The folders between a written file and its output root (:func:`mark_root`) are checked
+    the same way before and after they are made, since a planted ``shards -> /elsewhere`` would redirect every
+    file created in it; the root and the folders above it are not: the user may have made those
+    links (a scratch file system mounted elsewhere), and nothing inside the root can plant them.
+    A link swapped in between a folder check and the write is not caught (that needs an openat(2)
+    walk from the root's descriptor); a link at the file's own name always is.
+    """
 
     def create_exclusive(self, path: Path, payload: bytes, durable: bool = True) -> bool:
         """Uses link(2) of a private file rather than O_EXCL, because O_EXCL is not atomic on every
@@ -172,6 +243,8 @@ class PosixStorage:
                 created = True
         finally:
             tmp.unlink(missing_ok=True)
+        if not created:  # a planted link is not "someone else's record": say so rather than read through it
+            _refuse_link(path)
         if created and durable:
             self.sync_folder(path.parent)
         return created
@@ -179,6 +252,7 @@ class PosixStorage:
     def write_whole(self, path: Path, payload: bytes, durable: bool = True) -> None:
         tmp = self._write_tmp(path, payload, durable)
         try:
+            _refuse_link(path)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -187,7 +261,7 @@ class PosixStorage:
             self.sync_folder(path.parent)
 
     def _write_tmp(self, path: Path, payload: bytes, durable: bool) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(path.parent)
         tmp = temp_path(path)
         fd = os.open(tmp, _FLAGS["create"], 0o644)
         try:
@@ -211,9 +285,18 @@ class PosixStorage:
 
     def open_write(self, path: Path, mode: WriteMode) -> BinaryIO:
         if mode != "update":
-            path.parent.mkdir(parents=True, exist_ok=True)
-        # 0o644 as every slimtok file always had (open() would give 0o666 minus the umask)
-        return os.fdopen(os.open(path, _FLAGS[mode], 0o644), "ab" if mode == "append" else "wb")
+            _make_folders(path.parent)
+        else:
+            _refuse_folder_links(path.parent)
+        try:
+            # 0o644 as every slimtok file always had (open() would give 0o666 minus the umask)
+            fd = os.open(path, _FLAGS[mode], 0o644)
+        except OSError as exc:
+            # O_NOFOLLOW fails with ELOOP on a link; O_EXCL with EEXIST, even on a dangling one
+            if exc.errno in (errno.ELOOP, errno.EEXIST):
+                _refuse_link(path)
+            raise
+        return os.fdopen(fd, "ab" if mode == "append" else "wb")
 
     def sync(self, stream: BinaryIO, data_only: bool = False) -> None:
         stream.flush()
@@ -227,10 +310,20 @@ class PosixStorage:
         path.unlink(missing_ok=True)
 
     def replace(self, source: Path, target: Path) -> None:
+        _refuse_folder_links(target.parent)
+        _refuse_link(source)  # moving a planted link aside (a corrupt record's, a stale lock's) hides it
+        _refuse_link(target)
         os.replace(source, target)
 
     def link(self, source: Path, target: Path) -> None:
-        os.link(source, target)
+        _refuse_folder_links(target.parent)
+        _refuse_link(source)
+        try:
+            # linkat without AT_SYMLINK_FOLLOW: a link swapped in after the check is linked itself
+            os.link(source, target, follow_symlinks=False)
+        except FileExistsError:
+            _refuse_link(target)
+            raise
 
     def list_names(self, folder: Path) -> list[str]:
         try:
@@ -253,11 +346,22 @@ class PosixStorage:
         return path.is_dir()
 
     def copy(self, source: Path, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
+        """shutil.copy2's bytes, mode and times, but into an exclusively created temporary name that
+        is then renamed over ``target`` (copy2 would open a link at ``target`` and write through it)."""
+        _make_folders(target.parent)
+        tmp = temp_path(target)
+        try:
+            with open(source, "rb") as src, os.fdopen(os.open(tmp, _FLAGS["create"], 0o644), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            shutil.copystat(source, tmp)
+            _refuse_link(target)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def make_folders(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_folders(folder)
 
     def sync_folder(self, folder: Path) -> None:
         """A no-op where directories can't be opened."""
@@ -283,15 +387,23 @@ class PosixStorage:
 
     def now(self, probe: Path) -> float:
         """The file server's idea of now: the mtime of ``probe`` touched just now (created if needed)."""
+        _refuse_folder_links(probe.parent)
+        _refuse_link(probe)
         try:
-            os.utime(probe, None)
+            os.utime(probe, None, follow_symlinks=False)
         except FileNotFoundError:
-            probe.parent.mkdir(parents=True, exist_ok=True)
-            probe.touch()
-        return os.stat(probe).st_mtime
+            _make_folders(probe.parent)
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+        return os.lstat(probe).st_mtime
 
     def set_mtime(self, path: Path, mtime_ns: int) -> None:
-        os.utime(path, ns=(mtime_ns, mtime_ns))
+        _refuse_folder_links(path.parent)
+        _refuse_link(path)
+        os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+    def refuse_link(self, path: Path) -> None:
+        _refuse_folder_links(path.parent)
+        _refuse_link(path)
 
 
 POSIX = PosixStorage()

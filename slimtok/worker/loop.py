@@ -32,6 +32,7 @@ from ..errors import (
     EXIT_SHARDS_FAILED,
     Interrupted,
     LostClaim,
+    OutputError,
     ShardError,
     SlimtokError,
     TokenizerError,
@@ -174,6 +175,9 @@ class Worker:
         except Interrupted:
             log.warning("%s: stopped on signal; progress is checkpointed, relaunch to resume", self.name)
             return EXIT_INTERRUPTED
+        except OutputError as exc:  # the root refuses a write (a link planted where it writes): no shard's fault
+            log.error("%s: %s", self.name, exc)
+            return EXIT_FATAL
         except OSError as exc:
             log.error("%s: cannot write under %s: %s; progress up to the last checkpoint is kept, "
                       "fix the cause and relaunch", self.name, self.root.root, exc)
@@ -274,6 +278,9 @@ class Worker:
                 task.discard_parts()
             elif isinstance(exc, Interrupted):
                 self.claimer.release(task.claim)  # the checkpoint stays: any worker resumes at once
+                return False
+            elif isinstance(exc, OutputError):  # the root's fault, as an OSError writing it: stop, keep the work
+                self._release_keeping_checkpoint(task)
                 return False
             elif isinstance(exc, ShardError):
                 self._fail(task, exc.message if exc.path == task.entry.path else str(exc))

@@ -1090,3 +1090,22 @@ def test_a_job_pinned_into_the_folder_while_a_mix_starts_is_never_replaced(roots
     with pytest.raises(RootKindError, match=re.escape(f"{out / 'job.json'}: holds a job that is not this mix")):
         mix_main(_spec(roots, tmp_path), out)
     assert _tree(out) == {"job.json": theirs}
+
+
+def test_a_link_planted_at_a_killed_mix_partial_file_is_refused_and_its_target_untouched(roots, tmp_path):
+    """Issue 24, item 5: a mix resumed after a kill writes its split's partial file again; a link
+    planted there (to another user's file) is refused naming it, and that file keeps its bytes and mtime."""
+    spec_path = _spec(roots, tmp_path, chunk_documents=1)
+    killed = tmp_path / "killed"
+    subprocess.run([sys.executable, "-c", KILLED_COMMIT, "mix", str(spec_path), "--output-root", str(killed),
+                    "--workers", "1"], capture_output=True, timeout=300)
+    partial = OutputRoot(killed).mix_partial("train")
+    assert partial.is_file()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"another user's bytes")
+    os.utime(victim, ns=(10**18, 10**18))
+    partial.unlink()
+    partial.symlink_to(victim)
+    proc = slimtok("mix", spec_path, "--output-root", killed, "--workers", "1", check=False)
+    assert proc.returncode == 3 and f"{partial}: is a symbolic link where slimtok writes" in proc.stderr, proc.stderr
+    assert (victim.read_bytes(), victim.stat().st_mtime_ns) == (b"another user's bytes", 10**18)

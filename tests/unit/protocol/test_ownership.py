@@ -44,8 +44,8 @@ LOCAL_FILES = {
     "dedup/drops.py": "memory-maps the drop lists of finished dedup units",
     "dedup/units.py": "memory-maps the drop lists of the bucket units a gather unit merges",
     "mix/inputs.py": "np.fromfile reads document-table rows from the storage's stream through its file descriptor",
-    "export/packed.py": "numpy's open_memmap and pyarrow's ParquetWriter write a packed part to its temporary "
-                        "file, which the publish then renames (an object store would upload it there)",
+    "export/packed.py": "pyarrow's ParquetWriter writes a packed part into the storage's stream of its temporary "
+                        "file (a call by that name is flagged whatever it is given), which the publish renames",
 }
 
 #: ``os.<name>(...)`` calls that operate on a path.
