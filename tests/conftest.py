@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 from helpers import cli, slurm
-from helpers.corpus import make_dataset, sample_documents
+from helpers.corpus import make_dataset, write_bpe_tokenizer
 
 # Workers are separate processes; keep each to one encoder thread as the launcher does.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -61,19 +61,7 @@ def build_once(shared: Path, name: str, build: Callable[[Path], object]) -> Path
 @pytest.fixture(scope="session")
 def bpe_tokenizer(shared_dir: Path) -> Path:
     """A small byte-level BPE (vocab 600, eos <|endoftext|>) trained on real text in a folder."""
-    def build(folder: Path) -> None:
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-        tok.train_from_iterator(sample_documents(300, seed=1), trainer)
-        tok.save(str(folder / "tokenizer.json"))
-        (folder / "tokenizer_config.json").write_bytes(orjson.dumps({"eos_token": "<|endoftext|>"}))
-
-    return build_once(shared_dir, "bpe", build)
+    return build_once(shared_dir, "bpe", lambda folder: write_bpe_tokenizer(folder, seed=1))
 
 
 @pytest.fixture(scope="session")

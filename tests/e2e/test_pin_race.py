@@ -19,7 +19,7 @@ import pytest
 
 from helpers.cli import manifest as list_manifest
 from helpers.cli import slimtok, tokenize_args, tokenize_cmd
-from helpers.corpus import make_dataset, sample_documents
+from helpers.corpus import make_dataset, write_bpe_tokenizer
 
 #: launches started at once on one new root, half with each tokenizer
 LAUNCHES = 8
@@ -29,18 +29,7 @@ LAUNCHES = 8
 def other_bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second byte-level BPE with the same vocabulary size and special tokens as ``bpe_tokenizer``,
     trained on other text: the two differ only in their merges (their fingerprint)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    folder = tmp_path_factory.mktemp("other_bpe")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(sample_documents(300, seed=7), trainer)
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_bytes(orjson.dumps({"eos_token": "<|endoftext|>"}))
-    return folder
+    return write_bpe_tokenizer(tmp_path_factory.mktemp("other_bpe"), seed=7)
 
 
 @pytest.fixture(scope="module")

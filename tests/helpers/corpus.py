@@ -25,6 +25,23 @@ def sample_documents(n: int, seed: int = 0) -> list[str]:
     return [rng.choice(_POOL)[: rng.randint(200, 2500)] for _ in range(n)]
 
 
+def write_bpe_tokenizer(folder: Path, seed: int = 1) -> Path:
+    """A small byte-level BPE (vocab 600, eos <|endoftext|>, pad <|pad|>) trained on 300 real
+    documents drawn with ``seed`` into ``folder`` (tokenizer.json + tokenizer_config.json); two
+    seeds give tokenizers that differ only in their merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>", "<|pad|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(sample_documents(300, seed=seed), trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}, separators=(",", ":")))
+    return folder
+
+
 def write_shard(path: Path, lines: Iterable[bytes], frames: int = 1) -> Path:
     """Write raw ``lines`` (newline-terminated here) as a zstd file of ``frames`` frames."""
     data = b"".join(line + b"\n" for line in lines)
