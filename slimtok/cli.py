@@ -204,13 +204,8 @@ def combine_cmd(output_root: Path, splits: str | None, allow_partial: bool, no_v
     from .combine import combine
     from .progress import display
 
-    exclude = None
-    if dedup:
-        from .dedup import exclusion_for
-
-        exclude = exclusion_for(output_root)
     combine(output_root, _splits(splits), allow_partial=allow_partial, verify=not no_verify, log=click.echo,
-            consume=consume, exclude=exclude,
+            consume=consume, dedup=dedup,
             progress=display("combine", quiet=quiet))
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -64,13 +64,17 @@ class SplitPlan:
     missing: list[str] = field(default_factory=list)
 
 
-def plan_split(root: OutputRoot, entries: Sequence[ShardEntry], split: str) -> SplitPlan:
-    """The done records of ``split``'s shards in manifest order; shards without one are missing."""
+def plan_split(root: OutputRoot, entries: Sequence[ShardEntry], split: str,
+               known: Mapping[str, DoneRecord] | None = None) -> SplitPlan:
+    """The done records of ``split``'s shards in manifest order; shards without one are missing.
+    ``known``: records the caller already read (by shard id), taken instead of reading them again."""
     plan = SplitPlan(split)
     for e in entries:
         if e.split != split:
             continue
-        record = read_record(root.done(e.id), DoneRecord)
+        record = known.get(e.id) if known is not None else None
+        if record is None:
+            record = read_record(root.done(e.id), DoneRecord)
         if record is None:
             plan.missing.append(e.id)
         else:

@@ -53,6 +53,8 @@ class DropReader:
         assert plan is not None, "a finished dedup has its plan"
         self.plan = plan
         self.rank = {e.id: (rank, e.split) for rank, e in enumerate(inputs.entries)}
+        #: the done records the fingerprint was checked against, by shard id (combine plans from them)
+        self.records = {e.id: r for e, r in zip(inputs.entries, inputs.records, strict=True)}
         self._open: tuple[int, np.ndarray] | None = None
 
     def _unit(self, k: int) -> np.ndarray:

@@ -58,7 +58,7 @@ def read_inputs(root: OutputRoot) -> Inputs:
     if read_record(root.job, JobSettings) is None:
         raise DedupError("job.json is missing or unreadable", root.job,
                          f"is {root.root} a slimtok output root? run `slimtok tokenize` first")
-    entries = global_order(read_manifest(root.manifest))
+    entries = global_order(read_manifest(root.manifest, check_files=False))  # checked when it was pinned
     if len(entries) >= MAX_RANK:
         raise DedupError(f"{len(entries):,} shards exceed the {MAX_RANK:,} a dedup orders", root.manifest)
     records = []
