@@ -9,7 +9,6 @@ ignored when reading; a field added later has a default, so records of older wri
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -53,11 +52,16 @@ class Record:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-@functools.cache
+#: Field names per record class, computed once: ``dataclasses.fields`` was a third of the CPU
+#: of reading a done record, and planners read one per shard (122k at SlimPajama scale).
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
 def _field_names(cls: type) -> frozenset[str]:
-    """A record class's field names, computed once per class: ``dataclasses.fields`` was a third of
-    the CPU of reading a done record, and planners read one per shard (122k at SlimPajama scale)."""
-    return frozenset(f.name for f in dataclasses.fields(cls))
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 @dataclass

@@ -34,6 +34,9 @@ are printed):
   consume    peak extra disk of `combine --consume` vs a copying combine (root sampled every 20 ms)
   stages     combine, dedup (planning, whole run) and mix planning per shard over synthetic roots
              of --growth-shards sizes, super-linear steps flagged (dedup alone runs it for dedup)
+  combine-plan (only when named in --only) combine's planning (plan_combine, with and without
+             --dedup) in a fresh python over deduplicated synthetic roots of --combine-plan-shards
+             sizes (kept under --work/combine-plan), growth per shard flagged
   mix-plan   (only when named in --only) a mix plan's wall, CPU and peak RSS per selected document
              over 4 synthetic roots of --mix-plan-documents documents in all, in a fresh python
   peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
@@ -54,6 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .combine_plan import bench_combine_plan
 from .corpus import documents, manifest_of, prepare
 from .dedup import bench_dedup_cost, bench_dedup_scale
 from .encode import bench_ceiling, bench_raw, bench_read, bench_tables, check_ids, floor_notes, read_bound, tables_share
@@ -203,6 +207,10 @@ def mix_plan(ctx: Context, run: int) -> None:
     bench_mix_plan(ctx.table, ctx.work, _int_list(ctx.args.mix_plan_documents), ctx.args.mix_plan_shards)
 
 
+def combine_plan(ctx: Context, run: int) -> None:
+    bench_combine_plan(ctx.table, ctx.work, _int_list(ctx.args.combine_plan_shards), ctx.args.runs)
+
+
 def peers(ctx: Context, run: int) -> None:
     bench_peers(ctx.table, ctx.work, ctx.manifest, ctx.tokenizer, ctx.nbytes,
                 ctx.work / f"out-{ctx.scaled.replace(' ', '_')}-0", ctx.scaled, ctx.args.runs, ctx.args.megatron_dir)
@@ -215,9 +223,10 @@ SECTIONS: dict[str, Section] = {
     "memory": Section(memory), "startup": Section(startup), "combine": Section(combine), "claims": Section(claims),
     "growth": Section(growth), "dedup": Section(dedup), "stages": Section(stages), "mix": Section(mix),
     "consume": Section(consume), "mix-plan": Section(mix_plan), "peers": Section(peers),
+    "combine-plan": Section(combine_plan),
 }
-#: sections run only when asked for: peers with --peers (or in --only), mix-plan in --only
-OPT_IN = ("mix-plan", "peers")
+#: sections run only when asked for: peers with --peers (or in --only), mix-plan and combine-plan in --only
+OPT_IN = ("mix-plan", "peers", "combine-plan")
 #: sections that run when another one runs: (needed, needed by), e.g. the pipeline checks its ids
 #: against the raw section's, and the peers are compared with the scaling row
 NEEDED = (("raw", "pipeline"), ("scaling", "peers"))
@@ -263,6 +272,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--mix-workers", default="1,2", help="worker counts of the mix section, comma-separated")
     ap.add_argument("--mix-plan-documents", default="10000000,100000000",
                     help="documents in all (over 4 synthetic roots) at which the mix-plan section plans")
+    ap.add_argument("--combine-plan-shards", default="10000,60000,122000",
+                    help="shard counts of the synthetic roots the combine-plan section plans over")
     ap.add_argument("--mix-plan-shards", type=int, default=250,
                     help="shards per synthetic root of the mix-plan section; with fewer than inputs.PIECE_ROWS "
                          "rows a shard, the streaming pieces (a constant) are smaller at the smaller sizes and "
