@@ -23,7 +23,7 @@ from ..errors import DataError
 from ..protocol import Meta, OutputRoot, read_record, read_tokens, storage_for
 from ..protocol.docindex import index_path, read_doc_index
 from ..publish import roll_forward
-from .documents import check_fields, window_fields
+from .documents import check_fields, spans, window_fields
 from .sharding import Resumable
 
 
@@ -125,6 +125,10 @@ class TokenBin:
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
+#: blocks whose document spans are searched at once when document masks are asked for
+_SEARCHED = 4096
+
+
 class TokenBlocks(Resumable):
     """Consecutive non-overlapping windows of a split, shared out across data-parallel ranks and
     DataLoader workers: block ``j`` (x = tokens[j*B : j*B+B], y shifted by one) goes to the
@@ -185,10 +189,17 @@ class TokenBlocks(Resumable):
     def __iter__(self) -> Iterator[Any]:
         self._warn_if_unsaved()
         data = TokenBin(self.path, self.dtype)
-        ends = data._ends() if self.doc_masks else None  # refuses a missing train.idx before the first item
+        ends = np.asarray(data._ends()) if self.doc_masks else None  # a missing train.idx: refused here
         size = self.block_size
-        for j in self.blocks(data)[self.position:].tolist():
-            self.position += 1
-            x, y = data.window(j * size, size)
-            yield (x, y) if ends is None else {"x": x, "y": y, **window_fields(ends, j * size, size, self.doc_masks)}
+        todo = self.blocks(data)[self.position:]
+        for first in range(0, len(todo), _SEARCHED):
+            chunk = todo[first:first + _SEARCHED]
+            lo, hi = spans(ends, chunk * size, size) if ends is not None else (chunk, chunk)
+            for j, a, b in zip(chunk.tolist(), lo.tolist(), hi.tolist(), strict=True):
+                self.position += 1
+                x, y = data.window(j * size, size)
+                if ends is None:
+                    yield x, y
+                else:
+                    yield {"x": x, "y": y, **window_fields(ends, j * size, size, self.doc_masks, (a, b))}
         self.position = 0

@@ -23,6 +23,8 @@ does not split it. A document of zero tokens makes no segment.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -41,36 +43,74 @@ def check_fields(fields: Collection[str]) -> tuple[str, ...]:
     return tuple(f for f in FIELDS if f in fields)
 
 
+def spans(ends: np.ndarray, starts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """For the windows at ``starts`` (any int array): ``(lo, hi)``, the range of ``ends`` strictly
+    inside each window (an end at a window's start or end begins nothing in it). One vectorized
+    search for many windows costs what one window's own search costs."""
+    # searched as the index's own dtype: an int64 or a Python int against uint64 converts the whole index
+    at = np.asarray(starts).astype(ends.dtype)
+    return ends.searchsorted(at, side="right"), ends.searchsorted(at + ends.dtype.type(size), side="left")
+
+
+def _bounds(ends: np.ndarray, start: int, size: int, span: tuple[int, int] | None = None) -> list[int]:
+    """``[0, b1, ..., size]`` as Python ints (a window holds a few documents: a list is cheaper here
+    than numpy's per-call cost). ``span``: the window's ``(lo, hi)`` from :func:`spans`, if known."""
+    if span is None:
+        lo, hi = (int(a[0]) for a in spans(ends, np.array([start]), size))
+    else:
+        lo, hi = span
+    bounds = [0]
+    for end in ends[lo:hi].tolist():
+        if end - start != bounds[-1]:  # zero-token documents repeat an end: no empty segment
+            bounds.append(end - start)
+    bounds.append(size)
+    return bounds
+
+
 def cu_seqlens(ends: np.ndarray, start: int, size: int) -> np.ndarray:
     """int32 ``[0, b1, ..., size]``: where documents begin in ``[start, start + size)`` as offsets
     from ``start``, with 0 and ``size``. ``ends`` is the sorted document end offsets (train.idx)."""
-    lo = int(np.searchsorted(ends, start, side="right"))  # an end at the window's start or end
-    hi = int(np.searchsorted(ends, start + size, side="left"))  # begins nothing inside it
-    inside = np.asarray(ends[lo:hi], dtype=np.int64) - start
-    if len(inside) > 1:  # zero-token documents repeat an end: one boundary, no empty segment
-        inside = inside[np.concatenate([[True], inside[1:] != inside[:-1]])]
-    out = np.empty(len(inside) + 2, dtype=np.int32)
-    out[0], out[1:-1], out[-1] = 0, inside, size
-    return out
+    return np.array(_bounds(ends, start, size), dtype=np.int32)
 
 
-def window_fields(ends: np.ndarray, start: int, size: int, fields: Sequence[str]) -> dict[str, Any]:
-    """The ``fields`` (checked by :func:`check_fields`) of the window ``[start, start + size)``."""
-    cu = cu_seqlens(ends, start, size)
+@lru_cache(maxsize=4)
+def _lower(size: int) -> np.ndarray:
+    """The ``size × size`` lower triangle (read-only), sliced for every segment's causal block."""
+    tri = np.tri(size, dtype=np.bool_)
+    tri.flags.writeable = False
+    return tri
+
+
+@lru_cache(maxsize=4)
+def _counting(size: int) -> np.ndarray:
+    """``0 .. size-1`` (read-only), sliced for every segment's positions."""
+    count = np.arange(size, dtype=np.int64)
+    count.flags.writeable = False
+    return count
+
+
+def window_fields(ends: np.ndarray, start: int, size: int, fields: Sequence[str],
+                  span: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The ``fields`` (checked by :func:`check_fields`) of the window ``[start, start + size)``.
+    ``ends``: the index as an ndarray (a memmap's slicing costs more: pass ``np.asarray`` of it);
+    ``span``: the window's ``(lo, hi)`` from :func:`spans`, when searched with others."""
+    bounds = _bounds(ends, start, size, span)
+    segments = list(pairwise(bounds))
     out: dict[str, Any] = {}
     for name in fields:
         if name == "cu_seqlens":
-            out["cu_seqlens"] = cu
-            out["max_seqlen"] = int(np.diff(cu).max())
+            out["cu_seqlens"] = np.array(bounds, dtype=np.int32)
+            out["max_seqlen"] = max(b - a for a, b in segments)
         elif name == "position_ids":
-            begins = np.zeros(size, dtype=np.int64)
-            begins[cu[1:-1]] = cu[1:-1]
-            out["position_ids"] = np.arange(size, dtype=np.int64) - np.maximum.accumulate(begins)
-        else:  # attention_mask
-            segment = np.zeros(size, dtype=np.int32)
-            segment[cu[1:-1]] = 1
-            segment = np.cumsum(segment)
-            out["attention_mask"] = np.tril(segment[:, None] == segment[None, :])
+            count, positions = _counting(size), np.empty(size, dtype=np.int64)
+            for a, b in segments:
+                positions[a:b] = count[:b - a]
+            out["position_ids"] = positions
+        else:  # attention_mask: a lower triangle on each segment's diagonal block
+            lower, mask = _lower(size), np.zeros((size, size), dtype=np.bool_)
+            for a, b in segments:
+                mask[a:b, a:b] = lower[:b - a, :b - a]
+            out["attention_mask"] = mask
     return out
 
 

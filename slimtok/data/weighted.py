@@ -157,12 +157,12 @@ class MixedBlocks(Resumable):
         self._warn_if_unsaved()
         reader, readers = self.reader()
         size = self.block_size
+        ends = [np.asarray(b._ends()) for b in self.bins] if self.doc_masks else []
         for t, source, block in self.draws(self.position, self.samples_per_epoch, reader, readers):
             self.position = t + 1
-            data = self.bins[source]
-            x, y = data.window(block * size, size)
+            x, y = self.bins[source].window(block * size, size)
             if not self.doc_masks:
                 yield x, y
             else:
-                yield {"x": x, "y": y, **window_fields(data._ends(), block * size, size, self.doc_masks)}
+                yield {"x": x, "y": y, **window_fields(ends[source], block * size, size, self.doc_masks)}
         self.position = 0  # as TokenBlocks: a finished pass starts the epoch over
