@@ -6,9 +6,10 @@ Every copy of a reader (the object in the main process, one per DataLoader worke
 ``position``. torch's DataLoader gives each worker a copy and never asks it for its position, so
 the main process's object stays at the epoch's start: only a loader that asks every worker for its
 state (torchdata's ``StatefulDataLoader``, whose ``state_dict()`` holds each worker's) can resume
-mid-epoch with workers. A worker copy that starts iterating without anyone having asked it for its
-state in its own process is in such a loader, and says so once by a :class:`PositionNotSaved`
-warning.
+mid-epoch with workers. StatefulDataLoader asks each worker's copy for its state before the copy
+yields anything; a worker copy that starts iterating without having been asked in its own process
+is in a loader that will not save its position (torch's plain DataLoader), and says so once by a
+:class:`PositionNotSaved` warning.
 """
 
 from __future__ import annotations
