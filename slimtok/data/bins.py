@@ -13,9 +13,9 @@ one), both returned as int64.
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from ..errors import DataError
 from ..protocol import Meta, OutputRoot, read_record, read_tokens, storage_for
 from ..protocol.docindex import index_path, read_doc_index
 from ..publish import roll_forward
+from .documents import check_fields, spans, window_fields
+from .sharding import Resumable
 
 
 def _finish_publish(folder: Path) -> None:
@@ -123,7 +125,11 @@ class TokenBin:
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-class TokenBlocks:
+#: blocks whose document spans are searched at once when document masks are asked for
+_SEARCHED = 4096
+
+
+class TokenBlocks(Resumable):
     """Consecutive non-overlapping windows of a split, shared out across data-parallel ranks and
     DataLoader workers: block ``j`` (x = tokens[j*B : j*B+B], y shifted by one) goes to the
     reader ``rank * num_workers + worker`` of ``world_size * num_workers`` when ``j`` modulo that
@@ -131,56 +137,69 @@ class TokenBlocks:
     dropped. ``seed`` shuffles each reader's own blocks (the same seed gives the same order), and
     :meth:`set_epoch` gives each epoch its own order.
 
+    Items are (x, y), or with ``doc_masks`` (some of :data:`slimtok.data.documents.FIELDS`) a dict
+    of ``x``, ``y`` and those fields of the window from train.idx (see
+    :mod:`slimtok.data.documents`; :func:`slimtok.data.collate` batches them).
+
     Resuming: ``position`` counts the blocks this object has yielded in the current epoch;
-    :meth:`state_dict` / :meth:`load_state_dict` carry (epoch, position), and iterating resumes
-    after the last block taken. A pass that runs to the end starts the epoch over (position 0),
-    so iterating again without ``set_epoch`` repeats the epoch's order. The counts are per object:
-    under a DataLoader each worker has its own copy.
+    :meth:`state_dict` / :meth:`load_state_dict` carry (epoch, position) and the reader layout,
+    and iterating resumes after the last block taken. A pass that runs to the end starts the epoch
+    over (position 0), so iterating again without ``set_epoch`` repeats the epoch's order. The
+    counts are per object: under a DataLoader each worker has its own copy, so resuming with
+    ``num_workers > 0`` takes torchdata's ``StatefulDataLoader`` (it saves every worker's state);
+    torch's plain DataLoader cannot carry worker positions (a worker says so by a
+    :class:`~slimtok.data.sharding.PositionNotSaved` warning).
 
     The worker index and count come from torch's DataLoader when it runs this in a worker (and
     torch is already imported), otherwise from ``worker``/``num_workers``.
     """
 
     def __init__(self, path: str | os.PathLike[str], block_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int | None = None, worker: int = 0, num_workers: int = 1, dtype: str | None = None):
+                 seed: int | None = None, worker: int = 0, num_workers: int = 1, dtype: str | None = None,
+                 doc_masks: Collection[str] = ()):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.path, self.block_size, self.rank, self.world_size = str(path), block_size, rank, world_size
         self.seed, self.worker, self.num_workers, self.dtype = seed, worker, num_workers, dtype
+        self.doc_masks = check_fields(doc_masks)
         self.epoch, self.position = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` from its first block. With a seed, reader r's order in epoch e is a
         permutation by ``default_rng([seed, r, e])`` (epoch 0: ``[seed, r]``, the order before
         epochs existed); without one, the order stays sequential."""
-        self.epoch, self.position = epoch, 0
+        super().set_epoch(epoch)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+    def _state_path(self) -> str:
+        return self.path
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.set_epoch(int(state["epoch"]))
-        self.position = int(state["position"])
-
-    def _reader(self) -> tuple[int, int]:
-        torch = sys.modules.get("torch")
-        info = torch.utils.data.get_worker_info() if torch is not None else None
-        worker, workers = (info.id, info.num_workers) if info is not None else (self.worker, self.num_workers)
-        return self.rank * workers + worker, self.world_size * workers
+    def _reader_index(self, worker: int, workers: int) -> int:
+        return self.rank * workers + worker
 
     def blocks(self, data: TokenBin | None = None) -> np.ndarray:
         """The block numbers this reader yields in the current epoch, in order."""
         data = data or TokenBin(self.path, self.dtype)
-        reader, readers = self._reader()
+        reader, readers = self.reader()
         mine = np.arange(reader, (len(data) - 1) // self.block_size, readers, dtype=np.int64)
         if self.seed is not None:
             key = [self.seed, reader] if self.epoch == 0 else [self.seed, reader, self.epoch]
             np.random.default_rng(key).shuffle(mine)
         return mine
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def __iter__(self) -> Iterator[Any]:
+        self._warn_if_unsaved()
         data = TokenBin(self.path, self.dtype)
-        for j in self.blocks(data)[self.position:].tolist():
-            self.position += 1
-            yield data.window(j * self.block_size, self.block_size)
+        ends = np.asarray(data._ends()) if self.doc_masks else None  # a missing train.idx: refused here
+        size = self.block_size
+        todo = self.blocks(data)[self.position:]
+        for first in range(0, len(todo), _SEARCHED):
+            chunk = todo[first:first + _SEARCHED]
+            lo, hi = spans(ends, chunk * size, size) if ends is not None else (chunk, chunk)
+            for j, a, b in zip(chunk.tolist(), lo.tolist(), hi.tolist(), strict=True):
+                self.position += 1
+                x, y = data.window(j * size, size)
+                if ends is None:
+                    yield x, y
+                else:
+                    yield {"x": x, "y": y, **window_fields(ends, j * size, size, self.doc_masks, (a, b))}
         self.position = 0

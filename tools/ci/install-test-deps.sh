@@ -12,6 +12,9 @@ pip_install -e '.[test]'
 # find-links this line fails instead of downloading gigabytes of CUDA libraries.
 pip_install 'torch==2.13.0+cpu'
 pip_install 'megatron-core>=0.12'
+# torchdata's StatefulDataLoader for tests/unit/data/test_data_loader.py: slimtok.data's documented way to resume
+# mid-epoch with DataLoader workers (the test checks batch N+1 after a resume with 0, 2 and 3 workers).
+pip_install 'torchdata==0.11.0'
 # Operations tests: systemd-analyze verifies the units; a one-host Slurm cluster runs the sbatch
 # scripts (tests/e2e/test_slurm.py starts it through tools/ci/start-slurm.sh when none is up, stops
 # what it started when the run ends, and skips, saying why, where the daemons cannot start);

@@ -346,7 +346,7 @@ def test_mixed_blocks_shares_windows_resume_and_epochs(combined):
     after = [x for x, _ in itertools.islice(resumed, 20)]
     whole = [x for x, _ in itertools.islice(MixedBlocks([(combined[0], 3), (combined[1], 1)], block, 11,
                                                         samples_per_epoch=8000), 70)]
-    assert state == {"epoch": 0, "position": 50}
+    assert state == {"epoch": 0, "position": 50, "reader": 0, "readers": 1}
     assert all(np.array_equal(a, b) for a, b in zip(after, whole[50:], strict=True))
     blocks.set_epoch(1)
     assert [d[1:] for d in blocks.draws(0, 200)] != [d[1:] for d in draws[:200]]
@@ -701,7 +701,7 @@ def test_mixed_blocks_epochs_are_seeded_resumable_and_shared_by_ranks(combined):
     again = make()
     again.set_epoch(2)
     whole = taken(again)
-    assert head == whole[:120] and whole != epoch0 and state == {"epoch": 2, "position": 120}
+    assert head == whole[:120] and whole != epoch0 and state == {"epoch": 2, "position": 120, "reader": 0, "readers": 1}
     resumed = make()
     resumed.load_state_dict(state)
     assert taken(resumed) == whole[120:]

@@ -8,17 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from helpers.cli import PIPELINE_TOKENIZE, slimtok
-from helpers.corpus import reference_ids
+from helpers.cli import slimtok
 from slimtok.data import DataError, TokenBin, TokenBlocks
-
-
-@pytest.fixture(scope="module")
-def combined(tokenized_root, bpe_tokenizer):
-    run = tokenized_root({"train_shards": 2, "docs_per_shard": 20, "holdout_docs": 4}, bpe_tokenizer,
-                         *PIPELINE_TOKENIZE, combine=True)
-    ref = reference_ids(run.manifest, bpe_tokenizer / "tokenizer.json", 0, "train")
-    return run.root, ref
 
 
 def test_get_batch_equals_direct_slicing(combined):
@@ -121,7 +112,7 @@ def test_token_blocks_set_epoch_reorders_each_epoch_and_resumes(combined):
     blocks.set_epoch(1)
     second = windows(blocks, 7)
     state = blocks.state_dict()
-    assert state == {"epoch": 1, "position": 7} and second == expected(1, 1)[:7] != first[:7]
+    assert state == {"epoch": 1, "position": 7, "reader": 1, "readers": 2} and second == expected(1, 1)[:7] != first[:7]
     resumed = TokenBlocks(root / "train.bin", block, rank=1, world_size=world, seed=9)
     resumed.load_state_dict(state)
     assert windows(resumed) == expected(1, 1)[7:] == windows(blocks)
