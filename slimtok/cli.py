@@ -377,6 +377,18 @@ def export_megatron_cmd(output_roots: tuple[Path, ...], prefix: str, splits: str
         export_megatron(output_roots[0], prefix, _splits(splits), log=click.echo)
 
 
+@export_group.command("datatrove")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--prefix", required=True,
+              help="Folder of the export, one subfolder per split; a relative one is placed in OUTPUT_ROOT/datatrove/.")
+@click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
+def export_datatrove_cmd(output_root: Path, prefix: str, splits: str | None) -> None:
+    """PREFIX/<split>/<split>.ds/.ds.index/.ds.metadata, as datatrove's DatatroveFolderDataset and nanotron read."""
+    from .export import export_datatrove
+
+    export_datatrove(output_root, prefix, _splits(splits), log=click.echo)
+
+
 @export_group.command("packed")
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True)

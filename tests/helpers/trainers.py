@@ -1,7 +1,8 @@
-"""The trainers' own readers, to read slimtok's exports back: megatron-core's IndexedDataset.
+"""The trainers' own readers, to read slimtok's exports back: megatron-core's IndexedDataset,
+datatrove's DatatroveFolderDataset.
 
-megatron-core is a test dependency (tools/ci/install-test-deps.sh); without it a test that needs
-it skips, saying so."""
+Each is a test dependency (tools/ci/install-test-deps.sh); without it a test that needs it skips,
+saying so."""
 
 from __future__ import annotations
 
@@ -26,3 +27,13 @@ def megatron_indexed_dataset() -> Any:
 def megatron_dataset(prefix: Path) -> Any:
     """The Megatron dataset at ``prefix`` (``<prefix>.bin`` + ``.idx``), read by megatron-core."""
     return megatron_indexed_dataset()(str(prefix))
+
+
+def datatrove_folder_dataset() -> Any:
+    """datatrove's ``DatatroveFolderDataset`` (what nanotron's datatrove-backed Nanoset builds on);
+    skips the calling test where datatrove is not installed."""
+    import pytest
+
+    module = pytest.importorskip("datatrove.utils.dataset",
+                                 reason="datatrove is not installed (tools/ci/install-test-deps.sh installs it)")
+    return module.DatatroveFolderDataset

@@ -11,7 +11,7 @@ import pytest
 
 from helpers.cli import PIPELINE_TOKENIZE, slimtok
 from helpers.corpus import reference_ids
-from helpers.trainers import megatron_dataset
+from helpers.trainers import datatrove_folder_dataset, megatron_dataset
 
 
 @pytest.fixture(scope="module", params=["uint32", "uint16"])
@@ -134,3 +134,57 @@ def test_packed_deletes_only_parts_its_earlier_manifest_recorded(combined, tmp_p
     proc = export(100_000, check=False)
     assert proc.returncode == 2 and f"{out / 'manifest.json'}: is not the manifest of a packed export" in proc.stderr
     assert (out / "manifest.json").read_text() == '{"mine": true}\n'
+
+
+def _positions(ends: np.ndarray, start: int, length: int) -> np.ndarray:
+    """Independent: each token's offset in its document, counted from the window's start at most."""
+    g = np.arange(start, start + length)
+    doc_start = np.concatenate([[0], ends])[np.searchsorted(ends, g, side="right")]
+    return g - np.maximum(doc_start, start)
+
+
+def test_datatrove_reads_the_export_with_its_own_dataset(combined):
+    root, ref, docs, dtype = combined
+    DatatroveFolderDataset = datatrove_folder_dataset()
+    slimtok("export", "datatrove", "--output-root", root, "--prefix", "dt")
+    folder = root / "datatrove" / "dt" / "train"
+    # the token file and the index are the combined split's, linked
+    assert (folder / "train.ds").stat().st_ino == (root / "train.bin").stat().st_ino
+    assert (folder / "train.ds.index").stat().st_ino == (root / "train.idx").stat().st_ino
+    token_size = np.dtype(dtype).itemsize
+    meta = json.loads((root / "meta.json").read_text())
+    assert (folder / "train.ds.metadata").read_text().splitlines()[:2] == [f"{meta['tokenizer']}|{token_size}",
+                                                                          str(len(ref))]
+    ends = np.cumsum([len(d) for d in docs])
+    seq_len = 63
+    ds = DatatroveFolderDataset(str(folder), seq_len=seq_len, token_size=token_size, return_positions=True)
+    assert len(ds) == len(ref) // (seq_len + 1) > 10
+    for i in range(len(ds)):
+        item = ds[i]
+        start = i * (seq_len + 1)
+        assert np.array_equal(item["input_ids"].numpy(), ref[start:start + seq_len + 1])
+        assert np.array_equal(item["positions"].numpy(), _positions(ends, start, seq_len + 1)), i
+    # each split has its folder: the validation one holds only val.*
+    assert sorted(p.name for p in (root / "datatrove" / "dt" / "val").iterdir()) == [
+        "slimtok-export.json", "val.ds", "val.ds.index", "val.ds.metadata"]
+
+
+def test_export_folder_replaces_only_what_it_recorded(combined, tmp_path):
+    """A re-export replaces its own files; a file of another program at a name it needs is refused,
+    naming it, and left byte for byte; other files of the folder are never touched."""
+    root, ref, docs, dtype = combined
+    folder = tmp_path / "dt" / "train"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_bytes(b"mine")
+    slimtok("export", "datatrove", "--output-root", root, "--prefix", tmp_path / "dt", "--splits", "train")
+    slimtok("export", "datatrove", "--output-root", root, "--prefix", tmp_path / "dt", "--splits", "train")
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "slimtok-export.json", "train.ds",
+                                                        "train.ds.index", "train.ds.metadata"]
+    assert json.loads((folder / "slimtok-export.json").read_text())["files"] == [
+        "train.ds", "train.ds.index", "train.ds.metadata"]
+    (folder / "slimtok-export.json").unlink()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    proc = slimtok("export", "datatrove", "--output-root", root, "--prefix", tmp_path / "dt", "--splits", "train",
+                   check=False)
+    assert proc.returncode == 2 and f"{folder}: holds train.ds, which no earlier export" in proc.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
