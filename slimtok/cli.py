@@ -389,6 +389,18 @@ def export_datatrove_cmd(output_root: Path, prefix: str, splits: str | None) -> 
     export_datatrove(output_root, prefix, _splits(splits), log=click.echo)
 
 
+@export_group.command("torchtitan")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--prefix", required=True,
+              help="Folder of the export, one subfolder per split; a relative one goes in OUTPUT_ROOT/torchtitan/.")
+@click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every non-empty combined split).")
+def export_torchtitan_cmd(output_root: Path, prefix: str, splits: str | None) -> None:
+    """PREFIX/<split>/tokens.bin (uint32) and document_offsets.npy, as torchtitan's pretokenized source reads."""
+    from .export import export_torchtitan
+
+    export_torchtitan(output_root, prefix, _splits(splits), log=click.echo)
+
+
 @export_group.command("packed")
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True)

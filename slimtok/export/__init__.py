@@ -11,6 +11,8 @@ writes nothing there except under the export paths :class:`~slimtok.protocol.Out
   parquet or npy files with a ``manifest.json``.
 * **datatrove / nanotron** (:func:`export_datatrove`, :mod:`.datatrove`): ``<split>.ds``,
   ``.ds.index`` (both linked) and ``.ds.metadata`` in a folder of their own per split.
+* **torchtitan** (:func:`export_torchtitan`, :mod:`.torchtitan`): ``tokens.bin`` (uint32) and
+  ``document_offsets.npy`` in a folder of their own per split.
 
 :mod:`.source` is what they share: the combined split they read and the trainer dtype;
 :mod:`.folder` the export's own folder: linking, its record of the files written, publishing. Every
@@ -31,8 +33,9 @@ from .megatron import (
 )
 from .packed import PACKED_FILE_BYTES, PACKED_FORMATS, PACKED_MANIFEST, PARQUET_ROW_GROUP_BYTES, export_packed
 from .source import trainer_dtype
+from .torchtitan import export_torchtitan
 
-__all__ = ["export_megatron", "export_data_args", "export_packed", "export_datatrove", "EXPORT_RECORD",
-           "write_megatron_index", "trainer_dtype",
+__all__ = ["export_megatron", "export_data_args", "export_packed", "export_datatrove", "export_torchtitan",
+           "EXPORT_RECORD", "write_megatron_index", "trainer_dtype",
            "MEGATRON_MAGIC", "MEGATRON_VERSION", "MEGATRON_CODES", "INDEX_CHUNK", "PACKED_FORMATS",
            "PACKED_MANIFEST", "PACKED_FILE_BYTES", "PARQUET_ROW_GROUP_BYTES"]

@@ -11,11 +11,13 @@ new one.
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
 import orjson
 
 from ..errors import ExportError
@@ -47,6 +49,27 @@ def link_or_copy(src: Path, tmp: Path) -> str:
         copy_range(s.fileno(), d.fileno(), 0, os.fstat(s.fileno()).st_size)
         storage.sync(d)
     return "kernel copy"
+
+
+def write_blocks(tmp: Path, blocks: Iterable[np.ndarray], header: bytes = b"") -> None:
+    """``tmp`` (a new file, created exclusively through the storage, so a link planted at its name is
+    never written through) holds ``header`` then each block's C-order bytes; streamed, so a block
+    bounds the memory used."""
+    storage = storage_for(tmp)
+    with storage.open_write(tmp, "create") as f:
+        f.write(header)
+        for block in blocks:
+            f.write(np.ascontiguousarray(block).data)
+        storage.sync(f)
+
+
+def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """numpy's .npy header (format 1.0, C order) for an array of ``dtype`` and ``shape``: with the
+    array's bytes after it, the file ``np.load`` and ``open_memmap`` read."""
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": shape})
+    return out.getvalue()
 
 
 def recorded_files(folder: Path) -> set[str]:

@@ -22,6 +22,7 @@ from ..errors import ExportError
 from ..finished import checksum_of
 from ..protocol import OutputRoot, PackedManifest, storage_for
 from ..publish import PendingSet, remove_stale, require_free
+from .folder import npy_header, write_blocks
 from .source import combined_meta, split_bin, trainer_dtype
 
 PACKED_FORMATS = ("parquet", "npy")
@@ -37,15 +38,9 @@ def _file_sha256(path: Path) -> str:
 
 
 def _write_npy(tmp: Path, rows: np.ndarray) -> None:
-    """The bytes numpy's ``save`` (and ``open_memmap``) give, written into ``tmp`` created exclusively
-    through the storage (numpy's own open would write through a link planted at that name)."""
-    storage = storage_for(tmp)
+    """The bytes numpy's ``save`` (and ``open_memmap``) give, written through the storage."""
     step = max(1, PARQUET_ROW_GROUP_BYTES // max(1, rows.shape[1] * rows.itemsize))
-    with storage.open_write(tmp, "create") as f:
-        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(rows))
-        for lo in range(0, len(rows), step):
-            f.write(np.ascontiguousarray(rows[lo:lo + step]).data)
-        storage.sync(f)
+    write_blocks(tmp, (rows[lo:lo + step] for lo in range(0, len(rows), step)), npy_header(rows.dtype, rows.shape))
 
 
 def _write_parquet(tmp: Path, rows: np.ndarray) -> None:

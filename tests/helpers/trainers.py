@@ -1,5 +1,5 @@
 """The trainers' own readers, to read slimtok's exports back: megatron-core's IndexedDataset,
-datatrove's DatatroveFolderDataset.
+datatrove's DatatroveFolderDataset, torchtitan's documented pretokenized source.
 
 Each is a test dependency (tools/ci/install-test-deps.sh); without it a test that needs it skips,
 saying so."""
@@ -9,6 +9,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def megatron_indexed_dataset() -> Any:
@@ -37,3 +39,17 @@ def datatrove_folder_dataset() -> Any:
     module = pytest.importorskip("datatrove.utils.dataset",
                                  reason="datatrove is not installed (tools/ci/install-test-deps.sh installs it)")
     return module.DatatroveFolderDataset
+
+
+def torchtitan_documents(folder: Path) -> list[np.ndarray]:
+    """The documents torchtitan's pretokenized source gives for ``folder``, read as its data README
+    documents ``MemmapTokenSource``: ``np.memmap(tokens.bin, dtype=np.uint32)``, ``np.load(
+    document_offsets.npy)``, item ``i`` = ``tokens[offsets[i]:offsets[i + 1]]`` as int64.
+
+    torchtitan itself is not installed: its PyPI release (0.3.0) ships no pretokenized source (that
+    source is the README's example on its main branch, "TorchTitan does not prescribe that storage
+    format"), and installing it would downgrade dill, multiprocess and fsspec, which other readers
+    here share. So this compares against the documented format."""
+    tokens = np.memmap(folder / "tokens.bin", dtype=np.uint32, mode="r")
+    offsets = np.load(folder / "document_offsets.npy")
+    return [np.asarray(tokens[start:end], dtype=np.int64) for start, end in zip(offsets[:-1], offsets[1:], strict=True)]

@@ -11,7 +11,7 @@ import pytest
 
 from helpers.cli import PIPELINE_TOKENIZE, slimtok
 from helpers.corpus import reference_ids
-from helpers.trainers import datatrove_folder_dataset, megatron_dataset
+from helpers.trainers import datatrove_folder_dataset, megatron_dataset, torchtitan_documents
 
 
 @pytest.fixture(scope="module", params=["uint32", "uint16"])
@@ -187,4 +187,43 @@ def test_export_folder_replaces_only_what_it_recorded(combined, tmp_path):
     proc = slimtok("export", "datatrove", "--output-root", root, "--prefix", tmp_path / "dt", "--splits", "train",
                    check=False)
     assert proc.returncode == 2 and f"{folder}: holds train.ds, which no earlier export" in proc.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_torchtitan_documents_are_the_exact_documents(combined):
+    root, ref, docs, dtype = combined
+    slimtok("export", "torchtitan", "--output-root", root, "--prefix", "tt", "--splits", "train")
+    folder = root / "torchtitan" / "tt" / "train"
+    got = torchtitan_documents(folder)
+    assert len(got) == len(docs)
+    assert all(np.array_equal(g, d) for g, d in zip(got, docs, strict=True))
+    offsets = np.load(folder / "document_offsets.npy")
+    assert offsets.dtype == np.int64 and np.array_equal(offsets[1:], np.fromfile(root / "train.idx", "<u8"))
+    # uint32 bytes are the split's own: linked; uint16 ones are widened
+    linked = (folder / "tokens.bin").stat().st_ino == (root / "train.bin").stat().st_ino
+    assert linked == (dtype == "uint32")
+    assert (folder / "tokens.bin").stat().st_size == 4 * len(ref)
+    assert not (root / "torchtitan" / "tt" / "val").exists()
+
+
+def test_an_interrupted_export_leaves_the_old_set(combined, tmp_path, monkeypatch):
+    """An export that fails after writing some of its files leaves the previous export's files as
+    they were and no temporary file behind."""
+    from slimtok.export import torchtitan
+
+    root, ref, docs, dtype = combined
+    torchtitan.export_torchtitan(root, str(tmp_path / "tt"), ["train"], log=lambda _: None)
+    folder = tmp_path / "tt" / "train"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real = torchtitan.write_blocks
+
+    def fail_on_offsets(tmp, blocks, header=b""):
+        if "document_offsets" in tmp.name:
+            raise KeyboardInterrupt  # stands for a kill between the two files
+        real(tmp, blocks, header)
+
+    monkeypatch.setattr(torchtitan, "write_blocks", fail_on_offsets)
+    monkeypatch.setattr(torchtitan, "link_or_copy", lambda src, tmp: real(tmp, [np.arange(5, dtype="<u4")]) or "x")
+    with pytest.raises(KeyboardInterrupt):
+        torchtitan.export_torchtitan(root, str(tmp_path / "tt"), ["train"], log=lambda _: None)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
