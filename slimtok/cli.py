@@ -358,7 +358,8 @@ def export_group() -> None:
               type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="The root to export; with --data-args-path, one mix root or several plain roots.")
 @click.option("--prefix", required=True,
-              help="Path prefix of the files; a relative one is placed in OUTPUT_ROOT/megatron/.")
+              help="Path prefix of the files; a relative one is placed in OUTPUT_ROOT/megatron/ (with "
+                   "--data-args-path: in FILE's folder, PREFIX_<source> per source, never in a source root).")
 @click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
 @click.option("--data-args-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write Megatron's --data-args-path file (weight prefix ...): a mix's sources at their "
