@@ -390,6 +390,23 @@ def export_datatrove_cmd(output_root: Path, prefix: str, splits: str | None) -> 
     export_datatrove(output_root, prefix, _splits(splits), log=click.echo)
 
 
+@export_group.command("litdata")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--prefix", required=True,
+              help="Folder of the export, one subfolder per split; a relative one goes in OUTPUT_ROOT/litdata/.")
+@click.option("--block-size", type=click.IntRange(min=1), required=True,
+              help="TokensLoader's block_size (litgpt: max_seq_length + 1); chunks hold whole blocks.")
+@click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
+@click.option("--chunk-bytes", type=click.IntRange(min=1), default=None, help="Default: about 64 MiB per chunk.")
+def export_litdata_cmd(output_root: Path, prefix: str, block_size: int, splits: str | None,
+                       chunk_bytes: int | None) -> None:
+    """PREFIX/<split>/chunk-0-*.bin + index.json, as litdata's StreamingDataset with TokensLoader reads."""
+    from .export import LITDATA_CHUNK_BYTES, export_litdata
+
+    export_litdata(output_root, prefix, block_size, _splits(splits), chunk_bytes or LITDATA_CHUNK_BYTES,
+                   log=click.echo)
+
+
 @export_group.command("torchtitan")
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--prefix", required=True,

@@ -11,6 +11,8 @@ writes nothing there except under the export paths :class:`~slimtok.protocol.Out
   parquet or npy files with a ``manifest.json``.
 * **datatrove / nanotron** (:func:`export_datatrove`, :mod:`.datatrove`): ``<split>.ds``,
   ``.ds.index`` (both linked) and ``.ds.metadata`` in a folder of their own per split.
+* **litdata** (:func:`export_litdata`, :mod:`.litdata`): chunk files and ``index.json`` whose
+  ``TokensLoader`` blocks are the split's consecutive windows, items the documents.
 * **torchtitan** (:func:`export_torchtitan`, :mod:`.torchtitan`): ``tokens.bin`` (uint32) and
   ``document_offsets.npy`` in a folder of their own per split.
 
@@ -23,6 +25,7 @@ interrupted export; the same inputs always give the same bytes.
 from .data_args import export_data_args
 from .datatrove import export_datatrove
 from .folder import EXPORT_RECORD
+from .litdata import LITDATA_CHUNK_BYTES, export_litdata
 from .megatron import (
     INDEX_CHUNK,
     MEGATRON_CODES,
@@ -36,6 +39,6 @@ from .source import trainer_dtype
 from .torchtitan import export_torchtitan
 
 __all__ = ["export_megatron", "export_data_args", "export_packed", "export_datatrove", "export_torchtitan",
-           "EXPORT_RECORD", "write_megatron_index", "trainer_dtype",
+           "export_litdata", "EXPORT_RECORD", "LITDATA_CHUNK_BYTES", "write_megatron_index", "trainer_dtype",
            "MEGATRON_MAGIC", "MEGATRON_VERSION", "MEGATRON_CODES", "INDEX_CHUNK", "PACKED_FORMATS",
            "PACKED_MANIFEST", "PACKED_FILE_BYTES", "PARQUET_ROW_GROUP_BYTES"]

@@ -1,5 +1,6 @@
 """The trainers' own readers, to read slimtok's exports back: megatron-core's IndexedDataset,
-datatrove's DatatroveFolderDataset, torchtitan's documented pretokenized source.
+datatrove's DatatroveFolderDataset, litdata's StreamingDataset with TokensLoader, torchtitan's
+documented pretokenized source.
 
 Each is a test dependency (tools/ci/install-test-deps.sh); without it a test that needs it skips,
 saying so."""
@@ -53,3 +54,24 @@ def torchtitan_documents(folder: Path) -> list[np.ndarray]:
     tokens = np.memmap(folder / "tokens.bin", dtype=np.uint32, mode="r")
     offsets = np.load(folder / "document_offsets.npy")
     return [np.asarray(tokens[start:end], dtype=np.int64) for start, end in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def litdata_blocks(folder: Path, block_size: int) -> list[np.ndarray]:
+    """Every block litdata's ``StreamingDataset`` with ``TokensLoader(block_size)`` yields for
+    ``folder``, in order; skips the calling test where litdata is not installed."""
+    import pytest
+
+    streaming = pytest.importorskip("litdata.streaming",
+                                    reason="litdata is not installed (tools/ci/install-test-deps.sh installs it)")
+    ds = streaming.StreamingDataset(input_dir=str(folder), item_loader=streaming.item_loader.TokensLoader(block_size),
+                                    shuffle=False)
+    return [np.asarray(ds[i]) for i in range(len(ds))]
+
+
+def litdata_items(chunk: Path) -> list[np.ndarray]:
+    """The items of one litdata chunk file, by its documented layout (litdata's writer): ``uint32
+    n``, ``uint32 offsets[n + 1]`` in bytes from the file's start, then the items' bytes."""
+    raw = chunk.read_bytes()
+    n = int(np.frombuffer(raw[:4], "<u4")[0])
+    offsets = np.frombuffer(raw[4:4 * (n + 2)], "<u4").astype(np.int64)
+    return [np.frombuffer(raw[a:b], np.uint8) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]

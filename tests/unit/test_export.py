@@ -11,7 +11,13 @@ import pytest
 
 from helpers.cli import PIPELINE_TOKENIZE, slimtok
 from helpers.corpus import reference_ids
-from helpers.trainers import datatrove_folder_dataset, megatron_dataset, torchtitan_documents
+from helpers.trainers import (
+    datatrove_folder_dataset,
+    litdata_blocks,
+    litdata_items,
+    megatron_dataset,
+    torchtitan_documents,
+)
 
 
 @pytest.fixture(scope="module", params=["uint32", "uint16"])
@@ -227,3 +233,28 @@ def test_an_interrupted_export_leaves_the_old_set(combined, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         torchtitan.export_torchtitan(root, str(tmp_path / "tt"), ["train"], log=lambda _: None)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_litdata_blocks_are_the_windows_and_items_the_documents(combined):
+    root, ref, docs, dtype = combined
+    block = 65
+    itemsize = np.dtype(dtype).itemsize
+    slimtok("export", "litdata", "--output-root", root, "--prefix", "ld", "--block-size", block, "--splits", "train",
+            "--chunk-bytes", 7 * block * itemsize + 5)  # 7 blocks a chunk, several chunks
+    folder = root / "litdata" / "ld" / "train"
+    blocks = litdata_blocks(folder, block)
+    assert len(blocks) == len(ref) // block
+    for i, got in enumerate(blocks):
+        assert np.array_equal(got.astype(np.int64), ref[i * block:(i + 1) * block]), i
+    # the chunks' items are the documents, cut only where a chunk ends
+    index = json.loads((folder / "index.json").read_text())
+    assert len(index["chunks"]) == -(-len(ref) // (7 * block)) > 2
+    cuts, position = set(), 0
+    for chunk in index["chunks"]:
+        items = litdata_items(folder / chunk["filename"])
+        assert sum(len(i) for i in items) == chunk["dim"] * itemsize
+        for item in items:
+            position += len(item) // itemsize
+            cuts.add(position)
+    chunk_ends = set(np.cumsum([c["dim"] for c in index["chunks"]]).tolist())
+    assert cuts == set(np.cumsum([len(d) for d in docs]).tolist()) | chunk_ends

@@ -15,6 +15,9 @@ pip_install 'megatron-core>=0.12'
 # datatrove's DatatroveFolderDataset reads `slimtok export datatrove` back in tests/unit/test_export.py
 # (the .ds/.ds.index/.ds.metadata layout nanotron also reads); pinned, it installs with the CPU torch above.
 pip_install 'datatrove==0.10.1'
+# litdata's StreamingDataset with TokensLoader reads `slimtok export litdata` back in tests/unit/test_export.py;
+# pinned, it installs with the CPU torch above (it adds torchvision for that torch).
+pip_install 'litdata==0.2.76'
 # Operations tests: systemd-analyze verifies the units; a one-host Slurm cluster runs the sbatch
 # scripts (tests/e2e/test_slurm.py starts it through tools/ci/start-slurm.sh when none is up, stops
 # what it started when the run ends, and skips, saying why, where the daemons cannot start);
