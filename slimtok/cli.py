@@ -427,12 +427,17 @@ def export_torchtitan_cmd(output_root: Path, prefix: str, splits: str | None) ->
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Default: OUTPUT_ROOT/packed/<split>-<seq-len>-<format>.")
 @click.option("--rows-per-file", type=click.IntRange(min=1), default=None, help="Default: about 512 MiB per file.")
+@click.option("--ranks", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Balance the files for this many ranks: files[rank::RANKS] hold equal rows (the rest dropped).")
+@click.option("--document-ends", is_flag=True,
+              help="Parquet: add a document_ends column, each row's exact document ends (offsets in (0, SEQ_LEN]).")
 def export_packed_cmd(output_root: Path, seq_len: int, fmt: str, split: str, output_dir: Path | None,
-                      rows_per_file: int | None) -> None:
+                      rows_per_file: int | None, ranks: int, document_ends: bool) -> None:
     """Rows of exactly SEQ_LEN tokens cut from the eos-separated stream, with a manifest of checksums."""
     from .export import export_packed
 
-    export_packed(output_root, seq_len, fmt, split, output_dir, rows_per_file, log=click.echo)
+    export_packed(output_root, seq_len, fmt, split, output_dir, rows_per_file, log=click.echo, ranks=ranks,
+                  document_ends=document_ends)
 
 
 @main.command("demo")

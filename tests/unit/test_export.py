@@ -258,3 +258,36 @@ def test_litdata_blocks_are_the_windows_and_items_the_documents(combined):
             cuts.add(position)
     chunk_ends = set(np.cumsum([c["dim"] for c in index["chunks"]]).tolist())
     assert cuts == set(np.cumsum([len(d) for d in docs]).tolist()) | chunk_ends
+
+
+def test_packed_balances_ranks_and_carries_document_ends(combined, tmp_path):
+    root, ref, docs, dtype = combined
+    seq_len, ranks = 50, 3
+    out = tmp_path / "p"
+    slimtok("export", "packed", "--output-root", root, "--seq-len", seq_len, "--rows-per-file", 4, "--ranks", ranks,
+            "--document-ends", "--output-dir", out)
+    manifest = _check_manifest(out)
+    files = manifest["files"]
+    # every rank reading files[rank::ranks] gets the same rows; only what cannot divide evenly is dropped
+    per_rank = [sum(f["rows"] for f in files[r::ranks]) for r in range(ranks)]
+    assert len(set(per_rank)) == 1 and len(files) % ranks == 0
+    total = len(ref) // seq_len
+    assert 0 <= total - manifest["rows"] < ranks + len(files)  # under a row per rank and per part
+    assert manifest["ranks"] == ranks and manifest["document_ends"] is True
+    assert manifest["dropped_tail_tokens"] == len(ref) - manifest["rows"] * seq_len
+    tables = [pq.read_table(out / f["file"]) for f in files]
+    rows = np.array([r for t in tables for r in t.column("input_ids").to_pylist()])
+    assert np.array_equal(rows.astype(np.int64), ref[:manifest["rows"] * seq_len].reshape(-1, seq_len))
+    # independent: each row's document ends from the documents' lengths
+    ends = np.cumsum([len(d) for d in docs])
+    want = [[int(e - r * seq_len) for e in ends if r * seq_len < e <= (r + 1) * seq_len]
+            for r in range(manifest["rows"])]
+    assert [x for t in tables for x in t.column("document_ends").to_pylist()] == want
+    assert sum(map(len, want)) > 10
+
+
+def test_document_ends_need_parquet(combined, tmp_path):
+    root, *_ = combined
+    proc = slimtok("export", "packed", "--output-root", root, "--format", "npy", "--document-ends",
+                   "--output-dir", tmp_path / "n", check=False)
+    assert proc.returncode == 2 and "document_ends column needs --format parquet" in proc.stderr
