@@ -291,3 +291,33 @@ def test_document_ends_need_parquet(combined, tmp_path):
     proc = slimtok("export", "packed", "--output-root", root, "--format", "npy", "--document-ends",
                    "--output-dir", tmp_path / "n", check=False)
     assert proc.returncode == 2 and "document_ends column needs --format parquet" in proc.stderr
+
+
+def test_every_export_reads_a_mix_root_as_a_combined_one(combined, tmp_path):
+    """A mix root's train.bin/train.idx go through the same exports: each reader gets the mix's
+    documents (read here from its files) exactly."""
+    import yaml
+
+    root, ref, docs, dtype = combined
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"seed": 3, "total_tokens": len(ref) // 2, "shuffle": "document",
+                                    "chunk_documents": 5, "sources": [{"name": "a", "root": str(root), "weight": 1}]}))
+    mixed = tmp_path / "mixed"
+    slimtok("mix", spec, "--output-root", mixed, "--quiet")
+    mix_dtype = json.loads((mixed / "meta.json").read_text())["dtype"]
+    ids = np.fromfile(mixed / "train.bin", dtype=mix_dtype).astype(np.int64)
+    ends = np.fromfile(mixed / "train.idx", dtype="<u8").astype(np.int64)
+    mix_docs = np.split(ids, ends[:-1])
+    assert len(mix_docs) > 5
+    for target in ("datatrove", "torchtitan"):
+        slimtok("export", target, "--output-root", mixed, "--prefix", "x", "--splits", "train")
+    assert all(np.array_equal(a, b) for a, b in
+               zip(torchtitan_documents(mixed / "torchtitan/x/train"), mix_docs, strict=True))
+    ds = datatrove_folder_dataset()(str(mixed / "datatrove/x/train"), seq_len=15, return_positions=True,
+                                    token_size=np.dtype(mix_dtype).itemsize)
+    assert np.array_equal(np.concatenate([ds[i]["input_ids"].numpy() for i in range(len(ds))]),
+                          ids[:len(ds) * 16])
+    assert all(np.array_equal(ds[i]["positions"].numpy(), _positions(ends, 16 * i, 16)) for i in range(len(ds)))
+    slimtok("export", "litdata", "--output-root", mixed, "--prefix", "x", "--splits", "train", "--block-size", 16)
+    blocks = litdata_blocks(mixed / "litdata/x/train", 16)
+    assert np.array_equal(np.concatenate(blocks).astype(np.int64), ids[:len(ids) // 16 * 16])
