@@ -407,6 +407,19 @@ def export_litdata_cmd(output_root: Path, prefix: str, block_size: int, splits: 
                    log=click.echo)
 
 
+@export_group.command("mds")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--prefix", required=True,
+              help="Folder of the export, one subfolder per split; a relative one goes in OUTPUT_ROOT/mds/.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
+def export_mds_cmd(output_root: Path, prefix: str, seq_len: int, splits: str | None) -> None:
+    """PREFIX/<split>/shard.*.mds + index.json (column `tokens`, rows of SEQ_LEN), as MosaicML streaming reads."""
+    from .export import export_mds
+
+    export_mds(output_root, prefix, seq_len, _splits(splits), log=click.echo)
+
+
 @export_group.command("torchtitan")
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--prefix", required=True,

@@ -13,6 +13,8 @@ writes nothing there except under the export paths :class:`~slimtok.protocol.Out
   ``.ds.index`` (both linked) and ``.ds.metadata`` in a folder of their own per split.
 * **litdata** (:func:`export_litdata`, :mod:`.litdata`): chunk files and ``index.json`` whose
   ``TokensLoader`` blocks are the split's consecutive windows, items the documents.
+* **MosaicML streaming** (:func:`export_mds`, :mod:`.mds`): MDS shards of ``seq_len`` rows and
+  ``index.json``.
 * **torchtitan** (:func:`export_torchtitan`, :mod:`.torchtitan`): ``tokens.bin`` (uint32) and
   ``document_offsets.npy`` in a folder of their own per split.
 
@@ -26,6 +28,7 @@ from .data_args import export_data_args
 from .datatrove import export_datatrove
 from .folder import EXPORT_RECORD
 from .litdata import LITDATA_CHUNK_BYTES, export_litdata
+from .mds import export_mds
 from .megatron import (
     INDEX_CHUNK,
     MEGATRON_CODES,
@@ -39,6 +42,7 @@ from .source import trainer_dtype
 from .torchtitan import export_torchtitan
 
 __all__ = ["export_megatron", "export_data_args", "export_packed", "export_datatrove", "export_torchtitan",
-           "export_litdata", "EXPORT_RECORD", "LITDATA_CHUNK_BYTES", "write_megatron_index", "trainer_dtype",
+           "export_litdata", "export_mds", "EXPORT_RECORD", "LITDATA_CHUNK_BYTES", "write_megatron_index",
+           "trainer_dtype",
            "MEGATRON_MAGIC", "MEGATRON_VERSION", "MEGATRON_CODES", "INDEX_CHUNK", "PACKED_FORMATS",
            "PACKED_MANIFEST", "PACKED_FILE_BYTES", "PARQUET_ROW_GROUP_BYTES"]

@@ -1,6 +1,6 @@
 """The trainers' own readers, to read slimtok's exports back: megatron-core's IndexedDataset,
-datatrove's DatatroveFolderDataset, litdata's StreamingDataset with TokensLoader, torchtitan's
-documented pretokenized source.
+datatrove's DatatroveFolderDataset, litdata's StreamingDataset with TokensLoader; torchtitan's
+pretokenized source and MosaicML's MDS shards by their documented formats (neither installs here).
 
 Each is a test dependency (tools/ci/install-test-deps.sh); without it a test that needs it skips,
 saying so."""
@@ -75,3 +75,48 @@ def litdata_items(chunk: Path) -> list[np.ndarray]:
     n = int(np.frombuffer(raw[:4], "<u4")[0])
     offsets = np.frombuffer(raw[4:4 * (n + 2)], "<u4").astype(np.int64)
     return [np.frombuffer(raw[a:b], np.uint8) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+#: Why MosaicML streaming's own reader is not installed here (the MDS test skips with this, and the
+#: shards are read by their documented layout instead).
+MDS_NOT_INSTALLABLE = ("mosaicml-streaming cannot be installed here: pip finds no release that fits the pins "
+                       "(0.11-0.13 require numpy<2.2, 0.8-0.10 transformers<5; numpy 2.4.6 and transformers 5.25.0 "
+                       "are pinned), and `import streaming` imports torchvision, whose only wheel for torch "
+                       "2.13.0+cpu (0.28.0) fails at import")
+
+
+def mds_samples(folder: Path) -> list[dict[str, np.ndarray]]:
+    """Every sample of an MDS folder, read by MDS's documented layout (its writer and reader
+    sources): ``index.json`` lists the shards; a shard is ``uint32 n``, ``uint32 offsets[n + 1]``,
+    its config JSON, the samples; a sample holds a ``uint32`` size per column of no fixed size,
+    then each column's bytes; an ``ndarray:<dtype>:<shape>`` column is the array's raw bytes."""
+    import json
+
+    index = json.loads((folder / "index.json").read_text())
+    assert index["version"] == 2
+    out = []
+    for shard in index["shards"]:
+        assert shard["format"] == "mds" and shard["compression"] is None and shard["zip_data"] is None
+        raw = (folder / shard["raw_data"]["basename"]).read_bytes()
+        assert len(raw) == shard["raw_data"]["bytes"]
+        n = int(np.frombuffer(raw[:4], "<u4")[0])
+        assert n == shard["samples"]
+        offsets = np.frombuffer(raw[4:4 * (n + 2)], "<u4").astype(np.int64)
+        config = json.loads(raw[4 * (n + 2):offsets[0]])  # the shard's own config, repeated in index.json
+        assert all(shard[key] == value for key, value in config.items())
+        for begin, end in zip(offsets[:-1], offsets[1:], strict=True):
+            data, at = raw[begin:end], 0
+            sizes = []
+            for size in shard["column_sizes"]:
+                if size is None:
+                    size = int(np.frombuffer(data[at:at + 4], "<u4")[0])
+                    at += 4
+                sizes.append(size)
+            sample = {}
+            for name, encoding, size in zip(shard["column_names"], shard["column_encodings"], sizes, strict=True):
+                kind, dtype, shape = encoding.split(":")
+                assert kind == "ndarray"
+                sample[name] = np.frombuffer(data[at:at + size], dtype).reshape(tuple(map(int, shape.split(","))))
+                at += size
+            out.append(sample)
+    return out

@@ -12,9 +12,11 @@ import pytest
 from helpers.cli import PIPELINE_TOKENIZE, slimtok
 from helpers.corpus import reference_ids
 from helpers.trainers import (
+    MDS_NOT_INSTALLABLE,
     datatrove_folder_dataset,
     litdata_blocks,
     litdata_items,
+    mds_samples,
     megatron_dataset,
     torchtitan_documents,
 )
@@ -321,3 +323,24 @@ def test_every_export_reads_a_mix_root_as_a_combined_one(combined, tmp_path):
     slimtok("export", "litdata", "--output-root", mixed, "--prefix", "x", "--splits", "train", "--block-size", 16)
     blocks = litdata_blocks(mixed / "litdata/x/train", 16)
     assert np.array_equal(np.concatenate(blocks).astype(np.int64), ids[:len(ids) // 16 * 16])
+
+
+def test_mds_samples_are_the_rows(combined):
+    root, ref, docs, dtype = combined
+    seq_len = 33
+    slimtok("export", "mds", "--output-root", root, "--prefix", "m", "--seq-len", seq_len, "--splits", "train")
+    folder = root / "mds" / "m" / "train"
+    samples = mds_samples(folder)
+    n = len(ref) // seq_len
+    assert len(samples) == n
+    assert all(s["tokens"].dtype == np.dtype(dtype) for s in samples)
+    assert np.array_equal(np.stack([s["tokens"] for s in samples]).astype(np.int64), ref[:n * seq_len].reshape(n, -1))
+
+
+def test_mds_with_streamings_own_reader(combined):
+    streaming = pytest.importorskip("streaming", reason=MDS_NOT_INSTALLABLE)
+    root, ref, docs, dtype = combined
+    slimtok("export", "mds", "--output-root", root, "--prefix", "m", "--seq-len", 33, "--splits", "train")
+    ds = streaming.StreamingDataset(local=str(root / "mds" / "m" / "train"), shuffle=False, batch_size=1)
+    n = len(ref) // 33
+    assert np.array_equal(np.stack([ds[i]["tokens"] for i in range(n)]).astype(np.int64), ref[:n * 33].reshape(n, -1))

@@ -4,7 +4,7 @@ Takes a combined root (the combine section's, combined here if it is not yet); p
 target, removes the previous export, flushes the page cache (``os.sync``) and times the export's
 wall and CPU, and `cat` of ``train.bin`` + ``train.idx`` (+fsync) as the copy it is compared with.
 The targets that link (megatron, datatrove, torchtitan of a uint32 root) should cost next to
-nothing; those that must write a header or a wider dtype (litdata, packed, torchtitan of uint16)
+nothing; those that must write a header or a wider dtype (litdata, mds, packed, torchtitan of uint16)
 cost about a copy. Notes give each target's wall as a share of the copy's.
 """
 
@@ -34,6 +34,7 @@ def _targets(root: Path, out: Path) -> dict[str, Callable[[], object]]:
         "export torchtitan": lambda: export.export_torchtitan(root, str(out / "tt"), ["train"], **quiet),
         "export litdata (copy+header)": lambda: export_litdata(root, str(out / "ld"), SEQ_LEN + 1, ["train"],
                                                                **quiet),
+        "export mds (copy+header)": lambda: export.export_mds(root, str(out / "md"), SEQ_LEN, ["train"], **quiet),
         "export packed parquet": lambda: export.export_packed(root, SEQ_LEN, "parquet", "train", out / "pk",
                                                               **quiet),
     }
