@@ -27,16 +27,18 @@ def _targets(root: Path, out: Path) -> dict[str, Callable[[], object]]:
     from slimtok import export
     from slimtok.export.litdata import export_litdata
 
-    quiet = {"log": lambda s: None}
+    def quiet(_: str) -> None:
+        pass
+
     return {
-        "export megatron (link)": lambda: export.export_megatron(root, str(out / "mg"), ["train"], **quiet),
-        "export datatrove (link)": lambda: export.export_datatrove(root, str(out / "dt"), ["train"], **quiet),
-        "export torchtitan": lambda: export.export_torchtitan(root, str(out / "tt"), ["train"], **quiet),
+        "export megatron (link)": lambda: export.export_megatron(root, str(out / "mg"), ["train"], log=quiet),
+        "export datatrove (link)": lambda: export.export_datatrove(root, str(out / "dt"), ["train"], log=quiet),
+        "export torchtitan": lambda: export.export_torchtitan(root, str(out / "tt"), ["train"], log=quiet),
         "export litdata (copy+header)": lambda: export_litdata(root, str(out / "ld"), SEQ_LEN + 1, ["train"],
-                                                               **quiet),
-        "export mds (copy+header)": lambda: export.export_mds(root, str(out / "md"), SEQ_LEN, ["train"], **quiet),
+                                                               log=quiet),
+        "export mds (copy+header)": lambda: export.export_mds(root, str(out / "md"), SEQ_LEN, ["train"], log=quiet),
         "export packed parquet": lambda: export.export_packed(root, SEQ_LEN, "parquet", "train", out / "pk",
-                                                              **quiet),
+                                                              log=quiet),
     }
 
 
