@@ -344,3 +344,21 @@ def test_mds_with_streamings_own_reader(combined):
     ds = streaming.StreamingDataset(local=str(root / "mds" / "m" / "train"), shuffle=False, batch_size=1)
     n = len(ref) // 33
     assert np.array_equal(np.stack([ds[i]["tokens"] for i in range(n)]).astype(np.int64), ref[:n * 33].reshape(n, -1))
+
+
+def test_a_shorter_export_removes_only_the_files_the_longer_one_recorded(combined, tmp_path):
+    root, ref, docs, dtype = combined
+    folder = tmp_path / "ld" / "train"
+    folder.mkdir(parents=True)
+    (folder / "chunk-0-9999.bin").write_bytes(b"another tool's file")
+
+    def export(*extra):
+        slimtok("export", "litdata", "--output-root", root, "--prefix", tmp_path / "ld", "--splits", "train",
+                "--block-size", 64, *extra)
+        return sorted(p.name for p in folder.iterdir())
+
+    many = export("--chunk-bytes", 64 * 8 * 2)
+    assert len([n for n in many if n.startswith("chunk-")]) > 3
+    assert export() == ["chunk-0-0.bin", "chunk-0-9999.bin", "index.json", "slimtok-export.json"]  # one chunk now
+    assert (folder / "chunk-0-9999.bin").read_bytes() == b"another tool's file"
+    assert np.array_equal(np.concatenate(litdata_blocks(folder, 64)).astype(np.int64), ref[:len(ref) // 64 * 64])
