@@ -353,7 +353,8 @@ def export_group() -> None:
               type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="The root to export; with --data-args-path, one mix root or several plain roots.")
 @click.option("--prefix", required=True,
-              help="Path prefix of the files; a relative one is placed in OUTPUT_ROOT/megatron/.")
+              help="Path prefix of the files; a relative one is placed in OUTPUT_ROOT/megatron/ (with "
+                   "--data-args-path: in FILE's folder, PREFIX_<source> per source, never in a source root).")
 @click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
 @click.option("--data-args-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write Megatron's --data-args-path file (weight prefix ...): a mix's sources at their "
@@ -372,6 +373,60 @@ def export_megatron_cmd(output_roots: tuple[Path, ...], prefix: str, splits: str
         export_megatron(output_roots[0], prefix, _splits(splits), log=click.echo)
 
 
+@export_group.command("datatrove")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--prefix", required=True,
+              help="Folder of the export, one subfolder per split; a relative one is placed in OUTPUT_ROOT/datatrove/.")
+@click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
+def export_datatrove_cmd(output_root: Path, prefix: str, splits: str | None) -> None:
+    """PREFIX/<split>/<split>.ds/.ds.index/.ds.metadata, as datatrove's DatatroveFolderDataset and nanotron read."""
+    from .export import export_datatrove
+
+    export_datatrove(output_root, prefix, _splits(splits), log=click.echo)
+
+
+@export_group.command("litdata")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--prefix", required=True,
+              help="Folder of the export, one subfolder per split; a relative one goes in OUTPUT_ROOT/litdata/.")
+@click.option("--block-size", type=click.IntRange(min=1), required=True,
+              help="TokensLoader's block_size (litgpt: max_seq_length + 1); chunks hold whole blocks.")
+@click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
+@click.option("--chunk-bytes", type=click.IntRange(min=1), default=None, help="Default: about 64 MiB per chunk.")
+def export_litdata_cmd(output_root: Path, prefix: str, block_size: int, splits: str | None,
+                       chunk_bytes: int | None) -> None:
+    """PREFIX/<split>/chunk-0-*.bin + index.json, as litdata's StreamingDataset with TokensLoader reads."""
+    from .export import LITDATA_CHUNK_BYTES, export_litdata
+
+    export_litdata(output_root, prefix, block_size, _splits(splits), chunk_bytes or LITDATA_CHUNK_BYTES,
+                   log=click.echo)
+
+
+@export_group.command("mds")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--prefix", required=True,
+              help="Folder of the export, one subfolder per split; a relative one goes in OUTPUT_ROOT/mds/.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
+def export_mds_cmd(output_root: Path, prefix: str, seq_len: int, splits: str | None) -> None:
+    """PREFIX/<split>/shard.*.mds + index.json (column `tokens`, rows of SEQ_LEN), as MosaicML streaming reads."""
+    from .export import export_mds
+
+    export_mds(output_root, prefix, seq_len, _splits(splits), log=click.echo)
+
+
+@export_group.command("torchtitan")
+@click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--prefix", required=True,
+              help="Folder of the export, one subfolder per split; a relative one goes in OUTPUT_ROOT/torchtitan/.")
+@click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every non-empty combined split).")
+def export_torchtitan_cmd(output_root: Path, prefix: str, splits: str | None) -> None:
+    """PREFIX/<split>/tokens.bin (uint32) and document_offsets.npy, as torchtitan's pretokenized source reads."""
+    from .export import export_torchtitan
+
+    export_torchtitan(output_root, prefix, _splits(splits), log=click.echo)
+
+
 @export_group.command("packed")
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True)
@@ -380,12 +435,17 @@ def export_megatron_cmd(output_roots: tuple[Path, ...], prefix: str, splits: str
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Default: OUTPUT_ROOT/packed/<split>-<seq-len>-<format>.")
 @click.option("--rows-per-file", type=click.IntRange(min=1), default=None, help="Default: about 512 MiB per file.")
+@click.option("--ranks", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Balance the files for this many ranks: files[rank::RANKS] hold equal rows (the rest dropped).")
+@click.option("--document-ends", is_flag=True,
+              help="Parquet: add a document_ends column, each row's exact document ends (offsets in (0, SEQ_LEN]).")
 def export_packed_cmd(output_root: Path, seq_len: int, fmt: str, split: str, output_dir: Path | None,
-                      rows_per_file: int | None) -> None:
+                      rows_per_file: int | None, ranks: int, document_ends: bool) -> None:
     """Rows of exactly SEQ_LEN tokens cut from the eos-separated stream, with a manifest of checksums."""
     from .export import export_packed
 
-    export_packed(output_root, seq_len, fmt, split, output_dir, rows_per_file, log=click.echo)
+    export_packed(output_root, seq_len, fmt, split, output_dir, rows_per_file, log=click.echo, ranks=ranks,
+                  document_ends=document_ends)
 
 
 @main.command("demo")

@@ -15,6 +15,10 @@ Checks per split:
 * **document index**: ``train.idx`` has one increasing end per document, the last at the file's end;
   with tables it equals their running token sums, in a legacy root (no tables, said once) each
   end is right after an eos and there are as many as eos ids;
+* **eos scan** (roots with document tables): whether a loader that finds documents by scanning for
+  eos (OLMo-core's document lengths, Levanter, nanotron's positions) gets exactly the index's
+  ends, and otherwise how many documents it would split (those with an eos id inside their tokens,
+  which ``--special-text parse`` or some tokenizers produce); information, never a failure;
 * **sampler dry-run**: draws (x, y) batches with :class:`slimtok.data.TokenBin` as a training loop
   does, checks its document starts against the eos ids, and reports ln(vocab_size), the loss an
   untrained model starts near;
@@ -56,6 +60,10 @@ from .protocol.docindex import index_path, read_doc_index
 from .tokenizer import IdShape
 
 SCAN_TOKENS = 1 << 24
+#: Stock nanoGPT memmaps train.bin as uint16: a uint32 file would be read as twice as many wrong ids.
+NANOGPT_UINT32_NOTE = ("note: the token files are uint32 (ids ≥ 65536); stock nanoGPT reads uint16 and would "
+                       "silently misread them: in its train.py change np.memmap(..., dtype=np.uint16, ...) to "
+                       "dtype=np.uint32")
 #: Text ids read of each document the text-shape check samples: a bound on its work per document.
 SHAPE_DOC_TOKENS = 4096
 
@@ -152,6 +160,8 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     if tables:
         want = None if removed else _table_ends(root, records)
         _doc_index_tables(root.doc_index(split), data, info["documents"], want, job, name, report)
+        if storage_for(root.doc_index(split)).exists(root.doc_index(split)):
+            _eos_scan(root.doc_index(split), data, eos_count, job.eos_token_id, name, report)
     else:
         _doc_index(root.doc_index(split), data, info["documents"], eos_count, job.eos_token_id, name, report)
     if len(data):
@@ -226,6 +236,40 @@ def _doc_index_tables(index: Path, data: np.ndarray, documents: int, want: np.nd
     report.add(f"{name}: separators", bad_eos == bad_bos == 0,
                f"{bad_eos} of {len(ends):,} documents do not end with eos ({job.eos_token_id})"
                + ("" if bos is None else f", {bad_bos} do not start with bos ({bos})"))
+
+
+def split_by_eos_scan(data: np.ndarray, ends: np.ndarray, eos: int) -> tuple[int, int]:
+    """(documents holding an eos id before their last token, such eos ids): what a loader that cuts
+    after every eos gets wrong against the exact ends. Streamed SCAN_TOKENS at a time; ``ends`` is
+    the document index (increasing, the last at ``len(data)``)."""
+    split_docs, inner, last_doc = 0, 0, -1
+    for lo in range(0, len(data), SCAN_TOKENS):
+        positions = np.flatnonzero(np.asarray(data[lo:lo + SCAN_TOKENS]) == eos) + lo
+        if not positions.size:
+            continue
+        # the document holding position p is the first whose end is > p
+        docs = np.searchsorted(ends, positions, side="right")
+        inside = positions + 1 != np.asarray(ends[np.minimum(docs, len(ends) - 1)]).astype(np.int64)
+        hit = np.unique(docs[inside])
+        inner += int(np.count_nonzero(inside))
+        # a document spanning two blocks is counted once: blocks come in order, so only the first can repeat
+        split_docs += len(hit) - int(bool(hit.size) and int(hit[0]) == last_doc)
+        last_doc = int(hit[-1]) if hit.size else last_doc
+    return split_docs, inner
+
+
+def _eos_scan(index: Path, data: np.ndarray, eos_count: int, eos: int, name: str, report: Report) -> None:
+    """Says whether cutting after every eos reproduces the index (never a failure: an eos inside a
+    document's text is valid data, but a trainer scanning for eos would split that document)."""
+    ends = read_doc_index(index)
+    # every document ends with eos (separators), so with no more eos than documents none is inside one
+    split_docs, inner = split_by_eos_scan(data, ends, eos) if eos_count > len(ends) else (0, 0)
+    report.add(f"{name}: eos scan", True,
+               "a loader that finds documents by scanning for eos gets exactly the index's document ends"
+               if not split_docs else
+               f"a loader that finds documents by scanning for eos ({eos}) would split {split_docs:,} of "
+               f"{len(ends):,} documents ({inner:,} eos ids inside documents); give it the exact ends "
+               f"({index.name}, or an export with document offsets: docs/FORMATS.md)")
 
 
 def _size_hint(records: list[DoneRecord], size: int) -> str:
@@ -332,6 +376,8 @@ def validate(output_root: str | os.PathLike[str], samples: int = 64, seed: int =
     if legacy:
         log(f"note: split(s) {', '.join(legacy)} come from shards without document tables (an older root); "
             "their document ends are checked against eos ids")
+    if meta.dtype == "uint32":
+        log(NANOGPT_UINT32_NOTE)
     records: list[DoneRecord] = []
     for split, info in meta.splits.items():
         records += validate_split(root, entries, split, info, job, tok, samples, block_size, rng, report)

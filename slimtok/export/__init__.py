@@ -9,13 +9,26 @@ writes nothing there except under the export paths :class:`~slimtok.protocol.Out
   of a blend and a ``--data-args-path`` file listing ``weight prefix`` pairs.
 * **Packed** (:func:`export_packed`, :mod:`.packed`): rows of exactly ``seq_len`` tokens in
   parquet or npy files with a ``manifest.json``.
+* **datatrove / nanotron** (:func:`export_datatrove`, :mod:`.datatrove`): ``<split>.ds``,
+  ``.ds.index`` (both linked) and ``.ds.metadata`` in a folder of their own per split.
+* **litdata** (:func:`export_litdata`, :mod:`.litdata`): chunk files and ``index.json`` whose
+  ``TokensLoader`` blocks are the split's consecutive windows, items the documents.
+* **MosaicML streaming** (:func:`export_mds`, :mod:`.mds`): MDS shards of ``seq_len`` rows and
+  ``index.json``.
+* **torchtitan** (:func:`export_torchtitan`, :mod:`.torchtitan`): ``tokens.bin`` (uint32) and
+  ``document_offsets.npy`` in a folder of their own per split.
 
-:mod:`.source` is what they share: the combined split they read and the trainer dtype. Every
+:mod:`.source` is what they share: the combined split they read and the trainer dtype;
+:mod:`.folder` the export's own folder: linking, its record of the files written, publishing. Every
 file is written under a temporary name and renamed into place, so a rerun replaces an
 interrupted export; the same inputs always give the same bytes.
 """
 
 from .data_args import export_data_args
+from .datatrove import export_datatrove
+from .folder import EXPORT_RECORD
+from .litdata import LITDATA_CHUNK_BYTES, export_litdata
+from .mds import export_mds
 from .megatron import (
     INDEX_CHUNK,
     MEGATRON_CODES,
@@ -26,7 +39,10 @@ from .megatron import (
 )
 from .packed import PACKED_FILE_BYTES, PACKED_FORMATS, PACKED_MANIFEST, PARQUET_ROW_GROUP_BYTES, export_packed
 from .source import trainer_dtype
+from .torchtitan import export_torchtitan
 
-__all__ = ["export_megatron", "export_data_args", "export_packed", "write_megatron_index", "trainer_dtype",
+__all__ = ["export_megatron", "export_data_args", "export_packed", "export_datatrove", "export_torchtitan",
+           "export_litdata", "export_mds", "EXPORT_RECORD", "LITDATA_CHUNK_BYTES", "write_megatron_index",
+           "trainer_dtype",
            "MEGATRON_MAGIC", "MEGATRON_VERSION", "MEGATRON_CODES", "INDEX_CHUNK", "PACKED_FORMATS",
            "PACKED_MANIFEST", "PACKED_FILE_BYTES", "PARQUET_ROW_GROUP_BYTES"]

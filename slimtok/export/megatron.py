@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
-from ..protocol import SPLIT_FILES, OutputRoot, storage_for
+from ..protocol import OutputRoot, storage_for
 from ..publish import PendingSet, require_free
-from ..spans import copy_range
+from .folder import chosen_splits, link_or_copy
 from .source import combined_meta, split_bin, trainer_dtype
 
 MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
@@ -29,21 +29,6 @@ MEGATRON_VERSION = 1
 MEGATRON_CODES = {"uint16": 8, "int32": 4}
 #: Entries of the document index handled at once; bounds memory for billions of documents.
 INDEX_CHUNK = 1 << 22
-
-
-def _link_or_copy(src: Path, tmp: Path) -> str:
-    """Make ``tmp`` hold ``src``'s bytes without a user-space copy; returns how."""
-    storage = storage_for(tmp)
-    try:
-        storage.link(src, tmp)
-        return "hard link"
-    except OSError:  # another filesystem, or links not allowed there
-        pass
-    require_free(tmp.parent, storage_for(src).stat(src).size, f"copying {src.name}")
-    with storage_for(src).open_read(src) as s, storage.open_write(tmp, "create") as d:
-        copy_range(s.fileno(), d.fileno(), 0, os.fstat(s.fileno()).st_size)
-        storage.sync(d)
-    return "kernel copy"
 
 
 def _index_chunks(ends: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -84,7 +69,7 @@ def export_megatron(output_root: str | os.PathLike[str], prefix: str, splits: Se
     saying so; named in ``splits``, it is refused."""
     root = OutputRoot(output_root)
     meta = combined_meta(root)
-    chosen = list(splits) if splits else [s for s in SPLIT_FILES if s in meta.splits]
+    chosen = chosen_splits(meta, splits)
     dtype = trainer_dtype(meta.dtype, meta.vocab_size)
     written = []
     for split in chosen:
@@ -100,7 +85,7 @@ def export_megatron(output_root: str | os.PathLike[str], prefix: str, splits: Se
         bin_path, idx_path = base.with_name(base.name + ".bin"), base.with_name(base.name + ".idx")
         with PendingSet([bin_path, idx_path]) as pending:
             require_free(bin_path.parent, 20 * len(data.doc_ends) + 64, f"the index of {idx_path.name}")
-            how = _link_or_copy(data.path, pending.tmp(bin_path))
+            how = link_or_copy(data.path, pending.tmp(bin_path))
             write_megatron_index(pending.tmp(idx_path), data.doc_ends, dtype)
             pending.publish()
         log(f"{base}.{{bin,idx}}: {len(data.doc_ends):,} documents, {len(data):,} tokens as {dtype} "

@@ -111,6 +111,12 @@ class OutputRoot:
         base = Path(prefix) if Path(prefix).is_absolute() else self.root / "megatron" / prefix
         return base.with_name(f"{base.name}_{self.combined(split).stem}_text_document")
 
+    def export_dir(self, target: str, prefix: str, split: str) -> Path:
+        """``<prefix>/<split stem>/``: a folder of the export's own per split, which the trainer's loader
+        lists whole; a relative prefix lives in ``<target>/``."""
+        base = Path(prefix) if Path(prefix).is_absolute() else self.root / target / prefix
+        return base / self.combined(split).stem
+
     def packed_dir(self, split: str, seq_len: int, fmt: str) -> Path:
         return self.root / "packed" / f"{self.combined(split).stem}-{seq_len}-{fmt}"
 

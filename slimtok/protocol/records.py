@@ -482,3 +482,7 @@ class PackedManifest(Record):
     eos_token_id: int
     tokenizer_sha256: str
     files: list[dict[str, Any]] = field(default_factory=list)
+    #: the files split into equal rows under ``files[rank::ranks]`` (rows that would not are dropped)
+    ranks: int = 1
+    #: parquet only: a ``document_ends`` column, each row's document ends (offsets in (0, seq_len])
+    document_ends: bool = False

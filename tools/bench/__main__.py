@@ -31,6 +31,7 @@ are printed):
              tables; dedup CPU vs tokenize CPU on the bench corpus; its fsyncs' share of the wall
   mix        a timed mix over three roots of the bench corpus, shuffle none and document, vs `cat`
              of the same shard files (+fsync)
+  exports    each `slimtok export` target of the combine section's root vs `cat` of the same bytes (+fsync)
   consume    peak extra disk of `combine --consume` vs a copying combine (root sampled every 20 ms)
   stages     combine, dedup (planning, whole run) and mix planning per shard over synthetic roots
              of --growth-shards sizes, super-linear steps flagged (dedup alone runs it for dedup)
@@ -61,6 +62,7 @@ from .combine_plan import bench_combine_plan
 from .corpus import documents, manifest_of, prepare
 from .dedup import bench_dedup_cost, bench_dedup_scale
 from .encode import bench_ceiling, bench_raw, bench_read, bench_tables, check_ids, floor_notes, read_bound, tables_share
+from .exports import bench_exports
 from .harness import Table, run_workers, settings_for
 from .mix import bench_mix_plan, bench_mix_section
 from .peers.section import PEER_PROCS, bench_peers
@@ -166,6 +168,13 @@ def combine(ctx: Context, run: int) -> None:
     bench_combine(ctx.table, ctx.work, root, ctx.args.runs)
 
 
+def exports(ctx: Context, run: int) -> None:
+    root = ctx.work / "out-combine"
+    if not root.exists():
+        run_workers(settings_for(ctx.manifest, root, ctx.tokenizer, ctx.fast), 1)
+    bench_exports(ctx.table, ctx.work, root, ctx.args.runs)
+
+
 def claims(ctx: Context, run: int) -> None:
     sizes = _int_list(ctx.args.claims_shards)
     cpus = []
@@ -220,7 +229,8 @@ SECTIONS: dict[str, Section] = {
     "raw": Section(raw, repeated=True), "read": Section(read, repeated=True),
     "pipeline": Section(pipeline, repeated=True), "tables": Section(tables, repeated=True),
     "ceiling": Section(ceiling, repeated=True), "scaling": Section(scaling, repeated=True),
-    "memory": Section(memory), "startup": Section(startup), "combine": Section(combine), "claims": Section(claims),
+    "memory": Section(memory), "startup": Section(startup), "combine": Section(combine), "exports": Section(exports),
+    "claims": Section(claims),
     "growth": Section(growth), "dedup": Section(dedup), "stages": Section(stages), "mix": Section(mix),
     "consume": Section(consume), "mix-plan": Section(mix_plan), "peers": Section(peers),
     "combine-plan": Section(combine_plan),

@@ -15,6 +15,16 @@ pip_install 'megatron-core>=0.12'
 # torchdata's StatefulDataLoader for tests/unit/data/test_data_loader.py: slimtok.data's documented way to resume
 # mid-epoch with DataLoader workers (the test checks batch N+1 after a resume with 0, 2 and 3 workers).
 pip_install 'torchdata==0.11.0'
+# datatrove's DatatroveFolderDataset reads `slimtok export datatrove` back in tests/unit/test_export.py
+# (the .ds/.ds.index/.ds.metadata layout nanotron also reads); pinned, it installs with the CPU torch above.
+pip_install 'datatrove==0.10.1'
+# litdata's StreamingDataset with TokensLoader reads `slimtok export litdata` back in tests/unit/test_export.py.
+# Without its torchvision: the only torchvision wheel pip resolves for torch 2.13.0+cpu (0.28.0) fails at import
+# (operator torchvision::nms does not exist) and would break every later import of torchvision; litdata's
+# token streaming never imports it. Its other needs, pinned:
+pip_install --no-deps 'litdata==0.2.76'
+pip_install 'lightning-utilities==0.15.3' 'obstore==0.12.1' 'tifffile==2026.3.3' 'boto3==1.43.11' \
+    'filelock==4.3.2' 'requests==2.34.2' 'urllib3==2.7.0'
 # Operations tests: systemd-analyze verifies the units; a one-host Slurm cluster runs the sbatch
 # scripts (tests/e2e/test_slurm.py starts it through tools/ci/start-slurm.sh when none is up, stops
 # what it started when the run ends, and skips, saying why, where the daemons cannot start);

@@ -659,7 +659,9 @@ def test_data_args_weights_are_the_realized_shares_and_megatron_reads_them(combi
     args = tmp_path / "blend.txt"
     slimtok("export", "megatron", "--output-root", out, "--prefix", "blend", "--data-args-path", args)
     prefixes, weights = _blend(args)
-    assert prefixes == [str(roots[n] / "megatron" / "blend_train_text_document") for n in ("web", "code")]
+    # beside the list file, never in a source root
+    assert prefixes == [str(tmp_path / f"blend_{n}_train_text_document") for n in ("web", "code")]
+    assert not any((roots[n] / "megatron").exists() for n in ("web", "code"))
     assert weights == [tokens[n] / sum(tokens.values()) for n in ("web", "code")]
     for n, prefix in zip(("web", "code"), prefixes, strict=True):
         ds = megatron_dataset(Path(prefix))
@@ -669,7 +671,7 @@ def test_data_args_weights_are_the_realized_shares_and_megatron_reads_them(combi
     export_data_args(combined, "plain", plain, log=lambda _: None)
     prefixes, weights = _blend(plain)
     assert weights == [(r / "train.bin").stat().st_size // 4 for r in combined]
-    assert prefixes == [str(r / "megatron" / "plain_train_text_document") for r in combined]
+    assert prefixes == [str(tmp_path / f"plain_{r.name}_train_text_document") for r in combined]
     assert len(megatron_dataset(Path(prefixes[1]))) == len(_docs(roots["code"]))
     # a source that is one label of its root cannot be named by a whole-root prefix
     with_label = tmp_path / "label"
