@@ -12,6 +12,13 @@ pip_install -e '.[test]'
 # find-links this line fails instead of downloading gigabytes of CUDA libraries.
 pip_install 'torch==2.13.0+cpu'
 pip_install 'megatron-core>=0.12'
+# The status page's browser tests (tests/e2e/test_status_page.py) drive Debian's Chromium over its
+# DevTools protocol with websocket-client (pure Python, no browser download of its own).
+pip_install 'websocket-client==1.9.2'
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium >/dev/null || echo "warning: could not install chromium; the status page's browser tests will skip"
+fi
 # Operations tests: systemd-analyze verifies the units; a one-host Slurm cluster runs the sbatch
 # scripts (tests/e2e/test_slurm.py starts it through tools/ci/start-slurm.sh when none is up, stops
 # what it started when the run ends, and skips, saying why, where the daemons cannot start);
