@@ -144,6 +144,19 @@ def _nodes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {}
 
 
+def _job_line(data: dict[str, Any]) -> list[dict[str, str]]:
+    """The whole job's CPU saturation, bounding phase and I/O rates, where the status carries them
+    (at the top level or under ``job``); nothing when it carries none."""
+    job = data.get("job") if isinstance(data.get("job"), dict) else data
+    keys = ("phases", "cpu_saturation", "verdict", "read_bytes_per_s", "write_bytes_per_s")
+    if not any(k in job for k in keys):
+        return []
+    shares, bound = _phases(job.get("phases"))
+    return [{"id": "job", "text": redact(f"job: CPU saturation {_pct(job.get('cpu_saturation'))} · verdict "
+             f"{job.get('verdict', NONE)} · bound by {bound} · read {_rate(job.get('read_bytes_per_s'))} · write "
+             f"{_rate(job.get('write_bytes_per_s'))} · phases {shares}")}]
+
+
 def _worker_tables(status: JobStatus, data: dict[str, Any]) -> list[dict]:
     """Per node, then the live (ok / stale) workers one row each; a dead worker is one row of its
     own table, an exited one a count."""
@@ -162,7 +175,7 @@ def _worker_tables(status: JobStatus, data: dict[str, Any]) -> list[dict]:
         level = "bad" if counts["dead"] else "warn" if counts["stale"] else ""
         node_rows.append(_row(host, [host, str(counts["ok"]), str(counts["stale"]), str(counts["dead"]),
                                      str(counts["exited"]), host_cpu.get(host, NONE), _pct(n.get("cpu_saturation")),
-                                     str(n.get("verdict", bound)), _rate(n.get("read_bytes_per_s")),
+                                     str(n.get("verdict", NONE)), bound, _rate(n.get("read_bytes_per_s")),
                                      _rate(n.get("write_bytes_per_s")), shares], level))
     raw = {w["worker"]: w for w in data.get("workers", []) if isinstance(w, dict)}
     live, dead = [], []
@@ -183,7 +196,7 @@ def _worker_tables(status: JobStatus, data: dict[str, Any]) -> list[dict]:
     exited = sum(c["exited"] for c in by_host.values())
     return [
         _table("nodes", "Nodes", ["host", "live", "stale", "dead", "exited", "host CPU", "CPU saturation",
-                                  "bound by", "read", "write", "phases"], node_rows),
+                                  "verdict", "bound by", "read", "write", "phases"], node_rows),
         _table("workers", "Workers", ["worker", "host", "pid", "shard", "state", "health", "tok/s", "CPU",
                                       "saturation", "bound by", "phases", "read", "written", "RSS", "beat"],
                live, f"{exited} exited workers not listed" if exited else ""),
@@ -277,7 +290,7 @@ def page_view(output_root: str | os.PathLike[str], window: float = WINDOW) -> di
     return {
         "root": redact(str(root.root)), "at": _clock(status.now), "error": None,
         "progress": total.done / total.shards if total.shards else 1.0,
-        "lines": _eta_lines(status, data, history) + _disk_lines(status),
+        "lines": _eta_lines(status, data, history) + _job_line(data) + _disk_lines(status),
         "tables": [t for t in tables if t["rows"] or t["id"] in ("splits", "workers")],
         "history": {**history, "nodes_tokens_per_second": {redact(k): v for k, v in
                                                            history["nodes_tokens_per_second"].items()}},

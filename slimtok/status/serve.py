@@ -63,7 +63,12 @@ class _Views:
     def json(self) -> bytes:
         with self._lock:
             if not self._view or time.monotonic() - self._at >= POLL_SECONDS:
-                self._view, self._at = orjson.dumps(self._build()), time.monotonic()
+                try:
+                    view = self._build()
+                except Exception as exc:  # a long-lived page shows what went wrong and polls again
+                    view = {"root": "", "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            "error": redact(f"cannot build the status: {type(exc).__name__}: {exc}")}
+                self._view, self._at = orjson.dumps(view), time.monotonic()
             return self._view
 
 

@@ -94,6 +94,7 @@ def test_live_page_matches_status_json_while_a_job_runs(tmp_path, bpe_tokenizer)
         with Browser(executable, tmp_path) as browser:
             browser.open(url)
             browser.wait_for("document.body.dataset.rendered")
+            browser.evaluate("window.sameDocument = true")  # gone if the page ever reloaded
             # both nodes have finished a shard and one still has shards left
             assert wait_for(lambda: len(_done_hosts(root)) == (2 if named else 1), timeout=300)
             worker, shard = stop_while_holding_a_shard(root)
@@ -107,6 +108,7 @@ def test_live_page_matches_status_json_while_a_job_runs(tmp_path, bpe_tokenizer)
             try:
                 after = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + 1))
                 browser.wait_for(f"document.body.dataset.rendered >= {json.dumps(after)}", timeout=60)
+                assert browser.evaluate("window.sameDocument") is True  # redrawn in place, not reloaded
                 tables = browser.evaluate(TABLES_JS)
                 series = browser.evaluate(SERIES_JS)
                 status = json.loads(slimtok("status", "--output-root", root, "--json").stdout)

@@ -195,6 +195,49 @@ def test_finished_mix_shows_target_against_realized(tokenized_root, bpe_tokenize
     assert chart["bars"] == [{"name": "train/web", "values": [1000, 1012], "labels": ["1,000", "1,012"]}]
 
 
+def test_eta_has_its_basis_and_a_range_from_the_run_history():
+    from slimtok.status import JobStatus, SplitStatus, Throughput
+    from slimtok.status.page import _eta_lines
+
+    status = JobStatus(root="r", now=100.0, splits={"train": SplitStatus(shards=10, done=5, pending=5,
+                                                                         bytes_left=1000)},
+                       throughput=Throughput(seconds=100, started_at=0, ended_at=100, running=True, bytes_in=500))
+    history = {"start": 0.0, "step": 25.0, "bins": 4, "bytes_in_per_second": [2.0, 4.0, 6.0, 8.0]}
+    [_, eta] = _eta_lines(status, {}, history)
+    # 1000 B left at 500 B / 100 s; quartile rates 4 and 8 B/s give 250 s and 125 s
+    assert eta["text"] == ("ETA 3m20s (range 2m05s – 4m10s at the run's quartile rates); basis: 1.00 kB of "
+                           "source left at 5 B/s in over the latest run")
+
+
+def test_job_wide_accounting_is_a_line_when_present():
+    from slimtok.status.page import _job_line
+
+    assert _job_line({"workers": []}) == []
+    [line] = _job_line({"job": {"cpu_saturation": 0.5, "verdict": "io-bound",
+                                "read_bytes_per_s": 2_500_000, "phases": {"read": 3.0, "encode": 1.0}}})
+    assert line["text"] == ("job: CPU saturation 50% · verdict io-bound · bound by read · read 2.50 MB/s · "
+                            "write — · phases read 75% · encode 25%")
+
+
+def test_server_shows_an_unexpected_failure_as_the_page_error(monkeypatch, tmp_path):
+    import slimtok.status.serve as serve
+
+    def broken(root, window):
+        raise ValueError("a record field of the wrong type")
+
+    monkeypatch.setattr(serve, "page_view", broken)
+    server = make_server(tmp_path, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code, _, body = _get(f"http://127.0.0.1:{server.server_address[1]}/status.json")
+        assert code == 200
+        assert orjson.loads(body)["error"] == "cannot build the status: ValueError: a record field of the wrong type"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _get(url: str) -> tuple[int, str, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
