@@ -11,6 +11,7 @@ all becomes an ``error`` the page shows while it keeps polling.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -100,9 +101,9 @@ def _split_rows(status: JobStatus) -> list[dict[str, Any]]:
     return rows
 
 
-def _eta_lines(status: JobStatus, data: dict[str, Any], history: dict[str, Any]) -> list[dict[str, str]]:
-    """The rates of the latest run and the ETA with its basis and a range (the quartiles of the
-    history's source MB/s over that run's bins)."""
+def _eta_lines(status: JobStatus, history: dict[str, Any]) -> list[dict[str, str]]:
+    """The rates of the latest run and the ETA with its basis and a range: the bytes left at the
+    lower and upper quartile (nearest rank) of the history's source bytes/s over that run's bins."""
     tp = status.throughput
     eta = status.eta_seconds
     left = status.total.bytes_left
@@ -125,7 +126,7 @@ def _eta_lines(status: JobStatus, data: dict[str, Any], history: dict[str, Any])
                        if v > 0 and history["start"] + (i + 1) * history["step"] >= tp.started_at)
         spread = ""
         if len(rates) >= 4:
-            low, high = rates[len(rates) // 4], rates[(3 * len(rates)) // 4]
+            low, high = rates[math.ceil(len(rates) / 4) - 1], rates[math.ceil(3 * len(rates) / 4) - 1]
             spread = f" (range {duration(left / high)} – {duration(left / low)} at the run's quartile rates)"
         lines.append({"id": "eta", "text": f"ETA {duration(eta)}{'' if tp.running else ' once relaunched'}"
                       f"{spread}; basis: {format_bytes(left)} of source left at "
@@ -147,7 +148,8 @@ def _nodes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _job_line(data: dict[str, Any]) -> list[dict[str, str]]:
     """The whole job's CPU saturation, bounding phase and I/O rates, where the status carries them
     (at the top level or under ``job``); nothing when it carries none."""
-    job = data.get("job") if isinstance(data.get("job"), dict) else data
+    nested = data.get("job")
+    job: dict[str, Any] = nested if isinstance(nested, dict) else data
     keys = ("phases", "cpu_saturation", "verdict", "read_bytes_per_s", "write_bytes_per_s")
     if not any(k in job for k in keys):
         return []
@@ -290,7 +292,7 @@ def page_view(output_root: str | os.PathLike[str], window: float = WINDOW) -> di
     return {
         "root": redact(str(root.root)), "at": _clock(status.now), "error": None,
         "progress": total.done / total.shards if total.shards else 1.0,
-        "lines": _eta_lines(status, data, history) + _job_line(data) + _disk_lines(status),
+        "lines": _eta_lines(status, history) + _job_line(data) + _disk_lines(status),
         "tables": [t for t in tables if t["rows"] or t["id"] in ("splits", "workers")],
         "history": {**history, "nodes_tokens_per_second": {redact(k): v for k, v in
                                                            history["nodes_tokens_per_second"].items()}},

@@ -203,9 +203,9 @@ def test_eta_has_its_basis_and_a_range_from_the_run_history():
                                                                          bytes_left=1000)},
                        throughput=Throughput(seconds=100, started_at=0, ended_at=100, running=True, bytes_in=500))
     history = {"start": 0.0, "step": 25.0, "bins": 4, "bytes_in_per_second": [2.0, 4.0, 6.0, 8.0]}
-    [_, eta] = _eta_lines(status, {}, history)
-    # 1000 B left at 500 B / 100 s; quartile rates 4 and 8 B/s give 250 s and 125 s
-    assert eta["text"] == ("ETA 3m20s (range 2m05s – 4m10s at the run's quartile rates); basis: 1.00 kB of "
+    [_, eta] = _eta_lines(status, history)
+    # 1000 B left at 500 B / 100 s; the quartile rates (nearest rank) 2 and 6 B/s give 500 s and 166 s
+    assert eta["text"] == ("ETA 3m20s (range 2m46s – 8m20s at the run's quartile rates); basis: 1.00 kB of "
                            "source left at 5 B/s in over the latest run")
 
 
