@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from ..errors import SlimtokError
-from ..job import load_job
+from ..job import read_job
 from ..progress import duration
 from ..protocol import Meta, OutputRoot, read_record
 from ..space import format_bytes
@@ -261,8 +261,8 @@ def page_view(output_root: str | os.PathLike[str], window: float = WINDOW) -> di
     try:
         status = collect_status(output_root, window)
         root = OutputRoot(output_root)
-        job, entries = load_job(root)
-        history = root_history(root, job.manifest_sha256, {e.id for e in entries},
+        job = read_job(root)
+        history = root_history(root, job, status.total.done,
                                status.now if status.throughput.running else None).to_dict()
     except (SlimtokError, OSError) as exc:
         return {"root": redact(str(output_root)), "at": _clock(started), "error": redact(str(exc))}
