@@ -33,9 +33,10 @@ def _own_hostnames() -> bool:
 
 
 def _launch(manifest: Path, root: Path, tokenizer: Path, index: int, named: bool) -> subprocess.Popen:
-    """One node of a two-node job: ``--process-index index``, one worker."""
+    """One node of a two-node job: ``--process-index index``, one worker on the reference backend
+    (the slower one, so that shards are still left once both nodes have finished one)."""
     argv = tokenize_cmd(manifest, root, tokenizer, "--process-count", 2, "--process-index", index,
-                        "--spawn-workers", 1, "--tokens-per-write", 500)
+                        "--spawn-workers", 1, "--tokens-per-write", 500, "--backend", "tokenizers")
     if named:
         argv = ["unshare", "-u", "sh", "-c", f"hostname {HOSTS[index]} && exec {shlex.join(argv)}"]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
