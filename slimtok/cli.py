@@ -337,6 +337,10 @@ def status_cmd(output_root: Path, as_json: bool, watch: float | None, prometheus
     if html_report is not None or serve_at is not None:
         from .status.serve import serve, write_report
 
+        if as_json or watch is not None or prometheus is not None:
+            raise click.UsageError("--serve and --html show the page only; run --json, --watch or --prometheus "
+                                   "as a separate `slimtok status`")
+
         if html_report is not None:
             write_report(output_root, html_report, window)
             click.echo(f"wrote {html_report}")

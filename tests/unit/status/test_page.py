@@ -292,3 +292,14 @@ def test_addresses():
         parse_address("host:http")
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("node7")
+
+
+def test_page_options_refuse_what_they_do_not_do(tokenized_root, bpe_tokenizer):
+    from helpers.cli import slimtok
+
+    run = tokenized_root(DATASET, bpe_tokenizer, "--spawn-workers", "2")
+    mixed = slimtok("status", "--output-root", run.root, "--html", run.work / "r.html", "--json", check=False)
+    assert mixed.returncode == 2 and "--serve and --html show the page only" in mixed.stderr
+    assert not (run.work / "r.html").exists()
+    bad = slimtok("status", "--output-root", run.root, "--serve", "localhost:http", check=False)
+    assert bad.returncode == 2 and "the port must be a number from 0 to 65535" in bad.stderr
