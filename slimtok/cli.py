@@ -316,8 +316,12 @@ def validate_cmd(output_root: Path, samples: int, seed: int, block_size: int) ->
               help="Also write Prometheus text-format metrics to FILE (atomically), for node_exporter.")
 @click.option("--window", type=click.FloatRange(min=1), default=600, show_default=True, metavar="SECONDS",
               help="Measure throughput over shards finished this long ago at most.")
+@click.option("--serve", "serve_at", default=None, metavar="[HOST:]PORT",
+              help="Serve a live status page (default host 127.0.0.1; another host is said when it starts).")
+@click.option("--html", "html_report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="Write the status page as one self-contained HTML file and exit.")
 def status_cmd(output_root: Path, as_json: bool, watch: float | None, prometheus: Path | None,
-               window: float) -> None:
+               window: float, serve_at: str | None, html_report: Path | None) -> None:
     """Shards done / running / failed / pending per split, throughput, ETA and one row per worker."""
     import time
 
@@ -325,6 +329,19 @@ def status_cmd(output_root: Path, as_json: bool, watch: float | None, prometheus
 
     from .status import collect_status, format_status, write_prometheus
 
+    if html_report is not None or serve_at is not None:
+        from .status.serve import serve, write_report
+
+        if as_json or watch is not None or prometheus is not None:
+            raise click.UsageError("--serve and --html show the page only; run --json, --watch or --prometheus "
+                                   "as a separate `slimtok status`")
+
+        if html_report is not None:
+            write_report(output_root, html_report, window)
+            click.echo(f"wrote {html_report}")
+        if serve_at is not None:
+            serve(output_root, serve_at, window, say=click.echo)
+        return
     while True:
         status = collect_status(output_root, window)
         if prometheus is not None:

@@ -233,7 +233,7 @@ class DoneRecord(Record):
     def rollup_row(self, record_bytes: int) -> list[Any]:
         """The record's ``ROLLUP_COLUMNS``, as status caches them; ``record_bytes``: its file's size."""
         return [self.documents, self.tokens, self.bytes, self.source_size, self.finished_at, self.sources,
-                record_bytes]
+                record_bytes, self.host, self.seconds]
 
 
 @dataclass
@@ -294,7 +294,9 @@ class Heartbeat(Record):
 #: What ``DoneRollup.shards`` keeps of each done record, in this order.
 #: ``record_bytes`` is the size of the done record file the row was taken from: status compares it
 #: with the file's current size, so a record damaged after its row was cached is noticed.
-ROLLUP_COLUMNS = ["documents", "tokens", "bytes", "source_size", "finished_at", "sources", "record_bytes"]
+#: ``host`` and ``seconds`` (who wrote the shard, in how long) give the status page's throughput history.
+ROLLUP_COLUMNS = ["documents", "tokens", "bytes", "source_size", "finished_at", "sources", "record_bytes", "host",
+                  "seconds"]
 
 
 def journal_line(record: DoneRecord) -> bytes:
@@ -314,6 +316,8 @@ class RollupRow:
     finished_at: float
     sources: dict[str, dict[str, int]]
     record_bytes: int
+    host: str
+    seconds: float
 
     @classmethod
     def from_list(cls, row: list[Any]) -> RollupRow | None:

@@ -25,6 +25,13 @@ pip_install 'datatrove==0.10.1'
 pip_install --no-deps 'litdata==0.2.76'
 pip_install 'lightning-utilities==0.15.3' 'obstore==0.12.1' 'tifffile==2026.3.3' 'boto3==1.43.11' \
     'filelock==4.3.2' 'requests==2.34.2' 'urllib3==2.7.0'
+# The status page's browser tests (tests/e2e/test_status_page.py) drive Debian's Chromium over its
+# DevTools protocol with websocket-client (pure Python, no browser download of its own).
+pip_install 'websocket-client==1.9.2'
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium >/dev/null || echo "warning: could not install chromium; the status page's browser tests will skip"
+fi
 # Operations tests: systemd-analyze verifies the units; a one-host Slurm cluster runs the sbatch
 # scripts (tests/e2e/test_slurm.py starts it through tools/ci/start-slurm.sh when none is up, stops
 # what it started when the run ends, and skips, saying why, where the daemons cannot start);
