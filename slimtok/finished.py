@@ -16,7 +16,8 @@ Invariants:
 * a file a done record names resolves inside the root (:func:`inside`), or is refused;
 * a shard's file is trusted only at the size its done record gives and, when checked, the
   checksum (:func:`read_checked`); a mismatch is a :class:`~slimtok.errors.CombineError` saying
-  how to redo the shard;
+  how to redo the shard; its document table only after :func:`checked_table` (size, sha256, token
+  sum, and the record's per-source counts, so an edited count never reaches meta.json);
 * a split's combined file is its done shards' bytes one after another in manifest order, which
   :func:`combined_mismatch` checks without the shard files (they may be consumed or cleaned);
 * meta.json is read after finishing any publish a killed writer left (:func:`read_meta`), and
@@ -32,10 +33,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from . import __version__
-from .errors import CombineError
+from .errors import CombineError, IntegrityError
 from .job import tokenizer_fingerprint
 from .manifest import ShardEntry
 from .protocol import (
@@ -49,7 +50,11 @@ from .protocol import (
     read_record,
     storage_for,
 )
+from .protocol.doctable import read_checked_table, redo_shard
 from .publish import PendingSet, roll_forward
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Bytes read at once when a finished file is checked, hashed or copied by hand.
 READ_BLOCK = 16 << 20
@@ -123,9 +128,14 @@ def intermediate(root: OutputRoot, record: DoneRecord) -> Path:
     return path
 
 
-def redo_fix(record: DoneRecord) -> str:
-    """The fix for a shard whose files disagree with its done record."""
-    return f"delete done/{record.shard}.json and relaunch tokenize to redo the shard"
+#: The fix for a shard whose files disagree with its done record (the table's reader gives the same).
+redo_fix = redo_shard
+
+
+def checked_table(root: OutputRoot, record: DoneRecord, verify: bool = True) -> np.ndarray:
+    """The shard's document table, inside the root and checked against its done record (size,
+    sha256 with ``verify``, token sum, per-source counts: :func:`~slimtok.protocol.read_checked_table`)."""
+    return read_checked_table(inside(root, record.table, record, "table"), record, root.done(record.shard), verify)
 
 
 def read_checked(path: Path, record: DoneRecord, size: int, expected: Checksum | None,
@@ -147,6 +157,24 @@ def read_checked(path: Path, record: DoneRecord, size: int, expected: Checksum |
     if expected is not None and found_digest != expected.hexdigest:
         raise CombineError(f"{expected.algorithm} does not match its done record (corrupted after it was written)",
                            path, redo_fix(record))
+
+
+def check_range(path: Path, start: int, size: int, expected: Checksum, done: Path) -> None:
+    """``size`` bytes of ``path`` from ``start`` (a shard's own file, or its range of a consumed
+    split file) against the checksum of the done record at ``done``; IntegrityError naming the file
+    when they are short or differ (one streamed read; nothing is trusted over bytes)."""
+    try:
+        with storage_for(path).open_read(path) as f:
+            f.seek(start)
+            found = checksum_of(f, size, expected.algorithm)
+            short = f.tell() < start + size
+    except FileNotFoundError as exc:
+        raise IntegrityError(f"missing, but {done.name} says its shard is finished", path,
+                             f"restore it, or delete {done} and relaunch tokenize to redo the shard") from exc
+    if short or found != expected.hexdigest:
+        where = f"bytes {start:,}..{start + size:,}" if start else f"its {size:,} bytes"
+        raise IntegrityError(f"{where} do not match the {expected.algorithm} of {done} (changed after it was "
+                             "written)", path, f"restore it, or delete {done} and relaunch tokenize to redo the shard")
 
 
 def checksum_of(f: BinaryIO, length: int, algorithm: str,
