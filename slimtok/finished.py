@@ -48,6 +48,7 @@ from .protocol import (
     OutputRoot,
     hasher,
     read_record,
+    splits_command,
     storage_for,
 )
 from .protocol.doctable import read_checked_table, redo_shard
@@ -215,6 +216,48 @@ def combined_mismatch(root: OutputRoot, plan: SplitPlan, entry: dict, checksums:
                 if advance is not None:
                     advance(r)
     return None
+
+
+#: Byte ranges (a shard's or a mix chunk's, each against its done record) a sampled check hashes.
+SAMPLE_RANGES = 4
+#: ``verify`` modes of the readers that offer one (export): every range, or a seeded sample.
+VERIFY_MODES = ("sample", "all")
+
+
+def verify_split(root: OutputRoot, entries: Sequence[ShardEntry], split: str, entry: dict, mode: str) -> None:
+    """Check a combined split file before a reader serves it: its size is its done records' bytes
+    (or meta's when documents were left out), and with ``mode`` "all" every shard's byte range
+    hashes to its done record's checksum (or the whole file to meta's sha256 when documents were
+    left out); "sample" hashes ``SAMPLE_RANGES`` ranges drawn by a seeded generator (none when the
+    whole file is the only range: that is "all"'s cost). IntegrityError naming the file otherwise."""
+    import numpy as np
+
+    path, fix = root.combined(split), splits_command(root)
+    records = plan_split(root, entries, split).done
+    ranges: list[tuple[int, int, Checksum | None, str]]
+    if entry.get("removed"):
+        whole = Checksum("sha256", entry["sha256"]) if entry.get("sha256") else None
+        ranges = [(0, entry["bytes"], whole, "meta.json")]
+    else:
+        starts = np.cumsum([0] + [r.bytes for r in records]).tolist()
+        ranges = [(a, r.bytes, r.data_checksum(), f"done/{r.shard}.json")
+                  for a, r in zip(starts, records, strict=False)]  # starts is one longer: the end
+    expected = sum(n for _, n, _, _ in ranges)
+    if not storage_for(path).exists(path):
+        raise IntegrityError("is missing, but meta.json lists it", path, fix)
+    if (size := storage_for(path).stat(path).size) != expected:
+        raise IntegrityError(f"{size:,} bytes, but its records add up to {expected:,}", path, fix)
+    if mode == "sample":
+        picked = np.random.default_rng(len(ranges)).permutation(len(ranges))[:SAMPLE_RANGES]
+        ranges = [ranges[i] for i in sorted(int(i) for i in picked)] if len(ranges) > 1 else []
+    with storage_for(path).open_read(path) as f:
+        for start, length, want, record in ranges:
+            if want is None:
+                continue
+            f.seek(start)
+            if checksum_of(f, length, want.algorithm) != want.hexdigest:
+                raise IntegrityError(f"bytes {start:,}..{start + length:,} do not match the {want.algorithm} of "
+                                     f"{record} (changed after it was written)", path, fix)
 
 
 def read_meta(root: OutputRoot) -> Meta | None:

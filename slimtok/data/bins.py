@@ -62,7 +62,10 @@ class TokenBin:
         if dtype is None:
             dtype, info = _split_info(self.path)
         self.dtype = np.dtype(dtype)
-        self.tokens = read_tokens(self.path, self.dtype)
+        try:
+            self.tokens = read_tokens(self.path, self.dtype)
+        except FileNotFoundError as exc:
+            raise DataError("is missing", self.path, splits_command(OutputRoot(self.path.parent))) from exc
         if info and info.get("tokens") != len(self.tokens):
             raise DataError(f"{len(self.tokens):,} tokens, meta.json says {info.get('tokens'):,}", self.path,
                             "re-run `slimtok combine`")

@@ -156,9 +156,12 @@ def _records(root: OutputRoot, split: str, name: str) -> list[DoneRecord]:
         if record is None:
             raise MixError(f"source {name!r}: shard {e.id} is not finished", root.root,
                            "finish the root with `slimtok tokenize` first")
-        if not record.table or not root.storage.exists(root.resolve(record.table)):
+        if not record.table:
             raise MixError(f"source {name!r}: shard {e.id} has no document table", root.root,
                            "re-tokenize the root with a slimtok that writes documents/")
+        if not root.storage.exists(root.resolve(record.table)):
+            raise MixError(f"source {name!r}: shard {e.id}'s document table is missing", root.resolve(record.table),
+                           "restore the table, or delete the shard's done record and tokenize the root again")
         size = root.storage.stat(root.resolve(record.table)).size
         if size != record.table_bytes or size != record.documents * DOC_TABLE_DTYPE.itemsize:
             raise MixError(f"source {name!r}: shard {e.id}'s document table holds {size:,} bytes, but its done "

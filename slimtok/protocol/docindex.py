@@ -87,10 +87,15 @@ class DocEnds:
 
 def read_doc_index(path: Path) -> np.ndarray:
     """The document ends of ``path`` as a read-only uint64 array (memory-mapped; empty file: none).
-    FileNotFoundError when the index is missing (its reader says which command writes it)."""
+    FileNotFoundError when the index is missing (its reader says which command writes it),
+    IntegrityError when its size is not whole entries."""
     import numpy as np
 
-    if storage_for(path).stat(path).size == 0:
+    size = storage_for(path).stat(path).size
+    if size % np.dtype(DOC_INDEX_DTYPE).itemsize:
+        raise IntegrityError(f"{size:,} bytes, not a whole number of 8-byte document ends (cut or appended to after "
+                             "it was written)", path, "write it again with the command that wrote its split")
+    if size == 0:
         return np.zeros(0, dtype=DOC_INDEX_DTYPE)
     return np.memmap(path, dtype=DOC_INDEX_DTYPE, mode="r")
 
