@@ -176,10 +176,13 @@ def _text_shape(index: Path, data: np.ndarray, job: JobSettings, tok: Tokenizer,
     """Tokens per byte and id entropy of ``samples`` documents drawn at random (with replacement)
     by the index: each one's text ids (bos and eos removed, at most SHAPE_DOC_TOKENS of them) and the
     UTF-8 bytes they decode to. Fails when :meth:`IdShape.faults` finds the shape degenerate. An
-    index that is missing or does not reach the file's end is left to the document index check."""
+    index that is missing, damaged or does not reach the file's end is left to the document index check."""
     if not storage_for(index).exists(index):
         return
-    ends = read_doc_index(index)
+    try:
+        ends = read_doc_index(index)
+    except IntegrityError:  # reported by the document index check
+        return
     if not len(ends) or int(ends[-1]) != len(data):
         return
     head = int(job.bos_token_id is not None)
@@ -294,7 +297,7 @@ def _sampler(path: Path, dtype: np.dtype, vocab: int, eos: int, block: int, rng:
     """Batches the way a training loop draws them (slimtok.data), and the document starts it reports."""
     try:
         data = TokenBin(path, dtype)
-    except DataError as exc:
+    except (DataError, IntegrityError) as exc:
         report.add(f"{name}: sampler dry-run", False, str(exc))
         return
     b = min(block, len(data) - 1)

@@ -112,6 +112,12 @@ def test_the_index_checksum_is_recorded_and_a_damaged_index_is_never_served(root
         TokenBin(root / "train.bin")
     report = validate(root, samples=4, block_size=16, log=lambda _: None)
     assert not report.ok and any(c.name == "train.bin: document index" and not c.ok for c in report.checks)
+    (root / "train.idx").write_bytes(idx[:-3])  # not whole entries: refused, never mapped short
+    with pytest.raises(DataError, match=f"^{root / 'train.idx'}: {len(idx) - 3:,} bytes, but meta.json records"):
+        TokenBin(root / "train.bin")
+    failed = [c for c in validate(root, samples=4, block_size=16, log=lambda _: None).checks if not c.ok]
+    assert {c.name for c in failed} == {"train.bin: document index", "train.bin: sampler dry-run"}, failed
+    assert all(str(root / "train.idx") in c.detail for c in failed)
 
 
 def test_doc_ends_hashes_what_it_writes_and_the_checked_read_checks_structure_without_a_checksum(tmp_path):
