@@ -365,7 +365,7 @@ def export_group() -> None:
                    "realized token shares, or the roots given at their train tokens.")
 @click.option("--verify", type=click.Choice(["sample", "all"]), default="sample", show_default=True,
               help="Check every shard's (or mix chunk's) bytes of the split against its done record before "
-                   "exporting (all), or a seeded sample of them (sample); sizes and the .idx are always checked.")
+                   "exporting (all), or 4 of them drawn at random (sample); sizes and the .idx are always checked.")
 def export_megatron_cmd(output_roots: tuple[Path, ...], prefix: str, splits: str | None,
                         data_args_path: Path | None, verify: str) -> None:
     """PREFIX_<split>_text_document.bin/.idx in megatron-core's indexed-dataset format."""
@@ -390,7 +390,7 @@ def export_megatron_cmd(output_roots: tuple[Path, ...], prefix: str, splits: str
 @click.option("--rows-per-file", type=click.IntRange(min=1), default=None, help="Default: about 512 MiB per file.")
 @click.option("--verify", type=click.Choice(["sample", "all"]), default="sample", show_default=True,
               help="Check every shard's (or mix chunk's) bytes of the split against its done record before "
-                   "exporting (all), or a seeded sample of them (sample); sizes and the .idx are always checked.")
+                   "exporting (all), or 4 of them drawn at random (sample); sizes and the .idx are always checked.")
 def export_packed_cmd(output_root: Path, seq_len: int, fmt: str, split: str, output_dir: Path | None,
                       rows_per_file: int | None, verify: str) -> None:
     """Rows of exactly SEQ_LEN tokens cut from the eos-separated stream, with a manifest of checksums."""

@@ -220,16 +220,16 @@ def combined_mismatch(root: OutputRoot, plan: SplitPlan, entry: dict, checksums:
 
 #: Byte ranges (a shard's or a mix chunk's, each against its done record) a sampled check hashes.
 SAMPLE_RANGES = 4
-#: ``verify`` modes of the readers that offer one (export): every range, or a seeded sample.
-VERIFY_MODES = ("sample", "all")
 
 
 def verify_split(root: OutputRoot, entries: Sequence[ShardEntry], split: str, entry: dict, mode: str) -> None:
     """Check a combined split file before a reader serves it: its size is its done records' bytes
     (or meta's when documents were left out), and with ``mode`` "all" every shard's byte range
     hashes to its done record's checksum (or the whole file to meta's sha256 when documents were
-    left out); "sample" hashes ``SAMPLE_RANGES`` ranges drawn by a seeded generator (none when the
-    whole file is the only range: that is "all"'s cost). IntegrityError naming the file otherwise."""
+    left out); "sample" hashes ``SAMPLE_RANGES`` ranges drawn afresh on each call, so repeated reads
+    cover different ranges (none when the whole file is the only range: that is "all"'s cost). The
+    sample decides only whether damage is found, never what is served. IntegrityError naming the
+    file otherwise."""
     import numpy as np
 
     path, fix = root.combined(split), splits_command(root)
@@ -248,7 +248,7 @@ def verify_split(root: OutputRoot, entries: Sequence[ShardEntry], split: str, en
     if (size := storage_for(path).stat(path).size) != expected:
         raise IntegrityError(f"{size:,} bytes, but its records add up to {expected:,}", path, fix)
     if mode == "sample":
-        picked = np.random.default_rng(len(ranges)).permutation(len(ranges))[:SAMPLE_RANGES]
+        picked = np.random.default_rng().permutation(len(ranges))[:SAMPLE_RANGES]
         ranges = [ranges[i] for i in sorted(int(i) for i in picked)] if len(ranges) > 1 else []
     with storage_for(path).open_read(path) as f:
         for start, length, want, record in ranges:
