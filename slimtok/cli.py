@@ -376,8 +376,11 @@ def export_group() -> None:
 @click.option("--data-args-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write Megatron's --data-args-path file (weight prefix ...): a mix's sources at their "
                    "realized token shares, or the roots given at their train tokens.")
+@click.option("--verify", type=click.Choice(["sample", "all"]), default="sample", show_default=True,
+              help="Check every shard's (or mix chunk's) bytes of the split against its done record before "
+                   "exporting (all), or 4 of them drawn at random (sample); sizes and the .idx are always checked.")
 def export_megatron_cmd(output_roots: tuple[Path, ...], prefix: str, splits: str | None,
-                        data_args_path: Path | None) -> None:
+                        data_args_path: Path | None, verify: str) -> None:
     """PREFIX_<split>_text_document.bin/.idx in megatron-core's indexed-dataset format."""
     from .errors import ExportError
     from .export import export_data_args, export_megatron
@@ -387,7 +390,7 @@ def export_megatron_cmd(output_roots: tuple[Path, ...], prefix: str, splits: str
     elif len(output_roots) > 1:
         raise ExportError("several --output-root need --data-args-path", output_roots[1])
     else:
-        export_megatron(output_roots[0], prefix, _splits(splits), log=click.echo)
+        export_megatron(output_roots[0], prefix, _splits(splits), log=click.echo, verify=verify)
 
 
 @export_group.command("datatrove")
@@ -456,13 +459,16 @@ def export_torchtitan_cmd(output_root: Path, prefix: str, splits: str | None) ->
               help="Balance the files for this many ranks: files[rank::RANKS] hold equal rows (the rest dropped).")
 @click.option("--document-ends", is_flag=True,
               help="Parquet: add a document_ends column, each row's exact document ends (offsets in (0, SEQ_LEN]).")
+@click.option("--verify", type=click.Choice(["sample", "all"]), default="sample", show_default=True,
+              help="Check every shard's (or mix chunk's) bytes of the split against its done record before "
+                   "exporting (all), or 4 of them drawn at random (sample); sizes and the .idx are always checked.")
 def export_packed_cmd(output_root: Path, seq_len: int, fmt: str, split: str, output_dir: Path | None,
-                      rows_per_file: int | None, ranks: int, document_ends: bool) -> None:
+                      rows_per_file: int | None, ranks: int, document_ends: bool, verify: str) -> None:
     """Rows of exactly SEQ_LEN tokens cut from the eos-separated stream, with a manifest of checksums."""
     from .export import export_packed
 
     export_packed(output_root, seq_len, fmt, split, output_dir, rows_per_file, log=click.echo, ranks=ranks,
-                  document_ends=document_ends)
+                  document_ends=document_ends, verify=verify)
 
 
 @main.command("demo")

@@ -160,6 +160,15 @@ class MixError(SlimtokError):
     """
 
 
+class IntegrityError(SlimtokError):
+    """A file differs from what its writer recorded (size, checksum, counts); every reader checks
+    before it uses a file, so nothing is built from damaged bytes. The fix says how to redo it, e.g.::
+
+        out/documents/train/x.docs: sha256 does not match its done record (changed after it was written); delete
+        done/train/x.json and relaunch tokenize to redo the shard
+    """
+
+
 # -- one shard -------------------------------------------------------------------------------
 
 class ShardError(SlimtokError):

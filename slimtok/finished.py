@@ -16,7 +16,8 @@ Invariants:
 * a file a done record names resolves inside the root (:func:`inside`), or is refused;
 * a shard's file is trusted only at the size its done record gives and, when checked, the
   checksum (:func:`read_checked`); a mismatch is a :class:`~slimtok.errors.CombineError` saying
-  how to redo the shard;
+  how to redo the shard; its document table only after :func:`checked_table` (size, sha256, token
+  sum, and the record's per-source counts, so an edited count never reaches meta.json);
 * a split's combined file is its done shards' bytes one after another in manifest order, which
   :func:`combined_mismatch` checks without the shard files (they may be consumed or cleaned);
 * meta.json is read after finishing any publish a killed writer left (:func:`read_meta`), and
@@ -32,10 +33,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from . import __version__
-from .errors import CombineError
+from .errors import CombineError, IntegrityError
 from .job import tokenizer_fingerprint
 from .manifest import ShardEntry
 from .protocol import (
@@ -47,9 +48,14 @@ from .protocol import (
     OutputRoot,
     hasher,
     read_record,
+    splits_command,
     storage_for,
 )
+from .protocol.doctable import read_checked_table, redo_shard
 from .publish import PendingSet, roll_forward
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Bytes read at once when a finished file is checked, hashed or copied by hand.
 READ_BLOCK = 16 << 20
@@ -127,9 +133,14 @@ def intermediate(root: OutputRoot, record: DoneRecord) -> Path:
     return path
 
 
-def redo_fix(record: DoneRecord) -> str:
-    """The fix for a shard whose files disagree with its done record."""
-    return f"delete done/{record.shard}.json and relaunch tokenize to redo the shard"
+#: The fix for a shard whose files disagree with its done record (the table's reader gives the same).
+redo_fix = redo_shard
+
+
+def checked_table(root: OutputRoot, record: DoneRecord, verify: bool = True) -> np.ndarray:
+    """The shard's document table, inside the root and checked against its done record (size,
+    sha256 with ``verify``, token sum, per-source counts: :func:`~slimtok.protocol.read_checked_table`)."""
+    return read_checked_table(inside(root, record.table, record, "table"), record, root.done(record.shard), verify)
 
 
 def read_checked(path: Path, record: DoneRecord, size: int, expected: Checksum | None,
@@ -151,6 +162,24 @@ def read_checked(path: Path, record: DoneRecord, size: int, expected: Checksum |
     if expected is not None and found_digest != expected.hexdigest:
         raise CombineError(f"{expected.algorithm} does not match its done record (corrupted after it was written)",
                            path, redo_fix(record))
+
+
+def check_range(path: Path, start: int, size: int, expected: Checksum, done: Path) -> None:
+    """``size`` bytes of ``path`` from ``start`` (a shard's own file, or its range of a consumed
+    split file) against the checksum of the done record at ``done``; IntegrityError naming the file
+    when they are short or differ (one streamed read; nothing is trusted over bytes)."""
+    try:
+        with storage_for(path).open_read(path) as f:
+            f.seek(start)
+            found = checksum_of(f, size, expected.algorithm)
+            short = f.tell() < start + size
+    except FileNotFoundError as exc:
+        raise IntegrityError(f"missing, but {done.name} says its shard is finished", path,
+                             f"restore it, or delete {done} and relaunch tokenize to redo the shard") from exc
+    if short or found != expected.hexdigest:
+        where = f"bytes {start:,}..{start + size:,}" if start else f"its {size:,} bytes"
+        raise IntegrityError(f"{where} do not match the {expected.algorithm} of {done} (changed after it was "
+                             "written)", path, f"restore it, or delete {done} and relaunch tokenize to redo the shard")
 
 
 def checksum_of(f: BinaryIO, length: int, algorithm: str,
@@ -191,6 +220,48 @@ def combined_mismatch(root: OutputRoot, plan: SplitPlan, entry: dict, checksums:
                 if advance is not None:
                     advance(r)
     return None
+
+
+#: Byte ranges (a shard's or a mix chunk's, each against its done record) a sampled check hashes.
+SAMPLE_RANGES = 4
+
+
+def verify_split(root: OutputRoot, entries: Sequence[ShardEntry], split: str, entry: dict, mode: str) -> None:
+    """Check a combined split file before a reader serves it: its size is its done records' bytes
+    (or meta's when documents were left out), and with ``mode`` "all" every shard's byte range
+    hashes to its done record's checksum (or the whole file to meta's sha256 when documents were
+    left out); "sample" hashes ``SAMPLE_RANGES`` ranges drawn afresh on each call, so repeated reads
+    cover different ranges (none when the whole file is the only range: that is "all"'s cost). The
+    sample decides only whether damage is found, never what is served. IntegrityError naming the
+    file otherwise."""
+    import numpy as np
+
+    path, fix = root.combined(split), splits_command(root)
+    records = plan_split(root, entries, split).done
+    ranges: list[tuple[int, int, Checksum | None, str]]
+    if entry.get("removed"):
+        whole = Checksum("sha256", entry["sha256"]) if entry.get("sha256") else None
+        ranges = [(0, entry["bytes"], whole, "meta.json")]
+    else:
+        starts = np.cumsum([0] + [r.bytes for r in records]).tolist()
+        ranges = [(a, r.bytes, r.data_checksum(), f"done/{r.shard}.json")
+                  for a, r in zip(starts, records, strict=False)]  # starts is one longer: the end
+    expected = sum(n for _, n, _, _ in ranges)
+    if not storage_for(path).exists(path):
+        raise IntegrityError("is missing, but meta.json lists it", path, fix)
+    if (size := storage_for(path).stat(path).size) != expected:
+        raise IntegrityError(f"{size:,} bytes, but its records add up to {expected:,}", path, fix)
+    if mode == "sample":
+        picked = np.random.default_rng().permutation(len(ranges))[:SAMPLE_RANGES]
+        ranges = [ranges[i] for i in sorted(int(i) for i in picked)] if len(ranges) > 1 else []
+    with storage_for(path).open_read(path) as f:
+        for start, length, want, record in ranges:
+            if want is None:
+                continue
+            f.seek(start)
+            if checksum_of(f, length, want.algorithm) != want.hexdigest:
+                raise IntegrityError(f"bytes {start:,}..{start + length:,} do not match the {want.algorithm} of "
+                                     f"{record} (changed after it was written)", path, fix)
 
 
 def read_meta(root: OutputRoot) -> Meta | None:

@@ -41,8 +41,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .data import TokenBin
-from .errors import DataError, ValidateError
-from .finished import plan_split, read_meta
+from .errors import DataError, IntegrityError, ValidateError
+from .finished import checked_table, plan_split, read_meta
 from .job import load_job, load_pinned_tokenizer
 from .manifest import ShardEntry
 from .protocol import (
@@ -51,12 +51,11 @@ from .protocol import (
     DoneRecord,
     JobSettings,
     OutputRoot,
-    read_doc_table,
     read_tokens,
     splits_command,
     storage_for,
 )
-from .protocol.docindex import index_path, read_doc_index
+from .protocol.docindex import index_path, read_checked_index, read_doc_index
 from .tokenizer import IdShape
 
 SCAN_TOKENS = 1 << 24
@@ -122,7 +121,7 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     dtype = np.dtype(job.dtype)
     name = SPLIT_FILES[split]
     if not root.storage.exists(path):
-        report.add(f"{name}: present", False, f"{path} is missing; run `slimtok combine`")
+        report.add(f"{name}: present", False, f"{path} is missing; {splits_command(root)}")
         return []
     size = root.storage.stat(path).size
     records = plan_split(root, entries, split).done
@@ -131,7 +130,7 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     expected = info["bytes"] if removed else sum(r.bytes for r in records)
     report.add(f"{name}: size", size == info["bytes"] == expected == info["tokens"] * dtype.itemsize,
                f"file {size:,} B, meta {info['bytes']:,} B, {len(records)} done records {expected:,} B"
-               + ("" if size == expected or removed else _size_hint(records, size)))
+               + ("" if size == expected or removed else _size_hint(records, size, splits_command(root))))
     if size != expected:
         return records
     ranges: list[tuple[str, int, int, Checksum | None]] = []
@@ -159,11 +158,12 @@ def validate_split(root: OutputRoot, entries: list[ShardEntry], split: str, info
     tables = all(r.table for r in records)
     if tables:
         want = None if removed else _table_ends(root, records)
-        _doc_index_tables(root.doc_index(split), data, info["documents"], want, job, name, report)
-        if storage_for(root.doc_index(split)).exists(root.doc_index(split)):
-            _eos_scan(root.doc_index(split), data, eos_count, job.eos_token_id, name, report)
+        ends = _doc_index_tables(root.doc_index(split), data, info, want, job, name, report, splits_command(root))
+        if ends is not None:
+            _eos_scan(root.doc_index(split), ends, data, eos_count, job.eos_token_id, name, report)
     else:
-        _doc_index(root.doc_index(split), data, info["documents"], eos_count, job.eos_token_id, name, report)
+        _doc_index(root.doc_index(split), data, info["documents"], eos_count, job.eos_token_id, name, report,
+                   splits_command(root))
     if len(data):
         _sampler(path, dtype, job.vocab_size, job.eos_token_id, block_size, rng, name, report, legacy=not tables)
     _text_shape(root.doc_index(split), data, job, tok, samples, rng, name, report)
@@ -186,10 +186,13 @@ def _text_shape(index: Path, data: np.ndarray, job: JobSettings, tok: Tokenizer,
     """Tokens per byte and id entropy of ``samples`` documents drawn at random (with replacement)
     by the index: each one's text ids (bos and eos removed, at most SHAPE_DOC_TOKENS of them) and the
     UTF-8 bytes they decode to. Fails when :meth:`IdShape.faults` finds the shape degenerate. An
-    index that is missing or does not reach the file's end is left to the document index check."""
+    index that is missing, damaged or does not reach the file's end is left to the document index check."""
     if not storage_for(index).exists(index):
         return
-    ends = read_doc_index(index)
+    try:
+        ends = read_doc_index(index)
+    except IntegrityError:  # reported by the document index check
+        return
     if not len(ends) or int(ends[-1]) != len(data):
         return
     head = int(job.bos_token_id is not None)
@@ -208,27 +211,32 @@ def _text_shape(index: Path, data: np.ndarray, job: JobSettings, tok: Tokenizer,
 
 def _table_ends(root: OutputRoot, records: list[DoneRecord]) -> np.ndarray:
     """The split's document ends as the shards' tables give them (running token sums)."""
-    counts = [np.asarray(read_doc_table(root.resolve(r.table))["tokens"], dtype=np.uint64) for r in records]
+    counts = [np.asarray(checked_table(root, r)["tokens"], dtype=np.uint64) for r in records]
     return np.cumsum(np.concatenate(counts) if counts else np.zeros(0, np.uint64), dtype=np.uint64)
 
 
-def _doc_index_tables(index: Path, data: np.ndarray, documents: int, want: np.ndarray | None, job: JobSettings,
-                      name: str, report: Report) -> None:
-    """The index equals the tables' ends (``want``, when no document was left out), is strictly
+def _doc_index_tables(index: Path, data: np.ndarray, info: dict, want: np.ndarray | None, job: JobSettings,
+                      name: str, report: Report, fix: str) -> np.ndarray | None:
+    """The index passes its checked read (:func:`read_checked_index`: meta's count, last end and
+    checksum), equals the tables' ends (``want``, when no document was left out), is strictly
     increasing to the file's end, and each document ends with eos (starts with bos when the policy
-    has one). eos elsewhere in a document is text, not an error."""
+    has one). eos elsewhere in a document is text, not an error. ``fix``: the command that writes it.
+    Returns the ends when the index passed (None: a failed check was reported)."""
     label = f"{name}: document index"
-    if not storage_for(index).exists(index):
-        report.add(label, False, f"{index} is missing; re-run `slimtok combine` to write it")
-        return
-    ends = np.fromfile(index, dtype="<u8").astype(np.int64)
+    documents = info["documents"]
+    try:
+        ends = np.asarray(read_checked_index(index, documents, len(data), info.get("index_checksum"), fix),
+                          dtype=np.int64)
+    except IntegrityError as exc:
+        report.add(label, False, str(exc))
+        return None
     ok = (len(ends) == documents and (not len(ends) or int(ends[-1]) == len(data))
           and bool((np.diff(ends, prepend=0) > 0).all()) and (want is None or np.array_equal(ends, want)))
     report.add(label, ok, f"{index.name}: {len(ends):,} document ends for {documents:,} documents; "
                           + ("increasing, the last at the end of the file, equal to the document tables"
-                             if ok else "inconsistent with the file or the document tables: re-run `slimtok combine`"))
+                             if ok else f"inconsistent with the file or the document tables: {fix}"))
     if not ok:
-        return
+        return None
     bad_eos = int(np.count_nonzero(np.asarray(data[ends - 1]) != job.eos_token_id)) if len(ends) else 0
     bos = getattr(job, "bos_token_id", None)
     starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
@@ -236,6 +244,7 @@ def _doc_index_tables(index: Path, data: np.ndarray, documents: int, want: np.nd
     report.add(f"{name}: separators", bad_eos == bad_bos == 0,
                f"{bad_eos} of {len(ends):,} documents do not end with eos ({job.eos_token_id})"
                + ("" if bos is None else f", {bad_bos} do not start with bos ({bos})"))
+    return ends
 
 
 def split_by_eos_scan(data: np.ndarray, ends: np.ndarray, eos: int) -> tuple[int, int]:
@@ -258,10 +267,10 @@ def split_by_eos_scan(data: np.ndarray, ends: np.ndarray, eos: int) -> tuple[int
     return split_docs, inner
 
 
-def _eos_scan(index: Path, data: np.ndarray, eos_count: int, eos: int, name: str, report: Report) -> None:
+def _eos_scan(index: Path, ends: np.ndarray, data: np.ndarray, eos_count: int, eos: int, name: str,
+              report: Report) -> None:
     """Says whether cutting after every eos reproduces the index (never a failure: an eos inside a
     document's text is valid data, but a trainer scanning for eos would split that document)."""
-    ends = read_doc_index(index)
     # every document ends with eos (separators), so with no more eos than documents none is inside one
     split_docs, inner = split_by_eos_scan(data, ends, eos) if eos_count > len(ends) else (0, 0)
     report.add(f"{name}: eos scan", True,
@@ -272,15 +281,15 @@ def _eos_scan(index: Path, data: np.ndarray, eos_count: int, eos: int, name: str
                f"({index.name}, or an export with document offsets: docs/FORMATS.md)")
 
 
-def _size_hint(records: list[DoneRecord], size: int) -> str:
+def _size_hint(records: list[DoneRecord], size: int, fix: str) -> str:
     """Name the shard whose byte range the file's end falls short of (a truncated copy)."""
     offset = 0
     for r in records:
         if offset + r.bytes > size:
             return (f"; the file ends inside shard {r.shard} (bytes {offset:,}..{offset + r.bytes:,}): truncated? "
-                    "re-run `slimtok combine`")
+                    f"{fix}")
         offset += r.bytes
-    return "; the file is longer than its shards: re-run `slimtok combine` if shards finished since"
+    return f"; the file is longer than its shards: {fix} if shards finished since"
 
 
 def _alignment(data: np.ndarray, samples: int, block: int, rng: np.random.Generator, name: str,
@@ -307,12 +316,12 @@ def _eye_test(data: np.ndarray, tok: Tokenizer, rng: np.random.Generator, name: 
 
 
 def _doc_index(index: Path, data: np.ndarray, documents: int, eos_count: int, eos: int, name: str,
-               report: Report) -> None:
+               report: Report, fix: str) -> None:
     """The index has one strictly increasing end per document, each just after an eos, the last at
     the file's end; with as many entries as eos ids, that makes it exactly the eos positions."""
     label = f"{name}: document index"
     if not storage_for(index).exists(index):
-        report.add(label, False, f"{index} is missing; re-run `slimtok combine` to write it")
+        report.add(label, False, f"{index} is missing; {fix}")
         return
     ends = read_doc_index(index)
     ok = len(ends) == documents == eos_count and (not len(ends) or int(ends[-1]) == len(data))
@@ -326,7 +335,7 @@ def _doc_index(index: Path, data: np.ndarray, documents: int, eos_count: int, eo
         previous = int(chunk[-1])
     report.add(label, ok, f"{index.name}: {len(ends):,} document ends for {documents:,} documents and "
                           f"{eos_count:,} eos; " + ("each ends just after an eos, the last at the end of the file"
-                                                    if ok else "inconsistent: re-run `slimtok combine`"))
+                                                    if ok else f"inconsistent: {fix}"))
 
 
 def _sampler(path: Path, dtype: np.dtype, vocab: int, eos: int, block: int, rng: np.random.Generator, name: str,
@@ -334,7 +343,7 @@ def _sampler(path: Path, dtype: np.dtype, vocab: int, eos: int, block: int, rng:
     """Batches the way a training loop draws them (slimtok.data), and the document starts it reports."""
     try:
         data = TokenBin(path, dtype)
-    except DataError as exc:
+    except (DataError, IntegrityError) as exc:
         report.add(f"{name}: sampler dry-run", False, str(exc))
         return
     b = min(block, len(data) - 1)

@@ -19,14 +19,13 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import CombineError
-from ..finished import READ_BLOCK, SplitPlan, combined_mismatch, inside, intermediate, read_checked
+from ..finished import READ_BLOCK, SplitPlan, checked_table, combined_mismatch, intermediate, read_checked
 from ..protocol import (
     ConsumeJournal,
     DoneRecord,
     JobSettings,
     Meta,
     OutputRoot,
-    read_doc_table,
     read_record,
     write_record,
 )
@@ -99,7 +98,7 @@ def consume_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, job: J
     with root.storage.open_write(pending.tmp(index), "create") as f:
         ends = DocEnds(f)
         for record in plan.done:
-            ends.add(np.asarray(read_doc_table(inside(root, record.table, record, "table"))["tokens"]))
+            ends.add(np.asarray(checked_table(root, record, verify)["tokens"]))
         root.storage.sync(f)
     whole = None
     if verify:  # the hash of a resumed run cannot be carried over: one read of the result
@@ -111,4 +110,5 @@ def consume_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, job: J
     written = [Written(r, r.documents, r.tokens, r.bytes, {}) for r in plan.done]
     entry = meta_entry(plan, written, dest, index, whole, [], False)
     entry["consumed"] = True
+    entry["index_checksum"] = ends.checksum
     return entry

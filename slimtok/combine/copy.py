@@ -24,9 +24,9 @@ import numpy as np
 
 from ..dedup.drops import Exclusion
 from ..errors import CombineError
-from ..finished import READ_BLOCK, SplitPlan, inside, read_checked, redo_fix
+from ..finished import READ_BLOCK, SplitPlan, checked_table, inside, read_checked, redo_fix
 from ..job import load_job
-from ..protocol import Checksum, DoneRecord, JobSettings, OutputRoot, read_doc_table, storage_for
+from ..protocol import DoneRecord, JobSettings, OutputRoot, storage_for
 from ..protocol.docindex import DocEnds
 from ..publish import PendingSet
 from ..spans import Span, concatenate, document_spans, keep_mask
@@ -72,16 +72,8 @@ class Segment:
 
 
 def _table(root: OutputRoot, record: DoneRecord, verify: bool) -> np.ndarray:
-    """The shard's document table, checked against its done record; its token sum must be the shard's."""
-    path = inside(root, record.table, record, "table")
-    read_checked(path, record, record.table_bytes, Checksum("sha256", record.table_sha256) if verify else None,
-                  None)
-    table = read_doc_table(path)
-    if len(table) != record.documents or int(table["tokens"].sum(dtype=np.int64)) != record.tokens:
-        raise CombineError(f"{len(table)} rows of {int(table['tokens'].sum(dtype=np.int64))} tokens, but shard "
-                           f"{record.shard} has {record.documents} documents of {record.tokens} tokens", path,
-                           redo_fix(record))
-    return table
+    """The shard's document table, checked against its done record (slimtok.finished.checked_table)."""
+    return checked_table(root, record, verify)
 
 
 def _removed(table: np.ndarray, record: DoneRecord, exclusion: Exclusion) -> dict[str, dict[str, dict[str, int]]]:
@@ -163,7 +155,9 @@ def write_split(root: OutputRoot, plan: SplitPlan, pending: PendingSet, verify: 
                     advance(segment.record)
             root.storage.sync(index_file)
         root.storage.sync(out)
-    return meta_entry(plan, written, dest, index_dest, whole, legacy, exclude is not None)
+    entry = meta_entry(plan, written, dest, index_dest, whole, legacy, exclude is not None)
+    entry["index_checksum"] = ends.checksum  # what every reader checks the index against
+    return entry
 
 
 def _checked(root: OutputRoot, records: Sequence[DoneRecord], job: JobSettings, verify: bool,

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..protocol import Meta, OutputRoot, read_record, read_tokens, storage_for
-from ..protocol.docindex import index_path, read_doc_index
+from ..errors import DataError, IntegrityError
+from ..protocol import Meta, OutputRoot, read_record, read_tokens, splits_command, storage_for
+from ..protocol.docindex import index_path, read_checked_index, read_doc_index
 from ..publish import roll_forward
 from .documents import check_fields, spans, window_fields
 from .sharding import Resumable
@@ -64,7 +64,10 @@ class TokenBin:
         if dtype is None:
             dtype, info = _split_info(self.path)
         self.dtype = np.dtype(dtype)
-        self.tokens = read_tokens(self.path, self.dtype)
+        try:
+            self.tokens = read_tokens(self.path, self.dtype)
+        except FileNotFoundError as exc:
+            raise DataError("is missing", self.path, splits_command(OutputRoot(self.path.parent))) from exc
         if info and info.get("tokens") != len(self.tokens):
             raise DataError(f"{len(self.tokens):,} tokens, meta.json says {info.get('tokens'):,}", self.path,
                             "re-run `slimtok combine`")
@@ -73,14 +76,14 @@ class TokenBin:
         if info and not has_index:
             raise DataError(f"is missing beside {self.path.name} (the pair was not published together)", index_file,
                             "run `slimtok combine` again")
-        self.doc_ends: np.ndarray | None = read_doc_index(index_file) if has_index else None
-        if self.doc_ends is not None:
-            expected = info.get("documents", len(self.doc_ends))
-            last = int(self.doc_ends[-1]) if len(self.doc_ends) else 0
-            if len(self.doc_ends) != expected or last != len(self.tokens):
-                raise DataError(f"{len(self.doc_ends):,} documents ending at {last:,}, but {self.path.name} has "
-                                f"{len(self.tokens):,} tokens and meta.json {expected:,} documents", index_file,
-                                "re-run `slimtok combine`")
+        self.doc_ends: np.ndarray | None = read_doc_index(index_file) if has_index and not info else None
+        if has_index and info:  # checked against meta.json's entry (count, last end, checksum) before use
+            try:
+                self.doc_ends = read_checked_index(index_file, info.get("documents", -1), len(self.tokens),
+                                                   info.get("index_checksum"),
+                                                   splits_command(OutputRoot(self.path.parent)))
+            except IntegrityError as exc:  # a trainer catches the loader's one error class
+                raise DataError(exc.message, exc.path, exc.fix) from exc
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -1,18 +1,20 @@
 """Reading a finished dedup: the documents each shard drops, for combine and mix.
 
 A reader checks once that ``dedup/job.json`` exists and that its fingerprint is that of the root's
-current shards; then a shard's drops are one slice of its gather unit's file (sorted by order).
+current shards; then a shard's drops are one slice of its gather unit's file (sorted by order),
+read whole and checked against the unit's done record (size, sha256, order) before any is used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DedupError
+from ..errors import DedupError, IntegrityError
 from ..protocol import (
     DEDUP_DROP_DTYPE,
     DEDUP_REASONS,
@@ -59,12 +61,42 @@ class DropReader:
 
     def _unit(self, k: int) -> np.ndarray:
         if self._open is None or self._open[0] != k:
-            record = read_record(self.root.dedup_unit_done("gather", k), DedupUnitRecord)
-            assert record is not None, "a finished dedup has every gather unit"
-            drops = (np.memmap(self.root.resolve(record.file), DEDUP_DROP_DTYPE, "r") if record.rows
-                     else np.zeros(0, DEDUP_DROP_DTYPE))
-            self._open = (k, drops)
+            done = self.root.dedup_unit_done("gather", k)
+            record = read_record(done, DedupUnitRecord)
+            if record is None:
+                raise DedupError("is missing or unreadable, but dedup/job.json says the dedup finished", done,
+                                 self._redo)
+            self._open = (k, self._checked(record))
         return self._open[1]
+
+    @property
+    def _redo(self) -> str:
+        return f"delete {self.root.dedup_dir} and run `slimtok dedup --output-root {self.root.root}` again"
+
+    def _checked(self, record: DedupUnitRecord) -> np.ndarray:
+        """A gather unit's drop list, held in memory and checked against its done record before any
+        row is used: ``rows`` rows of ``bytes`` bytes hashing to its sha256, orders strictly
+        increasing and reasons among DEDUP_REASONS (drop lists are 9 bytes per dropped document)."""
+        path = self.root.resolve(record.file)
+        if not record.rows:
+            return np.zeros(0, DEDUP_DROP_DTYPE)
+        try:
+            payload = self.root.storage.read_whole(path)
+        except FileNotFoundError as exc:
+            raise IntegrityError("is missing, but its unit's done record says it is finished", path,
+                                 self._redo) from exc
+        if len(payload) != record.bytes or len(payload) != record.rows * DEDUP_DROP_DTYPE.itemsize:
+            raise IntegrityError(f"{len(payload):,} bytes, but its done record says {record.bytes:,} ({record.rows:,} "
+                                 "drops): changed after it was written", path, self._redo)
+        if hashlib.sha256(payload).hexdigest() != record.sha256:
+            raise IntegrityError("sha256 does not match its unit's done record (changed after it was written)", path,
+                                 self._redo)
+        drops = np.frombuffer(payload, DEDUP_DROP_DTYPE)
+        orders = drops["order"]
+        if (orders[1:] <= orders[:-1]).any() or (drops["reason"] >= len(DEDUP_REASONS)).any():
+            raise IntegrityError("its drops are not in strictly increasing order with known reasons", path,
+                                 self._redo)
+        return drops
 
     def drops(self, shard: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
         """(row indices int64 sorted, reasons uint8, labels): ``labels[reasons[i]]`` names why."""

@@ -21,9 +21,9 @@ from ..protocol import (
     DedupPlan,
     DedupUnitRecord,
     OutputRoot,
-    read_doc_table,
     read_record,
 )
+from ..protocol.doctable import read_checked_table
 from .plan import Inputs, bucket_of, order_base, unit_count, unit_ranks
 
 DUPLICATE = DEDUP_REASONS.index("duplicate")
@@ -35,7 +35,7 @@ def scatter_rows(root: OutputRoot, plan: DedupPlan, inputs: Inputs, k: int) -> t
     parts = []
     for rank in unit_ranks(plan, k):
         entry, record = inputs.entries[rank], inputs.records[rank]
-        table = read_doc_table(root.resolve(record.table))
+        table = read_checked_table(root.resolve(record.table), record, root.done(record.shard))
         rows = np.empty(len(table), dtype=DEDUP_ROW_DTYPE)
         rows["hash_hi"], rows["hash_lo"] = table["hash_hi"], table["hash_lo"]
         rows["order"] = np.uint64(order_base(entry.split, rank)) + np.arange(len(table), dtype=np.uint64)

@@ -62,18 +62,19 @@ def write_megatron_index(path: Path, ends: np.ndarray, dtype: str) -> None:
 
 
 def export_megatron(output_root: str | os.PathLike[str], prefix: str, splits: Sequence[str] | None = None,
-                    log: Callable[[str], None] = print) -> list[Path]:
+                    log: Callable[[str], None] = print, verify: str = "sample") -> list[Path]:
     """Write ``<prefix>_<split>_text_document.{bin,idx}`` for each combined split (default: all),
     each pair published together; returns the path prefixes written. An empty split (zero tokens)
     is valid data, but megatron-core cannot map an empty ``.bin``: by default it is left out,
-    saying so; named in ``splits``, it is refused."""
+    saying so; named in ``splits``, it is refused. ``verify``: how much of each split's data is
+    checked against its records first ("sample" or "all", :func:`slimtok.finished.verify_split`)."""
     root = OutputRoot(output_root)
     meta = combined_meta(root)
     chosen = chosen_splits(meta, splits)
     dtype = trainer_dtype(meta.dtype, meta.vocab_size)
     written = []
     for split in chosen:
-        data = split_bin(root, meta, split)
+        data = split_bin(root, meta, split, verify)
         assert data.doc_ends is not None  # split_bin refuses a split without its index
         if not len(data):
             if splits:

@@ -104,10 +104,13 @@ def _recorded_parts(manifest_path: Path) -> set[str]:
 
 def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = "parquet", split: str = "train",
                   output_dir: str | os.PathLike[str] | None = None, rows_per_file: int | None = None,
-                  log: Callable[[str], None] = print, ranks: int = 1, document_ends: bool = False) -> Path:
+                  log: Callable[[str], None] = print, ranks: int = 1, document_ends: bool = False,
+                  verify: str = "sample") -> Path:
     """Cut ``split`` into rows of ``seq_len`` tokens and write them in ``fmt``, the parts and their
     manifest published together; returns the manifest. ``ranks`` > 1 balances the parts across
-    that many ranks; ``document_ends`` (parquet) adds each row's document ends."""
+    that many ranks; ``document_ends`` (parquet) adds each row's document ends. ``verify``: how much
+    of the split's data is checked against its records first ("sample" or "all",
+    :func:`slimtok.finished.verify_split`)."""
     if fmt not in PACKED_FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(PACKED_FORMATS)}")
     if document_ends and fmt != "parquet":
@@ -118,7 +121,7 @@ def export_packed(output_root: str | os.PathLike[str], seq_len: int, fmt: str = 
         raise ExportError(f"seq_len must be positive, got {seq_len}")
     root = OutputRoot(output_root)
     meta = combined_meta(root)
-    data = split_bin(root, meta, split)
+    data = split_bin(root, meta, split, verify)
     dtype = trainer_dtype(meta.dtype, meta.vocab_size)
     total_rows = len(data) // seq_len
     if total_rows == 0:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ..data import TokenBin
 from ..errors import DataError, ExportError
-from ..finished import read_meta
+from ..finished import read_meta, verify_split
+from ..manifest import read_manifest
 from ..protocol import Meta, OutputRoot, splits_command
 
 
@@ -32,10 +33,13 @@ def combined_meta(root: OutputRoot) -> Meta:
     return meta
 
 
-def split_bin(root: OutputRoot, meta: Meta, split: str) -> TokenBin:
-    """``split``'s combined file with its document index, as :class:`~slimtok.data.TokenBin` reads them."""
+def split_bin(root: OutputRoot, meta: Meta, split: str, verify: str = "sample") -> TokenBin:
+    """``split``'s combined file with its document index, as :class:`~slimtok.data.TokenBin` reads them,
+    after checking the file against its records (``verify``: "all" or "sample" ranges,
+    :func:`slimtok.finished.verify_split`; the index is always checked whole)."""
     if split not in meta.splits:
         raise ExportError(f"split {split} is not combined", root.root, f"{splits_command(root)} first")
+    verify_split(root, read_manifest(root.manifest, check_files=False), split, meta.splits[split], verify)
     try:
         data = TokenBin(root.combined(split))
     except DataError as exc:

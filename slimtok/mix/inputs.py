@@ -17,10 +17,19 @@ import orjson
 
 from ..dedup.drops import DropReader
 from ..errors import MixError
-from ..finished import combined_mismatch, plan_split, read_meta
+from ..finished import check_range, combined_mismatch, inside, plan_split, read_checked, read_meta
 from ..job import tokenizer_fingerprint
 from ..manifest import read_manifest
-from ..protocol import DOC_TABLE_DTYPE, DoneRecord, JobSettings, OutputRoot, read_record, require_kind, storage_for
+from ..protocol import (
+    DOC_TABLE_DTYPE,
+    Checksum,
+    DoneRecord,
+    JobSettings,
+    OutputRoot,
+    read_record,
+    require_kind,
+    storage_for,
+)
 from .spec import MixSpec, SourceSpec
 
 #: job.json fields that must agree across roots (document policy included where a root records it)
@@ -46,6 +55,10 @@ class Shard:
     rows: int
     label: int | None
     base: int = 0
+    #: the shard's done record (and its path): what the bytes at ``file[base:base + record.bytes]``
+    #: must hash to before a chunk copies any of them (:meth:`SourceDocs.verify`)
+    record: DoneRecord | None = None
+    done: Path | None = None
 
 
 @dataclass
@@ -84,6 +97,13 @@ class SourceDocs:
     @property
     def bases(self) -> list[int]:
         return [s.base for s in self.shards]
+
+    def verify(self, k: int) -> None:
+        """Check shard ``k``'s token bytes against its done record's checksum (one read), so a mix
+        never copies, and records a fresh checksum over, bytes that changed after tokenize wrote them."""
+        shard = self.shards[k]
+        assert shard.record is not None and shard.done is not None, "load_source records every shard"
+        check_range(shard.file, shard.base, shard.record.bytes, shard.record.data_checksum(), shard.done)
 
     def pieces(self) -> Iterator[Piece]:
         """Every shard's rows in order, ``PIECE_ROWS`` at a time (explicit reads, not memory
@@ -136,15 +156,21 @@ def _records(root: OutputRoot, split: str, name: str) -> list[DoneRecord]:
         if record is None:
             raise MixError(f"source {name!r}: shard {e.id} is not finished", root.root,
                            "finish the root with `slimtok tokenize` first")
-        if not record.table or not root.storage.exists(root.resolve(record.table)):
+        if not record.table:
             raise MixError(f"source {name!r}: shard {e.id} has no document table", root.root,
                            "re-tokenize the root with a slimtok that writes documents/")
+        if not root.storage.exists(root.resolve(record.table)):
+            raise MixError(f"source {name!r}: shard {e.id}'s document table is missing", root.resolve(record.table),
+                           "restore the table, or delete the shard's done record and tokenize the root again")
         size = root.storage.stat(root.resolve(record.table)).size
         if size != record.table_bytes or size != record.documents * DOC_TABLE_DTYPE.itemsize:
             raise MixError(f"source {name!r}: shard {e.id}'s document table holds {size:,} bytes, but its done "
                            f"record says {record.table_bytes:,} ({record.documents:,} documents)",
                            root.resolve(record.table), "restore the table, or delete the shard's done record "
                            "and table and tokenize the root again")
+        # streamed (a table may be large), before any row is planned from: rotted rows are refused
+        read_checked(inside(root, record.table, record, "table"), record, record.table_bytes,
+                     Checksum("sha256", record.table_sha256), None)
         if record.tokens >= MAX_SHARD_TOKENS:
             raise MixError(f"source {name!r}: shard {e.id} holds {record.tokens:,} tokens, more than a mix "
                            f"can address ({MAX_SHARD_TOKENS:,})", root.done(e.id),
@@ -193,7 +219,8 @@ def load_source(spec: SourceSpec, split: str) -> tuple[SourceDocs, dict]:
         if spec.source is not None:
             label = record.source_names.index(spec.source) if spec.source in record.source_names else -1
         shards.append(Shard(record.shard, file, root.resolve(record.table),
-                            record.table_bytes // DOC_TABLE_DTYPE.itemsize, label, base))
+                            record.table_bytes // DOC_TABLE_DTYPE.itemsize, label, base, record,
+                            root.done(record.shard)))
     deduplicated = root.storage.exists(root.dedup_job)
     if deduplicated:
         fingerprint.update(root.storage.read_whole(root.dedup_job))

@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fnmatch
+import functools
 import itertools
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 
-from ..errors import MixError, RootKindError
+from ..errors import IntegrityError, MixError, RootKindError
 from ..finished import build_meta, checksum_of, write_meta
 from ..manifest import ShardEntry, manifest_digest
 from ..progress import ProgressDisplay, ProgressFactory
@@ -56,7 +58,7 @@ from ..protocol import (
     write_json_lines,
     write_record,
 )
-from ..protocol.docindex import DocEnds
+from ..protocol.docindex import DocEnds, read_checked_index
 from ..publish import PendingSet
 from ..spans import ShortSource
 from .inputs import SourceDocs
@@ -78,17 +80,19 @@ COPY_BLOCK = 4 << 20
 class Layout:
     """Where the plan's records point: every source's shards end to end (a record's shard is
     ``id >> 32``; shard k's tokens are ``paths[k]`` from byte ``bases[k]``), and the number of
-    each source's first shard."""
+    each source's first shard. ``verify[k]`` checks shard k's bytes against its done record."""
 
     paths: list[Path]
     bases: list[int]
     first_shard: np.ndarray
     names: list[str]
+    verify: list[Callable[[], None]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def join(cls, sources: list[SourceDocs], first_shard: np.ndarray) -> Layout:
         return cls([p for s in sources for p in s.paths], [b for s in sources for b in s.bases], first_shard,
-                   [s.spec.name for s in sources])
+                   [s.spec.name for s in sources],
+                   [functools.partial(s.verify, k) for s in sources for k in range(len(s.shards))])
 
     def source_counts(self, picks: np.ndarray, step: int = 1 << 20) -> dict[str, dict[str, int]]:
         """Documents and tokens per source name, ``step`` records at a time (bounded temporaries)."""
@@ -344,6 +348,7 @@ def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarr
     dest, partial = out.combined(split), out.mix_partial(split)
     total = int(starts[-1])
     if not published:
+        _verify_sources(picks, todo, per_chunk, docs, workers)
         with out.storage.open_write(partial, "append") as f:
             f.truncate(total)
         # ``workers`` threads copy; one more syncs and commits finished copies meanwhile, so the
@@ -364,23 +369,54 @@ def write_split(out: OutputRoot, split: str, picks: np.ndarray, starts: np.ndarr
                     else:
                         running[commits.submit(commit_chunk, out, split, n, chunk, docs, job, result.result())] = \
                             (n, True)
-        _write_index(out.doc_index(split), picks, per_chunk)
+        index_checksum = _write_index(out.doc_index(split), picks, per_chunk)
         out.storage.replace(partial, dest)
         out.storage.sync_folder(dest.parent)
+    else:
+        index_checksum = _index(out.doc_index(split), picks, per_chunk, total // job.token_width)
     itemsize = job.token_width
     return {"file": dest.name, "shards": len(starts) - 1, "documents": len(picks), "tokens": total // itemsize,
             "bytes": total, "partial": False, "missing_shards": 0, "skipped_lines": {},
-            "index": out.doc_index(split).name, "sources": docs.source_counts(picks)}
+            "index": out.doc_index(split).name, "sources": docs.source_counts(picks), "index_checksum": index_checksum}
 
 
-def _write_index(path: Path, picks: np.ndarray, per_chunk: int) -> None:
+def _verify_sources(picks: np.ndarray, todo: list[int], per_chunk: int, docs: Layout, workers: int) -> None:
+    """Check every source shard the chunks ``todo`` copy from against its done record, before the
+    first byte is copied (``workers`` threads: hashing releases the GIL). Shards only finished
+    chunks drew from are not read again; a damaged shard is refused, never re-checksummed."""
+    used = np.zeros(len(docs.paths), dtype=bool)
+    for n in todo:
+        used[np.unique(picks["id"][n * per_chunk:(n + 1) * per_chunk] >> 32)] = True
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for _ in pool.map(lambda k: docs.verify[k](), np.flatnonzero(used).tolist()):
+            pass  # map re-raises the first shard's IntegrityError
+
+
+def _ends(picks: np.ndarray, per_chunk: int, ends: DocEnds) -> DocEnds:
+    for lo in range(0, len(picks), per_chunk):
+        ends.add(picks["tokens"][lo:lo + per_chunk])
+    return ends
+
+
+def _write_index(path: Path, picks: np.ndarray, per_chunk: int) -> str:
+    """Write the split's index from the plan; returns its checksum (meta's ``index_checksum``)."""
     storage, tmp = storage_for(path), temp_path(path)
     with storage.open_write(tmp, "create") as f:
-        ends = DocEnds(f)
-        for lo in range(0, len(picks), per_chunk):
-            ends.add(picks["tokens"][lo:lo + per_chunk])
+        checksum = _ends(picks, per_chunk, DocEnds(f)).checksum
         storage.sync(f)
     storage.replace(tmp, path)
+    return checksum
+
+
+def _index(path: Path, picks: np.ndarray, per_chunk: int, tokens: int) -> str:
+    """The checksum of a published split's index, which is rewritten from the plan when it is
+    missing or differs from it (a published file is never described by records alone)."""
+    checksum = _ends(picks, per_chunk, DocEnds(None)).checksum
+    try:
+        read_checked_index(path, len(picks), tokens, checksum, "")
+    except IntegrityError:
+        return _write_index(path, picks, per_chunk)
+    return checksum
 
 
 def _remove_temp_files(out: OutputRoot) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from ..errors import SlimtokError
+from ..errors import IntegrityError, SlimtokError
 from .storage import storage_for
 
 if TYPE_CHECKING:
@@ -52,10 +52,15 @@ def dtype(name: str) -> np.dtype:
 def read_tokens(path: Path, token_dtype: str | np.dtype) -> np.ndarray:
     """A token file (a shard's data, a combined split) as a read-only array of ``token_dtype``,
     memory-mapped. An empty file is an empty array: a split with no documents is valid data (zero
-    tokens), and mmap(2) cannot map zero bytes. FileNotFoundError when the file is missing."""
+    tokens), and mmap(2) cannot map zero bytes. FileNotFoundError when the file is missing; a size
+    that is not whole tokens is refused (IntegrityError naming the file), never mapped short."""
     import numpy as np
 
-    if storage_for(path).stat(path).size == 0:
+    size = storage_for(path).stat(path).size
+    if size % np.dtype(token_dtype).itemsize:
+        raise IntegrityError(f"{size:,} bytes, not a whole number of {np.dtype(token_dtype).name} tokens (cut or "
+                           "appended to after it was written)", path, "write it again with the command that wrote it")
+    if size == 0:
         return np.zeros(0, dtype=token_dtype)
     return np.memmap(path, dtype=token_dtype, mode="r")
 

@@ -32,7 +32,8 @@ def _texts_and_sources(path: Path) -> tuple[list[str], list[str]]:
 
 def write_table(root: OutputRoot, record: DoneRecord, counts: np.ndarray, sources: list[str],
                 texts: list[str]) -> DoneRecord:
-    """Write ``documents/<id>.docs`` from these rows and rewrite the done record to name it."""
+    """Write ``documents/<id>.docs`` from these rows and rewrite the done record to name it (and to
+    count its documents per source as the table does)."""
     names = list(dict.fromkeys(sources))
     table = np.zeros(len(counts), dtype=DOC_TABLE_DTYPE)
     table["tokens"] = counts
@@ -47,6 +48,10 @@ def write_table(root: OutputRoot, record: DoneRecord, counts: np.ndarray, source
     record.table_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     record.source_names, record.table_version = names, DOC_TABLE_VERSION
     record.documents = len(counts)
+    record.sources = {}  # what tokenize counts per source, which readers check against the table
+    for n, source in zip(counts.tolist(), sources, strict=True):
+        total = record.sources.setdefault(source, {"documents": 0, "tokens": 0})
+        total["documents"], total["tokens"] = total["documents"] + 1, total["tokens"] + int(n)
     write_record(root.done(record.shard), record)
     return record
 

@@ -12,7 +12,7 @@ from helpers.cli import slimtok
 from helpers.corpus import doc_line, sample_documents, write_shard
 from helpers.tables import add_tables, write_table
 from slimtok.combine import Exclusion, combine
-from slimtok.errors import CombineError, ValidateError
+from slimtok.errors import CombineError, IntegrityError, ValidateError
 from slimtok.protocol import DoneRecord, OutputRoot, read_record, write_record
 from slimtok.validate import validate
 
@@ -156,7 +156,7 @@ def test_a_table_that_does_not_sum_to_its_shard_is_refused(tokenized, tmp_path):
     write_table(OutputRoot(copy), record, np.array([len(d) for d in own[:-1]] + [len(own[-1]) - 1]), sources,
                 ["x"] * len(own))
     before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
-    with pytest.raises(CombineError, match=f"shard {shard} has .* documents of"):
+    with pytest.raises(IntegrityError, match=f"{shard}.docs: its rows hold .* tokens, but its done record says"):
         combine(copy, log=lambda s: None)
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before  # no temp file left
 

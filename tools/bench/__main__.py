@@ -40,6 +40,9 @@ are printed):
              sizes (kept under --work/combine-plan), growth per shard flagged
   mix-plan   (only when named in --only) a mix plan's wall, CPU and peak RSS per selected document
              over 4 synthetic roots of --mix-plan-documents documents in all, in a fresh python
+  integrity  (only when named in --only) each checked read's cost beside the work it guards, over a
+             synthetic root of --integrity-mb MB of tokens: a mix's source check, export's data check
+             (all / sample), the checked .idx and document-table reads against bare reads
   peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
              into a separate venv under --work; with --megatron-dir, Megatron-LM's
              tools/preprocess_data.py and preprocess_data_fast.py (with and without --use-gigatoken)
@@ -64,6 +67,7 @@ from .dedup import bench_dedup_cost, bench_dedup_scale
 from .encode import bench_ceiling, bench_raw, bench_read, bench_tables, check_ids, floor_notes, read_bound, tables_share
 from .exports import bench_exports
 from .harness import Table, run_workers, settings_for
+from .integrity import bench_integrity
 from .mix import bench_mix_plan, bench_mix_section
 from .peers.section import PEER_PROCS, bench_peers
 from .pipeline import bench_combine, bench_consume, bench_memory, bench_pipeline
@@ -212,6 +216,10 @@ def consume(ctx: Context, run: int) -> None:
     bench_consume(ctx.table, ctx.work, ctx.corpus, ctx.tokenizer, ctx.fast)
 
 
+def integrity(ctx: Context, run: int) -> None:
+    bench_integrity(ctx.table, ctx.work, ctx.args.integrity_mb, ctx.args.runs)
+
+
 def mix_plan(ctx: Context, run: int) -> None:
     bench_mix_plan(ctx.table, ctx.work, _int_list(ctx.args.mix_plan_documents), ctx.args.mix_plan_shards)
 
@@ -234,9 +242,10 @@ SECTIONS: dict[str, Section] = {
     "growth": Section(growth), "dedup": Section(dedup), "stages": Section(stages), "mix": Section(mix),
     "consume": Section(consume), "mix-plan": Section(mix_plan), "peers": Section(peers),
     "combine-plan": Section(combine_plan),
+    "integrity": Section(integrity),
 }
-#: sections run only when asked for: peers with --peers (or in --only), mix-plan and combine-plan in --only
-OPT_IN = ("mix-plan", "peers", "combine-plan")
+#: sections run only when asked for: peers with --peers (or in --only); mix-plan, combine-plan and integrity in --only
+OPT_IN = ("mix-plan", "peers", "combine-plan", "integrity")
 #: sections that run when another one runs: (needed, needed by), e.g. the pipeline checks its ids
 #: against the raw section's, and the peers are compared with the scaling row
 NEEDED = (("raw", "pipeline"), ("scaling", "peers"))
@@ -284,6 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="documents in all (over 4 synthetic roots) at which the mix-plan section plans")
     ap.add_argument("--combine-plan-shards", default="10000,60000,122000",
                     help="shard counts of the synthetic roots the combine-plan section plans over")
+    ap.add_argument("--integrity-mb", type=int, default=300,
+                    help="MB of tokens in the synthetic root the integrity section checks")
     ap.add_argument("--mix-plan-shards", type=int, default=250,
                     help="shards per synthetic root of the mix-plan section; with fewer than inputs.PIECE_ROWS "
                          "rows a shard, the streaming pieces (a constant) are smaller at the smaller sizes and "
