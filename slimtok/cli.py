@@ -360,6 +360,13 @@ def status_cmd(output_root: Path, as_json: bool, watch: float | None, prometheus
             return
 
 
+#: every export checks the split it reads against its records first (slimtok.finished.verify_split)
+_verify_option = click.option(
+    "--verify", type=click.Choice(["sample", "all"]), default="sample", show_default=True,
+    help="Check every shard's (or mix chunk's) bytes of the split against its done record before exporting (all), "
+         "or 4 of them drawn at random (sample); sizes and the .idx are always checked.")
+
+
 @main.group("export")
 def export_group() -> None:
     """Write combined splits in the layouts other trainers read (after `slimtok combine`)."""
@@ -376,9 +383,7 @@ def export_group() -> None:
 @click.option("--data-args-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write Megatron's --data-args-path file (weight prefix ...): a mix's sources at their "
                    "realized token shares, or the roots given at their train tokens.")
-@click.option("--verify", type=click.Choice(["sample", "all"]), default="sample", show_default=True,
-              help="Check every shard's (or mix chunk's) bytes of the split against its done record before "
-                   "exporting (all), or 4 of them drawn at random (sample); sizes and the .idx are always checked.")
+@_verify_option
 def export_megatron_cmd(output_roots: tuple[Path, ...], prefix: str, splits: str | None,
                         data_args_path: Path | None, verify: str) -> None:
     """PREFIX_<split>_text_document.bin/.idx in megatron-core's indexed-dataset format."""
@@ -394,18 +399,20 @@ def export_megatron_cmd(output_roots: tuple[Path, ...], prefix: str, splits: str
 
 
 @export_group.command("datatrove")
+@_verify_option
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--prefix", required=True,
               help="Folder of the export, one subfolder per split; a relative one is placed in OUTPUT_ROOT/datatrove/.")
 @click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
-def export_datatrove_cmd(output_root: Path, prefix: str, splits: str | None) -> None:
+def export_datatrove_cmd(output_root: Path, prefix: str, splits: str | None, verify: str) -> None:
     """PREFIX/<split>/<split>.ds/.ds.index/.ds.metadata, as datatrove's DatatroveFolderDataset and nanotron read."""
     from .export import export_datatrove
 
-    export_datatrove(output_root, prefix, _splits(splits), log=click.echo)
+    export_datatrove(output_root, prefix, _splits(splits), log=click.echo, verify=verify)
 
 
 @export_group.command("litdata")
+@_verify_option
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--prefix", required=True,
               help="Folder of the export, one subfolder per split; a relative one goes in OUTPUT_ROOT/litdata/.")
@@ -414,37 +421,39 @@ def export_datatrove_cmd(output_root: Path, prefix: str, splits: str | None) -> 
 @click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
 @click.option("--chunk-bytes", type=click.IntRange(min=1), default=None, help="Default: about 64 MiB per chunk.")
 def export_litdata_cmd(output_root: Path, prefix: str, block_size: int, splits: str | None,
-                       chunk_bytes: int | None) -> None:
+                       chunk_bytes: int | None, verify: str) -> None:
     """PREFIX/<split>/chunk-0-*.bin + index.json, as litdata's StreamingDataset with TokensLoader reads."""
     from .export import LITDATA_CHUNK_BYTES, export_litdata
 
     export_litdata(output_root, prefix, block_size, _splits(splits), chunk_bytes or LITDATA_CHUNK_BYTES,
-                   log=click.echo)
+                   log=click.echo, verify=verify)
 
 
 @export_group.command("mds")
+@_verify_option
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--prefix", required=True,
               help="Folder of the export, one subfolder per split; a relative one goes in OUTPUT_ROOT/mds/.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True)
 @click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every combined split).")
-def export_mds_cmd(output_root: Path, prefix: str, seq_len: int, splits: str | None) -> None:
+def export_mds_cmd(output_root: Path, prefix: str, seq_len: int, splits: str | None, verify: str) -> None:
     """PREFIX/<split>/shard.*.mds + index.json (column `tokens`, rows of SEQ_LEN), as MosaicML streaming reads."""
     from .export import export_mds
 
-    export_mds(output_root, prefix, seq_len, _splits(splits), log=click.echo)
+    export_mds(output_root, prefix, seq_len, _splits(splits), log=click.echo, verify=verify)
 
 
 @export_group.command("torchtitan")
+@_verify_option
 @click.option("--output-root", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--prefix", required=True,
               help="Folder of the export, one subfolder per split; a relative one goes in OUTPUT_ROOT/torchtitan/.")
 @click.option("--splits", default=None, help=f"Subset of {SPLIT_CHOICES} (default: every non-empty combined split).")
-def export_torchtitan_cmd(output_root: Path, prefix: str, splits: str | None) -> None:
+def export_torchtitan_cmd(output_root: Path, prefix: str, splits: str | None, verify: str) -> None:
     """PREFIX/<split>/tokens.bin (uint32) and document_offsets.npy, as torchtitan's pretokenized source reads."""
     from .export import export_torchtitan
 
-    export_torchtitan(output_root, prefix, _splits(splits), log=click.echo)
+    export_torchtitan(output_root, prefix, _splits(splits), log=click.echo, verify=verify)
 
 
 @export_group.command("packed")
@@ -459,9 +468,7 @@ def export_torchtitan_cmd(output_root: Path, prefix: str, splits: str | None) ->
               help="Balance the files for this many ranks: files[rank::RANKS] hold equal rows (the rest dropped).")
 @click.option("--document-ends", is_flag=True,
               help="Parquet: add a document_ends column, each row's exact document ends (offsets in (0, SEQ_LEN]).")
-@click.option("--verify", type=click.Choice(["sample", "all"]), default="sample", show_default=True,
-              help="Check every shard's (or mix chunk's) bytes of the split against its done record before "
-                   "exporting (all), or 4 of them drawn at random (sample); sizes and the .idx are always checked.")
+@_verify_option
 def export_packed_cmd(output_root: Path, seq_len: int, fmt: str, split: str, output_dir: Path | None,
                       rows_per_file: int | None, ranks: int, document_ends: bool, verify: str) -> None:
     """Rows of exactly SEQ_LEN tokens cut from the eos-separated stream, with a manifest of checksums."""

@@ -36,15 +36,16 @@ def _metadata(tokenizer: str, token_size: int, tokens: int) -> bytes:
 
 
 def export_datatrove(output_root: str | os.PathLike[str], prefix: str, splits: Sequence[str] | None = None,
-                     log: Callable[[str], None] = print) -> list[Path]:
+                     log: Callable[[str], None] = print, verify: str = "sample") -> list[Path]:
     """Write each combined split (default: all) as ``<split>.ds`` + ``.ds.index`` + ``.ds.metadata``
     in its own folder; returns the folders. The token size is the split's dtype width, which the
-    reader must be given (``token_size=``)."""
+    reader must be given (``token_size=``). ``verify``: how much of
+    the split is checked against its records first (:func:`slimtok.finished.verify_split`)."""
     root = OutputRoot(output_root)
     meta = combined_meta(root)
     written = []
     for split in chosen_splits(meta, splits):
-        data = split_bin(root, meta, split)
+        data = split_bin(root, meta, split, verify)
         folder = root.export_dir(DATATROVE, prefix, split)
         ds = f"{folder.name}.ds"
         token_size = data.tokens.dtype.itemsize

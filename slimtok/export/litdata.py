@@ -65,16 +65,17 @@ def _write_chunk(tmp: Path, data: TokenBin, ends: np.ndarray, lo: int, hi: int) 
 
 def export_litdata(output_root: str | os.PathLike[str], prefix: str, block_size: int,
                    splits: Sequence[str] | None = None, chunk_bytes: int = LITDATA_CHUNK_BYTES,
-                   log: Callable[[str], None] = print) -> list[Path]:
+                   log: Callable[[str], None] = print, verify: str = "sample") -> list[Path]:
     """Write each combined split (default: all but empty ones) as litdata chunks whose blocks of
-    ``block_size`` tokens are the split's consecutive windows; returns the folders."""
+    ``block_size`` tokens are the split's consecutive windows; returns the folders. ``verify``: how much of
+    the split is checked against its records first (:func:`slimtok.finished.verify_split`)."""
     if block_size < 1:
         raise ExportError(f"block_size must be positive, got {block_size}")
     root = OutputRoot(output_root)
     meta = combined_meta(root)
     written = []
     for split in chosen_splits(meta, splits):
-        data = split_bin(root, meta, split)
+        data = split_bin(root, meta, split, verify)
         ends = data.doc_ends
         assert ends is not None  # split_bin refuses a split without its index
         if len(data) < block_size:

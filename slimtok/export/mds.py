@@ -47,16 +47,17 @@ def _shard_config(dtype: str, seq_len: int) -> dict[str, Any]:
 
 
 def export_mds(output_root: str | os.PathLike[str], prefix: str, seq_len: int, splits: Sequence[str] | None = None,
-               log: Callable[[str], None] = print) -> list[Path]:
+               log: Callable[[str], None] = print, verify: str = "sample") -> list[Path]:
     """Write each combined split (default: all with at least one row) as MDS shards of rows of
-    ``seq_len`` tokens; returns the folders."""
+    ``seq_len`` tokens; returns the folders. ``verify``: how much of
+    the split is checked against its records first (:func:`slimtok.finished.verify_split`)."""
     if seq_len < 1:
         raise ExportError(f"seq_len must be positive, got {seq_len}")
     root = OutputRoot(output_root)
     meta = combined_meta(root)
     written = []
     for split in chosen_splits(meta, splits):
-        data = split_bin(root, meta, split)
+        data = split_bin(root, meta, split, verify)
         rows = len(data) // seq_len
         if rows == 0:
             if splits:

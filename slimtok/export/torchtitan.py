@@ -36,14 +36,15 @@ BLOCK = 1 << 24
 
 
 def export_torchtitan(output_root: str | os.PathLike[str], prefix: str, splits: Sequence[str] | None = None,
-                      log: Callable[[str], None] = print) -> list[Path]:
+                      log: Callable[[str], None] = print, verify: str = "sample") -> list[Path]:
     """Write each combined split (default: all but empty ones) as ``tokens.bin`` +
-    ``document_offsets.npy`` in its own folder; returns the folders."""
+    ``document_offsets.npy`` in its own folder; returns the folders. ``verify``: how much of
+    the split is checked against its records first (:func:`slimtok.finished.verify_split`)."""
     root = OutputRoot(output_root)
     meta = combined_meta(root)
     written = []
     for split in chosen_splits(meta, splits):
-        data = split_bin(root, meta, split)
+        data = split_bin(root, meta, split, verify)
         ends = data.doc_ends
         assert ends is not None  # split_bin refuses a split without its index
         if not len(data):

@@ -6,8 +6,8 @@ document table, a dedup drop list, the combined ``train.bin`` and ``train.idx``,
 ``train.bin`` and ``train.idx``) and each damage (a flipped bit, a cut, bytes appended, the file
 deleted; positions drawn by a generator seeded with the case), a private copy of the roots is
 damaged and every reader runs on it: combine --dedup, dedup, mix (from the root; and the same mix
-command again on the mix root), validate, export megatron and packed (``verify="all"``), the
-loader's ``TokenBlocks`` and status. Each must either refuse with an error (or a failed validate
+command again on the mix root), validate, export megatron and packed, and the exports that
+hard-link the split's files (datatrove, torchtitan) (all with ``verify="all"``), the loader's ``TokenBlocks`` and status. Each must either refuse with an error (or a failed validate
 check) naming the damaged file, or give exactly the output it gives on the undamaged copy.
 
 The one pair left out, with its reason: ``TokenBlocks`` over a split whose bits flipped keeps its
@@ -34,7 +34,7 @@ from slimtok.combine import combine
 from slimtok.data import TokenBlocks
 from slimtok.dedup import DropReader, exclusion_for, run_dedup
 from slimtok.errors import SlimtokError
-from slimtok.export import export_megatron, export_packed
+from slimtok.export import export_datatrove, export_megatron, export_packed, export_torchtitan
 from slimtok.manifest import read_manifest
 from slimtok.mix import mix_main
 from slimtok.protocol import DedupUnitRecord, OutputRoot, read_record
@@ -130,6 +130,16 @@ def _packed(root: str) -> Callable[[dict[str, Path], Path], Any]:
     return run
 
 
+def _linked(export: Callable[..., Any], root: str) -> Callable[[dict[str, Path], Path], Any]:
+    """An export that hard-links the split's files where it can: a damaged file must be refused, not linked."""
+    def run(roots: dict[str, Path], work: Path) -> Any:
+        folder = work / export.__name__
+        export(roots[root], str(folder), log=lambda _: None, verify="all")
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+                if p.is_file() and not p.name.startswith("slimtok-export")}
+    return run
+
+
 def _blocks(root: str) -> Callable[[dict[str, Path], Path], Any]:
     def run(roots: dict[str, Path], work: Path) -> Any:
         return [(x.tobytes(), y.tobytes()) for x, y in TokenBlocks(roots[root] / "train.bin", 16)]
@@ -151,7 +161,7 @@ READERS: dict[str, Callable[[dict[str, Path], Path], Any]] = {
     "validate": _validate("r"), "blocks": _blocks("r"), "status": _status, "megatron": _megatron("r"),
     "packed": _packed("r"), "mix": _mix, "mix-validate": _validate("m"), "mix-blocks": _blocks("m"),
     "mix-megatron": _megatron("m"), "mix-packed": _packed("m"), "mix-again": _mix_again, "combine": _combine,
-    "dedup": _dedup,
+    "dedup": _dedup, "datatrove": _linked(export_datatrove, "r"), "mix-torchtitan": _linked(export_torchtitan, "m"),
 }
 
 
