@@ -577,9 +577,15 @@ def text_growth(normalizer: dict[str, Any] | None, pre_tokenizer: dict[str, Any]
     text. A prepended string counts once per segment (text between added tokens), and a segment
     holds at least one byte. Only the components listed here are bounded; any other gives None.
     """
-    n = _growth(normalizer, "normalizers", _normalizer_growth)
+    n = normalizer_growth(normalizer)
     p = _growth(pre_tokenizer, "pretokenizers", _pre_tokenizer_growth)
     return None if n is None or p is None else n * p
+
+
+def normalizer_growth(normalizer: dict[str, Any] | None) -> float | None:
+    """An upper bound on how many times the normalizer (its JSON) can lengthen UTF-8 text, or None
+    when it has a part not listed here (then only a look at the normalized text can tell)."""
+    return _growth(normalizer, "normalizers", _normalizer_growth)
 
 
 def _growth(part: dict[str, Any] | None, children: str,
