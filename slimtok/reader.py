@@ -70,12 +70,14 @@ class ShardReader:
     ``pause`` (may raise, e.g. to stop on a signal) is called between lines at least every
     :data:`PAUSE_EVERY` lines (or ~16 MB of lines) that pass without a document.
     ``missing_text_keys`` holds the keys of the first record skipped as ``missing_text``.
-    A line (a parquet/Arrow text) over ``max_line_bytes`` is skipped as ``line_too_long``.
+    A line (a parquet/Arrow text) over ``max_line_bytes`` is skipped as ``line_too_long``, a text of
+    fewer than ``min_chars`` characters as ``too_few_chars``.
     """
 
     def __init__(self, path: str | Path, text_key: str = "text", start_line: int = 0,
                  skipped: dict[str, int] | None = None, source_key: str = "",
-                 pause: Callable[[], None] | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
+                 pause: Callable[[], None] | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+                 min_chars: int = 0):
         self.path = Path(path)
         self.text_key = text_key
         self.start_line = start_line
@@ -85,6 +87,7 @@ class ShardReader:
         self.missing_text_keys: tuple[str, ...] | None = None
         self._pause = pause
         self.max_line_bytes = max_line_bytes
+        self.min_chars = min_chars
         self._quiet = 0  # weight of the lines since the last document or pause
         quick = QuickParser()
         self._quick = quick.record if quick.available else None
@@ -160,6 +163,8 @@ class ShardReader:
                 raise ShardReadError(self.path, f"line {self.lines}: cannot be read "
                                                 f"({type(exc).__name__}: {exc})") from exc
             del line  # the record holds the text; the raw line need not outlive the parse
+            if not isinstance(record, str) and len(record[0]) < self.min_chars:
+                record = "too_few_chars"
             if isinstance(record, str):
                 self._skip(record, 1, 1 + (size >> 8))
                 continue
@@ -208,6 +213,8 @@ class ShardReader:
         try:
             for row in batch_rows(batches, skip, self.text_key, self.source_path, self._short, self.max_line_bytes):
                 self.lines += 1
+                if not isinstance(row, str) and len(row[0]) < self.min_chars:
+                    row = "too_few_chars"
                 if isinstance(row, str):
                     self._skip(row)
                     continue

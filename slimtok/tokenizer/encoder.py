@@ -433,9 +433,7 @@ class Encoder:
 
     def _encode_huge(self, text: str) -> tuple[np.ndarray, list[int]]:
         """One huge document, encoded piece by piece so memory follows the piece size, not the text's."""
-        step = HUGE_DOC_CHARS // 2
-        slices = (text[i:i + step] for i in range(0, len(text), step))
-        flat = np.concatenate(list(self.encode_pieces(slices)))
+        flat = np.concatenate(list(self.encode_pieces([text])))
         return flat, [int(flat.size)]
 
     def encode_pieces(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
@@ -447,12 +445,13 @@ class Encoder:
         :class:`CutRule` offers and :meth:`_cut_holds` confirms (none found: the text carries over
         and the search goes on in the next piece), so a chunk is about a piece long and only the
         text not yet encoded, at most a piece more than the longest stretch without a cut, is held.
+        A piece longer than ``HUGE_DOC_CHARS`` is taken as pieces of half that.
         """
         rule = self._cut_rule
         text = ""
         scanned = -1  # the search goes on from here: candidates before were tried, or precede a join
         first = True
-        for piece in pieces:
+        for piece in _sliced(pieces):
             text += piece
             if scanned < 0 or rule is None:
                 scanned = len(text)  # no cut inside the first piece: a chunk is at least a piece
@@ -539,6 +538,16 @@ class Encoder:
         self.report = BackendReport(self.report.requested, "tokenizers",
                                     f"switched during the run: fastokens differed on {piece[0][:60]!r}")
         return False
+
+
+def _sliced(pieces: Iterable[str]) -> Iterator[str]:
+    """``pieces``, each longer than ``HUGE_DOC_CHARS`` as slices of half that (joined: the same text)."""
+    step = HUGE_DOC_CHARS // 2
+    for piece in pieces:
+        if len(piece) <= HUGE_DOC_CHARS:
+            yield piece
+        else:
+            yield from (piece[i:i + step] for i in range(0, len(piece), step))
 
 
 def _load_fastokens(tokenizer: Tokenizer | Path) -> tuple[object | None, str]:
