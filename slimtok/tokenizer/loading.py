@@ -464,10 +464,22 @@ def _resolve(source: str, tokenizer_class: str) -> tuple[_Parsed, TokenizerConfi
         return _read_file(file), _config(file.parent)
     if Path(source).expanduser().is_dir():
         return _from_transformers(str(Path(source).expanduser()), tokenizer_class)
-    if not _REPO_ID.fullmatch(source) or source.startswith((".", "~")) or source.endswith(_FILE_SUFFIXES):
+    if looks_local(source):
         raise TokenizerError("no such file or folder (a path, not a Hub repo id, so nothing was fetched)",
-                             Path(source).expanduser().absolute(), "check the path given to --tokenizer")
+                             Path(source).expanduser().absolute(),
+                             "check the path given to --tokenizer (an org/name is asked of the Hub only when no "
+                             "local folder is named org)")
     return _from_hub(source, tokenizer_class)
+
+
+def looks_local(source: str) -> bool:
+    """Whether a tokenizer source that exists nowhere locally is still a local path, never a Hub id:
+    anything not shaped ``name`` or ``org/name``, a name starting with ``.`` or ``~``, a file name
+    (``.json``, ``.model``), and an ``org/name`` whose ``org`` is a folder here (``models/qwen``
+    beside a ``models/`` folder is a mistyped path; a Hub org is not a local folder)."""
+    if not _REPO_ID.fullmatch(source) or source.startswith((".", "~")) or source.endswith(_FILE_SUFFIXES):
+        return True
+    return "/" in source and Path(source).parent.is_dir()
 
 
 def read_tokenizer_file(path: Path) -> Tokenizer:
