@@ -26,7 +26,7 @@ import orjson
 from tokenizers import Tokenizer
 
 from ..errors import EncoderCrash, TokenizerError
-from .loading import canonical_sha256, normalizer_growth, read_tokenizer_file
+from .loading import canonical_sha256, native_panics, normalizer_growth, read_tokenizer_file
 from .policy import BACKENDS, DocumentPolicy
 from .shape import SHAPE_TEXTS
 
@@ -306,7 +306,9 @@ class Encoder:
         except Exception as exc:  # the Rust side raises bare exceptions
             return self._fall_back(requested, f"fastokens cannot take the bos/eos template: {exc}")
         texts = _start_sample(self._tok)
-        ref, ref_lengths = self._encode_reference(texts)
+        with native_panics(lambda what: TokenizerError(f"the tokenizer's native encoder panicked on the start-up "
+                                                       f"sample ({what})", self._path, "fix the tokenizer")):
+            ref, ref_lengths = self._encode_reference(texts)
         got, got_lengths = self._encode_fast(fast, texts)
         if ref_lengths != got_lengths or not np.array_equal(ref, got):
             # not strict: a fastokens that returned fewer texts falls back below, like one with other ids
@@ -376,16 +378,12 @@ class Encoder:
         becomes :class:`EncoderCrash`, which fails this shard alone. Python's own control flow
         (KeyboardInterrupt, SystemExit, GeneratorExit) and every ``Exception`` pass unchanged.
         """
-        try:
+        with native_panics(lambda what: EncoderCrash(
+                f"the tokenizer's native encoder panicked on a batch of this shard ({what})",
+                fix="the other shards go on: fix the tokenizer or leave this shard out")):
             if self._growth_slice:
                 self._check_growth(texts)
             return self._encode_native(texts)
-        except (Exception, KeyboardInterrupt, SystemExit, GeneratorExit):
-            raise
-        except BaseException as exc:
-            what = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-            raise EncoderCrash(f"the tokenizer's native encoder panicked on a batch of this shard ({what})",
-                               fix="the other shards go on: fix the tokenizer or leave this shard out") from exc
 
     def _check_growth(self, texts: list[str]) -> None:
         """TokenizerError (which fails the shard) when the normalizer lengthens a slice of some text

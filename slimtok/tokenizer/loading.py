@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import TokenizerError
+from ..errors import SlimtokError, TokenizerError
 from .policy import (
     SPECIAL_TEXT,
     DocumentPolicy,
@@ -349,6 +350,20 @@ def _pairs_as_strings(masked: bytes, parts: list[bytes]) -> bytes:
     elif b" " in b"".join(parts[1::2]):
         return b""
     return _unmask_escapes(b'["' + b'","'.join(map(b" ".join, zip(parts[1::4], parts[3::4], strict=True))) + b'"]')
+
+
+@contextmanager
+def native_panics(error: Callable[[str], SlimtokError]) -> Iterator[None]:
+    """Inside, a Rust panic of the tokenizer library becomes ``error(what)``, ``what`` naming it on
+    one line. A panic surfaces as pyo3's ``PanicException``, a ``BaseException`` that handlers of
+    ``Exception`` let through (a traceback in a launcher, a dead worker); Python's own control flow
+    (KeyboardInterrupt, SystemExit, GeneratorExit) and every ``Exception`` pass unchanged."""
+    try:
+        yield
+    except (Exception, KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        raise error(f"{type(exc).__name__}: {exc}".replace("\n", " ")) from exc
 
 
 def canonical_sha256(tok: Tokenizer) -> str:
