@@ -139,6 +139,11 @@ def mirror_cmd(repo_id: str, repo_type: str, revision: str | None, include: tupl
 @click.option("--max-line-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_LINE_BYTES, show_default=True,
               help="Skip (count as line_too_long) any line longer than this, or a parquet/Arrow text of more "
                    "UTF-8 bytes; it bounds a worker's reading memory. Pinned in job.json.")
+@click.option("--min-chars", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Skip (count as too_few_chars) documents of fewer characters; 0 = off. Pinned in job.json.")
+@click.option("--min-tokens", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Skip (count as too_few_tokens) documents of fewer tokens, bos/eos aside; 0 = off. Pinned in "
+                   "job.json.")
 @click.option("--eos-id", type=click.IntRange(min=0), default=None, help="Default: the tokenizer's eos token.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
               help="Token width: auto = uint16 when every id the tokenizer can emit is < 65,536, else uint32.")
@@ -164,7 +169,7 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, tokenizer_cl
                  max_workers: int | None,
                  process_index: int | None, process_count: int | None, tokens_per_write: int,
                  checkpoint_every: float, splits: str, text_key: str, source_key: str, max_line_bytes: int,
-                 eos_id: int | None, dtype: str, bos: str,
+                 min_chars: int, min_tokens: int, eos_id: int | None, dtype: str, bos: str,
                  special_text: str, backend: str, parity_share: float,
                  retry_failed: bool, min_free_fraction: float, stale_after: float, quiet: bool) -> None:
     """Tokenize the manifest's shards into OUTPUT_ROOT; relaunch the same command to resume."""
@@ -176,7 +181,7 @@ def tokenize_cmd(manifest: Path, output_root: Path, tokenizer: str, tokenizer_cl
                             tokenizer=tokenizer, tokenizer_class=tokenizer_class, tokens_per_write=tokens_per_write,
                             checkpoint_every=checkpoint_every,
                             splits=_splits(splits) or SPLITS, text_key=text_key, source_key=source_key,
-                            max_line_bytes=max_line_bytes,
+                            max_line_bytes=max_line_bytes, min_chars=min_chars, min_tokens=min_tokens,
                             eos_id=eos_id, dtype=dtype, bos=bos, special_text=special_text, backend=backend,
                             parity_share=parity_share,
                             retry_failed=retry_failed, min_free_fraction=min_free_fraction,

@@ -282,7 +282,8 @@ def build_meta(root: OutputRoot, job: JobSettings, splits: dict[str, dict], log:
                 tokenizer_sha256=tokenizer_fingerprint(root, job),
                 vocab_size=job.vocab_size, eos_token_id=job.eos_token_id, eos_token=job.eos_token,
                 bos_token_id=job.bos_token_id, bos_token=job.bos_token, special_text=job.special_text,
-                policy_notes=list(job.policy_notes), dtype=job.dtype,
+                policy_notes=list(job.policy_notes), min_chars=job.min_chars, min_tokens=job.min_tokens,
+                dtype=job.dtype,
                 text_key=job.text_key, manifest_sha256=job.manifest_sha256, backend=job.backend,
                 backend_verification=job.backend_verification, splits=merged, slimtok_version=__version__,
                 combined_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -68,14 +68,17 @@ class ShardReader:
     ``skipped`` is replaced by a new dict at each skip, so holding it is taking a snapshot.
     ``source_key`` (dotted path, empty for none) names the field :meth:`records` reports as source.
     ``pause`` (may raise, e.g. to stop on a signal) is called between lines at least every
-    :data:`PAUSE_EVERY` lines (or ~16 MB of lines) that pass without a document.
+    :data:`PAUSE_EVERY` lines (or ~16 MB of lines) that pass without a document, and (JSON lines)
+    before each decompressed block after the first, so also inside a line that spans blocks.
     ``missing_text_keys`` holds the keys of the first record skipped as ``missing_text``.
-    A line (a parquet/Arrow text) over ``max_line_bytes`` is skipped as ``line_too_long``.
+    A line (a parquet/Arrow text) over ``max_line_bytes`` is skipped as ``line_too_long``, a text of
+    fewer than ``min_chars`` characters as ``too_few_chars``.
     """
 
     def __init__(self, path: str | Path, text_key: str = "text", start_line: int = 0,
                  skipped: dict[str, int] | None = None, source_key: str = "",
-                 pause: Callable[[], None] | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
+                 pause: Callable[[], None] | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+                 min_chars: int = 0):
         self.path = Path(path)
         self.text_key = text_key
         self.start_line = start_line
@@ -85,6 +88,7 @@ class ShardReader:
         self.missing_text_keys: tuple[str, ...] | None = None
         self._pause = pause
         self.max_line_bytes = max_line_bytes
+        self.min_chars = min_chars
         self._quiet = 0  # weight of the lines since the last document or pause
         quick = QuickParser()
         self._quick = quick.record if quick.available else None
@@ -124,6 +128,15 @@ class ShardReader:
             if self._pause is not None:
                 self._pause()
 
+    def _pausing(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
+        """``blocks``, with ``pause`` called before each after the first: a line that spans many
+        blocks (one read past as over-long, an endless one) still reaches a pause every block, so a
+        stop or a lost claim is seen within one block's reading, not at the line's end."""
+        for k, block in enumerate(blocks):
+            if k and self._pause is not None:
+                self._pause()
+            yield block
+
     def _after_start(self, lines: Iterator[Buffer | int | Overlong]) -> Iterator[Buffer | int | Overlong]:
         """``lines`` without the first ``start_line`` (counted in ``lines``); a run may be cut."""
         left = self.start_line
@@ -140,7 +153,8 @@ class ShardReader:
         yield from lines
 
     def _jsonl_records(self, compression: str) -> Iterator[tuple[Text, str | None]]:
-        lines = self._after_start(split_blocks(data_blocks(self.path, compression, BLOCK_SIZE), self.max_line_bytes))
+        blocks = self._pausing(data_blocks(self.path, compression, BLOCK_SIZE))
+        lines = self._after_start(split_blocks(blocks, self.max_line_bytes))
         for line in lines:
             if isinstance(line, int):  # a run of empty lines, counted in steps that reach each pause
                 while line:
@@ -160,6 +174,8 @@ class ShardReader:
                 raise ShardReadError(self.path, f"line {self.lines}: cannot be read "
                                                 f"({type(exc).__name__}: {exc})") from exc
             del line  # the record holds the text; the raw line need not outlive the parse
+            if not isinstance(record, str) and len(record[0]) < self.min_chars:
+                record = "too_few_chars"
             if isinstance(record, str):
                 self._skip(record, 1, 1 + (size >> 8))
                 continue
@@ -208,6 +224,8 @@ class ShardReader:
         try:
             for row in batch_rows(batches, skip, self.text_key, self.source_path, self._short, self.max_line_bytes):
                 self.lines += 1
+                if not isinstance(row, str) and len(row[0]) < self.min_chars:
+                    row = "too_few_chars"
                 if isinstance(row, str):
                     self._skip(row)
                     continue

@@ -70,11 +70,17 @@ def _todo(settings: TokenizeSettings, root: OutputRoot, entries: list[ShardEntry
 
 
 def _encode_count(encoder: Tokenizer, job: JobSettings) -> Callable[[list[str]], int]:
-    """Tokens the worker writes for ``texts`` (separators included), by ``encoder``."""
+    """Tokens the worker writes for ``texts`` (separators included), by ``encoder``; a panic of the
+    native encoder on them is a TokenizerError, one line, not a traceback."""
+    from ..errors import TokenizerError
+    from ..tokenizer.loading import native_panics
+
     separators = 1 + (job.bos_token_id is not None)
 
     def count(texts: list[str]) -> int:
-        return sum(len(e.ids) + separators for e in encoder.encode_batch(texts, add_special_tokens=False))
+        with native_panics(lambda what: TokenizerError(f"the tokenizer's native encoder panicked on the disk-budget "
+                                                       f"sample ({what})", job.tokenizer, "fix the tokenizer")):
+            return sum(len(e.ids) + separators for e in encoder.encode_batch(texts, add_special_tokens=False))
 
     return count
 

@@ -101,7 +101,8 @@ def requested_job(settings: TokenizeSettings, entries: list[ShardEntry], tok: Lo
                        tokenizer_sha256=tok.sha256, vocab_size=tok.vocab_size, eos_token_id=p.eos_id,
                        eos_token=p.eos_token, dtype=dtype, text_key=settings.text_key, source_key=settings.source_key,
                        bos_token_id=p.bos_id, bos_token=p.bos_token, special_text=p.special_text,
-                       max_line_bytes=settings.max_line_bytes,
+                       max_line_bytes=settings.max_line_bytes, min_chars=settings.min_chars,
+                       min_tokens=settings.min_tokens,
                        policy_notes=[*tok.notes, f"dtype: {dtype} ({why})"], kind=TOKENIZE,
                        tokenizer_class=settings.tokenizer_class)
 
@@ -117,7 +118,8 @@ def request_digest(settings: TokenizeSettings, tokenizer_file_sha256: str, folde
     storage = storage_for(config)
     config_sha256 = hashlib.sha256(storage.read_whole(config)).hexdigest() if storage.exists(config) else None
     asked = [__version__, PROTOCOL_VERSION, tokenizer_file_sha256, config_sha256, settings.eos_id, settings.bos,
-             settings.special_text, settings.dtype, settings.text_key, settings.source_key, settings.max_line_bytes]
+             settings.special_text, settings.dtype, settings.text_key, settings.source_key, settings.max_line_bytes,
+             settings.min_chars, settings.min_tokens]
     return hashlib.sha256(orjson.dumps(asked)).hexdigest()
 
 

@@ -47,6 +47,10 @@ class TokenizeSettings:
     source_key: str = DEFAULT_SOURCE_KEY
     #: longer lines (parquet/Arrow texts, in UTF-8 bytes) are skipped as line_too_long; pinned in job.json
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    #: documents with fewer characters / tokens (separators aside) are skipped as too_few_chars /
+    #: too_few_tokens (0: off); pinned in job.json
+    min_chars: int = 0
+    min_tokens: int = 0
     #: encoder backend (auto|tokenizers|fastokens); not pinned: every backend gives the reference ids
     backend: str = "auto"
     #: share of documents re-encoded by the reference and compared (slimtok.worker.task); not pinned

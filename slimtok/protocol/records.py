@@ -108,6 +108,10 @@ class JobSettings(Record):
     #: Lines (parquet/Arrow texts) longer than this many bytes are skipped as ``line_too_long``;
     #: roots pinned before the cap existed read as the default.
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    #: Length filters (0: off): documents of fewer characters, or fewer tokens (separators aside), are
+    #: skipped as ``too_few_chars`` / ``too_few_tokens``; roots pinned before them read as off.
+    min_chars: int = 0
+    min_tokens: int = 0
     #: Not pinned: why each separator and the dtype were chosen (one line each), for meta and status.
     policy_notes: list[str] = field(default_factory=list)
     #: What created the root (``slimtok.protocol.kinds``: "tokenize", "mix"), set once by the record
@@ -118,7 +122,8 @@ class JobSettings(Record):
     tokenizer_class: str = ""
 
     PINNED = ("manifest_sha256", "tokenizer_sha256", "vocab_size", "eos_token_id", "dtype", "text_key",
-              "protocol", "source_key", "bos_token_id", "special_text", "max_line_bytes", "tokenizer_class")
+              "protocol", "source_key", "bos_token_id", "special_text", "max_line_bytes", "tokenizer_class",
+              "min_chars", "min_tokens")
 
     @property
     def token_width(self) -> int:
@@ -366,6 +371,9 @@ class Meta(Record):
     special_text: str = "literal"
     #: why the separators and dtype were chosen, and warnings (e.g. an eos that text can produce)
     policy_notes: list[str] = field(default_factory=list)
+    #: the job's length filters (0: off); the documents they left out are among each split's skipped lines
+    min_chars: int = 0
+    min_tokens: int = 0
     dtype: str = ""
     text_key: str = ""
     manifest_sha256: str = ""

@@ -12,19 +12,21 @@ import ctypes
 import logging
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 from tokenizers import Tokenizer
 
 from ..errors import EncoderCrash, TokenizerError
-from .loading import canonical_sha256, read_tokenizer_file
+from .loading import canonical_sha256, native_panics, normalizer_growth, read_tokenizer_file
 from .policy import BACKENDS, DocumentPolicy
 from .shape import SHAPE_TEXTS
 
@@ -47,6 +49,18 @@ FASTOKENS_LOAD_FACTOR = 2.5
 HUGE_DOC_CHARS = 8 << 20
 #: Characters on each side of a candidate cut that must encode the same whole and cut.
 CUT_WINDOW_CHARS = 1024
+#: The most a normalizer may lengthen a document's UTF-8 text (NFKC's worst case is 11x). A
+#: tokenizer whose normalizer is not bounded by this from its parts alone (an unknown normalizer, a
+#: Replace by a long string) has each text normalized first, in slices of at most
+#: ``GROWTH_SLICE_BYTES`` of output, and a text that grows more fails its shard instead of
+#: exhausting memory in the encoder.
+GROWTH_LIMIT = 16.0
+GROWTH_SLICE_BYTES = 16 << 20
+#: Bytes a normalizer may add to a slice beyond ``GROWTH_LIMIT`` x its length (a Prepend per segment).
+GROWTH_SLACK_BYTES = 1024
+#: After a refused cut, the search goes on this many characters later: where nothing holds, the
+#: window checks (~4 window lengths encoded each) cost ~6% of the encoding, not many times it.
+CUT_RETRY_CHARS = 1 << 16
 
 log = logging.getLogger("slimtok.tokenizer")
 
@@ -57,6 +71,73 @@ _SAMPLE_TEXTS = (
     *SHAPE_TEXTS,
     "a" * 3000 + " " + "ab" * 1500 + "\n" + " " * 500 + "x",
 )
+
+
+#: Right after a newline, before a letter: no match of a byte-level pre-tokenizer regex of the
+#: GPT-2/GPT-4/Qwen families spans it (newline runs and letter runs are separate pieces).
+_AFTER_NEWLINE = r"(?<=\n)(?=[^\W\d_])"
+#: Before a space that follows a non-space and precedes a letter: a word starts there for every
+#: pre-tokenizer that splits at spaces (byte-level regexes, Whitespace, BERT, Metaspace).
+_BEFORE_SPACE = r"(?<=\S)(?= [^\W\d_])"
+
+
+@dataclass(frozen=True)
+class CutRule:
+    """Where a huge document may be cut into separately encoded pieces, for one tokenizer.
+
+    A cut at ``i`` encodes ``text[:i]`` and ``text[i + drop:]`` apart. ``places`` finds the
+    candidate cuts (zero-width matches); each is still confirmed by :meth:`Encoder._cut_holds`.
+    ``drop`` is 1 for a ``Prepend`` normalizer: the piece after the cut gets the prepended string
+    (``"▁"``) at its start whatever it holds, so the cut goes at a character the normalizer
+    replaces by exactly that string (a space under ``Replace(" ", "▁")``) and leaves that character
+    out; the piece then normalizes to exactly the whole document's normalized text from there.
+    """
+
+    places: re.Pattern[str]
+    drop: int = 0
+
+
+def cut_rule(normalizer: dict[str, Any] | None, pre_tokenizer: dict[str, Any] | None) -> CutRule | None:
+    """The :class:`CutRule` for a tokenizer with this normalizer and pre-tokenizer (their JSON), or
+    None when no cut can be exact (the document is then encoded whole).
+
+    * a ``Prepend(p)`` normalizer (Llama-2/Mistral): the piece after a cut starts with ``p``, so a
+      cut goes at a character ``c`` the text's normalization turns into exactly ``p`` (``Replace(c,
+      p)`` in the normalizer, or a space under a ``Metaspace`` of replacement ``p``), dropping it;
+      without such a character no cut is exact;
+    * a ``Metaspace`` pre-tokenizer (SentencePiece conversions, any prepend scheme): before a space,
+      which Metaspace turns into its replacement, so a piece starting there is not prepended again
+      (schemes ``first``/``always`` prepend only to text not starting with the replacement) and a
+      word starts there in the whole document too;
+    * any other: after a newline before a letter, or before a space before a letter.
+    """
+    normal = _components(normalizer, "normalizers")
+    pre = _components(pre_tokenizer, "pretokenizers")
+    prepends = [n.get("prepend") for n in normal if n.get("type") == "Prepend"]
+    metaspace = [p.get("replacement") for p in pre if p.get("type") == "Metaspace"]
+    if prepends:
+        if len(prepends) > 1 or not isinstance(prepends[0], str) or not prepends[0]:
+            return None
+        swapped = {(n.get("pattern") or {}).get("String") for n in normal
+                   if n.get("type") == "Replace" and n.get("content") == prepends[0]}
+        if prepends[0] in metaspace:
+            swapped.add(" ")
+        chars = sorted(c for c in swapped if isinstance(c, str) and len(c) == 1)
+        if not chars:
+            return None
+        return CutRule(re.compile(f"(?<=\\S)(?=[{re.escape(''.join(chars))}][^\\W\\d_])"), drop=1)
+    if metaspace:
+        return CutRule(re.compile(_BEFORE_SPACE))
+    return CutRule(re.compile(f"{_AFTER_NEWLINE}|{_BEFORE_SPACE}"))
+
+
+def _components(part: dict[str, Any] | None, children: str) -> list[dict[str, Any]]:
+    """A normalizer's or pre-tokenizer's parts, Sequences flattened (none: [])."""
+    if not isinstance(part, dict):
+        return []
+    if part.get("type") == "Sequence":
+        return [c for p in part.get(children) or [] for c in _components(p, children)]
+    return [part]
 
 
 @dataclass(frozen=True)
@@ -166,6 +247,13 @@ class Encoder:
         tok.encode_special_tokens = policy.literal
         _malloc_trim()  # before the start-up sample: the first fastokens encode adds ~50 MB on top
         self._tok = tok
+        normalizer, pre_tokenizer = (orjson.loads(part.__getstate__()) if part else None
+                                     for part in (tok.normalizer, tok.pre_tokenizer))
+        self._cut_rule = cut_rule(normalizer, pre_tokenizer)
+        growth = normalizer_growth(normalizer)
+        #: characters per slice of the run-time growth check; 0: the normalizer is bounded by its parts
+        self._growth_slice = 0 if normalizer is None or (growth is not None and growth <= GROWTH_LIMIT) \
+            else max(1, int(GROWTH_SLICE_BYTES // (growth or GROWTH_LIMIT * 256)))
         self.policy = policy
         self.dtype = np.dtype(dtype)
         self._prefix = np.array(policy.prefix, dtype=np.uint32)
@@ -218,7 +306,9 @@ class Encoder:
         except Exception as exc:  # the Rust side raises bare exceptions
             return self._fall_back(requested, f"fastokens cannot take the bos/eos template: {exc}")
         texts = _start_sample(self._tok)
-        ref, ref_lengths = self._encode_reference(texts)
+        with native_panics(lambda what: TokenizerError(f"the tokenizer's native encoder panicked on the start-up "
+                                                       f"sample ({what})", self._path, "fix the tokenizer")):
+            ref, ref_lengths = self._encode_reference(texts)
         got, got_lengths = self._encode_fast(fast, texts)
         if ref_lengths != got_lengths or not np.array_equal(ref, got):
             # not strict: a fastokens that returned fewer texts falls back below, like one with other ids
@@ -288,14 +378,29 @@ class Encoder:
         becomes :class:`EncoderCrash`, which fails this shard alone. Python's own control flow
         (KeyboardInterrupt, SystemExit, GeneratorExit) and every ``Exception`` pass unchanged.
         """
-        try:
+        with native_panics(lambda what: EncoderCrash(
+                f"the tokenizer's native encoder panicked on a batch of this shard ({what})",
+                fix="the other shards go on: fix the tokenizer or leave this shard out")):
+            if self._growth_slice:
+                self._check_growth(texts)
             return self._encode_native(texts)
-        except (Exception, KeyboardInterrupt, SystemExit, GeneratorExit):
-            raise
-        except BaseException as exc:
-            what = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-            raise EncoderCrash(f"the tokenizer's native encoder panicked on a batch of this shard ({what})",
-                               fix="the other shards go on: fix the tokenizer or leave this shard out") from exc
+
+    def _check_growth(self, texts: list[str]) -> None:
+        """TokenizerError (which fails the shard) when the normalizer lengthens a slice of some text
+        more than ``GROWTH_LIMIT`` times (plus ``GROWTH_SLACK_BYTES``); each slice is small enough
+        that even its normalized form stays within ``GROWTH_SLICE_BYTES`` at the normalizer's known
+        bound (an unknown normalizer is assumed to grow at most 256 x the limit per slice)."""
+        normalize = self._tok.normalizer.normalize_str
+        step = self._growth_slice
+        for text in texts:
+            for start in range(0, len(text), step):
+                part = text[start:start + step]
+                size, grown = len(part.encode()), len(normalize(part).encode())
+                if grown > GROWTH_LIMIT * size + GROWTH_SLACK_BYTES:
+                    raise TokenizerError(f"the tokenizer's normalizer lengthens a document's text {grown / size:.0f} "
+                                         f"times ({size} bytes at character {start} become {grown}), beyond the "
+                                         f"{GROWTH_LIMIT:g} x slimtok bounds a document's encoding by",
+                                         self._path, "fix the tokenizer's normalizer, or leave this shard out")
 
     def _encode_native(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         chars = sum(map(len, texts))
@@ -326,69 +431,67 @@ class Encoder:
 
     def _encode_huge(self, text: str) -> tuple[np.ndarray, list[int]]:
         """One huge document, encoded piece by piece so memory follows the piece size, not the text's."""
-        pieces = []
-        start = 0
-        cuts = list(self._cuts(text))
-        for k, cut in enumerate(cuts):
-            flat, _ = self._encode_batch([text[start:cut]])
-            pieces.append(self._bare(flat, k == 0, k == len(cuts) - 1))
-            start = cut
-        flat = np.concatenate(pieces)
+        flat = np.concatenate(list(self.encode_pieces([text])))
         return flat, [int(flat.size)]
 
     def encode_pieces(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
         """Ids of ONE document given as consecutive text pieces, in chunks.
 
         The chunks joined are exactly ``encode(["".join(pieces)])``'s ids: the first chunk starts
-        with bos (if the policy has one), the last ends with eos. The document is cut where two
-        pieces meet only if the cut passes :meth:`_cut_holds`; elsewhere the text carries over into
-        the next piece. Only the pieces being encoded are in memory at once.
+        with bos (if the policy has one), the last ends with eos. Where a piece joins the text
+        before it, the document is cut at the first place from the join on that the tokenizer's
+        :class:`CutRule` offers and :meth:`_cut_holds` confirms (none found: the text carries over
+        and the search goes on in the next piece), so a chunk is about a piece long and only the
+        text not yet encoded, at most a piece more than the longest stretch without a cut, is held.
+        A piece longer than ``HUGE_DOC_CHARS`` is taken as pieces of half that.
         """
-        carry = ""
+        rule = self._cut_rule
+        text = ""
+        scanned = -1  # the search goes on from here: candidates before were tried, or precede a join
         first = True
-        for piece in pieces:
-            if carry and self._cut_holds(carry[-CUT_WINDOW_CHARS:], piece[:CUT_WINDOW_CHARS]):
-                yield self._bare(self.encode([carry])[0], first, False)
-                carry, first = piece, False
-            else:
-                carry += piece
-        yield self._bare(self.encode([carry])[0], first, True)
-
-    def _cuts(self, text: str) -> Iterator[int]:
-        """Cut positions about every HUGE_DOC_CHARS, ending with len(text).
-
-        A cut goes right after a newline that is followed by a letter: no match of a byte-level
-        pre-tokenizer regex of the GPT-2/GPT-4/Qwen families spans such a place (newline runs and
-        letter runs are separate pieces), and no normalizer composes across it. Each cut is still
-        confirmed by :meth:`_cut_holds`.
-        """
-        pos = 0
-        while len(text) - pos > HUGE_DOC_CHARS:
-            cut = self._next_cut(text, pos + HUGE_DOC_CHARS // 2)
+        for piece in _sliced(pieces):
+            text += piece
+            if scanned < 0 or rule is None:
+                scanned = len(text)  # no cut inside the first piece: a chunk is at least a piece
+                continue
+            # a join is always tried (a skip after a refused cut ends there): readers join at good places
+            cut, scanned = self._next_cut(text, min(scanned, len(text) - len(piece)), len(text) - CUT_WINDOW_CHARS)
             if cut is None:
-                break
-            yield cut
-            pos = cut
-        yield len(text)
+                continue
+            yield self._bare(self._encode_batch([text[:cut]])[0], first, False)
+            text, first = text[cut + rule.drop:], False
+            scanned = len(text)
+        # the document ends here, so windows reaching its end are whole: the last join may be cut too
+        if rule is not None and scanned >= 0 and (cut := self._next_cut(text, scanned, len(text))[0]) is not None:
+            yield self._bare(self._encode_batch([text[:cut]])[0], first, False)
+            text, first = text[cut + rule.drop:], False
+        yield self._bare(self._encode_batch([text])[0], first, True)
 
-    def _next_cut(self, text: str, pos: int) -> int | None:
-        """The first confirmed cut at or after ``pos``, or None."""
-        while (nl := text.find("\n", pos, len(text) - 1)) != -1:
-            cut = pos = nl + 1
+    def _next_cut(self, text: str, start: int, stop: int) -> tuple[int | None, int]:
+        """(the first confirmed cut in ``text[start:stop]``, or None; where the next search starts).
+
+        After a refused candidate the search skips ``CUT_RETRY_CHARS``: a text where the rule's
+        places never hold costs one window check per that many characters, not one per candidate.
+        """
+        rule = self._cut_rule
+        assert rule is not None  # callers search only with a rule
+        pos = start
+        while pos < stop and (found := rule.places.search(text, pos, stop)):
+            cut = found.start()
             if self._cut_holds(text[max(0, cut - CUT_WINDOW_CHARS):cut], text[cut:cut + CUT_WINDOW_CHARS]):
-                return cut
-        return None
+                return cut, cut
+            pos = cut + CUT_RETRY_CHARS
+        return None, max(pos, stop)
 
     def _cut_holds(self, left: str, right: str) -> bool:
-        """Whether text may be cut between ``left`` (its tail) and ``right`` (its head).
-
-        Only right after a newline followed by a letter (see :meth:`_cuts`), and only if the two
-        windows encode to the same ids together and apart (separators aside).
-        """
-        if not (left.endswith("\n") and right[:1].isalpha()):
+        """Whether text may be cut between ``left`` (its tail) and ``right`` (its head), with the
+        rule's ``drop`` characters of ``right`` left out of the piece after the cut: the two windows
+        must encode to the same ids together and apart (separators aside)."""
+        rule = self._cut_rule
+        if rule is None or not right[rule.drop:]:
             return False
         whole, _ = self._encode_batch([left + right])
-        apart, lengths = self._encode_batch([left, right])
+        apart, lengths = self._encode_batch([left, right[rule.drop:]])
         joined = np.concatenate([self._bare(apart[:lengths[0]], True, False),
                                  self._bare(apart[lengths[0]:], False, True)])
         return np.array_equal(whole, joined)
@@ -433,6 +536,16 @@ class Encoder:
         self.report = BackendReport(self.report.requested, "tokenizers",
                                     f"switched during the run: fastokens differed on {piece[0][:60]!r}")
         return False
+
+
+def _sliced(pieces: Iterable[str]) -> Iterator[str]:
+    """``pieces``, each longer than ``HUGE_DOC_CHARS`` as slices of half that (joined: the same text)."""
+    step = HUGE_DOC_CHARS // 2
+    for piece in pieces:
+        if len(piece) <= HUGE_DOC_CHARS:
+            yield piece
+        else:
+            yield from (piece[i:i + step] for i in range(0, len(piece), step))
 
 
 def _load_fastokens(tokenizer: Tokenizer | Path) -> tuple[object | None, str]:

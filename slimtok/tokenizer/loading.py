@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import TokenizerError
+from ..errors import SlimtokError, TokenizerError
 from .policy import (
     SPECIAL_TEXT,
     DocumentPolicy,
@@ -351,6 +352,20 @@ def _pairs_as_strings(masked: bytes, parts: list[bytes]) -> bytes:
     return _unmask_escapes(b'["' + b'","'.join(map(b" ".join, zip(parts[1::4], parts[3::4], strict=True))) + b'"]')
 
 
+@contextmanager
+def native_panics(error: Callable[[str], SlimtokError]) -> Iterator[None]:
+    """Inside, a Rust panic of the tokenizer library becomes ``error(what)``, ``what`` naming it on
+    one line. A panic surfaces as pyo3's ``PanicException``, a ``BaseException`` that handlers of
+    ``Exception`` let through (a traceback in a launcher, a dead worker); Python's own control flow
+    (KeyboardInterrupt, SystemExit, GeneratorExit) and every ``Exception`` pass unchanged."""
+    try:
+        yield
+    except (Exception, KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        raise error(f"{type(exc).__name__}: {exc}".replace("\n", " ")) from exc
+
+
 def canonical_sha256(tok: Tokenizer) -> str:
     """The fingerprint a job pins: sha256 of the tokenizer's canonical JSON (``to_str``)."""
     return hashlib.sha256(tok.to_str().encode()).hexdigest()
@@ -464,10 +479,22 @@ def _resolve(source: str, tokenizer_class: str) -> tuple[_Parsed, TokenizerConfi
         return _read_file(file), _config(file.parent)
     if Path(source).expanduser().is_dir():
         return _from_transformers(str(Path(source).expanduser()), tokenizer_class)
-    if not _REPO_ID.fullmatch(source) or source.startswith((".", "~")) or source.endswith(_FILE_SUFFIXES):
+    if looks_local(source):
         raise TokenizerError("no such file or folder (a path, not a Hub repo id, so nothing was fetched)",
-                             Path(source).expanduser().absolute(), "check the path given to --tokenizer")
+                             Path(source).expanduser().absolute(),
+                             "check the path given to --tokenizer (an org/name is asked of the Hub only when no "
+                             "local folder is named org)")
     return _from_hub(source, tokenizer_class)
+
+
+def looks_local(source: str) -> bool:
+    """Whether a tokenizer source that exists nowhere locally is still a local path, never a Hub id:
+    anything not shaped ``name`` or ``org/name``, a name starting with ``.`` or ``~``, a file name
+    (``.json``, ``.model``), and an ``org/name`` whose ``org`` is a folder here (``models/qwen``
+    beside a ``models/`` folder is a mistyped path; a Hub org is not a local folder)."""
+    if not _REPO_ID.fullmatch(source) or source.startswith((".", "~")) or source.endswith(_FILE_SUFFIXES):
+        return True
+    return "/" in source and Path(source).parent.is_dir()
 
 
 def read_tokenizer_file(path: Path) -> Tokenizer:
@@ -577,9 +604,15 @@ def text_growth(normalizer: dict[str, Any] | None, pre_tokenizer: dict[str, Any]
     text. A prepended string counts once per segment (text between added tokens), and a segment
     holds at least one byte. Only the components listed here are bounded; any other gives None.
     """
-    n = _growth(normalizer, "normalizers", _normalizer_growth)
+    n = normalizer_growth(normalizer)
     p = _growth(pre_tokenizer, "pretokenizers", _pre_tokenizer_growth)
     return None if n is None or p is None else n * p
+
+
+def normalizer_growth(normalizer: dict[str, Any] | None) -> float | None:
+    """An upper bound on how many times the normalizer (its JSON) can lengthen UTF-8 text, or None
+    when it has a part not listed here (then only a look at the normalized text can tell)."""
+    return _growth(normalizer, "normalizers", _normalizer_growth)
 
 
 def _growth(part: dict[str, Any] | None, children: str,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import TokenizerError
+from .loading import native_panics
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -119,7 +120,9 @@ def check_start_sample(tok: Tokenizer, id_count: int, source: str) -> IdShape:
     """The shape of ``tok``'s ids for :data:`SHAPE_TEXTS`; TokenizerError naming ``source`` and the
     numbers when it is degenerate (:meth:`IdShape.faults`)."""
     # one text at a time: encode_batch would start tokenizers' thread pool in a launcher about to fork
-    encoded = [tok.encode(text, add_special_tokens=False).ids for text in SHAPE_TEXTS]
+    with native_panics(lambda what: TokenizerError(f"the tokenizer's native encoder panicked on the start-up "
+                                                   f"sample ({what})", source, "fix the tokenizer")):
+        encoded = [tok.encode(text, add_special_tokens=False).ids for text in SHAPE_TEXTS]
     shape = IdShape.of(encoded, sum(len(text.encode()) for text in SHAPE_TEXTS))
     faults = shape.faults(id_count)
     if faults:

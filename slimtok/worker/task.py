@@ -141,6 +141,9 @@ class ShardTask:
         self.started = time.time()
         self.checkpointed = time.monotonic()
         self.source = source_state(entry.path)
+        #: documents this task left out for having fewer than the job's min_tokens (see _counted)
+        self.too_few_tokens = 0
+        self._separators = len(ctx.encoder.policy.prefix) + 1
         self._chars_before = dict(ctx.encoder.chars)
         #: the backend(s) that encoded this claim's documents, set when :meth:`write` ends
         self.backend = ctx.encoder.backend
@@ -165,7 +168,7 @@ class ShardTask:
             self._resume(ckpt)
             reader = ShardReader(self.entry.path, self.ctx.job.text_key, self.progress.lines, self.progress.skipped,
                                  source_key=self.ctx.job.source_key, pause=lambda: self.ctx.check_running(self.claim),
-                                 max_line_bytes=self.ctx.job.max_line_bytes)
+                                 max_line_bytes=self.ctx.job.max_line_bytes, min_chars=self.ctx.job.min_chars)
             records = ((text, Mark(reader.lines, reader.skipped, source)) for text, source in reader.records())
             try:
                 for texts, marks in batched(records):
@@ -176,7 +179,7 @@ class ShardTask:
                 if self.pending.documents:  # keep what is encoded: checkpoint it before letting go
                     self._flush(self.last_mark, checkpoint=True)
                 raise
-            self._flush(Mark(reader.lines, dict(reader.skipped)), checkpoint=False)
+            self._flush(self._counted(Mark(reader.lines, dict(reader.skipped))), checkpoint=False)
             self._check_not_empty(reader.missing_text_hint())
             self.backend = self._backends_used()
         except BaseException:
@@ -219,30 +222,36 @@ class ShardTask:
         start = end = first = 0
         for i, n in enumerate(lengths):
             end += n
-            if self._count_document(n, marks[i].source, checked.get(i)):
+            if self._too_few_tokens(n):  # left out: what precedes it goes to pending, it does not
+                self.pending.tokens.append(flat[start:end - n])
+                self.pending.rows.append(rows[first:i])
+                start, first = end, i + 1
+            elif self._count_document(n, marks[i].source, checked.get(i)):
                 self.pending.tokens.append(flat[start:end])
                 self.pending.rows.append(rows[first:i + 1])
-                self._flush(marks[i], checkpoint=self._checkpoint_due())
+                self._flush(self._counted(marks[i]), checkpoint=self._checkpoint_due())
                 start, first = end, i + 1
         if first < len(lengths):
             self.pending.tokens.append(flat[start:end])
             self.pending.rows.append(rows[first:])
-        self.last_mark = marks[-1]
+        self.last_mark = self._counted(marks[-1])
         self.ctx.stats.add(len(texts), int(flat.size), sum(len(t) for t in texts))
 
     def _encode_huge(self, text: TextPieces, mark: Mark) -> None:
         """Encode one lazily decoded document; its ids join the pending tokens as chunks."""
-        tokens = 0
         hasher = xxhash.xxh3_128()
         for piece in text:
             hasher.update(piece.encode())
-        for chunk in self.ctx.encoder.encode_pieces(text):
-            self.pending.tokens.append(chunk)
-            tokens += chunk.size
-        self.pending.rows.append(self._rows([tokens], [mark.source], hasher.digest()))
-        if self._count_document(tokens, mark.source):
-            self._flush(mark, checkpoint=self._checkpoint_due())
-        self.last_mark = mark
+        chunks = list(self.ctx.encoder.encode_pieces(text))  # pending either way: no more memory than before
+        tokens = sum(chunk.size for chunk in chunks)
+        if self._too_few_tokens(tokens):
+            self.last_mark = self._counted(mark)
+        else:
+            self.pending.tokens += chunks
+            self.pending.rows.append(self._rows([tokens], [mark.source], hasher.digest()))
+            if self._count_document(tokens, mark.source):
+                self._flush(self._counted(mark), checkpoint=self._checkpoint_due())
+            self.last_mark = self._counted(mark)
         self.ctx.stats.add(1, tokens, len(text))
 
     def _check_parity(self, texts: list[str], marks: list[Mark], digests: bytes, flat: np.ndarray,
@@ -290,6 +299,25 @@ class ShardTask:
             index = self.source_index[name] = len(self.progress.source_names)
             self.progress.source_names.append(name)
         return index
+
+    def _too_few_tokens(self, length: int) -> bool:
+        """Whether a document of ``length`` ids (separators included) falls under the job's
+        min_tokens; if so it is counted (:meth:`_counted`) and left out."""
+        if length - self._separators >= self.ctx.job.min_tokens:
+            return False
+        self.too_few_tokens += 1
+        return True
+
+    def _counted(self, mark: Mark) -> Mark:
+        """``mark`` with the documents left out for min_tokens so far among its skipped lines.
+
+        The reader never skips for that reason, so its count in a mark is the one the task resumed
+        from; what this task left out is added here, so every checkpoint and the done record count
+        them like any skipped line, and a resume continues the count."""
+        if not self.too_few_tokens:
+            return mark
+        before = mark.skipped.get("too_few_tokens", 0)
+        return Mark(mark.lines, {**mark.skipped, "too_few_tokens": before + self.too_few_tokens}, mark.source)
 
     def _count_document(self, tokens: int, source: str | None, parity_bytes: int | None = None) -> bool:
         """Count one encoded document as pending (``parity_bytes``: its text's bytes when the parity

@@ -311,3 +311,43 @@ def test_parity_counts_survive_a_stop_and_resume(tmp_path, bpe_tokenizer):
     record = json.loads((root / "done/train/chunk1/example_train_0.json").read_text())
     docs, nbytes = _parity_sample(reference_texts([doc_line(t) for t in texts]), 0.3)
     assert (record["parity_documents"], record["parity_bytes"], record["parity_mismatches"]) == (docs, nbytes, 0)
+
+
+def test_length_filters_skip_short_documents_counted_pinned_and_recorded(tmp_path, bpe_tokenizer):
+    """--min-chars and --min-tokens leave out exactly the documents an independent count finds short,
+    counted per shard by reason among the skipped lines; meta.json records them; a relaunch asking
+    other values is refused naming the setting; train.bin is the kept documents' reference ids."""
+    min_chars, min_tokens = 40, 30
+    tok = Tokenizer.from_file(str(bpe_tokenizer / "tokenizer.json"))
+    tok.encode_special_tokens = True
+    eos = tok.token_to_id("<|endoftext|>")
+    shards: dict[str, list[str]] = {}
+    for i in range(3):
+        long = sample_documents(12, seed=70 + i)
+        short = [d[:n] for d, n in zip(sample_documents(12, seed=80 + i), [5, 20, 39, 40, 45, 60, 80, 150] * 2,
+                                       strict=False)]
+        texts = [t for pair in zip(long, short, strict=False) for t in pair]
+        shards[f"train/chunk1/s{i}"] = texts
+        write_shard(tmp_path / "data" / "train" / "chunk1" / f"s{i}.jsonl.zst", [doc_line(t) for t in texts])
+    listed = manifest(tmp_path, tmp_path / "data")
+    root = tmp_path / "out"
+    tokenize(listed, root, bpe_tokenizer, "--min-chars", min_chars, "--min-tokens", min_tokens, "--splits", "train")
+    kept_ids: list[int] = []
+    for shard, texts in sorted(shards.items()):
+        ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+        few_chars = sum(len(t) < min_chars for t in texts)
+        few_tokens = sum(len(t) >= min_chars and len(i) < min_tokens for t, i in zip(texts, ids, strict=True))
+        done = json.loads((root / "done" / f"{shard}.json").read_text())
+        assert few_chars and few_tokens  # both filters really act here
+        assert done["skipped"].get("too_few_chars", 0) == few_chars
+        assert done["skipped"].get("too_few_tokens", 0) == few_tokens
+        assert done["documents"] == len(texts) - few_chars - few_tokens
+        kept_ids += [x for t, i in zip(texts, ids, strict=True) if len(t) >= min_chars and len(i) >= min_tokens
+                     for x in [*i, eos]]
+    slimtok("combine", "--output-root", root)
+    assert np.array_equal(np.fromfile(root / "train.bin", dtype=np.uint32), kept_ids)
+    meta = json.loads((root / "meta.json").read_text())
+    assert (meta["min_chars"], meta["min_tokens"]) == (min_chars, min_tokens)
+    other = tokenize(listed, root, bpe_tokenizer, "--min-chars", min_chars, "--min-tokens", min_tokens + 1,
+                     "--splits", "train", check=False)
+    assert other.returncode == 2 and "min_tokens" in other.stderr, other.stderr

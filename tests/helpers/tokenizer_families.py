@@ -89,17 +89,56 @@ def _llama2(folder: Path) -> None:
                                      decoders.Strip(" ", 1, 0)])
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
     tok.train_from_iterator(_texts(), trainer)
-    # Byte fallback needs the 256 byte pieces in the model's vocabulary (the trainer adds none).
+    tok = _with_byte_fallback(tok)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B:1",
+                                                       special_tokens=[("<s>", bos)])
+    _write(tok, folder, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+
+
+def _with_byte_fallback(tok: Tokenizer) -> Tokenizer:
+    """``tok`` with the 256 byte pieces in its BPE vocabulary and byte fallback on (the trainer adds none)."""
     data = orjson.loads(tok.to_str())
     vocab = data["model"]["vocab"]
     for b in range(256):
         vocab.setdefault(f"<0x{b:02X}>", len(vocab))
     data["model"]["byte_fallback"] = True
-    tok = Tokenizer.from_str(orjson.dumps(data).decode())
-    bos = tok.token_to_id("<s>")
+    return Tokenizer.from_str(orjson.dumps(data).decode())
+
+
+def _sentencepiece_bpe(normalizer: normalizers.Normalizer | None,
+                       pre_tokenizer: pre_tokenizers.PreTokenizer | None) -> Tokenizer:
+    """A BPE shaped as SentencePiece trains one (pieces never span a word's leading "▁", as real
+    Llama-2/Mistral vocabularies), with byte fallback and a ``<s> $A`` template, then given the
+    normalizer and pre-tokenizer a converted tokenizer.json has."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tok.train_from_iterator(_texts(), trainer)
+    tok = _with_byte_fallback(tok)
+    tok.normalizer = normalizer  # type: ignore[assignment]  # None: no normalizer, as the JSON's null
+    tok.pre_tokenizer = pre_tokenizer  # type: ignore[assignment]
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B:1",
-                                                       special_tokens=[("<s>", bos)])
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return tok
+
+
+def _llama2_prepend(folder: Path) -> None:
+    """Llama-2/Mistral as their tokenizer.json is: ``Prepend("▁")`` + ``Replace(" ", "▁")``, no
+    pre-tokenizer (the model sees each text whole), byte fallback."""
+    tok = _sentencepiece_bpe(normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]), None)
     _write(tok, folder, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+
+
+def _metaspace(scheme: str, split: bool) -> Callable[[Path], None]:
+    """Llama-2 as newer converters write it: no normalizer, a ``Metaspace`` pre-tokenizer."""
+    def build(folder: Path) -> None:
+        tok = _sentencepiece_bpe(None, pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=split))
+        _write(tok, folder, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    return build
 
 
 def _unigram(folder: Path) -> None:
@@ -145,6 +184,15 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family(_qwen3, "<|im_end|>", None, None),
 }
 
+#: Variants of the families above by the normalizer and pre-tokenizer shapes a huge document's cut
+#: rule depends on (``Prepend``, ``Metaspace`` with each prepend scheme, split or not), built like them.
+CUT_VARIANTS: dict[str, Family] = {
+    "llama2_prepend": Family(_llama2_prepend, "</s>", "<s>", "<s>"),
+    "metaspace_first": Family(_metaspace("first", False), "</s>", "<s>", "<s>"),
+    "metaspace_always": Family(_metaspace("always", True), "</s>", "<s>", "<s>"),
+    "metaspace_never": Family(_metaspace("never", True), "</s>", "<s>", "<s>"),
+}
+
 
 def slow_qwen3(*values: str) -> object:
     """One parametrize case; marked slow where it names Qwen3, whose 151k-id tokenizer every such
@@ -155,9 +203,9 @@ def slow_qwen3(*values: str) -> object:
 
 
 def build_family(name: str, folder: str | Path) -> Path:
-    """Write family ``name``'s tokenizer folder at ``folder``; returns the folder."""
+    """Write family (or cut variant) ``name``'s tokenizer folder at ``folder``; returns the folder."""
     folder = Path(folder)
-    FAMILIES[name].build(folder)
+    (FAMILIES.get(name) or CUT_VARIANTS[name]).build(folder)
     return folder
 
 

@@ -43,6 +43,9 @@ are printed):
   integrity  (only when named in --only) each checked read's cost beside the work it guards, over a
              synthetic root of --integrity-mb MB of tokens: a mix's source check, export's data check
              (all / sample), the checked .idx and document-table reads against bare reads
+  prepend-huge  (only when named in --only) a Llama-2-style (Prepend normalizer) tokenizer on one
+             --prepend-mb document on one line: the Encoder's pieces vs one whole-document encode
+             (what it got before its cut rule), wall, CPU, peak RSS growth, ids compared
   peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
              into a separate venv under --work; with --megatron-dir, Megatron-LM's
              tools/preprocess_data.py and preprocess_data_fast.py (with and without --use-gigatoken)
@@ -70,7 +73,7 @@ from .harness import Table, run_workers, settings_for
 from .integrity import bench_integrity
 from .mix import bench_mix_plan, bench_mix_section
 from .peers.section import PEER_PROCS, bench_peers
-from .pipeline import bench_combine, bench_consume, bench_memory, bench_pipeline
+from .pipeline import bench_combine, bench_consume, bench_memory, bench_pipeline, bench_prepend_huge
 from .stages import bench_claims, bench_growth, bench_stage_growth, bench_status
 from .startup import bench_startup
 
@@ -161,6 +164,10 @@ def memory(ctx: Context, run: int) -> None:
                  [int(x) << 20 for x in ctx.args.memory_mb.split(",")], ctx.args.huge_mb << 20)
 
 
+def prepend(ctx: Context, run: int) -> None:
+    bench_prepend_huge(ctx.table, ctx.work, ctx.texts, ctx.args.prepend_mb)
+
+
 def startup(ctx: Context, run: int) -> None:
     bench_startup(ctx.table, ctx.work, ctx.manifest, ctx.tokenizer, ctx.fast, ctx.args.runs)
 
@@ -243,9 +250,10 @@ SECTIONS: dict[str, Section] = {
     "consume": Section(consume), "mix-plan": Section(mix_plan), "peers": Section(peers),
     "combine-plan": Section(combine_plan),
     "integrity": Section(integrity),
+    "prepend-huge": Section(prepend),
 }
-#: sections run only when asked for: peers with --peers (or in --only); mix-plan, combine-plan and integrity in --only
-OPT_IN = ("mix-plan", "peers", "combine-plan", "integrity")
+#: sections run only when asked for: peers with --peers (or in --only); the others here only in --only
+OPT_IN = ("mix-plan", "peers", "combine-plan", "integrity", "prepend-huge")
 #: sections that run when another one runs: (needed, needed by), e.g. the pipeline checks its ids
 #: against the raw section's, and the peers are compared with the scaling row
 NEEDED = (("raw", "pipeline"), ("scaling", "peers"))
@@ -278,6 +286,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="text MB the slow tokenizers backend is measured on")
     ap.add_argument("--memory-mb", default="20,1024", help="shard sizes (MB of text) for the memory section")
     ap.add_argument("--huge-mb", type=int, default=200, help="size of the single huge document (0: skip)")
+    ap.add_argument("--prepend-mb", type=int, default=32,
+                    help="size of the prepend-huge section's one-line document (Llama-2-style tokenizer)")
     ap.add_argument("--claims-shards", default="60000",
                     help="manifest sizes for the claims section, comma-separated (flat per-shard cost = no O(N^2)); "
                          "status runs over the last")

@@ -12,6 +12,8 @@ its timed part.
   bucket-task <root> <bucket> <report>              one dedup bucket task's peak RSS growth
   whole-doc <shard> <tokenizer.json> <eos> <report> sha256 of one whole-document fastokens encode + eos
   mix-plan <spec> <report>                          one mix plan: wall, CPU, RSS before and peak
+  huge-doc <tokenizer.json> <text file> <mode> <report>  one huge document by the Encoder (pieces) or
+                                                    tokenizers in one call (whole): wall, CPU, RSS growth, ids
 """
 
 from __future__ import annotations
@@ -174,9 +176,37 @@ def mix_plan(spec_path: str, report: str) -> None:
         "available_documents": sum(r.candidates for r in plan.sources)}))
 
 
+def huge_doc(tokenizer_json: str, text_file: str, mode: str, report: str) -> None:
+    """The document in ``text_file`` (UTF-8), encoded by the Encoder with the reference (``pieces``:
+    cut where the tokenizer's cut rule allows) or by tokenizers in one call (``whole``: what every
+    document of a tokenizer without an exact cut got). Reports wall and CPU of the encode, peak RSS
+    growth over the process with the document loaded, and sha256 of ids + eos."""
+    import hashlib
+
+    import numpy as np
+
+    from slimtok.tokenizer import Encoder, load_tokenizer
+
+    loaded = load_tokenizer(tokenizer_json)
+    text = Path(text_file).read_text()
+    enc = Encoder(loaded.parsed(), loaded.policy, "uint32", "tokenizers")
+    enc.encode(["warm up " * 100])
+    rss0, c0, w0 = proc_status("VmHWM"), cpu_now(), time.time()
+    if mode == "pieces":
+        ids = enc.encode([text])[0]
+    else:
+        ids = np.array(loaded.parsed().encode(text, add_special_tokens=False).ids + [loaded.eos_token_id],
+                       dtype=np.uint32)
+        if loaded.policy.bos_id is not None:
+            ids = np.concatenate([np.array([loaded.policy.bos_id], dtype=np.uint32), ids])
+    wall, cpu = time.time() - w0, cpu_now() - c0
+    Path(report).write_text(json.dumps({"wall": wall, "cpu": cpu, "rss_growth": proc_status("VmHWM") - rss0,
+                                        "tokens": int(ids.size), "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}))
+
+
 CHILDREN: dict[str, Callable[..., None]] = {
     "worker": worker, "ceiling": ceiling, "noop-worker": noop_worker, "bucket-task": bucket_task,
-    "whole-doc": whole_doc, "mix-plan": mix_plan}
+    "whole-doc": whole_doc, "mix-plan": mix_plan, "huge-doc": huge_doc}
 
 
 if __name__ == "__main__":

@@ -68,6 +68,42 @@ def bench_memory(table: Table, work: Path, texts: list[str], tokenizer: Path, ba
                                "to one whole-document fastokens encode (separate process)")
 
 
+def bench_prepend_huge(table: Table, work: Path, texts: list[str], mb: int) -> None:
+    """A Llama-2/Mistral-style tokenizer (``Prepend("▁")`` + ``Replace(" ", "▁")``, no
+    pre-tokenizer) on one ``mb`` MB document on one line: the Encoder's pieces (the cut rule) against
+    one whole-document encode, which is what such a tokenizer got before it had a cut rule. The
+    tokenizer is the tests' SentencePiece-shaped variant, built offline (tests/helpers)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+    from helpers.tokenizer_families import build_family
+
+    folder = work / "prepend-tokenizer"
+    if not (folder / "tokenizer.json").exists():
+        build_family("llama2_prepend", folder)
+    doc = work / f"prepend-{mb}mb.txt"
+    parts, size = [], 0
+    while size < mb << 20:
+        for t in texts:
+            parts.append(" ".join(t.split()))
+            size += len(parts[-1]) + 1
+            if size >= mb << 20:
+                break
+    doc.write_text(" ".join(parts))
+    nbytes = doc.stat().st_size
+    digests = {}
+    for mode in ("whole", "pieces"):
+        report = work / f"prepend-{mode}.json"
+        subprocess.run(child("huge-doc", str(folder / "tokenizer.json"), str(doc), mode, str(report)), check=True,
+                       env=child_env())
+        got = json.loads(report.read_text())
+        digests[mode] = got["sha256"]
+        table.add(Result(f"prepend tokenizer, {mb} MB document ({mode})", nbytes, got["wall"], got["cpu"],
+                         got["tokens"], got["rss_growth"], got["sha256"]))
+    table.note(f"prepend huge document: pieces' ids {'identical' if len(set(digests.values())) == 1 else 'DIFFERENT'}"
+               " to the whole-document encode")
+
+
 def _whole_doc_digest(path: Path, tokenizer: Path) -> str:
     """sha256 of tokens(doc)+[eos] for the one document in ``path``, encoded in one call, in a child
     (the ``whole-doc`` child: this process keeps no copy of the huge document's ids)."""

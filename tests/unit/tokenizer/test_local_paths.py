@@ -37,6 +37,16 @@ def test_a_missing_local_path_is_refused_naming_it_without_the_hub(tmp_path, mon
     assert "--tokenizer" in message
 
 
+def test_an_org_name_whose_org_is_a_local_folder_is_a_missing_path(tmp_path, monkeypatch, hub_calls):
+    """``models/qwen`` beside a ``models/`` folder is a mistyped local path: refused at once, naming it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "qwen3").mkdir(parents=True)
+    with pytest.raises(TokenizerError) as caught:
+        loading.load_tokenizer("models/qwen")
+    assert hub_calls == []
+    assert str(caught.value).startswith(f"{tmp_path / 'models' / 'qwen'}: no such file or folder")
+
+
 @pytest.mark.parametrize("source", ["gpt2", "Qwen/Qwen3-0.6B", "org/name.v2"])
 def test_a_hub_repo_id_still_goes_to_the_hub(tmp_path, monkeypatch, hub_calls, source):
     monkeypatch.chdir(tmp_path)

@@ -43,7 +43,8 @@ def test_huge_document_cut_in_pieces_equals_whole_document(which, backend, bpe_t
     enc = Encoder(loaded.tokenizer, loaded.policy, "uint32", backend)
     monkeypatch.setattr(tokmod, "HUGE_DOC_CHARS", 4000)
     text = huge_text(seed=11)
-    assert len(list(enc._cuts(text))) > 20  # the document really is cut
+    step = tokmod.HUGE_DOC_CHARS // 2
+    assert len(list(enc.encode_pieces(text[i:i + step] for i in range(0, len(text), step)))) > 20  # really cut
     small = "a short one"
     flat, lengths = enc.encode([small, text, small])
     spec = loaded.to_json()
@@ -68,21 +69,23 @@ def newline_a_encoder() -> tuple[Encoder, Tokenizer, int]:
 
 
 def test_a_cut_that_would_change_ids_is_not_taken(monkeypatch):
-    """Every newline is followed by "a": the window check must refuse every such place and the
-    result stays the whole encoding."""
+    """Every newline is followed by "a" (and no space by a letter): the window check must refuse
+    every such place and the result stays the whole encoding, in one piece."""
     enc, tok, eos = newline_a_encoder()
     monkeypatch.setattr(tokmod, "HUGE_DOC_CHARS", 200)
-    text = "abc\nab\nab c " * 200  # every newline is followed by "a"
-    assert list(enc._cuts(text)) == [len(text)]
+    monkeypatch.setattr(tokmod, "CUT_RETRY_CHARS", 1)
+    text = "abc\nab\nab\n" * 200  # every newline is followed by "a"
+    assert len(list(enc.encode_pieces(text[i:i + 100] for i in range(0, len(text), 100)))) == 1
     flat, _ = enc.encode([text])
     assert np.array_equal(flat, whole_ids(tok.to_str(), text) + [eos])
 
 
-def test_pieces_whose_meeting_point_changes_ids_are_carried_over():
-    """encode_pieces cuts where pieces meet before "b" or "c" but carries the text over before "a",
+def test_pieces_whose_meeting_point_changes_ids_are_carried_over(monkeypatch):
+    """encode_pieces cuts after newlines before "b" or "c" but carries the text over before "a",
     so the ids stay the whole encoding."""
     enc, tok, eos = newline_a_encoder()
-    pieces = ["abc\n", "ab\nab c\n", "a\n", "b\n", "c", "ab\n", "abc"] * 50
+    monkeypatch.setattr(tokmod, "CUT_RETRY_CHARS", 1)
+    pieces = ["abc\n", "ab\nab c\n", "a\n", "b\n", "c", "ab\n", "abc"] * 400
     chunks = list(enc.encode_pieces(pieces))
     assert 1 < len(chunks) < len(pieces)
     assert np.array_equal(np.concatenate(chunks), whole_ids(tok.to_str(), "".join(pieces)) + [eos])
