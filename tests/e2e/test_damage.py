@@ -7,8 +7,9 @@ document table, a dedup drop list, the combined ``train.bin`` and ``train.idx``,
 deleted; positions drawn by a generator seeded with the case), a private copy of the roots is
 damaged and every reader runs on it: combine --dedup, dedup, mix (from the root; and the same mix
 command again on the mix root), validate, export megatron and packed, and the exports that
-hard-link the split's files (datatrove, torchtitan) (all with ``verify="all"``), the loader's ``TokenBlocks`` and status. Each must either refuse with an error (or a failed validate
-check) naming the damaged file, or give exactly the output it gives on the undamaged copy.
+hard-link the split's files (datatrove, torchtitan) (all with ``verify="all"``), the loader's
+``TokenBlocks`` and status. Each must either refuse with an error (or a failed validate check)
+naming the damaged file, or give exactly the output it gives on the undamaged copy.
 
 The one pair left out, with its reason: ``TokenBlocks`` over a split whose bits flipped keeps its
 size; the loader checks sizes and the whole index (cheap) but not the data's checksum, which costs
