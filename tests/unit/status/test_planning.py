@@ -87,3 +87,30 @@ def test_a_synthetic_roots_first_status_opens_no_done_record(tmp_path, monkeypat
     assert status.total.done == len(records) == 120
     assert status.total.tokens == sum(r["tokens"] for r in records)
     assert status.total.documents == sum(r["documents"] for r in records) == 480
+
+
+def _eager_order(n, i, p, w, workers):
+    """The order as it was computed before it became lazy: whole lists."""
+    own = list(range(i, n, p))
+    first = own[w::workers]
+    rest = [x for x in own if x not in set(first)]
+    start = (i * n) // max(p, 1)
+    return first + rest + [x for x in list(range(start, n)) + list(range(0, start)) if x not in set(own)]
+
+
+@pytest.mark.parametrize(("n", "p", "workers"), [(1, 1, 1), (10, 3, 2), (101, 4, 3), (5, 8, 2), (997, 7, 5)])
+def test_the_lazy_preference_order_is_the_eager_one(n, p, workers):
+    from slimtok.claims import preference_order
+
+    for i in range(p):
+        for w in range(workers):
+            assert list(preference_order(n, i, p, w, workers)) == _eager_order(n, i, p, w, workers)
+
+
+def test_a_workers_first_position_costs_nothing_like_the_manifests_size():
+    """A worker starts claiming before any order over the manifest exists: at 10**18 positions a
+    whole list could not even be allocated."""
+    from slimtok.claims import preference_order
+
+    order = preference_order(10**18, 3, 8, 1, 4)
+    assert [next(order) for _ in range(3)] == [3 + 8 * 1, 3 + 8 * 5, 3 + 8 * 9]
