@@ -36,6 +36,8 @@ are printed):
              of --growth-shards sizes, super-linear steps flagged (dedup alone runs it for dedup)
   mix-plan   (only when named in --only) a mix plan's wall, CPU and peak RSS per selected document
              over 4 synthetic roots of --mix-plan-documents documents in all, in a fresh python
+  planning   (only when named in --only) status (first call, warm), `mix --plan` and a worker's start
+             over synthetic finished roots of --planning-shards sizes (tools/bench/planning.py)
   peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
              into a separate venv under --work; with --megatron-dir, Megatron-LM's
              tools/preprocess_data.py and preprocess_data_fast.py (with and without --use-gigatoken)
@@ -61,6 +63,7 @@ from .harness import Table, run_workers, settings_for
 from .mix import bench_mix_plan, bench_mix_section
 from .peers.section import PEER_PROCS, bench_peers
 from .pipeline import bench_combine, bench_consume, bench_memory, bench_pipeline
+from .planning import bench_planning
 from .stages import bench_claims, bench_growth, bench_stage_growth, bench_status
 from .startup import bench_startup
 
@@ -203,6 +206,10 @@ def mix_plan(ctx: Context, run: int) -> None:
     bench_mix_plan(ctx.table, ctx.work, _int_list(ctx.args.mix_plan_documents), ctx.args.mix_plan_shards)
 
 
+def planning(ctx: Context, run: int) -> None:
+    bench_planning(ctx.table, ctx.work, _int_list(ctx.args.planning_shards))
+
+
 def peers(ctx: Context, run: int) -> None:
     bench_peers(ctx.table, ctx.work, ctx.manifest, ctx.tokenizer, ctx.nbytes,
                 ctx.work / f"out-{ctx.scaled.replace(' ', '_')}-0", ctx.scaled, ctx.args.runs, ctx.args.megatron_dir)
@@ -215,9 +222,10 @@ SECTIONS: dict[str, Section] = {
     "memory": Section(memory), "startup": Section(startup), "combine": Section(combine), "claims": Section(claims),
     "growth": Section(growth), "dedup": Section(dedup), "stages": Section(stages), "mix": Section(mix),
     "consume": Section(consume), "mix-plan": Section(mix_plan), "peers": Section(peers),
+    "planning": Section(planning),
 }
-#: sections run only when asked for: peers with --peers (or in --only), mix-plan in --only
-OPT_IN = ("mix-plan", "peers")
+#: sections run only when asked for: peers with --peers (or in --only), mix-plan and planning in --only
+OPT_IN = ("mix-plan", "peers", "planning")
 #: sections that run when another one runs: (needed, needed by), e.g. the pipeline checks its ids
 #: against the raw section's, and the peers are compared with the scaling row
 NEEDED = (("raw", "pipeline"), ("scaling", "peers"))
@@ -263,6 +271,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--mix-workers", default="1,2", help="worker counts of the mix section, comma-separated")
     ap.add_argument("--mix-plan-documents", default="10000000,100000000",
                     help="documents in all (over 4 synthetic roots) at which the mix-plan section plans")
+    ap.add_argument("--planning-shards", default="10000,60000,122000",
+                    help="synthetic root sizes (shards) of the planning section")
     ap.add_argument("--mix-plan-shards", type=int, default=250,
                     help="shards per synthetic root of the mix-plan section; with fewer than inputs.PIECE_ROWS "
                          "rows a shard, the streaming pieces (a constant) are smaller at the smaller sizes and "
