@@ -139,7 +139,8 @@ def bounds_line(title: str, b: Bounds) -> str:
     shares = " ".join(f"{PHASE_LABELS[k]} {v:.0%}" for k, v in b.shares.items())
     rates = " · ".join(f"{what} " + (f"{rate / 1e6:,.1f} MB/s" if rate is not None else "unknown")
                        for what, rate in (("read", b.rate(b.bytes_read)), ("write", b.rate(b.bytes_written))))
-    return (f"{title} ({b.workers} workers): {b.verdict} · cpu {b.cpu_saturation:.0%} of wall · {shares} · "
+    workers = f"{b.workers} worker" + ("" if b.workers == 1 else "s")
+    return (f"{title} ({workers}): {b.verdict} · cpu {b.cpu_saturation:.0%} of wall · {shares} · "
             f"{rates}")
 
 

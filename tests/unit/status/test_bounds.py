@@ -135,7 +135,7 @@ def test_throttling_one_phase_makes_it_the_verdict(kind, verdict, manifest, bpe_
     assert job["read_bytes_per_s"] == pytest.approx(hb.bytes_read / wall)
     assert job["write_bytes_per_s"] == pytest.approx(hb.bytes_written / wall)
     assert doc["bounds"]["nodes"][hb.host] == job
-    assert f"bounds, all workers (1 workers): {verdict} · " in format_status(status, colour=False)
+    assert f"bounds, all workers (1 worker): {verdict} · " in format_status(status, colour=False)
     assert re.search(rf'slimtok_verdict{{root="[^"]*",scope="job",host="",verdict="{verdict}"}} 1\n',
                      prometheus_text(status))
 
@@ -222,7 +222,7 @@ def test_nodes_and_job_sum_their_workers_and_apply_the_rule(finished, tmp_path):
         assert {"phases", "cpu_saturation", "verdict", "read_bytes_per_s", "write_bytes_per_s"} <= group.keys()
     assert doc["nodes"]["b"]["verdict"] == "write-bound"
     text = format_status(status, colour=False)
-    assert "bounds, host b (1 workers): write-bound · cpu 30% of wall · read 4% parse 8% encode 20% write 60% " \
+    assert "bounds, host b (1 worker): write-bound · cpu 30% of wall · read 4% parse 8% encode 20% write 60% " \
            "claim 2% · read 2.0 MB/s · write 20.0 MB/s" in text
     prom = prometheus_text(status)
     assert re.search(r'slimtok_cpu_saturation{root="[^"]*",scope="node",host="b"} 0.3\n', prom)
