@@ -28,8 +28,10 @@ two of a shard's round trips to the file server.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -244,18 +246,19 @@ def _alive(pid: int, started: float) -> bool:
         return True
 
 
-def preference_order(n: int, process_index: int, process_count: int, worker: int, workers: int) -> list[int]:
+def preference_order(n: int, process_index: int, process_count: int, worker: int, workers: int) -> Iterator[int]:
     """Manifest positions in the order one worker tries them.
 
     Process I first takes positions ≡ I (mod P); its W local workers interleave over those
     (worker w starts with every W-th of them), then anything else, starting at the process's own
     offset so that idle processes spread out over the remaining shards.
+
+    Produced lazily, O(1) per position (the slices are ranges, whose membership test is
+    arithmetic): a worker's first claim never waits for an order over the whole manifest.
     """
-    own = list(range(process_index, n, process_count))
+    own = range(process_index, n, process_count)
     first = own[worker::workers]
-    first_set = set(first)
-    rest_own = [p for p in own if p not in first_set]
-    own_set = set(own)
+    yield from first
+    yield from (p for p in own if p not in first)
     start = (process_index * n) // max(process_count, 1)
-    others = [p for p in list(range(start, n)) + list(range(0, start)) if p not in own_set]
-    return first + rest_own + others
+    yield from (p for p in itertools.chain(range(start, n), range(0, start)) if p not in own)

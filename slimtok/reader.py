@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import ShardReadError
 from .formats.jsonl import NO_SOURCE, QuickParser, load_object, source_of, text_of
@@ -73,12 +74,14 @@ class ShardReader:
     ``missing_text_keys`` holds the keys of the first record skipped as ``missing_text``.
     A line (a parquet/Arrow text) over ``max_line_bytes`` is skipped as ``line_too_long``, a text of
     fewer than ``min_chars`` characters as ``too_few_chars``.
+    ``reading`` wraps the raw input, decompressed blocks or record batches (a worker times its reads
+    apart from its parsing with it: :meth:`slimtok.worker.stats.Phases.timed`).
     """
 
     def __init__(self, path: str | Path, text_key: str = "text", start_line: int = 0,
                  skipped: dict[str, int] | None = None, source_key: str = "",
                  pause: Callable[[], None] | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-                 min_chars: int = 0):
+                 min_chars: int = 0, reading: Callable[[Iterator[Any]], Iterator[Any]] | None = None):
         self.path = Path(path)
         self.text_key = text_key
         self.start_line = start_line
@@ -89,6 +92,7 @@ class ShardReader:
         self._pause = pause
         self.max_line_bytes = max_line_bytes
         self.min_chars = min_chars
+        self._reading = reading or iter
         self._quiet = 0  # weight of the lines since the last document or pause
         quick = QuickParser()
         self._quick = quick.record if quick.available else None
@@ -153,7 +157,7 @@ class ShardReader:
         yield from lines
 
     def _jsonl_records(self, compression: str) -> Iterator[tuple[Text, str | None]]:
-        blocks = self._pausing(data_blocks(self.path, compression, BLOCK_SIZE))
+        blocks = self._pausing(self._reading(data_blocks(self.path, compression, BLOCK_SIZE)))
         lines = self._after_start(split_blocks(blocks, self.max_line_bytes))
         for line in lines:
             if isinstance(line, int):  # a run of empty lines, counted in steps that reach each pause
@@ -221,6 +225,7 @@ class ShardReader:
         else:
             batches, skip = arrow_batches(self.path, self.text_key), self.start_line
         self.lines = self.start_line
+        batches = self._reading(batches)
         try:
             for row in batch_rows(batches, skip, self.text_key, self.source_path, self._short, self.max_line_bytes):
                 self.lines += 1

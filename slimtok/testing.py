@@ -1,8 +1,9 @@
 """Synthetic finished output roots, for tests and benchmarks of the stages that read finished roots.
 
-``synthetic_root`` writes what dedup, mix planning and combine read of a finished root, with no
-tokenizer and no source text: ``manifest.jsonl``, ``job.json``, one done record and one document
-table per shard, and (``data``) each shard's token file. Invariants a reader checks hold: each
+``synthetic_root`` writes what dedup, mix planning, combine and status read of a finished root,
+with no tokenizer and no source text: ``manifest.jsonl``, ``job.json``, one done record and one
+document table per shard, the status journal a worker appends each done record's row to (one
+journal, as from one worker), and (``data``) each shard's token file. Invariants a reader checks hold: each
 table holds ``documents`` rows of DOC_TABLE_DTYPE and its recorded size and sha256; each done
 record's ``tokens`` is its table's sum and ``bytes`` its data's size; job.json's manifest digest is
 the manifest's. Token files are sparse files of zeros: nothing reads them but combine (and a mix
@@ -24,6 +25,7 @@ from .protocol import (
     DoneRecord,
     JobSettings,
     OutputRoot,
+    journal_line,
     write_atomic,
     write_json_lines,
     write_record,
@@ -59,6 +61,7 @@ def synthetic_root(folder: str | os.PathLike[str], shards: int, docs_per_shard: 
                                        eos_token=None, dtype=DTYPE, text_key="text"), durable=False)
     itemsize = np.dtype(DTYPE).itemsize
     pool = _hashes(rng, max(1, docs_per_shard))
+    journal: list[bytes] = []
     for e in entries:
         table = np.zeros(docs_per_shard, DOC_TABLE_DTYPE)
         if isinstance(tokens, int):
@@ -78,13 +81,16 @@ def synthetic_root(folder: str | os.PathLike[str], shards: int, docs_per_shard: 
             with root.storage.open_write(root.data(e.id), "truncate") as f:
                 f.truncate(size)
             digest = _zeros_sha256(size) if checksums else ""
-        write_record(root.done(e.id), DoneRecord(
+        record = DoneRecord(
             shard=e.id, split=e.split, file=root.relative(root.data(e.id)), lines=docs_per_shard,
             documents=docs_per_shard, tokens=count, bytes=size, sha256=digest, dtype=DTYPE, skipped={},
             source_size=0, token="synthetic", host="synthetic", finished_at=0.0, seconds=0.0,
             table=root.relative(path), table_bytes=table.nbytes,
             table_sha256=hashlib.sha256(table.tobytes()).hexdigest(),
-            source_names=[""], table_version=DOC_TABLE_VERSION), durable=False)
+            source_names=[""], table_version=DOC_TABLE_VERSION)
+        write_record(root.done(e.id), record, durable=False)
+        journal.append(journal_line(record))
+    write_atomic(root.done_journal("synthetic"), b"".join(journal), durable=False)
     return root
 
 

@@ -185,13 +185,7 @@ class OutputRoot:
 
     def done_sizes(self) -> dict[str, int]:
         """{shard: size of its done record}: the listing of ``done_ids`` plus one stat per record."""
-        sizes: dict[str, int] = {}
-        for shard, path in self.storage.files_under(self.root / "done", ".json"):
-            try:
-                sizes[shard] = self.storage.stat(path).size
-            except FileNotFoundError:
-                pass  # set aside or removed since the listing
-        return sizes
+        return self.storage.sizes_under(self.root / "done", ".json")
 
     def failed_ids(self) -> set[str]:
         return ids_under(self.failed_dir, ".json")

@@ -269,6 +269,13 @@ class LaunchLease(Record):
     request: str | None = None
 
 
+#: The phases a tokenize worker's wall time is split into (its heartbeat's ``phases``): reading
+#: (and decompressing) input, parsing records, encoding (and hashing, parity), writing part files
+#: (with their syncs and checkpoints, and waiting for the previous shard's commit), and finding,
+#: claiming or waiting for shards.
+PHASES = ("read", "parse", "encode", "write", "claim_wait")
+
+
 @dataclass
 class Heartbeat(Record):
     """Written every few seconds by each live worker, read by ``slimtok status``."""
@@ -294,6 +301,15 @@ class Heartbeat(Record):
     #: whole host's CPU use in percent of all its cores, to see whether the node is saturated
     host_cpu_percent: float = 0.0
     host_cpus: int = 0
+    #: seconds of the worker's main thread per phase of ``PHASES`` since ``started_at`` (the rest of
+    #: its wall time is in no phase: start-up, loading the tokenizer); empty: older writer
+    phases: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds of the worker's process (every thread) since ``started_at``
+    cpu_seconds: float = 0.0
+    #: bytes the worker read and wrote through read/write calls since ``started_at``; None: the
+    #: platform does not count them (or an older writer)
+    bytes_read: int | None = None
+    bytes_written: int | None = None
 
 
 #: What ``DoneRollup.shards`` keeps of each done record, in this order.
@@ -343,6 +359,10 @@ class DoneRollup(Record):
     manifest_sha256: str
     shards: dict[str, list[Any]] = field(default_factory=dict)
     columns: list[str] = field(default_factory=lambda: list(ROLLUP_COLUMNS))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as they are, in order (``asdict`` would deep-copy every row: seconds at 100k shards)."""
+        return {"manifest_sha256": self.manifest_sha256, "shards": self.shards, "columns": self.columns}
 
 
 @dataclass

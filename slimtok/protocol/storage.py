@@ -182,6 +182,10 @@ class Storage(Protocol):
         """(id, path) of every ``<id><suffix>`` file below ``folder``, ``.*`` names excluded unless
         ``hidden`` (the temporary and work files a clean-up looks for)."""
 
+    def sizes_under(self, folder: Path, suffix: str) -> dict[str, int]:
+        """{id: size} of every ``<id><suffix>`` file below ``folder`` (``.*`` names excluded): the
+        listing of :meth:`files_under` with each file's size, for status over 100,000 done records."""
+
     def exists(self, path: Path) -> bool:
         """Whether ``path`` exists (a file, or on POSIX a folder too)."""
 
@@ -338,6 +342,30 @@ class PosixStorage:
             for name in files:
                 if name.endswith(suffix) and (hidden or not name.startswith(".")):
                     yield prefix + name[: len(name) - len(suffix)], Path(dirpath, name)
+
+    def sizes_under(self, folder: Path, suffix: str) -> dict[str, int]:
+        """One ``scandir`` per folder and one stat per file (as ``stat`` does, following links), with
+        no ``Path`` built per file: what ``files_under`` then ``stat`` cost, several times faster."""
+        sizes: dict[str, int] = {}
+        pending = [(os.fspath(folder), "")]
+        while pending:
+            where, prefix = pending.pop()
+            try:
+                listing = os.scandir(where)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with listing:
+                for entry in listing:
+                    name = entry.name
+                    try:
+                        if entry.is_dir():
+                            if not entry.is_symlink():  # as os.walk: a linked folder is not entered
+                                pending.append((entry.path, prefix + name + "/"))
+                        elif name.endswith(suffix) and not name.startswith("."):
+                            sizes[prefix + name[: len(name) - len(suffix)]] = entry.stat().st_size
+                    except FileNotFoundError:
+                        continue  # removed since the listing
+        return sizes
 
     def exists(self, path: Path) -> bool:
         return path.exists()

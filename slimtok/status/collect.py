@@ -41,7 +41,7 @@ from ..protocol import (
     write_record,
 )
 from ..space import disk_space
-from .model import DiskStatus, JobStatus, SplitStatus, Throughput, WorkerStatus
+from .model import Bounds, DiskStatus, JobStatus, SplitStatus, Throughput, WorkerStatus
 from .stages import collect_stages
 
 #: Throughput is measured over at most this many seconds of the latest run of workers.
@@ -200,6 +200,17 @@ def latest_run(workers: list[WorkerStatus], now: float, window: float) -> Throug
                       running=any(w.health == "ok" for w in workers))
 
 
+def run_bounds(workers: list[WorkerStatus], tp: Throughput) -> tuple[Bounds, dict[str, Bounds]]:
+    """What bounds the workers of the latest run (``tp``'s span: those whose last beat falls in
+    it), all of them and those of each host (by host name)."""
+    job, nodes = Bounds(), dict[str, Bounds]()
+    for w in workers:
+        if tp.seconds > 0 and w.heartbeat.updated_at >= tp.started_at:
+            job.add(w)
+            nodes.setdefault(w.heartbeat.host, Bounds()).add(w)
+    return job, dict(sorted(nodes.items()))
+
+
 def _count_done(s: SplitStatus, tp: Throughput, entry: ShardEntry, row: RollupRow | None,
                 sources: dict[str, dict[str, int]]) -> None:
     s.done += 1
@@ -266,6 +277,7 @@ def collect_status(output_root: str | os.PathLike[str], window: float = WINDOW) 
     status.throughput = tp = latest_run(status.workers, status.now, window)
     tp.live_tokens_per_second = sum(w.heartbeat.tokens_per_second for w in status.workers
                                     if w.health == "ok" and w.measured)
+    status.bounds, status.node_bounds = run_bounds(status.workers, tp)
     unfinished = []
     for e in entries:
         s = status.splits.setdefault(e.split, SplitStatus())

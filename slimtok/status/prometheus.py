@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol import write_atomic
-from .model import JobStatus
+from .model import PHASE_VERDICTS, JobStatus
 from .text import HEALTH_COLOUR
 
 
@@ -73,8 +73,34 @@ def prometheus_text(status: JobStatus) -> str:
         metric(name, help_text, [({"worker": w.heartbeat.worker, "host": w.heartbeat.host,
                                    "process_index": w.heartbeat.process_index, "health": w.health}, get(w))
                                  for w in measured])
+    metric("worker_phase_seconds", "Seconds of a worker's wall time per phase since it started.",
+           [({"worker": w.heartbeat.worker, "host": w.heartbeat.host, "phase": name}, seconds)
+            for w in shown for name, seconds in w.phases.items()])
+    metric("worker_cpu_saturation", "A worker's CPU seconds per wall second since it started.",
+           [({"worker": w.heartbeat.worker, "host": w.heartbeat.host}, w.cpu_saturation) for w in shown])
+    _bounds_metrics(status, metric)
     metric("status_timestamp_seconds", "When this status was collected.", [({}, status.now)])
     return "\n".join(out) + "\n"
+
+
+def _bounds_metrics(status: JobStatus, metric: Any) -> None:
+    """Per node and for the job (label ``scope``; ``host`` "" for the job): phase shares, CPU
+    saturation, the verdict (1 for the current one, 0 for the others) and bytes per second."""
+    if not status.bounds.workers:
+        return
+    groups = [({"scope": "job", "host": ""}, status.bounds)]
+    groups += [({"scope": "node", "host": host}, b) for host, b in status.node_bounds.items()]
+    metric("phase_share", "Share of the workers' wall time per phase.",
+           [({**labels, "phase": name}, share) for labels, b in groups for name, share in b.shares.items()])
+    metric("cpu_saturation", "The workers' CPU seconds per wall second.",
+           [(labels, b.cpu_saturation) for labels, b in groups])
+    verdicts = sorted({*PHASE_VERDICTS.values(), "unknown"})
+    metric("verdict", "What bounds the workers: 1 for the verdict that holds.",
+           [({**labels, "verdict": v}, int(b.verdict == v)) for labels, b in groups for v in verdicts])
+    for name, get in (("read_bytes_per_second", lambda b: b.rate(b.bytes_read)),
+                      ("write_bytes_per_second", lambda b: b.rate(b.bytes_written))):
+        metric(name, f"Bytes per second the workers {name.split('_')[0]} (read/write calls).",
+               [(labels, get(b)) for labels, b in groups if get(b) is not None])
 
 
 def _disk_metrics(status: JobStatus, metric: Any) -> None:

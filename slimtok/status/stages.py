@@ -17,6 +17,8 @@ StageCollector = Callable[[OutputRoot], "StageStatus | None"]
 
 def dedup_stage(root: OutputRoot) -> StageStatus | None:
     """``slimtok dedup``: its units done per phase (scatter, bucket, gather)."""
+    if not root.storage.exists(root.dedup_plan):  # never started: no need to import dedup (and numpy)
+        return None
     from ..dedup import dedup_status
 
     state = dedup_status(root.root)

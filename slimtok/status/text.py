@@ -9,7 +9,7 @@ from typing import Any
 from ..progress import duration
 from ..protocol import Heartbeat
 from ..space import format_bytes
-from .model import JobStatus, WorkerStatus
+from .model import Bounds, JobStatus, WorkerStatus
 
 HEALTH_COLOUR = {"ok": None, "stale": "yellow", "dead": "red", "exited": None}
 #: Failed shards listed in the text view; --json lists all.
@@ -44,6 +44,7 @@ def format_status(status: JobStatus, colour: bool = True) -> str:
     for name, counts in sorted(status.sources.items()):
         rows.append(f"source {name}: " + " · ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
     rows.extend(_host_rows(status.workers))
+    rows.extend(bounds_rows(status))
     rows.extend(_worker_rows(status.workers, paint))
     rows.extend(_listed(f"failed shards ({len(status.failures)}; `slimtok tokenize --retry-failed` retries them):",
                         status.failures, paint))
@@ -117,6 +118,30 @@ def _host_rows(workers: list[WorkerStatus]) -> list[str]:
             f"host cpu {latest[host].host_cpu_percent:.0f}% of {latest[host].host_cpus} cores" if host in latest
             else "host cpu not measured yet (workers starting)")
             for host, n in sorted(count.items())]
+
+
+#: How the text view names each phase.
+PHASE_LABELS = {"read": "read", "parse": "parse", "encode": "encode", "write": "write", "claim_wait": "claim"}
+
+
+def bounds_rows(status: JobStatus) -> list[str]:
+    """What bounds the latest run's workers: the job's line, then one per host when there are several."""
+    if not status.bounds.workers:
+        return []
+    rows = [bounds_line("bounds, all workers", status.bounds)]
+    if len(status.node_bounds) > 1:
+        rows.extend(bounds_line(f"bounds, host {host}", b) for host, b in status.node_bounds.items())
+    return rows
+
+
+def bounds_line(title: str, b: Bounds) -> str:
+    """``title: <verdict> · cpu N% of wall · <phase> N% ... · read N MB/s · write N MB/s``."""
+    shares = " ".join(f"{PHASE_LABELS[k]} {v:.0%}" for k, v in b.shares.items())
+    rates = " · ".join(f"{what} " + (f"{rate / 1e6:,.1f} MB/s" if rate is not None else "unknown")
+                       for what, rate in (("read", b.rate(b.bytes_read)), ("write", b.rate(b.bytes_written))))
+    workers = f"{b.workers} worker" + ("" if b.workers == 1 else "s")
+    return (f"{title} ({workers}): {b.verdict} · cpu {b.cpu_saturation:.0%} of wall · {shares} · "
+            f"{rates}")
 
 
 def _worker_rows(workers: list[WorkerStatus], paint: Paint) -> list[str]:

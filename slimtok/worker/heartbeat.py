@@ -4,7 +4,9 @@ progress line read.
 Written (not durably: a lost beat is replaced by the next) when the worker starts, at each claim,
 every ``interval`` seconds while it runs and once when it exits. A tick's CPU readings cover the
 time since the previous tick; a write between ticks repeats them, so every reading is of a whole
-interval.
+interval. Every write also carries the worker's totals since it started: seconds per phase
+(:class:`~.stats.Phases`), CPU seconds and bytes read and written, from which status tells what
+bounds the worker.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Heartbeats:
     def write(self, state: str, shard: str | None) -> None:
         """Write the heartbeat with the last tick's readings."""
         rate, cpu, host_cpu = self._readings
+        io = self.stats.io_bytes()
         try:
             write_record(self.root.heartbeat(self.name), Heartbeat(
                 worker=self.name, host=self.me.host, pid=self.me.pid, process_index=self.me.process_index,
@@ -58,6 +61,9 @@ class Heartbeats:
                 shards_done=self.stats.shards_done, tokens_per_second=round(rate, 1), cpu_percent=cpu,
                 rss_bytes=self._proc.memory_info().rss, updated_at=time.time(), started_at=self.stats.started,
                 interval=self.interval, host_cpu_percent=host_cpu,
-                host_cpus=psutil.cpu_count() or 0), durable=False)
+                host_cpus=psutil.cpu_count() or 0,
+                phases={k: round(v, 3) for k, v in self.stats.phases.totals().items()},
+                cpu_seconds=round(self.stats.cpu_seconds(), 3), bytes_read=io[0] if io else None,
+                bytes_written=io[1] if io else None), durable=False)
         except OSError as exc:  # a full disk must not kill the heartbeat thread silently
             log.warning("%s: cannot write heartbeat: %s", self.name, exc)

@@ -164,6 +164,7 @@ class Worker:
             with self.held:
                 return self._run()
         finally:
+            self.stats.phases.enter(None)  # the exit beat's phases end where the work did
             self.beats.write("exited", None)
 
     def _run(self) -> int:
@@ -188,6 +189,11 @@ class Worker:
         return EXIT_SHARDS_FAILED if self.failed else EXIT_OK
 
     def _loop(self) -> None:
+        # between shards the worker finds, claims or waits for the next one (ShardTask charges the rest)
+        with self.stats.phases.phase("claim_wait"):
+            self._run_units()
+
+    def _run_units(self) -> None:
         s = self.settings
         run_units(self.claimer, self.entries, (s.process_index, s.process_count, self.index, s.workers),
                   lambda e: e.id, self._settled, self._process, selected=lambda e: e.split in s.splits,
@@ -221,6 +227,11 @@ class Worker:
 
     def _process(self, entry: ShardEntry, claim: Claim) -> None:
         """Write the shard on this thread, then hand its commit to the commit thread."""
+        # the task charges its own phases; the rest (the first claim's tokenizer load) is in none
+        with self.stats.phases.phase(None):
+            self._write_then_commit(entry, claim)
+
+    def _write_then_commit(self, entry: ShardEntry, claim: Claim) -> None:
         self.held.hold(claim)
         self.current = claim
         self.beats.write("working", claim.shard)  # status shows this shard from the moment it is claimed
@@ -306,10 +317,12 @@ class Worker:
             self._committer.shutdown()
 
     def _await_commit(self) -> None:
-        """Wait for the commit in flight; its OSError (the output root failing) is raised here."""
+        """Wait for the commit in flight; its OSError (the output root failing) is raised here.
+        The wait is writing: the worker waits for the commit's syncs and renames to end."""
         pending, self._commit_pending = self._commit_pending, None
         if pending is not None:
-            pending.result()
+            with self.stats.phases.phase("write"):
+                pending.result()
 
     def _release_keeping_checkpoint(self, task: ShardTask) -> None:
         ckpt = read_record(self.root.checkpoint(task.entry.id), Checkpoint)

@@ -166,13 +166,16 @@ class ShardTask:
         self.table.open()
         try:
             self._resume(ckpt)
+            phases = self.ctx.stats.phases  # a batch's records are parsed, its blocks read, then it is encoded
             reader = ShardReader(self.entry.path, self.ctx.job.text_key, self.progress.lines, self.progress.skipped,
                                  source_key=self.ctx.job.source_key, pause=lambda: self.ctx.check_running(self.claim),
-                                 max_line_bytes=self.ctx.job.max_line_bytes, min_chars=self.ctx.job.min_chars)
+                                 max_line_bytes=self.ctx.job.max_line_bytes, min_chars=self.ctx.job.min_chars,
+                                 reading=lambda blocks: phases.timed("read", blocks))
             records = ((text, Mark(reader.lines, reader.skipped, source)) for text, source in reader.records())
             try:
-                for texts, marks in batched(records):
-                    self._encode(texts, marks)
+                for texts, marks in phases.timed("parse", batched(records)):
+                    with phases.phase("encode"):
+                        self._encode(texts, marks)
                     del texts  # a huge document's raw line goes before the reader reads on
                     self.ctx.check_running(self.claim)
             except Interrupted:
@@ -342,6 +345,10 @@ class ShardTask:
 
     def _flush(self, mark: Mark, checkpoint: bool) -> None:
         """Write pending documents, make them durable, then (optionally) record a checkpoint."""
+        with self.ctx.stats.phases.phase("write"):
+            self._write_pending(mark, checkpoint)
+
+    def _write_pending(self, mark: Mark, checkpoint: bool) -> None:
         p, pending = self.progress, self.pending
         for arr in pending.tokens:
             self.data.write(arr.data.cast("B"))

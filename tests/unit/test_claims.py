@@ -145,7 +145,7 @@ def test_create_exclusive_never_overwrites(tmp_path):
 def test_preference_order_is_a_permutation_starting_with_own_residue(n, p, w):
     for i in range(p):
         for k in range(w):
-            order = preference_order(n, i, p, k, w)
+            order = list(preference_order(n, i, p, k, w))
             assert sorted(order) == list(range(n))
             own = len(range(i, n, p))
             assert all(x % p == i for x in order[:own])

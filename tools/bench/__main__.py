@@ -46,6 +46,8 @@ are printed):
   prepend-huge  (only when named in --only) a Llama-2-style (Prepend normalizer) tokenizer on one
              --prepend-mb document on one line: the Encoder's pieces vs one whole-document encode
              (what it got before its cut rule), wall, CPU, peak RSS growth, ids compared
+  planning   (only when named in --only) status (first call, warm), `mix --plan` and a worker's start
+             over synthetic finished roots of --planning-shards sizes (tools/bench/planning.py)
   peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
              into a separate venv under --work; with --megatron-dir, Megatron-LM's
              tools/preprocess_data.py and preprocess_data_fast.py (with and without --use-gigatoken)
@@ -74,6 +76,7 @@ from .integrity import bench_integrity
 from .mix import bench_mix_plan, bench_mix_section
 from .peers.section import PEER_PROCS, bench_peers
 from .pipeline import bench_combine, bench_consume, bench_memory, bench_pipeline, bench_prepend_huge
+from .planning import bench_planning
 from .stages import bench_claims, bench_growth, bench_stage_growth, bench_status
 from .startup import bench_startup
 
@@ -235,6 +238,10 @@ def combine_plan(ctx: Context, run: int) -> None:
     bench_combine_plan(ctx.table, ctx.work, _int_list(ctx.args.combine_plan_shards), ctx.args.runs)
 
 
+def planning(ctx: Context, run: int) -> None:
+    bench_planning(ctx.table, ctx.work, _int_list(ctx.args.planning_shards))
+
+
 def peers(ctx: Context, run: int) -> None:
     bench_peers(ctx.table, ctx.work, ctx.manifest, ctx.tokenizer, ctx.nbytes,
                 ctx.work / f"out-{ctx.scaled.replace(' ', '_')}-0", ctx.scaled, ctx.args.runs, ctx.args.megatron_dir)
@@ -251,9 +258,10 @@ SECTIONS: dict[str, Section] = {
     "combine-plan": Section(combine_plan),
     "integrity": Section(integrity),
     "prepend-huge": Section(prepend),
+    "planning": Section(planning),
 }
 #: sections run only when asked for: peers with --peers (or in --only); the others here only in --only
-OPT_IN = ("mix-plan", "peers", "combine-plan", "integrity", "prepend-huge")
+OPT_IN = ("mix-plan", "peers", "combine-plan", "integrity", "prepend-huge", "planning")
 #: sections that run when another one runs: (needed, needed by), e.g. the pipeline checks its ids
 #: against the raw section's, and the peers are compared with the scaling row
 NEEDED = (("raw", "pipeline"), ("scaling", "peers"))
@@ -305,6 +313,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="shard counts of the synthetic roots the combine-plan section plans over")
     ap.add_argument("--integrity-mb", type=int, default=300,
                     help="MB of tokens in the synthetic root the integrity section checks")
+    ap.add_argument("--planning-shards", default="10000,60000,122000",
+                    help="synthetic root sizes (shards) of the planning section")
     ap.add_argument("--mix-plan-shards", type=int, default=250,
                     help="shards per synthetic root of the mix-plan section; with fewer than inputs.PIECE_ROWS "
                          "rows a shard, the streaming pieces (a constant) are smaller at the smaller sizes and "
