@@ -1,0 +1,97 @@
+"""A real S3-protocol server for tests: moto's server mode on 127.0.0.1, in its own process.
+
+moto speaks the S3 REST protocol over plain HTTP (listing, ranged GETs, ``If-Match`` and
+``If-None-Match`` with 412 on a lost race), so slimtok's real client talks to it through
+``AWS_ENDPOINT_URL`` exactly as it would to a store. :meth:`S3Server.env` is what a subprocess
+needs; the server runs in a child process so that the test process's own threads never slow it.
+
+``auth_after=n`` starts a server that serves the first ``n`` requests without checking
+credentials and refuses every later one whose key it does not know (moto's
+``INITIAL_NO_AUTH_ACTION_COUNT``): a bucket can be filled, then access is denied.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.error import URLError
+from urllib.request import urlopen
+
+#: The keys every test uses; moto accepts any key until it is told to check them.
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    """A moto S3 server in a child process; a context manager that stops it."""
+
+    def __init__(self, auth_after: int | None = None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        if auth_after is not None:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(auth_after)
+        self._proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urlopen(f"{self.url}/moto-api/", timeout=2).close()  # noqa: S310 - our own server
+                break
+            except (URLError, ConnectionError, OSError):
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto server on {self.url} did not start") from None
+                time.sleep(0.1)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment variables that point an S3 client at this server."""
+        return {"AWS_ENDPOINT_URL": self.url, **CREDENTIALS}
+
+    def client(self):  # type: ignore[no-untyped-def]
+        """A boto3 client of this server (for setting up buckets, not for what slimtok does)."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                            region_name=CREDENTIALS["AWS_REGION"])
+
+    def upload_folder(self, folder: Path, bucket: str, prefix: str) -> list[str]:
+        """Every file below ``folder`` put under ``s3://bucket/prefix/`` (the bucket is created if
+        needed); returns the keys in order."""
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=bucket)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        keys = []
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            key = f"{prefix.strip('/')}/{path.relative_to(folder).as_posix()}"
+            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+            keys.append(key)
+        return keys
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    def __enter__(self) -> S3Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
