@@ -124,7 +124,7 @@ def _entry(parts: Sequence[str], path: str, size: int, version: str = "") -> Sha
             chunk = int(m.group(1))
     stem = strip_suffix(parts[-1])
     index = index_of(stem)
-    shard_id = "/".join(parts[:-1] + (stem,))
+    shard_id = "/".join((*parts[:-1], stem))
     return ShardEntry(id=shard_id, split=split, chunk=chunk, index=index, path=path, size=size, version=version)
 
 

@@ -207,7 +207,7 @@ def not_regular(mode: int) -> str | None:
     return f"is {kind}, not a regular file; only regular files are read as shards"
 
 
-def _open_error(path: Path, exc: OSError) -> ShardReadError:
+def _open_error(path: ShardPath, exc: OSError) -> ShardReadError:
     if isinstance(exc, FileNotFoundError):
         return ShardReadError(path, "file not found")
     if isinstance(exc, IsADirectoryError):

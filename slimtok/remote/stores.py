@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -80,11 +81,22 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-@functools.cache
+#: The environment a client is built from: a client is made again when one of them changes.
+_S3_ENVIRONMENT = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                   "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
 def _s3(bucket: str) -> Any:
-    """The obstore client of ``bucket``, one per process. Keys from the environment as obstore reads
-    them; without them, from boto3's chain (AWS config, profiles, SSO, instance roles) when boto3
-    is installed. The endpoint from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, path-style."""
+    """The obstore client of ``bucket`` under the current environment (made once per process)."""
+    return _s3_client(bucket, tuple(os.environ.get(name) for name in _S3_ENVIRONMENT))
+
+
+@functools.cache
+def _s3_client(bucket: str, environment: tuple[str | None, ...]) -> Any:
+    """The obstore client of ``bucket``. Keys from the environment as obstore reads them; without
+    them, from boto3's chain (AWS config, profiles, SSO, instance roles) when boto3 is installed.
+    The endpoint from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, path-style. ``environment`` is only
+    the cache key."""
     from obstore.store import S3Store
 
     config: dict[str, Any] = {}
@@ -129,7 +141,7 @@ def _s3_error(exc: Exception, url: str, what: str) -> ObjectStoreError:
     return ObjectStoreError(f"cannot {what}: {first}", url, "check the store and AWS_ENDPOINT_URL, then retry")
 
 
-def _s3_info(bucket: str, meta: dict[str, Any]) -> ObjectInfo:
+def _s3_info(bucket: str, meta: Mapping[str, Any]) -> ObjectInfo:
     return ObjectInfo(f"s3://{bucket}/{meta['path']}", int(meta["size"]), str(meta["e_tag"] or ""),
                       int(meta["last_modified"].timestamp() * 1e9))
 
@@ -154,7 +166,7 @@ def _s3_stat(u: ObjectUrl) -> ObjectInfo:
         raise _s3_error(exc, str(u), "read the object") from exc
 
 
-def _s3_fetch(u: ObjectUrl, version: str):  # type: ignore[no-untyped-def]
+def _s3_fetch(u: ObjectUrl, version: str) -> Callable[[int, int], bytes]:
     import obstore
     from obstore.exceptions import PreconditionError
 
@@ -222,7 +234,7 @@ def _hf_stat(u: ObjectUrl) -> ObjectInfo:
     return ObjectInfo(str(u.with_key(u.key, meta.commit_hash)), int(meta.size or 0), meta.commit_hash or "")
 
 
-def _hf_fetch(u: ObjectUrl, version: str):  # type: ignore[no-untyped-def]
+def _hf_fetch(u: ObjectUrl, version: str) -> Callable[[int, int], bytes]:
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
 

@@ -180,6 +180,8 @@ def test_tokenize_from_hf_is_byte_identical_and_pinned_to_the_commit(tmp_path, h
         rel = Path(local["path"]).relative_to(ds).as_posix()
         assert e["path"] == f"hf://datasets/acme/tiny-sp@{commit}/{rel}" and e["version"] == commit
     hub.reset_requests()
+    hub.fail_file("acme/tiny-sp", "train/chunk3/example_train_8.parquet", status=503, times=2)  # transient
     _tokenize(tmp_path / "m/manifest.jsonl", tmp_path / "remote", bpe_tokenizer, env)
     assert _outputs(tmp_path / "remote") == local_outputs
     assert hub.count(route="tree") == 0  # workers never list
+    assert hub.count(route="resolve", status=503) == 2  # both failures were retried

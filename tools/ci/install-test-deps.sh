@@ -12,6 +12,9 @@ pip_install -e '.[test]'
 # find-links this line fails instead of downloading gigabytes of CUDA libraries.
 pip_install 'torch==2.13.0+cpu'
 pip_install 'megatron-core>=0.12'
+# Object-store tests (tests/e2e/test_object_inputs.py, tests/unit/remote): moto's S3 server mode on
+# 127.0.0.1 (it brings boto3, which the tests use to fill buckets; slimtok itself reads through obstore).
+pip_install 'moto[server]==5.2.1'
 # Operations tests: systemd-analyze verifies the units; a one-host Slurm cluster runs the sbatch
 # scripts (tests/e2e/test_slurm.py starts it through tools/ci/start-slurm.sh when none is up, stops
 # what it started when the run ends, and skips, saying why, where the daemons cannot start);
