@@ -5,6 +5,9 @@ moto speaks the S3 REST protocol over plain HTTP (listing, ranged GETs, ``If-Mat
 ``AWS_ENDPOINT_URL`` exactly as it would to a store. :meth:`S3Server.env` is what a subprocess
 needs; the server runs in a child process so that the test process's own threads never slow it.
 
+:class:`FlakyProxy` stands between a client and the server and answers chosen requests with a
+transient error (503) instead of forwarding them, to show that the client retries.
+
 ``auth_after=n`` starts a server that serves the first ``n`` requests without checking
 credentials and refuses every later one whose key it does not know (moto's
 ``INITIAL_NO_AUTH_ACTION_COUNT``): a bucket can be filled, then access is denied.
@@ -12,11 +15,14 @@ credentials and refuses every later one whose key it does not know (moto's
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
@@ -95,3 +101,68 @@ class S3Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FlakyProxy:
+    """An HTTP proxy to ``target`` on 127.0.0.1 that answers the first ``fail_ranged`` ranged GETs
+    with 503 Slow Down (S3's "retry later") and forwards everything else unchanged (moto does not
+    check signatures, so a request signed for the proxy's address passes). ``url`` is its endpoint;
+    ``failed`` and ``forwarded`` count what it did."""
+
+    def __init__(self, target: str, fail_ranged: int) -> None:
+        self.target = target.removeprefix("http://")
+        self.left = fail_ranged
+        self.failed = 0
+        self.forwarded = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy._lock:
+                    fail = self.command == "GET" and "Range" in self.headers and proxy.left > 0
+                    proxy.left -= fail
+                    proxy.failed += fail
+                    proxy.forwarded += not fail
+                if fail:
+                    payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(proxy.target, timeout=60)
+                conn.request(self.command, self.path, body=body or None, headers=dict(self.headers))
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for name, value in response.getheaders():  # a HEAD's Content-Length is the object's: kept
+                    if name.lower() not in ("transfer-encoding", "connection") and (
+                            self.command == "HEAD" or name.lower() != "content-length"):
+                        self.send_header(name, value)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> FlakyProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

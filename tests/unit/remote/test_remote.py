@@ -8,11 +8,12 @@ import random
 import pytest
 import zstandard
 
+from helpers.s3_server import FlakyProxy
 from slimtok.errors import ObjectStoreError, ShardReadError
 from slimtok.formats.streams import _zstd_blocks, data_blocks, open_shard
 from slimtok.manifest import ShardEntry, build_manifest, manifest_digest
 from slimtok.remote import ObjectFile, is_remote, list_objects, open_object, parse, stat_object
-from slimtok.remote.files import WINDOWS_HELD
+from slimtok.remote.files import WINDOW, WINDOWS_HELD
 
 
 @pytest.mark.parametrize(("url", "scheme", "bucket", "key", "revision"), [
@@ -153,3 +154,15 @@ def test_the_digest_of_local_entries_is_unchanged_and_covers_an_objects_version(
     one = [ShardEntry("a", "train", 0, 0, "s3://b/a.jsonl.zst", 10, '"e1"')]
     two = [ShardEntry("a", "train", 0, 0, "s3://b/a.jsonl.zst", 10, '"e2"')]
     assert manifest_digest(one) != manifest_digest(two) and one[0].to_dict()["version"] == '"e1"'
+
+
+def test_transient_errors_are_retried_and_the_bytes_come_whole(bucket, s3_server, monkeypatch):
+    name, client = bucket
+    data = random.Random(5).randbytes(WINDOW + 12345)
+    client.put_object(Bucket=name, Key="flaky.jsonl", Body=data)
+    with FlakyProxy(s3_server.url, fail_ranged=3) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # a new client, through the proxy
+        with open_object(f"s3://{name}/flaky.jsonl") as f:
+            assert f.read() == data
+            assert f.requests == 2  # two windows, each fetched once as far as the reader knows
+        assert proxy.failed == 3 and proxy.forwarded == 1 + 2  # a HEAD, then two ranged GETs that got through
