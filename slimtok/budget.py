@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import orjson
 import zstandard
 
-from .errors import ShardReadError
+from .errors import ObjectStoreError, ShardReadError
 from .formats import format_of
 from .formats.streams import open_shard, shard_path, shard_size
 from .manifest import ShardEntry
@@ -122,7 +122,7 @@ def sample_texts(path: str, text_key: str, sample_bytes: int = SAMPLE_BYTES) -> 
         with open_shard(shard_path(path)) as f:
             raw = f.read(sample_bytes)
         text, used = decompress(raw, SAMPLE_TEXT_LIMIT)
-    except (ShardReadError, OSError, zstandard.ZstdError, zlib.error):
+    except (ShardReadError, ObjectStoreError, OSError, zstandard.ZstdError, zlib.error):
         return None
     # the whole file was read and decompressed: its last line counts even without a newline
     whole = used == len(raw) and len(raw) < sample_bytes and len(text) < SAMPLE_TEXT_LIMIT
@@ -164,7 +164,7 @@ def _parquet_texts(path: str, text_key: str, sample_bytes: int) -> tuple[list[st
                 held += sum(map(len, found))
                 if read >= want or held >= SAMPLE_TEXT_LIMIT:
                     break
-    except (ShardReadError, OSError, pa.ArrowException):
+    except (ShardReadError, ObjectStoreError, OSError, pa.ArrowException):
         return None
     return (texts, size * read / rows) if read else None
 

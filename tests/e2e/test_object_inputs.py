@@ -185,3 +185,20 @@ def test_tokenize_from_hf_is_byte_identical_and_pinned_to_the_commit(tmp_path, h
     assert _outputs(tmp_path / "remote") == local_outputs
     assert hub.count(route="tree") == 0  # workers never list
     assert hub.count(route="resolve", status=503) == 2  # both failures were retried
+
+
+def test_hf_revisions_resolve_to_one_commit_and_hub_errors_are_one_line(tmp_path, hub_dataset):
+    _ds, hub, env = hub_dataset
+    commit = hub.repos[("dataset", "acme/tiny-sp")].commit
+    outputs = []
+    spellings = (["hf://datasets/acme/tiny-sp/train"], ["hf://datasets/acme/tiny-sp/train", "--revision", "main"],
+                 [f"hf://datasets/acme/tiny-sp@{commit}/train"])
+    for k, args in enumerate(spellings):
+        slimtok("manifest", "--dataset-dir", *args, "--output-dir", tmp_path / f"m{k}", env=env)
+        outputs.append((tmp_path / f"m{k}/manifest.jsonl").read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2] and outputs[0].count(f"@{commit}/train/".encode()) == 3
+    for url, extra, what in (("hf://datasets/acme/none", [], "repository not found (or private); check the name"),
+                             ("hf://datasets/acme/tiny-sp", ["--revision", "v9"], "revision not found")):
+        proc = slimtok("manifest", "--dataset-dir", url, *extra, "--output-dir", tmp_path / "bad", env=env, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith(f"error: {url}") and what in proc.stderr, proc.stderr

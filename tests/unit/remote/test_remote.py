@@ -166,3 +166,17 @@ def test_transient_errors_are_retried_and_the_bytes_come_whole(bucket, s3_server
             assert f.read() == data
             assert f.requests == 2  # two windows, each fetched once as far as the reader knows
         assert proxy.failed == 3 and proxy.forwarded == 1 + 2  # a HEAD, then two ranged GETs that got through
+
+
+def test_the_disk_sampler_reads_an_object_as_it_reads_the_same_local_file(bucket, tmp_path):
+    from helpers.corpus import make_dataset
+    from slimtok.budget import sample_texts
+
+    name, client = bucket
+    ds = make_dataset(tmp_path / "ds", train_shards=1, docs_per_shard=40, holdout_docs=1)
+    local = ds / "train/chunk1/example_train_0.jsonl.zst"
+    client.put_object(Bucket=name, Key="s/x.jsonl.zst", Body=local.read_bytes())
+    remote = sample_texts(f"s3://{name}/s/x.jsonl.zst", "text", 1 << 20)
+    assert remote is not None and remote == sample_texts(str(local), "text", 1 << 20)
+    client.delete_object(Bucket=name, Key="s/x.jsonl.zst")
+    assert sample_texts(f"s3://{name}/s/x.jsonl.zst", "text", 1 << 20) is None  # gone: no sample, no crash
