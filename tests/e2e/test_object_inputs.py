@@ -7,6 +7,8 @@ import gzip
 import hashlib
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from helpers.cli import slimtok, tokenize, tokenize_args
-from helpers.corpus import make_dataset, reference_texts
+from helpers.cli import slimtok, tokenize, tokenize_args, tokenize_cmd
+from helpers.corpus import doc_line, make_dataset, reference_texts, sample_documents, write_shard
 from helpers.hub_server import FakeHub
+from helpers.launches import wait_for
 from helpers.s3_server import S3Server
 
 PATTERNS = ("--pattern", "*.jsonl.zst", "--pattern", "*.jsonl.gz", "--pattern", "*.parquet")
@@ -202,3 +205,31 @@ def test_hf_revisions_resolve_to_one_commit_and_hub_errors_are_one_line(tmp_path
         proc = slimtok("manifest", "--dataset-dir", url, *extra, "--output-dir", tmp_path / "bad", env=env, check=False)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert proc.stderr.startswith(f"error: {url}") and what in proc.stderr, proc.stderr
+
+
+def test_a_shard_stopped_mid_object_resumes_from_its_checkpoint_byte_identical(tmp_path, s3_server, bpe_tokenizer):
+    """The checkpoint's source state of an object (size, store's last-modified time) matches on the
+    relaunch, so the shard resumes instead of starting over, and ends as the local run does."""
+    ds = tmp_path / "ds"
+    write_shard(ds / "train/chunk1/example_train_0.jsonl.zst",
+                [doc_line(t) for t in sample_documents(2500, seed=100)], frames=3)
+    s3_server.upload_folder(ds, "corpus-resume", "sp")
+    env = _env(s3_server.env)
+    slimtok("manifest", "--dataset-dir", "s3://corpus-resume/sp", "--output-dir", tmp_path / "m", env=env)
+    root = tmp_path / "out"
+    # The reference backend is slow enough that the signal lands while the shard is in progress.
+    cmd = tokenize_cmd(tmp_path / "m/manifest.jsonl", root, bpe_tokenizer, "--spawn-workers", "1",
+                       "--tokens-per-write", "5000", "--checkpoint-every", "0", "--backend", "tokenizers")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert wait_for(lambda: any((root / "checkpoints").rglob("*.json")) if (root / "checkpoints").exists() else False)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:  # finished before the signal landed; nothing to resume
+        pytest.skip("the shard finished before SIGTERM landed")
+    assert proc.returncode == 75, err
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    logs = "".join(p.read_text() for p in (root / "logs").glob("*.log"))
+    assert "resuming at line" in logs and "changed since its checkpoint" not in logs
+    slimtok("manifest", "--dataset-dir", ds, "--output-dir", tmp_path / "m_local")
+    tokenize(tmp_path / "m_local/manifest.jsonl", tmp_path / "local", bpe_tokenizer, "--spawn-workers", 1)
+    assert _outputs(root) == _outputs(tmp_path / "local")
