@@ -138,9 +138,10 @@ def tokenized_root(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """A real S3-protocol server (moto) on 127.0.0.1, one per test process; tests use their own buckets."""
-    with S3Server() as server:
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-protocol server (moto) on 127.0.0.1, one per test process; tests use their own
+    buckets. Its request log is kept, for tests that count requests (S3Server.requests)."""
+    with S3Server(log=tmp_path_factory.mktemp("s3") / "requests.log") as server:
         yield server
 
 

@@ -268,15 +268,11 @@ def stat_object(url: str) -> ObjectInfo:
     return _s3_stat(u) if u.scheme == "s3" else _hf_stat(u)
 
 
-def open_object(url: str, version: str = "") -> ObjectFile:
-    """The object at ``url`` for reading. With ``version`` (a manifest's), refuse an object whose
-    version is another one now, naming both; every read is then conditional on the version seen
-    here (S3: ``If-Match``; the Hub: the commit in the URL), so a change mid-read is refused too."""
+def open_object(url: str) -> ObjectFile:
+    """The object at ``url`` for reading: one HEAD for its size and version, then every read is
+    conditional on that version (S3: ``If-Match``; the Hub: the commit in the URL), so an object
+    that changes under the reader is refused, naming both versions."""
     info = stat_object(url)
-    if version and info.version != version:
-        raise ObjectStoreError(f"changed since the manifest was written (the manifest lists version {version}, "
-                               f"the store now has {info.version})", url,
-                               "rebuild the manifest with `slimtok manifest` (and use a new --output-root)")
     u = parse(url)
     fetch = _s3_fetch(u, info.version) if u.scheme == "s3" else _hf_fetch(u, info.version)
     return ObjectFile(url, info.size, info.version, fetch)

@@ -85,8 +85,16 @@ def test_tokenize_from_s3_is_byte_identical_to_the_same_shards_read_locally(tmp_
     assert all("version" not in e for e in local_entries)  # local manifest lines are unchanged
 
     root = tmp_path / "remote"
+    before = len(s3_server.requests())
     _tokenize(tmp_path / "m/manifest.jsonl", root, bpe_tokenizer, env)
     assert _outputs(root) == local_outputs
+    during = [(method, target) for method, target in s3_server.requests()[before:]
+              if target.startswith("/corpus-same")]
+    assert not [r for r in during if "list-type" in r[1]]  # workers never list
+    # per shard: the version check, the source state at start and end, the open, and its one window
+    # (each of these shards is smaller than a window; the disk sampler reads some of them too)
+    gets = sum(1 for method, _ in during if method == "GET")
+    assert len(entries) <= gets <= 2 * len(entries) and all(method in ("GET", "HEAD") for method, _ in during)
     for out in (root, local_root):
         slimtok("combine", "--output-root", out)
     for name in ("train.bin", "val.bin", "test.bin"):

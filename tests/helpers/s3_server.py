@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,6 +32,10 @@ from urllib.request import urlopen
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_REGION": "us-east-1"}
 
 
+#: One request in the server's log: ``"GET /bucket/key?x=y HTTP/1.1" 200``.
+_LOGGED = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/1\.1"')
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,14 +45,19 @@ def _free_port() -> int:
 class S3Server:
     """A moto S3 server in a child process; a context manager that stops it."""
 
-    def __init__(self, auth_after: int | None = None) -> None:
+    def __init__(self, auth_after: int | None = None, log: Path | None = None) -> None:
+        """``log``: a file for the server's request log (one line per request, see :meth:`requests`)."""
         self.port = _free_port()
+        self.log = log
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         if auth_after is not None:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(auth_after)
+        out = subprocess.DEVNULL if log is None else log.open("ab")
         self._proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      env=env, stdout=out, stderr=out)
+        if log is not None:
+            out.close()  # the child holds its own copy
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -58,6 +68,12 @@ class S3Server:
                     self.stop()
                     raise RuntimeError(f"moto server on {self.url} did not start") from None
                 time.sleep(0.1)
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, target) of every request the server logged so far; a LIST is a GET with ``list-type``."""
+        assert self.log is not None, "start the server with log= to count its requests"
+        time.sleep(0.2)  # the server writes its log line after the response
+        return _LOGGED.findall(self.log.read_text(errors="replace"))
 
     @property
     def env(self) -> dict[str, str]:
