@@ -50,12 +50,12 @@ _EMPTY_RUN = re.compile(rb"\n+")
 
 
 def _zstd_bounds(pread: Callable[[int, int], bytes]) -> Iterator[tuple[int, int]]:
-    """(end offset, most bytes it decompresses to) of each part of the zstd file ``pread`` reads
-    (``pread(n, offset)``) in order: a
-    frame header, a block, a checksum, a skippable frame; read from the headers alone (a few bytes
-    per block, by pread). Ends at the end of the file or at anything that is not zstd, where the
-    decompressor will name the fault. A block decompresses to at most 128 KiB (zstd's
-    Block_Maximum_Size; a header claiming more is corrupt and refused by the decompressor)."""
+    """(end offset, most bytes it decompresses to) of each part of the zstd file that
+    ``pread(n, offset)`` reads, in order: a frame header, a block, a checksum, a skippable frame;
+    read from the headers alone (a few bytes per block, by pread). Ends at the end of the file or
+    at anything that is not zstd, where the decompressor will name the fault. A block decompresses
+    to at most 128 KiB (zstd's Block_Maximum_Size; a header claiming more is corrupt and refused by
+    the decompressor)."""
     pos = 0
     while len(head := pread(18, pos)) >= 5:  # 18: the longest frame header
         magic = int.from_bytes(head[:4], "little")
