@@ -11,18 +11,16 @@ files only: document tables add 24 bytes per document (well under 1% at SlimPaja
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
 import zstandard
 
-from .errors import ShardReadError
+from .errors import ObjectStoreError, ShardReadError
 from .formats import format_of
-from .formats.streams import open_shard
+from .formats.streams import open_shard, shard_path, shard_size
 from .manifest import ShardEntry
 from .space import format_bytes
 
@@ -121,10 +119,10 @@ def sample_texts(path: str, text_key: str, sample_bytes: int = SAMPLE_BYTES) -> 
     if decompress is None:
         return None
     try:
-        with open_shard(Path(path)) as f:
+        with open_shard(shard_path(path)) as f:
             raw = f.read(sample_bytes)
         text, used = decompress(raw, SAMPLE_TEXT_LIMIT)
-    except (ShardReadError, OSError, zstandard.ZstdError, zlib.error):
+    except (ShardReadError, ObjectStoreError, OSError, zstandard.ZstdError, zlib.error):
         return None
     # the whole file was read and decompressed: its last line counts even without a newline
     whole = used == len(raw) and len(raw) < sample_bytes and len(text) < SAMPLE_TEXT_LIMIT
@@ -151,9 +149,9 @@ def _parquet_texts(path: str, text_key: str, sample_bytes: int) -> tuple[list[st
     import pyarrow.parquet as pq
 
     try:
-        with open_shard(Path(path)) as f:
+        with open_shard(shard_path(path)) as f:
             pf = pq.ParquetFile(f)
-            rows, size = pf.metadata.num_rows, os.fstat(f.fileno()).st_size
+            rows, size = pf.metadata.num_rows, shard_size(f)
             if not rows or text_key not in pf.schema_arrow.names:
                 return None
             want = max(1, rows * sample_bytes // max(size, 1))
@@ -166,7 +164,7 @@ def _parquet_texts(path: str, text_key: str, sample_bytes: int) -> tuple[list[st
                 held += sum(map(len, found))
                 if read >= want or held >= SAMPLE_TEXT_LIMIT:
                     break
-    except (ShardReadError, OSError, pa.ArrowException):
+    except (ShardReadError, ObjectStoreError, OSError, pa.ArrowException):
         return None
     return (texts, size * read / rows) if read else None
 

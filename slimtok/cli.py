@@ -46,15 +46,16 @@ def main() -> None:
 
 
 @main.command("manifest")
-@click.option("--dataset-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Plain folder, HF cache folder datasets--org--name, or a snapshot folder.")
+@click.option("--dataset-dir", required=True, type=click.Path(file_okay=False),
+              help="Plain folder, HF cache folder datasets--org--name, or a snapshot folder; or an object "
+              "store prefix: s3://bucket/prefix/ or hf://datasets/org/name[@revision].")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--pattern", "patterns", multiple=True, default=("*.jsonl.zst",), show_default=True,
               help="File-name glob of shards; repeat for several.")
 @click.option("--strict", is_flag=True, help="Fail when `slimtok mirror`'s record lists shards that are missing.")
 @click.option("--revision", default=None, help="Snapshot of a HF cache folder: a refs/ name or a commit "
               "(default: refs/main, else the only snapshot, else the one `slimtok mirror` recorded).")
-def manifest_cmd(dataset_dir: Path, output_dir: Path, patterns: tuple[str, ...], strict: bool,
+def manifest_cmd(dataset_dir: str, output_dir: Path, patterns: tuple[str, ...], strict: bool,
                  revision: str | None) -> None:
     """Write manifest.jsonl (one entry per shard) and manifest_summary.json."""
     from .errors import ManifestError

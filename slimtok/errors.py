@@ -50,6 +50,14 @@ class MirrorError(SlimtokError):
     """
 
 
+class ObjectStoreError(SlimtokError):
+    """An object store (``s3://``, ``hf://``) refused or lacks what was asked, named by URL, e.g.::
+
+        s3://corpus/sp/: bucket 'corpus' does not exist at http://127.0.0.1:9000; check the bucket name
+        and AWS_ENDPOINT_URL
+    """
+
+
 class ManifestError(SlimtokError):
     """A dataset folder or manifest cannot be listed or read., e.g.::
 

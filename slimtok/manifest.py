@@ -11,6 +11,13 @@ One shard file, one id: an id is a normalized relative path (no empty, ``.`` or 
 NUL), and no two entries name the same file (same device and inode, or the same normalized path for
 a file that does not exist yet); :func:`build_manifest` and :func:`read_manifest` both refuse
 otherwise, naming both entries. Only regular files in a format of :mod:`slimtok.formats` are shards.
+
+A dataset may also be a prefix in an object store (``s3://bucket/prefix/``,
+``hf://datasets/org/name[@revision]/``, see :mod:`slimtok.remote`): listed once, here, and never
+by a worker. Each entry's ``path`` is then the object's URL (on the Hub pinned to the commit the
+revision resolved to) and ``version`` what identifies its bytes (S3: the ETag; the Hub: the
+commit), which a worker checks before reading. A local entry has no version, and its manifest
+line and the digest are what they were before versions existed.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import overload
 
 import orjson
@@ -31,6 +38,7 @@ from .errors import ManifestError
 from .formats import SUFFIXES, format_of, strip_suffix
 from .formats.streams import not_regular
 from .protocol import SPLITS, Record, storage_for, write_atomic, write_json_lines
+from .remote import ObjectInfo, is_remote, list_objects, parse
 
 DEFAULT_PATTERNS = ("*.jsonl.zst",)
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
@@ -50,6 +58,15 @@ class ShardEntry(Record):
     index: int
     path: str
     size: int
+    #: what identifies an object's bytes (S3 ETag, Hub commit); "" for a local file
+    version: str = ""
+
+    def to_dict(self) -> dict:
+        """The manifest line's fields; ``version`` only for an object (local lines stay as they were)."""
+        data = super().to_dict()
+        if not self.version:
+            del data["version"]
+        return data
 
     def sort_key(self) -> tuple[int, int, int, str]:
         return (SPLITS.index(self.split), self.chunk, self.index, self.id)
@@ -95,8 +112,11 @@ def index_of(stem: str) -> int:
 
 def entry_for(root: Path, path: Path) -> ShardEntry:
     """Describe ``path`` (a file below ``root``)."""
-    rel = path.relative_to(root)
-    parts = rel.parts
+    return _entry(path.relative_to(root).parts, str(path), path.stat().st_size)
+
+
+def _entry(parts: Sequence[str], path: str, size: int, version: str = "") -> ShardEntry:
+    """The entry of the shard at ``path`` whose path relative to the dataset is ``parts``."""
     split = split_of(parts)
     chunk = 0
     for part in parts[:-1]:
@@ -105,9 +125,8 @@ def entry_for(root: Path, path: Path) -> ShardEntry:
             chunk = int(m.group(1))
     stem = strip_suffix(parts[-1])
     index = index_of(stem)
-    shard_id = "/".join(parts[:-1] + (stem,))
-    return ShardEntry(id=shard_id, split=split, chunk=chunk, index=index, path=str(path),
-                      size=path.stat().st_size)
+    shard_id = "/".join((*parts[:-1], stem))
+    return ShardEntry(id=shard_id, split=split, chunk=chunk, index=index, path=path, size=size, version=version)
 
 
 def _walk(root: Path) -> Iterable[Path]:
@@ -143,7 +162,7 @@ def _kind(name: str) -> str:
     return "." + name.rsplit(".", 1)[1] if "." in name else "(no suffix)"
 
 
-def _nothing_found(root: Path, patterns: Sequence[str], files: Sequence[Path]) -> ManifestError:
+def _nothing_found(root: Path | str, patterns: Sequence[str], files: Sequence[PurePath]) -> ManifestError:
     """The error for a walk that matched nothing: what it did see, and the --pattern to use."""
     wanted = ", ".join(patterns)
     if not files:
@@ -159,11 +178,13 @@ def _nothing_found(root: Path, patterns: Sequence[str], files: Sequence[Path]) -
     return ManifestError(f"no shards matching {wanted} found among its {len(files)} files ({seen})", root, fix)
 
 
-def _check_formats(entries_paths: Sequence[Path], root: Path) -> None:
-    """Every matched file must be in a format slimtok reads (never an id with a stray suffix)."""
+def _check_formats(entries_paths: Sequence[PurePath], root: Path | str) -> None:
+    """Every matched file (a path below ``root``, or relative to it) must be in a format slimtok
+    reads (never an id with a stray suffix)."""
     unknown = [p for p in entries_paths if format_of(p.name) is None]
     if unknown:
-        shown = ", ".join(str(p.relative_to(root)) for p in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        shown = ", ".join(str(p.relative_to(root) if p.is_absolute() else p) for p in unknown[:5])
+        shown += " ..." if len(unknown) > 5 else ""
         raise ManifestError(f"{len(unknown)} file(s) matched --pattern but are not a shard format slimtok reads "
                             f"({shown}; supported suffixes: {', '.join(SUFFIXES)})", root,
                             "narrow --pattern to shard files")
@@ -183,7 +204,10 @@ def _check_regular(paths: Sequence[Path], root: Path) -> None:
 
 
 def _file_key(path: str) -> tuple:
-    """What makes two paths the same file: device and inode, or the normalized path when absent."""
+    """What makes two paths the same file: device and inode, or the normalized path when absent
+    (an object: its URL)."""
+    if is_remote(path):
+        return ("url", path)
     try:
         st = os.stat(path)
     except OSError:
@@ -232,12 +256,48 @@ def check_unique(entries: Sequence[ShardEntry], where: Sequence[str], check_file
                                     "`slimtok manifest` or narrow --pattern")
 
 
+def _remote_root(url: str, revision: str | None) -> str:
+    """The dataset URL as a folder (a trailing ``/``), with ``revision`` for a Hub repo."""
+    u = parse(url)
+    if revision is not None:
+        if u.scheme != "hf" or u.revision not in (None, revision):
+            raise ManifestError("--revision applies to a local Hugging Face cache folder or an hf:// URL without "
+                                "@revision", url, "drop --revision")
+        u = u.with_key(u.key, revision)
+    return str(u.with_key(u.key.rstrip("/") + "/" if u.key.strip("/") else ""))
+
+
+def _build_remote(url: str, patterns: Sequence[str], revision: str | None) -> tuple[str, list[ShardEntry]]:
+    """Entries of the objects below ``url``, listed once; hidden files and folders left out as locally."""
+    root = _remote_root(url, revision)
+    objects: list[tuple[PurePosixPath, ObjectInfo]] = []
+    prefix_len = len(parse(root).key)
+    for obj in list_objects(root):
+        rel = PurePosixPath(parse(obj.url).key[prefix_len:])
+        if not any(part.startswith(".") for part in rel.parts):
+            objects.append((rel, obj))
+    if objects and parse(root).scheme == "hf":  # the Hub's listing names the commit: the root is pinned to it
+        u = parse(objects[0][1].url)
+        root = str(u.with_key(u.key[: prefix_len]))
+    matched = [(rel, obj) for rel, obj in objects if any(fnmatch.fnmatchcase(rel.name, pat) for pat in patterns)]
+    if not matched:
+        raise _nothing_found(root, patterns, [rel for rel, _ in objects])
+    _check_formats([rel for rel, _ in matched], root)
+    entries = sorted((_entry(rel.parts, obj.url, obj.size, obj.version) for rel, obj in matched),
+                     key=ShardEntry.sort_key)
+    check_unique(entries, [e.path for e in entries])
+    return root, entries
+
+
 def build_manifest(dataset_dir: str | os.PathLike[str], patterns: Sequence[str] = DEFAULT_PATTERNS,
-                   revision: str | None = None) -> tuple[Path, list[ShardEntry]]:
+                   revision: str | None = None) -> tuple[Path | str, list[ShardEntry]]:
     """Walk the dataset and return (resolved root, entries in manifest order).
 
-    ``revision`` picks the snapshot of a Hugging Face cache repo folder (see :func:`resolve_dataset_root`).
+    ``revision`` picks the snapshot of a Hugging Face cache repo folder (see :func:`resolve_dataset_root`),
+    or the revision of an ``hf://`` dataset. An object URL's root is returned as a URL string.
     """
+    if is_remote(dataset_dir):
+        return _build_remote(str(dataset_dir), patterns, revision)
     root = resolve_dataset_root(dataset_dir, revision)
     files = list(_walk(root))
     matched = [p for p in files if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
@@ -250,10 +310,13 @@ def build_manifest(dataset_dir: str | os.PathLike[str], patterns: Sequence[str] 
     return root, entries
 
 
-def missing_from_mirror(root: Path, entries: Sequence[ShardEntry], patterns: Sequence[str]) -> list[str]:
-    """Shards (relative paths) that `slimtok mirror` recorded under ``root`` but the walk did not find."""
+def missing_from_mirror(root: Path | str, entries: Sequence[ShardEntry], patterns: Sequence[str]) -> list[str]:
+    """Shards (relative paths) that `slimtok mirror` recorded under ``root`` but the walk did not find
+    (none for an object store: `slimtok mirror` records only local folders)."""
     from .mirror import compare_with_mirror_record
 
+    if isinstance(root, str):
+        return []
     relpaths = [Path(e.path).relative_to(root).as_posix() for e in entries]
     return [p for p in compare_with_mirror_record(root, relpaths)
             if any(fnmatch.fnmatchcase(p.rsplit("/", 1)[-1], pat) for pat in patterns)]
@@ -270,7 +333,7 @@ def summarize(entries: Sequence[ShardEntry]) -> dict:
 
 
 def write_manifest(entries: Sequence[ShardEntry], output_dir: str | os.PathLike[str],
-                   dataset_root: Path | None = None) -> tuple[Path, Path]:
+                   dataset_root: Path | str | None = None) -> tuple[Path, Path]:
     """Write ``manifest.jsonl`` and ``manifest_summary.json`` into ``output_dir``."""
     out = Path(output_dir)
     manifest = out / "manifest.jsonl"
@@ -324,7 +387,8 @@ def read_manifest(path: str | os.PathLike[str], check_files: bool = True) -> lis
         try:
             data = orjson.loads(line) if rows is None else rows[k]
             entry = ShardEntry(id=str(data["id"]), split=str(data["split"]), chunk=int(data["chunk"]),
-                               index=int(data["index"]), path=str(data["path"]), size=int(data["size"]))
+                               index=int(data["index"]), path=str(data["path"]), size=int(data["size"]),
+                               version=str(data.get("version", "")))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{path}:{lineno}: not a manifest entry ({exc})") from exc
         if entry.split not in SPLITS:
@@ -343,9 +407,10 @@ def read_manifest(path: str | os.PathLike[str], check_files: bool = True) -> lis
 
 
 def manifest_digest(entries: Sequence[ShardEntry]) -> str:
-    """sha256 over (id, split, chunk, index, size) in order; absolute paths are left out."""
+    """sha256 over (id, split, chunk, index, size[, version]) in order; absolute paths are left out,
+    an object's version is in (a local entry has none, so local digests are what they always were)."""
     h = hashlib.sha256()
     for e in entries:
-        h.update(orjson.dumps([e.id, e.split, e.chunk, e.index, e.size]))
+        h.update(orjson.dumps([e.id, e.split, e.chunk, e.index, e.size] + ([e.version] if e.version else [])))
         h.update(b"\n")
     return h.hexdigest()

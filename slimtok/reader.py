@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ShardReadError
+from .errors import ObjectStoreError, ShardReadError
 from .formats.jsonl import NO_SOURCE, QuickParser, load_object, source_of, text_of
 from .formats.pieces import Text, TextPieces, huge_record
 from .formats.registry import JSONL, PARQUET, SUFFIXES, InputFormat, format_of
-from .formats.streams import Buffer, Overlong, data_blocks, split_blocks
+from .formats.streams import Buffer, Overlong, ShardPath, data_blocks, shard_path, split_blocks
 from .formats.streams import iter_lines as _stream_lines
 from .protocol.records import DEFAULT_MAX_LINE_BYTES
 
@@ -43,7 +43,7 @@ PIECE_BYTES = 2 << 20
 PAUSE_EVERY = 1 << 16
 
 
-def _format(path: Path) -> InputFormat:
+def _format(path: ShardPath) -> InputFormat:
     fmt = format_of(path)
     if fmt is None:
         raise ShardReadError(path, f"not a shard format slimtok reads (supported suffixes: {', '.join(SUFFIXES)}); "
@@ -57,7 +57,7 @@ def iter_lines(path: str | Path) -> Iterator[Buffer]:
     A line inside one decompressed block comes as a memoryview of that block (no copy); a line
     that spans blocks comes as a bytearray grown in place.
     """
-    path = Path(path)
+    path = shard_path(path)
     return _stream_lines(path, _format(path).compression, BLOCK_SIZE)
 
 
@@ -82,7 +82,7 @@ class ShardReader:
                  skipped: dict[str, int] | None = None, source_key: str = "",
                  pause: Callable[[], None] | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
                  min_chars: int = 0, reading: Callable[[Iterator[Any]], Iterator[Any]] | None = None):
-        self.path = Path(path)
+        self.path = shard_path(path)
         self.text_key = text_key
         self.start_line = start_line
         self.lines = 0
@@ -238,3 +238,5 @@ class ShardReader:
                 yield row
         except (pa.ArrowException, OSError) as exc:
             raise ShardReadError(self.path, f"corrupt {layout} data after row {self.lines}: {exc}") from exc
+        except ObjectStoreError as exc:  # an object that changed or vanished under the reader
+            raise ShardReadError(self.path, exc.message) from exc

@@ -17,7 +17,7 @@ import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +27,7 @@ import pytest
 
 from helpers import cli, slurm
 from helpers.corpus import make_dataset, write_bpe_tokenizer
+from helpers.s3_server import S3Server
 
 # Workers are separate processes; keep each to one encoder thread as the launcher does.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -134,6 +135,14 @@ def tokenized_root(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
                          subprocess.CompletedProcess(["slimtok", "tokenize"], **run))
 
     return get
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-protocol server (moto) on 127.0.0.1, one per test process; tests use their own
+    buckets. Its request log is kept, for tests that count requests (S3Server.requests)."""
+    with S3Server(log=tmp_path_factory.mktemp("s3") / "requests.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ file is read batch by batch, so memory is bounded by one batch, never by the sha
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,7 +16,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ShardReadError
 from .jsonl import source_of
-from .streams import open_shard
+from .streams import ShardPath, open_shard
 
 #: Parquet rows decoded at once; memory is bounded by this and by one row group's column chunks.
 PARQUET_BATCH_ROWS = 1024
@@ -31,7 +30,7 @@ def _cell_text(value: object) -> str | tuple[str, None]:
     return value if value else ("empty_text", None)
 
 
-def _require_column(path: Path, names: Sequence[str], text_key: str) -> None:
+def _require_column(path: ShardPath, names: Sequence[str], text_key: str) -> None:
     if text_key not in names:
         raise ShardReadError(path, f"has no column {text_key!r} (columns: {', '.join(names)}); pass --text-key")
 
@@ -78,7 +77,7 @@ def batch_rows(batches: Iterator[pa.RecordBatch], skip: int, text_key: str, sour
         raise short()
 
 
-def parquet_batches(path: Path, text_key: str, source_path: Sequence[str], start_row: int,
+def parquet_batches(path: ShardPath, text_key: str, source_path: Sequence[str], start_row: int,
                     short: Callable[[], ShardReadError]) -> tuple[Iterator[pa.RecordBatch], int]:
     """Record batches of the row groups at or after ``start_row``, and rows to drop from the first."""
     # Opened here, not by Arrow, so that only a regular file is ever opened (see open_shard); the
@@ -106,7 +105,7 @@ def parquet_batches(path: Path, text_key: str, source_path: Sequence[str], start
     return pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=groups, columns=columns), skip
 
 
-def arrow_batches(path: Path, text_key: str) -> Iterator[pa.RecordBatch]:
+def arrow_batches(path: ShardPath, text_key: str) -> Iterator[pa.RecordBatch]:
     """Record batches of an Arrow IPC stream (or IPC file), read from the file as they are used."""
     f = open_shard(path)
     with f:

@@ -5,6 +5,9 @@ block size plus the longest line, which the cap a reader gives :func:`split_bloc
 UTF-8 byte-order mark at the start of the data is dropped. A file with no data, or whose data
 decompresses to nothing, is a :class:`ShardReadError` ("empty file"), as is a missing, unreadable,
 corrupt or truncated file, and so is anything that is not a regular file (see :func:`open_shard`).
+
+A shard is a local path or an object URL (``s3://``, ``hf://``, see :mod:`slimtok.remote`):
+:func:`open_shard` is the one seam where the two part, and every reader takes what it returns.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import BinaryIO
 
 import zstandard
 
-from ..errors import ShardReadError
+from ..errors import ObjectStoreError, ShardReadError
+from ..remote import ObjectFile, is_remote, open_object, stat_object
 
 #: A raw line or a slice of one: lines inside a block are memoryviews of it (see split_blocks).
 Buffer = bytes | bytearray | memoryview
@@ -39,18 +43,21 @@ ZSTD_BLOCK_MAX = 128 << 10
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_MAGIC_LOW = 0x184D2A50  # zstd skippable frames: 0x184D2A50..0x184D2A5F (little endian)
 BOM = b"\xef\xbb\xbf"
+#: A shard's name: a local path, or an object URL kept as a string (``Path`` would fold its ``//``).
+ShardPath = str | Path
 #: A run of newlines where a line would start: each one ends an empty line.
 _EMPTY_RUN = re.compile(rb"\n+")
 
 
-def _zstd_bounds(fd: int) -> Iterator[tuple[int, int]]:
-    """(end offset, most bytes it decompresses to) of each part of the zstd file ``fd`` in order: a
-    frame header, a block, a checksum, a skippable frame; read from the headers alone (a few bytes
-    per block, by pread). Ends at the end of the file or at anything that is not zstd, where the
-    decompressor will name the fault. A block decompresses to at most 128 KiB (zstd's
-    Block_Maximum_Size; a header claiming more is corrupt and refused by the decompressor)."""
+def _zstd_bounds(pread: Callable[[int, int], bytes]) -> Iterator[tuple[int, int]]:
+    """(end offset, most bytes it decompresses to) of each part of the zstd file that
+    ``pread(n, offset)`` reads, in order: a frame header, a block, a checksum, a skippable frame;
+    read from the headers alone (a few bytes per block, by pread). Ends at the end of the file or
+    at anything that is not zstd, where the decompressor will name the fault. A block decompresses
+    to at most 128 KiB (zstd's Block_Maximum_Size; a header claiming more is corrupt and refused by
+    the decompressor)."""
     pos = 0
-    while len(head := os.pread(fd, 18, pos)) >= 5:  # 18: the longest frame header
+    while len(head := pread(18, pos)) >= 5:  # 18: the longest frame header
         magic = int.from_bytes(head[:4], "little")
         if _SKIPPABLE_MAGIC_LOW <= magic <= _SKIPPABLE_MAGIC_LOW + 15 and len(head) >= 8:
             pos += 8 + int.from_bytes(head[4:8], "little")
@@ -64,7 +71,7 @@ def _zstd_bounds(fd: int) -> Iterator[tuple[int, int]]:
         yield pos, 0
         last = 0
         while not last:
-            raw = os.pread(fd, 3, pos)
+            raw = pread(3, pos)
             if len(raw) < 3:
                 return
             header = int.from_bytes(raw, "little")
@@ -83,8 +90,8 @@ class _FeedLimits:
     ~32,768 (a 128 KiB block of one repeated byte costs 4 bytes). Past what the headers tell
     (:func:`_zstd_bounds` ended early), :data:`ZSTD_STEP` bytes at a time."""
 
-    def __init__(self, fd: int, budget: int):
-        self._bounds = _zstd_bounds(fd)
+    def __init__(self, pread: Callable[[int, int], bytes], budget: int):
+        self._bounds = _zstd_bounds(pread)
         self._budget = budget
         self._end = 0
         self._known = True
@@ -105,7 +112,20 @@ class _FeedLimits:
         return pos + ZSTD_STEP
 
 
-def _zstd_blocks(path: Path, f: BinaryIO, block_size: int) -> Iterator[bytes]:
+def _pread(f: BinaryIO) -> Callable[[int, int], bytes]:
+    """``pread(n, offset)`` of an open shard: an object's own (served from its windows), else the OS's."""
+    if isinstance(f, ObjectFile):
+        return f.pread
+    fd = f.fileno()
+    return lambda n, pos: os.pread(fd, n, pos)
+
+
+def shard_size(f: BinaryIO) -> int:
+    """The size in bytes of an open shard (a local file or an object)."""
+    return f.size if isinstance(f, ObjectFile) else os.fstat(f.fileno()).st_size
+
+
+def _zstd_blocks(path: ShardPath, f: BinaryIO, block_size: int) -> Iterator[bytes]:
     """Decompressed data of every frame in ``f``, each piece at most about ``block_size`` bytes
     whatever the data (see :class:`_FeedLimits`); raises when the stream ends inside a frame."""
     head = f.read(4)
@@ -115,7 +135,7 @@ def _zstd_blocks(path: Path, f: BinaryIO, block_size: int) -> Iterator[bytes]:
     if head != ZSTD_MAGIC and not (_SKIPPABLE_MAGIC_LOW <= magic <= _SKIPPABLE_MAGIC_LOW + 15):
         raise ShardReadError(path, f"not a zstd file (starts with bytes {head.hex()}, expected {ZSTD_MAGIC.hex()})")
     f.seek(0)
-    limits = _FeedLimits(f.fileno(), block_size)
+    limits = _FeedLimits(_pread(f), block_size)
     dctx = zstandard.ZstdDecompressor()
     obj = dctx.decompressobj()
     consumed = 0  # offset of the next compressed byte to feed
@@ -142,9 +162,9 @@ def _zstd_blocks(path: Path, f: BinaryIO, block_size: int) -> Iterator[bytes]:
 
 
 def _stdlib_blocks(opener: Callable[[BinaryIO], io.BufferedIOBase], label: str,
-                   errors: tuple[type[BaseException], ...]) -> Callable[[Path, BinaryIO, int], Iterator[bytes]]:
+                   errors: tuple[type[BaseException], ...]) -> Callable[[ShardPath, BinaryIO, int], Iterator[bytes]]:
     """A block reader for a stdlib compressed file type (they share one streaming interface)."""
-    def blocks(path: Path, f: BinaryIO, block_size: int) -> Iterator[bytes]:
+    def blocks(path: ShardPath, f: BinaryIO, block_size: int) -> Iterator[bytes]:
         try:
             with opener(f) as stream:
                 while block := stream.read(block_size):
@@ -154,7 +174,7 @@ def _stdlib_blocks(opener: Callable[[BinaryIO], io.BufferedIOBase], label: str,
     return blocks
 
 
-def _plain_blocks(path: Path, f: BinaryIO, block_size: int) -> Iterator[bytes]:
+def _plain_blocks(path: ShardPath, f: BinaryIO, block_size: int) -> Iterator[bytes]:
     while block := f.read(block_size):
         yield block
 
@@ -187,7 +207,7 @@ def not_regular(mode: int) -> str | None:
     return f"is {kind}, not a regular file; only regular files are read as shards"
 
 
-def _open_error(path: Path, exc: OSError) -> ShardReadError:
+def _open_error(path: ShardPath, exc: OSError) -> ShardReadError:
     if isinstance(exc, FileNotFoundError):
         return ShardReadError(path, "file not found")
     if isinstance(exc, IsADirectoryError):
@@ -209,14 +229,46 @@ def check_regular(path: str | os.PathLike[str]) -> None:
         raise ShardReadError(path, problem)
 
 
-def open_shard(path: Path) -> BinaryIO:
+def shard_path(path: str | os.PathLike[str]) -> ShardPath:
+    """``path`` as readers keep it: an object URL stays the string it is, anything else is a Path."""
+    return path if is_remote(path) else Path(path)  # type: ignore[return-value]
+
+
+def check_listed_version(path: ShardPath, version: str) -> None:
+    """Raise a ShardReadError naming the object and both versions unless the object at ``path`` still
+    has the ``version`` its manifest recorded (one HEAD; nothing to check for a local file)."""
+    if not version or not is_remote(path):
+        return
+    try:
+        now = stat_object(str(path)).version
+    except ObjectStoreError as exc:
+        raise ShardReadError(path, exc.message) from exc
+    if now != version:
+        raise ShardReadError(path, f"changed since the manifest was written (the manifest lists version {version}, "
+                                   f"the store now has {now}); rebuild the manifest with `slimtok manifest` "
+                                   "(and use a new --output-root)")
+
+
+def _open_object(url: str) -> BinaryIO:
+    try:
+        return open_object(url)  # type: ignore[return-value]  # an ObjectFile is a binary file
+    except ObjectStoreError as exc:
+        raise ShardReadError(url, exc.message) from exc
+
+
+def open_shard(path: ShardPath) -> BinaryIO:
     """``path`` opened unbuffered for reading; every failure is a ShardReadError with the reason.
+
+    An object URL opens as an :class:`~slimtok.remote.ObjectFile` (ranged reads, each one
+    conditional on the version seen at the open; bounded memory).
 
     Invariant: only a regular file is ever read. The type is checked before the open (a device is
     never opened) and again on the open descriptor, which is opened non-blocking so that a pipe
     swapped in between the two cannot block; the descriptor is made blocking again only once it
     is known to be a regular file (where the flag changes nothing anyway).
     """
+    if isinstance(path, str) and is_remote(path):
+        return _open_object(path)
     check_regular(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -232,7 +284,7 @@ def open_shard(path: Path) -> BinaryIO:
 
 def data_blocks(path: str | Path, compression: str, block_size: int) -> Iterator[bytes]:
     """The decompressed data of ``path`` in blocks, without a leading byte-order mark."""
-    path = Path(path)
+    path = shard_path(path)
     with open_shard(path) as f:
         blocks = _BLOCKS[compression](path, f, block_size)
         head = b""
@@ -242,13 +294,15 @@ def data_blocks(path: str | Path, compression: str, block_size: int) -> Iterator
                 if len(head) >= len(BOM):
                     break
             if not head:
-                size = path.stat().st_size
+                size = shard_size(f)
                 raise ShardReadError(path, "empty file (0 bytes)" if size == 0 else
                                      f"empty file: its {size} bytes decompress to nothing")
             yield head[len(BOM):] if head.startswith(BOM) else head
             yield from blocks
         except OSError as exc:
             raise ShardReadError(path, f"read error: {exc.strerror or exc}") from exc
+        except ObjectStoreError as exc:
+            raise ShardReadError(path, exc.message) from exc
 
 
 @dataclass(frozen=True)

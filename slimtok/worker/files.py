@@ -12,7 +12,9 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
+from ..errors import ObjectStoreError
 from ..protocol import storage_for
+from ..remote import is_remote, stat_object
 
 #: Bytes per read when a resume copies a checkpointed prefix.
 COPY_BLOCK = 8 << 20
@@ -96,7 +98,13 @@ def copy_prefix(source: Path, part: PartFile, size: int) -> bool:
 
 def source_state(path: str | Path) -> tuple[int, int] | None:
     """(size, mtime in ns) of an input shard; None if it is not a readable regular file (the reader
-    then says why)."""
+    then says why). An object's mtime is its store's last-modified time (one HEAD)."""
+    if is_remote(path):
+        try:
+            info = stat_object(str(path))
+        except ObjectStoreError:
+            return None
+        return info.size, info.mtime_ns
     try:
         st = os.stat(path)
     except OSError:

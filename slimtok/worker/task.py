@@ -38,6 +38,7 @@ import xxhash
 
 from ..claims import Claim
 from ..errors import EmptyShard, Interrupted, LostClaim, ParityMismatch, ShardReadError
+from ..formats.streams import check_listed_version
 from ..manifest import ShardEntry
 from ..protocol import (
     DOC_TABLE_DTYPE,
@@ -392,7 +393,8 @@ class ShardTask:
 
     # -- checks -----------------------------------------------------------------------------
     def _check_size_listed(self) -> None:
-        """The file read must be the file listed: its size is the manifest's."""
+        """The file read must be the file listed: its size is the manifest's (and an object's version)."""
+        check_listed_version(self.entry.path, self.entry.version)
         if self.source is not None and self.entry.size >= 0 and self.source[0] != self.entry.size:
             raise ShardReadError(self.entry.path, f"is {self.source[0]} bytes but the manifest lists "
                                  f"{self.entry.size}; rebuild the manifest with `slimtok manifest` (and a new "

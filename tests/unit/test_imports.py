@@ -32,6 +32,7 @@ STAGES = [
     "__init__",   # __version__
     "errors",
     "space",      # free space on a filesystem, byte sizes as people read them
+    "remote",     # objects in object stores (s3://, hf://): listing, ranged reads
     "protocol",   # the on-disk contract of an output root
     "publish",    # several files replaced as one set
     "progress",

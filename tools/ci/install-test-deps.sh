@@ -32,6 +32,9 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         chromium >/dev/null || echo "warning: could not install chromium; the status page's browser tests will skip"
 fi
+# Object-store tests (tests/e2e/test_object_inputs.py, tests/unit/remote): moto's S3 server mode on
+# 127.0.0.1 (it brings boto3, which the tests use to fill buckets; slimtok itself reads through obstore).
+pip_install 'moto[server]==5.2.1'
 # Operations tests: systemd-analyze verifies the units; a one-host Slurm cluster runs the sbatch
 # scripts (tests/e2e/test_slurm.py starts it through tools/ci/start-slurm.sh when none is up, stops
 # what it started when the run ends, and skips, saying why, where the daemons cannot start);
