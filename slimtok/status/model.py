@@ -102,9 +102,9 @@ class Bounds:
     it ran. Rates are the group's bytes over ``span``, from its first worker's start to its last
     beat: for workers that ran side by side, the sum of their rates.
 
-    The verdict: "unknown" while no worker has run; "encoder-bound" when the CPU saturation is at
-    least :data:`SATURATED` (the workers compute all the time, so only more or faster CPU, i.e. the
-    encoder, speeds them up); otherwise the verdict of :data:`PHASE_VERDICTS` for the phase with
+    The verdict: "unknown" while no worker has run (or none reported phases: older heartbeats);
+    "encoder-bound" when the CPU saturation is at least :data:`SATURATED` (the workers compute all
+    the time, so only more or faster CPU, i.e. the encoder, speeds them up); otherwise the verdict of :data:`PHASE_VERDICTS` for the phase with
     the largest share: "read-bound" (input reads), "write-bound" (output writes and syncs),
     "claim-bound" (finding, claiming or waiting for shards), or "encoder-bound" (CPU work on a CPU
     the workers do not get to themselves).
@@ -150,7 +150,7 @@ class Bounds:
 
     @property
     def verdict(self) -> str:
-        if self.wall_seconds <= 0:
+        if self.wall_seconds <= 0 or not any(self.phases.values()):  # no worker ran, or none reported phases
             return "unknown"
         if self.cpu_saturation >= SATURATED:
             return "encoder-bound"

@@ -134,24 +134,29 @@ def _eta_lines(status: JobStatus, history: dict[str, Any]) -> list[dict[str, str
     return lines
 
 
-def _nodes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per-node facts another view may add to the status JSON (``nodes``: a list with ``host`` or
-    a mapping by host), keyed by host; empty when absent."""
-    nodes = data.get("nodes")
-    if isinstance(nodes, dict):
-        return {str(k): v for k, v in nodes.items() if isinstance(v, dict)}
-    if isinstance(nodes, list):
-        return {str(n.get("host")): n for n in nodes if isinstance(n, dict)}
-    return {}
+def _bounds(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The status JSON's ``bounds`` (what bounds the job's and each node's workers: phases, CPU
+    saturation, verdict, I/O rates; :class:`slimtok.status.model.Bounds`) as (job, nodes by host);
+    empty where absent or malformed."""
+    bounds = data.get("bounds")
+    if not isinstance(bounds, dict):
+        return {}, {}
+    job, nodes = bounds.get("job"), bounds.get("nodes")
+    return (job if isinstance(job, dict) else {},
+            {str(k): v for k, v in nodes.items() if isinstance(v, dict)} if isinstance(nodes, dict) else {})
+
+
+def _accounted(group: dict[str, Any]) -> bool:
+    """Whether a group's workers reported phase accounting (older heartbeats carry none)."""
+    phases = group.get("phases")
+    return isinstance(phases, dict) and any(isinstance(v, (int, float)) and v > 0 for v in phases.values())
 
 
 def _job_line(data: dict[str, Any]) -> list[dict[str, str]]:
-    """The whole job's CPU saturation, bounding phase and I/O rates, where the status carries them
-    (at the top level or under ``job``); nothing when it carries none."""
-    nested = data.get("job")
-    job: dict[str, Any] = nested if isinstance(nested, dict) else data
-    keys = ("phases", "cpu_saturation", "verdict", "read_bytes_per_s", "write_bytes_per_s")
-    if not any(k in job for k in keys):
+    """The whole job's CPU saturation, verdict, bounding phase and I/O rates; nothing when its
+    workers reported no phase accounting."""
+    job, _ = _bounds(data)
+    if not _accounted(job):
         return []
     shares, bound = _phases(job.get("phases"))
     return [{"id": "job", "text": redact(f"job: CPU saturation {_pct(job.get('cpu_saturation'))} · verdict "
@@ -169,10 +174,12 @@ def _worker_tables(status: JobStatus, data: dict[str, Any]) -> list[dict]:
         counts[w.health] = counts.get(w.health, 0) + 1
         if w.health == "ok" and w.measured:
             host_cpu[w.heartbeat.host] = f"{w.heartbeat.host_cpu_percent:.0f}% of {w.heartbeat.host_cpus} cores"
-    extra = _nodes(data)
+    _, extra = _bounds(data)
     node_rows = []
     for host, counts in sorted(by_host.items()):
         n = extra.get(host, {})
+        if not _accounted(n):  # no accounting: nothing to say about saturation or verdict
+            n = {k: v for k, v in n.items() if k in ("read_bytes_per_s", "write_bytes_per_s")}
         shares, bound = _phases(n.get("phases"))
         level = "bad" if counts["dead"] else "warn" if counts["stale"] else ""
         node_rows.append(_row(host, [host, str(counts["ok"]), str(counts["stale"]), str(counts["dead"]),
@@ -188,10 +195,11 @@ def _worker_tables(status: JobStatus, data: dict[str, Any]) -> list[dict]:
                                          f"{w.age:.0f} s ago"], "bad"))
         elif w.health != "exited":
             shares, bound = _phases(r.get("phases"))
+            saturation = _pct(r.get("cpu_saturation")) if _accounted(r) else NONE
             rate = f"{hb.tokens_per_second:,.0f}" if w.measured else NONE
             cpu = f"{hb.cpu_percent:.0f}%" if w.measured else NONE
             live.append(_row(hb.worker, [hb.worker, hb.host, str(hb.pid), hb.shard or NONE, hb.state, w.health,
-                                         rate, cpu, _pct(r.get("cpu_saturation")), bound, shares,
+                                         rate, cpu, saturation, bound, shares,
                                          _b(r.get("bytes_read")), _b(r.get("bytes_written")),
                                          format_bytes(hb.rss_bytes), f"{w.age:.0f} s"],
                              "warn" if w.health == "stale" else ""))
