@@ -234,8 +234,9 @@ def test_job_wide_accounting_is_a_line_when_present():
     assert _job_line({"workers": []}) == []
     # workers that reported no phases (older heartbeats): no line
     assert _job_line({"bounds": {"job": {"cpu_saturation": 0.0, "phases": {"read": 0.0}}}}) == []
-    [line] = _job_line({"bounds": {"job": {"cpu_saturation": 0.5, "verdict": "read-bound", "read_bytes_per_s": 2_500_000,
-                                           "phases": {"read": 3.0, "encode": 1.0}}, "nodes": {}}})
+    job = {"cpu_saturation": 0.5, "verdict": "read-bound", "read_bytes_per_s": 2_500_000,
+           "phases": {"read": 3.0, "encode": 1.0}}
+    [line] = _job_line({"bounds": {"job": job, "nodes": {}}})
     assert line["text"] == ("job: CPU saturation 50% · verdict read-bound · bound by read · read 2.50 MB/s · "
                             "write — · phases read 75% · encode 25%")
 
