@@ -105,9 +105,9 @@ class Bounds:
     The verdict: "unknown" while no worker has run (or none reported phases: older heartbeats);
     "encoder-bound" when the CPU saturation is at least :data:`SATURATED` (the workers compute all
     the time, so only more or faster CPU, i.e. the encoder, speeds them up); otherwise the verdict
-    of :data:`PHASE_VERDICTS` for the phase with the largest share: "read-bound" (input reads), "write-bound" (output writes and syncs),
-    "claim-bound" (finding, claiming or waiting for shards), or "encoder-bound" (CPU work on a CPU
-    the workers do not get to themselves).
+    of :data:`PHASE_VERDICTS` for the phase with the largest share: "read-bound" (input reads),
+    "write-bound" (output writes and syncs), "claim-bound" (finding, claiming or waiting for
+    shards), or "encoder-bound" (CPU work on a CPU the workers do not get to themselves).
     """
 
     workers: int = 0
