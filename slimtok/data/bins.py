@@ -108,7 +108,9 @@ class TokenBin:
         """Token offsets in ``[start, stop)`` where a document begins (0 counts as a beginning)."""
         ends = self._ends()
         stop = min(stop, len(self.tokens))  # the last end is the file's end, not a beginning
-        lo, hi = np.searchsorted(ends, [start, stop], side="left")
+        # searched as the index's own dtype: a Python list against uint64 converts the whole index (~120 µs
+        # per call at 200,000 documents, against ~1 µs)
+        lo, hi = ends.searchsorted(np.array([start, stop], dtype=ends.dtype), side="left")
         starts = ends[lo:hi].astype(np.int64)
         return np.concatenate([[0], starts]) if start == 0 < stop else starts
 
