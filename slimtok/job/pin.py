@@ -197,7 +197,7 @@ def _pin(settings: TokenizeSettings, root: OutputRoot, log: Callable[[str], None
         sampled, bounds = disk_sample(settings, root, entries, requested, tok)
         record = replace(requested, tokenizer_file_sha256=copied, request_sha256=key, sampled_ratios=sampled)
         # the first launch to create job.json wins; a loser's staged copies are discarded unseen
-        if not _publish_pin(root, settings.launch, _copies(root, settings, record, tok),
+        if not publish_pin(root, settings.launch, _copies(root, settings, record, tok),
                             lambda: create_exclusive(root.job, record.to_json())):
             # another launch started at the same moment pinned first: this one is now a relaunch
             # of its job, compared with what it pinned as any relaunch is (a fingerprint the JSON
@@ -378,7 +378,7 @@ def _copies(root: OutputRoot, settings: TokenizeSettings, job: JobSettings, tok:
     return dict(zip(pin_copies(root), (manifest, text, tokenizer_config(job)), strict=True))
 
 
-def _publish_pin(root: OutputRoot, token: str, copies: dict[Path, bytes], commit: Callable[[], bool]) -> bool:
+def publish_pin(root: OutputRoot, token: str, copies: dict[Path, bytes], commit: Callable[[], bool]) -> bool:
     """Stage ``copies`` under ``.pin.<token>/``, then ``commit`` (create or replace job.json; True
     when this pin decided it); the stage is moved into place when it did, else discarded. A kill
     after the commit leaves the stage for :func:`~slimtok.job.pinned.complete_pin`; one before it,
@@ -406,7 +406,7 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], log: Call
     at the same moment with other settings, which pinned first). Their failed records, manifest
     copy and tokenizer copy are removed first, so a kill part way leaves the old job with fewer
     records, never the new job with the old failures; the new job.json and ``copies`` are published
-    as one (:func:`_publish_pin`). Else JobMismatch."""
+    as one (:func:`publish_pin`). Else JobMismatch."""
     current = read_job(root)
     if not current.differences(requested):
         # Another launcher of the same corrected command (another node) re-pinned it since this
@@ -436,7 +436,7 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], log: Call
         root.storage.delete(root.failed(shard))
     for copy in (root.manifest, root.tokenizer_file, root.tokenizer_config_file):
         root.storage.delete(copy)
-    _publish_pin(root, token, copies, lambda: _replaced(root, requested))
+    publish_pin(root, token, copies, lambda: _replaced(root, requested))
     if log:
         log(f"job.json re-pinned: no shard was done under its old settings; removed their {len(failed)} failed "
             f"record(s); changed: {'; '.join(diffs)}")
