@@ -34,7 +34,7 @@ from .executor import (
     usable_cores,
     worker_count,
 )
-from .job import Job, TokenizeSettings, launch_lease, pin_job
+from .job import Job, TokenizeSettings, keep_lease_fresh, launch_lease, pin_job
 from .progress import ProgressFactory
 from .protocol import (
     DoneRecord,
@@ -206,6 +206,7 @@ def _tokenize(settings: TokenizeSettings, log: Callable[[str], None] | None,
         from .worker import worker_main
 
         run.start(method, worker_main, [(job, w, loaded) for w in range(settings.workers)])
+        keep_lease_fresh(job.root, settings.launch)  # a thread: only once the workers are forked
         del loaded  # the workers have their copies; this one need not live as long as the launch
         if log:
             log(f"{len(run.procs)} worker(s) started ({_HOW_STARTED[method]})")

@@ -6,7 +6,17 @@ the launch's disk-budget check, ``pinned`` reads a pinned job back for every lat
 """
 
 from .disk import check_disk_budget
-from .pin import Job, launch_lease, manifest_change, open_job, pin_job, request_digest, requested_job
+from .pin import (
+                  Job,
+                  keep_lease_fresh,
+                  launch_lease,
+                  manifest_change,
+                  open_job,
+                  pin_job,
+                  publish_pin,
+                  request_digest,
+                  requested_job,
+)
 from .pinned import (
                      document_policy,
                      load_job,
@@ -19,6 +29,7 @@ from .settings import CHECKPOINT_EVERY, MIN_FREE_FRACTION, PARITY_SHARE, STALE_A
 
 __all__ = ["CHECKPOINT_EVERY", "Job", "MIN_FREE_FRACTION", "PARITY_SHARE", "STALE_AFTER", "TOKENS_PER_WRITE",
            "TokenizeSettings",
-           "check_disk_budget", "document_policy", "launch_lease", "load_job", "load_pinned_tokenizer",
-           "manifest_change", "open_job",
-           "pin_job", "pinned_tokenizer_path", "read_job", "request_digest", "requested_job", "tokenizer_fingerprint"]
+           "check_disk_budget", "document_policy", "keep_lease_fresh", "launch_lease", "load_job",
+           "load_pinned_tokenizer", "manifest_change", "open_job",
+           "pin_job", "pinned_tokenizer_path", "publish_pin",
+           "read_job", "request_digest", "requested_job", "tokenizer_fingerprint"]

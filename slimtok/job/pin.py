@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING
 import orjson
 
 from .. import __version__
-from ..errors import JobMismatch, ManifestError, OutputError
+from ..errors import JobMismatch, ManifestError, OutputError, SlimtokError
+from ..executor import refresh_interval
 from ..manifest import ShardEntry, manifest_digest, read_manifest
 from ..protocol import (
     PROTOCOL_VERSION,
@@ -56,7 +58,7 @@ from .pinned import (
     tokenizer_config,
     tokenizer_fingerprint,
 )
-from .settings import TokenizeSettings
+from .settings import STALE_AFTER, TokenizeSettings
 
 if TYPE_CHECKING:  # the launcher of a relaunch imports this module and never loads a tokenizer
     from ..tokenizer import LoadedTokenizer
@@ -197,7 +199,7 @@ def _pin(settings: TokenizeSettings, root: OutputRoot, log: Callable[[str], None
         sampled, bounds = disk_sample(settings, root, entries, requested, tok)
         record = replace(requested, tokenizer_file_sha256=copied, request_sha256=key, sampled_ratios=sampled)
         # the first launch to create job.json wins; a loser's staged copies are discarded unseen
-        if not _publish_pin(root, settings.launch, _copies(root, settings, record, tok),
+        if not publish_pin(root, settings.launch, _copies(root, settings, record, tok),
                             lambda: create_exclusive(root.job, record.to_json())):
             # another launch started at the same moment pinned first: this one is now a relaunch
             # of its job, compared with what it pinned as any relaunch is (a fingerprint the JSON
@@ -229,43 +231,108 @@ def _pin(settings: TokenizeSettings, root: OutputRoot, log: Callable[[str], None
     return Job(settings, root, entries, pinned)
 
 
+#: A launch lease whose mtime, by the store's clock, is older than this was left by a launch that
+#: ended without removing it (killed, on any host): a live launch moves it on every
+#: ``refresh_interval(LEASE_TTL)`` seconds (six times per TTL, as claims are refreshed).
+LEASE_TTL = STALE_AFTER
+
+
 @contextlib.contextmanager
 def launch_lease(root: OutputRoot, token: str) -> Iterator[None]:
     """Hold ``launches/<token>.json`` while a launch runs (it is created before the launch pins and
     removed when it ends), so that no other launch re-pins the job under it (:func:`_repin`). A lease
-    a kill -9 left behind is removed by the next launch on its host (:func:`running_launches`);
-    one of another host blocks only a re-pin, and the refusal says to remove it."""
+    a kill left behind stops being refreshed and expires (:func:`running_launches`), whatever host
+    it was on; one of this host whose process is gone is removed at once."""
     lease = root.launch_lease(token)
     created = not root.storage.exists(root.root)
     try:
-        running_launches(root, token)  # clears the leases of launches of this host that died
+        running_launches(root, token)  # clears the leases of launches that died
         create_exclusive(lease, LaunchLease(hostname(), boot_id(), os.getpid(), time.time()).to_json())
     except OSError as exc:
         raise OutputError(f"cannot write the job's files: {exc.strerror or exc}", exc.filename or lease,
                           "free space or fix permissions on the output root, then relaunch the same command") from exc
+    refresher = _LeaseRefresher(root, lease)
+    _REFRESHERS[lease] = refresher
     try:
         yield
     finally:
+        del _REFRESHERS[lease]
+        refresher.stop()  # before the delete: a late refresh would make the lease again
         root.storage.delete(lease)
-        with contextlib.suppress(FileNotFoundError):  # another launch's lease keeps it; one ended may remove it
-            root.storage.remove_folder(lease.parent)
+        probe = _clock_probe(root, token)
+        root.storage.delete(probe)
+        for folder in (lease.parent, probe.parent):
+            with contextlib.suppress(FileNotFoundError):  # another launch's file keeps it; one ended may remove it
+                root.storage.remove_folder(folder)
         if created:  # a launch refused before it wrote anything leaves no folder either
             with contextlib.suppress(FileNotFoundError):
                 root.storage.remove_folder(root.root)
 
 
+class _LeaseRefresher:
+    """Touches a lease (its mtime becomes the store's now) every ``refresh_interval(LEASE_TTL)``
+    seconds on a thread of its own, from :func:`keep_lease_fresh` until the lease is let go. The
+    thread is not started with the lease: a launcher that runs one thread forks its workers (they
+    share its loaded tokenizer), so it starts once they are forked. A lease removed as expired under
+    a launch that stalled for LEASE_TTL is made again, empty: an unreadable lease blocks every
+    re-pin, the safe side, until it expires in turn. A failed touch is retried at the next beat."""
+
+    def __init__(self, root: OutputRoot, lease: Path):
+        self.root, self.lease = root, lease
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="launch-lease", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(refresh_interval(LEASE_TTL)):
+            with contextlib.suppress(OSError, SlimtokError):
+                self.root.storage.now(self.lease)
+
+
+#: The refreshers of the leases this process holds, by lease path.
+_REFRESHERS: dict[Path, _LeaseRefresher] = {}
+
+
+def keep_lease_fresh(root: OutputRoot, token: str) -> None:
+    """Start refreshing the lease this process holds for launch ``token`` (see :class:`_LeaseRefresher`);
+    a launch holding none (``pin_job`` alone) has nothing to refresh."""
+    refresher = _REFRESHERS.get(root.launch_lease(token))
+    if refresher is not None:
+        refresher.start()
+
+
+def _clock_probe(root: OutputRoot, token: str) -> Path:
+    """The file a launch touches to read the store's clock (its lease may not exist yet)."""
+    return root.probe(f"launch-{token}")
+
+
 def running_launches(root: OutputRoot, own: str) -> dict[str, LaunchLease | None]:
     """{token: lease} of the launches other than ``own`` that hold a lease and may still run (None:
-    a lease that cannot be read). A lease of this host and boot whose pid is gone was left by a kill
-    and is removed; any other counts (a reused pid, or another host, whose liveness only its own
-    launcher knows: the safe side)."""
+    a lease that cannot be read). A lease not refreshed for LEASE_TTL by the store's clock (its
+    mtime against a probe touched now: no host's clock is compared) is expired and removed, as is
+    one of this host and boot whose pid is gone; any other counts (a reused pid, or a live launch
+    of another host: the safe side)."""
     running: dict[str, LaunchLease | None] = {}
-    for token in sorted(root.launch_leases() - {own}):
+    tokens = sorted(root.launch_leases() - {own})
+    now = root.storage.now(_clock_probe(root, own)) if tokens else 0.0
+    for token in tokens:
         path = root.launch_lease(token)
-        if not root.storage.exists(path):  # ended since the listing
+        try:
+            age = now - root.storage.stat(path).mtime
+        except FileNotFoundError:  # ended since the listing
             continue
         lease = read_record(path, LaunchLease)
-        if lease is not None and (lease.host, lease.boot_id) == (hostname(), boot_id()) and not _pid_runs(lease.pid):
+        dead = lease is not None and (lease.host, lease.boot_id) == (hostname(), boot_id()) and not _pid_runs(lease.pid)
+        if dead or age > LEASE_TTL:
             root.storage.delete(path)
             continue
         running[token] = lease
@@ -313,7 +380,7 @@ def _copies(root: OutputRoot, settings: TokenizeSettings, job: JobSettings, tok:
     return dict(zip(pin_copies(root), (manifest, text, tokenizer_config(job)), strict=True))
 
 
-def _publish_pin(root: OutputRoot, token: str, copies: dict[Path, bytes], commit: Callable[[], bool]) -> bool:
+def publish_pin(root: OutputRoot, token: str, copies: dict[Path, bytes], commit: Callable[[], bool]) -> bool:
     """Stage ``copies`` under ``.pin.<token>/``, then ``commit`` (create or replace job.json; True
     when this pin decided it); the stage is moved into place when it did, else discarded. A kill
     after the commit leaves the stage for :func:`~slimtok.job.pinned.complete_pin`; one before it,
@@ -341,7 +408,7 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], log: Call
     at the same moment with other settings, which pinned first). Their failed records, manifest
     copy and tokenizer copy are removed first, so a kill part way leaves the old job with fewer
     records, never the new job with the old failures; the new job.json and ``copies`` are published
-    as one (:func:`_publish_pin`). Else JobMismatch."""
+    as one (:func:`publish_pin`). Else JobMismatch."""
     current = read_job(root)
     if not current.differences(requested):
         # Another launcher of the same corrected command (another node) re-pinned it since this
@@ -358,8 +425,9 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], log: Call
     if running:
         raise JobMismatch(f"{mismatch}; another launch that may ask other settings is running ({len(running)} "
                           f"lease(s) under {root.launch_lease(running[0]).parent})", root.job,
-                          "use the pinned settings, or wait for that launch to end; if none runs, remove "
-                          "launches/ and relaunch: the job is then re-pinned to the new settings")
+                          "use the pinned settings, or wait for that launch to end (the lease of a killed one "
+                          f"expires {LEASE_TTL:.0f} s after its last refresh); if none runs, remove launches/ and "
+                          "relaunch: the job is then re-pinned to the new settings")
     if held or partial:
         raise JobMismatch(f"{mismatch}; no shard is done, but {len(held)} claim(s) under locks/ and {len(partial)} "
                           "checkpoint(s) under checkpoints/ hold work of the pinned settings", root.job,
@@ -370,7 +438,7 @@ def _repin(root: OutputRoot, requested: JobSettings, diffs: list[str], log: Call
         root.storage.delete(root.failed(shard))
     for copy in (root.manifest, root.tokenizer_file, root.tokenizer_config_file):
         root.storage.delete(copy)
-    _publish_pin(root, token, copies, lambda: _replaced(root, requested))
+    publish_pin(root, token, copies, lambda: _replaced(root, requested))
     if log:
         log(f"job.json re-pinned: no shard was done under its old settings; removed their {len(failed)} failed "
             f"record(s); changed: {'; '.join(diffs)}")

@@ -8,7 +8,10 @@ file is built under a hidden name and renamed when every chunk is done. ``mix.js
 resolved spec and the inputs' fingerprints: a relaunch with anything else is refused. A chunk's
 done record counts only while the bytes it describes are there (``_unfinished``), so a split
 file is never published from records alone. A mix writes only into an empty folder or its own
-earlier output (``_own_folder``; job.json records ``kind`` "mix", created exclusively).
+earlier output (``_own_folder``; job.json records ``kind`` "mix", created exclusively). It pins
+as tokenize does (``slimtok.job.publish_pin``): manifest.jsonl and tokenizer/ are staged under
+``.pin.<token>/`` and moved into place once mix.json and job.json are this mix's, so a kill in
+between is finished by the next reader or run, and a concurrent mix of another spec is refused.
 
 The output is a slimtok output root (job.json, manifest.jsonl listing the chunks, their done
 records, tokenizer/, meta), so validate, slimtok.data and export read it unchanged.
@@ -34,6 +37,8 @@ import orjson
 
 from ..errors import IntegrityError, MixError, RootKindError
 from ..finished import build_meta, checksum_of, write_meta
+from ..job import publish_pin
+from ..job.pinned import discard_stage, pin_copies, tokenizer_config
 from ..manifest import ShardEntry, manifest_digest
 from ..progress import ProgressDisplay, ProgressFactory
 from ..protocol import (
@@ -47,6 +52,7 @@ from ..protocol import (
     create_exclusive,
     hasher,
     hostname,
+    json_lines,
     new_token,
     parse_record,
     read_record,
@@ -55,7 +61,6 @@ from ..protocol import (
     temp_files,
     temp_glob,
     temp_path,
-    write_json_lines,
     write_record,
 )
 from ..protocol.docindex import DocEnds, read_checked_index
@@ -137,29 +142,55 @@ def prepare(out: OutputRoot, record: MixRecord, job_raw: dict, first: OutputRoot
                               shards=len(entries), kind=MIX)
     _own_folder(out, record, job)
     out.storage.make_folders(out.root)
-    created = create_exclusive(out.mix_json, record.to_json())
-    if not created:
-        _same_mix(out, record)  # another launch of a mix created it since the check: it must be this one
-    # job.json is created once, exclusively, before the manifest and tokenizer copies: a job another
-    # launch pinned here since the check (a tokenize started at the same moment) is never replaced
-    if not create_exclusive(out.job, job.to_json()):
-        try:
-            _same_job(out, job)
-        except RootKindError:
-            if created:  # this launch's own mix.json, moments old: the refusal leaves nothing behind
-                out.storage.delete(out.mix_json)
-            raise
-    for name, source in first.storage.files_under(first.tokenizer_dir, "", hidden=True):
-        out.storage.copy(source, out.tokenizer_dir / name)
-    write_json_lines(out.manifest, entries)
+
+    def commit() -> bool:
+        created = create_exclusive(out.mix_json, record.to_json())
+        if not created:
+            _same_mix(out, record)  # another launch of a mix created it since the check: it must be this one
+        # job.json is created once, exclusively: a job another launch pinned here since the check (a
+        # tokenize started at the same moment) is never replaced
+        if not create_exclusive(out.job, job.to_json()):
+            try:
+                _same_job(out, job)
+            except RootKindError:
+                if created:  # this launch's own mix.json, moments old: the refusal leaves nothing behind
+                    out.storage.delete(out.mix_json)
+                raise
+        return True  # job.json is this mix's: the staged copies (the same bytes whoever made them) go in
+
+    # the copies are staged and published with job.json, as tokenize pins (a kill in between is
+    # finished by the next reader or run); they are functions of the spec, so every run stages the same
+    copies = dict(zip(pin_copies(out), (json_lines(entries), first.storage.read_whole(first.tokenizer_file),
+                                        tokenizer_config(job)), strict=True))
+    publish_pin(out, new_token(), copies, commit)
+    for stage in out.pin_stages():  # a killed run's (or a concurrent same mix's): these same bytes, now in place
+        discard_stage(out, stage)
     return starts
 
 
 def _same_mix(out: OutputRoot, record: MixRecord) -> None:
     """Refuse unless mix.json holds ``record`` (as data)."""
-    if read_record(out.mix_json, MixRecord) != parse_record(record.to_json(), MixRecord):  # both as JSON gives them
-        raise MixError("mix.json holds another spec or other inputs than this mix", out.mix_json,
-                       "use a new --output-root, or delete it to start over")
+    pinned, asked = read_record(out.mix_json, MixRecord), parse_record(record.to_json(), MixRecord)  # both as JSON
+    if pinned != asked:
+        raise MixError(f"mix.json holds another spec or other inputs than this mix ({_difference(pinned, asked)})",
+                       out.mix_json, "use a new --output-root, or delete it to start over")
+
+
+def _difference(pinned: MixRecord | None, asked: MixRecord | None) -> str:
+    """The first setting in which two mix records differ, as ``section.key: pinned …, requested …``."""
+    if pinned is None or asked is None:
+        return "it cannot be read"
+    for section in ("spec", "inputs"):
+        old, new = getattr(pinned, section), getattr(asked, section)
+        for key in sorted(old.keys() | new.keys()):
+            if old.get(key) != new.get(key):
+                return f"{section}.{key}: pinned {_short(old.get(key))}, requested {_short(new.get(key))}"
+    return "the records differ"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _same_job(out: OutputRoot, job: JobSettings) -> None:
@@ -176,7 +207,7 @@ def _own_folder(out: OutputRoot, record: MixRecord, job: JobSettings) -> None:
     and a job.json (if any) pinned to this mix's chunks. Anything else (another job, one of the
     mix's own sources, a root of an older slimtok with a stray mix.json, foreign files) is
     refused before anything is written. Temporary files of a mix.json whose creation a kill cut
-    short are this mix's."""
+    short are this mix's, as are the pin stages of a run killed before it created mix.json."""
     require_kind(out, "mix")
     if out.storage.exists(out.mix_json):
         _same_mix(out, record)
@@ -184,7 +215,8 @@ def _own_folder(out: OutputRoot, record: MixRecord, job: JobSettings) -> None:
             _same_job(out, job)
         return
     ours = temp_glob(out.mix_json.name)
-    foreign = sorted(n for n in out.storage.list_names(out.root) if not fnmatch.fnmatch(n, ours))
+    stages = {stage.name for stage in out.pin_stages()}
+    foreign = sorted(n for n in out.storage.list_names(out.root) if not fnmatch.fnmatch(n, ours) and n not in stages)
     if foreign:
         raise RootKindError(f"holds {len(foreign)} name(s) that are not this mix's, e.g. {foreign[0]!r}", out.root,
                             "a mix writes only into an empty folder or its own earlier output: use a new, empty "

@@ -81,7 +81,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .atomic import create_exclusive, fsync_dir, parse_record, read_record, write_atomic, write_json_lines, write_record
+from .atomic import (
+    create_exclusive,
+    fsync_dir,
+    json_lines,
+    parse_record,
+    read_record,
+    write_atomic,
+    write_json_lines,
+    write_record,
+)
 from .binary import CHECKSUMS, DTYPE_FIELDS, Checksum, dtype, hasher, read_tokens
 from .doctable import DOC_TABLE_VERSION, read_doc_table, table_rows
 from .identity import boot_id, hostname, new_token, worker_name
@@ -140,7 +149,8 @@ __all__ = [
     "PosixStorage",
     "PublishIntent", "Record", "RollupRow", "Storage", "boot_id", "create_exclusive", "dedup_job_path",
     "dedup_plan_path", "dedup_unit", "dedup_unit_data", "dedup_unit_done", "dtype",
-    "fsync_dir", "hasher", "hostname", "ids_under", "journal_line", "new_token", "parse_record", "publish_intent",
+    "fsync_dir", "hasher", "hostname", "ids_under", "journal_line", "json_lines", "new_token", "parse_record",
+    "publish_intent",
     "read_doc_table", "read_record", "read_tokens", "storage_for", "table_rows", "temp_files", "temp_glob",
     "temp_path", "work_path", "worker_name", "write_atomic", "write_json_lines", "write_record",
 ]

@@ -55,8 +55,12 @@ def write_record(path: Path, record: Record, durable: bool = True) -> None:
     write_atomic(path, record.to_json(), durable)
 
 
+def json_lines(rows: Iterable[Any]) -> bytes:
+    """One compact JSON document per row and line (``manifest.jsonl``); a row with ``to_dict`` (a
+    ``ShardEntry``) is stored as that."""
+    return b"".join(orjson.dumps(row.to_dict() if hasattr(row, "to_dict") else row) + b"\n" for row in rows)
+
+
 def write_json_lines(path: Path, rows: Iterable[Any], durable: bool = True) -> None:
-    """Replace ``path`` with one compact JSON document per row and line (``manifest.jsonl``),
-    written whole as ``write_atomic`` does; a row with ``to_dict`` (a ``ShardEntry``) is stored as that."""
-    write_atomic(path, b"".join(orjson.dumps(row.to_dict() if hasattr(row, "to_dict") else row) + b"\n"
-                                for row in rows), durable)
+    """Replace ``path`` with :func:`json_lines` of ``rows``, written whole as ``write_atomic`` does."""
+    write_atomic(path, json_lines(rows), durable)

@@ -52,6 +52,7 @@ import os
 import shutil
 import stat as stat_mode
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
@@ -117,10 +118,100 @@ def _refuse_folder_links(folder: Path) -> None:
         _refuse_link(Path(name))
 
 
-def _make_folders(folder: Path) -> None:
-    _refuse_folder_links(folder)  # before: mkdir would make the missing folders inside a planted link's target
-    folder.mkdir(parents=True, exist_ok=True)
-    _refuse_folder_links(folder)  # after: a link planted while they were made
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY
+
+
+def _marked_root_of(folder: str) -> tuple[str, list[str]] | None:
+    """(the nearest marked output root at or above ``folder``, the names from it down to ``folder``)."""
+    below = []
+    current = folder
+    while current not in _ROOTS:
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        below.append(os.path.basename(current))
+        current = parent
+    return current, below[::-1]
+
+
+def _refuse_link_at(folder_fd: int, path: Path) -> None:
+    """Refuse a link at ``path``, whose folder is the open ``folder_fd``."""
+    try:
+        if stat_mode.S_ISLNK(os.stat(path.name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
+            raise link_refused(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+
+
+def _open_child(folder_fd: int, name: str, path: str, create: bool) -> int:
+    """The folder ``name`` inside the open ``folder_fd`` (``path`` is its full name, for the refusal),
+    opened without following a link and made first when missing and ``create``."""
+    for attempt in (1, 2):
+        try:
+            return os.open(name, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=folder_fd)
+        except FileNotFoundError:
+            if not create or attempt == 2:
+                raise
+            with suppress(FileExistsError):  # made by a concurrent writer: open it as ours
+                os.mkdir(name, 0o777, dir_fd=folder_fd)
+        except OSError as exc:
+            # O_NOFOLLOW on a link fails with ELOOP (ENOTDIR with O_DIRECTORY on some kernels)
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                _refuse_link_at(folder_fd, Path(path))
+            raise
+    raise AssertionError("unreachable")
+
+
+def _open_folder(folder: Path, create: bool) -> int:
+    """A descriptor of ``folder`` (made with its parents when ``create``), reached by an openat(2)
+    walk from its output root (:func:`mark_root`): every folder below the root is opened relative to
+    its parent's descriptor with O_NOFOLLOW, so a link there is refused, naming the outermost one.
+
+    Why this is race-free where a check of the path followed by a write by path is not: the file is
+    then created, renamed, linked or touched relative to the descriptor, which names the folder that
+    was inside the root when it was opened; a folder swapped for a link afterwards (``shards/``
+    renamed away and ``shards -> /elsewhere`` put in its place) changes what the *name* resolves to,
+    never what the descriptor is. A folder under no marked root is opened by its path as before
+    (there is no telling which of its parents the user made links on purpose)."""
+    absolute = os.path.abspath(folder)
+    found = _marked_root_of(absolute)
+    if found is None:
+        if create:
+            os.makedirs(absolute, exist_ok=True)
+        return os.open(absolute, _FOLDER_FLAGS)
+    current, names = found
+    if create:
+        os.makedirs(current, exist_ok=True)  # the root itself (and above) may be the user's links
+    fd = os.open(current, _FOLDER_FLAGS)
+    try:
+        for name in names:
+            current = os.path.join(current, name)
+            child = _open_child(fd, name, current, create)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def _folder_of(path: Path, create: bool = True) -> Iterator[int]:
+    """The open folder of ``path`` (:func:`_open_folder`) for one operation. When the operation ends,
+    the folders are checked by name again: a folder swapped for a link while it ran got nothing
+    written outside the root (the descriptor held the real folder), but readers would now follow the
+    link, so the swap is refused, naming the link, instead of going unnoticed."""
+    fd = _open_folder(path.parent, create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+    _refuse_folder_links(path.parent)
+
+
+def _fsync_folder(fd: int) -> None:
+    with suppress(OSError):
+        os.fsync(fd)
 
 
 @dataclass(frozen=True)
@@ -226,48 +317,53 @@ class PosixStorage:
     the same way before and after they are made, since a planted ``shards -> /elsewhere`` would redirect every
     file created in it; the root and the folders above it are not: the user may have made those
     links (a scratch file system mounted elsewhere), and nothing inside the root can plant them.
-    A link swapped in between a folder check and the write is not caught (that needs an openat(2)
-    walk from the root's descriptor); a link at the file's own name always is.
+    A folder swapped for a link between a check and the write cannot redirect it either: files are
+    created, renamed, linked and touched relative to a descriptor of their folder reached by an
+    openat(2) walk from the root (:func:`_open_folder`), and the swap is refused once noticed.
     """
 
     def create_exclusive(self, path: Path, payload: bytes, durable: bool = True) -> bool:
         """Uses link(2) of a private file rather than O_EXCL, because O_EXCL is not atomic on every
         NFS setup; a link whose reply was lost is recognised by the private file's link count.
         ``durable`` also syncs the content and the directory entry (two syncs)."""
-        tmp = self._write_tmp(path, payload, durable)
-        try:
+        with _folder_of(path) as folder:
+            tmp = self._write_tmp(folder, path, payload, durable)
             try:
-                os.link(tmp, path)
-                created = True
-            except FileExistsError:
-                created = False
-            except OSError:
-                created = os.stat(tmp).st_nlink == 2
-            if not created and os.stat(tmp).st_nlink == 2:
-                created = True
-        finally:
-            tmp.unlink(missing_ok=True)
-        if not created:  # a planted link is not "someone else's record": say so rather than read through it
-            _refuse_link(path)
-        if created and durable:
-            self.sync_folder(path.parent)
+                try:
+                    os.link(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+                    created = True
+                except FileExistsError:
+                    created = False
+                except OSError:
+                    created = os.stat(tmp, dir_fd=folder).st_nlink == 2
+                if not created and os.stat(tmp, dir_fd=folder).st_nlink == 2:
+                    created = True
+            finally:
+                with suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=folder)
+            if not created:  # a planted link is not "someone else's record": say so rather than read through it
+                _refuse_link_at(folder, path)
+            if created and durable:
+                _fsync_folder(folder)
         return created
 
     def write_whole(self, path: Path, payload: bytes, durable: bool = True) -> None:
-        tmp = self._write_tmp(path, payload, durable)
-        try:
-            _refuse_link(path)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        if durable:
-            self.sync_folder(path.parent)
+        with _folder_of(path) as folder:
+            tmp = self._write_tmp(folder, path, payload, durable)
+            try:
+                _refuse_link_at(folder, path)
+                os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+            except BaseException:
+                with suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=folder)
+                raise
+            if durable:
+                _fsync_folder(folder)
 
-    def _write_tmp(self, path: Path, payload: bytes, durable: bool) -> Path:
-        _make_folders(path.parent)
-        tmp = temp_path(path)
-        fd = os.open(tmp, _FLAGS["create"], 0o644)
+    def _write_tmp(self, folder: int, path: Path, payload: bytes, durable: bool) -> str:
+        """The name, inside the open ``folder``, of a new private file holding ``payload``."""
+        tmp = temp_path(path).name
+        fd = os.open(tmp, _FLAGS["create"], 0o644, dir_fd=folder)
         try:
             view = memoryview(payload)
             while view:
@@ -276,7 +372,8 @@ class PosixStorage:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            with suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=folder)
             raise
         os.close(fd)
         return tmp
@@ -288,18 +385,15 @@ class PosixStorage:
         return open(path, "rb")
 
     def open_write(self, path: Path, mode: WriteMode) -> BinaryIO:
-        if mode != "update":
-            _make_folders(path.parent)
-        else:
-            _refuse_folder_links(path.parent)
-        try:
-            # 0o644 as every slimtok file always had (open() would give 0o666 minus the umask)
-            fd = os.open(path, _FLAGS[mode], 0o644)
-        except OSError as exc:
-            # O_NOFOLLOW fails with ELOOP on a link; O_EXCL with EEXIST, even on a dangling one
-            if exc.errno in (errno.ELOOP, errno.EEXIST):
-                _refuse_link(path)
-            raise
+        with _folder_of(path, create=mode != "update") as folder:
+            try:
+                # 0o644 as every slimtok file always had (open() would give 0o666 minus the umask)
+                fd = os.open(path.name, _FLAGS[mode], 0o644, dir_fd=folder)
+            except OSError as exc:
+                # O_NOFOLLOW fails with ELOOP on a link; O_EXCL with EEXIST, even on a dangling one
+                if exc.errno in (errno.ELOOP, errno.EEXIST):
+                    _refuse_link_at(folder, path)
+                raise
         return os.fdopen(fd, "ab" if mode == "append" else "wb")
 
     def sync(self, stream: BinaryIO, data_only: bool = False) -> None:
@@ -314,20 +408,20 @@ class PosixStorage:
         path.unlink(missing_ok=True)
 
     def replace(self, source: Path, target: Path) -> None:
-        _refuse_folder_links(target.parent)
-        _refuse_link(source)  # moving a planted link aside (a corrupt record's, a stale lock's) hides it
-        _refuse_link(target)
-        os.replace(source, target)
+        with _folder_of(source, create=False) as origin, _folder_of(target, create=False) as folder:
+            _refuse_link_at(origin, source)  # moving a planted link aside (a corrupt record's, a stale lock's) hides it
+            _refuse_link_at(folder, target)
+            os.replace(source.name, target.name, src_dir_fd=origin, dst_dir_fd=folder)
 
     def link(self, source: Path, target: Path) -> None:
-        _refuse_folder_links(target.parent)
-        _refuse_link(source)
-        try:
-            # linkat without AT_SYMLINK_FOLLOW: a link swapped in after the check is linked itself
-            os.link(source, target, follow_symlinks=False)
-        except FileExistsError:
-            _refuse_link(target)
-            raise
+        with _folder_of(source, create=False) as origin, _folder_of(target, create=False) as folder:
+            _refuse_link_at(origin, source)
+            try:
+                # linkat without AT_SYMLINK_FOLLOW: a link swapped in after the check is linked itself
+                os.link(source.name, target.name, src_dir_fd=origin, dst_dir_fd=folder, follow_symlinks=False)
+            except FileExistsError:
+                _refuse_link_at(folder, target)
+                raise
 
     def list_names(self, folder: Path) -> list[str]:
         try:
@@ -375,21 +469,28 @@ class PosixStorage:
 
     def copy(self, source: Path, target: Path) -> None:
         """shutil.copy2's bytes, mode and times, but into an exclusively created temporary name that
-        is then renamed over ``target`` (copy2 would open a link at ``target`` and write through it)."""
-        _make_folders(target.parent)
-        tmp = temp_path(target)
-        try:
-            with open(source, "rb") as src, os.fdopen(os.open(tmp, _FLAGS["create"], 0o644), "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            shutil.copystat(source, tmp)
-            _refuse_link(target)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        is then renamed over ``target`` (copy2 would open a link at ``target`` and write through it);
+        mode and times are set through the open file, never by a name that a swap could redirect."""
+        with _folder_of(target) as folder:
+            tmp = temp_path(target).name
+            try:
+                with open(source, "rb") as src, os.fdopen(os.open(tmp, _FLAGS["create"], 0o644, dir_fd=folder),
+                                                          "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                    dst.flush()
+                    st = os.fstat(src.fileno())
+                    os.fchmod(dst.fileno(), stat_mode.S_IMODE(st.st_mode))
+                    os.utime(dst.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
+                _refuse_link_at(folder, target)
+                os.replace(tmp, target.name, src_dir_fd=folder, dst_dir_fd=folder)
+            except BaseException:
+                with suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=folder)
+                raise
 
     def make_folders(self, folder: Path) -> None:
-        _make_folders(folder)
+        os.close(_open_folder(folder, create=True))
+        _refuse_folder_links(folder)  # a swap while they were made (see _folder_of)
 
     def sync_folder(self, folder: Path) -> None:
         """A no-op where directories can't be opened."""
@@ -415,19 +516,18 @@ class PosixStorage:
 
     def now(self, probe: Path) -> float:
         """The file server's idea of now: the mtime of ``probe`` touched just now (created if needed)."""
-        _refuse_folder_links(probe.parent)
-        _refuse_link(probe)
-        try:
-            os.utime(probe, None, follow_symlinks=False)
-        except FileNotFoundError:
-            _make_folders(probe.parent)
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
-        return os.lstat(probe).st_mtime
+        with _folder_of(probe) as folder:
+            _refuse_link_at(folder, probe)
+            try:
+                os.utime(probe.name, None, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                os.close(os.open(probe.name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644, dir_fd=folder))
+            return os.stat(probe.name, dir_fd=folder, follow_symlinks=False).st_mtime
 
     def set_mtime(self, path: Path, mtime_ns: int) -> None:
-        _refuse_folder_links(path.parent)
-        _refuse_link(path)
-        os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        with _folder_of(path, create=False) as folder:
+            _refuse_link_at(folder, path)
+            os.utime(path.name, ns=(mtime_ns, mtime_ns), dir_fd=folder, follow_symlinks=False)
 
     def refuse_link(self, path: Path) -> None:
         _refuse_folder_links(path.parent)

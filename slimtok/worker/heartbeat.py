@@ -17,6 +17,7 @@ import time
 import psutil
 
 from ..claims import Holder
+from ..errors import OutputError
 from ..protocol import Heartbeat, OutputRoot, write_record
 from .stats import Stats
 
@@ -32,6 +33,7 @@ class Heartbeats:
         self._proc = psutil.Process()
         self._readings = (0.0, 0.0, 0.0)  # tokens/s, CPU %, host CPU % at the last tick
         self._last = (time.time(), 0)  # (time, tokens) at the last tick
+        self._refused = False  # a link at the heartbeat file was reported (once)
 
     def start(self) -> None:
         """Start the CPU clocks (the first tick's reading covers one interval) and write "starting",
@@ -39,7 +41,7 @@ class Heartbeats:
         self._proc.cpu_percent(None)
         psutil.cpu_percent(None)
         self._last = (time.time(), self.stats.tokens)
-        self.write("starting", None)
+        self.write("starting", None, strict=True)
 
     def tick(self, shard: str | None) -> None:
         """The periodic beat: measure the token rate and CPU use since the last tick."""
@@ -49,8 +51,11 @@ class Heartbeats:
         self._readings = (rate, self._proc.cpu_percent(None), psutil.cpu_percent(None))
         self.write("working" if shard else "waiting", shard)
 
-    def write(self, state: str, shard: str | None) -> None:
-        """Write the heartbeat with the last tick's readings."""
+    def write(self, state: str, shard: str | None, strict: bool = False) -> None:
+        """Write the heartbeat with the last tick's readings. A link found at the heartbeat file is
+        refused (nothing is written through it); at the start (``strict``) that stops the worker, as
+        any link in its root does, but once running it is logged once and the beats go on: they run
+        on the thread that refreshes the worker's claims, which must not die over a status file."""
         rate, cpu, host_cpu = self._readings
         io = self.stats.io_bytes()
         try:
@@ -67,3 +72,9 @@ class Heartbeats:
                 bytes_written=io[1] if io else None), durable=False)
         except OSError as exc:  # a full disk must not kill the heartbeat thread silently
             log.warning("%s: cannot write heartbeat: %s", self.name, exc)
+        except OutputError as exc:
+            if strict:
+                raise
+            if not self._refused:
+                log.warning("%s: %s", self.name, exc)
+            self._refused = True

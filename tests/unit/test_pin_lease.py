@@ -8,13 +8,15 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from helpers.cli import manifest as list_manifest
 from helpers.corpus import make_dataset
 from slimtok.errors import JobMismatch
-from slimtok.job import TokenizeSettings, pin_job, read_job, request_digest
+from slimtok.job import TokenizeSettings, keep_lease_fresh, launch_lease, pin, pin_job, read_job, request_digest
+from slimtok.job.pin import LEASE_TTL, running_launches
 from slimtok.protocol import LaunchLease, OutputRoot, boot_id, hostname, write_record
 from slimtok.tokenizer.loading import local_tokenizer_file
 
@@ -74,3 +76,42 @@ def test_a_running_launch_that_may_ask_other_settings_refuses_the_re_pin_naming_
     assert line.startswith(str(root.job)) and str(lease.parent) in line
     assert read_job(root) == old  # nothing was re-pinned
     assert not root.pin_stages() and root.launch_leases() == {"other"}  # the refused launch left nothing
+
+
+@pytest.mark.parametrize("refreshed", ["fresh", "expired"])
+def test_a_lease_of_another_host_blocks_until_it_expires_by_the_stores_clock(job, refreshed):
+    """A launch killed on another node leaves a lease no pid check can judge: it blocks a re-pin
+    while its mtime is within LEASE_TTL of the store's now (a probe touched in the root), and is
+    removed once older, so the relaunch re-pins. Ages come from mtimes only: no host clock."""
+    root, settings, old = job
+    lease = root.launch_lease("other")
+    write_record(lease, LaunchLease("another-node", "another-boot", 1, 0.0, _request(settings("content"))))
+    probe = root.root / "store-now"
+    probe.touch()
+    store_now = probe.stat().st_mtime_ns  # the store's clock, as the pin reads it
+    age = 2 * LEASE_TTL if refreshed == "expired" else LEASE_TTL / 2
+    os.utime(lease, ns=(store_now - int(age * 1e9),) * 2)
+    if refreshed == "fresh":
+        with pytest.raises(JobMismatch, match="another launch that may ask other settings is running"):
+            pin_job(settings("text"))
+        assert read_job(root) == old and root.launch_leases() == {"other"}
+    else:
+        assert pin_job(settings("text")).pinned.text_key == "text"
+        assert root.launch_leases() == set()  # the expired lease was removed
+
+
+def test_a_live_launch_keeps_its_lease_fresh(job, monkeypatch):
+    """The lease's mtime is moved on while its launch runs, so it never expires under a live launch."""
+    root, _settings, _old = job
+    monkeypatch.setattr(pin, "LEASE_TTL", 1.2)  # refreshed every 0.2 s
+    lease = root.launch_lease("mine")
+    with launch_lease(root, "mine"):
+        keep_lease_fresh(root, "mine")  # as a launch does once its workers are forked
+        os.utime(lease, ns=(0, 0))  # as if last refreshed long ago
+        for _ in range(600):  # bounded: the refresher runs every 0.2 s
+            if lease.stat().st_mtime_ns > 0:
+                break
+            time.sleep(0.1)
+        assert lease.stat().st_mtime_ns > 0
+        assert set(running_launches(root, "someone else")) == {"mine"}
+    assert root.launch_leases() == set()

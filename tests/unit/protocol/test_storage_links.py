@@ -114,3 +114,40 @@ def test_good_writes_keep_their_bytes_mode_and_times(tmp_path):
     st = target.stat()
     assert (target.read_bytes(), st.st_mode & 0o777, st.st_mtime_ns) == (source.read_bytes(), 0o640, 456_000_000_000)
     assert sorted(os.listdir(target.parent)) == ["tokenizer.json"]  # no temporary left
+
+
+#: The calls by which the storage finally touches a file (by name, or by name inside a folder's descriptor).
+_FINAL_CALLS = ("open", "replace", "link", "utime")
+
+
+@pytest.mark.parametrize("write", WRITES, ids=list(WRITES))
+def test_a_folder_swapped_for_a_link_between_check_and_write_redirects_nothing(planted, write, monkeypatch):
+    """The race the folder checks alone lose: ``shards/`` is a real folder when the write looks at it,
+    and is renamed away and replaced by ``shards -> elsewhere`` just before the file itself is
+    created, renamed, linked or touched. Nothing may land outside the root, and the swap is refused
+    naming ``shards``."""
+    root, outside = planted
+    folder = root.root / "shards"
+    if write in ("open_write update", "set_mtime"):  # these need the file to exist
+        (folder / "victim.bin").write_bytes(b"ours")
+    before = _snapshot(outside), sorted(os.listdir(outside.parent))
+    swapped: list[bool] = []
+
+    def swap_first(real: Callable[..., object]) -> Callable[..., object]:
+        def call(*args: object, **kwargs: object) -> object:
+            names = [os.path.basename(str(a)) for a in args[:2] if isinstance(a, (str, Path))]
+            if not swapped and any("victim" in name for name in names):
+                swapped.append(True)
+                folder.rename(root.root / "shards.moved")
+                folder.symlink_to(outside.parent)
+            return real(*args, **kwargs)
+        return call
+
+    for name in _FINAL_CALLS:
+        monkeypatch.setattr(os, name, swap_first(getattr(os, name)))
+    with pytest.raises(OutputError) as refused:
+        WRITES[write](folder / "victim.bin")
+    monkeypatch.undo()
+    assert swapped
+    assert str(refused.value).startswith(f"{folder}: is a symbolic link where slimtok writes")
+    assert (_snapshot(outside), sorted(os.listdir(outside.parent))) == before
