@@ -224,6 +224,7 @@ def _records(root: OutputRoot, split: str, name: str, hold: int) -> tuple[list[D
         raise MixError(f"source {name!r}: split {split} has no shards", root.manifest)
     records: list[DoneRecord] = []
     held: dict[int, np.ndarray] = {}
+    folders: dict[Path, str] = {}  # real paths of the tables' folders, resolved once in this pass
     for k, e in enumerate(entries):
         record = read_record(root.done(e.id), DoneRecord)
         if record is None:
@@ -232,7 +233,7 @@ def _records(root: OutputRoot, split: str, name: str, hold: int) -> tuple[list[D
         if not record.table:
             raise MixError(f"source {name!r}: shard {e.id} has no document table", root.root,
                            "re-tokenize the root with a slimtok that writes documents/")
-        table = inside(root, record.table, record, "table")
+        table = inside(root, record.table, record, "table", folders)
         try:
             size = root.storage.stat(table).size
         except FileNotFoundError:

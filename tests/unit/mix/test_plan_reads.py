@@ -129,3 +129,30 @@ def test_a_table_changed_after_its_check_is_named_when_streamed(labelled, monkey
     path.write_bytes(path.read_bytes()[:-DOC_TABLE_DTYPE.itemsize])
     with pytest.raises(MixError, match="document table ended after"):
         make_plan(spec, sources)
+
+
+@pytest.mark.parametrize("how", ["dotdot", "linked file", "linked folder"])
+def test_a_table_outside_the_root_is_refused_though_its_folder_was_resolved_before(labelled, tmp_path, how):
+    """The check resolves each folder once for the whole pass; a table that leaves the root by
+    ``..``, by a link as its name or by a linked folder is still refused, naming its record."""
+    from slimtok.errors import CombineError
+
+    root, ids, tables, names = labelled
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shard = ids[6]
+    record = read_record(root.done(shard), DoneRecord)
+    assert record is not None
+    (outside / "t.docs").write_bytes(root.table(shard).read_bytes())
+    if how == "dotdot":
+        record.table = "documents/../../elsewhere/t.docs"
+    elif how == "linked file":
+        root.table(shard).unlink()
+        root.table(shard).symlink_to(outside / "t.docs")
+    else:
+        (root.root / "documents" / "train" / "linked").symlink_to(outside)
+        record.table = "documents/train/linked/t.docs"
+    write_record(root.done(shard), record, durable=False)
+    spec = _spec(root, sum(t for _, _, t in _expected(tables, names, None)) // 2, None)
+    with pytest.raises(CombineError, match=rf"{root.done(shard)}: its table .* is outside the output root"):
+        load_sources(spec)
