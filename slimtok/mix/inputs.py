@@ -2,7 +2,7 @@
 its rows must carry) and a way to stream their documents a piece at a time.
 
 Nothing here holds a per-document array beyond one piece (``PIECE_ROWS`` table rows) and the
-tables kept from their check (at most ``HOLD_BYTES`` over all sources): the plan streams a
+small tables kept from their check (at most ``HOLD_BYTES`` over all sources): the plan streams a
 source's other tables several times instead (slimtok/mix/plan.py).
 """
 
@@ -43,9 +43,11 @@ SAME_SETTINGS = ("tokenizer_sha256", "dtype", "eos_token_id", "bos_token_id", "s
 PIECE_ROWS = 1 << 18
 
 #: Table bytes kept in memory after their check, over all sources: a plan then reads each of
-#: those tables once instead of once per pass. Small tables are where a pass's cost is the opens
-#: (the rows of 122k shards of 10 documents are 29 MB); a larger input streams as before.
+#: those tables once instead of once per pass. Only tables of at most HOLD_TABLE_BYTES are kept:
+#: small tables are where a pass's cost is the opens, not the bytes (the rows of 122k shards of 10
+#: documents are 29 MB); larger tables stream as before, so their memory stays one piece.
 HOLD_BYTES = 64 << 20
+HOLD_TABLE_BYTES = 64 << 10
 
 #: A document's start is kept in tokens as uint32 (see plan.PICK_DTYPE), so a shard holds fewer.
 MAX_SHARD_TOKENS = 1 << 32
@@ -216,17 +218,20 @@ def _job(root: OutputRoot, name: str) -> tuple[JobSettings, dict]:
     return job, raw
 
 
-def _records(root: OutputRoot, split: str, name: str, hold: int) -> tuple[list[DoneRecord], dict[int, np.ndarray]]:
-    """The split's done records in manifest order, each table checked against its record; and
-    the tables read whole by that check (by shard index) while their bytes stay within ``hold``."""
+def _records(root: OutputRoot, split: str, name: str,
+             hold: int) -> tuple[list[tuple[DoneRecord, Path, Path]], dict[int, np.ndarray]]:
+    """The split's done records in manifest order, each with its path and its table's, each table
+    checked against its record; and the tables of at most HOLD_TABLE_BYTES read whole by that
+    check (by shard index) while their bytes stay within ``hold``."""
     entries = [e for e in read_manifest(root.manifest) if e.split == split]
     if not entries:
         raise MixError(f"source {name!r}: split {split} has no shards", root.manifest)
-    records: list[DoneRecord] = []
+    records: list[tuple[DoneRecord, Path, Path]] = []
     held: dict[int, np.ndarray] = {}
     folders: dict[Path, str] = {}  # real paths of the tables' folders, resolved once in this pass
     for k, e in enumerate(entries):
-        record = read_record(root.done(e.id), DoneRecord)
+        done = root.done(e.id)
+        record = read_record(done, DoneRecord)
         if record is None:
             raise MixError(f"source {name!r}: shard {e.id} is not finished", root.root,
                            "finish the root with `slimtok tokenize` first")
@@ -246,7 +251,7 @@ def _records(root: OutputRoot, split: str, name: str, hold: int) -> tuple[list[D
                            "and table and tokenize the root again")
         # streamed (a table may be large), before any row is planned from: rotted rows are refused;
         # a table that fits what is left of ``hold`` is kept from this read, so planning opens it no more
-        blocks: list[bytes] | None = [] if size <= hold else None
+        blocks: list[bytes] | None = [] if size <= min(hold, HOLD_TABLE_BYTES) else None
         read_checked(table, record, record.table_bytes, Checksum("sha256", record.table_sha256),
                      None if blocks is None else blocks.append)
         if blocks is not None:
@@ -254,9 +259,9 @@ def _records(root: OutputRoot, split: str, name: str, hold: int) -> tuple[list[D
             hold -= size
         if record.tokens >= MAX_SHARD_TOKENS:
             raise MixError(f"source {name!r}: shard {e.id} holds {record.tokens:,} tokens, more than a mix "
-                           f"can address ({MAX_SHARD_TOKENS:,})", root.done(e.id),
+                           f"can address ({MAX_SHARD_TOKENS:,})", done,
                            "tokenize the dataset into smaller shards")
-        records.append(record)
+        records.append((record, done, table))
     return records, held
 
 
@@ -286,23 +291,22 @@ def _data_files(root: OutputRoot, split: str, records: list[DoneRecord], name: s
 
 def load_source(spec: SourceSpec, split: str, hold: int = HOLD_BYTES) -> tuple[SourceDocs, dict]:
     """One source's shards and its root's raw job.json; its tables are read once, to check them,
-    and those within ``hold`` bytes in all are kept for planning (:attr:`SourceDocs.held`)."""
+    and small ones within ``hold`` bytes in all are kept for planning (:attr:`SourceDocs.held`)."""
     root = OutputRoot(spec.root)
     require_kind(root, "mix source")
     _, raw = _job(root, spec.name)
     fingerprint = hashlib.sha256(raw["tokenizer_sha256"].encode())
     shards = []
     records, held = _records(root, split, spec.name, hold)
-    data = _data_files(root, split, records, spec.name)
-    for record, (file, base) in zip(records, data, strict=True):
+    data = _data_files(root, split, [r for r, _, _ in records], spec.name)
+    for (record, done, table), (file, base) in zip(records, data, strict=True):
         # a sha256 record adds its bare digest, as before checksums were named: pinned mix.json files still match
         fingerprint.update(f"{record.shard} {record.checksum or record.sha256} {record.table_sha256}\n".encode())
         label = None
         if spec.source is not None:
             label = record.source_names.index(spec.source) if spec.source in record.source_names else -1
-        shards.append(Shard(record.shard, file, root.resolve(record.table),
-                            record.table_bytes // DOC_TABLE_DTYPE.itemsize, label, base, record,
-                            root.done(record.shard)))
+        shards.append(Shard(record.shard, file, table, record.table_bytes // DOC_TABLE_DTYPE.itemsize, label,
+                            base, record, done))
     deduplicated = root.storage.exists(root.dedup_job)
     if deduplicated:
         fingerprint.update(root.storage.read_whole(root.dedup_job))

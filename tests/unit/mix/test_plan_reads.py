@@ -68,16 +68,19 @@ def _expected(tables, names, label):
 @pytest.mark.parametrize("label", [None, "web"])
 def test_a_whole_epoch_is_every_usable_row_with_its_start_in_its_shard(labelled, monkeypatch, label):
     """Pieces of 7 rows (shards of 9: every piece boundary falls inside a shard or on one), tables
-    held or streamed: the one epoch is the rows the tables give, each start counted in its shard."""
+    held, streamed, or some of each: the one epoch is the rows the tables give, each start counted in its shard."""
     root, _, tables, names = labelled
     want = _expected(tables, names, label)
     available = sum(t for _, _, t in want)
-    for rows, hold in ((7, 0), (7, inputs.HOLD_BYTES), (1 << 18, 0), (1 << 18, 5 * DOCS * DOC_TABLE_DTYPE.itemsize)):
+    size = DOCS * DOC_TABLE_DTYPE.itemsize  # every table's
+    for rows, hold, largest in ((7, 0, size), (7, inputs.HOLD_BYTES, size), (1 << 18, 0, size),
+                                (1 << 18, 5 * size, size), (7, inputs.HOLD_BYTES, size - 1)):
         monkeypatch.setattr(inputs, "PIECE_ROWS", rows)
         monkeypatch.setattr(inputs, "HOLD_BYTES", hold)
+        monkeypatch.setattr(inputs, "HOLD_TABLE_BYTES", largest)  # a larger table is streamed
         spec = _spec(root, available, label)
         sources = load_sources(spec)[0]
-        assert len(sources[0].held) == min(SHARDS, hold // (DOCS * DOC_TABLE_DTYPE.itemsize))
+        assert len(sources[0].held) == (min(SHARDS, hold // size) if largest >= size else 0)
         picks = make_plan(spec, sources).splits["train"]
         assert [(int(i), int(s), int(t)) for i, s, t in picks.tolist()] == want, (rows, hold)
 
