@@ -108,14 +108,31 @@ def missing_message(root: OutputRoot, plan: SplitPlan, show: int = 20) -> str:
     return f"split {plan.split} has {len(plan.missing)} of {total} shards not done: {shown}{more}"
 
 
-def inside(root: OutputRoot, relative: str, record: DoneRecord, what: str) -> Path:
-    """``relative`` resolved in the root; a done record naming a file outside it is refused."""
+def inside(root: OutputRoot, relative: str, record: DoneRecord, what: str,
+           folders: dict[Path, str] | None = None) -> Path:
+    """``relative`` resolved in the root; a done record naming a file outside it is refused.
+    ``folders``: real paths of folders resolved earlier in the caller's pass over many records, by
+    folder (a file's real path is its folder's joined with its name, unless the name is a link
+    or ``..``): one ``lstat`` per file instead of one per component of its path and the root's."""
     path = root.resolve(relative)
-    real, base = os.path.realpath(path), os.path.realpath(root.root)
+    if folders is None:
+        real, base = os.path.realpath(path), os.path.realpath(root.root)
+    else:
+        base = _real_folder(root.root, folders)
+        if path.name == ".." or os.path.islink(path):
+            real = os.path.realpath(path)
+        else:
+            real = os.path.join(_real_folder(path.parent, folders), path.name)
     if not relative or os.path.isabs(relative) or os.path.commonpath([real, base]) != base:
         raise CombineError(f"its {what} {relative!r} is outside the output root", root.done(record.shard),
                            "the record was not written by slimtok; delete it and relaunch tokenize")
     return path
+
+
+def _real_folder(folder: Path, folders: dict[Path, str]) -> str:
+    if folder not in folders:
+        folders[folder] = os.path.realpath(folder)
+    return folders[folder]
 
 
 def intermediate(root: OutputRoot, record: DoneRecord) -> Path:

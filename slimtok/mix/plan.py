@@ -13,6 +13,7 @@ falls (about one 65536th of them) to find the exact key threshold, one writes th
 documents as ``PICK_DTYPE`` records (16 bytes each, in one preallocated array). With
 ``dedup: true`` the 128-bit hashes of the documents taken so far are held too (:class:`Hashes`:
 16 bytes per distinct selected document, about three times that while merging) and a source is streamed once more.
+The tables the inputs kept from their check (``inputs.HOLD_BYTES`` at most) are streamed from memory.
 
 A document is named by its *id*: ``shard << 32 | row``, ``shard`` numbering the sources' shards
 end to end and ``row`` its row in that shard's document table.
@@ -235,7 +236,7 @@ def _fill(source: SourceDocs, seed: np.random.SeedSequence, taken: Hashes, choic
         rows = np.flatnonzero(usable if choice.full else _selected(k, usable, choice))
         at = epoch_at if choice.full else sample_at
         block = out[at:at + len(rows)]
-        block["id"] = ((first_shard + piece.shard) << 32) + piece.first + rows
+        block["id"] = ((first_shard + piece.shard[rows]) << 32) + piece.row[rows]
         block["start"], block["tokens"] = piece.start[rows], piece.tokens[rows]
         if choice.full:
             epoch_at += len(rows)

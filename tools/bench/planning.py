@@ -13,12 +13,14 @@ under ``--work/planning-<n>`` (kept, so a rerun measures without rebuilding; del
   the launcher's to read and check) and nothing done yet. Its ratio to the same start at 1,000
   shards is the growth the issue bounds (target <= 1.2).
 
-Wall seconds include each command's interpreter start. A row per size and a growth note follow.
+Wall and CPU seconds (the child's user + system) include each command's interpreter start. A row
+per size and a growth note follow.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -43,21 +45,24 @@ def _root(work: Path, shards: int) -> Path:
     return folder
 
 
-def _timed(command: list[str]) -> float:
-    w0 = time.time()
+def _timed(command: list[str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``command``: the CPU (user + system of the child) says what the
+    command costs on a host that other work shares, where its wall also counts the waiting."""
+    w0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(command, check=True, capture_output=True, env=child_env())
-    return time.time() - w0
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.time() - w0, (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
 
 
-def status_seconds(root: Path) -> tuple[float, float]:
-    """(first call with no roll-up, warm call) of `slimtok status --json`, wall seconds."""
+def status_seconds(root: Path) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(first call with no roll-up, warm call) of `slimtok status --json`, (wall, CPU) seconds each."""
     (root / "status" / "done-rollup.json").unlink(missing_ok=True)
     command = [sys.executable, "-m", "slimtok", "status", "--output-root", str(root), "--json"]
     return _timed(command), _timed(command)
 
 
-def mix_plan_seconds(folder: Path, shards: int) -> float:
-    """`slimtok mix --plan` of one source over the root's train split, wall seconds."""
+def mix_plan_seconds(folder: Path, shards: int) -> tuple[float, float]:
+    """`slimtok mix --plan` of one source over the root's train split, (wall, CPU) seconds."""
     spec = folder / "mix.yaml"
     spec.write_text(f"seed: 1\nshuffle: document\nsources:\n  - {{name: s, root: {folder / 'root'}, "
                     f"tokens: {shards * 500}}}\n")
@@ -128,11 +133,13 @@ def bench_planning(table: Table, work: Path, sizes: list[int]) -> list[dict[str,
         first, warm = status_seconds(folder / "root")
         plan = mix_plan_seconds(folder, shards)
         start = worker_start_seconds(folder, shards)
-        row = {"shards": shards, "status_first": first, "status_warm": warm, "mix_plan": plan,
-               "worker_start": start, "worker_start_ratio": start / base, "root_built": built}
+        row = {"shards": shards, "status_first": first[0], "status_first_cpu": first[1], "status_warm": warm[0],
+               "status_warm_cpu": warm[1], "mix_plan": plan[0], "mix_plan_cpu": plan[1], "worker_start": start,
+               "worker_start_ratio": start / base, "root_built": built}
         rows.append(row)
-        table.note(f"planning over {shards:,} shards: status first {first:.2f} s, warm {warm:.2f} s · "
-                   f"mix --plan {plan:.1f} s · worker start {start * 1e3:.1f} ms "
+        table.note(f"planning over {shards:,} shards (wall s / CPU s): status first {first[0]:.2f} / {first[1]:.2f}, "
+                   f"warm {warm[0]:.2f} / {warm[1]:.2f} · mix --plan {plan[0]:.1f} / {plan[1]:.1f} · "
+                   f"worker start {start * 1e3:.1f} ms "
                    f"({start / base:.2f}x its start at {BASE_SHARDS:,}) · root built in {built:.0f} s")
     print(json.dumps(rows), file=sys.stderr)
     return rows

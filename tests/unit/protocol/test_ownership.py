@@ -41,7 +41,6 @@ ALLOWED = {
 #: Module -> why it hands a path under an output root to numpy or pyarrow, which need a local file.
 LOCAL_FILES = {
     "dedup/units.py": "memory-maps the drop lists of the bucket units a gather unit merges",
-    "mix/inputs.py": "np.fromfile reads document-table rows from the storage's stream through its file descriptor",
     "export/packed.py": "pyarrow's ParquetWriter writes a packed part into the storage's stream of its temporary "
                         "file (a call by that name is flagged whatever it is given), which the publish renames",
 }
