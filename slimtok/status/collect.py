@@ -4,7 +4,9 @@ Reads ``job.json`` and ``manifest.jsonl``; lists ``done/``, ``failed/``, ``locks
 ``checkpoints/``; opens the failed records, the checkpoints of unfinished shards, every heartbeat,
 and only those done records that ``status/done-rollup.json`` does not hold yet. Writes two small
 files when it may: the roll-up (see :mod:`slimtok.protocol`) and ``probes/status-<host>`` to read
-the file server's clock; on a read-only mount it still answers, opening every done record.
+the file server's clock; on a read-only mount it still answers, opening every done record. A
+long-lived reader that must not write (the status page) passes a :class:`ReadOnly`: the roll-up is
+then kept in its memory between calls and the clock is this host's.
 
 So a status over 60,000 shards costs one manifest read, four directory listings, one roll-up
 read and a stat per done record (its size must still be the one cached, or the record is opened
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import orjson
 import psutil
@@ -78,8 +81,17 @@ def journal_rows(root: OutputRoot) -> dict[str, RollupRow]:
     return rows
 
 
-def done_rows(root: OutputRoot, done: dict[str, int], manifest_sha256: str) -> tuple[dict[str, RollupRow],
-                                                                                     dict[str, str]]:
+@dataclass
+class ReadOnly:
+    """What a reader that never writes to the root keeps between its calls instead of the two
+    files ``slimtok status`` writes: the roll-up (in memory; read from the root once, when it has
+    none yet). Staleness is then judged by this host's clock, as on a read-only mount."""
+
+    rollup: DoneRollup | None = None
+
+
+def done_rows(root: OutputRoot, done: dict[str, int], manifest_sha256: str,
+              read_only: ReadOnly | None = None) -> tuple[dict[str, RollupRow], dict[str, str]]:
     """(``ROLLUP_COLUMNS`` of each readable done shard in ``done``, {shard: why} for the others);
     ``done``: {shard: its record's size}, as ``OutputRoot.done_sizes`` lists them.
 
@@ -87,9 +99,11 @@ def done_rows(root: OutputRoot, done: dict[str, int], manifest_sha256: str) -> t
     row was taken: one stat per done shard, and only new or changed records are opened. A record
     that cannot be parsed makes its shard not done, as tokenize and combine also treat it.
     Updates ``status/done-rollup.json`` when something changed; a failed write is ignored (the
-    roll-up is a cache, and the caller may only have read access).
+    roll-up is a cache, and the caller may only have read access). With ``read_only``, its
+    in-memory roll-up is used and updated instead, and nothing is written.
     """
-    cached = read_record(root.done_rollup, DoneRollup)
+    held = read_only.rollup if read_only is not None else None
+    cached = held if held is not None else read_record(root.done_rollup, DoneRollup)
     rows: dict[str, RollupRow] = {}
     if cached is not None and cached.manifest_sha256 == manifest_sha256 and cached.columns == ROLLUP_COLUMNS:
         rows = {k: row for k, v in cached.shards.items() if k in done and (row := RollupRow.from_list(v))}
@@ -117,7 +131,10 @@ def done_rows(root: OutputRoot, done: dict[str, int], manifest_sha256: str) -> t
                                  "and tokenizes the shard again")
             continue
         rows[shard] = RollupRow.from_list(record.rollup_row(len(raw)))  # type: ignore[assignment]
-    if changed:
+    if read_only is not None:
+        if changed or held is None:
+            read_only.rollup = DoneRollup(manifest_sha256, {k: v.to_list() for k, v in rows.items()})
+    elif changed:
         shards = {k: v.to_list() for k, v in rows.items()}
         try:
             write_record(root.done_rollup, DoneRollup(manifest_sha256, shards), durable=False)
@@ -134,8 +151,11 @@ def _add_sources(total: dict[str, dict[str, int]], sources: dict[str, dict[str, 
             into[key] = into.get(key, 0) + value
 
 
-def _server_now(root: OutputRoot) -> float:
-    """The file server's clock (heartbeat mtimes are set by it), or ours where we cannot write."""
+def _server_now(root: OutputRoot, read_only: ReadOnly | None) -> float:
+    """The file server's clock (heartbeat mtimes are set by it), or ours where we cannot or must
+    not write."""
+    if read_only is not None:
+        return time.time()
     try:
         return file_server_now(root.probe(f"status-{worker_name(hostname(), 0, 0)}"))
     except OSError:
@@ -158,13 +178,14 @@ def _health(hb: Heartbeat, age: float, here: str) -> str:
     return "stale" if age > overdue else "ok"
 
 
-def read_workers(root: OutputRoot) -> list[WorkerStatus]:
-    """Every worker's last heartbeat, judged ok / stale / dead / exited."""
+def read_workers(root: OutputRoot, read_only: ReadOnly | None = None) -> list[WorkerStatus]:
+    """Every worker's last heartbeat, judged ok / stale / dead / exited (``read_only``: see
+    :func:`collect_status`)."""
     folder = root.heartbeats_dir()
     paths = sorted(folder / name for name in root.storage.list_names(folder) if name.endswith(".json"))
     if not paths:
         return []
-    now, here = _server_now(root), hostname()
+    now, here = _server_now(root, read_only), hostname()
     workers = []
     for path in paths:
         hb = read_record(path, Heartbeat)
@@ -263,17 +284,20 @@ def disk_status(root: OutputRoot, job: JobSettings, status: JobStatus, unfinishe
     return DiskStatus(written=status.total.bytes_out, expected=expected, space=space)
 
 
-def collect_status(output_root: str | os.PathLike[str], window: float = WINDOW) -> JobStatus:
-    """Everything ``slimtok status`` shows; see the package docstring for what it reads."""
+def collect_status(output_root: str | os.PathLike[str], window: float = WINDOW,
+                   read_only: ReadOnly | None = None) -> JobStatus:
+    """Everything ``slimtok status`` shows; see the module docstring for what it reads. With
+    ``read_only`` (kept by the caller between calls) nothing under the root is written."""
 
     root = OutputRoot(output_root)
     job, entries = load_job(root)
     done_sizes, failed = root.done_sizes(), root.failed_ids()
     locked, checkpointed = root.locked_ids(), root.checkpointed_ids()
     listed = {e.id for e in entries}
-    rows, unreadable = done_rows(root, {k: v for k, v in done_sizes.items() if k in listed}, job.manifest_sha256)
+    rows, unreadable = done_rows(root, {k: v for k, v in done_sizes.items() if k in listed}, job.manifest_sha256,
+                                 read_only)
     done = done_sizes.keys() - unreadable.keys()
-    status = JobStatus(root=str(root.root), now=time.time(), workers=read_workers(root))
+    status = JobStatus(root=str(root.root), now=time.time(), workers=read_workers(root, read_only))
     status.throughput = tp = latest_run(status.workers, status.now, window)
     tp.live_tokens_per_second = sum(w.heartbeat.tokens_per_second for w in status.workers
                                     if w.health == "ok" and w.measured)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..job import load_job
 from ..protocol import ROLLUP_COLUMNS, DoneRollup, JobSettings, OutputRoot, RollupRow, read_record
-from .collect import done_rows
+from .collect import ReadOnly, done_rows
 
 #: At most this many bins over the job's span (the chart's resolution).
 BINS = 60
@@ -82,15 +82,18 @@ def throughput_history(rows: dict[str, RollupRow], end: float | None = None, bin
     return h
 
 
-def root_history(root: OutputRoot, job: JobSettings, done: int, end: float | None) -> ThroughputHistory:
+def root_history(root: OutputRoot, job: JobSettings, done: int, end: float | None,
+                 read_only: ReadOnly | None = None) -> ThroughputHistory:
     """The history of the ``done`` readable done records of ``root``: from the roll-up that
-    ``collect_status`` has just brought up to date (one read), or, where it could not write it (a
-    read-only mount) and the roll-up is behind, from :func:`.collect.done_rows` (a stat per record)."""
-    cached = read_record(root.done_rollup, DoneRollup)
+    ``collect_status`` has just brought up to date (one read; with ``read_only``, the one it holds),
+    or, where it could not write it (a read-only mount) and the roll-up is behind, from
+    :func:`.collect.done_rows` (a stat per record)."""
+    cached = read_only.rollup if read_only is not None else read_record(root.done_rollup, DoneRollup)
     if (cached is not None and cached.columns == ROLLUP_COLUMNS and cached.manifest_sha256 == job.manifest_sha256
             and len(cached.shards) == done):
         rows = {k: row for k, v in cached.shards.items() if (row := RollupRow.from_list(v))}
     else:
         listed = {e.id for e in load_job(root)[1]}
-        rows, _ = done_rows(root, {k: v for k, v in root.done_sizes().items() if k in listed}, job.manifest_sha256)
+        rows, _ = done_rows(root, {k: v for k, v in root.done_sizes().items() if k in listed}, job.manifest_sha256,
+                            read_only)
     return throughput_history(rows, end)

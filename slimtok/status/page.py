@@ -22,7 +22,7 @@ from ..job import read_job
 from ..progress import duration
 from ..protocol import Meta, OutputRoot, read_record
 from ..space import format_bytes
-from .collect import WINDOW, collect_status
+from .collect import WINDOW, ReadOnly, collect_status
 from .history import root_history
 from .model import JobStatus
 
@@ -263,15 +263,19 @@ def _mix(root: OutputRoot) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return rows, bars
 
 
-def page_view(output_root: str | os.PathLike[str], window: float = WINDOW) -> dict[str, Any]:
-    """The whole page as JSON; ``error`` (and nothing else) when the root cannot be read."""
+def page_view(output_root: str | os.PathLike[str], window: float = WINDOW,
+              read_only: ReadOnly | None = None) -> dict[str, Any]:
+    """The whole page as JSON; ``error`` (and nothing else) when the root cannot be read. Writes
+    nothing under the root: ``read_only`` holds what ``slimtok status`` would cache there (a server
+    keeps one between its views; None: a new one, for a single view)."""
+    read_only = read_only if read_only is not None else ReadOnly()
     started = time.time()
     try:
-        status = collect_status(output_root, window)
+        status = collect_status(output_root, window, read_only)
         root = OutputRoot(output_root)
         job = read_job(root)
         history = root_history(root, job, status.total.done,
-                               status.now if status.throughput.running else None).to_dict()
+                               status.now if status.throughput.running else None, read_only).to_dict()
     except (SlimtokError, OSError) as exc:
         return {"root": redact(str(output_root)), "at": _clock(started), "error": redact(str(exc))}
     data = status.to_dict()

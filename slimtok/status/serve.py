@@ -23,7 +23,7 @@ import orjson
 
 from ..errors import SlimtokError
 from ..protocol import write_atomic
-from .collect import WINDOW
+from .collect import WINDOW, ReadOnly
 from .page import page_view, redact
 from .template import POLL_SECONDS, render_page
 
@@ -75,7 +75,8 @@ class _Views:
 def make_server(output_root: str | os.PathLike[str], host: str, port: int,
                 window: float = WINDOW) -> ThreadingHTTPServer:
     """A server of the page of ``output_root`` bound to (``host``, ``port``; 0 picks a free one)."""
-    views = _Views(lambda: page_view(output_root, window))
+    read_only = ReadOnly()  # the roll-up this server keeps between views, never written to the root
+    views = _Views(lambda: page_view(output_root, window, read_only))
     page = render_page(None, redact(str(output_root))).encode()
 
     class Handler(BaseHTTPRequestHandler):

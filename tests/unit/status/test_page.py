@@ -306,3 +306,30 @@ def test_page_options_refuse_what_they_do_not_do(tokenized_root, bpe_tokenizer):
     assert not (run.work / "r.html").exists()
     bad = slimtok("status", "--output-root", run.root, "--serve", "localhost:http", check=False)
     assert bad.returncode == 2 and "the port must be a number from 0 to 65535" in bad.stderr
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` with its size and mtime (ns): any write shows."""
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_the_page_writes_nothing_under_the_root_and_shows_what_status_shows(tokenized_root, bpe_tokenizer):
+    from slimtok.status.collect import ReadOnly
+
+    run = tokenized_root(DATASET, bpe_tokenizer, "--spawn-workers", "2")
+    root = Path(run.root)
+    before = _tree(root)
+    held = ReadOnly()
+    views = [page_view(root, read_only=held) for _ in range(2)]  # the second from the held roll-up
+    assert _tree(root) == before
+    assert held.rollup is not None and len(held.rollup.shards) == DATASET["train_shards"] + 2  # + val, test
+    # slimtok status (which writes its roll-up and clock probe) counts the same
+    written = collect_status(root).to_dict()
+    assert _tree(root) != before
+    for view in views:
+        assert view["error"] is None
+        [splits] = [t for t in view["tables"] if t["id"] == "splits"]
+        shown = {r["key"]: r["cells"] for r in splits["rows"]}
+        for name, split in written["splits"].items():
+            assert shown[name][1:3] == [f"{split['shards']:,}", f"{split['done']:,}"]
+    assert views[0]["history"] == views[1]["history"] == page_view(root)["history"]
