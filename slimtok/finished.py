@@ -119,7 +119,7 @@ def inside(root: OutputRoot, relative: str, record: DoneRecord, what: str,
         real, base = os.path.realpath(path), os.path.realpath(root.root)
     else:
         base = _real_folder(root.root, folders)
-        if path.name == ".." or os.path.islink(path):
+        if path.name == ".." or root.storage.is_link(path):
             real = os.path.realpath(path)
         else:
             real = os.path.join(_real_folder(path.parent, folders), path.name)

@@ -283,6 +283,9 @@ class Storage(Protocol):
     def is_folder(self, path: Path) -> bool:
         """Whether ``path`` is a folder (something is stored below it)."""
 
+    def is_link(self, path: Path) -> bool:
+        """Whether ``path`` itself is a symbolic link (False where the store has none)."""
+
     def copy(self, source: Path, target: Path) -> None:
         """Copy the file ``source`` whole to ``target``, replacing it; its folder is created as needed."""
 
@@ -466,6 +469,9 @@ class PosixStorage:
 
     def is_folder(self, path: Path) -> bool:
         return path.is_dir()
+
+    def is_link(self, path: Path) -> bool:
+        return path.is_symlink()
 
     def copy(self, source: Path, target: Path) -> None:
         """shutil.copy2's bytes, mode and times, but into an exclusively created temporary name that

@@ -90,6 +90,7 @@ def test_history_survives_a_rebuilt_rollup(tokenized_root, bpe_tokenizer):
     """The roll-up carries each record's host and seconds: a view from the cache equals one from
     the records themselves (the cache deleted)."""
     run = tokenized_root(DATASET, bpe_tokenizer, "--spawn-workers", "2")
+    collect_status(run.root)  # slimtok status writes the roll-up the page then reads
     cached = page_view(run.root)["history"]
     OutputRoot(run.root).done_rollup.unlink()
     for journal in OutputRoot(run.root).done_journals():
@@ -244,7 +245,7 @@ def test_job_wide_accounting_is_a_line_when_present():
 def test_server_shows_an_unexpected_failure_as_the_page_error(monkeypatch, tmp_path):
     import slimtok.status.serve as serve
 
-    def broken(root, window):
+    def broken(root, window, read_only):
         raise ValueError("a record field of the wrong type")
 
     monkeypatch.setattr(serve, "page_view", broken)
