@@ -6,11 +6,13 @@ commands as subprocesses (``python -m slimtok …``, this checkout first on PYTH
 for each stage: wall, CPU (user + system of the stage's whole process tree, from
 getrusage(RUSAGE_CHILDREN) deltas), bytes read and written (this process's /proc/self/io deltas:
 Linux adds a reaped child's I/O counters, and those of the children it reaped, to its parent's, so
-the delta over a stage is the stage's tree; the bench itself only sleeps meanwhile), and peak RSS
-(VmHWM of every process of the tree, sampled every 0.1 s: the largest one process reached, and the
-largest sum of the tree's RSS at one sample). Each size's folder is deleted after its run unless
+the delta over a stage is the stage's tree; the bench itself only samples meanwhile, and the bytes
+its sampler reads are subtracted), and peak RSS (VmHWM and RssAnon of every process of the tree,
+sampled every 0.1 s: the largest one process reached, and the largest sum of the tree's RSS at one
+sample; VmHWM counts mapped file pages, RssAnon does not). Each size's folder is deleted after its run unless
 --scale-keep. With several sizes (``--scale-gb 1,10``) the peak RSS of each stage is compared with
-the smallest size's (the goal: <= 10 % growth).
+the smallest size's (the goal: <= 10 % growth). The table's rows count MB of the corpus's text for
+every stage (combine's and validate's own bytes are in the notes).
 
 Combine runs in one process: a parallel combine (issue 26, item 1) does not exist yet.
 """
@@ -37,6 +39,8 @@ SHARD_TEXT = 20_000_000
 EXACT_EVERY = 8
 #: shards per train/chunk{c} folder
 CHUNK_SHARDS = 100
+#: the disk's copy-rate baseline beside combine (not a slimtok stage: left out of the RSS comparison)
+CAT = "cat train shards (+sync)"
 
 
 @dataclass
@@ -54,6 +58,7 @@ class Stage:
     peak_anon: int  # the largest RssAnon of one process seen by a sample: its own memory, no page cache
     peak_sum: int  # the largest sum of the tree's VmRSS at one sample
     processes: int
+    cpu_seen: float  # user + system of the tree's processes at their last sample: a floor under ``cpu``
 
 
 # -- the corpus ---------------------------------------------------------------------------------
@@ -152,6 +157,7 @@ class _Tree:
         self.peak_anon = 0
         self.peak_sum = 0
         self.read = 0
+        self.cpu: dict[int, float] = {}  # utime + stime at the last sample
 
     def _text(self, path: str) -> str:
         try:
@@ -174,6 +180,9 @@ class _Tree:
             self.hwm[pid] = max(self.hwm.get(pid, 0), kb.get("VmHWM", 0) * 1024)
             self.peak_anon = max(self.peak_anon, kb.get("RssAnon", 0) * 1024)
             now += kb.get("VmRSS", 0) * 1024
+            stat = self._text(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
+            if stat:  # fields 14 and 15 (utime, stime), counted from after the command's ")"
+                self.cpu[pid] = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
             try:
                 tids = os.listdir(f"/proc/{pid}/task")
             except FileNotFoundError:
@@ -184,22 +193,22 @@ class _Tree:
         return self.peak_sum
 
 
-def run_stage(name: str, args: list[str], log: Path) -> Stage:
-    """Run ``python -m slimtok *args`` to its end and measure its whole process tree."""
+def run_stage(name: str, command: list[str], log: Path) -> Stage:
+    """Run ``command`` to its end and measure its whole process tree."""
     cpu0, io0, w0 = _children_cpu(), _io(), time.time()
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "slimtok", *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=child_env())
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=child_env())
         tree = _Tree(proc.pid)
         with PeakSampler(tree.sample, every=0.1):
             code = proc.wait()
     wall, cpu, io1 = time.time() - w0, _children_cpu() - cpu0, _io()
     if code != 0:
-        raise SystemExit(f"scale: `slimtok {' '.join(args)}` exited with {code}; see {log}")
+        raise SystemExit(f"scale: `{' '.join(command[:4])} …` exited with {code}; see {log}")
     d = {k: io1[k] - io0[k] for k in ("rchar", "wchar", "read_bytes", "write_bytes")}
     d["rchar"] -= tree.read
     return Stage(name, wall, cpu, d["rchar"], d["wchar"], d["read_bytes"], d["write_bytes"],
-                 max(tree.hwm.values(), default=0), tree.peak_anon, tree.peak_sum, len(tree.hwm))
+                 max(tree.hwm.values(), default=0), tree.peak_anon, tree.peak_sum, len(tree.hwm),
+                 sum(tree.cpu.values()))
 
 
 def scale_run(work: Path, gb: float, tokenizer: Path, workers: int) -> tuple[int, dict, list[Stage]]:
@@ -209,7 +218,7 @@ def scale_run(work: Path, gb: float, tokenizer: Path, workers: int) -> tuple[int
     c0, w0 = _children_cpu(), time.time()
     text = scale_corpus(corpus, gb, workers)
     build = Stage("build corpus (bench)", time.time() - w0, _children_cpu() - c0, 0, 0, 0,
-                  sum(f.stat().st_size for f in corpus.rglob("*.zst")), 0, 0, 0, workers)
+                  sum(f.stat().st_size for f in corpus.rglob("*.zst")), 0, 0, 0, workers, 0.0)
     log = work / "commands.log"
     stages = [build]
     n = str(workers)
@@ -222,8 +231,15 @@ def scale_run(work: Path, gb: float, tokenizer: Path, workers: int) -> tuple[int
         ("combine --dedup", ["combine", "--output-root", str(root), "--dedup", "--quiet"]),
         ("validate", ["validate", "--output-root", str(root)]),
     ):
-        stages.append(run_stage(name, args, log))
+        stages.append(run_stage(name, [sys.executable, "-m", "slimtok", *args], log))
         print(f"[bench] scale {gb:g} GB: {_row(text, stages[-1])}", file=sys.stderr, flush=True)
+    # the disk's own copy rate beside combine's: `cat` of the train shards' data onto the same disk,
+    # synced (combine syncs its file too); the page cache is flushed first so no earlier write is paid here
+    shards, dest = sorted((root / "shards" / "train").rglob("*.bin")), work / "cat.bin"
+    os.sync()
+    stages.append(run_stage(CAT, ["sh", "-c", 'cat "$@" > "$0" && sync "$0"', str(dest), *map(str, shards)], log))
+    dest.unlink()
+    print(f"[bench] scale {gb:g} GB: {_row(text, stages[-1])}", file=sys.stderr, flush=True)
     return text, json.loads((root / "meta.json").read_text())["splits"]["train"], stages
 
 
@@ -231,7 +247,8 @@ def _row(text: int, s: Stage) -> str:
     return (f"{s.name}: {s.wall:.1f} s wall, {s.cpu:.1f} CPU-s, {text / 1e6 / max(s.cpu, 1e-9):.1f} MB text/CPU-s, "
             f"read {s.rchar / 1e9:.2f} GB ({s.read_bytes / 1e9:.2f} from storage), written {s.wchar / 1e9:.2f} GB "
             f"({s.write_bytes / 1e9:.2f} to storage), peak RSS {s.peak_one / 1e6:.0f} MB one process "
-            f"(anonymous {s.peak_anon / 1e6:.0f} MB) / {s.peak_sum / 1e6:.0f} MB the tree, {s.processes} processes")
+            f"(anonymous {s.peak_anon / 1e6:.0f} MB) / {s.peak_sum / 1e6:.0f} MB the tree, {s.processes} processes; "
+            f"CPU seen by sampling {s.cpu_seen:.1f} s")
 
 
 def bench_scale(table: Table, work: Path, sizes: list[float], tokenizer: Path, workers: int, keep: bool) -> None:
@@ -264,7 +281,8 @@ def bench_scale(table: Table, work: Path, sizes: list[float], tokenizer: Path, w
         base = min(results)
         for gb in sorted(results)[1:]:
             for what, attr in (("peak RSS (VmHWM)", "peak_one"), ("peak anonymous RSS", "peak_anon")):
-                pairs = [(a, b) for a, b in zip(results[base], results[gb], strict=True) if getattr(a, attr)]
+                pairs = [(a, b) for a, b in zip(results[base], results[gb], strict=True)
+                         if getattr(a, attr) and a.name != CAT]
                 growth = [f"{a.name} {getattr(a, attr) / 1e6:.0f} -> {getattr(b, attr) / 1e6:.0f} MB "
                           f"({(getattr(b, attr) / getattr(a, attr) - 1) * 100:+.1f} %)" for a, b in pairs]
                 flat = all(getattr(b, attr) <= 1.1 * getattr(a, attr) for a, b in pairs)
