@@ -48,6 +48,10 @@ are printed):
              (what it got before its cut rule), wall, CPU, peak RSS growth, ids compared
   planning   (only when named in --only) status (first call, warm), `mix --plan` and a worker's start
              over synthetic finished roots of --planning-shards sizes (tools/bench/planning.py)
+  scale      (only when named in --only) a whole run over --scale-gb GB of varied real text (comma-separated
+             sizes: each stage's peak RSS is compared with the smallest's): manifest, tokenize and dedup
+             (--scale-workers), combine --dedup (1 process), validate as subprocesses; wall, CPU, bytes
+             read/written, peak RSS per stage (tools/bench/scale.py)
   peers      (--peers) datatrove DocumentTokenizer and a nanoGPT-style datasets.map prepare, installed
              into a separate venv under --work; with --megatron-dir, Megatron-LM's
              tools/preprocess_data.py and preprocess_data_fast.py (with and without --use-gigatoken)
@@ -77,6 +81,7 @@ from .mix import bench_mix_plan, bench_mix_section
 from .peers.section import PEER_PROCS, bench_peers
 from .pipeline import bench_combine, bench_consume, bench_memory, bench_pipeline, bench_prepend_huge
 from .planning import bench_planning
+from .scale import bench_scale
 from .stages import bench_claims, bench_growth, bench_stage_growth, bench_status
 from .startup import bench_startup
 
@@ -242,6 +247,11 @@ def planning(ctx: Context, run: int) -> None:
     bench_planning(ctx.table, ctx.work, _int_list(ctx.args.planning_shards))
 
 
+def scale(ctx: Context, run: int) -> None:
+    bench_scale(ctx.table, ctx.work, [float(x) for x in ctx.args.scale_gb.split(",") if x], ctx.tokenizer,
+                ctx.args.scale_workers, ctx.args.scale_keep)
+
+
 def peers(ctx: Context, run: int) -> None:
     bench_peers(ctx.table, ctx.work, ctx.manifest, ctx.tokenizer, ctx.nbytes,
                 ctx.work / f"out-{ctx.scaled.replace(' ', '_')}-0", ctx.scaled, ctx.args.runs, ctx.args.megatron_dir)
@@ -259,9 +269,10 @@ SECTIONS: dict[str, Section] = {
     "integrity": Section(integrity),
     "prepend-huge": Section(prepend),
     "planning": Section(planning),
+    "scale": Section(scale),
 }
 #: sections run only when asked for: peers with --peers (or in --only); the others here only in --only
-OPT_IN = ("mix-plan", "peers", "combine-plan", "integrity", "prepend-huge", "planning")
+OPT_IN = ("mix-plan", "peers", "combine-plan", "integrity", "prepend-huge", "planning", "scale")
 #: sections that run when another one runs: (needed, needed by), e.g. the pipeline checks its ids
 #: against the raw section's, and the peers are compared with the scaling row
 NEEDED = (("raw", "pipeline"), ("scaling", "peers"))
@@ -315,6 +326,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="MB of tokens in the synthetic root the integrity section checks")
     ap.add_argument("--planning-shards", default="10000,60000,122000",
                     help="synthetic root sizes (shards) of the planning section")
+    ap.add_argument("--scale-gb", default="10",
+                    help="GB of text of the scale section's corpus; comma-separated for several sizes")
+    ap.add_argument("--scale-workers", type=int, default=2,
+                    help="--spawn-workers of the scale section's tokenize and dedup")
+    ap.add_argument("--scale-keep", action="store_true", help="keep the scale section's corpus and root")
     ap.add_argument("--mix-plan-shards", type=int, default=250,
                     help="shards per synthetic root of the mix-plan section; with fewer than inputs.PIECE_ROWS "
                          "rows a shard, the streaming pieces (a constant) are smaller at the smaller sizes and "
