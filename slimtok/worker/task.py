@@ -63,6 +63,8 @@ log = logging.getLogger("slimtok.worker")
 #: Longer documents are left out of the parity sample: the reference encodes a document whole, whose
 #: memory can reach ~85 bytes per byte of text (Prepend normalizers); 1 Mi characters bounds that.
 PARITY_MAX_CHARS = 1 << 20
+#: skip reasons of the length filters (--min-chars, --min-tokens): documents the user chose to leave out
+LENGTH_FILTERED = ("too_few_chars", "too_few_tokens")
 
 
 @dataclass
@@ -401,8 +403,10 @@ class ShardTask:
                                  "--output-root if the data really changed)")
 
     def _check_not_empty(self, hint: str) -> None:
+        """Lines read and no document kept means the wrong file or key, unless the length filters
+        left documents out: then a shard of only short documents is done with none (as an empty file is)."""
         p = self.progress
-        if p.lines and not p.documents:
+        if p.lines and not p.documents and not any(p.skipped.get(r) for r in LENGTH_FILTERED):
             reasons = ", ".join(f"{k}={v}" for k, v in sorted(p.skipped.items()))
             raise EmptyShard(f"no usable document in {p.lines} lines (skipped: {reasons}{'; ' + hint if hint else ''})",
                              self.entry.path,

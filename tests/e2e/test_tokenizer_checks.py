@@ -329,9 +329,14 @@ def test_length_filters_skip_short_documents_counted_pinned_and_recorded(tmp_pat
         texts = [t for pair in zip(long, short, strict=False) for t in pair]
         shards[f"train/chunk1/s{i}"] = texts
         write_shard(tmp_path / "data" / "train" / "chunk1" / f"s{i}.jsonl.zst", [doc_line(t) for t in texts])
+    # a shard of only short documents is done with none (not refused as the wrong file or key)
+    all_short = [d[:n] for d, n in zip(sample_documents(6, seed=90), [3, 10, 25, 39, 12, 30], strict=True)]
+    write_shard(tmp_path / "data" / "train" / "chunk1" / "s9.jsonl.zst", [doc_line(t) for t in all_short])
     listed = manifest(tmp_path, tmp_path / "data")
     root = tmp_path / "out"
     tokenize(listed, root, bpe_tokenizer, "--min-chars", min_chars, "--min-tokens", min_tokens, "--splits", "train")
+    short_done = json.loads((root / "done" / "train/chunk1/s9.json").read_text())
+    assert (short_done["documents"], short_done["skipped"]) == (0, {"too_few_chars": len(all_short)})
     kept_ids: list[int] = []
     for shard, texts in sorted(shards.items()):
         ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
