@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..protocol import OutputRoot
-from .folder import ExportFolder, chosen_splits, link_or_copy
-from .source import combined_meta, split_bin
+from .folder import ExportFolder, link_or_copy
+from .source import combined_meta, exported_splits
 
 DATATROVE = "datatrove"
 
@@ -44,8 +44,7 @@ def export_datatrove(output_root: str | os.PathLike[str], prefix: str, splits: S
     root = OutputRoot(output_root)
     meta = combined_meta(root)
     written = []
-    for split in chosen_splits(meta, splits):
-        data = split_bin(root, meta, split, verify)
+    for split, data in exported_splits(root, meta, splits, verify, log):
         folder = root.export_dir(DATATROVE, prefix, split)
         ds = f"{folder.name}.ds"
         token_size = data.tokens.dtype.itemsize

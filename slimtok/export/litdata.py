@@ -31,8 +31,8 @@ from ..errors import ExportError
 from ..protocol import OutputRoot, storage_for
 from ..publish import require_free
 from ..spans import copy_range
-from .folder import ExportFolder, chosen_splits
-from .source import combined_meta, split_bin
+from .folder import ExportFolder
+from .source import combined_meta, exported_splits
 
 LITDATA = "litdata"
 LITDATA_INDEX = "index.json"
@@ -74,16 +74,10 @@ def export_litdata(output_root: str | os.PathLike[str], prefix: str, block_size:
     root = OutputRoot(output_root)
     meta = combined_meta(root)
     written = []
-    for split in chosen_splits(meta, splits):
-        data = split_bin(root, meta, split, verify)
+    for split, data in exported_splits(root, meta, splits, verify, log, block_size, f"one block of {block_size:,}",
+                                       ", or a smaller --block-size"):
         ends = data.doc_ends
         assert ends is not None  # split_bin refuses a split without its index
-        if len(data) < block_size:
-            if splits:
-                raise ExportError(f"has {len(data):,} tokens, fewer than one block of {block_size}", data.path,
-                                  f"leave {split} out of --splits, or a smaller --block-size")
-            log(f"{data.path}: {len(data):,} tokens, fewer than one block of {block_size}; not exported")
-            continue
         itemsize = data.dtype.itemsize
         per_chunk = block_size * max(1, chunk_bytes // (block_size * itemsize))
         bounds = list(range(0, len(data), per_chunk)) + [len(data)]

@@ -30,8 +30,8 @@ from ..errors import ExportError
 from ..protocol import OutputRoot, storage_for
 from ..publish import require_free
 from ..spans import copy_range
-from .folder import ExportFolder, chosen_splits
-from .source import combined_meta, split_bin
+from .folder import ExportFolder
+from .source import combined_meta, exported_splits
 
 MDS = "mds"
 MDS_INDEX = "index.json"
@@ -56,15 +56,9 @@ def export_mds(output_root: str | os.PathLike[str], prefix: str, seq_len: int, s
     root = OutputRoot(output_root)
     meta = combined_meta(root)
     written = []
-    for split in chosen_splits(meta, splits):
-        data = split_bin(root, meta, split, verify)
+    for split, data in exported_splits(root, meta, splits, verify, log, seq_len, f"one row of {seq_len:,}",
+                                       ", or a smaller --seq-len"):
         rows = len(data) // seq_len
-        if rows == 0:
-            if splits:
-                raise ExportError(f"{len(data):,} tokens, fewer than one row of {seq_len}", data.path,
-                                  f"leave {split} out of --splits, or a smaller --seq-len")
-            log(f"{data.path}: {len(data):,} tokens, fewer than one row of {seq_len}; not exported")
-            continue
         dtype = str(data.dtype)
         config = _shard_config(dtype, seq_len)
         config_data = json.dumps(config, sort_keys=True).encode()  # as MDS's writer puts it in each shard

@@ -20,8 +20,8 @@ import numpy as np
 from ..errors import ExportError
 from ..protocol import OutputRoot, storage_for
 from ..publish import PendingSet, require_free
-from .folder import chosen_splits, link_or_copy
-from .source import combined_meta, split_bin, trainer_dtype
+from .folder import link_or_copy
+from .source import combined_meta, exported_splits, trainer_dtype
 
 MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
 MEGATRON_VERSION = 1
@@ -70,18 +70,11 @@ def export_megatron(output_root: str | os.PathLike[str], prefix: str, splits: Se
     checked against its records first ("sample" or "all", :func:`slimtok.finished.verify_split`)."""
     root = OutputRoot(output_root)
     meta = combined_meta(root)
-    chosen = chosen_splits(meta, splits)
     dtype = trainer_dtype(meta.dtype, meta.vocab_size)
     written = []
-    for split in chosen:
-        data = split_bin(root, meta, split, verify)
+    for split, data in exported_splits(root, meta, splits, verify, log, 1,
+                                       "one token (megatron-core cannot open an empty .bin)"):
         assert data.doc_ends is not None  # split_bin refuses a split without its index
-        if not len(data):
-            if splits:
-                raise ExportError("has 0 tokens, and megatron-core cannot open an empty .bin", data.path,
-                                  f"leave {split} out of --splits")
-            log(f"{data.path}: 0 tokens; not exported (megatron-core cannot open an empty .bin)")
-            continue
         base = root.megatron_prefix(prefix, split)
         bin_path, idx_path = base.with_name(base.name + ".bin"), base.with_name(base.name + ".idx")
         with PendingSet([bin_path, idx_path]) as pending:

@@ -8,11 +8,14 @@ saying to run combine.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+
 from ..data import TokenBin
 from ..errors import DataError, ExportError
 from ..finished import read_meta, verify_split
 from ..manifest import read_manifest
 from ..protocol import Meta, OutputRoot, splits_command
+from .folder import chosen_splits
 
 
 def trainer_dtype(dtype: str, vocab_size: int) -> str:
@@ -47,3 +50,21 @@ def split_bin(root: OutputRoot, meta: Meta, split: str, verify: str = "sample") 
     if data.doc_ends is None:
         raise ExportError("is missing", root.doc_index(split), splits_command(root))
     return data
+
+
+def exported_splits(root: OutputRoot, meta: Meta, splits: Sequence[str] | None, verify: str,
+                    log: Callable[[str], None], minimum: int = 0, need: str = "",
+                    fix: str = "") -> Iterator[tuple[str, TokenBin]]:
+    """``(split, data)`` for each split an export writes: ``splits`` (default: every combined one),
+    each read through :func:`split_bin`. A split of fewer than ``minimum`` tokens (``need`` says
+    why, e.g. "one row of 4,096") is refused when the user named it, and otherwise left out with
+    a line in ``log``; ``fix`` is appended to the advice (e.g. ", or a smaller --seq-len")."""
+    for split in chosen_splits(meta, splits):
+        data = split_bin(root, meta, split, verify)
+        if len(data) >= minimum:
+            yield split, data
+            continue
+        why = f"has {len(data):,} tokens, fewer than {need}"
+        if splits:
+            raise ExportError(why, data.path, f"leave {split} out of --splits{fix}")
+        log(f"{data.path}: {why}; not exported")

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ExportError
 from ..protocol import OutputRoot
 from ..publish import require_free
-from .folder import ExportFolder, chosen_splits, link_or_copy, npy_header, write_blocks
-from .source import combined_meta, split_bin
+from .folder import ExportFolder, link_or_copy, npy_header, write_blocks
+from .source import combined_meta, exported_splits
 
 TORCHTITAN = "torchtitan"
 TOKENS = "tokens.bin"
@@ -43,16 +42,10 @@ def export_torchtitan(output_root: str | os.PathLike[str], prefix: str, splits: 
     root = OutputRoot(output_root)
     meta = combined_meta(root)
     written = []
-    for split in chosen_splits(meta, splits):
-        data = split_bin(root, meta, split, verify)
+    for split, data in exported_splits(root, meta, splits, verify, log, 1,
+                                       "one token (an empty tokens.bin cannot be memory-mapped)"):
         ends = data.doc_ends
         assert ends is not None  # split_bin refuses a split without its index
-        if not len(data):
-            if splits:
-                raise ExportError("has 0 tokens, and a memmap of an empty tokens.bin cannot be opened", data.path,
-                                  f"leave {split} out of --splits")
-            log(f"{data.path}: 0 tokens; not exported (an empty tokens.bin cannot be memory-mapped)")
-            continue
         folder = root.export_dir(TORCHTITAN, prefix, split)
         with ExportFolder(folder, TORCHTITAN, [TOKENS, OFFSETS]) as out:
             if data.dtype == np.uint32:

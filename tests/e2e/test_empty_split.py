@@ -51,7 +51,8 @@ def test_validate_passes_an_empty_split(empty_train):
 
 def test_megatron_export_leaves_an_empty_split_out_or_refuses_it_when_named(empty_train, bpe_tokenizer):
     run = slimtok("export", "megatron", "--output-root", empty_train, "--prefix", "slim")
-    assert f"{empty_train / 'train.bin'}: 0 tokens; not exported" in run.stdout, run.stdout
+    assert (f"{empty_train / 'train.bin'}: has 0 tokens, fewer than one token (megatron-core cannot open an "
+            "empty .bin); not exported") in run.stdout, run.stdout
     assert not list((empty_train / "megatron").glob("slim_train_*"))
     val = megatron_dataset(empty_train / "megatron" / "slim_val_text_document")
     manifest = empty_train.parent / "m" / "manifest.jsonl"
@@ -60,8 +61,8 @@ def test_megatron_export_leaves_an_empty_split_out_or_refuses_it_when_named(empt
     named = slimtok("export", "megatron", "--output-root", empty_train, "--prefix", "named", "--splits", "train",
                     check=False)
     assert named.returncode != 0 and named.stderr.strip() == (
-        f"error: {empty_train / 'train.bin'}: has 0 tokens, and megatron-core cannot open an empty .bin; "
-        "leave train out of --splits"), named.stderr
+        f"error: {empty_train / 'train.bin'}: has 0 tokens, fewer than one token (megatron-core cannot open an "
+        "empty .bin); leave train out of --splits"), named.stderr
 
 
 def test_packed_export_of_an_empty_split_refuses_in_one_line(empty_train):
