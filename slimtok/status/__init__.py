@@ -2,6 +2,9 @@
 
 :mod:`.collect` reads the root into a :class:`JobStatus` (:mod:`.model`), :mod:`.text` and
 :mod:`.prometheus` show it, :mod:`.stages` is where later stages (dedup) add their progress.
+The page (``--serve``, ``--html``): :mod:`.page` builds its view (with :mod:`.history`'s
+throughput over time), :mod:`.template` draws it, :mod:`.serve` serves or writes it; it never
+writes under the root (:class:`.collect.ReadOnly`).
 """
 
 from .collect import WINDOW, collect_status, done_rows, journal_rows, latest_run
