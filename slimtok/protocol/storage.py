@@ -51,7 +51,7 @@ import io
 import os
 import shutil
 import stat as stat_mode
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,7 +330,7 @@ class PosixStorage:
         NFS setup; a link whose reply was lost is recognised by the private file's link count.
         ``durable`` also syncs the content and the directory entry (two syncs)."""
         with _folder_of(path) as folder:
-            tmp = self._write_tmp(folder, path, payload, durable)
+            tmp = _write_tmp(folder, path, lambda f: f.write(payload), durable)
             try:
                 try:
                     os.link(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
@@ -352,34 +352,9 @@ class PosixStorage:
 
     def write_whole(self, path: Path, payload: bytes, durable: bool = True) -> None:
         with _folder_of(path) as folder:
-            tmp = self._write_tmp(folder, path, payload, durable)
-            try:
-                _refuse_link_at(folder, path)
-                os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
-            except BaseException:
-                with suppress(FileNotFoundError):
-                    os.unlink(tmp, dir_fd=folder)
-                raise
+            _install(folder, _write_tmp(folder, path, lambda f: f.write(payload), durable), path)
             if durable:
                 _fsync_folder(folder)
-
-    def _write_tmp(self, folder: int, path: Path, payload: bytes, durable: bool) -> str:
-        """The name, inside the open ``folder``, of a new private file holding ``payload``."""
-        tmp = temp_path(path).name
-        fd = os.open(tmp, _FLAGS["create"], 0o644, dir_fd=folder)
-        try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            with suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=folder)
-            raise
-        os.close(fd)
-        return tmp
 
     def read_whole(self, path: Path) -> bytes:
         return path.read_bytes()
@@ -477,22 +452,16 @@ class PosixStorage:
         """shutil.copy2's bytes, mode and times, but into an exclusively created temporary name that
         is then renamed over ``target`` (copy2 would open a link at ``target`` and write through it);
         mode and times are set through the open file, never by a name that a swap could redirect."""
+        def fill(dst: BinaryIO) -> None:
+            with open(source, "rb") as src:
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+                st = os.fstat(src.fileno())
+                os.fchmod(dst.fileno(), stat_mode.S_IMODE(st.st_mode))
+                os.utime(dst.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
+
         with _folder_of(target) as folder:
-            tmp = temp_path(target).name
-            try:
-                with open(source, "rb") as src, os.fdopen(os.open(tmp, _FLAGS["create"], 0o644, dir_fd=folder),
-                                                          "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                    dst.flush()
-                    st = os.fstat(src.fileno())
-                    os.fchmod(dst.fileno(), stat_mode.S_IMODE(st.st_mode))
-                    os.utime(dst.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
-                _refuse_link_at(folder, target)
-                os.replace(tmp, target.name, src_dir_fd=folder, dst_dir_fd=folder)
-            except BaseException:
-                with suppress(FileNotFoundError):
-                    os.unlink(tmp, dir_fd=folder)
-                raise
+            _install(folder, _write_tmp(folder, target, fill, durable=False), target)
 
     def make_folders(self, folder: Path) -> None:
         os.close(_open_folder(folder, create=True))
@@ -547,6 +516,35 @@ def storage_for(path: Path) -> Storage:
     """The storage that holds ``path``. Every path is a POSIX one today; an object store adds its
     path type here, so stages and helpers that only see paths need no change."""
     return POSIX
+
+
+def _write_tmp(folder: int, path: Path, fill: Callable[[BinaryIO], object], durable: bool) -> str:
+    """The name, inside the open ``folder``, of a new private file for ``path`` that ``fill`` wrote
+    (synced if ``durable``); on any failure the file is removed."""
+    tmp = temp_path(path).name
+    try:
+        with os.fdopen(os.open(tmp, _FLAGS["create"], 0o644, dir_fd=folder), "wb") as f:
+            fill(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=folder)
+        raise
+    return tmp
+
+
+def _install(folder: int, tmp: str, path: Path) -> None:
+    """Rename the private file ``tmp`` over ``path`` inside the open ``folder``, refusing a link
+    planted at ``path``; on any failure ``tmp`` is removed."""
+    try:
+        _refuse_link_at(folder, path)
+        os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=folder)
+        raise
 
 
 def temp_path(path: Path) -> Path:
